@@ -1,0 +1,76 @@
+"""fastrpc: RPC and multiplexed streaming over WebSocket.
+
+::
+
+    router = fastrpc.Router()
+
+    @router.method
+    async def add(a, b):
+        return a + b
+
+    async with fastrpc.serve(router, "127.0.0.1", 8765):
+        async with fastrpc.connect("ws://127.0.0.1:8765") as peer:
+            assert await peer.call("add", 1, 2) == 3
+"""
+
+from __future__ import annotations
+
+from .client import connect
+from .exceptions import (
+    ConnectionClosed,
+    ErrorCode,
+    FastRPCError,
+    LimitExceeded,
+    ProtocolError,
+    RemoteError,
+    RemoteStreamError,
+    ResumeFailed,
+    StreamAborted,
+    StreamClosed,
+)
+from .frames import IMPLEMENTATION
+from .peer import Response, RpcPeer, current_peer
+from .protocol import Settings
+from .router import Router
+from .server import Server, serve
+from .streams import RateLimit, ReceiveStream, StreamManager, StreamStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPLEMENTATION",
+    "connect",
+    "serve",
+    "Server",
+    "Router",
+    "RpcPeer",
+    "Response",
+    "current_peer",
+    "StreamManager",
+    "ReceiveStream",
+    "RateLimit",
+    "StreamStats",
+    "Settings",
+    "FastRPCError",
+    "ProtocolError",
+    "LimitExceeded",
+    "ConnectionClosed",
+    "ResumeFailed",
+    "RemoteError",
+    "RemoteStreamError",
+    "StreamAborted",
+    "StreamClosed",
+    "ErrorCode",
+    "run",
+]
+
+
+def run(main: "object") -> object:
+    """Run a coroutine on uvloop where available (asyncio's loop otherwise)."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:  # Windows
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[arg-type]

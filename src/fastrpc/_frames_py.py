@@ -1,0 +1,474 @@
+"""Pure-Python frame codec: the twin of ``_frames.pyx``.
+
+Same API and byte-for-byte the same output and errors as the compiled module; used
+where no compiler was present at install time or when ``FASTRPC_NO_EXTENSIONS=1``.
+The wire format is specified in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from operator import index as _index
+from typing import Iterable, Sequence, Union
+
+from .exceptions import ErrorCode, ProtocolError
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+IMPLEMENTATION = "python"
+
+PROTOCOL_VERSION = 1
+
+# Frame types (docs/protocol.md, "Frame types").
+HELLO = 0x01
+REQUEST = 0x02
+RESPONSE = 0x03
+ERROR = 0x04
+NOTIFY = 0x05
+CANCEL = 0x06
+STREAM_DATA = 0x10
+STREAM_END = 0x11
+STREAM_ERROR = 0x12
+STREAM_ABORT = 0x13
+STREAM_CLOSE = 0x14
+CREDIT = 0x15
+STREAMS = 0x16  # grant of more stream slots (like QUIC's MAX_STREAMS)
+PING = 0x20
+PONG = 0x21
+GOAWAY = 0x22
+RESUME = 0x30
+RESUME_OK = 0x31
+# Types at or above this value are extensions: skipped when unknown.
+EXTENSION_BASE = 0x40
+
+# Flags.
+FLAG_MORE = 0x01  # STREAM_DATA: the item continues in the next STREAM_DATA frame
+FLAG_COMPRESSED = 0x02  # payload is compressed with the negotiated algorithm
+FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
+FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
+FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
+FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
+
+VARINT_MAX = (1 << 62) - 1
+DEFAULT_MAX_FRAME_SIZE = 1 << 20
+# Decoded payloads of at least this many bytes are memoryviews into the message
+# (zero-copy); smaller ones are bytes, which are cheaper to make than a view.
+VIEW_THRESHOLD = 512
+
+# StreamLedger counters are signed 64-bit (the compiled twin keeps them in C structs);
+# an update that would leave this range raises OverflowError and changes nothing.
+_INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
+
+
+def varint_size(value: int) -> int:
+    """Bytes taken by ``value`` as a QUIC variable-length integer."""
+    if value < 0 or value > VARINT_MAX:
+        raise ValueError("varint out of range")
+    if type(value) is not int:
+        value = _index(value)  # TypeError for non-integers (a float is not a varint)
+    if value < 0x40:
+        return 1
+    if value < 0x4000:
+        return 2
+    if value < 0x40000000:
+        return 4
+    return 8
+
+
+def encode_varint(value: int) -> bytes:
+    """Encode ``value`` (0 <= value < 2**62) in its shortest QUIC varint form."""
+    n = varint_size(value)
+    if type(value) is not int:
+        value = _index(value)  # e.g. numpy integers: int.to_bytes below needs an int
+    if n == 1:
+        return bytes((value,))
+    if n == 2:
+        return (value | 0x4000).to_bytes(2, "big")
+    if n == 4:
+        return (value | 0x80000000).to_bytes(4, "big")
+    return (value | 0xC000000000000000).to_bytes(8, "big")
+
+
+def decode_varint(data: Buffer, pos: int = 0) -> tuple[int, int]:
+    """Decode one varint at ``pos``; return ``(value, next_pos)``."""
+    if not isinstance(data, (bytes, bytearray)):
+        # Index bytes, not items: a buffer of wider items (array("H"), a memoryview of
+        # format "i", a 2-D view) is read as its raw bytes.
+        data = memoryview(data).cast("B")
+    return _varint_at(data, pos)
+
+
+def _varint_at(data: Buffer, pos: int) -> tuple[int, int]:
+    """``decode_varint`` on a buffer already indexed by byte."""
+    end = len(data)
+    if pos < 0 or pos >= end:
+        raise ProtocolError("truncated varint")
+    first = data[pos]
+    n = 1 << (first >> 6)
+    if pos + n > end:
+        raise ProtocolError("truncated varint")
+    if n == 1:
+        return first, pos + 1
+    value = first & 0x3F
+    for i in range(pos + 1, pos + n):
+        value = (value << 8) | data[i]
+    return value, pos + n
+
+
+def _check_header(ftype: int, flags: int, fid: int) -> None:
+    if not 0 <= ftype <= 0xFF:
+        raise ValueError("frame type out of range")
+    if not 0 <= flags <= 0xFF:
+        raise ValueError("frame flags out of range")
+    if not 0 <= fid <= VARINT_MAX:
+        raise ValueError("frame id out of range")
+
+
+def _header(ftype: int, flags: int, fid: int, length: int) -> bytes:
+    _check_header(ftype, flags, fid)
+    return bytes((ftype, flags)) + encode_varint(fid) + encode_varint(length)
+
+
+def encode_frame(ftype: int, flags: int, fid: int, payload: Buffer = b"") -> bytes:
+    """Encode one frame."""
+    payload = memoryview(payload).cast("B")
+    return _header(ftype, flags, fid, len(payload)) + payload
+
+
+def encode_batch(frames: Iterable[Sequence[object]]) -> bytes:
+    """Encode ``(type, flags, id, payload)`` tuples back to back into one message."""
+    out = bytearray()
+    for ftype, flags, fid, payload in frames:  # type: ignore[misc]
+        view = memoryview(payload).cast("B")  # type: ignore[arg-type]
+        out += _header(ftype, flags, fid, len(view))  # type: ignore[arg-type]
+        out += view
+    return bytes(out)
+
+
+class Frame:
+    """One decoded frame: ``type``, ``flags``, ``id`` and ``payload``.
+
+    ``payload`` is ``bytes``, or a read-only ``memoryview`` into the message when it is
+    at least ``VIEW_THRESHOLD`` bytes long.
+    """
+
+    __slots__ = ("type", "flags", "id", "payload")
+
+    def __init__(self, ftype: int, flags: int, fid: int, payload: Buffer = b"") -> None:
+        self.type = ftype
+        self.flags = flags
+        self.id = fid
+        self.payload = payload
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (
+            self.type == other.type
+            and self.flags == other.flags
+            and self.id == other.id
+            and bytes(self.payload) == bytes(other.payload)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(type=0x{self.type:02x}, flags=0x{self.flags:02x}, id={self.id}, "
+            f"payload={bytes(self.payload)[:32]!r}{'...' if len(self.payload) > 32 else ''})"
+        )
+
+
+def _frame_end(data: Buffer, pos: int, end: int, max_frame_size: int) -> int:
+    """End of the complete frame at ``pos``, or -1 when it is incomplete.
+
+    The header checks of ``_decode_one``, without making the frame.
+    """
+    if end - pos < 2:
+        return -1
+    p = pos + 2
+    if p >= end:
+        return -1
+    n = 1 << (data[p] >> 6)
+    if p + n > end:
+        return -1
+    p += n
+    if p >= end:
+        return -1
+    n = 1 << (data[p] >> 6)
+    if p + n > end:
+        return -1
+    length, p = _varint_at(data, p)
+    if length > max_frame_size:
+        raise ProtocolError("frame too large", ErrorCode.FRAME_TOO_LARGE)
+    if p + length > end:
+        return -1
+    return p + length
+
+
+def _decode_one(
+    data: Buffer, view: memoryview, pos: int, end: int, max_frame_size: int
+) -> tuple[Frame | None, int]:
+    """Decode the frame at ``pos``; return ``(None, pos)`` when it is incomplete."""
+    if end - pos < 2:
+        return None, pos
+    ftype = data[pos]
+    flags = data[pos + 1]
+    p = pos + 2
+    if p >= end:
+        return None, pos
+    n = 1 << (data[p] >> 6)
+    if p + n > end:
+        return None, pos
+    fid, p = _varint_at(data, p)
+    if p >= end:
+        return None, pos
+    n = 1 << (data[p] >> 6)
+    if p + n > end:
+        return None, pos
+    length, p = _varint_at(data, p)
+    if length > max_frame_size:
+        raise ProtocolError("frame too large", ErrorCode.FRAME_TOO_LARGE)
+    if p + length > end:
+        return None, pos
+    if length >= VIEW_THRESHOLD:
+        payload: Buffer = view[p : p + length]
+    else:
+        payload = bytes(data[p : p + length])
+    return Frame(ftype, flags, fid, payload), p + length
+
+
+def decode_message(data: Buffer, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> list[Frame]:
+    """Decode a whole WebSocket message into its frames.
+
+    Raises :class:`ProtocolError` for an empty message, a frame that runs past the
+    end of the message, or a frame larger than ``max_frame_size``.
+    """
+    view = memoryview(data).cast("B").toreadonly()
+    end = len(view)
+    if end == 0:
+        raise ProtocolError("empty message")
+    frames = []
+    pos = 0
+    while pos < end:
+        frame, nxt = _decode_one(view, view, pos, end, max_frame_size)
+        if frame is None:
+            raise ProtocolError("truncated frame")
+        frames.append(frame)
+        pos = nxt
+    return frames
+
+
+class Decoder:
+    """Incremental decoder for a byte stream of frames (fed in arbitrary pieces)."""
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for a frame that is not complete yet."""
+        return len(self._buf)
+
+    def feed(self, data: Buffer) -> list[Frame]:
+        """Add bytes; return the frames they complete."""
+        self._buf += memoryview(data).cast("B")
+        buf = self._buf
+        end = len(buf)
+        max_frame_size = self.max_frame_size
+        # Find where the complete frames end first (headers only), so that only they
+        # are copied: a frame arriving in many pieces is not copied again each time.
+        done = 0
+        while done < end:
+            nxt = _frame_end(buf, done, end, max_frame_size)
+            if nxt < 0:
+                break
+            done = nxt
+        if done == 0:
+            return []
+        # Immutable copy of the complete frames: large payloads are views into it.
+        chunk = memoryview(buf)[:done].tobytes()
+        view = memoryview(chunk)
+        frames: list[Frame] = []
+        pos = 0
+        while pos < done:
+            frame, pos = _decode_one(chunk, view, pos, done, max_frame_size)
+            frames.append(frame)  # type: ignore[arg-type]
+        del buf[:done]
+        return frames
+
+
+class FrameWriter:
+    """Accumulates frames for one outgoing message; ``take()`` returns its bytes."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._count = 0
+
+    def add(self, ftype: int, flags: int, fid: int, payload: Buffer = b"") -> None:
+        """Append one frame."""
+        view = memoryview(payload).cast("B")
+        self._buf += _header(ftype, flags, fid, len(view))
+        self._buf += view
+        self._count += 1
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    @property
+    def count(self) -> int:
+        """Frames added since the last ``take()``."""
+        return self._count
+
+    def take(self) -> bytes:
+        """Return the message built so far and start a new one."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        self._count = 0
+        return out
+
+
+def encode_settings(version: int, settings: dict[int, int]) -> bytes:
+    """HELLO payload: varint version, then varint ``(key, value)`` pairs."""
+    out = bytearray(encode_varint(version))
+    for key, value in settings.items():
+        out += encode_varint(key)
+        out += encode_varint(value)
+    return bytes(out)
+
+
+def decode_settings(payload: Buffer) -> tuple[int, dict[int, int]]:
+    """Parse a HELLO payload; a repeated key or a dangling key is a ProtocolError."""
+    data = memoryview(payload).cast("B")
+    version, pos = _varint_at(data, 0)
+    settings: dict[int, int] = {}
+    end = len(data)
+    while pos < end:
+        key, pos = _varint_at(data, pos)
+        if pos >= end:
+            raise ProtocolError("setting without a value")
+        value, pos = _varint_at(data, pos)
+        if key in settings:
+            raise ProtocolError("duplicate setting")
+        settings[key] = value
+    return version, settings
+
+
+class StreamLedger:
+    """Per-stream byte accounting for one direction of a connection.
+
+    For each open stream: bytes and items counted, the flow-control window (credit
+    the sender may still use; on the receiving side, what the peer may still send),
+    the bytes buffered and not yet consumed, and consumed bytes not yet granted back.
+    Lookup by id is O(1).
+    """
+
+    __slots__ = ("initial_window", "_streams", "_grant_divisor")
+
+    def __init__(self, initial_window: int, grant_divisor: int = 4) -> None:
+        if initial_window < 0 or initial_window > VARINT_MAX:
+            raise ValueError("window out of range")
+        if grant_divisor < 1:
+            raise ValueError("grant_divisor must be >= 1")
+        self.initial_window = initial_window
+        self._grant_divisor = grant_divisor
+        # id -> [bytes, items, window, buffered, unacked, window_size]
+        self._streams: dict[int, list[int]] = {}
+
+    def open(self, stream_id: int, window: int = -1) -> None:
+        """Start accounting for ``stream_id``; ``window`` defaults to the initial one."""
+        if stream_id in self._streams:
+            raise KeyError(stream_id)
+        if not 0 <= stream_id <= VARINT_MAX:
+            raise ValueError("stream id out of range")
+        if window < 0:
+            window = self.initial_window
+        self._streams[stream_id] = [0, 0, window, 0, 0, window]
+
+    def close(self, stream_id: int) -> None:
+        """Forget ``stream_id``; unknown ids are ignored."""
+        self._streams.pop(stream_id, None)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._streams
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def ids(self) -> list[int]:
+        """Ids of the open streams (in no particular order)."""
+        return list(self._streams)
+
+    def _get(self, stream_id: int) -> list[int]:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise KeyError(stream_id) from None
+
+    def window(self, stream_id: int) -> int:
+        """Credit left: bytes that may still be sent on the stream."""
+        return self._get(stream_id)[2]
+
+    def sent(self, stream_id: int, nbytes: int) -> int:
+        """Sender side: ``nbytes`` of one item left; return the credit left."""
+        entry = self._get(stream_id)
+        entry[0] += nbytes
+        entry[1] += 1
+        entry[2] -= nbytes
+        return entry[2]
+
+    def grant(self, stream_id: int, nbytes: int) -> int:
+        """Sender side: the peer granted ``nbytes`` of credit; return the new window."""
+        entry = self._get(stream_id)
+        if nbytes < 0:
+            raise ValueError("negative grant")
+        if entry[2] + nbytes > VARINT_MAX:
+            raise ProtocolError("flow-control window overflow", ErrorCode.FLOW_CONTROL_ERROR)
+        entry[2] += nbytes
+        return entry[2]
+
+    def received(self, stream_id: int, nbytes: int) -> None:
+        """Receiver side: ``nbytes`` arrived; a peer past its window is a ProtocolError."""
+        entry = self._get(stream_id)
+        if nbytes > entry[2]:
+            raise ProtocolError("flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR)
+        entry[0] += nbytes
+        entry[1] += 1
+        entry[2] -= nbytes
+        entry[3] += nbytes
+
+    def consumed(self, stream_id: int, nbytes: int) -> int:
+        """Receiver side: the consumer took ``nbytes``; return the credit to grant now.
+
+        Credit is returned in batches, once a ``1/grant_divisor`` of the window has
+        been consumed, so that CREDIT frames stay a small share of the traffic.
+        """
+        entry = self._get(stream_id)
+        if nbytes > entry[3]:
+            raise ValueError("consumed more than buffered")
+        entry[3] -= nbytes
+        entry[4] += nbytes
+        if entry[4] * self._grant_divisor >= entry[5] or entry[4] > 0 and entry[3] == 0 and entry[2] == 0:
+            grant = entry[4]
+            entry[4] = 0
+            entry[2] += grant
+            return grant
+        return 0
+
+    def resize(self, stream_id: int, window_size: int) -> int:
+        """Receiver side: grow the stream's window to ``window_size``; return extra credit."""
+        entry = self._get(stream_id)
+        if window_size > VARINT_MAX:
+            raise ValueError("window out of range")
+        extra = window_size - entry[5]
+        if extra <= 0:
+            return 0
+        entry[5] = window_size
+        entry[2] += extra
+        return extra
+
+    def stats(self, stream_id: int) -> tuple[int, int, int, int]:
+        """``(bytes, items, window, buffered)`` for the stream."""
+        entry = self._get(stream_id)
+        return entry[0], entry[1], entry[2], entry[3]

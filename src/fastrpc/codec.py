@@ -1,0 +1,81 @@
+"""Payload codecs: MessagePack (default) or JSON, both through msgspec.
+
+``bytes`` values sent as a whole item, argument list or result skip the codec: they
+travel as raw payloads (flagged on the wire) and arrive as ``bytes``, untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Union
+
+import msgspec
+
+from .protocol import CODEC_JSON, CODEC_MSGPACK
+
+Payload = Union[bytes, memoryview]
+
+__all__ = ["PayloadCodec", "get_codec", "CODECS"]
+
+
+def _enc_hook(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+class PayloadCodec:
+    """Encodes values to payload bytes and back; raw ``bytes`` pass through."""
+
+    __slots__ = ("name", "wire_id", "_encode", "_decode")
+
+    def __init__(self, name: str, wire_id: int, encode: Callable[[Any], bytes], decode: Callable[[Any], Any]) -> None:
+        self.name = name
+        self.wire_id = wire_id
+        self._encode = encode
+        self._decode = decode
+
+    def encode(self, value: Any) -> tuple[bytes, bool]:
+        """``(payload, raw)``: raw is True when ``value`` was bytes sent as is."""
+        if type(value) is bytes:
+            return value, True
+        return self._encode(value), False
+
+    def decode(self, payload: Payload, raw: bool) -> Any:
+        if raw:
+            return payload if type(payload) is bytes else bytes(payload)
+        return self._decode(payload)
+
+    def encode_value(self, value: Any) -> bytes:
+        return self._encode(value)
+
+    def decode_value(self, payload: Payload) -> Any:
+        return self._decode(payload)
+
+
+def _make_msgpack() -> PayloadCodec:
+    enc = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+    dec = msgspec.msgpack.Decoder()
+    return PayloadCodec("msgpack", CODEC_MSGPACK, enc.encode, dec.decode)
+
+
+def _make_json() -> PayloadCodec:
+    enc = msgspec.json.Encoder(enc_hook=_enc_hook)
+    dec = msgspec.json.Decoder()
+    return PayloadCodec("json", CODEC_JSON, enc.encode, dec.decode)
+
+
+CODECS = {"msgpack": _make_msgpack, "json": _make_json}
+_BY_WIRE = {CODEC_MSGPACK: "msgpack", CODEC_JSON: "json"}
+
+
+def get_codec(name: str | int) -> PayloadCodec:
+    """The codec called ``name`` (``"msgpack"`` or ``"json"``) or with that wire id."""
+    if isinstance(name, int):
+        name = _BY_WIRE[name]
+    try:
+        return CODECS[name]()
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; use 'msgpack' or 'json'") from None

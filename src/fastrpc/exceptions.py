@@ -1,0 +1,145 @@
+"""Exceptions raised by fastrpc.
+
+Every error that crosses the public API is a subclass of :class:`FastRPCError`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "ErrorCode",
+    "FastRPCError",
+    "ProtocolError",
+    "ConnectionClosed",
+    "RemoteError",
+    "RemoteStreamError",
+    "StreamAborted",
+    "StreamClosed",
+    "LimitExceeded",
+    "ResumeFailed",
+]
+
+
+class ErrorCode(enum.IntEnum):
+    """Error codes carried by GOAWAY frames and :class:`ProtocolError`.
+
+    Each maps to a WebSocket close code (:attr:`close_code`) so that a peer which only
+    sees the close frame still learns the class of failure.
+    """
+
+    NO_ERROR = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+    FLOW_CONTROL_ERROR = 3
+    FRAME_TOO_LARGE = 4
+    LIMIT_EXCEEDED = 5
+    UNSUPPORTED_VERSION = 6
+    COMPRESSION_ERROR = 7
+    KEEPALIVE_TIMEOUT = 8
+    STREAM_STATE_ERROR = 9
+
+    @property
+    def close_code(self) -> int:
+        return _CLOSE_CODES.get(self, 1002)
+
+
+_CLOSE_CODES = {
+    ErrorCode.NO_ERROR: 1000,
+    ErrorCode.PROTOCOL_ERROR: 1002,
+    ErrorCode.INTERNAL_ERROR: 1011,
+    ErrorCode.FLOW_CONTROL_ERROR: 1008,
+    ErrorCode.FRAME_TOO_LARGE: 1009,
+    ErrorCode.LIMIT_EXCEEDED: 1008,
+    ErrorCode.UNSUPPORTED_VERSION: 1002,
+    ErrorCode.COMPRESSION_ERROR: 1007,
+    ErrorCode.KEEPALIVE_TIMEOUT: 1011,
+    ErrorCode.STREAM_STATE_ERROR: 1002,
+}
+
+
+class FastRPCError(Exception):
+    """Base class of every fastrpc error."""
+
+
+class ProtocolError(FastRPCError):
+    """The peer broke the wire protocol, or a limit; the connection must close.
+
+    ``reason`` is a short human-readable text, ``code`` an :class:`ErrorCode` and
+    ``close_code`` the WebSocket close code the connection is closed with.
+    """
+
+    def __init__(self, reason: str, code: int = ErrorCode.PROTOCOL_ERROR) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        try:
+            self.code: int = ErrorCode(code)
+        except ValueError:
+            self.code = int(code)
+
+    @property
+    def close_code(self) -> int:
+        try:
+            return ErrorCode(self.code).close_code
+        except ValueError:
+            return 1002
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProtocolError):
+            return NotImplemented
+        return (self.reason, int(self.code)) == (other.reason, int(other.code))
+
+    def __hash__(self) -> int:
+        return hash((self.reason, int(self.code)))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reason, int(self.code)))
+
+
+class LimitExceeded(ProtocolError):
+    """The peer went past a negotiated limit (streams, pending calls, sizes)."""
+
+    def __init__(self, reason: str, code: int = ErrorCode.LIMIT_EXCEEDED) -> None:
+        super().__init__(reason, code)
+
+
+class ConnectionClosed(FastRPCError):
+    """The connection closed while a call, stream or iterator was using it."""
+
+    def __init__(self, reason: str = "Connection closed", code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class ResumeFailed(ConnectionClosed):
+    """A dropped session could not be resumed (expired, or the server restarted)."""
+
+
+class RemoteError(FastRPCError):
+    """A handler on the other side raised; ``type_name`` and ``message`` describe it."""
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        code: int | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.code = code
+        self.remote_traceback = traceback
+
+
+class RemoteStreamError(RemoteError):
+    """The sending side's iterator raised; the stream ended with this error."""
+
+
+class StreamAborted(FastRPCError):
+    """The sender aborted the stream (``abort_stream``) before its end."""
+
+
+class StreamClosed(FastRPCError):
+    """The stream was closed locally or by the receiver; no more items flow."""

@@ -1,0 +1,763 @@
+"""RpcPeer: one fastrpc connection over a ``websockets`` connection.
+
+The peer runs two tasks: a reader that feeds each received message to the sans-I/O
+core and dispatches the events, and a writer that sends what the core has queued.
+Frames queued during one loop iteration leave together in the writer's next message,
+so many small items or calls share one WebSocket message (coalescing, no timers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+import traceback as _traceback
+from typing import Any, AsyncIterable, Awaitable, Callable, TypeVar
+
+from websockets.exceptions import ConnectionClosed as _WSClosed
+
+from . import events as E
+from .codec import PayloadCodec, get_codec
+from .exceptions import (
+    ConnectionClosed,
+    ErrorCode,
+    LimitExceeded,
+    ProtocolError,
+    RemoteError,
+)
+from .protocol import DEFAULT_URGENCY, Connection, Role, Settings
+from .router import ASYNC_GEN, SYNC, Router, handler_kind
+from .streams import RateLimit, ReceiveStream, StreamManager
+
+__all__ = ["RpcPeer", "Response", "current_peer"]
+
+T = TypeVar("T")
+
+_current_peer: contextvars.ContextVar[RpcPeer] = contextvars.ContextVar("fastrpc_peer")
+
+
+def current_peer() -> RpcPeer:
+    """The peer of the connection whose handler is running (raises LookupError
+    outside a handler)."""
+    return _current_peer.get()
+
+
+class Response:
+    """Result of the seed-style :meth:`RpcPeer.request`: the handler's value is ``.data``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Response(data={self.data!r})"
+
+
+class RpcPeer:
+    """Calls, notifications and streams over one connection; either end may call.
+
+    Made by :func:`fastrpc.connect` and :func:`fastrpc.serve`; not built directly.
+    """
+
+    def __init__(
+        self,
+        ws: Any,
+        role: Role,
+        *,
+        router: Router | None = None,
+        settings: Settings | None = None,
+        codec: str = "msgpack",
+        streams: StreamManager | None = None,
+        expose_tracebacks: bool = False,
+        keepalive_interval: float | None = 20.0,
+        keepalive_timeout: float | None = 20.0,
+        compression_threshold: int = 1024,
+    ) -> None:
+        self._ws = ws
+        self._loop = asyncio.get_running_loop()
+        self._codec: PayloadCodec = get_codec(codec)
+        settings = settings or Settings()
+        settings.codec = self._codec.wire_id
+        self._decoder: PayloadCodec = self._codec
+        manager = streams if streams is not None else StreamManager()
+        if manager.initial_window != settings.initial_stream_window:
+            settings.initial_stream_window = manager.initial_window
+        self._core = Connection(role, settings, compression_threshold=compression_threshold)
+        self.streams = manager
+        manager._attach(self)
+        self._router = router if router is not None else Router()
+        self._own = Router()  # peer.register()/match(): looked up before the router
+        self._expose_tb = expose_tracebacks
+        self._keepalive = (keepalive_interval, keepalive_timeout)
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._tasks: dict[int, asyncio.Task[Any]] = {}
+        self._notify_tasks: set[asyncio.Task[Any]] = set()
+        self._call_waiters: list[asyncio.Future[None]] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._closed_flag = False
+        self._close_exc: ConnectionClosed | None = None
+        self._pongs: dict[bytes, asyncio.Future[None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._transport = getattr(ws, "transport", None)
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            E.StreamReadable: self._on_readable,
+            E.CreditGranted: self._on_credit,
+            E.RequestReceived: self._on_request,
+            E.ResponseReceived: self._on_response,
+            E.CallFailed: self._on_call_failed,
+            E.NotificationReceived: self._on_notify,
+            E.CallCancelled: self._on_cancelled,
+            E.StreamOpened: self._on_stream_opened,
+            E.StreamClosedByPeer: self._on_stream_closed,
+            E.PongReceived: self._on_pong,
+            E.GoAwayReceived: self._on_goaway,
+            E.HelloReceived: self._on_hello,
+        }
+
+    # ------------------------------------------------------------ life cycle
+
+    async def _start(self, timeout: float = 10.0) -> None:
+        """Run the reader and writer, and wait for the peer's HELLO."""
+        self._reader = self._loop.create_task(self._read_loop())
+        self._writer = self._loop.create_task(self._write_loop())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except BaseException:
+            await self._abort(ConnectionClosed("handshake failed"))
+            raise
+        interval, _ = self._keepalive
+        if interval:
+            self._pinger = self._loop.create_task(self._ping_loop())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_flag
+
+    @property
+    def settings(self) -> Settings:
+        """Our limits, as announced to the peer."""
+        return self._core.settings
+
+    @property
+    def peer_settings(self) -> Settings | None:
+        """The peer's limits, from its HELLO."""
+        return self._core.peer_settings
+
+    @property
+    def close_exception(self) -> ConnectionClosed | None:
+        """Why the connection closed (None while open)."""
+        return self._close_exc
+
+    @property
+    def remote_address(self) -> Any:
+        return getattr(self._ws, "remote_address", None)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has closed and everything on it is cleaned up."""
+        await asyncio.shield(self._closed)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection: GOAWAY, then the WebSocket close handshake."""
+        if not self._closed_flag:
+            self._core.close(ErrorCode.NO_ERROR, reason)
+            self._kick()
+            writer = self._writer
+            if writer is not None and not writer.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(writer), 2.0)
+                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                    pass
+            try:
+                await self._ws.close(code, reason)
+            except Exception:  # noqa: BLE001 - already closing
+                pass
+        await self.wait_closed()
+
+    async def __aenter__(self) -> RpcPeer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ I/O
+
+    def _kick(self) -> None:
+        """Wake the writer: what was queued goes out once this loop iteration ends."""
+        w = self._wake
+        if w is not None:
+            self._wake = None
+            if not w.done():
+                w.set_result(None)
+
+    def _transport_buffered(self) -> int:
+        t = self._transport
+        return t.get_write_buffer_size() if t is not None else 0  # type: ignore[no-any-return]
+
+    async def _write_loop(self) -> None:
+        core = self._core
+        send = self._ws.send
+        manager = self.streams
+        try:
+            while True:
+                msg = core.next_message()
+                if msg is None:
+                    if core.closed:
+                        return
+                    fut = self._loop.create_future()
+                    self._wake = fut
+                    await fut
+                    continue
+                unblocked = core.take_unblocked()
+                if unblocked:
+                    for sid in unblocked:
+                        manager._on_writable(sid)
+                await send(msg)
+                manager._on_drained()
+        except (_WSClosed, ConnectionError):
+            pass
+
+    async def _read_loop(self) -> None:
+        core = self._core
+        dispatch = self._dispatch
+        exc: ConnectionClosed | None = None
+        token = _current_peer.set(self)
+        try:
+            async for msg in self._ws:
+                if type(msg) is str:
+                    raise ProtocolError("text message on a fastrpc connection")
+                for ev in core.receive_message(msg):
+                    dispatch[type(ev)](ev)
+                if core.has_output():
+                    self._kick()
+        except ProtocolError as e:
+            exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
+            await self._fail_protocol(e)
+        except _WSClosed as e:
+            code = e.rcvd.code if e.rcvd is not None else None
+            reason = e.rcvd.reason if e.rcvd is not None and e.rcvd.reason else "Connection closed"
+            exc = ConnectionClosed(reason, code)
+        except asyncio.CancelledError:
+            exc = ConnectionClosed()
+            raise
+        except Exception as e:  # a bug: close this connection, not the process
+            exc = ConnectionClosed(f"internal error: {e!r}", 1011)
+            try:
+                await self._ws.close(1011, "internal error")
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            _current_peer.reset(token)
+            self._loop.create_task(self._teardown(exc or ConnectionClosed()))
+
+    async def _fail_protocol(self, e: ProtocolError) -> None:
+        """The peer broke the protocol: GOAWAY with the reason, close with its code."""
+        core = self._core
+        core.close(e.code, e.reason)
+        try:
+            msg = core.next_message()
+            if msg is not None:
+                await asyncio.wait_for(self._ws.send(msg), 1.0)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        try:
+            await asyncio.wait_for(self._ws.close(e.close_code, e.reason[:120]), 2.0)
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def _abort(self, exc: ConnectionClosed) -> None:
+        try:
+            await self._ws.close(1011, exc.reason[:120])
+        except Exception:  # noqa: BLE001
+            pass
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._teardown(exc)
+
+    async def _teardown(self, exc: ConnectionClosed) -> None:
+        """Clean up everything on this connection once it is gone."""
+        if self._closed_flag:
+            await asyncio.shield(self._closed)
+            return
+        self._closed_flag = True
+        self._close_exc = exc
+        core = self._core
+        core.closed = True
+        if not self._ready.done():
+            self._ready.set_exception(exc)
+            self._ready.exception()
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._calls.clear()
+        for fut in self._pongs.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        for w in self._call_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._kick()
+        tasks = [t for t in (*self._tasks.values(), *self._notify_tasks, self._pinger) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await self.streams._shutdown(exc)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        try:
+            await self._ws.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _check_open(self) -> None:
+        if self._close_exc is not None:
+            raise self._close_exc
+        if self._closed_flag or self._core.closed:
+            raise ConnectionClosed()
+
+    # ------------------------------------------------------------ keepalive
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Send a PING; return the round-trip time in seconds."""
+        self._check_open()
+        token = os.urandom(8)
+        fut = self._loop.create_future()
+        self._pongs[token] = fut
+        start = self._loop.time()
+        self._core.send_ping(token)
+        self._kick()
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pongs.pop(token, None)
+        return self._loop.time() - start
+
+    async def _ping_loop(self) -> None:
+        interval, timeout = self._keepalive
+        assert interval is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.ping(timeout)
+            except asyncio.TimeoutError:
+                exc = ProtocolError("keepalive timeout: no PONG", ErrorCode.KEEPALIVE_TIMEOUT)
+                self._core.close(exc.code, exc.reason)
+                self._kick()
+                self._loop.create_task(self._abort(ConnectionClosed(exc.reason, exc.close_code)))
+                return
+            except ConnectionClosed:
+                return
+
+    # ---------------------------------------------------------------- calls
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        """Handle calls to ``name`` on this connection with ``fn``."""
+        self._own.add(name, fn)
+
+    def match(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The seed's catch-all handler for this connection (see :meth:`Router.match`)."""
+        self._own.match(fn)
+        return fn
+
+    def _encode_args(self, args: tuple[Any, ...]) -> tuple[bytes, bool]:
+        if len(args) == 1 and type(args[0]) is bytes:
+            return args[0], True
+        return self._codec.encode_value(args), False
+
+    async def _call_slot(self) -> None:
+        core = self._core
+        while not core.can_call():
+            self._check_open()
+            fut = self._loop.create_future()
+            self._call_waiters.append(fut)
+            await fut
+        self._check_open()
+
+    async def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` on the other side and return its result.
+
+        ``timeout`` (seconds) raises :class:`asyncio.TimeoutError` and travels as the
+        handler's deadline. Cancelling the awaiting task cancels the remote handler.
+        A handler's exception is raised as :class:`fastrpc.RemoteError`.
+        """
+        payload, raw = self._encode_args(args)
+        return await self._call(method, payload, raw, timeout)
+
+    async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None) -> Any:
+        core = self._core
+        if not core.can_call():
+            await self._call_slot()
+        self._check_open()
+        cid = core.send_request(method, payload, raw=raw, timeout=timeout)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._calls[cid] = fut
+        self._kick()
+        try:
+            if timeout is None:
+                return await fut
+            return await asyncio.wait_for(fut, timeout)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            if not fut.done() or fut.cancelled():
+                core.cancel_call(cid)
+                self._kick()
+            raise
+        finally:
+            self._calls.pop(cid, None)
+
+    async def request(self, data: Any, *, timeout: float | None = None) -> Response:
+        """The seed's request: ``data`` goes to the other side's ``match`` handler;
+        its return value comes back as ``Response.data``."""
+        payload, raw = self._codec.encode(data)
+        return Response(await self._call("", payload, raw, timeout))
+
+    def notify(self, method: str, *args: Any) -> None:
+        """Send a one-way call: no result, no error comes back."""
+        self._check_open()
+        payload, raw = self._encode_args(args)
+        self._core.send_notification(method, payload, raw=raw)
+        self._kick()
+
+    def stream(self, method: str, *args: Any, timeout: float | None = None) -> ReceiveStream[Any]:
+        """Call a streaming method: ``async for item in peer.stream("ticks", 10)``.
+
+        The call is sent on the first iteration; leaving the loop (and dropping the
+        stream), ``aclose()`` or ``async with`` cancel it on the other side.
+        """
+        payload, raw = self._encode_args(args)
+        return self._stream_call(method, payload, raw, None, timeout)
+
+    def channel(
+        self,
+        method: str,
+        items: AsyncIterable[Any],
+        *args: Any,
+        priority: int = DEFAULT_URGENCY,
+        rate: RateLimit | None = None,
+    ) -> ReceiveStream[Any]:
+        """Open a bidirectional stream: ``items`` go to the handler (its first
+        argument), whose yielded items come back through the returned stream."""
+        payload, raw = self._encode_args(args)
+        return self._stream_call(method, payload, raw, (items, priority, rate), None)
+
+    def _stream_call(
+        self, method: str, payload: bytes, raw: bool, channel: Any, timeout: float | None
+    ) -> ReceiveStream[Any]:
+        self._check_open()
+        stream: ReceiveStream[Any] = ReceiveStream(self.streams, None, call=True)
+        stream._claimed = True
+
+        async def start(stream: ReceiveStream[Any]) -> None:
+            await self._call_slot()
+            core = self._core
+            cid = core.send_request(method, payload, raw=raw, stream=True, channel=channel is not None, timeout=timeout)
+            stream.stream_id = cid
+            self.streams._incoming[cid] = stream
+            s = core.incoming(cid)
+            if s is not None:
+                stream._in = s
+            if channel is not None:
+                items, priority, rate = channel
+                if priority != DEFAULT_URGENCY:
+                    core.set_urgency(cid, priority)
+                self.streams._start_sender(cid, items, rate)
+            self._kick()
+
+        stream._starter = start
+        return stream
+
+    # -------------------------------------------------------------- streams
+
+    async def send_stream(
+        self,
+        source: AsyncIterable[Any],
+        stream_id: int | None = None,
+        *,
+        priority: int = DEFAULT_URGENCY,
+        rate: RateLimit | None = None,
+    ) -> int:
+        """Send ``source``'s items as a stream; return the stream id at once.
+
+        ``priority``: urgency 0 (first) to 7, default 3. ``rate``: a
+        :class:`RateLimit`. An exception raised by ``source`` reaches the receiver.
+        """
+        self._check_open()
+        return await self.streams.send_stream(source, stream_id, priority=priority, rate=rate)
+
+    def receive_stream(self, stream_id: int | None = None) -> tuple[int | None, ReceiveStream[Any]]:
+        """``(stream_id, stream)`` for an incoming stream; see
+        :meth:`StreamManager.receive_stream`."""
+        return self.streams.receive_stream(stream_id)
+
+    async def accept_stream(self) -> tuple[int, ReceiveStream[Any]]:
+        """Wait for the next incoming stream that nobody has claimed."""
+        return await self.streams.accept_stream()
+
+    def new_stream_id(self) -> int:
+        """Allocate a stream id to announce before :meth:`send_stream` uses it."""
+        return self._core.next_id()
+
+    def abort_stream(self, stream_id: int) -> bool:
+        """Stop an outgoing stream; the receiver gets :class:`fastrpc.StreamAborted`."""
+        return self.streams.abort_stream(stream_id)
+
+    def close_receiving_stream(self, stream_id: int) -> None:
+        """Stop reading an incoming stream; its sender is told to stop."""
+        self.streams.close_receiving_stream(stream_id)
+
+    # -------------------------------------------------------------- events
+
+    def _on_hello(self, ev: E.HelloReceived) -> None:
+        settings: Settings = ev.settings  # type: ignore[assignment]
+        if settings.codec != self._codec.wire_id:
+            self._decoder = get_codec(settings.codec)
+        if not self._ready.done():
+            self._ready.set_result(None)
+
+    def _on_readable(self, ev: E.StreamReadable) -> None:
+        self.streams._on_readable(ev.stream_id)
+
+    def _on_credit(self, ev: E.CreditGranted) -> None:
+        if ev.stream_id:
+            self.streams._on_writable(ev.stream_id)
+        else:
+            self.streams._on_slots()
+
+    def _on_stream_opened(self, ev: E.StreamOpened) -> None:
+        self.streams._on_opened(ev.stream_id)
+
+    def _on_stream_closed(self, ev: E.StreamClosedByPeer) -> None:
+        self.streams._on_closed_by_peer(ev.stream_id)
+
+    def _on_response(self, ev: E.ResponseReceived) -> None:
+        fut = self._calls.pop(ev.call_id, None)
+        self._call_done()
+        if fut is not None and not fut.done():
+            try:
+                fut.set_result(self._decoder.decode(ev.payload, ev.raw))
+            except Exception as exc:  # noqa: BLE001 - undecodable result
+                fut.set_exception(exc)
+
+    def _on_call_failed(self, ev: E.CallFailed) -> None:
+        fut = self._calls.pop(ev.call_id, None)
+        self._call_done()
+        if fut is not None and not fut.done():
+            fut.set_exception(ev.error)
+
+    def _call_done(self) -> None:
+        if self._call_waiters:
+            waiters, self._call_waiters = self._call_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    def _on_pong(self, ev: E.PongReceived) -> None:
+        fut = self._pongs.get(ev.payload)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_goaway(self, ev: E.GoAwayReceived) -> None:
+        if ev.code != ErrorCode.NO_ERROR:
+            self._close_exc = ConnectionClosed(f"peer closed the connection: {ev.reason}", ev.code)
+
+    def _on_notify(self, ev: E.NotificationReceived) -> None:
+        found = self._lookup(ev.method)
+        try:
+            if found is None:
+                fallback = self._fallback()
+                if fallback is None:
+                    return  # nobody to tell: notifications have no reply
+                fn, kind = fallback, handler_kind(fallback)
+                args: tuple[Any, ...] = ({"method": ev.method, "params": list(self._args(ev.payload, ev.raw))},)
+            else:
+                fn, kind = found
+                args = self._args(ev.payload, ev.raw)
+            if kind == SYNC:
+                result = fn(*args)
+                if not inspect.isawaitable(result):
+                    return
+            else:
+                result = fn(*args)
+        except Exception:  # noqa: BLE001 - a notification's error has nowhere to go
+            return
+        # Running notification handlers share the pending-calls limit.
+        if len(self._notify_tasks) >= self._core.settings.max_pending_calls:
+            if inspect.iscoroutine(result):
+                result.close()
+            raise LimitExceeded("too many running notification handlers")
+        task = self._loop.create_task(_quiet(result))
+        self._notify_tasks.add(task)
+        task.add_done_callback(self._notify_tasks.discard)
+
+    def _on_cancelled(self, ev: E.CallCancelled) -> None:
+        task = self._tasks.get(ev.call_id)
+        if task is not None:
+            task.cancel()
+
+    def _lookup(self, method: str) -> tuple[Callable[..., Any], int] | None:
+        found = self._own.methods.get(method) or self._router.methods.get(method)
+        return found
+
+    def _fallback(self) -> Callable[[Any], Any] | None:
+        return self._own.fallback or self._router.fallback
+
+    def _args(self, payload: Any, raw: bool) -> tuple[Any, ...]:
+        if raw:
+            return (bytes(payload),)
+        if not payload:
+            return ()
+        args = self._decoder.decode_value(payload)
+        return tuple(args) if isinstance(args, (list, tuple)) else (args,)
+
+    def _on_request(self, ev: E.RequestReceived) -> None:
+        core = self._core
+        cid = ev.call_id
+        try:
+            found = self._lookup(ev.method)
+            if found is None:
+                fallback = self._fallback()
+                if fallback is None:
+                    self._reply_error(cid, "MethodNotFound", f"no method {ev.method!r}", ev.stream)
+                    return
+                if ev.method == "":
+                    data = self._decoder.decode(ev.payload, ev.raw)
+                else:
+                    data = {"method": ev.method, "params": list(self._args(ev.payload, ev.raw))}
+                fn, kind, args = fallback, handler_kind(fallback), (data,)
+            else:
+                fn, kind = found
+                args = self._args(ev.payload, ev.raw)
+        except Exception as exc:  # noqa: BLE001 - undecodable arguments
+            self._reply_error(cid, "InvalidArguments", str(exc), ev.stream)
+            return
+        if ev.stream or ev.channel:
+            task = self._loop.create_task(self._run_stream_call(ev, fn, kind, args))
+        elif kind == SYNC:
+            # Sync handlers run inline: no task, the reply joins this loop iteration's message.
+            try:
+                result = fn(*args)
+            except Exception as exc:  # noqa: BLE001
+                self._reply_exception(cid, exc)
+                return
+            if not inspect.isawaitable(result):
+                self._reply(cid, result)
+                return
+            task = self._loop.create_task(self._run_call(cid, lambda: result, ev.deadline))
+        else:
+            task = self._loop.create_task(self._run_call(cid, lambda: fn(*args), ev.deadline))
+        self._tasks[cid] = task
+        task.add_done_callback(lambda t, cid=cid: self._tasks.pop(cid, None))
+
+    def _reply(self, cid: int, result: Any) -> None:
+        if self._closed_flag:
+            return
+        try:
+            payload, raw = self._codec.encode(result)
+        except Exception as exc:  # noqa: BLE001 - unencodable result
+            self._reply_exception(cid, exc)
+            return
+        self._core.send_response(cid, payload, raw=raw)
+        self._kick()
+
+    def _reply_exception(self, cid: int, exc: BaseException) -> None:
+        tb = "".join(_traceback.format_exception(exc)) if self._expose_tb else None
+        code = getattr(exc, "code", None)
+        self._reply_error(cid, type(exc).__name__, str(exc), False, code if isinstance(code, int) else None, tb)
+
+    def _reply_error(
+        self,
+        cid: int,
+        type_name: str,
+        message: str,
+        stream: bool,
+        code: int | None = None,
+        tb: str | None = None,
+    ) -> None:
+        if self._closed_flag:
+            return
+        core = self._core
+        if stream:
+            core.open_response_stream(cid)
+            core.error_stream(cid, type_name, message, code)
+            core.finish_call(cid)
+        else:
+            core.send_error(cid, type_name, message, code, tb)
+        self._kick()
+
+    async def _run_call(self, cid: int, invoke: Callable[[], Awaitable[Any]], deadline: float | None) -> None:
+        try:
+            if deadline is not None:
+                result = await asyncio.wait_for(invoke(), deadline)
+            else:
+                result = await invoke()
+        except asyncio.CancelledError:
+            self._reply_error(cid, "CancelledError", "call cancelled", False)
+            raise
+        except asyncio.TimeoutError:
+            self._reply_error(cid, "TimeoutError", "deadline exceeded", False)
+        except Exception as exc:  # noqa: BLE001
+            self._reply_exception(cid, exc)
+        else:
+            self._reply(cid, result)
+
+    async def _run_stream_call(self, ev: E.RequestReceived, fn: Callable[..., Any], kind: int, args: tuple[Any, ...]) -> None:
+        core = self._core
+        cid = ev.call_id
+        manager = self.streams
+        inbound: ReceiveStream[Any] | None = None
+        try:
+            if ev.channel:
+                inbound = ReceiveStream(manager, cid, call=True)
+                inbound._claimed = True
+                manager._incoming[cid] = inbound
+                s = core.incoming(cid)
+                if s is not None:
+                    inbound._in = s
+                args = (inbound, *args)
+            try:
+                source = fn(*args)
+                if kind != ASYNC_GEN and inspect.isawaitable(source):
+                    source = await source
+                if not hasattr(source, "__aiter__"):
+                    if ev.stream and kind != ASYNC_GEN:
+                        source = _single(source)
+                    else:
+                        raise TypeError(f"handler for {ev.method!r} did not return an async iterable")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if not self._closed_flag:
+                    core.open_response_stream(cid)
+                    core.error_stream(cid, type(exc).__name__, str(exc))
+                    self._kick()
+                return
+            if self._closed_flag:
+                return
+            core.open_response_stream(cid)
+            await manager._send_loop(cid, source, None, None)
+        finally:
+            core.finish_call(cid)
+            if inbound is not None:
+                inbound.close()
+
+
+async def _single(value: T) -> Any:
+    yield value
+
+
+
+async def _quiet(aw: Awaitable[Any]) -> None:
+    try:
+        await aw
+    except Exception:  # noqa: BLE001 - a notification's error has nowhere to go
+        pass

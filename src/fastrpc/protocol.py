@@ -1,0 +1,967 @@
+"""The sans-I/O connection core: bytes in, events out; method calls in, bytes out.
+
+No asyncio and no sockets here. The I/O layer (``fastrpc.peer``) feeds every received
+WebSocket message to :meth:`Connection.receive_message`, acts on the events it
+returns, and writes whatever :meth:`Connection.next_message` hands it.
+
+The core owns: the HELLO handshake and negotiated settings, call ids and their limits,
+the state of every stream in both directions, per-stream flow-control windows (kept in
+the codec's :class:`StreamLedger`), reassembly of fragmented items, compression, and
+the scheduler that packs queued frames into outgoing messages by priority.
+See ``docs/protocol.md`` for the wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Union
+
+from . import compression as _compression
+from . import frames as F
+from .events import (
+    CallCancelled,
+    CallFailed,
+    CreditGranted,
+    Event,
+    GoAwayReceived,
+    HelloReceived,
+    NotificationReceived,
+    PongReceived,
+    RequestReceived,
+    ResponseReceived,
+    StreamClosedByPeer,
+    StreamOpened,
+    StreamReadable,
+)
+from .exceptions import (
+    ErrorCode,
+    LimitExceeded,
+    ProtocolError,
+    RemoteError,
+    RemoteStreamError,
+    StreamAborted,
+    StreamClosed,
+)
+
+Payload = Union[bytes, memoryview]
+
+__all__ = ["Role", "Settings", "Connection", "FRAME_CHARGE", "encode_error", "decode_error"]
+
+# Every STREAM_DATA frame costs its payload plus this many bytes of credit: it is about
+# what the receiver spends holding one more item, and it makes floods of empty frames
+# run out of credit like data does.
+FRAME_CHARGE = 32
+# Flag bit private to fastrpc's payloads: the payload is raw bytes, not codec-encoded.
+FLAG_RAW = 0x40
+URGENCY_LEVELS = 8
+DEFAULT_URGENCY = 3
+
+# HELLO setting keys (docs/protocol.md, "HELLO").
+SETTING_MAX_FRAME_SIZE = 1
+SETTING_MAX_MESSAGE_SIZE = 2
+SETTING_INITIAL_STREAM_WINDOW = 3
+SETTING_MAX_STREAMS = 4
+SETTING_MAX_PENDING_CALLS = 5
+SETTING_MAX_ITEM_SIZE = 6
+SETTING_COMPRESSION = 7
+SETTING_CODEC = 8
+SETTING_RESUME = 9
+
+CODEC_MSGPACK = 0
+CODEC_JSON = 1
+
+
+class Role(enum.IntEnum):
+    """Which end of the WebSocket: the client allocates odd ids, the server even ones."""
+
+    CLIENT = 1
+    SERVER = 2
+
+
+@dataclass
+class Settings:
+    """Limits one side announces in its HELLO: what it is willing to receive."""
+
+    max_frame_size: int = 1 << 20
+    max_message_size: int = 4 << 20
+    initial_stream_window: int = 256 << 10
+    max_streams: int = 1024
+    max_pending_calls: int = 1024
+    max_item_size: int = 16 << 20
+    compression: int = 0
+    codec: int = CODEC_MSGPACK
+    resume: int = 0
+
+    _KEYS = {
+        "max_frame_size": SETTING_MAX_FRAME_SIZE,
+        "max_message_size": SETTING_MAX_MESSAGE_SIZE,
+        "initial_stream_window": SETTING_INITIAL_STREAM_WINDOW,
+        "max_streams": SETTING_MAX_STREAMS,
+        "max_pending_calls": SETTING_MAX_PENDING_CALLS,
+        "max_item_size": SETTING_MAX_ITEM_SIZE,
+        "compression": SETTING_COMPRESSION,
+        "codec": SETTING_CODEC,
+        "resume": SETTING_RESUME,
+    }
+
+    def __post_init__(self) -> None:
+        self.validate(ValueError)
+
+    def validate(self, error: type[Exception]) -> None:
+        if self.max_frame_size < 1024:
+            raise error("max_frame_size below 1024")
+        if self.max_message_size < self.max_frame_size:
+            raise error("max_message_size below max_frame_size")
+        if self.initial_stream_window < 1024:
+            raise error("initial_stream_window below 1024")
+        if self.max_item_size < 1:
+            raise error("max_item_size below 1")
+        if self.codec not in (CODEC_MSGPACK, CODEC_JSON):
+            raise error(f"unknown payload codec {self.codec}")
+
+    def to_wire(self) -> bytes:
+        return F.encode_settings(
+            F.PROTOCOL_VERSION,
+            {key: getattr(self, name) for name, key in self._KEYS.items()},
+        )
+
+    @classmethod
+    def from_wire(cls, payload: Payload) -> Settings:
+        version, values = F.decode_settings(payload)
+        if version != F.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"unsupported protocol version {version} (this side speaks {F.PROTOCOL_VERSION})",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+        self = cls.__new__(cls)
+        for f in fields(cls):
+            setattr(self, f.name, f.default)
+        by_key = {key: name for name, key in cls._KEYS.items()}
+        for key, value in values.items():
+            name = by_key.get(key)
+            if name is not None:  # unknown settings are ignored
+                setattr(self, name, value)
+        self.validate(ProtocolError)
+        return self
+
+
+def encode_error(type_name: str, message: str, code: int | None = None, traceback: str | None = None) -> bytes:
+    """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback."""
+    t = type_name.encode("utf-8", "replace")
+    m = message.encode("utf-8", "replace")
+    out = bytearray(F.encode_varint(0 if code is None else min(code, F.VARINT_MAX - 1) + 1))
+    out += F.encode_varint(len(t)) + t + F.encode_varint(len(m)) + m
+    if traceback:
+        out += traceback.encode("utf-8", "replace")
+    return bytes(out)
+
+
+def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> RemoteError:
+    data = memoryview(payload).cast("B")
+    code, pos = F.decode_varint(data, 0)
+    n, pos = F.decode_varint(data, pos)
+    if pos + n > len(data):
+        raise ProtocolError("truncated error payload")
+    type_name = bytes(data[pos : pos + n]).decode("utf-8", "replace")
+    pos += n
+    n, pos = F.decode_varint(data, pos)
+    if pos + n > len(data):
+        raise ProtocolError("truncated error payload")
+    message = bytes(data[pos : pos + n]).decode("utf-8", "replace")
+    pos += n
+    tb = bytes(data[pos:]).decode("utf-8", "replace") if pos < len(data) else None
+    return cls(type_name, message, None if code == 0 else code - 1, tb)
+
+
+class _Out:
+    """An outgoing stream: its queued frames and the part of an item not yet sent."""
+
+    __slots__ = ("id", "urgency", "writer", "state", "bound", "flags", "tail", "tail_flags", "queued")
+
+    def __init__(self, stream_id: int, urgency: int, bound: bool) -> None:
+        self.id = stream_id
+        self.urgency = urgency
+        self.writer = F.FrameWriter()
+        self.state = 0  # 0 open, 1 ended (terminal frame queued), 2 closed by the peer
+        self.bound = bound  # bound to a call: not counted against max_streams
+        self.flags = F.FLAG_OPEN  # flags for the next frame: OPEN until the first one
+        self.tail: Payload | None = None
+        self.tail_flags = 0
+        self.queued = False  # in the scheduler's ring
+
+
+class _In:
+    """An incoming stream: items received and not yet read, and its end state."""
+
+    __slots__ = ("id", "items", "state", "error", "partial", "partial_flags", "bound", "opened", "epoch")
+
+    OPEN = 0
+    ENDED = 1
+    FAILED = 2
+
+    def __init__(self, stream_id: int, bound: bool) -> None:
+        self.id = stream_id
+        # (payload, raw, charge): charge is the credit given back once it is read.
+        self.items: deque[tuple[Payload, bool, int]] = deque()
+        self.state = _In.OPEN
+        self.error: BaseException | None = None
+        self.partial: bytearray | None = None
+        self.partial_flags = 0
+        self.bound = bound
+        self.opened = False
+        self.epoch = -1
+
+
+class Connection:
+    """State of one fastrpc connection, independent of any I/O.
+
+    ``settings`` are the local limits, announced in our HELLO; :attr:`peer_settings`
+    are the peer's, known once its HELLO arrived (:attr:`ready`).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        settings: Settings | None = None,
+        *,
+        compression_threshold: int = 1024,
+        stream_buffer_size: int = 64 << 10,
+    ) -> None:
+        self.role = role
+        self.settings = settings or Settings()
+        self.peer_settings: Settings | None = None
+        self.compression_threshold = compression_threshold
+        self.stream_buffer_size = stream_buffer_size
+        self.closed = False
+        self._next_id = 1 if role is Role.CLIENT else 2
+        self._peer_parity = 0 if role is Role.CLIENT else 1
+        self._control = F.FrameWriter()
+        self._ready: list[deque[_Out]] = [deque() for _ in range(URGENCY_LEVELS)]
+        self._unblocked: list[int] = []
+        self._out: dict[int, _Out] = {}
+        self._in: dict[int, _In] = {}
+        self._ledger_out = F.StreamLedger(Settings.initial_stream_window)
+        self._ledger_in = F.StreamLedger(self.settings.initial_stream_window)
+        self._calls_out: dict[int, int] = {}  # id -> 0 pending, 1 cancelled (awaiting its end)
+        self._stream_calls_out: set[int] = set()
+        self._calls_in: set[int] = set()
+        self._stream_slots = 0  # streams we may still open (peer's max_streams, then grants)
+        self._free_in = 0  # free (not call-bound) incoming streams not yet released
+        self._slot_grants = 0
+        self._stream_bytes = 0  # bytes queued in the streams' writers
+        self._refused: set[int] = set()
+        self._epoch = 0
+        self._frame_limit = 0
+        self._message_limit = 0
+        self._compressor: _compression.Compressor | None = None
+        self._algorithm = 0
+        self._control.add(F.HELLO, 0, 0, self.settings.to_wire())
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def ready(self) -> bool:
+        """True once the peer's HELLO has been received."""
+        return self.peer_settings is not None
+
+    @property
+    def compression(self) -> int:
+        """The negotiated compression algorithm (0: none)."""
+        return self._algorithm
+
+    @property
+    def pending_calls(self) -> int:
+        """Our calls the peer has not finished (cancelled ones included)."""
+        return len(self._calls_out)
+
+    @property
+    def running_calls(self) -> int:
+        """Calls from the peer whose handlers have not finished."""
+        return len(self._calls_in)
+
+    def can_call(self) -> bool:
+        peer = self.peer_settings
+        return peer is not None and len(self._calls_out) < peer.max_pending_calls
+
+    def can_open_stream(self) -> bool:
+        return self._stream_slots > 0
+
+    def next_id(self) -> int:
+        """Allocate a call or stream id of our parity, skipping ids still in use."""
+        fid = self._next_id
+        while fid in self._out or fid in self._calls_out:
+            fid += 2
+        self._next_id = fid + 2
+        return fid
+
+    def is_own_id(self, fid: int) -> bool:
+        return fid > 0 and fid & 1 != self._peer_parity
+
+    # ----------------------------------------------------------------- output
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued in the core and not yet taken by :meth:`next_message`."""
+        return self._stream_bytes + len(self._control)
+
+    def has_output(self) -> bool:
+        return bool(len(self._control)) or any(self._ready) or self._slot_grants > 0
+
+    def next_message(self) -> bytes | None:
+        """The next WebSocket message to send, or None when nothing is queued.
+
+        Control frames and calls go first, then streams by urgency (0 first), round
+        robin among the streams of one urgency, each turn taking a stream's whole
+        queue (bounded by ``stream_buffer_size``). A message stays within the peer's
+        ``max_message_size``.
+        """
+        if self._slot_grants:
+            self._control.add(F.STREAMS, 0, 0, F.encode_varint(self._slot_grants))
+            self._slot_grants = 0
+        parts: list[bytes] = []
+        size = 0
+        limit = self._message_limit or self.settings.max_message_size
+        if len(self._control):
+            part = self._control.take()
+            parts.append(part)
+            size = len(part)
+        if self.peer_settings is not None:
+            for ring in self._ready:
+                while ring:
+                    s = ring[0]
+                    n = len(s.writer)
+                    if size and size + n > limit:
+                        break
+                    ring.popleft()
+                    s.queued = False
+                    if n:
+                        parts.append(s.writer.take())
+                        size += n
+                        self._stream_bytes -= n
+                    if s.state == 0 and s.tail is not None:
+                        self._pump(s)
+                    elif s.state == 0:
+                        self._unblocked.append(s.id)
+                else:
+                    continue
+                break
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def take_unblocked(self) -> list[int]:
+        """Outgoing streams whose queue was emptied since the last call: they may send."""
+        out = self._unblocked
+        self._unblocked = []
+        return out
+
+    def _queue(self, s: _Out) -> None:
+        if not s.queued:
+            s.queued = True
+            self._ready[s.urgency].append(s)
+
+    # ----------------------------------------------------------------- calls
+
+    def send_request(
+        self,
+        method: str,
+        payload: Payload,
+        *,
+        raw: bool = False,
+        stream: bool = False,
+        channel: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Queue a REQUEST; return its call id.
+
+        ``stream``: results come back as a stream on the call id (read it with
+        :meth:`read_item`). ``channel``: we send an input stream on the call id
+        (write it with :meth:`send_item`).
+        """
+        self._check_open()
+        if not self.can_call():
+            raise LimitExceeded("too many pending calls")
+        call_id = self.next_id()
+        flags = (FLAG_RAW if raw else 0) | (F.FLAG_STREAM if stream else 0) | (F.FLAG_CHANNEL if channel else 0)
+        m = method.encode("utf-8")
+        head = F.encode_varint(len(m)) + m
+        if timeout is not None:
+            flags |= F.FLAG_DEADLINE
+            head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
+        self._control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
+        self._calls_out[call_id] = 0
+        if stream:
+            self._stream_calls_out.add(call_id)
+            self._in[call_id] = _In(call_id, True)
+            self._ledger_in.open(call_id)
+        if channel:
+            self._open_out(call_id, DEFAULT_URGENCY, True)
+        return call_id
+
+    def send_notification(self, method: str, payload: Payload, *, raw: bool = False) -> None:
+        self._check_open()
+        m = method.encode("utf-8")
+        self._control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, F.encode_varint(len(m)) + m + payload)
+
+    def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
+        """Answer call ``call_id``; this also finishes it (frees its slot)."""
+        if call_id not in self._calls_in:
+            raise KeyError(call_id)
+        self._calls_in.discard(call_id)
+        if self.closed:
+            return
+        limit = self._frame_limit
+        if len(payload) > limit:
+            self._control.add(
+                F.ERROR,
+                0,
+                call_id,
+                encode_error("ResponseTooLarge", f"response of {len(payload)} bytes exceeds {limit}"),
+            )
+            return
+        self._control.add(F.RESPONSE, FLAG_RAW if raw else 0, call_id, payload)
+
+    def send_error(
+        self,
+        call_id: int,
+        type_name: str,
+        message: str,
+        code: int | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """Fail call ``call_id``; this also finishes it."""
+        if call_id not in self._calls_in:
+            raise KeyError(call_id)
+        self._calls_in.discard(call_id)
+        if not self.closed:
+            self._control.add(F.ERROR, 0, call_id, encode_error(type_name, message, code, traceback)[: self._frame_limit])
+
+    def finish_call(self, call_id: int) -> None:
+        """A streaming call's handler finished (its stream's end is queued)."""
+        self._calls_in.discard(call_id)
+
+    def cancel_call(self, call_id: int) -> None:
+        """We gave up on ``call_id``: send CANCEL; its slot stays taken until the peer
+        answers, so cancel floods cannot exceed the peer's limit."""
+        if self._calls_out.get(call_id) != 0:
+            return
+        self._calls_out[call_id] = 1
+        s = self._in.get(call_id)
+        if s is not None:
+            s.items.clear()
+            s.state = _In.FAILED
+        o = self._out.get(call_id)
+        if o is not None and o.state == 0:
+            self.abort_stream(call_id, "call cancelled")
+        if not self.closed:
+            self._control.add(F.CANCEL, 0, call_id, b"")
+
+    # --------------------------------------------------------- outgoing streams
+
+    def open_stream(self, stream_id: int | None = None, *, urgency: int = DEFAULT_URGENCY) -> int:
+        """Open an outgoing stream (its OPEN goes with its first frame); return its id.
+
+        ``stream_id`` None allocates one; a given id must be of our parity and unused.
+        Raises :class:`LimitExceeded` when the peer's stream limit is reached (wait for
+        :class:`CreditGranted` with id 0 and :meth:`can_open_stream`).
+        """
+        self._check_open()
+        if stream_id is None:
+            stream_id = self.next_id()
+        elif not self.is_own_id(stream_id) or stream_id > F.VARINT_MAX:
+            raise ValueError(f"stream id {stream_id} is not one this side may allocate")
+        elif stream_id in self._out or stream_id in self._calls_out:
+            raise ValueError(f"stream id {stream_id} is in use")
+        if self._stream_slots <= 0:
+            raise LimitExceeded("peer's stream limit reached")
+        self._stream_slots -= 1
+        if stream_id >= self._next_id:
+            self._next_id = stream_id + 2
+        self._open_out(stream_id, urgency, False)
+        return stream_id
+
+    def open_response_stream(self, call_id: int, *, urgency: int = DEFAULT_URGENCY) -> None:
+        """Open the stream that carries the results of streaming call ``call_id``."""
+        if call_id not in self._calls_in:
+            raise KeyError(call_id)
+        self._open_out(call_id, urgency, True)
+
+    def _open_out(self, stream_id: int, urgency: int, bound: bool) -> None:
+        if not 0 <= urgency < URGENCY_LEVELS:
+            raise ValueError("urgency must be 0..7")
+        self._out[stream_id] = _Out(stream_id, urgency, bound)
+        self._ledger_out.open(stream_id)
+
+    def set_urgency(self, stream_id: int, urgency: int) -> None:
+        if not 0 <= urgency < URGENCY_LEVELS:
+            raise ValueError("urgency must be 0..7")
+        s = self._out[stream_id]
+        if s.queued:
+            self._ready[s.urgency].remove(s)
+            s.urgency = urgency
+            self._ready[urgency].append(s)
+        s.urgency = urgency
+
+    def send_item(self, stream_id: int, payload: Payload, *, raw: bool = False) -> bool:
+        """Queue one item on an outgoing stream.
+
+        The item is always accepted; the result says whether the stream may take the
+        next one now. When False, wait for :class:`CreditGranted` or for the stream
+        to show up in :meth:`take_unblocked`, then check :meth:`writable`.
+        """
+        s = self._out.get(stream_id)
+        if s is None or s.state != 0:
+            raise StreamClosed(f"stream {stream_id} is closed")
+        if s.tail is not None:
+            raise RuntimeError("the previous item is still being sent; wait until writable()")
+        flags = s.flags | (FLAG_RAW if raw else 0)
+        n = len(payload)
+        if self._compressor is not None and n >= self.compression_threshold:
+            packed = self._compressor.compress(payload)
+            if len(packed) < n:
+                payload = packed
+                n = len(packed)
+                flags |= F.FLAG_COMPRESSED
+        charge = n + FRAME_CHARGE
+        ledger = self._ledger_out
+        if n <= self._frame_limit and ledger.window(stream_id) >= charge:
+            # Fast path: the whole item fits in one frame and in the credit.
+            w = s.writer
+            before = len(w)
+            w.add(F.STREAM_DATA, flags, stream_id, payload)
+            after = len(w)
+            self._stream_bytes += after - before
+            s.flags = 0
+            left = ledger.sent(stream_id, charge)
+            if not s.queued:
+                s.queued = True
+                self._ready[s.urgency].append(s)
+            return left > FRAME_CHARGE and after < self.stream_buffer_size
+        s.tail = payload
+        s.tail_flags = flags
+        return self._pump(s)
+
+    def writable(self, stream_id: int) -> bool:
+        """Whether the stream may take another item now (see :meth:`send_item`)."""
+        s = self._out.get(stream_id)
+        if s is None or s.state != 0:
+            return True  # sending will raise StreamClosed: let the sender find out
+        if s.tail is not None and not self._pump(s):
+            return False
+        return (
+            self._ledger_out.window(stream_id) > FRAME_CHARGE
+            and len(s.writer) < self.stream_buffer_size
+        )
+
+    def _pump(self, s: _Out) -> bool:
+        """Move as much of the pending item as credit and buffer allow; True when done
+        and the stream may take more."""
+        tail = s.tail
+        ledger = self._ledger_out
+        sid = s.id
+        while tail is not None:
+            if len(s.writer) >= self.stream_buffer_size:
+                break
+            room = ledger.window(sid) - FRAME_CHARGE
+            n = len(tail)
+            if room < 1 and not (n == 0 and room == 0):
+                break
+            take = min(n, room, self._frame_limit)
+            more = take < n
+            flags = s.tail_flags | s.flags | (F.FLAG_MORE if more else 0)
+            before = len(s.writer)
+            s.writer.add(F.STREAM_DATA, flags, sid, tail[:take] if more else tail)
+            self._stream_bytes += len(s.writer) - before
+            s.flags = 0
+            ledger.sent(sid, take + FRAME_CHARGE)
+            tail = memoryview(tail)[take:] if more else None
+            self._queue(s)
+        s.tail = tail
+        if tail is not None:
+            return False
+        return ledger.window(sid) > FRAME_CHARGE and len(s.writer) < self.stream_buffer_size
+
+    def end_stream(self, stream_id: int) -> None:
+        """Queue STREAM_END: the sender finished. Wait until writable() first."""
+        self._terminate(stream_id, F.STREAM_END, b"")
+
+    def error_stream(self, stream_id: int, type_name: str, message: str, code: int | None = None) -> None:
+        """Queue STREAM_ERROR: the sending iterator raised."""
+        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code)[: self._frame_limit])
+
+    def abort_stream(self, stream_id: int, reason: str = "") -> None:
+        """Queue STREAM_ABORT: the sender gives up; an unsent part of an item is dropped."""
+        self._terminate(stream_id, F.STREAM_ABORT, reason.encode("utf-8", "replace")[:1024])
+
+    def _terminate(self, stream_id: int, ftype: int, payload: bytes) -> None:
+        s = self._out.get(stream_id)
+        if s is None or s.state != 0:
+            return
+        if s.tail is not None:
+            if ftype == F.STREAM_END:
+                raise RuntimeError("the last item is still being sent; wait until writable()")
+            s.tail = None
+        s.state = 1
+        del self._out[stream_id]
+        self._ledger_out.close(stream_id)
+        if not self.closed:
+            before = len(s.writer)
+            s.writer.add(ftype, s.flags, stream_id, payload)
+            self._stream_bytes += len(s.writer) - before
+            self._queue(s)
+
+    # --------------------------------------------------------- incoming streams
+
+    def incoming(self, stream_id: int) -> _In | None:
+        return self._in.get(stream_id)
+
+    def read_item(self, stream_id: int) -> tuple[Payload, bool] | None:
+        """Take the next item of an incoming stream (None when none is buffered).
+
+        Reading gives its credit back to the sender, in batches.
+        """
+        s = self._in.get(stream_id)
+        if s is None or not s.items:
+            return None
+        payload, raw, charge = s.items.popleft()
+        grant = self._ledger_in.consumed(stream_id, charge)
+        if grant:
+            self._control.add(F.CREDIT, 0, stream_id, F.encode_varint(grant))
+        return payload, raw
+
+    def consumed(self, s: _In, charge: int) -> int:
+        """Credit bookkeeping for an item the I/O layer took from ``s.items`` itself;
+        returns the credit granted back now (a CREDIT frame is queued when > 0)."""
+        grant: int = self._ledger_in.consumed(s.id, charge)
+        if grant:
+            self._control.add(F.CREDIT, 0, s.id, F.encode_varint(grant))
+        return grant
+
+    def grow_window(self, stream_id: int, window: int) -> None:
+        """Let the sender of ``stream_id`` have up to ``window`` bytes in flight."""
+        extra = self._ledger_in.resize(stream_id, window)
+        if extra:
+            self._control.add(F.CREDIT, 0, stream_id, F.encode_varint(extra))
+
+    def stream_stats(self, stream_id: int, outgoing: bool) -> tuple[int, int, int, int]:
+        """``(bytes, items, window, buffered)`` of a stream that is still open."""
+        return (self._ledger_out if outgoing else self._ledger_in).stats(stream_id)
+
+    def close_stream(self, stream_id: int) -> None:
+        """We stop reading incoming ``stream_id``: drop what is buffered, tell the sender
+        (STREAM_CLOSE; for a streaming call, CANCEL) and release its slot."""
+        s = self._in.get(stream_id)
+        if s is None:
+            if self.is_peer_id(stream_id):
+                self._refused.add(stream_id)  # not arrived yet: refuse it when it does
+            return
+        if s.bound and stream_id in self._stream_calls_out:
+            self.cancel_call(stream_id)
+            return
+        if s.state == _In.OPEN and not self.closed:
+            self._control.add(F.STREAM_CLOSE, 0, stream_id, b"")
+        self.release_stream(stream_id)
+
+    def is_peer_id(self, fid: int) -> bool:
+        return fid > 0 and fid & 1 == self._peer_parity
+
+    def release_stream(self, stream_id: int) -> None:
+        """The reader is done with an incoming stream: forget it, free its slot."""
+        s = self._in.pop(stream_id, None)
+        if s is None:
+            return
+        s.items.clear()
+        self._ledger_in.close(stream_id)
+        if not s.bound:
+            self._free_in -= 1
+            self._slot_grants += 1
+
+    # ------------------------------------------------------------------ control
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        self._check_open()
+        self._control.add(F.PING, 0, 0, payload[:64])
+
+    def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Queue GOAWAY and stop accepting work; the I/O layer then closes the socket."""
+        if self.closed:
+            return
+        self._control.add(F.GOAWAY, 0, 0, F.encode_varint(int(code)) + reason.encode("utf-8", "replace")[:512])
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            from .exceptions import ConnectionClosed
+
+            raise ConnectionClosed()
+
+    # ------------------------------------------------------------------ input
+
+    def receive_message(self, data: Payload) -> list[Event]:
+        """Decode one received WebSocket message; return the events it produced.
+
+        Raises :class:`ProtocolError` when the peer broke the protocol: the caller
+        should then call :meth:`close` with its code and close the connection.
+        """
+        frames = F.decode_message(data, self.settings.max_frame_size)
+        events: list[Event] = []
+        self._epoch += 1
+        if self.peer_settings is None:
+            first = frames[0]
+            if first.type != F.HELLO:
+                raise ProtocolError("expected HELLO as the first frame")
+            self._on_hello(first, events)
+            frames = frames[1:]
+        for f in frames:
+            t = f.type
+            if t == F.STREAM_DATA:
+                self._on_data(f, events)
+            elif t == F.CREDIT:
+                self._on_credit(f, events)
+            elif t == F.REQUEST:
+                self._on_request(f, events)
+            elif t == F.RESPONSE:
+                self._on_response(f, events)
+            elif t == F.STREAM_END or t == F.STREAM_ERROR or t == F.STREAM_ABORT:
+                self._on_stream_end(f, events)
+            elif t == F.NOTIFY:
+                self._on_notify(f, events)
+            elif t == F.ERROR:
+                self._on_error(f, events)
+            elif t == F.CANCEL:
+                if f.id in self._calls_in:
+                    events.append(CallCancelled(f.id))
+            elif t == F.STREAM_CLOSE:
+                self._on_stream_close(f, events)
+            elif t == F.STREAMS:
+                n, _ = F.decode_varint(f.payload, 0)
+                self._stream_slots = min(self._stream_slots + n, F.VARINT_MAX)
+                events.append(CreditGranted(0))
+            elif t == F.PING:
+                if not self.closed:
+                    self._control.add(F.PONG, 0, 0, f.payload)
+            elif t == F.PONG:
+                events.append(PongReceived(bytes(f.payload)))
+            elif t == F.GOAWAY:
+                code, pos = F.decode_varint(f.payload, 0)
+                reason = bytes(f.payload[pos:]).decode("utf-8", "replace")
+                events.append(GoAwayReceived(code, reason))
+            elif t == F.HELLO:
+                raise ProtocolError("HELLO after the handshake")
+            elif t >= F.EXTENSION_BASE:
+                continue  # unknown extension frames are skipped
+            elif t == F.RESUME or t == F.RESUME_OK:
+                raise ProtocolError("RESUME was not negotiated")
+            else:
+                raise ProtocolError(f"unknown frame type 0x{t:02x}")
+        return events
+
+    def _on_hello(self, f: F.Frame, events: list[Event]) -> None:
+        peer = Settings.from_wire(f.payload)
+        self.peer_settings = peer
+        self._frame_limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
+        self._message_limit = peer.max_message_size
+        self._stream_slots = peer.max_streams
+        self._ledger_out = F.StreamLedger(peer.initial_stream_window)
+        self._algorithm = _compression.choose(self.settings.compression, peer.compression)
+        if self._algorithm:
+            self._compressor = _compression.Compressor(self._algorithm)
+        events.append(HelloReceived(peer))
+
+    def _on_data(self, f: F.Frame, events: list[Event]) -> None:
+        fid = f.id
+        flags = f.flags
+        s = self._in.get(fid)
+        if s is None or flags & F.FLAG_OPEN:
+            if not flags & F.FLAG_OPEN:
+                return  # in flight when we closed the stream: drop it
+            s = self._open_in(fid, s, events)
+            if s is None:
+                return
+        elif s.state != _In.OPEN:
+            if s.bound and self._calls_out.get(fid) == 1:
+                return  # cancelled streaming call: drop until its end arrives
+            raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
+        payload = f.payload
+        charge = len(payload) + FRAME_CHARGE
+        self._ledger_in.received(fid, charge)
+        if flags & F.FLAG_MORE or s.partial is not None:
+            if s.partial is None:
+                s.partial = bytearray()
+                s.partial_flags = flags
+            if len(s.partial) + len(payload) > self.settings.max_item_size:
+                raise LimitExceeded("item larger than max_item_size")
+            s.partial += payload
+            if flags & F.FLAG_MORE:
+                # Fragments are held in the reassembly buffer (bounded by max_item_size),
+                # not in the window: give their credit back at once.
+                self.consumed(s, charge)
+                return
+            payload = bytes(s.partial)
+            flags |= s.partial_flags
+            s.partial = None
+        if flags & F.FLAG_COMPRESSED:
+            payload = _compression.decompress(self._algorithm, payload, self.settings.max_item_size)
+        s.items.append((payload, bool(flags & FLAG_RAW), charge))
+        if s.epoch != self._epoch:
+            s.epoch = self._epoch
+            events.append(StreamReadable(fid))
+
+    def _open_in(self, fid: int, s: _In | None, events: list[Event]) -> _In | None:
+        if s is not None:
+            if s.opened or not s.bound:
+                raise ProtocolError("stream opened twice", ErrorCode.STREAM_STATE_ERROR)
+            s.opened = True
+            return s
+        if fid in self._calls_in:
+            # The input stream of a channel call.
+            s = _In(fid, True)
+        elif self.is_peer_id(fid):
+            if self._free_in >= self.settings.max_streams:
+                raise LimitExceeded("too many concurrent streams")
+            s = _In(fid, False)
+            self._free_in += 1
+        else:
+            if fid in self._calls_out:
+                return None  # a call of ours that we stopped reading
+            raise ProtocolError("stream id of the wrong parity", ErrorCode.STREAM_STATE_ERROR)
+        s.opened = True
+        self._in[fid] = s
+        self._ledger_in.open(fid)
+        if fid in self._refused:
+            self._refused.discard(fid)
+            self.close_stream(fid)
+            return None
+        if not s.bound:
+            events.append(StreamOpened(fid))
+        return s
+
+    def _on_stream_end(self, f: F.Frame, events: list[Event]) -> None:
+        fid = f.id
+        s = self._in.get(fid)
+        if s is None or f.flags & F.FLAG_OPEN:
+            if not f.flags & F.FLAG_OPEN:
+                self._finish_stream_call(fid)
+                return
+            s = self._open_in(fid, s, events)
+            if s is None:
+                self._finish_stream_call(fid)
+                return
+        elif s.state != _In.OPEN:
+            if s.bound and self._calls_out.get(fid) == 1:
+                self._finish_stream_call(fid)
+                self.release_stream(fid)
+                return
+            raise ProtocolError("stream ended twice", ErrorCode.STREAM_STATE_ERROR)
+        if s.partial is not None:
+            s.partial = None
+            if f.type == F.STREAM_END:
+                raise ProtocolError("stream ended inside an item", ErrorCode.STREAM_STATE_ERROR)
+        if f.type == F.STREAM_END:
+            s.state = _In.ENDED
+        elif f.type == F.STREAM_ERROR:
+            s.state = _In.FAILED
+            s.error = decode_error(f.payload, RemoteStreamError)
+        else:
+            s.state = _In.FAILED
+            reason = bytes(f.payload).decode("utf-8", "replace")
+            s.error = StreamAborted(reason or "stream aborted by the sender")
+        self._finish_stream_call(fid)
+        if s.epoch != self._epoch:
+            s.epoch = self._epoch
+            events.append(StreamReadable(fid))
+
+    def _finish_stream_call(self, fid: int) -> None:
+        if fid in self._stream_calls_out:
+            self._stream_calls_out.discard(fid)
+            self._calls_out.pop(fid, None)
+
+    def _on_stream_close(self, f: F.Frame, events: list[Event]) -> None:
+        s = self._out.get(f.id)
+        if s is None:
+            return
+        s.state = 2
+        s.tail = None
+        self._stream_bytes -= len(s.writer)
+        s.writer.take()  # nobody reads it any more
+        del self._out[f.id]
+        self._ledger_out.close(f.id)
+        events.append(StreamClosedByPeer(f.id))
+
+    def _on_credit(self, f: F.Frame, events: list[Event]) -> None:
+        n, _ = F.decode_varint(f.payload, 0)
+        fid = f.id
+        if fid == 0:
+            return  # connection-wide credit: reserved
+        if fid not in self._out:
+            return  # the stream ended meanwhile
+        self._ledger_out.grant(fid, n)
+        events.append(CreditGranted(fid))
+
+    def _request_head(self, f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
+        data = f.payload
+        pos = 0
+        deadline = None
+        if has_deadline:
+            ms, pos = F.decode_varint(data, 0)
+            deadline = ms / 1000.0
+        n, pos = F.decode_varint(data, pos)
+        if pos + n > len(data):
+            raise ProtocolError("truncated method name")
+        try:
+            method = bytes(data[pos : pos + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("method name is not UTF-8") from None
+        pos += n
+        return method, data[pos:], deadline
+
+    def _on_request(self, f: F.Frame, events: list[Event]) -> None:
+        fid = f.id
+        if not self.is_peer_id(fid):
+            raise ProtocolError("call id of the wrong parity")
+        if fid in self._calls_in:
+            raise ProtocolError("call id in use")
+        if len(self._calls_in) >= self.settings.max_pending_calls:
+            raise LimitExceeded("too many pending calls")
+        flags = f.flags
+        method, payload, deadline = self._request_head(f, bool(flags & F.FLAG_DEADLINE))
+        self._calls_in.add(fid)
+        events.append(
+            RequestReceived(
+                fid,
+                method,
+                payload,
+                bool(flags & FLAG_RAW),
+                bool(flags & F.FLAG_STREAM),
+                bool(flags & F.FLAG_CHANNEL),
+                deadline,
+            )
+        )
+
+    def _on_notify(self, f: F.Frame, events: list[Event]) -> None:
+        method, payload, _ = self._request_head(f, False)
+        events.append(NotificationReceived(method, payload, bool(f.flags & FLAG_RAW)))
+
+    def _on_response(self, f: F.Frame, events: list[Event]) -> None:
+        state = self._calls_out.pop(f.id, None)
+        if state is None or f.id in self._stream_calls_out:
+            raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
+        if state == 0:
+            events.append(ResponseReceived(f.id, f.payload, bool(f.flags & FLAG_RAW)))
+
+    def _on_error(self, f: F.Frame, events: list[Event]) -> None:
+        state = self._calls_out.pop(f.id, None)
+        if state is None:
+            raise ProtocolError("error for an unknown call", ErrorCode.STREAM_STATE_ERROR)
+        if f.id in self._stream_calls_out:
+            self._stream_calls_out.discard(f.id)
+            s = self._in.get(f.id)
+            if s is not None and s.state == _In.OPEN:
+                s.state = _In.FAILED
+                s.error = decode_error(f.payload)
+                events.append(StreamReadable(f.id))
+            return
+        if state == 0:
+            events.append(CallFailed(f.id, decode_error(f.payload)))

@@ -1,0 +1,125 @@
+"""fastrpc.serve: a WebSocket server whose connections are :class:`RpcPeer` s."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Awaitable, Callable, Union
+
+from websockets.asyncio.server import Server as _WSServer
+from websockets.asyncio.server import serve as _ws_serve
+
+from .exceptions import ConnectionClosed
+from .peer import RpcPeer
+from .protocol import Role
+from .router import Router
+from .options import PeerOptions
+
+__all__ = ["serve", "Server"]
+
+logger = logging.getLogger("fastrpc.server")
+
+Handler = Callable[[RpcPeer], Awaitable[Any]]
+Target = Union[Router, Handler]
+
+
+class Server:
+    """A running fastrpc server: ``async with fastrpc.serve(...) as server``.
+
+    ``server.port`` is the bound port (useful with ``port=0``); ``server.peers`` the
+    open connections.
+    """
+
+    def __init__(self, target: Target, host: str, port: int, options: PeerOptions, ws_kwargs: dict[str, Any]) -> None:
+        if isinstance(target, Router):
+            self.router: Router | None = target
+            self.handler: Handler | None = None
+        elif callable(target):
+            self.router = None
+            self.handler = target
+        else:
+            raise TypeError("serve() takes a Router or an async handler(peer)")
+        self.host = host
+        self._port = port
+        self.options = options
+        self.peers: set[RpcPeer] = set()
+        self._ws_kwargs = ws_kwargs
+        self._server: _WSServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def start(self) -> Server:
+        self._server = await _ws_serve(
+            self._connection,
+            self.host,
+            self._port,
+            **self.options.websocket_kwargs(),
+            **self._ws_kwargs,
+        )
+        return self
+
+    async def _connection(self, ws: Any) -> None:
+        peer = RpcPeer(ws, Role.SERVER, router=self.router, **self.options.peer_kwargs())
+        try:
+            await peer._start(self.options.handshake_timeout)
+        except (ConnectionClosed, asyncio.TimeoutError, OSError):
+            return
+        self.peers.add(peer)
+        try:
+            if self.handler is not None:
+                try:
+                    result = self.handler(peer)
+                    if inspect.isawaitable(result):
+                        await result
+                except ConnectionClosed:
+                    pass
+                except Exception:
+                    logger.exception("connection handler failed")
+                await peer.close()
+            else:
+                await peer.wait_closed()
+        finally:
+            self.peers.discard(peer)
+            if not peer.closed:
+                await peer.close()
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, wait until they are cleaned up."""
+        if self._server is None:
+            return
+        self._server.close()
+        await asyncio.gather(*(p.close(1001, "server shutdown") for p in list(self.peers)), return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> Server:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def serve(target: Target, host: str = "127.0.0.1", port: int = 0, **options: Any) -> Server:
+    """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
+    connection) on ``host:port``. Use as ``async with serve(...) as server`` or
+    ``server = await serve(...).start()``.
+
+    Options: the limits of :class:`fastrpc.protocol.Settings` (``max_frame_size``,
+    ``max_message_size``, ``max_streams``, ``max_pending_calls``, ...), ``codec``,
+    ``streams`` (a :class:`StreamManager` used as a template), ``compression``,
+    ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``; others go to
+    ``websockets.asyncio.server.serve``.
+    """
+    opts, ws_kwargs = PeerOptions.split(options)
+    return Server(target, host, port, opts, ws_kwargs)

@@ -1,0 +1,548 @@
+"""Streams over one connection: sending loops, receiving iterators, backpressure.
+
+:class:`StreamManager` is the seed's StreamManager: it multiplexes every stream of one
+connection, applies backpressure (``max_buffered_amount`` / ``backpressure_delay``),
+keeps per-stream accounting and cleans everything up when the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Generic, TypeVar
+
+from .exceptions import ConnectionClosed, StreamClosed
+from .protocol import DEFAULT_URGENCY, _In
+
+if TYPE_CHECKING:
+    from .peer import RpcPeer
+
+T = TypeVar("T")
+
+__all__ = ["StreamManager", "ReceiveStream", "RateLimit", "StreamStats"]
+
+
+class RateLimit:
+    """A token bucket: ``rate`` items per second, or bytes per second with
+    ``per="bytes"``; ``burst`` is how much may go at once (default: 1/10 s worth)."""
+
+    __slots__ = ("rate", "per_bytes", "burst", "_tokens", "_stamp")
+
+    def __init__(self, rate: float, *, per: str = "items", burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        if per not in ("items", "bytes"):
+            raise ValueError("per must be 'items' or 'bytes'")
+        self.rate = float(rate)
+        self.per_bytes = per == "bytes"
+        self.burst = float(burst) if burst is not None else max(1.0, self.rate / 10)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+
+    def delay(self, cost: float) -> float:
+        """Take ``cost`` tokens; return how long to sleep before sending (0: now)."""
+        now = time.monotonic()
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        tokens -= cost
+        self._tokens = tokens
+        return -tokens / self.rate if tokens < 0 else 0.0
+
+
+class StreamStats:
+    """Accounting of one open stream: bytes and items so far, credit, buffered bytes."""
+
+    __slots__ = ("stream_id", "outgoing", "bytes", "items", "window", "buffered")
+
+    def __init__(self, stream_id: int, outgoing: bool, values: tuple[int, int, int, int]) -> None:
+        self.stream_id = stream_id
+        self.outgoing = outgoing
+        self.bytes, self.items, self.window, self.buffered = values
+
+    def __repr__(self) -> str:
+        d = "out" if self.outgoing else "in"
+        return (
+            f"StreamStats({self.stream_id} {d}: bytes={self.bytes} items={self.items} "
+            f"window={self.window} buffered={self.buffered})"
+        )
+
+
+class ReceiveStream(AsyncIterator[T], Generic[T]):
+    """An incoming stream: ``async for item in stream``.
+
+    Leaving the loop early and dropping the stream, ``aclose()``, or
+    ``peer.close_receiving_stream(id)`` tell the sender to stop. A sender's error is
+    raised here as :class:`fastrpc.RemoteStreamError`; a lost connection as
+    :class:`fastrpc.ConnectionClosed`.
+    """
+
+    __slots__ = ("_manager", "stream_id", "_in", "_waiter", "_done", "_error", "_call", "_claimed", "_starter", "__weakref__")
+
+    def __init__(self, manager: StreamManager, stream_id: int | None, call: bool = False) -> None:
+        self._manager = manager
+        self.stream_id = stream_id
+        self._in: _In | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._call = call
+        self._claimed = False
+        # For peer.stream()/channel(): sends the call on the first __anext__.
+        self._starter: Callable[[ReceiveStream[T]], Awaitable[None]] | None = None
+
+    def __aiter__(self) -> ReceiveStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            s = self._in
+            if s is not None:
+                if s.items:
+                    payload, raw, charge = s.items.popleft()
+                    m = self._manager
+                    if m._core.consumed(s, charge):
+                        m._peer._kick()
+                    return m._peer._decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                if s.state != _In.OPEN:
+                    self._finish()
+                    if s.error is not None:
+                        raise s.error
+                    raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            if self._starter is not None:
+                starter, self._starter = self._starter, None
+                await starter(self)
+                continue
+            fut = self._manager._peer._loop.create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _bind(self, s: _In) -> None:
+        self._in = s
+        self.stream_id = s.id
+        self._wake()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._manager._forget_incoming(self)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._error = exc
+            self._done = True
+            self._wake()
+
+    @property
+    def closed(self) -> bool:
+        return self._done
+
+    def stats(self) -> StreamStats | None:
+        """Accounting of this stream while it is open (None before/after)."""
+        if self._in is None or self._done:
+            return None
+        return self._manager.stats(self._in.id, outgoing=False)
+
+    async def aclose(self) -> None:
+        """Stop reading: the sender is told to stop (STREAM_CLOSE, or CANCEL for a call)."""
+        self.close()
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._manager._close_incoming(self)
+        self._wake()
+
+    async def __aenter__(self) -> ReceiveStream[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # `break` out of `async for` over an unreferenced stream: stop the sender now.
+        if not self._done:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - loop closed at interpreter exit
+                pass
+
+
+class StreamManager:
+    """Multiplexes the streams of one connection, with backpressure and accounting.
+
+    ``max_buffered_amount``: senders wait while more than this many bytes are queued
+    (fastrpc's own queue plus the transport's write buffer); they are woken by the
+    transport's drain signal and re-check every ``backpressure_delay`` seconds.
+    ``stream_buffer_size``: bytes one stream may queue before its sender waits.
+    ``initial_window``: per-stream flow-control window offered to senders (bytes).
+    """
+
+    def __init__(
+        self,
+        max_buffered_amount: int = 1_048_576,
+        backpressure_delay: float = 0.010,
+        *,
+        stream_buffer_size: int = 64 << 10,
+        initial_window: int = 256 << 10,
+        max_window: int = 4 << 20,
+    ) -> None:
+        if max_buffered_amount <= 0:
+            raise ValueError("max_buffered_amount must be positive")
+        self.max_buffered_amount = max_buffered_amount
+        self.backpressure_delay = backpressure_delay
+        self.stream_buffer_size = stream_buffer_size
+        self.initial_window = initial_window
+        self.max_window = max_window
+        self._peer: RpcPeer = None  # type: ignore[assignment]
+        self._core: Any = None
+        self._senders: dict[int, asyncio.Task[None]] = {}
+        self._writable: dict[int, asyncio.Future[None]] = {}
+        # Streams are held weakly once a user has them, so that dropping one (a `break`
+        # out of `async for`) closes it; arrived-but-unclaimed ones are held in _held.
+        self._incoming: weakref.WeakValueDictionary[int, ReceiveStream[Any]] = weakref.WeakValueDictionary()
+        self._claims: weakref.WeakValueDictionary[int, ReceiveStream[Any]] = weakref.WeakValueDictionary()
+        self._held: dict[int, ReceiveStream[Any]] = {}
+        self._anonymous: deque[ReceiveStream[Any]] = deque()
+        self._accepting: deque[asyncio.Future[int]] = deque()
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._closed: BaseException | None = None
+
+    def copy(self) -> StreamManager:
+        """A fresh manager with the same options (one is needed per connection)."""
+        return StreamManager(
+            self.max_buffered_amount,
+            self.backpressure_delay,
+            stream_buffer_size=self.stream_buffer_size,
+            initial_window=self.initial_window,
+            max_window=self.max_window,
+        )
+
+    def _attach(self, peer: RpcPeer) -> None:
+        if self._peer is not None:
+            raise RuntimeError("a StreamManager serves one connection; use .copy()")
+        self._peer = peer
+        self._core = peer._core
+        self._core.stream_buffer_size = self.stream_buffer_size
+
+    # ------------------------------------------------------------- accounting
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued and not yet on the wire (fastrpc's queue + the transport's)."""
+        return self._core.buffered_amount + self._peer._transport_buffered()  # type: ignore[no-any-return]
+
+    @property
+    def active_streams(self) -> int:
+        """Outgoing streams still sending plus incoming streams still open."""
+        return len(self._senders) + len(self._incoming)
+
+    def stats(self, stream_id: int, *, outgoing: bool = True) -> StreamStats | None:
+        """Per-stream accounting (bytes, items, credit window, buffered) or None."""
+        try:
+            return StreamStats(stream_id, outgoing, self._core.stream_stats(stream_id, outgoing))
+        except KeyError:
+            return None
+
+    # ---------------------------------------------------------------- sending
+
+    async def send_stream(
+        self,
+        source: AsyncIterable[Any],
+        stream_id: int | None = None,
+        *,
+        priority: int = DEFAULT_URGENCY,
+        rate: RateLimit | None = None,
+    ) -> int:
+        """Start sending ``source`` as a stream; return its id at once.
+
+        The items go out in the background; ``abort_stream(id)`` stops them. Waits
+        only when the peer's limit of concurrent streams is reached.
+        """
+        self._check()
+        core = self._core
+        while not core.can_open_stream():
+            fut = self._peer._loop.create_future()
+            self._slot_waiters.append(fut)
+            await fut
+            self._check()
+        sid: int = core.open_stream(stream_id, urgency=priority)
+        self._start_sender(sid, source, rate)
+        return sid
+
+    def _start_sender(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None, on_done: Any = None) -> None:
+        task = self._peer._loop.create_task(self._send_loop(sid, source, rate, on_done))
+        self._senders[sid] = task
+
+    async def _send_loop(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None, on_done: Any) -> None:
+        core = self._core
+        peer = self._peer
+        encode = peer._codec.encode
+        limit = self.max_buffered_amount
+        it = source.__aiter__()
+        try:
+            try:
+                while True:
+                    try:
+                        item = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    payload, raw = encode(item)
+                    if rate is not None:
+                        delay = rate.delay(len(payload) if rate.per_bytes else 1)
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    ok = core.send_item(sid, payload, raw=raw)
+                    peer._kick()
+                    if not ok:
+                        await self._wait_writable(sid)
+                    if core.buffered_amount + peer._transport_buffered() > limit:
+                        await self._backpressure()
+                await self._wait_writable(sid)
+                core.end_stream(sid)
+            except StreamClosed:
+                pass  # the receiver stopped reading: just close the source
+            except asyncio.CancelledError:
+                core.abort_stream(sid, "aborted")
+                raise
+            except ConnectionClosed:
+                raise
+            except Exception as exc:  # the source raised: the receiver gets it
+                core.error_stream(sid, type(exc).__name__, str(exc))
+            peer._kick()
+        finally:
+            self._senders.pop(sid, None)
+            self._writable.pop(sid, None)
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001 - its error cannot reach anyone now
+                    pass
+            if on_done is not None:
+                on_done()
+
+    async def _wait_writable(self, sid: int) -> None:
+        core = self._core
+        while not core.writable(sid):
+            self._check()
+            fut = self._peer._loop.create_future()
+            self._writable[sid] = fut
+            await fut
+        self._check()
+
+    async def _backpressure(self) -> None:
+        """Wait until the buffered amount is back under the limit: woken when the
+        transport drains, re-checked every ``backpressure_delay`` seconds."""
+        loop = self._peer._loop
+        while self.buffered_amount > self.max_buffered_amount:
+            self._check()
+            fut = loop.create_future()
+            self._drain_waiters.append(fut)
+            handle = loop.call_later(self.backpressure_delay, _resolve, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+
+    def _on_drained(self) -> None:
+        """Called by the writer after each message: wake senders if under the limit."""
+        if self._drain_waiters and self.buffered_amount <= self.max_buffered_amount:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for fut in waiters:
+                _resolve(fut)
+
+    def _on_writable(self, sid: int) -> None:
+        fut = self._writable.pop(sid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_slots(self) -> None:
+        while self._slot_waiters:
+            _resolve(self._slot_waiters.popleft())
+
+    def _on_closed_by_peer(self, sid: int) -> None:
+        """The receiver stopped reading: stop the sender and close its source."""
+        task = self._senders.get(sid)
+        if task is not None:
+            self._on_writable(sid)  # its next send raises StreamClosed
+            fut = self._writable.pop(sid, None)
+            if fut is None:
+                # Waiting on the source itself or on backpressure: cancel it.
+                task.cancel()
+
+    def abort_stream(self, stream_id: int) -> bool:
+        """Cancel an outgoing stream: its source is closed, the receiver sees
+        :class:`fastrpc.StreamAborted`. Returns False when no such stream runs."""
+        task = self._senders.get(stream_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    # -------------------------------------------------------------- receiving
+
+    def receive_stream(self, stream_id: int | None = None) -> tuple[int | None, ReceiveStream[Any]]:
+        """The incoming stream ``stream_id`` (items that arrived before are kept).
+
+        With no id: the oldest incoming stream nobody has claimed, or else the next
+        one to arrive (its id is then ``stream.stream_id`` once it does).
+        """
+        self._check_claim()
+        if stream_id is None:
+            if self._held:
+                sid = next(iter(self._held))
+                stream = self._held.pop(sid)
+                stream._claimed = True
+                return sid, stream
+            stream: ReceiveStream[Any] = ReceiveStream(self, None)
+            stream._claimed = True
+            self._anonymous.append(stream)
+            return None, stream
+        existing = self._incoming.get(stream_id)
+        if existing is not None:
+            if existing._claimed:
+                raise ValueError(f"stream {stream_id} is already being received")
+            existing._claimed = True
+            self._held.pop(stream_id, None)
+            return stream_id, existing
+        if stream_id in self._claims:
+            raise ValueError(f"stream {stream_id} is already being received")
+        stream = ReceiveStream(self, stream_id)
+        stream._claimed = True
+        self._claims[stream_id] = stream
+        return stream_id, stream
+
+    async def accept_stream(self) -> tuple[int, ReceiveStream[Any]]:
+        """Wait for the next incoming stream nobody has claimed."""
+        sid, stream = self.receive_stream(None)
+        if sid is not None:
+            return sid, stream
+        while stream.stream_id is None:
+            fut = self._peer._loop.create_future()
+            self._accepting.append(fut)  # type: ignore[arg-type]
+            try:
+                await fut
+            except BaseException:
+                if stream.stream_id is None:
+                    self._close_incoming(stream)
+                    stream._done = True
+                raise
+            self._check()
+        return stream.stream_id, stream
+
+    def close_receiving_stream(self, stream_id: int) -> None:
+        """Stop reading incoming ``stream_id``; the sender is told to stop."""
+        stream = self._incoming.get(stream_id) or self._claims.get(stream_id)
+        if stream is not None:
+            stream.close()
+        else:
+            self._core.close_stream(stream_id)
+            self._peer._kick()
+
+    def _check_claim(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    def _on_opened(self, sid: int) -> None:
+        s = self._core.incoming(sid)
+        stream = self._claims.pop(sid, None)
+        if stream is None and self._anonymous:
+            stream = self._anonymous.popleft()
+        if stream is None:
+            stream = ReceiveStream(self, sid)
+            self._held[sid] = stream
+        self._incoming[sid] = stream
+        stream._bind(s)
+        while self._accepting:
+            _resolve(self._accepting.popleft())
+
+    def _bind_call(self, call_id: int) -> ReceiveStream[Any]:
+        """The stream of results, or input, of a call (already registered in the core)."""
+        stream: ReceiveStream[Any] = ReceiveStream(self, call_id, call=True)
+        stream._claimed = True
+        self._incoming[call_id] = stream
+        s = self._core.incoming(call_id)
+        if s is not None:
+            stream._bind(s)
+        return stream
+
+    def _on_readable(self, sid: int) -> None:
+        stream = self._incoming.get(sid)
+        if stream is not None:
+            if stream._in is None:
+                s = self._core.incoming(sid)
+                if s is not None:
+                    stream._bind(s)
+            stream._wake()
+
+    def _forget_incoming(self, stream: ReceiveStream[Any]) -> None:
+        sid = stream.stream_id
+        if sid is not None and self._incoming.get(sid) is stream:
+            del self._incoming[sid]
+            if self._peer is not None and not self._peer._closed_flag:
+                self._core.release_stream(sid)
+                self._peer._kick()
+
+    def _close_incoming(self, stream: ReceiveStream[Any]) -> None:
+        sid = stream.stream_id
+        if sid is None:
+            try:
+                self._anonymous.remove(stream)
+            except ValueError:
+                pass
+            return
+        if self._claims.get(sid) is stream:
+            del self._claims[sid]
+        if self._incoming.get(sid) is stream:
+            del self._incoming[sid]
+        self._held.pop(sid, None)
+        if self._peer is not None and not self._peer._closed_flag:
+            self._core.close_stream(sid)
+            self._peer._kick()
+
+    # ---------------------------------------------------------------- cleanup
+
+    def _check(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    async def _shutdown(self, exc: BaseException) -> None:
+        """The connection is gone: stop every sender (closing its source) and fail
+        every receiver with ``exc``."""
+        if self._closed is None:
+            self._closed = exc
+        for stream in list(self._incoming.values()) + list(self._claims.values()) + list(self._anonymous):
+            stream._fail(exc)
+        self._incoming.clear()
+        self._claims.clear()
+        self._held.clear()
+        self._anonymous.clear()
+        # Waiters re-check the manager's state when woken, and raise `exc`.
+        for fut in list(self._writable.values()) + self._drain_waiters + list(self._slot_waiters) + list(self._accepting):
+            _resolve(fut)
+        tasks = list(self._senders.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _resolve(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
