@@ -122,9 +122,10 @@ class RpcPeer:
 
     # ------------------------------------------------------------ life cycle
 
-    async def _start(self, timeout: float = 10.0) -> None:
-        """Run the reader and writer, and wait for the peer's HELLO."""
-        self._reader = self._loop.create_task(self._read_loop())
+    async def _start(self, timeout: float = 10.0, first: bytes | None = None) -> None:
+        """Run the reader and writer, and wait for the peer's HELLO. ``first``: a
+        message the server already read to tell fastrpc from the seed's JSON."""
+        self._reader = self._loop.create_task(self._read_loop(first))
         self._writer = self._loop.create_task(self._write_loop())
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -222,12 +223,16 @@ class RpcPeer:
         except (_WSClosed, ConnectionError):
             pass
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, first: bytes | None = None) -> None:
         core = self._core
         dispatch = self._dispatch
         exc: ConnectionClosed | None = None
         token = _current_peer.set(self)
         try:
+            if first is not None:
+                for ev in core.receive_message(first):
+                    dispatch[type(ev)](ev)
+                self._kick()
             async for msg in self._ws:
                 if type(msg) is str:
                     raise ProtocolError("text message on a fastrpc connection")

@@ -10,10 +10,13 @@ from typing import Any, Awaitable, Callable, Union
 from websockets.asyncio.server import Server as _WSServer
 from websockets.asyncio.server import serve as _ws_serve
 
+from websockets.exceptions import ConnectionClosed as _WSClosed
+
 from .exceptions import ConnectionClosed
 from .peer import RpcPeer
 from .protocol import Role
 from .router import Router
+from .seed import SeedPeer
 from .options import PeerOptions
 
 __all__ = ["serve", "Server"]
@@ -67,9 +70,18 @@ class Server:
         return self
 
     async def _connection(self, ws: Any) -> None:
+        # The first message tells a fastrpc client (binary HELLO) from a client of the
+        # seed's JSON protocol (text).
+        try:
+            first = await asyncio.wait_for(ws.recv(), self.options.handshake_timeout)
+        except (asyncio.TimeoutError, _WSClosed, OSError):
+            return
+        if isinstance(first, str):
+            await self._seed_connection(ws, first)
+            return
         peer = RpcPeer(ws, Role.SERVER, router=self.router, **self.options.peer_kwargs())
         try:
-            await peer._start(self.options.handshake_timeout)
+            await peer._start(self.options.handshake_timeout, first)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             return
         self.peers.add(peer)
@@ -90,6 +102,23 @@ class Server:
             self.peers.discard(peer)
             if not peer.closed:
                 await peer.close()
+
+    async def _seed_connection(self, ws: Any, first: str) -> None:
+        peer = SeedPeer(ws, self.router, max_message_size=self.options.max_message_size)
+        runner = asyncio.get_running_loop().create_task(peer._run(first))
+        try:
+            if self.handler is not None:
+                result = self.handler(peer)  # type: ignore[arg-type]
+                if inspect.isawaitable(result):
+                    await result
+                await peer.close()
+            await runner
+        except Exception:
+            logger.exception("seed connection handler failed")
+        finally:
+            if not runner.done():
+                runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop accepting, close every connection, wait until they are cleaned up."""
