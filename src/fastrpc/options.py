@@ -21,6 +21,7 @@ class PeerOptions:
     max_streams: int = 1024
     max_pending_calls: int = 1024
     max_item_size: int = 16 << 20
+    connection_window: int = 16 << 20
     codec: str = "msgpack"
     compression: bool | str = False  # True: zstd if installed else zlib; or "zlib"/"zstd"
     compression_threshold: int = 1024
@@ -64,6 +65,7 @@ class PeerOptions:
             max_streams=self.max_streams,
             max_pending_calls=self.max_pending_calls,
             max_item_size=self.max_item_size,
+            connection_window=self.connection_window,
             compression=self.compression_mask(),
         )
 

@@ -68,6 +68,7 @@ SETTING_MAX_ITEM_SIZE = 6
 SETTING_COMPRESSION = 7
 SETTING_CODEC = 8
 SETTING_RESUME = 9
+SETTING_CONNECTION_WINDOW = 10
 
 CODEC_MSGPACK = 0
 CODEC_JSON = 1
@@ -93,6 +94,7 @@ class Settings:
     compression: int = 0
     codec: int = CODEC_MSGPACK
     resume: int = 0
+    connection_window: int = 16 << 20
 
     _KEYS = {
         "max_frame_size": SETTING_MAX_FRAME_SIZE,
@@ -104,6 +106,7 @@ class Settings:
         "compression": SETTING_COMPRESSION,
         "codec": SETTING_CODEC,
         "resume": SETTING_RESUME,
+        "connection_window": SETTING_CONNECTION_WINDOW,
     }
 
     def __post_init__(self) -> None:
@@ -116,6 +119,8 @@ class Settings:
             raise error("max_message_size below max_frame_size")
         if self.initial_stream_window < 1024:
             raise error("initial_stream_window below 1024")
+        if self.connection_window < 1024:
+            raise error("connection_window below 1024")
         if self.max_item_size < 1:
             raise error("max_item_size below 1")
         if self.codec not in (CODEC_MSGPACK, CODEC_JSON):
@@ -244,6 +249,11 @@ class Connection:
         self._in: dict[int, _In] = {}
         self._ledger_out = F.StreamLedger(Settings.initial_stream_window)
         self._ledger_in = F.StreamLedger(self.settings.initial_stream_window)
+        # Connection-wide windows: credit we may still send on all streams together,
+        # and what the peer may still send us / what we read and have not granted back.
+        self._conn_credit = 0
+        self._conn_recv = self.settings.connection_window
+        self._conn_unacked = 0
         self._calls_out: dict[int, int] = {}  # id -> 0 pending, 1 cancelled (awaiting its end)
         self._stream_calls_out: set[int] = set()
         self._calls_in: set[int] = set()
@@ -450,7 +460,9 @@ class Connection:
         self._calls_out[call_id] = 1
         s = self._in.get(call_id)
         if s is not None:
-            s.items.clear()
+            if s.items:
+                self._conn_consumed(sum(item[2] for item in s.items))
+                s.items.clear()
             s.state = _In.FAILED
         o = self._out.get(call_id)
         if o is not None and o.state == 0:
@@ -526,7 +538,7 @@ class Connection:
                 flags |= F.FLAG_COMPRESSED
         charge = n + FRAME_CHARGE
         ledger = self._ledger_out
-        if n <= self._frame_limit and ledger.window(stream_id) >= charge:
+        if n <= self._frame_limit and self._conn_credit >= charge and ledger.window(stream_id) >= charge:
             # Fast path: the whole item fits in one frame and in the credit.
             w = s.writer
             before = len(w)
@@ -535,10 +547,11 @@ class Connection:
             self._stream_bytes += after - before
             s.flags = 0
             left = ledger.sent(stream_id, charge)
+            self._conn_credit -= charge
             if not s.queued:
                 s.queued = True
                 self._ready[s.urgency].append(s)
-            return left > FRAME_CHARGE and after < self.stream_buffer_size
+            return left > FRAME_CHARGE and after < self.stream_buffer_size and self._conn_credit > FRAME_CHARGE
         s.tail = payload
         s.tail_flags = flags
         return self._pump(s)
@@ -552,6 +565,7 @@ class Connection:
             return False
         return (
             self._ledger_out.window(stream_id) > FRAME_CHARGE
+            and self._conn_credit > FRAME_CHARGE
             and len(s.writer) < self.stream_buffer_size
         )
 
@@ -564,7 +578,7 @@ class Connection:
         while tail is not None:
             if len(s.writer) >= self.stream_buffer_size:
                 break
-            room = ledger.window(sid) - FRAME_CHARGE
+            room = min(ledger.window(sid), self._conn_credit) - FRAME_CHARGE
             n = len(tail)
             if room < 1 and not (n == 0 and room == 0):
                 break
@@ -576,12 +590,17 @@ class Connection:
             self._stream_bytes += len(s.writer) - before
             s.flags = 0
             ledger.sent(sid, take + FRAME_CHARGE)
+            self._conn_credit -= take + FRAME_CHARGE
             tail = memoryview(tail)[take:] if more else None
             self._queue(s)
         s.tail = tail
         if tail is not None:
             return False
-        return ledger.window(sid) > FRAME_CHARGE and len(s.writer) < self.stream_buffer_size
+        return (
+            ledger.window(sid) > FRAME_CHARGE
+            and self._conn_credit > FRAME_CHARGE
+            and len(s.writer) < self.stream_buffer_size
+        )
 
     def end_stream(self, stream_id: int) -> None:
         """Queue STREAM_END: the sender finished. Wait until writable() first."""
@@ -626,9 +645,7 @@ class Connection:
         if s is None or not s.items:
             return None
         payload, raw, charge = s.items.popleft()
-        grant = self._ledger_in.consumed(stream_id, charge)
-        if grant:
-            self._control.add(F.CREDIT, 0, stream_id, F.encode_varint(grant))
+        self.consumed(s, charge)
         return payload, raw
 
     def consumed(self, s: _In, charge: int) -> int:
@@ -637,7 +654,19 @@ class Connection:
         grant: int = self._ledger_in.consumed(s.id, charge)
         if grant:
             self._control.add(F.CREDIT, 0, s.id, F.encode_varint(grant))
-        return grant
+        return self._conn_consumed(charge) + grant
+
+    def _conn_consumed(self, charge: int) -> int:
+        """Connection-wide credit for ``charge`` bytes read or dropped, granted back
+        (CREDIT on id 0) once a quarter of the window is due."""
+        due = self._conn_unacked + charge
+        if due * 4 >= self.settings.connection_window:
+            self._conn_unacked = 0
+            self._conn_recv += due
+            self._control.add(F.CREDIT, 0, 0, F.encode_varint(due))
+            return due
+        self._conn_unacked = due
+        return 0
 
     def grow_window(self, stream_id: int, window: int) -> None:
         """Let the sender of ``stream_id`` have up to ``window`` bytes in flight."""
@@ -672,7 +701,10 @@ class Connection:
         s = self._in.pop(stream_id, None)
         if s is None:
             return
-        s.items.clear()
+        if s.items:
+            # Unread items give their connection credit back.
+            self._conn_consumed(sum(item[2] for item in s.items))
+            s.items.clear()
         self._ledger_in.close(stream_id)
         if not s.bound:
             self._free_in -= 1
@@ -764,6 +796,7 @@ class Connection:
         self._frame_limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
         self._message_limit = peer.max_message_size
         self._stream_slots = peer.max_streams
+        self._conn_credit = peer.connection_window
         self._ledger_out = F.StreamLedger(peer.initial_stream_window)
         self._algorithm = _compression.choose(self.settings.compression, peer.compression)
         if self._algorithm:
@@ -773,19 +806,25 @@ class Connection:
     def _on_data(self, f: F.Frame, events: list[Event]) -> None:
         fid = f.id
         flags = f.flags
+        payload = f.payload
+        charge = len(payload) + FRAME_CHARGE
+        if charge > self._conn_recv:
+            raise ProtocolError("connection flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR)
+        self._conn_recv -= charge
         s = self._in.get(fid)
         if s is None or flags & F.FLAG_OPEN:
             if not flags & F.FLAG_OPEN:
+                self._conn_consumed(charge)
                 return  # in flight when we closed the stream: drop it
             s = self._open_in(fid, s, events)
             if s is None:
+                self._conn_consumed(charge)
                 return
         elif s.state != _In.OPEN:
             if s.bound and self._calls_out.get(fid) == 1:
+                self._conn_consumed(charge)
                 return  # cancelled streaming call: drop until its end arrives
             raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
-        payload = f.payload
-        charge = len(payload) + FRAME_CHARGE
         self._ledger_in.received(fid, charge)
         if flags & F.FLAG_MORE or s.partial is not None:
             if s.partial is None:
@@ -894,7 +933,11 @@ class Connection:
         n, _ = F.decode_varint(f.payload, 0)
         fid = f.id
         if fid == 0:
-            return  # connection-wide credit: reserved
+            if self._conn_credit + n > F.VARINT_MAX:
+                raise ProtocolError("flow-control window overflow", ErrorCode.FLOW_CONTROL_ERROR)
+            self._conn_credit += n
+            events.append(CreditGranted(0))
+            return
         if fid not in self._out:
             return  # the stream ended meanwhile
         self._ledger_out.grant(fid, n)

@@ -78,7 +78,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
     :class:`fastrpc.ConnectionClosed`.
     """
 
-    __slots__ = ("_manager", "stream_id", "_in", "_waiter", "_done", "_error", "_call", "_claimed", "_starter", "__weakref__")
+    __slots__ = ("_manager", "stream_id", "_in", "_waiter", "_done", "_error", "_call", "_claimed", "_starter", "_wsize", "__weakref__")
 
     def __init__(self, manager: StreamManager, stream_id: int | None, call: bool = False) -> None:
         self._manager = manager
@@ -91,6 +91,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         self._claimed = False
         # For peer.stream()/channel(): sends the call on the first __anext__.
         self._starter: Callable[[ReceiveStream[T]], Awaitable[None]] | None = None
+        self._wsize = manager.initial_window
 
     def __aiter__(self) -> ReceiveStream[T]:
         return self
@@ -118,6 +119,8 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 starter, self._starter = self._starter, None
                 await starter(self)
                 continue
+            if s is not None and self._wsize < self._manager.max_window:
+                self._manager._maybe_grow(self, s)
             fut = self._manager._peer._loop.create_future()
             self._waiter = fut
             try:
@@ -360,6 +363,19 @@ class StreamManager:
             finally:
                 handle.cancel()
 
+    def _maybe_grow(self, stream: ReceiveStream[Any], s: _In) -> None:
+        """The reader is starved: if the sender is short of credit, the window (not the
+        sender) is the bottleneck, so double it, up to ``max_window`` (the link's
+        bandwidth-delay product needs more than the initial window)."""
+        try:
+            window = self._core.stream_stats(s.id, False)[2]
+        except KeyError:
+            return
+        if window * 2 < stream._wsize:
+            stream._wsize = min(stream._wsize * 2, self.max_window)
+            self._core.grow_window(s.id, stream._wsize)
+            self._peer._kick()
+
     def _on_drained(self) -> None:
         """Called by the writer after each message: wake senders if under the limit."""
         if self._drain_waiters and self.buffered_amount <= self.max_buffered_amount:
@@ -373,8 +389,13 @@ class StreamManager:
             fut.set_result(None)
 
     def _on_slots(self) -> None:
+        """Connection-wide room (stream slots or connection credit): wake every waiter."""
         while self._slot_waiters:
             _resolve(self._slot_waiters.popleft())
+        if self._writable:
+            waiters, self._writable = self._writable, {}
+            for fut in waiters.values():
+                _resolve(fut)
 
     def _on_closed_by_peer(self, sid: int) -> None:
         """The receiver stopped reading: stop the sender and close its source."""
