@@ -266,6 +266,9 @@ class Connection:
         self._frame_limit = 0
         self._message_limit = 0
         self._compressor: _compression.Compressor | None = None
+        # Traffic counters (tests and benchmarks read them).
+        self.messages_out = self.frames_out = self.bytes_out = 0
+        self.messages_in = self.frames_in = self.bytes_in = 0
         self._algorithm = 0
         self._control.add(F.HELLO, 0, 0, self.settings.to_wire())
 
@@ -333,8 +336,13 @@ class Connection:
         parts: list[bytes] = []
         size = 0
         limit = self._message_limit or self.settings.max_message_size
-        if len(self._control):
-            part = self._control.take()
+        control = self._control
+        if len(control):
+            frames = control.count
+            part = control.take()
+            if len(part) > limit:
+                part, frames = self._split_control(part, limit)
+            self.frames_out += frames
             parts.append(part)
             size = len(part)
         if self.peer_settings is not None:
@@ -347,6 +355,7 @@ class Connection:
                     ring.popleft()
                     s.queued = False
                     if n:
+                        self.frames_out += s.writer.count
                         parts.append(s.writer.take())
                         size += n
                         self._stream_bytes -= n
@@ -359,7 +368,25 @@ class Connection:
                 break
         if not parts:
             return None
+        self.messages_out += 1
+        self.bytes_out += size
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _split_control(self, data: bytes, limit: int) -> tuple[bytes, int]:
+        """A control backlog larger than one message: send what fits, requeue the rest
+        in order (rare: many large responses queued in one loop iteration)."""
+        frames = F.decode_message(data, F.VARINT_MAX)
+        size = 0
+        head = []
+        for i, f in enumerate(frames):
+            n = len(F.encode_frame(f.type, f.flags, f.id, f.payload))
+            if head and size + n > limit:
+                for g in frames[i:]:
+                    self._control.add(g.type, g.flags, g.id, g.payload)
+                break
+            head.append((f.type, f.flags, f.id, f.payload))
+            size += n
+        return F.encode_batch(head), len(head)
 
     def take_unblocked(self) -> list[int]:
         """Outgoing streams whose queue was emptied since the last call: they may send."""
@@ -738,6 +765,9 @@ class Connection:
         should then call :meth:`close` with its code and close the connection.
         """
         frames = F.decode_message(data, self.settings.max_frame_size)
+        self.messages_in += 1
+        self.frames_in += len(frames)
+        self.bytes_in += len(data)
         events: list[Event] = []
         self._epoch += 1
         if self.peer_settings is None:
@@ -795,6 +825,8 @@ class Connection:
         self.peer_settings = peer
         self._frame_limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
         self._message_limit = peer.max_message_size
+        # A stream's queue plus one frame must fit in one message.
+        self.stream_buffer_size = max(1, min(self.stream_buffer_size, peer.max_message_size // 2))
         self._stream_slots = peer.max_streams
         self._conn_credit = peer.connection_window
         self._ledger_out = F.StreamLedger(peer.initial_stream_window)
