@@ -12,7 +12,7 @@ import pytest
 
 import fastrpc
 
-from ._util import run
+from _util import run
 
 NODE = shutil.which("node")
 CLIENT = os.path.join(os.path.dirname(__file__), "js", "seed_client.mjs")

@@ -240,6 +240,10 @@ class RpcPeer:
                     dispatch[type(ev)](ev)
                 if core.has_output():
                     self._kick()
+            # A clean close: keep the peer's close code and reason.
+            code = getattr(self._ws, "close_code", None)
+            reason = getattr(self._ws, "close_reason", None) or "Connection closed"
+            exc = ConnectionClosed(reason, code)
         except ProtocolError as e:
             exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
             await self._fail_protocol(e)
@@ -270,10 +274,18 @@ class RpcPeer:
                 await asyncio.wait_for(self._ws.send(msg), 1.0)
         except Exception:  # noqa: BLE001 - best effort
             pass
+        # Keep reading (and dropping) what the peer still sends: websockets stops
+        # reading the socket once unread messages pile up, and the peer's close frame
+        # would then never be seen (close() would wait for its full timeout).
+        drain = self._loop.create_task(_discard(self._ws))
         try:
             await asyncio.wait_for(self._ws.close(e.close_code, e.reason[:120]), 2.0)
         except Exception:  # noqa: BLE001
-            pass
+            if self._transport is not None:
+                self._transport.abort()  # no close handshake: drop the connection
+        finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
 
     async def _abort(self, exc: ConnectionClosed) -> None:
         try:
@@ -290,7 +302,9 @@ class RpcPeer:
             await asyncio.shield(self._closed)
             return
         self._closed_flag = True
-        self._close_exc = exc
+        if self._close_exc is None:
+            self._close_exc = exc
+        exc = self._close_exc
         core = self._core
         core.closed = True
         if not self._ready.done():
@@ -356,10 +370,14 @@ class RpcPeer:
             try:
                 await self.ping(timeout)
             except asyncio.TimeoutError:
-                exc = ProtocolError("keepalive timeout: no PONG", ErrorCode.KEEPALIVE_TIMEOUT)
-                self._core.close(exc.code, exc.reason)
-                self._kick()
-                self._loop.create_task(self._abort(ConnectionClosed(exc.reason, exc.close_code)))
+                # The peer is gone or stuck: no close handshake (it would wait for the
+                # dead peer too); drop the TCP connection and clean up.
+                self._close_exc = ConnectionClosed(
+                    f"keepalive timeout: no PONG within {timeout} s", ErrorCode.KEEPALIVE_TIMEOUT.close_code
+                )
+                self._core.closed = True
+                if self._transport is not None:
+                    self._transport.abort()
                 return
             except ConnectionClosed:
                 return
@@ -573,7 +591,11 @@ class RpcPeer:
 
     def _on_goaway(self, ev: E.GoAwayReceived) -> None:
         if ev.code != ErrorCode.NO_ERROR:
-            self._close_exc = ConnectionClosed(f"peer closed the connection: {ev.reason}", ev.code)
+            try:  # ConnectionClosed.code is a WebSocket close code, not an ErrorCode
+                close_code = ErrorCode(ev.code).close_code
+            except ValueError:
+                close_code = 1002
+            self._close_exc = ConnectionClosed(f"peer closed the connection: {ev.reason}", close_code)
 
     def _on_notify(self, ev: E.NotificationReceived) -> None:
         found = self._lookup(ev.method)
@@ -661,7 +683,16 @@ class RpcPeer:
         else:
             task = self._loop.create_task(self._run_call(cid, lambda: fn(*args), ev.deadline))
         self._tasks[cid] = task
-        task.add_done_callback(lambda t, cid=cid: self._tasks.pop(cid, None))
+        task.add_done_callback(lambda t, cid=cid, stream=ev.stream or ev.channel: self._call_task_done(cid, stream))
+
+    def _call_task_done(self, cid: int, stream: bool) -> None:
+        self._tasks.pop(cid, None)
+        if cid in self._core._calls_in and not self._closed_flag:
+            # Cancelled before it ran (CANCEL in the same message as its REQUEST): the
+            # caller still needs the call's end, or its slot stays taken on both sides.
+            if stream:
+                self._core.close_stream(cid)  # a channel's input, if any
+            self._reply_error(cid, "CancelledError", "call cancelled", stream)
 
     def _reply(self, cid: int, result: Any) -> None:
         if self._closed_flag:
@@ -739,6 +770,8 @@ class RpcPeer:
                     else:
                         raise TypeError(f"handler for {ev.method!r} did not return an async iterable")
             except asyncio.CancelledError:
+                if not self._closed_flag:  # the caller waits for the call's end
+                    self._reply_error(cid, "CancelledError", "call cancelled", True)
                 raise
             except Exception as exc:  # noqa: BLE001
                 if not self._closed_flag:
@@ -751,14 +784,22 @@ class RpcPeer:
             core.open_response_stream(cid)
             await manager._send_loop(cid, source, None, None)
         finally:
-            core.finish_call(cid)
             if inbound is not None:
-                inbound.close()
+                inbound.close()  # while the call runs: the core knows it is a channel input
+            core.finish_call(cid)
 
 
 async def _single(value: T) -> Any:
     yield value
 
+
+
+async def _discard(ws: Any) -> None:
+    try:
+        async for _ in ws:
+            pass
+    except Exception:  # noqa: BLE001 - closed
+        pass
 
 
 async def _quiet(aw: Awaitable[Any]) -> None:

@@ -262,6 +262,7 @@ class Connection:
         self._slot_grants = 0
         self._stream_bytes = 0  # bytes queued in the streams' writers
         self._refused: set[int] = set()
+        self._refused_inputs: set[int] = set()  # channel inputs refused before they arrived
         self._epoch = 0
         self._frame_limit = 0
         self._message_limit = 0
@@ -533,6 +534,10 @@ class Connection:
         self._out[stream_id] = _Out(stream_id, urgency, bound)
         self._ledger_out.open(stream_id)
 
+    def urgency(self, stream_id: int) -> int:
+        s = self._out.get(stream_id)
+        return s.urgency if s is not None else DEFAULT_URGENCY
+
     def set_urgency(self, stream_id: int, urgency: int) -> None:
         if not 0 <= urgency < URGENCY_LEVELS:
             raise ValueError("urgency must be 0..7")
@@ -580,7 +585,7 @@ class Connection:
                 self._ready[s.urgency].append(s)
             return left > FRAME_CHARGE and after < self.stream_buffer_size and self._conn_credit > FRAME_CHARGE
         s.tail = payload
-        s.tail_flags = flags
+        s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
         return self._pump(s)
 
     def writable(self, stream_id: int) -> bool:
@@ -676,12 +681,30 @@ class Connection:
         return payload, raw
 
     def consumed(self, s: _In, charge: int) -> int:
-        """Credit bookkeeping for an item the I/O layer took from ``s.items`` itself;
-        returns the credit granted back now (a CREDIT frame is queued when > 0)."""
+        """Credit bookkeeping for an item the I/O layer took from ``s.items`` itself.
+
+        Returns the stream credit granted back now, or 1 when only connection credit
+        was; 0 when no CREDIT frame was queued.
+        """
         grant: int = self._ledger_in.consumed(s.id, charge)
         if grant:
             self._control.add(F.CREDIT, 0, s.id, F.encode_varint(grant))
-        return self._conn_consumed(charge) + grant
+        if self._conn_consumed(charge):
+            return grant or 1
+        return grant
+
+    def reader_starved(self) -> int:
+        """A reader found nothing to read. If the peer is nearly out of connection
+        credit, grant back what was read so far at once: the batching threshold must
+        not hold credit back while the data that would reach it sits on other,
+        unread streams. Returns the credit granted."""
+        due = self._conn_unacked
+        if due and self._conn_recv * 4 < self.settings.connection_window:
+            self._conn_unacked = 0
+            self._conn_recv += due
+            self._control.add(F.CREDIT, 0, 0, F.encode_varint(due))
+            return due
+        return 0
 
     def _conn_consumed(self, charge: int) -> int:
         """Connection-wide credit for ``charge`` bytes read or dropped, granted back
@@ -710,7 +733,13 @@ class Connection:
         (STREAM_CLOSE; for a streaming call, CANCEL) and release its slot."""
         s = self._in.get(stream_id)
         if s is None:
-            if self.is_peer_id(stream_id):
+            if stream_id in self._calls_in:
+                # The input of a channel call, not arrived yet: tell its sender to stop
+                # now and drop what is in flight (it holds no stream slot).
+                self._refused_inputs.add(stream_id)
+                if not self.closed:
+                    self._control.add(F.STREAM_CLOSE, 0, stream_id, b"")
+            elif self.is_peer_id(stream_id):
                 self._refused.add(stream_id)  # not arrived yet: refuse it when it does
             return
         if s.bound and stream_id in self._stream_calls_out:
@@ -886,6 +915,8 @@ class Connection:
                 raise ProtocolError("stream opened twice", ErrorCode.STREAM_STATE_ERROR)
             s.opened = True
             return s
+        if fid in self._refused_inputs:
+            return None  # a channel input we stopped reading before it arrived
         if fid in self._calls_in:
             # The input stream of a channel call.
             s = _In(fid, True)
@@ -911,14 +942,22 @@ class Connection:
 
     def _on_stream_end(self, f: F.Frame, events: list[Event]) -> None:
         fid = f.id
+        if fid in self._refused_inputs:
+            self._refused_inputs.discard(fid)  # its end: nothing more comes
+            return
         s = self._in.get(fid)
         if s is None or f.flags & F.FLAG_OPEN:
             if not f.flags & F.FLAG_OPEN:
                 self._finish_stream_call(fid)
                 return
+            cancelled = s is not None and s.bound and self._calls_out.get(fid) == 1
             s = self._open_in(fid, s, events)
             if s is None:
                 self._finish_stream_call(fid)
+                return
+            if cancelled:  # a streaming call we cancelled, ended before any item
+                self._finish_stream_call(fid)
+                self.release_stream(fid)
                 return
         elif s.state != _In.OPEN:
             if s.bound and self._calls_out.get(fid) == 1:

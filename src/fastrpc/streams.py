@@ -103,8 +103,9 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 if s.items:
                     payload, raw, charge = s.items.popleft()
                     m = self._manager
-                    if m._core.consumed(s, charge):
-                        m._peer._kick()
+                    granted = m._core.consumed(s, charge)
+                    if granted:
+                        m._granted(self, s, granted)
                     return m._peer._decoder.decode(payload, raw)  # type: ignore[no-any-return]
                 if s.state != _In.OPEN:
                     self._finish()
@@ -119,8 +120,8 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 starter, self._starter = self._starter, None
                 await starter(self)
                 continue
-            if s is not None and self._wsize < self._manager.max_window:
-                self._manager._maybe_grow(self, s)
+            if s is not None:
+                self._manager._starved(self, s)
             fut = self._manager._peer._loop.create_future()
             self._waiter = fut
             try:
@@ -222,7 +223,9 @@ class StreamManager:
         self._held: dict[int, ReceiveStream[Any]] = {}
         self._anonymous: deque[ReceiveStream[Any]] = deque()
         self._accepting: deque[asyncio.Future[int]] = deque()
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        # (urgency, arrival, future) of senders waiting for the buffer to drain.
+        self._drain_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._arrivals = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._closed: BaseException | None = None
 
@@ -315,13 +318,14 @@ class StreamManager:
                     if not ok:
                         await self._wait_writable(sid)
                     if core.buffered_amount + peer._transport_buffered() > limit:
-                        await self._backpressure()
+                        await self._backpressure(core.urgency(sid))
                 await self._wait_writable(sid)
                 core.end_stream(sid)
             except StreamClosed:
                 pass  # the receiver stopped reading: just close the source
             except asyncio.CancelledError:
                 core.abort_stream(sid, "aborted")
+                peer._kick()  # the STREAM_ABORT must go out now, not with the next message
                 raise
             except ConnectionClosed:
                 raise
@@ -344,44 +348,62 @@ class StreamManager:
         core = self._core
         while not core.writable(sid):
             self._check()
+            if core.has_output():
+                self._peer._kick()  # writable() may have queued more of a fragmented item
             fut = self._peer._loop.create_future()
             self._writable[sid] = fut
             await fut
+        if core.has_output():
+            self._peer._kick()
         self._check()
 
-    async def _backpressure(self) -> None:
+    async def _backpressure(self, urgency: int) -> None:
         """Wait until the buffered amount is back under the limit: woken when the
-        transport drains, re-checked every ``backpressure_delay`` seconds."""
+        transport drains, re-checked every ``backpressure_delay`` seconds.
+
+        A drain wakes the waiting senders most urgent first, oldest first within one
+        urgency, and each sends one item before checking again: so the streams share
+        the buffer round robin, and an urgent stream is never starved by a busy one.
+        """
         loop = self._peer._loop
         while self.buffered_amount > self.max_buffered_amount:
             self._check()
-            fut = loop.create_future()
-            self._drain_waiters.append(fut)
-            handle = loop.call_later(self.backpressure_delay, _resolve, fut)
+            fut: asyncio.Future[bool] = loop.create_future()
+            self._arrivals += 1
+            self._drain_waiters.append((urgency, self._arrivals, fut))
+            handle = loop.call_later(self.backpressure_delay, _poll, fut)
             try:
-                await fut
+                drained = await fut
             finally:
                 handle.cancel()
+            if drained:
+                return
 
-    def _maybe_grow(self, stream: ReceiveStream[Any], s: _In) -> None:
-        """The reader is starved: if the sender is short of credit, the window (not the
-        sender) is the bottleneck, so double it, up to ``max_window`` (the link's
-        bandwidth-delay product needs more than the initial window)."""
-        try:
-            window = self._core.stream_stats(s.id, False)[2]
-        except KeyError:
-            return
-        if window * 2 < stream._wsize:
-            stream._wsize = min(stream._wsize * 2, self.max_window)
-            self._core.grow_window(s.id, stream._wsize)
+    def _starved(self, stream: ReceiveStream[Any], s: _In) -> None:
+        """The reader found nothing to read: give back pending connection credit if the
+        sender is short of it."""
+        if self._core.reader_starved():
             self._peer._kick()
+
+    def _granted(self, stream: ReceiveStream[Any], s: _In, granted: int) -> None:
+        """Credit went back to the sender. If it had less than a quarter of the window
+        left before this grant, the window (not the sender) limits the stream: double
+        it, up to ``max_window``, as the link's bandwidth-delay product needs."""
+        if granted > 1 and stream._wsize < self.max_window:
+            window = self._core.stream_stats(s.id, False)[2]
+            if (window - granted) * 4 < stream._wsize:
+                stream._wsize = min(stream._wsize * 2, self.max_window)
+                self._core.grow_window(s.id, stream._wsize)
+        self._peer._kick()
 
     def _on_drained(self) -> None:
         """Called by the writer after each message: wake senders if under the limit."""
         if self._drain_waiters and self.buffered_amount <= self.max_buffered_amount:
             waiters, self._drain_waiters = self._drain_waiters, []
-            for fut in waiters:
-                _resolve(fut)
+            waiters.sort(key=_by_urgency)
+            for _, _, fut in waiters:
+                if not fut.done():
+                    fut.set_result(True)
 
     def _on_writable(self, sid: int) -> None:
         fut = self._writable.pop(sid, None)
@@ -555,13 +577,23 @@ class StreamManager:
         self._held.clear()
         self._anonymous.clear()
         # Waiters re-check the manager's state when woken, and raise `exc`.
-        for fut in list(self._writable.values()) + self._drain_waiters + list(self._slot_waiters) + list(self._accepting):
+        drains = [fut for _, _, fut in self._drain_waiters]
+        for fut in list(self._writable.values()) + drains + list(self._slot_waiters) + list(self._accepting):  # type: ignore[operator]
             _resolve(fut)
         tasks = list(self._senders.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _by_urgency(entry: tuple[int, int, Any]) -> tuple[int, int]:
+    return entry[0], entry[1]
+
+
+def _poll(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 def _resolve(fut: asyncio.Future[Any]) -> None:

@@ -1,0 +1,203 @@
+"""Helpers shared by the loopback tests of the RpcPeer / StreamManager layer.
+
+Tests are plain sync functions that call :func:`run`, which runs a coroutine on a
+fresh uvloop loop with an overall timeout and checks that nothing was left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import io
+from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar
+
+import uvloop
+from websockets.asyncio.client import connect as ws_connect
+
+import fastrpc
+from fastrpc import frames as F
+from fastrpc.protocol import Connection, Role, Settings
+
+T = TypeVar("T")
+
+__all__ = [
+    "run",
+    "until",
+    "pair",
+    "server_peer",
+    "RawClient",
+    "raw_client",
+    "frame",
+    "leftovers",
+    "assert_idle",
+]
+
+# Options every test connection uses: no keepalive timers running in the background.
+QUIET = {"keepalive_interval": None, "ws_ping_interval": None}
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+    """Run ``coro`` on a fresh uvloop loop; fail if it takes longer than ``timeout``
+    seconds or leaves tasks behind once it returned."""
+
+    async def main() -> T:
+        me = asyncio.current_task()
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            where = io.StringIO()
+            task.print_stack(file=where)
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+            raise AssertionError(f"test did not finish within {timeout} s; it was at:\n{where.getvalue()}")
+        result = task.result()
+        # Whatever the test started must have finished (bounded poll: tasks that were
+        # just cancelled or are closing sockets get a moment to finish).
+        for _ in range(200):
+            left = [t for t in asyncio.all_tasks() if t is not me]
+            if not left:
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError(f"tasks left running: {left!r}")
+        return result
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        out = runner.run(main())
+    gc.collect()
+    return out
+
+
+async def until(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``cond()`` once per loop iteration (and then every ms) until it is truthy;
+    return its value. Raises AssertionError after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    spins = 0
+    while True:
+        value = cond()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        spins += 1
+        await asyncio.sleep(0 if spins < 100 else 0.001)
+
+
+@contextlib.asynccontextmanager
+async def pair(
+    target: Any,
+    *,
+    client_router: fastrpc.Router | None = None,
+    server_opts: dict[str, Any] | None = None,
+    client_opts: dict[str, Any] | None = None,
+    check_idle: bool = True,
+) -> AsyncIterator[tuple[fastrpc.Server, fastrpc.RpcPeer]]:
+    """A server for ``target`` on 127.0.0.1 and one client connected to it.
+
+    ``check_idle``: when the body finishes normally on an open connection, both ends
+    must (soon) track no call or stream any more.
+    """
+    async with fastrpc.serve(target, "127.0.0.1", 0, **{**QUIET, **(server_opts or {})}) as server:
+        async with fastrpc.connect(server.url, router=client_router, **{**QUIET, **(client_opts or {})}) as peer:
+            yield server, peer
+            if check_idle and not peer.closed:
+                await assert_idle(peer, *[p for p in server.peers if not p.closed])
+
+
+async def server_peer(server: fastrpc.Server, timeout: float = 5.0) -> fastrpc.RpcPeer:
+    """The server side of the (single) connection to ``server``."""
+    await until(lambda: server.peers, timeout, "the server's peer")
+    return next(iter(server.peers))
+
+
+def frame(ftype: int, flags: int, fid: int, payload: bytes = b"") -> bytes:
+    return F.encode_frame(ftype, flags, fid, payload)
+
+
+class RawClient:
+    """A misbehaving client: a bare websockets connection speaking hand-built frames."""
+
+    def __init__(self, ws: Any, core: Connection) -> None:
+        self.ws = ws
+        self.core = core  # a client core, for building well-formed frames
+
+    async def send(self, data: bytes | str) -> None:
+        await self.ws.send(data)
+
+    async def drain(self, timeout: float = 5.0) -> tuple[int | None, str]:
+        """Read until the server closes; return ``(close code, reason)``."""
+
+        async def read() -> None:
+            with contextlib.suppress(Exception):
+                async for _ in self.ws:
+                    pass
+
+        await asyncio.wait_for(read(), timeout)
+        rcvd = self.ws.protocol.close_rcvd
+        if rcvd is None:
+            return None, ""
+        return rcvd.code, rcvd.reason
+
+    async def recv_frames(self, timeout: float = 5.0) -> list[Any]:
+        """Receive one message; return its frames."""
+        msg = await asyncio.wait_for(self.ws.recv(), timeout)
+        return F.decode_message(msg, 1 << 30)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def raw_client(url: str, settings: Settings | None = None) -> AsyncIterator[RawClient]:
+    """Connect to a fastrpc server and do the HELLO exchange by hand."""
+    core = Connection(Role.CLIENT, settings or Settings())
+    ws = await ws_connect(url, compression=None, proxy=None, ping_interval=None, max_size=None)
+    try:
+        hello = core.next_message()
+        assert hello is not None
+        await ws.send(hello)
+        msg = await asyncio.wait_for(ws.recv(), 5.0)
+        core.receive_message(msg)
+        assert core.ready
+        yield RawClient(ws, core)
+    finally:
+        await ws.close()
+
+
+def leftovers(peer: fastrpc.RpcPeer) -> dict[str, Any]:
+    """What a connection still tracks: all empty once it is idle."""
+    core = peer._core
+    m = peer.streams
+    found = {
+        "calls_out": dict(core._calls_out),
+        "stream_calls_out": set(core._stream_calls_out),
+        "calls_in": set(core._calls_in),
+        "in": list(core._in),
+        "out": list(core._out),
+        "ledger_in": core._ledger_in.ids(),
+        "ledger_out": core._ledger_out.ids(),
+        "peer.calls": list(peer._calls),
+        "peer.tasks": list(peer._tasks),
+        "senders": list(m._senders),
+        "incoming": list(m._incoming.keys()),
+        "claims": list(m._claims.keys()),
+        "held": list(m._held),
+        "free_in": core._free_in,
+        "refused": set(core._refused),
+        # stream slots granted but not accounted for (or missing)
+        "slots": (core._stream_slots - core.peer_settings.max_streams) if core.peer_settings else 0,
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+async def assert_idle(*peers: fastrpc.RpcPeer, timeout: float = 5.0) -> None:
+    """Wait until every peer tracks no call or stream any more (bounded poll)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = {i: leftovers(p) for i, p in enumerate(peers)}
+        left = {i: v for i, v in left.items() if v}
+        if not left:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"connection state left behind: {left}")
+        await asyncio.sleep(0.001)

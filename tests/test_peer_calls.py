@@ -1,0 +1,603 @@
+"""Calls over a real loopback connection: handlers, values, errors, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+from typing import Any
+
+import msgspec
+import pytest
+
+import fastrpc
+from _util import assert_idle, pair, run, server_peer, until
+
+
+def make_router() -> fastrpc.Router:
+    router = fastrpc.Router()
+
+    @router.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @router.method
+    async def add_async(a: int, b: int) -> int:
+        await asyncio.sleep(0)
+        return a + b
+
+    @router.method
+    def echo(*args: Any) -> Any:
+        return args[0] if len(args) == 1 else list(args)
+
+    @router.method
+    async def echo_async(value: Any) -> Any:
+        return value
+
+    @router.method("nothing")
+    def nothing() -> None:
+        return None
+
+    @router.method
+    def unencodable() -> Any:
+        return object()
+
+    @router.method
+    def sync_returns_awaitable() -> Any:
+        async def inner() -> str:
+            return "awaited"
+
+        return inner()
+
+    return router
+
+
+class Boom(Exception):
+    pass
+
+
+class Coded(Exception):
+    code = 42
+
+
+# ------------------------------------------------------------------ handlers
+
+
+def test_sync_and_async_handlers() -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (_, peer):
+            assert await peer.call("add", 1, 2) == 3
+            assert await peer.call("add_async", 20, 22) == 42
+            assert await peer.call("nothing") is None
+            assert await peer.call("sync_returns_awaitable") == "awaited"
+            # Several in flight at once, sync replies mixed with async ones.
+            got = await asyncio.gather(*(peer.call("add" if i % 2 else "add_async", i, i) for i in range(50)))
+            assert got == [2 * i for i in range(50)]
+
+    run(main())
+
+
+VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    1.5,
+    -0.0,
+    float("inf"),
+    "",
+    "héllo wörld ✓",
+    "x" * 100_000,
+    [],
+    [1, "two", 3.0, None, [4]],
+    {},
+    {"a": 1, "nested": {"b": [1, 2, {"c": None}]}},
+    {"bin": b"\x00\x01"},  # bytes nested in a structure go through msgpack's bin type
+    [b"a", b"b"],
+    {1: "int key", 2: [None]},
+    1e300,
+    datetime.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc),  # timestamp ext
+]
+
+
+def test_values_that_change_type_on_the_way() -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (_, peer):
+            assert await peer.call("echo_async", (1, (2, 3))) == [1, [2, 3]]
+            assert await peer.call("echo_async", bytearray(b"ab")) == b"ab"
+            assert await peer.call("echo_async", {"s": {1}}) in ({"s": [1]},)
+            ext = await peer.call("echo_async", msgspec.msgpack.Ext(5, b"abc"))
+            assert isinstance(ext, msgspec.msgpack.Ext) and (ext.code, ext.data) == (5, b"abc")
+            # Unencodable results fail the call, not the connection.
+            with pytest.raises(fastrpc.RemoteError):
+                await peer.call("unencodable")
+            assert await peer.call("add", 1, 1) == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[f"v{i}" for i in range(len(VALUES))])
+def test_result_types_roundtrip(value: Any) -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (_, peer):
+            assert await peer.call("echo_async", value) == value
+            assert await peer.call("echo", value) == value
+
+    run(main())
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00", bytes(range(256)), b"\xc1" * 70_000])
+def test_bytes_passthrough(payload: bytes) -> None:
+    seen: list[Any] = []
+    router = fastrpc.Router()
+
+    @router.method
+    def raw(data: Any) -> Any:
+        seen.append(data)
+        return data
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            got = await peer.call("raw", payload)
+            assert type(got) is bytes and got == payload
+            assert type(seen[0]) is bytes and seen[0] == payload
+            # Seed style: bytes data pass through as is, too.
+            resp = await peer.request(payload)
+            assert type(resp.data) is bytes and resp.data == payload
+
+    router.match(lambda data: data)
+    run(main())
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+    label: str = "p"
+
+
+class Item(msgspec.Struct):
+    name: str
+    qty: int
+    tags: list[str] = []
+
+
+def test_dataclass_and_struct_args() -> None:
+    router = fastrpc.Router()
+
+    @router.method
+    def describe(point: Any, item: Any) -> Any:
+        return {"point": point, "item": item}
+
+    router.add("make_point", lambda: Point(3, 4))
+    router.add("make_item", lambda: Item("nut", 1))
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            got = await peer.call("describe", Point(1, 2), Item("bolt", 3, ["m4"]))
+            assert got == {
+                "point": {"x": 1, "y": 2, "label": "p"},
+                "item": {"name": "bolt", "qty": 3, "tags": ["m4"]},
+            }
+            # Struct/dataclass results, too.
+            assert await peer.call("make_point") == {"x": 3, "y": 4, "label": "p"}
+            assert await peer.call("make_item") == {"name": "nut", "qty": 1, "tags": []}
+
+    run(main())
+
+
+def test_remote_error_carries_type_and_message() -> None:
+    router = fastrpc.Router()
+
+    @router.method
+    def fail_sync() -> None:
+        raise ValueError("bad value")
+
+    @router.method
+    async def fail_async(msg: str) -> None:
+        await asyncio.sleep(0)
+        raise Boom(msg)
+
+    @router.method
+    def fail_coded() -> None:
+        raise Coded("with a code")
+
+    router.add("ok", lambda: "ok")
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.call("fail_sync")
+            assert ei.value.type_name == "ValueError"
+            assert ei.value.message == "bad value"
+            assert ei.value.code is None
+            assert ei.value.remote_traceback is None  # expose_tracebacks is off
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.call("fail_async", "ünïcode message")
+            assert (ei.value.type_name, ei.value.message) == ("Boom", "ünïcode message")
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.call("fail_coded")
+            assert (ei.value.type_name, ei.value.code) == ("Coded", 42)
+            # The connection is still fine.
+            assert not peer.closed
+            assert await peer.call("ok") == "ok"
+
+    run(main())
+
+
+def test_expose_tracebacks() -> None:
+    router = fastrpc.Router()
+
+    @router.method
+    def fail() -> None:
+        raise KeyError("k")
+
+    async def main() -> None:
+        async with pair(router, server_opts={"expose_tracebacks": True}) as (_, peer):
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.call("fail")
+            assert ei.value.type_name == "KeyError"
+            assert ei.value.remote_traceback and "KeyError" in ei.value.remote_traceback
+
+    run(main())
+
+
+def test_method_not_found() -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (_, peer):
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.call("no_such_method", 1)
+            assert ei.value.type_name == "MethodNotFound"
+            assert "no_such_method" in ei.value.message
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                async for _ in peer.stream("no_such_stream"):
+                    pass
+            assert ei.value.type_name == "MethodNotFound"
+            assert await peer.call("add", 1, 1) == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("sides", ["both", "client", "server"])
+def test_json_codec(sides: str) -> None:
+    server_opts = {"codec": "json"} if sides in ("both", "server") else {}
+    client_opts = {"codec": "json"} if sides in ("both", "client") else {}
+
+    async def main() -> None:
+        async with pair(make_router(), server_opts=server_opts, client_opts=client_opts) as (_, peer):
+            assert await peer.call("add", 2, 3) == 5
+            value = {"a": [1, 2.5, "s", None, True], "b": {"c": "d"}}
+            assert await peer.call("echo_async", value) == value
+            assert await peer.call("echo", b"raw bytes") == b"raw bytes"
+            assert [x async for x in peer.stream("echo_async", [1, 2])] == [[1, 2]]
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.call("missing")
+            assert ei.value.type_name == "MethodNotFound"
+
+    run(main())
+
+
+def test_request_and_match_seed_style() -> None:
+    router = fastrpc.Router()
+    seen: list[Any] = []
+
+    @router.match
+    async def catch_all(data: Any) -> Any:
+        seen.append(data)
+        if isinstance(data, dict) and data.get("fail"):
+            raise RuntimeError("asked to fail")
+        return {"echo": data}
+
+    @router.method
+    def known() -> str:
+        return "known"
+
+    async def main() -> None:
+        async with pair(router) as (srv, peer):
+            resp = await peer.request({"method": "x", "n": 1})
+            assert isinstance(resp, fastrpc.Response)
+            assert resp.data == {"echo": {"method": "x", "n": 1}}
+            assert (await peer.request([1, 2, 3])).data == {"echo": [1, 2, 3]}
+            assert (await peer.request("plain")).data == {"echo": "plain"}
+            assert await peer.call("unknown", 1, "a") == {"echo": {"method": "unknown", "params": [1, "a"]}}
+            assert await peer.call("known") == "known"
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await peer.request({"fail": True})
+            assert ei.value.type_name == "RuntimeError"
+            sp = await server_peer(srv)
+            peer.match(lambda data: ["client", data])
+            assert (await sp.request(7)).data == ["client", 7]
+
+    run(main())
+    assert {"method": "x", "n": 1} in seen
+
+
+def test_notify() -> None:
+    router = fastrpc.Router()
+    got: list[Any] = []
+
+    @router.method
+    def note_sync(x: Any) -> None:
+        got.append(("sync", x))
+
+    @router.method
+    async def note_async(x: Any) -> None:
+        await asyncio.sleep(0)
+        got.append(("async", x))
+
+    @router.method
+    def note_fail() -> None:
+        raise RuntimeError("nobody hears this")
+
+    @router.method
+    def count() -> int:
+        return len(got)
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            peer.notify("note_sync", 1)
+            peer.notify("note_async", 2)
+            peer.notify("note_fail")
+            peer.notify("no_such_method", 3)  # silently dropped
+            peer.notify("note_sync", b"raw")
+            await until(lambda: len(got) == 3, 5, "three notifications")
+            assert sorted(got, key=repr) == sorted([("sync", 1), ("async", 2), ("sync", b"raw")], key=repr)
+            assert await peer.call("count") == 3
+
+    run(main())
+
+
+def test_register_on_a_connection() -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (server, peer):
+            sp = await server_peer(server)
+            # Per-connection methods, on either side; looked up before the router.
+            sp.register("add", lambda a, b: f"{a}+{b}")
+            peer.register("client_side", lambda: "from the client")
+
+            async def client_async(x: int) -> int:
+                return x * 10
+
+            peer.register("client_async", client_async)
+            assert await peer.call("add", 1, 2) == "1+2"
+            assert await sp.call("client_side") == "from the client"
+            assert await sp.call("client_async", 4) == 40
+            with pytest.raises(fastrpc.RemoteError):
+                await sp.call("add", 1, 2)  # the client has no "add"
+
+    run(main())
+
+
+def test_current_peer_calls_back_to_the_client() -> None:
+    router = fastrpc.Router()
+    peers: list[fastrpc.RpcPeer] = []
+
+    @router.method
+    async def ask_client(x: int) -> Any:
+        peer = fastrpc.current_peer()
+        peers.append(peer)
+        doubled = await peer.call("double", x)
+        return {"doubled": doubled, "nested": await peer.call("call_server_again", x)}
+
+    @router.method
+    def inc(x: int) -> int:
+        assert fastrpc.current_peer() is peers[0]
+        return x + 1
+
+    client_router = fastrpc.Router()
+
+    @client_router.method
+    def double(x: int) -> int:
+        return 2 * x
+
+    @client_router.method
+    async def call_server_again(x: int) -> int:
+        # current_peer() on the client is the client's own peer.
+        return await fastrpc.current_peer().call("inc", x)  # type: ignore[no-any-return]
+
+    async def main() -> None:
+        with pytest.raises(LookupError):
+            fastrpc.current_peer()
+        async with pair(router, client_router=client_router) as (server, peer):
+            assert await peer.call("ask_client", 5) == {"doubled": 10, "nested": 6}
+            assert peers[0] is await server_peer(server)
+            results = await asyncio.gather(*(peer.call("ask_client", i) for i in range(20)))
+            assert results == [{"doubled": 2 * i, "nested": i + 1} for i in range(20)]
+
+    run(main())
+
+
+# --------------------------------------------------------------- cancellation
+
+
+def slow_router(started: asyncio.Event, finished: asyncio.Event, cancelled: list[bool]) -> fastrpc.Router:
+    router = fastrpc.Router()
+
+    @router.method
+    async def slow() -> str:
+        try:
+            started.set()
+            await asyncio.sleep(30)
+            return "late"
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        finally:
+            finished.set()
+
+    @router.method
+    def ping() -> str:
+        return "pong"
+
+    return router
+
+
+def test_timeout_raises_and_cancels_the_handler() -> None:
+    async def main() -> None:
+        started, finished, cancelled = asyncio.Event(), asyncio.Event(), []
+        async with pair(slow_router(started, finished, cancelled)) as (server, peer):
+            with pytest.raises(asyncio.TimeoutError):
+                await peer.call("slow", timeout=0.2)
+            await asyncio.wait_for(finished.wait(), 5)
+            assert cancelled == [True]
+            sp = await server_peer(server)
+            await until(lambda: not sp._tasks and sp._core.running_calls == 0, 5, "the server to forget the call")
+            await until(lambda: peer._core.pending_calls == 0, 5, "the call's slot to be freed")
+            assert await peer.call("ping", timeout=5) == "pong"
+
+    run(main())
+
+
+def test_deadline_travels_to_the_server() -> None:
+    # The server enforces the caller's deadline itself, even if the client keeps waiting.
+    async def main() -> None:
+        started, finished, cancelled = asyncio.Event(), asyncio.Event(), []
+        async with pair(slow_router(started, finished, cancelled)) as (server, peer):
+            cid = peer._core.send_request("slow", peer._codec.encode_value(()), timeout=0.1)
+            fut = asyncio.get_running_loop().create_future()
+            peer._calls[cid] = fut
+            peer._kick()
+            with pytest.raises(fastrpc.RemoteError) as ei:
+                await asyncio.wait_for(fut, 5)
+            assert ei.value.type_name == "TimeoutError"
+            assert finished.is_set() and cancelled == [True]
+
+    run(main())
+
+
+def test_cancelling_the_caller_cancels_the_remote_handler() -> None:
+    async def main() -> None:
+        started, finished, cancelled = asyncio.Event(), asyncio.Event(), []
+        async with pair(slow_router(started, finished, cancelled)) as (server, peer):
+            task = asyncio.ensure_future(peer.call("slow"))
+            await asyncio.wait_for(started.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(finished.wait(), 5)
+            assert cancelled == [True]
+            sp = await server_peer(server)
+            await until(lambda: not sp._tasks and sp._core.running_calls == 0, 5, "the server to forget the call")
+            await until(lambda: peer._core.pending_calls == 0, 5, "the call's slot to be freed")
+            assert await peer.call("ping") == "pong"
+
+    run(main())
+
+
+def test_many_concurrent_calls() -> None:
+    router = make_router()
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            n = 1000
+            calls = [peer.call("add_async" if i % 3 else "add", i, 1) for i in range(n)]
+            assert await asyncio.gather(*calls) == [i + 1 for i in range(n)]
+            # More than the server's max_pending_calls: the client waits for slots.
+        async with pair(router, server_opts={"max_pending_calls": 16}) as (_, peer):
+            got = await asyncio.gather(*(peer.call("add_async", i, 2) for i in range(1000)))
+            assert got == [i + 2 for i in range(1000)]
+            assert peer._core.pending_calls == 0
+
+    run(main(), timeout=30)
+
+
+def test_calls_after_close_fail() -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (_, peer):
+            await peer.close()
+            with pytest.raises(fastrpc.ConnectionClosed):
+                await peer.call("add", 1, 2)
+            with pytest.raises(fastrpc.ConnectionClosed):
+                peer.notify("add", 1, 2)
+
+    run(main())
+
+
+def test_ping() -> None:
+    async def main() -> None:
+        async with pair(make_router()) as (_, peer):
+            rtt = await peer.ping(timeout=5)
+            assert 0 <= rtt < 5
+
+    run(main())
+
+
+def test_cancel_before_the_handler_started() -> None:
+    # REQUEST and CANCEL leave in one message: the server cancels a handler task that
+    # never ran. Both sides must still finish the call (no slot leaked on either side).
+    router = fastrpc.Router()
+    ran: list[str] = []
+
+    @router.method
+    async def slow() -> None:
+        ran.append("slow")
+        await asyncio.sleep(30)
+
+    @router.method
+    async def slow_stream() -> Any:
+        ran.append("slow_stream")
+        await asyncio.sleep(30)
+        yield 1
+
+    @router.method
+    def ping() -> str:
+        return "pong"
+
+    async def main() -> None:
+        async with pair(router, server_opts={"max_pending_calls": 4}) as (server, peer):
+            for _ in range(10):  # more than max_pending_calls: leaked slots would show
+                task = asyncio.ensure_future(peer.call("slow"))
+                await asyncio.sleep(0)  # REQUEST queued, the writer not run yet
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                s = peer.stream("slow_stream")
+                started = asyncio.ensure_future(s.__anext__())
+                await asyncio.sleep(0)
+                started.cancel()
+                await s.aclose()
+                with pytest.raises(asyncio.CancelledError):
+                    await started
+            sp = await server_peer(server)
+            await assert_idle(peer, sp)
+            assert await peer.call("ping", timeout=5) == "pong"
+
+    run(main())
+
+
+def test_cancel_stream_call_before_first_item() -> None:
+    router = fastrpc.Router()
+    started = []
+
+    @router.method
+    async def late() -> Any:
+        started.append(1)
+        await asyncio.sleep(30)
+        yield 1
+
+    @router.method
+    async def returns_iterable_late() -> Any:
+        started.append(2)
+        await asyncio.sleep(30)
+        return [1, 2]
+
+    async def main() -> None:
+        async with pair(router) as (server, peer):
+            sp = await server_peer(server)
+            for method in ("late", "returns_iterable_late"):
+                s = peer.stream(method)
+                nxt = asyncio.ensure_future(s.__anext__())
+                await until(lambda: sp._tasks, 5, "the handler to start")
+                await until(lambda: len(started) and not sp._tasks.get(-1), 5)
+                await asyncio.sleep(0.01)
+                nxt.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await nxt
+                await s.aclose()
+                await assert_idle(peer, sp)
+
+    run(main())

@@ -1,0 +1,365 @@
+"""Limits against misbehaving clients: hand-built frames over a bare websockets
+connection. Each abuse closes only the offending connection, with a clear code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator
+
+import msgspec
+import pytest
+
+import fastrpc
+from fastrpc import frames as F
+from fastrpc.protocol import FRAME_CHARGE
+from _util import assert_idle, frame, pair, raw_client, run, until
+
+
+def request(cid: int, method: str, *args: Any, flags: int = 0) -> bytes:
+    m = method.encode()
+    return frame(F.REQUEST, flags, cid, F.encode_varint(len(m)) + m + msgspec.msgpack.encode(list(args)))
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.running = 0
+        self.max_running = 0
+        self.started = 0
+        self.stopped = 0
+
+
+def make_router(c: Counters, cleanup_delay: float = 0.0) -> fastrpc.Router:
+    router = fastrpc.Router()
+
+    @router.method
+    async def slow() -> str:
+        c.started += 1
+        c.running += 1
+        c.max_running = max(c.max_running, c.running)
+        try:
+            await asyncio.sleep(30)
+            return "late"
+        finally:
+            try:
+                if cleanup_delay:
+                    # Slow to stop: the handler keeps running a while after CANCEL.
+                    await asyncio.sleep(cleanup_delay)
+            finally:
+                c.running -= 1
+                c.stopped += 1
+
+    @router.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @router.method
+    async def ticks(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    return router
+
+
+async def check_good_client(url: str) -> None:
+    async with fastrpc.connect(url, keepalive_interval=None) as peer:
+        assert await peer.call("add", 2, 3) == 5
+        assert [x async for x in peer.stream("ticks", 5)] == [0, 1, 2, 3, 4]
+
+
+def test_too_many_pending_calls_closes_only_that_connection() -> None:
+    async def main() -> None:
+        c = Counters()
+        limit = 8
+        async with pair(make_router(c), server_opts={"max_pending_calls": limit}) as (server, good):
+            # A well-behaved client is held to the limit by the server's HELLO: it waits.
+            got = await asyncio.gather(*(good.call("add", i, 1) for i in range(3 * limit)))
+            assert got == [i + 1 for i in range(3 * limit)]
+            slow_ok = [asyncio.ensure_future(good.call("slow")) for _ in range(limit // 2)]
+            await until(lambda: c.running == limit // 2, 5, "the good client's slow calls")
+
+            async with raw_client(server.url) as raw:
+                assert raw.core.peer_settings.max_pending_calls == limit
+                await raw.send(b"".join(request(2 * i + 1, "slow") for i in range(limit + 1)))
+                code, reason = await raw.drain()
+                assert code == 1008
+                assert "pending calls" in reason
+            # Its handlers were cancelled; the good connection is untouched.
+            await until(lambda: c.running == limit // 2, 5, "the bad connection's handlers to stop")
+            assert c.max_running <= limit // 2 + limit
+            assert await good.call("add", 1, 1) == 2
+            await check_good_client(server.url)
+            for t in slow_ok:
+                t.cancel()
+            await asyncio.gather(*slow_ok, return_exceptions=True)
+            await until(lambda: c.running == 0, 5, "the slow calls to stop")
+
+    run(main())
+
+
+def test_oversized_frame_is_rejected_with_1009() -> None:
+    async def main() -> None:
+        c = Counters()
+        max_frame = 64 << 10
+        async with pair(make_router(c), server_opts={"max_frame_size": max_frame}) as (server, good):
+            async with raw_client(server.url) as raw:
+                await raw.send(request(1, "add", b"x" * (max_frame + 1), 1))
+                code, reason = await raw.drain()
+                assert code == 1009, (code, reason)
+                assert "too large" in reason
+            async with raw_client(server.url) as raw:
+                # A header announcing more than the limit is enough.
+                await raw.send(bytes([F.STREAM_DATA, F.FLAG_OPEN, 1]) + F.encode_varint(max_frame + 1) + b"abc")
+                code, _ = await raw.drain()
+                assert code == 1009
+            async with raw_client(server.url) as raw:
+                # Larger than the WebSocket message limit: websockets itself refuses it.
+                await raw.send(b"\x00" * (server.options.max_message_size + 1024))
+                code, _ = await raw.drain()
+                assert code == 1009
+            assert await good.call("add", 1, 2) == 3
+            await check_good_client(server.url)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff",  # a truncated frame
+        b"",  # an empty message
+        frame(F.REQUEST, 0, 1, b"\x05ab"),  # method name runs past the payload
+        frame(F.REQUEST, 0, 2, b"\x01a"),  # a call id of the server's parity
+        frame(0x3F, 0, 0, b""),  # an unknown (non-extension) frame type
+        frame(F.HELLO, 0, 0, b"\x01"),  # a second HELLO
+        frame(F.REQUEST, 0, 1, b"\x01a") + b"\x10",  # trailing garbage
+        frame(F.STREAM_DATA, F.FLAG_OPEN, 2, b"x"),  # a stream id of the server's parity
+        frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x") + frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"y"),  # opened twice
+        frame(F.REQUEST, 0, 1, b"\x02\xff\xfe"),  # method name is not UTF-8
+    ],
+    ids=["truncated", "empty", "bad-method", "wrong-parity", "unknown-type", "hello-twice", "trailing",
+         "stream-parity", "open-twice", "not-utf8"],
+)
+def test_malformed_bytes_close_with_1002(data: bytes) -> None:
+    async def main() -> None:
+        c = Counters()
+        async with pair(make_router(c)) as (server, good):
+            async with raw_client(server.url) as raw:
+                await raw.send(data)
+                code, reason = await raw.drain()
+                assert code == 1002, (code, reason)
+                assert reason
+            assert await good.call("add", 1, 2) == 3
+
+    run(main())
+
+
+def test_frames_of_unknown_streams_are_dropped() -> None:
+    # Frames of a stream nobody opened are dropped (it may be one the server stopped
+    # reading): the connection stays up and answers.
+    async def main() -> None:
+        async with pair(make_router(Counters())) as (server, _):
+            async with raw_client(server.url) as raw:
+                await raw.send(frame(F.STREAM_DATA, 0, 1, b"x") + frame(F.STREAM_END, 0, 1) + frame(F.CREDIT, 0, 5, b"\x10"))
+                await raw.send(request(3, "add", 1, 2))
+                frames = await raw.recv_frames()
+                assert [(f.type, f.id) for f in frames] == [(F.RESPONSE, 3)]
+
+    run(main())
+
+
+def test_text_message_garbage() -> None:
+    # Text messages are the seed's JSON compatibility mode: garbage there either gets an
+    # answer or closes the connection; it must not hang it or hurt other connections.
+    async def main() -> None:
+        c = Counters()
+        async with pair(make_router(c)) as (server, good):
+            async with raw_client(server.url) as raw:
+                await raw.send("}{ not json at all")
+
+                async def outcome() -> str:
+                    try:
+                        await raw.ws.recv()
+                        return "answered"
+                    except Exception:  # noqa: BLE001 - closed
+                        return "closed"
+
+                assert await asyncio.wait_for(outcome(), 5) in ("answered", "closed")
+            assert await good.call("add", 1, 2) == 3
+            await check_good_client(server.url)
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", ["one-message", "separate-messages", "handler-started"])
+@pytest.mark.parametrize("cleanup_delay", [0.0, 0.05], ids=["prompt", "lingering"])
+def test_rapid_reset_flood_stays_bounded(cleanup_delay: float, mode: str) -> None:
+    # REQUEST then CANCEL, over and over, against a slow handler. Running handlers never
+    # exceed max_pending_calls: once cancelled calls pile up past it (handlers that
+    # linger after CANCEL), the server closes the connection (1008) rather than
+    # accumulate them; otherwise every call is answered and forgotten.
+    async def main() -> None:
+        c = Counters()
+        limit = 16
+        n = 300 if mode == "handler-started" else 2000
+        async with pair(make_router(c, cleanup_delay), server_opts={"max_pending_calls": limit}) as (server, good):
+            async with raw_client(server.url) as raw:
+                answered: set[int] = set()
+
+                async def reader() -> None:
+                    with contextlib.suppress(Exception):
+                        async for msg in raw.ws:
+                            for f in F.decode_message(msg, 1 << 30):
+                                assert f.type == F.ERROR
+                                answered.add(f.id)
+
+                rd = asyncio.ensure_future(reader())
+                started = asyncio.get_running_loop().time()
+                try:
+                    for i in range(n):
+                        cid = 2 * i + 1
+                        if mode == "one-message":
+                            await raw.send(request(cid, "slow") + frame(F.CANCEL, 0, cid))
+                        elif mode == "handler-started":
+                            # Reset each call only once its handler runs.
+                            await raw.send(request(cid, "slow"))
+                            await until(lambda: c.started > i or rd.done(), 5, "the handler to start")
+                            await raw.send(frame(F.CANCEL, 0, cid))
+                        else:
+                            await raw.send(request(cid, "slow"))
+                            await raw.send(frame(F.CANCEL, 0, cid))
+                        assert c.running <= limit
+                        if i % 50 == 49:
+                            await asyncio.sleep(0.001)  # let answers flow (and a close arrive)
+                except Exception:  # noqa: BLE001 - the server closed the connection
+                    pass
+                if cleanup_delay:
+                    code, reason = await raw.drain()
+                    assert code == 1008 and "pending calls" in reason, (code, reason)
+                    # Promptly: the server does not wait out a close timeout on a peer
+                    # that keeps sending.
+                    assert asyncio.get_running_loop().time() - started < 1.5
+                else:
+                    await until(lambda: len(answered) == n or rd.done(), 10, "every call answered")
+                    if mode == "handler-started":
+                        assert not rd.done() and c.started == n
+                    if rd.done():  # closed: only for exceeding the limit
+                        code, reason = await raw.drain()
+                        assert code == 1008 and "pending calls" in reason, (code, reason)
+                        assert asyncio.get_running_loop().time() - started < 1.5
+                    else:
+                        sp = next(p for p in server.peers if p.remote_address == raw.ws.local_address)
+                        await assert_idle(sp)
+                await raw.ws.close()
+                await rd
+            assert c.max_running <= limit
+            await until(lambda: c.running == 0, 5, "every handler to stop")
+            assert await good.call("add", 1, 2) == 3
+            await check_good_client(server.url)
+
+    run(main(), timeout=30)
+
+
+def test_rapid_reset_within_the_limit_is_answered_and_forgotten() -> None:
+    # A client that counts cancelled calls as pending until they are answered (as
+    # fastrpc's own client does) may REQUEST+CANCEL as fast as it likes: every call is
+    # answered, nothing piles up and the connection stays open.
+    async def main() -> None:
+        c = Counters()
+        limit = 8
+        async with pair(make_router(c), server_opts={"max_pending_calls": limit}) as (server, good):
+            async with raw_client(server.url) as raw:
+                n = 500
+                answered: set[int] = set()
+                sent = 0
+                while len(answered) < n:
+                    while sent < n and sent - len(answered) < limit:
+                        cid = 2 * sent + 1
+                        await raw.send(request(cid, "slow") + frame(F.CANCEL, 0, cid))
+                        sent += 1
+                    for f in await raw.recv_frames():
+                        assert f.type == F.ERROR
+                        answered.add(f.id)
+                assert answered == {2 * i + 1 for i in range(n)}
+                assert c.max_running <= limit
+                sp = next(p for p in server.peers if p.remote_address == raw.ws.local_address)
+                await assert_idle(sp)
+                assert not sp.closed
+            await until(lambda: c.running == 0, 5, "every handler to stop")
+
+    run(main())
+
+
+def test_notification_flood_is_bounded() -> None:
+    # Running notification handlers share the pending-calls limit.
+    async def main() -> None:
+        c = Counters()
+        limit = 8
+        async with pair(make_router(c), server_opts={"max_pending_calls": limit}) as (server, good):
+            async with raw_client(server.url) as raw:
+                m = b"slow"
+                notify = frame(F.NOTIFY, 0, 0, F.encode_varint(len(m)) + m + msgspec.msgpack.encode([]))
+                await raw.send(notify * (limit + 1))
+                code, reason = await raw.drain()
+                assert code == 1008 and "notification" in reason, (code, reason)
+            await until(lambda: c.running == 0, 5, "the notification handlers to stop")
+            assert await good.call("add", 1, 2) == 3
+
+    run(main())
+
+
+def test_empty_stream_data_flood_exhausts_credit() -> None:
+    async def main() -> None:
+        c = Counters()
+        window = 64 << 10
+        async with pair(
+            make_router(c), server_opts={"streams": fastrpc.StreamManager(initial_window=window)}
+        ) as (server, good):
+            async with raw_client(server.url) as raw:
+                assert raw.core.peer_settings.initial_stream_window == window
+                n = window // FRAME_CHARGE + 1
+                flood = frame(F.STREAM_DATA, F.FLAG_OPEN, 1) + frame(F.STREAM_DATA, 0, 1) * n
+                await raw.send(flood)
+                code, reason = await raw.drain()
+                assert code == 1008, (code, reason)
+                assert "flow-control" in reason
+            # Within the window the same frames are fine (and are read as empty items).
+            async with raw_client(server.url) as raw:
+                await raw.send(frame(F.STREAM_DATA, F.FLAG_OPEN, 1) + frame(F.STREAM_DATA, 0, 1) * 100)
+                await raw.send(request(3, "add", 1, 2))
+                frames = await raw.recv_frames()
+                assert (F.RESPONSE, 3) in [(f.type, f.id) for f in frames]
+            assert await good.call("add", 1, 2) == 3
+
+    run(main())
+
+
+def test_too_many_streams_closes_with_1008() -> None:
+    async def main() -> None:
+        c = Counters()
+        async with pair(make_router(c), server_opts={"max_streams": 4}) as (server, good):
+            # A good client waits for stream slots.
+            got = []
+
+            async def src(k: int) -> AsyncIterator[int]:
+                yield k
+
+            sids = [await good.send_stream(src(k)) for k in range(4)]
+            more = asyncio.ensure_future(good.send_stream(src(99)))
+            await asyncio.sleep(0.05)
+            assert not more.done()
+            sp = next(iter(server.peers))
+            for sid in sids:
+                _, s = sp.receive_stream(sid)
+                got.extend([x async for x in s])
+            sid = await asyncio.wait_for(more, 5)
+            _, s = sp.receive_stream(sid)
+            got.extend([x async for x in s])
+            assert got == [0, 1, 2, 3, 99]
+            async with raw_client(server.url) as raw:
+                await raw.send(b"".join(frame(F.STREAM_DATA, F.FLAG_OPEN, 2 * i + 1, b"\x01") for i in range(5)))
+                code, reason = await raw.drain()
+                assert code == 1008 and "streams" in reason
+            assert await good.call("add", 1, 2) == 3
+
+    run(main())
