@@ -4,10 +4,10 @@ The seed document lists these under "Future Enhancements" (stream priority,
 flow control / per-stream rate limiting, compression); fastrpc has them:
 
 * ``send_stream(source, priority=0..7)``: lower is more urgent (default 3). When
-  the connection is the bottleneck, the more urgent stream's frames go first.
-  A congested link is simulated with a small ``max_buffered_amount`` on the
-  sender; a bulk stream (priority 7) is started, then at once an urgent one
-  (priority 0) of the same size: the urgent one should finish first.
+  the connection is the bottleneck, the more urgent stream's frames go first and
+  its sender is woken first when the buffer drains. A bulk stream (priority 7)
+  fills a small ``max_buffered_amount``; small timed items beside it show their
+  delivery latency at priority 0 and at the bulk's own priority.
 * ``send_stream(source, rate=fastrpc.RateLimit(items_per_s))`` (or
   ``RateLimit(bytes_per_s, per="bytes")``) paces one stream.
 * ``serve(..., compression=True)`` / ``connect(..., compression=True)``
@@ -24,7 +24,7 @@ import time
 
 import fastrpc
 
-BULK, URGENT = 400, 400  # 16 KiB items: 6.25 MiB each
+BULK, TICKS = 400, 100  # 64 KiB bulk items: 25 MiB; 100 small timed items
 CONGESTED = fastrpc.StreamManager(max_buffered_amount=64 << 10, backpressure_delay=0.010)
 
 
@@ -45,10 +45,19 @@ async def texts(count: int):
         yield text
 
 
-async def send_bulk_then_urgent(peer: fastrpc.RpcPeer) -> None:
-    await peer.send_stream(chunks("bulk", BULK, 16 << 10), priority=7)
-    await peer.send_stream(chunks("urgent", URGENT, 16 << 10), priority=0)
-    await peer.wait_closed()
+def send_bulk_and_ticks(tick_priority: int):
+    async def handler(peer: fastrpc.RpcPeer) -> None:
+        await peer.send_stream(chunks("bulk", BULK, 64 << 10), priority=7)
+        await peer.send_stream(timed_ticks(TICKS), priority=tick_priority)
+        await peer.wait_closed()
+
+    return handler
+
+
+async def timed_ticks(count: int):
+    for _ in range(count):
+        await asyncio.sleep(0.001)
+        yield time.perf_counter()
 
 
 async def send_rate_limited(peer: fastrpc.RpcPeer) -> None:
@@ -62,26 +71,24 @@ async def send_text(peer: fastrpc.RpcPeer) -> None:
 
 
 async def priority() -> None:
-    async with fastrpc.serve(send_bulk_then_urgent, "127.0.0.1", 0, streams=CONGESTED) as server:
-        async with fastrpc.connect(server.url) as peer:
-            start = time.perf_counter()
-            finished: dict[str, float] = {}
-            counts = {"bulk": 0, "urgent": 0}
-            at_first_finish: dict[str, int] = {}
+    # A bulk stream saturates the connection with 64 KiB chunks; a trickle of small
+    # timestamped items runs beside it, once as urgent (0) and once at the bulk's own
+    # priority (7). Urgent items overtake the bulk backlog at the sender.
+    for tick_priority in (0, 7):
+        async with fastrpc.serve(send_bulk_and_ticks(tick_priority), "127.0.0.1", 0, streams=CONGESTED) as server:
+            async with fastrpc.connect(server.url) as peer:
+                _, bulk = await peer.accept_stream()
+                _, ticks_stream = await peer.accept_stream()
 
-            async def drain(stream: fastrpc.ReceiveStream) -> None:
-                async for item in stream:
-                    counts[item["stream"]] += 1
-                finished[item["stream"]] = time.perf_counter() - start
-                if not at_first_finish:
-                    at_first_finish.update(counts)
+                async def drain_bulk() -> int:
+                    return len([item async for item in bulk])
 
-            await asyncio.gather(*(drain(peer.receive_stream()[1]) for _ in range(2)))
-            for name, t in sorted(finished.items(), key=lambda kv: kv[1]):
-                size = (BULK if name == "bulk" else URGENT) * 16 / 1024
-                print(f"priority: {name:<6} stream ({size:4.2f} MiB) finished after {t * 1e3:6.1f} ms")
-            print(f"priority: items received when the first stream finished: {at_first_finish}")
-            assert finished["urgent"] < finished["bulk"], "the urgent stream should finish first"
+                reader = asyncio.ensure_future(drain_bulk())
+                latencies = sorted([time.perf_counter() - sent async for sent in ticks_stream])
+                assert await reader == BULK and len(latencies) == TICKS
+                p50 = latencies[len(latencies) // 2] * 1e3
+                p99 = latencies[int(len(latencies) * 0.99)] * 1e3
+                print(f"priority: small items at priority {tick_priority} beside a 64 KiB bulk stream: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
 
 async def rate_limit() -> None:

@@ -107,8 +107,12 @@ class ConnectionClosed(FastRPCError):
     """The connection closed while a call, stream or iterator was using it."""
 
     def __init__(self, reason: str = "Connection closed", code: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        # The message always starts with the seed's "Connection closed".
+        if reason and reason != "Connection closed":
+            super().__init__(f"Connection closed: {reason}")
+        else:
+            super().__init__("Connection closed")
+        self.reason = reason or "Connection closed"
         self.code = code
 
 

@@ -488,9 +488,7 @@ class Connection:
         self._calls_out[call_id] = 1
         s = self._in.get(call_id)
         if s is not None:
-            if s.items:
-                self._conn_consumed(sum(item[2] for item in s.items))
-                s.items.clear()
+            s.items.clear()
             s.state = _In.FAILED
         o = self._out.get(call_id)
         if o is not None and o.state == 0:
@@ -683,32 +681,21 @@ class Connection:
     def consumed(self, s: _In, charge: int) -> int:
         """Credit bookkeeping for an item the I/O layer took from ``s.items`` itself.
 
-        Returns the stream credit granted back now, or 1 when only connection credit
-        was; 0 when no CREDIT frame was queued.
+        Returns the stream credit granted back now (0: no CREDIT frame queued).
         """
         grant: int = self._ledger_in.consumed(s.id, charge)
         if grant:
             self._control.add(F.CREDIT, 0, s.id, F.encode_varint(grant))
-        if self._conn_consumed(charge):
-            return grant or 1
         return grant
 
-    def reader_starved(self) -> int:
-        """A reader found nothing to read. If the peer is nearly out of connection
-        credit, grant back what was read so far at once: the batching threshold must
-        not hold credit back while the data that would reach it sits on other,
-        unread streams. Returns the credit granted."""
-        due = self._conn_unacked
-        if due and self._conn_recv * 4 < self.settings.connection_window:
-            self._conn_unacked = 0
-            self._conn_recv += due
-            self._control.add(F.CREDIT, 0, 0, F.encode_varint(due))
-            return due
-        return 0
-
     def _conn_consumed(self, charge: int) -> int:
-        """Connection-wide credit for ``charge`` bytes read or dropped, granted back
-        (CREDIT on id 0) once a quarter of the window is due."""
+        """Connection-wide credit for ``charge`` bytes taken off the wire, granted back
+        (CREDIT on id 0) once a quarter of the window is due.
+
+        The connection window bounds the data in flight, like TCP's; it is given back
+        on receipt, not when the application reads, because reading is per stream: a
+        reader waiting on one stream while others hold unread data must not deadlock
+        the connection. Memory is bounded by the per-stream windows."""
         due = self._conn_unacked + charge
         if due * 4 >= self.settings.connection_window:
             self._conn_unacked = 0
@@ -757,10 +744,7 @@ class Connection:
         s = self._in.pop(stream_id, None)
         if s is None:
             return
-        if s.items:
-            # Unread items give their connection credit back.
-            self._conn_consumed(sum(item[2] for item in s.items))
-            s.items.clear()
+        s.items.clear()
         self._ledger_in.close(stream_id)
         if not s.bound:
             self._free_in -= 1
@@ -872,18 +856,16 @@ class Connection:
         if charge > self._conn_recv:
             raise ProtocolError("connection flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR)
         self._conn_recv -= charge
+        self._conn_consumed(charge)
         s = self._in.get(fid)
         if s is None or flags & F.FLAG_OPEN:
             if not flags & F.FLAG_OPEN:
-                self._conn_consumed(charge)
                 return  # in flight when we closed the stream: drop it
             s = self._open_in(fid, s, events)
             if s is None:
-                self._conn_consumed(charge)
                 return
         elif s.state != _In.OPEN:
             if s.bound and self._calls_out.get(fid) == 1:
-                self._conn_consumed(charge)
                 return  # cancelled streaming call: drop until its end arrives
             raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
         self._ledger_in.received(fid, charge)

@@ -120,8 +120,6 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 starter, self._starter = self._starter, None
                 await starter(self)
                 continue
-            if s is not None:
-                self._manager._starved(self, s)
             fut = self._manager._peer._loop.create_future()
             self._waiter = fut
             try:
@@ -193,7 +191,9 @@ class StreamManager:
     (fastrpc's own queue plus the transport's write buffer); they are woken by the
     transport's drain signal and re-check every ``backpressure_delay`` seconds.
     ``stream_buffer_size``: bytes one stream may queue before its sender waits.
-    ``initial_window``: per-stream flow-control window offered to senders (bytes).
+    ``initial_window``: per-stream flow-control window offered to senders (bytes);
+    a stream read faster than its window refills grows it up to ``max_window``, all
+    streams of the connection together by at most ``max_growth``.
     """
 
     def __init__(
@@ -204,6 +204,7 @@ class StreamManager:
         stream_buffer_size: int = 64 << 10,
         initial_window: int = 256 << 10,
         max_window: int = 4 << 20,
+        max_growth: int = 16 << 20,
     ) -> None:
         if max_buffered_amount <= 0:
             raise ValueError("max_buffered_amount must be positive")
@@ -212,6 +213,8 @@ class StreamManager:
         self.stream_buffer_size = stream_buffer_size
         self.initial_window = initial_window
         self.max_window = max_window
+        self.max_growth = max_growth
+        self._growth = 0  # bytes the live streams' windows grew past initial_window
         self._peer: RpcPeer = None  # type: ignore[assignment]
         self._core: Any = None
         self._senders: dict[int, asyncio.Task[None]] = {}
@@ -237,6 +240,7 @@ class StreamManager:
             stream_buffer_size=self.stream_buffer_size,
             initial_window=self.initial_window,
             max_window=self.max_window,
+            max_growth=self.max_growth,
         )
 
     def _attach(self, peer: RpcPeer) -> None:
@@ -361,12 +365,13 @@ class StreamManager:
         """Wait until the buffered amount is back under the limit: woken when the
         transport drains, re-checked every ``backpressure_delay`` seconds.
 
-        A drain wakes the waiting senders most urgent first, oldest first within one
-        urgency, and each sends one item before checking again: so the streams share
-        the buffer round robin, and an urgent stream is never starved by a busy one.
+        A drain wakes the waiting senders of the most urgent level present, oldest
+        first, and each sends one item before checking again: streams of one urgency
+        share the buffer round robin, and less urgent ones wait while more urgent ones
+        have items to send (strict priority, as RFC 9218's urgency levels).
         """
         loop = self._peer._loop
-        while self.buffered_amount > self.max_buffered_amount:
+        while self.buffered_amount > self.max_buffered_amount or self._more_urgent(urgency):
             self._check()
             fut: asyncio.Future[bool] = loop.create_future()
             self._arrivals += 1
@@ -379,31 +384,41 @@ class StreamManager:
             if drained:
                 return
 
-    def _starved(self, stream: ReceiveStream[Any], s: _In) -> None:
-        """The reader found nothing to read: give back pending connection credit if the
-        sender is short of it."""
-        if self._core.reader_starved():
-            self._peer._kick()
-
     def _granted(self, stream: ReceiveStream[Any], s: _In, granted: int) -> None:
         """Credit went back to the sender. If it had less than a quarter of the window
         left before this grant, the window (not the sender) limits the stream: double
-        it, up to ``max_window``, as the link's bandwidth-delay product needs."""
-        if granted > 1 and stream._wsize < self.max_window:
+        it, up to ``max_window``, as the link's bandwidth-delay product needs. All the
+        growth of one connection's streams together stays within ``max_growth``."""
+        size = stream._wsize
+        if size < self.max_window:
             window = self._core.stream_stats(s.id, False)[2]
-            if (window - granted) * 4 < stream._wsize:
-                stream._wsize = min(stream._wsize * 2, self.max_window)
-                self._core.grow_window(s.id, stream._wsize)
+            if (window - granted) * 4 < size:
+                extra = min(size, self.max_window - size, self.max_growth - self._growth)
+                if extra > 0:
+                    self._growth += extra
+                    stream._wsize = size + extra
+                    self._core.grow_window(s.id, stream._wsize)
         self._peer._kick()
+
+    def _more_urgent(self, urgency: int) -> bool:
+        for u, _, fut in self._drain_waiters:
+            if u < urgency and not fut.done():
+                return True
+        return False
 
     def _on_drained(self) -> None:
         """Called by the writer after each message: wake senders if under the limit."""
-        if self._drain_waiters and self.buffered_amount <= self.max_buffered_amount:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            waiters.sort(key=_by_urgency)
+        waiters = self._drain_waiters
+        if waiters and self.buffered_amount <= self.max_buffered_amount:
+            waiters = [w for w in waiters if not w[2].done()]
+            if not waiters:
+                self._drain_waiters = []
+                return
+            top = min(w[0] for w in waiters)
+            self._drain_waiters = [w for w in waiters if w[0] != top]
+            waiters = sorted((w for w in waiters if w[0] == top), key=_by_urgency)
             for _, _, fut in waiters:
-                if not fut.done():
-                    fut.set_result(True)
+                fut.set_result(True)
 
     def _on_writable(self, sid: int) -> None:
         fut = self._writable.pop(sid, None)
@@ -534,7 +549,12 @@ class StreamManager:
                     stream._bind(s)
             stream._wake()
 
+    def _release_growth(self, stream: ReceiveStream[Any]) -> None:
+        self._growth -= stream._wsize - self.initial_window
+        stream._wsize = self.initial_window
+
     def _forget_incoming(self, stream: ReceiveStream[Any]) -> None:
+        self._release_growth(stream)
         sid = stream.stream_id
         if sid is not None and self._incoming.get(sid) is stream:
             del self._incoming[sid]
@@ -543,6 +563,7 @@ class StreamManager:
                 self._peer._kick()
 
     def _close_incoming(self, stream: ReceiveStream[Any]) -> None:
+        self._release_growth(stream)
         sid = stream.stream_id
         if sid is None:
             try:
