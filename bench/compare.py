@@ -1,0 +1,535 @@
+#!/usr/bin/env python
+"""End-to-end comparison of fastrpc with other RPC/WebSocket libraries.
+
+    python bench/compare.py [--quick] [--scale X] [--only SCENARIO,...]
+                            [--libs fastrpc,fastrpc-pure,websockets,picows,grpcio,rsocket]
+                            [--json out.json] [--png chart.png]
+
+For every scenario and library the server runs in a spawned child process and the
+client in another (both on uvloop, over 127.0.0.1); this process only orchestrates,
+so "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1) really runs the pure-Python codec on
+both sides. Libraries that are not installed are skipped. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+SRC = os.path.join(ROOT, "src")
+sys.path.insert(0, BENCH)
+if os.path.isdir(os.path.join(SRC, "fastrpc")):
+    sys.path.insert(1, SRC)  # benchmark this tree's fastrpc (children inherit sys.path)
+
+import peers  # noqa: E402 - imports none of the benchmarked libraries
+
+# name -> (unit, higher is better, full parameters, quick parameters)
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "small": {
+        "title": "200k x 16 B items, server -> client",
+        "unit": "items/s", "higher": True,
+        "full": {"n": 200_000, "size": 16, "min_n": 2_000},
+        "quick": {"n": 50_000, "size": 16, "min_n": 1_000},
+    },
+    "bulk": {
+        "title": "64 KiB chunks, 128 MiB (quick 16 MiB)",
+        "unit": "MB/s", "higher": True,
+        "full": {"n": 2048, "size": 65536, "min_n": 16},
+        "quick": {"n": 256, "size": 65536, "min_n": 8},
+    },
+    "seq_calls": {
+        "title": "sequential calls, 16 B payload",
+        "unit": "calls/s", "higher": True,
+        "full": {"n": 5_000, "size": 16, "min_n": 200},
+        "quick": {"n": 500, "size": 16, "min_n": 50},
+    },
+    "inflight_calls": {
+        "title": "calls, 100 in flight, 16 B payload",
+        "unit": "calls/s", "higher": True,
+        "full": {"n": 20_000, "size": 16, "window": 100, "min_n": 500},
+        "quick": {"n": 5_000, "size": 16, "window": 100, "min_n": 200},
+    },
+    "streams_1000": {
+        "title": "1000 concurrent streams x 100 x 16 B items",
+        "unit": "items/s", "higher": True,
+        "full": {"n": 100, "streams": 1000, "size": 16, "min_n": 5},
+        "quick": {"n": 20, "streams": 1000, "size": 16, "min_n": 2},
+    },
+    "memory_conn": {
+        "title": "server RSS per idle connection",
+        "unit": "KiB", "higher": False,
+        "full": {"n": 200, "warm": 5},
+        "quick": {"n": 50, "warm": 3},
+    },
+    "memory_stream": {
+        "title": "server RSS per idle stream (opened by the client)",
+        "unit": "KiB", "higher": False,
+        "full": {"n": 1000, "warm": 20},
+        "quick": {"n": 200, "warm": 10},
+    },
+    "memory_stream_call": {
+        "title": "server RSS per idle streaming call (async-gen handler)",
+        "unit": "KiB", "higher": False,
+        "full": {"n": 1000, "warm": 20},
+        "quick": {"n": 200, "warm": 10},
+    },
+}
+ALIASES = {"memory": ["memory_conn", "memory_stream", "memory_stream_call"]}
+ALL_LIBS = list(peers.LIBS)
+
+# fastrpc's targets: (scenario, peer or None for an absolute figure, kind, bound)
+TARGETS = [
+    ("small", "websockets", "ratio>=", 5.0),
+    ("small", None, "value>=", 1_000_000),
+    ("bulk", "websockets", "ratio>=", 0.9),
+    ("seq_calls", "websockets", "ratio>=", 0.85),
+    ("seq_calls", "grpcio", "ratio>=", 3.0),
+    ("inflight_calls", "websockets", "ratio>=", 1.5),
+    ("memory_conn", "websockets", "extra<=", 4.0),
+    ("memory_stream", None, "value<=", 1.0),
+]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ running
+
+
+def missing_imports(lib: str) -> list[str]:
+    return [name for name in peers.LIBS[lib].imports if importlib.util.find_spec(name) is None]
+
+
+class RunError(Exception):
+    pass
+
+
+PIN: tuple[int, int] | None = None  # CPUs for the server and the client child
+
+
+def usable_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return []
+
+
+def run_pair(lib: str, scenario: str, params: dict[str, Any], timeout: float, profile: str | None = None) -> dict[str, Any]:
+    """Server child + client child for one measurement; returns the client's result.
+    With ``profile`` (a directory), both children run under cProfile."""
+    prof = {side: os.path.join(profile, f"{scenario}-{lib}-{side}.prof") if profile else None for side in ("server", "client")}
+    ctx = mp.get_context("spawn")
+    env = peers.LIBS[lib].env
+    env_server, env_client = dict(env), dict(env)
+    if PIN is not None:
+        env_server["BENCH_CPU"], env_client["BENCH_CPU"] = str(PIN[0]), str(PIN[1])
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the children inherit it (and set it again themselves)
+    srv = cli = None
+    srv_conn = cli_conn = None
+    try:
+        srv_conn, child = ctx.Pipe()
+        srv = ctx.Process(target=peers.server_main, args=(lib, env_server, child, prof["server"]), daemon=True, name=f"{lib}-server")
+        srv.start()
+        child.close()
+        if not srv_conn.poll(60):
+            raise RunError("server did not start within 60 s")
+        msg = srv_conn.recv()
+        if msg[0] != "ready":
+            raise RunError("server failed:\n" + msg[1])
+        port, server_info = msg[1], msg[2]
+        cli_conn, child = ctx.Pipe()
+        cli = ctx.Process(
+            target=peers.client_main,
+            args=(lib, env_client, port, srv.pid, scenario, params, child, prof["client"]),
+            daemon=True,
+            name=f"{lib}-client",
+        )
+        cli.start()
+        child.close()
+        if not cli_conn.poll(timeout):
+            raise RunError(f"client timed out after {timeout:.0f} s")
+        try:
+            msg = cli_conn.recv()
+        except EOFError:
+            raise RunError(f"client died (exit code {cli.exitcode})") from None
+        if msg[0] != "result":
+            raise RunError("client failed:\n" + msg[1])
+        result: dict[str, Any] = msg[1]
+        result["server_info"] = server_info
+        return result
+    except EOFError:
+        raise RunError("server died during start-up") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if cli is not None:
+            _reap(cli)
+        if srv is not None:
+            try:
+                assert srv_conn is not None
+                srv_conn.send("stop")
+            except (OSError, ValueError):
+                pass
+            _reap(srv)
+        for c in (srv_conn, cli_conn):
+            if c is not None:
+                c.close()
+
+
+def _reap(proc: Any) -> None:
+    proc.join(10)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+def params_for(scenario: str, quick: bool, scale: float, repeat: int, budget: float, min_time: float) -> dict[str, Any]:
+    p = dict(SCENARIOS[scenario]["quick" if quick else "full"])
+    if scenario.startswith("memory"):
+        p["n"] = max(10, round(p["n"] * scale))
+        return p
+    p["n"] = max(1, round(p["n"] * scale))
+    p["min_n"] = min(p["min_n"], p["n"])
+    p["repeat"] = repeat
+    p["budget"] = budget
+    p["min_time"] = min_time
+    return p
+
+
+def measure(lib: str, scenario: str, p: dict[str, Any], repeat: int, timeout: float, profile: str | None = None) -> dict[str, Any]:
+    unit = SCENARIOS[scenario]["unit"]
+    if not scenario.startswith("memory"):
+        r = run_pair(lib, scenario, p, timeout, profile)
+        r["unit"] = unit
+        return r
+    # Memory: a fresh server for every repeat; the median of the runs.
+    runs = [run_pair(lib, scenario, p, timeout) for _ in range(repeat)]
+    values = [r["value"] for r in runs]
+    out = dict(runs[len(runs) // 2])
+    out.update(value=statistics.median(values), runs=values, unit=unit)
+    return out
+
+
+# ------------------------------------------------------------------ output
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "KiB":
+        return f"{value:.2f}"
+    if unit == "MB/s":
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def compare(scenario: str, mine: float, theirs: float) -> tuple[str, float]:
+    """fastrpc against one peer: a ratio (higher-is-better figures) or the
+    extra KiB (memory)."""
+    if SCENARIOS[scenario]["higher"]:
+        r = mine / theirs if theirs else math.inf
+        return f"{r:.2f}x", r
+    d = mine - theirs
+    return f"{d:+.2f} KiB", d
+
+
+def ratios(results: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for scenario, row in results.items():
+        mine = row.get(base, {}).get("value")
+        if mine is None:
+            continue
+        for lib, r in row.items():
+            if lib != base and r.get("value") is not None:
+                out.setdefault(scenario, {})[lib] = compare(scenario, mine, r["value"])[1]
+    return out
+
+
+def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
+    header = ["scenario", "unit", *libs, "fastrpc vs peers"]
+    rows = [header]
+    notes: list[str] = []
+    for scenario, row in results.items():
+        unit = SCENARIOS[scenario]["unit"]
+        cells = [scenario, unit]
+        for lib in libs:
+            r = row.get(lib, {})
+            if r.get("value") is not None:
+                cell = fmt(r["value"], unit)
+                p = r.get("params", {})
+                if "n" in r and "n" in p and r["n"] < p["n"]:
+                    cell += "*"
+                elif "n" in r and "n" in p and r["n"] > p["n"]:
+                    cell += "+"
+                cells.append(cell)
+            elif "skipped" in r:
+                cells.append("n/a" if r["skipped"] == "n/a" else "skipped")
+            elif "error" in r:
+                cells.append("ERROR")
+                notes.append(f"{scenario}/{lib}: {r['error'].strip().splitlines()[-1]}")
+            else:
+                cells.append("-")
+        mine = row.get("fastrpc", {}).get("value")
+        vs = []
+        if mine is not None:
+            for lib in libs:
+                theirs = row.get(lib, {}).get("value")
+                if lib != "fastrpc" and theirs is not None:
+                    vs.append(f"{compare(scenario, mine, theirs)[0]} {lib}")
+        cells.append(", ".join(vs))
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.rjust(w) if 1 < i < len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    out = "\n".join(lines)
+    if any("*" in c for r in rows[1:] for c in r[2:-1]):
+        out += "\n* fewer units than the nominal count, to stay within the time budget (the figure is a rate)"
+    if any("+" in c for r in rows[1:] for c in r[2:-1]):
+        out += "\n+ more units than the nominal count, so that one run lasts at least the minimum time"
+    skipped = sorted({f"{lib}: {r['skipped']}" for row in results.values() for lib, r in row.items()
+                      if r.get("skipped", "n/a") != "n/a"})
+    for n in skipped:
+        out += f"\nskipped {n}"
+    for n in notes:
+        out += f"\nERROR {n}"
+    return out
+
+
+def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    checks = []
+    for scenario, peer, kind, bound in TARGETS:
+        mine = results.get(scenario, {}).get("fastrpc", {}).get("value")
+        theirs = results.get(scenario, {}).get(peer, {}).get("value") if peer else None
+        if mine is None or (peer and theirs is None):
+            continue
+        if kind == "ratio>=":
+            actual, ok, text = mine / theirs, mine / theirs >= bound, f">= {bound}x {peer}"
+        elif kind == "extra<=":
+            actual, ok, text = mine - theirs, mine - theirs <= bound, f"<= {bound} KiB more than {peer}"
+        elif kind == "value>=":
+            actual, ok, text = mine, mine >= bound, f">= {bound:,} {SCENARIOS[scenario]['unit']}"
+        else:
+            actual, ok, text = mine, mine <= bound, f"<= {bound} {SCENARIOS[scenario]['unit']}"
+        checks.append({"scenario": scenario, "target": text, "actual": actual, "ok": ok})
+    return checks
+
+
+def machine_info(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions: dict[str, Any] = {}
+    for row in results.values():
+        for lib, r in row.items():
+            for side in ("server_info", "client_info"):
+                if side in r:
+                    versions.setdefault(lib, {}).update({f"{side[:-5]}_{k}": v for k, v in r[side].items()})
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "libraries": versions,
+    }
+
+
+def draw(results: dict[str, dict[str, Any]], libs: list[str], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        log("matplotlib is not installed: no chart")
+        return
+    scenarios = [s for s, row in results.items() if any(r.get("value") is not None for r in row.values())]
+    if not scenarios:
+        return
+    cols = min(4, len(scenarios))
+    nrows = math.ceil(len(scenarios) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, scenario in zip(axes.flat, scenarios):
+        row = results[scenario]
+        names = [lib for lib in libs if row.get(lib, {}).get("value") is not None]
+        values = [row[lib]["value"] for lib in names]
+        bars = ax.bar(range(len(names)), values, color=[colors[libs.index(n) % len(colors)] for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        better = "higher" if SCENARIOS[scenario]["higher"] else "lower"
+        ax.set_title(f"{scenario} ({SCENARIOS[scenario]['unit']}, {better} is better)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+        for b, v in zip(bars, values):
+            ax.annotate(fmt(v, SCENARIOS[scenario]["unit"]), (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    for ax in list(axes.flat)[len(scenarios):]:
+        ax.axis("off")
+    fig.suptitle("fastrpc vs peers (loopback, server and client in separate processes)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"chart written to {path}")
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, one run each (< 60 s)")
+    ap.add_argument("--only", help="comma-separated scenarios (" + ", ".join([*SCENARIOS, *ALIASES]) + ")")
+    ap.add_argument("--libs", help="comma-separated libraries (" + ", ".join(ALL_LIBS) + "); default: all")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every count by this (e.g. 0.02)")
+    ap.add_argument("--repeat", type=int, help="runs per measurement, best kept (default 3, quick 1)")
+    ap.add_argument("--budget", type=float, help="seconds one run may take before the count is cut (default 3, quick 0.5)")
+    ap.add_argument("--min-time", type=float, help="a fast library's count is raised (up to 10x) so one run lasts this long (default 1, quick 0.2; 0: off)")
+    ap.add_argument("--timeout", type=float, help="seconds one client may take (default 240, quick 60)")
+    ap.add_argument("--profile", metavar="DIR", help="run servers and clients under cProfile, stats to DIR (slows them down)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin the server and the client to two different CPUs")
+    ap.add_argument("--json", help="write the results as JSON here")
+    ap.add_argument("--png", help="draw a bar chart here (needs matplotlib)")
+    args = ap.parse_args(argv)
+    if args.scale <= 0:
+        ap.error("--scale must be positive")
+    if args.only:
+        chosen: list[str] = []
+        for s in args.only.split(","):
+            s = s.strip()
+            if s in ALIASES:
+                chosen += ALIASES[s]
+            elif s in SCENARIOS:
+                chosen.append(s)
+            elif s:
+                ap.error(f"unknown scenario {s!r}")
+        args.scenarios = [s for s in SCENARIOS if s in chosen]
+    else:
+        args.scenarios = list(SCENARIOS)
+    if args.libs:
+        args.lib_list = [x.strip() for x in args.libs.split(",") if x.strip()]
+        for lib in args.lib_list:
+            if lib not in peers.LIBS:
+                ap.error(f"unknown library {lib!r}")
+    else:
+        args.lib_list = ALL_LIBS
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quick = args.quick
+    repeat = args.repeat or (1 if quick else 3)
+    budget = args.budget if args.budget is not None else (0.5 if quick else 3.0)
+    min_time = args.min_time if args.min_time is not None else (0.2 if quick else 1.0)
+    timeout = args.timeout or (60.0 if quick else 240.0)
+    libs = args.lib_list
+    global PIN
+    cpus = usable_cpus()
+    PIN = (cpus[0], cpus[1]) if len(cpus) >= 2 and not args.no_pin else None
+    missing = {lib: missing_imports(lib) for lib in libs}
+    for lib, names in missing.items():
+        if names:
+            log(f"{lib}: not installed ({', '.join(names)}): skipped")
+
+    jobs = [(s, lib) for s in args.scenarios for lib in libs if not missing[lib] and s in peers.LIBS[lib].supports]
+    results: dict[str, dict[str, Any]] = {s: {} for s in args.scenarios}
+    for s in args.scenarios:
+        for lib in libs:
+            if missing[lib]:
+                results[s][lib] = {"skipped": "not installed: " + ", ".join(missing[lib])}
+            elif s not in peers.LIBS[lib].supports:
+                results[s][lib] = {"skipped": "n/a"}
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        log(f"WARNING: load average {load:.2f} at start: other processes compete for the CPUs, figures will be noisy")
+    started = time.perf_counter()
+    for k, (scenario, lib) in enumerate(jobs, 1):
+        p = params_for(scenario, quick, args.scale, repeat, budget, min_time)
+        t0 = time.perf_counter()
+        log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} ...")
+        try:
+            r = measure(lib, scenario, p, repeat, timeout, args.profile)
+            r["params"] = p
+            results[scenario][lib] = r
+            log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} {fmt(r['value'], r['unit'])} {r['unit']}"
+                f"  ({time.perf_counter() - t0:.1f} s)")
+        except RunError as e:
+            results[scenario][lib] = {"error": str(e), "params": p}
+            log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} ERROR: {e}")
+    elapsed = time.perf_counter() - started
+
+    machine = machine_info(results)
+    print(f"fastrpc comparison ({'quick' if quick else 'full'} run, scale {args.scale}, "
+          f"{'best of ' + str(repeat) if repeat > 1 else '1 run'}; {elapsed:.0f} s)")
+    print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, Python {machine['python']}, {machine['platform']}")
+    print("CPUs: " + (f"server pinned to CPU {PIN[0]}, client to CPU {PIN[1]}" if PIN else "not pinned"))
+    if machine["loadavg"] is not None:
+        print(f"load average: {load:.2f} at start, {machine['loadavg'][0]:.2f} at end"
+              + ("  (other processes competed for the CPUs: figures are noisy)" if max(load, machine["loadavg"][0]) > 0.5 else ""))
+    impls = {lib: (v.get("server_implementation"), v.get("client_implementation"))
+             for lib, v in machine["libraries"].items() if lib.startswith("fastrpc")}
+    if impls:
+        print("fastrpc codec (server/client): " + ", ".join(f"{lib}={s}/{c}" for lib, (s, c) in impls.items()))
+        if "python" in impls.get("fastrpc", ()):
+            print("NOTE: the compiled codec is not built: 'fastrpc' ran the pure-Python codec")
+    print()
+    print(table(results, libs))
+    checks = check_targets(results)
+    if checks:
+        print("\nfastrpc targets:")
+        for c in checks:
+            unit = SCENARIOS[c["scenario"]]["unit"]
+            actual = f"{c['actual']:.3f}x" if "x " in c["target"] else (
+                f"{c['actual']:+.2f} KiB" if "more than" in c["target"] else f"{fmt(c['actual'], unit)} {unit}")
+            print(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['scenario']:<15} {c['target']:<32} actual {actual}")
+
+    if args.json:
+        doc: dict[str, Any] = {
+            s: {lib: ({"value": r["value"], "unit": r["unit"]} if r.get("value") is not None else
+                      {k: r[k] for k in ("skipped", "error") if k in r})
+                for lib, r in row.items()}
+            for s, row in results.items()
+        }
+        doc["ratios"] = {"fastrpc": ratios(results, "fastrpc"), "fastrpc-pure": ratios(results, "fastrpc-pure")}
+        doc["targets"] = checks
+        doc["details"] = results
+        doc["machine"] = dict(machine, loadavg_start=load)
+        doc["run"] = {"quick": quick, "scale": args.scale, "repeat": repeat, "budget_s": budget, "min_time_s": min_time, "pinned_cpus": PIN,
+                      "elapsed_s": round(elapsed, 1), "libs": libs, "scenarios": args.scenarios}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2, default=str)
+        log(f"JSON written to {args.json}")
+    if args.png:
+        draw(results, libs, args.png)
+    return 1 if any("error" in r for row in results.values() for r in row.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Peer adapters for bench/compare.py, and the code its child processes run.
+
+Each library has one module here with the same small interface:
+
+``info() -> dict``
+    the library's version (and for fastrpc, which codec is live).
+``async start_server() -> (port, stop)``
+    serve the benchmark endpoints on 127.0.0.1, port 0 (runs in the server child).
+``Client(port)``: ``connect()``, ``close()``, ``stream(n, size) -> bytes received``,
+    ``call(payload) -> payload`` (concurrency-safe), optionally ``seq_calls(n, payload)``.
+``async idle_connection(port) -> object with async close()``
+    one connection that does nothing (memory scenario).
+
+What each library needs and which scenarios it runs is in :data:`LIBS`.
+
+Importing this package imports none of the benchmarked libraries: the parent
+process only orchestrates, every server and client runs in its own spawned child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import math
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+HOST = "127.0.0.1"
+
+THROUGHPUT = ("small", "bulk", "seq_calls", "inflight_calls")
+MEMORY_CONN = ("memory_conn",)
+
+
+class Lib:
+    """A library as given to --libs: its module here, the environment both of its
+    processes get, the import names it needs, and the scenarios it runs."""
+
+    def __init__(self, module: str, imports: tuple[str, ...], supports: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+        self.module = module
+        self.imports = imports
+        self.supports = frozenset(supports)
+        self.env = env or {}
+
+
+_FASTRPC = (*THROUGHPUT, "streams_1000", *MEMORY_CONN, "memory_stream", "memory_stream_call")
+
+LIBS: dict[str, Lib] = {
+    "fastrpc": Lib("fastrpc", ("fastrpc", "websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
+    "fastrpc-pure": Lib("fastrpc", ("fastrpc", "websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "1"}),
+    "websockets": Lib("websockets_raw", ("websockets",), (*THROUGHPUT, *MEMORY_CONN)),
+    "picows": Lib("picows", ("picows",), (*THROUGHPUT, *MEMORY_CONN)),
+    "grpcio": Lib("grpcio", ("grpc",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
+    "rsocket": Lib("rsocket", ("rsocket",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
+}
+
+
+def load(lib: str) -> Any:
+    return importlib.import_module(f"peers.{LIBS[lib].module}")
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc status")
+
+
+def _run(coro: Any, loop_kind: str, profile: str | None = None) -> Any:
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return _run(coro, loop_kind)
+        finally:
+            prof.disable()
+            prof.dump_stats(profile)
+    if loop_kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(coro)
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _apply_env(env: dict[str, str]) -> None:
+    for k, v in env.items():
+        os.environ[k] = v
+    cpu = env.get("BENCH_CPU")
+    if cpu and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(cpu)})
+
+
+# ---------------------------------------------------------------- server child
+
+
+def server_main(lib: str, env: dict[str, str], conn: Any, profile: str | None = None) -> None:
+    """Child process: serve ``lib`` until the parent writes to (or closes) ``conn``.
+    With ``profile``, cProfile statistics are written to that file."""
+    _apply_env(env)
+    try:
+        mod = load(lib)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            port, stop = await mod.start_server()
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+            return
+        done = asyncio.Event()
+        loop.add_reader(conn.fileno(), done.set)
+        conn.send(("ready", port, mod.info()))
+        await done.wait()
+        loop.remove_reader(conn.fileno())
+        try:
+            await asyncio.wait_for(stop(), 5)
+        except BaseException:  # noqa: BLE001 - the parent kills us anyway
+            pass
+
+    _run(main(), getattr(mod, "LOOP", "uvloop"), profile)
+
+
+# ---------------------------------------------------------------- client child
+
+
+def client_main(
+    lib: str,
+    env: dict[str, str],
+    port: int,
+    server_pid: int,
+    scenario: str,
+    params: dict[str, Any],
+    conn: Any,
+    profile: str | None = None,
+) -> None:
+    """Child process: run one scenario against the server, send back the result."""
+    _apply_env(env)
+    try:
+        mod = load(lib)
+        result = _run(_scenario(mod, scenario, params, port, server_pid), getattr(mod, "LOOP", "uvloop"), profile)
+        result["client_info"] = mod.info()
+        conn.send(("result", result))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+
+
+async def _scenario(mod: Any, scenario: str, p: dict[str, Any], port: int, server_pid: int) -> dict[str, Any]:
+    if scenario.startswith("memory"):
+        return await _memory(mod, scenario, p, port, server_pid)
+    client = mod.Client(port)
+    await client.connect()
+    try:
+        return await _throughput(client, scenario, p)
+    finally:
+        await asyncio.wait_for(client.close(), 10)
+
+
+async def _timed(client: Any, scenario: str, p: dict[str, Any], n: int) -> float:
+    """Run ``n`` units of ``scenario`` once; return the elapsed seconds."""
+    size = p.get("size", 16)
+    t0 = time.perf_counter()
+    if scenario in ("small", "bulk"):
+        got = await client.stream(n, size)
+        if got != n * size:
+            raise AssertionError(f"received {got} bytes, expected {n * size}")
+    elif scenario == "seq_calls":
+        await client.seq_calls(n, b"p" * size)
+    elif scenario == "inflight_calls":
+        await client.inflight_calls(n, p["window"], b"p" * size)
+    elif scenario == "streams_1000":
+        streams = p["streams"]
+        got = sum(await asyncio.gather(*(client.stream(n, size) for _ in range(streams))))
+        if got != streams * n * size:
+            raise AssertionError(f"received {got} bytes, expected {streams * n * size}")
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    return time.perf_counter() - t0
+
+
+def _value(scenario: str, p: dict[str, Any], n: int, dt: float) -> float:
+    if scenario == "bulk":
+        return float(n * p["size"] / dt / 1e6)
+    if scenario == "streams_1000":
+        return float(p["streams"] * n / dt)
+    return n / dt
+
+
+async def _throughput(client: Any, scenario: str, p: dict[str, Any]) -> dict[str, Any]:
+    """Warm up (which also calibrates), then the best of ``repeat`` runs.
+
+    The count is adjusted from the warm-up's pace: raised (up to ``max_growth`` times)
+    so that one run lasts at least ``min_time`` seconds, since shorter runs are mostly
+    noise; lowered (never below ``min_n``) so that a slow library's run stays within
+    ``budget`` seconds. The figure is a rate either way; the count used is reported.
+    """
+    n_full = p["n"]
+    n_warm = min(n_full, max(p["min_n"], math.ceil(n_full * 0.05)))
+    dt = await _timed(client, scenario, p, n_warm)
+    per_unit = dt / n_warm
+    n = n_full
+    budget, min_time = p.get("budget"), p.get("min_time")
+    if min_time and per_unit * n_full < min_time:
+        n = min(n_full * p.get("max_growth", 10), math.ceil(min_time / per_unit))
+    elif budget and per_unit * n_full > budget:
+        n = min(n_full, max(p["min_n"], int(budget / per_unit)))
+    runs = []
+    for _ in range(p["repeat"]):
+        gc.collect()
+        dt = await _timed(client, scenario, p, n)
+        runs.append(_value(scenario, p, n, dt))
+    return {"value": max(runs), "runs": runs, "n": n}
+
+
+async def _settle(pid: int, seconds: float) -> int:
+    """Wait, then read the server's RSS (the highest of a few reads)."""
+    await asyncio.sleep(seconds)
+    vals = []
+    for _ in range(3):
+        vals.append(rss_kib(pid))
+        await asyncio.sleep(0.05)
+    return max(vals)
+
+
+async def _memory(mod: Any, scenario: str, p: dict[str, Any], port: int, server_pid: int) -> dict[str, Any]:
+    n, warm = p["n"], p["warm"]
+    if scenario == "memory_conn":
+        held = [await mod.idle_connection(port) for _ in range(warm)]
+        before = await _settle(server_pid, 0.5)
+        for _ in range(n):
+            held.append(await mod.idle_connection(port))
+        after = await _settle(server_pid, 1.0)
+        for h in held:
+            await asyncio.wait_for(h.close(), 10)
+    else:
+        kind = "stream" if scenario == "memory_stream" else "call"
+        host = await mod.idle_streams(port)
+        await host.add(kind, warm)
+        before = await _settle(server_pid, 0.5)
+        await host.add(kind, n)
+        after = await _settle(server_pid, 1.0)
+        await asyncio.wait_for(host.close(), 10)
+    return {"value": (after - before) / n, "n": n, "rss_before_kib": before, "rss_after_kib": after}
+
+
+# ------------------------------------------------------------- shared helpers
+
+
+async def inflight_with_workers(call: Any, n: int, window: int, payload: bytes) -> None:
+    """``n`` calls with ``window`` in flight: ``window`` workers calling in turn."""
+    per, extra = divmod(n, window)
+
+    async def worker(k: int) -> None:
+        for _ in range(k):
+            r = await call(payload)
+            if len(r) != len(payload):
+                raise AssertionError("bad echo")
+
+    await asyncio.gather(*(worker(per + (1 if i < extra else 0)) for i in range(window)))
+
+
+def python_info() -> dict[str, Any]:
+    return {"python": sys.version.split()[0]}

@@ -1,0 +1,121 @@
+"""fastrpc: streaming calls, calls, idle connections and idle streams.
+
+Default settings throughout. Run as "fastrpc" (the compiled codec when it is built)
+or "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1, set before this module is imported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import fastrpc
+
+from . import HOST, inflight_with_workers
+
+
+
+def info() -> dict[str, Any]:
+    return {"version": fastrpc.__version__, "implementation": fastrpc.IMPLEMENTATION}
+
+
+def _router() -> fastrpc.Router:
+    router = fastrpc.Router()
+
+    @router.method
+    async def items(n: int, size: int) -> AsyncIterator[bytes]:
+        item = b"x" * size
+        for _ in range(n):
+            yield item
+
+    @router.method
+    def echo(payload: bytes) -> bytes:
+        return payload
+
+    @router.method
+    async def idle() -> AsyncIterator[bytes]:
+        yield b"x" * 16
+        await asyncio.get_running_loop().create_future()  # until cancelled
+
+    return router
+
+
+async def start_server() -> tuple[int, Any]:
+    server = await fastrpc.serve(_router(), HOST, 0).start()
+    return server.port, server.close
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.url = f"ws://{HOST}:{port}"
+        self.peer: fastrpc.RpcPeer | None = None
+
+    async def connect(self) -> None:
+        self.peer = await fastrpc.connect(self.url)
+
+    async def close(self) -> None:
+        assert self.peer is not None
+        await self.peer.close()
+
+    async def stream(self, n: int, size: int) -> int:
+        assert self.peer is not None
+        got = 0
+        async for item in self.peer.stream("items", n, size):
+            got += len(item)
+        return got
+
+    async def call(self, payload: bytes) -> bytes:
+        assert self.peer is not None
+        return await self.peer.call("echo", payload)  # type: ignore[no-any-return]
+
+    async def seq_calls(self, n: int, payload: bytes) -> None:
+        call = self.peer.call  # type: ignore[union-attr]
+        for _ in range(n):
+            r = await call("echo", payload)
+            if len(r) != len(payload):
+                raise AssertionError("bad echo")
+
+    async def inflight_calls(self, n: int, window: int, payload: bytes) -> None:
+        await inflight_with_workers(self.call, n, window, payload)
+
+
+async def idle_connection(port: int) -> Any:
+    return await fastrpc.connect(f"ws://{HOST}:{port}")
+
+
+class _IdleStreams:
+    """One connection with streams opened on it and left idle.
+
+    "stream": the client sends one 16-byte item on a new stream, then nothing; the
+    server (a Router, nobody claims the stream) holds it with its item.
+    "call": a streaming call whose server handler yields one item, then waits.
+    """
+
+    def __init__(self, peer: fastrpc.RpcPeer) -> None:
+        self.peer = peer
+        self.forever: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held: list[Any] = []
+
+    async def _source(self) -> AsyncIterator[bytes]:
+        yield b"x" * 16
+        await asyncio.shield(self.forever)
+
+    async def add(self, kind: str, k: int) -> None:
+        for _ in range(k):
+            if kind == "stream":
+                await self.peer.send_stream(self._source())
+            else:
+                s = self.peer.stream("idle")
+                await s.__anext__()
+                self.held.append(s)
+        await self.peer.ping()  # the server has handled everything sent before
+
+    async def close(self) -> None:
+        for s in self.held:
+            await s.aclose()
+        await self.peer.close()
+        self.forever.cancel()
+
+
+async def idle_streams(port: int) -> _IdleStreams:
+    return _IdleStreams(await fastrpc.connect(f"ws://{HOST}:{port}"))

@@ -1,0 +1,68 @@
+"""Smoke test of bench/compare.py: a tiny run of two scenarios, fastrpc vs websockets.
+
+The benchmark spawns its own server and client processes (loopback only); this test
+only checks that the table and the JSON come out, not any figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("websockets")
+pytest.importorskip("msgspec")
+if sys.platform != "linux":  # the memory figures read /proc; the runner is Linux-only
+    pytest.skip("bench/compare.py runs on Linux", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPARE = ROOT / "bench" / "compare.py"
+
+
+@pytest.mark.timeout(150)
+def test_compare_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env.pop("FASTRPC_NO_EXTENSIONS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(COMPARE),
+            "--quick",
+            "--scale",
+            "0.02",
+            "--only",
+            "small,seq_calls",
+            "--libs",
+            "fastrpc,websockets",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(ROOT),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("scenario"))
+    assert "fastrpc" in header and "websockets" in header
+    for scenario in ("small", "seq_calls"):
+        row = next(line for line in lines if line.startswith(scenario + " "))
+        assert "x websockets" in row, row
+    assert "[1/4]" in proc.stderr  # progress
+
+    doc = json.loads(out.read_text())
+    for scenario, unit in (("small", "items/s"), ("seq_calls", "calls/s")):
+        for lib in ("fastrpc", "websockets"):
+            cell = doc[scenario][lib]
+            assert cell["unit"] == unit
+            assert cell["value"] > 0
+        assert doc["ratios"]["fastrpc"][scenario]["websockets"] > 0
+    assert doc["machine"]["cpus"] >= 1
+    assert doc["machine"]["libraries"]["fastrpc"]["server_implementation"] in ("cython", "python")
