@@ -37,6 +37,7 @@ PONG = 0x21
 GOAWAY = 0x22
 RESUME = 0x30
 RESUME_OK = 0x31
+ACK = 0x32  # session resumption: frames received so far
 # Types at or above this value are extensions: skipped when unknown.
 EXTENSION_BASE = 0x40
 
@@ -47,6 +48,7 @@ FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
 FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
 FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
 FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
+FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
 
 VARINT_MAX = (1 << 62) - 1
 DEFAULT_MAX_FRAME_SIZE = 1 << 20
@@ -138,7 +140,7 @@ def encode_frame(ftype: int, flags: int, fid: int, payload: Buffer = b"") -> byt
 def encode_batch(frames: Iterable[Sequence[object]]) -> bytes:
     """Encode ``(type, flags, id, payload)`` tuples back to back into one message."""
     out = bytearray()
-    for ftype, flags, fid, payload in frames:  # type: ignore[misc]
+    for ftype, flags, fid, payload in frames:
         view = memoryview(payload).cast("B")  # type: ignore[arg-type]
         out += _header(ftype, flags, fid, len(view))  # type: ignore[arg-type]
         out += view
@@ -371,8 +373,8 @@ class StreamLedger:
             raise ValueError("window out of range")
         if grant_divisor < 1:
             raise ValueError("grant_divisor must be >= 1")
-        self.initial_window = initial_window
-        self._grant_divisor = grant_divisor
+        self.initial_window = _index(initial_window)
+        self._grant_divisor = _index(grant_divisor)
         # id -> [bytes, items, window, buffered, unacked, window_size]
         self._streams: dict[int, list[int]] = {}
 
@@ -384,6 +386,10 @@ class StreamLedger:
             raise ValueError("stream id out of range")
         if window < 0:
             window = self.initial_window
+        elif window > VARINT_MAX:
+            raise ValueError("window out of range")
+        stream_id = _index(stream_id)
+        window = _index(window)
         self._streams[stream_id] = [0, 0, window, 0, 0, window]
 
     def close(self, stream_id: int) -> None:
@@ -397,7 +403,8 @@ class StreamLedger:
         return len(self._streams)
 
     def ids(self) -> list[int]:
-        """Ids of the open streams (in no particular order)."""
+        """Ids of the open streams, in no particular order (the compiled twin's order
+        differs from this one's: compare sorted)."""
         return list(self._streams)
 
     def _get(self, stream_id: int) -> list[int]:
@@ -411,12 +418,22 @@ class StreamLedger:
         return self._get(stream_id)[2]
 
     def sent(self, stream_id: int, nbytes: int) -> int:
-        """Sender side: ``nbytes`` of one item left; return the credit left."""
+        """Sender side: ``nbytes`` of one item left; return the credit left.
+
+        The credit goes negative when more than the window was sent.
+        """
         entry = self._get(stream_id)
-        entry[0] += nbytes
+        if nbytes < 0:
+            raise ValueError("negative size")
+        nbytes = _index(nbytes)
+        total = entry[0] + nbytes
+        window = entry[2] - nbytes
+        if total > _INT64_MAX or window < _INT64_MIN:
+            raise OverflowError("stream counter overflow")
+        entry[0] = total
         entry[1] += 1
-        entry[2] -= nbytes
-        return entry[2]
+        entry[2] = window
+        return window
 
     def grant(self, stream_id: int, nbytes: int) -> int:
         """Sender side: the peer granted ``nbytes`` of credit; return the new window."""
@@ -425,18 +442,25 @@ class StreamLedger:
             raise ValueError("negative grant")
         if entry[2] + nbytes > VARINT_MAX:
             raise ProtocolError("flow-control window overflow", ErrorCode.FLOW_CONTROL_ERROR)
-        entry[2] += nbytes
+        entry[2] += _index(nbytes)
         return entry[2]
 
     def received(self, stream_id: int, nbytes: int) -> None:
         """Receiver side: ``nbytes`` arrived; a peer past its window is a ProtocolError."""
         entry = self._get(stream_id)
+        if nbytes < 0:
+            raise ValueError("negative size")
         if nbytes > entry[2]:
             raise ProtocolError("flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR)
-        entry[0] += nbytes
+        nbytes = _index(nbytes)
+        total = entry[0] + nbytes
+        buffered = entry[3] + nbytes
+        if total > _INT64_MAX or buffered > _INT64_MAX:
+            raise OverflowError("stream counter overflow")
+        entry[0] = total
         entry[1] += 1
         entry[2] -= nbytes
-        entry[3] += nbytes
+        entry[3] = buffered
 
     def consumed(self, stream_id: int, nbytes: int) -> int:
         """Receiver side: the consumer took ``nbytes``; return the credit to grant now.
@@ -445,15 +469,25 @@ class StreamLedger:
         been consumed, so that CREDIT frames stay a small share of the traffic.
         """
         entry = self._get(stream_id)
+        if nbytes < 0:
+            raise ValueError("negative size")
         if nbytes > entry[3]:
             raise ValueError("consumed more than buffered")
-        entry[3] -= nbytes
-        entry[4] += nbytes
-        if entry[4] * self._grant_divisor >= entry[5] or entry[4] > 0 and entry[3] == 0 and entry[2] == 0:
-            grant = entry[4]
+        nbytes = _index(nbytes)
+        buffered = entry[3] - nbytes
+        unacked = entry[4] + nbytes
+        if unacked > _INT64_MAX:
+            raise OverflowError("stream counter overflow")
+        if unacked * self._grant_divisor >= entry[5] or unacked > 0 and buffered == 0 and entry[2] == 0:
+            window = entry[2] + unacked
+            if window > _INT64_MAX:
+                raise OverflowError("stream counter overflow")
+            entry[2] = window
+            entry[3] = buffered
             entry[4] = 0
-            entry[2] += grant
-            return grant
+            return unacked
+        entry[3] = buffered
+        entry[4] = unacked
         return 0
 
     def resize(self, stream_id: int, window_size: int) -> int:
@@ -461,11 +495,15 @@ class StreamLedger:
         entry = self._get(stream_id)
         if window_size > VARINT_MAX:
             raise ValueError("window out of range")
+        window_size = _index(window_size)
         extra = window_size - entry[5]
         if extra <= 0:
             return 0
+        window = entry[2] + extra
+        if window > _INT64_MAX:
+            raise OverflowError("stream counter overflow")
         entry[5] = window_size
-        entry[2] += extra
+        entry[2] = window
         return extra
 
     def stats(self, stream_id: int) -> tuple[int, int, int, int]:

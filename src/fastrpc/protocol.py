@@ -14,6 +14,8 @@ See ``docs/protocol.md`` for the wire format.
 from __future__ import annotations
 
 import enum
+import hmac
+import secrets
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Union
@@ -47,7 +49,18 @@ from .exceptions import (
 
 Payload = Union[bytes, memoryview]
 
-__all__ = ["Role", "Settings", "Connection", "FRAME_CHARGE", "encode_error", "decode_error"]
+__all__ = ["Role", "Settings", "Connection", "SessionLost", "FRAME_CHARGE", "encode_error", "decode_error"]
+
+TOKEN_SIZE = 32
+# A receiver acknowledges (ACK) after this many frames or bytes, so that the sender's
+# replay buffer holds little more than what is in flight.
+ACK_FRAMES = 64
+ACK_BYTES = 256 << 10
+
+
+class SessionLost(Exception):
+    """Raised by a client core when the server did not resume its session (it expired,
+    or the server restarted): the connection's state is gone; start a new one."""
 
 # Every STREAM_DATA frame costs its payload plus this many bytes of credit: it is about
 # what the receiver spends holding one more item, and it makes floods of empty frames
@@ -233,6 +246,7 @@ class Connection:
         *,
         compression_threshold: int = 1024,
         stream_buffer_size: int = 64 << 10,
+        max_replay_bytes: int = 32 << 20,
     ) -> None:
         self.role = role
         self.settings = settings or Settings()
@@ -271,7 +285,20 @@ class Connection:
         self.messages_out = self.frames_out = self.bytes_out = 0
         self.messages_in = self.frames_in = self.bytes_in = 0
         self._algorithm = 0
-        self._control.add(F.HELLO, 0, 0, self.settings.to_wire())
+        # Handshake and session resumption (docs/protocol.md, "Resuming a session").
+        self._handshake_sent = False
+        self._awaiting_hello = True
+        self.transports = 1
+        self.token: bytes | None = None
+        self.resume_enabled = False
+        self.resume_broken = ""  # why this session can no longer be resumed
+        self.max_replay_bytes = max_replay_bytes
+        self._replay: deque[tuple[int, int, bytes]] = deque()  # (first, end position, message)
+        self._replay_bytes = 0
+        self._replay_from: int | None = None
+        self._unacked_frames = 0
+        self._unacked_bytes = 0
+        self._new_session = False
 
     # ------------------------------------------------------------------ state
 
@@ -331,9 +358,12 @@ class Connection:
         queue (bounded by ``stream_buffer_size``). A message stays within the peer's
         ``max_message_size``.
         """
+        if not self._handshake_sent:
+            return self.handshake()
         if self._slot_grants:
             self._control.add(F.STREAMS, 0, 0, F.encode_varint(self._slot_grants))
             self._slot_grants = 0
+        first = self.frames_out
         parts: list[bytes] = []
         size = 0
         limit = self._message_limit or self.settings.max_message_size
@@ -371,7 +401,123 @@ class Connection:
             return None
         self.messages_out += 1
         self.bytes_out += size
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        msg = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self.resume_enabled:
+            self._record(first, msg)
+        return msg
+
+    # ----------------------------------------------------- handshake and resume
+
+    def handshake(self) -> bytes:
+        """The first message on a transport: HELLO, plus RESUME (a client with a
+        session to resume) or RESUME_OK (a server answering a client that asked for
+        resumption). Sent before anything else; not counted in positions."""
+        self._handshake_sent = True
+        frames: list[tuple[int, int, int, bytes]] = [(F.HELLO, 0, 0, self.settings.to_wire())]
+        if self.role is Role.CLIENT:
+            if self.token is not None and self.transports > 1:
+                frames.append((F.RESUME, 0, 0, self.token + F.encode_varint(self.frames_in)))
+        elif self.resume_enabled and self.token is not None:
+            flags = F.FLAG_NEW if self._new_session else 0
+            frames.append((F.RESUME_OK, flags, 0, self.token + F.encode_varint(self.frames_in)))
+        return F.encode_batch(frames)
+
+    def new_transport(self) -> None:
+        """The session moves to a new connection: expect the peer's handshake again,
+        send ours again, then replay what the peer has not received."""
+        self.transports += 1
+        self._handshake_sent = False
+        self._awaiting_hello = True
+        self._replay_from = None
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the session can survive the loss of its connection."""
+        return self.resume_enabled and not self.resume_broken and not self.closed
+
+    def take_replay(self) -> list[bytes]:
+        """After a resumed handshake: the messages the peer missed, in order (they
+        stay buffered until acknowledged, in case this connection drops too)."""
+        pos = self._replay_from
+        self._replay_from = None
+        if pos is None:
+            return []
+        self._ack(pos)
+        out = []
+        for i, (first, end, msg) in enumerate(self._replay):
+            if first < pos:
+                # The peer has the start of this message: resend the rest of it.
+                frames = F.decode_message(msg, F.VARINT_MAX)[pos - first :]
+                msg = F.encode_batch([(f.type, f.flags, f.id, f.payload) for f in frames])
+                self._replay_bytes -= len(self._replay[i][2]) - len(msg)
+                self._replay[i] = (pos, end, msg)
+            out.append(msg)
+        return out
+
+    def _record(self, first: int, msg: bytes) -> None:
+        self._replay.append((first, self.frames_out, msg))
+        self._replay_bytes += len(msg)
+        if self._replay_bytes > self.max_replay_bytes:
+            self.resume_broken = "replay buffer overflow: the peer acknowledged too little"
+            self._replay.clear()
+            self._replay_bytes = 0
+
+    def _ack(self, pos: int) -> None:
+        """The peer has received every frame before position ``pos``: forget them."""
+        if pos > self.frames_out:
+            raise ProtocolError("acknowledged frames that were never sent")
+        replay = self._replay
+        while replay and replay[0][1] <= pos:
+            self._replay_bytes -= len(replay.popleft()[2])
+
+    def _on_handshake(self, frames: list[F.Frame], events: list[Event]) -> int:
+        """Process the handshake frames at the start of a transport; return how many."""
+        first = frames[0]
+        if first.type != F.HELLO:
+            raise ProtocolError("expected HELLO as the first frame")
+        self._awaiting_hello = False
+        if self.peer_settings is None:
+            self._on_hello(first, events)
+        else:
+            Settings.from_wire(first.payload)  # validated; the session keeps its terms
+        used = 1
+        nxt = frames[1] if len(frames) > 1 else None
+        if self.role is Role.SERVER:
+            resume = nxt is not None and nxt.type == F.RESUME
+            if resume:
+                used += 1
+            if self.resume_enabled:
+                if resume and self.transports > 1:
+                    token, pos = self._session_frame(nxt)  # type: ignore[arg-type]
+                    if self.token is None or not hmac.compare_digest(token, self.token):
+                        raise ProtocolError("wrong session token")
+                    self._replay_from = pos
+                    self._new_session = False
+                else:
+                    # A new session, or one we do not know (expired, or another server).
+                    self._new_session = True
+                self.token = secrets.token_bytes(TOKEN_SIZE)  # a fresh token every time
+            elif resume:
+                raise ProtocolError("RESUME was not negotiated")
+        else:
+            if nxt is not None and nxt.type == F.RESUME_OK:
+                used += 1
+                token, pos = self._session_frame(nxt)
+                if nxt.flags & F.FLAG_NEW and self.transports > 1:
+                    raise SessionLost("the server did not resume the session")
+                self.token = token
+                if not nxt.flags & F.FLAG_NEW:
+                    self._replay_from = pos
+            elif self.transports > 1 and self.resume_enabled:
+                raise SessionLost("the server does not resume sessions")
+        return used
+
+    def _session_frame(self, f: F.Frame) -> tuple[bytes, int]:
+        data = bytes(f.payload)
+        if len(data) < TOKEN_SIZE + 1:
+            raise ProtocolError("truncated session frame")
+        pos, _ = F.decode_varint(data, TOKEN_SIZE)
+        return data[:TOKEN_SIZE], pos
 
     def _split_control(self, data: bytes, limit: int) -> tuple[bytes, int]:
         """A control backlog larger than one message: send what fits, requeue the rest
@@ -779,16 +925,19 @@ class Connection:
         """
         frames = F.decode_message(data, self.settings.max_frame_size)
         self.messages_in += 1
-        self.frames_in += len(frames)
         self.bytes_in += len(data)
         events: list[Event] = []
         self._epoch += 1
-        if self.peer_settings is None:
-            first = frames[0]
-            if first.type != F.HELLO:
-                raise ProtocolError("expected HELLO as the first frame")
-            self._on_hello(first, events)
-            frames = frames[1:]
+        if self._awaiting_hello:
+            frames = frames[self._on_handshake(frames, events) :]
+        # Positions count every frame after the handshake (docs/protocol.md).
+        self.frames_in += len(frames)
+        if self.resume_enabled and frames:
+            self._unacked_frames += len(frames)
+            self._unacked_bytes += len(data)
+            if self._unacked_frames >= ACK_FRAMES or self._unacked_bytes >= ACK_BYTES:
+                self._unacked_frames = self._unacked_bytes = 0
+                self._control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
         for f in frames:
             t = f.type
             if t == F.STREAM_DATA:
@@ -823,6 +972,10 @@ class Connection:
                 code, pos = F.decode_varint(f.payload, 0)
                 reason = bytes(f.payload[pos:]).decode("utf-8", "replace")
                 events.append(GoAwayReceived(code, reason))
+            elif t == F.ACK:
+                if not self.resume_enabled:
+                    raise ProtocolError("ACK without session resumption")
+                self._ack(F.decode_varint(f.payload, 0)[0])
             elif t == F.HELLO:
                 raise ProtocolError("HELLO after the handshake")
             elif t >= F.EXTENSION_BASE:
@@ -846,6 +999,7 @@ class Connection:
         self._algorithm = _compression.choose(self.settings.compression, peer.compression)
         if self._algorithm:
             self._compressor = _compression.Compressor(self._algorithm)
+        self.resume_enabled = bool(self.settings.resume and peer.resume)
         events.append(HelloReceived(peer))
 
     def _on_data(self, f: F.Frame, events: list[Event]) -> None:
