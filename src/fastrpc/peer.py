@@ -26,7 +26,7 @@ from .exceptions import (
     ProtocolError,
     RemoteError,
 )
-from .protocol import DEFAULT_URGENCY, Connection, Role, Settings
+from .protocol import DEFAULT_URGENCY, Connection, Role, SessionLost, Settings
 from .router import ASYNC_GEN, SYNC, Router, handler_kind
 from .streams import RateLimit, ReceiveStream, StreamManager
 
@@ -84,7 +84,8 @@ class RpcPeer:
         manager = streams if streams is not None else StreamManager()
         if manager.initial_window != settings.initial_stream_window:
             settings.initial_stream_window = manager.initial_window
-        self._core = Connection(role, settings, compression_threshold=compression_threshold)
+        self._core_options: dict[str, Any] = {"compression_threshold": compression_threshold}
+        self._core = Connection(role, settings, **self._core_options)
         self.streams = manager
         manager._attach(self)
         self._router = router if router is not None else Router()
@@ -105,6 +106,15 @@ class RpcPeer:
         self._writer: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._transport = getattr(ws, "transport", None)
+        # Session resumption: transports this session has had; set by connect()/serve()
+        # when a lost transport may be replaced. The hook returns True when it keeps
+        # the session (it will attach a new transport, or give up and tear down).
+        self._attachments = 0
+        self._transport_done: asyncio.Future[None] = self._loop.create_future()
+        self._on_lost: Callable[[RpcPeer, ConnectionClosed, bool], bool] | None = None
+        self._session_task: asyncio.Task[Any] | None = None
+        self._closing = False
+        self._goaway = False
         self._dispatch: dict[type, Callable[[Any], None]] = {
             E.StreamReadable: self._on_readable,
             E.CreditGranted: self._on_credit,
@@ -125,20 +135,74 @@ class RpcPeer:
     async def _start(self, timeout: float = 10.0, first: bytes | None = None) -> None:
         """Run the reader and writer, and wait for the peer's HELLO. ``first``: a
         message the server already read to tell fastrpc from the seed's JSON."""
-        self._reader = self._loop.create_task(self._read_loop(first))
-        self._writer = self._loop.create_task(self._write_loop())
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except BaseException:
-            await self._abort(ConnectionClosed("handshake failed"))
-            raise
+        await self._attach(self._ws, timeout, first)
         interval, _ = self._keepalive
         if interval:
             self._pinger = self._loop.create_task(self._ping_loop())
 
+    async def _attach(self, ws: Any, timeout: float = 10.0, first: bytes | None = None) -> None:
+        """Run this session over ``ws``: handshake, replay what the peer missed (when
+        resuming), then the reader and writer. Raises :class:`SessionLost` (client)
+        when the server did not resume the session."""
+        core = self._core
+        if self._attachments:
+            core.new_transport()
+        self._attachments += 1
+        self._ws = ws
+        self._transport = getattr(ws, "transport", None)
+        self._ready = self._loop.create_future()
+        self._transport_done = self._loop.create_future()
+        token = _current_peer.set(self)
+        try:
+            if first is not None:
+                self._process(first)  # the server answers the client's handshake
+            self._reader = self._loop.create_task(self._read_loop(ws))
+            self._writer = self._loop.create_task(self._write_loop(ws))
+        except ProtocolError as e:
+            await self._fail_protocol(e)
+            await self._teardown(ConnectionClosed(f"protocol error: {e.reason}", e.close_code))
+            raise ConnectionClosed(f"protocol error: {e.reason}", e.close_code) from None
+        finally:
+            _current_peer.reset(token)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except SessionLost:
+            await self._drop(ws)
+            raise
+        except BaseException:
+            await self._drop(ws)
+            if self._attachments == 1:
+                await self._teardown(ConnectionClosed("handshake failed"))
+            raise
+
+    async def _drop(self, ws: Any) -> None:
+        """Abandon transport ``ws`` (failed handshake): stop its tasks, close it."""
+        for task in (self._reader, self._writer):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._reader, self._writer) if t is not None), return_exceptions=True)
+        transport = getattr(ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    def _process(self, msg: bytes) -> None:
+        core = self._core
+        dispatch = self._dispatch
+        for ev in core.receive_message(msg):
+            dispatch[type(ev)](ev)
+        if not core.awaiting_hello and not self._ready.done():
+            self._ready.set_result(None)
+        if core.has_output():
+            self._kick()
+
     @property
     def closed(self) -> bool:
         return self._closed_flag
+
+    @property
+    def connected(self) -> bool:
+        """Whether a transport is attached (False while a session waits to resume)."""
+        return self._ws is not None and not self._closed_flag
 
     @property
     def settings(self) -> Settings:
@@ -165,19 +229,23 @@ class RpcPeer:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection: GOAWAY, then the WebSocket close handshake."""
+        self._closing = True
         if not self._closed_flag:
             self._core.close(ErrorCode.NO_ERROR, reason)
             self._kick()
             writer = self._writer
-            if writer is not None and not writer.done():
+            if self._ws is not None and writer is not None and not writer.done():
                 try:
                     await asyncio.wait_for(asyncio.shield(writer), 2.0)
                 except (asyncio.TimeoutError, Exception):  # noqa: BLE001
                     pass
-            try:
-                await self._ws.close(code, reason)
-            except Exception:  # noqa: BLE001 - already closing
-                pass
+            if self._ws is not None:
+                try:
+                    await self._ws.close(code, reason)
+                except Exception:  # noqa: BLE001 - already closing
+                    pass
+            else:
+                await self._teardown(ConnectionClosed(reason or "Connection closed", code))
         await self.wait_closed()
 
     async def __aenter__(self) -> RpcPeer:
@@ -200,11 +268,17 @@ class RpcPeer:
         t = self._transport
         return t.get_write_buffer_size() if t is not None else 0  # type: ignore[no-any-return]
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, ws: Any) -> None:
         core = self._core
-        send = self._ws.send
+        send = ws.send
         manager = self.streams
         try:
+            await send(core.handshake())
+            # A client sends nothing else until the server's handshake says where to
+            # resume from.
+            await asyncio.shield(self._ready)
+            for msg in core.take_replay():
+                await send(msg)
             while True:
                 msg = core.next_message()
                 if msg is None:
@@ -220,81 +294,121 @@ class RpcPeer:
                         manager._on_writable(sid)
                 await send(msg)
                 manager._on_drained()
-        except (_WSClosed, ConnectionError):
+        except (_WSClosed, ConnectionError, SessionLost):
             pass
+        finally:
+            self._wake = None
 
-    async def _read_loop(self, first: bytes | None = None) -> None:
-        core = self._core
-        dispatch = self._dispatch
+    async def _read_loop(self, ws: Any) -> None:
         exc: ConnectionClosed | None = None
+        resumable = False
         token = _current_peer.set(self)
         try:
-            if first is not None:
-                for ev in core.receive_message(first):
-                    dispatch[type(ev)](ev)
-                self._kick()
-            async for msg in self._ws:
+            async for msg in ws:
                 if type(msg) is str:
                     raise ProtocolError("text message on a fastrpc connection")
-                for ev in core.receive_message(msg):
-                    dispatch[type(ev)](ev)
-                if core.has_output():
-                    self._kick()
+                self._process(msg)
             # A clean close: keep the peer's close code and reason.
-            code = getattr(self._ws, "close_code", None)
-            reason = getattr(self._ws, "close_reason", None) or "Connection closed"
+            code = getattr(ws, "close_code", None)
+            reason = getattr(ws, "close_reason", None) or "Connection closed"
             exc = ConnectionClosed(reason, code)
+            resumable = True
+        except SessionLost as e:
+            if not self._ready.done():
+                self._ready.set_exception(e)
+                self._ready.exception()
+            return
         except ProtocolError as e:
             exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
             await self._fail_protocol(e)
-        except _WSClosed as e:
-            code = e.rcvd.code if e.rcvd is not None else None
-            reason = e.rcvd.reason if e.rcvd is not None and e.rcvd.reason else "Connection closed"
+        except (_WSClosed, ConnectionError) as e:
+            rcvd = getattr(e, "rcvd", None)
+            code = rcvd.code if rcvd is not None else None
+            reason = rcvd.reason if rcvd is not None and rcvd.reason else "Connection closed"
             exc = ConnectionClosed(reason, code)
+            resumable = True
         except asyncio.CancelledError:
             exc = ConnectionClosed()
             raise
         except Exception as e:  # a bug: close this connection, not the process
             exc = ConnectionClosed(f"internal error: {e!r}", 1011)
             try:
-                await self._ws.close(1011, "internal error")
+                await ws.close(1011, "internal error")
             except Exception:  # noqa: BLE001
                 pass
         finally:
             _current_peer.reset(token)
-            self._loop.create_task(self._teardown(exc or ConnectionClosed()))
+            if ws is self._ws:
+                self._lost(exc or ConnectionClosed(), resumable)
+
+    def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
+        """The transport is gone. Keep the session for a resume when both sides agreed
+        to resumption (and nobody said goodbye); otherwise clean everything up."""
+        done = self._transport_done
+        if not done.done():
+            done.set_result(None)
+        hook = self._on_lost
+        if hook is not None and not self._closing and not self._closed_flag:
+            resumable = resumable and not self._goaway and self._core.resumable
+            self._ws = None
+            self._transport = None
+            writer = self._writer
+            if writer is not None and not writer.done():
+                writer.cancel()
+            if hook(self, exc, resumable):
+                return
+        self._loop.create_task(self._teardown(exc))
+
+    async def _reset_session(self, exc: ConnectionClosed) -> None:
+        """(Client) the session could not be resumed: fail everything in flight with
+        ``exc`` and start a new session on the next transport."""
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._calls.clear()
+        for fut in self._pongs.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+        tasks = [*self._tasks.values(), *self._notify_tasks]
+        for t in tasks:
+            t.cancel()
+        await self.streams._shutdown(exc)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        old = self._core
+        self._core = Connection(old.role, old.settings, **self._core_options)
+        self._attachments = 0
+        self._goaway = False
+        self._decoder = self._codec
+        self.streams._reopen(self)
+        for w in self._call_waiters:
+            if not w.done():
+                w.set_result(None)
 
     async def _fail_protocol(self, e: ProtocolError) -> None:
         """The peer broke the protocol: GOAWAY with the reason, close with its code."""
         core = self._core
         core.close(e.code, e.reason)
+        ws = self._ws
         try:
             msg = core.next_message()
             if msg is not None:
-                await asyncio.wait_for(self._ws.send(msg), 1.0)
+                await asyncio.wait_for(ws.send(msg), 1.0)
         except Exception:  # noqa: BLE001 - best effort
             pass
         # Keep reading (and dropping) what the peer still sends: websockets stops
         # reading the socket once unread messages pile up, and the peer's close frame
         # would then never be seen (close() would wait for its full timeout).
-        drain = self._loop.create_task(_discard(self._ws))
+        drain = self._loop.create_task(_discard(ws))
         try:
-            await asyncio.wait_for(self._ws.close(e.close_code, e.reason[:120]), 2.0)
+            await asyncio.wait_for(ws.close(e.close_code, e.reason[:120]), 2.0)
         except Exception:  # noqa: BLE001
             if self._transport is not None:
                 self._transport.abort()  # no close handshake: drop the connection
         finally:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
-
-    async def _abort(self, exc: ConnectionClosed) -> None:
-        try:
-            await self._ws.close(1011, exc.reason[:120])
-        except Exception:  # noqa: BLE001
-            pass
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-        await self._teardown(exc)
 
     async def _teardown(self, exc: ConnectionClosed) -> None:
         """Clean up everything on this connection once it is gone."""
@@ -310,6 +424,8 @@ class RpcPeer:
         if not self._ready.done():
             self._ready.set_exception(exc)
             self._ready.exception()
+        if not self._transport_done.done():
+            self._transport_done.set_result(None)
         for fut in self._calls.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -322,7 +438,12 @@ class RpcPeer:
             if not w.done():
                 w.set_result(None)
         self._kick()
-        tasks = [t for t in (*self._tasks.values(), *self._notify_tasks, self._pinger) if t is not None]
+        current = asyncio.current_task()
+        tasks = [
+            t
+            for t in (*self._tasks.values(), *self._notify_tasks, self._pinger, self._session_task)
+            if t is not None and t is not current
+        ]
         for t in tasks:
             t.cancel()
         await self.streams._shutdown(exc)
@@ -332,10 +453,11 @@ class RpcPeer:
         if writer is not None and not writer.done():
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-        try:
-            await self._ws.close()
-        except Exception:  # noqa: BLE001
-            pass
+        if self._ws is not None:
+            try:
+                await self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -367,18 +489,23 @@ class RpcPeer:
         assert interval is not None
         while True:
             await asyncio.sleep(interval)
+            transport = self._transport
+            if transport is None:
+                continue  # waiting for a resume: nothing to probe
             try:
                 await self.ping(timeout)
             except asyncio.TimeoutError:
+                if self._transport is not transport:
+                    continue
                 # The peer is gone or stuck: no close handshake (it would wait for the
-                # dead peer too); drop the TCP connection and clean up.
-                self._close_exc = ConnectionClosed(
-                    f"keepalive timeout: no PONG within {timeout} s", ErrorCode.KEEPALIVE_TIMEOUT.close_code
-                )
-                self._core.closed = True
-                if self._transport is not None:
-                    self._transport.abort()
-                return
+                # dead peer too); drop the TCP connection. A resumable session then
+                # waits for a new one; any other is cleaned up.
+                if not (self._on_lost is not None and self._core.resumable):
+                    self._close_exc = ConnectionClosed(
+                        f"keepalive timeout: no PONG within {timeout} s", ErrorCode.KEEPALIVE_TIMEOUT.close_code
+                    )
+                    self._core.closed = True
+                transport.abort()
             except ConnectionClosed:
                 return
 
@@ -544,8 +671,6 @@ class RpcPeer:
         settings: Settings = ev.settings  # type: ignore[assignment]
         if settings.codec != self._codec.wire_id:
             self._decoder = get_codec(settings.codec)
-        if not self._ready.done():
-            self._ready.set_result(None)
 
     def _on_readable(self, ev: E.StreamReadable) -> None:
         self.streams._on_readable(ev.stream_id)
@@ -590,6 +715,7 @@ class RpcPeer:
             fut.set_result(None)
 
     def _on_goaway(self, ev: E.GoAwayReceived) -> None:
+        self._goaway = True
         if ev.code != ErrorCode.NO_ERROR:
             try:  # ConnectionClosed.code is a WebSocket close code, not an ErrorCode
                 close_code = ErrorCode(ev.code).close_code

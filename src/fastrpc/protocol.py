@@ -431,6 +431,11 @@ class Connection:
         self._replay_from = None
 
     @property
+    def awaiting_hello(self) -> bool:
+        """True until the peer's handshake on the current transport was processed."""
+        return self._awaiting_hello
+
+    @property
     def resumable(self) -> bool:
         """Whether the session can survive the loss of its connection."""
         return self.resume_enabled and not self.resume_broken and not self.closed

@@ -250,6 +250,18 @@ class StreamManager:
         self._core = peer._core
         self._core.stream_buffer_size = self.stream_buffer_size
 
+    def _reopen(self, peer: RpcPeer) -> None:
+        """After :meth:`_shutdown`: serve the new session of a reconnected client."""
+        self._closed = None
+        self._core = peer._core
+        self._core.stream_buffer_size = self.stream_buffer_size
+        self._growth = 0
+        self._senders.clear()
+        self._writable.clear()
+        self._drain_waiters = []
+        self._slot_waiters.clear()
+        self._accepting.clear()
+
     # ------------------------------------------------------------- accounting
 
     @property

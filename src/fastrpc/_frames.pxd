@@ -1,0 +1,68 @@
+# C declarations of the compiled frame codec (_frames.pyx).
+#
+# The Python-visible API is the same as the pure twin _frames_py.py; this file holds
+# the C side only: the structs and the cdef classes' fields and cdef methods.
+
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+
+
+cdef struct _Buf:
+    # A growable byte buffer (PyMem_Malloc'd): FrameWriter, Decoder, encode_settings.
+    unsigned char *data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef struct _Item:
+    # One frame of encode_batch between its sizing pass and its writing pass.
+    const unsigned char *ptr
+    Py_ssize_t len
+    uint64_t id
+    uint8_t type
+    uint8_t flags
+
+
+cdef struct _Slot:
+    # One slot of StreamLedger's open-addressing table (64 bytes: one cache line).
+    uint64_t id
+    int64_t bytes        # payload bytes sent or received
+    int64_t items        # sent()/received() calls
+    int64_t window       # credit left
+    int64_t buffered     # received, not consumed yet
+    int64_t unacked      # consumed, not granted back yet
+    int64_t window_size  # the window the credit is measured against
+    uint8_t used
+
+
+cdef class Frame:
+    cdef readonly object type
+    cdef readonly object flags
+    cdef readonly object id
+    cdef readonly object payload
+
+
+cdef class Decoder:
+    cdef _Buf _buf
+    cdef object _max_frame_size
+    cdef int64_t _limit
+    cdef bint _busy
+
+
+cdef class FrameWriter:
+    cdef _Buf _buf
+    cdef Py_ssize_t _count
+
+
+cdef class StreamLedger:
+    cdef _Slot *_slots
+    cdef Py_ssize_t _mask      # capacity - 1 (capacity is a power of two)
+    cdef int _bits             # log2(capacity)
+    cdef Py_ssize_t _count
+    cdef int64_t _initial_window
+    cdef int64_t _divisor      # grant_divisor, capped at 2**62 (same results)
+
+    cdef int _key(self, object stream_id, uint64_t *key) except -1
+    cdef Py_ssize_t _find(self, uint64_t key) noexcept
+    cdef _Slot *_get(self, object stream_id) except NULL
+    cdef int _rehash(self, int bits) except -1
+    cdef void _delete(self, Py_ssize_t i) noexcept

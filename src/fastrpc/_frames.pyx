@@ -1,0 +1,1118 @@
+# cython: language_level=3
+"""Compiled frame codec: the twin of ``_frames_py.py``.
+
+Same API, byte-for-byte the same output and the same errors (exception class,
+``reason`` and ``code``) as the pure-Python module; ``fastrpc.frames`` picks this
+one when it is built. The C declarations are in ``_frames.pxd``.
+
+Where the two differ, by design:
+
+* ``Frame`` attributes are read-only here (``__slots__`` attributes in the pure one).
+* ``StreamLedger.ids()`` lists the ids in hash-table order, not in opening order.
+* ``StreamLedger.initial_window`` checks what is assigned to it (ValueError/TypeError).
+* ``Decoder.feed`` may not be called again from inside itself (RuntimeError): it cannot
+  happen unless ``max_frame_size`` is an object whose comparison calls back.
+* ``Decoder.feed(b)`` with nothing pending decodes the bytes object ``b`` in place: its
+  large payloads are views of ``b`` itself (the pure one's are views of a copy).
+* ``encode_batch`` holds every payload's buffer until it returns (it writes them all
+  at the end): a generator that resizes an earlier bytearray payload gets BufferError.
+"""
+
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_Check,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
+from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memmove, memset
+
+from operator import index as _index
+from typing import Union
+
+from fastrpc.exceptions import ErrorCode, ProtocolError
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
+cdef extern from *:
+    """
+    #define FASTRPC_VARINT_MAX ((int64_t)0x3FFFFFFFFFFFFFFFLL)
+    #define FASTRPC_DIVISOR_CAP ((int64_t)0x4000000000000000LL)
+    #define FASTRPC_GENERIC_LIMIT ((int64_t)-2)
+    #define FASTRPC_FIB_MULT 0x9E3779B97F4A7C15ULL
+    """
+    const int64_t _VMAX "FASTRPC_VARINT_MAX"
+    const int64_t _DIVISOR_CAP "FASTRPC_DIVISOR_CAP"
+    const int64_t _GENERIC "FASTRPC_GENERIC_LIMIT"
+    const uint64_t _FIB "FASTRPC_FIB_MULT"
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+IMPLEMENTATION = "cython"
+
+PROTOCOL_VERSION = 1
+
+# Frame types (docs/protocol.md, "Frame types").
+HELLO = 0x01
+REQUEST = 0x02
+RESPONSE = 0x03
+ERROR = 0x04
+NOTIFY = 0x05
+CANCEL = 0x06
+STREAM_DATA = 0x10
+STREAM_END = 0x11
+STREAM_ERROR = 0x12
+STREAM_ABORT = 0x13
+STREAM_CLOSE = 0x14
+CREDIT = 0x15
+STREAMS = 0x16  # grant of more stream slots (like QUIC's MAX_STREAMS)
+PING = 0x20
+PONG = 0x21
+GOAWAY = 0x22
+RESUME = 0x30
+RESUME_OK = 0x31
+ACK = 0x32  # session resumption: frames received so far
+# Types at or above this value are extensions: skipped when unknown.
+EXTENSION_BASE = 0x40
+
+# Flags.
+FLAG_MORE = 0x01  # STREAM_DATA: the item continues in the next STREAM_DATA frame
+FLAG_COMPRESSED = 0x02  # payload is compressed with the negotiated algorithm
+FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
+FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
+FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
+FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
+FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
+
+VARINT_MAX = (1 << 62) - 1
+DEFAULT_MAX_FRAME_SIZE = 1 << 20
+# Decoded payloads of at least this many bytes are memoryviews into the message
+# (zero-copy); smaller ones are bytes, which are cheaper to make than a view.
+VIEW_THRESHOLD = 512
+
+cdef enum:
+    _VIEW_THRESHOLD = 512
+    _MIN_BITS = 3            # StreamLedger: at least 8 slots
+    _KEEP_BUFFER = 1 << 20   # FrameWriter/Decoder: free a buffer larger than this when empty
+
+cdef object _FRAME_TOO_LARGE = ErrorCode.FRAME_TOO_LARGE
+cdef object _FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR
+
+
+# ---------------------------------------------------------------------------------
+# Helpers: integer arguments, varints, buffers.
+
+
+cdef inline int _i64(object o, int64_t *out) except -1:
+    """``o`` is an int: 0 (and ``*out = o``) when it fits int64, 1 above, 2 below."""
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(o, &overflow)
+    if overflow > 0:
+        return 1
+    if overflow < 0:
+        return 2
+    out[0] = v
+    return 0
+
+
+cdef int _varint_arg(object value, uint64_t *out) except -1:
+    """The pure ``varint_size`` check: range first, then an integer is required."""
+    cdef int64_t v
+    if PyLong_Check(value):
+        if _i64(value, &v) or v < 0 or v > _VMAX:
+            raise ValueError("varint out of range")
+        out[0] = <uint64_t>v
+        return 0
+    if value < 0 or value > VARINT_MAX:
+        raise ValueError("varint out of range")
+    return _varint_arg(_index(value), out)
+
+
+cdef int _header_args(object ftype, object flags, object fid,
+                      uint8_t *t, uint8_t *f, uint64_t *i) except -1:
+    """The pure ``_check_header``: the three range checks, then integers are required."""
+    cdef int64_t v
+    cdef bint slow = False
+    if PyLong_Check(ftype):
+        if _i64(ftype, &v) or v < 0 or v > 0xFF:
+            raise ValueError("frame type out of range")
+        t[0] = <uint8_t>v
+    elif not 0 <= ftype <= 0xFF:
+        raise ValueError("frame type out of range")
+    else:
+        slow = True
+    if PyLong_Check(flags):
+        if _i64(flags, &v) or v < 0 or v > 0xFF:
+            raise ValueError("frame flags out of range")
+        f[0] = <uint8_t>v
+    elif not 0 <= flags <= 0xFF:
+        raise ValueError("frame flags out of range")
+    else:
+        slow = True
+    if PyLong_Check(fid):
+        if _i64(fid, &v) or v < 0 or v > _VMAX:
+            raise ValueError("frame id out of range")
+        i[0] = <uint64_t>v
+    elif not 0 <= fid <= VARINT_MAX:
+        raise ValueError("frame id out of range")
+    else:
+        slow = True
+    if slow:
+        return _header_args(
+            ftype if PyLong_Check(ftype) else _index(ftype),
+            flags if PyLong_Check(flags) else _index(flags),
+            fid if PyLong_Check(fid) else _index(fid),
+            t, f, i,
+        )
+    return 0
+
+
+cdef inline int64_t _limit_of(object max_frame_size) except? -3:
+    """``max_frame_size`` as a C limit: -1 rejects every frame, _GENERIC means compare
+    in Python (not an int: a float, None...), as the pure codec does."""
+    cdef int64_t v
+    cdef int r
+    if not PyLong_Check(max_frame_size):
+        return _GENERIC
+    r = _i64(max_frame_size, &v)
+    if r == 1 or (r == 0 and v >= _VMAX):
+        return _VMAX  # no length is larger
+    if r == 2 or v < 0:
+        return -1
+    return v
+
+
+cdef inline Py_ssize_t _vsize(uint64_t v) noexcept nogil:
+    if v < 0x40:
+        return 1
+    if v < 0x4000:
+        return 2
+    if v < 0x40000000:
+        return 4
+    return 8
+
+
+cdef inline unsigned char *_put_varint(unsigned char *p, uint64_t v) noexcept nogil:
+    if v < 0x40:
+        p[0] = <unsigned char>v
+        return p + 1
+    if v < 0x4000:
+        p[0] = <unsigned char>(0x40 | (v >> 8))
+        p[1] = <unsigned char>v
+        return p + 2
+    if v < 0x40000000:
+        p[0] = <unsigned char>(0x80 | (v >> 24))
+        p[1] = <unsigned char>(v >> 16)
+        p[2] = <unsigned char>(v >> 8)
+        p[3] = <unsigned char>v
+        return p + 4
+    p[0] = <unsigned char>(0xC0 | (v >> 56))
+    p[1] = <unsigned char>(v >> 48)
+    p[2] = <unsigned char>(v >> 40)
+    p[3] = <unsigned char>(v >> 32)
+    p[4] = <unsigned char>(v >> 24)
+    p[5] = <unsigned char>(v >> 16)
+    p[6] = <unsigned char>(v >> 8)
+    p[7] = <unsigned char>v
+    return p + 8
+
+
+cdef inline uint64_t _get_varint(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """The varint at ``p`` whose length ``n`` (1, 2, 4 or 8) the caller has checked."""
+    cdef uint64_t v
+    if n == 1:
+        return p[0]
+    if n == 2:
+        return (<uint64_t>(p[0] & 0x3F) << 8) | p[1]
+    if n == 4:
+        return ((<uint64_t>(p[0] & 0x3F) << 24) | (<uint64_t>p[1] << 16)
+                | (<uint64_t>p[2] << 8) | p[3])
+    v = p[0] & 0x3F
+    v = (v << 8) | p[1]
+    v = (v << 8) | p[2]
+    v = (v << 8) | p[3]
+    v = (v << 8) | p[4]
+    v = (v << 8) | p[5]
+    v = (v << 8) | p[6]
+    v = (v << 8) | p[7]
+    return v
+
+
+cdef inline unsigned char *_put_header(unsigned char *p, uint8_t t, uint8_t f,
+                                       uint64_t fid, uint64_t length) noexcept nogil:
+    p[0] = t
+    p[1] = f
+    return _put_varint(_put_varint(p + 2, fid), length)
+
+
+cdef inline bint _flat_view(object o) except -1:
+    """``o`` is a contiguous 1-D memoryview of bytes: its buffer is what ``cast("B")``
+    gives. (``c_contiguous`` raises ValueError on a released view, as the cast would.)"""
+    cdef Py_buffer *pb
+    if not PyMemoryView_Check(o) or not o.c_contiguous:
+        return False
+    pb = PyMemoryView_GET_BUFFER(o)
+    return pb.ndim == 1 and pb.itemsize == 1
+
+
+cdef inline object _payload(object payload, const unsigned char **ptr, Py_ssize_t *n):
+    """Point at the bytes of ``payload``; return the object that keeps them alive.
+
+    Anything but ``bytes`` goes through ``memoryview(payload).cast("B")`` as in the pure
+    codec (same TypeError for a non-buffer or a non-contiguous view); the view pins
+    the buffer (a bytearray cannot be resized while it lives).
+    """
+    cdef Py_buffer *pb
+    if PyBytes_CheckExact(payload):
+        ptr[0] = <const unsigned char *>PyBytes_AS_STRING(payload)
+        n[0] = PyBytes_GET_SIZE(payload)
+        return payload
+    if _flat_view(payload):
+        view = payload  # cast("B") would give these very bytes
+    else:
+        view = memoryview(payload).cast("B")
+    pb = PyMemoryView_GET_BUFFER(view)
+    ptr[0] = <const unsigned char *>pb.buf
+    n[0] = pb.len
+    return view
+
+
+cdef int _buf_reserve(_Buf *b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t need, cap
+    cdef unsigned char *p
+    if extra <= b.cap - b.len:
+        return 0
+    if extra > PY_SSIZE_T_MAX - b.len:
+        raise MemoryError()
+    need = b.len + extra
+    cap = b.cap * 2 if b.cap <= PY_SSIZE_T_MAX // 2 else PY_SSIZE_T_MAX
+    if cap < need:
+        cap = need
+    if cap < 256:
+        cap = 256
+    p = <unsigned char *>PyMem_Realloc(b.data, <size_t>cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int _buf_append(_Buf *b, const unsigned char *src, Py_ssize_t n) except -1:
+    if n > 0:
+        _buf_reserve(b, n)
+        memcpy(b.data + b.len, src, <size_t>n)
+        b.len += n
+    return 0
+
+
+cdef inline void _buf_free(_Buf *b) noexcept:
+    PyMem_Free(b.data)
+    b.data = NULL
+    b.len = 0
+    b.cap = 0
+
+
+# ---------------------------------------------------------------------------------
+# Varints.
+
+
+def varint_size(value):
+    """Bytes taken by ``value`` as a QUIC variable-length integer."""
+    cdef uint64_t v
+    _varint_arg(value, &v)
+    return _vsize(v)
+
+
+def encode_varint(value):
+    """Encode ``value`` (0 <= value < 2**62) in its shortest QUIC varint form."""
+    cdef uint64_t v
+    _varint_arg(value, &v)
+    out = PyBytes_FromStringAndSize(NULL, _vsize(v))
+    _put_varint(<unsigned char *>PyBytes_AS_STRING(out), v)
+    return out
+
+
+def decode_varint(data, pos=0):
+    """Decode one varint at ``pos``; return ``(value, next_pos)``."""
+    cdef const unsigned char *d
+    cdef Py_ssize_t n, k
+    cdef int64_t p
+    cdef Py_buffer *pb
+    if PyBytes_Check(data) or PyByteArray_Check(data) or _flat_view(data):
+        src = data
+    else:
+        # Index bytes, not items (array("H"), a memoryview of format "i", a 2-D view).
+        src = memoryview(data).cast("B")
+    if not PyLong_Check(pos):
+        if pos < 0 or pos >= len(src):
+            raise ProtocolError("truncated varint")
+        return decode_varint(src, _index(pos))
+    # No Python code runs from here on: the pointer stays valid.
+    if PyBytes_Check(src):
+        d = <const unsigned char *>PyBytes_AS_STRING(src)
+        n = PyBytes_GET_SIZE(src)
+    elif PyByteArray_Check(src):
+        d = <const unsigned char *>PyByteArray_AS_STRING(src)
+        n = PyByteArray_GET_SIZE(src)
+    else:
+        pb = PyMemoryView_GET_BUFFER(src)
+        d = <const unsigned char *>pb.buf
+        n = pb.len
+    if _i64(pos, &p) or p < 0 or p >= n:
+        raise ProtocolError("truncated varint")
+    k = <Py_ssize_t>1 << (d[p] >> 6)
+    if k > n - <Py_ssize_t>p:
+        raise ProtocolError("truncated varint")
+    return PyLong_FromUnsignedLongLong(_get_varint(d + p, k)), p + k
+
+
+# ---------------------------------------------------------------------------------
+# Encoding.
+
+
+def encode_frame(ftype, flags, fid, payload=b""):
+    """Encode one frame."""
+    cdef const unsigned char *src
+    cdef Py_ssize_t n
+    cdef uint8_t t = 0, f = 0
+    cdef uint64_t i = 0
+    cdef unsigned char *p
+    keep = _payload(payload, &src, &n)
+    _header_args(ftype, flags, fid, &t, &f, &i)
+    if <uint64_t>n > <uint64_t>_VMAX:
+        raise ValueError("varint out of range")
+    out = PyBytes_FromStringAndSize(NULL, 2 + _vsize(i) + _vsize(<uint64_t>n) + n)
+    p = _put_header(<unsigned char *>PyBytes_AS_STRING(out), t, f, i, <uint64_t>n)
+    if n:
+        memcpy(p, src, <size_t>n)
+    del keep
+    return out
+
+
+def encode_batch(frames):
+    """Encode ``(type, flags, id, payload)`` tuples back to back into one message.
+
+    Two passes: the first checks every frame (in the pure codec's order, so the same
+    error comes first) and sums the sizes, the second writes into one bytes object.
+    """
+    cdef _Item *items = NULL
+    cdef _Item *it
+    cdef _Item *grown
+    cdef Py_ssize_t count = 0, cap = 0, total = 0, size, j
+    cdef list keep = []
+    cdef unsigned char *p
+    try:
+        for ftype, flags, fid, payload in frames:
+            if count == cap:
+                cap = cap * 2 if cap else 64
+                grown = <_Item *>PyMem_Realloc(items, <size_t>cap * sizeof(_Item))
+                if grown == NULL:
+                    raise MemoryError()
+                items = grown
+            it = &items[count]
+            keep.append(_payload(payload, &it.ptr, &it.len))
+            _header_args(ftype, flags, fid, &it.type, &it.flags, &it.id)
+            if <uint64_t>it.len > <uint64_t>_VMAX:
+                raise ValueError("varint out of range")
+            size = 2 + _vsize(it.id) + _vsize(<uint64_t>it.len)
+            if it.len > PY_SSIZE_T_MAX - size - total:
+                raise MemoryError()
+            total += size + it.len
+            count += 1
+        out = PyBytes_FromStringAndSize(NULL, total)
+        p = <unsigned char *>PyBytes_AS_STRING(out)
+        for j in range(count):
+            it = &items[j]
+            p = _put_header(p, it.type, it.flags, it.id, <uint64_t>it.len)
+            if it.len:
+                memcpy(p, it.ptr, <size_t>it.len)
+                p += it.len
+        return out
+    finally:
+        PyMem_Free(items)
+
+
+# ---------------------------------------------------------------------------------
+# Frames and decoding.
+
+
+@cython.freelist(256)
+cdef class Frame:
+    """One decoded frame: ``type``, ``flags``, ``id`` and ``payload``.
+
+    ``payload`` is ``bytes``, or a read-only ``memoryview`` into the message when it is
+    at least ``VIEW_THRESHOLD`` bytes long. The attributes are read-only.
+    """
+
+    def __init__(self, ftype, flags, fid, payload=b""):
+        self.type = ftype
+        self.flags = flags
+        self.id = fid
+        self.payload = payload
+
+    def __eq__(self, other):
+        if not isinstance(other, Frame):
+            return NotImplemented
+        cdef Frame o = <Frame>other
+        return (
+            self.type == o.type
+            and self.flags == o.flags
+            and self.id == o.id
+            and bytes(self.payload) == bytes(o.payload)
+        )
+
+    def __repr__(self):
+        return (
+            f"Frame(type=0x{self.type:02x}, flags=0x{self.flags:02x}, id={self.id}, "
+            f"payload={bytes(self.payload)[:32]!r}{'...' if len(self.payload) > 32 else ''})"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.type, self.flags, self.id, self.payload))
+
+
+cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
+                       int64_t limit, object max_frame_size, list out, bint whole,
+                       bint *large) except -1:
+    """Decode the frames in ``d[0:n]``; return where the complete ones end.
+
+    ``out`` None only checks them (and sets ``*large`` if one would be a view). Large
+    payloads are slices of ``view``, made from ``owner`` (bytes) on first use. An
+    incomplete frame ends the loop, or is a "truncated frame" when ``whole``.
+    Every length is compared with the bytes left before it is used, as unsigned
+    64-bit integers: lengths up to 2**62 cannot overflow the pointer arithmetic.
+    """
+    cdef Py_ssize_t pos = 0, q, k
+    cdef uint64_t fid, length
+    cdef Frame fr
+    while pos < n:
+        if n - pos < 3:
+            break
+        q = pos + 2
+        k = <Py_ssize_t>1 << (d[q] >> 6)
+        if k > n - q:
+            break
+        fid = _get_varint(d + q, k)
+        q += k
+        if q >= n:
+            break
+        k = <Py_ssize_t>1 << (d[q] >> 6)
+        if k > n - q:
+            break
+        length = _get_varint(d + q, k)
+        q += k
+        if limit == _GENERIC:
+            if PyLong_FromUnsignedLongLong(length) > max_frame_size:
+                raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
+        elif <int64_t>length > limit:
+            raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
+        if length > <uint64_t>(n - q):
+            break
+        if out is not None:
+            fr = Frame.__new__(Frame)
+            fr.type = d[pos]
+            fr.flags = d[pos + 1]
+            fr.id = PyLong_FromUnsignedLongLong(fid)
+            if length >= _VIEW_THRESHOLD:
+                if view is None:
+                    view = memoryview(owner)
+                fr.payload = view[q:q + <Py_ssize_t>length]
+            else:
+                fr.payload = PyBytes_FromStringAndSize(<const char *>d + q, <Py_ssize_t>length)
+            out.append(fr)
+        elif length >= _VIEW_THRESHOLD:
+            large[0] = True
+        pos = q + <Py_ssize_t>length
+    if whole and pos < n:
+        raise ProtocolError("truncated frame")
+    return pos
+
+
+def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+    """Decode a whole WebSocket message into its frames.
+
+    Raises :class:`ProtocolError` for an empty message, a frame that runs past the
+    end of the message, or a frame larger than ``max_frame_size``.
+    """
+    cdef list out = []
+    cdef Py_buffer *pb
+    cdef int64_t limit = _limit_of(max_frame_size)
+    if PyBytes_CheckExact(data):
+        # bytes: no view unless a payload needs one (then memoryview(data), read-only).
+        if PyBytes_GET_SIZE(data) == 0:
+            raise ProtocolError("empty message")
+        _parse(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+               data, None, limit, max_frame_size, out, True, NULL)
+        return out
+    view = memoryview(data).cast("B").toreadonly()
+    pb = PyMemoryView_GET_BUFFER(view)
+    if pb.len == 0:
+        raise ProtocolError("empty message")
+    _parse(<const unsigned char *>pb.buf, pb.len, None, view, limit, max_frame_size,
+           out, True, NULL)
+    return out
+
+
+cdef class Decoder:
+    """Incremental decoder for a byte stream of frames (fed in arbitrary pieces)."""
+
+    def __init__(self, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+        if self._busy:
+            raise RuntimeError("Decoder.__init__() called from inside feed()")
+        self.max_frame_size = max_frame_size
+        self._buf.len = 0
+
+    def __dealloc__(self):
+        _buf_free(&self._buf)
+
+    @property
+    def max_frame_size(self):
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value):
+        self._limit = _limit_of(value)
+        self._max_frame_size = value
+
+    @property
+    def pending(self):
+        """Bytes held for a frame that is not complete yet."""
+        return self._buf.len
+
+    def feed(self, data):
+        """Add bytes; return the frames they complete."""
+        cdef const unsigned char *src
+        cdef Py_ssize_t n, done
+        cdef list out
+        cdef bint large = False
+        if self._busy:
+            raise RuntimeError("Decoder.feed() called from inside itself")
+        keep = _payload(data, &src, &n)  # TypeError before anything is added
+        self._busy = True
+        try:
+            if self._buf.len == 0 and PyBytes_CheckExact(data):
+                # Fast path: nothing pending, a bytes object: decode it in place (large
+                # payloads are views of it) and keep only the incomplete tail.
+                out = []
+                try:
+                    done = _parse(src, n, data, None, self._limit, self._max_frame_size,
+                                  out, False, NULL)
+                except BaseException:
+                    _buf_append(&self._buf, src, n)  # as the pure one: all of it pending
+                    raise
+                _buf_append(&self._buf, src + done, n - done)
+                return out
+            _buf_append(&self._buf, src, n)
+            del keep
+            # Find where the complete frames end (checks and errors), then make them.
+            done = _parse(self._buf.data, self._buf.len, None, None, self._limit,
+                          self._max_frame_size, None, False, &large)
+            if done == 0:
+                return []
+            out = []
+            if large:
+                # Large payloads are views: of an immutable copy of the complete frames.
+                chunk = PyBytes_FromStringAndSize(<const char *>self._buf.data, done)
+                _parse(<const unsigned char *>PyBytes_AS_STRING(chunk), done, chunk, None,
+                       _VMAX, None, out, True, NULL)
+            else:
+                _parse(self._buf.data, done, None, None, _VMAX, None, out, True, NULL)
+            self._buf.len -= done
+            if self._buf.len:
+                memmove(self._buf.data, self._buf.data + done, <size_t>self._buf.len)
+            elif self._buf.cap > _KEEP_BUFFER:
+                _buf_free(&self._buf)
+            return out
+        finally:
+            self._busy = False
+
+
+cdef class FrameWriter:
+    """Accumulates frames for one outgoing message; ``take()`` returns its bytes."""
+
+    def __init__(self):
+        self._buf.len = 0
+        self._count = 0
+
+    def __dealloc__(self):
+        _buf_free(&self._buf)
+
+    def add(self, ftype, flags, fid, payload=b""):
+        """Append one frame."""
+        cdef const unsigned char *src
+        cdef Py_ssize_t n
+        cdef uint8_t t = 0, f = 0
+        cdef uint64_t i = 0
+        cdef unsigned char *p
+        keep = _payload(payload, &src, &n)
+        _header_args(ftype, flags, fid, &t, &f, &i)
+        if <uint64_t>n > <uint64_t>_VMAX:
+            raise ValueError("varint out of range")
+        if n > PY_SSIZE_T_MAX - 18:
+            raise MemoryError()
+        _buf_reserve(&self._buf, 2 + _vsize(i) + _vsize(<uint64_t>n) + n)
+        p = _put_header(self._buf.data + self._buf.len, t, f, i, <uint64_t>n)
+        if n:
+            memcpy(p, src, <size_t>n)
+            p += n
+        self._buf.len = p - self._buf.data
+        self._count += 1
+        del keep
+
+    def __len__(self):
+        return self._buf.len
+
+    @property
+    def count(self):
+        """Frames added since the last ``take()``."""
+        return self._count
+
+    def take(self):
+        """Return the message built so far and start a new one."""
+        out = PyBytes_FromStringAndSize(<const char *>self._buf.data, self._buf.len)
+        self._buf.len = 0
+        self._count = 0
+        if self._buf.cap > _KEEP_BUFFER:
+            _buf_free(&self._buf)
+        return out
+
+
+# ---------------------------------------------------------------------------------
+# HELLO settings.
+
+
+def encode_settings(version, settings):
+    """HELLO payload: varint version, then varint ``(key, value)`` pairs."""
+    cdef _Buf b
+    cdef uint64_t v
+    b.data = NULL
+    b.len = 0
+    b.cap = 0
+    try:
+        _varint_arg(version, &v)
+        _buf_reserve(&b, 8)
+        b.len = _put_varint(b.data, v) - b.data
+        for key, value in settings.items():
+            _varint_arg(key, &v)
+            _buf_reserve(&b, 16)
+            b.len = _put_varint(b.data + b.len, v) - b.data
+            _varint_arg(value, &v)
+            b.len = _put_varint(b.data + b.len, v) - b.data
+        return PyBytes_FromStringAndSize(<const char *>b.data, b.len)
+    finally:
+        _buf_free(&b)
+
+
+def decode_settings(payload):
+    """Parse a HELLO payload; a repeated key or a dangling key is a ProtocolError."""
+    cdef const unsigned char *d
+    cdef Py_ssize_t n, pos, k
+    cdef dict settings = {}
+    keep = _payload(payload, &d, &n)
+    if n == 0:
+        raise ProtocolError("truncated varint")
+    k = <Py_ssize_t>1 << (d[0] >> 6)
+    if k > n:
+        raise ProtocolError("truncated varint")
+    version = PyLong_FromUnsignedLongLong(_get_varint(d, k))
+    pos = k
+    while pos < n:
+        k = <Py_ssize_t>1 << (d[pos] >> 6)
+        if k > n - pos:
+            raise ProtocolError("truncated varint")
+        key = PyLong_FromUnsignedLongLong(_get_varint(d + pos, k))
+        pos += k
+        if pos >= n:
+            raise ProtocolError("setting without a value")
+        k = <Py_ssize_t>1 << (d[pos] >> 6)
+        if k > n - pos:
+            raise ProtocolError("truncated varint")
+        value = PyLong_FromUnsignedLongLong(_get_varint(d + pos, k))
+        pos += k
+        if key in settings:
+            raise ProtocolError("duplicate setting")
+        settings[key] = value
+    del keep
+    return version, settings
+
+
+# ---------------------------------------------------------------------------------
+# Flow-control accounting.
+
+
+cdef inline Py_ssize_t _home(uint64_t key, int bits) noexcept nogil:
+    # Fibonacci hashing: stream ids are sequential (and all odd or all even).
+    return <Py_ssize_t>((key * _FIB) >> (64 - bits))
+
+
+cdef class StreamLedger:
+    """Per-stream byte accounting for one direction of a connection.
+
+    For each open stream: bytes and items counted, the flow-control window (credit
+    the sender may still use; on the receiving side, what the peer may still send),
+    the bytes buffered and not yet consumed, and consumed bytes not yet granted back.
+    Lookup by id is O(1): an open-addressing table of C structs (linear probing,
+    backward-shift deletion). Counters are signed 64-bit: an update that would leave
+    that range raises OverflowError and changes nothing (as in the pure twin).
+    ``ids()`` is in table order, which differs from the pure twin's.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._slots = NULL
+        self._rehash(_MIN_BITS)
+
+    def __dealloc__(self):
+        PyMem_Free(self._slots)
+
+    def __init__(self, initial_window, grant_divisor=4):
+        cdef int64_t w, d
+        cdef int r
+        if not PyLong_Check(initial_window):
+            if initial_window < 0 or initial_window > VARINT_MAX:
+                raise ValueError("window out of range")
+        elif _i64(initial_window, &w) or w < 0 or w > _VMAX:
+            raise ValueError("window out of range")
+        if not PyLong_Check(grant_divisor):
+            if grant_divisor < 1:
+                raise ValueError("grant_divisor must be >= 1")
+            grant_divisor = _index(grant_divisor)
+        r = _i64(grant_divisor, &d)
+        if r == 2 or (r == 0 and d < 1):
+            raise ValueError("grant_divisor must be >= 1")
+        self.initial_window = initial_window
+        # A divisor above 2**62 gives the same grants as 2**62 (windows are < 2**62).
+        self._divisor = _DIVISOR_CAP if r == 1 or d > _DIVISOR_CAP else d
+        if self._count:  # __init__ again: start empty, as the pure one
+            memset(self._slots, 0, <size_t>(self._mask + 1) * sizeof(_Slot))
+            self._count = 0
+
+    @property
+    def initial_window(self):
+        return self._initial_window
+
+    @initial_window.setter
+    def initial_window(self, value):
+        cdef int64_t w = 0
+        if not PyLong_Check(value):
+            if value < 0 or value > VARINT_MAX:
+                raise ValueError("window out of range")
+            value = _index(value)
+        if _i64(value, &w) or w < 0 or w > _VMAX:
+            raise ValueError("window out of range")
+        self._initial_window = w
+
+    # -- the table ----------------------------------------------------------------
+
+    cdef int _key(self, object stream_id, uint64_t *key) except -1:
+        """1 and ``*key`` when ``stream_id`` may name a stream, else 0.
+
+        As a dict lookup: an unhashable id is a TypeError, and a number equal to an
+        int (1.0) finds that int's stream.
+        """
+        cdef int64_t v
+        if PyLong_Check(stream_id):
+            if _i64(stream_id, &v) or v < 0 or v > _VMAX:
+                return 0
+            key[0] = <uint64_t>v
+            return 1
+        hash(stream_id)
+        try:
+            as_int = int(stream_id)
+        except (TypeError, ValueError, OverflowError):
+            return 0
+        if not (as_int == stream_id):
+            return 0
+        return self._key(as_int, key)
+
+    cdef Py_ssize_t _find(self, uint64_t key) noexcept:
+        cdef Py_ssize_t i = _home(key, self._bits)
+        while self._slots[i].used:
+            if self._slots[i].id == key:
+                return i
+            i = (i + 1) & self._mask
+        return -1
+
+    cdef _Slot *_get(self, object stream_id) except NULL:
+        cdef uint64_t key
+        cdef Py_ssize_t i
+        if self._key(stream_id, &key):
+            i = self._find(key)
+            if i >= 0:
+                return &self._slots[i]
+        raise KeyError(stream_id)
+
+    cdef int _rehash(self, int bits) except -1:
+        cdef _Slot *old = self._slots
+        cdef Py_ssize_t old_cap = self._mask + 1 if old != NULL else 0
+        cdef Py_ssize_t j, i, mask = ((<Py_ssize_t>1) << bits) - 1
+        cdef _Slot *slots = <_Slot *>PyMem_Calloc(<size_t>(mask + 1), sizeof(_Slot))
+        if slots == NULL:
+            raise MemoryError()
+        if self._count:
+            for j in range(old_cap):
+                if old[j].used:
+                    i = _home(old[j].id, bits)
+                    while slots[i].used:
+                        i = (i + 1) & mask
+                    slots[i] = old[j]
+        self._slots = slots
+        self._mask = mask
+        self._bits = bits
+        PyMem_Free(old)
+        return 0
+
+    cdef void _delete(self, Py_ssize_t i) noexcept:
+        # Backward-shift deletion: pull later entries of the probe run into the hole
+        # unless their home slot lies cyclically in (hole, entry].
+        cdef _Slot *slots = self._slots
+        cdef Py_ssize_t mask = self._mask, j = i, home
+        while True:
+            j = (j + 1) & mask
+            if not slots[j].used:
+                break
+            home = _home(slots[j].id, self._bits)
+            if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                slots[i] = slots[j]
+                i = j
+        slots[i].used = 0
+        self._count -= 1
+
+    # -- the API --------------------------------------------------------------------
+
+    def open(self, stream_id, window=-1):
+        """Start accounting for ``stream_id``; ``window`` defaults to the initial one."""
+        cdef uint64_t key
+        cdef int64_t w = 0
+        cdef int r
+        cdef Py_ssize_t i
+        cdef _Slot *s
+        if self._key(stream_id, &key) and self._find(key) >= 0:
+            raise KeyError(stream_id)
+        if not PyLong_Check(stream_id):
+            if not 0 <= stream_id <= VARINT_MAX:
+                raise ValueError("stream id out of range")
+        elif not self._key(stream_id, &key):
+            raise ValueError("stream id out of range")
+        if PyLong_Check(window):
+            r = _i64(window, &w)
+            if r == 2 or (r == 0 and w < 0):
+                w = self._initial_window
+            elif r == 1 or w > _VMAX:
+                raise ValueError("window out of range")
+        elif window < 0:
+            window = w = self._initial_window
+        elif window > VARINT_MAX:
+            raise ValueError("window out of range")
+        if not PyLong_Check(stream_id):
+            stream_id = _index(stream_id)
+            if not self._key(stream_id, &key):
+                raise ValueError("stream id out of range")
+        if not PyLong_Check(window):
+            window = _index(window)
+            if _i64(window, &w) or w < 0 or w > _VMAX:
+                raise ValueError("window out of range")
+        # Python code may have run above (non-int arguments): look again.
+        if self._find(key) >= 0:
+            raise KeyError(stream_id)
+        if (self._count + 1) * 4 > (self._mask + 1) * 3:
+            self._rehash(self._bits + 1)  # load above 3/4: double
+        i = _home(key, self._bits)
+        while self._slots[i].used:
+            i = (i + 1) & self._mask
+        s = &self._slots[i]
+        s.id = key
+        s.bytes = 0
+        s.items = 0
+        s.window = w
+        s.buffered = 0
+        s.unacked = 0
+        s.window_size = w
+        s.used = 1
+        self._count += 1
+
+    def close(self, stream_id):
+        """Forget ``stream_id``; unknown ids are ignored."""
+        cdef uint64_t key
+        cdef Py_ssize_t i
+        if not self._key(stream_id, &key):
+            return
+        i = self._find(key)
+        if i < 0:
+            return
+        self._delete(i)
+        if self._bits > _MIN_BITS and self._count * 8 < self._mask + 1:
+            try:
+                self._rehash(self._bits - 1)  # load under 1/8: halve (best effort)
+            except MemoryError:
+                pass
+
+    def __contains__(self, stream_id):
+        cdef uint64_t key
+        return bool(self._key(stream_id, &key)) and self._find(key) >= 0
+
+    def __len__(self):
+        return self._count
+
+    def ids(self):
+        """Ids of the open streams, in no particular order (table order: not the pure
+        twin's order, compare sorted)."""
+        cdef list out = []
+        cdef Py_ssize_t j
+        for j in range(self._mask + 1):
+            if self._slots[j].used:
+                out.append(PyLong_FromUnsignedLongLong(self._slots[j].id))
+        return out
+
+    def window(self, stream_id):
+        """Credit left: bytes that may still be sent on the stream."""
+        return self._get(stream_id).window
+
+    def sent(self, stream_id, nbytes):
+        """Sender side: ``nbytes`` of one item left; return the credit left.
+
+        The credit goes negative when more than the window was sent.
+        """
+        cdef _Slot *s = self._get(stream_id)
+        cdef int64_t v
+        cdef int r
+        if not PyLong_Check(nbytes):
+            if nbytes < 0:
+                raise ValueError("negative size")
+            nbytes = _index(nbytes)
+            s = self._get(stream_id)
+        r = _i64(nbytes, &v)
+        if r == 2 or (r == 0 and v < 0):
+            raise ValueError("negative size")
+        if r == 1 or v > INT64_MAX - s.bytes or s.window < INT64_MIN + v:
+            raise OverflowError("stream counter overflow")
+        s.bytes += v
+        s.items += 1
+        s.window -= v
+        return s.window
+
+    def grant(self, stream_id, nbytes):
+        """Sender side: the peer granted ``nbytes`` of credit; return the new window."""
+        cdef _Slot *s = self._get(stream_id)
+        cdef int64_t v
+        cdef int r
+        if not PyLong_Check(nbytes):
+            if nbytes < 0:
+                raise ValueError("negative grant")
+            if self._get(stream_id).window + nbytes > VARINT_MAX:
+                raise ProtocolError("flow-control window overflow", _FLOW_CONTROL_ERROR)
+            nbytes = _index(nbytes)
+            s = self._get(stream_id)
+        r = _i64(nbytes, &v)
+        if r == 2 or (r == 0 and v < 0):
+            raise ValueError("negative grant")
+        if r == 1:
+            # Above 2**63: only a window far below zero could take it.
+            v = s.window
+            total = int(nbytes) + v
+            if total > VARINT_MAX:
+                raise ProtocolError("flow-control window overflow", _FLOW_CONTROL_ERROR)
+            s = self._get(stream_id)
+            _i64(total, &s.window)
+            return s.window
+        if s.window > _VMAX - v:
+            raise ProtocolError("flow-control window overflow", _FLOW_CONTROL_ERROR)
+        s.window += v
+        return s.window
+
+    def received(self, stream_id, nbytes):
+        """Receiver side: ``nbytes`` arrived; a peer past its window is a ProtocolError."""
+        cdef _Slot *s = self._get(stream_id)
+        cdef int64_t v
+        cdef int r
+        if not PyLong_Check(nbytes):
+            if nbytes < 0:
+                raise ValueError("negative size")
+            if nbytes > self._get(stream_id).window:
+                raise ProtocolError("flow-control window exceeded", _FLOW_CONTROL_ERROR)
+            nbytes = _index(nbytes)
+            s = self._get(stream_id)
+        r = _i64(nbytes, &v)
+        if r == 2 or (r == 0 and v < 0):
+            raise ValueError("negative size")
+        if r == 1 or v > s.window:
+            raise ProtocolError("flow-control window exceeded", _FLOW_CONTROL_ERROR)
+        if v > INT64_MAX - s.bytes or v > INT64_MAX - s.buffered:
+            raise OverflowError("stream counter overflow")
+        s.bytes += v
+        s.items += 1
+        s.window -= v
+        s.buffered += v
+
+    def consumed(self, stream_id, nbytes):
+        """Receiver side: the consumer took ``nbytes``; return the credit to grant now.
+
+        Credit is returned in batches, once a ``1/grant_divisor`` of the window has
+        been consumed, so that CREDIT frames stay a small share of the traffic.
+        """
+        cdef _Slot *s = self._get(stream_id)
+        cdef int64_t v, unacked, buffered, d
+        cdef int r
+        if not PyLong_Check(nbytes):
+            if nbytes < 0:
+                raise ValueError("negative size")
+            if nbytes > self._get(stream_id).buffered:
+                raise ValueError("consumed more than buffered")
+            nbytes = _index(nbytes)
+            s = self._get(stream_id)
+        r = _i64(nbytes, &v)
+        if r == 2 or (r == 0 and v < 0):
+            raise ValueError("negative size")
+        if r == 1 or v > s.buffered:
+            raise ValueError("consumed more than buffered")
+        if v > INT64_MAX - s.unacked:
+            raise OverflowError("stream counter overflow")
+        buffered = s.buffered - v
+        unacked = s.unacked + v
+        # unacked * divisor >= window_size, without the product: all are >= 0.
+        d = self._divisor
+        if (unacked >= s.window_size // d + (s.window_size % d != 0)
+                or (unacked > 0 and buffered == 0 and s.window == 0)):
+            if s.window > 0 and unacked > INT64_MAX - s.window:
+                raise OverflowError("stream counter overflow")
+            s.window += unacked
+            s.buffered = buffered
+            s.unacked = 0
+            return unacked
+        s.buffered = buffered
+        s.unacked = unacked
+        return 0
+
+    def resize(self, stream_id, window_size):
+        """Receiver side: grow the stream's window to ``window_size``; return extra credit."""
+        cdef _Slot *s = self._get(stream_id)
+        cdef int64_t v, extra
+        cdef int r
+        if not PyLong_Check(window_size):
+            if window_size > VARINT_MAX:
+                raise ValueError("window out of range")
+            window_size = _index(window_size)
+            s = self._get(stream_id)
+        r = _i64(window_size, &v)
+        if r == 1 or (r == 0 and v > _VMAX):
+            raise ValueError("window out of range")
+        if r == 2 or v <= s.window_size:
+            return 0
+        extra = v - s.window_size
+        if s.window > 0 and extra > INT64_MAX - s.window:
+            raise OverflowError("stream counter overflow")
+        s.window_size = v
+        s.window += extra
+        return extra
+
+    def stats(self, stream_id):
+        """``(bytes, items, window, buffered)`` for the stream."""
+        cdef _Slot *s = self._get(stream_id)
+        return s.bytes, s.items, s.window, s.buffered
