@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from .client import connect
+from .client import RetryPolicy, connect
 from .exceptions import (
     ConnectionClosed,
     ErrorCode,
@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IMPLEMENTATION",
     "connect",
+    "RetryPolicy",
     "serve",
     "Server",
     "Router",

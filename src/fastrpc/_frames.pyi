@@ -29,6 +29,7 @@ GOAWAY: int
 RESUME: int
 RESUME_OK: int
 ACK: int
+ACK: int
 EXTENSION_BASE: int
 
 FLAG_MORE: int
@@ -37,6 +38,7 @@ FLAG_STREAM: int
 FLAG_CHANNEL: int
 FLAG_DEADLINE: int
 FLAG_OPEN: int
+FLAG_NEW: int
 FLAG_NEW: int
 
 VARINT_MAX: int

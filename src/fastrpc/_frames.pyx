@@ -79,6 +79,7 @@ GOAWAY = 0x22
 RESUME = 0x30
 RESUME_OK = 0x31
 ACK = 0x32  # session resumption: frames received so far
+ACK = 0x32  # session resumption: frames received so far
 # Types at or above this value are extensions: skipped when unknown.
 EXTENSION_BASE = 0x40
 
@@ -89,6 +90,7 @@ FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
 FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
 FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
 FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
+FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
 FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
 
 VARINT_MAX = (1 << 62) - 1

@@ -1,38 +1,168 @@
-"""fastrpc.connect: open a connection to a fastrpc server."""
+"""fastrpc.connect: open a connection to a fastrpc server, optionally one that
+reconnects and resumes its session (the seed's RetrySocket, and more)."""
 
 from __future__ import annotations
 
-from typing import Any, Generator
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Generator
 
 from websockets.asyncio.client import connect as _ws_connect
+from websockets.exceptions import InvalidHandshake as _InvalidHandshake
+from websockets.exceptions import WebSocketException as _WSError
 
+from .exceptions import ConnectionClosed, ResumeFailed
 from .options import PeerOptions
 from .peer import RpcPeer
-from .protocol import Role
+from .protocol import Role, SessionLost
 from .router import Router
 
-__all__ = ["connect"]
+__all__ = ["connect", "RetryPolicy"]
+
+logger = logging.getLogger("fastrpc.client")
+
+
+@dataclass
+class RetryPolicy:
+    """How a client reconnects after its connection drops.
+
+    The first retry is immediate; then delays grow from ``initial_delay`` by
+    ``multiplier`` up to ``max_delay``, each scaled by a random factor within
+    ``1 ± jitter`` so that many clients do not come back in lockstep.
+    ``max_attempts`` None retries for ever; when attempts run out every call and
+    stream fails with :class:`fastrpc.ConnectionClosed` ("gave up reconnecting ...").
+
+    ``resume``: ask the server to keep the session (it must be served with
+    ``resume=True``); streams and calls then continue across the drop with nothing lost
+    or repeated. When the session cannot be resumed they fail with
+    :class:`fastrpc.ResumeFailed`, and new calls work on the new connection.
+
+    Hooks (plain callables, any may be None): ``on_connected(peer)``,
+    ``on_disconnected(peer, exc)``, ``on_reconnecting(peer, attempt, delay)``,
+    ``on_give_up(peer, exc)``.
+    """
+
+    initial_delay: float = 1.0
+    max_delay: float = 16.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    max_attempts: int | None = None
+    resume: bool = True
+    on_connected: Callable[[RpcPeer], Any] | None = None
+    on_disconnected: Callable[[RpcPeer, BaseException], Any] | None = None
+    on_reconnecting: Callable[[RpcPeer, int, float], Any] | None = None
+    on_give_up: Callable[[RpcPeer, BaseException], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise ValueError("delays must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be within 0..1")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (1 is the first retry)."""
+        if attempt <= 1:
+            return 0.0
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 2))
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:  # a hook's bug must not break the connection
+        logger.exception("reconnect hook failed")
 
 
 class connect:
     """Connect to ``url``; ``async with connect(url) as peer`` or ``peer = await connect(url)``.
 
     Options as for :func:`fastrpc.serve`, plus ``router`` for methods the server may
-    call back on this client.
+    call back on this client, and ``reconnect`` (a :class:`RetryPolicy`) for a
+    connection that comes back by itself after it drops.
     """
 
-    def __init__(self, url: str, *, router: Router | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        router: Router | None = None,
+        reconnect: RetryPolicy | None = None,
+        **options: Any,
+    ) -> None:
         self.url = url
         self.router = router
+        self.reconnect = reconnect
+        if reconnect is not None and reconnect.resume:
+            options.setdefault("resume", True)
         self.options, self.ws_kwargs = PeerOptions.split(options)
         self.peer: RpcPeer | None = None
 
+    async def _open(self) -> Any:
+        return await _ws_connect(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
+
     async def _connect(self) -> RpcPeer:
-        ws = await _ws_connect(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
+        ws = await self._open()
         peer = RpcPeer(ws, Role.CLIENT, router=self.router, **self.options.peer_kwargs())
+        if self.reconnect is not None:
+            peer._on_lost = self._lost
         await peer._start(self.options.handshake_timeout)
         self.peer = peer
+        if self.reconnect is not None:
+            _call_hook(self.reconnect.on_connected, peer)
         return peer
+
+    def _lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
+        """The transport dropped: reconnect in the background (keeps the peer)."""
+        task = peer._session_task
+        if task is not None and not task.done():
+            return True  # a reconnect is under way; it handles this failure
+        assert self.reconnect is not None
+        _call_hook(self.reconnect.on_disconnected, peer, exc)
+        peer._session_task = asyncio.get_running_loop().create_task(self._reconnect(peer, exc, resumable))
+        return True
+
+    async def _reconnect(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> None:
+        policy = self.reconnect
+        assert policy is not None
+        if not resumable:
+            # Nothing to resume: what was in flight is lost with the connection.
+            await peer._reset_session(exc)
+        last: BaseException = exc
+        attempt = 0
+        while True:
+            attempt += 1
+            if policy.max_attempts is not None and attempt > policy.max_attempts:
+                err = ConnectionClosed(f"gave up reconnecting after {attempt - 1} attempts: {last}")
+                _call_hook(policy.on_give_up, peer, err)
+                await peer._teardown(err)
+                return
+            delay = policy.delay(attempt)
+            _call_hook(policy.on_reconnecting, peer, attempt, delay)
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                ws = await asyncio.wait_for(self._open(), self.options.handshake_timeout)
+            except (OSError, asyncio.TimeoutError, _InvalidHandshake, _WSError) as e:
+                last = e
+                continue
+            try:
+                await peer._attach(ws, self.options.handshake_timeout)
+            except SessionLost:
+                await peer._reset_session(
+                    ResumeFailed("the session could not be resumed (it expired, or the server restarted)")
+                )
+                attempt = 0  # a fresh session next, at once
+                continue
+            except (ConnectionClosed, asyncio.TimeoutError, OSError, _WSError) as e:
+                last = e
+                continue
+            _call_hook(policy.on_connected, peer)
+            return
 
     def __await__(self) -> Generator[Any, None, RpcPeer]:
         return self._connect().__await__()

@@ -33,6 +33,11 @@ class PeerOptions:
     # WebSocket-level pings stay on: proxies close idle connections otherwise.
     ws_ping_interval: float | None = 20.0
     write_limit: int = 64 << 10
+    # Session resumption (docs/protocol.md, "Resuming a session"): a server keeps a
+    # lost session this long for its client to come back.
+    resume: bool = False
+    session_grace: float = 120.0
+    max_replay_bytes: int = 32 << 20
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +72,7 @@ class PeerOptions:
             max_item_size=self.max_item_size,
             connection_window=self.connection_window,
             compression=self.compression_mask(),
+            resume=int(self.resume),
         )
 
     def peer_kwargs(self) -> dict[str, Any]:
@@ -79,6 +85,7 @@ class PeerOptions:
             "keepalive_interval": self.keepalive_interval,
             "keepalive_timeout": self.keepalive_timeout,
             "compression_threshold": self.compression_threshold,
+            "max_replay_bytes": self.max_replay_bytes,
         }
 
     def websocket_kwargs(self) -> dict[str, Any]:

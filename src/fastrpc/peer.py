@@ -74,6 +74,7 @@ class RpcPeer:
         keepalive_interval: float | None = 20.0,
         keepalive_timeout: float | None = 20.0,
         compression_threshold: int = 1024,
+        max_replay_bytes: int = 32 << 20,
     ) -> None:
         self._ws = ws
         self._loop = asyncio.get_running_loop()
@@ -84,7 +85,10 @@ class RpcPeer:
         manager = streams if streams is not None else StreamManager()
         if manager.initial_window != settings.initial_stream_window:
             settings.initial_stream_window = manager.initial_window
-        self._core_options: dict[str, Any] = {"compression_threshold": compression_threshold}
+        self._core_options: dict[str, Any] = {
+            "compression_threshold": compression_threshold,
+            "max_replay_bytes": max_replay_bytes,
+        }
         self._core = Connection(role, settings, **self._core_options)
         self.streams = manager
         manager._attach(self)
@@ -171,7 +175,7 @@ class RpcPeer:
             raise
         except BaseException:
             await self._drop(ws)
-            if self._attachments == 1:
+            if self._attachments == 1 and self._on_lost is None:
                 await self._teardown(ConnectionClosed("handshake failed"))
             raise
 

@@ -12,9 +12,10 @@ from websockets.asyncio.server import serve as _ws_serve
 
 from websockets.exceptions import ConnectionClosed as _WSClosed
 
-from .exceptions import ConnectionClosed
+from . import frames as F
+from .exceptions import ConnectionClosed, ResumeFailed
 from .peer import RpcPeer
-from .protocol import Role
+from .protocol import TOKEN_SIZE, Role
 from .router import Router
 from .seed import SeedPeer
 from .options import PeerOptions
@@ -49,6 +50,8 @@ class Server:
         self.peers: set[RpcPeer] = set()
         self._ws_kwargs = ws_kwargs
         self._server: _WSServer | None = None
+        self._sessions: dict[bytes, RpcPeer] = {}
+        self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
 
     @property
     def port(self) -> int:
@@ -71,7 +74,7 @@ class Server:
 
     async def _connection(self, ws: Any) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the
-        # seed's JSON protocol (text).
+        # seed's JSON protocol (text), and a new session from one being resumed.
         try:
             first = await asyncio.wait_for(ws.recv(), self.options.handshake_timeout)
         except (asyncio.TimeoutError, _WSClosed, OSError):
@@ -79,12 +82,20 @@ class Server:
         if isinstance(first, str):
             await self._seed_connection(ws, first)
             return
+        session = self._session_for(first)
+        if session is not None:
+            await self._resume(ws, first, session)
+            return
         peer = RpcPeer(ws, Role.SERVER, router=self.router, **self.options.peer_kwargs())
+        if self.options.resume:
+            peer._on_lost = self._session_lost
         try:
             await peer._start(self.options.handshake_timeout, first)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             return
         self.peers.add(peer)
+        peer._closed.add_done_callback(lambda _: self._forget(peer))
+        self._register(peer, None)
         try:
             if self.handler is not None:
                 try:
@@ -97,11 +108,94 @@ class Server:
                     logger.exception("connection handler failed")
                 await peer.close()
             else:
-                await peer.wait_closed()
+                await self._serve_transport(peer)
         finally:
-            self.peers.discard(peer)
-            if not peer.closed:
+            if self.handler is not None and not peer.closed:
                 await peer.close()
+
+    async def _serve_transport(self, peer: RpcPeer) -> None:
+        """Hold this WebSocket's handler until its transport ends; a session that lost
+        it then waits (detached) for its client to resume."""
+        await asyncio.shield(peer._transport_done)
+        if peer._ws is None and not peer._closed_flag:
+            return
+        await peer.wait_closed()
+
+    # ------------------------------------------------------- session resumption
+
+    def _session_for(self, first: bytes) -> RpcPeer | None:
+        """The live session a handshake asks to resume, if any."""
+        if not self.options.resume or not self._sessions:
+            return None
+        try:
+            frames = F.decode_message(first, self.options.max_frame_size)
+        except Exception:  # noqa: BLE001 - the normal path reports it
+            return None
+        if len(frames) < 2 or frames[1].type != F.RESUME:
+            return None
+        return self._sessions.get(bytes(frames[1].payload[:TOKEN_SIZE]))
+
+    def _register(self, peer: RpcPeer, old_token: bytes | None) -> None:
+        if old_token is not None:
+            self._sessions.pop(old_token, None)
+        token = peer._core.token
+        if token is not None and peer._core.resume_enabled:
+            self._sessions[token] = peer
+
+    def _forget(self, peer: RpcPeer) -> None:
+        self.peers.discard(peer)
+        token = peer._core.token
+        if token is not None and self._sessions.get(token) is peer:
+            del self._sessions[token]
+        handle = self._grace.pop(peer, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _session_lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
+        """A session lost its transport: keep it for ``session_grace`` seconds."""
+        if not resumable:
+            return False
+        old = self._grace.pop(peer, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._grace[peer] = loop.call_later(self.options.session_grace, self._expire, peer)
+        return True
+
+    def _expire(self, peer: RpcPeer) -> None:
+        self._grace.pop(peer, None)
+        if peer._ws is None and not peer._closed_flag:
+            token = peer._core.token
+            if token is not None:
+                self._sessions.pop(token, None)
+            exc = ResumeFailed("session expired: the client did not come back in time")
+            peer._session_task = asyncio.get_running_loop().create_task(peer._teardown(exc))
+
+    async def _resume(self, ws: Any, first: bytes, peer: RpcPeer) -> None:
+        """Move session ``peer`` onto this new WebSocket."""
+        if peer._ws is not None:
+            # The client saw the old connection die before we did: drop it now.
+            transport = peer._transport
+            if transport is not None:
+                transport.abort()
+            try:
+                await asyncio.wait_for(asyncio.shield(peer._transport_done), self.options.handshake_timeout)
+            except asyncio.TimeoutError:
+                return
+        if peer._closed_flag:
+            return
+        handle = self._grace.pop(peer, None)
+        if handle is not None:
+            handle.cancel()
+        old_token = peer._core.token
+        try:
+            await peer._attach(ws, self.options.handshake_timeout, first)
+        except (ConnectionClosed, asyncio.TimeoutError, OSError):
+            if not peer._closed_flag and peer._ws is None:
+                self._session_lost(peer, ConnectionClosed(), True)
+            return
+        self._register(peer, old_token)
+        await self._serve_transport(peer)
 
     async def _seed_connection(self, ws: Any, first: str) -> None:
         peer = SeedPeer(ws, self.router, max_message_size=self.options.max_message_size)
