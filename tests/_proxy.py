@@ -19,6 +19,7 @@ class Proxy:
         self.target_port = target_port
         self.port = 0
         self.cuts = 0
+        self.refusing = False  # drop new connections at once (a server that is down)
         self.connections = 0
         self._stalled = asyncio.Event()
         self._stalled.set()
@@ -36,6 +37,9 @@ class Proxy:
         return self
 
     async def _accept(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            cw.transport.abort()
+            return
         try:
             sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

@@ -196,6 +196,9 @@ class RpcPeer:
             dispatch[type(ev)](ev)
         if not core.awaiting_hello and not self._ready.done():
             self._ready.set_result(None)
+            # Calls and streams made while (re)connecting may go now.
+            self._call_done()
+            self.streams._on_slots()
         if core.has_output():
             self._kick()
 

@@ -153,7 +153,9 @@ class Server:
 
     def _session_lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """A session lost its transport: keep it for ``session_grace`` seconds."""
-        if not resumable:
+        if not resumable or peer._core.frames_in == 0:
+            # Nothing happened on it (e.g. a client that asked for an unknown session
+            # and went on to start afresh): not worth keeping.
             return False
         old = self._grace.pop(peer, None)
         if old is not None:

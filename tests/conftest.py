@@ -1,0 +1,48 @@
+"""Shared pytest fixtures.
+
+``codec`` runs a test once per frame-codec implementation: ``"cython"``
+(``fastrpc._frames``) and ``"python"`` (``fastrpc._frames_py``). The compiled one is
+skipped, with the reason, when ``FASTRPC_NO_EXTENSIONS=1`` or when it is not built.
+``codec_pair`` gives ``(compiled, pure)`` for tests that compare the two directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+
+PURE_CODEC = "fastrpc._frames_py"
+COMPILED_CODEC = "fastrpc._frames"
+
+
+def _compiled_codec() -> tuple[ModuleType | None, str]:
+    if os.environ.get("FASTRPC_NO_EXTENSIONS", "") not in ("", "0"):
+        return None, "FASTRPC_NO_EXTENSIONS is set: the compiled codec is disabled"
+    try:
+        return importlib.import_module(COMPILED_CODEC), ""
+    except ImportError as exc:
+        return None, f"{COMPILED_CODEC} is not built ({exc})"
+
+
+_COMPILED, _NO_COMPILED_REASON = _compiled_codec()
+
+
+@pytest.fixture(scope="session", params=["cython", "python"])
+def codec(request: pytest.FixtureRequest) -> ModuleType:
+    """The frame codec module under test (session-scoped: usable with hypothesis)."""
+    if request.param == "python":
+        return importlib.import_module(PURE_CODEC)
+    if _COMPILED is None:
+        pytest.skip(_NO_COMPILED_REASON)
+    return _COMPILED
+
+
+@pytest.fixture(scope="session")
+def codec_pair() -> tuple[ModuleType, ModuleType]:
+    """``(compiled, pure)`` codec modules; skipped without the compiled one."""
+    if _COMPILED is None:
+        pytest.skip(_NO_COMPILED_REASON)
+    return _COMPILED, importlib.import_module(PURE_CODEC)

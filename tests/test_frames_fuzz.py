@@ -1,0 +1,188 @@
+"""Property tests of the frame codecs (hypothesis): round trips, and the compiled and
+pure codecs giving the same frames or the same errors on any input."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrpc import _frames_py as pure
+from fastrpc.exceptions import ProtocolError
+
+VARINT_MAX = (1 << 62) - 1
+FAST = settings(max_examples=300, deadline=None)
+Pair = tuple[ModuleType, ModuleType]
+
+FRAME_TYPES = [
+    getattr(pure, name)
+    for name in dir(pure)
+    if name.isupper() and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL"))
+] + [0x00, 0x41, 0x7F, 0xFF]
+
+ids = st.one_of(
+    st.sampled_from([0, 63, 64, 16383, 16384, 2**30 - 1, 2**30, VARINT_MAX]),
+    st.integers(0, 1000),
+    st.integers(0, VARINT_MAX),
+)
+payloads = st.one_of(
+    st.binary(max_size=40),
+    st.binary(min_size=pure.VIEW_THRESHOLD - 2, max_size=pure.VIEW_THRESHOLD + 300),
+)
+frames = st.tuples(st.sampled_from(FRAME_TYPES), st.integers(0, 255), ids, payloads)
+frame_lists = st.lists(frames, min_size=1, max_size=8)
+limits = st.one_of(st.just(pure.DEFAULT_MAX_FRAME_SIZE), st.integers(-2, 700), st.just(VARINT_MAX))
+
+
+def as_tuples(decoded: list[Any]) -> list[tuple[int, int, int, bytes]]:
+    return [(f.type, f.flags, f.id, bytes(f.payload)) for f in decoded]
+
+
+def outcome(fn: Callable[..., Any], *args: Any) -> tuple[Any, ...]:
+    """What a call gave: its result (frames as tuples) or its error's identity."""
+    try:
+        result = fn(*args)
+    except ProtocolError as exc:
+        return ("error", type(exc), exc.reason, int(exc.code))
+    except (ValueError, KeyError, OverflowError) as exc:
+        return ("error", type(exc), str(exc))
+    if isinstance(result, list) and result and hasattr(result[0], "payload"):
+        return ("ok", as_tuples(result))
+    return ("ok", result)
+
+
+# ------------------------------------------------------------------- round trips
+
+
+@FAST
+@given(frame_lists)
+def test_round_trip(codec: ModuleType, batch: list[tuple[int, int, int, bytes]]) -> None:
+    message = codec.encode_batch(batch)
+    assert message == b"".join(codec.encode_frame(*f) for f in batch)
+    writer = codec.FrameWriter()
+    for f in batch:
+        writer.add(*f)
+    assert writer.take() == message
+    assert as_tuples(codec.decode_message(message)) == batch
+    assert as_tuples(codec.Decoder().feed(message)) == batch
+
+
+@FAST
+@given(frame_lists)
+def test_same_bytes_from_both(codec_pair: Pair, batch: list[tuple[int, int, int, bytes]]) -> None:
+    compiled, pure_codec = codec_pair
+    assert compiled.encode_batch(batch) == pure_codec.encode_batch(batch)
+    for f in batch:
+        assert compiled.encode_frame(*f) == pure_codec.encode_frame(*f)
+        assert compiled.encode_varint(f[2]) == pure_codec.encode_varint(f[2])
+
+
+@FAST
+@given(frame_lists, st.lists(st.integers(0, 10_000), max_size=12))
+def test_decoder_chunking(codec: ModuleType, batch: list[tuple[int, int, int, bytes]], cuts: list[int]) -> None:
+    message = codec.encode_batch(batch)
+    points = sorted({c % (len(message) + 1) for c in cuts} | {0, len(message)})
+    decoder = codec.Decoder()
+    decoded = []
+    for start, end in zip(points, points[1:]):
+        decoded += decoder.feed(message[start:end])
+    assert decoder.pending == 0
+    assert as_tuples(decoded) == as_tuples(codec.decode_message(message)) == batch
+
+
+@FAST
+@given(st.integers(0, VARINT_MAX), st.dictionaries(st.integers(0, VARINT_MAX), st.integers(0, VARINT_MAX), max_size=8))
+def test_settings_round_trip(codec: ModuleType, version: int, values: dict[int, int]) -> None:
+    payload = codec.encode_settings(version, values)
+    assert codec.decode_settings(payload) == (version, values)
+
+
+# ---------------------------------------------------- same results on any input
+
+
+@FAST
+@given(st.binary(max_size=300), limits)
+def test_random_bytes(codec_pair: Pair, data: bytes, limit: int) -> None:
+    compiled, pure_codec = codec_pair
+    assert outcome(compiled.decode_message, data, limit) == outcome(pure_codec.decode_message, data, limit)
+    assert outcome(compiled.decode_settings, data) == outcome(pure_codec.decode_settings, data)
+    for pos in (0, 1, len(data) - 1, len(data)):
+        assert outcome(compiled.decode_varint, data, pos) == outcome(pure_codec.decode_varint, data, pos)
+    decoders = compiled.Decoder(limit), pure_codec.Decoder(limit)
+    assert outcome(decoders[0].feed, data) == outcome(decoders[1].feed, data)
+    assert decoders[0].pending == decoders[1].pending
+
+
+mutations = st.lists(
+    st.tuples(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]), st.integers(0, 10**6), st.integers(0, 255)),
+    min_size=1,
+    max_size=4,
+)
+
+
+def mutate(message: bytes, changes: list[tuple[str, int, int]]) -> bytes:
+    data = bytearray(message)
+    for kind, where, value in changes:
+        pos = where % (len(data) + 1)
+        if kind == "insert":
+            data[pos:pos] = bytes([value])
+        elif kind == "truncate":
+            del data[pos:]
+        elif pos < len(data):
+            if kind == "flip":
+                data[pos] ^= 1 << (value % 8)
+            elif kind == "set":
+                data[pos] = value
+            else:
+                del data[pos]
+    return bytes(data)
+
+
+@FAST
+@given(frame_lists, mutations, limits)
+def test_mutated_messages(codec_pair: Pair, batch: list[tuple[int, int, int, bytes]], changes: list[tuple[str, int, int]], limit: int) -> None:
+    compiled, pure_codec = codec_pair
+    data = mutate(pure_codec.encode_batch(batch), changes)
+    assert outcome(compiled.decode_message, data, limit) == outcome(pure_codec.decode_message, data, limit)
+    decoders = compiled.Decoder(limit), pure_codec.Decoder(limit)
+    for piece in (data[: len(data) // 2], data[len(data) // 2 :]):
+        assert outcome(decoders[0].feed, piece) == outcome(decoders[1].feed, piece)
+        assert decoders[0].pending == decoders[1].pending
+
+
+# ---------------------------------------------------------------- StreamLedger
+
+amounts = st.one_of(
+    st.integers(0, 3000),
+    st.integers(-3, 3),
+    st.sampled_from([VARINT_MAX, VARINT_MAX + 1, 2**63 - 1, 2**63, 2**64, -(2**63), -(2**63) - 1]),
+    st.integers(-(2**65), 2**65),
+)
+stream_ids = st.sampled_from([0, 1, 2, 3, 4, 99, VARINT_MAX, VARINT_MAX + 1, -1])
+ledger_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "close", "sent", "grant", "received", "consumed", "resize", "window", "stats", "contains"]),
+        stream_ids,
+        amounts,
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 5000), st.one_of(st.integers(1, 8), st.just(2**70)), ledger_ops)
+def test_ledger_sequences(codec_pair: Pair, window: int, divisor: int, ops: list[tuple[str, int, int]]) -> None:
+    ledgers = [m.StreamLedger(window, divisor) for m in codec_pair]
+    for name, sid, amount in ops:
+        if name == "contains":
+            assert (sid in ledgers[0]) == (sid in ledgers[1])
+            continue
+        args: tuple[int, ...] = (sid,) if name in ("close", "window", "stats") else (sid, amount)
+        results = [outcome(getattr(ledger, name), *args) for ledger in ledgers]
+        assert results[0] == results[1], (name, args)
+    assert sorted(ledgers[0].ids()) == sorted(ledgers[1].ids())
+    assert len(ledgers[0]) == len(ledgers[1])
+    for sid in ledgers[1].ids():
+        assert ledgers[0].stats(sid) == ledgers[1].stats(sid)
