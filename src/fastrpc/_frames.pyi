@@ -29,7 +29,6 @@ GOAWAY: int
 RESUME: int
 RESUME_OK: int
 ACK: int
-ACK: int
 EXTENSION_BASE: int
 
 FLAG_MORE: int
@@ -38,7 +37,6 @@ FLAG_STREAM: int
 FLAG_CHANNEL: int
 FLAG_DEADLINE: int
 FLAG_OPEN: int
-FLAG_NEW: int
 FLAG_NEW: int
 
 VARINT_MAX: int

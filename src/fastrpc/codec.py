@@ -13,7 +13,7 @@ import msgspec
 
 from .protocol import CODEC_JSON, CODEC_MSGPACK
 
-Payload = Union[bytes, memoryview]
+Payload = Union[bytes, bytearray, memoryview]
 
 __all__ = ["PayloadCodec", "get_codec", "CODECS"]
 

@@ -7,13 +7,15 @@ Decompression is always bounded: a payload that would inflate past the limit is 
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from types import ModuleType
+from typing import Any, Optional
 
 from .exceptions import ErrorCode, ProtocolError
 
 ZLIB = 1
 ZSTD = 2
 
+_zstd: Optional[ModuleType]
 try:  # optional extra: pip install fastrpc[zstd]
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - depends on the environment
@@ -52,13 +54,13 @@ class Compressor:
         else:
             raise ValueError(f"unknown compression algorithm {algorithm}")
 
-    def compress(self, data: bytes | memoryview) -> bytes:
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         if self.algorithm == ZSTD:
             return bytes(self._ctx.compress(data))
         return zlib.compress(data, self._ctx)
 
 
-def decompress(algorithm: int, data: bytes | memoryview, max_size: int) -> bytes:
+def decompress(algorithm: int, data: bytes | bytearray | memoryview, max_size: int) -> bytes:
     """Inflate ``data``; more than ``max_size`` bytes out is a ProtocolError."""
     try:
         if algorithm == ZLIB:

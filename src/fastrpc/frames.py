@@ -7,14 +7,19 @@ says which one is live (``"cython"`` or ``"python"``).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-if os.environ.get("FASTRPC_NO_EXTENSIONS", "") not in ("", "0"):
+if TYPE_CHECKING:
+    # Both implementations have the same API; type-check against the pure one.
+    from ._frames_py import *  # noqa: F403
+    from ._frames_py import IMPLEMENTATION
+elif os.environ.get("FASTRPC_NO_EXTENSIONS", "") not in ("", "0"):
     from ._frames_py import *  # noqa: F403
     from ._frames_py import IMPLEMENTATION
 else:
     try:
-        from ._frames import *  # type: ignore[assignment]  # noqa: F403
-        from ._frames import IMPLEMENTATION  # type: ignore[assignment]
+        from ._frames import *  # noqa: F403
+        from ._frames import IMPLEMENTATION
     except ImportError:
         from ._frames_py import *  # noqa: F403
         from ._frames_py import IMPLEMENTATION

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import os
 import traceback as _traceback
@@ -273,7 +274,7 @@ class RpcPeer:
 
     def _transport_buffered(self) -> int:
         t = self._transport
-        return t.get_write_buffer_size() if t is not None else 0  # type: ignore[no-any-return]
+        return int(t.get_write_buffer_size()) if t is not None else 0
 
     async def _write_loop(self, ws: Any) -> None:
         core = self._core
@@ -287,8 +288,8 @@ class RpcPeer:
             for msg in core.take_replay():
                 await send(msg)
             while True:
-                msg = core.next_message()
-                if msg is None:
+                nxt = core.next_message()
+                if nxt is None:
                     if core.closed:
                         return
                     fut = self._loop.create_future()
@@ -299,7 +300,7 @@ class RpcPeer:
                 if unblocked:
                     for sid in unblocked:
                         manager._on_writable(sid)
-                await send(msg)
+                await send(nxt)
                 manager._on_drained()
         except (_WSClosed, ConnectionError, SessionLost):
             pass
@@ -496,13 +497,13 @@ class RpcPeer:
         assert interval is not None
         while True:
             await asyncio.sleep(interval)
-            transport = self._transport
+            transport: Any = self._transport
             if transport is None:
                 continue  # waiting for a resume: nothing to probe
             try:
                 await self.ping(timeout)
             except asyncio.TimeoutError:
-                if self._transport is not transport:
+                if self._transport is not transport or transport is None:
                     continue
                 # The peer is gone or stuck: no close handshake (it would wait for the
                 # dead peer too); drop the TCP connection. A resumable session then
@@ -816,9 +817,9 @@ class RpcPeer:
         else:
             task = self._loop.create_task(self._run_call(cid, lambda: fn(*args), ev.deadline))
         self._tasks[cid] = task
-        task.add_done_callback(lambda t, cid=cid, stream=ev.stream or ev.channel: self._call_task_done(cid, stream))
+        task.add_done_callback(functools.partial(self._call_task_done, cid, ev.stream or ev.channel))
 
-    def _call_task_done(self, cid: int, stream: bool) -> None:
+    def _call_task_done(self, cid: int, stream: bool, task: asyncio.Task[Any]) -> None:
         self._tasks.pop(cid, None)
         if cid in self._core._calls_in and not self._closed_flag:
             # Cancelled before it ran (CANCEL in the same message as its REQUEST): the

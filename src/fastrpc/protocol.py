@@ -47,7 +47,7 @@ from .exceptions import (
     StreamClosed,
 )
 
-Payload = Union[bytes, memoryview]
+Payload = Union[bytes, bytearray, memoryview]
 
 __all__ = ["Role", "Settings", "Connection", "SessionLost", "FRAME_CHARGE", "encode_error", "decode_error"]
 
@@ -529,7 +529,7 @@ class Connection:
         in order (rare: many large responses queued in one loop iteration)."""
         frames = F.decode_message(data, F.VARINT_MAX)
         size = 0
-        head = []
+        head: list[tuple[int, int, int, Payload]] = []
         for i, f in enumerate(frames):
             n = len(F.encode_frame(f.type, f.flags, f.id, f.payload))
             if head and size + n > limit:

@@ -130,7 +130,7 @@ class SeedPeer:
         it = source.__aiter__()
         try:
             try:
-                async for item in it:  # type: ignore[attr-defined]
+                async for item in it:
                     if isinstance(item, (bytes, bytearray, memoryview)):
                         item = bytes(item).decode("latin-1")  # JSON has no bytes
                     await self._send({"type": "StreamData", "streamId": sid, "payload": item})

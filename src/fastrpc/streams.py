@@ -225,7 +225,7 @@ class StreamManager:
         self._claims: weakref.WeakValueDictionary[int, ReceiveStream[Any]] = weakref.WeakValueDictionary()
         self._held: dict[int, ReceiveStream[Any]] = {}
         self._anonymous: deque[ReceiveStream[Any]] = deque()
-        self._accepting: deque[asyncio.Future[int]] = deque()
+        self._accepting: deque[asyncio.Future[None]] = deque()
         # (urgency, arrival, future) of senders waiting for the buffer to drain.
         self._drain_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._arrivals = 0
@@ -480,7 +480,7 @@ class StreamManager:
                 stream = self._held.pop(sid)
                 stream._claimed = True
                 return sid, stream
-            stream: ReceiveStream[Any] = ReceiveStream(self, None)
+            stream = ReceiveStream(self, None)
             stream._claimed = True
             self._anonymous.append(stream)
             return None, stream
@@ -505,7 +505,7 @@ class StreamManager:
             return sid, stream
         while stream.stream_id is None:
             fut = self._peer._loop.create_future()
-            self._accepting.append(fut)  # type: ignore[arg-type]
+            self._accepting.append(fut)
             try:
                 await fut
             except BaseException:
@@ -611,7 +611,8 @@ class StreamManager:
         self._anonymous.clear()
         # Waiters re-check the manager's state when woken, and raise `exc`.
         drains = [fut for _, _, fut in self._drain_waiters]
-        for fut in list(self._writable.values()) + drains + list(self._slot_waiters) + list(self._accepting):  # type: ignore[operator]
+        waiters: list[asyncio.Future[Any]] = [*self._writable.values(), *drains, *self._slot_waiters, *self._accepting]
+        for fut in waiters:
             _resolve(fut)
         tasks = list(self._senders.values())
         for task in tasks:
