@@ -17,6 +17,7 @@ import traceback as _traceback
 from typing import Any, AsyncIterable, Awaitable, Callable, TypeVar
 
 from websockets.exceptions import ConnectionClosed as _WSClosed
+from websockets.protocol import State as _WSState
 
 from . import events as E
 from .codec import PayloadCodec, get_codec
@@ -32,6 +33,10 @@ from .router import ASYNC_GEN, SYNC, Router, handler_kind
 from .streams import RateLimit, ReceiveStream, StreamManager
 
 __all__ = ["RpcPeer", "Response", "current_peer"]
+
+_WS_OPEN = _WSState.OPEN
+# FASTRPC_NO_DIRECT_WRITE=1: always send through the writer task (for comparisons).
+_DIRECT = os.environ.get("FASTRPC_NO_DIRECT_WRITE", "") in ("", "0")
 
 T = TypeVar("T")
 
@@ -102,6 +107,11 @@ class RpcPeer:
         self._notify_tasks: set[asyncio.Task[Any]] = set()
         self._call_waiters: list[asyncio.Future[None]] = []
         self._wake: asyncio.Future[None] | None = None
+        # Output is written straight to the transport from a call_soon callback
+        # (_flush) once the handshake is done; the writer task only takes over while
+        # the transport is paused (websockets' drain), or before/after that phase.
+        self._flush_pending = False
+        self._direct = False
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
@@ -265,12 +275,56 @@ class RpcPeer:
     # ------------------------------------------------------------------ I/O
 
     def _kick(self) -> None:
-        """Wake the writer: what was queued goes out once this loop iteration ends."""
+        """Schedule a flush: what was queued goes out once this loop iteration ends."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _wake_writer(self) -> None:
         w = self._wake
         if w is not None:
             self._wake = None
             if not w.done():
                 w.set_result(None)
+
+    def _flush(self) -> None:
+        """Send what the core has queued, straight to the transport.
+
+        Only while the writer task is idle (waiting to be woken) and the transport is
+        not paused: otherwise the writer task sends (``await ws.send``, which waits for
+        websockets' drain), exactly as it would without this shortcut. Messages leave
+        in the order the core hands them out either way.
+        """
+        self._flush_pending = False
+        ws = self._ws
+        if not self._direct or self._wake is None or ws is None:
+            self._wake_writer()
+            return
+        core = self._core
+        manager = self.streams
+        protocol = ws.protocol
+        try:
+            while True:
+                if ws.paused or protocol.state is not _WS_OPEN:
+                    self._wake_writer()  # drain / ConnectionClosed: the slow path
+                    return
+                nxt = core.next_message()
+                if nxt is None:
+                    if core.closed:
+                        self._wake_writer()  # the writer finishes (close() waits for it)
+                    return
+                unblocked = core.take_unblocked()
+                if unblocked:
+                    for sid in unblocked:
+                        manager._on_writable(sid)
+                protocol.send_binary(nxt)
+                ws.send_data()
+                manager._on_drained()
+        except Exception as exc:  # noqa: BLE001 - as websockets' send(): drop the transport
+            ws.set_connection_exc(exc)
+            transport = ws.transport
+            if transport is not None:
+                transport.abort()
 
     def _transport_buffered(self) -> int:
         t = self._transport
@@ -287,6 +341,7 @@ class RpcPeer:
             await asyncio.shield(self._ready)
             for msg in core.take_replay():
                 await send(msg)
+            self._direct = _DIRECT
             while True:
                 nxt = core.next_message()
                 if nxt is None:
@@ -306,6 +361,8 @@ class RpcPeer:
             pass
         finally:
             self._wake = None
+            if self._writer is asyncio.current_task():
+                self._direct = False
 
     async def _read_loop(self, ws: Any) -> None:
         exc: ConnectionClosed | None = None
