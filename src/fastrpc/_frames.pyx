@@ -1030,7 +1030,8 @@ cdef class StreamLedger:
         return s.window
 
     def received(self, stream_id, nbytes):
-        """Receiver side: ``nbytes`` arrived; a peer past its window is a ProtocolError."""
+        """Receiver side: ``nbytes`` arrived; return the credit left (the sender's
+        window). A peer past its window is a ProtocolError."""
         cdef _Slot *s = self._get(stream_id)
         cdef int64_t v
         cdef int r
@@ -1052,6 +1053,7 @@ cdef class StreamLedger:
         s.items += 1
         s.window -= v
         s.buffered += v
+        return s.window
 
     def consumed(self, stream_id, nbytes):
         """Receiver side: the consumer took ``nbytes``; return the credit to grant now.

@@ -445,8 +445,9 @@ class StreamLedger:
         entry[2] += _index(nbytes)
         return entry[2]
 
-    def received(self, stream_id: int, nbytes: int) -> None:
-        """Receiver side: ``nbytes`` arrived; a peer past its window is a ProtocolError."""
+    def received(self, stream_id: int, nbytes: int) -> int:
+        """Receiver side: ``nbytes`` arrived; return the credit left (the sender's
+        window). A peer past its window is a ProtocolError."""
         entry = self._get(stream_id)
         if nbytes < 0:
             raise ValueError("negative size")
@@ -461,6 +462,7 @@ class StreamLedger:
         entry[1] += 1
         entry[2] -= nbytes
         entry[3] = buffered
+        return entry[2]
 
     def consumed(self, stream_id: int, nbytes: int) -> int:
         """Receiver side: the consumer took ``nbytes``; return the credit to grant now.

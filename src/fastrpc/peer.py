@@ -112,6 +112,11 @@ class RpcPeer:
         # the transport is paused (websockets' drain), or before/after that phase.
         self._flush_pending = False
         self._direct = False
+        # Nothing written since the last message arrived: the next output goes at
+        # once (a reply, the next sequential call) rather than one loop iteration
+        # later; what follows it in the same iteration is coalesced as before.
+        self._fresh = True
+        self._processing = False
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
@@ -203,14 +208,19 @@ class RpcPeer:
     def _process(self, msg: bytes) -> None:
         core = self._core
         dispatch = self._dispatch
-        for ev in core.receive_message(msg):
-            dispatch[type(ev)](ev)
+        self._fresh = True
+        self._processing = True  # output made by the events leaves in one message, below
+        try:
+            for ev in core.receive_message(msg):
+                dispatch[type(ev)](ev)
+        finally:
+            self._processing = False
         if not core.awaiting_hello and not self._ready.done():
             self._ready.set_result(None)
             # Calls and streams made while (re)connecting may go now.
             self._call_done()
             self.streams._on_slots()
-        if core.has_output():
+        if core.has_output() or core.closed:
             self._kick()
 
     @property
@@ -275,10 +285,18 @@ class RpcPeer:
     # ------------------------------------------------------------------ I/O
 
     def _kick(self) -> None:
-        """Schedule a flush: what was queued goes out once this loop iteration ends."""
+        """Send what the core has queued: at once when nothing was written since the
+        last message arrived (a reply, the next call of a sequence), else from a
+        callback after this loop iteration, so that what the iteration queues leaves
+        together in one message."""
+        if self._processing:
+            return  # _process sends once all the events of the message are handled
         if not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self._flush)
+            if self._fresh and self._direct and self._wake is not None:
+                self._flush()
+            else:
+                self._flush_pending = True
+                self._loop.call_soon(self._flush_soon)
 
     def _wake_writer(self) -> None:
         w = self._wake
@@ -286,6 +304,10 @@ class RpcPeer:
             self._wake = None
             if not w.done():
                 w.set_result(None)
+
+    def _flush_soon(self) -> None:
+        self._flush_pending = False
+        self._flush()
 
     def _flush(self) -> None:
         """Send what the core has queued, straight to the transport.
@@ -295,7 +317,6 @@ class RpcPeer:
         websockets' drain), exactly as it would without this shortcut. Messages leave
         in the order the core hands them out either way.
         """
-        self._flush_pending = False
         ws = self._ws
         if not self._direct or self._wake is None or ws is None:
             self._wake_writer()
@@ -319,6 +340,7 @@ class RpcPeer:
                         manager._on_writable(sid)
                 protocol.send_binary(nxt)
                 ws.send_data()
+                self._fresh = False
                 manager._on_drained()
         except Exception as exc:  # noqa: BLE001 - as websockets' send(): drop the transport
             ws.set_connection_exc(exc)
@@ -523,6 +545,7 @@ class RpcPeer:
                 await self._ws.close()
             except Exception:  # noqa: BLE001
                 pass
+        core.discard_state()
         if not self._closed.done():
             self._closed.set_result(None)
 

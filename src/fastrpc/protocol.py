@@ -213,7 +213,7 @@ class _Out:
 class _In:
     """An incoming stream: items received and not yet read, and its end state."""
 
-    __slots__ = ("id", "items", "state", "error", "partial", "partial_flags", "bound", "opened", "epoch")
+    __slots__ = ("id", "items", "state", "error", "partial", "partial_flags", "bound", "opened", "epoch", "starved")
 
     OPEN = 0
     ENDED = 1
@@ -230,6 +230,9 @@ class _In:
         self.bound = bound
         self.opened = False
         self.epoch = -1
+        # The sender used up its credit (seen on receipt): the window limits the
+        # stream. The I/O layer reads and resets it to decide on window growth.
+        self.starved = False
 
 
 class Connection:
@@ -903,6 +906,28 @@ class Connection:
 
     # ------------------------------------------------------------------ control
 
+    def discard_state(self) -> None:
+        """The connection is gone for good: forget every call and stream, and what
+        they had buffered (a closed peer kept alive by its user holds no data)."""
+        self.closed = True
+        for s in self._in.values():
+            s.items.clear()
+        self._in.clear()
+        self._out.clear()
+        for ring in self._ready:
+            ring.clear()
+        self._ledger_in = F.StreamLedger(self._ledger_in.initial_window)
+        self._ledger_out = F.StreamLedger(self._ledger_out.initial_window)
+        self._calls_out.clear()
+        self._stream_calls_out.clear()
+        self._calls_in.clear()
+        self._free_in = 0
+        self._refused.clear()
+        self._refused_inputs.clear()
+        self._stream_bytes = 0
+        self._replay.clear()
+        self._replay_bytes = 0
+
     def send_ping(self, payload: bytes = b"") -> None:
         self._check_open()
         self._control.add(F.PING, 0, 0, payload[:64])
@@ -1027,7 +1052,8 @@ class Connection:
             if s.bound and self._calls_out.get(fid) == 1:
                 return  # cancelled streaming call: drop until its end arrives
             raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
-        self._ledger_in.received(fid, charge)
+        if self._ledger_in.received(fid, charge) <= FRAME_CHARGE:
+            s.starved = True
         if flags & F.FLAG_MORE or s.partial is not None:
             if s.partial is None:
                 s.partial = bytearray()

@@ -398,13 +398,15 @@ class StreamManager:
 
     def _granted(self, stream: ReceiveStream[Any], s: _In, granted: int) -> None:
         """Credit went back to the sender. If it had less than a quarter of the window
-        left before this grant, the window (not the sender) limits the stream: double
+        left before this grant, or used it all up since the last grant (seen when the
+        data arrived), the window (not the sender) limits the stream: double
         it, up to ``max_window``, as the link's bandwidth-delay product needs. All the
         growth of one connection's streams together stays within ``max_growth``."""
         size = stream._wsize
         if size < self.max_window:
             window = self._core.stream_stats(s.id, False)[2]
-            if (window - granted) * 4 < size:
+            if (window - granted) * 4 < size or s.starved:
+                s.starved = False
                 extra = min(size, self.max_window - size, self.max_growth - self._growth)
                 if extra > 0:
                     self._growth += extra
