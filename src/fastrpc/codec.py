@@ -75,7 +75,16 @@ def get_codec(name: str | int) -> PayloadCodec:
     """The codec called ``name`` (``"msgpack"`` or ``"json"``) or with that wire id."""
     if isinstance(name, int):
         name = _BY_WIRE[name]
-    try:
-        return CODECS[name]()
-    except KeyError:
-        raise ValueError(f"unknown codec {name!r}; use 'msgpack' or 'json'") from None
+    codec = _SHARED.get(name)
+    if codec is None:
+        try:
+            make = CODECS[name]
+        except KeyError:
+            raise ValueError(f"unknown codec {name!r}; use 'msgpack' or 'json'") from None
+        # Codecs hold no per-connection state (msgspec's encoders and decoders are
+        # reentrant): one instance serves every connection.
+        codec = _SHARED[name] = make()
+    return codec
+
+
+_SHARED: dict[str, PayloadCodec] = {}

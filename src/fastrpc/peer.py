@@ -67,6 +67,46 @@ class RpcPeer:
     Made by :func:`fastrpc.connect` and :func:`fastrpc.serve`; not built directly.
     """
 
+    __slots__ = (
+        "_attachments",
+        "_call_waiters",
+        "_calls",
+        "_close_exc",
+        "_closed",
+        "_closed_flag",
+        "_closing",
+        "_codec",
+        "_core",
+        "_core_options",
+        "_decoder",
+        "_direct",
+        "_expose_tb",
+        "_flush_pending",
+        "_fresh",
+        "_goaway",
+        "_keepalive",
+        "_loop",
+        "_notify_tasks",
+        "_on_lost",
+        "_own",
+        "_ping_timer",
+        "_ping_token",
+        "_pongs",
+        "_processing",
+        "_reader",
+        "_ready",
+        "_router",
+        "_session_task",
+        "_tasks",
+        "_transport",
+        "_transport_done",
+        "_wake",
+        "_writer",
+        "_ws",
+        "streams",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         ws: Any,
@@ -124,7 +164,9 @@ class RpcPeer:
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._pinger: asyncio.Task[None] | None = None
+        # Keepalive: a timer, and the payload of the PING awaiting its PONG.
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_token: bytes | None = None
         self._transport = getattr(ws, "transport", None)
         # Session resumption: transports this session has had; set by connect()/serve()
         # when a lost transport may be replaced. The hook returns True when it keeps
@@ -135,20 +177,6 @@ class RpcPeer:
         self._session_task: asyncio.Task[Any] | None = None
         self._closing = False
         self._goaway = False
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            E.StreamReadable: self._on_readable,
-            E.CreditGranted: self._on_credit,
-            E.RequestReceived: self._on_request,
-            E.ResponseReceived: self._on_response,
-            E.CallFailed: self._on_call_failed,
-            E.NotificationReceived: self._on_notify,
-            E.CallCancelled: self._on_cancelled,
-            E.StreamOpened: self._on_stream_opened,
-            E.StreamClosedByPeer: self._on_stream_closed,
-            E.PongReceived: self._on_pong,
-            E.GoAwayReceived: self._on_goaway,
-            E.HelloReceived: self._on_hello,
-        }
 
     # ------------------------------------------------------------ life cycle
 
@@ -156,9 +184,7 @@ class RpcPeer:
         """Run the reader and writer, and wait for the peer's HELLO. ``first``: a
         message the server already read to tell fastrpc from the seed's JSON."""
         await self._attach(self._ws, timeout, first)
-        interval, _ = self._keepalive
-        if interval:
-            self._pinger = self._loop.create_task(self._ping_loop())
+        self._keepalive_next()
 
     async def _attach(self, ws: Any, timeout: float = 10.0, first: bytes | None = None) -> None:
         """Run this session over ``ws``: handshake, replay what the peer missed (when
@@ -207,12 +233,12 @@ class RpcPeer:
 
     def _process(self, msg: bytes) -> None:
         core = self._core
-        dispatch = self._dispatch
+        dispatch = _DISPATCH
         self._fresh = True
         self._processing = True  # output made by the events leaves in one message, below
         try:
             for ev in core.receive_message(msg):
-                dispatch[type(ev)](ev)
+                dispatch[type(ev)](self, ev)
         finally:
             self._processing = False
         if not core.awaiting_hello and not self._ready.done():
@@ -524,11 +550,14 @@ class RpcPeer:
         for w in self._call_waiters:
             if not w.done():
                 w.set_result(None)
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
         self._kick()
         current = asyncio.current_task()
         tasks = [
             t
-            for t in (*self._tasks.values(), *self._notify_tasks, self._pinger, self._session_task)
+            for t in (*self._tasks.values(), *self._notify_tasks, self._session_task)
             if t is not None and t is not current
         ]
         for t in tasks:
@@ -572,30 +601,53 @@ class RpcPeer:
             self._pongs.pop(token, None)
         return self._loop.time() - start
 
-    async def _ping_loop(self) -> None:
-        interval, timeout = self._keepalive
-        assert interval is not None
-        while True:
-            await asyncio.sleep(interval)
-            transport: Any = self._transport
-            if transport is None:
-                continue  # waiting for a resume: nothing to probe
-            try:
-                await self.ping(timeout)
-            except asyncio.TimeoutError:
-                if self._transport is not transport or transport is None:
-                    continue
-                # The peer is gone or stuck: no close handshake (it would wait for the
-                # dead peer too); drop the TCP connection. A resumable session then
-                # waits for a new one; any other is cleaned up.
-                if not (self._on_lost is not None and self._core.resumable):
-                    self._close_exc = ConnectionClosed(
-                        f"keepalive timeout: no PONG within {timeout} s", ErrorCode.KEEPALIVE_TIMEOUT.close_code
-                    )
-                    self._core.closed = True
-                transport.abort()
-            except ConnectionClosed:
-                return
+    def _keepalive_next(self) -> None:
+        """Ping again ``keepalive_interval`` seconds from now (timers, no task: an idle
+        connection keeps no coroutine for this)."""
+        interval, _ = self._keepalive
+        if interval and not self._closed_flag:
+            self._ping_timer = self._loop.call_later(interval, self._keepalive_ping)
+
+    def _keepalive_ping(self) -> None:
+        self._ping_timer = None
+        transport: Any = self._transport
+        if transport is None:
+            self._keepalive_next()  # waiting for a resume: nothing to probe
+            return
+        if self._close_exc is not None or self._closed_flag or self._core.closed:
+            return
+        _, timeout = self._keepalive
+        token = os.urandom(8)
+        self._ping_token = token
+        self._core.send_ping(token)
+        self._kick()
+        if timeout is not None:
+            self._ping_timer = self._loop.call_later(timeout, self._keepalive_expired, transport)
+
+    def _keepalive_pong(self) -> None:
+        """The keepalive PING was answered: the next one after the interval."""
+        self._ping_token = None
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        self._keepalive_next()
+
+    def _keepalive_expired(self, transport: Any) -> None:
+        _, timeout = self._keepalive
+        self._ping_timer = None
+        self._ping_token = None
+        if self._closed_flag:
+            return
+        if self._transport is transport:
+            # The peer is gone or stuck: no close handshake (it would wait for the
+            # dead peer too); drop the TCP connection. A resumable session then
+            # waits for a new one; any other is cleaned up.
+            if not (self._on_lost is not None and self._core.resumable):
+                self._close_exc = ConnectionClosed(
+                    f"keepalive timeout: no PONG within {timeout} s", ErrorCode.KEEPALIVE_TIMEOUT.close_code
+                )
+                self._core.closed = True
+            transport.abort()
+        self._keepalive_next()
 
     # ---------------------------------------------------------------- calls
 
@@ -798,6 +850,9 @@ class RpcPeer:
                     w.set_result(None)
 
     def _on_pong(self, ev: E.PongReceived) -> None:
+        if ev.payload == self._ping_token:
+            self._keepalive_pong()
+            return
         fut = self._pongs.get(ev.payload)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -1001,6 +1056,23 @@ class RpcPeer:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
             core.finish_call(cid)
+
+
+# Event type -> handler (a class-level table: nothing to build per connection).
+_DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
+    E.StreamReadable: RpcPeer._on_readable,
+    E.CreditGranted: RpcPeer._on_credit,
+    E.RequestReceived: RpcPeer._on_request,
+    E.ResponseReceived: RpcPeer._on_response,
+    E.CallFailed: RpcPeer._on_call_failed,
+    E.NotificationReceived: RpcPeer._on_notify,
+    E.CallCancelled: RpcPeer._on_cancelled,
+    E.StreamOpened: RpcPeer._on_stream_opened,
+    E.StreamClosedByPeer: RpcPeer._on_stream_closed,
+    E.PongReceived: RpcPeer._on_pong,
+    E.GoAwayReceived: RpcPeer._on_goaway,
+    E.HelloReceived: RpcPeer._on_hello,
+}
 
 
 async def _single(value: T) -> Any:

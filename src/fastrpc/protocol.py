@@ -242,6 +242,61 @@ class Connection:
     are the peer's, known once its HELLO arrived (:attr:`ready`).
     """
 
+    # Slots, and structures made on first use: an idle connection costs little memory.
+    __slots__ = (
+        "_algorithm",
+        "_awaiting_hello",
+        "_calls_in",
+        "_calls_out",
+        "_compressor",
+        "_conn_credit",
+        "_conn_recv",
+        "_conn_unacked",
+        "_control",
+        "_epoch",
+        "_frame_limit",
+        "_free_in",
+        "_handshake_sent",
+        "_in",
+        "_ledger_in",
+        "_ledger_out",
+        "_message_limit",
+        "_new_session",
+        "_next_id",
+        "_out",
+        "_peer_parity",
+        "_ready",
+        "_refused",
+        "_refused_inputs",
+        "_replay",
+        "_replay_bytes",
+        "_replay_from",
+        "_slot_grants",
+        "_stream_bytes",
+        "_stream_calls_out",
+        "_stream_slots",
+        "_unacked_bytes",
+        "_unacked_frames",
+        "_unblocked",
+        "bytes_in",
+        "bytes_out",
+        "closed",
+        "compression_threshold",
+        "frames_in",
+        "frames_out",
+        "max_replay_bytes",
+        "messages_in",
+        "messages_out",
+        "peer_settings",
+        "resume_broken",
+        "resume_enabled",
+        "role",
+        "settings",
+        "stream_buffer_size",
+        "token",
+        "transports",
+    )
+
     def __init__(
         self,
         role: Role,
@@ -260,7 +315,8 @@ class Connection:
         self._next_id = 1 if role is Role.CLIENT else 2
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._control = F.FrameWriter()
-        self._ready: list[deque[_Out]] = [deque() for _ in range(URGENCY_LEVELS)]
+        # One ring per urgency level, made when a stream of that urgency first queues.
+        self._ready: list[deque[_Out] | None] = [None] * URGENCY_LEVELS
         self._unblocked: list[int] = []
         self._out: dict[int, _Out] = {}
         self._in: dict[int, _In] = {}
@@ -296,7 +352,8 @@ class Connection:
         self.resume_enabled = False
         self.resume_broken = ""  # why this session can no longer be resumed
         self.max_replay_bytes = max_replay_bytes
-        self._replay: deque[tuple[int, int, bytes]] = deque()  # (first, end position, message)
+        # (first, end position, message); made when the first message is recorded.
+        self._replay: deque[tuple[int, int, bytes]] | None = None
         self._replay_bytes = 0
         self._replay_from: int | None = None
         self._unacked_frames = 0
@@ -452,17 +509,19 @@ class Connection:
             return []
         self._ack(pos)
         out = []
-        for i, (first, end, msg) in enumerate(self._replay):
+        for i, (first, end, msg) in enumerate(self._replay or ()):
             if first < pos:
                 # The peer has the start of this message: resend the rest of it.
                 frames = F.decode_message(msg, F.VARINT_MAX)[pos - first :]
                 msg = F.encode_batch([(f.type, f.flags, f.id, f.payload) for f in frames])
-                self._replay_bytes -= len(self._replay[i][2]) - len(msg)
-                self._replay[i] = (pos, end, msg)
+                self._replay_bytes -= len(self._replay[i][2]) - len(msg)  # type: ignore[index]
+                self._replay[i] = (pos, end, msg)  # type: ignore[index]
             out.append(msg)
         return out
 
     def _record(self, first: int, msg: bytes) -> None:
+        if self._replay is None:
+            self._replay = deque()
         self._replay.append((first, self.frames_out, msg))
         self._replay_bytes += len(msg)
         if self._replay_bytes > self.max_replay_bytes:
@@ -552,7 +611,13 @@ class Connection:
     def _queue(self, s: _Out) -> None:
         if not s.queued:
             s.queued = True
-            self._ready[s.urgency].append(s)
+            self._ring(s.urgency).append(s)
+
+    def _ring(self, urgency: int) -> deque[_Out]:
+        ring = self._ready[urgency]
+        if ring is None:
+            ring = self._ready[urgency] = deque()
+        return ring
 
     # ----------------------------------------------------------------- calls
 
@@ -695,9 +760,9 @@ class Connection:
             raise ValueError("urgency must be 0..7")
         s = self._out[stream_id]
         if s.queued:
-            self._ready[s.urgency].remove(s)
+            self._ring(s.urgency).remove(s)
             s.urgency = urgency
-            self._ready[urgency].append(s)
+            self._ring(urgency).append(s)
         s.urgency = urgency
 
     def send_item(self, stream_id: int, payload: Payload, *, raw: bool = False) -> bool:
@@ -734,7 +799,10 @@ class Connection:
             self._conn_credit -= charge
             if not s.queued:
                 s.queued = True
-                self._ready[s.urgency].append(s)
+                ring = self._ready[s.urgency]
+                if ring is None:
+                    ring = self._ring(s.urgency)
+                ring.append(s)
             return left > FRAME_CHARGE and after < self.stream_buffer_size and self._conn_credit > FRAME_CHARGE
         s.tail = payload
         s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
@@ -914,8 +982,7 @@ class Connection:
             s.items.clear()
         self._in.clear()
         self._out.clear()
-        for ring in self._ready:
-            ring.clear()
+        self._ready = [None] * URGENCY_LEVELS
         self._ledger_in = F.StreamLedger(self._ledger_in.initial_window)
         self._ledger_out = F.StreamLedger(self._ledger_out.initial_window)
         self._calls_out.clear()
@@ -925,7 +992,7 @@ class Connection:
         self._refused.clear()
         self._refused_inputs.clear()
         self._stream_bytes = 0
-        self._replay.clear()
+        self._replay = None
         self._replay_bytes = 0
 
     def send_ping(self, payload: bytes = b"") -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
 from .exceptions import ConnectionClosed, StreamClosed
@@ -196,6 +195,31 @@ class StreamManager:
     streams of the connection together by at most ``max_growth``.
     """
 
+    __slots__ = (
+        "_accepting",
+        "_anonymous",
+        "_arrivals",
+        "_claims",
+        "_closed",
+        "_core",
+        "_drain_waiters",
+        "_growth",
+        "_held",
+        "_incoming",
+        "_peer",
+        "_senders",
+        "_slot_waiters",
+        "_writable",
+        "backpressure_delay",
+        "initial_window",
+        "max_buffered_amount",
+        "max_growth",
+        "max_window",
+        "stream_buffer_size",
+        "__dict__",  # subclasses and users may add attributes
+        "__weakref__",
+    )
+
     def __init__(
         self,
         max_buffered_amount: int = 1_048_576,
@@ -224,12 +248,13 @@ class StreamManager:
         self._incoming: weakref.WeakValueDictionary[int, ReceiveStream[Any]] = weakref.WeakValueDictionary()
         self._claims: weakref.WeakValueDictionary[int, ReceiveStream[Any]] = weakref.WeakValueDictionary()
         self._held: dict[int, ReceiveStream[Any]] = {}
-        self._anonymous: deque[ReceiveStream[Any]] = deque()
-        self._accepting: deque[asyncio.Future[None]] = deque()
+        # Lists, not deques: they are nearly always empty, and an empty deque is ~600 B.
+        self._anonymous: list[ReceiveStream[Any]] = []
+        self._accepting: list[asyncio.Future[None]] = []
         # (urgency, arrival, future) of senders waiting for the buffer to drain.
         self._drain_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._arrivals = 0
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._slot_waiters: list[asyncio.Future[None]] = []
         self._closed: BaseException | None = None
 
     def copy(self) -> StreamManager:
@@ -442,7 +467,7 @@ class StreamManager:
     def _on_slots(self) -> None:
         """Connection-wide room (stream slots or connection credit): wake every waiter."""
         while self._slot_waiters:
-            _resolve(self._slot_waiters.popleft())
+            _resolve(self._slot_waiters.pop(0))
         if self._writable:
             waiters, self._writable = self._writable, {}
             for fut in waiters.values():
@@ -535,14 +560,14 @@ class StreamManager:
         s = self._core.incoming(sid)
         stream = self._claims.pop(sid, None)
         if stream is None and self._anonymous:
-            stream = self._anonymous.popleft()
+            stream = self._anonymous.pop(0)
         if stream is None:
             stream = ReceiveStream(self, sid)
             self._held[sid] = stream
         self._incoming[sid] = stream
         stream._bind(s)
         while self._accepting:
-            _resolve(self._accepting.popleft())
+            _resolve(self._accepting.pop(0))
 
     def _bind_call(self, call_id: int) -> ReceiveStream[Any]:
         """The stream of results, or input, of a call (already registered in the core)."""
