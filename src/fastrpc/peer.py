@@ -194,6 +194,7 @@ class RpcPeer:
         if self._attachments:
             core.new_transport()
         self._attachments += 1
+        self._direct = False
         self._ws = ws
         self._transport = getattr(ws, "transport", None)
         self._ready = self._loop.create_future()
@@ -286,7 +287,7 @@ class RpcPeer:
         self._closing = True
         if not self._closed_flag:
             self._core.close(ErrorCode.NO_ERROR, reason)
-            self._kick()
+            self._flush()  # the GOAWAY leaves before the close frame
             writer = self._writer
             if self._ws is not None and writer is not None and not writer.done():
                 try:
@@ -318,7 +319,7 @@ class RpcPeer:
         if self._processing:
             return  # _process sends once all the events of the message are handled
         if not self._flush_pending:
-            if self._fresh and self._direct and self._wake is not None:
+            if self._fresh and self._direct:
                 self._flush()
             else:
                 self._flush_pending = True
@@ -338,27 +339,31 @@ class RpcPeer:
     def _flush(self) -> None:
         """Send what the core has queued, straight to the transport.
 
-        Only while the writer task is idle (waiting to be woken) and the transport is
-        not paused: otherwise the writer task sends (``await ws.send``, which waits for
-        websockets' drain), exactly as it would without this shortcut. Messages leave
-        in the order the core hands them out either way.
+        Only while the transport is not paused and no paused-send task runs: else
+        that task sends (``await ws.send``, which waits for websockets' drain), as a
+        writer task would. Messages leave in the order the core hands them out.
         """
         ws = self._ws
-        if not self._direct or self._wake is None or ws is None:
-            self._wake_writer()
+        if ws is None:
             return
+        if not self._direct:
+            self._wake_writer()  # the handshake, or FASTRPC_NO_DIRECT_WRITE
+            return
+        writer = self._writer
+        if writer is not None and not writer.done():
+            return  # it sends everything queued before it ends
         core = self._core
         manager = self.streams
         protocol = ws.protocol
         try:
             while True:
                 if ws.paused or protocol.state is not _WS_OPEN:
-                    self._wake_writer()  # drain / ConnectionClosed: the slow path
+                    # Drain, or let websockets raise ConnectionClosed: the slow path.
+                    if core.has_output():
+                        self._writer = self._loop.create_task(self._send_paused(ws))
                     return
                 nxt = core.next_message()
                 if nxt is None:
-                    if core.closed:
-                        self._wake_writer()  # the writer finishes (close() waits for it)
                     return
                 unblocked = core.take_unblocked()
                 if unblocked:
@@ -379,6 +384,9 @@ class RpcPeer:
         return int(t.get_write_buffer_size()) if t is not None else 0
 
     async def _write_loop(self, ws: Any) -> None:
+        """The writer task of a new transport: the handshake, the replay of what the
+        peer missed, then (direct mode) it ends: from then on :meth:`_flush` writes,
+        and starts :meth:`_send_paused` only while the transport is paused."""
         core = self._core
         send = ws.send
         manager = self.streams
@@ -389,7 +397,11 @@ class RpcPeer:
             await asyncio.shield(self._ready)
             for msg in core.take_replay():
                 await send(msg)
-            self._direct = _DIRECT
+            if _DIRECT:
+                self._direct = True
+                self._writer = None
+                self._flush()  # what was queued meanwhile
+                return
             while True:
                 nxt = core.next_message()
                 if nxt is None:
@@ -409,8 +421,25 @@ class RpcPeer:
             pass
         finally:
             self._wake = None
-            if self._writer is asyncio.current_task():
-                self._direct = False
+
+    async def _send_paused(self, ws: Any) -> None:
+        """Send while websockets says the transport is paused: ``ws.send`` waits for
+        its drain. Ends once the core has nothing queued; :meth:`_flush` takes over."""
+        core = self._core
+        manager = self.streams
+        try:
+            while True:
+                nxt = core.next_message()
+                if nxt is None:
+                    return
+                unblocked = core.take_unblocked()
+                if unblocked:
+                    for sid in unblocked:
+                        manager._on_writable(sid)
+                await ws.send(nxt)
+                manager._on_drained()
+        except (_WSClosed, ConnectionError):
+            pass
 
     async def _read_loop(self, ws: Any) -> None:
         exc: ConnectionClosed | None = None
