@@ -101,7 +101,7 @@ VIEW_THRESHOLD = 512
 
 cdef enum:
     _VIEW_THRESHOLD = 512
-    _MIN_BITS = 3            # StreamLedger: at least 8 slots
+    _MIN_BITS = 1            # StreamLedger: at least 2 slots (an idle connection has two ledgers)
     _KEEP_BUFFER = 1 << 20   # FrameWriter/Decoder: free a buffer larger than this when empty
 
 cdef object _FRAME_TOO_LARGE = ErrorCode.FRAME_TOO_LARGE
