@@ -180,16 +180,22 @@ class RpcPeer:
 
     # ------------------------------------------------------------ life cycle
 
-    async def _start(self, timeout: float = 10.0, first: bytes | None = None) -> None:
+    async def _start(self, timeout: float = 10.0, first: bytes | None = None, inline_reader: bool = False) -> None:
         """Run the reader and writer, and wait for the peer's HELLO. ``first``: a
         message the server already read to tell fastrpc from the seed's JSON."""
-        await self._attach(self._ws, timeout, first)
+        await self._attach(self._ws, timeout, first, inline_reader)
         self._keepalive_next()
 
-    async def _attach(self, ws: Any, timeout: float = 10.0, first: bytes | None = None) -> None:
+    async def _attach(
+        self, ws: Any, timeout: float = 10.0, first: bytes | None = None, inline_reader: bool = False
+    ) -> None:
         """Run this session over ``ws``: handshake, replay what the peer missed (when
         resuming), then the reader and writer. Raises :class:`SessionLost` (client)
-        when the server did not resume the session."""
+        when the server did not resume the session.
+
+        ``inline_reader`` (server): when ``first`` completed the handshake, start no
+        reader task; the caller runs :meth:`_read_loop` itself (one coroutine less
+        per connection)."""
         core = self._core
         if self._attachments:
             core.new_transport()
@@ -203,7 +209,10 @@ class RpcPeer:
         try:
             if first is not None:
                 self._process(first)  # the server answers the client's handshake
-            self._reader = self._loop.create_task(self._read_loop(ws))
+            if inline_reader and first is not None and self._ready.done():
+                self._reader = None
+            else:
+                self._reader = self._loop.create_task(self._read_loop(ws))
             self._writer = self._loop.create_task(self._write_loop(ws))
         except ProtocolError as e:
             await self._fail_protocol(e)

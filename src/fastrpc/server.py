@@ -90,7 +90,7 @@ class Server:
         if self.options.resume:
             peer._on_lost = self._session_lost
         try:
-            await peer._start(self.options.handshake_timeout, first)
+            await peer._start(self.options.handshake_timeout, first, inline_reader=self.handler is None)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             return
         self.peers.add(peer)
@@ -114,8 +114,12 @@ class Server:
                 await peer.close()
 
     async def _serve_transport(self, peer: RpcPeer) -> None:
-        """Hold this WebSocket's handler until its transport ends; a session that lost
-        it then waits (detached) for its client to resume."""
+        """Hold this WebSocket's handler until its transport ends (reading it, when
+        the peer has no reader task); a session that lost it then waits (detached)
+        for its client to resume."""
+        ws = peer._ws
+        if peer._reader is None and ws is not None:
+            await peer._read_loop(ws)
         await asyncio.shield(peer._transport_done)
         if peer._ws is None and not peer._closed_flag:
             return
@@ -191,7 +195,7 @@ class Server:
             handle.cancel()
         old_token = peer._core.token
         try:
-            await peer._attach(ws, self.options.handshake_timeout, first)
+            await peer._attach(ws, self.options.handshake_timeout, first, inline_reader=True)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             if not peer._closed_flag and peer._ws is None:
                 self._session_lost(peer, ConnectionClosed(), True)
