@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import heapq
 import inspect
 import os
 import traceback as _traceback
+import weakref
 from typing import Any, AsyncIterable, Awaitable, Callable, TypeVar
 
 from websockets.exceptions import ConnectionClosed as _WSClosed
@@ -144,7 +146,7 @@ class RpcPeer:
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
-        self._notify_tasks: set[asyncio.Task[Any]] = set()
+        self._notify_tasks: dict[asyncio.Task[Any], None] = {}  # a dict: 64 B empty
         self._call_waiters: list[asyncio.Future[None]] = []
         self._wake: asyncio.Future[None] | None = None
         # Output is written straight to the transport from a call_soon callback
@@ -165,7 +167,7 @@ class RpcPeer:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # Keepalive: a timer, and the payload of the PING awaiting its PONG.
-        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: _Timer | None = None
         self._ping_token: bytes | None = None
         self._transport = getattr(ws, "transport", None)
         # Session resumption: transports this session has had; set by connect()/serve()
@@ -644,7 +646,7 @@ class RpcPeer:
         connection keeps no coroutine for this)."""
         interval, _ = self._keepalive
         if interval and not self._closed_flag:
-            self._ping_timer = self._loop.call_later(interval, self._keepalive_ping)
+            self._ping_timer = _timer(self._loop, interval, self._keepalive_ping)
 
     def _keepalive_ping(self) -> None:
         self._ping_timer = None
@@ -660,7 +662,7 @@ class RpcPeer:
         self._core.send_ping(token)
         self._kick()
         if timeout is not None:
-            self._ping_timer = self._loop.call_later(timeout, self._keepalive_expired, transport)
+            self._ping_timer = _timer(self._loop, timeout, functools.partial(self._keepalive_expired, transport))
 
     def _keepalive_pong(self) -> None:
         """The keepalive PING was answered: the next one after the interval."""
@@ -930,8 +932,11 @@ class RpcPeer:
                 result.close()
             raise LimitExceeded("too many running notification handlers")
         task = self._loop.create_task(_quiet(result))
-        self._notify_tasks.add(task)
-        task.add_done_callback(self._notify_tasks.discard)
+        self._notify_tasks[task] = None
+        task.add_done_callback(self._notify_done)
+
+    def _notify_done(self, task: asyncio.Task[Any]) -> None:
+        self._notify_tasks.pop(task, None)
 
     def _on_cancelled(self, ev: E.CallCancelled) -> None:
         task = self._tasks.get(ev.call_id)
@@ -1112,6 +1117,70 @@ _DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
     E.HelloReceived: RpcPeer._on_hello,
 }
 
+
+
+class _Timer:
+    """A keepalive deadline in a :class:`_Timers` heap; ``cancel()`` disarms it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def cancel(self) -> None:
+        self.fn = None
+
+
+class _Timers:
+    """One event-loop timer for the keepalive deadlines of all the connections of a
+    loop (a TimerHandle per connection costs about half a KiB of an idle one)."""
+
+    __slots__ = ("loop", "heap", "handle", "at", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Timer]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+        self.seq = 0
+
+    def add(self, delay: float, fn: Callable[[], None]) -> _Timer:
+        when = self.loop.time() + delay
+        t = _Timer(fn)
+        self.seq += 1
+        heapq.heappush(self.heap, (when, self.seq, t))
+        if self.handle is None or when < self.at:
+            self._arm(when)
+        return t
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.at = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        heap = self.heap
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            fn = heapq.heappop(heap)[2].fn
+            if fn is not None:
+                fn()
+        while heap and heap[0][2].fn is None:
+            heapq.heappop(heap)
+        if heap and self.handle is None:
+            self._arm(heap[0][0])
+
+
+_loop_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
+
+
+def _timer(loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None]) -> _Timer:
+    timers = _loop_timers.get(loop)
+    if timers is None:
+        timers = _loop_timers[loop] = _Timers(loop)
+    return timers.add(delay, fn)
 
 async def _single(value: T) -> Any:
     yield value

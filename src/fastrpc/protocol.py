@@ -94,13 +94,16 @@ class Role(enum.IntEnum):
     SERVER = 2
 
 
-@dataclass
+_DEFAULT_WINDOW = 256 << 10
+
+
+@dataclass(slots=True)
 class Settings:
     """Limits one side announces in its HELLO: what it is willing to receive."""
 
     max_frame_size: int = 1 << 20
     max_message_size: int = 4 << 20
-    initial_stream_window: int = 256 << 10
+    initial_stream_window: int = _DEFAULT_WINDOW
     max_streams: int = 1024
     max_pending_calls: int = 1024
     max_item_size: int = 16 << 20
@@ -320,7 +323,7 @@ class Connection:
         self._unblocked: list[int] = []
         self._out: dict[int, _Out] = {}
         self._in: dict[int, _In] = {}
-        self._ledger_out = F.StreamLedger(Settings.initial_stream_window)
+        self._ledger_out = F.StreamLedger(_DEFAULT_WINDOW)
         self._ledger_in = F.StreamLedger(self.settings.initial_stream_window)
         # Connection-wide windows: credit we may still send on all streams together,
         # and what the peer may still send us / what we read and have not granted back.
