@@ -133,11 +133,10 @@ class RpcPeer:
         manager = streams if streams is not None else StreamManager()
         if manager.initial_window != settings.initial_stream_window:
             settings.initial_stream_window = manager.initial_window
-        self._core_options: dict[str, Any] = {
-            "compression_threshold": compression_threshold,
-            "max_replay_bytes": max_replay_bytes,
-        }
-        self._core = Connection(role, settings, **self._core_options)
+        self._core_options = (compression_threshold, max_replay_bytes)  # for a new session's core
+        self._core = Connection(
+            role, settings, compression_threshold=compression_threshold, max_replay_bytes=max_replay_bytes
+        )
         self.streams = manager
         manager._attach(self)
         self._router = router if router is not None else Router()
@@ -530,7 +529,8 @@ class RpcPeer:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         old = self._core
-        self._core = Connection(old.role, old.settings, **self._core_options)
+        threshold, max_replay = self._core_options
+        self._core = Connection(old.role, old.settings, compression_threshold=threshold, max_replay_bytes=max_replay)
         self._attachments = 0
         self._goaway = False
         self._decoder = self._codec

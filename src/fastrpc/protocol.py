@@ -69,6 +69,7 @@ FRAME_CHARGE = 32
 # Flag bit private to fastrpc's payloads: the payload is raw bytes, not codec-encoded.
 FLAG_RAW = 0x40
 URGENCY_LEVELS = 8
+_NO_RINGS = (None,) * URGENCY_LEVELS  # Connection._ready until a stream queues
 DEFAULT_URGENCY = 3
 
 # HELLO setting keys (docs/protocol.md, "HELLO").
@@ -319,7 +320,7 @@ class Connection:
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._control = F.FrameWriter()
         # One ring per urgency level, made when a stream of that urgency first queues.
-        self._ready: list[deque[_Out] | None] = [None] * URGENCY_LEVELS
+        self._ready: list[deque[_Out] | None] = _NO_RINGS  # type: ignore[assignment]
         self._unblocked: list[int] = []
         self._out: dict[int, _Out] = {}
         self._in: dict[int, _In] = {}
@@ -618,6 +619,8 @@ class Connection:
             self._ring(s.urgency).append(s)
 
     def _ring(self, urgency: int) -> deque[_Out]:
+        if self._ready is _NO_RINGS:
+            self._ready = [None] * URGENCY_LEVELS
         ring = self._ready[urgency]
         if ring is None:
             ring = self._ready[urgency] = deque()
@@ -986,7 +989,7 @@ class Connection:
             s.items.clear()
         self._in.clear()
         self._out.clear()
-        self._ready = [None] * URGENCY_LEVELS
+        self._ready = _NO_RINGS  # type: ignore[assignment]
         self._ledger_in = F.StreamLedger(self._ledger_in.initial_window)
         self._ledger_out = F.StreamLedger(self._ledger_out.initial_window)
         self._calls_out.clear()

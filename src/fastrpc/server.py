@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from typing import Any, Awaitable, Callable, Union
@@ -94,7 +95,7 @@ class Server:
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             return
         self.peers.add(peer)
-        peer._closed.add_done_callback(lambda _: self._forget(peer))
+        peer._closed.add_done_callback(functools.partial(self._forgotten, peer))
         self._register(peer, None)
         try:
             if self.handler is not None:
@@ -145,6 +146,9 @@ class Server:
         token = peer._core.token
         if token is not None and peer._core.resume_enabled:
             self._sessions[token] = peer
+
+    def _forgotten(self, peer: RpcPeer, _: Any) -> None:
+        self._forget(peer)
 
     def _forget(self, peer: RpcPeer) -> None:
         self.peers.discard(peer)
