@@ -23,6 +23,11 @@ T = TypeVar("T")
 __all__ = ["StreamManager", "ReceiveStream", "RateLimit", "StreamStats"]
 
 
+# A stream's window grows (up to max_window) while one item is more than 1/this of
+# it, so that CREDIT messages stay few per item.
+_ITEMS_PER_WINDOW = 8
+
+
 class _WeakValues:
     """The part of ``weakref.WeakValueDictionary`` the manager uses (id -> stream),
     in a few hundred bytes less: every connection has two of these."""
@@ -158,7 +163,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                     m = self._manager
                     granted = m._core.consumed(s, charge)
                     if granted:
-                        m._granted(self, s, granted)
+                        m._granted(self, s, granted, charge)
                     return m._peer._decoder.decode(payload, raw)  # type: ignore[no-any-return]
                 if s.state != _In.OPEN:
                     self._finish()
@@ -245,8 +250,9 @@ class StreamManager:
     transport's drain signal and re-check every ``backpressure_delay`` seconds.
     ``stream_buffer_size``: bytes one stream may queue before its sender waits.
     ``initial_window``: per-stream flow-control window offered to senders (bytes);
-    a stream read faster than its window refills grows it up to ``max_window``, all
-    streams of the connection together by at most ``max_growth``.
+    a stream read faster than its window refills, or whose items are more than 1/8
+    of its window, grows it up to ``max_window`` as it is read, all streams of the
+    connection together by at most ``max_growth``.
     """
 
     __slots__ = (
@@ -475,16 +481,19 @@ class StreamManager:
             if drained:
                 return
 
-    def _granted(self, stream: ReceiveStream[Any], s: _In, granted: int) -> None:
+    def _granted(self, stream: ReceiveStream[Any], s: _In, granted: int, charge: int = 0) -> None:
         """Credit went back to the sender. If it had less than a quarter of the window
         left before this grant, or used it all up since the last grant (seen when the
         data arrived), the window (not the sender) limits the stream: double
-        it, up to ``max_window``, as the link's bandwidth-delay product needs. All the
-        growth of one connection's streams together stays within ``max_growth``."""
+        it, up to ``max_window``, as the link's bandwidth-delay product needs. It is
+        doubled too while one item (``charge``) is more than 1/8 of the window: with
+        large items every item or two would need its own CREDIT message (a 64 KiB item
+        on a 256 KiB window: one CREDIT per item). All the growth of one connection's
+        streams together stays within ``max_growth``; only a stream that is read grows."""
         size = stream._wsize
         if size < self.max_window:
             window = self._core.stream_stats(s.id, False)[2]
-            if (window - granted) * 4 < size or s.starved:
+            if (window - granted) * 4 < size or s.starved or charge * _ITEMS_PER_WINDOW > size:
                 s.starved = False
                 extra = min(size, self.max_window - size, self.max_growth - self._growth)
                 if extra > 0:
