@@ -247,12 +247,14 @@ class Connection:
         compression_threshold: int = 1024,
         stream_buffer_size: int = 64 << 10,
         max_replay_bytes: int = 32 << 20,
+        batch_size: int = 128 << 10,
     ) -> None:
         self.role = role
         self.settings = settings or Settings()
         self.peer_settings: Settings | None = None
         self.compression_threshold = compression_threshold
         self.stream_buffer_size = stream_buffer_size
+        self.batch_size = batch_size
         self.closed = False
         self._next_id = 1 if role is Role.CLIENT else 2
         self._peer_parity = 0 if role is Role.CLIENT else 1
@@ -367,6 +369,9 @@ class Connection:
         parts: list[bytes] = []
         size = 0
         limit = self._message_limit or self.settings.max_message_size
+        # Streams fill a message up to batch_size: larger messages would make an urgent
+        # item queued next wait for all of one to cross the wire.
+        batch = min(self.batch_size, limit)
         control = self._control
         if len(control):
             frames = control.count
@@ -381,7 +386,7 @@ class Connection:
                 while ring:
                     s = ring[0]
                     n = len(s.writer)
-                    if size and size + n > limit:
+                    if size and size + n > batch:
                         break
                     ring.popleft()
                     s.queued = False
