@@ -40,6 +40,7 @@ from .events import (
 from .exceptions import (
     ErrorCode,
     LimitExceeded,
+    PayloadTooLarge,
     ProtocolError,
     RemoteError,
     RemoteStreamError,
@@ -165,14 +166,26 @@ class Settings:
         return self
 
 
-def encode_error(type_name: str, message: str, code: int | None = None, traceback: str | None = None) -> bytes:
-    """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback."""
-    t = type_name.encode("utf-8", "replace")
-    m = message.encode("utf-8", "replace")
+def encode_error(
+    type_name: str,
+    message: str,
+    code: int | None = None,
+    traceback: str | None = None,
+    limit: int = 1 << 20,
+) -> bytes:
+    """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback.
+
+    Fits in ``limit`` bytes: an over-long type name, message or traceback is cut
+    (each field still says its true length, so the result always decodes)."""
+    room = max(limit - 24, 0)  # the three varints take at most 8 + 8 + 8 bytes
+    t = type_name.encode("utf-8", "replace")[: min(256, room)]
+    room -= len(t)
+    m = message.encode("utf-8", "replace")[:room]
+    room -= len(m)
     out = bytearray(F.encode_varint(0 if code is None else min(code, F.VARINT_MAX - 1) + 1))
     out += F.encode_varint(len(t)) + t + F.encode_varint(len(m)) + m
-    if traceback:
-        out += traceback.encode("utf-8", "replace")
+    if traceback and room > 0:
+        out += traceback.encode("utf-8", "replace")[:room]
     return bytes(out)
 
 
@@ -584,6 +597,7 @@ class Connection:
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
+        self._check_size("request", len(head) + len(payload))
         self._control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
         self._calls_out[call_id] = 0
         if stream:
@@ -597,7 +611,14 @@ class Connection:
     def send_notification(self, method: str, payload: Payload, *, raw: bool = False) -> None:
         self._check_open()
         m = method.encode("utf-8")
-        self._control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, F.encode_varint(len(m)) + m + payload)
+        head = F.encode_varint(len(m)) + m
+        self._check_size("notification", len(head) + len(payload))
+        self._control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, head + payload)
+
+    def _check_size(self, what: str, n: int) -> None:
+        limit = self._frame_limit
+        if limit and n > limit:
+            raise PayloadTooLarge(f"{what} of {n} bytes exceeds the peer's frame limit of {limit} bytes; use a stream")
 
     def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
         """Answer call ``call_id``; this also finishes it (frees its slot)."""
@@ -630,7 +651,7 @@ class Connection:
             raise KeyError(call_id)
         self._calls_in.discard(call_id)
         if not self.closed:
-            self._control.add(F.ERROR, 0, call_id, encode_error(type_name, message, code, traceback)[: self._frame_limit])
+            self._control.add(F.ERROR, 0, call_id, encode_error(type_name, message, code, traceback, self._frame_limit))
 
     def finish_call(self, call_id: int) -> None:
         """A streaming call's handler finished (its stream's end is queued)."""
@@ -794,7 +815,7 @@ class Connection:
 
     def error_stream(self, stream_id: int, type_name: str, message: str, code: int | None = None) -> None:
         """Queue STREAM_ERROR: the sending iterator raised."""
-        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code)[: self._frame_limit])
+        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code, None, self._frame_limit))
 
     def abort_stream(self, stream_id: int, reason: str = "") -> None:
         """Queue STREAM_ABORT: the sender gives up; an unsent part of an item is dropped."""
@@ -1001,8 +1022,10 @@ class Connection:
         self.peer_settings = peer
         self._frame_limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
         self._message_limit = peer.max_message_size
-        # A stream's queue plus one frame must fit in one message.
-        self.stream_buffer_size = max(1, min(self.stream_buffer_size, peer.max_message_size // 2))
+        # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
+        # in one message.
+        room = peer.max_message_size - self._frame_limit - 18
+        self.stream_buffer_size = max(1, min(self.stream_buffer_size, room))
         self._stream_slots = peer.max_streams
         self._conn_credit = peer.connection_window
         self._ledger_out = F.StreamLedger(peer.initial_stream_window)
