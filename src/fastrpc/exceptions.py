@@ -17,6 +17,7 @@ __all__ = [
     "StreamAborted",
     "StreamClosed",
     "LimitExceeded",
+    "PayloadTooLarge",
     "ResumeFailed",
 ]
 
@@ -101,6 +102,11 @@ class LimitExceeded(ProtocolError):
 
     def __init__(self, reason: str, code: int = ErrorCode.LIMIT_EXCEEDED) -> None:
         super().__init__(reason, code)
+
+
+class PayloadTooLarge(FastRPCError, ValueError):
+    """A call's arguments or a notification do not fit in one frame of the peer's;
+    send large data as a stream (items of any size are fragmented)."""
 
 
 class ConnectionClosed(FastRPCError):

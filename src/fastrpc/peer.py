@@ -514,14 +514,7 @@ class RpcPeer:
     async def _reset_session(self, exc: ConnectionClosed) -> None:
         """(Client) the session could not be resumed: fail everything in flight with
         ``exc`` and start a new session on the next transport."""
-        for fut in self._calls.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._calls.clear()
-        for fut in self._pongs.values():
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()
+        self._fail_pending(exc)
         tasks = [*self._tasks.values(), *self._notify_tasks]
         for t in tasks:
             t.cancel()
@@ -538,6 +531,17 @@ class RpcPeer:
         for w in self._call_waiters:
             if not w.done():
                 w.set_result(None)
+
+    def _fail_pending(self, exc: ConnectionClosed) -> None:
+        """Fail our calls and pings in flight with ``exc``."""
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._calls.clear()
+        for fut in self._pongs.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
 
     async def _fail_protocol(self, e: ProtocolError) -> None:
         """The peer broke the protocol: GOAWAY with the reason, close with its code."""
@@ -579,14 +583,7 @@ class RpcPeer:
             self._ready.exception()
         if not self._transport_done.done():
             self._transport_done.set_result(None)
-        for fut in self._calls.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._calls.clear()
-        for fut in self._pongs.values():
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()
+        self._fail_pending(exc)
         for w in self._call_waiters:
             if not w.done():
                 w.set_result(None)

@@ -40,6 +40,7 @@ from .events import (
 from .exceptions import (
     ErrorCode,
     LimitExceeded,
+    PayloadTooLarge,
     ProtocolError,
     RemoteError,
     RemoteStreamError,
@@ -169,14 +170,26 @@ class Settings:
         return self
 
 
-def encode_error(type_name: str, message: str, code: int | None = None, traceback: str | None = None) -> bytes:
-    """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback."""
-    t = type_name.encode("utf-8", "replace")
-    m = message.encode("utf-8", "replace")
+def encode_error(
+    type_name: str,
+    message: str,
+    code: int | None = None,
+    traceback: str | None = None,
+    limit: int = 1 << 20,
+) -> bytes:
+    """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback.
+
+    Fits in ``limit`` bytes: an over-long type name, message or traceback is cut
+    (each field still says its true length, so the result always decodes)."""
+    room = max(limit - 24, 0)  # the three varints take at most 8 + 8 + 8 bytes
+    t = type_name.encode("utf-8", "replace")[: min(256, room)]
+    room -= len(t)
+    m = message.encode("utf-8", "replace")[:room]
+    room -= len(m)
     out = bytearray(F.encode_varint(0 if code is None else min(code, F.VARINT_MAX - 1) + 1))
     out += F.encode_varint(len(t)) + t + F.encode_varint(len(m)) + m
-    if traceback:
-        out += traceback.encode("utf-8", "replace")
+    if traceback and room > 0:
+        out += traceback.encode("utf-8", "replace")[:room]
     return bytes(out)
 
 
@@ -282,6 +295,7 @@ class Connection:
         "_unacked_bytes",
         "_unacked_frames",
         "_unblocked",
+        "batch_size",
         "bytes_in",
         "bytes_out",
         "closed",
@@ -309,12 +323,14 @@ class Connection:
         compression_threshold: int = 1024,
         stream_buffer_size: int = 64 << 10,
         max_replay_bytes: int = 32 << 20,
+        batch_size: int = 128 << 10,
     ) -> None:
         self.role = role
         self.settings = settings or Settings()
         self.peer_settings: Settings | None = None
         self.compression_threshold = compression_threshold
         self.stream_buffer_size = stream_buffer_size
+        self.batch_size = batch_size
         self.closed = False
         self._next_id = 1 if role is Role.CLIENT else 2
         self._peer_parity = 0 if role is Role.CLIENT else 1
@@ -432,6 +448,9 @@ class Connection:
         parts: list[bytes] = []
         size = 0
         limit = self._message_limit or self.settings.max_message_size
+        # Streams fill a message up to batch_size: larger messages would make an urgent
+        # item queued next wait for all of one to cross the wire.
+        batch = min(self.batch_size, limit)
         control = self._control
         if len(control):
             frames = control.count
@@ -446,7 +465,7 @@ class Connection:
                 while ring:
                     s = ring[0]
                     n = len(s.writer)
-                    if size and size + n > limit:
+                    if size and size + n > batch:
                         break
                     ring.popleft()
                     s.queued = False
@@ -654,6 +673,7 @@ class Connection:
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
+        self._check_size("request", len(head) + len(payload))
         self._control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
         self._calls_out[call_id] = 0
         if stream:
@@ -667,7 +687,14 @@ class Connection:
     def send_notification(self, method: str, payload: Payload, *, raw: bool = False) -> None:
         self._check_open()
         m = method.encode("utf-8")
-        self._control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, F.encode_varint(len(m)) + m + payload)
+        head = F.encode_varint(len(m)) + m
+        self._check_size("notification", len(head) + len(payload))
+        self._control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, head + payload)
+
+    def _check_size(self, what: str, n: int) -> None:
+        limit = self._frame_limit
+        if limit and n > limit:
+            raise PayloadTooLarge(f"{what} of {n} bytes exceeds the peer's frame limit of {limit} bytes; use a stream")
 
     def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
         """Answer call ``call_id``; this also finishes it (frees its slot)."""
@@ -700,7 +727,7 @@ class Connection:
             raise KeyError(call_id)
         self._calls_in.pop(call_id, None)
         if not self.closed:
-            self._control.add(F.ERROR, 0, call_id, encode_error(type_name, message, code, traceback)[: self._frame_limit])
+            self._control.add(F.ERROR, 0, call_id, encode_error(type_name, message, code, traceback, self._frame_limit))
 
     def finish_call(self, call_id: int) -> None:
         """A streaming call's handler finished (its stream's end is queued)."""
@@ -867,7 +894,7 @@ class Connection:
 
     def error_stream(self, stream_id: int, type_name: str, message: str, code: int | None = None) -> None:
         """Queue STREAM_ERROR: the sending iterator raised."""
-        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code)[: self._frame_limit])
+        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code, None, self._frame_limit))
 
     def abort_stream(self, stream_id: int, reason: str = "") -> None:
         """Queue STREAM_ABORT: the sender gives up; an unsent part of an item is dropped."""
@@ -1095,8 +1122,10 @@ class Connection:
         self.peer_settings = peer
         self._frame_limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
         self._message_limit = peer.max_message_size
-        # A stream's queue plus one frame must fit in one message.
-        self.stream_buffer_size = max(1, min(self.stream_buffer_size, peer.max_message_size // 2))
+        # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
+        # in one message.
+        room = peer.max_message_size - self._frame_limit - 18
+        self.stream_buffer_size = max(1, min(self.stream_buffer_size, room))
         self._stream_slots = peer.max_streams
         self._conn_credit = peer.connection_window
         self._ledger_out = F.StreamLedger(peer.initial_stream_window)

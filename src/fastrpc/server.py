@@ -19,6 +19,7 @@ from .peer import RpcPeer
 from .protocol import TOKEN_SIZE, Role
 from .router import Router
 from .seed import SeedPeer
+from .sessions import MemorySessionStore, SessionStore
 from .options import PeerOptions
 
 __all__ = ["serve", "Server"]
@@ -36,7 +37,15 @@ class Server:
     open connections.
     """
 
-    def __init__(self, target: Target, host: str, port: int, options: PeerOptions, ws_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        target: Target,
+        host: str,
+        port: int,
+        options: PeerOptions,
+        ws_kwargs: dict[str, Any],
+        session_store: SessionStore[RpcPeer] | None = None,
+    ) -> None:
         if isinstance(target, Router):
             self.router: Router | None = target
             self.handler: Handler | None = None
@@ -51,7 +60,7 @@ class Server:
         self.peers: set[RpcPeer] = set()
         self._ws_kwargs = ws_kwargs
         self._server: _WSServer | None = None
-        self._sessions: dict[bytes, RpcPeer] = {}
+        self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
 
     @property
@@ -130,7 +139,7 @@ class Server:
 
     def _session_for(self, first: bytes) -> RpcPeer | None:
         """The live session a handshake asks to resume, if any."""
-        if not self.options.resume or not self._sessions:
+        if not self.options.resume or not len(self.sessions):
             return None
         try:
             frames = F.decode_message(first, self.options.max_frame_size)
@@ -138,14 +147,14 @@ class Server:
             return None
         if len(frames) < 2 or frames[1].type != F.RESUME:
             return None
-        return self._sessions.get(bytes(frames[1].payload[:TOKEN_SIZE]))
+        return self.sessions.get(bytes(frames[1].payload[:TOKEN_SIZE]))
 
     def _register(self, peer: RpcPeer, old_token: bytes | None) -> None:
         if old_token is not None:
-            self._sessions.pop(old_token, None)
+            self.sessions.discard(old_token, peer)
         token = peer._core.token
         if token is not None and peer._core.resume_enabled:
-            self._sessions[token] = peer
+            self.sessions.put(token, peer)
 
     def _forgotten(self, peer: RpcPeer, _: Any) -> None:
         self._forget(peer)
@@ -153,8 +162,8 @@ class Server:
     def _forget(self, peer: RpcPeer) -> None:
         self.peers.discard(peer)
         token = peer._core.token
-        if token is not None and self._sessions.get(token) is peer:
-            del self._sessions[token]
+        if token is not None:
+            self.sessions.discard(token, peer)
         handle = self._grace.pop(peer, None)
         if handle is not None:
             handle.cancel()
@@ -177,7 +186,7 @@ class Server:
         if peer._ws is None and not peer._closed_flag:
             token = peer._core.token
             if token is not None:
-                self._sessions.pop(token, None)
+                self.sessions.discard(token, peer)
             exc = ResumeFailed("session expired: the client did not come back in time")
             peer._session_task = asyncio.get_running_loop().create_task(peer._teardown(exc))
 
@@ -243,7 +252,14 @@ class Server:
         await self.close()
 
 
-def serve(target: Target, host: str = "127.0.0.1", port: int = 0, **options: Any) -> Server:
+def serve(
+    target: Target,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    session_store: SessionStore[RpcPeer] | None = None,
+    **options: Any,
+) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
     connection) on ``host:port``. Use as ``async with serve(...) as server`` or
     ``server = await serve(...).start()``.
@@ -251,8 +267,10 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 0, **options: Any
     Options: the limits of :class:`fastrpc.protocol.Settings` (``max_frame_size``,
     ``max_message_size``, ``max_streams``, ``max_pending_calls``, ...), ``codec``,
     ``streams`` (a :class:`StreamManager` used as a template), ``compression``,
-    ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``; others go to
+    ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``, ``resume``
+    (keep sessions for clients that reconnect, ``session_grace`` seconds; in
+    ``session_store``, in memory by default); others go to
     ``websockets.asyncio.server.serve``.
     """
     opts, ws_kwargs = PeerOptions.split(options)
-    return Server(target, host, port, opts, ws_kwargs)
+    return Server(target, host, port, opts, ws_kwargs, session_store)

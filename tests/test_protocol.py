@@ -1,0 +1,1413 @@
+"""The sans-I/O connection core (``fastrpc.protocol.Connection``), with no sockets and
+no event loop: two cores wired back to back (one's ``next_message()`` fed to the
+other's ``receive_message()``), plus hand-built frames to provoke protocol errors.
+
+Runs against whichever frame codec is live (compiled, or pure with
+``FASTRPC_NO_EXTENSIONS=1``). The wire format is ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any
+
+import pytest
+
+from fastrpc import compression as C
+from fastrpc import frames as F
+from fastrpc.events import (
+    CallCancelled,
+    CallFailed,
+    CreditGranted,
+    Event,
+    GoAwayReceived,
+    HelloReceived,
+    NotificationReceived,
+    PongReceived,
+    RequestReceived,
+    ResponseReceived,
+    StreamClosedByPeer,
+    StreamOpened,
+    StreamReadable,
+)
+from fastrpc.exceptions import (
+    ErrorCode,
+    LimitExceeded,
+    ProtocolError,
+    RemoteError,
+    RemoteStreamError,
+    StreamAborted,
+    StreamClosed,
+)
+from fastrpc.protocol import (
+    ACK_BYTES,
+    ACK_FRAMES,
+    FLAG_RAW,
+    FRAME_CHARGE,
+    TOKEN_SIZE,
+    Connection,
+    Role,
+    SessionLost,
+    Settings,
+    decode_error,
+    encode_error,
+)
+
+FrameTuple = tuple[int, int, int, bytes]
+V = F.encode_varint
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def frames_of(msg: bytes | None) -> list[FrameTuple]:
+    """The frames of one message as ``(type, flags, id, payload bytes)`` tuples."""
+    assert msg is not None, "a message was expected"
+    return [(f.type, f.flags, f.id, bytes(f.payload)) for f in F.decode_message(msg, F.VARINT_MAX)]
+
+
+def batch(*frames: FrameTuple | tuple[int, int, int, Any]) -> bytes:
+    return F.encode_batch(list(frames))
+
+
+def hello(settings: dict[int, int] | None = None, version: int = F.PROTOCOL_VERSION) -> bytes:
+    """A hand-built HELLO message (default: every setting at its default)."""
+    if settings is None:
+        return F.encode_frame(F.HELLO, 0, 0, Settings().to_wire())
+    return F.encode_frame(F.HELLO, 0, 0, F.encode_settings(version, settings))
+
+
+def method_head(name: bytes) -> bytes:
+    return V(len(name)) + name
+
+
+def connect(
+    client: Settings | None = None,
+    server: Settings | None = None,
+    *,
+    client_kw: dict[str, Any] | None = None,
+    server_kw: dict[str, Any] | None = None,
+) -> tuple[Connection, Connection]:
+    """A client core and a server core after the HELLO exchange."""
+    c = Connection(Role.CLIENT, client or Settings(), **(client_kw or {}))
+    s = Connection(Role.SERVER, server or Settings(), **(server_kw or {}))
+    ev = s.receive_message(c.next_message())
+    assert ev == [HelloReceived(c.settings)]
+    ev = c.receive_message(s.next_message())
+    assert ev == [HelloReceived(s.settings)]
+    assert c.ready and s.ready and not c.awaiting_hello and not s.awaiting_hello
+    return c, s
+
+
+def server_after_hello(settings: Settings | None = None, **kw: Any) -> Connection:
+    """A server core that got a default client HELLO: ready for hand-built frames."""
+    s = Connection(Role.SERVER, settings or Settings(), **kw)
+    s.receive_message(hello())
+    s.next_message()  # its own HELLO
+    return s
+
+
+def client_after_hello(settings: Settings | None = None, **kw: Any) -> Connection:
+    c = Connection(Role.CLIENT, settings or Settings(), **kw)
+    c.next_message()  # its HELLO
+    c.receive_message(hello())
+    return c
+
+
+def deliver(src: Connection, dst: Connection) -> list[Event]:
+    """Every message ``src`` has queued, received by ``dst``; the events, in order."""
+    events: list[Event] = []
+    while (msg := src.next_message()) is not None:
+        events += dst.receive_message(msg)
+    return events
+
+
+def messages(conn: Connection) -> list[bytes]:
+    out = []
+    while (msg := conn.next_message()) is not None:
+        out.append(msg)
+    return out
+
+
+def read_all(conn: Connection, stream_id: int) -> list[tuple[bytes, bool]]:
+    out = []
+    while (item := conn.read_item(stream_id)) is not None:
+        out.append((bytes(item[0]), item[1]))
+    return out
+
+
+def protocol_error(conn: Connection, msg: bytes, reason: str, code: ErrorCode, close_code: int) -> ProtocolError:
+    """``conn`` rejects ``msg`` with a ProtocolError of this reason, code and close code."""
+    with pytest.raises(ProtocolError) as info:
+        conn.receive_message(msg)
+    err = info.value
+    assert reason in err.reason, err.reason
+    assert err.code == code, (err.code, err.reason)
+    assert err.close_code == close_code
+    return err
+
+
+def assert_remote(err: RemoteError, type_name: str, message: str, code: int | None = None, tb: str | None = None) -> None:
+    assert (err.type_name, err.message, err.code, err.remote_traceback) == (type_name, message, code, tb)
+
+
+# ------------------------------------------------------------------------- handshake
+
+
+def test_hello_exchange_and_settings_round_trip() -> None:
+    cs = Settings(
+        max_frame_size=2048,
+        max_message_size=8192,
+        initial_stream_window=4096,
+        max_streams=7,
+        max_pending_calls=9,
+        max_item_size=12345,
+        compression=1,
+        codec=1,
+        resume=1,
+        connection_window=65536,
+    )
+    c = Connection(Role.CLIENT, cs)
+    s = Connection(Role.SERVER)
+    assert not c.ready and c.awaiting_hello and c.has_output() is False
+    first = c.next_message()
+    # The handshake is one HELLO frame on id 0: version, then (key, value) pairs.
+    assert frames_of(first) == [(F.HELLO, 0, 0, cs.to_wire())]
+    version, values = F.decode_settings(cs.to_wire())
+    assert version == F.PROTOCOL_VERSION == 1
+    assert values == {1: 2048, 2: 8192, 3: 4096, 4: 7, 5: 9, 6: 12345, 7: 1, 8: 1, 9: 1, 10: 65536}
+    assert s.receive_message(first) == [HelloReceived(cs)]
+    assert s.peer_settings == cs and s.ready
+    # Handshake frames are not counted in positions.
+    assert s.frames_in == 0 and c.frames_out == 0
+    reply = s.next_message()
+    assert frames_of(reply) == [(F.HELLO, 0, 0, Settings().to_wire())]
+    assert c.receive_message(reply) == [HelloReceived(Settings())]
+    assert c.peer_settings == Settings()
+    assert Settings.from_wire(cs.to_wire()) == cs
+    # Nothing else is queued on either side.
+    assert c.next_message() is None and s.next_message() is None
+
+
+def test_unknown_setting_keys_are_ignored() -> None:
+    s = Connection(Role.SERVER)
+    events = s.receive_message(hello({1: 2048, 11: 5, 4: 3, 200: 1 << 40}))
+    expected = Settings(max_frame_size=2048, max_streams=3)
+    assert events == [HelloReceived(expected)]
+    assert s.peer_settings == expected
+
+
+def test_repeated_setting_key_is_rejected() -> None:
+    s = Connection(Role.SERVER)
+    payload = V(1) + V(1) + V(2048) + V(1) + V(4096)
+    protocol_error(s, F.encode_frame(F.HELLO, 0, 0, payload), "duplicate setting", ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_unsupported_version_is_answered_with_goaway() -> None:
+    s = Connection(Role.SERVER)
+    err = protocol_error(s, hello({}, version=2), "unsupported protocol version 2", ErrorCode.UNSUPPORTED_VERSION, 1002)
+    assert "speaks 1" in err.reason  # our own version, in the reason
+    assert not s.ready
+    # The I/O layer closes with the error: our HELLO still goes first, then GOAWAY.
+    s.close(err.code, err.reason)
+    c = Connection(Role.CLIENT)
+    c.next_message()
+    assert c.receive_message(s.next_message()) == [HelloReceived(Settings())]
+    goaway = s.next_message()
+    assert frames_of(goaway) == [(F.GOAWAY, 0, 0, V(ErrorCode.UNSUPPORTED_VERSION) + err.reason.encode())]
+    assert c.receive_message(goaway) == [GoAwayReceived(ErrorCode.UNSUPPORTED_VERSION, err.reason)]
+    assert s.next_message() is None
+
+
+def test_first_frame_must_be_hello() -> None:
+    s = Connection(Role.SERVER)
+    protocol_error(s, F.encode_frame(F.PING, 0, 0, b"x"), "expected HELLO as the first frame", ErrorCode.PROTOCOL_ERROR, 1002)
+    # A HELLO that is not first does not count either.
+    s = Connection(Role.SERVER)
+    msg = batch((F.REQUEST, 0, 1, method_head(b"m")), (F.HELLO, 0, 0, Settings().to_wire()))
+    protocol_error(s, msg, "expected HELLO as the first frame", ErrorCode.PROTOCOL_ERROR, 1002)
+    assert not s.ready
+    # The client side checks it too.
+    c = Connection(Role.CLIENT)
+    c.next_message()
+    protocol_error(c, F.encode_frame(F.RESPONSE, 0, 1, b""), "expected HELLO as the first frame",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_hello_twice_is_rejected() -> None:
+    # In the same message...
+    s = Connection(Role.SERVER)
+    protocol_error(s, hello() + hello(), "HELLO after the handshake", ErrorCode.PROTOCOL_ERROR, 1002)
+    # ...or in a later one.
+    s = Connection(Role.SERVER)
+    s.receive_message(hello())
+    protocol_error(s, hello(), "HELLO after the handshake", ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+@pytest.mark.parametrize(
+    "values, reason",
+    [
+        ({1: 1023}, "max_frame_size below 1024"),
+        ({1: 4096, 2: 2048}, "max_message_size below max_frame_size"),
+        ({2: 1 << 19}, "max_message_size below max_frame_size"),
+        ({3: 1023}, "initial_stream_window below 1024"),
+        ({10: 1023}, "connection_window below 1024"),
+        ({6: 0}, "max_item_size below 1"),
+        ({8: 2}, "unknown payload codec 2"),
+    ],
+)
+def test_settings_below_the_minimums_are_rejected(values: dict[int, int], reason: str) -> None:
+    s = Connection(Role.SERVER)
+    protocol_error(s, hello(values), reason, ErrorCode.PROTOCOL_ERROR, 1002)
+    # The minimums themselves are fine.
+    s = Connection(Role.SERVER)
+    s.receive_message(hello({1: 1024, 2: 1024, 3: 1024, 10: 1024, 6: 1}))
+    assert s.peer_settings == Settings(1024, 1024, 1024, max_item_size=1, connection_window=1024)
+
+
+# ------------------------------------------------------------------------------ calls
+
+
+def test_call_ids_client_odd_server_even_and_request_response() -> None:
+    c, s = connect()
+    assert [c.send_request("add", b"\x92\x01\x02") for _ in range(3)] == [1, 3, 5]
+    assert c.open_stream() == 7  # one counter for calls and streams
+    assert c.pending_calls == 3
+    msg = c.next_message()
+    assert frames_of(msg) == [(F.REQUEST, 0, i, method_head(b"add") + b"\x92\x01\x02") for i in (1, 3, 5)]
+    assert s.receive_message(msg) == [RequestReceived(i, "add", b"\x92\x01\x02") for i in (1, 3, 5)]
+    assert s.running_calls == 3
+    s.send_response(3, b"\x03")
+    s.send_response(1, b"\x04")
+    assert c.receive_message(s.next_message()) == [ResponseReceived(3, b"\x03"), ResponseReceived(1, b"\x04")]
+    assert c.pending_calls == 1 and s.running_calls == 1
+    # The server's ids are even.
+    assert [s.send_request("back", b"") for _ in range(2)] == [2, 4]
+    assert c.receive_message(s.next_message()) == [RequestReceived(2, "back", b""), RequestReceived(4, "back", b"")]
+    with pytest.raises(KeyError):
+        s.send_response(1, b"")  # already answered
+
+
+def test_deadline_flag_is_parsed_into_the_request() -> None:
+    c, s = connect()
+    cid = c.send_request("slow", b"", timeout=1.5)
+    plain = c.send_request("fast", b"\xc0")
+    msg = c.next_message()
+    assert frames_of(msg) == [
+        (F.REQUEST, F.FLAG_DEADLINE, cid, V(1500) + method_head(b"slow")),
+        (F.REQUEST, 0, plain, method_head(b"fast") + b"\xc0"),
+    ]
+    assert s.receive_message(msg) == [
+        RequestReceived(cid, "slow", b"", deadline=1.5),
+        RequestReceived(plain, "fast", b"\xc0", deadline=None),
+    ]
+    # A hand-built deadline of 0 ms is a deadline too (already passed).
+    ev = s.receive_message(F.encode_frame(F.REQUEST, F.FLAG_DEADLINE | F.FLAG_STREAM, 5, V(0) + method_head(b"x")))
+    assert ev == [RequestReceived(5, "x", b"", stream=True, deadline=0.0)]
+
+
+def test_method_name_not_utf8_is_rejected() -> None:
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.REQUEST, 0, 1, method_head(b"\xff\xfe")), "method name is not UTF-8",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.NOTIFY, 0, 0, method_head(b"\xc3")), "not UTF-8", ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_truncated_method_name_is_rejected() -> None:
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.REQUEST, 0, 1, V(10) + b"abc"), "truncated method name",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.NOTIFY, 0, 0, V(4) + b"ab"), "truncated method name",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+    # An empty REQUEST payload has no method length at all.
+    s = server_after_hello()
+    with pytest.raises(ProtocolError):
+        s.receive_message(F.encode_frame(F.REQUEST, 0, 1, b""))
+
+
+def test_wrong_parity_call_id_is_rejected() -> None:
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.REQUEST, 0, 2, method_head(b"m")), "call id of the wrong parity",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+    c = client_after_hello()
+    protocol_error(c, F.encode_frame(F.REQUEST, 0, 3, method_head(b"m")), "call id of the wrong parity",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.REQUEST, 0, 0, method_head(b"m")), "wrong parity",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_duplicate_call_id_is_rejected() -> None:
+    s = server_after_hello()
+    req = F.encode_frame(F.REQUEST, 0, 1, method_head(b"m"))
+    assert s.receive_message(req) == [RequestReceived(1, "m", b"")]
+    protocol_error(s, req, "call id in use", ErrorCode.PROTOCOL_ERROR, 1002)
+    # Once answered, the id is free again (ids are never reused by a correct peer,
+    # but the core only tracks what is running).
+    s = server_after_hello()
+    s.receive_message(req)
+    s.send_response(1, b"")
+    assert s.receive_message(req) == [RequestReceived(1, "m", b"")]
+
+
+def test_max_pending_calls_exceeded() -> None:
+    s = server_after_hello(Settings(max_pending_calls=2))
+    ok = batch((F.REQUEST, 0, 1, method_head(b"m")), (F.REQUEST, 0, 3, method_head(b"m")))
+    assert len(s.receive_message(ok)) == 2
+    err = protocol_error(s, F.encode_frame(F.REQUEST, 0, 5, method_head(b"m")), "too many pending calls",
+                         ErrorCode.LIMIT_EXCEEDED, 1008)
+    assert isinstance(err, LimitExceeded)
+    # A finished call frees its slot.
+    s = server_after_hello(Settings(max_pending_calls=2))
+    s.receive_message(ok)
+    s.send_error(1, "ValueError", "no")
+    assert s.receive_message(F.encode_frame(F.REQUEST, 0, 5, method_head(b"m"))) == [RequestReceived(5, "m", b"")]
+    # The caller's core refuses to go past the limit it was told.
+    c, s = connect(server=Settings(max_pending_calls=2))
+    c.send_request("a", b"")
+    c.send_request("b", b"")
+    assert not c.can_call()
+    with pytest.raises(LimitExceeded, match="too many pending calls"):
+        c.send_request("c", b"")
+
+
+def test_cancel_keeps_the_callers_slot_until_the_final_error() -> None:
+    c, s = connect(server=Settings(max_pending_calls=1))
+    cid = c.send_request("slow", b"")
+    assert s.receive_message(c.next_message()) == [RequestReceived(cid, "slow", b"")]
+    c.cancel_call(cid)
+    c.cancel_call(cid)  # twice: one CANCEL
+    assert c.pending_calls == 1 and not c.can_call()
+    with pytest.raises(LimitExceeded):
+        c.send_request("other", b"")
+    msg = c.next_message()
+    assert frames_of(msg) == [(F.CANCEL, 0, cid, b"")]
+    assert s.receive_message(msg) == [CallCancelled(cid)]
+    assert s.running_calls == 1  # the handler still runs until it finishes
+    s.send_error(cid, "CancelledError", "")
+    # The final ERROR frees the slot; the caller gave up, so no event.
+    assert c.receive_message(s.next_message()) == []
+    assert c.pending_calls == 0 and c.can_call()
+    # A RESPONSE that crossed the CANCEL frees it the same way.
+    cid = c.send_request("slow", b"")
+    s.receive_message(c.next_message())
+    c.cancel_call(cid)
+    s.send_response(cid, b"\x01")
+    assert c.receive_message(s.next_message()) == []
+    assert s.receive_message(c.next_message()) == []  # CANCEL for a finished call: ignored
+    assert c.pending_calls == 0
+
+
+def test_response_or_error_for_unknown_call() -> None:
+    c = client_after_hello()
+    protocol_error(c, F.encode_frame(F.RESPONSE, 0, 1, b""), "response to an unknown call",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    c = client_after_hello()
+    protocol_error(c, F.encode_frame(F.ERROR, 0, 1, encode_error("E", "m")), "error for an unknown call",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    # A second answer to one call is an unknown call too.
+    c, s = connect()
+    cid = c.send_request("m", b"")
+    s.receive_message(c.next_message())
+    s.send_response(cid, b"")
+    c.receive_message(s.next_message())
+    protocol_error(c, F.encode_frame(F.RESPONSE, 0, cid, b""), "response to an unknown call",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+
+
+def test_notify() -> None:
+    c, s = connect()
+    c.send_notification("log", b"\xa2hi")
+    c.send_notification("raw", b"\x00\x01", raw=True)
+    msg = c.next_message()
+    assert frames_of(msg) == [
+        (F.NOTIFY, 0, 0, method_head(b"log") + b"\xa2hi"),
+        (F.NOTIFY, FLAG_RAW, 0, method_head(b"raw") + b"\x00\x01"),
+    ]
+    assert s.receive_message(msg) == [
+        NotificationReceived("log", b"\xa2hi", False),
+        NotificationReceived("raw", b"\x00\x01", True),
+    ]
+    # Nothing comes back, and no call is pending on either side.
+    assert s.next_message() is None and c.pending_calls == 0 and s.running_calls == 0
+
+
+def test_raw_flag_round_trip() -> None:
+    c, s = connect()
+    raw_id = c.send_request("r", b"\x00bytes", raw=True)
+    enc_id = c.send_request("e", b"\xc0")
+    msg = c.next_message()
+    assert [f[1] for f in frames_of(msg)] == [FLAG_RAW, 0]
+    assert s.receive_message(msg) == [
+        RequestReceived(raw_id, "r", b"\x00bytes", raw=True),
+        RequestReceived(enc_id, "e", b"\xc0", raw=False),
+    ]
+    s.send_response(raw_id, b"\xffraw", raw=True)
+    s.send_response(enc_id, b"\xc0")
+    msg = s.next_message()
+    assert [f[1] for f in frames_of(msg)] == [FLAG_RAW, 0]
+    assert c.receive_message(msg) == [ResponseReceived(raw_id, b"\xffraw", True), ResponseReceived(enc_id, b"\xc0", False)]
+    # Stream items carry it per item.
+    sid = c.open_stream()
+    c.send_item(sid, b"r", raw=True)
+    c.send_item(sid, b"e")
+    msg = c.next_message()
+    assert frames_of(msg) == [(F.STREAM_DATA, F.FLAG_OPEN | FLAG_RAW, sid, b"r"), (F.STREAM_DATA, 0, sid, b"e")]
+    s.receive_message(msg)
+    assert read_all(s, sid) == [(b"r", True), (b"e", False)]
+
+
+def test_response_too_large_for_the_callers_frame_limit() -> None:
+    c, s = connect(client=Settings(max_frame_size=1024, max_message_size=2048))
+    big = c.send_request("big", b"")
+    fits = c.send_request("fits", b"")
+    s.receive_message(c.next_message())
+    s.send_response(big, b"x" * 1025)
+    s.send_response(fits, b"y" * 1024)
+    msg = s.next_message()
+    assert [(f[0], f[2]) for f in frames_of(msg)] == [(F.ERROR, big), (F.RESPONSE, fits)]
+    events = c.receive_message(msg)
+    assert len(events) == 2
+    failed, ok = events
+    assert isinstance(failed, CallFailed) and failed.call_id == big
+    assert_remote(failed.error, "ResponseTooLarge", "response of 1025 bytes exceeds 1024")
+    assert ok == ResponseReceived(fits, b"y" * 1024)
+    assert s.running_calls == 0 and c.pending_calls == 0
+
+
+def test_encode_decode_error_round_trip() -> None:
+    payload = encode_error("ValueError", "bad välue", 42, "Traceback (most recent call last):\n  boom\n")
+    err = decode_error(payload)
+    assert type(err) is RemoteError
+    assert_remote(err, "ValueError", "bad välue", 42, "Traceback (most recent call last):\n  boom\n")
+    assert str(err) == "ValueError: bad välue"
+    # Code 0 is a code (varint 1); no code is varint 0; no traceback is None.
+    assert encode_error("E", "m", 0)[:1] == b"\x01" and encode_error("E", "m")[:1] == b"\x00"
+    assert_remote(decode_error(encode_error("E", "m", 0)), "E", "m", 0, None)
+    assert_remote(decode_error(encode_error("E", "")), "E", "", None, None)
+    assert encode_error("E", "m") == b"\x00\x01E\x01m"
+    err = decode_error(encode_error("KeyError", "'k'", 7), RemoteStreamError)
+    assert type(err) is RemoteStreamError
+    assert_remote(err, "KeyError", "'k'", 7, None)
+    for cut in (encode_error("LongTypeName", "message")[:5], encode_error("T", "long message")[:6]):
+        with pytest.raises(ProtocolError, match="truncated error payload"):
+            decode_error(cut)
+    # Through the cores: code and traceback arrive.
+    c, s = connect()
+    cid = c.send_request("m", b"")
+    s.receive_message(c.next_message())
+    s.send_error(cid, "KeyError", "'missing'", 3, "tb line\n")
+    (ev,) = c.receive_message(s.next_message())
+    assert isinstance(ev, CallFailed) and ev.call_id == cid
+    assert_remote(ev.error, "KeyError", "'missing'", 3, "tb line\n")
+
+
+def test_error_with_a_message_longer_than_the_frame_limit_still_decodes() -> None:
+    # send_error cuts the ERROR payload to the caller's frame limit; what arrives must
+    # still be a well-formed error (a cut message), not a protocol error that kills
+    # the connection because a handler raised an exception with a long message.
+    c, s = connect(client=Settings(max_frame_size=1024, max_message_size=2048))
+    cid = c.send_request("m", b"")
+    s.receive_message(c.next_message())
+    long_message = "m" * 5000
+    s.send_error(cid, "ValueError", long_message)
+    msg = s.next_message()
+    (ev,) = c.receive_message(msg)
+    assert isinstance(ev, CallFailed) and ev.error.type_name == "ValueError"
+    assert ev.error.message and long_message.startswith(ev.error.message)
+
+
+# ---------------------------------------------------------------------------- streams
+
+
+def test_stream_opens_with_its_first_frame() -> None:
+    c, s = connect()
+    sid = c.open_stream()
+    assert sid == 1
+    assert c.next_message() is None  # opening sends nothing by itself
+    assert c.send_item(sid, b"a") is True
+    c.send_item(sid, b"b")
+    c.end_stream(sid)
+    msg = c.next_message()
+    assert frames_of(msg) == [
+        (F.STREAM_DATA, F.FLAG_OPEN, sid, b"a"),
+        (F.STREAM_DATA, 0, sid, b"b"),
+        (F.STREAM_END, 0, sid, b""),
+    ]
+    assert s.receive_message(msg) == [StreamOpened(sid), StreamReadable(sid)]
+    assert read_all(s, sid) == [(b"a", False), (b"b", False)]
+    assert s.incoming(sid).state == 1  # ENDED
+    # An empty stream: its END carries OPEN.
+    e = c.open_stream()
+    c.end_stream(e)
+    msg = c.next_message()
+    assert frames_of(msg) == [(F.STREAM_END, F.FLAG_OPEN, e, b"")]
+    assert s.receive_message(msg) == [StreamOpened(e), StreamReadable(e)]
+    assert s.read_item(e) is None and s.incoming(e).state == 1
+    with pytest.raises(StreamClosed):
+        c.send_item(e, b"late")
+
+
+def test_data_without_open_for_an_unknown_stream_is_dropped() -> None:
+    s = server_after_hello()
+    msg = batch((F.STREAM_DATA, 0, 1, b"stale"), (F.STREAM_END, 0, 3, b""), (F.STREAM_ERROR, 0, 5, encode_error("E", "")),
+                (F.STREAM_ABORT, 0, 7, b""), (F.STREAM_DATA, 0, 2, b"x"))
+    assert s.receive_message(msg) == []
+    assert s.incoming(1) is None and s.next_message() is None
+
+
+def test_second_open_is_a_stream_state_error() -> None:
+    s = server_after_hello()
+    assert s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"a")) == [StreamOpened(1), StreamReadable(1)]
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"b"), "stream opened twice",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    s = server_after_hello()
+    s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"a"))
+    protocol_error(s, F.encode_frame(F.STREAM_END, F.FLAG_OPEN, 1, b""), "stream opened twice",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+
+
+def test_data_after_the_end_is_a_stream_state_error() -> None:
+    s = server_after_hello()
+    s.receive_message(batch((F.STREAM_DATA, F.FLAG_OPEN, 1, b"a"), (F.STREAM_END, 0, 1, b"")))
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, 0, 1, b"b"), "data after the end of the stream",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    s = server_after_hello()
+    s.receive_message(batch((F.STREAM_DATA, F.FLAG_OPEN, 1, b"a"), (F.STREAM_END, 0, 1, b"")))
+    protocol_error(s, F.encode_frame(F.STREAM_END, 0, 1, b""), "stream ended twice", ErrorCode.STREAM_STATE_ERROR, 1002)
+
+
+def test_end_inside_a_fragmented_item_is_a_stream_state_error() -> None:
+    s = server_after_hello()
+    protocol_error(s, batch((F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_MORE, 1, b"abc"), (F.STREAM_END, 0, 1, b"")),
+                   "stream ended inside an item", ErrorCode.STREAM_STATE_ERROR, 1002)
+
+
+def test_stream_error_fails_the_incoming_stream() -> None:
+    c, s = connect()
+    sid = c.open_stream()
+    c.send_item(sid, b"a")
+    c.error_stream(sid, "ValueError", "generator broke", 7)
+    msg = c.next_message()
+    assert frames_of(msg)[1] == (F.STREAM_ERROR, 0, sid, encode_error("ValueError", "generator broke", 7))
+    assert s.receive_message(msg) == [StreamOpened(sid), StreamReadable(sid)]
+    assert read_all(s, sid) == [(b"a", False)]  # items before the error stay readable
+    st = s.incoming(sid)
+    assert st.state == 2  # FAILED
+    assert isinstance(st.error, RemoteStreamError)
+    assert_remote(st.error, "ValueError", "generator broke", 7)
+    with pytest.raises(StreamClosed):
+        c.send_item(sid, b"b")
+
+
+def test_stream_abort_fails_the_incoming_stream_and_drops_a_partial_item() -> None:
+    c, s = connect(server=Settings(max_frame_size=1024, initial_stream_window=2048))
+    sid = c.open_stream()
+    assert c.send_item(sid, b"x" * 3000) is False  # two fragments, then out of credit
+    assert s.receive_message(c.next_message()) == [StreamOpened(sid)]
+    assert len(s.incoming(sid).partial) == 2048 - 2 * FRAME_CHARGE
+    c.abort_stream(sid, "gave up")
+    msg = c.next_message()
+    assert frames_of(msg)[-1] == (F.STREAM_ABORT, 0, sid, b"gave up")
+    assert s.receive_message(msg) == [StreamReadable(sid)]
+    st = s.incoming(sid)
+    assert s.read_item(sid) is None
+    assert st.state == 2 and type(st.error) is StreamAborted and str(st.error) == "gave up"
+    assert st.partial is None
+    # Without a reason.
+    sid = c.open_stream()
+    c.abort_stream(sid)
+    assert s.receive_message(c.next_message()) == [StreamOpened(sid), StreamReadable(sid)]
+    err = s.incoming(sid).error
+    assert type(err) is StreamAborted and str(err) == "stream aborted by the sender"
+
+
+def test_stream_close_from_the_receiver_closes_the_senders_stream() -> None:
+    c, s = connect()
+    sid = c.open_stream()
+    c.send_item(sid, b"a")
+    s.receive_message(c.next_message())
+    c.send_item(sid, b"in flight")
+    in_flight = c.next_message()
+    s.close_stream(sid)
+    msg = s.next_message()
+    # STREAM_CLOSE, and the slot granted back.
+    assert frames_of(msg) == [(F.STREAM_CLOSE, 0, sid, b""), (F.STREAMS, 0, 0, V(1))]
+    assert s.receive_message(in_flight) == []  # dropped: the stream is gone
+    assert s.incoming(sid) is None
+    assert c.receive_message(msg) == [StreamClosedByPeer(sid), CreditGranted(0)]
+    assert c.writable(sid)  # lets the sender find out...
+    with pytest.raises(StreamClosed):  # ...here
+        c.send_item(sid, b"b")
+    c.end_stream(sid)  # a no-op now
+    assert c.next_message() is None
+
+
+def test_close_stream_before_it_arrives_refuses_it() -> None:
+    c, s = connect()
+    sid = 1
+    s.close_stream(sid)
+    assert s.next_message() is None  # nothing to tell yet
+    assert c.open_stream() == sid
+    c.send_item(sid, b"unwanted")
+    assert s.receive_message(c.next_message()) == []  # no StreamOpened
+    assert s.incoming(sid) is None
+    msg = s.next_message()
+    assert frames_of(msg) == [(F.STREAM_CLOSE, 0, sid, b""), (F.STREAMS, 0, 0, V(1))]
+    assert c.receive_message(msg) == [StreamClosedByPeer(sid), CreditGranted(0)]
+    with pytest.raises(StreamClosed):
+        c.send_item(sid, b"more")
+
+
+def test_stream_slots_run_out_and_come_back_with_streams_grants() -> None:
+    c, s = connect(server=Settings(max_streams=2))
+    a, b = c.open_stream(), c.open_stream()
+    assert not c.can_open_stream()
+    with pytest.raises(LimitExceeded, match="peer's stream limit reached"):
+        c.open_stream()
+    for sid in (a, b):
+        c.send_item(sid, b"x")
+        c.end_stream(sid)
+    assert s.receive_message(c.next_message()) == [StreamOpened(a), StreamReadable(a), StreamOpened(b), StreamReadable(b)]
+    # Ending a stream does not free its slot: the receiving application must finish.
+    assert s.next_message() is None
+    read_all(s, a)
+    read_all(s, b)
+    s.release_stream(a)
+    s.release_stream(b)
+    s.release_stream(b)  # twice: counted once
+    msg = s.next_message()
+    assert frames_of(msg) == [(F.STREAMS, 0, 0, V(2))]  # summed into one frame
+    assert c.receive_message(msg) == [CreditGranted(0)]
+    assert c.can_open_stream()
+    x, y = c.open_stream(), c.open_stream()
+    c.send_item(x, b"1")
+    c.send_item(y, b"2")
+    assert s.receive_message(c.next_message()) == [StreamOpened(x), StreamReadable(x), StreamOpened(y), StreamReadable(y)]
+    assert not c.can_open_stream()
+
+
+def test_streams_bound_to_calls_do_not_take_slots() -> None:
+    c, s = connect(server=Settings(max_streams=1), client=Settings(max_streams=1))
+    a = c.open_stream()
+    cid = c.send_request("ch", b"", stream=True, channel=True)
+    c.send_item(cid, b"in")
+    c.send_item(a, b"free")
+    ev = s.receive_message(c.next_message())
+    assert ev == [RequestReceived(cid, "ch", b"", stream=True, channel=True), StreamReadable(cid), StreamOpened(a), StreamReadable(a)]
+    s.open_response_stream(cid)
+    s.send_item(cid, b"out")
+    assert s.can_open_stream()  # the response stream took no slot
+    assert c.receive_message(s.next_message()) == [StreamReadable(cid)]
+    assert read_all(c, cid) == [(b"out", False)]
+
+
+def test_peer_opening_more_than_max_streams_is_limit_exceeded() -> None:
+    s = server_after_hello(Settings(max_streams=2))
+    ok = batch((F.STREAM_DATA, F.FLAG_OPEN, 1, b""), (F.STREAM_DATA, F.FLAG_OPEN, 3, b""))
+    assert len(s.receive_message(ok)) == 4
+    err = protocol_error(s, F.encode_frame(F.STREAM_END, F.FLAG_OPEN, 5, b""), "too many concurrent streams",
+                         ErrorCode.LIMIT_EXCEEDED, 1008)
+    assert isinstance(err, LimitExceeded)
+
+
+def test_stream_id_of_the_wrong_parity_is_rejected() -> None:
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 2, b""), "stream id of the wrong parity",
+                   ErrorCode.STREAM_STATE_ERROR, 1002)
+
+
+# ----------------------------------------------------------------------- flow control
+
+
+def test_window_exhaustion_and_credit() -> None:
+    c, s = connect(server=Settings(initial_stream_window=1024))
+    sid = c.open_stream()
+    assert c.send_item(sid, b"a" * 400) is True  # 432 of 1024
+    assert c.writable(sid)
+    assert c.send_item(sid, b"b" * (1024 - 432 - FRAME_CHARGE)) is False  # exactly the window
+    assert not c.writable(sid)
+    assert c.stream_stats(sid, True)[2] == 0
+    s.receive_message(c.next_message())
+    assert s.stream_stats(sid, False)[2] == 0
+    assert s.next_message() is None  # nothing read: no credit
+    assert read_all(s, sid) == [(b"a" * 400, False), (b"b" * 560, False)]
+    msg = s.next_message()
+    # Each read was at least a quarter of the window: one CREDIT per item.
+    assert frames_of(msg) == [(F.CREDIT, 0, sid, V(432)), (F.CREDIT, 0, sid, V(592))]
+    assert c.receive_message(msg) == [CreditGranted(sid), CreditGranted(sid)]
+    assert c.writable(sid) and c.stream_stats(sid, True)[2] == 1024
+    # An item larger than the credit is accepted, and only what the credit allows is
+    # sent (the rest waits for more credit).
+    assert c.send_item(sid, b"c" * 1000) is False
+    assert not c.writable(sid)
+    sent = frames_of(c.next_message())
+    assert sent == [(F.STREAM_DATA, F.FLAG_MORE, sid, b"c" * (1024 - FRAME_CHARGE))]
+    assert c.next_message() is None
+    s.receive_message(F.encode_batch(sent))
+    with pytest.raises(RuntimeError):
+        c.send_item(sid, b"d")  # the previous item is still being sent
+
+
+def test_credit_goes_back_in_batches_of_a_quarter_window() -> None:
+    c, s = connect(server=Settings(initial_stream_window=4096))
+    sid = c.open_stream()
+    for _ in range(10):
+        c.send_item(sid, b"x" * 100)  # 132 each
+    s.receive_message(c.next_message())
+    for _ in range(7):  # 924 < 1024
+        assert s.read_item(sid) is not None
+    assert s.next_message() is None
+    s.read_item(sid)  # 1056 >= 1024
+    msg = s.next_message()
+    assert frames_of(msg) == [(F.CREDIT, 0, sid, V(8 * 132))]
+    assert c.receive_message(msg) == [CreditGranted(sid)]
+    assert c.stream_stats(sid, True)[2] == 4096 - 2 * 132
+
+
+def test_receiver_seeing_more_than_the_window_is_a_flow_control_error() -> None:
+    s = server_after_hello(Settings(initial_stream_window=1024))
+    s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x" * (1024 - FRAME_CHARGE)))
+    assert s.stream_stats(1, False)[2] == 0
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, 0, 1, b"y"), "flow-control window exceeded",
+                   ErrorCode.FLOW_CONTROL_ERROR, 1008)
+
+
+def test_frame_charge_makes_an_empty_frame_flood_exhaust_the_window() -> None:
+    # Receiver: 32 empty frames cost exactly a 1024-byte window; the 33rd is too many.
+    s = server_after_hello(Settings(initial_stream_window=1024))
+    flood = [(F.STREAM_DATA, F.FLAG_OPEN, 1, b"")] + [(F.STREAM_DATA, 0, 1, b"")] * 31
+    assert s.receive_message(F.encode_batch(flood)) == [StreamOpened(1), StreamReadable(1)]
+    assert s.stream_stats(1, False) == (1024, 32, 0, 1024)
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, 0, 1, b""), "flow-control window exceeded",
+                   ErrorCode.FLOW_CONTROL_ERROR, 1008)
+    # Sender: empty items run out of credit too, and never past it.
+    c, s = connect(server=Settings(initial_stream_window=1024))
+    sid = c.open_stream()
+    results = [c.send_item(sid, b"") for _ in range(32)]
+    assert results == [True] * 30 + [False, False]
+    c.send_item(sid, b"")  # accepted, held back: no credit left
+    assert len(frames_of(c.next_message())) == 32
+    assert not c.writable(sid) and c.next_message() is None
+
+
+def test_connection_window_credit_on_id_zero() -> None:
+    c, s = connect(server=Settings(connection_window=4096))
+    a, b = c.open_stream(), c.open_stream()
+    item = b"x" * (1000 - FRAME_CHARGE)
+    assert [c.send_item(sid, item) for sid in (a, b, a, b)] == [True] * 4  # 96 left
+    assert c.send_item(a, item) is False  # cut to the 64 bytes the connection allows
+    assert not c.writable(b)  # every stream waits for the connection window
+    msg = c.next_message()
+    assert [(f[2], len(f[3])) for f in frames_of(msg)] == [(a, 968), (a, 968), (a, 64), (b, 968), (b, 968)]
+    # The receiver grants connection credit as frames come off the wire, in batches
+    # of a quarter window, before anything is read.
+    s.receive_message(msg)
+    reply = s.next_message()
+    assert frames_of(reply) == [(F.CREDIT, 0, 0, V(2000)), (F.CREDIT, 0, 0, V(1096))]
+    assert c.receive_message(reply) == [CreditGranted(0), CreditGranted(0)]
+    assert c.writable(b)
+    assert c.writable(a)  # the rest of the cut item goes now
+    rest = frames_of(c.next_message())
+    assert rest == [(F.STREAM_DATA, 0, a, item[64:])]
+    s.receive_message(F.encode_batch(rest))
+    assert read_all(s, a) == [(item, False), (item, False), (item, False)]
+    assert read_all(s, b) == [(item, False), (item, False)]
+
+
+def test_receiver_seeing_more_than_the_connection_window_is_a_flow_control_error() -> None:
+    s = server_after_hello(Settings(connection_window=2048))
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x" * (2048 - FRAME_CHARGE + 1)),
+                   "connection flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR, 1008)
+
+
+def test_fragmentation_and_reassembly() -> None:
+    c, s = connect(server=Settings(max_frame_size=1024, max_message_size=4096))
+    sid = c.open_stream()
+    data = bytes(range(256)) * 12  # 3072 bytes
+    assert c.send_item(sid, data, raw=True) is False  # two fragments fill the stream's queue
+    out = []
+    for msg in messages(c):
+        assert len(msg) <= 4096
+        out += frames_of(msg)
+    assert [(t, fl, i, len(p)) for t, fl, i, p in out[:3]] == [
+        (F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_MORE | FLAG_RAW, sid, 1024),
+        (F.STREAM_DATA, F.FLAG_MORE | FLAG_RAW, sid, 1024),
+        (F.STREAM_DATA, FLAG_RAW, sid, 1024),
+    ]
+    assert b"".join(f[3] for f in out[:3]) == data
+    s.receive_message(F.encode_batch(out))
+    assert read_all(s, sid)[0] == (data, True)
+
+
+def test_an_item_larger_than_the_window_passes_because_fragments_are_credited_at_once() -> None:
+    c, s = connect(server=Settings(initial_stream_window=1024))
+    sid = c.open_stream()
+    data = b"z" * 3000
+    assert c.send_item(sid, data) is False
+    rounds = 0
+    while True:
+        msg = c.next_message()
+        if msg is None:
+            break
+        for t, fl, _, p in frames_of(msg):
+            assert t == F.STREAM_DATA and len(p) + FRAME_CHARGE <= 1024
+        s.receive_message(msg)
+        credit = s.next_message()
+        if credit is not None:
+            c.receive_message(credit)
+        c.writable(sid)
+        rounds += 1
+    assert rounds == 4  # 992 + 992 + 992 + 24
+    assert read_all(s, sid) == [(data, False)]
+
+
+def test_item_larger_than_max_item_size_is_limit_exceeded() -> None:
+    c, s = connect(server=Settings(max_frame_size=1024, max_item_size=2000))
+    sid = c.open_stream()
+    assert c.send_item(sid, b"x" * 2000) is True  # exactly the limit: fine
+    c.send_item(sid, b"y" * 2001)
+    msgs = messages(c)
+    frames = [f for m in msgs for f in frames_of(m)]
+    ok = F.encode_batch(frames[:2])
+    s.receive_message(ok)
+    assert read_all(s, sid) == [(b"x" * 2000, False)]
+    err = protocol_error(s, F.encode_batch(frames[2:]), "item larger than max_item_size", ErrorCode.LIMIT_EXCEEDED, 1008)
+    assert isinstance(err, LimitExceeded)
+
+
+def test_grow_window_sends_extra_credit() -> None:
+    c, s = connect()
+    sid = c.open_stream()
+    c.send_item(sid, b"x")
+    s.receive_message(c.next_message())
+    s.grow_window(sid, 1 << 20)
+    msg = s.next_message()
+    assert frames_of(msg) == [(F.CREDIT, 0, sid, V((1 << 20) - (256 << 10)))]
+    assert c.receive_message(msg) == [CreditGranted(sid)]
+    assert c.stream_stats(sid, True)[2] == (1 << 20) - 1 - FRAME_CHARGE
+    s.grow_window(sid, 1 << 19)  # shrinking is not a thing: nothing sent
+    assert s.next_message() is None
+
+
+def test_credit_for_unknown_stream_is_ignored_and_connection_credit_overflow_is_an_error() -> None:
+    c = client_after_hello()
+    assert c.receive_message(F.encode_frame(F.CREDIT, 0, 9, V(100))) == []
+    protocol_error(c, F.encode_frame(F.CREDIT, 0, 0, V(F.VARINT_MAX)), "flow-control window overflow",
+                   ErrorCode.FLOW_CONTROL_ERROR, 1008)
+
+
+# ------------------------------------------------------------------------- scheduling
+
+
+def test_control_frames_go_first() -> None:
+    c, s = connect()
+    sid = c.open_stream()
+    c.send_item(sid, b"data")
+    cid = c.send_request("m", b"")
+    c.send_ping(b"p")
+    c.send_notification("n", b"")
+    kinds = [(f[0], f[2]) for f in frames_of(c.next_message())]
+    assert kinds == [(F.REQUEST, cid), (F.PING, 0), (F.NOTIFY, 0), (F.STREAM_DATA, sid)]
+
+
+def test_ping_is_answered_with_pong() -> None:
+    c, s = connect()
+    c.send_ping(b"12345678")
+    assert s.receive_message(c.next_message()) == []
+    msg = s.next_message()
+    assert frames_of(msg) == [(F.PONG, 0, 0, b"12345678")]
+    assert c.receive_message(msg) == [PongReceived(b"12345678")]
+
+
+def test_urgency_order() -> None:
+    c, s = connect()
+    low, mid, high = c.open_stream(urgency=7), c.open_stream(), c.open_stream(urgency=0)
+    for sid in (low, mid, high):
+        c.send_item(sid, b"%d" % sid)
+    assert [f[2] for f in frames_of(c.next_message())] == [high, mid, low]
+    # set_urgency moves a queued stream.
+    for sid in (low, mid, high):
+        c.send_item(sid, b"again")
+    c.set_urgency(low, 1)
+    assert c.urgency(low) == 1
+    assert [f[2] for f in frames_of(c.next_message())] == [high, low, mid]
+    with pytest.raises(ValueError):
+        c.open_stream(urgency=8)
+
+
+def test_round_robin_within_an_urgency() -> None:
+    # batch_size 2500: each message takes one stream's whole queue (three items).
+    c, s = connect(client_kw={"batch_size": 2500})
+    a, b, d = c.open_stream(), c.open_stream(), c.open_stream()
+    for sid in (a, b, d):
+        for _ in range(3):
+            c.send_item(sid, b"%d" % sid * 1000)
+    order = [[f[2] for f in frames_of(c.next_message())]]
+    assert order == [[a, a, a]]
+    c.send_item(a, b"more")  # a goes to the back of the ring
+    order += [[f[2] for f in frames_of(m)] for m in messages(c)]
+    assert order == [[a, a, a], [b, b, b], [d, d, d], [a]]
+
+
+def test_batch_size_limits_stream_data_per_message() -> None:
+    c, s = connect(client_kw={"batch_size": 4096})
+    sids = [c.open_stream() for _ in range(5)]
+    for sid in sids:
+        c.send_item(sid, b"x" * 1500)
+    msgs = messages(c)
+    assert [[f[2] for f in frames_of(m)] for m in msgs] == [sids[0:2], sids[2:4], sids[4:]]
+    assert all(len(m) <= 4096 for m in msgs)
+    # Control frames count against the batch too.
+    cid = c.send_request("m", b"y" * 3000)
+    c.send_item(sids[0], b"z" * 1500)
+    msgs = messages(c)
+    assert [[f[0] for f in frames_of(m)] for m in msgs] == [[F.REQUEST], [F.STREAM_DATA]]
+    assert frames_of(msgs[0])[0][2] == cid
+
+
+def test_a_huge_control_backlog_is_split_into_messages_within_the_peers_limit() -> None:
+    c, s = connect(client=Settings(max_frame_size=1024, max_message_size=2048))
+    ids = [c.send_request("m", b"") for _ in range(10)]
+    s.receive_message(c.next_message())
+    for i, cid in enumerate(ids):
+        s.send_response(cid, bytes([i]) * 1000)
+    s.send_ping(b"last")
+    msgs = messages(s)
+    # Two responses per message; the PING fits with the last two.
+    assert [[f[0] for f in frames_of(m)] for m in msgs] == [[F.RESPONSE] * 2] * 4 + [[F.RESPONSE, F.RESPONSE, F.PING]]
+    assert all(len(m) <= 2048 for m in msgs)
+    events = [ev for m in msgs for ev in c.receive_message(m)]
+    assert events == [ResponseReceived(cid, bytes([i]) * 1000) for i, cid in enumerate(ids)]
+    assert s.frames_out == 11 and s.messages_out == 5
+    assert c.frames_in == 11
+
+
+def test_a_message_never_exceeds_the_peers_max_message_size() -> None:
+    # Peer limits: 1 KiB frames, 2 KiB messages. The sender's stream queue holds up to
+    # half a message (stream_buffer_size) and the frame limit is half a message too,
+    # so a queue just under the buffer size plus one full frame plus its header must
+    # not produce a message over 2048 bytes.
+    limit = 2048
+    c, s = connect(server=Settings(max_frame_size=1024, max_message_size=limit))
+    sid = c.open_stream()
+    # A frame one byte short of the stream's buffer size: the queue still has room.
+    first = b"a" * (c.stream_buffer_size - 1 - 2 - 1 - F.varint_size(c.stream_buffer_size))
+    assert c.send_item(sid, first) is True
+    assert c.writable(sid)
+    c.send_item(sid, b"b" * 1024)  # then a full frame
+    msgs = messages(c)
+    assert all(len(m) <= limit for m in msgs), [len(m) for m in msgs]
+    for m in msgs:
+        s.receive_message(m)
+    assert read_all(s, sid) == [(first, False), (b"b" * 1024, False)]
+
+
+def test_messages_stay_within_the_peers_limit_under_mixed_load() -> None:
+    # Many streams, calls and items of random sizes, the sender honouring writable():
+    # every message is within the peer's max_message_size and everything arrives.
+    limit = 4096
+    c, s = connect(server=Settings(max_frame_size=1024, max_message_size=limit, initial_stream_window=8192))
+    rnd = random.Random(7)
+    sids = [c.open_stream(urgency=rnd.randrange(8)) for _ in range(6)]
+    sent: dict[int, list[bytes]] = {sid: [] for sid in sids}
+    got: dict[int, list[bytes]] = {sid: [] for sid in sids}
+    for _ in range(300):
+        for sid in sids:
+            if c.writable(sid) and len(sent[sid]) < 40:
+                item = bytes([len(sent[sid])]) * rnd.choice([0, 1, 100, 1000, 1019, 1024, 1500, 5000])
+                sent[sid].append(item)
+                c.send_item(sid, item)
+        if rnd.random() < 0.2:
+            c.send_notification("n", b"q" * rnd.randrange(1000))  # within the peer's frame limit
+        for msg in messages(c):
+            assert len(msg) <= limit
+            s.receive_message(msg)
+        for sid in sids:
+            got[sid] += [x for x, _ in read_all(s, sid)]
+        for msg in messages(s):
+            c.receive_message(msg)
+    assert got == sent and all(len(v) == 40 for v in sent.values())
+
+
+# ------------------------------------------------------------------------ compression
+
+
+@pytest.mark.parametrize(
+    "local, remote, expected",
+    [(0, 0, 0), (1, 0, 0), (0, 3, 0), (1, 1, C.ZLIB), (3, 1, C.ZLIB), (1, 3, C.ZLIB), (2, 1, 0), (3, 3, C.ZSTD), (2, 2, C.ZSTD)],
+)
+def test_compression_is_negotiated(local: int, remote: int, expected: int) -> None:
+    if expected == C.ZSTD and not C.available() & C.ZSTD:
+        pytest.skip("zstandard is not installed")
+    assert C.choose(local, remote) == expected == C.choose(remote, local)
+    c, s = connect(Settings(compression=local), Settings(compression=remote))
+    assert c.compression == s.compression == expected
+
+
+@pytest.mark.parametrize("algorithm", [C.ZLIB, C.ZSTD])
+def test_compressed_frames_are_flagged_and_decoded(algorithm: int) -> None:
+    if not C.available() & algorithm:
+        pytest.skip("zstandard is not installed")
+    c, s = connect(Settings(compression=algorithm), Settings(compression=algorithm))
+    sid = c.open_stream()
+    big = b"abc" * 1000
+    small = b"abc" * 100  # under the 1 KiB threshold
+    noise = random.Random(1).randbytes(2000)  # does not get smaller
+    for item in (big, small, noise):
+        c.send_item(sid, item)
+    frames = frames_of(c.next_message())
+    assert [f[1] for f in frames] == [F.FLAG_OPEN | F.FLAG_COMPRESSED, 0, 0]
+    assert len(frames[0][3]) < 200
+    assert C.decompress(algorithm, frames[0][3], 1 << 20) == big
+    # Credit counts the compressed size.
+    assert c.stream_stats(sid, True)[0] == sum(len(f[3]) + FRAME_CHARGE for f in frames)
+    s.receive_message(F.encode_batch(frames))
+    assert read_all(s, sid) == [(big, False), (small, False), (noise, False)]
+    # A compressed item larger than the frame limit: every fragment is flagged, the
+    # whole is inflated once reassembled.
+    c, s = connect(Settings(compression=algorithm), Settings(compression=algorithm, max_frame_size=1024))
+    sid = c.open_stream()
+    item = bytes(random.Random(2).choices(b"ab", k=40_000))
+    c.send_item(sid, item, raw=True)
+    frames = [f for m in messages(c) for f in frames_of(m)]
+    assert len(frames) > 2
+    assert all(f[1] & (F.FLAG_COMPRESSED | FLAG_RAW) == F.FLAG_COMPRESSED | FLAG_RAW for f in frames)
+    s.receive_message(F.encode_batch(frames))
+    assert read_all(s, sid) == [(item, True)]
+
+
+@pytest.mark.parametrize("algorithm", [C.ZLIB, C.ZSTD])
+def test_corrupt_compressed_payload_is_a_compression_error(algorithm: int) -> None:
+    if not C.available() & algorithm:
+        pytest.skip("zstandard is not installed")
+    c, s = connect(Settings(compression=algorithm), Settings(compression=algorithm))
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, b"this is not compressed"),
+                   "corrupt compressed payload", ErrorCode.COMPRESSION_ERROR, 1007)
+    # COMPRESSED without negotiated compression.
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, zlib.compress(b"x")),
+                   "without negotiated compression", ErrorCode.COMPRESSION_ERROR, 1007)
+
+
+@pytest.mark.parametrize("algorithm", [C.ZLIB, C.ZSTD])
+def test_decompression_bomb_is_bounded_by_max_item_size(algorithm: int) -> None:
+    if not C.available() & algorithm:
+        pytest.skip("zstandard is not installed")
+    limit = 64 << 10
+    c, s = connect(Settings(compression=algorithm), Settings(compression=algorithm, max_item_size=limit))
+    comp = C.Compressor(algorithm)
+    at_limit = comp.compress(b"\0" * limit)
+    bomb = comp.compress(b"\0" * (4 << 20))
+    assert len(bomb) * 100 < 4 << 20
+    s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, at_limit))
+    assert read_all(s, 1) == [(b"\0" * limit, False)]
+    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_COMPRESSED, 1, bomb), "decompressed payload too large",
+                   ErrorCode.COMPRESSION_ERROR, 1007)
+
+
+# ---------------------------------------------------------------- unknown frame types
+
+
+@pytest.mark.parametrize("ftype", [0x40, 0x41, 0x7F, 0x80, 0xFF])
+def test_unknown_extension_frames_are_skipped(ftype: int) -> None:
+    s = server_after_hello()
+    msg = batch((ftype, 0x5A, 77, b"whatever"), (F.NOTIFY, 0, 0, method_head(b"n")))
+    assert s.receive_message(msg) == [NotificationReceived("n", b"")]
+    assert s.next_message() is None
+
+
+@pytest.mark.parametrize("ftype", [0x00, 0x07, 0x0F, 0x17, 0x1F, 0x23, 0x2F, 0x33, 0x3F])
+def test_unknown_core_frame_types_are_errors(ftype: int) -> None:
+    s = server_after_hello()
+    protocol_error(s, F.encode_frame(ftype, 0, 0, b""), f"unknown frame type 0x{ftype:02x}", ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_resume_and_ack_without_negotiated_resumption_are_errors() -> None:
+    token = bytes(TOKEN_SIZE)
+    for ftype, payload, reason in [
+        (F.ACK, V(0), "ACK without session resumption"),
+        (F.RESUME, token + V(0), "RESUME was not negotiated"),
+        (F.RESUME_OK, token + V(0), "RESUME was not negotiated"),
+    ]:
+        c, s = connect()
+        protocol_error(s, F.encode_frame(ftype, 0, 0, payload), reason, ErrorCode.PROTOCOL_ERROR, 1002)
+        protocol_error(c, F.encode_frame(ftype, 0, 0, payload), reason, ErrorCode.PROTOCOL_ERROR, 1002)
+    # In the handshake, to a server that does not resume.
+    s = Connection(Role.SERVER)
+    protocol_error(s, batch((F.HELLO, 0, 0, Settings(resume=1).to_wire()), (F.RESUME, 0, 0, token + V(0))),
+                   "RESUME was not negotiated", ErrorCode.PROTOCOL_ERROR, 1002)
+    # One side only opting in: not negotiated.
+    c, s = connect(Settings(resume=1), Settings())
+    assert not c.resume_enabled and not s.resume_enabled
+    protocol_error(s, F.encode_frame(F.ACK, 0, 0, V(0)), "ACK without session resumption", ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+# ------------------------------------------------------------------------- resumption
+
+
+def resumable_pair(**settings: Any) -> tuple[Connection, Connection]:
+    return connect(Settings(resume=1, **settings), Settings(resume=1, **settings))
+
+
+def test_new_session_token_is_issued() -> None:
+    c = Connection(Role.CLIENT, Settings(resume=1))
+    s = Connection(Role.SERVER, Settings(resume=1))
+    hs = c.next_message()
+    assert frames_of(hs) == [(F.HELLO, 0, 0, Settings(resume=1).to_wire())]  # nothing to resume yet
+    s.receive_message(hs)
+    reply = frames_of(s.next_message())
+    assert [(t, fl, i) for t, fl, i, _ in reply] == [(F.HELLO, 0, 0), (F.RESUME_OK, F.FLAG_NEW, 0)]
+    token = reply[1][3][:TOKEN_SIZE]
+    assert len(token) == TOKEN_SIZE == 32 and reply[1][3][TOKEN_SIZE:] == V(0)
+    assert s.token == token and s.resume_enabled and s.resumable
+    assert c.receive_message(F.encode_batch(reply)) == [HelloReceived(Settings(resume=1))]
+    assert c.token == token and c.resume_enabled and c.resumable
+    assert c.take_replay() == [] and s.take_replay() == []
+    # Another session gets another token.
+    c2, _ = resumable_pair()
+    assert c2.token is not None and len(c2.token) == TOKEN_SIZE and c2.token != token
+
+
+def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
+    c, s = resumable_pair()
+    for i in range(ACK_FRAMES - 1):
+        c.send_notification("n", bytes([i]))
+        s.receive_message(c.next_message())
+    assert len(c._replay) == ACK_FRAMES - 1
+    assert s.next_message() is None  # no ACK yet
+    c.send_notification("n", b"last")
+    s.receive_message(c.next_message())
+    ack = s.next_message()
+    assert frames_of(ack) == [(F.ACK, 0, 0, V(ACK_FRAMES))]
+    assert c.receive_message(ack) == []
+    assert len(c._replay) == 0 and c._replay_bytes == 0
+    # The ACK is a frame of the session like any other: the server keeps it until acknowledged.
+    assert len(s._replay) == 1 and s.frames_out == 1
+    # Bytes count as well: one large message is acknowledged at once.
+    c.send_notification("big", b"b" * ACK_BYTES)
+    s.receive_message(c.next_message())
+    assert frames_of(s.next_message()) == [(F.ACK, 0, 0, V(ACK_FRAMES + 1))]
+    # Acknowledging frames never sent is a protocol error.
+    protocol_error(c, F.encode_frame(F.ACK, 0, 0, V(1000)), "acknowledged frames that were never sent",
+                   ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_resume_replays_exactly_the_missed_frames() -> None:
+    c, s = resumable_pair()
+    old_token = c.token
+    # Server -> client: m1 arrives, m2 (three frames) arrives cut after its first
+    # frame, m3 is lost. Client -> server: n1 arrives, n2 is lost.
+    s.send_notification("m1", b"")
+    m1 = s.next_message()
+    for name in ("m2a", "m2b", "m2c"):
+        s.send_notification(name, b"")
+    m2 = s.next_message()
+    s.send_notification("m3", b"")
+    m3 = s.next_message()
+    c.send_notification("n1", b"")
+    n1 = c.next_message()
+    c.send_notification("n2", b"")
+    c.send_notification("n2b", b"")
+    n2 = c.next_message()
+    assert c.receive_message(m1) == [NotificationReceived("m1", b"")]
+    m2_frames = frames_of(m2)
+    assert c.receive_message(F.encode_batch(m2_frames[:1])) == [NotificationReceived("m2a", b"")]
+    assert s.receive_message(n1) == [NotificationReceived("n1", b"")]
+    assert (c.frames_in, c.frames_out, s.frames_in, s.frames_out) == (2, 3, 1, 5)
+    # The drop.
+    c.new_transport()
+    s.new_transport()
+    assert c.awaiting_hello and s.awaiting_hello
+    hs = c.next_message()
+    assert frames_of(hs) == [(F.HELLO, 0, 0, c.settings.to_wire()), (F.RESUME, 0, 0, old_token + V(2))]
+    assert s.receive_message(hs) == []
+    assert not s.awaiting_hello
+    reply = s.next_message()
+    reply_frames = frames_of(reply)
+    assert [(t, fl, i) for t, fl, i, _ in reply_frames] == [(F.HELLO, 0, 0), (F.RESUME_OK, 0, 0)]
+    new_token = reply_frames[1][3][:TOKEN_SIZE]
+    assert new_token != old_token and s.token == new_token
+    assert reply_frames[1][3][TOKEN_SIZE:] == V(1)  # the server's received position
+    replay_s = s.take_replay()
+    # m2 cut to the two frames the client lacks, then m3.
+    assert [frames_of(m) for m in replay_s] == [m2_frames[1:], frames_of(m3)]
+    assert s.take_replay() == []  # once
+    assert c.receive_message(reply) == []
+    assert c.token == new_token and not c.awaiting_hello
+    replay_c = c.take_replay()
+    assert replay_c == [n2]
+    # Delivered: nothing missing, nothing twice.
+    events = [ev for m in replay_s for ev in c.receive_message(m)]
+    assert events == [NotificationReceived(n, b"") for n in ("m2b", "m2c", "m3")]
+    assert [ev for m in replay_c for ev in s.receive_message(m)] == [
+        NotificationReceived("n2", b""), NotificationReceived("n2b", b"")]
+    assert (c.frames_in, s.frames_in) == (s.frames_out, c.frames_out) == (5, 3)
+    # Both carry on.
+    cid = c.send_request("after", b"")
+    assert s.receive_message(c.next_message()) == [RequestReceived(cid, "after", b"")]
+    s.send_response(cid, b"\x01")
+    assert c.receive_message(s.next_message()) == [ResponseReceived(cid, b"\x01")]
+    # The replayed messages stay buffered until acknowledged (the new connection may drop too).
+    assert len(s._replay) == 3 and len(c._replay) == 2
+
+
+def test_wrong_token_is_a_protocol_error() -> None:
+    c, s = resumable_pair()
+    c.new_transport()
+    s.new_transport()
+    c.token = bytes(TOKEN_SIZE)
+    protocol_error(s, c.next_message(), "wrong session token", ErrorCode.PROTOCOL_ERROR, 1002)
+    # A RESUME frame too short to hold a token.
+    c, s = resumable_pair()
+    c.new_transport()
+    s.new_transport()
+    msg = batch((F.HELLO, 0, 0, c.settings.to_wire()), (F.RESUME, 0, 0, b"short"))
+    protocol_error(s, msg, "truncated session frame", ErrorCode.PROTOCOL_ERROR, 1002)
+
+
+def test_fresh_server_answers_new_and_the_client_raises_session_lost() -> None:
+    c, s = resumable_pair()
+    c.send_notification("x", b"")
+    s.receive_message(c.next_message())
+    c.new_transport()
+    fresh = Connection(Role.SERVER, Settings(resume=1))  # e.g. the server restarted
+    hs = c.next_message()
+    assert frames_of(hs)[1][0] == F.RESUME
+    assert fresh.receive_message(hs) == [HelloReceived(c.settings)]
+    reply = fresh.next_message()
+    reply_frames = frames_of(reply)
+    assert [(t, fl) for t, fl, _, _ in reply_frames] == [(F.HELLO, 0), (F.RESUME_OK, F.FLAG_NEW)]
+    assert reply_frames[1][3][TOKEN_SIZE:] == V(0) and reply_frames[1][3][:TOKEN_SIZE] != c.token
+    assert fresh.take_replay() == []
+    with pytest.raises(SessionLost, match="did not resume"):
+        c.receive_message(reply)
+    # A server that does not resume at all: lost too.
+    c, s = resumable_pair()
+    c.new_transport()
+    plain = Connection(Role.SERVER)
+    with pytest.raises(ProtocolError):  # it refuses the RESUME...
+        plain.receive_message(c.next_message())
+    c2, s2 = resumable_pair()
+    c2.new_transport()
+    c2.next_message()
+    with pytest.raises(SessionLost, match="does not resume"):  # ...or answers a bare HELLO
+        c2.receive_message(hello())
+
+
+class _End:
+    """One side of the numbered-items test: sends ``n`` items on its stream, reads the
+    peer's, and passes messages through a link that may lose or cut them."""
+
+    def __init__(self, core: Connection, n: int) -> None:
+        self.core = core
+        self.n = n
+        self.sent = 0
+        self.ended = False
+        self.out = core.open_stream()
+        self.peer_out = 0
+        self.got: list[int] = []
+
+    def feed(self) -> None:
+        core = self.core
+        while self.sent < self.n and core.writable(self.out):
+            core.send_item(self.out, _item(self.sent))
+            self.sent += 1
+        if self.sent == self.n and not self.ended and core.writable(self.out):
+            core.end_stream(self.out)
+            self.ended = True
+
+    def take(self, msg: bytes) -> None:
+        for ev in self.core.receive_message(msg):
+            if isinstance(ev, StreamOpened):
+                assert self.peer_out == 0
+                self.peer_out = ev.stream_id
+        if self.peer_out:
+            for payload, _ in read_all(self.core, self.peer_out):
+                number = int.from_bytes(payload[:4], "big")
+                assert payload == _item(number)
+                self.got.append(number)
+
+    def done(self) -> bool:
+        st = self.core.incoming(self.peer_out) if self.peer_out else None
+        return self.ended and st is not None and st.state == 1 and not st.items
+
+
+def _item(i: int) -> bytes:
+    return i.to_bytes(4, "big") * 10
+
+
+def _resume(c: _End, s: _End) -> tuple[list[bytes], list[bytes]]:
+    """Both sides move to a new transport and handshake; return the replays
+    ``(server's, client's)``, not yet delivered."""
+    c.core.new_transport()
+    s.core.new_transport()
+    hs = c.core.next_message()
+    assert frames_of(hs)[1] == (F.RESUME, 0, 0, c.core.token + V(c.core.frames_in))
+    s.take(hs)
+    reply = s.core.next_message()
+    assert frames_of(reply)[1] == (F.RESUME_OK, 0, 0, s.core.token + V(s.core.frames_in))
+    replay_s = s.core.take_replay()
+    c.take(reply)
+    return replay_s, c.core.take_replay()
+
+
+def test_numbered_items_cross_drops_with_nothing_lost_or_duplicated() -> None:
+    n = 400
+    cc, sc = resumable_pair(initial_stream_window=2048)
+    c, s = _End(cc, n), _End(sc, n)
+    # "client": the client's message is lost and the server's arrives cut in the
+    # middle; "server": the other way round; "both": both arrive cut.
+    plan = ["client", "server", "both"]
+    next_at = 3
+    for rnd in range(5000):
+        c.feed()
+        s.feed()
+        mc, ms = cc.next_message(), sc.next_message()
+        if (
+            plan
+            and rnd >= next_at
+            and mc is not None
+            and ms is not None
+            and len(frames_of(mc)) > 1
+            and len(frames_of(ms)) > 1
+        ):
+            kind = plan.pop(0)
+            fs, fc = frames_of(ms), frames_of(mc)
+            if kind in ("client", "both"):
+                c.take(F.encode_batch(fs[: len(fs) // 2]))
+            if kind in ("server", "both"):
+                s.take(F.encode_batch(fc[: len(fc) // 2]))
+            replay_s, replay_c = _resume(c, s)
+            # A side that got a cut message is sent exactly its rest first; a lost
+            # message is sent whole, last.
+            if kind in ("client", "both"):
+                assert frames_of(replay_s[0]) == fs[len(fs) // 2 :]
+            else:
+                assert replay_s[-1] == ms
+            if kind in ("server", "both"):
+                assert frames_of(replay_c[0]) == fc[len(fc) // 2 :]
+            else:
+                assert replay_c[-1] == mc
+            for m in replay_c:
+                s.take(m)
+            for m in replay_s:
+                c.take(m)
+            next_at = rnd + 6
+            continue
+        if mc is not None:
+            s.take(mc)
+        if ms is not None:
+            c.take(ms)
+        if c.done() and s.done() and mc is None and ms is None:
+            break
+    assert plan == []
+    assert c.got == list(range(n)) and s.got == list(range(n))
+    assert cc.transports == sc.transports == 4
+    assert cc.resumable and sc.resumable
+    assert (cc.frames_in, sc.frames_in) == (sc.frames_out, cc.frames_out)
+    # ACKs kept the replay buffers short.
+    assert len(cc._replay) <= ACK_FRAMES and len(sc._replay) <= ACK_FRAMES
