@@ -674,7 +674,7 @@ class RpcPeer:
         self._ping_token = None
         if self._closed_flag:
             return
-        if self._transport is transport:
+        if transport is not None and self._transport is transport:
             # The peer is gone or stuck: no close handshake (it would wait for the
             # dead peer too); drop the TCP connection. A resumable session then
             # waits for a new one; any other is cleaned up.
@@ -683,7 +683,7 @@ class RpcPeer:
                     f"keepalive timeout: no PONG within {timeout} s", ErrorCode.KEEPALIVE_TIMEOUT.close_code
                 )
                 self._core.closed = True
-            transport.abort()
+            _abort_transport(transport)
         self._keepalive_next()
 
     # ---------------------------------------------------------------- calls
@@ -1197,3 +1197,7 @@ async def _quiet(aw: Awaitable[Any]) -> None:
         await aw
     except Exception:  # noqa: BLE001 - a notification's error has nowhere to go
         pass
+
+
+def _abort_transport(transport: Any) -> None:
+    transport.abort()

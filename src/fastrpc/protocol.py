@@ -638,7 +638,7 @@ class Connection:
             self._ring(s.urgency).append(s)
 
     def _ring(self, urgency: int) -> deque[_Out]:
-        if self._ready is _NO_RINGS:
+        if self._ready is _NO_RINGS:  # type: ignore[comparison-overlap]
             self._ready = [None] * URGENCY_LEVELS
         ring = self._ready[urgency]
         if ring is None:

@@ -35,9 +35,9 @@ class _WeakValues:
     __slots__ = ("data",)
 
     def __init__(self) -> None:
-        self.data: dict[int, weakref.KeyedRef] = {}
+        self.data: dict[int, weakref.KeyedRef[int, Any]] = {}
 
-    def _remove(self, wr: weakref.KeyedRef) -> None:
+    def _remove(self, wr: weakref.KeyedRef[int, Any]) -> None:
         if self.data.get(wr.key) is wr:
             del self.data[wr.key]
 
