@@ -375,10 +375,7 @@ class RpcPeer:
                 nxt = core.next_message()
                 if nxt is None:
                     return
-                unblocked = core.take_unblocked()
-                if unblocked:
-                    for sid in unblocked:
-                        manager._on_writable(sid)
+                self._wake_unblocked()
                 protocol.send_binary(nxt)
                 ws.send_data()
                 self._fresh = False
@@ -421,10 +418,7 @@ class RpcPeer:
                     self._wake = fut
                     await fut
                     continue
-                unblocked = core.take_unblocked()
-                if unblocked:
-                    for sid in unblocked:
-                        manager._on_writable(sid)
+                self._wake_unblocked()
                 await send(nxt)
                 manager._on_drained()
         except (_WSClosed, ConnectionError, SessionLost):
@@ -442,10 +436,7 @@ class RpcPeer:
                 nxt = core.next_message()
                 if nxt is None:
                     return
-                unblocked = core.take_unblocked()
-                if unblocked:
-                    for sid in unblocked:
-                        manager._on_writable(sid)
+                self._wake_unblocked()
                 await ws.send(nxt)
                 manager._on_drained()
         except (_WSClosed, ConnectionError):
@@ -531,6 +522,14 @@ class RpcPeer:
         for w in self._call_waiters:
             if not w.done():
                 w.set_result(None)
+
+    def _wake_unblocked(self) -> None:
+        """Wake the senders whose queues the message just taken emptied."""
+        unblocked = self._core.take_unblocked()
+        if unblocked:
+            manager = self.streams
+            for sid in unblocked:
+                manager._on_writable(sid)
 
     def _fail_pending(self, exc: ConnectionClosed) -> None:
         """Fail our calls and pings in flight with ``exc``."""
