@@ -787,11 +787,7 @@ class RpcPeer:
             await self._call_slot()
             core = self._core
             cid = core.send_request(method, payload, raw=raw, stream=True, channel=channel is not None, timeout=timeout)
-            stream.stream_id = cid
-            self.streams._incoming[cid] = stream
-            s = core.incoming(cid)
-            if s is not None:
-                stream._in = s
+            self.streams._bind_call(cid, stream)
             if channel is not None:
                 items, priority, rate = channel
                 if priority != DEFAULT_URGENCY:
@@ -1061,12 +1057,7 @@ class RpcPeer:
         inbound: ReceiveStream[Any] | None = None
         try:
             if ev.channel:
-                inbound = ReceiveStream(manager, cid, call=True)
-                inbound._claimed = True
-                manager._incoming[cid] = inbound
-                s = core.incoming(cid)
-                if s is not None:
-                    inbound._in = s
+                inbound = manager._bind_call(cid)
                 args = (inbound, *args)
             try:
                 source = fn(*args)

@@ -641,9 +641,12 @@ class StreamManager:
         while self._accepting:
             _resolve(self._accepting.pop(0))
 
-    def _bind_call(self, call_id: int) -> ReceiveStream[Any]:
-        """The stream of results, or input, of a call (already registered in the core)."""
-        stream: ReceiveStream[Any] = ReceiveStream(self, call_id, call=True)
+    def _bind_call(self, call_id: int, stream: ReceiveStream[Any] | None = None) -> ReceiveStream[Any]:
+        """Register the stream of results, or of input, of call ``call_id`` (a new one,
+        or ``stream``) and bind it to the core's record if that exists yet."""
+        if stream is None:
+            stream = ReceiveStream(self, call_id, call=True)
+        stream.stream_id = call_id
         stream._claimed = True
         self._incoming[call_id] = stream
         s = self._core.incoming(call_id)
