@@ -617,7 +617,7 @@ class Connection:
         size = 0
         head: list[tuple[int, int, int, Payload]] = []
         for i, f in enumerate(frames):
-            n = len(F.encode_frame(f.type, f.flags, f.id, f.payload))
+            n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
             if head and size + n > limit:
                 for g in frames[i:]:
                     self._control.add(g.type, g.flags, g.id, g.payload)
