@@ -24,7 +24,8 @@ import platform
 import struct
 import sys
 import timeit
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:
     import fastrpc  # noqa: F401
@@ -228,10 +229,17 @@ def codec_times(number: int, repeat: int) -> list[tuple[str, int, float, float]]
     for label, encode, decode in candidates:
         message = encode(frames)
         decoded = decode(message)
-        assert [(f[0], f[1], f[2], bytes(f[3])) if isinstance(f, tuple) else (f.type, f.flags, f.id, bytes(f.payload))
-                for f in decoded] == frames, label
+        assert [
+            (f[0], f[1], f[2], bytes(f[3])) if isinstance(f, tuple) else (f.type, f.flags, f.id, bytes(f.payload))
+            for f in decoded
+        ] == frames, label
         rows.append(
-            (label, len(message), best(lambda: encode(frames), number, repeat), best(lambda: decode(message), number, repeat))
+            (
+                label,
+                len(message),
+                best(lambda: encode(frames), number, repeat),
+                best(lambda: decode(message), number, repeat),
+            )
         )
     return rows
 
@@ -248,8 +256,10 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     for label, fixed, quic, leb in header_sizes():
         print(f"| {label} | {fixed:.2f} | {quic:.2f} | {leb:.2f} |")
-    print("\nA batch of 1000 frames, 16-byte payloads, ids 1, 3, ... 1999 (best of "
-          f"{args.repeat} x {args.number} calls):\n")
+    print(
+        "\nA batch of 1000 frames, 16-byte payloads, ids 1, 3, ... 1999 (best of "
+        f"{args.repeat} x {args.number} calls):\n"
+    )
     print("| codec | bytes/frame | encode, us/batch (= ns/frame) | decode, us/batch (= ns/frame) |")
     print("| --- | ---: | ---: | ---: |")
     for label, size, enc, dec in codec_times(args.number, args.repeat):

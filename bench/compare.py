@@ -38,49 +38,57 @@ import peers  # noqa: E402 - imports none of the benchmarked libraries
 SCENARIOS: dict[str, dict[str, Any]] = {
     "small": {
         "title": "200k x 16 B items, server -> client",
-        "unit": "items/s", "higher": True,
+        "unit": "items/s",
+        "higher": True,
         "full": {"n": 200_000, "size": 16, "min_n": 2_000},
         "quick": {"n": 50_000, "size": 16, "min_n": 1_000},
     },
     "bulk": {
         "title": "64 KiB chunks, 128 MiB (quick 16 MiB)",
-        "unit": "MB/s", "higher": True,
+        "unit": "MB/s",
+        "higher": True,
         "full": {"n": 2048, "size": 65536, "min_n": 16},
         "quick": {"n": 256, "size": 65536, "min_n": 8},
     },
     "seq_calls": {
         "title": "sequential calls, 16 B payload",
-        "unit": "calls/s", "higher": True,
+        "unit": "calls/s",
+        "higher": True,
         "full": {"n": 5_000, "size": 16, "min_n": 200},
         "quick": {"n": 500, "size": 16, "min_n": 50},
     },
     "inflight_calls": {
         "title": "calls, 100 in flight, 16 B payload",
-        "unit": "calls/s", "higher": True,
+        "unit": "calls/s",
+        "higher": True,
         "full": {"n": 20_000, "size": 16, "window": 100, "min_n": 500},
         "quick": {"n": 5_000, "size": 16, "window": 100, "min_n": 200},
     },
     "streams_1000": {
         "title": "1000 concurrent streams x 100 x 16 B items",
-        "unit": "items/s", "higher": True,
+        "unit": "items/s",
+        "higher": True,
         "full": {"n": 100, "streams": 1000, "size": 16, "min_n": 5},
         "quick": {"n": 20, "streams": 1000, "size": 16, "min_n": 2},
     },
     "memory_conn": {
         "title": "server RSS per idle connection",
-        "unit": "KiB", "higher": False,
+        "unit": "KiB",
+        "higher": False,
         "full": {"n": 200, "warm": 5},
         "quick": {"n": 50, "warm": 3},
     },
     "memory_stream": {
         "title": "server RSS per idle stream (opened by the client)",
-        "unit": "KiB", "higher": False,
+        "unit": "KiB",
+        "higher": False,
         "full": {"n": 1000, "warm": 20},
         "quick": {"n": 200, "warm": 10},
     },
     "memory_stream_call": {
         "title": "server RSS per idle streaming call (async-gen handler)",
-        "unit": "KiB", "higher": False,
+        "unit": "KiB",
+        "higher": False,
         "full": {"n": 1000, "warm": 20},
         "quick": {"n": 200, "warm": 10},
     },
@@ -125,10 +133,15 @@ def usable_cpus() -> list[int]:
     return []
 
 
-def run_pair(lib: str, scenario: str, params: dict[str, Any], timeout: float, profile: str | None = None) -> dict[str, Any]:
+def run_pair(
+    lib: str, scenario: str, params: dict[str, Any], timeout: float, profile: str | None = None
+) -> dict[str, Any]:
     """Server child + client child for one measurement; returns the client's result.
     With ``profile`` (a directory), both children run under cProfile."""
-    prof = {side: os.path.join(profile, f"{scenario}-{lib}-{side}.prof") if profile else None for side in ("server", "client")}
+    prof = {
+        side: os.path.join(profile, f"{scenario}-{lib}-{side}.prof") if profile else None
+        for side in ("server", "client")
+    }
     ctx = mp.get_context("spawn")
     env = peers.LIBS[lib].env
     env_server, env_client = dict(env), dict(env)
@@ -140,7 +153,9 @@ def run_pair(lib: str, scenario: str, params: dict[str, Any], timeout: float, pr
     srv_conn = cli_conn = None
     try:
         srv_conn, child = ctx.Pipe()
-        srv = ctx.Process(target=peers.server_main, args=(lib, env_server, child, prof["server"]), daemon=True, name=f"{lib}-server")
+        srv = ctx.Process(
+            target=peers.server_main, args=(lib, env_server, child, prof["server"]), daemon=True, name=f"{lib}-server"
+        )
         srv.start()
         child.close()
         if not srv_conn.poll(60):
@@ -214,7 +229,9 @@ def params_for(scenario: str, quick: bool, scale: float, repeat: int, budget: fl
     return p
 
 
-def measure(lib: str, scenario: str, p: dict[str, Any], repeat: int, timeout: float, profile: str | None = None) -> dict[str, Any]:
+def measure(
+    lib: str, scenario: str, p: dict[str, Any], repeat: int, timeout: float, profile: str | None = None
+) -> dict[str, Any]:
     unit = SCENARIOS[scenario]["unit"]
     if not scenario.startswith("memory"):
         r = run_pair(lib, scenario, p, timeout, profile)
@@ -297,7 +314,11 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for k, r in enumerate(rows):
-        lines.append("  ".join(c.rjust(w) if 1 < i < len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        lines.append(
+            "  ".join(
+                c.rjust(w) if 1 < i < len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+            ).rstrip()
+        )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     out = "\n".join(lines)
@@ -305,8 +326,14 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
         out += "\n* fewer units than the nominal count, to stay within the time budget (the figure is a rate)"
     if any("+" in c for r in rows[1:] for c in r[2:-1]):
         out += "\n+ more units than the nominal count, so that one run lasts at least the minimum time"
-    skipped = sorted({f"{lib}: {r['skipped']}" for row in results.values() for lib, r in row.items()
-                      if r.get("skipped", "n/a") != "n/a"})
+    skipped = sorted(
+        {
+            f"{lib}: {r['skipped']}"
+            for row in results.values()
+            for lib, r in row.items()
+            if r.get("skipped", "n/a") != "n/a"
+        }
+    )
     for n in skipped:
         out += f"\nskipped {n}"
     for n in notes:
@@ -387,9 +414,14 @@ def draw(results: dict[str, dict[str, Any]], libs: list[str], path: str) -> None
         ax.tick_params(axis="y", labelsize=8)
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
         for b, v in zip(bars, values):
-            ax.annotate(fmt(v, SCENARIOS[scenario]["unit"]), (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=7)
-    for ax in list(axes.flat)[len(scenarios):]:
+            ax.annotate(
+                fmt(v, SCENARIOS[scenario]["unit"]),
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    for ax in list(axes.flat)[len(scenarios) :]:
         ax.axis("off")
     fig.suptitle("fastrpc vs peers (loopback, server and client in separate processes)", fontsize=11)
     fig.tight_layout()
@@ -407,10 +439,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--libs", help="comma-separated libraries (" + ", ".join(ALL_LIBS) + "); default: all")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every count by this (e.g. 0.02)")
     ap.add_argument("--repeat", type=int, help="runs per measurement, best kept (default 3, quick 1)")
-    ap.add_argument("--budget", type=float, help="seconds one run may take before the count is cut (default 3, quick 0.5)")
-    ap.add_argument("--min-time", type=float, help="a fast library's count is raised (up to 10x) so one run lasts this long (default 1, quick 0.2; 0: off)")
+    ap.add_argument(
+        "--budget", type=float, help="seconds one run may take before the count is cut (default 3, quick 0.5)"
+    )
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        help="a fast library's count is raised (up to 10x) so one run lasts this long (default 1, quick 0.2; 0: off)",
+    )
     ap.add_argument("--timeout", type=float, help="seconds one client may take (default 240, quick 60)")
-    ap.add_argument("--profile", metavar="DIR", help="run servers and clients under cProfile, stats to DIR (slows them down)")
+    ap.add_argument(
+        "--profile", metavar="DIR", help="run servers and clients under cProfile, stats to DIR (slows them down)"
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin the server and the client to two different CPUs")
     ap.add_argument("--json", help="write the results as JSON here")
     ap.add_argument("--png", help="draw a bar chart here (needs matplotlib)")
@@ -478,23 +518,36 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(lib, scenario, p, repeat, timeout, args.profile)
             r["params"] = p
             results[scenario][lib] = r
-            log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} {fmt(r['value'], r['unit'])} {r['unit']}"
-                f"  ({time.perf_counter() - t0:.1f} s)")
+            log(
+                f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} {fmt(r['value'], r['unit'])} {r['unit']}"
+                f"  ({time.perf_counter() - t0:.1f} s)"
+            )
         except RunError as e:
             results[scenario][lib] = {"error": str(e), "params": p}
             log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} ERROR: {e}")
     elapsed = time.perf_counter() - started
 
     machine = machine_info(results)
-    print(f"fastrpc comparison ({'quick' if quick else 'full'} run, scale {args.scale}, "
-          f"{'best of ' + str(repeat) if repeat > 1 else '1 run'}; {elapsed:.0f} s)")
+    print(
+        f"fastrpc comparison ({'quick' if quick else 'full'} run, scale {args.scale}, "
+        f"{'best of ' + str(repeat) if repeat > 1 else '1 run'}; {elapsed:.0f} s)"
+    )
     print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, Python {machine['python']}, {machine['platform']}")
     print("CPUs: " + (f"server pinned to CPU {PIN[0]}, client to CPU {PIN[1]}" if PIN else "not pinned"))
     if machine["loadavg"] is not None:
-        print(f"load average: {load:.2f} at start, {machine['loadavg'][0]:.2f} at end"
-              + ("  (other processes competed for the CPUs: figures are noisy)" if max(load, machine["loadavg"][0]) > 0.5 else ""))
-    impls = {lib: (v.get("server_implementation"), v.get("client_implementation"))
-             for lib, v in machine["libraries"].items() if lib.startswith("fastrpc")}
+        print(
+            f"load average: {load:.2f} at start, {machine['loadavg'][0]:.2f} at end"
+            + (
+                "  (other processes competed for the CPUs: figures are noisy)"
+                if max(load, machine["loadavg"][0]) > 0.5
+                else ""
+            )
+        )
+    impls = {
+        lib: (v.get("server_implementation"), v.get("client_implementation"))
+        for lib, v in machine["libraries"].items()
+        if lib.startswith("fastrpc")
+    }
     if impls:
         print("fastrpc codec (server/client): " + ", ".join(f"{lib}={s}/{c}" for lib, (s, c) in impls.items()))
         if "python" in impls.get("fastrpc", ()):
@@ -506,23 +559,40 @@ def main(argv: list[str] | None = None) -> int:
         print("\nfastrpc targets:")
         for c in checks:
             unit = SCENARIOS[c["scenario"]]["unit"]
-            actual = f"{c['actual']:.3f}x" if "x " in c["target"] else (
-                f"{c['actual']:+.2f} KiB" if "more than" in c["target"] else f"{fmt(c['actual'], unit)} {unit}")
+            actual = (
+                f"{c['actual']:.3f}x"
+                if "x " in c["target"]
+                else (f"{c['actual']:+.2f} KiB" if "more than" in c["target"] else f"{fmt(c['actual'], unit)} {unit}")
+            )
             print(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['scenario']:<15} {c['target']:<32} actual {actual}")
 
     if args.json:
         doc: dict[str, Any] = {
-            s: {lib: ({"value": r["value"], "unit": r["unit"]} if r.get("value") is not None else
-                      {k: r[k] for k in ("skipped", "error") if k in r})
-                for lib, r in row.items()}
+            s: {
+                lib: (
+                    {"value": r["value"], "unit": r["unit"]}
+                    if r.get("value") is not None
+                    else {k: r[k] for k in ("skipped", "error") if k in r}
+                )
+                for lib, r in row.items()
+            }
             for s, row in results.items()
         }
         doc["ratios"] = {"fastrpc": ratios(results, "fastrpc"), "fastrpc-pure": ratios(results, "fastrpc-pure")}
         doc["targets"] = checks
         doc["details"] = results
         doc["machine"] = dict(machine, loadavg_start=load)
-        doc["run"] = {"quick": quick, "scale": args.scale, "repeat": repeat, "budget_s": budget, "min_time_s": min_time, "pinned_cpus": PIN,
-                      "elapsed_s": round(elapsed, 1), "libs": libs, "scenarios": args.scenarios}
+        doc["run"] = {
+            "quick": quick,
+            "scale": args.scale,
+            "repeat": repeat,
+            "budget_s": budget,
+            "min_time_s": min_time,
+            "pinned_cpus": PIN,
+            "elapsed_s": round(elapsed, 1),
+            "libs": libs,
+            "scenarios": args.scenarios,
+        }
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
         log(f"JSON written to {args.json}")

@@ -46,22 +46,20 @@ async def on_connect(peer: fastrpc.RpcPeer) -> None:
 
 async def main() -> None:
     # 1. Push style (seed): the server sends, the client receives.
-    async with fastrpc.serve(on_connect, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            _, stream = peer.receive_stream()  # the next stream that arrives
-            received = []
-            async for num in stream:
-                print("Received:", num)
-                received.append(num)
-            print(f"client: stream {stream.stream_id} ended after {len(received)} items")
-            assert received == list(range(1, 11))
+    async with fastrpc.serve(on_connect, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        _, stream = peer.receive_stream()  # the next stream that arrives
+        received = []
+        async for num in stream:
+            print("Received:", num)
+            received.append(num)
+        print(f"client: stream {stream.stream_id} ended after {len(received)} items")
+        assert received == list(range(1, 11))
 
     # 2. Pull style: call a streaming method.
-    async with fastrpc.serve(router, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            got = [num async for num in peer.stream("numbers", 5)]
-            print("numbers(5) ->", got)
-            assert got == [1, 2, 3, 4, 5]
+    async with fastrpc.serve(router, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        got = [num async for num in peer.stream("numbers", 5)]
+        print("numbers(5) ->", got)
+        assert got == [1, 2, 3, 4, 5]
     print("done")
 
 

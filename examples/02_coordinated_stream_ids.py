@@ -56,39 +56,38 @@ async def subscribe(symbol: str, count: int):
 
 
 async def main() -> None:
-    async with fastrpc.serve(router, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            # Seed style: request + Response.data
-            response = await peer.request({"method": "requestData", "symbol": "ACME", "count": 5})
-            print("client: response.data =", response.data)
-            stream_id, stream = peer.receive_stream(response.data["streamId"])
-            n = 0
-            async for data in stream:
-                print("Received:", data)
-                n += 1
-            assert n == 5
+    async with fastrpc.serve(router, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        # Seed style: request + Response.data
+        response = await peer.request({"method": "requestData", "symbol": "ACME", "count": 5})
+        print("client: response.data =", response.data)
+        stream_id, stream = peer.receive_stream(response.data["streamId"])
+        n = 0
+        async for data in stream:
+            print("Received:", data)
+            n += 1
+        assert n == 5
 
-            # Named method + call()
-            info = await peer.call("subscribe", "INIT", 3)
-            print("client: subscribe ->", info)
-            _, stream = peer.receive_stream(info["streamId"])
-            seqs = [item["seq"] async for item in stream]
-            print("client: INIT seqs", seqs)
-            assert seqs == [0, 1, 2]
+        # Named method + call()
+        info = await peer.call("subscribe", "INIT", 3)
+        print("client: subscribe ->", info)
+        _, stream = peer.receive_stream(info["streamId"])
+        seqs = [item["seq"] async for item in stream]
+        print("client: INIT seqs", seqs)
+        assert seqs == [0, 1, 2]
 
-            # Claiming late is fine: items that arrived first were held for the id.
-            response = await peer.request({"method": "requestData", "symbol": "LATE", "count": 4})
-            await asyncio.sleep(0.1)  # the whole feed has arrived by now
-            _, stream = peer.receive_stream(response.data["streamId"])
-            late = [item["seq"] async for item in stream]
-            print("client: claimed late, still got seqs", late)
-            assert late == [0, 1, 2, 3]
+        # Claiming late is fine: items that arrived first were held for the id.
+        response = await peer.request({"method": "requestData", "symbol": "LATE", "count": 4})
+        await asyncio.sleep(0.1)  # the whole feed has arrived by now
+        _, stream = peer.receive_stream(response.data["streamId"])
+        late = [item["seq"] async for item in stream]
+        print("client: claimed late, still got seqs", late)
+        assert late == [0, 1, 2, 3]
 
-            # Unknown requests come back as RemoteError
-            try:
-                await peer.request({"method": "nope"})
-            except fastrpc.RemoteError as exc:
-                print(f"client: request failed as expected: {exc.type_name}: {exc.message}")
+        # Unknown requests come back as RemoteError
+        try:
+            await peer.request({"method": "nope"})
+        except fastrpc.RemoteError as exc:
+            print(f"client: request failed as expected: {exc.type_name}: {exc.message}")
     print("done")
 
 

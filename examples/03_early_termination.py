@@ -124,7 +124,11 @@ async def main() -> None:
                 async for data in ticks:
                     if data["n"] >= 3:
                         break
-            print(f"client: async with + break at n={data['n']}; feed E produced", await peer.call("feed_closed", "E"), "items")
+            print(
+                f"client: async with + break at n={data['n']}; feed E produced",
+                await peer.call("feed_closed", "E"),
+                "items",
+            )
             assert peer.streams.active_streams == 0, peer.streams.active_streams
     print("done")
 

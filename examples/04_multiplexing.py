@@ -47,37 +47,36 @@ async def on_connect(peer: fastrpc.RpcPeer) -> None:
 
 
 async def main() -> None:
-    async with fastrpc.serve(on_connect, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            # Client side - receive all three streams
-            streams = [peer.receive_stream() for _ in range(3)]
-            arrivals: list[str] = []
+    async with fastrpc.serve(on_connect, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        # Client side - receive all three streams
+        streams = [peer.receive_stream() for _ in range(3)]
+        arrivals: list[str] = []
 
-            async def consume(stream: fastrpc.ReceiveStream) -> list[str]:
-                items = []
-                async for item in stream:
-                    items.append(item)
-                    arrivals.append(item)
-                return items
+        async def consume(stream: fastrpc.ReceiveStream) -> list[str]:
+            items = []
+            async for item in stream:
+                items.append(item)
+                arrivals.append(item)
+            return items
 
-            start = time.perf_counter()
-            consumers = asyncio.gather(*(consume(s) for _, s in streams))
-            # A regular call travels alongside the streams.
-            await asyncio.sleep(0.02)
-            t = time.perf_counter()
-            assert await peer.call("ping") == "pong"
-            print(f"client: call during streaming answered in {(time.perf_counter() - t) * 1e3:.1f} ms")
-            results = await consumers
-            elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        consumers = asyncio.gather(*(consume(s) for _, s in streams))
+        # A regular call travels alongside the streams.
+        await asyncio.sleep(0.02)
+        t = time.perf_counter()
+        assert await peer.call("ping") == "pong"
+        print(f"client: call during streaming answered in {(time.perf_counter() - t) * 1e3:.1f} ms")
+        results = await consumers
+        elapsed = time.perf_counter() - start
 
-            for (_, s), items in zip(streams, results):
-                print(f"client: stream {s.stream_id}: {len(items)} items, {items[0]} .. {items[-1]}")
-                assert items == sorted(items, key=lambda x: int(x.split("-")[1]))  # ordered within a stream
-            print("client: arrival order:", " ".join(a.replace("feed", "f") for a in arrivals[:15]), "...")
-            switches = sum(1 for a, b in zip(arrivals, arrivals[1:]) if a.split("-")[0] != b.split("-")[0])
-            print(f"client: {len(arrivals)} items from 3 streams in {elapsed:.2f} s, {switches} switches between streams")
-            assert len(arrivals) == 30 and switches > 3
-            # Sequential would take 10*(10+15+5) ms = 0.3 s; concurrent ~0.15 s
+        for (_, s), items in zip(streams, results):
+            print(f"client: stream {s.stream_id}: {len(items)} items, {items[0]} .. {items[-1]}")
+            assert items == sorted(items, key=lambda x: int(x.split("-")[1]))  # ordered within a stream
+        print("client: arrival order:", " ".join(a.replace("feed", "f") for a in arrivals[:15]), "...")
+        switches = sum(1 for a, b in zip(arrivals, arrivals[1:]) if a.split("-")[0] != b.split("-")[0])
+        print(f"client: {len(arrivals)} items from 3 streams in {elapsed:.2f} s, {switches} switches between streams")
+        assert len(arrivals) == 30 and switches > 3
+        # Sequential would take 10*(10+15+5) ms = 0.3 s; concurrent ~0.15 s
 
     await congested()
     print("done")

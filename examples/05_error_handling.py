@@ -70,8 +70,10 @@ async def main() -> None:
                 async for item in stream:
                     received.append(item)
             except fastrpc.RemoteStreamError as exc:
-                print(f"client: stream {stream_id} received {received}, then "
-                      f"RemoteStreamError type_name={exc.type_name!r} message={exc.message!r}")
+                print(
+                    f"client: stream {stream_id} received {received}, then "
+                    f"RemoteStreamError type_name={exc.type_name!r} message={exc.message!r}"
+                )
             assert received == [1, 2]
 
             # 2. The same from a streaming method.

@@ -66,14 +66,13 @@ async def measure(peer: fastrpc.RpcPeer, label: str, method: str, *args: int) ->
 async def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     print(f"codec implementation: {fastrpc.IMPLEMENTATION}")
-    async with fastrpc.serve(router, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            await measure(peer, "warm-up", "larger_chunks", 1000, 100)
-            small = await measure(peer, "small chunks (1 per item)", "small_chunks", count)
-            for size in (10, 100, 1000):
-                rate = await measure(peer, f"batched ({size} per item)", "larger_chunks", count, size)
-                if size == 100:
-                    batched = rate
+    async with fastrpc.serve(router, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        await measure(peer, "warm-up", "larger_chunks", 1000, 100)
+        small = await measure(peer, "small chunks (1 per item)", "small_chunks", count)
+        for size in (10, 100, 1000):
+            rate = await measure(peer, f"batched ({size} per item)", "larger_chunks", count, size)
+            if size == 100:
+                batched = rate
     print(f"batching 100 per item: {batched / small:.1f}x the items/s of single items")
     print("done")
 

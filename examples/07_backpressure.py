@@ -29,7 +29,9 @@ STREAMS = 4  # concurrent streams sharing the connection
 PROFILES = {
     # High-throughput, reliable network (larger per-stream window and queue too,
     # or the per-stream limits stop the sender long before 16 MiB)
-    "fast (16 MiB, 5 ms)": dict(max_buffered_amount=16_777_216, backpressure_delay=0.005, initial_window=4 << 20, stream_buffer_size=4 << 20),
+    "fast (16 MiB, 5 ms)": dict(
+        max_buffered_amount=16_777_216, backpressure_delay=0.005, initial_window=4 << 20, stream_buffer_size=4 << 20
+    ),
     # Low-bandwidth or unreliable network
     "slow (256 KiB, 50 ms)": dict(max_buffered_amount=262_144, backpressure_delay=0.050),
 }
@@ -88,8 +90,10 @@ async def slow_receiver() -> None:
         sid = await peer.send_stream(source())
         await asyncio.sleep(0.2)  # the receiver is not reading
         stats = peer.streams.stats(sid)
-        print(f"slow receiver: after 0.2 s the sender has produced {produced['n']} items "
-              f"({produced['n'] * 4} KiB); stats: window={stats.window} buffered={stats.buffered}")
+        print(
+            f"slow receiver: after 0.2 s the sender has produced {produced['n']} items "
+            f"({produced['n'] * 4} KiB); stats: window={stats.window} buffered={stats.buffered}"
+        )
         await peer.wait_closed()
 
     async with fastrpc.serve(on_connect, "127.0.0.1", 0, streams=fastrpc.StreamManager(**options)) as server:
@@ -108,7 +112,9 @@ async def slow_receiver() -> None:
 
 
 async def main() -> None:
-    print(f"{STREAMS} streams x {TOTAL // STREAMS >> 20} MiB in {CHUNK >> 10} KiB items, codec {fastrpc.IMPLEMENTATION}")
+    print(
+        f"{STREAMS} streams x {TOTAL // STREAMS >> 20} MiB in {CHUNK >> 10} KiB items, codec {fastrpc.IMPLEMENTATION}"
+    )
     for name, options in PROFILES.items():
         await run_profile(name, options)
     print("(on loopback a bigger buffer buys nothing: it pays off when the link's bandwidth x delay is large)")

@@ -61,42 +61,41 @@ async def numbers(n: int):
 
 
 async def main() -> None:
-    async with fastrpc.serve(router, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            # 1. Transform
-            result = [y async for y in peer.channel("scale", numbers(10), 10)]
-            print("client: scale(numbers(10), 10) ->", result)
-            assert result == [i * 10 for i in range(10)]
+    async with fastrpc.serve(router, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        # 1. Transform
+        result = [y async for y in peer.channel("scale", numbers(10), 10)]
+        print("client: scale(numbers(10), 10) ->", result)
+        assert result == [i * 10 for i in range(10)]
 
-            # 2. Chat: the outgoing generator waits for each answer before sending more.
-            answered = asyncio.Queue()
+        # 2. Chat: the outgoing generator waits for each answer before sending more.
+        answered = asyncio.Queue()
 
-            async def my_messages():
-                for text in ("hi", "how are you?", "streams both ways!"):
-                    await answered.get()  # wait for the previous answer
-                    print("client  ->", text)
-                    yield text
+        async def my_messages():
+            for text in ("hi", "how are you?", "streams both ways!"):
+                await answered.get()  # wait for the previous answer
+                print("client  ->", text)
+                yield text
 
-            replies = []
-            async for reply in peer.channel("chat", my_messages(), "alice"):
-                print("client <- ", reply)
-                replies.append(reply)
-                answered.put_nowait(None)
-            assert replies[0] == "[bot] hello alice" and replies[-1] == "[bot] bye alice"
-            assert len(replies) == 5
+        replies = []
+        async for reply in peer.channel("chat", my_messages(), "alice"):
+            print("client <- ", reply)
+            replies.append(reply)
+            answered.put_nowait(None)
+        assert replies[0] == "[bot] hello alice" and replies[-1] == "[bot] bye alice"
+        assert len(replies) == 5
 
-            # 3. Full duplex: both sides send a stream at the same time.
-            async def mine():
-                for i in range(20):
-                    await asyncio.sleep(0.002)
-                    yield f"client-{i}"
+        # 3. Full duplex: both sides send a stream at the same time.
+        async def mine():
+            for i in range(20):
+                await asyncio.sleep(0.002)
+                yield f"client-{i}"
 
-            call = asyncio.ensure_future(peer.call("exchange", 20))
-            await peer.send_stream(mine())
-            _, theirs = await peer.accept_stream()
-            got = [item async for item in theirs]
-            print(f"client: received {len(got)} items from the server: {got[0]} .. {got[-1]}")
-            assert await call == 20 and len(got) == 20
+        call = asyncio.ensure_future(peer.call("exchange", 20))
+        await peer.send_stream(mine())
+        _, theirs = await peer.accept_stream()
+        got = [item async for item in theirs]
+        print(f"client: received {len(got)} items from the server: {got[0]} .. {got[-1]}")
+        assert await call == 20 and len(got) == 20
     print("done")
 
 

@@ -57,36 +57,35 @@ async def peak_of(coro) -> tuple[object, int]:
 
 async def main() -> None:
     tracemalloc.start()
-    async with fastrpc.serve(router, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
+    async with fastrpc.serve(router, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
 
-            async def all_at_once(rows: int) -> float:
-                data = await peer.call("load_all", rows)
-                return sum(row["value"] for row in data)
+        async def all_at_once(rows: int) -> float:
+            data = await peer.call("load_all", rows)
+            return sum(row["value"] for row in data)
 
-            async def streamed(rows: int) -> float:
-                total = 0.0
-                async for chunk in peer.stream("stream_rows", rows, PAGE):
-                    total += sum(row["value"] for row in chunk)
-                return total
+        async def streamed(rows: int) -> float:
+            total = 0.0
+            async for chunk in peer.stream("stream_rows", rows, PAGE):
+                total += sum(row["value"] for row in chunk)
+            return total
 
-            await streamed(1000)  # warm-up
-            # (streamed first: the event loop may keep a reference to the last
-            # call's result until the next message, which would skew a later baseline)
-            total_b, peak_b = await peak_of(streamed(ROWS))
-            total_a, peak_a = await peak_of(all_at_once(ROWS))
-            assert total_a == total_b
-            print(f"{ROWS} rows, all at once: peak {peak_a / 1e6:6.1f} MB")
-            print(f"{ROWS} rows, streamed:    peak {peak_b / 1e6:6.1f} MB  ({peak_a / peak_b:.1f}x less)")
-            assert peak_b < peak_a
+        await streamed(1000)  # warm-up
+        # (streamed first: the event loop may keep a reference to the last
+        # call's result until the next message, which would skew a later baseline)
+        total_b, peak_b = await peak_of(streamed(ROWS))
+        total_a, peak_a = await peak_of(all_at_once(ROWS))
+        assert total_a == total_b
+        print(f"{ROWS} rows, all at once: peak {peak_a / 1e6:6.1f} MB")
+        print(f"{ROWS} rows, streamed:    peak {peak_b / 1e6:6.1f} MB  ({peak_a / peak_b:.1f}x less)")
+        assert peak_b < peak_a
 
-            big = ROWS * 10
-            try:
-                await peer.call("load_all", big)
-            except fastrpc.RemoteError as exc:
-                print(f"{big} rows, all at once: {exc.type_name}: {exc.message}")
-            total, peak = await peak_of(streamed(big))
-            print(f"{big} rows, streamed:    peak {peak / 1e6:6.1f} MB, sum={total:.0f}")
+        big = ROWS * 10
+        try:
+            await peer.call("load_all", big)
+        except fastrpc.RemoteError as exc:
+            print(f"{big} rows, all at once: {exc.type_name}: {exc.message}")
+        total, peak = await peak_of(streamed(big))
+        print(f"{big} rows, streamed:    peak {peak / 1e6:6.1f} MB, sum={total:.0f}")
     tracemalloc.stop()
     print("done")
 

@@ -88,18 +88,19 @@ async def priority() -> None:
                 assert await reader == BULK and len(latencies) == TICKS
                 p50 = latencies[len(latencies) // 2] * 1e3
                 p99 = latencies[int(len(latencies) * 0.99)] * 1e3
-                print(f"priority: small items at priority {tick_priority} beside a 64 KiB bulk stream: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+                print(
+                    f"priority: small items at priority {tick_priority} beside a 64 KiB bulk stream: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+                )
 
 
 async def rate_limit() -> None:
-    async with fastrpc.serve(send_rate_limited, "127.0.0.1", 0) as server:
-        async with fastrpc.connect(server.url) as peer:
-            _, stream = await peer.accept_stream()
-            start = time.perf_counter()
-            n = len([x async for x in stream])
-            elapsed = time.perf_counter() - start
-            print(f"rate limit: {n} items with RateLimit(500 items/s) took {elapsed:.3f} s ({n / elapsed:.0f} items/s)")
-            assert 0.07 < elapsed < 2.0, elapsed
+    async with fastrpc.serve(send_rate_limited, "127.0.0.1", 0) as server, fastrpc.connect(server.url) as peer:
+        _, stream = await peer.accept_stream()
+        start = time.perf_counter()
+        n = len([x async for x in stream])
+        elapsed = time.perf_counter() - start
+        print(f"rate limit: {n} items with RateLimit(500 items/s) took {elapsed:.3f} s ({n / elapsed:.0f} items/s)")
+        assert 0.07 < elapsed < 2.0, elapsed
 
 
 async def compression() -> None:
@@ -113,7 +114,9 @@ async def compression() -> None:
                     stats = stream.stats()
                     if stats is not None:
                         wire = stats.bytes
-                print(f"compression={compression!s:<5}: {total / 1e6:.2f} MB of text crossed the wire as {wire / 1e6:.3f} MB")
+                print(
+                    f"compression={compression!s:<5}: {total / 1e6:.2f} MB of text crossed the wire as {wire / 1e6:.3f} MB"
+                )
                 assert total == 20 * 65536 and (wire < total / 10 if compression else wire >= total)
 
 

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import gc
 import io
-from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import uvloop
 from websockets.asyncio.client import connect as ws_connect
@@ -22,15 +23,15 @@ from fastrpc.protocol import Connection, Role, Settings
 T = TypeVar("T")
 
 __all__ = [
-    "run",
-    "until",
-    "pair",
-    "server_peer",
     "RawClient",
-    "raw_client",
+    "assert_idle",
     "frame",
     "leftovers",
-    "assert_idle",
+    "pair",
+    "raw_client",
+    "run",
+    "server_peer",
+    "until",
 ]
 
 # Options every test connection uses: no keepalive timers running in the background.

@@ -50,7 +50,9 @@ def test_demo_items() -> None:
     details = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == 0, details
     out = proc.stdout
-    m = re.search(rf"^fastrpc {re.escape(fastrpc.__version__)} demo \(codec implementation: (cython|python)\)$", out, re.M)
+    m = re.search(
+        rf"^fastrpc {re.escape(fastrpc.__version__)} demo \(codec implementation: (cython|python)\)$", out, re.M
+    )
     assert m, details
     impl = m.group(1)
     if _no_extensions():
@@ -59,7 +61,9 @@ def test_demo_items() -> None:
     assert re.search(rf"^client: pid \d+, codec implementation {impl}, event loop {loop}$", out, re.M), details
     m = re.search(rf"^server: pid (\d+), codec implementation {impl}, ws://127\.0\.0\.1:(\d+)$", out, re.M)
     assert m and int(m.group(1)) != os.getpid() and int(m.group(2)) > 0, details
-    assert re.search(r"^feed: 20,000 items in [\d.]+ s: [\d,]+ items/s, [\d,.]+ MB/s \([\d.,]+ MB in 20 stream items\)$", out, re.M), details
+    assert re.search(
+        r"^feed: 20,000 items in [\d.]+ s: [\d,]+ items/s, [\d,.]+ MB/s \([\d.,]+ MB in 20 stream items\)$", out, re.M
+    ), details
     assert re.search(r"^calls: 1,000 sequential in [\d.]+ s: [\d,]+ calls/s", out, re.M), details
     assert re.search(r"^calls: 1,000 concurrent in [\d.]+ s: [\d,]+ calls/s$", out, re.M), details
     for bad in ("Traceback", "Warning", "Task was destroyed", "never awaited", "failed"):
@@ -81,7 +85,9 @@ def test_demo_seconds_and_options() -> None:
 def test_version_and_help() -> None:
     proc = fastrpc_cli("version")
     assert proc.returncode == 0, proc.stderr
-    m = re.fullmatch(rf"fastrpc {re.escape(fastrpc.__version__)} \(codec implementation: (cython|python); .*\)\n", proc.stdout)
+    m = re.fullmatch(
+        rf"fastrpc {re.escape(fastrpc.__version__)} \(codec implementation: (cython|python); .*\)\n", proc.stdout
+    )
     assert m, proc.stdout
     if _no_extensions():
         assert m.group(1) == "python"

@@ -8,14 +8,13 @@ import time
 import zlib
 
 import pytest
+from _proxy import proxy
+from _util import QUIET, pair, raw_client, run, server_peer, until
 
 import fastrpc
 from fastrpc import compression as C
 from fastrpc import frames as F
 from fastrpc.protocol import FRAME_CHARGE, Connection, Role, Settings
-
-from _proxy import proxy
-from _util import QUIET, pair, raw_client, run, server_peer, until
 
 
 def _feed_router() -> fastrpc.Router:

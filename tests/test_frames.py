@@ -9,9 +9,10 @@ import inspect
 import pathlib
 import pickle
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -276,9 +277,7 @@ def test_invalid(codec: ModuleType, vec: BadVector) -> None:
     assert info.value.close_code == (1009 if vec.code == ErrorCode.FRAME_TOO_LARGE else 1002)
 
 
-@pytest.mark.parametrize(
-    "vec", [v for v in INVALID if v.function == "decode_message"], ids=lambda v: v.name
-)
+@pytest.mark.parametrize("vec", [v for v in INVALID if v.function == "decode_message"], ids=lambda v: v.name)
 def test_invalid_fed_to_decoder(codec: ModuleType, vec: BadVector) -> None:
     decoder = codec.Decoder(vec.max_frame_size)
     if vec.reason == "frame too large":
@@ -387,8 +386,12 @@ def test_varint_errors(codec: ModuleType) -> None:
 
 def test_large_payloads_are_views_of_the_message(codec: ModuleType) -> None:
     threshold = codec.VIEW_THRESHOLD
-    frames = [(0x10, 0, 1, b"a" * (threshold + 88)), (0x10, 0, 3, b"b" * (threshold - 1)),
-              (0x10, 0, 5, b"c" * threshold), (0x10, 0, 7, b"")]
+    frames = [
+        (0x10, 0, 1, b"a" * (threshold + 88)),
+        (0x10, 0, 3, b"b" * (threshold - 1)),
+        (0x10, 0, 5, b"c" * threshold),
+        (0x10, 0, 7, b""),
+    ]
     msg = codec.encode_batch(frames)
     decoded = codec.decode_message(msg)
     assert as_tuples(decoded) == frames

@@ -3,8 +3,9 @@ pure codecs giving the same frames or the same errors on any input."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,7 +117,9 @@ def test_random_bytes(codec_pair: Pair, data: bytes, limit: int) -> None:
 
 
 mutations = st.lists(
-    st.tuples(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]), st.integers(0, 10**6), st.integers(0, 255)),
+    st.tuples(
+        st.sampled_from(["flip", "set", "insert", "delete", "truncate"]), st.integers(0, 10**6), st.integers(0, 255)
+    ),
     min_size=1,
     max_size=4,
 )
@@ -142,7 +145,9 @@ def mutate(message: bytes, changes: list[tuple[str, int, int]]) -> bytes:
 
 @FAST
 @given(frame_lists, mutations, limits)
-def test_mutated_messages(codec_pair: Pair, batch: list[tuple[int, int, int, bytes]], changes: list[tuple[str, int, int]], limit: int) -> None:
+def test_mutated_messages(
+    codec_pair: Pair, batch: list[tuple[int, int, int, bytes]], changes: list[tuple[str, int, int]], limit: int
+) -> None:
     compiled, pure_codec = codec_pair
     data = mutate(pure_codec.encode_batch(batch), changes)
     assert outcome(compiled.decode_message, data, limit) == outcome(pure_codec.decode_message, data, limit)
@@ -163,7 +168,9 @@ amounts = st.one_of(
 stream_ids = st.sampled_from([0, 1, 2, 3, 4, 99, VARINT_MAX, VARINT_MAX + 1, -1])
 ledger_ops = st.lists(
     st.tuples(
-        st.sampled_from(["open", "close", "sent", "grant", "received", "consumed", "resize", "window", "stats", "contains"]),
+        st.sampled_from(
+            ["open", "close", "sent", "grant", "received", "consumed", "resize", "window", "stats", "contains"]
+        ),
         stream_ids,
         amounts,
     ),

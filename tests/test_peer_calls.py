@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from _util import assert_idle, pair, run, server_peer, until
 
 import fastrpc
-from _util import assert_idle, pair, run, server_peer, until
 
 
 def make_router() -> fastrpc.Router:

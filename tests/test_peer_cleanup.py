@@ -7,12 +7,12 @@ import asyncio
 import gc
 import time
 import tracemalloc
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
+from _util import pair, run, server_peer, until
 
 import fastrpc
-from _util import pair, run, server_peer, until
 
 
 class Watch:
@@ -168,7 +168,9 @@ def test_client_goes_away_mid_stream(how: str) -> None:
 def test_server_shutdown_closes_connections() -> None:
     async def main() -> None:
         server_watch, handler_done = Watch(), asyncio.Event()
-        server = await fastrpc.serve(make_router(server_watch, handler_done), "127.0.0.1", 0, keepalive_interval=None).start()
+        server = await fastrpc.serve(
+            make_router(server_watch, handler_done), "127.0.0.1", 0, keepalive_interval=None
+        ).start()
         peers = [await fastrpc.connect(server.url, keepalive_interval=None) for _ in range(3)]
         streams = [p.stream("forever") for p in peers]
         for s in streams:
@@ -194,7 +196,9 @@ def test_many_connect_stream_disconnect_cycles_leak_nothing() -> None:
     async def main() -> None:
         server_watch, handler_done = Watch(), asyncio.Event()
         me = asyncio.current_task()
-        async with fastrpc.serve(make_router(server_watch, handler_done), "127.0.0.1", 0, keepalive_interval=None) as server:
+        async with fastrpc.serve(
+            make_router(server_watch, handler_done), "127.0.0.1", 0, keepalive_interval=None
+        ) as server:
             url = server.url
             baseline = len(asyncio.all_tasks())
             mem_at_warmup = 0

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
+from _util import assert_idle, frame, pair, raw_client, run, until
 
 import fastrpc
 from fastrpc import frames as F
 from fastrpc.protocol import FRAME_CHARGE
-from _util import assert_idle, frame, pair, raw_client, run, until
 
 
 def request(cid: int, method: str, *args: Any, flags: int = 0) -> bytes:
@@ -137,8 +138,18 @@ def test_oversized_frame_is_rejected_with_1009() -> None:
         frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x") + frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"y"),  # opened twice
         frame(F.REQUEST, 0, 1, b"\x02\xff\xfe"),  # method name is not UTF-8
     ],
-    ids=["truncated", "empty", "bad-method", "wrong-parity", "unknown-type", "hello-twice", "trailing",
-         "stream-parity", "open-twice", "not-utf8"],
+    ids=[
+        "truncated",
+        "empty",
+        "bad-method",
+        "wrong-parity",
+        "unknown-type",
+        "hello-twice",
+        "trailing",
+        "stream-parity",
+        "open-twice",
+        "not-utf8",
+    ],
 )
 def test_malformed_bytes_close_with_1002(data: bytes) -> None:
     async def main() -> None:
@@ -160,7 +171,9 @@ def test_frames_of_unknown_streams_are_dropped() -> None:
     async def main() -> None:
         async with pair(make_router(Counters())) as (server, _):
             async with raw_client(server.url) as raw:
-                await raw.send(frame(F.STREAM_DATA, 0, 1, b"x") + frame(F.STREAM_END, 0, 1) + frame(F.CREDIT, 0, 5, b"\x10"))
+                await raw.send(
+                    frame(F.STREAM_DATA, 0, 1, b"x") + frame(F.STREAM_END, 0, 1) + frame(F.CREDIT, 0, 5, b"\x10")
+                )
                 await raw.send(request(3, "add", 1, 2))
                 frames = await raw.recv_frames()
                 assert [(f.type, f.id) for f in frames] == [(F.RESPONSE, 3)]
@@ -181,7 +194,7 @@ def test_text_message_garbage() -> None:
                     try:
                         await raw.ws.recv()
                         return "answered"
-                    except Exception:  # noqa: BLE001 - closed
+                    except Exception:
                         return "closed"
 
                 assert await asyncio.wait_for(outcome(), 5) in ("answered", "closed")
@@ -231,7 +244,7 @@ def test_rapid_reset_flood_stays_bounded(cleanup_delay: float, mode: str) -> Non
                         assert c.running <= limit
                         if i % 50 == 49:
                             await asyncio.sleep(0.001)  # let answers flow (and a close arrive)
-                except Exception:  # noqa: BLE001 - the server closed the connection
+                except Exception:
                     pass
                 if cleanup_delay:
                     code, reason = await raw.drain()
@@ -312,9 +325,10 @@ def test_empty_stream_data_flood_exhausts_credit() -> None:
     async def main() -> None:
         c = Counters()
         window = 64 << 10
-        async with pair(
-            make_router(c), server_opts={"streams": fastrpc.StreamManager(initial_window=window)}
-        ) as (server, good):
+        async with pair(make_router(c), server_opts={"streams": fastrpc.StreamManager(initial_window=window)}) as (
+            server,
+            good,
+        ):
             async with raw_client(server.url) as raw:
                 assert raw.core.peer_settings.initial_stream_window == window
                 n = window // FRAME_CHARGE + 1

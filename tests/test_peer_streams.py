@@ -4,13 +4,14 @@ channels, large items and backpressure."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from _util import assert_idle, pair, run, server_peer, until
 
 import fastrpc
 from fastrpc.protocol import FRAME_CHARGE
-from _util import assert_idle, pair, run, server_peer, until
 
 
 async def agen(n: int, tag: Any = None) -> AsyncIterator[Any]:
@@ -159,9 +160,7 @@ def test_receive_stream_claimed_before_it_arrives() -> None:
             assert await peer.send_stream(agen(300), sid) == sid
             assert await asyncio.wait_for(result, 5) == list(range(300))
             sid = await peer.send_stream(agen(20))
-            await until(
-                lambda: (s := sp._core.incoming(sid)) is not None and s.state != 0, 5, "the stream's arrival"
-            )
+            await until(lambda: (s := sp._core.incoming(sid)) is not None and s.state != 0, 5, "the stream's arrival")
             assert await peer.call("consume", sid) == list(range(20))
             with pytest.raises(ValueError):
                 await peer.send_stream(agen(1), sid + 1)  # the client allocates odd ids only
@@ -442,7 +441,11 @@ def test_sender_blocked_on_credit_is_stopped_by_close() -> None:
             sp = await server_peer(server)
             sid = await sp.send_stream(watch.forever(b"x" * 1000))
             _, s = peer.receive_stream(sid)
-            await until(lambda: sp.streams.stats(sid) is not None and sp.streams.stats(sid).window <= FRAME_CHARGE + 1000, 5, "credit exhausted")
+            await until(
+                lambda: sp.streams.stats(sid) is not None and sp.streams.stats(sid).window <= FRAME_CHARGE + 1000,
+                5,
+                "credit exhausted",
+            )
             await s.aclose()
             await asyncio.wait_for(watch.finished.wait(), 5)
             await until(lambda: not sp.streams._senders, 5, "the server's sender to stop")
@@ -598,7 +601,11 @@ def test_max_buffered_amount_makes_senders_wait() -> None:
 
     async def main() -> None:
         manager = fastrpc.StreamManager(max_buffered_amount=limit, initial_window=4 << 20)
-        async with pair(stream_router(), client_opts={"streams": manager}, server_opts={"streams": fastrpc.StreamManager(initial_window=4 << 20)}) as (server, peer):
+        async with pair(
+            stream_router(),
+            client_opts={"streams": manager},
+            server_opts={"streams": fastrpc.StreamManager(initial_window=4 << 20)},
+        ) as (server, peer):
             observed: list[int] = []
             stop = False
 

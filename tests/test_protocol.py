@@ -148,7 +148,9 @@ def protocol_error(conn: Connection, msg: bytes, reason: str, code: ErrorCode, c
     return err
 
 
-def assert_remote(err: RemoteError, type_name: str, message: str, code: int | None = None, tb: str | None = None) -> None:
+def assert_remote(
+    err: RemoteError, type_name: str, message: str, code: int | None = None, tb: str | None = None
+) -> None:
     assert (err.type_name, err.message, err.code, err.remote_traceback) == (type_name, message, code, tb)
 
 
@@ -222,7 +224,9 @@ def test_unsupported_version_is_answered_with_goaway() -> None:
 
 def test_first_frame_must_be_hello() -> None:
     s = Connection(Role.SERVER)
-    protocol_error(s, F.encode_frame(F.PING, 0, 0, b"x"), "expected HELLO as the first frame", ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(F.PING, 0, 0, b"x"), "expected HELLO as the first frame", ErrorCode.PROTOCOL_ERROR, 1002
+    )
     # A HELLO that is not first does not count either.
     s = Connection(Role.SERVER)
     msg = batch((F.REQUEST, 0, 1, method_head(b"m")), (F.HELLO, 0, 0, Settings().to_wire()))
@@ -231,8 +235,9 @@ def test_first_frame_must_be_hello() -> None:
     # The client side checks it too.
     c = Connection(Role.CLIENT)
     c.next_message()
-    protocol_error(c, F.encode_frame(F.RESPONSE, 0, 1, b""), "expected HELLO as the first frame",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        c, F.encode_frame(F.RESPONSE, 0, 1, b""), "expected HELLO as the first frame", ErrorCode.PROTOCOL_ERROR, 1002
+    )
 
 
 def test_hello_twice_is_rejected() -> None:
@@ -309,19 +314,26 @@ def test_deadline_flag_is_parsed_into_the_request() -> None:
 
 def test_method_name_not_utf8_is_rejected() -> None:
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.REQUEST, 0, 1, method_head(b"\xff\xfe")), "method name is not UTF-8",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s,
+        F.encode_frame(F.REQUEST, 0, 1, method_head(b"\xff\xfe")),
+        "method name is not UTF-8",
+        ErrorCode.PROTOCOL_ERROR,
+        1002,
+    )
     s = server_after_hello()
     protocol_error(s, F.encode_frame(F.NOTIFY, 0, 0, method_head(b"\xc3")), "not UTF-8", ErrorCode.PROTOCOL_ERROR, 1002)
 
 
 def test_truncated_method_name_is_rejected() -> None:
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.REQUEST, 0, 1, V(10) + b"abc"), "truncated method name",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(F.REQUEST, 0, 1, V(10) + b"abc"), "truncated method name", ErrorCode.PROTOCOL_ERROR, 1002
+    )
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.NOTIFY, 0, 0, V(4) + b"ab"), "truncated method name",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(F.NOTIFY, 0, 0, V(4) + b"ab"), "truncated method name", ErrorCode.PROTOCOL_ERROR, 1002
+    )
     # An empty REQUEST payload has no method length at all.
     s = server_after_hello()
     with pytest.raises(ProtocolError):
@@ -330,14 +342,25 @@ def test_truncated_method_name_is_rejected() -> None:
 
 def test_wrong_parity_call_id_is_rejected() -> None:
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.REQUEST, 0, 2, method_head(b"m")), "call id of the wrong parity",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s,
+        F.encode_frame(F.REQUEST, 0, 2, method_head(b"m")),
+        "call id of the wrong parity",
+        ErrorCode.PROTOCOL_ERROR,
+        1002,
+    )
     c = client_after_hello()
-    protocol_error(c, F.encode_frame(F.REQUEST, 0, 3, method_head(b"m")), "call id of the wrong parity",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        c,
+        F.encode_frame(F.REQUEST, 0, 3, method_head(b"m")),
+        "call id of the wrong parity",
+        ErrorCode.PROTOCOL_ERROR,
+        1002,
+    )
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.REQUEST, 0, 0, method_head(b"m")), "wrong parity",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(F.REQUEST, 0, 0, method_head(b"m")), "wrong parity", ErrorCode.PROTOCOL_ERROR, 1002
+    )
 
 
 def test_duplicate_call_id_is_rejected() -> None:
@@ -357,8 +380,9 @@ def test_max_pending_calls_exceeded() -> None:
     s = server_after_hello(Settings(max_pending_calls=2))
     ok = batch((F.REQUEST, 0, 1, method_head(b"m")), (F.REQUEST, 0, 3, method_head(b"m")))
     assert len(s.receive_message(ok)) == 2
-    err = protocol_error(s, F.encode_frame(F.REQUEST, 0, 5, method_head(b"m")), "too many pending calls",
-                         ErrorCode.LIMIT_EXCEEDED, 1008)
+    err = protocol_error(
+        s, F.encode_frame(F.REQUEST, 0, 5, method_head(b"m")), "too many pending calls", ErrorCode.LIMIT_EXCEEDED, 1008
+    )
     assert isinstance(err, LimitExceeded)
     # A finished call frees its slot.
     s = server_after_hello(Settings(max_pending_calls=2))
@@ -403,19 +427,26 @@ def test_cancel_keeps_the_callers_slot_until_the_final_error() -> None:
 
 def test_response_or_error_for_unknown_call() -> None:
     c = client_after_hello()
-    protocol_error(c, F.encode_frame(F.RESPONSE, 0, 1, b""), "response to an unknown call",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        c, F.encode_frame(F.RESPONSE, 0, 1, b""), "response to an unknown call", ErrorCode.STREAM_STATE_ERROR, 1002
+    )
     c = client_after_hello()
-    protocol_error(c, F.encode_frame(F.ERROR, 0, 1, encode_error("E", "m")), "error for an unknown call",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        c,
+        F.encode_frame(F.ERROR, 0, 1, encode_error("E", "m")),
+        "error for an unknown call",
+        ErrorCode.STREAM_STATE_ERROR,
+        1002,
+    )
     # A second answer to one call is an unknown call too.
     c, s = connect()
     cid = c.send_request("m", b"")
     s.receive_message(c.next_message())
     s.send_response(cid, b"")
     c.receive_message(s.next_message())
-    protocol_error(c, F.encode_frame(F.RESPONSE, 0, cid, b""), "response to an unknown call",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        c, F.encode_frame(F.RESPONSE, 0, cid, b""), "response to an unknown call", ErrorCode.STREAM_STATE_ERROR, 1002
+    )
 
 
 def test_notify() -> None:
@@ -449,7 +480,10 @@ def test_raw_flag_round_trip() -> None:
     s.send_response(enc_id, b"\xc0")
     msg = s.next_message()
     assert [f[1] for f in frames_of(msg)] == [FLAG_RAW, 0]
-    assert c.receive_message(msg) == [ResponseReceived(raw_id, b"\xffraw", True), ResponseReceived(enc_id, b"\xc0", False)]
+    assert c.receive_message(msg) == [
+        ResponseReceived(raw_id, b"\xffraw", True),
+        ResponseReceived(enc_id, b"\xc0", False),
+    ]
     # Stream items carry it per item.
     sid = c.open_stream()
     c.send_item(sid, b"r", raw=True)
@@ -553,28 +587,47 @@ def test_stream_opens_with_its_first_frame() -> None:
 
 def test_data_without_open_for_an_unknown_stream_is_dropped() -> None:
     s = server_after_hello()
-    msg = batch((F.STREAM_DATA, 0, 1, b"stale"), (F.STREAM_END, 0, 3, b""), (F.STREAM_ERROR, 0, 5, encode_error("E", "")),
-                (F.STREAM_ABORT, 0, 7, b""), (F.STREAM_DATA, 0, 2, b"x"))
+    msg = batch(
+        (F.STREAM_DATA, 0, 1, b"stale"),
+        (F.STREAM_END, 0, 3, b""),
+        (F.STREAM_ERROR, 0, 5, encode_error("E", "")),
+        (F.STREAM_ABORT, 0, 7, b""),
+        (F.STREAM_DATA, 0, 2, b"x"),
+    )
     assert s.receive_message(msg) == []
     assert s.incoming(1) is None and s.next_message() is None
 
 
 def test_second_open_is_a_stream_state_error() -> None:
     s = server_after_hello()
-    assert s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"a")) == [StreamOpened(1), StreamReadable(1)]
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"b"), "stream opened twice",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    assert s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"a")) == [
+        StreamOpened(1),
+        StreamReadable(1),
+    ]
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"b"),
+        "stream opened twice",
+        ErrorCode.STREAM_STATE_ERROR,
+        1002,
+    )
     s = server_after_hello()
     s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"a"))
-    protocol_error(s, F.encode_frame(F.STREAM_END, F.FLAG_OPEN, 1, b""), "stream opened twice",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(F.STREAM_END, F.FLAG_OPEN, 1, b""), "stream opened twice", ErrorCode.STREAM_STATE_ERROR, 1002
+    )
 
 
 def test_data_after_the_end_is_a_stream_state_error() -> None:
     s = server_after_hello()
     s.receive_message(batch((F.STREAM_DATA, F.FLAG_OPEN, 1, b"a"), (F.STREAM_END, 0, 1, b"")))
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, 0, 1, b"b"), "data after the end of the stream",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, 0, 1, b"b"),
+        "data after the end of the stream",
+        ErrorCode.STREAM_STATE_ERROR,
+        1002,
+    )
     s = server_after_hello()
     s.receive_message(batch((F.STREAM_DATA, F.FLAG_OPEN, 1, b"a"), (F.STREAM_END, 0, 1, b"")))
     protocol_error(s, F.encode_frame(F.STREAM_END, 0, 1, b""), "stream ended twice", ErrorCode.STREAM_STATE_ERROR, 1002)
@@ -582,8 +635,13 @@ def test_data_after_the_end_is_a_stream_state_error() -> None:
 
 def test_end_inside_a_fragmented_item_is_a_stream_state_error() -> None:
     s = server_after_hello()
-    protocol_error(s, batch((F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_MORE, 1, b"abc"), (F.STREAM_END, 0, 1, b"")),
-                   "stream ended inside an item", ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        s,
+        batch((F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_MORE, 1, b"abc"), (F.STREAM_END, 0, 1, b"")),
+        "stream ended inside an item",
+        ErrorCode.STREAM_STATE_ERROR,
+        1002,
+    )
 
 
 def test_stream_error_fails_the_incoming_stream() -> None:
@@ -671,7 +729,12 @@ def test_stream_slots_run_out_and_come_back_with_streams_grants() -> None:
     for sid in (a, b):
         c.send_item(sid, b"x")
         c.end_stream(sid)
-    assert s.receive_message(c.next_message()) == [StreamOpened(a), StreamReadable(a), StreamOpened(b), StreamReadable(b)]
+    assert s.receive_message(c.next_message()) == [
+        StreamOpened(a),
+        StreamReadable(a),
+        StreamOpened(b),
+        StreamReadable(b),
+    ]
     # Ending a stream does not free its slot: the receiving application must finish.
     assert s.next_message() is None
     read_all(s, a)
@@ -686,7 +749,12 @@ def test_stream_slots_run_out_and_come_back_with_streams_grants() -> None:
     x, y = c.open_stream(), c.open_stream()
     c.send_item(x, b"1")
     c.send_item(y, b"2")
-    assert s.receive_message(c.next_message()) == [StreamOpened(x), StreamReadable(x), StreamOpened(y), StreamReadable(y)]
+    assert s.receive_message(c.next_message()) == [
+        StreamOpened(x),
+        StreamReadable(x),
+        StreamOpened(y),
+        StreamReadable(y),
+    ]
     assert not c.can_open_stream()
 
 
@@ -697,7 +765,12 @@ def test_streams_bound_to_calls_do_not_take_slots() -> None:
     c.send_item(cid, b"in")
     c.send_item(a, b"free")
     ev = s.receive_message(c.next_message())
-    assert ev == [RequestReceived(cid, "ch", b"", stream=True, channel=True), StreamReadable(cid), StreamOpened(a), StreamReadable(a)]
+    assert ev == [
+        RequestReceived(cid, "ch", b"", stream=True, channel=True),
+        StreamReadable(cid),
+        StreamOpened(a),
+        StreamReadable(a),
+    ]
     s.open_response_stream(cid)
     s.send_item(cid, b"out")
     assert s.can_open_stream()  # the response stream took no slot
@@ -709,15 +782,25 @@ def test_peer_opening_more_than_max_streams_is_limit_exceeded() -> None:
     s = server_after_hello(Settings(max_streams=2))
     ok = batch((F.STREAM_DATA, F.FLAG_OPEN, 1, b""), (F.STREAM_DATA, F.FLAG_OPEN, 3, b""))
     assert len(s.receive_message(ok)) == 4
-    err = protocol_error(s, F.encode_frame(F.STREAM_END, F.FLAG_OPEN, 5, b""), "too many concurrent streams",
-                         ErrorCode.LIMIT_EXCEEDED, 1008)
+    err = protocol_error(
+        s,
+        F.encode_frame(F.STREAM_END, F.FLAG_OPEN, 5, b""),
+        "too many concurrent streams",
+        ErrorCode.LIMIT_EXCEEDED,
+        1008,
+    )
     assert isinstance(err, LimitExceeded)
 
 
 def test_stream_id_of_the_wrong_parity_is_rejected() -> None:
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 2, b""), "stream id of the wrong parity",
-                   ErrorCode.STREAM_STATE_ERROR, 1002)
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 2, b""),
+        "stream id of the wrong parity",
+        ErrorCode.STREAM_STATE_ERROR,
+        1002,
+    )
 
 
 # ----------------------------------------------------------------------- flow control
@@ -772,8 +855,9 @@ def test_receiver_seeing_more_than_the_window_is_a_flow_control_error() -> None:
     s = server_after_hello(Settings(initial_stream_window=1024))
     s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x" * (1024 - FRAME_CHARGE)))
     assert s.stream_stats(1, False)[2] == 0
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, 0, 1, b"y"), "flow-control window exceeded",
-                   ErrorCode.FLOW_CONTROL_ERROR, 1008)
+    protocol_error(
+        s, F.encode_frame(F.STREAM_DATA, 0, 1, b"y"), "flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR, 1008
+    )
 
 
 def test_frame_charge_makes_an_empty_frame_flood_exhaust_the_window() -> None:
@@ -782,8 +866,9 @@ def test_frame_charge_makes_an_empty_frame_flood_exhaust_the_window() -> None:
     flood = [(F.STREAM_DATA, F.FLAG_OPEN, 1, b"")] + [(F.STREAM_DATA, 0, 1, b"")] * 31
     assert s.receive_message(F.encode_batch(flood)) == [StreamOpened(1), StreamReadable(1)]
     assert s.stream_stats(1, False) == (1024, 32, 0, 1024)
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, 0, 1, b""), "flow-control window exceeded",
-                   ErrorCode.FLOW_CONTROL_ERROR, 1008)
+    protocol_error(
+        s, F.encode_frame(F.STREAM_DATA, 0, 1, b""), "flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR, 1008
+    )
     # Sender: empty items run out of credit too, and never past it.
     c, s = connect(server=Settings(initial_stream_window=1024))
     sid = c.open_stream()
@@ -820,8 +905,13 @@ def test_connection_window_credit_on_id_zero() -> None:
 
 def test_receiver_seeing_more_than_the_connection_window_is_a_flow_control_error() -> None:
     s = server_after_hello(Settings(connection_window=2048))
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x" * (2048 - FRAME_CHARGE + 1)),
-                   "connection flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR, 1008)
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN, 1, b"x" * (2048 - FRAME_CHARGE + 1)),
+        "connection flow-control window exceeded",
+        ErrorCode.FLOW_CONTROL_ERROR,
+        1008,
+    )
 
 
 def test_fragmentation_and_reassembly() -> None:
@@ -875,7 +965,9 @@ def test_item_larger_than_max_item_size_is_limit_exceeded() -> None:
     ok = F.encode_batch(frames[:2])
     s.receive_message(ok)
     assert read_all(s, sid) == [(b"x" * 2000, False)]
-    err = protocol_error(s, F.encode_batch(frames[2:]), "item larger than max_item_size", ErrorCode.LIMIT_EXCEEDED, 1008)
+    err = protocol_error(
+        s, F.encode_batch(frames[2:]), "item larger than max_item_size", ErrorCode.LIMIT_EXCEEDED, 1008
+    )
     assert isinstance(err, LimitExceeded)
 
 
@@ -896,8 +988,13 @@ def test_grow_window_sends_extra_credit() -> None:
 def test_credit_for_unknown_stream_is_ignored_and_connection_credit_overflow_is_an_error() -> None:
     c = client_after_hello()
     assert c.receive_message(F.encode_frame(F.CREDIT, 0, 9, V(100))) == []
-    protocol_error(c, F.encode_frame(F.CREDIT, 0, 0, V(F.VARINT_MAX)), "flow-control window overflow",
-                   ErrorCode.FLOW_CONTROL_ERROR, 1008)
+    protocol_error(
+        c,
+        F.encode_frame(F.CREDIT, 0, 0, V(F.VARINT_MAX)),
+        "flow-control window overflow",
+        ErrorCode.FLOW_CONTROL_ERROR,
+        1008,
+    )
 
 
 # ------------------------------------------------------------------------- scheduling
@@ -1038,7 +1135,17 @@ def test_messages_stay_within_the_peers_limit_under_mixed_load() -> None:
 
 @pytest.mark.parametrize(
     "local, remote, expected",
-    [(0, 0, 0), (1, 0, 0), (0, 3, 0), (1, 1, C.ZLIB), (3, 1, C.ZLIB), (1, 3, C.ZLIB), (2, 1, 0), (3, 3, C.ZSTD), (2, 2, C.ZSTD)],
+    [
+        (0, 0, 0),
+        (1, 0, 0),
+        (0, 3, 0),
+        (1, 1, C.ZLIB),
+        (3, 1, C.ZLIB),
+        (1, 3, C.ZLIB),
+        (2, 1, 0),
+        (3, 3, C.ZSTD),
+        (2, 2, C.ZSTD),
+    ],
 )
 def test_compression_is_negotiated(local: int, remote: int, expected: int) -> None:
     if expected == C.ZSTD and not C.available() & C.ZSTD:
@@ -1085,12 +1192,22 @@ def test_corrupt_compressed_payload_is_a_compression_error(algorithm: int) -> No
     if not C.available() & algorithm:
         pytest.skip("zstandard is not installed")
     c, s = connect(Settings(compression=algorithm), Settings(compression=algorithm))
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, b"this is not compressed"),
-                   "corrupt compressed payload", ErrorCode.COMPRESSION_ERROR, 1007)
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, b"this is not compressed"),
+        "corrupt compressed payload",
+        ErrorCode.COMPRESSION_ERROR,
+        1007,
+    )
     # COMPRESSED without negotiated compression.
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, zlib.compress(b"x")),
-                   "without negotiated compression", ErrorCode.COMPRESSION_ERROR, 1007)
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, zlib.compress(b"x")),
+        "without negotiated compression",
+        ErrorCode.COMPRESSION_ERROR,
+        1007,
+    )
 
 
 @pytest.mark.parametrize("algorithm", [C.ZLIB, C.ZSTD])
@@ -1105,8 +1222,13 @@ def test_decompression_bomb_is_bounded_by_max_item_size(algorithm: int) -> None:
     assert len(bomb) * 100 < 4 << 20
     s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, at_limit))
     assert read_all(s, 1) == [(b"\0" * limit, False)]
-    protocol_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_COMPRESSED, 1, bomb), "decompressed payload too large",
-                   ErrorCode.COMPRESSION_ERROR, 1007)
+    protocol_error(
+        s,
+        F.encode_frame(F.STREAM_DATA, F.FLAG_COMPRESSED, 1, bomb),
+        "decompressed payload too large",
+        ErrorCode.COMPRESSION_ERROR,
+        1007,
+    )
 
 
 # ---------------------------------------------------------------- unknown frame types
@@ -1123,7 +1245,9 @@ def test_unknown_extension_frames_are_skipped(ftype: int) -> None:
 @pytest.mark.parametrize("ftype", [0x00, 0x07, 0x0F, 0x17, 0x1F, 0x23, 0x2F, 0x33, 0x3F])
 def test_unknown_core_frame_types_are_errors(ftype: int) -> None:
     s = server_after_hello()
-    protocol_error(s, F.encode_frame(ftype, 0, 0, b""), f"unknown frame type 0x{ftype:02x}", ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(ftype, 0, 0, b""), f"unknown frame type 0x{ftype:02x}", ErrorCode.PROTOCOL_ERROR, 1002
+    )
 
 
 def test_resume_and_ack_without_negotiated_resumption_are_errors() -> None:
@@ -1138,12 +1262,19 @@ def test_resume_and_ack_without_negotiated_resumption_are_errors() -> None:
         protocol_error(c, F.encode_frame(ftype, 0, 0, payload), reason, ErrorCode.PROTOCOL_ERROR, 1002)
     # In the handshake, to a server that does not resume.
     s = Connection(Role.SERVER)
-    protocol_error(s, batch((F.HELLO, 0, 0, Settings(resume=1).to_wire()), (F.RESUME, 0, 0, token + V(0))),
-                   "RESUME was not negotiated", ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s,
+        batch((F.HELLO, 0, 0, Settings(resume=1).to_wire()), (F.RESUME, 0, 0, token + V(0))),
+        "RESUME was not negotiated",
+        ErrorCode.PROTOCOL_ERROR,
+        1002,
+    )
     # One side only opting in: not negotiated.
     c, s = connect(Settings(resume=1), Settings())
     assert not c.resume_enabled and not s.resume_enabled
-    protocol_error(s, F.encode_frame(F.ACK, 0, 0, V(0)), "ACK without session resumption", ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        s, F.encode_frame(F.ACK, 0, 0, V(0)), "ACK without session resumption", ErrorCode.PROTOCOL_ERROR, 1002
+    )
 
 
 # ------------------------------------------------------------------------- resumption
@@ -1192,8 +1323,13 @@ def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
     s.receive_message(c.next_message())
     assert frames_of(s.next_message()) == [(F.ACK, 0, 0, V(ACK_FRAMES + 1))]
     # Acknowledging frames never sent is a protocol error.
-    protocol_error(c, F.encode_frame(F.ACK, 0, 0, V(1000)), "acknowledged frames that were never sent",
-                   ErrorCode.PROTOCOL_ERROR, 1002)
+    protocol_error(
+        c,
+        F.encode_frame(F.ACK, 0, 0, V(1000)),
+        "acknowledged frames that were never sent",
+        ErrorCode.PROTOCOL_ERROR,
+        1002,
+    )
 
 
 def test_resume_replays_exactly_the_missed_frames() -> None:
@@ -1244,7 +1380,9 @@ def test_resume_replays_exactly_the_missed_frames() -> None:
     events = [ev for m in replay_s for ev in c.receive_message(m)]
     assert events == [NotificationReceived(n, b"") for n in ("m2b", "m2c", "m3")]
     assert [ev for m in replay_c for ev in s.receive_message(m)] == [
-        NotificationReceived("n2", b""), NotificationReceived("n2b", b"")]
+        NotificationReceived("n2", b""),
+        NotificationReceived("n2b", b""),
+    ]
     assert (c.frames_in, s.frames_in) == (s.frames_out, c.frames_out) == (5, 3)
     # Both carry on.
     cid = c.send_request("after", b"")

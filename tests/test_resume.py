@@ -9,14 +9,13 @@ import socket
 import sys
 
 import pytest
+from _proxy import Proxy, proxy
+from _util import run, until
+from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
 from fastrpc import frames as F
 from fastrpc.protocol import TOKEN_SIZE, Connection, Role, Settings
-
-from _proxy import Proxy, proxy
-from _util import run, until
-from websockets.asyncio.client import connect as ws_connect
 
 QUIET = {"keepalive_interval": None, "ws_ping_interval": None}
 FAST = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
@@ -150,7 +149,9 @@ def _free_port() -> int:
 async def _start_server(port: int) -> asyncio.subprocess.Process:
     here = os.path.dirname(__file__)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, os.path.join(here, "_resume_server.py"), str(port),
+        sys.executable,
+        os.path.join(here, "_resume_server.py"),
+        str(port),
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -328,4 +329,8 @@ def _credit_only(peer: Connection) -> bytes:
     if msg is None:
         return F.encode_frame(F.PING, 0, 0, b"")
     frames = [f for f in F.decode_message(msg) if f.type != F.ACK]
-    return F.encode_batch([(f.type, f.flags, f.id, f.payload) for f in frames]) if frames else F.encode_frame(F.PING, 0, 0, b"")
+    return (
+        F.encode_batch([(f.type, f.flags, f.id, f.payload) for f in frames])
+        if frames
+        else F.encode_frame(F.PING, 0, 0, b"")
+    )

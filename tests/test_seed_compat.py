@@ -9,10 +9,9 @@ import shutil
 import subprocess
 
 import pytest
+from _util import run
 
 import fastrpc
-
-from _util import run
 
 NODE = shutil.which("node")
 CLIENT = os.path.join(os.path.dirname(__file__), "js", "seed_client.mjs")
@@ -74,8 +73,13 @@ def test_seed_json_client_calls_and_streams() -> None:
     async def main() -> dict[str, object]:
         async with fastrpc.serve(make_router(received), "127.0.0.1", 0) as server:
             proc = await asyncio.create_subprocess_exec(
-                NODE, "--experimental-websocket", "--no-warnings", CLIENT, server.url,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                NODE,
+                "--experimental-websocket",
+                "--no-warnings",
+                CLIENT,
+                server.url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == 0, err.decode()

@@ -39,7 +39,9 @@ class Lib:
     """A library as given to --libs: its module here, the environment both of its
     processes get, the import names it needs, and the scenarios it runs."""
 
-    def __init__(self, module: str, imports: tuple[str, ...], supports: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, imports: tuple[str, ...], supports: tuple[str, ...], env: dict[str, str] | None = None
+    ) -> None:
         self.module = module
         self.imports = imports
         self.supports = frozenset(supports)
@@ -129,7 +131,7 @@ def server_main(lib: str, env: dict[str, str], conn: Any, profile: str | None = 
         loop.remove_reader(conn.fileno())
         try:
             await asyncio.wait_for(stop(), 5)
-        except BaseException:  # noqa: BLE001 - the parent kills us anyway
+        except BaseException:
             pass
 
     _run(main(), getattr(mod, "LOOP", "uvloop"), profile)

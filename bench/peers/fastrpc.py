@@ -7,12 +7,12 @@ or "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1, set before this module is imported).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import fastrpc
 
 from . import HOST, inflight_with_workers
-
 
 
 def info() -> dict[str, Any]:

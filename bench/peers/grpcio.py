@@ -8,13 +8,13 @@ local subchannel pool (otherwise channels to one target share a connection).
 from __future__ import annotations
 
 import struct
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from . import HOST, inflight_with_workers
-
 
 _REQ = struct.Struct("!II")
 _OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]

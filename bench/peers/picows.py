@@ -16,7 +16,6 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 
 from . import HOST, inflight_with_workers
 
-
 _ID = struct.Struct("!I")
 
 

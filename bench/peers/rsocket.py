@@ -23,7 +23,6 @@ from rsocket.transports.tcp import TransportTCP
 
 from . import HOST, inflight_with_workers
 
-
 _REQ = struct.Struct("!II")
 _READ = 65536
 

@@ -17,7 +17,6 @@ from websockets.asyncio.server import serve
 
 from . import HOST, inflight_with_workers
 
-
 _ID = struct.Struct("!I")
 
 

@@ -40,35 +40,35 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATION",
-    "connect",
-    "RetryPolicy",
-    "serve",
-    "Server",
-    "Router",
-    "RpcPeer",
-    "Response",
-    "current_peer",
-    "StreamManager",
-    "ReceiveStream",
-    "RateLimit",
-    "StreamStats",
-    "Settings",
+    "ConnectionClosed",
+    "ErrorCode",
     "FastRPCError",
-    "ProtocolError",
     "LimitExceeded",
     "PayloadTooLarge",
-    "ConnectionClosed",
-    "ResumeFailed",
+    "ProtocolError",
+    "RateLimit",
+    "ReceiveStream",
     "RemoteError",
     "RemoteStreamError",
+    "Response",
+    "ResumeFailed",
+    "RetryPolicy",
+    "Router",
+    "RpcPeer",
+    "Server",
+    "Settings",
     "StreamAborted",
     "StreamClosed",
-    "ErrorCode",
+    "StreamManager",
+    "StreamStats",
+    "connect",
+    "current_peer",
     "run",
+    "serve",
 ]
 
 
-def run(main: "object") -> object:
+def run(main: object) -> object:
     """Run a coroutine on uvloop where available (asyncio's loop otherwise)."""
     import asyncio
 

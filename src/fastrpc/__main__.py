@@ -17,7 +17,8 @@ import platform
 import shutil
 import sys
 import time
-from typing import Any, AsyncIterator, Sequence, TextIO
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TextIO
 
 import fastrpc
 
@@ -80,10 +81,10 @@ def _server_process(conn: Any, host: str) -> None:
     """Entry point of the child process."""
     try:
         fastrpc.run(_serve(conn, host))
-    except BaseException as exc:  # noqa: BLE001 - report it to the parent
+    except BaseException as exc:
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if not isinstance(exc, (KeyboardInterrupt, EOFError)):
             raise
@@ -106,7 +107,9 @@ class _ServerProcess:
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_server_process, args=(child_conn, host), name="fastrpc-demo-server", daemon=True)
+        self.process = ctx.Process(
+            target=_server_process, args=(child_conn, host), name="fastrpc-demo-server", daemon=True
+        )
         self.host = host
         self.port = 0
         self.pid = 0
@@ -252,8 +255,11 @@ async def _client(url: str, args: argparse.Namespace, out: TextIO, err: TextIO) 
             if await peer.call("add", i, 1) != i + 1:
                 raise RuntimeError("wrong result")
         elapsed = perf() - start
-        print(f"calls: {n:,} sequential in {elapsed:.3f} s: {n / elapsed:,.0f} calls/s "
-              f"({elapsed / n * 1e6:,.0f} us per round trip)", file=out)
+        print(
+            f"calls: {n:,} sequential in {elapsed:.3f} s: {n / elapsed:,.0f} calls/s "
+            f"({elapsed / n * 1e6:,.0f} us per round trip)",
+            file=out,
+        )
         start = perf()
         results = await asyncio.gather(*(peer.call("add", i, 1) for i in range(n)))
         elapsed = perf() - start
@@ -274,7 +280,7 @@ def _demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=err)
         return 130
-    except Exception as exc:  # noqa: BLE001 - a demo: say what failed
+    except Exception as exc:
         print(f"demo failed: {type(exc).__name__}: {exc}", file=err)
         return 1
     finally:
@@ -328,14 +334,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--items", type=_positive_int, metavar="N", help="stream N records (then stop)")
     demo.add_argument(
-        "--seconds", "--duration", dest="seconds", type=_positive_float, metavar="S",
+        "--seconds",
+        "--duration",
+        dest="seconds",
+        type=_positive_float,
+        metavar="S",
         help=f"stream for S seconds (default {DEFAULT_SECONDS:g} when --items is not given; "
         "with both, the feed stops at whichever comes first)",
     )
-    demo.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="B",
-                      help=f"records per stream item (default {DEFAULT_BATCH})")
-    demo.add_argument("--calls", type=_positive_int, default=DEFAULT_CALLS, metavar="N",
-                      help=f"calls in each of the sequential and concurrent runs (default {DEFAULT_CALLS})")
+    demo.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=DEFAULT_BATCH,
+        metavar="B",
+        help=f"records per stream item (default {DEFAULT_BATCH})",
+    )
+    demo.add_argument(
+        "--calls",
+        type=_positive_int,
+        default=DEFAULT_CALLS,
+        metavar="N",
+        help=f"calls in each of the sequential and concurrent runs (default {DEFAULT_CALLS})",
+    )
     demo.add_argument("--host", default="127.0.0.1", help="interface for the server (default 127.0.0.1)")
     sub.add_parser("version", help="print the version, codec implementation and event loop")
     return parser

@@ -1,6 +1,7 @@
 """Type stub of the compiled frame codec (``_frames.pyx``); same API as ``_frames_py``."""
 
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Union
 
 from .exceptions import ErrorCode as ErrorCode
 from .exceptions import ProtocolError as ProtocolError

@@ -7,8 +7,9 @@ The wire format is specified in ``docs/protocol.md``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from operator import index as _index
-from typing import Iterable, Sequence, Union
+from typing import Union
 
 from .exceptions import ErrorCode, ProtocolError
 
@@ -154,7 +155,7 @@ class Frame:
     at least ``VIEW_THRESHOLD`` bytes long.
     """
 
-    __slots__ = ("type", "flags", "id", "payload")
+    __slots__ = ("flags", "id", "payload", "type")
 
     def __init__(self, ftype: int, flags: int, fid: int, payload: Buffer = b"") -> None:
         self.type = ftype
@@ -208,9 +209,7 @@ def _frame_end(data: Buffer, pos: int, end: int, max_frame_size: int) -> int:
     return p + length
 
 
-def _decode_one(
-    data: Buffer, view: memoryview, pos: int, end: int, max_frame_size: int
-) -> tuple[Frame | None, int]:
+def _decode_one(data: Buffer, view: memoryview, pos: int, end: int, max_frame_size: int) -> tuple[Frame | None, int]:
     """Decode the frame at ``pos``; return ``(None, pos)`` when it is incomplete."""
     if end - pos < 2:
         return None, pos
@@ -366,7 +365,7 @@ class StreamLedger:
     Lookup by id is O(1).
     """
 
-    __slots__ = ("initial_window", "_streams", "_grant_divisor")
+    __slots__ = ("_grant_divisor", "_streams", "initial_window")
 
     def __init__(self, initial_window: int, grant_divisor: int = 4) -> None:
         if initial_window < 0 or initial_window > VARINT_MAX:
@@ -480,7 +479,7 @@ class StreamLedger:
         unacked = entry[4] + nbytes
         if unacked > _INT64_MAX:
             raise OverflowError("stream counter overflow")
-        if unacked * self._grant_divisor >= entry[5] or unacked > 0 and buffered == 0 and entry[2] == 0:
+        if unacked * self._grant_divisor >= entry[5] or (unacked > 0 and buffered == 0 and entry[2] == 0):
             window = entry[2] + unacked
             if window > _INT64_MAX:
                 raise OverflowError("stream counter overflow")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any
 
 from websockets.asyncio.client import connect as _ws_connect
 from websockets.exceptions import InvalidHandshake as _InvalidHandshake
@@ -19,7 +20,7 @@ from .peer import RpcPeer
 from .protocol import Role, SessionLost
 from .router import Router
 
-__all__ = ["connect", "RetryPolicy"]
+__all__ = ["RetryPolicy", "connect"]
 
 logger = logging.getLogger("fastrpc.client")
 

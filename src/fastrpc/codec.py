@@ -7,7 +7,8 @@ travel as raw payloads (flagged on the wire) and arrive as ``bytes``, untouched.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import msgspec
 
@@ -15,7 +16,7 @@ from .protocol import CODEC_JSON, CODEC_MSGPACK
 
 Payload = Union[bytes, bytearray, memoryview]
 
-__all__ = ["PayloadCodec", "get_codec", "CODECS"]
+__all__ = ["CODECS", "PayloadCodec", "get_codec"]
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -29,7 +30,7 @@ def _enc_hook(obj: Any) -> Any:
 class PayloadCodec:
     """Encodes values to payload bytes and back; raw ``bytes`` pass through."""
 
-    __slots__ = ("name", "wire_id", "_encode", "_decode")
+    __slots__ = ("_decode", "_encode", "name", "wire_id")
 
     def __init__(self, name: str, wire_id: int, encode: Callable[[Any], bytes], decode: Callable[[Any], Any]) -> None:
         self.name = name

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import zlib
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 from .exceptions import ErrorCode, ProtocolError
 
 ZLIB = 1
 ZSTD = 2
 
-_zstd: Optional[ModuleType]
+_zstd: ModuleType | None
 try:  # optional extra: pip install fastrpc[zstd]
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - depends on the environment
@@ -40,7 +40,7 @@ def choose(local: int, remote: int) -> int:
 class Compressor:
     """Compresses payloads with one algorithm; keeps its context between calls."""
 
-    __slots__ = ("algorithm", "_ctx")
+    __slots__ = ("_ctx", "algorithm")
 
     def __init__(self, algorithm: int, level: int | None = None) -> None:
         self.algorithm = algorithm

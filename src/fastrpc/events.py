@@ -12,19 +12,19 @@ from .exceptions import RemoteError
 Payload = Union[bytes, bytearray, memoryview]
 
 __all__ = [
-    "Event",
-    "HelloReceived",
-    "RequestReceived",
-    "NotificationReceived",
-    "ResponseReceived",
-    "CallFailed",
     "CallCancelled",
+    "CallFailed",
+    "CreditGranted",
+    "Event",
+    "GoAwayReceived",
+    "HelloReceived",
+    "NotificationReceived",
+    "PongReceived",
+    "RequestReceived",
+    "ResponseReceived",
+    "StreamClosedByPeer",
     "StreamOpened",
     "StreamReadable",
-    "StreamClosedByPeer",
-    "CreditGranted",
-    "PongReceived",
-    "GoAwayReceived",
 ]
 
 
@@ -62,7 +62,7 @@ class RequestReceived(Event):
     ``deadline``: seconds the caller will wait, or None.
     """
 
-    __slots__ = ("call_id", "method", "payload", "raw", "stream", "channel", "deadline")
+    __slots__ = ("call_id", "channel", "deadline", "method", "payload", "raw", "stream")
 
     def __init__(
         self,

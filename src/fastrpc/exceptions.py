@@ -8,17 +8,17 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "ConnectionClosed",
     "ErrorCode",
     "FastRPCError",
-    "ProtocolError",
-    "ConnectionClosed",
-    "RemoteError",
-    "RemoteStreamError",
-    "StreamAborted",
-    "StreamClosed",
     "LimitExceeded",
     "PayloadTooLarge",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteStreamError",
     "ResumeFailed",
+    "StreamAborted",
+    "StreamClosed",
 ]
 
 

@@ -16,7 +16,8 @@ import inspect
 import os
 import traceback as _traceback
 import weakref
-from typing import Any, AsyncIterable, Awaitable, Callable, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, TypeVar
 
 from websockets.exceptions import ConnectionClosed as _WSClosed
 from websockets.protocol import State as _WSState
@@ -28,13 +29,12 @@ from .exceptions import (
     ErrorCode,
     LimitExceeded,
     ProtocolError,
-    RemoteError,
 )
 from .protocol import DEFAULT_URGENCY, Connection, Role, SessionLost, Settings
 from .router import ASYNC_GEN, SYNC, Router, handler_kind
 from .streams import RateLimit, ReceiveStream, StreamManager
 
-__all__ = ["RpcPeer", "Response", "current_peer"]
+__all__ = ["Response", "RpcPeer", "current_peer"]
 
 _WS_OPEN = _WSState.OPEN
 # FASTRPC_NO_DIRECT_WRITE=1: always send through the writer task (for comparisons).
@@ -70,6 +70,7 @@ class RpcPeer:
     """
 
     __slots__ = (
+        "__weakref__",
         "_attachments",
         "_call_waiters",
         "_calls",
@@ -106,7 +107,6 @@ class RpcPeer:
         "_writer",
         "_ws",
         "streams",
-        "__weakref__",
     )
 
     def __init__(
@@ -302,12 +302,12 @@ class RpcPeer:
             if self._ws is not None and writer is not None and not writer.done():
                 try:
                     await asyncio.wait_for(asyncio.shield(writer), 2.0)
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                except (asyncio.TimeoutError, Exception):
                     pass
             if self._ws is not None:
                 try:
                     await self._ws.close(code, reason)
-                except Exception:  # noqa: BLE001 - already closing
+                except Exception:
                     pass
             else:
                 await self._teardown(ConnectionClosed(reason or "Connection closed", code))
@@ -380,7 +380,7 @@ class RpcPeer:
                 ws.send_data()
                 self._fresh = False
                 manager._on_drained()
-        except Exception as exc:  # noqa: BLE001 - as websockets' send(): drop the transport
+        except Exception as exc:
             ws.set_connection_exc(exc)
             transport = ws.transport
             if transport is not None:
@@ -477,7 +477,7 @@ class RpcPeer:
             exc = ConnectionClosed(f"internal error: {e!r}", 1011)
             try:
                 await ws.close(1011, "internal error")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         finally:
             _current_peer.reset(token)
@@ -551,7 +551,7 @@ class RpcPeer:
             msg = core.next_message()
             if msg is not None:
                 await asyncio.wait_for(ws.send(msg), 1.0)
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             pass
         # Keep reading (and dropping) what the peer still sends: websockets stops
         # reading the socket once unread messages pile up, and the peer's close frame
@@ -559,7 +559,7 @@ class RpcPeer:
         drain = self._loop.create_task(_discard(ws))
         try:
             await asyncio.wait_for(ws.close(e.close_code, e.reason[:120]), 2.0)
-        except Exception:  # noqa: BLE001
+        except Exception:
             if self._transport is not None:
                 self._transport.abort()  # no close handshake: drop the connection
         finally:
@@ -608,7 +608,7 @@ class RpcPeer:
         if self._ws is not None:
             try:
                 await self._ws.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         core.discard_state()
         if not self._closed.done():
@@ -865,7 +865,7 @@ class RpcPeer:
         if fut is not None and not fut.done():
             try:
                 fut.set_result(self._decoder.decode(ev.payload, ev.raw))
-            except Exception as exc:  # noqa: BLE001 - undecodable result
+            except Exception as exc:
                 fut.set_exception(exc)
 
     def _on_call_failed(self, ev: E.CallFailed) -> None:
@@ -916,7 +916,7 @@ class RpcPeer:
                     return
             else:
                 result = fn(*args)
-        except Exception:  # noqa: BLE001 - a notification's error has nowhere to go
+        except Exception:
             return
         # Running notification handlers share the pending-calls limit.
         if len(self._notify_tasks) >= self._core.settings.max_pending_calls:
@@ -951,7 +951,6 @@ class RpcPeer:
         return tuple(args) if isinstance(args, (list, tuple)) else (args,)
 
     def _on_request(self, ev: E.RequestReceived) -> None:
-        core = self._core
         cid = ev.call_id
         try:
             found = self._lookup(ev.method)
@@ -968,7 +967,7 @@ class RpcPeer:
             else:
                 fn, kind = found
                 args = self._args(ev.payload, ev.raw)
-        except Exception as exc:  # noqa: BLE001 - undecodable arguments
+        except Exception as exc:
             self._reply_error(cid, "InvalidArguments", str(exc), ev.stream)
             return
         if ev.stream or ev.channel:
@@ -977,7 +976,7 @@ class RpcPeer:
             # Sync handlers run inline: no task, the reply joins this loop iteration's message.
             try:
                 result = fn(*args)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._reply_exception(cid, exc)
                 return
             if not inspect.isawaitable(result):
@@ -1003,7 +1002,7 @@ class RpcPeer:
             return
         try:
             payload, raw = self._codec.encode(result)
-        except Exception as exc:  # noqa: BLE001 - unencodable result
+        except Exception as exc:
             self._reply_exception(cid, exc)
             return
         self._core.send_response(cid, payload, raw=raw)
@@ -1045,12 +1044,14 @@ class RpcPeer:
             raise
         except asyncio.TimeoutError:
             self._reply_error(cid, "TimeoutError", "deadline exceeded", False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._reply_exception(cid, exc)
         else:
             self._reply(cid, result)
 
-    async def _run_stream_call(self, ev: E.RequestReceived, fn: Callable[..., Any], kind: int, args: tuple[Any, ...]) -> None:
+    async def _run_stream_call(
+        self, ev: E.RequestReceived, fn: Callable[..., Any], kind: int, args: tuple[Any, ...]
+    ) -> None:
         core = self._core
         cid = ev.call_id
         manager = self.streams
@@ -1072,7 +1073,7 @@ class RpcPeer:
                 if not self._closed_flag:  # the caller waits for the call's end
                     self._reply_error(cid, "CancelledError", "call cancelled", True)
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not self._closed_flag:
                     core.open_response_stream(cid)
                     core.error_stream(cid, type(exc).__name__, str(exc))
@@ -1105,7 +1106,6 @@ _DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
 }
 
 
-
 class _Timer:
     """A keepalive deadline in a :class:`_Timers` heap; ``cancel()`` disarms it."""
 
@@ -1122,7 +1122,7 @@ class _Timers:
     """One event-loop timer for the keepalive deadlines of all the connections of a
     loop (a TimerHandle per connection costs about half a KiB of an idle one)."""
 
-    __slots__ = ("loop", "heap", "handle", "at", "seq")
+    __slots__ = ("at", "handle", "heap", "loop", "seq")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -1169,23 +1169,23 @@ def _timer(loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None]
         timers = _loop_timers[loop] = _Timers(loop)
     return timers.add(delay, fn)
 
+
 async def _single(value: T) -> Any:
     yield value
-
 
 
 async def _discard(ws: Any) -> None:
     try:
         async for _ in ws:
             pass
-    except Exception:  # noqa: BLE001 - closed
+    except Exception:
         pass
 
 
 async def _quiet(aw: Awaitable[Any]) -> None:
     try:
         await aw
-    except Exception:  # noqa: BLE001 - a notification's error has nowhere to go
+    except Exception:
         pass
 
 

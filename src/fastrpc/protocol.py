@@ -50,7 +50,7 @@ from .exceptions import (
 
 Payload = Union[bytes, bytearray, memoryview]
 
-__all__ = ["Role", "Settings", "Connection", "SessionLost", "FRAME_CHARGE", "encode_error", "decode_error"]
+__all__ = ["FRAME_CHARGE", "Connection", "Role", "SessionLost", "Settings", "decode_error", "encode_error"]
 
 TOKEN_SIZE = 32
 # A receiver acknowledges (ACK) after this many frames or bytes, so that the sender's
@@ -62,6 +62,7 @@ ACK_BYTES = 256 << 10
 class SessionLost(Exception):
     """Raised by a client core when the server did not resume its session (it expired,
     or the server restarted): the connection's state is gone; start a new one."""
+
 
 # Every STREAM_DATA frame costs its payload plus this many bytes of credit: it is about
 # what the receiver spends holding one more item, and it makes floods of empty frames
@@ -213,7 +214,7 @@ def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> Remo
 class _Out:
     """An outgoing stream: its queued frames and the part of an item not yet sent."""
 
-    __slots__ = ("id", "urgency", "writer", "state", "bound", "flags", "tail", "tail_flags", "queued")
+    __slots__ = ("bound", "flags", "id", "queued", "state", "tail", "tail_flags", "urgency", "writer")
 
     def __init__(self, stream_id: int, urgency: int, bound: bool) -> None:
         self.id = stream_id
@@ -230,7 +231,7 @@ class _Out:
 class _In:
     """An incoming stream: items received and not yet read, and its end state."""
 
-    __slots__ = ("id", "items", "state", "error", "partial", "partial_flags", "bound", "opened", "epoch", "starved")
+    __slots__ = ("bound", "epoch", "error", "id", "items", "opened", "partial", "partial_flags", "starved", "state")
 
     OPEN = 0
     ENDED = 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
 
 __all__ = ["Router", "handler_kind"]
 
@@ -20,7 +21,7 @@ def handler_kind(fn: Callable[..., Any]) -> int:
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
-    call = getattr(target, "__call__", None)
+    call = getattr(target, "__call__", None)  # noqa: B004 - the bound __call__ itself, not callable()
     if inspect.isasyncgenfunction(target) or (
         not inspect.isfunction(target) and not inspect.ismethod(target) and inspect.isasyncgenfunction(call)
     ):

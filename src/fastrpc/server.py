@@ -6,23 +6,23 @@ import asyncio
 import functools
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Union
+from collections.abc import Awaitable, Callable
+from typing import Any, Union
 
 from websockets.asyncio.server import Server as _WSServer
 from websockets.asyncio.server import serve as _ws_serve
-
 from websockets.exceptions import ConnectionClosed as _WSClosed
 
 from . import frames as F
 from .exceptions import ConnectionClosed, ResumeFailed
+from .jsonmode import JsonPeer
+from .options import PeerOptions
 from .peer import RpcPeer
 from .protocol import TOKEN_SIZE, Role
 from .router import Router
-from .seed import SeedPeer
 from .sessions import MemorySessionStore, SessionStore
-from .options import PeerOptions
 
-__all__ = ["serve", "Server"]
+__all__ = ["Server", "serve"]
 
 logger = logging.getLogger("fastrpc.server")
 
@@ -90,7 +90,7 @@ class Server:
         except (asyncio.TimeoutError, _WSClosed, OSError):
             return
         if isinstance(first, str):
-            await self._seed_connection(ws, first)
+            await self._json_connection(ws, first)
             return
         session = self._session_for(first)
         if session is not None:
@@ -143,7 +143,7 @@ class Server:
             return None
         try:
             frames = F.decode_message(first, self.options.max_frame_size)
-        except Exception:  # noqa: BLE001 - the normal path reports it
+        except Exception:
             return None
         if len(frames) < 2 or frames[1].type != F.RESUME:
             return None
@@ -216,8 +216,8 @@ class Server:
         self._register(peer, old_token)
         await self._serve_transport(peer)
 
-    async def _seed_connection(self, ws: Any, first: str) -> None:
-        peer = SeedPeer(ws, self.router, max_message_size=self.options.max_message_size)
+    async def _json_connection(self, ws: Any, first: str) -> None:
+        peer = JsonPeer(ws, self.router, max_message_size=self.options.max_message_size)
         runner = asyncio.get_running_loop().create_task(peer._run(first))
         try:
             if self.handler is not None:
@@ -227,7 +227,7 @@ class Server:
                 await peer.close()
             await runner
         except Exception:
-            logger.exception("seed connection handler failed")
+            logger.exception("JSON-mode connection handler failed")
         finally:
             if not runner.done():
                 runner.cancel()

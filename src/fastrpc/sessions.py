@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["SessionStore", "MemorySessionStore"]
+__all__ = ["MemorySessionStore", "SessionStore"]
 
 S = TypeVar("S")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Generic, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .exceptions import ConnectionClosed, StreamClosed
 from .protocol import DEFAULT_URGENCY, _In
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["StreamManager", "ReceiveStream", "RateLimit", "StreamStats"]
+__all__ = ["RateLimit", "ReceiveStream", "StreamManager", "StreamStats"]
 
 
 # A stream's window grows (up to max_window) while one item is more than 1/this of
@@ -86,7 +87,7 @@ class RateLimit:
     """A token bucket: ``rate`` items per second, or bytes per second with
     ``per="bytes"``; ``burst`` is how much may go at once (default: 1/10 s worth)."""
 
-    __slots__ = ("rate", "per_bytes", "burst", "_tokens", "_stamp")
+    __slots__ = ("_stamp", "_tokens", "burst", "per_bytes", "rate")
 
     def __init__(self, rate: float, *, per: str = "items", burst: float | None = None) -> None:
         if rate <= 0:
@@ -112,7 +113,7 @@ class RateLimit:
 class StreamStats:
     """Accounting of one open stream: bytes and items so far, credit, buffered bytes."""
 
-    __slots__ = ("stream_id", "outgoing", "bytes", "items", "window", "buffered")
+    __slots__ = ("buffered", "bytes", "items", "outgoing", "stream_id", "window")
 
     def __init__(self, stream_id: int, outgoing: bool, values: tuple[int, int, int, int]) -> None:
         self.stream_id = stream_id
@@ -136,7 +137,19 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
     :class:`fastrpc.ConnectionClosed`.
     """
 
-    __slots__ = ("_manager", "stream_id", "_in", "_waiter", "_done", "_error", "_call", "_claimed", "_starter", "_wsize", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_call",
+        "_claimed",
+        "_done",
+        "_error",
+        "_in",
+        "_manager",
+        "_starter",
+        "_waiter",
+        "_wsize",
+        "stream_id",
+    )
 
     def __init__(self, manager: StreamManager, stream_id: int | None, call: bool = False) -> None:
         self._manager = manager
@@ -238,7 +251,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         if not self._done:
             try:
                 self.close()
-            except Exception:  # noqa: BLE001 - loop closed at interpreter exit
+            except Exception:
                 pass
 
 
@@ -259,6 +272,8 @@ class StreamManager:
     """
 
     __slots__ = (
+        "__dict__",  # subclasses and users may add attributes
+        "__weakref__",
         "_accepting",
         "_anonymous",
         "_arrivals",
@@ -280,8 +295,6 @@ class StreamManager:
         "max_growth",
         "max_window",
         "stream_buffer_size",
-        "__dict__",  # subclasses and users may add attributes
-        "__weakref__",
     )
 
     def __init__(
@@ -449,7 +462,7 @@ class StreamManager:
             if aclose is not None:
                 try:
                     await aclose()
-                except Exception:  # noqa: BLE001 - its error cannot reach anyone now
+                except Exception:
                     pass
             if on_done is not None:
                 on_done()
@@ -512,10 +525,7 @@ class StreamManager:
         self._peer._kick()
 
     def _more_urgent(self, urgency: int) -> bool:
-        for u, _, fut in self._drain_waiters:
-            if u < urgency and not fut.done():
-                return True
-        return False
+        return any(u < urgency and not fut.done() for u, _, fut in self._drain_waiters)
 
     def _on_drained(self) -> None:
         """Called by the writer after each message: wake senders if under the limit."""

@@ -8,7 +8,7 @@ per text message:
 * streams: ``{"type": "StreamData" | "StreamEnd" | "StreamError", "streamId": id,
   "payload"?: ..., "error"?: text}``.
 
-:class:`SeedPeer` gives handlers the same surface as :class:`RpcPeer` for what the seed
+:class:`JsonPeer` gives handlers the same surface as :class:`RpcPeer` for what the seed
 can express (request, send_stream, receive_stream, abort/close), so one server serves
 JavaScript clients written to the seed and fastrpc clients alike. The seed protocol has
 no flow control; sends still wait on the transport's write buffer.
@@ -21,7 +21,8 @@ import inspect
 import json
 import uuid
 from collections import deque
-from typing import Any, AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed as _WSClosed
 
@@ -29,15 +30,15 @@ from .exceptions import ConnectionClosed, RemoteError, RemoteStreamError, Stream
 from .peer import Response, _current_peer
 from .router import Router
 
-__all__ = ["SeedPeer"]
+__all__ = ["JsonPeer"]
 
 StreamId = Any  # the seed's ids are strings (UUIDs); numbers are accepted too
 
 
-class _SeedStream(AsyncIterator[Any]):
+class _JsonStream(AsyncIterator[Any]):
     """An incoming seed stream; holds at most ``limit`` items (the seed has no credit)."""
 
-    def __init__(self, peer: SeedPeer, stream_id: StreamId) -> None:
+    def __init__(self, peer: JsonPeer, stream_id: StreamId) -> None:
         self._peer = peer
         self.stream_id = stream_id
         self.items: deque[Any] = deque()
@@ -45,7 +46,7 @@ class _SeedStream(AsyncIterator[Any]):
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def __aiter__(self) -> _SeedStream:
+    def __aiter__(self) -> _JsonStream:
         return self
 
     async def __anext__(self) -> Any:
@@ -70,7 +71,7 @@ class _SeedStream(AsyncIterator[Any]):
         self._peer.close_receiving_stream(self.stream_id)
 
 
-class SeedPeer:
+class JsonPeer:
     """A connection speaking the seed's JSON protocol (see the module docstring)."""
 
     max_held_items = 10_000
@@ -81,7 +82,7 @@ class SeedPeer:
         self._own = Router()
         self._loop = asyncio.get_running_loop()
         self._calls: dict[Any, asyncio.Future[Any]] = {}
-        self._incoming: dict[StreamId, _SeedStream] = {}
+        self._incoming: dict[StreamId, _JsonStream] = {}
         self._senders: dict[StreamId, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -137,11 +138,13 @@ class SeedPeer:
                 await self._send({"type": "StreamEnd", "streamId": sid})
             except asyncio.CancelledError:
                 if not self._closed_flag:
-                    await asyncio.shield(self._send({"type": "StreamError", "streamId": sid, "error": "Stream aborted"}))
+                    await asyncio.shield(
+                        self._send({"type": "StreamError", "streamId": sid, "error": "Stream aborted"})
+                    )
                 raise
             except (_WSClosed, ConnectionClosed):
                 pass
-            except Exception as exc:  # noqa: BLE001 - the receiver gets it
+            except Exception as exc:
                 await self._send({"type": "StreamError", "streamId": sid, "error": f"{type(exc).__name__}: {exc}"})
         except (_WSClosed, ConnectionClosed):
             pass
@@ -151,16 +154,16 @@ class SeedPeer:
             if aclose is not None:
                 try:
                     await aclose()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
-    def receive_stream(self, stream_id: StreamId = None) -> tuple[StreamId, _SeedStream]:
+    def receive_stream(self, stream_id: StreamId = None) -> tuple[StreamId, _JsonStream]:
         """``(stream_id, stream)``; with no id a new one is made (tell the sender)."""
         self._check()
         sid = stream_id if stream_id is not None else str(uuid.uuid4())
         stream = self._incoming.get(sid)
         if stream is None:
-            stream = self._incoming[sid] = _SeedStream(self, sid)
+            stream = self._incoming[sid] = _JsonStream(self, sid)
         return sid, stream
 
     def abort_stream(self, stream_id: StreamId) -> bool:
@@ -236,7 +239,7 @@ class SeedPeer:
         if stream is None:
             if kind != "StreamData" or len(self._incoming) >= 1024:
                 return
-            stream = self._incoming[sid] = _SeedStream(self, sid)
+            stream = self._incoming[sid] = _JsonStream(self, sid)
         if kind == "StreamData":
             if len(stream.items) >= self.max_held_items:
                 stream.error = StreamAborted("receiver buffer full (the seed protocol has no flow control)")
@@ -256,7 +259,7 @@ class SeedPeer:
             reply: dict[str, Any] = {"category": "response", "requestId": rid, "data": result}
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             reply = {"category": "response", "requestId": rid, "error": f"{type(exc).__name__}: {exc}"}
         try:
             await self._send(reply)
