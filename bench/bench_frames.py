@@ -5,7 +5,7 @@
 One group per scenario, each with an ``impl=cython`` and an ``impl=python`` variant;
 bench/conftest.py prints the compiled/pure ratio of every group at the end. Scenarios:
 one small frame (16-byte payload), a batch of 1000 small frames (encode_batch,
-FrameWriter, decode_message, Decoder.feed) and one 64 KiB frame.
+FrameWriter, decode_message) and one 64 KiB frame.
 """
 
 from __future__ import annotations
@@ -86,14 +86,6 @@ def test_batch_decode(benchmark: Any, impl: ModuleType) -> None:
     message = impl.encode_batch(BATCH)
     frames = benchmark(impl.decode_message, message)
     assert _tuples(frames) == BATCH
-
-
-@pytest.mark.benchmark(group="1000 frames: Decoder.feed")
-def test_batch_feed(benchmark: Any, impl: ModuleType) -> None:
-    message = impl.encode_batch(BATCH)
-    decoder = impl.Decoder()
-    frames = benchmark(decoder.feed, message)
-    assert _tuples(frames) == BATCH and decoder.pending == 0
 
 
 # ------------------------------------------------------------- one 64 KiB frame

@@ -1,6 +1,7 @@
 """Frame codec tests: the data vectors in tests/vectors/, run against both codecs
 (``codec`` fixture: compiled ``fastrpc._frames`` and pure ``fastrpc._frames_py``), plus
-settings, StreamLedger, zero-copy views, argument errors and API parity."""
+the wire constants, settings, StreamLedger, zero-copy views, argument errors and API
+parity."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fastrpc import wire
 from fastrpc.exceptions import ErrorCode, ProtocolError
 
 VECTORS = pathlib.Path(__file__).parent / "vectors"
@@ -115,6 +117,7 @@ def load_settings_vectors() -> list[SettingsVector]:
 VALID = load_vectors()
 INVALID = load_bad_vectors()
 SETTINGS = load_settings_vectors()
+WIRE_NAMES = sorted(n for n in vars(wire) if n.isupper())
 
 
 def as_tuples(frames: list[Any]) -> list[FrameTuple]:
@@ -128,12 +131,8 @@ def error_of(exc: BaseException) -> tuple[type, str, int]:
 
 def test_vector_files_cover_the_format(codec: ModuleType) -> None:
     types = {f[0] for v in VALID for f in v.frames}
-    from fastrpc import frames
-
     constants = {
-        getattr(codec, n)
-        for n in frames.__all__
-        if n.isupper() and not n.startswith(("FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL"))
+        getattr(codec, n) for n in WIRE_NAMES if not n.startswith(("FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL"))
     }
     assert constants <= types, f"frame types without a vector: {sorted(constants - types)}"
     ids = {f[2] for v in VALID for f in v.frames}
@@ -161,28 +160,42 @@ def test_decode_message(codec: ModuleType, vec: Vector) -> None:
     assert as_tuples(codec.decode_message(vec.message)) == list(vec.frames)
 
 
+def frame_bounds(codec: ModuleType, message: bytes) -> list[tuple[int, int, int]]:
+    """``(start, payload_start, end)`` of each frame of a valid message."""
+    bounds = []
+    pos = 0
+    while pos < len(message):
+        _, after_id = codec.decode_varint(message, pos + 2)
+        length, payload_start = codec.decode_varint(message, after_id)
+        bounds.append((pos, payload_start, payload_start + length))
+        pos = payload_start + length
+    return bounds
+
+
 @pytest.mark.parametrize("vec", VALID, ids=lambda v: v.name)
-def test_decoder_byte_by_byte(codec: ModuleType, vec: Vector) -> None:
-    decoder = codec.Decoder()
-    frames = []
-    for i in range(len(vec.message)):
-        frames += decoder.feed(vec.message[i : i + 1])
-        assert decoder.pending <= i + 1
-    assert decoder.pending == 0
-    assert as_tuples(frames) == list(vec.frames)
+def test_message_cut_short(codec: ModuleType, vec: Vector) -> None:
+    """Cut at a frame boundary, a message gives the frames before the cut; cut inside
+    a frame (every byte of its header, and its payload's first, middle and last), it is
+    a "truncated frame"."""
+    bounds = frame_bounds(codec, vec.message)
+    assert bounds[-1][2] == len(vec.message)
+    for k, (start, payload_start, end) in enumerate(bounds):
+        if start:
+            assert as_tuples(codec.decode_message(vec.message[:start])) == list(vec.frames[:k])
+        cuts = set(range(start + 1, payload_start + 1))
+        if end > payload_start:
+            cuts |= {payload_start + 1, (payload_start + end) // 2, end - 1}
+        for cut in sorted(cuts - {end}):
+            with pytest.raises(ProtocolError) as info:
+                codec.decode_message(vec.message[:cut])
+            assert error_of(info.value) == (ProtocolError, "truncated frame", ErrorCode.PROTOCOL_ERROR)
 
 
 @pytest.mark.parametrize("vec", VALID, ids=lambda v: v.name)
 def test_whole_plus_trailing_partial_frame(codec: ModuleType, vec: Vector) -> None:
     partial = codec.encode_frame(*vec.frames[0])
     data = vec.message + partial[:-1]
-    # A Decoder keeps the incomplete frame pending ...
-    decoder = codec.Decoder()
-    assert as_tuples(decoder.feed(data)) == list(vec.frames)
-    assert decoder.pending == len(partial) - 1
-    assert as_tuples(decoder.feed(partial[-1:])) == [vec.frames[0]]
-    assert decoder.pending == 0
-    # ... a whole message must not end inside a frame.
+    # A whole message must not end inside a frame.
     with pytest.raises(ProtocolError) as info:
         codec.decode_message(data)
     assert error_of(info.value) == (ProtocolError, "truncated frame", ErrorCode.PROTOCOL_ERROR)
@@ -192,7 +205,6 @@ def test_whole_plus_trailing_partial_frame(codec: ModuleType, vec: Vector) -> No
 def test_decode_other_buffer_types(codec: ModuleType, vec: Vector) -> None:
     for data in (bytearray(vec.message), memoryview(vec.message), memoryview(b"xx" + vec.message)[2:]):
         assert as_tuples(codec.decode_message(data)) == list(vec.frames)
-        assert as_tuples(codec.Decoder().feed(data)) == list(vec.frames)
 
 
 @pytest.mark.parametrize("vec", VALID, ids=lambda v: v.name)
@@ -277,23 +289,6 @@ def test_invalid(codec: ModuleType, vec: BadVector) -> None:
     assert info.value.close_code == (1009 if vec.code == ErrorCode.FRAME_TOO_LARGE else 1002)
 
 
-@pytest.mark.parametrize("vec", [v for v in INVALID if v.function == "decode_message"], ids=lambda v: v.name)
-def test_invalid_fed_to_decoder(codec: ModuleType, vec: BadVector) -> None:
-    decoder = codec.Decoder(vec.max_frame_size)
-    if vec.reason == "frame too large":
-        # Rejected as soon as the header is complete; the bytes stay pending.
-        with pytest.raises(ProtocolError) as info:
-            decoder.feed(vec.data)
-        assert error_of(info.value) == (ProtocolError, vec.reason, vec.code)
-        assert decoder.pending == len(vec.data)
-        return
-    # Incomplete, not invalid, in a byte stream: the complete frames come out, the
-    # rest waits for more bytes.
-    frames = decoder.feed(vec.data)
-    assert decoder.pending == len(vec.data) - len(codec.encode_batch(as_tuples(frames)))
-    assert decoder.pending > 0 or not vec.data
-
-
 def test_max_frame_size_boundary(codec: ModuleType) -> None:
     frame = codec.encode_frame(0x10, 0, 1, bytes(16))
     assert as_tuples(codec.decode_message(frame, 16)) == [(0x10, 0, 1, bytes(16))]
@@ -305,11 +300,37 @@ def test_max_frame_size_boundary(codec: ModuleType) -> None:
         assert len(codec.decode_message(frame, limit)) == 1
     with pytest.raises(ProtocolError, match="frame too large"):
         codec.decode_message(frame, 15.9)
-    decoder = codec.Decoder(16)
-    assert decoder.max_frame_size == 16
-    decoder.max_frame_size = 15
-    with pytest.raises(ProtocolError, match="frame too large"):
-        decoder.feed(frame)
+
+
+# -------------------------------------------------------------- wire constants
+
+
+def test_wire_constants_are_defined_once(codec: ModuleType) -> None:
+    """The codecs and fastrpc.frames re-export wire's constants: the same objects."""
+    from fastrpc import frames
+
+    assert set(WIRE_NAMES) == {n for n in frames.__all__ if n.isupper()} - {"IMPLEMENTATION"}
+    for name in WIRE_NAMES:
+        assert getattr(codec, name) is getattr(wire, name), name
+        assert getattr(frames, name) is getattr(wire, name), name
+
+
+def test_compiled_limits_equal_wire(codec: ModuleType) -> None:
+    """The compiled codec's C copies of VIEW_THRESHOLD (``_VIEW_THRESHOLD``) and
+    VARINT_MAX (``FASTRPC_VARINT_MAX``) equal wire's, seen from where they act."""
+    threshold = wire.VIEW_THRESHOLD
+    msg = codec.encode_batch([(0x10, 0, 1, bytes(threshold - 1)), (0x10, 0, 1, bytes(threshold))])
+    small, large = (f.payload for f in codec.decode_message(msg))
+    assert type(small) is bytes and isinstance(large, memoryview)
+    assert codec.encode_varint(wire.VARINT_MAX) == b"\xff" * 8
+    assert codec.decode_varint(b"\xff" * 8) == (wire.VARINT_MAX, 8)
+    assert len(codec.encode_frame(0x10, 0, wire.VARINT_MAX)) == 11
+    for call in (codec.encode_varint, codec.varint_size, codec.StreamLedger):
+        with pytest.raises(ValueError, match="out of range"):
+            call(wire.VARINT_MAX + 1)
+    with pytest.raises(ValueError, match="frame id out of range"):
+        codec.encode_frame(0x10, 0, wire.VARINT_MAX + 1)
+    assert len(codec.decode_message(codec.encode_frame(0x10, 0, 1, b"x"), wire.VARINT_MAX)) == 1
 
 
 # -------------------------------------------------------------------- settings
@@ -419,22 +440,6 @@ def test_large_payloads_are_views_of_the_message(codec: ModuleType) -> None:
         view[0] = 1  # read-only
 
 
-def test_decoder_payload_views_survive_later_feeds(codec: ModuleType) -> None:
-    big = bytes(range(256)) * 8
-    msg = codec.encode_batch([(0x10, 0, 1, big), (0x10, 0, 1, b"small")])
-    decoder = codec.Decoder()
-    first = decoder.feed(msg[:1000])
-    assert first == [] and decoder.pending == 1000
-    frames = decoder.feed(msg[1000:] + msg[:5])
-    payload = frames[0].payload
-    assert isinstance(payload, memoryview) and payload.readonly
-    more = decoder.feed(msg[5:])  # the buffer is reused: the old view must not change
-    assert bytes(payload) == big
-    assert as_tuples(more) == [(0x10, 0, 1, big), (0x10, 0, 1, b"small")]
-    whole = codec.Decoder().feed(msg)
-    assert isinstance(whole[0].payload, memoryview) and bytes(whole[0].payload) == big
-
-
 # --------------------------------------------------------------------- Frame
 
 
@@ -517,18 +522,11 @@ def test_decode_argument_errors(codec: ModuleType) -> None:
             codec.decode_message(bad)
         with pytest.raises(TypeError):
             codec.decode_settings(bad)
-    decoder = codec.Decoder()
-    decoder.feed(b"\x10\x00")
-    with pytest.raises(TypeError):
-        decoder.feed("text")
-    assert decoder.pending == 2
+    # The limit is compared with each frame's length: a TypeError once there is one.
     with pytest.raises(TypeError):
         codec.decode_message(codec.encode_frame(1, 0, 0, b"x"), None)
-    assert codec.Decoder(None).feed(b"") == []
-    decoder = codec.Decoder(None)  # compared with each length: a TypeError, bytes kept
-    with pytest.raises(TypeError):
-        decoder.feed(codec.encode_frame(1, 0, 0, b"x"))
-    assert decoder.pending == 5
+    with pytest.raises(ProtocolError, match="empty message"):
+        codec.decode_message(b"", None)
     released = memoryview(b"\x01\x00\x00\x00")
     released.release()
     for call in (
@@ -536,7 +534,6 @@ def test_decode_argument_errors(codec: ModuleType) -> None:
         lambda: codec.decode_varint(released),
         lambda: codec.decode_message(released),
         lambda: codec.decode_settings(released),
-        lambda: codec.Decoder().feed(released),
     ):
         with pytest.raises(ValueError, match="released"):
             call()
@@ -835,6 +832,5 @@ def test_same_public_api(codec_pair: tuple[ModuleType, ModuleType]) -> None:
     # Constructors (C slots: no introspectable signature) take the same keywords.
     for module in codec_pair:
         module.Frame(ftype=1, flags=0, fid=2, payload=b"")
-        module.Decoder(max_frame_size=10)
         module.FrameWriter()
         module.StreamLedger(initial_window=10, grant_divisor=2)

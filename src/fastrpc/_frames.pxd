@@ -7,7 +7,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 
 cdef struct _Buf:
-    # A growable byte buffer (PyMem_Malloc'd): FrameWriter, Decoder, encode_settings.
+    # A growable byte buffer (PyMem_Malloc'd): FrameWriter, encode_settings.
     unsigned char *data
     Py_ssize_t len
     Py_ssize_t cap
@@ -39,13 +39,6 @@ cdef class Frame:
     cdef readonly object flags
     cdef readonly object id
     cdef readonly object payload
-
-
-cdef class Decoder:
-    cdef _Buf _buf
-    cdef object _max_frame_size
-    cdef int64_t _limit
-    cdef bint _busy
 
 
 cdef class FrameWriter:

@@ -6,43 +6,42 @@ from typing import Union
 from .exceptions import ErrorCode as ErrorCode
 from .exceptions import ProtocolError as ProtocolError
 
+# The wire constants, re-exported from wire.py (where they are defined).
+from .wire import ACK as ACK
+from .wire import CANCEL as CANCEL
+from .wire import CREDIT as CREDIT
+from .wire import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
+from .wire import ERROR as ERROR
+from .wire import EXTENSION_BASE as EXTENSION_BASE
+from .wire import FLAG_CHANNEL as FLAG_CHANNEL
+from .wire import FLAG_COMPRESSED as FLAG_COMPRESSED
+from .wire import FLAG_DEADLINE as FLAG_DEADLINE
+from .wire import FLAG_MORE as FLAG_MORE
+from .wire import FLAG_NEW as FLAG_NEW
+from .wire import FLAG_OPEN as FLAG_OPEN
+from .wire import FLAG_STREAM as FLAG_STREAM
+from .wire import GOAWAY as GOAWAY
+from .wire import HELLO as HELLO
+from .wire import NOTIFY as NOTIFY
+from .wire import PING as PING
+from .wire import PONG as PONG
+from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from .wire import REQUEST as REQUEST
+from .wire import RESPONSE as RESPONSE
+from .wire import RESUME as RESUME
+from .wire import RESUME_OK as RESUME_OK
+from .wire import STREAM_ABORT as STREAM_ABORT
+from .wire import STREAM_CLOSE as STREAM_CLOSE
+from .wire import STREAM_DATA as STREAM_DATA
+from .wire import STREAM_END as STREAM_END
+from .wire import STREAM_ERROR as STREAM_ERROR
+from .wire import STREAMS as STREAMS
+from .wire import VARINT_MAX as VARINT_MAX
+from .wire import VIEW_THRESHOLD as VIEW_THRESHOLD
+
 Buffer = Union[bytes, bytearray, memoryview]
 
 IMPLEMENTATION: str
-PROTOCOL_VERSION: int
-
-HELLO: int
-REQUEST: int
-RESPONSE: int
-ERROR: int
-NOTIFY: int
-CANCEL: int
-STREAM_DATA: int
-STREAM_END: int
-STREAM_ERROR: int
-STREAM_ABORT: int
-STREAM_CLOSE: int
-CREDIT: int
-STREAMS: int
-PING: int
-PONG: int
-GOAWAY: int
-RESUME: int
-RESUME_OK: int
-ACK: int
-EXTENSION_BASE: int
-
-FLAG_MORE: int
-FLAG_COMPRESSED: int
-FLAG_STREAM: int
-FLAG_CHANNEL: int
-FLAG_DEADLINE: int
-FLAG_OPEN: int
-FLAG_NEW: int
-
-VARINT_MAX: int
-DEFAULT_MAX_FRAME_SIZE: int
-VIEW_THRESHOLD: int
 
 def varint_size(value: int) -> int: ...
 def encode_varint(value: int) -> bytes: ...
@@ -66,13 +65,6 @@ class Frame:
     __hash__: None  # type: ignore[assignment]
 
 def decode_message(data: Buffer, max_frame_size: int = ...) -> list[Frame]: ...
-
-class Decoder:
-    max_frame_size: int
-    def __init__(self, max_frame_size: int = ...) -> None: ...
-    @property
-    def pending(self) -> int: ...
-    def feed(self, data: Buffer) -> list[Frame]: ...
 
 class FrameWriter:
     def __init__(self) -> None: ...

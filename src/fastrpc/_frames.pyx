@@ -10,10 +10,6 @@ Where the two differ, by design:
 * ``Frame`` attributes are read-only here (``__slots__`` attributes in the pure one).
 * ``StreamLedger.ids()`` lists the ids in hash-table order, not in opening order.
 * ``StreamLedger.initial_window`` checks what is assigned to it (ValueError/TypeError).
-* ``Decoder.feed`` may not be called again from inside itself (RuntimeError): it cannot
-  happen unless ``max_frame_size`` is an object whose comparison calls back.
-* ``Decoder.feed(b)`` with nothing pending decodes the bytes object ``b`` in place: its
-  large payloads are views of ``b`` itself (the pure one's are views of a copy).
 * ``encode_batch`` holds every payload's buffer until it returns (it writes them all
   at the end): a generator that resizes an earlier bytearray payload gets BufferError.
 """
@@ -31,19 +27,54 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_Fro
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint64_t
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcpy, memset
 
 from operator import index as _index
 from typing import Union
 
 from fastrpc.exceptions import ErrorCode, ProtocolError
 
+# The wire constants are defined once, in wire.py; they are part of this module's API.
+from fastrpc.wire import (
+    ACK,
+    CANCEL,
+    CREDIT,
+    DEFAULT_MAX_FRAME_SIZE,
+    ERROR,
+    EXTENSION_BASE,
+    FLAG_CHANNEL,
+    FLAG_COMPRESSED,
+    FLAG_DEADLINE,
+    FLAG_MORE,
+    FLAG_NEW,
+    FLAG_OPEN,
+    FLAG_STREAM,
+    GOAWAY,
+    HELLO,
+    NOTIFY,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    REQUEST,
+    RESPONSE,
+    RESUME,
+    RESUME_OK,
+    STREAM_ABORT,
+    STREAM_CLOSE,
+    STREAM_DATA,
+    STREAM_END,
+    STREAM_ERROR,
+    STREAMS,
+    VARINT_MAX,
+    VIEW_THRESHOLD,
+)
+
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
 
 cdef extern from *:
     """
-    #define FASTRPC_VARINT_MAX ((int64_t)0x3FFFFFFFFFFFFFFFLL)
+    #define FASTRPC_VARINT_MAX ((int64_t)0x3FFFFFFFFFFFFFFFLL)  /* must equal wire.VARINT_MAX */
     #define FASTRPC_DIVISOR_CAP ((int64_t)0x4000000000000000LL)
     #define FASTRPC_GENERIC_LIMIT ((int64_t)-2)
     #define FASTRPC_FIB_MULT 0x9E3779B97F4A7C15ULL
@@ -57,52 +88,10 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 IMPLEMENTATION = "cython"
 
-PROTOCOL_VERSION = 1
-
-# Frame types (docs/protocol.md, "Frame types").
-HELLO = 0x01
-REQUEST = 0x02
-RESPONSE = 0x03
-ERROR = 0x04
-NOTIFY = 0x05
-CANCEL = 0x06
-STREAM_DATA = 0x10
-STREAM_END = 0x11
-STREAM_ERROR = 0x12
-STREAM_ABORT = 0x13
-STREAM_CLOSE = 0x14
-CREDIT = 0x15
-STREAMS = 0x16  # grant of more stream slots (like QUIC's MAX_STREAMS)
-PING = 0x20
-PONG = 0x21
-GOAWAY = 0x22
-RESUME = 0x30
-RESUME_OK = 0x31
-ACK = 0x32  # session resumption: frames received so far
-ACK = 0x32  # session resumption: frames received so far
-# Types at or above this value are extensions: skipped when unknown.
-EXTENSION_BASE = 0x40
-
-# Flags.
-FLAG_MORE = 0x01  # STREAM_DATA: the item continues in the next STREAM_DATA frame
-FLAG_COMPRESSED = 0x02  # payload is compressed with the negotiated algorithm
-FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
-FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
-FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
-FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
-FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
-FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
-
-VARINT_MAX = (1 << 62) - 1
-DEFAULT_MAX_FRAME_SIZE = 1 << 20
-# Decoded payloads of at least this many bytes are memoryviews into the message
-# (zero-copy); smaller ones are bytes, which are cheaper to make than a view.
-VIEW_THRESHOLD = 512
-
 cdef enum:
-    _VIEW_THRESHOLD = 512
+    _VIEW_THRESHOLD = 512    # must equal wire.VIEW_THRESHOLD (tests/test_frames.py checks)
     _MIN_BITS = 1            # StreamLedger: at least 2 slots (an idle connection has two ledgers)
-    _KEEP_BUFFER = 1 << 20   # FrameWriter/Decoder: free a buffer larger than this when empty
+    _KEEP_BUFFER = 1 << 20   # FrameWriter: free a buffer larger than this when empty
 
 cdef object _FRAME_TOO_LARGE = ErrorCode.FRAME_TOO_LARGE
 cdef object _FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR
@@ -307,14 +296,6 @@ cdef int _buf_reserve(_Buf *b, Py_ssize_t extra) except -1:
     return 0
 
 
-cdef inline int _buf_append(_Buf *b, const unsigned char *src, Py_ssize_t n) except -1:
-    if n > 0:
-        _buf_reserve(b, n)
-        memcpy(b.data + b.len, src, <size_t>n)
-        b.len += n
-    return 0
-
-
 cdef inline void _buf_free(_Buf *b) noexcept:
     PyMem_Free(b.data)
     b.data = NULL
@@ -481,16 +462,14 @@ cdef class Frame:
         return (type(self), (self.type, self.flags, self.id, self.payload))
 
 
-cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
-                       int64_t limit, object max_frame_size, list out, bint whole,
-                       bint *large) except -1:
-    """Decode the frames in ``d[0:n]``; return where the complete ones end.
+cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
+                int64_t limit, object max_frame_size, list out) except -1:
+    """Decode the frames in ``d[0:n]`` (a whole message) and append them to ``out``.
 
-    ``out`` None only checks them (and sets ``*large`` if one would be a view). Large
-    payloads are slices of ``view``, made from ``owner`` (bytes) on first use. An
-    incomplete frame ends the loop, or is a "truncated frame" when ``whole``.
-    Every length is compared with the bytes left before it is used, as unsigned
-    64-bit integers: lengths up to 2**62 cannot overflow the pointer arithmetic.
+    Large payloads are slices of ``view``, made from ``owner`` (bytes) on first use. An
+    incomplete frame is a "truncated frame". Every length is compared with the bytes
+    left before it is used, as unsigned 64-bit integers: lengths up to 2**62 cannot
+    overflow the pointer arithmetic.
     """
     cdef Py_ssize_t pos = 0, q, k
     cdef uint64_t fid, length
@@ -518,24 +497,21 @@ cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, object owner, objec
             raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
         if length > <uint64_t>(n - q):
             break
-        if out is not None:
-            fr = Frame.__new__(Frame)
-            fr.type = d[pos]
-            fr.flags = d[pos + 1]
-            fr.id = PyLong_FromUnsignedLongLong(fid)
-            if length >= _VIEW_THRESHOLD:
-                if view is None:
-                    view = memoryview(owner)
-                fr.payload = view[q:q + <Py_ssize_t>length]
-            else:
-                fr.payload = PyBytes_FromStringAndSize(<const char *>d + q, <Py_ssize_t>length)
-            out.append(fr)
-        elif length >= _VIEW_THRESHOLD:
-            large[0] = True
+        fr = Frame.__new__(Frame)
+        fr.type = d[pos]
+        fr.flags = d[pos + 1]
+        fr.id = PyLong_FromUnsignedLongLong(fid)
+        if length >= _VIEW_THRESHOLD:
+            if view is None:
+                view = memoryview(owner)
+            fr.payload = view[q:q + <Py_ssize_t>length]
+        else:
+            fr.payload = PyBytes_FromStringAndSize(<const char *>d + q, <Py_ssize_t>length)
+        out.append(fr)
         pos = q + <Py_ssize_t>length
-    if whole and pos < n:
+    if pos < n:
         raise ProtocolError("truncated frame")
-    return pos
+    return 0
 
 
 def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
@@ -552,89 +528,14 @@ def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
         if PyBytes_GET_SIZE(data) == 0:
             raise ProtocolError("empty message")
         _parse(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-               data, None, limit, max_frame_size, out, True, NULL)
+               data, None, limit, max_frame_size, out)
         return out
     view = memoryview(data).cast("B").toreadonly()
     pb = PyMemoryView_GET_BUFFER(view)
     if pb.len == 0:
         raise ProtocolError("empty message")
-    _parse(<const unsigned char *>pb.buf, pb.len, None, view, limit, max_frame_size,
-           out, True, NULL)
+    _parse(<const unsigned char *>pb.buf, pb.len, None, view, limit, max_frame_size, out)
     return out
-
-
-cdef class Decoder:
-    """Incremental decoder for a byte stream of frames (fed in arbitrary pieces)."""
-
-    def __init__(self, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
-        if self._busy:
-            raise RuntimeError("Decoder.__init__() called from inside feed()")
-        self.max_frame_size = max_frame_size
-        self._buf.len = 0
-
-    def __dealloc__(self):
-        _buf_free(&self._buf)
-
-    @property
-    def max_frame_size(self):
-        return self._max_frame_size
-
-    @max_frame_size.setter
-    def max_frame_size(self, value):
-        self._limit = _limit_of(value)
-        self._max_frame_size = value
-
-    @property
-    def pending(self):
-        """Bytes held for a frame that is not complete yet."""
-        return self._buf.len
-
-    def feed(self, data):
-        """Add bytes; return the frames they complete."""
-        cdef const unsigned char *src
-        cdef Py_ssize_t n, done
-        cdef list out
-        cdef bint large = False
-        if self._busy:
-            raise RuntimeError("Decoder.feed() called from inside itself")
-        keep = _payload(data, &src, &n)  # TypeError before anything is added
-        self._busy = True
-        try:
-            if self._buf.len == 0 and PyBytes_CheckExact(data):
-                # Fast path: nothing pending, a bytes object: decode it in place (large
-                # payloads are views of it) and keep only the incomplete tail.
-                out = []
-                try:
-                    done = _parse(src, n, data, None, self._limit, self._max_frame_size,
-                                  out, False, NULL)
-                except BaseException:
-                    _buf_append(&self._buf, src, n)  # as the pure one: all of it pending
-                    raise
-                _buf_append(&self._buf, src + done, n - done)
-                return out
-            _buf_append(&self._buf, src, n)
-            del keep
-            # Find where the complete frames end (checks and errors), then make them.
-            done = _parse(self._buf.data, self._buf.len, None, None, self._limit,
-                          self._max_frame_size, None, False, &large)
-            if done == 0:
-                return []
-            out = []
-            if large:
-                # Large payloads are views: of an immutable copy of the complete frames.
-                chunk = PyBytes_FromStringAndSize(<const char *>self._buf.data, done)
-                _parse(<const unsigned char *>PyBytes_AS_STRING(chunk), done, chunk, None,
-                       _VMAX, None, out, True, NULL)
-            else:
-                _parse(self._buf.data, done, None, None, _VMAX, None, out, True, NULL)
-            self._buf.len -= done
-            if self._buf.len:
-                memmove(self._buf.data, self._buf.data + done, <size_t>self._buf.len)
-            elif self._buf.cap > _KEEP_BUFFER:
-                _buf_free(&self._buf)
-            return out
-        finally:
-            self._busy = False
 
 
 cdef class FrameWriter:

@@ -13,49 +13,42 @@ from typing import Union
 
 from .exceptions import ErrorCode, ProtocolError
 
+# The wire constants, re-exported from wire.py (where they are defined).
+from .wire import ACK as ACK
+from .wire import CANCEL as CANCEL
+from .wire import CREDIT as CREDIT
+from .wire import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
+from .wire import ERROR as ERROR
+from .wire import EXTENSION_BASE as EXTENSION_BASE
+from .wire import FLAG_CHANNEL as FLAG_CHANNEL
+from .wire import FLAG_COMPRESSED as FLAG_COMPRESSED
+from .wire import FLAG_DEADLINE as FLAG_DEADLINE
+from .wire import FLAG_MORE as FLAG_MORE
+from .wire import FLAG_NEW as FLAG_NEW
+from .wire import FLAG_OPEN as FLAG_OPEN
+from .wire import FLAG_STREAM as FLAG_STREAM
+from .wire import GOAWAY as GOAWAY
+from .wire import HELLO as HELLO
+from .wire import NOTIFY as NOTIFY
+from .wire import PING as PING
+from .wire import PONG as PONG
+from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from .wire import REQUEST as REQUEST
+from .wire import RESPONSE as RESPONSE
+from .wire import RESUME as RESUME
+from .wire import RESUME_OK as RESUME_OK
+from .wire import STREAM_ABORT as STREAM_ABORT
+from .wire import STREAM_CLOSE as STREAM_CLOSE
+from .wire import STREAM_DATA as STREAM_DATA
+from .wire import STREAM_END as STREAM_END
+from .wire import STREAM_ERROR as STREAM_ERROR
+from .wire import STREAMS as STREAMS
+from .wire import VARINT_MAX as VARINT_MAX
+from .wire import VIEW_THRESHOLD as VIEW_THRESHOLD
+
 Buffer = Union[bytes, bytearray, memoryview]
 
 IMPLEMENTATION = "python"
-
-PROTOCOL_VERSION = 1
-
-# Frame types (docs/protocol.md, "Frame types").
-HELLO = 0x01
-REQUEST = 0x02
-RESPONSE = 0x03
-ERROR = 0x04
-NOTIFY = 0x05
-CANCEL = 0x06
-STREAM_DATA = 0x10
-STREAM_END = 0x11
-STREAM_ERROR = 0x12
-STREAM_ABORT = 0x13
-STREAM_CLOSE = 0x14
-CREDIT = 0x15
-STREAMS = 0x16  # grant of more stream slots (like QUIC's MAX_STREAMS)
-PING = 0x20
-PONG = 0x21
-GOAWAY = 0x22
-RESUME = 0x30
-RESUME_OK = 0x31
-ACK = 0x32  # session resumption: frames received so far
-# Types at or above this value are extensions: skipped when unknown.
-EXTENSION_BASE = 0x40
-
-# Flags.
-FLAG_MORE = 0x01  # STREAM_DATA: the item continues in the next STREAM_DATA frame
-FLAG_COMPRESSED = 0x02  # payload is compressed with the negotiated algorithm
-FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
-FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
-FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
-FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
-FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
-
-VARINT_MAX = (1 << 62) - 1
-DEFAULT_MAX_FRAME_SIZE = 1 << 20
-# Decoded payloads of at least this many bytes are memoryviews into the message
-# (zero-copy); smaller ones are bytes, which are cheaper to make than a view.
-VIEW_THRESHOLD = 512
 
 # StreamLedger counters are signed 64-bit (the compiled twin keeps them in C structs);
 # an update that would leave this range raises OverflowError and changes nothing.
@@ -182,52 +175,25 @@ class Frame:
         )
 
 
-def _frame_end(data: Buffer, pos: int, end: int, max_frame_size: int) -> int:
-    """End of the complete frame at ``pos``, or -1 when it is incomplete.
-
-    The header checks of ``_decode_one``, without making the frame.
-    """
-    if end - pos < 2:
-        return -1
-    p = pos + 2
-    if p >= end:
-        return -1
-    n = 1 << (data[p] >> 6)
-    if p + n > end:
-        return -1
-    p += n
-    if p >= end:
-        return -1
-    n = 1 << (data[p] >> 6)
-    if p + n > end:
-        return -1
-    length, p = _varint_at(data, p)
-    if length > max_frame_size:
-        raise ProtocolError("frame too large", ErrorCode.FRAME_TOO_LARGE)
-    if p + length > end:
-        return -1
-    return p + length
-
-
-def _decode_one(data: Buffer, view: memoryview, pos: int, end: int, max_frame_size: int) -> tuple[Frame | None, int]:
+def _decode_one(view: memoryview, pos: int, end: int, max_frame_size: int) -> tuple[Frame | None, int]:
     """Decode the frame at ``pos``; return ``(None, pos)`` when it is incomplete."""
     if end - pos < 2:
         return None, pos
-    ftype = data[pos]
-    flags = data[pos + 1]
+    ftype = view[pos]
+    flags = view[pos + 1]
     p = pos + 2
     if p >= end:
         return None, pos
-    n = 1 << (data[p] >> 6)
+    n = 1 << (view[p] >> 6)
     if p + n > end:
         return None, pos
-    fid, p = _varint_at(data, p)
+    fid, p = _varint_at(view, p)
     if p >= end:
         return None, pos
-    n = 1 << (data[p] >> 6)
+    n = 1 << (view[p] >> 6)
     if p + n > end:
         return None, pos
-    length, p = _varint_at(data, p)
+    length, p = _varint_at(view, p)
     if length > max_frame_size:
         raise ProtocolError("frame too large", ErrorCode.FRAME_TOO_LARGE)
     if p + length > end:
@@ -235,7 +201,7 @@ def _decode_one(data: Buffer, view: memoryview, pos: int, end: int, max_frame_si
     if length >= VIEW_THRESHOLD:
         payload: Buffer = view[p : p + length]
     else:
-        payload = bytes(data[p : p + length])
+        payload = bytes(view[p : p + length])
     return Frame(ftype, flags, fid, payload), p + length
 
 
@@ -252,52 +218,12 @@ def decode_message(data: Buffer, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
     frames = []
     pos = 0
     while pos < end:
-        frame, nxt = _decode_one(view, view, pos, end, max_frame_size)
+        frame, nxt = _decode_one(view, pos, end, max_frame_size)
         if frame is None:
             raise ProtocolError("truncated frame")
         frames.append(frame)
         pos = nxt
     return frames
-
-
-class Decoder:
-    """Incremental decoder for a byte stream of frames (fed in arbitrary pieces)."""
-
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self.max_frame_size = max_frame_size
-        self._buf = bytearray()
-
-    @property
-    def pending(self) -> int:
-        """Bytes held for a frame that is not complete yet."""
-        return len(self._buf)
-
-    def feed(self, data: Buffer) -> list[Frame]:
-        """Add bytes; return the frames they complete."""
-        self._buf += memoryview(data).cast("B")
-        buf = self._buf
-        end = len(buf)
-        max_frame_size = self.max_frame_size
-        # Find where the complete frames end first (headers only), so that only they
-        # are copied: a frame arriving in many pieces is not copied again each time.
-        done = 0
-        while done < end:
-            nxt = _frame_end(buf, done, end, max_frame_size)
-            if nxt < 0:
-                break
-            done = nxt
-        if done == 0:
-            return []
-        # Immutable copy of the complete frames: large payloads are views into it.
-        chunk = memoryview(buf)[:done].tobytes()
-        view = memoryview(chunk)
-        frames: list[Frame] = []
-        pos = 0
-        while pos < done:
-            frame, pos = _decode_one(chunk, view, pos, done, max_frame_size)
-            frames.append(frame)  # type: ignore[arg-type]
-        del buf[:done]
-        return frames
 
 
 class FrameWriter:

@@ -1,7 +1,8 @@
 """The frame codec: the compiled ``_frames`` module, or its pure-Python twin.
 
 ``FASTRPC_NO_EXTENSIONS=1`` forces the pure-Python implementation; ``IMPLEMENTATION``
-says which one is live (``"cython"`` or ``"python"``).
+says which one is live (``"cython"`` or ``"python"``). The wire constants (frame
+types, flags, limits) come from :mod:`fastrpc.wire`, where they are defined.
 """
 
 from __future__ import annotations
@@ -9,20 +10,63 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .wire import (
+    ACK,
+    CANCEL,
+    CREDIT,
+    DEFAULT_MAX_FRAME_SIZE,
+    ERROR,
+    EXTENSION_BASE,
+    FLAG_CHANNEL,
+    FLAG_COMPRESSED,
+    FLAG_DEADLINE,
+    FLAG_MORE,
+    FLAG_NEW,
+    FLAG_OPEN,
+    FLAG_STREAM,
+    GOAWAY,
+    HELLO,
+    NOTIFY,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    REQUEST,
+    RESPONSE,
+    RESUME,
+    RESUME_OK,
+    STREAM_ABORT,
+    STREAM_CLOSE,
+    STREAM_DATA,
+    STREAM_END,
+    STREAM_ERROR,
+    STREAMS,
+    VARINT_MAX,
+    VIEW_THRESHOLD,
+)
+
 if TYPE_CHECKING:
     # Both implementations have the same API; type-check against the pure one.
-    from ._frames_py import *  # noqa: F403
-    from ._frames_py import IMPLEMENTATION
+    from . import _frames_py as _codec
 elif os.environ.get("FASTRPC_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._frames_py import *  # noqa: F403
-    from ._frames_py import IMPLEMENTATION
+    from . import _frames_py as _codec
 else:
     try:
-        from ._frames import *  # noqa: F403
-        from ._frames import IMPLEMENTATION
+        from . import _frames as _codec
     except ImportError:
-        from ._frames_py import *  # noqa: F403
-        from ._frames_py import IMPLEMENTATION
+        from . import _frames_py as _codec
+
+IMPLEMENTATION = _codec.IMPLEMENTATION
+Frame = _codec.Frame
+FrameWriter = _codec.FrameWriter
+StreamLedger = _codec.StreamLedger
+decode_message = _codec.decode_message
+decode_settings = _codec.decode_settings
+decode_varint = _codec.decode_varint
+encode_batch = _codec.encode_batch
+encode_frame = _codec.encode_frame
+encode_settings = _codec.encode_settings
+encode_varint = _codec.encode_varint
+varint_size = _codec.varint_size
 
 __all__ = [
     "ACK",
@@ -57,7 +101,6 @@ __all__ = [
     "STREAM_ERROR",
     "VARINT_MAX",
     "VIEW_THRESHOLD",
-    "Decoder",
     "Frame",
     "FrameWriter",
     "StreamLedger",
