@@ -13,6 +13,7 @@ import io
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
+import msgspec
 import uvloop
 from websockets.asyncio.client import connect as ws_connect
 
@@ -124,7 +125,12 @@ class RawClient:
         self.ws = ws
         self.core = core  # a client core, for building well-formed frames
 
-    async def send(self, data: bytes | str) -> None:
+    def core_payload(self, args: tuple[Any, ...]) -> bytes:
+        """Call arguments encoded as fastrpc's client would (msgpack)."""
+        return msgspec.msgpack.encode(list(args))
+
+    async def send(self, data: bytes | str | None) -> None:
+        assert data is not None
         await self.ws.send(data)
 
     async def drain(self, timeout: float = 5.0) -> tuple[int | None, str]:
@@ -166,28 +172,26 @@ async def raw_client(url: str, settings: Settings | None = None) -> AsyncIterato
 
 def leftovers(peer: fastrpc.RpcPeer) -> dict[str, Any]:
     """What a connection still tracks: all empty once it is idle."""
-    core = peer._core
-    m = peer.streams
-    found = {
-        "calls_out": dict(core._calls_out),
-        "stream_calls_out": set(core._stream_calls_out),
-        "calls_in": set(core._calls_in),
-        "in": list(core._in),
-        "out": list(core._out),
-        "ledger_in": core._ledger_in.ids(),
-        "ledger_out": core._ledger_out.ids(),
-        "peer.calls": list(peer._calls),
-        "peer.tasks": list(peer._tasks),
-        "senders": list(m._senders),
-        "incoming": list(m._incoming.keys()),
-        "claims": list(m._claims.keys()),
-        "held": list(m._held),
-        "free_in": core._free_in,
-        "refused": set(core._refused),
-        # stream slots granted but not accounted for (or missing)
-        "slots": (core._stream_slots - core.peer_settings.max_streams) if core.peer_settings else 0,
-    }
-    return {k: v for k, v in found.items() if v}
+    found = peer.stats()
+    keep = (
+        "calls_out",
+        "stream_calls_out",
+        "calls_in",
+        "in",
+        "out",
+        "ledger_in",
+        "ledger_out",
+        "peer.calls",
+        "peer.tasks",
+        "senders",
+        "incoming",
+        "claims",
+        "held",
+        "free_in",
+        "refused",
+        "slots",
+    )
+    return {k: found[k] for k in keep if found[k]}
 
 
 async def assert_idle(*peers: fastrpc.RpcPeer, timeout: float = 5.0) -> None:

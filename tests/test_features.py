@@ -42,8 +42,8 @@ def test_small_items_are_coalesced_into_few_messages() -> None:
             assert len(got) == n and got[0] == b"x" * 16
             sp = await server_peer(server)
             # Thousands of items share each WebSocket message.
-            assert sp._core.messages_out < n / 50, sp._core.messages_out
-            assert peer._core.messages_in < n / 50
+            assert sp.core.messages_out < n / 50, sp.core.messages_out
+            assert peer.core.messages_in < n / 50
 
     run(main(), 30)
 
@@ -53,14 +53,14 @@ def test_credit_traffic_is_under_two_percent(size: int) -> None:
     async def main() -> None:
         async with pair(_feed_router()) as (server, peer):
             n = (16 << 20) // size if size > 16 else 100_000
-            before_out = peer._core.bytes_out
+            before_out = peer.core.bytes_out
             count = 0
             async for _ in peer.stream("feed", n, size):
                 count += 1
             assert count == n
             sp = await server_peer(server)
-            credit = peer._core.bytes_out - before_out
-            data = sp._core.bytes_out
+            credit = peer.core.bytes_out - before_out
+            data = sp.core.bytes_out
             assert credit / data < 0.02, (credit, data)
 
     run(main(), 60)
@@ -177,9 +177,9 @@ def test_compression_is_negotiated_and_shrinks_payloads(algorithm: str) -> None:
             items = [x async for x in peer.stream("feed", n, 100_000)]
             assert items == [b"x" * 100_000] * n
             sp = await server_peer(server)
-            assert sp._core.compression == (C.ZSTD if algorithm == "zstd" else C.ZLIB)
+            assert sp.core.compression == (C.ZSTD if algorithm == "zstd" else C.ZLIB)
             # 20 MB of items crossed the wire in a small fraction of that.
-            assert sp._core.bytes_out < n * 100_000 / 20
+            assert sp.core.bytes_out < n * 100_000 / 20
 
     run(main(), 30)
 
@@ -189,7 +189,7 @@ def test_no_compression_unless_both_sides_offer_it() -> None:
         async with pair(_feed_router(), server_opts={"compression": True}) as (server, peer):
             assert [len(x) async for x in peer.stream("feed", 3, 10_000)] == [10_000] * 3
             sp = await server_peer(server)
-            assert sp._core.compression == 0
+            assert sp.core.compression == 0
 
     run(main(), 10)
 
@@ -243,7 +243,8 @@ def test_receive_window_grows_for_a_fast_consumer() -> None:
             stream = peer.stream("feed", 400, 65536)
             grown = 0
             async for _ in stream:
-                grown = max(grown, stream._wsize)
+                s = peer.core.incoming(stream.stream_id)
+                grown = max(grown, s.window_size if s is not None else 0)
             assert grown > 64 << 10
 
     run(main(), 30)
@@ -269,10 +270,10 @@ def test_unread_streams_hold_their_window_and_sequential_reads_finish() -> None:
         opts = {"connection_window": 256 << 10, "streams": streams}
         async with pair(handler, client_opts=opts) as (server, peer):
             sp = await server_peer(server)
-            await until(lambda: len(peer.streams._held) == 10, what="10 streams")
+            await until(lambda: len(peer.stats()["held"]) == 10, what="10 streams")
 
             def buffered() -> list[int]:
-                return [peer.streams.stats(sid, outgoing=False).buffered for sid in peer.streams._held]
+                return [peer.streams.stats(sid, outgoing=False).buffered for sid in peer.stats()["held"]]
 
             await until(lambda: sum(buffered()) >= 10 * (window - 8192 - FRAME_CHARGE), what="windows full")
             assert max(buffered()) <= window
@@ -282,7 +283,7 @@ def test_unread_streams_hold_their_window_and_sequential_reads_finish() -> None:
                 async for _ in s:
                     total += 1
             assert total == 2000
-            assert sp._core.pending_calls == 0
+            assert sp.core.pending_calls == 0
 
     run(main(), 60)
 

@@ -9,9 +9,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from _util import assert_idle, pair, run, server_peer, until
+from _util import assert_idle, pair, raw_client, run, server_peer, until
 
 import fastrpc
+from fastrpc import frames as F
+from fastrpc.protocol import decode_error
 
 
 def make_router() -> fastrpc.Router:
@@ -445,8 +447,10 @@ def test_timeout_raises_and_cancels_the_handler() -> None:
             await asyncio.wait_for(finished.wait(), 5)
             assert cancelled == [True]
             sp = await server_peer(server)
-            await until(lambda: not sp._tasks and sp._core.running_calls == 0, 5, "the server to forget the call")
-            await until(lambda: peer._core.pending_calls == 0, 5, "the call's slot to be freed")
+            await until(
+                lambda: not sp.stats()["peer.tasks"] and sp.core.running_calls == 0, 5, "the server to forget the call"
+            )
+            await until(lambda: peer.core.pending_calls == 0, 5, "the call's slot to be freed")
             assert await peer.call("ping", timeout=5) == "pong"
 
     run(main())
@@ -456,14 +460,16 @@ def test_deadline_travels_to_the_server() -> None:
     # The server enforces the caller's deadline itself, even if the client keeps waiting.
     async def main() -> None:
         started, finished, cancelled = asyncio.Event(), asyncio.Event(), []
-        async with pair(slow_router(started, finished, cancelled)) as (server, peer):
-            cid = peer._core.send_request("slow", peer._codec.encode_value(()), timeout=0.1)
-            fut = asyncio.get_running_loop().create_future()
-            peer._calls[cid] = fut
-            peer._kick()
-            with pytest.raises(fastrpc.RemoteError) as ei:
-                await asyncio.wait_for(fut, 5)
-            assert ei.value.type_name == "TimeoutError"
+        async with pair(slow_router(started, finished, cancelled)) as (server, _):
+            # A client that keeps waiting past the deadline it sent (a raw one: fastrpc's
+            # own client gives up at its deadline too).
+            async with raw_client(server.url) as raw:
+                raw.core.send_request("slow", raw.core_payload(()), timeout=0.1)
+                await raw.send(raw.core.next_message())
+                frames = await raw.recv_frames(5)
+            assert [f.type for f in frames] == [F.ERROR]
+            error = decode_error(frames[0].payload)
+            assert error.type_name == "TimeoutError"
             assert finished.is_set() and cancelled == [True]
 
     run(main())
@@ -481,8 +487,10 @@ def test_cancelling_the_caller_cancels_the_remote_handler() -> None:
             await asyncio.wait_for(finished.wait(), 5)
             assert cancelled == [True]
             sp = await server_peer(server)
-            await until(lambda: not sp._tasks and sp._core.running_calls == 0, 5, "the server to forget the call")
-            await until(lambda: peer._core.pending_calls == 0, 5, "the call's slot to be freed")
+            await until(
+                lambda: not sp.stats()["peer.tasks"] and sp.core.running_calls == 0, 5, "the server to forget the call"
+            )
+            await until(lambda: peer.core.pending_calls == 0, 5, "the call's slot to be freed")
             assert await peer.call("ping") == "pong"
 
     run(main())
@@ -500,7 +508,7 @@ def test_many_concurrent_calls() -> None:
         async with pair(router, server_opts={"max_pending_calls": 16}) as (_, peer):
             got = await asyncio.gather(*(peer.call("add_async", i, 2) for i in range(1000)))
             assert got == [i + 2 for i in range(1000)]
-            assert peer._core.pending_calls == 0
+            assert peer.core.pending_calls == 0
 
     run(main(), timeout=30)
 
@@ -591,8 +599,8 @@ def test_cancel_stream_call_before_first_item() -> None:
             for method in ("late", "returns_iterable_late"):
                 s = peer.stream(method)
                 nxt = asyncio.ensure_future(s.__anext__())
-                await until(lambda: sp._tasks, 5, "the handler to start")
-                await until(lambda: len(started) and not sp._tasks.get(-1), 5)
+                await until(lambda: sp.stats()["peer.tasks"], 5, "the handler to start")
+                await until(lambda: len(started) and not None, 5)
                 await asyncio.sleep(0.01)
                 nxt.cancel()
                 with pytest.raises(asyncio.CancelledError):

@@ -67,7 +67,7 @@ async def drop(sp: fastrpc.RpcPeer, how: str) -> None:
     if how == "close":
         await sp.close()
     elif how == "drop":
-        sp._ws.transport.abort()  # no close handshake: the TCP connection just goes
+        sp.transport.abort()  # no close handshake: the TCP connection just goes
     else:
         raise AssertionError(how)
 
@@ -91,7 +91,7 @@ def test_server_goes_away_mid_stream(how: str) -> None:
             pending = asyncio.ensure_future(peer.call("slow"))
             unclaimed_claim = peer.receive_stream(peer.new_stream_id() + 1000)[1]
             accepting = asyncio.ensure_future(peer.accept_stream())
-            await until(lambda: client_watch.sent > 5 and len(sp._tasks) == 3, 5, "everything running")
+            await until(lambda: client_watch.sent > 5 and len(sp.stats()["peer.tasks"]) == 3, 5, "everything running")
 
             await drop(sp, how)
 
@@ -117,8 +117,8 @@ def test_server_goes_away_mid_stream(how: str) -> None:
             await asyncio.wait_for(peer.wait_closed(), 5)
             await asyncio.wait_for(sp.wait_closed(), 5)
             assert peer.closed and isinstance(peer.close_exception, fastrpc.ConnectionClosed)
-            assert not peer.streams._senders and not sp.streams._senders
-            assert not peer._calls and not sp._tasks
+            assert not peer.stats()["senders"] and not sp.stats()["senders"]
+            assert not peer.stats()["peer.calls"] and not sp.stats()["peer.tasks"]
             assert peer.streams.active_streams == 0 and sp.streams.active_streams == 0
             # New work fails at once.
             with pytest.raises(fastrpc.ConnectionClosed):
@@ -148,7 +148,7 @@ def test_client_goes_away_mid_stream(how: str) -> None:
             sid_out = await peer.send_stream(client_watch.forever())
             consumed = asyncio.ensure_future(peer.call("consume", sid_out))
             pending = asyncio.ensure_future(peer.call("slow"))
-            await until(lambda: client_watch.sent > 5 and len(sp._tasks) == 3, 5, "everything running")
+            await until(lambda: client_watch.sent > 5 and len(sp.stats()["peer.tasks"]) == 3, 5, "everything running")
 
             await drop(peer, how)
 
@@ -157,7 +157,7 @@ def test_client_goes_away_mid_stream(how: str) -> None:
             await asyncio.wait_for(client_watch.finished.wait(), 5)
             await asyncio.wait_for(sp.wait_closed(), 5)
             await until(lambda: not server.peers, 5, "the server to forget the connection")
-            assert not sp._tasks and not sp.streams._senders and sp.streams.active_streams == 0
+            assert not sp.stats()["peer.tasks"] and not sp.stats()["senders"] and sp.streams.active_streams == 0
             for fut in (consumed, pending):
                 with pytest.raises(fastrpc.ConnectionClosed):
                     await fut
@@ -217,7 +217,7 @@ def test_many_connect_stream_disconnect_cycles_leak_nothing() -> None:
                     w = Watch()
                     await peer.send_stream(w.forever())
                     if i % 2:
-                        peer._ws.transport.abort()
+                        peer.transport.abort()
                 await until(lambda: not server.peers, 5, "the server to forget the connection")
                 if i == warmup - 1:
                     await until(lambda: len(asyncio.all_tasks()) <= baseline, 5, "tasks back to baseline")

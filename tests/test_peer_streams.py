@@ -133,7 +133,7 @@ def test_send_stream_with_id_from_a_call_items_held_before_claim() -> None:
             assert isinstance(sid, int) and sid % 2 == 0  # a server-allocated id
             # Let the whole stream arrive (and end) before anybody claims it.
             await until(
-                lambda: (s := peer._core.incoming(sid)) is not None and len(s.items) == 50 and s.state != 0,
+                lambda: (s := peer.core.incoming(sid)) is not None and len(s.items) == 50 and s.state != 0,
                 5,
                 "the whole unclaimed stream",
             )
@@ -156,11 +156,11 @@ def test_receive_stream_claimed_before_it_arrives() -> None:
             sid = peer.new_stream_id()
             result = asyncio.ensure_future(peer.call("consume", sid))
             sp = await server_peer(server)
-            await until(lambda: sid in sp.streams._claims, 5, "the server's claim")
+            await until(lambda: sid in sp.stats()["claims"], 5, "the server's claim")
             assert await peer.send_stream(agen(300), sid) == sid
             assert await asyncio.wait_for(result, 5) == list(range(300))
             sid = await peer.send_stream(agen(20))
-            await until(lambda: (s := sp._core.incoming(sid)) is not None and s.state != 0, 5, "the stream's arrival")
+            await until(lambda: (s := sp.core.incoming(sid)) is not None and s.state != 0, 5, "the stream's arrival")
             assert await peer.call("consume", sid) == list(range(20))
             with pytest.raises(ValueError):
                 await peer.send_stream(agen(1), sid + 1)  # the client allocates odd ids only
@@ -180,7 +180,7 @@ def test_receive_stream_none_and_accept_stream() -> None:
             await results.put(("first", first.stream_id, [x async for x in first]))
             await results.put(("second", sid1, [x async for x in second]))
             # A stream that arrived while nobody waited: receive_stream(None) takes it.
-            await until(lambda: peer.streams._held, 5, "a held stream")
+            await until(lambda: peer.stats()["held"], 5, "a held stream")
             sid3, third = peer.receive_stream(None)
             await results.put(("third", sid3, [x async for x in third]))
             await peer.wait_closed()
@@ -291,8 +291,8 @@ def test_break_out_of_stream_cancels_the_sender() -> None:
             await asyncio.wait_for(watch.finished.wait(), 5)
             assert watch.cancelled
             sp = await server_peer(server)
-            await until(lambda: not sp._tasks and not sp.streams._senders, 5, "the server to stop")
-            await until(lambda: peer._core.pending_calls == 0, 5, "the call's slot to be freed")
+            await until(lambda: not sp.stats()["peer.tasks"] and not sp.stats()["senders"], 5, "the server to stop")
+            await until(lambda: peer.core.pending_calls == 0, 5, "the call's slot to be freed")
             assert [x async for x in peer.stream("ticks", 3)] == [0, 1, 2]
 
     run(main())
@@ -311,8 +311,8 @@ def test_aclose_cancels_the_sender() -> None:
             await asyncio.wait_for(watch.finished.wait(), 5)
             assert watch.cancelled
             sp = await server_peer(server)
-            await until(lambda: not sp._tasks and not sp.streams._senders, 5, "the server to stop")
-            await until(lambda: peer._core.pending_calls == 0, 5, "the call's slot to be freed")
+            await until(lambda: not sp.stats()["peer.tasks"] and not sp.stats()["senders"], 5, "the server to stop")
+            await until(lambda: peer.core.pending_calls == 0, 5, "the call's slot to be freed")
             # async with does the same.
             watch2 = Watch()
             sp.register("forever2", lambda: watch2.forever())
@@ -340,14 +340,14 @@ def test_close_receiving_stream_stops_the_sender() -> None:
             await asyncio.wait_for(watch.finished.wait(), 5)
             assert watch.cancelled
             sp = await server_peer(server)
-            await until(lambda: not sp.streams._senders, 5, "the server's sender to stop")
+            await until(lambda: not sp.stats()["senders"], 5, "the server's sender to stop")
             # Unclaimed: closing it by id refuses it, too.
             watch2 = Watch()
             sp.register("produce2", lambda: sp.send_stream(watch2.forever()))
             sid2 = await peer.call("produce2")
             peer.close_receiving_stream(sid2)
             await asyncio.wait_for(watch2.finished.wait(), 5)
-            await until(lambda: not sp.streams._senders, 5, "the server's sender to stop")
+            await until(lambda: not sp.stats()["senders"], 5, "the server's sender to stop")
             await until(lambda: peer.streams.active_streams == 0, 5, "nothing left open")
 
     run(main())
@@ -375,7 +375,7 @@ def test_dropping_a_received_stream_stops_the_sender() -> None:
 
             await accept_and_drop()
             await asyncio.wait_for(watch2.finished.wait(), 5)
-            await until(lambda: not sp.streams._senders and not peer.streams._senders, 5, "senders to stop")
+            await until(lambda: not sp.stats()["senders"] and not peer.stats()["senders"], 5, "senders to stop")
 
     run(main())
 
@@ -391,10 +391,10 @@ def test_close_receiving_stream_before_it_arrives() -> None:
             sp = await server_peer(server)
             sid = peer.new_stream_id()
             sp.close_receiving_stream(sid)  # refused in advance
-            await until(lambda: sid in sp._core._refused, 5, "refusal")
+            await until(lambda: sid in sp.core.stats()["refused"], 5, "refusal")
             await peer.send_stream(watch.forever(), sid)
             await asyncio.wait_for(watch.finished.wait(), 5)
-            await until(lambda: not peer.streams._senders, 5, "the client's sender to stop")
+            await until(lambda: not peer.stats()["senders"], 5, "the client's sender to stop")
 
     run(main())
 
@@ -416,7 +416,7 @@ def test_abort_stream_stops_the_receiver() -> None:
             await asyncio.wait_for(watch.finished.wait(), 5)
             assert watch.cancelled
             assert not sp.abort_stream(sid)  # already gone
-            await until(lambda: not sp.streams._senders, 5, "the server's sender to stop")
+            await until(lambda: not sp.stats()["senders"], 5, "the server's sender to stop")
             await until(lambda: peer.streams.active_streams == 0, 5, "nothing left open")
             # Client side abort: the server's consumer gets StreamAborted.
             watch2 = Watch()
@@ -448,7 +448,7 @@ def test_sender_blocked_on_credit_is_stopped_by_close() -> None:
             )
             await s.aclose()
             await asyncio.wait_for(watch.finished.wait(), 5)
-            await until(lambda: not sp.streams._senders, 5, "the server's sender to stop")
+            await until(lambda: not sp.stats()["senders"], 5, "the server's sender to stop")
 
     run(main())
 
@@ -489,7 +489,7 @@ def test_channel_break_stops_both_directions() -> None:
                     break
             await asyncio.wait_for(watch.finished.wait(), 5)
             sp = await server_peer(server)
-            await until(lambda: not sp._tasks and not peer.streams._senders, 5, "both sides to stop")
+            await until(lambda: not sp.stats()["peer.tasks"] and not peer.stats()["senders"], 5, "both sides to stop")
 
     run(main())
 
@@ -575,7 +575,7 @@ def test_stalled_consumer_stalls_only_its_stream() -> None:
             # Meanwhile the stalled stream stayed within its window.
             st = peer.streams.stats(sid, outgoing=False)
             assert st is not None and st.buffered <= window, st
-            assert len(peer._core.incoming(sid).items) * (item + FRAME_CHARGE) <= window
+            assert len(peer.core.incoming(sid).items) * (item + FRAME_CHARGE) <= window
             out = sp.streams.stats(sid)
             assert out is not None and out.window <= item + FRAME_CHARGE, out
             # Its sender stalled: at most the items that still fitted when it filled.

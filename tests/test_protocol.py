@@ -1271,7 +1271,7 @@ def test_resume_and_ack_without_negotiated_resumption_are_errors() -> None:
     )
     # One side only opting in: not negotiated.
     c, s = connect(Settings(resume=1), Settings())
-    assert not c.resume_enabled and not s.resume_enabled
+    assert not c.session.enabled and not s.session.enabled
     protocol_error(
         s, F.encode_frame(F.ACK, 0, 0, V(0)), "ACK without session resumption", ErrorCode.PROTOCOL_ERROR, 1002
     )
@@ -1294,13 +1294,13 @@ def test_new_session_token_is_issued() -> None:
     assert [(t, fl, i) for t, fl, i, _ in reply] == [(F.HELLO, 0, 0), (F.RESUME_OK, F.FLAG_NEW, 0)]
     token = reply[1][3][:TOKEN_SIZE]
     assert len(token) == TOKEN_SIZE == 32 and reply[1][3][TOKEN_SIZE:] == V(0)
-    assert s.token == token and s.resume_enabled and s.resumable
+    assert s.session.token == token and s.session.enabled and s.resumable
     assert c.receive_message(F.encode_batch(reply)) == [HelloReceived(Settings(resume=1))]
-    assert c.token == token and c.resume_enabled and c.resumable
+    assert c.session.token == token and c.session.enabled and c.resumable
     assert c.take_replay() == [] and s.take_replay() == []
     # Another session gets another token.
     c2, _ = resumable_pair()
-    assert c2.token is not None and len(c2.token) == TOKEN_SIZE and c2.token != token
+    assert c2.session.token is not None and len(c2.session.token) == TOKEN_SIZE and c2.session.token != token
 
 
 def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
@@ -1308,16 +1308,16 @@ def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
     for i in range(ACK_FRAMES - 1):
         c.send_notification("n", bytes([i]))
         s.receive_message(c.next_message())
-    assert len(c._replay) == ACK_FRAMES - 1
+    assert len(c.session.replay or ()) == ACK_FRAMES - 1
     assert s.next_message() is None  # no ACK yet
     c.send_notification("n", b"last")
     s.receive_message(c.next_message())
     ack = s.next_message()
     assert frames_of(ack) == [(F.ACK, 0, 0, V(ACK_FRAMES))]
     assert c.receive_message(ack) == []
-    assert len(c._replay) == 0 and c._replay_bytes == 0
+    assert len(c.session.replay or ()) == 0 and c.session.replay_bytes == 0
     # The ACK is a frame of the session like any other: the server keeps it until acknowledged.
-    assert len(s._replay) == 1 and s.frames_out == 1
+    assert len(s.session.replay or ()) == 1 and s.frames_out == 1
     # Bytes count as well: one large message is acknowledged at once.
     c.send_notification("big", b"b" * ACK_BYTES)
     s.receive_message(c.next_message())
@@ -1334,7 +1334,7 @@ def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
 
 def test_resume_replays_exactly_the_missed_frames() -> None:
     c, s = resumable_pair()
-    old_token = c.token
+    old_token = c.session.token
     # Server -> client: m1 arrives, m2 (three frames) arrives cut after its first
     # frame, m3 is lost. Client -> server: n1 arrives, n2 is lost.
     s.send_notification("m1", b"")
@@ -1366,14 +1366,14 @@ def test_resume_replays_exactly_the_missed_frames() -> None:
     reply_frames = frames_of(reply)
     assert [(t, fl, i) for t, fl, i, _ in reply_frames] == [(F.HELLO, 0, 0), (F.RESUME_OK, 0, 0)]
     new_token = reply_frames[1][3][:TOKEN_SIZE]
-    assert new_token != old_token and s.token == new_token
+    assert new_token != old_token and s.session.token == new_token
     assert reply_frames[1][3][TOKEN_SIZE:] == V(1)  # the server's received position
     replay_s = s.take_replay()
     # m2 cut to the two frames the client lacks, then m3.
     assert [frames_of(m) for m in replay_s] == [m2_frames[1:], frames_of(m3)]
     assert s.take_replay() == []  # once
     assert c.receive_message(reply) == []
-    assert c.token == new_token and not c.awaiting_hello
+    assert c.session.token == new_token and not c.awaiting_hello
     replay_c = c.take_replay()
     assert replay_c == [n2]
     # Delivered: nothing missing, nothing twice.
@@ -1390,14 +1390,14 @@ def test_resume_replays_exactly_the_missed_frames() -> None:
     s.send_response(cid, b"\x01")
     assert c.receive_message(s.next_message()) == [ResponseReceived(cid, b"\x01")]
     # The replayed messages stay buffered until acknowledged (the new connection may drop too).
-    assert len(s._replay) == 3 and len(c._replay) == 2
+    assert len(s.session.replay or ()) == 3 and len(c.session.replay or ()) == 2
 
 
 def test_wrong_token_is_a_protocol_error() -> None:
     c, s = resumable_pair()
     c.new_transport()
     s.new_transport()
-    c.token = bytes(TOKEN_SIZE)
+    c.session.token = bytes(TOKEN_SIZE)
     protocol_error(s, c.next_message(), "wrong session token", ErrorCode.PROTOCOL_ERROR, 1002)
     # A RESUME frame too short to hold a token.
     c, s = resumable_pair()
@@ -1419,7 +1419,7 @@ def test_fresh_server_answers_new_and_the_client_raises_session_lost() -> None:
     reply = fresh.next_message()
     reply_frames = frames_of(reply)
     assert [(t, fl) for t, fl, _, _ in reply_frames] == [(F.HELLO, 0), (F.RESUME_OK, F.FLAG_NEW)]
-    assert reply_frames[1][3][TOKEN_SIZE:] == V(0) and reply_frames[1][3][:TOKEN_SIZE] != c.token
+    assert reply_frames[1][3][TOKEN_SIZE:] == V(0) and reply_frames[1][3][:TOKEN_SIZE] != c.session.token
     assert fresh.take_replay() == []
     with pytest.raises(SessionLost, match="did not resume"):
         c.receive_message(reply)
@@ -1484,10 +1484,10 @@ def _resume(c: _End, s: _End) -> tuple[list[bytes], list[bytes]]:
     c.core.new_transport()
     s.core.new_transport()
     hs = c.core.next_message()
-    assert frames_of(hs)[1] == (F.RESUME, 0, 0, c.core.token + V(c.core.frames_in))
+    assert frames_of(hs)[1] == (F.RESUME, 0, 0, c.core.session.token + V(c.core.frames_in))
     s.take(hs)
     reply = s.core.next_message()
-    assert frames_of(reply)[1] == (F.RESUME_OK, 0, 0, s.core.token + V(s.core.frames_in))
+    assert frames_of(reply)[1] == (F.RESUME_OK, 0, 0, s.core.session.token + V(s.core.frames_in))
     replay_s = s.core.take_replay()
     c.take(reply)
     return replay_s, c.core.take_replay()
@@ -1544,8 +1544,8 @@ def test_numbered_items_cross_drops_with_nothing_lost_or_duplicated() -> None:
             break
     assert plan == []
     assert c.got == list(range(n)) and s.got == list(range(n))
-    assert cc.transports == sc.transports == 4
+    assert cc.session.transports == sc.session.transports == 4
     assert cc.resumable and sc.resumable
     assert (cc.frames_in, sc.frames_in) == (sc.frames_out, cc.frames_out)
     # ACKs kept the replay buffers short.
-    assert len(cc._replay) <= ACK_FRAMES and len(sc._replay) <= ACK_FRAMES
+    assert len(cc.session.replay or ()) <= ACK_FRAMES and len(sc.session.replay or ()) <= ACK_FRAMES

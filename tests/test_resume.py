@@ -218,8 +218,8 @@ def test_session_expires_after_the_grace_period() -> None:
 async def _handshake(url: str, token: bytes | None) -> F.Frame:
     """A raw client asking to resume ``token``: returns the server's RESUME_OK."""
     core = Connection(Role.CLIENT, Settings(resume=1))
-    core.token = token
-    core.transports = 2 if token is not None else 1
+    core.session.token = token
+    core.session.transports = 2 if token is not None else 1
     async with ws_connect(url, compression=None, ping_interval=None) as ws:
         await ws.send(core.handshake())
         frames = F.decode_message(await asyncio.wait_for(ws.recv(), 5))
@@ -232,11 +232,11 @@ def test_tokens_are_random_rotated_and_refused_when_wrong_or_expired() -> None:
         async with fastrpc.serve(make_router(), "127.0.0.1", 0, resume=True, session_grace=0.2, **QUIET) as server:
             async with proxy(server.port) as px:
                 async with fastrpc.connect(px.url, reconnect=FAST, **QUIET) as peer:
-                    first = peer._core.token
+                    first = peer.session_token
                     assert first is not None and len(first) == TOKEN_SIZE
                     px.cut()
-                    await until(lambda: peer.connected and peer._core.token != first, 5, "a resume")
-                    second = peer._core.token
+                    await until(lambda: peer.connected and peer.session_token != first, 5, "a resume")
+                    second = peer.session_token
                     assert await peer.call("add", 1, 2) == 3
                     # The old token is no longer accepted: a new session is offered instead.
                     ok = await _handshake(server.url, first)
@@ -306,12 +306,12 @@ def test_replay_buffer_is_bounded() -> None:
     peer = Connection(Role.CLIENT, Settings(resume=1))
     core.receive_message(peer.next_message())
     peer.receive_message(core.next_message())
-    assert core.resume_enabled and core.resumable
+    assert core.session.enabled and core.resumable
     sid = core.open_stream()
     for _ in range(20):
         while not core.writable(sid):
             peer.receive_message(core.next_message())  # never answered: no ACK comes back
-            for ev in list(peer._in):
+            for ev in peer.stats()["in"]:
                 while peer.read_item(ev):
                     pass
             core.receive_message(_credit_only(peer))
@@ -319,8 +319,8 @@ def test_replay_buffer_is_bounded() -> None:
         msg = core.next_message()
         if msg:
             peer.receive_message(msg)
-    assert not core.resumable and "replay buffer" in core.resume_broken
-    assert core._replay_bytes == 0
+    assert not core.resumable and "replay buffer" in core.session.broken
+    assert core.session.replay_bytes == 0
 
 
 def _credit_only(peer: Connection) -> bytes:

@@ -10,15 +10,12 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.asyncio.client import connect as _ws_connect
-from websockets.exceptions import InvalidHandshake as _InvalidHandshake
-from websockets.exceptions import WebSocketException as _WSError
-
 from .exceptions import ConnectionClosed, ResumeFailed
 from .options import PeerOptions
-from .peer import RpcPeer
+from .peer import RpcPeer, peer_kwargs
 from .protocol import Role, SessionLost
 from .router import Router
+from .transport import OPEN_FAILED, Transport, open_connection
 
 __all__ = ["RetryPolicy", "connect"]
 
@@ -103,15 +100,15 @@ class connect:
         self.options, self.ws_kwargs = PeerOptions.split(options)
         self.peer: RpcPeer | None = None
 
-    async def _open(self) -> Any:
-        return await _ws_connect(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
+    async def _open(self) -> Transport:
+        return await open_connection(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
 
     async def _connect(self) -> RpcPeer:
-        ws = await self._open()
-        peer = RpcPeer(ws, Role.CLIENT, router=self.router, **self.options.peer_kwargs())
+        transport = await self._open()
+        peer = RpcPeer(transport, Role.CLIENT, router=self.router, **peer_kwargs(self.options))
         if self.reconnect is not None:
-            peer._on_lost = self._lost
-        await peer._start(self.options.handshake_timeout)
+            peer.on_transport_lost = self._lost
+        await peer.start(self.options.handshake_timeout)
         self.peer = peer
         if self.reconnect is not None:
             _call_hook(self.reconnect.on_connected, peer)
@@ -119,12 +116,12 @@ class connect:
 
     def _lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """The transport dropped: reconnect in the background (keeps the peer)."""
-        task = peer._session_task
+        task = peer.session_task
         if task is not None and not task.done():
             return True  # a reconnect is under way; it handles this failure
         assert self.reconnect is not None
         _call_hook(self.reconnect.on_disconnected, peer, exc)
-        peer._session_task = asyncio.get_running_loop().create_task(self._reconnect(peer, exc, resumable))
+        peer.session_task = asyncio.get_running_loop().create_task(self._reconnect(peer, exc, resumable))
         return True
 
     async def _reconnect(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> None:
@@ -132,7 +129,7 @@ class connect:
         assert policy is not None
         if not resumable:
             # Nothing to resume: what was in flight is lost with the connection.
-            await peer._reset_session(exc)
+            await peer.reset_session(exc)
         last: BaseException = exc
         attempt = 0
         while True:
@@ -140,26 +137,26 @@ class connect:
             if policy.max_attempts is not None and attempt > policy.max_attempts:
                 err = ConnectionClosed(f"gave up reconnecting after {attempt - 1} attempts: {last}")
                 _call_hook(policy.on_give_up, peer, err)
-                await peer._teardown(err)
+                await peer.teardown(err)
                 return
             delay = policy.delay(attempt)
             _call_hook(policy.on_reconnecting, peer, attempt, delay)
             if delay:
                 await asyncio.sleep(delay)
             try:
-                ws = await asyncio.wait_for(self._open(), self.options.handshake_timeout)
-            except (OSError, asyncio.TimeoutError, _InvalidHandshake, _WSError) as e:
+                transport = await asyncio.wait_for(self._open(), self.options.handshake_timeout)
+            except OPEN_FAILED as e:
                 last = e
                 continue
             try:
-                await peer._attach(ws, self.options.handshake_timeout)
+                await peer.attach(transport, self.options.handshake_timeout)
             except SessionLost:
-                await peer._reset_session(
+                await peer.reset_session(
                     ResumeFailed("the session could not be resumed (it expired, or the server restarted)")
                 )
                 attempt = 0  # a fresh session next, at once
                 continue
-            except (ConnectionClosed, asyncio.TimeoutError, OSError, _WSError) as e:
+            except (ConnectionClosed, *OPEN_FAILED) as e:
                 last = e
                 continue
             _call_hook(policy.on_connected, peer)

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import msgspec
 
-from .protocol import CODEC_JSON, CODEC_MSGPACK
+from .settings import CODEC_JSON, CODEC_MSGPACK
 
 Payload = Union[bytes, bytearray, memoryview]
 

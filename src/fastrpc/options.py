@@ -1,4 +1,12 @@
-"""Options shared by :func:`fastrpc.serve` and :func:`fastrpc.connect`."""
+"""Every default of fastrpc, and the options shared by :func:`fastrpc.serve` and
+:func:`fastrpc.connect`.
+
+This module is the one home of defaults: the core (:mod:`fastrpc.settings`,
+:mod:`fastrpc.flow`, :mod:`fastrpc.resume`), the stream layer and the server and client
+take their defaults from the constants below. It imports nothing of fastrpc but the
+compression module, so that any module may import it. ``docs/protocol.md`` ("Limits
+and budgets") lists what breaking each limit does.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +14,74 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from . import compression as _compression
-from .protocol import Settings
-from .streams import StreamManager
 
 __all__ = ["PeerOptions"]
+
+# -- limits announced in HELLO (what one side is willing to receive) ------------------
+MAX_FRAME_SIZE = 1 << 20
+MAX_MESSAGE_SIZE = 4 << 20
+MAX_STREAMS = 1024
+MAX_PENDING_CALLS = 1024
+MAX_ITEM_SIZE = 16 << 20
+
+# -- flow control ------------------------------------------------------------------------
+INITIAL_STREAM_WINDOW = 256 << 10  # credit a new stream starts with (bytes)
+CONNECTION_WINDOW = 16 << 20  # data in flight on all streams together (bytes)
+MAX_WINDOW = 4 << 20  # a fast consumer's stream window grows up to this
+MAX_GROWTH = 16 << 20  # growth of all the windows of one connection together
+# A stream's window also grows while one item is more than 1/this of it, so that
+# CREDIT messages stay few per item.
+ITEMS_PER_WINDOW = 8
+
+# -- sending -------------------------------------------------------------------------------
+STREAM_BUFFER_SIZE = 64 << 10  # bytes one stream may queue before its sender waits
+BATCH_SIZE = 128 << 10  # stream data per outgoing message
+MAX_BUFFERED_AMOUNT = 1 << 20  # senders wait while more is queued on a connection
+BACKPRESSURE_DELAY = 0.010  # seconds between re-checks of a waiting sender
+COMPRESSION_THRESHOLD = 1024  # items at least this large are compressed
+
+# -- liveness --------------------------------------------------------------------------
+KEEPALIVE_INTERVAL: float | None = 20.0
+KEEPALIVE_TIMEOUT: float | None = 20.0
+HANDSHAKE_TIMEOUT = 10.0
+WS_PING_INTERVAL: float | None = 20.0
+WRITE_LIMIT = 64 << 10  # the transport's high-water mark
+
+# -- session resumption ----------------------------------------------------------------
+SESSION_GRACE = 120.0  # seconds a server keeps a session whose client went away
+MAX_REPLAY_BYTES = 32 << 20  # sent and not acknowledged; past it a session is not resumable
+# A receiver acknowledges (ACK) after this many frames or bytes, so that the sender's
+# replay buffer holds little more than what is in flight.
+ACK_FRAMES = 64
+ACK_BYTES = 256 << 10
 
 
 @dataclass
 class PeerOptions:
     """Connection options with safe defaults; every limit is per connection."""
 
-    max_frame_size: int = 1 << 20
-    max_message_size: int = 4 << 20
-    max_streams: int = 1024
-    max_pending_calls: int = 1024
-    max_item_size: int = 16 << 20
-    connection_window: int = 16 << 20
+    max_frame_size: int = MAX_FRAME_SIZE
+    max_message_size: int = MAX_MESSAGE_SIZE
+    max_streams: int = MAX_STREAMS
+    max_pending_calls: int = MAX_PENDING_CALLS
+    max_item_size: int = MAX_ITEM_SIZE
+    connection_window: int = CONNECTION_WINDOW
     codec: str = "msgpack"
     compression: bool | str = False  # True: zstd if installed else zlib; or "zlib"/"zstd"
-    compression_threshold: int = 1024
-    streams: StreamManager | None = None
+    compression_threshold: int = COMPRESSION_THRESHOLD
+    streams: Any = None  # a StreamManager used as a template (copied per connection)
     expose_tracebacks: bool = False
-    keepalive_interval: float | None = 20.0
-    keepalive_timeout: float | None = 20.0
-    handshake_timeout: float = 10.0
+    keepalive_interval: float | None = KEEPALIVE_INTERVAL
+    keepalive_timeout: float | None = KEEPALIVE_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     # WebSocket-level pings stay on: proxies close idle connections otherwise.
-    ws_ping_interval: float | None = 20.0
-    write_limit: int = 64 << 10
+    ws_ping_interval: float | None = WS_PING_INTERVAL
+    write_limit: int = WRITE_LIMIT
     # Session resumption (docs/protocol.md, "Resuming a session"): a server keeps a
     # lost session this long for its client to come back.
     resume: bool = False
-    session_grace: float = 120.0
-    max_replay_bytes: int = 32 << 20
+    session_grace: float = SESSION_GRACE
+    max_replay_bytes: int = MAX_REPLAY_BYTES
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -49,6 +93,7 @@ class PeerOptions:
         return cls(**ours), rest
 
     def compression_mask(self) -> int:
+        """The compression algorithms to offer in HELLO (a bit mask)."""
         c = self.compression
         if c is False or c is None:
             return 0
@@ -62,33 +107,8 @@ class PeerOptions:
             return _compression.ZSTD
         raise ValueError(f"unknown compression {c!r}")
 
-    def settings(self, manager: StreamManager) -> Settings:
-        return Settings(
-            max_frame_size=self.max_frame_size,
-            max_message_size=self.max_message_size,
-            initial_stream_window=manager.initial_window,
-            max_streams=self.max_streams,
-            max_pending_calls=self.max_pending_calls,
-            max_item_size=self.max_item_size,
-            connection_window=self.connection_window,
-            compression=self.compression_mask(),
-            resume=int(self.resume),
-        )
-
-    def peer_kwargs(self) -> dict[str, Any]:
-        manager = self.streams.copy() if self.streams is not None else StreamManager()
-        return {
-            "settings": self.settings(manager),
-            "codec": self.codec,
-            "streams": manager,
-            "expose_tracebacks": self.expose_tracebacks,
-            "keepalive_interval": self.keepalive_interval,
-            "keepalive_timeout": self.keepalive_timeout,
-            "compression_threshold": self.compression_threshold,
-            "max_replay_bytes": self.max_replay_bytes,
-        }
-
     def websocket_kwargs(self) -> dict[str, Any]:
+        """Options for the WebSocket library's server or client."""
         return {
             # fastrpc compresses per frame itself; permessage-deflate costs ~64 KiB
             # of zlib state per connection.

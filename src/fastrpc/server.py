@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
-from websockets.asyncio.server import Server as _WSServer
-from websockets.asyncio.server import serve as _ws_serve
-from websockets.exceptions import ConnectionClosed as _WSClosed
-
-from . import frames as F
 from .exceptions import ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer
 from .options import PeerOptions
-from .peer import RpcPeer
-from .protocol import TOKEN_SIZE, Role
+from .peer import RpcPeer, peer_kwargs
+from .protocol import Role
+from .resume import session_token
 from .router import Router
 from .sessions import MemorySessionStore, SessionStore
+from .transport import Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
 
@@ -59,7 +55,7 @@ class Server:
         self.options = options
         self.peers: set[RpcPeer] = set()
         self._ws_kwargs = ws_kwargs
-        self._server: _WSServer | None = None
+        self._server: WebSocketServer | None = None
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
 
@@ -73,7 +69,7 @@ class Server:
         return f"ws://{self.host}:{self.port}"
 
     async def start(self) -> Server:
-        self._server = await _ws_serve(
+        self._server = await start_server(
             self._connection,
             self.host,
             self._port,
@@ -82,29 +78,29 @@ class Server:
         )
         return self
 
-    async def _connection(self, ws: Any) -> None:
+    async def _connection(self, transport: Transport) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the
         # seed's JSON protocol (text), and a new session from one being resumed.
         try:
-            first = await asyncio.wait_for(ws.recv(), self.options.handshake_timeout)
-        except (asyncio.TimeoutError, _WSClosed, OSError):
+            first = await transport.recv(self.options.handshake_timeout)
+        except (asyncio.TimeoutError, *TransportClosed, OSError):
             return
         if isinstance(first, str):
-            await self._json_connection(ws, first)
+            await self._json_connection(transport, first)
             return
         session = self._session_for(first)
         if session is not None:
-            await self._resume(ws, first, session)
+            await self._resume(transport, first, session)
             return
-        peer = RpcPeer(ws, Role.SERVER, router=self.router, **self.options.peer_kwargs())
+        peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
         if self.options.resume:
-            peer._on_lost = self._session_lost
+            peer.on_transport_lost = self._session_lost
         try:
-            await peer._start(self.options.handshake_timeout, first, inline_reader=self.handler is None)
+            await peer.start(self.options.handshake_timeout, first, inline_reader=self.handler is None)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             return
         self.peers.add(peer)
-        peer._closed.add_done_callback(functools.partial(self._forgotten, peer))
+        peer.on_closed(self._forget)
         self._register(peer, None)
         try:
             if self.handler is not None:
@@ -118,22 +114,10 @@ class Server:
                     logger.exception("connection handler failed")
                 await peer.close()
             else:
-                await self._serve_transport(peer)
+                await peer.serve_transport()
         finally:
             if self.handler is not None and not peer.closed:
                 await peer.close()
-
-    async def _serve_transport(self, peer: RpcPeer) -> None:
-        """Hold this WebSocket's handler until its transport ends (reading it, when
-        the peer has no reader task); a session that lost it then waits (detached)
-        for its client to resume."""
-        ws = peer._ws
-        if peer._reader is None and ws is not None:
-            await peer._read_loop(ws)
-        await asyncio.shield(peer._transport_done)
-        if peer._ws is None and not peer._closed_flag:
-            return
-        await peer.wait_closed()
 
     # ------------------------------------------------------- session resumption
 
@@ -141,27 +125,19 @@ class Server:
         """The live session a handshake asks to resume, if any."""
         if not self.options.resume or not len(self.sessions):
             return None
-        try:
-            frames = F.decode_message(first, self.options.max_frame_size)
-        except Exception:
-            return None
-        if len(frames) < 2 or frames[1].type != F.RESUME:
-            return None
-        return self.sessions.get(bytes(frames[1].payload[:TOKEN_SIZE]))
+        token = session_token(first, self.options.max_frame_size)
+        return self.sessions.get(token) if token is not None else None
 
     def _register(self, peer: RpcPeer, old_token: bytes | None) -> None:
         if old_token is not None:
             self.sessions.discard(old_token, peer)
-        token = peer._core.token
-        if token is not None and peer._core.resume_enabled:
+        token = peer.session_token
+        if token is not None:
             self.sessions.put(token, peer)
-
-    def _forgotten(self, peer: RpcPeer, _: Any) -> None:
-        self._forget(peer)
 
     def _forget(self, peer: RpcPeer) -> None:
         self.peers.discard(peer)
-        token = peer._core.token
+        token = peer.session_token
         if token is not None:
             self.sessions.discard(token, peer)
         handle = self._grace.pop(peer, None)
@@ -170,7 +146,7 @@ class Server:
 
     def _session_lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """A session lost its transport: keep it for ``session_grace`` seconds."""
-        if not resumable or peer._core.frames_in == 0:
+        if not resumable or peer.core.frames_in == 0:
             # Nothing happened on it (e.g. a client that asked for an unknown session
             # and went on to start afresh): not worth keeping.
             return False
@@ -183,41 +159,40 @@ class Server:
 
     def _expire(self, peer: RpcPeer) -> None:
         self._grace.pop(peer, None)
-        if peer._ws is None and not peer._closed_flag:
-            token = peer._core.token
+        if not peer.connected and not peer.closed:
+            token = peer.session_token
             if token is not None:
                 self.sessions.discard(token, peer)
             exc = ResumeFailed("session expired: the client did not come back in time")
-            peer._session_task = asyncio.get_running_loop().create_task(peer._teardown(exc))
+            peer.session_task = asyncio.get_running_loop().create_task(peer.teardown(exc))
 
-    async def _resume(self, ws: Any, first: bytes, peer: RpcPeer) -> None:
-        """Move session ``peer`` onto this new WebSocket."""
-        if peer._ws is not None:
+    async def _resume(self, transport: Transport, first: bytes, peer: RpcPeer) -> None:
+        """Move session ``peer`` onto this new transport."""
+        old = peer.transport
+        if old is not None:
             # The client saw the old connection die before we did: drop it now.
-            transport = peer._transport
-            if transport is not None:
-                transport.abort()
+            old.abort()
             try:
-                await asyncio.wait_for(asyncio.shield(peer._transport_done), self.options.handshake_timeout)
+                await asyncio.wait_for(peer.wait_transport_done(), self.options.handshake_timeout)
             except asyncio.TimeoutError:
                 return
-        if peer._closed_flag:
+        if peer.closed:
             return
         handle = self._grace.pop(peer, None)
         if handle is not None:
             handle.cancel()
-        old_token = peer._core.token
+        old_token = peer.session_token
         try:
-            await peer._attach(ws, self.options.handshake_timeout, first, inline_reader=True)
+            await peer.attach(transport, self.options.handshake_timeout, first, inline_reader=True)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
-            if not peer._closed_flag and peer._ws is None:
+            if not peer.closed and peer.transport is None:
                 self._session_lost(peer, ConnectionClosed(), True)
             return
         self._register(peer, old_token)
-        await self._serve_transport(peer)
+        await peer.serve_transport()
 
-    async def _json_connection(self, ws: Any, first: str) -> None:
-        peer = JsonPeer(ws, self.router, max_message_size=self.options.max_message_size)
+    async def _json_connection(self, transport: Transport, first: str) -> None:
+        peer = JsonPeer(transport.ws, self.router, max_message_size=self.options.max_message_size)
         runner = asyncio.get_running_loop().create_task(peer._run(first))
         try:
             if self.handler is not None:

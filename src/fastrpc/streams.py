@@ -11,22 +11,40 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from . import options as O
+from .codec import PayloadCodec
 from .exceptions import ConnectionClosed, StreamClosed
-from .protocol import DEFAULT_URGENCY, _In
-
-if TYPE_CHECKING:
-    from .peer import RpcPeer
+from .protocol import DEFAULT_URGENCY, Connection
 
 T = TypeVar("T")
 
-__all__ = ["RateLimit", "ReceiveStream", "StreamManager", "StreamStats"]
+__all__ = ["RateLimit", "ReceiveStream", "StreamLink", "StreamManager", "StreamStats"]
 
 
-# A stream's window grows (up to max_window) while one item is more than 1/this of
-# it, so that CREDIT messages stay few per item.
-_ITEMS_PER_WINDOW = 8
+class StreamLink:
+    """What a :class:`StreamManager` needs of its connection, made by the peer that
+    owns it: the event loop, the sans-I/O core, a way to send what the core queued
+    (``kick``), the payload codec, and the bytes waiting in the transport."""
+
+    __slots__ = ("buffered", "closed", "codec", "core", "decoder", "kick", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        core: Connection,
+        kick: Callable[[], None],
+        codec: PayloadCodec,
+        buffered: Callable[[], int],
+    ) -> None:
+        self.loop = loop
+        self.core = core  # replaced when a client starts a new session
+        self.kick = kick
+        self.codec = codec  # encodes what we send
+        self.decoder = codec  # decodes what we receive: the peer's codec, once its HELLO came
+        self.buffered = buffered
+        self.closed = False  # the connection is torn down
 
 
 class _WeakValues:
@@ -139,49 +157,59 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_arrived",
         "_call",
         "_claimed",
         "_done",
         "_error",
-        "_in",
+        "_link",
         "_manager",
         "_starter",
         "_waiter",
-        "_wsize",
         "stream_id",
     )
 
-    def __init__(self, manager: StreamManager, stream_id: int | None, call: bool = False) -> None:
+    def __init__(
+        self,
+        manager: StreamManager,
+        stream_id: int | None,
+        call: bool = False,
+        *,
+        claimed: bool = False,
+        starter: Callable[[ReceiveStream[T]], Awaitable[None]] | None = None,
+    ) -> None:
         self._manager = manager
+        self._link: StreamLink = manager.link
         self.stream_id = stream_id
-        self._in: _In | None = None
+        self._arrived = False  # the core has its record (items may be read)
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BaseException | None = None
         self._call = call
-        self._claimed = False
+        self._claimed = claimed
         # For peer.stream()/channel(): sends the call on the first __anext__.
-        self._starter: Callable[[ReceiveStream[T]], Awaitable[None]] | None = None
-        self._wsize = manager.initial_window
+        self._starter = starter
 
     def __aiter__(self) -> ReceiveStream[T]:
         return self
 
     async def __anext__(self) -> T:
+        link = self._link
         while True:
-            s = self._in
-            if s is not None:
-                if s.items:
-                    payload, raw, charge = s.items.popleft()
-                    m = self._manager
-                    granted = m._core.consumed(s, charge)
+            if self._arrived:
+                sid: int = self.stream_id  # type: ignore[assignment]
+                core = link.core
+                item = core.read_item(sid)
+                if item is not None:
+                    payload, raw, granted = item
                     if granted:
-                        m._granted(self, s, granted, charge)
-                    return m._peer._decoder.decode(payload, raw)  # type: ignore[no-any-return]
-                if s.state != _In.OPEN:
+                        link.kick()
+                    return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                ended, error = core.stream_end(sid)
+                if ended and self._error is None:
                     self._finish()
-                    if s.error is not None:
-                        raise s.error
+                    if error is not None:
+                        raise error
                     raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
@@ -191,27 +219,26 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 starter, self._starter = self._starter, None
                 await starter(self)
                 continue
-            fut = self._manager._peer._loop.create_future()
+            fut = link.loop.create_future()
             self._waiter = fut
             try:
                 await fut
             finally:
                 self._waiter = None
 
-    def _wake(self) -> None:
+    def _wake(self, stream_id: int | None = None) -> None:
+        """New items or the end are there; ``stream_id``: the stream arrived."""
+        if stream_id is not None:
+            self.stream_id = stream_id
+            self._arrived = True
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _bind(self, s: _In) -> None:
-        self._in = s
-        self.stream_id = s.id
-        self._wake()
-
     def _finish(self) -> None:
         if not self._done:
             self._done = True
-            self._manager._forget_incoming(self)
+            self._manager.forget_incoming(self)
 
     def _fail(self, exc: BaseException) -> None:
         if not self._done:
@@ -223,11 +250,22 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
     def closed(self) -> bool:
         return self._done
 
+    @property
+    def claimed(self) -> bool:
+        """Somebody receives this stream (``receive_stream``/``accept_stream``, a call)."""
+        return self._claimed
+
+    def claim(self) -> None:
+        """Take an arrived stream nobody received yet (ValueError if taken)."""
+        if self._claimed:
+            raise ValueError(f"stream {self.stream_id} is already being received")
+        self._claimed = True
+
     def stats(self) -> StreamStats | None:
         """Accounting of this stream while it is open (None before/after)."""
-        if self._in is None or self._done:
+        if not self._arrived or self._done or self.stream_id is None:
             return None
-        return self._manager.stats(self._in.id, outgoing=False)
+        return self._manager.stats(self.stream_id, outgoing=False)
 
     async def aclose(self) -> None:
         """Stop reading: the sender is told to stop (STREAM_CLOSE, or CANCEL for a call)."""
@@ -237,7 +275,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         if self._done:
             return
         self._done = True
-        self._manager._close_incoming(self)
+        self._manager.close_incoming(self)
         self._wake()
 
     async def __aenter__(self) -> ReceiveStream[T]:
@@ -279,18 +317,16 @@ class StreamManager:
         "_arrivals",
         "_claims",
         "_closed",
-        "_core",
         "_drain_waiters",
-        "_growth",
         "_held",
         "_incoming",
-        "_peer",
         "_senders",
         "_slot_waiters",
         "_writable",
         "backpressure_delay",
         "batch_size",
         "initial_window",
+        "link",
         "max_buffered_amount",
         "max_growth",
         "max_window",
@@ -299,14 +335,14 @@ class StreamManager:
 
     def __init__(
         self,
-        max_buffered_amount: int = 1_048_576,
-        backpressure_delay: float = 0.010,
+        max_buffered_amount: int = O.MAX_BUFFERED_AMOUNT,
+        backpressure_delay: float = O.BACKPRESSURE_DELAY,
         *,
-        stream_buffer_size: int = 64 << 10,
-        initial_window: int = 256 << 10,
-        max_window: int = 4 << 20,
-        max_growth: int = 16 << 20,
-        batch_size: int = 128 << 10,
+        stream_buffer_size: int = O.STREAM_BUFFER_SIZE,
+        initial_window: int = O.INITIAL_STREAM_WINDOW,
+        max_window: int = O.MAX_WINDOW,
+        max_growth: int = O.MAX_GROWTH,
+        batch_size: int = O.BATCH_SIZE,
     ) -> None:
         if max_buffered_amount <= 0:
             raise ValueError("max_buffered_amount must be positive")
@@ -317,9 +353,7 @@ class StreamManager:
         self.max_window = max_window
         self.max_growth = max_growth
         self.batch_size = batch_size
-        self._growth = 0  # bytes the live streams' windows grew past initial_window
-        self._peer: RpcPeer = None  # type: ignore[assignment]
-        self._core: Any = None
+        self.link: StreamLink = None  # type: ignore[assignment]  # set by attach()
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._writable: dict[int, asyncio.Future[None]] = {}
         # Streams are held weakly once a user has them, so that dropping one (a `break`
@@ -348,21 +382,27 @@ class StreamManager:
             batch_size=self.batch_size,
         )
 
-    def _attach(self, peer: RpcPeer) -> None:
-        if self._peer is not None:
-            raise RuntimeError("a StreamManager serves one connection; use .copy()")
-        self._peer = peer
-        self._core = peer._core
-        self._core.stream_buffer_size = self.stream_buffer_size
-        self._core.batch_size = self.batch_size
+    def core_options(self) -> dict[str, int]:
+        """The core's options this manager sets (``Connection`` keyword arguments)."""
+        return {
+            "stream_buffer_size": self.stream_buffer_size,
+            "batch_size": self.batch_size,
+            "max_window": self.max_window,
+            "max_growth": self.max_growth,
+        }
 
-    def _reopen(self, peer: RpcPeer) -> None:
-        """After :meth:`_shutdown`: serve the new session of a reconnected client."""
+    # ------------------------------------------------- hooks for the owning peer
+
+    def attach(self, link: StreamLink) -> None:
+        """Serve the connection ``link`` describes (called once, by its peer)."""
+        if self.link is not None:
+            raise RuntimeError("a StreamManager serves one connection; use .copy()")
+        self.link = link
+
+    def reopen(self) -> None:
+        """After :meth:`shutdown`: serve the new session of a reconnected client (the
+        peer has put its new core in the link)."""
         self._closed = None
-        self._core = peer._core
-        self._core.stream_buffer_size = self.stream_buffer_size
-        self._core.batch_size = self.batch_size
-        self._growth = 0
         self._senders.clear()
         self._writable.clear()
         self._drain_waiters = []
@@ -374,7 +414,8 @@ class StreamManager:
     @property
     def buffered_amount(self) -> int:
         """Bytes queued and not yet on the wire (fastrpc's queue + the transport's)."""
-        return self._core.buffered_amount + self._peer._transport_buffered()  # type: ignore[no-any-return]
+        link = self.link
+        return link.core.buffered_amount + link.buffered()
 
     @property
     def active_streams(self) -> int:
@@ -384,9 +425,19 @@ class StreamManager:
     def stats(self, stream_id: int, *, outgoing: bool = True) -> StreamStats | None:
         """Per-stream accounting (bytes, items, credit window, buffered) or None."""
         try:
-            return StreamStats(stream_id, outgoing, self._core.stream_stats(stream_id, outgoing))
+            return StreamStats(stream_id, outgoing, self.link.core.stream_stats(stream_id, outgoing))
         except KeyError:
             return None
+
+    def tracked(self) -> dict[str, list[int]]:
+        """Ids this manager tracks, for inspection and tests: running senders,
+        incoming streams, claims not arrived yet, arrived streams nobody claimed."""
+        return {
+            "senders": sorted(self._senders),
+            "incoming": sorted(self._incoming.keys()),
+            "claims": sorted(self._claims.keys()),
+            "held": list(self._held),
+        }
 
     # ---------------------------------------------------------------- sending
 
@@ -404,24 +455,28 @@ class StreamManager:
         only when the peer's limit of concurrent streams is reached.
         """
         self._check()
-        core = self._core
-        while not core.can_open_stream():
-            fut = self._peer._loop.create_future()
+        link = self.link
+        while not link.core.can_open_stream():
+            fut = link.loop.create_future()
             self._slot_waiters.append(fut)
             await fut
             self._check()
-        sid: int = core.open_stream(stream_id, urgency=priority)
-        self._start_sender(sid, source, rate)
+        sid: int = link.core.open_stream(stream_id, urgency=priority)
+        self.start_sender(sid, source, rate)
         return sid
 
-    def _start_sender(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None, on_done: Any = None) -> None:
-        task = self._peer._loop.create_task(self._send_loop(sid, source, rate, on_done))
-        self._senders[sid] = task
+    def start_sender(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None = None) -> None:
+        """Send ``source`` on the open outgoing stream ``sid`` from a task."""
+        self._senders[sid] = self.link.loop.create_task(self.run_sender(sid, source, rate))
 
-    async def _send_loop(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None, on_done: Any) -> None:
-        core = self._core
-        peer = self._peer
-        encode = peer._codec.encode
+    async def run_sender(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None = None) -> None:
+        """Send ``source``'s items on open outgoing stream ``sid``, then its end; its
+        error (or cancellation) ends the stream with STREAM_ERROR (STREAM_ABORT)."""
+        link = self.link
+        core = link.core
+        kick = link.kick
+        encode = link.codec.encode
+        buffered = link.buffered
         limit = self.max_buffered_amount
         it = source.__aiter__()
         try:
@@ -437,10 +492,10 @@ class StreamManager:
                         if delay > 0:
                             await asyncio.sleep(delay)
                     ok = core.send_item(sid, payload, raw=raw)
-                    peer._kick()
+                    kick()
                     if not ok:
                         await self._wait_writable(sid)
-                    if core.buffered_amount + peer._transport_buffered() > limit:
+                    if core.buffered_amount + buffered() > limit:
                         await self._backpressure(core.urgency(sid))
                 await self._wait_writable(sid)
                 core.end_stream(sid)
@@ -448,13 +503,13 @@ class StreamManager:
                 pass  # the receiver stopped reading: just close the source
             except asyncio.CancelledError:
                 core.abort_stream(sid, "aborted")
-                peer._kick()  # the STREAM_ABORT must go out now, not with the next message
+                kick()  # the STREAM_ABORT must go out now, not with the next message
                 raise
             except ConnectionClosed:
                 raise
             except Exception as exc:  # the source raised: the receiver gets it
                 core.error_stream(sid, type(exc).__name__, str(exc))
-            peer._kick()
+            kick()
         finally:
             self._senders.pop(sid, None)
             self._writable.pop(sid, None)
@@ -464,20 +519,19 @@ class StreamManager:
                     await aclose()
                 except Exception:
                     pass
-            if on_done is not None:
-                on_done()
 
     async def _wait_writable(self, sid: int) -> None:
-        core = self._core
+        link = self.link
+        core = link.core
         while not core.writable(sid):
             self._check()
             if core.has_output():
-                self._peer._kick()  # writable() may have queued more of a fragmented item
-            fut = self._peer._loop.create_future()
+                link.kick()  # writable() may have queued more of a fragmented item
+            fut = link.loop.create_future()
             self._writable[sid] = fut
             await fut
         if core.has_output():
-            self._peer._kick()
+            link.kick()
         self._check()
 
     async def _backpressure(self, urgency: int) -> None:
@@ -489,7 +543,7 @@ class StreamManager:
         share the buffer round robin, and less urgent ones wait while more urgent ones
         have items to send (strict priority, as RFC 9218's urgency levels).
         """
-        loop = self._peer._loop
+        loop = self.link.loop
         while self.buffered_amount > self.max_buffered_amount or self._more_urgent(urgency):
             self._check()
             fut: asyncio.Future[bool] = loop.create_future()
@@ -503,32 +557,11 @@ class StreamManager:
             if drained:
                 return
 
-    def _granted(self, stream: ReceiveStream[Any], s: _In, granted: int, charge: int = 0) -> None:
-        """Credit went back to the sender. If it had less than a quarter of the window
-        left before this grant, or used it all up since the last grant (seen when the
-        data arrived), the window (not the sender) limits the stream: double
-        it, up to ``max_window``, as the link's bandwidth-delay product needs. It is
-        doubled too while one item (``charge``) is more than 1/8 of the window: with
-        large items every item or two would need its own CREDIT message (a 64 KiB item
-        on a 256 KiB window: one CREDIT per item). All the growth of one connection's
-        streams together stays within ``max_growth``; only a stream that is read grows."""
-        size = stream._wsize
-        if size < self.max_window:
-            window = self._core.stream_stats(s.id, False)[2]
-            if (window - granted) * 4 < size or s.starved or charge * _ITEMS_PER_WINDOW > size:
-                s.starved = False
-                extra = min(size, self.max_window - size, self.max_growth - self._growth)
-                if extra > 0:
-                    self._growth += extra
-                    stream._wsize = size + extra
-                    self._core.grow_window(s.id, stream._wsize)
-        self._peer._kick()
-
     def _more_urgent(self, urgency: int) -> bool:
         return any(u < urgency and not fut.done() for u, _, fut in self._drain_waiters)
 
-    def _on_drained(self) -> None:
-        """Called by the writer after each message: wake senders if under the limit."""
+    def on_drained(self) -> None:
+        """(Peer hook) a message left: wake senders if under the limit."""
         waiters = self._drain_waiters
         if waiters and self.buffered_amount <= self.max_buffered_amount:
             waiters = [w for w in waiters if not w[2].done()]
@@ -541,13 +574,15 @@ class StreamManager:
             for _, _, fut in waiters:
                 fut.set_result(True)
 
-    def _on_writable(self, sid: int) -> None:
+    def on_writable(self, sid: int) -> None:
+        """(Peer hook) outgoing ``sid`` may take more (credit, or its queue left)."""
         fut = self._writable.pop(sid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _on_slots(self) -> None:
-        """Connection-wide room (stream slots or connection credit): wake every waiter."""
+    def on_slots(self) -> None:
+        """(Peer hook) connection-wide room (stream slots or connection credit): wake
+        every waiter."""
         while self._slot_waiters:
             _resolve(self._slot_waiters.pop(0))
         if self._writable:
@@ -555,11 +590,11 @@ class StreamManager:
             for fut in waiters.values():
                 _resolve(fut)
 
-    def _on_closed_by_peer(self, sid: int) -> None:
-        """The receiver stopped reading: stop the sender and close its source."""
+    def on_closed_by_peer(self, sid: int) -> None:
+        """(Peer hook) the receiver stopped reading: stop the sender, close its source."""
         task = self._senders.get(sid)
         if task is not None:
-            self._on_writable(sid)  # its next send raises StreamClosed
+            self.on_writable(sid)  # its next send raises StreamClosed
             fut = self._writable.pop(sid, None)
             if fut is None:
                 # Waiting on the source itself or on backpressure: cancel it.
@@ -582,28 +617,24 @@ class StreamManager:
         With no id: the oldest incoming stream nobody has claimed, or else the next
         one to arrive (its id is then ``stream.stream_id`` once it does).
         """
-        self._check_claim()
+        self._check()
         if stream_id is None:
             if self._held:
                 sid = next(iter(self._held))
                 stream = self._held.pop(sid)
-                stream._claimed = True
+                stream.claim()
                 return sid, stream
-            stream = ReceiveStream(self, None)
-            stream._claimed = True
+            stream = ReceiveStream(self, None, claimed=True)
             self._anonymous.append(stream)
             return None, stream
         existing = self._incoming.get(stream_id)
         if existing is not None:
-            if existing._claimed:
-                raise ValueError(f"stream {stream_id} is already being received")
-            existing._claimed = True
+            existing.claim()
             self._held.pop(stream_id, None)
             return stream_id, existing
         if stream_id in self._claims:
             raise ValueError(f"stream {stream_id} is already being received")
-        stream = ReceiveStream(self, stream_id)
-        stream._claimed = True
+        stream = ReceiveStream(self, stream_id, claimed=True)
         self._claims[stream_id] = stream
         return stream_id, stream
 
@@ -613,14 +644,13 @@ class StreamManager:
         if sid is not None:
             return sid, stream
         while stream.stream_id is None:
-            fut = self._peer._loop.create_future()
+            fut = self.link.loop.create_future()
             self._accepting.append(fut)
             try:
                 await fut
             except BaseException:
                 if stream.stream_id is None:
-                    self._close_incoming(stream)
-                    stream._done = True
+                    stream.close()
                 raise
             self._check()
         return stream.stream_id, stream
@@ -631,15 +661,11 @@ class StreamManager:
         if stream is not None:
             stream.close()
         else:
-            self._core.close_stream(stream_id)
-            self._peer._kick()
+            self.link.core.close_stream(stream_id)
+            self.link.kick()
 
-    def _check_claim(self) -> None:
-        if self._closed is not None:
-            raise self._closed
-
-    def _on_opened(self, sid: int) -> None:
-        s = self._core.incoming(sid)
+    def on_opened(self, sid: int) -> None:
+        """(Peer hook) the peer opened stream ``sid`` towards us."""
         stream = self._claims.pop(sid, None)
         if stream is None and self._anonymous:
             stream = self._anonymous.pop(0)
@@ -647,47 +673,51 @@ class StreamManager:
             stream = ReceiveStream(self, sid)
             self._held[sid] = stream
         self._incoming[sid] = stream
-        stream._bind(s)
+        stream._wake(sid)
         while self._accepting:
             _resolve(self._accepting.pop(0))
 
-    def _bind_call(self, call_id: int, stream: ReceiveStream[Any] | None = None) -> ReceiveStream[Any]:
-        """Register the stream of results, or of input, of call ``call_id`` (a new one,
-        or ``stream``) and bind it to the core's record if that exists yet."""
+    def bind_call(
+        self,
+        call_id: int,
+        starter: Callable[[ReceiveStream[Any]], Awaitable[None]] | None = None,
+        stream: ReceiveStream[Any] | None = None,
+    ) -> ReceiveStream[Any]:
+        """The stream of results, or of input, of call ``call_id``: ``stream`` (made by
+        :meth:`call_stream`) or a new one, registered and woken if it arrived."""
         if stream is None:
-            stream = ReceiveStream(self, call_id, call=True)
-        stream.stream_id = call_id
-        stream._claimed = True
+            stream = ReceiveStream(self, call_id, call=True, claimed=True)
         self._incoming[call_id] = stream
-        s = self._core.incoming(call_id)
-        if s is not None:
-            stream._bind(s)
+        if self.link.core.has_incoming(call_id):
+            stream._wake(call_id)
+        else:
+            stream.stream_id = call_id
         return stream
 
-    def _on_readable(self, sid: int) -> None:
+    def call_stream(self, starter: Callable[[ReceiveStream[Any]], Awaitable[None]]) -> ReceiveStream[Any]:
+        """A stream for a streaming call not sent yet: ``starter`` sends it on the
+        first iteration (and calls :meth:`bind_call`)."""
+        self._check()
+        return ReceiveStream(self, None, call=True, claimed=True, starter=starter)
+
+    def on_readable(self, sid: int) -> None:
+        """(Peer hook) items or the end of incoming ``sid`` are ready."""
         stream = self._incoming.get(sid)
         if stream is not None:
-            if stream._in is None:
-                s = self._core.incoming(sid)
-                if s is not None:
-                    stream._bind(s)
-            stream._wake()
+            stream._wake(sid)
 
-    def _release_growth(self, stream: ReceiveStream[Any]) -> None:
-        self._growth -= stream._wsize - self.initial_window
-        stream._wsize = self.initial_window
-
-    def _forget_incoming(self, stream: ReceiveStream[Any]) -> None:
-        self._release_growth(stream)
+    def forget_incoming(self, stream: ReceiveStream[Any]) -> None:
+        """(Stream hook) ``stream`` was read to its end: release it in the core."""
         sid = stream.stream_id
         if sid is not None and self._incoming.get(sid) is stream:
             del self._incoming[sid]
-            if self._peer is not None and not self._peer._closed_flag:
-                self._core.release_stream(sid)
-                self._peer._kick()
+            link = self.link
+            if not link.closed:
+                link.core.release_stream(sid)
+                link.kick()
 
-    def _close_incoming(self, stream: ReceiveStream[Any]) -> None:
-        self._release_growth(stream)
+    def close_incoming(self, stream: ReceiveStream[Any]) -> None:
+        """(Stream hook) the reader closed ``stream`` early: tell its sender."""
         sid = stream.stream_id
         if sid is None:
             try:
@@ -700,9 +730,10 @@ class StreamManager:
         if self._incoming.get(sid) is stream:
             del self._incoming[sid]
         self._held.pop(sid, None)
-        if self._peer is not None and not self._peer._closed_flag:
-            self._core.close_stream(sid)
-            self._peer._kick()
+        link = self.link
+        if link is not None and not link.closed:
+            link.core.close_stream(sid)
+            link.kick()
 
     # ---------------------------------------------------------------- cleanup
 
@@ -710,9 +741,9 @@ class StreamManager:
         if self._closed is not None:
             raise self._closed
 
-    async def _shutdown(self, exc: BaseException) -> None:
-        """The connection is gone: stop every sender (closing its source) and fail
-        every receiver with ``exc``."""
+    async def shutdown(self, exc: BaseException) -> None:
+        """(Peer hook) the connection is gone: stop every sender (closing its source)
+        and fail every receiver with ``exc``."""
         if self._closed is None:
             self._closed = exc
         for stream in list(self._incoming.values()) + list(self._claims.values()) + list(self._anonymous):

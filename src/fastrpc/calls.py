@@ -1,0 +1,219 @@
+"""Calls in both directions: their ids and states, and the REQUEST, NOTIFY, RESPONSE,
+ERROR and CANCEL frames that carry them (sans-I/O; owned by ``Connection``).
+
+A call's slot is taken from its REQUEST until its answer (RESPONSE or ERROR, or for a
+streaming call the end of its result stream): ``max_pending_calls`` bounds the calls a
+peer may have running, cancelled ones included, so cancel floods cannot exceed it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from . import frames as F
+from .events import CallFailed, NotificationReceived, RequestReceived, ResponseReceived
+from .exceptions import ErrorCode, LimitExceeded, PayloadTooLarge, ProtocolError, RemoteError
+from .stream_state import CallState
+
+__all__ = ["FLAG_RAW", "CallTable", "decode_error", "encode_error"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+# Flag bit private to fastrpc's payloads: the payload is raw bytes, not codec-encoded.
+FLAG_RAW = 0x40
+PENDING = int(CallState.PENDING)
+CANCELLED = int(CallState.CANCELLED)
+
+
+def encode_error(
+    type_name: str,
+    message: str,
+    code: int | None = None,
+    traceback: str | None = None,
+    limit: int = 1 << 20,
+) -> bytes:
+    """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback.
+
+    Fits in ``limit`` bytes: an over-long type name, message or traceback is cut
+    (each field still says its true length, so the result always decodes)."""
+    room = max(limit - 24, 0)  # the three varints take at most 8 + 8 + 8 bytes
+    t = type_name.encode("utf-8", "replace")[: min(256, room)]
+    room -= len(t)
+    m = message.encode("utf-8", "replace")[:room]
+    room -= len(m)
+    out = bytearray(F.encode_varint(0 if code is None else min(code, F.VARINT_MAX - 1) + 1))
+    out += F.encode_varint(len(t)) + t + F.encode_varint(len(m)) + m
+    if traceback and room > 0:
+        out += traceback.encode("utf-8", "replace")[:room]
+    return bytes(out)
+
+
+def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> RemoteError:
+    """The error an ERROR / STREAM_ERROR payload carries, as ``cls``."""
+    data = memoryview(payload).cast("B")
+    code, pos = F.decode_varint(data, 0)
+    n, pos = F.decode_varint(data, pos)
+    if pos + n > len(data):
+        raise ProtocolError("truncated error payload")
+    type_name = bytes(data[pos : pos + n]).decode("utf-8", "replace")
+    pos += n
+    n, pos = F.decode_varint(data, pos)
+    if pos + n > len(data):
+        raise ProtocolError("truncated error payload")
+    message = bytes(data[pos : pos + n]).decode("utf-8", "replace")
+    pos += n
+    tb = bytes(data[pos:]).decode("utf-8", "replace") if pos < len(data) else None
+    return cls(type_name, message, None if code == 0 else code - 1, tb)
+
+
+def _head(f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
+    """Method name, arguments and deadline of a REQUEST / NOTIFY frame."""
+    data = f.payload
+    pos = 0
+    deadline = None
+    if has_deadline:
+        ms, pos = F.decode_varint(data, 0)
+        deadline = ms / 1000.0
+    n, pos = F.decode_varint(data, pos)
+    if pos + n > len(data):
+        raise ProtocolError("truncated method name")
+    try:
+        method = bytes(data[pos : pos + n]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("method name is not UTF-8") from None
+    pos += n
+    return method, data[pos:], deadline
+
+
+class CallTable:
+    """The calls of one connection: ours (``out``: id -> :class:`CallState`, and which
+    of them are streaming) and the peer's (``inbound``, until answered)."""
+
+    __slots__ = ("control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
+
+    def __init__(self, control: Any, max_inbound: int) -> None:
+        self.control = control  # the scheduler's control FrameWriter
+        self.max_inbound = max_inbound
+        self.frame_limit = 0  # the peer's frame limit, once its HELLO came
+        self.out: dict[int, int] = {}
+        # Id sets are dicts (id -> None): an empty dict is 64 bytes, an empty set 216.
+        self.streaming_out: dict[int, None] = {}
+        self.inbound: dict[int, None] = {}
+
+    # ------------------------------------------------------------------ ours
+
+    def request(
+        self, call_id: int, method: str, payload: Payload, raw: bool, stream: bool, channel: bool, timeout: float | None
+    ) -> None:
+        """Queue REQUEST ``call_id`` (:class:`PayloadTooLarge` past the peer's limit)."""
+        flags = (FLAG_RAW if raw else 0) | (F.FLAG_STREAM if stream else 0) | (F.FLAG_CHANNEL if channel else 0)
+        m = method.encode("utf-8")
+        head = F.encode_varint(len(m)) + m
+        if timeout is not None:
+            flags |= F.FLAG_DEADLINE
+            head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
+        self.check_size("request", len(head) + len(payload))
+        self.control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
+        self.out[call_id] = PENDING
+        if stream:
+            self.streaming_out[call_id] = None
+
+    def notification(self, method: str, payload: Payload, raw: bool) -> None:
+        m = method.encode("utf-8")
+        head = F.encode_varint(len(m)) + m
+        self.check_size("notification", len(head) + len(payload))
+        self.control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, head + payload)
+
+    def check_size(self, what: str, n: int) -> None:
+        limit = self.frame_limit
+        if limit and n > limit:
+            raise PayloadTooLarge(f"{what} of {n} bytes exceeds the peer's frame limit of {limit} bytes; use a stream")
+
+    def cancel(self, call_id: int, send: bool) -> bool:
+        """Mark our pending call cancelled (and queue CANCEL when ``send``); False
+        when it is not pending."""
+        if self.out.get(call_id) != PENDING:
+            return False
+        self.out[call_id] = CANCELLED
+        if send:
+            self.control.add(F.CANCEL, 0, call_id, b"")
+        return True
+
+    def cancelled(self, call_id: int) -> bool:
+        return self.out.get(call_id) == CANCELLED
+
+    def finish_streaming(self, call_id: int) -> None:
+        """The result stream of our streaming call ended: its slot is free."""
+        if call_id in self.streaming_out:
+            self.streaming_out.pop(call_id, None)
+            self.out.pop(call_id, None)
+
+    def on_response(self, f: F.Frame) -> ResponseReceived | None:
+        state = self.out.pop(f.id, None)
+        if state is None or f.id in self.streaming_out:
+            raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
+        return ResponseReceived(f.id, f.payload, bool(f.flags & FLAG_RAW)) if state == PENDING else None
+
+    def on_error(self, f: F.Frame) -> tuple[CallFailed | None, bool]:
+        """``(event, streaming)``: a streaming call's error ends its result stream."""
+        state = self.out.pop(f.id, None)
+        if state is None:
+            raise ProtocolError("error for an unknown call", ErrorCode.STREAM_STATE_ERROR)
+        if f.id in self.streaming_out:
+            self.streaming_out.pop(f.id, None)
+            return None, True
+        return (CallFailed(f.id, decode_error(f.payload)) if state == PENDING else None), False
+
+    # ---------------------------------------------------------------- theirs
+
+    def on_request(self, f: F.Frame) -> RequestReceived:
+        fid = f.id
+        if fid in self.inbound:
+            raise ProtocolError("call id in use")
+        if len(self.inbound) >= self.max_inbound:
+            raise LimitExceeded("too many pending calls")
+        flags = f.flags
+        method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
+        self.inbound[fid] = None
+        return RequestReceived(
+            fid,
+            method,
+            payload,
+            bool(flags & FLAG_RAW),
+            bool(flags & F.FLAG_STREAM),
+            bool(flags & F.FLAG_CHANNEL),
+            deadline,
+        )
+
+    def on_notify(self, f: F.Frame) -> NotificationReceived:
+        method, payload, _ = _head(f, False)
+        return NotificationReceived(method, payload, bool(f.flags & FLAG_RAW))
+
+    def answer(self, call_id: int) -> None:
+        """Take call ``call_id`` off the running calls before its answer is queued."""
+        if call_id not in self.inbound:
+            raise KeyError(call_id)
+        del self.inbound[call_id]
+
+    def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
+        limit = self.frame_limit
+        if len(payload) > limit:
+            error = encode_error("ResponseTooLarge", f"response of {len(payload)} bytes exceeds {limit}")
+            self.control.add(F.ERROR, 0, call_id, error)
+        else:
+            self.control.add(F.RESPONSE, FLAG_RAW if raw else 0, call_id, payload)
+
+    def fail(self, call_id: int, type_name: str, message: str, code: int | None, traceback: str | None) -> None:
+        self.control.add(F.ERROR, 0, call_id, encode_error(type_name, message, code, traceback, self.frame_limit))
+
+    def view(self) -> dict[str, object]:
+        return {
+            "calls_out": dict(self.out),
+            "stream_calls_out": sorted(self.streaming_out),
+            "calls_in": sorted(self.inbound),
+        }
+
+    def clear(self) -> None:
+        self.out.clear()
+        self.streaming_out.clear()
+        self.inbound.clear()

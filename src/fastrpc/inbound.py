@@ -1,0 +1,188 @@
+"""Incoming streams: their arrival, items, end, refusal and release (sans-I/O; owned by
+``Connection``, which receives their data frames on its hot path).
+
+A stream arrives with its first frame (FLAG_OPEN). A stream the reader closed before
+it arrived is refused when it does (STREAM_CLOSE); the input of a channel call that
+its handler stopped reading is dropped until its end. Items wait in the stream's
+record until read; reading gives credit back (:mod:`fastrpc.flow`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from . import frames as F
+from .calls import CallTable, decode_error
+from .events import Event, StreamOpened, StreamReadable
+from .exceptions import ErrorCode, ProtocolError, RemoteStreamError, StreamAborted
+from .flow import FlowControl
+from .stream_state import IN_OPEN, IncomingStream, InState
+
+__all__ = ["InboundStreams"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+
+class InboundStreams:
+    """The incoming streams of one connection, by id."""
+
+    __slots__ = ("calls", "control", "flow", "message_count", "peer_parity", "refused", "refused_inputs", "streams")
+
+    def __init__(self, control: Any, flow: FlowControl, calls: CallTable, peer_parity: int) -> None:
+        self.control = control  # the scheduler's control FrameWriter
+        self.flow = flow
+        self.calls = calls
+        self.peer_parity = peer_parity
+        self.streams: dict[int, IncomingStream] = {}
+        self.refused: dict[int, None] = {}  # streams closed before they arrived
+        self.refused_inputs: dict[int, None] = {}  # channel inputs refused before they arrived
+        # Received messages so far: one StreamReadable per stream per message.
+        self.message_count = 0
+
+    def readable(self, s: IncomingStream, events: list[Event]) -> None:
+        if s.last_event != self.message_count:
+            s.last_event = self.message_count
+            events.append(StreamReadable(s.id))
+
+    def expect(self, call_id: int) -> None:
+        """Our streaming call ``call_id`` was sent: its results stream is awaited."""
+        s = self.streams[call_id] = IncomingStream(call_id, True, self.flow.initial_window)
+        self.flow.in_open(s)
+
+    def arrive(self, fid: int, s: IncomingStream | None, events: list[Event], closed: bool) -> IncomingStream | None:
+        """A frame with FLAG_OPEN for ``fid`` (``s``: its record if one awaits it).
+        Returns the record, or None when the stream is dropped or refused."""
+        if s is not None:
+            if s.seen_open or not s.bound:
+                raise ProtocolError("stream opened twice", ErrorCode.STREAM_STATE_ERROR)
+            s.seen_open = True
+            return s
+        if fid in self.refused_inputs:
+            return None  # a channel input we stopped reading before it arrived
+        if fid in self.calls.inbound:
+            s = IncomingStream(fid, True, self.flow.initial_window)  # a channel call's input
+        elif fid > 0 and fid & 1 == self.peer_parity:
+            s = IncomingStream(fid, False, self.flow.initial_window)
+        else:
+            if fid in self.calls.out:
+                return None  # a call of ours that we stopped reading
+            raise ProtocolError("stream id of the wrong parity", ErrorCode.STREAM_STATE_ERROR)
+        self.flow.in_open(s)
+        s.seen_open = True
+        self.streams[fid] = s
+        if fid in self.refused:
+            del self.refused[fid]
+            if not closed:
+                self.control.add(F.STREAM_CLOSE, 0, fid, b"")
+            self.release(fid)
+            return None
+        if not s.bound:
+            events.append(StreamOpened(fid))
+        return s
+
+    def on_end(self, f: F.Frame, events: list[Event], closed: bool) -> None:
+        """STREAM_END, STREAM_ERROR or STREAM_ABORT arrived."""
+        fid = f.id
+        calls = self.calls
+        if fid in self.refused_inputs:
+            del self.refused_inputs[fid]  # its end: nothing more comes
+            return
+        s = self.streams.get(fid)
+        if s is None or f.flags & F.FLAG_OPEN:
+            if not f.flags & F.FLAG_OPEN:
+                calls.finish_streaming(fid)
+                return
+            cancelled = s is not None and s.bound and calls.cancelled(fid)
+            s = self.arrive(fid, s, events, closed)
+            if s is None or cancelled:  # refused, or a streaming call we cancelled
+                calls.finish_streaming(fid)
+                if s is not None:
+                    self.release(fid)
+                return
+        elif s.state != IN_OPEN:
+            if s.bound and calls.cancelled(fid):
+                calls.finish_streaming(fid)
+                self.release(fid)
+                return
+            raise ProtocolError("stream ended twice", ErrorCode.STREAM_STATE_ERROR)
+        if s.partial is not None:
+            s.partial = None
+            if f.type == F.STREAM_END:
+                raise ProtocolError("stream ended inside an item", ErrorCode.STREAM_STATE_ERROR)
+        if f.type == F.STREAM_END:
+            s.state = InState.ENDED
+        elif f.type == F.STREAM_ERROR:
+            s.state = InState.FAILED
+            s.error = decode_error(f.payload, RemoteStreamError)
+        else:
+            s.state = InState.FAILED
+            reason = bytes(f.payload).decode("utf-8", "replace")
+            s.error = StreamAborted(reason or "stream aborted by the sender")
+        calls.finish_streaming(fid)
+        self.readable(s, events)
+
+    def fail(self, stream_id: int, error: BaseException | None, events: list[Event] | None = None) -> None:
+        """End an open stream with ``error`` (its call failed or was cancelled): the
+        items held are dropped when ``events`` is None (cancelled by us)."""
+        s = self.streams.get(stream_id)
+        if s is None:
+            return
+        if events is None:
+            s.items.clear()
+            s.state = InState.FAILED
+        elif s.state == IN_OPEN:
+            s.state = InState.FAILED
+            s.error = error
+            self.readable(s, events)
+
+    def read(self, stream_id: int) -> tuple[Payload, bool, int] | None:
+        s = self.streams.get(stream_id)
+        if s is None or not s.items:
+            return None
+        payload, raw, charge = s.items.popleft()
+        return payload, raw, self.flow.in_read(s, charge)
+
+    def end_state(self, stream_id: int) -> tuple[bool, BaseException | None]:
+        s = self.streams.get(stream_id)
+        if s is None:
+            return True, None
+        if s.items or s.state == IN_OPEN:
+            return False, None
+        return True, s.error
+
+    def refuse(self, stream_id: int, closed: bool) -> None:
+        """Stop reading ``stream_id`` before it arrived."""
+        if stream_id in self.calls.inbound:
+            # The input of a channel call: tell its sender to stop now and drop what is
+            # in flight (it holds no stream slot).
+            self.refused_inputs[stream_id] = None
+            if not closed:
+                self.control.add(F.STREAM_CLOSE, 0, stream_id, b"")
+        elif stream_id > 0 and stream_id & 1 == self.peer_parity:
+            self.refused[stream_id] = None  # refuse it when it arrives
+
+    def close(self, s: IncomingStream, closed: bool) -> None:
+        """Stop reading ``s``: drop what is held, tell the sender, release it."""
+        if s.state == IN_OPEN and not closed:
+            self.control.add(F.STREAM_CLOSE, 0, s.id, b"")
+        self.release(s.id)
+
+    def release(self, stream_id: int) -> None:
+        s = self.streams.pop(stream_id, None)
+        if s is not None:
+            s.items.clear()
+            self.flow.in_release(s)
+
+    def view(self) -> dict[str, object]:
+        return {
+            "in": sorted(self.streams),
+            "refused": sorted(self.refused),
+            "refused_inputs": sorted(self.refused_inputs),
+        }
+
+    def clear(self) -> None:
+        for s in self.streams.values():
+            s.items.clear()
+        self.streams.clear()
+        self.refused.clear()
+        self.refused_inputs.clear()

@@ -1,0 +1,150 @@
+"""Keepalive: a PING every ``keepalive_interval`` seconds; no PONG within
+``keepalive_timeout`` and the transport is dropped (a resumable session then waits for
+its client; any other is cleaned up).
+
+Deadlines live on one event-loop timer per loop (:class:`_Timers`): a TimerHandle per
+connection costs about half a KiB of an idle one, and an idle connection keeps no
+coroutine for keepalive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import weakref
+from collections.abc import Callable
+
+__all__ = ["Keepalive"]
+
+
+class _Timer:
+    """A keepalive deadline in a :class:`_Timers` heap; ``cancel()`` disarms it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def cancel(self) -> None:
+        self.fn = None
+
+
+class _Timers:
+    """One event-loop timer for the keepalive deadlines of all the connections of a
+    loop (a TimerHandle per connection costs about half a KiB of an idle one)."""
+
+    __slots__ = ("at", "handle", "heap", "loop", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Timer]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+        self.seq = 0
+
+    def add(self, delay: float, fn: Callable[[], None]) -> _Timer:
+        when = self.loop.time() + delay
+        t = _Timer(fn)
+        self.seq += 1
+        heapq.heappush(self.heap, (when, self.seq, t))
+        if self.handle is None or when < self.at:
+            self._arm(when)
+        return t
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.at = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        heap = self.heap
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            fn = heapq.heappop(heap)[2].fn
+            if fn is not None:
+                fn()
+        while heap and heap[0][2].fn is None:
+            heapq.heappop(heap)
+        if heap and self.handle is None:
+            self._arm(heap[0][0])
+
+
+_loop_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
+
+
+def timer(loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None]) -> _Timer:
+    timers = _loop_timers.get(loop)
+    if timers is None:
+        timers = _loop_timers[loop] = _Timers(loop)
+    return timers.add(delay, fn)
+
+
+class Keepalive:
+    """The keepalive of one connection.
+
+    ``ping(token)`` queues a PING and returns a handle for the current transport, or
+    None when there is none to probe (a session waiting for its client): the next PING
+    is then scheduled. ``expired(handle)`` runs when its PONG did not come in time.
+    """
+
+    __slots__ = ("expired", "interval", "loop", "ping", "stopped", "timeout", "timer", "token")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        interval: float | None,
+        timeout: float | None,
+        ping: Callable[[bytes], object | None],
+        expired: Callable[[object], None],
+    ) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.timeout = timeout
+        self.ping = ping
+        self.expired = expired
+        self.timer: _Timer | None = None
+        self.token: bytes | None = None  # the payload of the PING awaiting its PONG
+        self.stopped = False
+
+    def start(self) -> None:
+        """Ping again ``interval`` seconds from now."""
+        if self.interval and not self.stopped:
+            self.timer = timer(self.loop, self.interval, self._ping)
+
+    def _ping(self) -> None:
+        self.timer = None
+        token = os.urandom(8)
+        handle = self.ping(token)
+        if handle is None:
+            self.start()  # nothing to probe now
+            return
+        self.token = token
+        if self.timeout is not None:
+            self.timer = timer(self.loop, self.timeout, lambda: self._expire(handle))
+
+    def pong(self, payload: bytes) -> bool:
+        """A PONG arrived: True when it answers the keepalive PING (the next one is
+        then scheduled)."""
+        if payload != self.token:
+            return False
+        self.token = None
+        if self.timer is not None:
+            self.timer.cancel()
+        self.start()
+        return True
+
+    def _expire(self, handle: object) -> None:
+        self.timer = None
+        self.token = None
+        if not self.stopped:
+            self.expired(handle)
+            self.start()
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

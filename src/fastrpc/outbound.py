@@ -1,0 +1,180 @@
+"""Outgoing streams: items queued under credit, fragmentation, and their end (sans-I/O;
+owned by ``Connection``, which exposes :meth:`OutboundStreams.send_item` and
+:meth:`OutboundStreams.writable` as its own).
+
+An item that fits the credit and one frame is queued at once (the fast path); a larger
+one waits in the stream's ``tail`` and is pumped out frame by frame as credit and the
+stream's buffer allow (FLAG_MORE on all but the last). The scheduler
+(:mod:`fastrpc.scheduler`) decides when each stream's queued frames leave.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from . import compression as _compression
+from . import frames as F
+from . import options as O
+from .calls import FLAG_RAW, encode_error
+from .exceptions import StreamClosed
+from .flow import FRAME_CHARGE, FlowControl
+from .scheduler import Scheduler, check_urgency
+from .stream_state import OUT_OPEN, OutgoingStream, OutState
+
+__all__ = ["OutboundStreams"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+
+class OutboundStreams:
+    """The outgoing streams of one connection, by id, and the bytes they queued."""
+
+    __slots__ = (
+        "closed",
+        "compression_threshold",
+        "compressor",
+        "flow",
+        "frame_limit",
+        "sched",
+        "stream_buffer_size",
+        "stream_bytes",
+        "streams",
+    )
+
+    def __init__(self, flow: FlowControl, sched: Scheduler, stream_buffer_size: int = O.STREAM_BUFFER_SIZE) -> None:
+        self.flow = flow
+        self.sched = sched
+        self.streams: dict[int, OutgoingStream] = {}
+        self.stream_bytes = 0  # bytes queued in the streams' writers
+        self.stream_buffer_size = stream_buffer_size
+        self.frame_limit = 0  # the peer's, once its HELLO came
+        self.compression_threshold = O.COMPRESSION_THRESHOLD
+        self.compressor: _compression.Compressor | None = None
+        self.closed = False  # the connection is closing: terminal frames are not sent
+
+    def open(self, stream_id: int, urgency: int, bound: bool) -> None:
+        check_urgency(urgency)
+        self.streams[stream_id] = OutgoingStream(stream_id, urgency, bound)
+        self.flow.out_open(stream_id)
+
+    def on_closed_by_peer(self, stream_id: int) -> bool:
+        """STREAM_CLOSE: the receiver stopped reading; drop what is queued. False when
+        the stream is not ours any more."""
+        s = self.streams.pop(stream_id, None)
+        if s is None:
+            return False
+        s.state = OutState.CLOSED_BY_PEER
+        s.tail = None
+        self.stream_bytes -= len(s.writer)
+        s.writer.take()  # nobody reads it any more
+        self.flow.out_close(stream_id)
+        return True
+
+    def clear(self) -> None:
+        self.streams.clear()
+        self.stream_bytes = 0
+
+    def send_item(self, stream_id: int, payload: Payload, *, raw: bool = False) -> bool:
+        """Queue one item on an outgoing stream.
+
+        The item is always accepted; the result says whether the stream may take the
+        next one now. When False, wait for :class:`CreditGranted` or for the stream
+        to show up in :meth:`take_unblocked`, then check :meth:`writable`.
+        """
+        s = self.streams.get(stream_id)
+        if s is None or s.state != OUT_OPEN:
+            raise StreamClosed(f"stream {stream_id} is closed")
+        if s.tail is not None:
+            raise RuntimeError("the previous item is still being sent; wait until writable()")
+        flags = s.flags | (FLAG_RAW if raw else 0)
+        n = len(payload)
+        if self.compressor is not None and n >= self.compression_threshold:
+            packed = self.compressor.compress(payload)
+            if len(packed) < n:
+                payload = packed
+                n = len(packed)
+                flags |= F.FLAG_COMPRESSED
+        charge = n + FRAME_CHARGE
+        flow = self.flow
+        if n <= self.frame_limit and flow.conn_credit >= charge and flow.ledger_out.window(stream_id) >= charge:
+            # Fast path: the whole item fits in one frame and in the credit.
+            w = s.writer
+            before = len(w)
+            w.add(F.STREAM_DATA, flags, stream_id, payload)
+            after = len(w)
+            self.stream_bytes += after - before
+            s.flags = 0
+            left = flow.out_spend(stream_id, charge)
+            if not s.queued:
+                self.sched.queue(s)
+            return left > FRAME_CHARGE and after < self.stream_buffer_size and flow.conn_credit > FRAME_CHARGE
+        s.tail = payload
+        s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
+        return self.pump(s)
+
+    def writable(self, stream_id: int) -> bool:
+        """Whether the stream may take another item now (see :meth:`send_item`)."""
+        s = self.streams.get(stream_id)
+        if s is None or s.state != OUT_OPEN:
+            return True  # sending will raise StreamClosed: let the sender find out
+        if s.tail is not None and not self.pump(s):
+            return False
+        return self.flow.out_writable(stream_id) and len(s.writer) < self.stream_buffer_size
+
+    def pump(self, s: OutgoingStream) -> bool:
+        """Move as much of the pending item as credit and buffer allow; True when done
+        and the stream may take more."""
+        tail = s.tail
+        flow = self.flow
+        sid = s.id
+        while tail is not None:
+            if len(s.writer) >= self.stream_buffer_size:
+                break
+            room = flow.out_room(sid)
+            n = len(tail)
+            if room < 1 and not (n == 0 and room == 0):
+                break
+            take = min(n, room, self.frame_limit)
+            more = take < n
+            flags = s.tail_flags | s.flags | (F.FLAG_MORE if more else 0)
+            before = len(s.writer)
+            s.writer.add(F.STREAM_DATA, flags, sid, tail[:take] if more else tail)
+            self.stream_bytes += len(s.writer) - before
+            s.flags = 0
+            flow.out_spend(sid, take + FRAME_CHARGE)
+            tail = memoryview(tail)[take:] if more else None
+            self.sched.queue(s)
+        s.tail = tail
+        if tail is not None:
+            return False
+        return flow.out_writable(sid) and len(s.writer) < self.stream_buffer_size
+
+    def end_stream(self, stream_id: int) -> None:
+        """Queue STREAM_END: the sender finished. Wait until writable() first."""
+        self._terminate(stream_id, F.STREAM_END, b"")
+
+    def error_stream(self, stream_id: int, type_name: str, message: str, code: int | None = None) -> None:
+        """Queue STREAM_ERROR: the sending iterator raised."""
+        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code, None, self.frame_limit))
+
+    def abort_stream(self, stream_id: int, reason: str = "") -> None:
+        """Queue STREAM_ABORT: the sender gives up; an unsent part of an item is dropped."""
+        self._terminate(stream_id, F.STREAM_ABORT, reason.encode("utf-8", "replace")[:1024])
+
+    def _terminate(self, stream_id: int, ftype: int, payload: bytes) -> None:
+        """Queue the stream's terminal frame (unless the connection is closed)."""
+        s = self.streams.get(stream_id)
+        if s is None or s.state != OUT_OPEN:
+            return
+        if s.tail is not None:
+            if ftype == F.STREAM_END:
+                raise RuntimeError("the last item is still being sent; wait until writable()")
+            s.tail = None
+        s.state = OutState.ENDED
+        del self.streams[stream_id]
+        self.flow.out_close(stream_id)
+        if not self.closed:
+            before = len(s.writer)
+            s.writer.add(ftype, s.flags, stream_id, payload)
+            self.stream_bytes += len(s.writer) - before
+            self.sched.queue(s)

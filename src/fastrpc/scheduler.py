@@ -1,0 +1,105 @@
+"""The output scheduler: what the next outgoing message carries, in which order.
+
+Control frames (calls, responses, credit, pings) go first, in the order they were
+queued. Then streams by urgency, 0 (most urgent) to 7 (RFC 9218's levels), round robin
+among the streams of one urgency: each turn takes one stream's whole queue (bounded by
+``stream_buffer_size``), and a message carries at most ``batch_size`` bytes of stream
+data, so an urgent item queued next never waits behind more than one batch.
+
+``Connection.next_message`` walks :attr:`Scheduler.rings` on the hot path; this class
+owns the rings and the control queue. Sans-I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Union
+
+from . import frames as F
+from .stream_state import OutgoingStream
+
+__all__ = ["DEFAULT_URGENCY", "URGENCY_LEVELS", "Scheduler"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+URGENCY_LEVELS = 8
+DEFAULT_URGENCY = 3
+_NO_RINGS: list[deque[OutgoingStream] | None] = [None] * URGENCY_LEVELS  # shared until a stream queues
+
+
+def check_urgency(urgency: int) -> None:
+    if not 0 <= urgency < URGENCY_LEVELS:
+        raise ValueError(f"urgency must be 0..{URGENCY_LEVELS - 1}, not {urgency!r}")
+
+
+class Scheduler:
+    """The control queue and one ring of ready streams per urgency level."""
+
+    __slots__ = ("control", "rings", "unblocked")
+
+    def __init__(self) -> None:
+        self.control = F.FrameWriter()
+        # One ring per urgency level, made when a stream of that urgency first queues
+        # (an idle connection keeps none).
+        self.rings = _NO_RINGS
+        # Streams whose queue a message emptied: their senders may go on.
+        self.unblocked: list[int] = []
+
+    def has_streams(self) -> bool:
+        return any(self.rings)
+
+    def queue(self, s: OutgoingStream) -> None:
+        """``s`` has frames queued: give it a turn."""
+        if not s.queued:
+            s.queued = True
+            ring = self.rings[s.urgency]
+            if ring is None:
+                ring = self._ring(s.urgency)
+            ring.append(s)
+
+    def _ring(self, urgency: int) -> deque[OutgoingStream]:
+        if self.rings is _NO_RINGS:
+            self.rings = [None] * URGENCY_LEVELS
+        ring = self.rings[urgency]
+        if ring is None:
+            ring = self.rings[urgency] = deque()
+        return ring
+
+    def set_urgency(self, s: OutgoingStream, urgency: int) -> None:
+        check_urgency(urgency)
+        if s.queued:
+            self._ring(s.urgency).remove(s)
+            self._ring(urgency).append(s)
+        s.urgency = urgency
+
+    def take_unblocked(self) -> list[int]:
+        out = self.unblocked
+        if out:
+            self.unblocked = []
+        return out
+
+    def take_control(self, limit: int) -> tuple[bytes, int]:
+        """The queued control frames (and how many), at most ``limit`` bytes of them:
+        the rest stays queued, in order (rare: many large responses queued in one loop
+        iteration)."""
+        control = self.control
+        frames = control.count
+        data = control.take()
+        if len(data) <= limit:
+            return data, frames
+        parsed = F.decode_message(data, F.VARINT_MAX)
+        size = 0
+        head: list[tuple[int, int, int, Payload]] = []
+        for i, f in enumerate(parsed):
+            n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
+            if head and size + n > limit:
+                for g in parsed[i:]:
+                    control.add(g.type, g.flags, g.id, g.payload)
+                break
+            head.append((f.type, f.flags, f.id, f.payload))
+            size += n
+        return F.encode_batch(head), len(head)
+
+    def clear(self) -> None:
+        self.rings = _NO_RINGS
+        self.unblocked = []

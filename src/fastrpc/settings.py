@@ -1,0 +1,116 @@
+"""The limits one side announces in its HELLO, and which end of the connection it is.
+
+See ``docs/protocol.md``, "HELLO". Defaults come from :mod:`fastrpc.options`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import ClassVar, Union
+
+from . import frames as F
+from . import options as O
+from .exceptions import ErrorCode, ProtocolError
+
+__all__ = ["CODEC_JSON", "CODEC_MSGPACK", "Role", "Settings"]
+
+Payload = Union[bytes, bytearray, memoryview]
+
+# HELLO setting keys (docs/protocol.md, "HELLO").
+SETTING_MAX_FRAME_SIZE = 1
+SETTING_MAX_MESSAGE_SIZE = 2
+SETTING_INITIAL_STREAM_WINDOW = 3
+SETTING_MAX_STREAMS = 4
+SETTING_MAX_PENDING_CALLS = 5
+SETTING_MAX_ITEM_SIZE = 6
+SETTING_COMPRESSION = 7
+SETTING_CODEC = 8
+SETTING_RESUME = 9
+SETTING_CONNECTION_WINDOW = 10
+
+# Payload codecs (SETTING_CODEC).
+CODEC_MSGPACK = 0
+CODEC_JSON = 1
+
+
+class Role(enum.IntEnum):
+    """Which end of the WebSocket: the client allocates odd ids, the server even ones."""
+
+    CLIENT = 1
+    SERVER = 2
+
+
+@dataclass(slots=True)
+class Settings:
+    """Limits one side announces in its HELLO: what it is willing to receive."""
+
+    max_frame_size: int = O.MAX_FRAME_SIZE
+    max_message_size: int = O.MAX_MESSAGE_SIZE
+    initial_stream_window: int = O.INITIAL_STREAM_WINDOW
+    max_streams: int = O.MAX_STREAMS
+    max_pending_calls: int = O.MAX_PENDING_CALLS
+    max_item_size: int = O.MAX_ITEM_SIZE
+    compression: int = 0
+    codec: int = CODEC_MSGPACK
+    resume: int = 0
+    connection_window: int = O.CONNECTION_WINDOW
+
+    _KEYS: ClassVar[dict[str, int]] = {
+        "max_frame_size": SETTING_MAX_FRAME_SIZE,
+        "max_message_size": SETTING_MAX_MESSAGE_SIZE,
+        "initial_stream_window": SETTING_INITIAL_STREAM_WINDOW,
+        "max_streams": SETTING_MAX_STREAMS,
+        "max_pending_calls": SETTING_MAX_PENDING_CALLS,
+        "max_item_size": SETTING_MAX_ITEM_SIZE,
+        "compression": SETTING_COMPRESSION,
+        "codec": SETTING_CODEC,
+        "resume": SETTING_RESUME,
+        "connection_window": SETTING_CONNECTION_WINDOW,
+    }
+
+    def __post_init__(self) -> None:
+        self.validate(ValueError)
+
+    def validate(self, error: type[Exception]) -> None:
+        """Raise ``error`` when a value is out of its range."""
+        if self.max_frame_size < 1024:
+            raise error("max_frame_size below 1024")
+        if self.max_message_size < self.max_frame_size:
+            raise error("max_message_size below max_frame_size")
+        if self.initial_stream_window < 1024:
+            raise error("initial_stream_window below 1024")
+        if self.connection_window < 1024:
+            raise error("connection_window below 1024")
+        if self.max_item_size < 1:
+            raise error("max_item_size below 1")
+        if self.codec not in (CODEC_MSGPACK, CODEC_JSON):
+            raise error(f"unknown payload codec {self.codec}")
+
+    def to_wire(self) -> bytes:
+        """The HELLO payload."""
+        return F.encode_settings(
+            F.PROTOCOL_VERSION,
+            {key: getattr(self, name) for name, key in self._KEYS.items()},
+        )
+
+    @classmethod
+    def from_wire(cls, payload: Payload) -> Settings:
+        """Parse a HELLO payload (unknown keys are ignored); :class:`ProtocolError`
+        with ``UNSUPPORTED_VERSION`` for another protocol version."""
+        version, values = F.decode_settings(payload)
+        if version != F.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"unsupported protocol version {version} (this side speaks {F.PROTOCOL_VERSION})",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+        self = cls.__new__(cls)
+        for f in fields(cls):
+            setattr(self, f.name, f.default)
+        by_key = {key: name for name, key in cls._KEYS.items()}
+        for key, value in values.items():
+            name = by_key.get(key)
+            if name is not None:  # unknown settings are ignored
+                setattr(self, name, value)
+        self.validate(ProtocolError)
+        return self

@@ -1,0 +1,152 @@
+"""The one module that touches the WebSocket library (``websockets``, every version
+``pyproject.toml`` allows): opening connections and servers, writing, draining,
+closing, and its exceptions. Nothing else in fastrpc imports ``websockets``.
+
+Writes take a fast path: while the socket's buffer is under its high-water mark, a
+message is framed with the sans-I/O protocol's public API (``send_binary`` and
+``data_to_send``) and written to the socket at once, with no task and no await. Past
+the mark, :meth:`Transport.send` awaits the library's own ``send``, which waits for
+the socket to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Union
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as _ws_connect
+from websockets.asyncio.server import Server as _WSServer
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as _ws_serve
+from websockets.exceptions import ConnectionClosed as _WSClosed
+from websockets.exceptions import InvalidHandshake as _InvalidHandshake
+from websockets.exceptions import WebSocketException as _WSError
+from websockets.protocol import State as _State
+
+__all__ = ["OPEN_FAILED", "Transport", "TransportClosed", "WebSocketServer", "open_connection", "start_server"]
+
+WebSocket = Union[ClientConnection, ServerConnection]
+WebSocketServer = _WSServer
+# The transport went away (a close frame, or the TCP connection dropped).
+TransportClosed = (_WSClosed, ConnectionError)
+# Opening a connection failed: refused, timed out, or a bad HTTP handshake.
+OPEN_FAILED = (OSError, asyncio.TimeoutError, _InvalidHandshake, _WSError)
+_OPEN = _State.OPEN
+
+
+class Transport:
+    """One WebSocket connection, as the peer uses it."""
+
+    __slots__ = ("_high", "_protocol", "_tcp", "ws")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self._protocol = ws.protocol
+        self._tcp: asyncio.WriteTransport = ws.transport
+        self._high = self._tcp.get_write_buffer_limits()[1]
+
+    def write_now(self, msg: bytes) -> bool:
+        """Write ``msg`` at once; False (nothing written) when the socket's buffer is
+        past its high-water mark or the connection is not open: use :meth:`send`."""
+        tcp = self._tcp
+        if self._protocol.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
+            return False
+        protocol = self._protocol
+        try:
+            protocol.send_binary(msg)
+            for data in protocol.data_to_send():
+                if data:
+                    tcp.write(data)
+                else:
+                    tcp.write_eof()
+        except Exception:
+            tcp.abort()
+        return True
+
+    async def send(self, msg: bytes) -> None:
+        """Send ``msg``, waiting for the socket to drain (raises TransportClosed)."""
+        await self.ws.send(msg)
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the socket."""
+        return int(self._tcp.get_write_buffer_size())
+
+    def abort(self) -> None:
+        """Drop the TCP connection (no close handshake)."""
+        self._tcp.abort()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The close handshake (never raises)."""
+        try:
+            await self.ws.close(code, reason)
+        except Exception:
+            pass
+
+    def messages(self) -> AsyncIterator[bytes | str]:
+        """The received messages, until the connection closes (TransportClosed when
+        it did not close cleanly)."""
+        return self.ws.__aiter__()
+
+    async def recv(self, timeout: float) -> bytes | str:
+        """The next message (``asyncio.TimeoutError`` after ``timeout`` s)."""
+        return await asyncio.wait_for(self.ws.recv(), timeout)
+
+    async def discard(self) -> None:
+        """Read and drop messages until the connection closes (the library stops
+        reading the socket once unread messages pile up: the peer's close frame would
+        never be seen)."""
+        try:
+            async for _ in self.ws:
+                pass
+        except Exception:
+            pass
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.ws.close_reason
+
+    @property
+    def remote_address(self) -> Any:
+        return self.ws.remote_address
+
+    @property
+    def request_path(self) -> str | None:
+        """The path of the HTTP request that opened this connection (server side)."""
+        request = getattr(self.ws, "request", None)
+        return request.path if request is not None else None
+
+    @property
+    def request_headers(self) -> Any:
+        """The headers of the HTTP request that opened this connection (server side)."""
+        request = getattr(self.ws, "request", None)
+        return request.headers if request is not None else None
+
+
+def closed_info(exc: BaseException) -> tuple[int | None, str]:
+    """``(close code, reason)`` a TransportClosed exception carries."""
+    rcvd = getattr(exc, "rcvd", None)
+    if rcvd is None:
+        return None, "Connection closed"
+    return rcvd.code, rcvd.reason or "Connection closed"
+
+
+async def open_connection(url: str, **options: Any) -> Transport:
+    """Open a client connection to ``url`` (raises one of OPEN_FAILED)."""
+    return Transport(await _ws_connect(url, **options))
+
+
+async def start_server(
+    handler: Callable[[Transport], Awaitable[None]], host: str, port: int, **options: Any
+) -> WebSocketServer:
+    """Serve WebSocket connections on ``host:port``; ``handler`` runs per connection."""
+
+    async def accept(ws: ServerConnection) -> None:
+        await handler(Transport(ws))
+
+    return await _ws_serve(accept, host, port, **options)
