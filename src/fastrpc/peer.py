@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
-from collections.abc import AsyncIterable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from . import events as E
+from .api import PeerAPI, Response
 from .codec import PayloadCodec, get_codec
 from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
 from .options import PeerOptions
-from .protocol import DEFAULT_URGENCY, Connection, Role, SessionLost, Settings
+from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
-from .streams import RateLimit, ReceiveStream, StreamLink, StreamManager
+from .streams import StreamLink, StreamManager
 from .transport import Transport, TransportClosed, closed_info
 
 __all__ = ["Response", "RpcPeer", "current_peer"]
@@ -39,19 +39,7 @@ def current_peer() -> RpcPeer:
     return _current_peer.get()
 
 
-class Response:
-    """Result of the seed-style :meth:`RpcPeer.request`: the handler's value is ``.data``."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: Any) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"Response(data={self.data!r})"
-
-
-class RpcPeer:
+class RpcPeer(PeerAPI):
     """Calls, notifications and streams over one connection; either end may call.
 
     Made by :func:`fastrpc.connect` and :func:`fastrpc.serve`; not built directly.
@@ -263,25 +251,6 @@ class RpcPeer:
         return self._transport
 
     @property
-    def settings(self) -> Settings:
-        """Our limits, as announced to the peer."""
-        return self._core.settings
-
-    @property
-    def peer_settings(self) -> Settings | None:
-        """The peer's limits, from its HELLO."""
-        return self._core.peer_settings
-
-    @property
-    def close_exception(self) -> ConnectionClosed | None:
-        """Why the connection closed (None while open)."""
-        return self._close_exc
-
-    @property
-    def remote_address(self) -> Any:
-        return self._transport.remote_address if self._transport is not None else None
-
-    @property
     def session_token(self) -> bytes | None:
         """(Session) the token a client presents to resume this session."""
         core = self._core
@@ -291,18 +260,6 @@ class RpcPeer:
     def core(self) -> Connection:
         """The sans-I/O core of the current session (for inspection)."""
         return self._core
-
-    def stats(self) -> dict[str, Any]:
-        """What this connection tracks, for inspection and tests: the core's
-        :meth:`Connection.stats`, the stream manager's ids, our calls awaiting an answer
-        and the handler tasks running."""
-        return {
-            **self._core.stats(),
-            **self.streams.tracked(),
-            "peer.calls": sorted(self._calls),
-            "peer.tasks": sorted(self._handlers.tasks),
-            "notify_tasks": len(self._handlers.notify_tasks),
-        }
 
     async def wait_closed(self) -> None:
         """Wait until the connection has closed and everything on it is cleaned up."""
@@ -579,21 +536,6 @@ class RpcPeer:
 
     # ------------------------------------------------------------ keepalive
 
-    async def ping(self, timeout: float | None = None) -> float:
-        """Send a PING; return the round-trip time in seconds."""
-        self._check_open()
-        token = os.urandom(8)
-        fut = self._loop.create_future()
-        self._pongs[token] = fut
-        start = self._loop.time()
-        self._core.send_ping(token)
-        self._kick()
-        try:
-            await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pongs.pop(token, None)
-        return self._loop.time() - start
-
     def _keepalive_ping(self, token: bytes) -> Transport | None:
         transport = self._transport
         if transport is None or self._close_exc is not None or self._closed_flag or self._core.closed:
@@ -615,155 +557,6 @@ class RpcPeer:
             )
             self._core.close(ErrorCode.KEEPALIVE_TIMEOUT, "keepalive timeout")
         self._transport.abort()  # type: ignore[union-attr]
-
-    # ---------------------------------------------------------------- calls
-
-    def register(self, name: str, fn: Callable[..., Any]) -> None:
-        """Handle calls to ``name`` on this connection with ``fn``."""
-        self._handlers.own.add(name, fn)
-
-    def match(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """The seed's catch-all handler for this connection (see :meth:`Router.match`)."""
-        self._handlers.own.match(fn)
-        return fn
-
-    def _encode_args(self, args: tuple[Any, ...]) -> tuple[bytes, bool]:
-        if len(args) == 1 and type(args[0]) is bytes:
-            return args[0], True
-        return self._codec.encode_value(args), False
-
-    async def _call_slot(self) -> None:
-        while not self._core.can_call():
-            self._check_open()
-            fut = self._loop.create_future()
-            self._call_waiters.append(fut)
-            await fut
-        self._check_open()
-
-    async def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call ``method`` on the other side and return its result.
-
-        ``timeout`` (seconds) raises :class:`asyncio.TimeoutError` and travels as the
-        handler's deadline. Cancelling the awaiting task cancels the remote handler.
-        A handler's exception is raised as :class:`fastrpc.RemoteError`.
-        """
-        payload, raw = self._encode_args(args)
-        return await self._call(method, payload, raw, timeout)
-
-    async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None) -> Any:
-        core = self._core
-        if not core.can_call():
-            await self._call_slot()
-            core = self._core  # a new session's, after a reset
-        self._check_open()
-        cid = core.send_request(method, payload, raw=raw, timeout=timeout)
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._calls[cid] = fut
-        self._kick()
-        try:
-            if timeout is None:
-                return await fut
-            return await asyncio.wait_for(fut, timeout)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
-            if not fut.done() or fut.cancelled():
-                core.cancel_call(cid)
-                self._kick()
-            raise
-        finally:
-            self._calls.pop(cid, None)
-
-    async def request(self, data: Any, *, timeout: float | None = None) -> Response:
-        """The seed's request: ``data`` goes to the other side's ``match`` handler;
-        its return value comes back as ``Response.data``."""
-        payload, raw = self._codec.encode(data)
-        return Response(await self._call("", payload, raw, timeout))
-
-    def notify(self, method: str, *args: Any) -> None:
-        """Send a one-way call: no result, no error comes back."""
-        self._check_open()
-        payload, raw = self._encode_args(args)
-        self._core.send_notification(method, payload, raw=raw)
-        self._kick()
-
-    def stream(self, method: str, *args: Any, timeout: float | None = None) -> ReceiveStream[Any]:
-        """Call a streaming method: ``async for item in peer.stream("ticks", 10)``.
-
-        The call is sent on the first iteration; leaving the loop (and dropping the
-        stream), ``aclose()`` or ``async with`` cancel it on the other side.
-        """
-        payload, raw = self._encode_args(args)
-        return self._stream_call(method, payload, raw, None, timeout)
-
-    def channel(
-        self,
-        method: str,
-        items: AsyncIterable[Any],
-        *args: Any,
-        priority: int = DEFAULT_URGENCY,
-        rate: RateLimit | None = None,
-    ) -> ReceiveStream[Any]:
-        """Open a bidirectional stream: ``items`` go to the handler (its first
-        argument), whose yielded items come back through the returned stream."""
-        payload, raw = self._encode_args(args)
-        return self._stream_call(method, payload, raw, (items, priority, rate), None)
-
-    def _stream_call(
-        self, method: str, payload: bytes, raw: bool, channel: Any, timeout: float | None
-    ) -> ReceiveStream[Any]:
-        self._check_open()
-
-        async def start(stream: ReceiveStream[Any]) -> None:
-            await self._call_slot()
-            core = self._core
-            cid = core.send_request(method, payload, raw=raw, stream=True, channel=channel is not None, timeout=timeout)
-            self.streams.bind_call(cid, stream=stream)
-            if channel is not None:
-                items, priority, rate = channel
-                if priority != DEFAULT_URGENCY:
-                    core.set_urgency(cid, priority)
-                self.streams.start_sender(cid, items, rate)
-            self._kick()
-
-        return self.streams.call_stream(start)
-
-    # -------------------------------------------------------------- streams
-
-    async def send_stream(
-        self,
-        source: AsyncIterable[Any],
-        stream_id: int | None = None,
-        *,
-        priority: int = DEFAULT_URGENCY,
-        rate: RateLimit | None = None,
-    ) -> int:
-        """Send ``source``'s items as a stream; return the stream id at once.
-
-        ``priority``: urgency 0 (first) to 7, default 3. ``rate``: a
-        :class:`RateLimit`. An exception raised by ``source`` reaches the receiver.
-        """
-        self._check_open()
-        return await self.streams.send_stream(source, stream_id, priority=priority, rate=rate)
-
-    def receive_stream(self, stream_id: int | None = None) -> tuple[int | None, ReceiveStream[Any]]:
-        """``(stream_id, stream)`` for an incoming stream; see
-        :meth:`StreamManager.receive_stream`."""
-        return self.streams.receive_stream(stream_id)
-
-    async def accept_stream(self) -> tuple[int, ReceiveStream[Any]]:
-        """Wait for the next incoming stream that nobody has claimed."""
-        return await self.streams.accept_stream()
-
-    def new_stream_id(self) -> int:
-        """Allocate a stream id to announce before :meth:`send_stream` uses it."""
-        return self._core.next_id()
-
-    def abort_stream(self, stream_id: int) -> bool:
-        """Stop an outgoing stream; the receiver gets :class:`fastrpc.StreamAborted`."""
-        return self.streams.abort_stream(stream_id)
-
-    def close_receiving_stream(self, stream_id: int) -> None:
-        """Stop reading an incoming stream; its sender is told to stop."""
-        self.streams.close_receiving_stream(stream_id)
 
     # -------------------------------------------------------------- events
 
