@@ -43,7 +43,7 @@ class FlowControl:
     __slots__ = (
         "conn_credit",
         "conn_recv",
-        "conn_unacked",
+        "conn_to_grant",
         "connection_window",
         "control",
         "free_in",
@@ -80,7 +80,7 @@ class FlowControl:
         self.ledger_in = F.StreamLedger(initial_window)
         self.connection_window = connection_window
         self.conn_recv = connection_window
-        self.conn_unacked = 0
+        self.conn_to_grant = 0
         self.max_streams_in = max_streams_in
         self.free_in = 0  # incoming streams not bound to a call, not yet released
         self.slot_grants = 0
@@ -164,13 +164,13 @@ class FlowControl:
         if charge > self.conn_recv:
             raise ProtocolError("connection flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR)
         self.conn_recv -= charge
-        due = self.conn_unacked + charge
+        due = self.conn_to_grant + charge
         if due * 4 >= self.connection_window:
-            self.conn_unacked = 0
+            self.conn_to_grant = 0
             self.conn_recv += due
             self.control.add(F.CREDIT, 0, 0, F.encode_varint(due))
         else:
-            self.conn_unacked = due
+            self.conn_to_grant = due
 
     def in_received(self, s: IncomingStream, charge: int) -> None:
         """``charge`` bytes arrived for ``s`` (a peer past its window is a

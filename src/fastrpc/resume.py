@@ -46,8 +46,8 @@ class ResumeState:
         "replay_from",
         "token",
         "transports",
-        "unacked_bytes",
-        "unacked_frames",
+        "since_ack_bytes",
+        "since_ack_frames",
     )
 
     def __init__(self, max_replay_bytes: int = O.MAX_REPLAY_BYTES) -> None:
@@ -60,9 +60,9 @@ class ResumeState:
         self.replay: deque[tuple[int, int, bytes]] | None = None
         self.replay_bytes = 0
         self.replay_from: int | None = None  # the peer's received position, to replay from
-        # Received and not acknowledged yet.
-        self.unacked_frames = 0
-        self.unacked_bytes = 0
+        # Received since our last ACK.
+        self.since_ack_frames = 0
+        self.since_ack_bytes = 0
         self.new_session = False  # (server) the client asked for a session we do not know
         # The current transport's handshake: ours sent, the peer's not yet processed.
         self.handshake_sent = False
@@ -126,10 +126,10 @@ class ResumeState:
 
     def received(self, frames: int, nbytes: int) -> bool:
         """``frames`` frames in ``nbytes`` arrived: True when an ACK is due."""
-        self.unacked_frames += frames
-        self.unacked_bytes += nbytes
-        if self.unacked_frames >= O.ACK_FRAMES or self.unacked_bytes >= O.ACK_BYTES:
-            self.unacked_frames = self.unacked_bytes = 0
+        self.since_ack_frames += frames
+        self.since_ack_bytes += nbytes
+        if self.since_ack_frames >= O.ACK_FRAMES or self.since_ack_bytes >= O.ACK_BYTES:
+            self.since_ack_frames = self.since_ack_bytes = 0
             return True
         return False
 
