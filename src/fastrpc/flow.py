@@ -172,12 +172,6 @@ class FlowControl:
         else:
             self.conn_to_grant = due
 
-    def in_received(self, s: IncomingStream, charge: int) -> None:
-        """``charge`` bytes arrived for ``s`` (a peer past its window is a
-        FLOW_CONTROL_ERROR); a sender that used up its credit marks ``s`` starved."""
-        if self.ledger_in.received(s.id, charge) <= FRAME_CHARGE:
-            s.starved = True
-
     def in_consumed(self, s: IncomingStream, charge: int) -> int:
         """``charge`` bytes of ``s`` are no longer held: queue CREDIT when a batch is
         due; return the credit granted now (0: no frame queued)."""
@@ -186,27 +180,30 @@ class FlowControl:
             self.control.add(F.CREDIT, 0, s.id, F.encode_varint(grant))
         return grant
 
-    def in_read(self, s: IncomingStream, charge: int) -> int:
-        """The reader took an item of ``charge`` bytes: as :meth:`in_consumed`, and
-        grow the window when the window, not the sender, limits the stream."""
-        grant = self.in_consumed(s, charge)
-        if grant:
-            size = s.window_size
-            if size < self.max_window:
-                window = self.ledger_in.stats(s.id)[2]
-                # Less than a quarter of the window was left before this grant, the
-                # sender ran dry (seen on receipt), or an item is a large share of
-                # the window (one CREDIT per item or two otherwise).
-                if (window - grant) * 4 < size or s.starved or charge * O.ITEMS_PER_WINDOW > size:
-                    s.starved = False
-                    extra = min(size, self.max_window - size, self.max_growth - self.growth)
-                    if extra > 0:
-                        self.growth += extra
-                        s.window_size = size + extra
-                        more = self.ledger_in.resize(s.id, s.window_size)
-                        if more:
-                            self.control.add(F.CREDIT, 0, s.id, F.encode_varint(more))
-        return grant
+    def granted(self, s: IncomingStream, grant: int, charge: int) -> None:
+        """The reader took an item of ``charge`` bytes from ``s`` and ``grant`` bytes of
+        credit are due (``Connection.read_item`` asked the ledger): queue the CREDIT,
+        and grow the window when the window, not the sender, limits the stream."""
+        self.control.add(F.CREDIT, 0, s.id, F.encode_varint(grant))
+        size = s.window_size
+        if size < self.max_window:
+            window = self.ledger_in.stats(s.id)[2]
+            # Less than a quarter of the window was left before this grant, the sender
+            # ran dry (``starved``, seen on receipt), or an item is a large share of the
+            # window (one CREDIT per item or two otherwise).
+            if (window - grant) * 4 < size or s.starved or charge * O.ITEMS_PER_WINDOW > size:
+                s.starved = False
+                extra = min(size, self.max_window - size, self.max_growth - self.growth)
+                if extra > 0:
+                    self.growth += extra
+                    s.window_size = size + extra
+                    self.resize(s.id, s.window_size)
+
+    def resize(self, stream_id: int, window: int) -> None:
+        """Let the sender of ``stream_id`` have up to ``window`` bytes in flight."""
+        more = self.ledger_in.resize(stream_id, window)
+        if more:
+            self.control.add(F.CREDIT, 0, stream_id, F.encode_varint(more))
 
     def grant_slots(self) -> None:
         """Queue STREAMS for the slots released since the last call."""

@@ -135,13 +135,6 @@ class InboundStreams:
             s.error = error
             self.readable(s, events)
 
-    def read(self, stream_id: int) -> tuple[Payload, bool, int] | None:
-        s = self.streams.get(stream_id)
-        if s is None or not s.items:
-            return None
-        payload, raw, charge = s.items.popleft()
-        return payload, raw, self.flow.in_read(s, charge)
-
     def end_state(self, stream_id: int) -> tuple[bool, BaseException | None]:
         s = self.streams.get(stream_id)
         if s is None:

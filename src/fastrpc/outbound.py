@@ -104,7 +104,8 @@ class OutboundStreams:
             after = len(w)
             self.stream_bytes += after - before
             s.flags = 0
-            left = flow.out_spend(stream_id, charge)
+            flow.conn_credit -= charge
+            left = flow.ledger_out.sent(stream_id, charge)
             if not s.queued:
                 self.sched.queue(s)
             return left > FRAME_CHARGE and after < self.stream_buffer_size and flow.conn_credit > FRAME_CHARGE

@@ -212,8 +212,7 @@ class Connection:
         return fid > 0 and fid & 1 == self._peer_parity
 
     def stats(self) -> dict[str, object]:
-        """What the connection tracks, for inspection and tests: ids of calls and
-        streams in each direction, refused ids, credit, slots and replay."""
+        """What the connection tracks (calls, streams, credit, slots, replay): for tests."""
         peer_streams = self.peer_settings.max_streams if self.peer_settings is not None else None
         return {
             **self._calls.view(),
@@ -435,6 +434,7 @@ class Connection:
         self._outbound.open(call_id, urgency, True)
 
     def urgency(self, stream_id: int) -> int:
+        """The urgency of outgoing ``stream_id`` (0 most urgent .. 7)."""
         s = self._out.get(stream_id)
         return s.urgency if s is not None else DEFAULT_URGENCY
 
@@ -456,29 +456,29 @@ class Connection:
     # --------------------------------------------------------- incoming streams
 
     def incoming(self, stream_id: int) -> IncomingStream | None:
-        """The core's record of an incoming stream (for inspection; read items with
-        :meth:`read_item`)."""
+        """The core's record of an incoming stream (inspection only)."""
         return self._inbound.streams.get(stream_id)
 
     def has_incoming(self, stream_id: int) -> bool:
-        """Whether incoming ``stream_id`` has arrived (or is a call's, awaited) and
-        was not released."""
+        """Whether incoming ``stream_id`` is tracked (arrived, or a call's, awaited)."""
         return stream_id in self._inbound.streams
 
     def read_item(self, stream_id: int) -> tuple[Payload, bool, int] | None:
-        """Take the next item of an incoming stream: ``(payload, raw, granted)``, or
-        None when none is buffered (see :meth:`stream_end`).
-
-        Reading gives its credit back to the sender, in batches (``granted``: the
-        bytes granted back now; output is then queued), and grows the stream's window
-        when the window limits it (:mod:`fastrpc.flow`).
-        """
-        return self._inbound.read(stream_id)
+        """The next item of an incoming stream, ``(payload, raw, granted)``, or None
+        (see :meth:`stream_end`). Its credit goes back in batches (``granted`` > 0: a
+        CREDIT is queued; see ``FlowControl.granted``). Kept flat: every item reads here."""
+        s = self._inbound.streams.get(stream_id)
+        if s is None or not s.items:
+            return None
+        payload, raw, charge = s.items.popleft()
+        grant: int = self._flow.ledger_in.consumed(stream_id, charge)
+        if grant:
+            self._flow.granted(s, grant, charge)
+        return payload, raw, grant
 
     def stream_end(self, stream_id: int) -> tuple[bool, BaseException | None]:
-        """``(ended, error)`` of an incoming stream whose buffered items were all read:
-        ``ended`` False while more may arrive; ``error`` the sender's error, if any.
-        A stream that is not tracked (released) counts as ended."""
+        """``(ended, error)`` of an incoming stream with no item left to read (``ended``
+        False while more may come; a released stream counts as ended)."""
         return self._inbound.end_state(stream_id)
 
     def stream_stats(self, stream_id: int, outgoing: bool) -> tuple[int, int, int, int]:
@@ -487,9 +487,7 @@ class Connection:
 
     def grow_window(self, stream_id: int, window: int) -> None:
         """Let the sender of ``stream_id`` have up to ``window`` bytes in flight."""
-        extra = self._flow.ledger_in.resize(stream_id, window)
-        if extra:
-            self._sched.control.add(F.CREDIT, 0, stream_id, F.encode_varint(extra))
+        self._flow.resize(stream_id, window)
 
     def close_stream(self, stream_id: int) -> None:
         """We stop reading incoming ``stream_id``: drop what is buffered, tell the sender
@@ -645,7 +643,8 @@ class Connection:
             if s.bound and self._calls.cancelled(fid):
                 return  # cancelled streaming call: drop until its end arrives
             raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
-        flow.in_received(s, charge)
+        if flow.ledger_in.received(fid, charge) <= FRAME_CHARGE:
+            s.starved = True  # the sender used up its credit (FlowControl.granted)
         if flags & F.FLAG_MORE or s.partial is not None:
             if s.partial is None:
                 s.partial = bytearray()

@@ -44,10 +44,10 @@ class ResumeState:
         "replay",
         "replay_bytes",
         "replay_from",
-        "token",
-        "transports",
         "since_ack_bytes",
         "since_ack_frames",
+        "token",
+        "transports",
     )
 
     def __init__(self, max_replay_bytes: int = O.MAX_REPLAY_BYTES) -> None:
