@@ -99,6 +99,7 @@ class connect:
             options.setdefault("resume", True)
         self.options, self.ws_kwargs = PeerOptions.split(options)
         self.peer: RpcPeer | None = None
+        self._established = False  # the first handshake completed
 
     async def _open(self) -> Transport:
         return await open_connection(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
@@ -108,14 +109,27 @@ class connect:
         peer = RpcPeer(transport, Role.CLIENT, router=self.router, **peer_kwargs(self.options))
         if self.reconnect is not None:
             peer.on_transport_lost = self._lost
-        await peer.start(self.options.handshake_timeout)
+        self._established = False
+        try:
+            await peer.start(self.options.handshake_timeout)
+        except BaseException:
+            # connect() fails and leaves nothing running: no reconnect was started
+            # (see _lost), and the peer is closed.
+            await peer.teardown(ConnectionClosed("the first handshake failed"))
+            raise
+        self._established = True
         self.peer = peer
         if self.reconnect is not None:
             _call_hook(self.reconnect.on_connected, peer)
+            if not peer.connected and not peer.closed:
+                # Lost in the loop pass that completed the handshake: reconnect now.
+                self._lost(peer, ConnectionClosed("lost right after the first handshake"), True)
         return peer
 
     def _lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """The transport dropped: reconnect in the background (keeps the peer)."""
+        if not self._established:
+            return True  # during the first handshake: attach() fails, connect() cleans up
         task = peer.session_task
         if task is not None and not task.done():
             return True  # a reconnect is under way; it handles this failure
@@ -150,6 +164,12 @@ class connect:
                 continue
             try:
                 await peer.attach(transport, self.options.handshake_timeout)
+                if not peer.connected:
+                    # Lost again right after its handshake (in the same loop pass):
+                    # nobody else reconnects, this loop goes on.
+                    last = ConnectionClosed("lost right after the resume handshake")
+                    attempt = 0
+                    continue
             except SessionLost:
                 await peer.reset_session(
                     ResumeFailed("the session could not be resumed (it expired, or the server restarted)")

@@ -54,6 +54,10 @@ MAX_REPLAY_BYTES = 32 << 20  # sent and not acknowledged; past it a session is n
 # replay buffer holds little more than what is in flight.
 ACK_FRAMES = 64
 ACK_BYTES = 256 << 10
+# On a link that keeps dropping before anything is acknowledged, messages (and new
+# stream frames) shrink down to this many bytes, so that each connection that carries
+# some bytes advances the session by about as many (see resume.ResumeState.chunk).
+MIN_CHUNK = 4 << 10
 
 
 @dataclass

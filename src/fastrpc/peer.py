@@ -256,6 +256,14 @@ class RpcPeer(PeerAPI):
         core = self._core
         return core.session.token if core.session.enabled else None
 
+    def session_tokens(self) -> list[bytes]:
+        """(Session, server) every token that may resume this session now: the
+        current one, and the previous one until the client proved it has the current."""
+        session = self._core.session
+        if not session.enabled:
+            return []
+        return [t for t in (session.token, session.previous_token) if t is not None]
+
     @property
     def core(self) -> Connection:
         """The sans-I/O core of the current session (for inspection)."""
@@ -420,6 +428,10 @@ class RpcPeer(PeerAPI):
         done = self._transport_done
         if not done.done():
             done.set_result(None)
+        if not self._ready.done():
+            # Lost during its handshake: attach() fails now, not at its timeout.
+            self._ready.set_exception(exc)
+            self._ready.exception()
         hook = self.on_transport_lost
         if hook is not None and not self._closing and not self._closed_flag:
             resumable = resumable and not self._goaway and self._core.resumable

@@ -136,7 +136,7 @@ class Connection:
         )
         self._calls = CallTable(self._sched.control, settings.max_pending_calls)
         self._peer_parity = 0 if role is Role.CLIENT else 1
-        self.session = ResumeState(max_replay_bytes)  # token, positions, replay
+        self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
         self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size)
         outbound.compression_threshold = compression_threshold
         self._out = outbound.streams
@@ -234,11 +234,8 @@ class Connection:
         return bool(len(self._sched.control)) or self._sched.has_streams() or self._flow.slot_grants > 0
 
     def next_message(self) -> bytes | None:
-        """The next WebSocket message to send, or None when nothing is queued.
-
-        Control frames and calls go first, then streams as :mod:`fastrpc.scheduler`
-        orders them. A message stays within the peer's ``max_message_size``.
-        """
+        """The next WebSocket message to send (None: nothing queued): control frames first,
+        then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits."""
         if not self.session.handshake_sent:
             return self.handshake()
         self._flow.grant_slots()
@@ -248,7 +245,7 @@ class Connection:
         limit = self._message_limit or self.settings.max_message_size
         # Streams fill a message up to batch_size: larger messages would make an urgent
         # item queued next wait for all of one to cross the wire.
-        batch = min(self.batch_size, limit)
+        batch = min(self.batch_size, limit, self.session.chunk)
         sched = self._sched
         outbound = self._outbound
         if len(sched.control):
@@ -304,6 +301,10 @@ class Connection:
         send ours again, then replay what the peer has not received."""
         self.session.new_transport()
 
+    def _fit_frames(self) -> None:
+        """New stream frames stay within the link's chunk (``ResumeState.frame_cap``)."""
+        self._outbound.frame_limit = min(self._calls.frame_limit, self.session.frame_cap())
+
     @property
     def awaiting_hello(self) -> bool:
         """True until the peer's handshake on the current transport was processed."""
@@ -317,7 +318,9 @@ class Connection:
     def take_replay(self) -> list[bytes]:
         """After a resumed handshake: the messages the peer missed, in order (they
         stay buffered until acknowledged, in case this connection drops too)."""
-        return self.session.take_replay(self.frames_out)
+        replay = self.session.take_replay(self.frames_out)
+        self._fit_frames()
+        return replay
 
     def _on_handshake(self, frames: list[F.Frame], events: list[Event]) -> int:
         """Process the handshake frames at the start of a transport; return how many."""
@@ -328,7 +331,8 @@ class Connection:
             self._on_hello(first, events)
         else:
             Settings.from_wire(first.payload)  # validated; the session keeps its terms
-        return 1 + self.session.accept(self.role is Role.CLIENT, frames[1] if len(frames) > 1 else None)
+        nxt = frames[1] if len(frames) > 1 else None
+        return 1 + self.session.accept(self.role is Role.CLIENT, nxt, self.frames_out)
 
     # ----------------------------------------------------------------- calls
 
@@ -342,12 +346,8 @@ class Connection:
         channel: bool = False,
         timeout: float | None = None,
     ) -> int:
-        """Queue a REQUEST; return its call id.
-
-        ``stream``: results come back as a stream on the call id (read it with
-        :meth:`read_item`). ``channel``: we send an input stream on the call id
-        (write it with :meth:`send_item`).
-        """
+        """Queue a REQUEST; return its call id. ``stream``: results come back as a stream
+        on the call id (:meth:`read_item`); ``channel``: we send one on it (:meth:`send_item`)."""
         self._check_open()
         if not self.can_call():
             raise LimitExceeded("too many pending calls")
@@ -393,8 +393,7 @@ class Connection:
         self._calls.inbound.pop(call_id, None)
 
     def cancel_call(self, call_id: int) -> None:
-        """We gave up on ``call_id``: send CANCEL; its slot stays taken until the peer
-        answers, so cancel floods cannot exceed the peer's limit."""
+        """We gave up on ``call_id``: CANCEL; its slot stays taken until the peer answers."""
         if not self._calls.cancel(call_id, send=False):
             return
         self._inbound.fail(call_id, None)
@@ -407,12 +406,8 @@ class Connection:
     # --------------------------------------------------------- outgoing streams
 
     def open_stream(self, stream_id: int | None = None, *, urgency: int = DEFAULT_URGENCY) -> int:
-        """Open an outgoing stream (its OPEN goes with its first frame); return its id.
-
-        ``stream_id`` None allocates one; a given id must be of our parity and unused.
-        Raises :class:`LimitExceeded` when the peer's stream limit is reached (wait for
-        :class:`CreditGranted` with id 0 and :meth:`can_open_stream`).
-        """
+        """Open an outgoing stream (OPEN goes with its first frame); return its id (None:
+        allocate one). :class:`LimitExceeded` at the peer's stream limit (see :meth:`can_open_stream`)."""
         self._check_open()
         if stream_id is None:
             stream_id = self.next_id()
@@ -551,8 +546,12 @@ class Connection:
             frames = frames[self._on_handshake(frames, events) :]
         # Positions count every frame after the handshake (docs/protocol.md).
         self.frames_in += len(frames)
-        if self.session.enabled and frames and self.session.received(len(frames), len(data)):
-            self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
+        session = self.session
+        if session.enabled and frames:
+            if session.previous_token is not None:
+                session.proved()  # the client got our RESUME_OK: it sends frames
+            if session.received(len(frames), len(data)):
+                self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
         for f in frames:
             t = f.type
             if t == F.STREAM_DATA:
@@ -596,7 +595,8 @@ class Connection:
             elif t == F.ACK:
                 if not self.session.enabled:
                     raise ProtocolError("ACK without session resumption")
-                self.session.ack(F.decode_varint(f.payload, 0)[0], self.frames_out)
+                if self.session.ack(F.decode_varint(f.payload, 0)[0], self.frames_out):
+                    self._fit_frames()
             elif t == F.HELLO:
                 raise ProtocolError("HELLO after the handshake")
             elif t >= F.EXTENSION_BASE:

@@ -37,10 +37,14 @@ class ResumeState:
     __slots__ = (
         "awaiting_hello",
         "broken",
+        "chunk",
         "enabled",
         "handshake_sent",
+        "max_chunk",
         "max_replay_bytes",
         "new_session",
+        "previous_token",
+        "refused",
         "replay",
         "replay_bytes",
         "replay_from",
@@ -50,7 +54,7 @@ class ResumeState:
         "transports",
     )
 
-    def __init__(self, max_replay_bytes: int = O.MAX_REPLAY_BYTES) -> None:
+    def __init__(self, max_replay_bytes: int = O.MAX_REPLAY_BYTES, max_chunk: int = O.BATCH_SIZE) -> None:
         self.enabled = False  # both sides asked for resumption in their HELLO
         self.broken = ""  # why this session can no longer be resumed
         self.token: bytes | None = None
@@ -63,7 +67,19 @@ class ResumeState:
         # Received since our last ACK.
         self.since_ack_frames = 0
         self.since_ack_bytes = 0
-        self.new_session = False  # (server) the client asked for a session we do not know
+        self.new_session = False  # (server) this transport started the session afresh
+        # (Server) the token before the current one: still valid until the client
+        # proves it received the current one (a RESUME_OK lost in a cut must not
+        # lose the session). None once proved.
+        self.previous_token: bytes | None = None
+        self.refused = False  # (server) the client asked for a session we do not know
+        # How many bytes one message (and one new frame) may carry on this link. A
+        # WebSocket message is received whole or not at all: on a link cut before a
+        # large message gets through, resending it whole never progresses. Halved on
+        # every resume after a transport that got nothing outstanding through (down to
+        # MIN_CHUNK), doubled on every ACK that frees replay (up to max_chunk).
+        self.max_chunk = max_chunk
+        self.chunk = max_chunk
         # The current transport's handshake: ours sent, the peer's not yet processed.
         self.handshake_sent = False
         self.awaiting_hello = True
@@ -72,6 +88,10 @@ class ResumeState:
     def resumable(self) -> bool:
         """Both sides agreed to resumption and nothing broke it."""
         return self.enabled and not self.broken
+
+    def frame_cap(self) -> int:
+        """The largest new stream frame this link takes (no cap while it is healthy)."""
+        return self.chunk if self.chunk < self.max_chunk else F.VARINT_MAX
 
     def new_transport(self) -> None:
         """The session moves to a new transport: handshakes again, then replay."""
@@ -93,13 +113,19 @@ class ResumeState:
             self.replay.clear()
             self.replay_bytes = 0
 
-    def ack(self, pos: int, sent: int) -> None:
-        """The peer received every frame before position ``pos``: forget them."""
+    def ack(self, pos: int, sent: int) -> bool:
+        """The peer received every frame before position ``pos``: forget them; True
+        when that freed anything."""
         if pos > sent:
             raise ProtocolError("acknowledged frames that were never sent")
         replay = self.replay
+        progressed = False
         while replay and replay[0][1] <= pos:
             self.replay_bytes -= len(replay.popleft()[2])
+            progressed = True
+        if progressed:
+            self.chunk = min(self.chunk * 2, self.max_chunk)
+        return progressed
 
     def take_replay(self, sent: int) -> list[bytes]:
         """After a resumed handshake: the messages the peer missed, in order (they stay
@@ -108,9 +134,13 @@ class ResumeState:
         self.replay_from = None
         if pos is None:
             return []
-        self.ack(pos, sent)
-        out = []
+        if not self.ack(pos, sent) and self.replay:
+            # The last transport got nothing of what was outstanding through: smaller
+            # messages from now on.
+            self.chunk = max(O.MIN_CHUNK, self.chunk // 2)
+        out: list[bytes] = []
         replay = self.replay or deque()
+        chunk = self.chunk
         for i, (first, end, msg) in enumerate(replay):
             if first < pos:
                 # The peer has the start of this message: resend the rest of it.
@@ -119,7 +149,10 @@ class ResumeState:
                 self.replay_bytes -= len(msg) - len(rest)
                 replay[i] = (pos, end, rest)
                 msg = rest
-            out.append(msg)
+            if len(msg) > chunk:
+                out.extend(_split(msg, chunk))
+            else:
+                out.append(msg)
         return out
 
     # ----------------------------------------------------------- receiving side
@@ -146,16 +179,17 @@ class ResumeState:
             frames.append(extra)
         return F.encode_batch(frames)
 
-    def accept(self, client: bool, nxt: F.Frame | None) -> int:
-        """The peer's HELLO was processed; ``nxt`` is the frame after it. Settle the
-        session's fate; return how many frames after HELLO the handshake used."""
+    def accept(self, client: bool, nxt: F.Frame | None, sent: int) -> int:
+        """The peer's HELLO was processed; ``nxt`` is the frame after it, ``sent`` our
+        position. Settle the session's fate; return how many frames after HELLO the
+        handshake used."""
         self.awaiting_hello = False
         if client:
             resume_ok = nxt if nxt is not None and nxt.type == F.RESUME_OK else None
-            self.client_handshake(resume_ok)
+            self.client_handshake(resume_ok, sent)
             return 0 if resume_ok is None else 1
         resume = nxt if nxt is not None and nxt.type == F.RESUME else None
-        self.server_handshake(resume)
+        self.server_handshake(resume, sent)
         return 0 if resume is None else 1
 
     def resume_frame(self, received: int) -> tuple[int, int, int, bytes] | None:
@@ -171,31 +205,56 @@ class ResumeState:
             return (F.RESUME_OK, flags, 0, self.token + F.encode_varint(received))
         return None
 
-    def server_handshake(self, resume: F.Frame | None) -> None:
+    def accepts(self, token: bytes) -> bool:
+        """(Server) whether a RESUME with ``token`` may resume this session: the current
+        token, or the previous one while the client has not proved it got the current
+        (docs/protocol.md, "Handshake on reconnect")."""
+        current, previous = self.token, self.previous_token
+        return (current is not None and hmac.compare_digest(token, current)) or (
+            previous is not None and hmac.compare_digest(token, previous)
+        )
+
+    def proved(self) -> None:
+        """(Server) a frame arrived after our RESUME_OK: the client holds the current
+        token, the previous one is void."""
+        self.previous_token = None
+
+    def server_handshake(self, resume: F.Frame | None, sent: int) -> None:
         """(Server) the client's handshake asked to resume (``resume``: its RESUME) or
-        not; choose the session's fate and a fresh token."""
+        not; choose the session's fate and a fresh token. ``sent``: our position."""
         if not self.enabled:
             if resume is not None:
                 raise ProtocolError("RESUME was not negotiated")
             return
         if resume is not None and self.transports > 1:
             token, pos = _session_frame(resume)
-            if self.token is None or not hmac.compare_digest(token, self.token):
+            if not self.accepts(token):
                 raise ProtocolError("wrong session token")
+            if pos > sent:
+                raise ProtocolError(f"resume position {pos} is past the {sent} frames sent")
             self.replay_from = pos
             self.new_session = False
+            if self.token is not None and hmac.compare_digest(token, self.token):
+                # The client holds the current token: it stays valid for one retry
+                # of this resume (until a frame proves the client got the next one).
+                self.previous_token = token
+            # else: a retry with the previous token (the last RESUME_OK was lost): that
+            # one stays valid; the token it never got is void.
         else:
             # A new session, or one we do not know (expired, or another server).
             self.new_session = True
-        self.token = secrets.token_bytes(TOKEN_SIZE)  # a fresh token every time
+            self.refused = resume is not None
+        self.token = secrets.token_bytes(TOKEN_SIZE)
 
-    def client_handshake(self, resume_ok: F.Frame | None) -> None:
+    def client_handshake(self, resume_ok: F.Frame | None, sent: int) -> None:
         """(Client) the server's handshake answered with ``resume_ok`` (or not);
         raises :class:`SessionLost` when our session was not resumed."""
         if resume_ok is not None:
             token, pos = _session_frame(resume_ok)
             if resume_ok.flags & F.FLAG_NEW and self.transports > 1:
                 raise SessionLost("the server did not resume the session")
+            if pos > sent:
+                raise ProtocolError(f"resume position {pos} is past the {sent} frames sent")
             self.token = token
             if not resume_ok.flags & F.FLAG_NEW:
                 self.replay_from = pos
@@ -213,6 +272,23 @@ def _session_frame(f: F.Frame) -> tuple[bytes, int]:
         raise ProtocolError("truncated session frame")
     pos, _ = F.decode_varint(data, TOKEN_SIZE)
     return data[:TOKEN_SIZE], pos
+
+
+def _split(msg: bytes, chunk: int) -> list[bytes]:
+    """``msg``'s frames in messages of at most ``chunk`` bytes (a larger frame alone)."""
+    out: list[bytes] = []
+    batch: list[tuple[int, int, int, Payload]] = []
+    size = 0
+    for f in F.decode_message(msg, F.VARINT_MAX):
+        n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
+        if batch and size + n > chunk:
+            out.append(F.encode_batch(batch))
+            batch, size = [], 0
+        batch.append((f.type, f.flags, f.id, f.payload))
+        size += n
+    if batch:
+        out.append(F.encode_batch(batch))
+    return out
 
 
 def session_token(handshake: Payload, max_frame_size: int) -> bytes | None:

@@ -58,6 +58,7 @@ class Server:
         self._server: WebSocketServer | None = None
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
+        self._resuming: set[RpcPeer] = set()
 
     @property
     def port(self) -> int:
@@ -101,7 +102,7 @@ class Server:
             return
         self.peers.add(peer)
         peer.on_closed(self._forget)
-        self._register(peer, None)
+        self._register(peer, [])
         try:
             if self.handler is not None:
                 try:
@@ -126,19 +127,23 @@ class Server:
         if not self.options.resume or not len(self.sessions):
             return None
         token = session_token(first, self.options.max_frame_size)
-        return self.sessions.get(token) if token is not None else None
+        peer = self.sessions.get(token) if token is not None else None
+        if peer is None or not peer.core.session.accepts(token):  # type: ignore[arg-type]
+            return None  # unknown, or a token the client already replaced
+        return peer
 
-    def _register(self, peer: RpcPeer, old_token: bytes | None) -> None:
-        if old_token is not None:
-            self.sessions.discard(old_token, peer)
-        token = peer.session_token
-        if token is not None:
+    def _register(self, peer: RpcPeer, before: list[bytes]) -> None:
+        """Map the tokens that may resume ``peer`` to it; forget ``before``'s others."""
+        now = peer.session_tokens()
+        for token in before:
+            if token not in now:
+                self.sessions.discard(token, peer)
+        for token in now:
             self.sessions.put(token, peer)
 
     def _forget(self, peer: RpcPeer) -> None:
         self.peers.discard(peer)
-        token = peer.session_token
-        if token is not None:
+        for token in peer.session_tokens():
             self.sessions.discard(token, peer)
         handle = self._grace.pop(peer, None)
         if handle is not None:
@@ -146,9 +151,10 @@ class Server:
 
     def _session_lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """A session lost its transport: keep it for ``session_grace`` seconds."""
-        if not resumable or peer.core.frames_in == 0:
-            # Nothing happened on it (e.g. a client that asked for an unknown session
-            # and went on to start afresh): not worth keeping.
+        if not resumable or (peer.core.frames_in == 0 and peer.core.session.refused):
+            # A client that asked for a session we do not know gets a new one, which
+            # it drops at once to start afresh: not worth keeping. (A session that
+            # merely received nothing yet is kept: its client may have sent calls.)
             return False
         old = self._grace.pop(peer, None)
         if old is not None:
@@ -160,14 +166,26 @@ class Server:
     def _expire(self, peer: RpcPeer) -> None:
         self._grace.pop(peer, None)
         if not peer.connected and not peer.closed:
-            token = peer.session_token
-            if token is not None:
+            for token in peer.session_tokens():
                 self.sessions.discard(token, peer)
             exc = ResumeFailed("session expired: the client did not come back in time")
             peer.session_task = asyncio.get_running_loop().create_task(peer.teardown(exc))
 
     async def _resume(self, transport: Transport, first: bytes, peer: RpcPeer) -> None:
-        """Move session ``peer`` onto this new transport."""
+        """Move session ``peer`` onto this new transport (one at a time: a second
+        socket presenting the token meanwhile is refused and never sees RESUME_OK)."""
+        if peer in self._resuming:
+            await transport.close(1008, "session is being resumed by another connection")
+            return
+        self._resuming.add(peer)
+        try:
+            await self._move(transport, first, peer)
+        finally:
+            self._resuming.discard(peer)
+        if peer.transport is transport:
+            await peer.serve_transport()
+
+    async def _move(self, transport: Transport, first: bytes, peer: RpcPeer) -> None:
         old = peer.transport
         if old is not None:
             # The client saw the old connection die before we did: drop it now.
@@ -181,15 +199,14 @@ class Server:
         handle = self._grace.pop(peer, None)
         if handle is not None:
             handle.cancel()
-        old_token = peer.session_token
+        before = peer.session_tokens()
         try:
             await peer.attach(transport, self.options.handshake_timeout, first, inline_reader=True)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             if not peer.closed and peer.transport is None:
                 self._session_lost(peer, ConnectionClosed(), True)
             return
-        self._register(peer, old_token)
-        await peer.serve_transport()
+        self._register(peer, before)
 
     async def _json_connection(self, transport: Transport, first: str) -> None:
         peer = JsonPeer(transport.ws, self.router, max_message_size=self.options.max_message_size)
