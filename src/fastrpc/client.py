@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from . import options as O
 from .exceptions import ConnectionClosed, ResumeFailed
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
@@ -42,10 +43,10 @@ class RetryPolicy:
     ``on_give_up(peer, exc)``.
     """
 
-    initial_delay: float = 1.0
-    max_delay: float = 16.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
+    initial_delay: float = O.RETRY_INITIAL_DELAY
+    max_delay: float = O.RETRY_MAX_DELAY
+    multiplier: float = O.RETRY_MULTIPLIER
+    jitter: float = O.RETRY_JITTER
     max_attempts: int | None = None
     resume: bool = True
     on_connected: Callable[[RpcPeer], Any] | None = None

@@ -41,11 +41,19 @@ BACKPRESSURE_DELAY = 0.010  # seconds between re-checks of a waiting sender
 COMPRESSION_THRESHOLD = 1024  # items at least this large are compressed
 
 # -- liveness --------------------------------------------------------------------------
-KEEPALIVE_INTERVAL: float | None = 20.0
-KEEPALIVE_TIMEOUT: float | None = 20.0
+# A silent partition is noticed within interval + timeout (20 s) for one tiny frame each
+# way every 10 s; docs/protocol.md, "Noticing a silent partition".
+KEEPALIVE_INTERVAL: float | None = 10.0
+KEEPALIVE_TIMEOUT: float | None = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 WS_PING_INTERVAL: float | None = 20.0
 WRITE_LIMIT = 64 << 10  # the transport's high-water mark
+
+# -- reconnecting (RetryPolicy): the first retry is immediate, then these ------------
+RETRY_INITIAL_DELAY = 1.0
+RETRY_MAX_DELAY = 16.0
+RETRY_MULTIPLIER = 2.0
+RETRY_JITTER = 0.2  # each delay scaled by a random factor within 1 +- this
 
 # -- session resumption ----------------------------------------------------------------
 SESSION_GRACE = 120.0  # seconds a server keeps a session whose client went away

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import events as E
+from . import options as O
 from .api import PeerAPI, Response
 from .codec import PayloadCodec, get_codec
 from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
@@ -89,10 +90,10 @@ class RpcPeer(PeerAPI):
         codec: str = "msgpack",
         streams: StreamManager | None = None,
         expose_tracebacks: bool = False,
-        keepalive_interval: float | None = 20.0,
-        keepalive_timeout: float | None = 20.0,
-        compression_threshold: int = 1024,
-        max_replay_bytes: int = 32 << 20,
+        keepalive_interval: float | None = O.KEEPALIVE_INTERVAL,
+        keepalive_timeout: float | None = O.KEEPALIVE_TIMEOUT,
+        compression_threshold: int = O.COMPRESSION_THRESHOLD,
+        max_replay_bytes: int = O.MAX_REPLAY_BYTES,
     ) -> None:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
@@ -147,7 +148,9 @@ class RpcPeer(PeerAPI):
 
     # ------------------------------------------------------------ life cycle
 
-    async def start(self, timeout: float = 10.0, first: bytes | None = None, inline_reader: bool = False) -> None:
+    async def start(
+        self, timeout: float = O.HANDSHAKE_TIMEOUT, first: bytes | None = None, inline_reader: bool = False
+    ) -> None:
         """(Session) run over the transport given at construction and wait for the
         peer's handshake; ``first``: a message the server already read."""
         assert self._transport is not None
@@ -155,7 +158,11 @@ class RpcPeer(PeerAPI):
         self._keepalive.start()
 
     async def attach(
-        self, transport: Transport, timeout: float = 10.0, first: bytes | None = None, inline_reader: bool = False
+        self,
+        transport: Transport,
+        timeout: float = O.HANDSHAKE_TIMEOUT,
+        first: bytes | None = None,
+        inline_reader: bool = False,
     ) -> None:
         """(Session) run this session over ``transport``: handshake, replay what the
         peer missed (when resuming), then read and write. Raises :class:`SessionLost`
