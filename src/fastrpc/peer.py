@@ -495,10 +495,13 @@ class RpcPeer(PeerAPI):
         if transport is None:
             return
         try:
-            msg = core.next_message()
-            if msg is not None:
+            # Our HELLO first if the handshake failed, then the GOAWAY with the reason.
+            for _ in range(2):
+                msg = core.next_message()
+                if msg is None:
+                    break
                 await asyncio.wait_for(transport.send(msg), 1.0)
-        except Exception:
+        except Exception:  # best effort: the close below says it too
             pass
         # Keep reading (and dropping) what the peer still sends, so that its close
         # frame is seen (close() would wait for its full timeout otherwise).

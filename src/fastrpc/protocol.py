@@ -69,6 +69,7 @@ __all__ = [
     "encode_error",
 ]
 
+MAX_PING_PAYLOAD = 64  # docs/protocol.md: a PONG echoes at most this much
 ACK_FRAMES = O.ACK_FRAMES
 ACK_BYTES = O.ACK_BYTES
 
@@ -584,6 +585,8 @@ class Connection:
                 self._flow.out_slots(F.decode_varint(f.payload, 0)[0])
                 events.append(CreditGranted(0))
             elif t == F.PING:
+                if len(f.payload) > MAX_PING_PAYLOAD:
+                    raise ProtocolError(f"PING payload of {len(f.payload)} bytes (at most {MAX_PING_PAYLOAD})")
                 if not self.closed:
                     self._sched.control.add(F.PONG, 0, 0, f.payload)
             elif t == F.PONG:
