@@ -229,10 +229,10 @@ class Connection:
     @property
     def buffered_amount(self) -> int:
         """Bytes queued in the core and not yet taken by :meth:`next_message`."""
-        return self._outbound.stream_bytes + len(self._sched.control)
+        return self._outbound.stream_bytes + self._sched.control_bytes()
 
     def has_output(self) -> bool:
-        return bool(len(self._sched.control)) or self._sched.has_streams() or self._flow.slot_grants > 0
+        return bool(self._sched.control_bytes()) or self._sched.has_streams() or self._flow.slot_grants > 0
 
     def next_message(self) -> bytes | None:
         """The next WebSocket message to send (None: nothing queued): control frames first,
@@ -249,7 +249,7 @@ class Connection:
         batch = min(self.batch_size, limit, self.session.chunk)
         sched = self._sched
         outbound = self._outbound
-        if len(sched.control):
+        if len(sched.control) or sched.backlog:
             part, frames = sched.take_control(limit)
             self.frames_out += frames
             parts.append(part)

@@ -35,10 +35,13 @@ def check_urgency(urgency: int) -> None:
 class Scheduler:
     """The control queue and one ring of ready streams per urgency level."""
 
-    __slots__ = ("control", "rings", "unblocked")
+    __slots__ = ("backlog", "backlog_bytes", "control", "rings", "unblocked")
 
     def __init__(self) -> None:
         self.control = F.FrameWriter()
+        # Control messages already split from a backlog larger than one message.
+        self.backlog: deque[tuple[bytes, int]] | None = None
+        self.backlog_bytes = 0
         # One ring per urgency level, made when a stream of that urgency first queues
         # (an idle connection keeps none).
         self.rings = _NO_RINGS
@@ -78,28 +81,43 @@ class Scheduler:
             self.unblocked = []
         return out
 
+    def control_bytes(self) -> int:
+        """Control bytes queued (the writer and the backlog split from it)."""
+        return len(self.control) + self.backlog_bytes
+
     def take_control(self, limit: int) -> tuple[bytes, int]:
-        """The queued control frames (and how many), at most ``limit`` bytes of them:
-        the rest stays queued, in order (rare: many large responses queued in one loop
-        iteration)."""
+        """The queued control frames (and how many), at most ``limit`` bytes of them,
+        in order. A backlog larger than one message is split once, in one pass, into
+        message-sized pieces that the next calls hand out (work stays linear in the
+        backlog however many messages it takes)."""
+        backlog = self.backlog
+        if backlog:
+            data, frames = backlog.popleft()
+            self.backlog_bytes -= len(data)
+            return data, frames
         control = self.control
         frames = control.count
         data = control.take()
         if len(data) <= limit:
             return data, frames
-        parsed = F.decode_message(data, F.VARINT_MAX)
+        pieces: deque[tuple[bytes, int]] = deque()
+        batch: list[tuple[int, int, int, Payload]] = []
         size = 0
-        head: list[tuple[int, int, int, Payload]] = []
-        for i, f in enumerate(parsed):
+        for f in F.decode_message(data, F.VARINT_MAX):
             n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
-            if head and size + n > limit:
-                for g in parsed[i:]:
-                    control.add(g.type, g.flags, g.id, g.payload)
-                break
-            head.append((f.type, f.flags, f.id, f.payload))
+            if batch and size + n > limit:
+                pieces.append((F.encode_batch(batch), len(batch)))
+                batch, size = [], 0
+            batch.append((f.type, f.flags, f.id, f.payload))
             size += n
-        return F.encode_batch(head), len(head)
+        pieces.append((F.encode_batch(batch), len(batch)))
+        first = pieces.popleft()
+        self.backlog = pieces
+        self.backlog_bytes = sum(len(p) for p, _ in pieces)
+        return first
 
     def clear(self) -> None:
+        self.backlog = None
+        self.backlog_bytes = 0
         self.rings = _NO_RINGS
         self.unblocked = []
