@@ -39,6 +39,10 @@ BATCH_SIZE = 128 << 10  # stream data per outgoing message
 MAX_BUFFERED_AMOUNT = 1 << 20  # senders wait while more is queued on a connection
 BACKPRESSURE_DELAY = 0.010  # seconds between re-checks of a waiting sender
 COMPRESSION_THRESHOLD = 1024  # items at least this large are compressed
+# While more than this waits to be sent to a peer (its answers, credit, PONGs: what
+# its own messages make us send), its input is not read: a peer that does not read
+# stops being served instead of growing our memory.
+MAX_OUTPUT_BACKLOG = 4 << 20
 
 # -- liveness --------------------------------------------------------------------------
 # A silent partition is noticed within interval + timeout (20 s) for one tiny frame each
@@ -94,6 +98,7 @@ class PeerOptions:
     resume: bool = False
     session_grace: float = SESSION_GRACE
     max_replay_bytes: int = MAX_REPLAY_BYTES
+    max_output_backlog: int = MAX_OUTPUT_BACKLOG
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

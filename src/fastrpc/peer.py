@@ -68,6 +68,7 @@ class RpcPeer(PeerAPI):
         "_keepalive",
         "_link",
         "_loop",
+        "_max_backlog",
         "_pongs",
         "_processing",
         "_reader",
@@ -94,8 +95,10 @@ class RpcPeer(PeerAPI):
         keepalive_timeout: float | None = O.KEEPALIVE_TIMEOUT,
         compression_threshold: int = O.COMPRESSION_THRESHOLD,
         max_replay_bytes: int = O.MAX_REPLAY_BYTES,
+        max_output_backlog: int = O.MAX_OUTPUT_BACKLOG,
     ) -> None:
         self._transport = transport
+        self._max_backlog = max_output_backlog
         self._loop = asyncio.get_running_loop()
         self._codec: PayloadCodec = get_codec(codec)
         settings = settings or Settings()
@@ -399,10 +402,13 @@ class RpcPeer(PeerAPI):
         resumable = False
         token = _current_peer.set(self)
         try:
+            limit = self._max_backlog
             async for msg in transport.messages():
                 if type(msg) is str:
                     raise ProtocolError("text message on a fastrpc connection")
                 self._process(msg)  # type: ignore[arg-type]
+                if self._core.control_backlog + transport.buffered() > limit:
+                    await self._serve_less(transport)
             # A clean close: keep the peer's close code and reason.
             exc = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
             resumable = True
@@ -428,6 +434,18 @@ class RpcPeer(PeerAPI):
             _current_peer.reset(token)
             if transport is self._transport:
                 self._lost(exc or ConnectionClosed(), resumable)
+
+    async def _serve_less(self, transport: Transport) -> None:
+        """More than ``max_output_backlog`` bytes wait for the peer (answers, credit,
+        PONGs it does not read): stop reading its input until half of it left. A peer
+        that never reads stops being served, and its messages stay in the socket
+        (keepalive then finds it dead) instead of growing our memory."""
+        low = self._max_backlog // 2
+        while self._core.control_backlog + transport.buffered() > low:
+            if self._closed_flag or transport is not self._transport:
+                return
+            self._kick()
+            await asyncio.sleep(O.BACKPRESSURE_DELAY)
 
     def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
         """The transport is gone. Keep the session for a resume when both sides agreed
@@ -692,4 +710,5 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         "keepalive_timeout": options.keepalive_timeout,
         "compression_threshold": options.compression_threshold,
         "max_replay_bytes": options.max_replay_bytes,
+        "max_output_backlog": options.max_output_backlog,
     }

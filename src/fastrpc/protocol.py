@@ -206,12 +206,6 @@ class Connection:
         self._next_id = fid + 2
         return fid
 
-    def is_own_id(self, fid: int) -> bool:
-        return fid > 0 and fid & 1 != self._peer_parity
-
-    def is_peer_id(self, fid: int) -> bool:
-        return fid > 0 and fid & 1 == self._peer_parity
-
     def stats(self) -> dict[str, object]:
         """What the connection tracks (calls, streams, credit, slots, replay): for tests."""
         peer_streams = self.peer_settings.max_streams if self.peer_settings is not None else None
@@ -230,6 +224,11 @@ class Connection:
     def buffered_amount(self) -> int:
         """Bytes queued in the core and not yet taken by :meth:`next_message`."""
         return self._outbound.stream_bytes + self._sched.control_bytes()
+
+    @property
+    def control_backlog(self) -> int:
+        """Control bytes queued (answers, credit, PONGs...): what the peer's messages made."""
+        return self._sched.control_bytes()
 
     def has_output(self) -> bool:
         return bool(self._sched.control_bytes()) or self._sched.has_streams() or self._flow.slot_grants > 0
@@ -412,7 +411,7 @@ class Connection:
         self._check_open()
         if stream_id is None:
             stream_id = self.next_id()
-        elif not self.is_own_id(stream_id) or stream_id > F.VARINT_MAX:
+        elif not 0 < stream_id <= F.VARINT_MAX or stream_id & 1 == self._peer_parity:
             raise ValueError(f"stream id {stream_id} is not one this side may allocate")
         elif stream_id in self._out or stream_id in self._calls.out:
             raise ValueError(f"stream id {stream_id} is in use")
@@ -562,7 +561,7 @@ class Connection:
                 if self._flow.out_credit(f.id, n):
                     events.append(CreditGranted(f.id))
             elif t == F.REQUEST:
-                if not self.is_peer_id(f.id):
+                if f.id <= 0 or f.id & 1 != self._peer_parity:
                     raise ProtocolError("call id of the wrong parity")
                 events.append(self._calls.on_request(f))
             elif t == F.RESPONSE:
