@@ -3,12 +3,15 @@
 
     python bench/compare.py [--quick] [--scale X] [--only SCENARIO,...]
                             [--libs fastrpc,fastrpc-pure,websockets,picows,grpcio,rsocket]
-                            [--json out.json] [--png chart.png]
+                            [--baseline DIR] [--json out.json] [--png chart.png]
 
 For every scenario and library the server runs in a spawned child process and the
 client in another (both on uvloop, over 127.0.0.1); this process only orchestrates,
 so "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1) really runs the pure-Python codec on
-both sides. Libraries that are not installed are skipped. See bench/README.md.
+both sides. Libraries that are not installed are skipped. The children of "fastrpc"
+and "fastrpc-pure" import this tree's src/fastrpc; with --baseline DIR, the children
+of "fastrpc-base" import DIR/src/fastrpc (another checkout), for a before/after
+comparison in one run. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -94,7 +98,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
 }
 ALIASES = {"memory": ["memory_conn", "memory_stream", "memory_stream_call"]}
-ALL_LIBS = list(peers.LIBS)
+BASE = "fastrpc-base"  # only with --baseline DIR
+ALL_LIBS = [lib for lib in peers.LIBS if lib != BASE]
 
 # fastrpc's targets: (scenario, peer or None for an absolute figure, kind, bound)
 TARGETS = [
@@ -117,7 +122,49 @@ def log(msg: str) -> None:
 
 
 def missing_imports(lib: str) -> list[str]:
-    return [name for name in peers.LIBS[lib].imports if importlib.util.find_spec(name) is None]
+    missing = [name for name in peers.LIBS[lib].imports if importlib.util.find_spec(name) is None]
+    src = peers.LIBS[lib].src
+    if src is not None and not os.path.isfile(os.path.join(src, "fastrpc", "__init__.py")):
+        missing.append(os.path.join(src, "fastrpc"))
+    return missing
+
+
+def use_sources(baseline: str | None) -> None:
+    """Which fastrpc each fastrpc library's children import: this tree's src for
+    "fastrpc" and "fastrpc-pure" (whatever the parent or site-packages has), the
+    baseline checkout's src for "fastrpc-base"."""
+    if os.path.isdir(os.path.join(SRC, "fastrpc")):
+        for lib in ("fastrpc", "fastrpc-pure"):
+            peers.LIBS[lib].src = SRC
+    if baseline is not None:
+        peers.LIBS[BASE].src = os.path.join(os.path.abspath(baseline), "src")
+
+
+def child_env(lib: str) -> dict[str, str]:
+    """The environment both children of ``lib`` get."""
+    spec = peers.LIBS[lib]
+    env = dict(spec.env)
+    if spec.src is not None:
+        env[peers.SRC_ENV] = spec.src
+        rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != spec.src]
+        env["PYTHONPATH"] = os.pathsep.join([spec.src, *rest])
+    return env
+
+
+def git_describe(path: str) -> str | None:
+    """``git describe --always --dirty`` of the checkout holding ``path``, if any."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", path, "describe", "--always", "--dirty", "--abbrev=10"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 class RunError(Exception):
@@ -143,7 +190,7 @@ def run_pair(
         for side in ("server", "client")
     }
     ctx = mp.get_context("spawn")
-    env = peers.LIBS[lib].env
+    env = child_env(lib)
     env_server, env_client = dict(env), dict(env)
     if PIN is not None:
         env_server["BENCH_CPU"], env_client["BENCH_CPU"] = str(PIN[0]), str(PIN[1])
@@ -278,8 +325,36 @@ def ratios(results: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str,
     return out
 
 
+def base_ratio(scenario: str, row: dict[str, Any]) -> float | None:
+    """fastrpc / fastrpc-base for one scenario (for memory too: above 1 means this
+    tree uses more), or None without both figures."""
+    mine = row.get("fastrpc", {}).get("value")
+    base = row.get(BASE, {}).get("value")
+    if mine is None or base is None:
+        return None
+    return mine / base if base else math.inf
+
+
+def base_cell(scenario: str, row: dict[str, Any]) -> str:
+    r = base_ratio(scenario, row)
+    if r is None:
+        return ""
+    if SCENARIOS[scenario]["higher"]:
+        return f"{r:.3f}x"
+    return f"{r:.3f}x ({row['fastrpc']['value'] - row[BASE]['value']:+.2f} KiB)"
+
+
 def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
-    header = ["scenario", "unit", *libs, "fastrpc vs peers"]
+    with_base = "fastrpc" in libs and BASE in libs
+    with_peers = any(lib not in ("fastrpc", BASE) for lib in libs)
+    header = [
+        "scenario",
+        "unit",
+        *libs,
+        *(["fastrpc / fastrpc-base"] if with_base else []),
+        *(["fastrpc vs peers"] if with_peers else []),
+    ]
+    right = range(2, 2 + len(libs) + with_base)  # the figures and the ratio to the baseline
     rows = [header]
     notes: list[str] = []
     for scenario, row in results.items():
@@ -302,29 +377,31 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
                 notes.append(f"{scenario}/{lib}: {r['error'].strip().splitlines()[-1]}")
             else:
                 cells.append("-")
+        if with_base:
+            cells.append(base_cell(scenario, row))
         mine = row.get("fastrpc", {}).get("value")
         vs = []
         if mine is not None:
             for lib in libs:
                 theirs = row.get(lib, {}).get("value")
-                if lib != "fastrpc" and theirs is not None:
+                if lib not in ("fastrpc", BASE) and theirs is not None:
                     vs.append(f"{compare(scenario, mine, theirs)[0]} {lib}")
-        cells.append(", ".join(vs))
+        if with_peers:
+            cells.append(", ".join(vs))
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for k, r in enumerate(rows):
         lines.append(
-            "  ".join(
-                c.rjust(w) if 1 < i < len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-            ).rstrip()
+            "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
         )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     out = "\n".join(lines)
-    if any("*" in c for r in rows[1:] for c in r[2:-1]):
+    figures = [c for r in rows[1:] for c in r[2 : 2 + len(libs)]]
+    if any("*" in c for c in figures):
         out += "\n* fewer units than the nominal count, to stay within the time budget (the figure is a rate)"
-    if any("+" in c for r in rows[1:] for c in r[2:-1]):
+    if any("+" in c for c in figures):
         out += "\n+ more units than the nominal count, so that one run lasts at least the minimum time"
     skipped = sorted(
         {
@@ -338,6 +415,38 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
         out += f"\nskipped {n}"
     for n in notes:
         out += f"\nERROR {n}"
+    return out
+
+
+def fastrpc_lines(libraries: dict[str, Any], libs: list[str]) -> list[str]:
+    """One header line per fastrpc library: the fastrpc its children imported, the
+    live codec on each side (and its file), the checkout's git description."""
+    out = []
+    width = max((len(lib) for lib in libs), default=0)
+    for lib in libs:
+        v = libraries.get(lib)
+        if not lib.startswith("fastrpc") or v is None:
+            continue
+        files = {v.get("server_file"), v.get("client_file")} - {None}
+        codec_files = {os.path.basename(f) for f in (v.get("server_codec_file"), v.get("client_codec_file")) if f}
+        where = " | ".join(sorted(files)) or "?"
+        src = peers.LIBS[lib].src
+        git = git_describe(src) if src else None
+        line = (
+            f"{lib:<{width}}  {where}  codec (server/client) "
+            f"{v.get('server_implementation')}/{v.get('client_implementation')}"
+        )
+        if codec_files:
+            line += f" [{', '.join(sorted(codec_files))}]"
+        if git:
+            line += f"  git {git}"
+        out.append(line)
+        if lib != "fastrpc-pure" and "python" in (v.get("server_implementation"), v.get("client_implementation")):
+            tree = os.path.dirname(src) if src else "its tree"
+            out.append(
+                f"NOTE: the compiled codec is not built in {tree}: {lib!r} ran the pure-Python codec "
+                "(FASTRPC_BUILD_EXTENSION=yes python setup.py build_ext --inplace, run there)"
+            )
     return out
 
 
@@ -452,6 +561,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", metavar="DIR", help="run servers and clients under cProfile, stats to DIR (slows them down)"
     )
     ap.add_argument("--no-pin", action="store_true", help="do not pin the server and the client to two different CPUs")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout of fastrpc (its extension built in place): adds the library fastrpc-base, "
+        "whose children import DIR/src/fastrpc, and a fastrpc / fastrpc-base column",
+    )
     ap.add_argument("--json", help="write the results as JSON here")
     ap.add_argument("--png", help="draw a bar chart here (needs matplotlib)")
     args = ap.parse_args(argv)
@@ -476,12 +591,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if lib not in peers.LIBS:
                 ap.error(f"unknown library {lib!r}")
     else:
-        args.lib_list = ALL_LIBS
+        args.lib_list = list(ALL_LIBS)
+    if args.baseline is not None:
+        init = os.path.join(args.baseline, "src", "fastrpc", "__init__.py")
+        if not os.path.isfile(init):
+            ap.error(f"--baseline {args.baseline}: no {init} (expected a checkout of fastrpc)")
+        if BASE not in args.lib_list:  # right after fastrpc, so that the two run back to back
+            at = args.lib_list.index("fastrpc") + 1 if "fastrpc" in args.lib_list else len(args.lib_list)
+            args.lib_list.insert(at, BASE)
+    elif BASE in args.lib_list:
+        ap.error(f"{BASE} needs --baseline DIR (another checkout of fastrpc)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    use_sources(args.baseline)
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
     budget = args.budget if args.budget is not None else (0.5 if quick else 3.0)
@@ -543,15 +668,8 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
         )
-    impls = {
-        lib: (v.get("server_implementation"), v.get("client_implementation"))
-        for lib, v in machine["libraries"].items()
-        if lib.startswith("fastrpc")
-    }
-    if impls:
-        print("fastrpc codec (server/client): " + ", ".join(f"{lib}={s}/{c}" for lib, (s, c) in impls.items()))
-        if "python" in impls.get("fastrpc", ()):
-            print("NOTE: the compiled codec is not built: 'fastrpc' ran the pure-Python codec")
+    for line in fastrpc_lines(machine["libraries"], libs):
+        print(line)
     print()
     print(table(results, libs))
     checks = check_targets(results)
@@ -578,7 +696,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             for s, row in results.items()
         }
-        doc["ratios"] = {"fastrpc": ratios(results, "fastrpc"), "fastrpc-pure": ratios(results, "fastrpc-pure")}
+        doc["ratios"] = {lib: ratios(results, lib) for lib in ("fastrpc", "fastrpc-pure", BASE) if lib in libs}
+        if BASE in libs:
+            doc["baseline"] = {
+                "dir": os.path.abspath(args.baseline),
+                "git": git_describe(args.baseline),
+                "fastrpc_git": git_describe(ROOT),
+                "fastrpc_over_base": {s: r for s, row in results.items() if (r := base_ratio(s, row)) is not None},
+            }
         doc["targets"] = checks
         doc["details"] = results
         doc["machine"] = dict(machine, loadavg_start=load)

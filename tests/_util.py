@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import io
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -22,6 +23,10 @@ from fastrpc import frames as F
 from fastrpc.protocol import Connection, Role, Settings
 
 T = TypeVar("T")
+
+# websockets >= 15.0 connects through the system's proxy settings unless proxy=None;
+# 14.x has no such argument and hands unknown ones to loop.create_connection (TypeError).
+_NO_PROXY: dict[str, Any] = {"proxy": None} if "proxy" in inspect.signature(ws_connect).parameters else {}
 
 __all__ = [
     "RawClient",
@@ -157,7 +162,7 @@ class RawClient:
 async def raw_client(url: str, settings: Settings | None = None) -> AsyncIterator[RawClient]:
     """Connect to a fastrpc server and do the HELLO exchange by hand."""
     core = Connection(Role.CLIENT, settings or Settings())
-    ws = await ws_connect(url, compression=None, proxy=None, ping_interval=None, max_size=None)
+    ws = await ws_connect(url, compression=None, ping_interval=None, max_size=None, **_NO_PROXY)
     try:
         hello = core.next_message()
         assert hello is not None

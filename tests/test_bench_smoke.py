@@ -1,4 +1,5 @@
-"""Smoke test of bench/compare.py: a tiny run of two scenarios, fastrpc vs websockets.
+"""Smoke tests of bench/compare.py: a tiny run of two scenarios, fastrpc vs websockets;
+and one of fastrpc against a --baseline copy of this tree.
 
 The benchmark spawns its own server and client processes (loopback only); this test
 only checks that the table and the JSON come out, not any figure.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,46 @@ def test_compare_quick_smoke(tmp_path: Path) -> None:
         assert doc["ratios"]["fastrpc"][scenario]["websockets"] > 0
     assert doc["machine"]["cpus"] >= 1
     assert doc["machine"]["libraries"]["fastrpc"]["server_implementation"] in ("cython", "python")
+
+
+@pytest.mark.timeout(150)
+def test_compare_baseline_smoke(tmp_path: Path) -> None:
+    """--baseline DIR: the children of fastrpc-base import DIR/src/fastrpc, those of
+    fastrpc this tree's src/fastrpc; the table and the JSON hold fastrpc / fastrpc-base."""
+    base = tmp_path / "base"
+    shutil.copytree(ROOT / "src", base / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env.pop("FASTRPC_NO_EXTENSIONS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(COMPARE),
+            *("--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base"),
+            *("--baseline", str(base), "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    where = {line.split()[0]: line for line in lines if "codec (server/client)" in line}
+    mine, theirs = where["fastrpc"], where["fastrpc-base"]
+    assert str(ROOT / "src" / "fastrpc" / "__init__.py") in mine, mine
+    assert str(base / "src" / "fastrpc" / "__init__.py") in theirs, theirs
+    header = next(line for line in lines if line.startswith("scenario"))
+    assert "fastrpc / fastrpc-base" in header
+    row = next(line for line in lines if line.startswith("seq_calls "))
+    assert row.rstrip().endswith("x"), row
+
+    doc = json.loads(out.read_text())
+    assert doc["baseline"]["dir"] == str(base)
+    assert doc["baseline"]["fastrpc_over_base"]["seq_calls"] > 0
+    assert doc["ratios"]["fastrpc"]["seq_calls"]["fastrpc-base"] > 0
+    libraries = doc["machine"]["libraries"]
+    for side in ("server", "client"):
+        assert libraries["fastrpc-base"][f"{side}_file"].startswith(str(base / "src")), libraries
+        assert libraries["fastrpc"][f"{side}_file"].startswith(str(ROOT / "src")), libraries

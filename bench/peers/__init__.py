@@ -30,6 +30,10 @@ import traceback
 from typing import Any
 
 HOST = "127.0.0.1"
+# The environment variable that names the directory a child imports fastrpc from
+# (see Lib.src). A spawned child gets the parent's sys.path (multiprocessing sets it
+# over PYTHONPATH), so _apply_env puts the directory first, before fastrpc is imported.
+SRC_ENV = "BENCH_FASTRPC_SRC"
 
 THROUGHPUT = ("small", "bulk", "seq_calls", "inflight_calls")
 MEMORY_CONN = ("memory_conn",)
@@ -37,15 +41,26 @@ MEMORY_CONN = ("memory_conn",)
 
 class Lib:
     """A library as given to --libs: its module here, the environment both of its
-    processes get, the import names it needs, and the scenarios it runs."""
+    processes get, the import names it needs, and the scenarios it runs.
+
+    ``src`` (fastrpc's libraries; set by compare.py): the ``src`` directory whose
+    ``fastrpc`` package the children must import, whatever else is on ``sys.path``
+    or installed: the work tree's own for ``fastrpc`` and ``fastrpc-pure``, the
+    ``--baseline`` checkout's for ``fastrpc-base``."""
 
     def __init__(
-        self, module: str, imports: tuple[str, ...], supports: tuple[str, ...], env: dict[str, str] | None = None
+        self,
+        module: str,
+        imports: tuple[str, ...],
+        supports: tuple[str, ...],
+        env: dict[str, str] | None = None,
+        src: str | None = None,
     ) -> None:
         self.module = module
         self.imports = imports
         self.supports = frozenset(supports)
         self.env = env or {}
+        self.src = src
 
 
 _FASTRPC = (*THROUGHPUT, "streams_1000", *MEMORY_CONN, "memory_stream", "memory_stream_call")
@@ -53,6 +68,9 @@ _FASTRPC = (*THROUGHPUT, "streams_1000", *MEMORY_CONN, "memory_stream", "memory_
 LIBS: dict[str, Lib] = {
     "fastrpc": Lib("fastrpc", ("fastrpc", "websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
     "fastrpc-pure": Lib("fastrpc", ("fastrpc", "websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "1"}),
+    # Another checkout of fastrpc (compare.py --baseline DIR sets its src): the same
+    # adapter (peers/fastrpc.py) over that tree's fastrpc, for same-run before/after.
+    "fastrpc-base": Lib("fastrpc", ("websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
     "websockets": Lib("websockets_raw", ("websockets",), (*THROUGHPUT, *MEMORY_CONN)),
     "picows": Lib("picows", ("picows",), (*THROUGHPUT, *MEMORY_CONN)),
     "grpcio": Lib("grpcio", ("grpc",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
@@ -102,6 +120,28 @@ def _apply_env(env: dict[str, str]) -> None:
     cpu = env.get("BENCH_CPU")
     if cpu and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(cpu)})
+    src = env.get(SRC_ENV)
+    if src:
+        _use_src(src)
+
+
+def _use_src(src: str) -> None:
+    if "fastrpc" in sys.modules:
+        raise RuntimeError("fastrpc was imported before its source directory was chosen")
+    real = os.path.realpath(src)
+    sys.path[:] = [src, *(p for p in sys.path if os.path.realpath(p or os.curdir) != real)]
+
+
+def _check_src(env: dict[str, str]) -> None:
+    """The fastrpc this child imported lives under the chosen directory (not an
+    installed copy, not the other tree)."""
+    src = env.get(SRC_ENV)
+    mod = sys.modules.get("fastrpc")
+    if not src or mod is None:
+        return
+    where = os.path.realpath(getattr(mod, "__file__", "") or "")
+    if not where.startswith(os.path.realpath(src) + os.sep):
+        raise RuntimeError(f"imported fastrpc from {where}, expected it under {src}")
 
 
 # ---------------------------------------------------------------- server child
@@ -110,9 +150,10 @@ def _apply_env(env: dict[str, str]) -> None:
 def server_main(lib: str, env: dict[str, str], conn: Any, profile: str | None = None) -> None:
     """Child process: serve ``lib`` until the parent writes to (or closes) ``conn``.
     With ``profile``, cProfile statistics are written to that file."""
-    _apply_env(env)
     try:
+        _apply_env(env)
         mod = load(lib)
+        _check_src(env)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -151,9 +192,10 @@ def client_main(
     profile: str | None = None,
 ) -> None:
     """Child process: run one scenario against the server, send back the result."""
-    _apply_env(env)
     try:
+        _apply_env(env)
         mod = load(lib)
+        _check_src(env)
         result = _run(_scenario(mod, scenario, params, port, server_pid), getattr(mod, "LOOP", "uvloop"), profile)
         result["client_info"] = mod.info()
         conn.send(("result", result))

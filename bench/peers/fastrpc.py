@@ -1,12 +1,14 @@
 """fastrpc: streaming calls, calls, idle connections and idle streams.
 
-Default settings throughout. Run as "fastrpc" (the compiled codec when it is built)
-or "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1, set before this module is imported).
+Default settings throughout. Run as "fastrpc" (the compiled codec when it is built),
+"fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1, set before this module is imported) or
+"fastrpc-base" (another checkout's fastrpc: compare.py --baseline DIR).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +18,18 @@ from . import HOST, inflight_with_workers
 
 
 def info() -> dict[str, Any]:
-    return {"version": fastrpc.__version__, "implementation": fastrpc.IMPLEMENTATION}
+    """Version, which tree this fastrpc is (its file) and which frame codec is live
+    (and from which file), so that the table can show what really ran."""
+    impl = getattr(fastrpc, "IMPLEMENTATION", None)
+    if impl is None:  # a tree that keeps it elsewhere
+        impl = getattr(sys.modules.get("fastrpc.frames"), "IMPLEMENTATION", "?")
+    codec = sys.modules.get("fastrpc._frames" if impl == "cython" else "fastrpc._frames_py")
+    return {
+        "version": getattr(fastrpc, "__version__", "?"),
+        "implementation": impl,
+        "file": fastrpc.__file__,
+        "codec_file": getattr(codec, "__file__", None),
+    }
 
 
 def _router() -> fastrpc.Router:
