@@ -43,6 +43,8 @@ COMPRESSION_THRESHOLD = 1024  # items at least this large are compressed
 # its own messages make us send), its input is not read: a peer that does not read
 # stops being served instead of growing our memory.
 MAX_OUTPUT_BACKLOG = 4 << 20
+# ... and a peer that meanwhile reads nothing at all for this long is closed (1008).
+OUTPUT_STALL_TIMEOUT = 3.0
 
 # -- liveness --------------------------------------------------------------------------
 # A silent partition is noticed within interval + timeout (20 s) for one tiny frame each
@@ -99,6 +101,7 @@ class PeerOptions:
     session_grace: float = SESSION_GRACE
     max_replay_bytes: int = MAX_REPLAY_BYTES
     max_output_backlog: int = MAX_OUTPUT_BACKLOG
+    output_stall_timeout: float = OUTPUT_STALL_TIMEOUT
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

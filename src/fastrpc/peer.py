@@ -20,7 +20,7 @@ from . import events as E
 from . import options as O
 from .api import PeerAPI, Response
 from .codec import PayloadCodec, get_codec
-from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
+from .exceptions import ConnectionClosed, ErrorCode, LimitExceeded, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
 from .options import PeerOptions
@@ -73,6 +73,7 @@ class RpcPeer(PeerAPI):
         "_processing",
         "_reader",
         "_ready",
+        "_stall_timeout",
         "_transport",
         "_transport_done",
         "_writer",
@@ -96,9 +97,11 @@ class RpcPeer(PeerAPI):
         compression_threshold: int = O.COMPRESSION_THRESHOLD,
         max_replay_bytes: int = O.MAX_REPLAY_BYTES,
         max_output_backlog: int = O.MAX_OUTPUT_BACKLOG,
+        output_stall_timeout: float = O.OUTPUT_STALL_TIMEOUT,
     ) -> None:
         self._transport = transport
         self._max_backlog = max_output_backlog
+        self._stall_timeout = output_stall_timeout
         self._loop = asyncio.get_running_loop()
         self._codec: PayloadCodec = get_codec(codec)
         settings = settings or Settings()
@@ -438,13 +441,26 @@ class RpcPeer(PeerAPI):
     async def _serve_less(self, transport: Transport) -> None:
         """More than ``max_output_backlog`` bytes wait for the peer (answers, credit,
         PONGs it does not read): stop reading its input until half of it left. A peer
-        that never reads stops being served, and its messages stay in the socket
-        (keepalive then finds it dead) instead of growing our memory."""
+        that does not read at all for ``output_stall_timeout`` seconds meanwhile is
+        closed (LimitExceeded, 1008): its messages stay in the socket, not in memory."""
         low = self._max_backlog // 2
-        while self._core.control_backlog + transport.buffered() > low:
+        loop = self._loop
+        least = self._core.control_backlog + transport.buffered()
+        since = loop.time()
+        while True:
             if self._closed_flag or transport is not self._transport:
                 return
             self._kick()
+            waiting = self._core.control_backlog + transport.buffered()
+            if waiting <= low:
+                return
+            if waiting < least:
+                least, since = waiting, loop.time()
+            elif loop.time() - since > self._stall_timeout:
+                raise LimitExceeded(
+                    f"the peer does not read: {waiting} bytes wait for it (max_output_backlog "
+                    f"{self._max_backlog}) with no progress for {self._stall_timeout} s (output_stall_timeout)"
+                )
             await asyncio.sleep(O.BACKPRESSURE_DELAY)
 
     def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
@@ -711,4 +727,5 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         "compression_threshold": options.compression_threshold,
         "max_replay_bytes": options.max_replay_bytes,
         "max_output_backlog": options.max_output_backlog,
+        "output_stall_timeout": options.output_stall_timeout,
     }

@@ -234,8 +234,10 @@ class Server:
         await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        """Serve until the server is closed (or this is cancelled)."""
+        assert self._server is not None, "server not started"
+        # Not the library's serve_forever(): websockets 17.0's fails on uvloop.
+        await self._server.wait_closed()
 
     async def __aenter__(self) -> Server:
         return await self.start()

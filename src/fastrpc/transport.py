@@ -31,8 +31,9 @@ WebSocket = Union[ClientConnection, ServerConnection]
 WebSocketServer = _WSServer
 # The transport went away (a close frame, or the TCP connection dropped).
 TransportClosed = (_WSClosed, ConnectionError)
-# Opening a connection failed: refused, timed out, or a bad HTTP handshake.
-OPEN_FAILED = (OSError, asyncio.TimeoutError, _InvalidHandshake, _WSError)
+# Opening a connection failed: refused, timed out, or a bad HTTP handshake (websockets
+# 14.0 and 14.1 raise a bare EOFError when the server closes during it).
+OPEN_FAILED = (OSError, EOFError, asyncio.TimeoutError, _InvalidHandshake, _WSError)
 _OPEN = _State.OPEN
 
 
@@ -105,11 +106,14 @@ class Transport:
 
     @property
     def close_code(self) -> int | None:
-        return self.ws.close_code
+        """The code of the peer's close frame (None: none received)."""
+        rcvd = self._protocol.close_rcvd  # the sans-I/O record (websockets 14.0 has no close_code)
+        return rcvd.code if rcvd is not None else None
 
     @property
     def close_reason(self) -> str | None:
-        return self.ws.close_reason
+        rcvd = self._protocol.close_rcvd
+        return rcvd.reason if rcvd is not None else None
 
     @property
     def remote_address(self) -> Any:
