@@ -132,7 +132,9 @@ def error_of(exc: BaseException) -> tuple[type, str, int]:
 def test_vector_files_cover_the_format(codec: ModuleType) -> None:
     types = {f[0] for v in VALID for f in v.frames}
     constants = {
-        getattr(codec, n) for n in WIRE_NAMES if not n.startswith(("FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL"))
+        getattr(codec, n)
+        for n in WIRE_NAMES
+        if not n.startswith(("FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "MAX_"))
     }
     assert constants <= types, f"frame types without a vector: {sorted(constants - types)}"
     ids = {f[2] for v in VALID for f in v.frames}
@@ -834,3 +836,20 @@ def test_same_public_api(codec_pair: tuple[ModuleType, ModuleType]) -> None:
         module.Frame(ftype=1, flags=0, fid=2, payload=b"")
         module.FrameWriter()
         module.StreamLedger(initial_window=10, grant_divisor=2)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 1000])
+def test_decode_message_bounds_the_frames_it_makes(codec: ModuleType, count: int) -> None:
+    # A message of many tiny frames is refused before they are all made (memory stays
+    # proportional to the frames kept): the same error from both twins.
+    msg = codec.encode_frame(codec.PING, 0, 0, b"") * count + codec.encode_frame(codec.PING, 0, 0, b"")
+    assert len(codec.decode_message(msg, 1024, count + 1)) == count + 1
+    with pytest.raises(ProtocolError) as info:
+        codec.decode_message(msg, 1024, count)
+    assert info.value.reason == "too many frames in one message"
+    assert info.value.code == ErrorCode.LIMIT_EXCEEDED
+    # The limit is checked before a truncated tail is: the count comes first.
+    with pytest.raises(ProtocolError, match="too many frames"):
+        codec.decode_message(msg + b"\x01", 1024, count + 1)
+    with pytest.raises(ValueError):
+        codec.decode_message(msg, 1024, -1)

@@ -21,7 +21,7 @@ Pair = tuple[ModuleType, ModuleType]
 FRAME_TYPES = [
     getattr(pure, name)
     for name in dir(pure)
-    if name.isupper() and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL"))
+    if name.isupper() and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL", "MAX_"))
 ] + [0x00, 0x41, 0x7F, 0xFF]
 
 ids = st.one_of(

@@ -22,6 +22,7 @@ from .wire import FLAG_OPEN as FLAG_OPEN
 from .wire import FLAG_STREAM as FLAG_STREAM
 from .wire import GOAWAY as GOAWAY
 from .wire import HELLO as HELLO
+from .wire import MAX_FRAMES as MAX_FRAMES
 from .wire import NOTIFY as NOTIFY
 from .wire import PING as PING
 from .wire import PONG as PONG
@@ -64,7 +65,7 @@ class Frame:
     def __eq__(self, other: object) -> bool: ...
     __hash__: None  # type: ignore[assignment]
 
-def decode_message(data: Buffer, max_frame_size: int = ...) -> list[Frame]: ...
+def decode_message(data: Buffer, max_frame_size: int = ..., max_frames: int | None = ...) -> list[Frame]: ...
 
 class FrameWriter:
     def __init__(self) -> None: ...

@@ -23,6 +23,7 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
+from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
@@ -51,6 +52,7 @@ from fastrpc.wire import (
     FLAG_STREAM,
     GOAWAY,
     HELLO,
+    MAX_FRAMES,
     NOTIFY,
     PING,
     PONG,
@@ -95,6 +97,7 @@ cdef enum:
 
 cdef object _FRAME_TOO_LARGE = ErrorCode.FRAME_TOO_LARGE
 cdef object _FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR
+cdef object _LIMIT_EXCEEDED = ErrorCode.LIMIT_EXCEEDED
 
 
 # ---------------------------------------------------------------------------------
@@ -463,7 +466,7 @@ cdef class Frame:
 
 
 cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
-                int64_t limit, object max_frame_size, list out) except -1:
+                int64_t limit, object max_frame_size, list out, Py_ssize_t max_frames) except -1:
     """Decode the frames in ``d[0:n]`` (a whole message) and append them to ``out``.
 
     Large payloads are slices of ``view``, made from ``owner`` (bytes) on first use. An
@@ -475,6 +478,8 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
     cdef uint64_t fid, length
     cdef Frame fr
     while pos < n:
+        if max_frames >= 0 and PyList_GET_SIZE(out) >= max_frames:
+            raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)
         if n - pos < 3:
             break
         q = pos + 2
@@ -514,27 +519,33 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
     return 0
 
 
-def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None):
     """Decode a whole WebSocket message into its frames.
 
     Raises :class:`ProtocolError` for an empty message, a frame that runs past the
-    end of the message, or a frame larger than ``max_frame_size``.
+    end of the message, a frame larger than ``max_frame_size``, or (``LIMIT_EXCEEDED``,
+    before any more is decoded) more than ``max_frames`` frames.
     """
     cdef list out = []
     cdef Py_buffer *pb
     cdef int64_t limit = _limit_of(max_frame_size)
+    cdef Py_ssize_t cap = -1
+    if max_frames is not None:
+        if max_frames < 0:
+            raise ValueError("max_frames must be >= 0")
+        cap = max_frames
     if PyBytes_CheckExact(data):
         # bytes: no view unless a payload needs one (then memoryview(data), read-only).
         if PyBytes_GET_SIZE(data) == 0:
             raise ProtocolError("empty message")
         _parse(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-               data, None, limit, max_frame_size, out)
+               data, None, limit, max_frame_size, out, cap)
         return out
     view = memoryview(data).cast("B").toreadonly()
     pb = PyMemoryView_GET_BUFFER(view)
     if pb.len == 0:
         raise ProtocolError("empty message")
-    _parse(<const unsigned char *>pb.buf, pb.len, None, view, limit, max_frame_size, out)
+    _parse(<const unsigned char *>pb.buf, pb.len, None, view, limit, max_frame_size, out, cap)
     return out
 
 

@@ -29,6 +29,7 @@ from .wire import FLAG_OPEN as FLAG_OPEN
 from .wire import FLAG_STREAM as FLAG_STREAM
 from .wire import GOAWAY as GOAWAY
 from .wire import HELLO as HELLO
+from .wire import MAX_FRAMES as MAX_FRAMES
 from .wire import NOTIFY as NOTIFY
 from .wire import PING as PING
 from .wire import PONG as PONG
@@ -205,19 +206,26 @@ def _decode_one(view: memoryview, pos: int, end: int, max_frame_size: int) -> tu
     return Frame(ftype, flags, fid, payload), p + length
 
 
-def decode_message(data: Buffer, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> list[Frame]:
+def decode_message(
+    data: Buffer, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_frames: int | None = None
+) -> list[Frame]:
     """Decode a whole WebSocket message into its frames.
 
     Raises :class:`ProtocolError` for an empty message, a frame that runs past the
-    end of the message, or a frame larger than ``max_frame_size``.
+    end of the message, a frame larger than ``max_frame_size``, or (``LIMIT_EXCEEDED``,
+    before any more is decoded) more than ``max_frames`` frames.
     """
+    if max_frames is not None and max_frames < 0:
+        raise ValueError("max_frames must be >= 0")
     view = memoryview(data).cast("B").toreadonly()
     end = len(view)
     if end == 0:
         raise ProtocolError("empty message")
-    frames = []
+    frames: list[Frame] = []
     pos = 0
     while pos < end:
+        if max_frames is not None and len(frames) >= max_frames:
+            raise ProtocolError("too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
         frame, nxt = _decode_one(view, pos, end, max_frame_size)
         if frame is None:
             raise ProtocolError("truncated frame")

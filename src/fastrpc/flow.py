@@ -27,6 +27,7 @@ from typing import Any
 from . import frames as F
 from . import options as O
 from .exceptions import ErrorCode, LimitExceeded, ProtocolError
+from .settings import Settings
 from .stream_state import IncomingStream
 
 __all__ = ["FRAME_CHARGE", "FlowControl"]
@@ -59,15 +60,12 @@ class FlowControl:
     )
 
     def __init__(
-        self,
-        control: Any,
-        initial_window: int,
-        connection_window: int,
-        max_streams_in: int,
-        *,
-        max_window: int = O.MAX_WINDOW,
-        max_growth: int = O.MAX_GROWTH,
+        self, control: Any, settings: Settings, *, max_window: int = O.MAX_WINDOW, max_growth: int = O.MAX_GROWTH
     ) -> None:
+        """``settings``: our HELLO's (the windows we offer, the streams we accept)."""
+        initial_window = settings.initial_stream_window
+        connection_window = settings.connection_window
+        max_streams_in = settings.max_streams
         self.control = control  # the FrameWriter for CREDIT and STREAMS frames
         # Sending: credit per stream (the peer's initial window once its HELLO came),
         # connection credit, and slots for new streams.

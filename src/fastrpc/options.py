@@ -46,6 +46,10 @@ MAX_OUTPUT_BACKLOG = 4 << 20
 # ... and a peer that meanwhile reads nothing at all for this long is closed (1008).
 OUTPUT_STALL_TIMEOUT = 3.0
 
+# A received message of more frames than this is processed in slices of this many,
+# the event loop serving other connections in between.
+FRAMES_PER_SLICE = 2048
+
 # -- liveness --------------------------------------------------------------------------
 # A silent partition is noticed within interval + timeout (20 s) for one tiny frame each
 # way every 10 s; docs/protocol.md, "Noticing a silent partition".
@@ -54,6 +58,7 @@ KEEPALIVE_TIMEOUT: float | None = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 WS_PING_INTERVAL: float | None = 20.0
 WRITE_LIMIT = 64 << 10  # the transport's high-water mark
+WS_MAX_QUEUE = 4  # received messages the WebSocket library buffers before pausing reads
 
 # -- reconnecting (RetryPolicy): the first retry is immediate, then these ------------
 RETRY_INITIAL_DELAY = 1.0
@@ -137,4 +142,7 @@ class PeerOptions:
             "ping_interval": self.ws_ping_interval,
             "ping_timeout": self.ws_ping_interval,
             "write_limit": self.write_limit,
+            # Messages the library holds before it stops reading the socket: with
+            # max_size, what one peer can park in it (4 x 4 MiB; its default 16 x).
+            "max_queue": WS_MAX_QUEUE,
         }

@@ -41,14 +41,20 @@ class OutboundStreams:
         "streams",
     )
 
-    def __init__(self, flow: FlowControl, sched: Scheduler, stream_buffer_size: int = O.STREAM_BUFFER_SIZE) -> None:
+    def __init__(
+        self,
+        flow: FlowControl,
+        sched: Scheduler,
+        stream_buffer_size: int = O.STREAM_BUFFER_SIZE,
+        compression_threshold: int = O.COMPRESSION_THRESHOLD,
+    ) -> None:
         self.flow = flow
         self.sched = sched
         self.streams: dict[int, OutgoingStream] = {}
         self.stream_bytes = 0  # bytes queued in the streams' writers
         self.stream_buffer_size = stream_buffer_size
         self.frame_limit = 0  # the peer's, once its HELLO came
-        self.compression_threshold = O.COMPRESSION_THRESHOLD
+        self.compression_threshold = compression_threshold
         self.compressor: _compression.Compressor | None = None
         self.closed = False  # the connection is closing: terminal frames are not sent
 

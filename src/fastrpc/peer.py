@@ -188,7 +188,7 @@ class RpcPeer(PeerAPI):
         token = _current_peer.set(self)
         try:
             if first is not None:
-                self._process(first)  # the server answers the client's handshake
+                self._process(core.decode(first))  # the server answers the client's handshake
             if inline_reader and first is not None and self._ready.done():
                 self._reader = None
             else:
@@ -231,13 +231,15 @@ class RpcPeer(PeerAPI):
         await asyncio.gather(*tasks, return_exceptions=True)
         transport.abort()
 
-    def _process(self, msg: bytes) -> None:
+    def _process(self, frames: list[Any]) -> None:
+        """Feed ``frames`` (all or a slice of one received message) to the core and
+        act on its events; output they make leaves together, once, at the end."""
         core = self._core
         dispatch = _DISPATCH
         self._fresh = True
         self._processing = True  # output made by the events leaves in one message, below
         try:
-            for ev in core.receive_message(msg):
+            for ev in core.receive_frames(frames):
                 dispatch[type(ev)](self, ev)
         finally:
             self._processing = False
@@ -406,10 +408,21 @@ class RpcPeer(PeerAPI):
         token = _current_peer.set(self)
         try:
             limit = self._max_backlog
+            step = O.FRAMES_PER_SLICE
             async for msg in transport.messages():
                 if type(msg) is str:
                     raise ProtocolError("text message on a fastrpc connection")
-                self._process(msg)  # type: ignore[arg-type]
+                frames = self._core.decode(msg)  # type: ignore[arg-type]
+                if len(frames) <= step:
+                    self._process(frames)
+                else:
+                    # A message of many frames: slices, letting other connections
+                    # run in between (one peer cannot hold the loop for long).
+                    for i in range(0, len(frames), step):
+                        if self._closed_flag or transport is not self._transport:
+                            break
+                        self._process(frames[i : i + step])
+                        await asyncio.sleep(0)
                 if self._core.control_backlog + transport.buffered() > limit:
                     await self._serve_less(transport)
             # A clean close: keep the peer's close code and reason.

@@ -127,19 +127,11 @@ class Connection:
         self.batch_size = batch_size
         self._next_id = 1 if role is Role.CLIENT else 2
         self._sched = Scheduler()
-        self._flow = FlowControl(
-            self._sched.control,
-            settings.initial_stream_window,
-            settings.connection_window,
-            settings.max_streams,
-            max_window=max_window,
-            max_growth=max_growth,
-        )
+        self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
         self._calls = CallTable(self._sched.control, settings.max_pending_calls)
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
-        self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size)
-        outbound.compression_threshold = compression_threshold
+        self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size, compression_threshold)
         self._out = outbound.streams
         # The sending hot paths, bound once (no extra call per item); see
         # OutboundStreams.send_item and .writable.
@@ -214,8 +206,7 @@ class Connection:
             **self._inbound.view(),
             "out": sorted(self._out),
             **self._flow.view(peer_streams),
-            "replay_messages": len(self.session.replay or ()),
-            "replay_bytes": self.session.replay_bytes,
+            **self.session.view(),
         }
 
     # ----------------------------------------------------------------- output
@@ -258,7 +249,7 @@ class Connection:
                 while ring:
                     s = ring[0]
                     n = len(s.writer)
-                    if size and size + n > batch:
+                    if size and (size + n > batch or self.frames_out - first + s.writer.count > F.MAX_FRAMES):
                         break
                     ring.popleft()
                     s.queued = False
@@ -531,26 +522,32 @@ class Connection:
     # ------------------------------------------------------------------ input
 
     def receive_message(self, data: Payload) -> list[Event]:
-        """Decode one received WebSocket message; return the events it produced.
+        """The events one received message makes (or :meth:`decode` it and feed slices of
+        its frames to :meth:`receive_frames`). :class:`ProtocolError`: the peer broke the
+        protocol (then :meth:`close` with its code); :class:`SessionLost`: not resumed."""
+        return self.receive_frames(self.decode(data))
 
-        Raises :class:`ProtocolError` when the peer broke the protocol: the caller
-        should then call :meth:`close` with its code and close the connection;
-        :class:`SessionLost` (client) when the server did not resume our session.
-        """
-        frames = F.decode_message(data, self.settings.max_frame_size)
+    def decode(self, data: Payload) -> list[F.Frame]:
+        """The frames of a received message (at most ``wire.MAX_FRAMES``)."""
+        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES)
         self.messages_in += 1
         self.bytes_in += len(data)
+        self.session.since_ack_bytes += len(data)
+        return frames
+
+    def receive_frames(self, frames: list[F.Frame]) -> list[Event]:
+        """Process frames of a received message, in order; return their events."""
         events: list[Event] = []
-        self._inbound.message_count += 1
-        if self.session.awaiting_hello:
+        self._inbound.message_count += 1  # one StreamReadable per stream per slice
+        session = self.session
+        if session.awaiting_hello:
             frames = frames[self._on_handshake(frames, events) :]
         # Positions count every frame after the handshake (docs/protocol.md).
         self.frames_in += len(frames)
-        session = self.session
         if session.enabled and frames:
             if session.previous_token is not None:
                 session.proved()  # the client got our RESUME_OK: it sends frames
-            if session.received(len(frames), len(data)):
+            if session.received(len(frames)):
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
         for f in frames:
             t = f.type

@@ -157,10 +157,10 @@ class ResumeState:
 
     # ----------------------------------------------------------- receiving side
 
-    def received(self, frames: int, nbytes: int) -> bool:
-        """``frames`` frames in ``nbytes`` arrived: True when an ACK is due."""
+    def received(self, frames: int) -> bool:
+        """``frames`` frames arrived (their bytes are counted as each message is
+        decoded): True when an ACK is due."""
         self.since_ack_frames += frames
-        self.since_ack_bytes += nbytes
         if self.since_ack_frames >= O.ACK_FRAMES or self.since_ack_bytes >= O.ACK_BYTES:
             self.since_ack_frames = self.since_ack_bytes = 0
             return True
@@ -260,6 +260,9 @@ class ResumeState:
                 self.replay_from = pos
         elif self.transports > 1 and self.enabled:
             raise SessionLost("the server does not resume sessions")
+
+    def view(self) -> dict[str, object]:
+        return {"replay_messages": len(self.replay or ()), "replay_bytes": self.replay_bytes}
 
     def clear(self) -> None:
         self.replay = None

@@ -98,14 +98,14 @@ class Scheduler:
         control = self.control
         frames = control.count
         data = control.take()
-        if len(data) <= limit:
+        if len(data) <= limit and frames <= F.MAX_FRAMES:
             return data, frames
         pieces: deque[tuple[bytes, int]] = deque()
         batch: list[tuple[int, int, int, Payload]] = []
         size = 0
         for f in F.decode_message(data, F.VARINT_MAX):
             n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
-            if batch and size + n > limit:
+            if batch and (size + n > limit or len(batch) >= F.MAX_FRAMES):
                 pieces.append((F.encode_batch(batch), len(batch)))
                 batch, size = [], 0
             batch.append((f.type, f.flags, f.id, f.payload))

@@ -44,3 +44,7 @@ FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
 VARINT_MAX = (1 << 62) - 1  # largest QUIC varint: ids, lengths and settings are <= this
 DEFAULT_MAX_FRAME_SIZE = 1 << 20  # decode_message's default limit on a frame's payload
 VIEW_THRESHOLD = 512  # decoded payloads this long or longer are zero-copy memoryviews
+
+# A message carries at most this many frames: a receiver refuses more (LIMIT_EXCEEDED)
+# before decoding them, so that decoding costs memory proportional to what it keeps.
+MAX_FRAMES = 1 << 16
