@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Union
 
 from . import frames as F
+from .budget import MemoryBudget
 from .events import CallFailed, NotificationReceived, RequestReceived, ResponseReceived
 from .exceptions import ErrorCode, LimitExceeded, PayloadTooLarge, ProtocolError, RemoteError
 from .stream_state import CallState
@@ -89,16 +90,17 @@ class CallTable:
     """The calls of one connection: ours (``out``: id -> :class:`CallState`, and which
     of them are streaming) and the peer's (``inbound``, until answered)."""
 
-    __slots__ = ("control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
+    __slots__ = ("budget", "control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
 
-    def __init__(self, control: Any, max_inbound: int) -> None:
+    def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget) -> None:
         self.control = control  # the scheduler's control FrameWriter
+        self.budget = budget  # a running call's arguments count until it is answered
         self.max_inbound = max_inbound
         self.frame_limit = 0  # the peer's frame limit, once its HELLO came
         self.out: dict[int, int] = {}
         # Id sets are dicts (id -> None): an empty dict is 64 bytes, an empty set 216.
         self.streaming_out: dict[int, None] = {}
-        self.inbound: dict[int, None] = {}
+        self.inbound: dict[int, int] = {}  # call id -> bytes of its arguments
 
     # ------------------------------------------------------------------ ours
 
@@ -174,7 +176,8 @@ class CallTable:
             raise LimitExceeded("too many pending calls")
         flags = f.flags
         method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
-        self.inbound[fid] = None
+        self.budget.charge(len(payload), "arguments of running calls")
+        self.inbound[fid] = len(payload)
         return RequestReceived(
             fid,
             method,
@@ -191,9 +194,13 @@ class CallTable:
 
     def answer(self, call_id: int) -> None:
         """Take call ``call_id`` off the running calls before its answer is queued."""
-        if call_id not in self.inbound:
-            raise KeyError(call_id)
-        del self.inbound[call_id]
+        self.budget.release(self.inbound.pop(call_id))
+
+    def finish(self, call_id: int) -> None:
+        """Call ``call_id``'s handler finished (if it was still running)."""
+        held = self.inbound.pop(call_id, None)
+        if held is not None:
+            self.budget.release(held)
 
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+from . import compression as _compression
 from . import frames as F
+from .budget import MemoryBudget
 from .calls import CallTable, decode_error
 from .events import Event, StreamOpened, StreamReadable
-from .exceptions import ErrorCode, ProtocolError, RemoteStreamError, StreamAborted
+from .exceptions import ErrorCode, LimitExceeded, ProtocolError, RemoteStreamError, StreamAborted
 from .flow import FlowControl
 from .stream_state import IN_OPEN, IncomingStream, InState
 
@@ -26,10 +28,23 @@ Payload = Union[bytes, bytearray, memoryview]
 class InboundStreams:
     """The incoming streams of one connection, by id."""
 
-    __slots__ = ("calls", "control", "flow", "message_count", "peer_parity", "refused", "refused_inputs", "streams")
+    __slots__ = (
+        "budget",
+        "calls",
+        "control",
+        "flow",
+        "message_count",
+        "peer_parity",
+        "refused",
+        "refused_inputs",
+        "streams",
+    )
 
-    def __init__(self, control: Any, flow: FlowControl, calls: CallTable, peer_parity: int) -> None:
+    def __init__(
+        self, control: Any, flow: FlowControl, calls: CallTable, peer_parity: int, budget: MemoryBudget
+    ) -> None:
         self.control = control  # the scheduler's control FrameWriter
+        self.budget = budget
         self.flow = flow
         self.calls = calls
         self.peer_parity = peer_parity
@@ -43,6 +58,39 @@ class InboundStreams:
         if s.last_event != self.message_count:
             s.last_event = self.message_count
             events.append(StreamReadable(s.id))
+
+    def assemble(self, s: IncomingStream, flags: int, payload: Payload, max_item_size: int) -> tuple[bytes, int] | None:
+        """A fragment of an item (or its last): the whole item and its flags once
+        complete, else None. The partial item counts against the memory budget."""
+        if s.partial is None:
+            s.partial = bytearray()
+            s.partial_flags = flags
+        if len(s.partial) + len(payload) > max_item_size:
+            raise LimitExceeded("item larger than max_item_size")
+        self.budget.charge(len(payload), "partial items")
+        s.partial += payload
+        if flags & F.FLAG_MORE:
+            return None
+        whole = bytes(s.partial)
+        flags |= s.partial_flags
+        s.partial = None
+        return whole, flags
+
+    def inflate(self, payload: Payload, algorithm: int, max_item_size: int) -> bytes:
+        """Decompress a received item (bounded by ``max_item_size``); the budget is
+        charged what it holds."""
+        item = _compression.decompress(algorithm, payload, max_item_size)
+        self.budget.charge(len(item) - len(payload), "unread items (inflated)")
+        return item
+
+    def _drop(self, s: IncomingStream) -> None:
+        """Drop what ``s`` holds, giving it back to the budget."""
+        held = sum(len(p) for p, _, _ in s.items)
+        if s.partial is not None:
+            held += len(s.partial)
+            s.partial = None
+        s.items.clear()
+        self.budget.release(held)
 
     def expect(self, call_id: int) -> None:
         """Our streaming call ``call_id`` was sent: its results stream is awaited."""
@@ -106,6 +154,7 @@ class InboundStreams:
                 return
             raise ProtocolError("stream ended twice", ErrorCode.STREAM_STATE_ERROR)
         if s.partial is not None:
+            self.budget.release(len(s.partial))
             s.partial = None
             if f.type == F.STREAM_END:
                 raise ProtocolError("stream ended inside an item", ErrorCode.STREAM_STATE_ERROR)
@@ -128,7 +177,7 @@ class InboundStreams:
         if s is None:
             return
         if events is None:
-            s.items.clear()
+            self._drop(s)
             s.state = InState.FAILED
         elif s.state == IN_OPEN:
             s.state = InState.FAILED
@@ -163,7 +212,7 @@ class InboundStreams:
     def release(self, stream_id: int) -> None:
         s = self.streams.pop(stream_id, None)
         if s is not None:
-            s.items.clear()
+            self._drop(s)
             self.flow.in_release(s)
 
     def view(self) -> dict[str, object]:

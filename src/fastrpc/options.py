@@ -23,6 +23,9 @@ MAX_MESSAGE_SIZE = 4 << 20
 MAX_STREAMS = 1024
 MAX_PENDING_CALLS = 1024
 MAX_ITEM_SIZE = 16 << 20
+# Every byte a peer can make one connection hold (unread items, partial items, the
+# arguments of running calls: budget.py); past it the connection is closed (1008).
+MAX_CONNECTION_MEMORY = 32 << 20
 
 # -- flow control ------------------------------------------------------------------------
 INITIAL_STREAM_WINDOW = 256 << 10  # credit a new stream starts with (bytes)
@@ -88,6 +91,7 @@ class PeerOptions:
     max_streams: int = MAX_STREAMS
     max_pending_calls: int = MAX_PENDING_CALLS
     max_item_size: int = MAX_ITEM_SIZE
+    max_connection_memory: int = MAX_CONNECTION_MEMORY
     connection_window: int = CONNECTION_WINDOW
     codec: str = "msgpack"
     compression: bool | str = False  # True: zstd if installed else zlib; or "zlib"/"zstd"

@@ -98,6 +98,7 @@ class RpcPeer(PeerAPI):
         max_replay_bytes: int = O.MAX_REPLAY_BYTES,
         max_output_backlog: int = O.MAX_OUTPUT_BACKLOG,
         output_stall_timeout: float = O.OUTPUT_STALL_TIMEOUT,
+        max_connection_memory: int = O.MAX_CONNECTION_MEMORY,
     ) -> None:
         self._transport = transport
         self._max_backlog = max_output_backlog
@@ -113,6 +114,7 @@ class RpcPeer(PeerAPI):
         self._core_options: dict[str, Any] = {
             "compression_threshold": compression_threshold,
             "max_replay_bytes": max_replay_bytes,
+            "max_connection_memory": max_connection_memory,
             **manager.core_options(),
         }
         self._core = Connection(role, settings, **self._core_options)
@@ -741,4 +743,5 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         "max_replay_bytes": options.max_replay_bytes,
         "max_output_backlog": options.max_output_backlog,
         "output_stall_timeout": options.output_stall_timeout,
+        "max_connection_memory": options.max_connection_memory,
     }

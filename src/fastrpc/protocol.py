@@ -21,6 +21,7 @@ from typing import Union
 from . import compression as _compression
 from . import frames as F
 from . import options as O
+from .budget import MemoryBudget
 from .calls import FLAG_RAW, CallTable, decode_error, encode_error
 from .events import (
     CallCancelled,
@@ -85,6 +86,7 @@ class Connection:
     # Slots, and structures made on first use: an idle connection costs little memory.
     __slots__ = (
         "_algorithm",
+        "_budget",
         "_calls",
         "_flow",
         "_inbound",
@@ -120,6 +122,7 @@ class Connection:
         batch_size: int = O.BATCH_SIZE,
         max_window: int = 0,  # 0: windows keep their initial size (StreamManager passes its own)
         max_growth: int = O.MAX_GROWTH,
+        max_connection_memory: int = O.MAX_CONNECTION_MEMORY,
     ) -> None:
         self.role = role
         self.settings = settings = settings or Settings()
@@ -128,7 +131,8 @@ class Connection:
         self._next_id = 1 if role is Role.CLIENT else 2
         self._sched = Scheduler()
         self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
-        self._calls = CallTable(self._sched.control, settings.max_pending_calls)
+        self._budget = budget = MemoryBudget(max_connection_memory)
+        self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget)
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
         self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size, compression_threshold)
@@ -137,7 +141,7 @@ class Connection:
         # OutboundStreams.send_item and .writable.
         self.send_item = outbound.send_item
         self.writable = outbound.writable
-        self._inbound = InboundStreams(self._sched.control, self._flow, self._calls, self._peer_parity)
+        self._inbound = InboundStreams(self._sched.control, self._flow, self._calls, self._peer_parity, budget)
         self._message_limit = 0
         self._algorithm = 0
         # Traffic counters (positions, for resumption, are frames_in / frames_out).
@@ -207,6 +211,7 @@ class Connection:
             "out": sorted(self._out),
             **self._flow.view(peer_streams),
             **self.session.view(),
+            "memory": self._budget.held,
         }
 
     # ----------------------------------------------------------------- output
@@ -381,7 +386,7 @@ class Connection:
 
     def finish_call(self, call_id: int) -> None:
         """A streaming call's handler finished (its stream's end is queued)."""
-        self._calls.inbound.pop(call_id, None)
+        self._calls.finish(call_id)
 
     def cancel_call(self, call_id: int) -> None:
         """We gave up on ``call_id``: CANCEL; its slot stays taken until the peer answers."""
@@ -457,6 +462,7 @@ class Connection:
         if s is None or not s.items:
             return None
         payload, raw, charge = s.items.popleft()
+        self._budget.release(len(payload))
         grant: int = self._flow.ledger_in.consumed(stream_id, charge)
         if grant:
             self._flow.granted(s, grant, charge)
@@ -501,6 +507,7 @@ class Connection:
         self._sched.clear()
         self._flow.reset()
         self._calls.clear()
+        self._budget.held = 0
         self.session.clear()
 
     def send_ping(self, payload: bytes = b"") -> None:
@@ -645,22 +652,17 @@ class Connection:
         if flow.ledger_in.received(fid, charge) <= FRAME_CHARGE:
             s.starved = True  # the sender used up its credit (FlowControl.granted)
         if flags & F.FLAG_MORE or s.partial is not None:
-            if s.partial is None:
-                s.partial = bytearray()
-                s.partial_flags = flags
-            if len(s.partial) + len(payload) > self.settings.max_item_size:
-                raise LimitExceeded("item larger than max_item_size")
-            s.partial += payload
-            if flags & F.FLAG_MORE:
-                # Fragments are held in the reassembly buffer (bounded by max_item_size),
-                # not in the window: give their credit back at once.
+            whole = inbound.assemble(s, flags, payload, self.settings.max_item_size)
+            if whole is None:
+                # Fragments are held in the reassembly buffer (bounded by max_item_size
+                # and the memory budget), not in the window: their credit goes back now.
                 flow.in_consumed(s, charge)
                 return
-            payload = bytes(s.partial)
-            flags |= s.partial_flags
-            s.partial = None
+            payload, flags = whole
+        else:
+            self._budget.charge(len(payload), "unread items")
         if flags & F.FLAG_COMPRESSED:
-            payload = _compression.decompress(self._algorithm, payload, self.settings.max_item_size)
+            payload = inbound.inflate(payload, self._algorithm, self.settings.max_item_size)
         s.items.append((payload, bool(flags & FLAG_RAW), charge))
         inbound.readable(s, events)
 
