@@ -197,11 +197,11 @@ class InboundStreams:
         if stream_id in self.calls.inbound:
             # The input of a channel call: tell its sender to stop now and drop what is
             # in flight (it holds no stream slot).
-            self.refused_inputs[stream_id] = None
+            _remember(self.refused_inputs, stream_id, self.calls.max_inbound)
             if not closed:
                 self.control.add(F.STREAM_CLOSE, 0, stream_id, b"")
         elif stream_id > 0 and stream_id & 1 == self.peer_parity:
-            self.refused[stream_id] = None  # refuse it when it arrives
+            _remember(self.refused, stream_id, self.flow.max_streams_in)  # refused on arrival
 
     def close(self, s: IncomingStream, closed: bool) -> None:
         """Stop reading ``s``: drop what is held, tell the sender, release it."""
@@ -228,3 +228,12 @@ class InboundStreams:
         self.streams.clear()
         self.refused.clear()
         self.refused_inputs.clear()
+
+
+def _remember(ids: dict[int, None], stream_id: int, limit: int) -> None:
+    """Add ``stream_id`` to a set of refused ids that a peer could otherwise grow
+    without end (ids whose stream never comes): past ``limit`` the oldest is forgotten
+    (its stream, should it still come, is then an ordinary unclaimed one)."""
+    ids[stream_id] = None
+    if len(ids) > limit:
+        del ids[next(iter(ids))]

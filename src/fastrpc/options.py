@@ -72,6 +72,9 @@ RETRY_JITTER = 0.2  # each delay scaled by a random factor within 1 +- this
 # -- session resumption ----------------------------------------------------------------
 SESSION_GRACE = 120.0  # seconds a server keeps a session whose client went away
 MAX_REPLAY_BYTES = 32 << 20  # sent and not acknowledged; past it a session is not resumable
+# The replay buffers of all the sessions a server keeps for clients that went away;
+# past it the oldest sessions are given up (their clients get ResumeFailed).
+MAX_DETACHED_REPLAY = 64 << 20
 # A receiver acknowledges (ACK) after this many frames or bytes, so that the sender's
 # replay buffer holds little more than what is in flight.
 ACK_FRAMES = 64
@@ -109,6 +112,7 @@ class PeerOptions:
     resume: bool = False
     session_grace: float = SESSION_GRACE
     max_replay_bytes: int = MAX_REPLAY_BYTES
+    max_detached_replay: int = MAX_DETACHED_REPLAY
     max_output_backlog: int = MAX_OUTPUT_BACKLOG
     output_stall_timeout: float = OUTPUT_STALL_TIMEOUT
     extra: dict[str, Any] = field(default_factory=dict)

@@ -161,14 +161,23 @@ class Server:
             old.cancel()
         loop = asyncio.get_running_loop()
         self._grace[peer] = loop.call_later(self.options.session_grace, self._expire, peer)
+        # Sessions waiting for their clients keep their replay buffers: all together
+        # within max_detached_replay, the oldest given up first (ResumeFailed).
+        while len(self._grace) > 1 and self._detached_replay() > self.options.max_detached_replay:
+            oldest = next(iter(self._grace))
+            self._grace.pop(oldest).cancel()
+            self._expire(oldest, "the server's max_detached_replay was reached")
         return True
 
-    def _expire(self, peer: RpcPeer) -> None:
+    def _detached_replay(self) -> int:
+        return sum(p.core.session.replay_bytes for p in self._grace)
+
+    def _expire(self, peer: RpcPeer, why: str = "the client did not come back in time") -> None:
         self._grace.pop(peer, None)
         if not peer.connected and not peer.closed:
             for token in peer.session_tokens():
                 self.sessions.discard(token, peer)
-            exc = ResumeFailed("session expired: the client did not come back in time")
+            exc = ResumeFailed(f"session expired: {why}")
             peer.session_task = asyncio.get_running_loop().create_task(peer.teardown(exc))
 
     async def _resume(self, transport: Transport, first: bytes, peer: RpcPeer) -> None:
