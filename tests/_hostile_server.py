@@ -9,6 +9,7 @@ connections; then, for every binary-mode connection that ends, a line
 ``peer.close_exception``). It runs until killed.
 
 Methods: ``add(a, b)`` (sync, answered inline), ``echo(x)``, ``slow(seconds)``,
+``keep(x)`` (holds its argument 30 s),
 ``blob(n, size)`` (streams ``n`` items of ``size`` bytes), ``ignore_input(stream)``
 (a channel handler that returns at once without reading its input), and ``debug()``:
 what the server tracks, summed over its connections, for tests that check that some
@@ -45,6 +46,13 @@ def echo(x: Any) -> Any:
 async def slow(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "done"
+
+
+@router.method
+async def keep(x: Any) -> int:
+    """Holds its argument for 30 s (as a handler that awaits something with its data)."""
+    await asyncio.sleep(30)
+    return len(x)
 
 
 @router.method

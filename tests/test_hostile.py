@@ -161,6 +161,51 @@ def test_million_tiny_frames_in_one_message(kind: str) -> None:
     hostile(f"a million tiny frames per message ({kind})", attack, expect={1008}).verify()
 
 
+def test_dense_msgpack_arguments() -> None:
+    # Calls whose arguments are 1 MiB of MessagePack empty arrays (a million objects to
+    # decode for one frame), four to a message. Legal traffic, but the arguments are
+    # decoded inline while the message is processed: nothing to close, the other
+    # clients must still be answered in time.
+    n = MiB - 64
+    args = b"\x91\xdd" + n.to_bytes(4, "big") + b"\x90" * n  # [[[], [], ...]]
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await Attacker.open(ctx.url)
+        a.start_reading()
+        cid = 1
+        for _ in range(5):
+            msg = b"".join(request(cid + 2 * i, "echo", args) for i in range(3))
+            cid += 6
+            if not ctx.keep_going(5) or not await a.send(msg, timeout=5):
+                break
+        await asyncio.sleep(1.0)
+        ctx.note("calls", (cid - 1) // 2)
+        await a.close()
+        return Outcome(True)
+
+    hostile("dense MessagePack arguments", attack, expect=None).verify()
+
+
+def test_pending_calls_hold_their_arguments() -> None:
+    # Calls to a handler that keeps its argument while it waits (an upload handler, say),
+    # each with 1 MiB of raw bytes: max_pending_calls (1024) of them hold 1 GiB.
+    blob = bytes(MiB - 64)
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await Attacker.open(ctx.url)
+        a.start_reading()
+        cid = 1
+        while ctx.keep_going(5) and not a.closed() and cid < 2 * 250:
+            msg = b"".join(request(cid + 2 * i, "keep", blob, RAW) for i in range(3))
+            cid += 6
+            if not await a.send(msg, timeout=2):
+                break
+        ctx.note("calls", (cid - 1) // 2)
+        return await a.outcome(4)
+
+    hostile("pending calls hold their arguments", attack, expect={1008}).verify()
+
+
 # ------------------------------------------------------- (c) memory past the window
 
 
@@ -614,6 +659,50 @@ def test_json_dense_messages() -> None:
         return await a.outcome(4)
 
     hostile("JSON dense messages", attack, expect={1008, 1009}).verify()
+
+
+def test_json_pending_requests_hold_their_data() -> None:
+    # Requests to a handler that keeps its argument while it waits, each with a 1 MiB
+    # string.
+    big = "x" * (MiB - 200)
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await _json_attacker(ctx)
+        a.start_reading()
+        n = 0
+        while ctx.keep_going(5) and not a.closed() and n < 250:
+            msg = _json({"category": "request", "requestId": n, "data": {"method": "keep", "params": [big]}})
+            if not await a.send(msg, timeout=2):
+                break
+            n += 1
+        ctx.note("requests", n)
+        return await a.outcome(4)
+
+    hostile("JSON pending requests hold their data", attack, expect={1008}).verify()
+
+
+def test_json_dense_messages_under_the_item_limit() -> None:
+    # Requests whose data is 1 MiB (less 200 bytes) of small JSON objects: within
+    # every limit, but each takes the decoder a while. Nothing to close; the other
+    # clients must still be answered in time.
+    body = ",".join(['{"a":1}'] * ((MiB - 200) // 8))
+    msg = '{"category":"request","requestId":"d","data":{"method":"add","params":[1,2],"pad":[' + body + "]}}"
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await _json_attacker(ctx)
+        a.start_reading()
+        n = 0
+        while ctx.keep_going(4) and not a.closed() and n < 40:
+            if not await a.send(msg, timeout=2):
+                break
+            n += 1
+            await asyncio.sleep(0.05)
+        ctx.note("messages", n)
+        out = Outcome(True) if not a.closed() else await a.outcome(1)
+        await a.close()
+        return out
+
+    hostile("JSON dense messages under the item limit", attack, expect=None).verify()
 
 
 # ------------------------------------------------------------------ think past
