@@ -472,7 +472,8 @@ class Attacker:
         if hello is None:
             core = Connection(Role.CLIENT, settings or Settings())
             hello = core.handshake()
-        await ws.send(hello)
+        if hello:  # b"": send nothing yet
+            await ws.send(hello)
         self = cls(ws, [])
         if wait_hello:
             try:

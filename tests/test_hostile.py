@@ -423,29 +423,30 @@ def test_resume_from_a_position_past_what_was_sent() -> None:
 
 
 def test_same_token_resumed_from_two_sockets_at_once() -> None:
-    # Two sockets resume one session with the same token at the same moment. One of
-    # them must get the session (and an answer on it); the other a new session or a
-    # documented close.
-    async def attack(ctx: Context) -> Outcome:
+    # Two sockets resume one session with the same token at the same moment (both
+    # upgraded first, then both handshakes written in one go), five sessions in a row.
+    # Each time one of them must get the session (and an answer on it), the other a new
+    # session or a documented close.
+    async def race(ctx: Context) -> tuple[list[str], int, list[Outcome]]:
         a, core = await _session(ctx.url)
         await a.abort()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
         core.new_transport()
         hello = core.next_message()
-        pair = await asyncio.gather(*(Attacker.open(ctx.url, hello=hello, wait_hello=False) for _ in range(2)))
-        results = []
+        pair = await asyncio.gather(*(Attacker.open(ctx.url, hello=b"", wait_hello=False) for _ in range(2)))
+        await asyncio.gather(*(b.ws.send(hello) for b in pair))
+        states = []
         for b in pair:
             try:
                 frames = await b.recv_frames(5)
-            except Exception as exc:
-                results.append(("closed", b, repr(exc)))
+            except Exception:
+                states.append("closed")
                 continue
             ok = [f for f in frames if f.type == F.RESUME_OK]
-            new = bool(ok and ok[0].flags & F.FLAG_NEW)
-            results.append(("new" if new else "resumed" if ok else "other", b, ""))
-        ctx.note("handshakes", [r[0] for r in results])
+            states.append("other" if not ok else "new" if ok[0].flags & F.FLAG_NEW else "resumed")
         answered = 0
-        for state, b, _ in results:
+        losers = []
+        for state, b in zip(states, pair):
             if state == "resumed":
                 await b.send(request(core._next_id, "add", ADD_ARGS))
                 with contextlib.suppress(Exception):
@@ -453,16 +454,21 @@ def test_same_token_resumed_from_two_sockets_at_once() -> None:
                         if any(f.type == F.RESPONSE for f in await b.recv_frames(2)):
                             answered += 1
                             break
-        ctx.note("answered_on_the_session", answered)
-        ctx.check("neither socket got the session and an answer on it", answered == 1)
-        outcomes = []
-        for state, b, _ in results:
-            if state == "resumed" and answered:
-                await b.close()
-                continue
-            outcomes.append(await b.outcome(2) if state != "new" else Outcome(True, 1000, "new session"))
-        for o in outcomes:
-            ctx.check(f"the losing socket ended with {o.describe()}", o.code in (*ERROR_CODES, 1000))
+            elif state != "new":
+                losers.append(await b.outcome(2))
+        for b in pair:
+            await b.close()
+        return states, answered, losers
+
+    async def attack(ctx: Context) -> Outcome:
+        rounds = []
+        for _ in range(5):
+            states, answered, losers = await race(ctx)
+            rounds.append((states, answered))
+            ctx.check(f"neither socket got the session and an answer on it ({states})", answered == 1)
+            for o in losers:
+                ctx.check(f"the losing socket ended with {o.describe()}", o.code in ERROR_CODES)
+        ctx.note("rounds", rounds)
         return Outcome(True)
 
     hostile("same token from two sockets", attack, options={"resume": True}, expect=None).verify()
@@ -822,28 +828,25 @@ def test_slow_reader() -> None:
         )
         ws.write(RawWS.encode(2, msg))
         got = 0
-        outcome = Outcome(False)
+
         try:
-            while ctx.keep_going(6):
+            while ctx.keep_going(6) and not ctx.server.closes:
                 await asyncio.wait_for(ws.reader.readexactly(1), 1)
                 got += 1
                 await asyncio.sleep(0.01)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            outcome = Outcome(True)
-        except asyncio.TimeoutError:
-            outcome = Outcome(True)  # nothing more comes: the server stopped sending
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            pass
         ctx.note("bytes_read", got)
         ctx.note("server_closed_with", ctx.server.closes[-1:])
+        # Neither a close frame nor the FIN can reach a client that reads this slowly
+        # (both wait behind the data in the kernel's buffers): what counts is that the
+        # server gave the connection up, and said why (1011, KEEPALIVE_TIMEOUT).
         ctx.check(
             "the server did not close the slow reader with KEEPALIVE_TIMEOUT (1011)",
             any(c.startswith("1011") for c in ctx.server.closes),
         )
+        outcome = Outcome(bool(ctx.server.closes))
         ws.abort()
         return outcome
 
-    hostile(
-        "slow reader",
-        attack,
-        options={"keepalive_interval": 1.0, "keepalive_timeout": 1.0},
-        expect={*ERROR_CODES, None},  # type: ignore[arg-type]
-    ).verify()
+    hostile("slow reader", attack, options={"keepalive_interval": 1.0, "keepalive_timeout": 1.0}, expect=None).verify()
