@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -415,6 +416,9 @@ def hostile(
 
 # ------------------------------------------------------------- attack clients
 
+# websockets < 15 has no proxy support (nor the option to turn it off).
+_HAS_PROXY = "proxy" in inspect.signature(ws_connect.__init__).parameters
+
 # Every attack connection of the running attack: dropped when it ends, whatever it left.
 _OPEN: list[Any] = []
 
@@ -459,16 +463,17 @@ class Attacker:
         hello: bytes | None = None,
         wait_hello: bool = True,
     ) -> Attacker:
-        ws = await ws_connect(
-            url,
-            compression=None,
-            max_size=None,
-            proxy=None,
-            ping_interval=None,
-            max_queue=16 if reading else 1,
-            open_timeout=10,
-            close_timeout=2,
-        )
+        options: dict[str, Any] = {
+            "compression": None,
+            "max_size": None,
+            "ping_interval": None,
+            "max_queue": 16 if reading else 1,
+            "open_timeout": 10,
+            "close_timeout": 2,
+        }
+        if _HAS_PROXY:
+            options["proxy"] = None
+        ws = await ws_connect(url, **options)
         if hello is None:
             core = Connection(Role.CLIENT, settings or Settings())
             hello = core.handshake()
