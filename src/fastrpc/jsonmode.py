@@ -40,8 +40,9 @@ limit                  default     past it
 
 A message that is not JSON, not an object, or of no known shape closes with 1007.
 A request's data is decoded as the message is read (so a client that sends more than
-the server decodes is held back by its own connection), and after a large message other
-connections get a turn before the next one is read.
+the server decodes is held back by its own connection), and after a large message
+(over 64 KiB) the next one is read only after as long again as it took: other
+connections get their turn.
 Held stream items are kept as their JSON text and decoded when read, so what they
 cost is what they weigh on the wire. ``max_message_size`` is the WebSocket limit (the
 server passes its own; websockets enforces it with 1009).
@@ -54,6 +55,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
@@ -75,9 +77,10 @@ INVALID = 1007
 POLICY = 1008
 TOO_BIG = 1009
 INTERNAL = 1011
-# After a message (or before decoding a stream item) this large, other connections get
-# a turn: decoding one takes a while, and queued messages would otherwise be handled
-# back to back without the event loop serving anyone else.
+# After a message this large, other connections get a turn (as long as the message
+# took), and before a stream item this large is decoded, one: decoding one takes a
+# while, and queued messages would otherwise be handled back to back without the
+# event loop serving anyone else.
 _LARGE = 64 << 10
 # What one array or object costs once decoded (a list or dict, and its slot in its
 # parent), roughly: how max_pending_bytes estimates a request's decoded data.
@@ -368,16 +371,23 @@ class JsonPeer:
 
     async def _handle(self, msg: str | bytes) -> bool:
         """Process one message; False once the connection is being closed."""
+        start = time.perf_counter()
+        large = len(msg) > _LARGE
         try:
-            self._receive(msg)
+            data = self._admit(msg)
+            if large:
+                await asyncio.sleep(0)  # the checks and the decoding: one turn each
+            self._receive(data)
         except _Violation as v:
             await self._abort(v.code, v.reason)
             return False
         except Exception as exc:  # a bug here must end this connection, not hide as a normal close
             await self._abort(INTERNAL, f"internal error: {type(exc).__name__}")
             return False
-        if len(msg) > _LARGE:
-            await asyncio.sleep(0)
+        if large:
+            # Before the next message, wait as long as this one took: a client sending
+            # more than the server can decode gets at most half of the event loop.
+            await asyncio.sleep(min(time.perf_counter() - start, 0.1))
         return True
 
     async def _abort(self, code: int, reason: str) -> None:
@@ -395,7 +405,8 @@ class JsonPeer:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
 
-    def _receive(self, msg: str | bytes) -> None:
+    def _admit(self, msg: str | bytes) -> bytes:
+        """The message as UTF-8 bytes, once its size and nesting are within limits."""
         if len(msg) > self.max_item_size:  # characters of a str: a first, cheap test
             raise _Violation(TOO_BIG, f"message of {len(msg)} bytes exceeds max_item_size ({self.max_item_size})")
         data = msg.encode() if isinstance(msg, str) else bytes(msg)
@@ -403,6 +414,9 @@ class JsonPeer:
             raise _Violation(TOO_BIG, f"message of {len(data)} bytes exceeds max_item_size ({self.max_item_size})")
         if nesting_exceeds(data, self.max_depth):
             raise _Violation(INVALID, f"JSON nested deeper than {self.max_depth}")
+        return data
+
+    def _receive(self, data: bytes) -> None:
         try:
             env = _decode_envelope(data)
         except msgspec.ValidationError:
