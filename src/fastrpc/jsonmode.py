@@ -12,18 +12,56 @@ per text message:
 can express (request, send_stream, receive_stream, abort/close), so one server serves
 JavaScript clients written to the seed and fastrpc clients alike. The seed protocol has
 no flow control; sends still wait on the transport's write buffer.
+
+The other side is not trusted. Each limit is a keyword argument of :class:`JsonPeer`
+(defaults below); a peer that breaks one is closed with the close code given, and a
+reason that says which:
+
+=====================  ==========  =====================================================
+limit                  default     past it
+=====================  ==========  =====================================================
+``max_item_size``      1 MiB       a message (one request, response or stream item)
+                                   longer than this: 1009, before it is decoded
+``max_depth``          64          JSON nested deeper than this: 1007, checked before
+                                   decoding (no recursion, no RecursionError)
+``max_pending_calls``  1024        more requests than this whose handlers run: 1008
+``max_pending_bytes``  16 MiB      the data of the requests whose handlers run, as
+                                   decoded objects (estimated: the JSON size plus 96
+                                   bytes per array or object), more than this: 1008
+``max_streams``        1024        a new incoming stream while this many are held: 1008
+``max_held_items``     10,000      unread items of one stream: that stream fails with
+                                   :class:`StreamAborted` (later items are dropped)
+``max_held_bytes``     16 MiB      unread stream items of all streams together (their
+                                   JSON size): 1008
+``max_id_length``      256         a ``requestId`` or ``streamId`` that is not a
+                                   string of at most this many characters or an
+                                   integer: 1007
+=====================  ==========  =====================================================
+
+A message that is not JSON, not an object, or of no known shape closes with 1007.
+A request's data is decoded as the message is read (so a client that sends more than
+the server decodes is held back by its own connection), and after a large message
+(over 64 KiB) the next one is read only after as long again as it took: other
+connections get their turn.
+Held stream items are kept as their JSON text and decoded when read, so what they
+cost is what they weigh on the wire. ``max_message_size`` is the WebSocket limit (the
+server passes its own; websockets enforces it with 1009).
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import inspect
+import itertools
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+import msgspec
 from websockets.exceptions import ConnectionClosed as _WSClosed
 
 from .exceptions import ConnectionClosed, RemoteError, RemoteStreamError, StreamAborted
@@ -32,16 +70,91 @@ from .router import Router
 
 __all__ = ["JsonPeer"]
 
-StreamId = Any  # the seed's ids are strings (UUIDs); numbers are accepted too
+StreamId = Any  # the seed's ids are strings (UUIDs); integers are accepted too
+
+# Close codes (RFC 6455): invalid data, policy (a limit), message too big, internal error.
+INVALID = 1007
+POLICY = 1008
+TOO_BIG = 1009
+INTERNAL = 1011
+# After a message this large, other connections get a turn (as long as the message
+# took), and before a stream item this large is decoded, one: decoding one takes a
+# while, and queued messages would otherwise be handled back to back without the
+# event loop serving anyone else.
+_LARGE = 64 << 10
+# What one array or object costs once decoded (a list or dict, and its slot in its
+# parent), roughly: how max_pending_bytes estimates a request's decoded data.
+_PER_CONTAINER = 96
+
+
+class _Envelope(msgspec.Struct):
+    """The fields of a seed message. ``data`` and ``payload`` stay JSON text (Raw): a
+    request's data is decoded when it is dispatched, a stream item when it is read."""
+
+    category: Any = None
+    requestId: Any = None  # the seed's field names
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    type: Any = None
+    streamId: Any = None
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+    error: Any = msgspec.UNSET
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode = msgspec.json.decode
+
+# Opening brackets become 1, closing ones -1 (as signed bytes), everything else goes.
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_exceeds(data: bytes, limit: int) -> bool:
+    """Whether JSON text ``data`` nests arrays and objects more than ``limit`` deep.
+
+    No recursion and no Python loop over characters: strings are cut out and the rest
+    reduced to its brackets. Each pass that deletes the innermost pairs (``[]``) takes
+    one level off, cheaply while the text shrinks fast (wide, shallow JSON); once it
+    does not (deep JSON), the depth left is the largest running sum of +1 and -1, all
+    in C. Text with no more than ``limit`` brackets is not even scanned. (Text that is
+    not JSON may be judged either way; the decoder rejects it anyway.)
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    if b'"' in data:
+        data = b"".join(data.split(b'"')[::2])  # what lies between strings
+    brackets = data.translate(_SQUARE, _NOT_BRACKETS)
+    passes = 0
+    while brackets and passes < limit:
+        shorter = brackets.replace(b"[]", b"")
+        passes += 1
+        deep = len(shorter) * 2 > len(brackets)
+        brackets = shorter
+        if deep:
+            break
+    steps = array.array("b", brackets.translate(_STEPS))
+    return passes + max(itertools.accumulate(steps), default=0) > limit
+
+
+class _Violation(Exception):
+    """The peer broke the seed protocol or a limit: close with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class _JsonStream(AsyncIterator[Any]):
-    """An incoming seed stream; holds at most ``limit`` items (the seed has no credit)."""
+    """An incoming seed stream. Its items stay JSON text until read (the seed has no
+    credit: the peer's limits bound what it may hold)."""
 
     def __init__(self, peer: JsonPeer, stream_id: StreamId) -> None:
         self._peer = peer
         self.stream_id = stream_id
-        self.items: deque[Any] = deque()
+        self.items: deque[tuple[msgspec.Raw, int]] = deque()  # (JSON text, its size)
         self.done = False
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -52,10 +165,15 @@ class _JsonStream(AsyncIterator[Any]):
     async def __anext__(self) -> Any:
         while True:
             if self.items:
-                return self.items.popleft()
-            if self.error is not None:
-                raise self.error
+                raw, size = self.items.popleft()
+                self._peer._held_bytes -= size
+                if size > _LARGE:
+                    await asyncio.sleep(0)
+                return _decode(raw)
             if self.done:
+                self._peer._forget_stream(self)
+                if self.error is not None:
+                    raise self.error
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -67,16 +185,46 @@ class _JsonStream(AsyncIterator[Any]):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _drop(self) -> None:
+        """Forget what is held (the reader stopped, or the connection is gone)."""
+        self._peer._held_bytes -= sum(size for _, size in self.items)
+        self.items.clear()
+
     async def aclose(self) -> None:
         self._peer.close_receiving_stream(self.stream_id)
 
 
 class JsonPeer:
-    """A connection speaking the seed's JSON protocol (see the module docstring)."""
+    """A connection speaking the seed's JSON protocol (see the module docstring for
+    what it speaks and the limits it holds the other side to)."""
 
-    max_held_items = 10_000
-
-    def __init__(self, ws: Any, router: Router | None, *, max_message_size: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        router: Router | None,
+        *,
+        max_message_size: int = 4 << 20,
+        max_item_size: int = 1 << 20,
+        max_depth: int = 64,
+        max_pending_calls: int = 1024,
+        max_pending_bytes: int = 16 << 20,
+        max_streams: int = 1024,
+        max_held_items: int = 10_000,
+        max_held_bytes: int = 16 << 20,
+        max_id_length: int = 256,
+    ) -> None:
+        for name, value in (
+            ("max_item_size", max_item_size),
+            ("max_depth", max_depth),
+            ("max_pending_calls", max_pending_calls),
+            ("max_pending_bytes", max_pending_bytes),
+            ("max_streams", max_streams),
+            ("max_held_items", max_held_items),
+            ("max_held_bytes", max_held_bytes),
+            ("max_id_length", max_id_length),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
         self._ws = ws
         self._router = router or Router()
         self._own = Router()
@@ -88,6 +236,16 @@ class JsonPeer:
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
         self._max = max_message_size
+        self.max_item_size = max_item_size
+        self.max_depth = max_depth
+        self.max_pending_calls = max_pending_calls
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0  # estimated size of the running requests' data
+        self.max_streams = max_streams
+        self.max_held_items = max_held_items
+        self.max_held_bytes = max_held_bytes
+        self.max_id_length = max_id_length
+        self._held_bytes = 0  # JSON size of the unread items of every incoming stream
 
     @property
     def closed(self) -> bool:
@@ -177,8 +335,13 @@ class JsonPeer:
         stream = self._incoming.pop(stream_id, None)
         if stream is not None:
             stream.done = True
-            stream.items.clear()
+            stream._drop()
             stream._wake()
+
+    def _forget_stream(self, stream: _JsonStream) -> None:
+        """The reader saw the end of ``stream``: it no longer counts as held."""
+        if self._incoming.get(stream.stream_id) is stream:
+            del self._incoming[stream.stream_id]
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -193,67 +356,149 @@ class JsonPeer:
 
     # ------------------------------------------------------------ receiving
 
-    async def _run(self, first: str) -> None:
+    async def _run(self, first: str | bytes) -> None:
         token = _current_peer.set(self)  # type: ignore[arg-type]
         try:
-            await self._handle(first)
-            async for msg in self._ws:
-                await self._handle(msg)
+            if await self._handle(first):
+                async for msg in self._ws:
+                    if not await self._handle(msg):
+                        break
         except (_WSClosed, ConnectionError):
             pass
         finally:
             _current_peer.reset(token)
             await self._teardown()
 
-    async def _handle(self, msg: str | bytes) -> None:
+    async def _handle(self, msg: str | bytes) -> bool:
+        """Process one message; False once the connection is being closed."""
+        start = time.perf_counter()
+        large = len(msg) > _LARGE
         try:
-            obj = json.loads(msg)
-        except ValueError:
-            await self._ws.close(1007, "invalid JSON")
-            return
-        if not isinstance(obj, dict):
-            await self._ws.close(1002, "expected a JSON object")
-            return
-        kind = obj.get("type")
+            data = self._admit(msg)
+            if large:
+                await asyncio.sleep(0)  # the checks and the decoding: one turn each
+            self._receive(data)
+        except _Violation as v:
+            await self._abort(v.code, v.reason)
+            return False
+        except Exception as exc:  # a bug here must end this connection, not hide as a normal close
+            await self._abort(INTERNAL, f"internal error: {type(exc).__name__}")
+            return False
+        if large:
+            # Before the next message, wait as long as this one took: a client sending
+            # more than the server can decode gets at most half of the event loop.
+            await asyncio.sleep(min(time.perf_counter() - start, 0.1))
+        return True
+
+    async def _abort(self, code: int, reason: str) -> None:
+        """Close with ``code``. What the peer still sends is read and dropped meanwhile:
+        websockets stops reading once unread messages pile up, and the peer's close
+        frame would then not be seen before websockets' close timeout."""
+        drain = self._loop.create_task(_discard(self._ws))
+        try:
+            await asyncio.wait_for(self._ws.close(code, reason[:120]), 2.0)
+        except Exception:
+            transport = getattr(self._ws, "transport", None)
+            if transport is not None:
+                transport.abort()  # no close handshake: drop the connection
+        finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+
+    def _admit(self, msg: str | bytes) -> bytes:
+        """The message as UTF-8 bytes, once its size and nesting are within limits."""
+        if len(msg) > self.max_item_size:  # characters of a str: a first, cheap test
+            raise _Violation(TOO_BIG, f"message of {len(msg)} bytes exceeds max_item_size ({self.max_item_size})")
+        data = msg.encode() if isinstance(msg, str) else bytes(msg)
+        if len(data) > self.max_item_size:
+            raise _Violation(TOO_BIG, f"message of {len(data)} bytes exceeds max_item_size ({self.max_item_size})")
+        if nesting_exceeds(data, self.max_depth):
+            raise _Violation(INVALID, f"JSON nested deeper than {self.max_depth}")
+        return data
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            env = _decode_envelope(data)
+        except msgspec.ValidationError:
+            raise _Violation(INVALID, "expected a JSON object") from None
+        except (msgspec.DecodeError, RecursionError, UnicodeError):
+            raise _Violation(INVALID, "invalid JSON") from None
+        kind = env.type
         if kind in ("StreamData", "StreamEnd", "StreamError"):
-            self._on_stream(kind, obj)
+            self._on_stream(kind, env, len(data))
             return
-        category = obj.get("category")
+        category = env.category
         if category == "request":
-            task = self._loop.create_task(self._answer(obj.get("requestId"), obj.get("data")))
+            rid = self._id(env.requestId, "requestId")
+            if len(self._tasks) >= self.max_pending_calls:
+                raise _Violation(POLICY, f"more than {self.max_pending_calls} pending requests")
+            weight = len(data) + _PER_CONTAINER * (data.count(b"[") + data.count(b"{"))
+            if self._pending_bytes + weight > self.max_pending_bytes:
+                raise _Violation(POLICY, f"pending requests hold more than {self.max_pending_bytes} bytes")
+            # Decoded here, not in the task: the next message is read only once this
+            # one is decoded, so a client sending more than the server can decode is
+            # held back by its own connection (and others get their turn in between).
+            try:
+                value = _decode(env.data)
+            except (msgspec.DecodeError, RecursionError):
+                raise _Violation(INVALID, "invalid JSON") from None
+            self._pending_bytes += weight
+            task = self._loop.create_task(self._answer(rid, value, weight))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif category == "response":
-            fut = self._calls.get(obj.get("requestId"))
+            rid = self._id(env.requestId, "requestId")
+            fut = self._calls.get(rid)
             if fut is not None and not fut.done():
-                if "error" in obj:
-                    fut.set_exception(RemoteError("Error", str(obj["error"])))
+                if env.error is not msgspec.UNSET:
+                    fut.set_exception(RemoteError("Error", str(env.error)))
                 else:
-                    fut.set_result(obj.get("data"))
+                    try:
+                        fut.set_result(_decode(env.data))
+                    except Exception as exc:
+                        fut.set_exception(exc)
         else:
-            await self._ws.close(1002, "unknown message shape")
+            raise _Violation(INVALID, "unknown message shape")
 
-    def _on_stream(self, kind: str, obj: dict[str, Any]) -> None:
-        sid = obj.get("streamId")
+    def _id(self, value: Any, name: str) -> Any:
+        """A valid ``requestId``/``streamId``: a string of at most max_id_length
+        characters, or an integer."""
+        if isinstance(value, str):
+            if len(value) <= self.max_id_length:
+                return value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Violation(INVALID, f"invalid {name}: a string of at most {self.max_id_length} characters or an integer")
+
+    def _on_stream(self, kind: str, env: _Envelope, size: int) -> None:
+        sid = self._id(env.streamId, "streamId")
         stream = self._incoming.get(sid)
         if stream is None:
-            if kind != "StreamData" or len(self._incoming) >= 1024:
-                return
+            if kind != "StreamData":
+                return  # the end of a stream we no longer hold
+            if len(self._incoming) >= self.max_streams:
+                raise _Violation(POLICY, f"more than {self.max_streams} incoming streams held")
             stream = self._incoming[sid] = _JsonStream(self, sid)
+        if stream.done:
+            return  # after its end, or after it failed: dropped
         if kind == "StreamData":
             if len(stream.items) >= self.max_held_items:
                 stream.error = StreamAborted("receiver buffer full (the seed protocol has no flow control)")
                 stream.done = True
             else:
-                stream.items.append(obj.get("payload"))
+                if self._held_bytes + size > self.max_held_bytes:
+                    raise _Violation(POLICY, f"unread stream items exceed {self.max_held_bytes} bytes")
+                stream.items.append((env.payload, size))
+                self._held_bytes += size
         elif kind == "StreamEnd":
             stream.done = True
         else:
-            stream.error = RemoteStreamError("Error", str(obj.get("error", "")))
+            error = "" if env.error is msgspec.UNSET else env.error
+            stream.error = RemoteStreamError("Error", str(error))
             stream.done = True
         stream._wake()
 
-    async def _answer(self, rid: Any, data: Any) -> None:
+    async def _answer(self, rid: Any, data: Any, weight: int) -> None:
         try:
             result = await self._dispatch(data)
             reply: dict[str, Any] = {"category": "response", "requestId": rid, "data": result}
@@ -261,12 +506,18 @@ class JsonPeer:
             raise
         except Exception as exc:
             reply = {"category": "response", "requestId": rid, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            del data  # the handler is done with it
+            self._pending_bytes -= weight
         try:
             await self._send(reply)
         except (_WSClosed, ConnectionClosed):
             pass
-        except TypeError as exc:  # result not JSON-serialisable
-            await self._send({"category": "response", "requestId": rid, "error": f"TypeError: {exc}"})
+        except (TypeError, ValueError) as exc:  # result not JSON-serialisable
+            try:
+                await self._send({"category": "response", "requestId": rid, "error": f"{type(exc).__name__}: {exc}"})
+            except (_WSClosed, ConnectionClosed):
+                pass
 
     async def _dispatch(self, data: Any) -> Any:
         fallback = self._own.fallback or self._router.fallback
@@ -293,6 +544,7 @@ class JsonPeer:
             if not fut.done():
                 fut.set_exception(exc)
         for stream in self._incoming.values():
+            stream._drop()
             if not stream.done:
                 stream.error = exc
                 stream.done = True
@@ -304,3 +556,11 @@ class JsonPeer:
             await asyncio.gather(*tasks, return_exceptions=True)
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+async def _discard(ws: Any) -> None:
+    try:
+        async for _ in ws:
+            pass
+    except Exception:
+        pass
