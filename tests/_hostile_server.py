@@ -76,7 +76,7 @@ def debug() -> dict[str, int]:
     out = {
         "peers": 0,
         "sessions": len(_server.sessions),
-        "grace": len(_server._grace),
+        "grace": len(_server.detached),
         "calls_in": 0,
         "tasks": 0,
         "notify_tasks": 0,
@@ -89,29 +89,26 @@ def debug() -> dict[str, int]:
         "replay_bytes": 0,
         "transport_buffered": 0,
     }
-    peers = set(_server.peers)
-    store = getattr(_server.sessions, "_by_token", None)  # MemorySessionStore
-    if isinstance(store, dict):
-        peers.update(store.values())
-    peers.update(_server._grace)
+    peers = set(_server.peers) | set(_server.detached)
     for p in peers:
-        core = p._core
+        view = p.stats()
+        core = p.core
         out["peers"] += 1
-        out["calls_in"] += len(core._calls_in)
-        out["tasks"] += len(p._tasks)
-        out["notify_tasks"] += len(p._notify_tasks)
-        out["streams_in"] += len(core._in)
-        out["items_in"] += sum(len(s.items) for s in core._in.values())
-        out["held"] += len(p.streams._held)
-        out["refused"] += len(core._refused)
-        out["refused_inputs"] += len(core._refused_inputs)
-        out["control_bytes"] += len(core._control)
-        out["replay_bytes"] += core._replay_bytes
-        out["transport_buffered"] += p._transport_buffered()
+        out["calls_in"] += len(view["calls_in"])
+        out["tasks"] += len(view["peer.tasks"])
+        out["notify_tasks"] += view["notify_tasks"]
+        out["streams_in"] += len(view["in"])
+        out["items_in"] += sum(len(s.items) for s in map(core.incoming, view["in"]) if s is not None)
+        out["held"] += len(view["held"])
+        out["refused"] += len(view["refused"])
+        out["refused_inputs"] += len(view["refused_inputs"])
+        out["control_bytes"] += core.control_backlog
+        out["replay_bytes"] += view["replay_bytes"]
+        out["transport_buffered"] += p.transport.buffered() if p.transport is not None else 0
     return out
 
 
-def _report(peer_ref: weakref.ReferenceType[fastrpc.RpcPeer], _: Any) -> None:
+def _report_closed(peer_ref: weakref.ReferenceType[fastrpc.RpcPeer], _: Any) -> None:
     peer = peer_ref()
     exc = peer.close_exception if peer is not None else None
     code = exc.code if exc is not None else None
@@ -126,7 +123,7 @@ async def _watch(server: fastrpc.Server) -> None:
         for peer in list(server.peers):
             if peer not in seen:
                 seen.add(peer)
-                peer._closed.add_done_callback(functools.partial(_report, weakref.ref(peer)))
+                peer.on_closed(functools.partial(_report_closed, weakref.ref(peer)))
         await asyncio.sleep(0.01)
 
 

@@ -403,7 +403,7 @@ async def _session(url: str) -> tuple[Attacker, Connection]:
     await a.send(core.next_message())
     while core.pending_calls:
         core.receive_message(await asyncio.wait_for(a.ws.recv(), 5))
-    assert core.token is not None
+    assert core.session.token is not None
     return a, core
 
 
@@ -484,8 +484,8 @@ def test_resume_flood(kind: str) -> None:
 
             async def one() -> None:
                 core = _client_core()
-                core.token = os.urandom(32)
-                core.transports = 2
+                core.session.token = os.urandom(32)
+                core.session.transports = 2
                 ws = await RawWS.open(ctx.url)
                 try:
                     ws.write(RawWS.encode(2, core.handshake()))

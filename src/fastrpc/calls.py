@@ -90,7 +90,7 @@ class CallTable:
     """The calls of one connection: ours (``out``: id -> :class:`CallState`, and which
     of them are streaming) and the peer's (``inbound``, until answered)."""
 
-    __slots__ = ("budget", "control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
+    __slots__ = ("budget", "channels", "control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
 
     def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget) -> None:
         self.control = control  # the scheduler's control FrameWriter
@@ -101,6 +101,7 @@ class CallTable:
         # Id sets are dicts (id -> None): an empty dict is 64 bytes, an empty set 216.
         self.streaming_out: dict[int, None] = {}
         self.inbound: dict[int, int] = {}  # call id -> bytes of its arguments
+        self.channels: dict[int, None] = {}  # running calls that take an input stream
 
     # ------------------------------------------------------------------ ours
 
@@ -178,6 +179,8 @@ class CallTable:
         method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
         self.budget.charge(len(payload), "arguments of running calls")
         self.inbound[fid] = len(payload)
+        if flags & F.FLAG_CHANNEL:
+            self.channels[fid] = None
         return RequestReceived(
             fid,
             method,
@@ -195,12 +198,14 @@ class CallTable:
     def answer(self, call_id: int) -> None:
         """Take call ``call_id`` off the running calls before its answer is queued."""
         self.budget.release(self.inbound.pop(call_id))
+        self.channels.pop(call_id, None)
 
     def finish(self, call_id: int) -> None:
         """Call ``call_id``'s handler finished (if it was still running)."""
         held = self.inbound.pop(call_id, None)
         if held is not None:
             self.budget.release(held)
+            self.channels.pop(call_id, None)
 
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit
@@ -224,3 +229,4 @@ class CallTable:
         self.out.clear()
         self.streaming_out.clear()
         self.inbound.clear()
+        self.channels.clear()

@@ -107,8 +107,10 @@ class InboundStreams:
             return s
         if fid in self.refused_inputs:
             return None  # a channel input we stopped reading before it arrived
-        if fid in self.calls.inbound:
+        if fid in self.calls.channels:
             s = IncomingStream(fid, True, self.flow.initial_window)  # a channel call's input
+        elif fid in self.calls.inbound:
+            raise ProtocolError("a stream opened on the id of a call without input", ErrorCode.STREAM_STATE_ERROR)
         elif fid > 0 and fid & 1 == self.peer_parity:
             s = IncomingStream(fid, False, self.flow.initial_window)
         else:
@@ -194,12 +196,14 @@ class InboundStreams:
 
     def refuse(self, stream_id: int, closed: bool) -> None:
         """Stop reading ``stream_id`` before it arrived."""
-        if stream_id in self.calls.inbound:
+        if stream_id in self.calls.channels:
             # The input of a channel call: tell its sender to stop now and drop what is
             # in flight (it holds no stream slot).
             _remember(self.refused_inputs, stream_id, self.calls.max_inbound)
             if not closed:
                 self.control.add(F.STREAM_CLOSE, 0, stream_id, b"")
+        elif stream_id in self.calls.inbound:
+            return  # a call that takes no input: there is nothing to refuse
         elif stream_id > 0 and stream_id & 1 == self.peer_parity:
             _remember(self.refused, stream_id, self.flow.max_streams_in)  # refused on arrival
 

@@ -62,11 +62,11 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import msgspec
-from websockets.exceptions import ConnectionClosed as _WSClosed
 
 from .exceptions import ConnectionClosed, RemoteError, RemoteStreamError, StreamAborted
 from .peer import Response, _current_peer
 from .router import Router
+from .transport import Transport, TransportClosed
 
 __all__ = ["JsonPeer"]
 
@@ -200,7 +200,7 @@ class JsonPeer:
 
     def __init__(
         self,
-        ws: Any,
+        ws: Transport,
         router: Router | None,
         *,
         max_message_size: int = 4 << 20,
@@ -300,11 +300,11 @@ class JsonPeer:
                         self._send({"type": "StreamError", "streamId": sid, "error": "Stream aborted"})
                     )
                 raise
-            except (_WSClosed, ConnectionClosed):
+            except (*TransportClosed, ConnectionClosed):
                 pass
             except Exception as exc:
                 await self._send({"type": "StreamError", "streamId": sid, "error": f"{type(exc).__name__}: {exc}"})
-        except (_WSClosed, ConnectionClosed):
+        except (*TransportClosed, ConnectionClosed):
             pass
         finally:
             self._senders.pop(sid, None)
@@ -360,10 +360,10 @@ class JsonPeer:
         token = _current_peer.set(self)  # type: ignore[arg-type]
         try:
             if await self._handle(first):
-                async for msg in self._ws:
+                async for msg in self._ws.messages():
                     if not await self._handle(msg):
                         break
-        except (_WSClosed, ConnectionError):
+        except TransportClosed:
             pass
         finally:
             _current_peer.reset(token)
@@ -394,13 +394,11 @@ class JsonPeer:
         """Close with ``code``. What the peer still sends is read and dropped meanwhile:
         websockets stops reading once unread messages pile up, and the peer's close
         frame would then not be seen before websockets' close timeout."""
-        drain = self._loop.create_task(_discard(self._ws))
+        drain = self._loop.create_task(self._ws.discard())
         try:
             await asyncio.wait_for(self._ws.close(code, reason[:120]), 2.0)
         except Exception:
-            transport = getattr(self._ws, "transport", None)
-            if transport is not None:
-                transport.abort()  # no close handshake: drop the connection
+            self._ws.abort()  # no close handshake: drop the connection
         finally:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
@@ -511,12 +509,12 @@ class JsonPeer:
             self._pending_bytes -= weight
         try:
             await self._send(reply)
-        except (_WSClosed, ConnectionClosed):
+        except (*TransportClosed, ConnectionClosed):
             pass
         except (TypeError, ValueError) as exc:  # result not JSON-serialisable
             try:
                 await self._send({"category": "response", "requestId": rid, "error": f"{type(exc).__name__}: {exc}"})
-            except (_WSClosed, ConnectionClosed):
+            except (*TransportClosed, ConnectionClosed):
                 pass
 
     async def _dispatch(self, data: Any) -> Any:
@@ -556,11 +554,3 @@ class JsonPeer:
             await asyncio.gather(*tasks, return_exceptions=True)
         if not self._closed.done():
             self._closed.set_result(None)
-
-
-async def _discard(ws: Any) -> None:
-    try:
-        async for _ in ws:
-            pass
-    except Exception:
-        pass

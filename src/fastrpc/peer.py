@@ -437,7 +437,9 @@ class RpcPeer(PeerAPI):
             return
         except ProtocolError as e:
             exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
-            await self._fail_protocol(e)
+            # A peer closed for not reading gets time to drain what waits for it, so
+            # that it can see why (its close frame comes last).
+            await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)
         except TransportClosed as e:
             code, reason = closed_info(e)
             exc = ConnectionClosed(reason, code)
@@ -472,7 +474,7 @@ class RpcPeer(PeerAPI):
             if waiting < least:
                 least, since = waiting, loop.time()
             elif loop.time() - since > self._stall_timeout:
-                raise LimitExceeded(
+                raise _Stalled(
                     f"the peer does not read: {waiting} bytes wait for it (max_output_backlog "
                     f"{self._max_backlog}) with no progress for {self._stall_timeout} s (output_stall_timeout)"
                 )
@@ -536,7 +538,7 @@ class RpcPeer(PeerAPI):
                 fut.set_exception(exc)
                 fut.exception()
 
-    async def _fail_protocol(self, e: ProtocolError) -> None:
+    async def _fail_protocol(self, e: ProtocolError, patience: float = 2.0) -> None:
         """The peer broke the protocol: GOAWAY with the reason, close with its code."""
         core = self._core
         core.close(e.code, e.reason)
@@ -556,7 +558,7 @@ class RpcPeer(PeerAPI):
         # frame is seen (close() would wait for its full timeout otherwise).
         drain = self._loop.create_task(transport.discard())
         try:
-            await asyncio.wait_for(transport.close(e.close_code, e.reason[:120]), 2.0)
+            await asyncio.wait_for(transport.close(e.close_code, e.reason[:120]), patience)
         except Exception:
             transport.abort()  # no close handshake: drop the connection
         finally:
@@ -697,6 +699,10 @@ class RpcPeer(PeerAPI):
 
     def _on_cancelled(self, ev: E.CallCancelled) -> None:
         self._handlers.on_cancelled(ev)
+
+
+class _Stalled(LimitExceeded):
+    """The peer does not read what it asked for (RpcPeer._serve_less)."""
 
 
 # Event type -> handler (a class-level table: nothing to build per connection).

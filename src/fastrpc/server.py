@@ -66,6 +66,11 @@ class Server:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def detached(self) -> list[RpcPeer]:
+        """Sessions whose client went away, kept for it to resume (``session_grace``)."""
+        return list(self._grace)
+
+    @property
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
@@ -84,7 +89,10 @@ class Server:
         # seed's JSON protocol (text), and a new session from one being resumed.
         try:
             first = await transport.recv(self.options.handshake_timeout)
-        except (asyncio.TimeoutError, *TransportClosed, OSError):
+        except asyncio.TimeoutError:
+            await transport.close(1008, "no handshake within handshake_timeout")
+            return
+        except (*TransportClosed, OSError):
             return
         if isinstance(first, str):
             await self._json_connection(transport, first)
@@ -98,7 +106,10 @@ class Server:
             peer.on_transport_lost = self._session_lost
         try:
             await peer.start(self.options.handshake_timeout, first, inline_reader=self.handler is None)
-        except (ConnectionClosed, asyncio.TimeoutError, OSError):
+        except asyncio.TimeoutError:
+            await transport.close(1008, "no handshake within handshake_timeout")
+            return
+        except (ConnectionClosed, OSError):
             return
         self.peers.add(peer)
         peer.on_closed(self._forget)
@@ -218,7 +229,17 @@ class Server:
         self._register(peer, before)
 
     async def _json_connection(self, transport: Transport, first: str) -> None:
-        peer = JsonPeer(transport.ws, self.router, max_message_size=self.options.max_message_size)
+        o = self.options
+        peer = JsonPeer(
+            transport,
+            self.router,
+            max_message_size=o.max_message_size,
+            max_item_size=o.max_frame_size,
+            max_pending_calls=o.max_pending_calls,
+            max_streams=o.max_streams,
+            max_held_bytes=o.max_connection_memory // 2,
+            max_pending_bytes=o.max_connection_memory // 2,
+        )
         runner = asyncio.get_running_loop().create_task(peer._run(first))
         try:
             if self.handler is not None:

@@ -66,8 +66,9 @@ class Transport:
             tcp.abort()
         return True
 
-    async def send(self, msg: bytes) -> None:
-        """Send ``msg``, waiting for the socket to drain (raises TransportClosed)."""
+    async def send(self, msg: bytes | str) -> None:
+        """Send ``msg`` (bytes: a binary message, str: a text one), waiting for the
+        socket to drain (raises TransportClosed)."""
         await self.ws.send(msg)
 
     def buffered(self) -> int:
