@@ -6,7 +6,6 @@ uncaught exception; other connections go on."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from typing import Any
 
@@ -156,8 +155,8 @@ def expect_close(messages: list[str], code: int, reason: str, *, limits: dict[st
 
 
 class limited:
-    """Serve JSON connections with other limits (server.py passes only
-    max_message_size; the others are JsonPeer's keyword arguments)."""
+    """Serve JSON connections with other limits (JsonPeer's keyword arguments, over
+    those server.py passes)."""
 
     def __init__(self, limits: dict[str, int] | None) -> None:
         self.limits = limits
@@ -166,7 +165,9 @@ class limited:
     def __enter__(self) -> None:
         if self.limits:
             self.saved = fastrpc.server.JsonPeer
-            fastrpc.server.JsonPeer = functools.partial(JsonPeer, **self.limits)  # type: ignore[misc]
+            limits = self.limits
+            # The test's limits win over those the server passes.
+            fastrpc.server.JsonPeer = lambda *a, **k: JsonPeer(*a, **{**k, **limits})  # type: ignore[misc]
 
     def __exit__(self, *exc: object) -> None:
         if self.saved is not None:

@@ -106,22 +106,38 @@ class connect:
         return await open_connection(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
 
     async def _connect(self) -> RpcPeer:
-        transport = await self._open()
-        peer = RpcPeer(transport, Role.CLIENT, router=self.router, **peer_kwargs(self.options))
-        if self.reconnect is not None:
-            peer.on_transport_lost = self._lost
-        self._established = False
-        try:
-            await peer.start(self.options.handshake_timeout)
-        except BaseException:
-            # connect() fails and leaves nothing running: no reconnect was started
-            # (see _lost), and the peer is closed.
-            await peer.teardown(ConnectionClosed("the first handshake failed"))
-            raise
+        """Open the first connection: with a RetryPolicy, a failed attempt (refused,
+        or cut during its handshake) is retried as the policy says; every failed
+        attempt is torn down, so nothing keeps running when connect() raises."""
+        policy = self.reconnect
+        attempt = 0
+        while True:
+            attempt += 1
+            peer: RpcPeer | None = None
+            self._established = False
+            try:
+                transport = await asyncio.wait_for(self._open(), self.options.handshake_timeout)
+                peer = RpcPeer(transport, Role.CLIENT, router=self.router, **peer_kwargs(self.options))
+                if policy is not None:
+                    peer.on_transport_lost = self._lost
+                await peer.start(self.options.handshake_timeout)
+                break
+            except (ConnectionClosed, *OPEN_FAILED) as e:
+                if peer is not None:
+                    await peer.teardown(ConnectionClosed("the first handshake failed"))
+                if policy is None or (policy.max_attempts is not None and attempt >= policy.max_attempts):
+                    raise
+                delay = policy.delay(attempt + 1)
+                logger.debug("first connection to %s failed (%r); retrying in %.2f s", self.url, e, delay)
+                await asyncio.sleep(delay)
+            except BaseException:
+                if peer is not None:
+                    await peer.teardown(ConnectionClosed("connect() was cancelled"))
+                raise
         self._established = True
         self.peer = peer
-        if self.reconnect is not None:
-            _call_hook(self.reconnect.on_connected, peer)
+        if policy is not None:
+            _call_hook(policy.on_connected, peer)
             if not peer.connected and not peer.closed:
                 # Lost in the loop pass that completed the handshake: reconnect now.
                 self._lost(peer, ConnectionClosed("lost right after the first handshake"), True)

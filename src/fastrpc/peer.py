@@ -504,6 +504,13 @@ class RpcPeer(PeerAPI):
     async def reset_session(self, exc: ConnectionClosed) -> None:
         """(Session, client) the session could not be resumed: fail everything in
         flight with ``exc`` and start a new session on the next transport."""
+        # The new session's core first: calls made while this awaits go to it (on the
+        # old one they would never be sent).
+        old = self._core
+        self._core = self._link.core = Connection(old.role, old.settings, **self._core_options)
+        self._attachments = 0
+        self._goaway = False
+        self._link.decoder = self._codec
         self._fail_pending(exc)
         tasks = self._handlers.running()
         for t in tasks:
@@ -511,11 +518,6 @@ class RpcPeer(PeerAPI):
         await self.streams.shutdown(exc)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        old = self._core
-        self._core = self._link.core = Connection(old.role, old.settings, **self._core_options)
-        self._attachments = 0
-        self._goaway = False
-        self._link.decoder = self._codec
         self.streams.reopen()
         self._call_done()
 
