@@ -75,6 +75,9 @@ MAX_REPLAY_BYTES = 32 << 20  # sent and not acknowledged; past it a session is n
 # The replay buffers of all the sessions a server keeps for clients that went away;
 # past it the oldest sessions are given up (their clients get ResumeFailed).
 MAX_DETACHED_REPLAY = 64 << 20
+# Tokens of sessions dropped empty (nothing sent or received yet), kept for
+# session_grace so that their clients resume at 0: at most this many (oldest dropped).
+MAX_TOMBSTONES = 65536
 # A receiver acknowledges (ACK) after this many frames or bytes, so that the sender's
 # replay buffer holds little more than what is in flight.
 ACK_FRAMES = 64

@@ -214,6 +214,12 @@ class ResumeState:
             previous is not None and hmac.compare_digest(token, previous)
         )
 
+    def adopt(self, token: bytes) -> None:
+        """(Server) this new session stands for an empty one with ``token`` that was
+        dropped before a frame came or left: a RESUME with it resumes this one at 0."""
+        self.token = token
+        self.transports = 2
+
     def proved(self) -> None:
         """(Server) a frame arrived after our RESUME_OK: the client holds the current
         token, the previous one is void."""

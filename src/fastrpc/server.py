@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
+from . import options as O
 from .exceptions import ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer
 from .options import PeerOptions
@@ -59,6 +60,9 @@ class Server:
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
         self._resuming: set[RpcPeer] = set()
+        self._tokens: dict[RpcPeer, list[bytes]] = {}  # the tokens each session is stored under
+        # Tokens of sessions dropped before any frame came or left -> until when.
+        self._tombstones: dict[bytes, float] = {}
 
     @property
     def port(self) -> int:
@@ -104,6 +108,11 @@ class Server:
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
+            token = self._tombstone(first)
+            if token is not None:
+                # Its session was dropped before a frame came or left: this fresh one
+                # is the same session, resumed at position 0.
+                peer.core.session.adopt(token)
         try:
             await peer.start(self.options.handshake_timeout, first, inline_reader=self.handler is None)
         except asyncio.TimeoutError:
@@ -113,7 +122,7 @@ class Server:
             return
         self.peers.add(peer)
         peer.on_closed(self._forget)
-        self._register(peer, [])
+        self._register(peer)
         try:
             if self.handler is not None:
                 try:
@@ -139,22 +148,27 @@ class Server:
             return None
         token = session_token(first, self.options.max_frame_size)
         peer = self.sessions.get(token) if token is not None else None
-        if peer is None or not peer.core.session.accepts(token):  # type: ignore[arg-type]
-            return None  # unknown, or a token the client already replaced
+        if peer is None:
+            return None
+        if not peer.core.session.accepts(token):  # type: ignore[arg-type]
+            self.sessions.discard(token, peer)  # type: ignore[arg-type]  # replaced, and proved
+            return None
         return peer
 
-    def _register(self, peer: RpcPeer, before: list[bytes]) -> None:
-        """Map the tokens that may resume ``peer`` to it; forget ``before``'s others."""
+    def _register(self, peer: RpcPeer) -> None:
+        """Map the tokens that may resume ``peer`` to it; forget those it had before."""
         now = peer.session_tokens()
-        for token in before:
+        for token in self._tokens.get(peer, ()):
             if token not in now:
                 self.sessions.discard(token, peer)
         for token in now:
             self.sessions.put(token, peer)
+        if now:
+            self._tokens[peer] = now
 
     def _forget(self, peer: RpcPeer) -> None:
         self.peers.discard(peer)
-        for token in peer.session_tokens():
+        for token in self._tokens.pop(peer, ()):
             self.sessions.discard(token, peer)
         handle = self._grace.pop(peer, None)
         if handle is not None:
@@ -162,10 +176,16 @@ class Server:
 
     def _session_lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """A session lost its transport: keep it for ``session_grace`` seconds."""
-        if not resumable or (peer.core.frames_in == 0 and peer.core.session.refused):
+        core = peer.core
+        if not resumable or (core.frames_in == 0 and core.session.refused):
             # A client that asked for a session we do not know gets a new one, which
-            # it drops at once to start afresh: not worth keeping. (A session that
-            # merely received nothing yet is kept: its client may have sent calls.)
+            # it drops at once to start afresh: not worth keeping.
+            return False
+        if core.frames_in == 0 and core.frames_out == 0 and peer.session_token is not None:
+            # Nothing came or left yet (its client may not even have our answer): keep
+            # a token, not a session; if the client does come back, it gets the same
+            # (empty) session afresh, resumed at 0 (see _tombstone).
+            self._bury(peer.session_token)
             return False
         old = self._grace.pop(peer, None)
         if old is not None:
@@ -180,13 +200,29 @@ class Server:
             self._expire(oldest, "the server's max_detached_replay was reached")
         return True
 
+    def _bury(self, token: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        tombs = self._tombstones
+        tombs[token] = loop.time() + self.options.session_grace
+        now = loop.time()
+        while tombs and (len(tombs) > O.MAX_TOMBSTONES or next(iter(tombs.values())) < now):
+            del tombs[next(iter(tombs))]
+
+    def _tombstone(self, first: bytes) -> bytes | None:
+        """The token of an empty session dropped earlier that ``first`` resumes, if any."""
+        if not self._tombstones:
+            return None
+        token = session_token(first, self.options.max_frame_size)
+        until = self._tombstones.pop(token, None) if token is not None else None
+        return token if until is not None and until > asyncio.get_running_loop().time() else None
+
     def _detached_replay(self) -> int:
         return sum(p.core.session.replay_bytes for p in self._grace)
 
     def _expire(self, peer: RpcPeer, why: str = "the client did not come back in time") -> None:
         self._grace.pop(peer, None)
         if not peer.connected and not peer.closed:
-            for token in peer.session_tokens():
+            for token in self._tokens.pop(peer, ()):
                 self.sessions.discard(token, peer)
             exc = ResumeFailed(f"session expired: {why}")
             peer.session_task = asyncio.get_running_loop().create_task(peer.teardown(exc))
@@ -219,14 +255,13 @@ class Server:
         handle = self._grace.pop(peer, None)
         if handle is not None:
             handle.cancel()
-        before = peer.session_tokens()
         try:
             await peer.attach(transport, self.options.handshake_timeout, first, inline_reader=True)
         except (ConnectionClosed, asyncio.TimeoutError, OSError):
             if not peer.closed and peer.transport is None:
                 self._session_lost(peer, ConnectionClosed(), True)
             return
-        self._register(peer, before)
+        self._register(peer)
 
     async def _json_connection(self, transport: Transport, first: str) -> None:
         o = self.options
