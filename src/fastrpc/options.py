@@ -47,7 +47,7 @@ COMPRESSION_THRESHOLD = 1024  # items at least this large are compressed
 # stops being served instead of growing our memory.
 MAX_OUTPUT_BACKLOG = 4 << 20
 # ... and a peer that meanwhile reads nothing at all for this long is closed (1008).
-OUTPUT_STALL_TIMEOUT = 3.0
+OUTPUT_STALL_TIMEOUT = 2.0
 
 # A received message of more frames than this is processed in slices of this many,
 # the event loop serving other connections in between.
@@ -71,10 +71,10 @@ RETRY_JITTER = 0.2  # each delay scaled by a random factor within 1 +- this
 
 # -- session resumption ----------------------------------------------------------------
 SESSION_GRACE = 120.0  # seconds a server keeps a session whose client went away
-MAX_REPLAY_BYTES = 32 << 20  # sent and not acknowledged; past it a session is not resumable
+MAX_REPLAY_BYTES = 16 << 20  # sent and not acknowledged; past it a session is not resumable
 # The replay buffers of all the sessions a server keeps for clients that went away;
 # past it the oldest sessions are given up (their clients get ResumeFailed).
-MAX_DETACHED_REPLAY = 64 << 20
+MAX_DETACHED_REPLAY = 32 << 20
 # Tokens of sessions dropped empty (nothing sent or received yet), kept for
 # session_grace so that their clients resume at 0: at most this many (oldest dropped).
 MAX_TOMBSTONES = 65536

@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 MAX_PING_PAYLOAD = 64  # docs/protocol.md: a PONG echoes at most this much
+MAX_PINGS = 1024  # PINGs in one message (or slice of one): a PONG flood costs its sender
 ACK_FRAMES = O.ACK_FRAMES
 ACK_BYTES = O.ACK_BYTES
 
@@ -556,6 +557,7 @@ class Connection:
                 session.proved()  # the client got our RESUME_OK: it sends frames
             if session.received(len(frames)):
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
+        pings = 0
         for f in frames:
             t = f.type
             if t == F.STREAM_DATA:
@@ -590,6 +592,9 @@ class Connection:
             elif t == F.PING:
                 if len(f.payload) > MAX_PING_PAYLOAD:
                     raise ProtocolError(f"PING payload of {len(f.payload)} bytes (at most {MAX_PING_PAYLOAD})")
+                pings += 1
+                if pings > MAX_PINGS:
+                    raise LimitExceeded(f"more than {MAX_PINGS} PINGs in one message")
                 if not self.closed:
                     self._sched.control.add(F.PONG, 0, 0, f.payload)
             elif t == F.PONG:
