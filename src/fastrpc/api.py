@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .codec import PayloadCodec
-from .exceptions import ConnectionClosed
+from .exceptions import ConnectionClosed, ErrorCode
 from .handlers import Handlers
 from .protocol import DEFAULT_URGENCY, Connection, Settings
 from .streams import RateLimit, ReceiveStream, StreamManager
 from .transport import Transport
 
 __all__ = ["PeerAPI", "Response"]
+
+_P = TypeVar("_P", bound="PeerAPI")
 
 
 class Response:
@@ -35,7 +37,7 @@ class Response:
 class PeerAPI:
     """Calls, notifications and streams: the methods :class:`RpcPeer` offers its user."""
 
-    __slots__ = ()
+    __slots__ = ("_closing",)  # close() was called
 
     # Provided by RpcPeer.
     _core: Connection
@@ -50,11 +52,58 @@ class PeerAPI:
     _transport: Transport | None
     _close_exc: ConnectionClosed | None
 
+    _closed: asyncio.Future[None]
+    _closed_flag: bool
+    _writer: asyncio.Task[None] | None
+
     def _kick(self) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    async def teardown(self, exc: ConnectionClosed) -> None:
         raise NotImplementedError
 
     def _check_open(self) -> None:
         raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_flag
+
+    @property
+    def connected(self) -> bool:
+        """Whether a transport is attached (False while a session waits to resume)."""
+        return self._transport is not None and not self._closed_flag
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has closed and everything on it is cleaned up."""
+        await asyncio.shield(self._closed)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection: GOAWAY, then the WebSocket close handshake."""
+        self._closing = True
+        if not self._closed_flag:
+            self._core.close(ErrorCode.NO_ERROR, reason)
+            self._flush()  # the GOAWAY leaves before the close frame
+            writer = self._writer
+            if self._transport is not None and writer is not None and not writer.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(writer), 2.0)
+                except (asyncio.TimeoutError, Exception):
+                    pass
+            if self._transport is not None:
+                await self._transport.close(code, reason)
+            else:
+                await self.teardown(ConnectionClosed(reason or "Connection closed", code))
+        await self.wait_closed()
+
+    async def __aenter__(self: _P) -> _P:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @property
     def settings(self) -> Settings:

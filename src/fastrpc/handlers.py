@@ -172,7 +172,9 @@ class Handlers:
             return
         core = self.link.core
         if stream:
-            core.fail_stream_call(cid, type_name, message, code)
+            core.open_response_stream(cid)
+            core.error_stream(cid, type_name, message, code)
+            core.finish_call(cid)
         else:
             core.send_error(cid, type_name, message, code, tb)
         self.link.kick()
@@ -219,7 +221,9 @@ class Handlers:
                 raise
             except Exception as exc:
                 if not self.link.closed:
-                    core.fail_stream_call(cid, type(exc).__name__, str(exc))
+                    core.open_response_stream(cid)
+                    core.error_stream(cid, type(exc).__name__, str(exc))
+                    core.finish_call(cid)
                     self.link.kick()
                 return
             if self.link.closed:

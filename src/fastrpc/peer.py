@@ -56,7 +56,6 @@ class RpcPeer(PeerAPI):
         "_close_exc",
         "_closed",
         "_closed_flag",
-        "_closing",
         "_codec",
         "_core",
         "_core_options",
@@ -254,15 +253,6 @@ class RpcPeer(PeerAPI):
             self._kick()
 
     @property
-    def closed(self) -> bool:
-        return self._closed_flag
-
-    @property
-    def connected(self) -> bool:
-        """Whether a transport is attached (False while a session waits to resume)."""
-        return self._transport is not None and not self._closed_flag
-
-    @property
     def transport(self) -> Transport | None:
         """The current transport (None while a session waits for its client)."""
         return self._transport
@@ -286,9 +276,14 @@ class RpcPeer(PeerAPI):
         """The sans-I/O core of the current session (for inspection)."""
         return self._core
 
-    async def wait_closed(self) -> None:
-        """Wait until the connection has closed and everything on it is cleaned up."""
-        await asyncio.shield(self._closed)
+    @property
+    def output_limits(self) -> tuple[int, float]:
+        """``(max_output_backlog, output_stall_timeout)``."""
+        return self._max_backlog, self._stall_timeout
+
+    def flush(self) -> None:
+        """Send what is queued (soon, coalesced with the rest of this loop pass)."""
+        self._kick()
 
     def on_closed(self, fn: Callable[[RpcPeer], None]) -> None:
         """Call ``fn(peer)`` once the connection is closed and cleaned up."""
@@ -297,30 +292,6 @@ class RpcPeer(PeerAPI):
     async def wait_transport_done(self) -> None:
         """(Session) wait until the current transport is gone."""
         await asyncio.shield(self._transport_done)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection: GOAWAY, then the WebSocket close handshake."""
-        self._closing = True
-        if not self._closed_flag:
-            self._core.close(ErrorCode.NO_ERROR, reason)
-            self._flush()  # the GOAWAY leaves before the close frame
-            writer = self._writer
-            if self._transport is not None and writer is not None and not writer.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(writer), 2.0)
-                except (asyncio.TimeoutError, Exception):
-                    pass
-            if self._transport is not None:
-                await self._transport.close(code, reason)
-            else:
-                await self.teardown(ConnectionClosed(reason or "Connection closed", code))
-        await self.wait_closed()
-
-    async def __aenter__(self) -> RpcPeer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------ I/O
 
@@ -426,7 +397,7 @@ class RpcPeer(PeerAPI):
                         self._process(frames[i : i + step])
                         await asyncio.sleep(0)
                 if self._core.control_backlog + transport.buffered() > limit:
-                    await self._serve_less(transport)
+                    await _serve_less(self, transport)
             # A clean close: keep the peer's close code and reason.
             exc = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
             resumable = True
@@ -454,31 +425,6 @@ class RpcPeer(PeerAPI):
             _current_peer.reset(token)
             if transport is self._transport:
                 self._lost(exc or ConnectionClosed(), resumable)
-
-    async def _serve_less(self, transport: Transport) -> None:
-        """More than ``max_output_backlog`` bytes wait for the peer (answers, credit,
-        PONGs it does not read): stop reading its input until half of it left. A peer
-        that does not read at all for ``output_stall_timeout`` seconds meanwhile is
-        closed (LimitExceeded, 1008): its messages stay in the socket, not in memory."""
-        low = self._max_backlog // 2
-        loop = self._loop
-        least = self._core.control_backlog + transport.buffered()
-        since = loop.time()
-        while True:
-            if self._closed_flag or transport is not self._transport:
-                return
-            self._kick()
-            waiting = self._core.control_backlog + transport.buffered()
-            if waiting <= low:
-                return
-            if waiting < least:
-                least, since = waiting, loop.time()
-            elif loop.time() - since > self._stall_timeout:
-                raise _Stalled(
-                    f"the peer does not read: {waiting} bytes wait for it (max_output_backlog "
-                    f"{self._max_backlog}) with no progress for {self._stall_timeout} s (output_stall_timeout)"
-                )
-            await asyncio.sleep(O.BACKPRESSURE_DELAY)
 
     def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
         """The transport is gone. Keep the session for a resume when both sides agreed
@@ -544,28 +490,10 @@ class RpcPeer(PeerAPI):
         """The peer broke the protocol: GOAWAY with the reason, close with its code."""
         core = self._core
         core.close(e.code, e.reason)
-        transport = self._transport
-        if transport is None:
-            return
-        try:
+        if self._transport is not None:
             # Our HELLO first if the handshake failed, then the GOAWAY with the reason.
-            for _ in range(2):
-                msg = core.next_message()
-                if msg is None:
-                    break
-                await asyncio.wait_for(transport.send(msg), 1.0)
-        except Exception:  # best effort: the close below says it too
-            pass
-        # Keep reading (and dropping) what the peer still sends, so that its close
-        # frame is seen (close() would wait for its full timeout otherwise).
-        drain = self._loop.create_task(transport.discard())
-        try:
-            await asyncio.wait_for(transport.close(e.close_code, e.reason[:120]), patience)
-        except Exception:
-            transport.abort()  # no close handshake: drop the connection
-        finally:
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+            last = [m for m in (core.next_message(), core.next_message()) if m is not None]
+            await self._transport.fail(last, e.close_code, e.reason, patience)
 
     async def teardown(self, exc: ConnectionClosed) -> None:
         """(Session) clean up everything on this connection once it is gone."""
@@ -704,7 +632,32 @@ class RpcPeer(PeerAPI):
 
 
 class _Stalled(LimitExceeded):
-    """The peer does not read what it asked for (RpcPeer._serve_less)."""
+    """The peer does not read what it asked for (_serve_less)."""
+
+
+async def _serve_less(peer: RpcPeer, transport: Transport) -> None:
+    """More than ``max_output_backlog`` bytes wait for the peer (answers, credit, PONGs
+    it does not read): stop reading its input until half of it left. A peer that does
+    not read at all for ``output_stall_timeout`` seconds meanwhile is closed
+    (LimitExceeded, 1008): its messages stay in the socket, not in memory."""
+    limit, stall = peer.output_limits
+    core = peer.core
+    loop = asyncio.get_running_loop()
+    least = core.control_backlog + transport.buffered()
+    since = loop.time()
+    while not peer.closed and transport is peer.transport:
+        peer.flush()
+        waiting = core.control_backlog + transport.buffered()
+        if waiting <= limit // 2:
+            return
+        if waiting < least:
+            least, since = waiting, loop.time()
+        elif loop.time() - since > stall:
+            raise _Stalled(
+                f"the peer does not read: {waiting} bytes wait for it (max_output_backlog {limit}) "
+                f"with no progress for {stall} s (output_stall_timeout)"
+            )
+        await asyncio.sleep(O.BACKPRESSURE_DELAY)
 
 
 # Event type -> handler (a class-level table: nothing to build per connection).

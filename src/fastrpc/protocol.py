@@ -31,6 +31,7 @@ from .events import (
     HelloReceived,
     PongReceived,
     StreamClosedByPeer,
+    StreamReadable,
 )
 from .exceptions import (
     ConnectionClosed,
@@ -379,12 +380,6 @@ class Connection:
         if not self.closed:
             self._calls.fail(call_id, type_name, message, code, traceback)
 
-    def fail_stream_call(self, call_id: int, type_name: str, message: str, code: int | None = None) -> None:
-        """Fail streaming call ``call_id`` (its results stream ends with the error)."""
-        self.open_response_stream(call_id)
-        self.error_stream(call_id, type_name, message, code)
-        self.finish_call(call_id)
-
     def finish_call(self, call_id: int) -> None:
         """A streaming call's handler finished (its stream's end is queued)."""
         self._calls.finish(call_id)
@@ -463,7 +458,7 @@ class Connection:
         if s is None or not s.items:
             return None
         payload, raw, charge = s.items.popleft()
-        self._budget.release(len(payload))
+        self._budget.held -= len(payload)
         grant: int = self._flow.ledger_in.consumed(stream_id, charge)
         if grant:
             self._flow.granted(s, grant, charge)
@@ -592,8 +587,7 @@ class Connection:
             elif t == F.PING:
                 if len(f.payload) > MAX_PING_PAYLOAD:
                     raise ProtocolError(f"PING payload of {len(f.payload)} bytes (at most {MAX_PING_PAYLOAD})")
-                pings += 1
-                if pings > MAX_PINGS:
+                if (pings := pings + 1) > MAX_PINGS:
                     raise LimitExceeded(f"more than {MAX_PINGS} PINGs in one message")
                 if not self.closed:
                     self._sched.control.add(F.PONG, 0, 0, f.payload)
@@ -665,11 +659,16 @@ class Connection:
                 return
             payload, flags = whole
         else:
-            self._budget.charge(len(payload), "unread items")
+            budget = self._budget  # charged inline: the hot path of every item
+            budget.held += len(payload)
+            if budget.held > budget.limit:
+                budget.charge(0, "unread items")
         if flags & F.FLAG_COMPRESSED:
             payload = inbound.inflate(payload, self._algorithm, self.settings.max_item_size)
         s.items.append((payload, bool(flags & FLAG_RAW), charge))
-        inbound.readable(s, events)
+        if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
+            s.last_event = inbound.message_count
+            events.append(StreamReadable(fid))
 
     def _on_error(self, f: F.Frame, events: list[Event]) -> None:
         event, streaming = self._calls.on_error(f)

@@ -91,6 +91,25 @@ class Transport:
         it did not close cleanly)."""
         return self.ws.__aiter__()
 
+    async def fail(self, last: list[bytes], code: int, reason: str, patience: float = 2.0) -> None:
+        """Send ``last`` (best effort, a second each), then close with ``code`` and
+        ``reason``, reading and dropping what the peer still sends meanwhile (the
+        library stops reading once unread messages pile up, and the peer's close frame
+        would not be seen); past ``patience`` seconds, drop the connection."""
+        try:
+            for msg in last:
+                await asyncio.wait_for(self.send(msg), 1.0)
+        except Exception:  # best effort: the close frame says it too
+            pass
+        drain = asyncio.get_running_loop().create_task(self.discard())
+        try:
+            await asyncio.wait_for(self.close(code, reason[:120]), patience)
+        except Exception:
+            self.abort()
+        finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+
     async def recv(self, timeout: float) -> bytes | str:
         """The next message (``asyncio.TimeoutError`` after ``timeout`` s)."""
         return await asyncio.wait_for(self.ws.recv(), timeout)
@@ -154,4 +173,5 @@ async def start_server(
     async def accept(ws: ServerConnection) -> None:
         await handler(Transport(ws))
 
-    return await _ws_serve(accept, host, port, **options)
+    server: WebSocketServer = await _ws_serve(accept, host, port, **options)
+    return server
