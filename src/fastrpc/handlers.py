@@ -152,7 +152,7 @@ class Handlers:
             self._reply_exception(cid, exc)
             return
         self.link.core.send_response(cid, payload, raw=raw)
-        self.link.kick()
+        self.link.host.flush()
 
     def _reply_exception(self, cid: int, exc: BaseException) -> None:
         tb = "".join(_traceback.format_exception(exc)) if self.expose_tb else None
@@ -177,7 +177,7 @@ class Handlers:
             core.finish_call(cid)
         else:
             core.send_error(cid, type_name, message, code, tb)
-        self.link.kick()
+        self.link.host.flush()
 
     async def _run_call(self, cid: int, invoke: Callable[[], Awaitable[Any]], deadline: float | None) -> None:
         try:
@@ -224,7 +224,7 @@ class Handlers:
                     core.open_response_stream(cid)
                     core.error_stream(cid, type(exc).__name__, str(exc))
                     core.finish_call(cid)
-                    self.link.kick()
+                    self.link.host.flush()
                 return
             if self.link.closed:
                 return

@@ -14,6 +14,7 @@ import heapq
 import os
 import weakref
 from collections.abc import Callable
+from typing import Protocol
 
 __all__ = ["Keepalive"]
 
@@ -82,29 +83,30 @@ def timer(loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None])
     return timers.add(delay, fn)
 
 
+class KeepaliveHost(Protocol):
+    """What a :class:`Keepalive` asks of its connection."""
+
+    def keepalive_ping(self, token: bytes) -> object | None:
+        """Queue a PING with ``token``; return a handle of the transport it probes, or
+        None when there is none to probe (a session waiting for its client)."""
+
+    def keepalive_expired(self, handle: object) -> None:
+        """No PONG came in time for the PING sent on ``handle``."""
+
+
 class Keepalive:
-    """The keepalive of one connection.
+    """The keepalive of one connection (its ``host``): the next PING is scheduled
+    again when the host has nothing to probe."""
 
-    ``ping(token)`` queues a PING and returns a handle for the current transport, or
-    None when there is none to probe (a session waiting for its client): the next PING
-    is then scheduled. ``expired(handle)`` runs when its PONG did not come in time.
-    """
-
-    __slots__ = ("expired", "interval", "loop", "ping", "stopped", "timeout", "timer", "token")
+    __slots__ = ("host", "interval", "loop", "stopped", "timeout", "timer", "token")
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        interval: float | None,
-        timeout: float | None,
-        ping: Callable[[bytes], object | None],
-        expired: Callable[[object], None],
+        self, loop: asyncio.AbstractEventLoop, interval: float | None, timeout: float | None, host: KeepaliveHost
     ) -> None:
         self.loop = loop
         self.interval = interval
         self.timeout = timeout
-        self.ping = ping
-        self.expired = expired
+        self.host = host  # one reference, not two bound methods: idle connections are many
         self.timer: _Timer | None = None
         self.token: bytes | None = None  # the payload of the PING awaiting its PONG
         self.stopped = False
@@ -117,7 +119,7 @@ class Keepalive:
     def _ping(self) -> None:
         self.timer = None
         token = os.urandom(8)
-        handle = self.ping(token)
+        handle = self.host.keepalive_ping(token)
         if handle is None:
             self.start()  # nothing to probe now
             return
@@ -140,7 +142,7 @@ class Keepalive:
         self.timer = None
         self.token = None
         if not self.stopped:
-            self.expired(handle)
+            self.host.keepalive_expired(handle)
             self.start()
 
     def stop(self) -> None:

@@ -110,20 +110,13 @@ class RpcPeer(PeerAPI):
         if manager.initial_window != settings.initial_stream_window:
             settings.initial_stream_window = manager.initial_window
         # For a new session's core (a client whose session could not be resumed).
-        self._core_options: dict[str, Any] = {
-            "compression_threshold": compression_threshold,
-            "max_replay_bytes": max_replay_bytes,
-            "max_connection_memory": max_connection_memory,
-            **manager.core_options(),
-        }
-        self._core = Connection(role, settings, **self._core_options)
-        self._link = StreamLink(self._loop, self._core, self._kick, self._codec, self._transport_buffered)
+        self._core_options = (compression_threshold, max_replay_bytes, max_connection_memory)  # a tuple: small
+        self._core = self._new_core(role, settings, manager)
+        self._link = StreamLink(self._loop, self._core, self, self._codec)
         self.streams = manager
         manager.attach(self._link)
         self._handlers = Handlers(self._link, manager, router, expose_tracebacks)
-        self._keepalive = Keepalive(
-            self._loop, keepalive_interval, keepalive_timeout, self._keepalive_ping, self._keepalive_expired
-        )
+        self._keepalive = Keepalive(self._loop, keepalive_interval, keepalive_timeout, self)
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._call_waiters: list[asyncio.Future[None]] = []
         # Output is written straight to the transport from a call_soon callback
@@ -154,6 +147,17 @@ class RpcPeer(PeerAPI):
         self._goaway = False
 
     # ------------------------------------------------------------ life cycle
+
+    def _new_core(self, role: Role, settings: Settings, manager: StreamManager) -> Connection:
+        threshold, max_replay, memory = self._core_options
+        return Connection(
+            role,
+            settings,
+            compression_threshold=threshold,
+            max_replay_bytes=max_replay,
+            max_connection_memory=memory,
+            **manager.core_options(),
+        )
 
     async def start(
         self, timeout: float = O.HANDSHAKE_TIMEOUT, first: bytes | None = None, inline_reader: bool = False
@@ -281,10 +285,6 @@ class RpcPeer(PeerAPI):
         """``(max_output_backlog, output_stall_timeout)``."""
         return self._max_backlog, self._stall_timeout
 
-    def flush(self) -> None:
-        """Send what is queued (soon, coalesced with the rest of this loop pass)."""
-        self._kick()
-
     def on_closed(self, fn: Callable[[RpcPeer], None]) -> None:
         """Call ``fn(peer)`` once the connection is closed and cleaned up."""
         self._closed.add_done_callback(lambda _: fn(self))
@@ -342,6 +342,10 @@ class RpcPeer(PeerAPI):
     def _transport_buffered(self) -> int:
         t = self._transport
         return t.buffered() if t is not None else 0
+
+    # The stream manager's host (StreamHost): the same functions, public names.
+    flush = _kick
+    transport_buffered = _transport_buffered
 
     async def _write_loop(self, transport: Transport) -> None:
         """The writer task of a new transport: the handshake, the replay of what the
@@ -453,7 +457,7 @@ class RpcPeer(PeerAPI):
         # The new session's core first: calls made while this awaits go to it (on the
         # old one they would never be sent).
         old = self._core
-        self._core = self._link.core = Connection(old.role, old.settings, **self._core_options)
+        self._core = self._link.core = self._new_core(old.role, old.settings, self.streams)
         self._attachments = 0
         self._goaway = False
         self._link.decoder = self._codec
@@ -539,7 +543,8 @@ class RpcPeer(PeerAPI):
 
     # ------------------------------------------------------------ keepalive
 
-    def _keepalive_ping(self, token: bytes) -> Transport | None:
+    def keepalive_ping(self, token: bytes) -> Transport | None:
+        """(Keepalive hook) queue a PING; the transport it probes (None: none now)."""
         transport = self._transport
         if transport is None or self._close_exc is not None or self._closed_flag or self._core.closed:
             return None
@@ -547,7 +552,8 @@ class RpcPeer(PeerAPI):
         self._kick()
         return transport
 
-    def _keepalive_expired(self, transport: object) -> None:
+    def keepalive_expired(self, transport: object) -> None:
+        """(Keepalive hook) no PONG came in time on ``transport``."""
         if self._closed_flag or transport is not self._transport:
             return
         # The peer is gone or stuck: no close handshake (it would wait for the dead

@@ -11,7 +11,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from . import options as O
 from .codec import PayloadCodec
@@ -23,27 +23,31 @@ T = TypeVar("T")
 __all__ = ["RateLimit", "ReceiveStream", "StreamLink", "StreamManager", "StreamStats"]
 
 
+class StreamHost(Protocol):
+    """The connection a :class:`StreamManager` serves (an :class:`fastrpc.RpcPeer`)."""
+
+    def flush(self) -> None:
+        """Send what the core queued (coalesced with the rest of this loop pass)."""
+
+    def transport_buffered(self) -> int:
+        """Bytes written and not yet taken by the socket."""
+
+
 class StreamLink:
     """What a :class:`StreamManager` needs of its connection, made by the peer that
-    owns it: the event loop, the sans-I/O core, a way to send what the core queued
-    (``kick``), the payload codec, and the bytes waiting in the transport."""
+    owns it: the event loop, the sans-I/O core, the payload codecs, and the ``host``
+    that sends what the core queued and knows the socket's buffer."""
 
-    __slots__ = ("buffered", "closed", "codec", "core", "decoder", "kick", "loop")
+    __slots__ = ("closed", "codec", "core", "decoder", "host", "loop")
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        core: Connection,
-        kick: Callable[[], None],
-        codec: PayloadCodec,
-        buffered: Callable[[], int],
+        self, loop: asyncio.AbstractEventLoop, core: Connection, host: StreamHost, codec: PayloadCodec
     ) -> None:
         self.loop = loop
         self.core = core  # replaced when a client starts a new session
-        self.kick = kick
+        self.host = host
         self.codec = codec  # encodes what we send
         self.decoder = codec  # decodes what we receive: the peer's codec, once its HELLO came
-        self.buffered = buffered
         self.closed = False  # the connection is torn down
 
 
@@ -203,7 +207,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 if item is not None:
                     payload, raw, granted = item
                     if granted:
-                        link.kick()
+                        link.host.flush()
                     return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
                 ended, error = core.stream_end(sid)
                 if ended and self._error is None:
@@ -415,7 +419,7 @@ class StreamManager:
     def buffered_amount(self) -> int:
         """Bytes queued and not yet on the wire (fastrpc's queue + the transport's)."""
         link = self.link
-        return link.core.buffered_amount + link.buffered()
+        return link.core.buffered_amount + link.host.transport_buffered()
 
     @property
     def active_streams(self) -> int:
@@ -474,9 +478,9 @@ class StreamManager:
         error (or cancellation) ends the stream with STREAM_ERROR (STREAM_ABORT)."""
         link = self.link
         core = link.core
-        kick = link.kick
+        kick = link.host.flush
         encode = link.codec.encode
-        buffered = link.buffered
+        buffered = link.host.transport_buffered
         limit = self.max_buffered_amount
         it = source.__aiter__()
         try:
@@ -526,12 +530,12 @@ class StreamManager:
         while not core.writable(sid):
             self._check()
             if core.has_output():
-                link.kick()  # writable() may have queued more of a fragmented item
+                link.host.flush()  # writable() may have queued more of a fragmented item
             fut = link.loop.create_future()
             self._writable[sid] = fut
             await fut
         if core.has_output():
-            link.kick()
+            link.host.flush()
         self._check()
 
     async def _backpressure(self, urgency: int) -> None:
@@ -662,7 +666,7 @@ class StreamManager:
             stream.close()
         else:
             self.link.core.close_stream(stream_id)
-            self.link.kick()
+            self.link.host.flush()
 
     def on_opened(self, sid: int) -> None:
         """(Peer hook) the peer opened stream ``sid`` towards us."""
@@ -714,7 +718,7 @@ class StreamManager:
             link = self.link
             if not link.closed:
                 link.core.release_stream(sid)
-                link.kick()
+                link.host.flush()
 
     def close_incoming(self, stream: ReceiveStream[Any]) -> None:
         """(Stream hook) the reader closed ``stream`` early: tell its sender."""
@@ -733,7 +737,7 @@ class StreamManager:
         link = self.link
         if link is not None and not link.closed:
             link.core.close_stream(sid)
-            link.kick()
+            link.host.flush()
 
     # ---------------------------------------------------------------- cleanup
 
