@@ -101,7 +101,8 @@ class CallTable:
         # Id sets are dicts (id -> None): an empty dict is 64 bytes, an empty set 216.
         self.streaming_out: dict[int, None] = {}
         self.inbound: dict[int, int] = {}  # call id -> bytes of its arguments
-        self.channels: dict[int, None] = {}  # running calls that take an input stream
+        # Running calls that take an input stream (a dict once the first comes).
+        self.channels: dict[int, None] | None = None
 
     # ------------------------------------------------------------------ ours
 
@@ -169,6 +170,10 @@ class CallTable:
 
     # ---------------------------------------------------------------- theirs
 
+    def takes_input(self, call_id: int) -> bool:
+        """Whether running call ``call_id`` takes an input stream (a channel)."""
+        return self.channels is not None and call_id in self.channels
+
     def on_request(self, f: F.Frame) -> RequestReceived:
         fid = f.id
         if fid in self.inbound:
@@ -180,6 +185,8 @@ class CallTable:
         self.budget.charge(len(payload), "arguments of running calls")
         self.inbound[fid] = len(payload)
         if flags & F.FLAG_CHANNEL:
+            if self.channels is None:
+                self.channels = {}
             self.channels[fid] = None
         return RequestReceived(
             fid,
@@ -198,14 +205,16 @@ class CallTable:
     def answer(self, call_id: int) -> None:
         """Take call ``call_id`` off the running calls before its answer is queued."""
         self.budget.release(self.inbound.pop(call_id))
-        self.channels.pop(call_id, None)
+        if self.channels:
+            self.channels.pop(call_id, None)
 
     def finish(self, call_id: int) -> None:
         """Call ``call_id``'s handler finished (if it was still running)."""
         held = self.inbound.pop(call_id, None)
         if held is not None:
             self.budget.release(held)
-            self.channels.pop(call_id, None)
+            if self.channels:
+                self.channels.pop(call_id, None)
 
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit
@@ -229,4 +238,4 @@ class CallTable:
         self.out.clear()
         self.streaming_out.clear()
         self.inbound.clear()
-        self.channels.clear()
+        self.channels = None

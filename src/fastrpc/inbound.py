@@ -9,6 +9,8 @@ record until read; reading gives credit back (:mod:`fastrpc.flow`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Union
 
 from . import compression as _compression
@@ -49,8 +51,10 @@ class InboundStreams:
         self.calls = calls
         self.peer_parity = peer_parity
         self.streams: dict[int, IncomingStream] = {}
-        self.refused: dict[int, None] = {}  # streams closed before they arrived
-        self.refused_inputs: dict[int, None] = {}  # channel inputs refused before they arrived
+        # Streams closed before they arrived, channel inputs refused before they arrived:
+        # rarely used, so a shared empty view until the first (an empty dict is 64 B).
+        self.refused: Mapping[int, None] = _NONE
+        self.refused_inputs: Mapping[int, None] = _NONE
         # Received messages so far: one StreamReadable per stream per message.
         self.message_count = 0
 
@@ -107,7 +111,7 @@ class InboundStreams:
             return s
         if fid in self.refused_inputs:
             return None  # a channel input we stopped reading before it arrived
-        if fid in self.calls.channels:
+        if self.calls.takes_input(fid):
             s = IncomingStream(fid, True, self.flow.initial_window)  # a channel call's input
         elif fid in self.calls.inbound:
             raise ProtocolError("a stream opened on the id of a call without input", ErrorCode.STREAM_STATE_ERROR)
@@ -121,7 +125,7 @@ class InboundStreams:
         s.seen_open = True
         self.streams[fid] = s
         if fid in self.refused:
-            del self.refused[fid]
+            del self.refused[fid]  # type: ignore[attr-defined]
             if not closed:
                 self.control.add(F.STREAM_CLOSE, 0, fid, b"")
             self.release(fid)
@@ -135,7 +139,7 @@ class InboundStreams:
         fid = f.id
         calls = self.calls
         if fid in self.refused_inputs:
-            del self.refused_inputs[fid]  # its end: nothing more comes
+            del self.refused_inputs[fid]  # type: ignore[attr-defined]  # its end: nothing more comes
             return
         s = self.streams.get(fid)
         if s is None or f.flags & F.FLAG_OPEN:
@@ -196,16 +200,16 @@ class InboundStreams:
 
     def refuse(self, stream_id: int, closed: bool) -> None:
         """Stop reading ``stream_id`` before it arrived."""
-        if stream_id in self.calls.channels:
+        if self.calls.takes_input(stream_id):
             # The input of a channel call: tell its sender to stop now and drop what is
             # in flight (it holds no stream slot).
-            _remember(self.refused_inputs, stream_id, self.calls.max_inbound)
+            self.refused_inputs = _remember(self.refused_inputs, stream_id, self.calls.max_inbound)
             if not closed:
                 self.control.add(F.STREAM_CLOSE, 0, stream_id, b"")
         elif stream_id in self.calls.inbound:
             return  # a call that takes no input: there is nothing to refuse
         elif stream_id > 0 and stream_id & 1 == self.peer_parity:
-            _remember(self.refused, stream_id, self.flow.max_streams_in)  # refused on arrival
+            self.refused = _remember(self.refused, stream_id, self.flow.max_streams_in)  # refused on arrival
 
     def close(self, s: IncomingStream, closed: bool) -> None:
         """Stop reading ``s``: drop what is held, tell the sender, release it."""
@@ -230,14 +234,19 @@ class InboundStreams:
         for s in self.streams.values():
             s.items.clear()
         self.streams.clear()
-        self.refused.clear()
-        self.refused_inputs.clear()
+        self.refused = self.refused_inputs = _NONE
 
 
-def _remember(ids: dict[int, None], stream_id: int, limit: int) -> None:
-    """Add ``stream_id`` to a set of refused ids that a peer could otherwise grow
-    without end (ids whose stream never comes): past ``limit`` the oldest is forgotten
-    (its stream, should it still come, is then an ordinary unclaimed one)."""
-    ids[stream_id] = None
-    if len(ids) > limit:
-        del ids[next(iter(ids))]
+_NONE: Mapping[int, None] = MappingProxyType({})
+
+
+def _remember(ids: Mapping[int, None], stream_id: int, limit: int) -> dict[int, None]:
+    """``ids`` (a set of refused ids, made a dict on first use) with ``stream_id``: a
+    peer could otherwise grow it without end (ids whose stream never comes), so past
+    ``limit`` the oldest is forgotten (its stream, should it still come, is then an
+    ordinary unclaimed one)."""
+    out = ids if isinstance(ids, dict) else {}
+    out[stream_id] = None
+    if len(out) > limit:
+        del out[next(iter(out))]
+    return out
