@@ -25,9 +25,9 @@ import asyncio
 import msgspec
 import pytest
 from _hostile import Attacker, Context, Outcome, frame, hostile, request
+from test_hostile import ping_backlog_split
 
 from fastrpc import frames as F
-from fastrpc.protocol import Settings
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -73,35 +73,7 @@ def test_cheap_request_flood_never_reading(kind: str) -> None:
 
 @pytest.mark.parametrize("where", ["server_64k"])
 def test_ping_backlog_split_into_small_messages(where: str) -> None:
-    # The attacker announces 1 KiB messages in its HELLO, so the server must split its
-    # PONG backlog into 1 KiB messages. client_hello_1k: one 2 MiB message of PINGs to
-    # a default server; server_64k: a server with max_message_size 64 KiB, 32 messages
-    # of 64 KiB of PINGs.
-    options: dict[str, int] = {}
-    if where == "server_64k":
-        options = {"max_message_size": 64 * KiB, "max_frame_size": 64 * KiB}
-        count, size = 32, 64 * KiB - 128
-    else:
-        count, size = 1, 2 * MiB
-
-    async def attack(ctx: Context) -> Outcome:
-        a = await Attacker.open(ctx.url, Settings(max_frame_size=KiB, max_message_size=KiB))
-        a.start_reading(count=True)
-        msg = PING64 * (size // len(PING64))
-        for _ in range(count):
-            if not await a.send(msg, timeout=2):
-                break
-        pings = count * (size // len(PING64))
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while loop.time() - t0 < 8 and a.received.get(F.PONG, 0) < pings and not a.closed():
-            await asyncio.sleep(0.05)
-        ctx.note("pings", pings)
-        ctx.note("pongs_received", a.received.get(F.PONG, 0))
-        ctx.note("seconds_to_answer", round(loop.time() - t0, 2))
-        return await a.outcome(3)
-
-    hostile(f"PING backlog split into 1 KiB messages ({where})", attack, options=options, expect={1008}).verify()
+    ping_backlog_split(where)  # the attack, with its targets: tests/test_hostile.py
 
 
 def test_dense_msgpack_arguments() -> None:

@@ -21,6 +21,7 @@ import pytest
 from _core_fuzz import CODECS, SERVER_SETTINGS, App, converse, hello, undocumented
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_frames_fuzz import mutate, mutations
 
 from fastrpc import _frames_py as P
 from fastrpc.protocol import Connection, Role, Settings, encode_error
@@ -200,33 +201,6 @@ def messages(draw: st.DrawFn) -> bytes:
     if kind == 1:
         return mutate(data, draw(mutations))
     return data
-
-
-mutations = st.lists(
-    st.tuples(
-        st.sampled_from(["flip", "set", "insert", "delete", "truncate"]), st.integers(0, 10**6), st.integers(0, 255)
-    ),
-    min_size=1,
-    max_size=4,
-)
-
-
-def mutate(message: bytes, changes: list[tuple[str, int, int]]) -> bytes:
-    data = bytearray(message)
-    for kind, where, value in changes:
-        pos = where % (len(data) + 1)
-        if kind == "insert":
-            data[pos:pos] = bytes([value])
-        elif kind == "truncate":
-            del data[pos:]
-        elif pos < len(data):
-            if kind == "flip":
-                data[pos] ^= 1 << (value % 8)
-            elif kind == "set":
-                data[pos] = value
-            else:
-                del data[pos]
-    return bytes(data)
 
 
 client_settings = st.builds(
