@@ -94,8 +94,8 @@ async def main() -> None:
         await peer.send_stream(mine())
         _, theirs = await peer.accept_stream()
         got = [item async for item in theirs]
+        assert await call == 20 and len(got) == 20  # the server has printed its line by now
         print(f"client: received {len(got)} items from the server: {got[0]} .. {got[-1]}")
-        assert await call == 20 and len(got) == 20
     print("done")
 
 

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 # websockets >= 15.0 connects through the system's proxy settings unless proxy=None;
 # 14.x has no such argument and hands unknown ones to loop.create_connection (TypeError).
-_NO_PROXY: dict[str, Any] = {"proxy": None} if "proxy" in inspect.signature(ws_connect).parameters else {}
+NO_PROXY: dict[str, Any] = {"proxy": None} if "proxy" in inspect.signature(ws_connect).parameters else {}
 
 __all__ = [
     "RawClient",
@@ -162,7 +162,7 @@ class RawClient:
 async def raw_client(url: str, settings: Settings | None = None) -> AsyncIterator[RawClient]:
     """Connect to a fastrpc server and do the HELLO exchange by hand."""
     core = Connection(Role.CLIENT, settings or Settings())
-    ws = await ws_connect(url, compression=None, ping_interval=None, max_size=None, **_NO_PROXY)
+    ws = await ws_connect(url, compression=None, ping_interval=None, max_size=None, **NO_PROXY)
     try:
         hello = core.next_message()
         assert hello is not None

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from _util import run
+from _util import NO_PROXY, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
@@ -115,7 +115,7 @@ class Seed:
 
 
 async def seed(url: str) -> Seed:
-    ws = await ws_connect(url, compression=None, max_size=None, proxy=None, ping_interval=None)
+    ws = await ws_connect(url, compression=None, max_size=None, ping_interval=None, **NO_PROXY)
     return Seed(ws)
 
 
@@ -193,7 +193,7 @@ def test_nesting_of_ten_thousand_levels_is_no_recursion_error() -> None:
 def test_nesting_of_ten_thousand_levels_as_first_message() -> None:
     async def main() -> None:
         async with fastrpc.serve(make_router(), "127.0.0.1", 0, **QUIET) as server:
-            ws = await ws_connect(server.url, compression=None, max_size=None, proxy=None)
+            ws = await ws_connect(server.url, compression=None, max_size=None, **NO_PROXY)
             await ws.send("{" + '"a":{' * 50_000 + "}" * 50_001)
             code, reason = await Seed(ws).closed()
             await ws.close()
@@ -437,7 +437,7 @@ def test_invalid_json_closes_with_1007(message: str) -> None:
 def test_a_bad_first_message_closes_with_1007() -> None:
     async def main() -> None:
         async with fastrpc.serve(make_router(), "127.0.0.1", 0, **QUIET) as server:
-            ws = await ws_connect(server.url, compression=None, proxy=None)
+            ws = await ws_connect(server.url, compression=None, **NO_PROXY)
             await ws.send('{"category":"response","requestId":[1]}')
             code, reason = await Seed(ws).closed()
             await ws.close()
