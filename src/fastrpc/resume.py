@@ -17,6 +17,7 @@ from typing import Union
 from . import frames as F
 from . import options as O
 from .exceptions import ProtocolError
+from .scheduler import split_message
 
 __all__ = ["TOKEN_SIZE", "ResumeState", "SessionLost"]
 
@@ -150,7 +151,7 @@ class ResumeState:
                 replay[i] = (pos, end, rest)
                 msg = rest
             if len(msg) > chunk:
-                out.extend(_split(msg, chunk))
+                out.extend(piece for piece, _ in split_message(msg, chunk))
             else:
                 out.append(msg)
         return out
@@ -281,23 +282,6 @@ def _session_frame(f: F.Frame) -> tuple[bytes, int]:
         raise ProtocolError("truncated session frame")
     pos, _ = F.decode_varint(data, TOKEN_SIZE)
     return data[:TOKEN_SIZE], pos
-
-
-def _split(msg: bytes, chunk: int) -> list[bytes]:
-    """``msg``'s frames in messages of at most ``chunk`` bytes (a larger frame alone)."""
-    out: list[bytes] = []
-    batch: list[tuple[int, int, int, Payload]] = []
-    size = 0
-    for f in F.decode_message(msg, F.VARINT_MAX):
-        n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
-        if batch and size + n > chunk:
-            out.append(F.encode_batch(batch))
-            batch, size = [], 0
-        batch.append((f.type, f.flags, f.id, f.payload))
-        size += n
-    if batch:
-        out.append(F.encode_batch(batch))
-    return out
 
 
 def session_token(handshake: Payload, max_frame_size: int) -> bytes | None:

@@ -32,6 +32,24 @@ def check_urgency(urgency: int) -> None:
         raise ValueError(f"urgency must be 0..{URGENCY_LEVELS - 1}, not {urgency!r}")
 
 
+def split_message(data: bytes, limit: int) -> list[tuple[bytes, int]]:
+    """The frames of ``data`` in messages of at most ``limit`` bytes and ``MAX_FRAMES``
+    frames (a larger frame alone), with how many frames each holds."""
+    out: list[tuple[bytes, int]] = []
+    batch: list[tuple[int, int, int, Payload]] = []
+    size = 0
+    for f in F.decode_message(data, F.VARINT_MAX):
+        n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
+        if batch and (size + n > limit or len(batch) >= F.MAX_FRAMES):
+            out.append((F.encode_batch(batch), len(batch)))
+            batch, size = [], 0
+        batch.append((f.type, f.flags, f.id, f.payload))
+        size += n
+    if batch:
+        out.append((F.encode_batch(batch), len(batch)))
+    return out
+
+
 class Scheduler:
     """The control queue and one ring of ready streams per urgency level."""
 
@@ -100,17 +118,7 @@ class Scheduler:
         data = control.take()
         if len(data) <= limit and frames <= F.MAX_FRAMES:
             return data, frames
-        pieces: deque[tuple[bytes, int]] = deque()
-        batch: list[tuple[int, int, int, Payload]] = []
-        size = 0
-        for f in F.decode_message(data, F.VARINT_MAX):
-            n = 2 + F.varint_size(f.id) + F.varint_size(len(f.payload)) + len(f.payload)
-            if batch and (size + n > limit or len(batch) >= F.MAX_FRAMES):
-                pieces.append((F.encode_batch(batch), len(batch)))
-                batch, size = [], 0
-            batch.append((f.type, f.flags, f.id, f.payload))
-            size += n
-        pieces.append((F.encode_batch(batch), len(batch)))
+        pieces = deque(split_message(data, limit))
         first = pieces.popleft()
         self.backlog = pieces
         self.backlog_bytes = sum(len(p) for p, _ in pieces)
