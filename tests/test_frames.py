@@ -853,3 +853,59 @@ def test_decode_message_bounds_the_frames_it_makes(codec: ModuleType, count: int
         codec.decode_message(msg + b"\x01", 1024, count + 1)
     with pytest.raises(ValueError):
         codec.decode_message(msg, 1024, -1)
+
+
+# ------------------------------------------------------------------ payload_cost
+
+
+def _dense(n: int) -> bytes:
+    return b"\x91\xdd" + n.to_bytes(4, "big") + b"\x90" * n  # [[[], [], ...]]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1, 2],
+        [[[]] * 1000],
+        [{"k": "v" * 100, "n": 1.5, "b": b"x" * 300}] * 50,
+        [[2**40 + i for i in range(2000)]],
+        ["é" * 1000, None, True, False, -5],
+    ],
+)
+def test_payload_cost_covers_what_decoding_allocates(codec: ModuleType, value: Any) -> None:
+    import tracemalloc
+
+    import msgspec
+
+    for data in (msgspec.msgpack.encode(value), msgspec.json.encode(value)):
+        tracemalloc.start()
+        try:
+            decoded = msgspec.msgpack.decode(data) if data[:1] != b"[" else msgspec.json.decode(data)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert decoded is not None
+        cost = codec.payload_cost(data)
+        assert cost >= max(len(data), held * 0.9), (cost, held)
+        assert cost <= 8 * held + 64 * len(data) + 1024  # an estimate, not a wild guess
+
+
+def test_payload_cost_stops_at_the_limit(codec: ModuleType) -> None:
+    data = _dense(1 << 20)
+    assert codec.payload_cost(data) >= (1 << 20) * 56
+    assert codec.payload_cost(data, 1 << 22) == (1 << 22) + 1
+    assert codec.payload_cost(data, 0) == len(data)  # never under the encoded size
+    assert codec.payload_cost(b"") == 0
+    # Declared lengths count in full, even cut short: a decoder may allocate them.
+    assert codec.payload_cost(b"\xdd\x00\x10\x00\x00") == 56 + 8 * (1 << 20)
+    assert codec.payload_cost(b"\xde\x10\x00") == 64 + 40 * (1 << 12)
+
+
+def test_payload_cost_twins_agree(codec_pair: tuple[ModuleType, ModuleType]) -> None:
+    compiled, pure = codec_pair
+    rnd = random.Random(7)
+    samples = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(64))) for _ in range(3000)]
+    samples += [_dense(5000), b"[" + b"[]," * 1000 + b"[]]", b"\xc7\xff\x01", b"\xdb\xff\xff\xff\xff", b"\xd8\x01"]
+    for data in samples:
+        for limit in (1 << 62, 1000, 100, 0, -1):
+            assert compiled.payload_cost(data, limit) == pure.payload_cost(data, limit), (data, limit)

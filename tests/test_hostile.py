@@ -25,6 +25,7 @@ import pytest
 from _hostile import ERROR_CODES, Attacker, Context, Outcome, RawWS, frame, hostile, request
 
 from fastrpc import frames as F
+from fastrpc import options as O
 from fastrpc.protocol import Connection, Role, Settings
 
 KiB = 1 << 10
@@ -75,6 +76,38 @@ def test_oversized_ping_payloads() -> None:
         return await a.outcome(5)
 
     hostile("oversized PING payloads", attack, expect={1002, 1008}).verify()
+
+
+@pytest.mark.parametrize("kind", ["unknown_method", "echo_256k"])
+def test_cheap_request_flood_never_reading(kind: str) -> None:
+    # Requests answered at once (an unknown method: an ERROR naming it; an echo of raw
+    # bytes, by a sync handler), from a client that never reads its answers; 200 MiB.
+    # (Calls to a sync handler with a tiny answer, such as add(1, 2), pile up 4 bytes
+    # a call: too slowly to show in a few seconds.)
+    if kind == "unknown_method":
+        name = "m" * KiB
+        per_message, make = 200, lambda cid: request(cid, name, b"\x90")
+        messages = 1000
+    else:
+        blob = bytes(256 * KiB)
+        per_message, make = 12, lambda cid: request(cid, "echo", blob, RAW)
+        messages = 64
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await Attacker.open(ctx.url, reading=False)
+        cid = 1
+        while ctx.keep_going(4) and a.sent < messages:
+            msg = b"".join(make(cid + 2 * i) for i in range(per_message))
+            cid += 2 * per_message
+            if not await a.send(msg, timeout=1):
+                break
+        ctx.note("requests_sent", (cid - 1) // 2)
+        # Never reading means not reading for longer than the server's patience:
+        # only then read, to find how the server closed.
+        await asyncio.sleep(O.OUTPUT_STALL_TIMEOUT + 1.5)
+        return await a.outcome(5)
+
+    hostile(f"request flood ({kind}), never reading", attack, expect={1008}).verify()
 
 
 # ---------------------------------------------------------- (b) super-linear work
@@ -154,6 +187,31 @@ def test_pending_calls_hold_their_arguments() -> None:
         return await a.outcome(4)
 
     hostile("pending calls hold their arguments", attack, expect={1008}).verify()
+
+
+def test_dense_msgpack_arguments() -> None:
+    # Calls whose arguments are 1 MiB of MessagePack empty arrays (a million objects to
+    # decode for one frame), four to a message. Legal traffic, but the arguments are
+    # decoded inline while the message is processed: nothing to close, the other
+    # clients must still be answered in time.
+    n = MiB - 64
+    args = b"\x91\xdd" + n.to_bytes(4, "big") + b"\x90" * n  # [[[], [], ...]]
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await Attacker.open(ctx.url)
+        a.start_reading()
+        cid = 1
+        for _ in range(5):
+            msg = b"".join(request(cid + 2 * i, "echo", args) for i in range(3))
+            cid += 6
+            if not ctx.keep_going(5) or not await a.send(msg, timeout=5):
+                break
+        await asyncio.sleep(1.0)
+        ctx.note("calls", (cid - 1) // 2)
+        await a.close()
+        return Outcome(True)
+
+    hostile("dense MessagePack arguments", attack, expect=None).verify()
 
 
 # ------------------------------------------------------- (c) memory past the window

@@ -377,3 +377,36 @@ def test_too_many_streams_closes_with_1008() -> None:
             assert await good.call("add", 1, 2) == 3
 
     run(main())
+
+
+def test_arguments_too_costly_to_decode_fail_that_call_only() -> None:
+    # 700,000 empty lists: ~2 MiB on the wire, ~40 MB once decoded (over the 32 MiB
+    # default max_connection_memory). The server answers PayloadTooLarge without
+    # decoding them; the connection stays up, and so does the notification rule.
+    async def main() -> None:
+        router = make_router(Counters())
+
+        @router.method
+        def count(items: list[Any]) -> int:
+            return len(items)
+
+        async with pair(router, client_opts={"max_message_size": 8 << 20}) as (server, good):
+            dense = [[]] * 700_000
+            with pytest.raises(fastrpc.RemoteError) as info:
+                await good.call("count", dense, timeout=5)
+            assert info.value.type_name == "PayloadTooLarge"
+            assert "max_connection_memory" in info.value.message and "'count'" in info.value.message
+            assert await good.call("count", [[]] * 1000, timeout=5) == 1000  # within the budget
+            assert await good.call("add", 1, 1) == 2
+            # The same as a notification: no answer to carry the error, so that
+            # connection fails (1008, naming the option); the server goes on.
+            async with raw_client(server.url) as raw:
+                m = b"count"
+                args = msgspec.msgpack.encode([dense])
+                await raw.send(frame(F.NOTIFY, 0, 0, F.encode_varint(len(m)) + m + args))
+                code, reason = await raw.drain()
+                assert code == 1008
+                assert "max_connection_memory" in reason
+            await check_good_client(server.url)
+
+    run(main())

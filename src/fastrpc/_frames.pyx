@@ -1032,3 +1032,6 @@ cdef class StreamLedger:
         """``(bytes, items, window, buffered)`` for the stream."""
         cdef _Slot *s = self._get(stream_id)
         return s.bytes, s.items, s.window, s.buffered
+
+
+include "_payload_cost.pxi"

@@ -7,6 +7,7 @@ The wire format is specified in ``docs/protocol.md``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from operator import index as _index
 from typing import Union
@@ -445,3 +446,85 @@ class StreamLedger:
         """``(bytes, items, window, buffered)`` for the stream."""
         entry = self._get(stream_id)
         return entry[0], entry[1], entry[2], entry[3]
+
+
+# ------------------------------------------------ what decoding a payload will cost
+# Decoded sizes on CPython 64-bit (over-estimates, so that the budget errs safe): a
+# list is 56 bytes + a pointer per item, a dict about 64 + 40 per entry, a str 49 + its
+# bytes, bytes 33 + its bytes, an int outside the cached range 32, a float 24, an
+# extension type 64 + its bytes. Kept in step with _frames.pyx by the shared tests.
+_LIST, _DICT, _ENTRY, _STR, _BYTES, _INT, _FLOAT, _EXT = 56, 64, 40, 49, 33, 32, 24, 64
+_JSON_VALUE = 64
+# msgpack first bytes with a fixed-size body: byte -> (body bytes, cost).
+_FIXED = {0xCA: (4, _FLOAT), 0xCB: (8, _FLOAT), 0xCC: (1, _INT), 0xCD: (2, _INT), 0xCE: (4, _INT), 0xCF: (8, _INT)}
+_FIXED.update({0xD0: (1, _INT), 0xD1: (2, _INT), 0xD2: (4, _INT), 0xD3: (8, _INT)})
+_FIXED.update({0xD4 + i: ((1 << i) + 1, _EXT + (1 << i)) for i in range(5)})  # fixext 1..16
+# Length-prefixed: byte -> (length bytes, base cost, per-byte, kind) with kind 0: a
+# body of that many bytes (+1 for ext's type byte), 1: that many items, 2: entries.
+_SIZED = {0xC4: (1, _BYTES, 0), 0xC5: (2, _BYTES, 0), 0xC6: (4, _BYTES, 0)}
+_SIZED.update({0xD9: (1, _STR, 0), 0xDA: (2, _STR, 0), 0xDB: (4, _STR, 0)})
+_SIZED.update({0xC7: (1, _EXT, 3), 0xC8: (2, _EXT, 3), 0xC9: (4, _EXT, 3)})
+_SIZED.update({0xDC: (2, _LIST, 1), 0xDD: (4, _LIST, 1), 0xDE: (2, _DICT, 2), 0xDF: (4, _DICT, 2)})
+# Objects of one byte: fixints, nil, false, true (and the unused 0xC1), [], {}, "".
+_ONE_BYTE = frozenset([*range(0x80), 0x80, 0x90, 0xA0, 0xC0, 0xC1, 0xC2, 0xC3, *range(0xE0, 0x100)])
+_ONE_BYTE_RUN = re.compile(rb"[\x00-\x80\x90\xa0\xc0-\xc3\xe0-\xff]+")
+
+
+def payload_cost(data: Buffer, limit: int = VARINT_MAX) -> int:
+    """About how many bytes of Python objects decoding ``data`` makes (a payload of
+    MessagePack, or of JSON when it starts with ``[``, ``{`` or white space): at least
+    ``len(data)``. Work is linear in ``len(data)``; declared lengths count in full even
+    where the payload is cut short (a decoder may allocate them up front). Past
+    ``limit`` the walk stops: the result is then ``max(limit + 1, len(data))``."""
+    view = memoryview(data).cast("B")
+    n = len(view)
+    limit = min(max(limit, 0), VARINT_MAX)
+    if n == 0:
+        return 0
+    if view[0] in b"[{ \t\r\n":
+        raw = bytes(view)
+        values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+        cost = n + values * _JSON_VALUE
+        return cost if cost <= limit else max(limit + 1, n)
+    raw = bytes(view)
+    cost = 0
+    pos = 0
+    while pos < n and cost <= limit:
+        b = raw[pos]
+        if b in _ONE_BYTE:
+            # A run of one-byte objects ([[], [], ...] is the costly case): counted
+            # at C speed, not one Python step per byte.
+            end = _ONE_BYTE_RUN.match(raw, pos).end()  # type: ignore[union-attr]
+            run = raw[pos:end]
+            cost += _DICT * run.count(0x80) + _LIST * run.count(0x90) + _STR * run.count(0xA0)
+            pos = end
+            continue
+        pos += 1
+        if b < 0x90:  # fixmap
+            cost += _DICT + _ENTRY * (b & 0x0F)
+        elif b < 0xA0:  # fixarray
+            cost += _LIST + 8 * (b & 0x0F)
+        elif b < 0xC0:  # fixstr
+            cost += _STR + (b & 0x1F)
+            pos += b & 0x1F
+        elif b in _FIXED:
+            body, c = _FIXED[b]
+            cost += c
+            pos += body
+        else:
+            width, base, kind = _SIZED[b]
+            length = int.from_bytes(raw[pos : pos + width], "big")
+            pos += width
+            if kind == 0:
+                cost += base + length
+                pos += length
+            elif kind == 3:
+                cost += base + length
+                pos += length + 1
+            elif kind == 1:
+                cost += base + 8 * length
+            else:
+                cost += base + _ENTRY * length
+    if cost > limit:
+        return max(limit + 1, n)
+    return max(cost, n)

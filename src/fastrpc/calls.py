@@ -174,7 +174,9 @@ class CallTable:
         """Whether running call ``call_id`` takes an input stream (a channel)."""
         return self.channels is not None and call_id in self.channels
 
-    def on_request(self, f: F.Frame) -> RequestReceived:
+    def on_request(self, f: F.Frame, events: list[Any]) -> None:
+        """The peer's REQUEST: a :class:`RequestReceived` onto ``events``, or (arguments
+        that would not fit in the memory budget once decoded) an ERROR answer at once."""
         fid = f.id
         if fid in self.inbound:
             raise ProtocolError("call id in use")
@@ -182,25 +184,46 @@ class CallTable:
             raise LimitExceeded("too many pending calls")
         flags = f.flags
         method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
-        self.budget.charge(len(payload), "arguments of running calls")
-        self.inbound[fid] = len(payload)
+        budget = self.budget
+        # Decoded arguments can take ~60x their encoded size ([[], [], ...]): they are
+        # charged at what decoding them will cost, measured before anything decodes them.
+        cost = len(payload) if flags & FLAG_RAW else F.payload_cost(payload, budget.limit)
+        if cost > budget.limit:
+            message = (
+                f"the arguments of {method!r} ({len(payload)} bytes) would take about {cost} bytes once decoded, "
+                f"over max_connection_memory ({budget.limit}): send large data as a stream, or raise the option"
+            )
+            self.control.add(F.ERROR, 0, fid, encode_error("PayloadTooLarge", message, None, None, self.frame_limit))
+            return
+        budget.charge(cost, "arguments of running calls")
+        self.inbound[fid] = cost
         if flags & F.FLAG_CHANNEL:
             if self.channels is None:
                 self.channels = {}
             self.channels[fid] = None
-        return RequestReceived(
-            fid,
-            method,
-            payload,
-            bool(flags & FLAG_RAW),
-            bool(flags & F.FLAG_STREAM),
-            bool(flags & F.FLAG_CHANNEL),
-            deadline,
+        events.append(
+            RequestReceived(
+                fid,
+                method,
+                payload,
+                bool(flags & FLAG_RAW),
+                bool(flags & F.FLAG_STREAM),
+                bool(flags & F.FLAG_CHANNEL),
+                deadline,
+            )
         )
 
     def on_notify(self, f: F.Frame) -> NotificationReceived:
         method, payload, _ = _head(f, False)
-        return NotificationReceived(method, payload, bool(f.flags & FLAG_RAW))
+        raw = bool(f.flags & FLAG_RAW)
+        limit = self.budget.limit
+        if not raw and (cost := F.payload_cost(payload, limit)) > limit:
+            # No answer to carry an error: the connection fails, naming the option.
+            raise LimitExceeded(
+                f"a notification of {method!r} would take about {cost} bytes once decoded, "
+                f"over max_connection_memory ({limit})"
+            )
+        return NotificationReceived(method, payload, raw)
 
     def answer(self, call_id: int) -> None:
         """Take call ``call_id`` off the running calls before its answer is queued."""

@@ -67,6 +67,7 @@ encode_batch = _codec.encode_batch
 encode_frame = _codec.encode_frame
 encode_settings = _codec.encode_settings
 encode_varint = _codec.encode_varint
+payload_cost = _codec.payload_cost
 varint_size = _codec.varint_size
 
 __all__ = [
@@ -113,5 +114,6 @@ __all__ = [
     "encode_frame",
     "encode_settings",
     "encode_varint",
+    "payload_cost",
     "varint_size",
 ]

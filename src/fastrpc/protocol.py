@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 MAX_PING_PAYLOAD = 64  # docs/protocol.md: a PONG echoes at most this much
-MAX_PINGS = 1024  # PINGs in one message (or slice of one): a PONG flood costs its sender
+MAX_PINGS = 1024  # PONGs due at once (queued, not sent yet): a PING flood costs its sender
 ACK_FRAMES = O.ACK_FRAMES
 ACK_BYTES = O.ACK_BYTES
 
@@ -552,7 +552,6 @@ class Connection:
                 session.proved()  # the client got our RESUME_OK: it sends frames
             if session.received(len(frames)):
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
-        pings = 0
         for f in frames:
             t = f.type
             if t == F.STREAM_DATA:
@@ -564,7 +563,7 @@ class Connection:
             elif t == F.REQUEST:
                 if f.id <= 0 or f.id & 1 != self._peer_parity:
                     raise ProtocolError("call id of the wrong parity")
-                events.append(self._calls.on_request(f))
+                self._calls.on_request(f, events)
             elif t == F.RESPONSE:
                 response = self._calls.on_response(f)
                 if response is not None:
@@ -587,10 +586,10 @@ class Connection:
             elif t == F.PING:
                 if len(f.payload) > MAX_PING_PAYLOAD:
                     raise ProtocolError(f"PING payload of {len(f.payload)} bytes (at most {MAX_PING_PAYLOAD})")
-                if (pings := pings + 1) > MAX_PINGS:
-                    raise LimitExceeded(f"more than {MAX_PINGS} PINGs in one message")
-                if not self.closed:
-                    self._sched.control.add(F.PONG, 0, 0, f.payload)
+                if not self.closed and self._sched.pong(f.payload) > MAX_PINGS:
+                    raise LimitExceeded(
+                        f"more than {MAX_PINGS} PINGs wait for their PONG (the peer pings faster than it reads)"
+                    )
             elif t == F.PONG:
                 events.append(PongReceived(bytes(f.payload)))
             elif t == F.GOAWAY:

@@ -53,7 +53,7 @@ def split_message(data: bytes, limit: int) -> list[tuple[bytes, int]]:
 class Scheduler:
     """The control queue and one ring of ready streams per urgency level."""
 
-    __slots__ = ("backlog", "backlog_bytes", "control", "rings", "unblocked")
+    __slots__ = ("backlog", "backlog_bytes", "control", "pongs_due", "rings", "unblocked")
 
     def __init__(self) -> None:
         self.control = F.FrameWriter()
@@ -65,6 +65,14 @@ class Scheduler:
         self.rings = _NO_RINGS
         # Streams whose queue a message emptied: their senders may go on.
         self.unblocked: list[int] = []
+        # PONGs queued and not handed out yet: PINGs the peer sent faster than we answer.
+        self.pongs_due = 0
+
+    def pong(self, payload: bytes | bytearray | memoryview) -> int:
+        """Queue the PONG that answers a PING; how many PONGs are due now."""
+        self.control.add(F.PONG, 0, 0, payload)
+        self.pongs_due += 1
+        return self.pongs_due
 
     def has_streams(self) -> bool:
         return any(self.rings)
@@ -112,11 +120,14 @@ class Scheduler:
         if backlog:
             data, frames = backlog.popleft()
             self.backlog_bytes -= len(data)
+            if not backlog and not len(self.control):
+                self.pongs_due = 0
             return data, frames
         control = self.control
         frames = control.count
         data = control.take()
         if len(data) <= limit and frames <= F.MAX_FRAMES:
+            self.pongs_due = 0
             return data, frames
         pieces = deque(split_message(data, limit))
         first = pieces.popleft()
@@ -125,6 +136,7 @@ class Scheduler:
         return first
 
     def clear(self) -> None:
+        self.pongs_due = 0
         self.backlog = None
         self.backlog_bytes = 0
         self.rings = _NO_RINGS
