@@ -7,7 +7,7 @@ The wire format is specified in ``docs/protocol.md``.
 
 from __future__ import annotations
 
-import re
+import re as _re
 from collections.abc import Iterable, Sequence
 from operator import index as _index
 from typing import Union
@@ -467,7 +467,7 @@ _SIZED.update({0xC7: (1, _EXT, 3), 0xC8: (2, _EXT, 3), 0xC9: (4, _EXT, 3)})
 _SIZED.update({0xDC: (2, _LIST, 1), 0xDD: (4, _LIST, 1), 0xDE: (2, _DICT, 2), 0xDF: (4, _DICT, 2)})
 # Objects of one byte: fixints, nil, false, true (and the unused 0xC1), [], {}, "".
 _ONE_BYTE = frozenset([*range(0x80), 0x80, 0x90, 0xA0, 0xC0, 0xC1, 0xC2, 0xC3, *range(0xE0, 0x100)])
-_ONE_BYTE_RUN = re.compile(rb"[\x00-\x80\x90\xa0\xc0-\xc3\xe0-\xff]+")
+_ONE_BYTE_RUN = _re.compile(rb"[\x00-\x80\x90\xa0\xc0-\xc3\xe0-\xff]+")
 
 
 def payload_cost(data: Buffer, limit: int = VARINT_MAX) -> int:
