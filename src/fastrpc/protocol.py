@@ -50,6 +50,7 @@ from .stream_state import (
     OUT_OPEN,
     IncomingStream,
 )
+from .wire import NAMED_STREAM_BASE
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -409,7 +410,7 @@ class Connection:
             raise ValueError(f"stream id {stream_id} is in use")
         check_urgency(urgency)
         self._flow.take_slot()
-        if stream_id >= self._next_id:
+        if self._next_id <= stream_id < NAMED_STREAM_BASE:  # named ids stay apart
             self._next_id = stream_id + 2
         self._outbound.open(stream_id, urgency, False)
         return stream_id
