@@ -676,6 +676,7 @@ class StreamManager:
         """Wait for the next incoming stream nobody has claimed."""
         sid, stream = self.receive_stream(None)
         if sid is not None:
+            assert isinstance(sid, int)  # unnamed: a wire id
             return sid, stream
         while stream.stream_id is None:
             fut = self.link.loop.create_future()
