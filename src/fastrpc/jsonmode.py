@@ -318,6 +318,7 @@ class JsonPeer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
+        self._runner: asyncio.Task[None] | None = None
         self._max = max_message_size
         self.max_item_size = max_item_size
         self.max_depth = max_depth
@@ -518,7 +519,14 @@ class JsonPeer:
 
     # ------------------------------------------------------------ receiving
 
-    async def _run(self, first: str | bytes | None) -> None:
+    def start(self, first: str | bytes | None = None) -> asyncio.Task[None]:
+        """Serve the connection in a task (``first``: a message already read)."""
+        self._runner = self._loop.create_task(self.run(first))
+        return self._runner
+
+    async def run(self, first: str | bytes | None = None) -> None:
+        """Serve the connection until it closes (``first``: a message already read);
+        the server and :func:`fastrpc.jsonclient.open_json` run it in a task."""
         token = _current_peer.set(self)  # type: ignore[arg-type]
         try:
             if not self._greeted:

@@ -302,7 +302,7 @@ class Server:
             max_held_bytes=o.max_connection_memory // 2,
             max_pending_bytes=o.max_connection_memory // 2,
         )
-        runner = asyncio.get_running_loop().create_task(peer._run(first))
+        runner = peer.start(first)
         try:
             if self.handler is not None:
                 result = self.handler(peer)  # type: ignore[arg-type]
