@@ -519,6 +519,12 @@ class JsonPeer:
 
     # ------------------------------------------------------------ receiving
 
+    async def greet(self) -> None:
+        """(Server) send the welcome, once, before anything else."""
+        if not self._greeted:
+            self._greeted = True
+            await self._ws.send(welcome_message(self.client_id or ""))
+
     def start(self, first: str | bytes | None = None) -> asyncio.Task[None]:
         """Serve the connection in a task (``first``: a message already read)."""
         self._runner = self._loop.create_task(self.run(first))
@@ -529,9 +535,7 @@ class JsonPeer:
         the server and :func:`fastrpc.jsonclient.open_json` run it in a task."""
         token = _current_peer.set(self)  # type: ignore[arg-type]
         try:
-            if not self._greeted:
-                self._greeted = True
-                await self._ws.send(welcome_message(self.client_id or ""))
+            await self.greet()
             if first is None or await self._handle(first):
                 async for msg in self._ws.messages():
                     if not await self._handle(msg):

@@ -302,12 +302,20 @@ class Server:
             max_held_bytes=o.max_connection_memory // 2,
             max_pending_bytes=o.max_connection_memory // 2,
         )
+        try:
+            await peer.greet()  # before the handler can say anything
+        except (*TransportClosed, OSError):
+            await peer.run(None)  # nothing to serve: clean up
+            return
         runner = peer.start(first)
         try:
             if self.handler is not None:
-                result = self.handler(peer)  # type: ignore[arg-type]
-                if inspect.isawaitable(result):
-                    await result
+                try:
+                    result = self.handler(peer)  # type: ignore[arg-type]
+                    if inspect.isawaitable(result):
+                        await result
+                except ConnectionClosed:
+                    pass
                 await peer.close()
             await runner
         except Exception:
