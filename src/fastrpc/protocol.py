@@ -41,6 +41,7 @@ from .exceptions import (
 )
 from .flow import FRAME_CHARGE, FlowControl
 from .inbound import InboundStreams
+from .names import NAMED_STREAM_BASE
 from .outbound import OutboundStreams
 from .resume import TOKEN_SIZE, ResumeState, SessionLost
 from .scheduler import DEFAULT_URGENCY, URGENCY_LEVELS, Scheduler, check_urgency
@@ -50,7 +51,6 @@ from .stream_state import (
     OUT_OPEN,
     IncomingStream,
 )
-from .wire import NAMED_STREAM_BASE
 
 Payload = Union[bytes, bytearray, memoryview]
 

@@ -363,8 +363,9 @@ def serve(
     ``streams`` (a :class:`StreamManager` used as a template), ``compression``,
     ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``, ``resume``
     (keep sessions for clients that reconnect, ``session_grace`` seconds; in
-    ``session_store``, in memory by default); others go to
-    ``websockets.asyncio.server.serve``.
+    ``session_store``, in memory by default); ``json_wait`` and ``json_paths`` (how
+    clients of the seed's JSON protocol are told apart: docs/json-mode.md); others go
+    to ``websockets.asyncio.server.serve``.
     """
     opts, ws_kwargs = PeerOptions.split(options)
     return Server(target, host, port, opts, ws_kwargs, session_store)

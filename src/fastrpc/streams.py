@@ -16,8 +16,8 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 from . import options as O
 from .codec import PayloadCodec
 from .exceptions import ConnectionClosed, StreamClosed
+from .names import named_stream_id
 from .protocol import DEFAULT_URGENCY, Connection, Role
-from .wire import named_stream_id
 
 T = TypeVar("T")
 # A stream id as the application gives it: the wire's integer, or a name (a string,
