@@ -292,3 +292,15 @@ def test_named_streams_in_binary_mode() -> None:
                 peer.close_receiving_stream("never-sent")  # harmless
 
     run(main())
+
+
+def test_named_stream_ids_follow_the_documented_formula() -> None:
+    from fastrpc.names import NAMED_STREAM_BASE, named_stream_id
+
+    # FNV-1a 64 reference values: "" -> cbf29ce484222325, "a" -> af63dc4c8601ec8c,
+    # "foobar" -> 85944171f73967e8 (docs/protocol.md, "Named streams").
+    for name, fnv in (("", 0xCBF29CE484222325), ("a", 0xAF63DC4C8601EC8C), ("foobar", 0x85944171F73967E8)):
+        for parity in (0, 1):
+            assert named_stream_id(name, parity) == NAMED_STREAM_BASE + ((fnv & (2**48 - 1)) << 1) + parity
+    assert named_stream_id("é", 1) != named_stream_id("e", 1)
+    assert named_stream_id("x" * 10_000, 0) < 2**62  # a QUIC varint
