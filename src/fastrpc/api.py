@@ -14,7 +14,7 @@ from .codec import PayloadCodec
 from .exceptions import ConnectionClosed, ErrorCode
 from .handlers import Handlers
 from .protocol import DEFAULT_URGENCY, Connection, Settings
-from .streams import RateLimit, ReceiveStream, StreamManager
+from .streams import RateLimit, ReceiveStream, StreamId, StreamManager
 from .transport import Transport
 
 __all__ = ["PeerAPI", "Response"]
@@ -268,12 +268,16 @@ class PeerAPI:
     async def send_stream(
         self,
         source: AsyncIterable[Any],
-        stream_id: int | None = None,
+        stream_id: StreamId | None = None,
         *,
         priority: int = DEFAULT_URGENCY,
         rate: RateLimit | None = None,
-    ) -> int:
+    ) -> StreamId:
         """Send ``source``'s items as a stream; return the stream id at once.
+
+        ``stream_id``: None (a new id), an int of this side's parity, or any string
+        (a name the receiver gives :meth:`receive_stream`; docs/protocol.md, "Named
+        streams").
 
         ``priority``: urgency 0 (first) to 7, default 3. ``rate``: a
         :class:`RateLimit`. An exception raised by ``source`` reaches the receiver.
@@ -281,7 +285,7 @@ class PeerAPI:
         self._check_open()
         return await self.streams.send_stream(source, stream_id, priority=priority, rate=rate)
 
-    def receive_stream(self, stream_id: int | None = None) -> tuple[int | None, ReceiveStream[Any]]:
+    def receive_stream(self, stream_id: StreamId | None = None) -> tuple[StreamId | None, ReceiveStream[Any]]:
         """``(stream_id, stream)`` for an incoming stream; see
         :meth:`StreamManager.receive_stream`."""
         return self.streams.receive_stream(stream_id)
@@ -294,10 +298,10 @@ class PeerAPI:
         """Allocate a stream id to announce before :meth:`send_stream` uses it."""
         return self._core.next_id()
 
-    def abort_stream(self, stream_id: int) -> bool:
+    def abort_stream(self, stream_id: StreamId) -> bool:
         """Stop an outgoing stream; the receiver gets :class:`fastrpc.StreamAborted`."""
         return self.streams.abort_stream(stream_id)
 
-    def close_receiving_stream(self, stream_id: int) -> None:
+    def close_receiving_stream(self, stream_id: StreamId) -> None:
         """Stop reading an incoming stream; its sender is told to stop."""
         self.streams.close_receiving_stream(stream_id)

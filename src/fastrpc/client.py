@@ -8,10 +8,12 @@ import logging
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from . import options as O
 from .exceptions import ConnectionClosed, ResumeFailed
+from .jsonclient import WELCOME_TIMEOUT, open_json
+from .jsonmode import JsonPeer
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role, SessionLost
@@ -21,6 +23,8 @@ from .transport import OPEN_FAILED, Transport, open_connection
 __all__ = ["RetryPolicy", "connect"]
 
 logger = logging.getLogger("fastrpc.client")
+
+P = TypeVar("P", RpcPeer, JsonPeer)
 
 
 @dataclass
@@ -77,13 +81,40 @@ def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
         logger.exception("reconnect hook failed")
 
 
-class connect:
+class connect(Generic[P]):
     """Connect to ``url``; ``async with connect(url) as peer`` or ``peer = await connect(url)``.
 
     Options as for :func:`fastrpc.serve`, plus ``router`` for methods the server may
     call back on this client, and ``reconnect`` (a :class:`RetryPolicy`) for a
     connection that comes back by itself after it drops.
+
+    ``protocol="json"``: speak the seed's JSON protocol instead (to the seed's
+    servers, or a fastrpc server's JSON mode); the peer is a
+    :class:`fastrpc.jsonmode.JsonPeer` (:mod:`fastrpc.jsonclient`, docs/json-mode.md).
+    ``welcome_timeout``: how long it waits for the server's welcome.
     """
+
+    @overload
+    def __init__(
+        self: connect[RpcPeer],
+        url: str,
+        *,
+        router: Router | None = None,
+        reconnect: RetryPolicy | None = None,
+        protocol: Literal["binary"] = "binary",
+        **options: Any,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: connect[JsonPeer],
+        url: str,
+        *,
+        router: Router | None = None,
+        protocol: Literal["json"],
+        welcome_timeout: float | None = WELCOME_TIMEOUT,
+        **options: Any,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -91,15 +122,23 @@ class connect:
         *,
         router: Router | None = None,
         reconnect: RetryPolicy | None = None,
+        protocol: str = "binary",
+        welcome_timeout: float | None = WELCOME_TIMEOUT,
         **options: Any,
     ) -> None:
+        if protocol not in ("binary", "json"):
+            raise ValueError(f"protocol is 'binary' or 'json', not {protocol!r}")
+        if protocol == "json" and reconnect is not None:
+            raise ValueError("reconnect is for the binary protocol (JSON mode does not reconnect)")
+        self.protocol = protocol
+        self.welcome_timeout = welcome_timeout
         self.url = url
         self.router = router
         self.reconnect = reconnect
         if reconnect is not None and reconnect.resume:
             options.setdefault("resume", True)
         self.options, self.ws_kwargs = PeerOptions.split(options)
-        self.peer: RpcPeer | None = None
+        self.peer: RpcPeer | JsonPeer | None = None
         self._established = False  # the first handshake completed
 
     async def _open(self) -> Transport:
@@ -199,11 +238,19 @@ class connect:
             _call_hook(policy.on_connected, peer)
             return
 
-    def __await__(self) -> Generator[Any, None, RpcPeer]:
-        return self._connect().__await__()
-
-    async def __aenter__(self) -> RpcPeer:
+    async def _open_peer(self) -> Any:  # P: RpcPeer, or JsonPeer for protocol="json"
+        if self.protocol == "json":
+            peer = await open_json(self.url, self.router, self.options, self.ws_kwargs, self.welcome_timeout)
+            self.peer = peer
+            return peer
         return await self._connect()
+
+    def __await__(self) -> Generator[Any, None, P]:
+        return self._open_peer().__await__()
+
+    async def __aenter__(self) -> P:
+        peer: P = await self._open_peer()
+        return peer
 
     async def __aexit__(self, *exc: object) -> None:
         if self.peer is not None:

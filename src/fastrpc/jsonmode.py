@@ -1,17 +1,27 @@
-"""Compatibility with the seed library's JSON protocol (ts-signal-rpc).
+"""Compatibility with the seed library's JSON protocol (jadujoel/ts-rpc, ts-signal-rpc).
 
-A connection whose first message is text speaks the seed's shapes, one JSON object
-per text message:
+One JSON object per text message (docs/json-mode.md has the whole picture):
 
-* RPC: ``{"category": "request", "requestId": id, "data": ...}`` answered by
-  ``{"category": "response", "requestId": id, "data": result}`` (or ``"error": text``);
+* RPC: ``{"category": "request", "requestId": id, "from"?, "to"?, "data": ...}``
+  answered by ``{"category": "response", "requestId": id, "to"?: from, "data": result}``;
 * streams: ``{"type": "StreamData" | "StreamEnd" | "StreamError", "streamId": id,
-  "payload"?: ..., "error"?: text}``.
+  "payload"?: ..., "error"?: text}``;
+* ``{"category": "welcome", "clientId": id}``: the server's greeting (the seed's
+  clients wait for it); ``{"category": "ping", "timestamp": t}`` answered by
+  ``{"category": "pong", "timestamp": t}``; ``{"category": "error", "error": text}``:
+  the relay's report of a message it could not deliver.
+
+A handler's error is answered as the seed's own servers answer a bad request:
+``"data": {"type": "error", "message": "Type: text"}``, plus ``"error": "Type: text"``
+beside it (zod strips the extra key; fastrpc's JSON client reads it).
 
 :class:`JsonPeer` gives handlers the same surface as :class:`RpcPeer` for what the seed
-can express (request, send_stream, receive_stream, abort/close), so one server serves
-JavaScript clients written to the seed and fastrpc clients alike. The seed protocol has
-no flow control; sends still wait on the transport's write buffer.
+can express (call, request, notify, send_stream, receive_stream, abort/close), so one
+server serves JavaScript clients written to the seed and fastrpc clients alike; it is
+also the Python seed client (:mod:`fastrpc.jsonclient`). A request or response whose
+``to`` names another JSON connection of the same server is relayed to it verbatim,
+as the seed's relay (``serve.ts``) does. The seed protocol has no flow control; sends
+still wait on the transport's write buffer.
 
 The other side is not trusted. Each limit is a keyword argument of :class:`JsonPeer`
 (defaults below); a peer that breaks one is closed with the close code given, and a
@@ -28,14 +38,15 @@ limit                  default     past it
 ``max_pending_bytes``  16 MiB      the data of the requests whose handlers run, as
                                    decoded objects (estimated: the JSON size plus 96
                                    bytes per array or object), more than this: 1008
-``max_streams``        1024        a new incoming stream while this many are held: 1008
+``max_streams``        1024        a new incoming stream while this many are held
+                                   (items, or an early end, nobody has read): 1008
 ``max_held_items``     10,000      unread items of one stream: that stream fails with
                                    :class:`StreamAborted` (later items are dropped)
 ``max_held_bytes``     16 MiB      unread stream items of all streams together (their
                                    JSON size): 1008
 ``max_id_length``      256         a ``requestId`` or ``streamId`` that is not a
                                    string of at most this many characters or an
-                                   integer: 1007
+                                   integer, a ``to`` that is not such a string: 1007
 =====================  ==========  =====================================================
 
 A message that is not JSON, not an object, or of no known shape closes with 1007.
@@ -44,8 +55,13 @@ the server decodes is held back by its own connection), and after a large messag
 (over 64 KiB) the next one is read only after as long again as it took: other
 connections get their turn.
 Held stream items are kept as their JSON text and decoded when read, so what they
-cost is what they weigh on the wire. ``max_message_size`` is the WebSocket limit (the
-server passes its own; websockets enforces it with 1009).
+cost is what they weigh on the wire. The ids of streams the reader closed before
+their end are remembered (at most ``max_streams``, the oldest forgotten) so that what
+the sender still sends on them is dropped, not held. ``max_message_size`` is the
+WebSocket limit (the server passes its own; websockets enforces it with 1009).
+A relayed message waits for its target's socket to drain; a target that takes more
+than ``relay_timeout`` seconds is closed (1008), so one peer that does not read cannot
+stall the others.
 """
 
 from __future__ import annotations
@@ -55,20 +71,25 @@ import asyncio
 import inspect
 import itertools
 import json
+import logging
+import re
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 import msgspec
 
+from . import options as O
 from .exceptions import ConnectionClosed, RemoteError, RemoteStreamError, StreamAborted
 from .peer import Response, _current_peer
 from .router import Router
 from .transport import Transport, TransportClosed
 
-__all__ = ["JsonPeer"]
+__all__ = ["JsonPeer", "welcome_message"]
+
+logger = logging.getLogger("fastrpc.jsonmode")
 
 StreamId = Any  # the seed's ids are strings (UUIDs); integers are accepted too
 
@@ -98,6 +119,11 @@ class _Envelope(msgspec.Struct):
     streamId: Any = None
     payload: msgspec.Raw = msgspec.Raw(b"null")
     error: Any = msgspec.UNSET
+    to: Any = None
+    sender: Any = msgspec.field(default=None, name="from")
+    clientId: Any = None
+    timestamp: Any = None
+    targetId: Any = None
 
 
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
@@ -136,6 +162,38 @@ def nesting_exceeds(data: bytes, limit: int) -> bool:
             break
     steps = array.array("b", brackets.translate(_STEPS))
     return passes + max(itertools.accumulate(steps), default=0) > limit
+
+
+def welcome_message(client_id: str) -> str:
+    """The seed's greeting: what its clients wait for (``waitForWelcome``)."""
+    return json.dumps({"category": "welcome", "clientId": client_id}, separators=(",", ":"))
+
+
+def error_reply(exc: BaseException) -> dict[str, Any]:
+    """The fields of a response that reports ``exc``: the seed's convention (its
+    example servers answer a bad request with ``data: {type: "error", message}``) and
+    an ``error`` key fastrpc's JSON client reads."""
+    text = f"{type(exc).__name__}: {exc}"
+    return {"data": {"type": "error", "message": text}, "error": text}
+
+
+_TYPED = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
+
+
+def remote_error(text: str) -> RemoteError:
+    """A :class:`RemoteError` for an error text ("Type: message" when it has one)."""
+    m = _TYPED.match(text)
+    return RemoteError(m.group(1), m.group(2)) if m else RemoteError("Error", text)
+
+
+def response_error(data: Any, error: Any) -> RemoteError | None:
+    """The error a response reports, if it does: an ``error`` key, or data of the
+    seed's error shape ``{"type": "error", "message": text}``."""
+    if isinstance(error, str):
+        return remote_error(error)
+    if isinstance(data, dict) and data.get("type") == "error" and isinstance(data.get("message"), str):
+        return remote_error(data["message"])
+    return None
 
 
 class _Violation(Exception):
@@ -196,13 +254,24 @@ class _JsonStream(AsyncIterator[Any]):
 
 class JsonPeer:
     """A connection speaking the seed's JSON protocol (see the module docstring for
-    what it speaks and the limits it holds the other side to)."""
+    what it speaks and the limits it holds the other side to).
+
+    ``role``: ``"server"`` greets the other side with a welcome (unless ``greeted``:
+    the server already sent it) under ``client_id``; ``"client"`` takes its
+    ``client_id`` from the welcome it gets. ``relay``: the server's JSON connections
+    by client id, for ``to`` routing (None: no relaying).
+    """
 
     def __init__(
         self,
         ws: Transport,
         router: Router | None,
         *,
+        role: str = "server",
+        client_id: str | None = None,
+        greeted: bool = False,
+        relay: MutableMapping[str, JsonPeer] | None = None,
+        relay_timeout: float = O.OUTPUT_STALL_TIMEOUT,
         max_message_size: int = 4 << 20,
         max_item_size: int = 1 << 20,
         max_depth: int = 64,
@@ -225,16 +294,31 @@ class JsonPeer:
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if role not in ("server", "client"):
+            raise ValueError("role is 'server' or 'client'")
         self._ws = ws
         self._router = router or Router()
         self._own = Router()
         self._loop = asyncio.get_running_loop()
+        self.role = role
+        # Ours (server: the id we greet with; client: the one the welcome gave us).
+        self.client_id: str | None = (
+            client_id if client_id is not None else (str(uuid.uuid4()) if role == "server" else None)
+        )
+        self._greeted = greeted or role == "client"
+        self._welcomed: asyncio.Future[str] = self._loop.create_future()
+        self._relay = relay
+        self.relay_timeout = relay_timeout
         self._calls: dict[Any, asyncio.Future[Any]] = {}
+        self._call_targets: dict[Any, str] = {}  # requestId -> the "to" it was sent to
+        self._pings: dict[Any, asyncio.Future[None]] = {}
         self._incoming: dict[StreamId, _JsonStream] = {}
+        self._closed_ids: dict[StreamId, None] = {}  # closed by the reader before their end
         self._senders: dict[StreamId, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
+        self._runner: asyncio.Task[None] | None = None
         self._max = max_message_size
         self.max_item_size = max_item_size
         self.max_depth = max_depth
@@ -246,9 +330,14 @@ class JsonPeer:
         self.max_held_bytes = max_held_bytes
         self.max_id_length = max_id_length
         self._held_bytes = 0  # JSON size of the unread items of every incoming stream
+        #: Called with each ``{"category": "error"}`` message not tied to a call.
+        self.on_error: Callable[[dict[str, Any]], Any] | None = None
+        if relay is not None and self.client_id is not None:
+            relay[self.client_id] = self
 
     @property
     def closed(self) -> bool:
+        """The connection is closed (or closing)."""
         return self._closed_flag
 
     async def _send(self, obj: dict[str, Any]) -> None:
@@ -257,23 +346,78 @@ class JsonPeer:
     # ----------------------------------------------------------------- API
 
     def register(self, name: str, fn: Any) -> None:
+        """Answer calls of ``name`` on this connection with ``fn``."""
         self._own.add(name, fn)
 
     def match(self, fn: Any) -> Any:
+        """The seed's ``match``: ``fn(data)`` answers every request no method takes;
+        returning None sends no response (as in the seed)."""
         self._own.match(fn)
         return fn
 
-    async def request(self, data: Any, *, timeout: float | None = None) -> Response:
-        """The seed's request/response: the other side's match handler answers."""
+    async def wait_welcome(self, timeout: float | None = None) -> str:
+        """(Client) the client id the server's welcome gave us."""
+        return await asyncio.wait_for(asyncio.shield(self._welcomed), timeout)
+
+    async def request(self, data: Any, *, to: str | None = None, timeout: float | None = None) -> Response:
+        """The seed's request/response: the other side's match handler answers (or,
+        through a relay, the peer whose client id is ``to``). A reply of the seed's
+        error shape raises :class:`RemoteError`; so does the relay's report that
+        ``to`` is unknown."""
         self._check()
         rid = str(uuid.uuid4())
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._calls[rid] = fut
+        msg: dict[str, Any] = {"category": "request", "requestId": rid}
+        if self.client_id is not None and self.role == "client":
+            msg["from"] = self.client_id  # the seed's responders answer to it
+        if to is not None:
+            msg["to"] = to
+            self._call_targets[rid] = to
+        msg["data"] = data
         try:
-            await self._send({"category": "request", "requestId": rid, "data": data})
+            await self._send(msg)
             return Response(await asyncio.wait_for(fut, timeout))
         finally:
             self._calls.pop(rid, None)
+            self._call_targets.pop(rid, None)
+
+    async def call(self, method: str, *args: Any, to: str | None = None, timeout: float | None = None) -> Any:
+        """Call ``method`` (sent as the data ``{"method": name, "params": [...]}``,
+        which fastrpc's JSON mode dispatches to its router); its result."""
+        return (await self.request({"method": method, "params": list(args)}, to=to, timeout=timeout)).data
+
+    async def notify(self, method: str, *args: Any, to: str | None = None) -> None:
+        """A request nobody waits for (the seed's ``send()``): a reply is dropped."""
+        await self.send({"method": method, "params": list(args)}, to=to)
+
+    async def send(self, data: Any, *, to: str | None = None) -> None:
+        """The seed's ``send(data)``: a request whose reply, if any, is dropped."""
+        self._check()
+        msg: dict[str, Any] = {"category": "request", "requestId": str(uuid.uuid4())}
+        if self.client_id is not None and self.role == "client":
+            msg["from"] = self.client_id
+        if to is not None:
+            msg["to"] = to
+        msg["data"] = data
+        await self._send(msg)
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """The seed's heartbeat: ``{"category": "ping"}``; the round trip in seconds
+        once the pong comes back."""
+        self._check()
+        stamp = int(time.time() * 1000)
+        while stamp in self._pings:
+            stamp += 1
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pings[stamp] = fut
+        start = time.perf_counter()
+        try:
+            await self._send({"category": "ping", "timestamp": stamp})
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pings.pop(stamp, None)
+        return time.perf_counter() - start
 
     async def send_stream(self, source: AsyncIterable[Any], stream_id: StreamId = None, **_: Any) -> StreamId:
         """Send ``source`` as StreamData messages, then StreamEnd (or StreamError)."""
@@ -316,15 +460,18 @@ class JsonPeer:
                     pass
 
     def receive_stream(self, stream_id: StreamId = None) -> tuple[StreamId, _JsonStream]:
-        """``(stream_id, stream)``; with no id a new one is made (tell the sender)."""
+        """``(stream_id, stream)``; with no id a new one is made (tell the sender).
+        What arrived before (items, or the end) is kept for it."""
         self._check()
         sid = stream_id if stream_id is not None else str(uuid.uuid4())
+        self._closed_ids.pop(sid, None)  # a new stream under an id used before
         stream = self._incoming.get(sid)
         if stream is None:
             stream = self._incoming[sid] = _JsonStream(self, sid)
         return sid, stream
 
     def abort_stream(self, stream_id: StreamId) -> bool:
+        """Stop sending ``stream_id``: the receiver gets StreamError "Stream aborted"."""
         task = self._senders.get(stream_id)
         if task is None:
             return False
@@ -332,11 +479,21 @@ class JsonPeer:
         return True
 
     def close_receiving_stream(self, stream_id: StreamId) -> None:
+        """Stop reading ``stream_id``: what the sender still sends on it is dropped
+        (the seed has no message to tell the sender)."""
         stream = self._incoming.pop(stream_id, None)
         if stream is not None:
+            if not stream.done:
+                self._remember_closed(stream_id)
             stream.done = True
             stream._drop()
             stream._wake()
+
+    def _remember_closed(self, sid: StreamId) -> None:
+        closed = self._closed_ids
+        closed[sid] = None
+        while len(closed) > self.max_streams:
+            del closed[next(iter(closed))]
 
     def _forget_stream(self, stream: _JsonStream) -> None:
         """The reader saw the end of ``stream``: it no longer counts as held."""
@@ -344,11 +501,17 @@ class JsonPeer:
             del self._incoming[stream.stream_id]
 
     async def wait_closed(self) -> None:
+        """Until the connection is closed and cleaned up."""
         await asyncio.shield(self._closed)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection (the close handshake), then clean up."""
         await self._ws.close(code, reason)
         await self.wait_closed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no close handshake)."""
+        self._ws.abort()
 
     def _check(self) -> None:
         if self._closed_flag:
@@ -356,10 +519,24 @@ class JsonPeer:
 
     # ------------------------------------------------------------ receiving
 
-    async def _run(self, first: str | bytes) -> None:
+    async def greet(self) -> None:
+        """(Server) send the welcome, once, before anything else."""
+        if not self._greeted:
+            self._greeted = True
+            await self._ws.send(welcome_message(self.client_id or ""))
+
+    def start(self, first: str | bytes | None = None) -> asyncio.Task[None]:
+        """Serve the connection in a task (``first``: a message already read)."""
+        self._runner = self._loop.create_task(self.run(first))
+        return self._runner
+
+    async def run(self, first: str | bytes | None = None) -> None:
+        """Serve the connection until it closes (``first``: a message already read);
+        the server and :func:`fastrpc.jsonclient.open_json` run it in a task."""
         token = _current_peer.set(self)  # type: ignore[arg-type]
         try:
-            if await self._handle(first):
+            await self.greet()
+            if first is None or await self._handle(first):
                 async for msg in self._ws.messages():
                     if not await self._handle(msg):
                         break
@@ -377,11 +554,16 @@ class JsonPeer:
             data = self._admit(msg)
             if large:
                 await asyncio.sleep(0)  # the checks and the decoding: one turn each
-            self._receive(data)
+            target = self._receive(data)
+            if target is not None:
+                await self._relay_to(target, msg)
         except _Violation as v:
             await self._abort(v.code, v.reason)
             return False
+        except (*TransportClosed, ConnectionClosed):
+            raise
         except Exception as exc:  # a bug here must end this connection, not hide as a normal close
+            logger.exception("JSON-mode message handling failed")
             await self._abort(INTERNAL, f"internal error: {type(exc).__name__}")
             return False
         if large:
@@ -389,6 +571,21 @@ class JsonPeer:
             # more than the server can decode gets at most half of the event loop.
             await asyncio.sleep(min(time.perf_counter() - start, 0.1))
         return True
+
+    async def _relay_to(self, target: JsonPeer, msg: str | bytes) -> None:
+        """Forward ``msg`` verbatim to ``target``, waiting (up to relay_timeout) for
+        its socket to drain: the sender is held back by the slowest of its targets."""
+        text = msg if isinstance(msg, str) else msg.decode("utf-8", "replace")
+        try:
+            await asyncio.wait_for(target._ws.send(text), self.relay_timeout)
+        except asyncio.TimeoutError:
+            task = self._loop.create_task(
+                target._abort(POLICY, f"relayed messages not read within relay_timeout ({self.relay_timeout} s)")
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        except (*TransportClosed, ConnectionClosed):
+            pass  # the target went away meanwhile: as if it had never been there
 
     async def _abort(self, code: int, reason: str) -> None:
         """Close with ``code``. What the peer still sends is read and dropped meanwhile:
@@ -414,7 +611,8 @@ class JsonPeer:
             raise _Violation(INVALID, f"JSON nested deeper than {self.max_depth}")
         return data
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes) -> JsonPeer | None:
+        """Act on one message; the peer to relay it to, if it is for another."""
         try:
             env = _decode_envelope(data)
         except msgspec.ValidationError:
@@ -424,10 +622,13 @@ class JsonPeer:
         kind = env.type
         if kind in ("StreamData", "StreamEnd", "StreamError"):
             self._on_stream(kind, env, len(data))
-            return
+            return None
         category = env.category
         if category == "request":
             rid = self._id(env.requestId, "requestId")
+            target = self._target(env, rid)
+            if target is not None:
+                return target
             if len(self._tasks) >= self.max_pending_calls:
                 raise _Violation(POLICY, f"more than {self.max_pending_calls} pending requests")
             weight = len(data) + _PER_CONTAINER * (data.count(b"[") + data.count(b"{"))
@@ -441,22 +642,99 @@ class JsonPeer:
             except (msgspec.DecodeError, RecursionError):
                 raise _Violation(INVALID, "invalid JSON") from None
             self._pending_bytes += weight
-            task = self._loop.create_task(self._answer(rid, value, weight))
+            sender = env.sender if isinstance(env.sender, str) else None
+            task = self._loop.create_task(self._answer(rid, value, weight, sender))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif category == "response":
             rid = self._id(env.requestId, "requestId")
+            target = self._target(env, rid)
+            if target is not None:
+                return target
             fut = self._calls.get(rid)
             if fut is not None and not fut.done():
-                if env.error is not msgspec.UNSET:
-                    fut.set_exception(RemoteError("Error", str(env.error)))
+                try:
+                    value = _decode(env.data)
+                except Exception as exc:
+                    fut.set_exception(exc)
                 else:
-                    try:
-                        fut.set_result(_decode(env.data))
-                    except Exception as exc:
-                        fut.set_exception(exc)
+                    err = response_error(value, None if env.error is msgspec.UNSET else env.error)
+                    if err is not None:
+                        fut.set_exception(err)
+                    else:
+                        fut.set_result(value)
+        elif category == "ping":
+            # The seed's heartbeat: answered at once, with its timestamp.
+            stamp = env.timestamp if env.timestamp is not None else int(time.time() * 1000)
+            self._spawn(self._send({"category": "pong", "timestamp": stamp}))
+        elif category == "pong":
+            fut = self._pings.get(env.timestamp) if isinstance(env.timestamp, (int, float)) else None
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif category == "welcome":
+            if self.role == "client" and isinstance(env.clientId, str):
+                if self.client_id is None:
+                    self.client_id = env.clientId
+                if not self._welcomed.done():
+                    self._welcomed.set_result(env.clientId)
+            # A server ignores it (the seed's clients never send one).
+        elif category == "error":
+            self._on_error_message(data, env)
         else:
             raise _Violation(INVALID, "unknown message shape")
+        return None
+
+    def _target(self, env: _Envelope, rid: Any) -> JsonPeer | None:
+        """The other connection a message with ``to`` is for (None: for us). A ``to``
+        naming no connection is answered as the seed's relay answers it."""
+        to = env.to
+        if to is None:
+            return None
+        if not isinstance(to, str) or len(to) > self.max_id_length:
+            raise _Violation(INVALID, f"invalid to: a string of at most {self.max_id_length} characters")
+        if self._relay is None or to == self.client_id:
+            return None
+        target = self._relay.get(to)
+        if target is None or target.closed:
+            self._spawn(
+                self._send({"category": "error", "error": "Target peer not found", "targetId": to, "requestId": rid})
+            )
+            return None
+        return target
+
+    def _on_error_message(self, data: bytes, env: _Envelope) -> None:
+        """``{"category": "error"}``: fails the call it names (its requestId, or the
+        ``to`` it was sent to), else goes to ``on_error`` (or the log)."""
+        text = env.error if isinstance(env.error, str) else "error"
+        futs = []
+        if env.requestId in self._calls:
+            futs.append(self._calls[env.requestId])
+        elif isinstance(env.targetId, str):
+            futs = [self._calls[r] for r, t in self._call_targets.items() if t == env.targetId and r in self._calls]
+        if futs:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(RemoteError("RelayError", f"{text} ({env.targetId})" if env.targetId else text))
+            return
+        if self.on_error is not None:
+            try:
+                self.on_error(_decode(data))
+            except Exception:
+                logger.exception("on_error hook failed")
+        else:
+            logger.warning("error message from the other side: %s", text)
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(self._quietly(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(coro: Any) -> None:
+        try:
+            await coro
+        except (*TransportClosed, ConnectionClosed):
+            pass
 
     def _id(self, value: Any, name: str) -> Any:
         """A valid ``requestId``/``streamId``: a string of at most max_id_length
@@ -472,8 +750,12 @@ class JsonPeer:
         sid = self._id(env.streamId, "streamId")
         stream = self._incoming.get(sid)
         if stream is None:
-            if kind != "StreamData":
-                return  # the end of a stream we no longer hold
+            if sid in self._closed_ids:
+                if kind != "StreamData":
+                    del self._closed_ids[sid]  # its end: nothing more comes
+                return  # the reader closed it: dropped
+            # Not claimed yet: held for receive_stream (its end too, so that an empty
+            # stream, or one failing before its first item, still ends for its reader).
             if len(self._incoming) >= self.max_streams:
                 raise _Violation(POLICY, f"more than {self.max_streams} incoming streams held")
             stream = self._incoming[sid] = _JsonStream(self, sid)
@@ -496,39 +778,49 @@ class JsonPeer:
             stream.done = True
         stream._wake()
 
-    async def _answer(self, rid: Any, data: Any, weight: int) -> None:
+    async def _answer(self, rid: Any, data: Any, weight: int, sender: str | None) -> None:
+        reply: dict[str, Any] | None
         try:
-            result = await self._dispatch(data)
-            reply: dict[str, Any] = {"category": "response", "requestId": rid, "data": result}
+            reply = {"category": "response", "requestId": rid, "data": await self._dispatch(data)}
         except asyncio.CancelledError:
             raise
+        except _NoReply:
+            reply = None
         except Exception as exc:
-            reply = {"category": "response", "requestId": rid, "error": f"{type(exc).__name__}: {exc}"}
+            reply = {"category": "response", "requestId": rid, **error_reply(exc)}
         finally:
             del data  # the handler is done with it
             self._pending_bytes -= weight
+        if reply is None:
+            return
+        if sender is not None:
+            reply["to"] = sender  # through a relay, the answer finds its way back
         try:
             await self._send(reply)
         except (*TransportClosed, ConnectionClosed):
             pass
         except (TypeError, ValueError) as exc:  # result not JSON-serialisable
             try:
-                await self._send({"category": "response", "requestId": rid, "error": f"{type(exc).__name__}: {exc}"})
+                await self._send({"category": "response", "requestId": rid, **error_reply(exc)})
             except (*TransportClosed, ConnectionClosed):
                 pass
 
     async def _dispatch(self, data: Any) -> Any:
-        fallback = self._own.fallback or self._router.fallback
-        if fallback is not None:
-            result = fallback(data)
-        else:
-            method = data.get("method") if isinstance(data, dict) else None
-            found = self._own.lookup(method) or self._router.lookup(method) if isinstance(method, str) else None
-            if found is None:
+        method = data.get("method") if isinstance(data, dict) else None
+        found = (self._own.lookup(method) or self._router.lookup(method)) if isinstance(method, str) else None
+        if found is None:
+            fallback = self._own.fallback or self._router.fallback
+            if fallback is None:
                 raise LookupError(f"no method {method!r}")
-            params = data.get("params", [])
-            fn = found[0]
-            result = fn(**params) if isinstance(params, dict) else fn(*params)
+            result = fallback(data)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is None:
+                raise _NoReply  # the seed's match: undefined sends no response
+            return result
+        params = data.get("params", [])
+        fn = found[0]
+        result = fn(**params) if isinstance(params, dict) else fn(*params)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -537,10 +829,15 @@ class JsonPeer:
         if self._closed_flag:
             return
         self._closed_flag = True
+        if self._relay is not None and self.client_id is not None and self._relay.get(self.client_id) is self:
+            del self._relay[self.client_id]
         exc = ConnectionClosed()
-        for fut in self._calls.values():
+        for fut in [*self._calls.values(), *self._pings.values()]:
             if not fut.done():
                 fut.set_exception(exc)
+        if not self._welcomed.done():
+            self._welcomed.set_exception(exc)
+            self._welcomed.exception()  # retrieved: nobody may be waiting
         for stream in self._incoming.values():
             stream._drop()
             if not stream.done:
@@ -554,3 +851,7 @@ class JsonPeer:
             await asyncio.gather(*tasks, return_exceptions=True)
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+class _NoReply(Exception):
+    """The match handler returned None: no response (the seed's ``undefined``)."""

@@ -63,6 +63,13 @@ WS_PING_INTERVAL: float | None = 20.0
 WRITE_LIMIT = 64 << 10  # the transport's high-water mark
 WS_MAX_QUEUE = 4  # received messages the WebSocket library buffers before pausing reads
 
+# -- the seed's JSON mode (docs/json-mode.md) --------------------------------------------
+# A connection that has sent nothing this long (seconds) gets the seed's welcome: the
+# seed's clients wait for it before they speak. With a handler target, the connection
+# is then served in JSON mode (the handler speaks first, as to the seed's runner.ts);
+# with a Router target its first message still decides the mode.
+JSON_WAIT: float | None = 0.5
+
 # -- reconnecting (RetryPolicy): the first retry is immediate, then these ------------
 RETRY_INITIAL_DELAY = 1.0
 RETRY_MAX_DELAY = 16.0
@@ -118,6 +125,10 @@ class PeerOptions:
     max_detached_replay: int = MAX_DETACHED_REPLAY
     max_output_backlog: int = MAX_OUTPUT_BACKLOG
     output_stall_timeout: float = OUTPUT_STALL_TIMEOUT
+    # The seed's JSON mode (server): see JSON_WAIT; paths whose connections are JSON
+    # from the start (welcomed at once, never binary).
+    json_wait: float | None = JSON_WAIT
+    json_paths: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -388,6 +388,8 @@ class RpcPeer(PeerAPI):
             step = O.FRAMES_PER_SLICE
             async for msg in transport.messages():
                 if type(msg) is str:
+                    if self._core.awaiting_hello and msg.startswith('{"category":"welcome"'):
+                        continue  # a server's greeting for the seed's clients (docs/json-mode.md)
                     raise ProtocolError("text message on a fastrpc connection")
                 frames = self._core.decode(msg)  # type: ignore[arg-type]
                 if len(frames) <= step:

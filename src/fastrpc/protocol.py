@@ -41,6 +41,7 @@ from .exceptions import (
 )
 from .flow import FRAME_CHARGE, FlowControl
 from .inbound import InboundStreams
+from .names import NAMED_STREAM_BASE
 from .outbound import OutboundStreams
 from .resume import TOKEN_SIZE, ResumeState, SessionLost
 from .scheduler import DEFAULT_URGENCY, URGENCY_LEVELS, Scheduler, check_urgency
@@ -409,7 +410,7 @@ class Connection:
             raise ValueError(f"stream id {stream_id} is in use")
         check_urgency(urgency)
         self._flow.take_slot()
-        if stream_id >= self._next_id:
+        if self._next_id <= stream_id < NAMED_STREAM_BASE:  # named ids stay apart
             self._next_id = stream_id + 2
         self._outbound.open(stream_id, urgency, False)
         return stream_id

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
 from . import options as O
 from .exceptions import ConnectionClosed, ResumeFailed
-from .jsonmode import JsonPeer
+from .jsonmode import JsonPeer, welcome_message
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role
@@ -55,6 +56,8 @@ class Server:
         self._port = port
         self.options = options
         self.peers: set[RpcPeer] = set()
+        #: The connections in the seed's JSON mode, by client id (``to`` routing).
+        self.json_peers: dict[str, JsonPeer] = {}
         self._ws_kwargs = ws_kwargs
         self._server: WebSocketServer | None = None
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
@@ -90,16 +93,36 @@ class Server:
 
     async def _connection(self, transport: Transport) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the
-        # seed's JSON protocol (text), and a new session from one being resumed.
+        # seed's JSON protocol (text), and a new session from one being resumed. The
+        # seed's clients wait for a welcome before they speak, and its responders
+        # (runner.ts) never speak first: a connection silent for json_wait gets the
+        # welcome (docs/json-mode.md, "Choosing the mode").
+        o = self.options
+        path = (transport.request_path or "/").split("?", 1)[0]
+        if path in o.json_paths:
+            await self._json_connection(transport, None)
+            return
+        wait = o.handshake_timeout if o.json_wait is None else min(o.json_wait, o.handshake_timeout)
+        client_id: str | None = None
         try:
-            first = await transport.recv(self.options.handshake_timeout)
+            try:
+                first = await transport.recv(wait)
+            except asyncio.TimeoutError:
+                if o.json_wait is None or wait >= o.handshake_timeout:
+                    raise
+                if self.handler is not None:
+                    await self._json_connection(transport, None)  # the handler speaks first
+                    return
+                client_id = str(uuid.uuid4())
+                await transport.send(welcome_message(client_id))
+                first = await transport.recv(o.handshake_timeout - wait)
         except asyncio.TimeoutError:
             await transport.close(1008, "no handshake within handshake_timeout")
             return
         except (*TransportClosed, OSError):
             return
         if isinstance(first, str):
-            await self._json_connection(transport, first)
+            await self._json_connection(transport, first, client_id)
             return
         session = self._session_for(first)
         if session is not None:
@@ -263,11 +286,15 @@ class Server:
             return
         self._register(peer)
 
-    async def _json_connection(self, transport: Transport, first: str) -> None:
+    async def _json_connection(self, transport: Transport, first: str | None, client_id: str | None = None) -> None:
         o = self.options
         peer = JsonPeer(
             transport,
             self.router,
+            client_id=client_id,
+            greeted=client_id is not None,
+            relay=self.json_peers,
+            relay_timeout=o.output_stall_timeout,
             max_message_size=o.max_message_size,
             max_item_size=o.max_frame_size,
             max_pending_calls=o.max_pending_calls,
@@ -275,12 +302,20 @@ class Server:
             max_held_bytes=o.max_connection_memory // 2,
             max_pending_bytes=o.max_connection_memory // 2,
         )
-        runner = asyncio.get_running_loop().create_task(peer._run(first))
+        try:
+            await peer.greet()  # before the handler can say anything
+        except (*TransportClosed, OSError):
+            await peer.run(None)  # nothing to serve: clean up
+            return
+        runner = peer.start(first)
         try:
             if self.handler is not None:
-                result = self.handler(peer)  # type: ignore[arg-type]
-                if inspect.isawaitable(result):
-                    await result
+                try:
+                    result = self.handler(peer)  # type: ignore[arg-type]
+                    if inspect.isawaitable(result):
+                        await result
+                except ConnectionClosed:
+                    pass
                 await peer.close()
             await runner
         except Exception:
@@ -328,8 +363,9 @@ def serve(
     ``streams`` (a :class:`StreamManager` used as a template), ``compression``,
     ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``, ``resume``
     (keep sessions for clients that reconnect, ``session_grace`` seconds; in
-    ``session_store``, in memory by default); others go to
-    ``websockets.asyncio.server.serve``.
+    ``session_store``, in memory by default); ``json_wait`` and ``json_paths`` (how
+    clients of the seed's JSON protocol are told apart: docs/json-mode.md); others go
+    to ``websockets.asyncio.server.serve``.
     """
     opts, ws_kwargs = PeerOptions.split(options)
     return Server(target, host, port, opts, ws_kwargs, session_store)

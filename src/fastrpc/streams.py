@@ -11,16 +11,20 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import options as O
 from .codec import PayloadCodec
 from .exceptions import ConnectionClosed, StreamClosed
-from .protocol import DEFAULT_URGENCY, Connection
+from .names import named_stream_id
+from .protocol import DEFAULT_URGENCY, Connection, Role
 
 T = TypeVar("T")
+# A stream id as the application gives it: the wire's integer, or a name (a string,
+# the seed's crypto.randomUUID() pattern) mapped to a wire id (wire.named_stream_id).
+StreamId = Union[int, str]
 
-__all__ = ["RateLimit", "ReceiveStream", "StreamLink", "StreamManager", "StreamStats"]
+__all__ = ["RateLimit", "ReceiveStream", "StreamId", "StreamLink", "StreamManager", "StreamStats"]
 
 
 class StreamHost(Protocol):
@@ -443,31 +447,49 @@ class StreamManager:
             "held": list(self._held),
         }
 
+    def wire_id(self, stream_id: StreamId, outgoing: bool) -> int:
+        """The wire id of ``stream_id``: an int as is; a name (str) mapped to the id
+        both sides compute from it (``outgoing``: a stream we send, else one the peer
+        sends). Raises TypeError naming anything else."""
+        if isinstance(stream_id, str):
+            ours = 1 if self.link.core.role is Role.CLIENT else 0
+            return named_stream_id(stream_id, ours if outgoing else 1 - ours)
+        if isinstance(stream_id, int) and not isinstance(stream_id, bool):
+            return stream_id
+        raise TypeError(f"stream id {stream_id!r}: expected an int (a wire id) or a str (a stream name)")
+
     # ---------------------------------------------------------------- sending
 
     async def send_stream(
         self,
         source: AsyncIterable[Any],
-        stream_id: int | None = None,
+        stream_id: StreamId | None = None,
         *,
         priority: int = DEFAULT_URGENCY,
         rate: RateLimit | None = None,
-    ) -> int:
-        """Start sending ``source`` as a stream; return its id at once.
+    ) -> StreamId:
+        """Start sending ``source`` as a stream; return its id at once (the name,
+        when ``stream_id`` is a string: see :meth:`wire_id`).
 
         The items go out in the background; ``abort_stream(id)`` stops them. Waits
         only when the peer's limit of concurrent streams is reached.
         """
         self._check()
         link = self.link
+        wire = None if stream_id is None else self.wire_id(stream_id, outgoing=True)
         while not link.core.can_open_stream():
             fut = link.loop.create_future()
             self._slot_waiters.append(fut)
             await fut
             self._check()
-        sid: int = link.core.open_stream(stream_id, urgency=priority)
+        try:
+            sid: int = link.core.open_stream(wire, urgency=priority)
+        except ValueError as exc:
+            if isinstance(stream_id, str):
+                raise ValueError(f"stream {stream_id!r} is in use on this connection") from exc
+            raise
         self.start_sender(sid, source, rate)
-        return sid
+        return stream_id if isinstance(stream_id, str) else sid
 
     def start_sender(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None = None) -> None:
         """Send ``source`` on the open outgoing stream ``sid`` from a task."""
@@ -604,10 +626,10 @@ class StreamManager:
                 # Waiting on the source itself or on backpressure: cancel it.
                 task.cancel()
 
-    def abort_stream(self, stream_id: int) -> bool:
+    def abort_stream(self, stream_id: StreamId) -> bool:
         """Cancel an outgoing stream: its source is closed, the receiver sees
         :class:`fastrpc.StreamAborted`. Returns False when no such stream runs."""
-        task = self._senders.get(stream_id)
+        task = self._senders.get(self.wire_id(stream_id, outgoing=True))
         if task is None:
             return False
         task.cancel()
@@ -615,13 +637,21 @@ class StreamManager:
 
     # -------------------------------------------------------------- receiving
 
-    def receive_stream(self, stream_id: int | None = None) -> tuple[int | None, ReceiveStream[Any]]:
-        """The incoming stream ``stream_id`` (items that arrived before are kept).
+    def receive_stream(self, stream_id: StreamId | None = None) -> tuple[StreamId | None, ReceiveStream[Any]]:
+        """The incoming stream ``stream_id`` (items that arrived before are kept); a
+        name (str) is the one the sender gave :meth:`send_stream`.
 
         With no id: the oldest incoming stream nobody has claimed, or else the next
         one to arrive (its id is then ``stream.stream_id`` once it does).
         """
         self._check()
+        if isinstance(stream_id, str):
+            try:
+                return stream_id, self.receive_stream(self.wire_id(stream_id, outgoing=False))[1]
+            except ValueError:
+                raise ValueError(f"stream {stream_id!r} is already being received") from None
+        if stream_id is not None:
+            self.wire_id(stream_id, outgoing=False)  # TypeError for anything but an int
         if stream_id is None:
             if self._held:
                 sid = next(iter(self._held))
@@ -646,6 +676,7 @@ class StreamManager:
         """Wait for the next incoming stream nobody has claimed."""
         sid, stream = self.receive_stream(None)
         if sid is not None:
+            assert isinstance(sid, int)  # unnamed: a wire id
             return sid, stream
         while stream.stream_id is None:
             fut = self.link.loop.create_future()
@@ -659,8 +690,9 @@ class StreamManager:
             self._check()
         return stream.stream_id, stream
 
-    def close_receiving_stream(self, stream_id: int) -> None:
+    def close_receiving_stream(self, stream_id: StreamId) -> None:
         """Stop reading incoming ``stream_id``; the sender is told to stop."""
+        stream_id = self.wire_id(stream_id, outgoing=False)
         stream = self._incoming.get(stream_id) or self._claims.get(stream_id)
         if stream is not None:
             stream.close()
