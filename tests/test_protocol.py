@@ -148,6 +148,19 @@ def protocol_error(conn: Connection, msg: bytes, reason: str, code: ErrorCode, c
     return err
 
 
+def read_error(conn: Connection, msg: bytes, stream_id: int, reason: str) -> None:
+    """``conn`` takes ``msg`` (its compressed items are held as received), then reading
+    ``stream_id`` fails with a COMPRESSION_ERROR of this reason: that stream ends (its
+    sender is told to stop), the connection goes on."""
+    conn.receive_message(msg)
+    with pytest.raises(ProtocolError) as info:
+        read_all(conn, stream_id)
+    assert reason in info.value.reason, info.value.reason
+    assert info.value.code == ErrorCode.COMPRESSION_ERROR
+    assert (F.STREAM_CLOSE, 0, stream_id, b"") in frames_of(conn.next_message())
+    assert not conn.has_incoming(stream_id)
+
+
 def assert_remote(
     err: RemoteError, type_name: str, message: str, code: int | None = None, tb: str | None = None
 ) -> None:
@@ -1192,13 +1205,8 @@ def test_corrupt_compressed_payload_is_a_compression_error(algorithm: int) -> No
     if not C.available() & algorithm:
         pytest.skip("zstandard is not installed")
     c, s = connect(Settings(compression=algorithm), Settings(compression=algorithm))
-    protocol_error(
-        s,
-        F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, b"this is not compressed"),
-        "corrupt compressed payload",
-        ErrorCode.COMPRESSION_ERROR,
-        1007,
-    )
+    bad = F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, b"this is not compressed")
+    read_error(s, bad, 1, "corrupt compressed payload")
     # COMPRESSED without negotiated compression.
     s = server_after_hello()
     protocol_error(
@@ -1222,13 +1230,7 @@ def test_decompression_bomb_is_bounded_by_max_item_size(algorithm: int) -> None:
     assert len(bomb) * 100 < 4 << 20
     s.receive_message(F.encode_frame(F.STREAM_DATA, F.FLAG_OPEN | F.FLAG_COMPRESSED, 1, at_limit))
     assert read_all(s, 1) == [(b"\0" * limit, False)]
-    protocol_error(
-        s,
-        F.encode_frame(F.STREAM_DATA, F.FLAG_COMPRESSED, 1, bomb),
-        "decompressed payload too large",
-        ErrorCode.COMPRESSION_ERROR,
-        1007,
-    )
+    read_error(s, F.encode_frame(F.STREAM_DATA, F.FLAG_COMPRESSED, 1, bomb), 1, "inflates past max_item_size (65536)")
 
 
 # ---------------------------------------------------------------- unknown frame types
@@ -1549,3 +1551,25 @@ def test_numbered_items_cross_drops_with_nothing_lost_or_duplicated() -> None:
     assert (cc.frames_in, sc.frames_in) == (sc.frames_out, cc.frames_out)
     # ACKs kept the replay buffers short.
     assert len(cc.session.replay or ()) <= ACK_FRAMES and len(sc.session.replay or ()) <= ACK_FRAMES
+
+
+def test_compressed_items_are_held_as_received_so_the_window_bounds_them() -> None:
+    # Highly compressible items (64 KiB of zeros: ~100 bytes of zlib) sent until the
+    # credit is used up: the receiver holds what the window counted (the compressed
+    # bytes), not 600x that; each item is inflated as it is read.
+    c, s = connect(Settings(compression=C.ZLIB), Settings(compression=C.ZLIB))
+    sid = c.open_stream()
+    item = bytes(64 << 10)
+    sent = 0
+    while c.writable(sid) and sent < 100_000:
+        c.send_item(sid, item, raw=True)
+        sent += 1
+    for m in messages(c):
+        s.receive_message(m)
+    held = s.stats()["memory"]
+    window = s.settings.initial_stream_window
+    assert sent * len(item) > 20 * window  # far more than the window, once inflated
+    assert held <= window, (held, window)
+    got = read_all(s, sid)
+    assert len(got) == sent and all(x == (item, True) for x in got)
+    assert s.stats()["memory"] == 0

@@ -1,11 +1,12 @@
 """The memory budget of one connection: every byte a peer can make us hold.
 
 Charged to it (and released when no longer held): items received and not yet read
-(as held, after decompression), the reassembly of fragmented items, and the arguments
-of the peer's calls while their handlers run. Past ``max_connection_memory`` the
+(as held: compressed items as received, inflated only as they are read), the
+reassembly of fragmented items, and the arguments of the peer's calls while their
+handlers run (at what decoding them will allocate: ``frames.payload_cost``). Past ``max_connection_memory`` the
 connection is closed (LimitExceeded, close code 1008); other connections are not
 touched. The windows bound each stream; this bounds their sum, and what windows do
-not see (compressed items inflate, partial items, call arguments).
+not see (partial items, call arguments at their decoded cost).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def decompress(algorithm: int, data: bytes | bytearray | memoryview, max_size: i
             d = zlib.decompressobj()
             out = d.decompress(data, max_size + 1)
             if len(out) > max_size or d.unconsumed_tail:
-                raise ProtocolError("decompressed payload too large", ErrorCode.COMPRESSION_ERROR)
+                raise ProtocolError(f"an item inflates past max_item_size ({max_size})", ErrorCode.COMPRESSION_ERROR)
             if not d.eof:
                 raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
             return out
@@ -75,7 +75,7 @@ def decompress(algorithm: int, data: bytes | bytearray | memoryview, max_size: i
             reader = _zstd.ZstdDecompressor().stream_reader(bytes(data))
             out = reader.read(max_size + 1)
             if len(out) > max_size:
-                raise ProtocolError("decompressed payload too large", ErrorCode.COMPRESSION_ERROR)
+                raise ProtocolError(f"an item inflates past max_item_size ({max_size})", ErrorCode.COMPRESSION_ERROR)
             return bytes(out)
     except ProtocolError:
         raise

@@ -80,12 +80,15 @@ class InboundStreams:
         s.partial = None
         return whole, flags
 
-    def inflate(self, payload: Payload, algorithm: int, max_item_size: int) -> bytes:
-        """Decompress a received item (bounded by ``max_item_size``); the budget is
-        charged what it holds."""
-        item = _compression.decompress(algorithm, payload, max_item_size)
-        self.budget.charge(len(item) - len(payload), "unread items (inflated)")
-        return item
+    def inflate(self, s: IncomingStream, payload: Payload, algorithm: int, max_item_size: int, closed: bool) -> bytes:
+        """Decompress an item of ``s`` as it is read (bounded by ``max_item_size``).
+        Items are held compressed, so that the window bounds what a stream holds; one
+        that inflates past the bound ends ``s`` (its sender is told to stop) and raises."""
+        try:
+            return _compression.decompress(algorithm, payload, max_item_size)
+        except ProtocolError:
+            self.close(s, closed)
+            raise
 
     def _drop(self, s: IncomingStream) -> None:
         """Drop what ``s`` holds, giving it back to the budget."""

@@ -458,12 +458,16 @@ class Connection:
         s = self._inbound.streams.get(stream_id)
         if s is None or not s.items:
             return None
-        payload, raw, charge = s.items.popleft()
+        payload, kind, charge = s.items.popleft()
         self._budget.held -= len(payload)
         grant: int = self._flow.ledger_in.consumed(stream_id, charge)
         if grant:
             self._flow.granted(s, grant, charge)
-        return payload, raw, grant
+        if kind & F.FLAG_COMPRESSED:
+            # Held compressed (what the window counted), inflated as it is read: a
+            # bomb fails this stream (ProtocolError, COMPRESSION_ERROR), not the reader.
+            payload = self._inbound.inflate(s, payload, self._algorithm, self.settings.max_item_size, self.closed)
+        return payload, kind & FLAG_RAW != 0, grant
 
     def stream_end(self, stream_id: int) -> tuple[bool, BaseException | None]:
         """``(ended, error)`` of an incoming stream with no item left to read (``ended``
@@ -663,9 +667,9 @@ class Connection:
             budget.held += len(payload)
             if budget.held > budget.limit:
                 budget.charge(0, "unread items")
-        if flags & F.FLAG_COMPRESSED:
-            payload = inbound.inflate(payload, self._algorithm, self.settings.max_item_size)
-        s.items.append((payload, bool(flags & FLAG_RAW), charge))
+        if flags & F.FLAG_COMPRESSED and not self._algorithm:
+            raise ProtocolError("compressed frame without negotiated compression", ErrorCode.COMPRESSION_ERROR)
+        s.items.append((payload, flags & (FLAG_RAW | F.FLAG_COMPRESSED), charge))
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
             s.last_event = inbound.message_count
             events.append(StreamReadable(fid))

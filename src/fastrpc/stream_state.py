@@ -81,8 +81,10 @@ class IncomingStream:
 
     def __init__(self, stream_id: int, bound: bool, window_size: int) -> None:
         self.id = stream_id
-        # (payload, raw, charge): charge is the credit given back once it is read.
-        self.items: deque[tuple[Payload, bool, int]] = deque()
+        # (payload, kind, charge): kind is the item's FLAG_RAW | FLAG_COMPRESSED bits
+        # (compressed items are held as received); charge is the credit given back
+        # once it is read.
+        self.items: deque[tuple[Payload, int, int]] = deque()
         self.state = IN_OPEN
         self.error: BaseException | None = None
         self.partial: bytearray | None = None  # reassembly of a fragmented item

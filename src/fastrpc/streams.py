@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import options as O
 from .codec import PayloadCodec
-from .exceptions import ConnectionClosed, StreamClosed
+from .exceptions import ConnectionClosed, ProtocolError, StreamClosed
 from .names import named_stream_id
 from .protocol import DEFAULT_URGENCY, Connection, Role
 
@@ -207,7 +207,11 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
             if self._arrived:
                 sid: int = self.stream_id  # type: ignore[assignment]
                 core = link.core
-                item = core.read_item(sid)
+                try:
+                    item = core.read_item(sid)
+                except ProtocolError:  # an item that inflates past max_item_size: this stream ends
+                    self._finish()
+                    raise
                 if item is not None:
                     payload, raw, granted = item
                     if granted:
