@@ -87,6 +87,10 @@ ACK_BYTES = 256 << 10
 # some bytes advances the session by about as many (see resume.ResumeState.chunk).
 MIN_CHUNK = 4 << 10
 
+# -- serving files (serve(..., static=DIR), static.py) -----------------------------------
+# A file larger than this is refused (403): a response is held whole in memory.
+MAX_STATIC_FILE_SIZE = 16 << 20
+
 
 @dataclass
 class PeerOptions:
@@ -118,6 +122,8 @@ class PeerOptions:
     max_detached_replay: int = MAX_DETACHED_REPLAY
     max_output_backlog: int = MAX_OUTPUT_BACKLOG
     output_stall_timeout: float = OUTPUT_STALL_TIMEOUT
+    # Answer the reserved call ``fastrpc.methods`` with the method list (introspection.py).
+    introspection: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -98,6 +98,7 @@ class RpcPeer(PeerAPI):
         max_output_backlog: int = O.MAX_OUTPUT_BACKLOG,
         output_stall_timeout: float = O.OUTPUT_STALL_TIMEOUT,
         max_connection_memory: int = O.MAX_CONNECTION_MEMORY,
+        introspection: bool = False,
     ) -> None:
         self._transport = transport
         self._max_backlog = max_output_backlog
@@ -115,7 +116,7 @@ class RpcPeer(PeerAPI):
         self._link = StreamLink(self._loop, self._core, self, self._codec)
         self.streams = manager
         manager.attach(self._link)
-        self._handlers = Handlers(self._link, manager, router, expose_tracebacks)
+        self._handlers = Handlers(self._link, manager, router, expose_tracebacks, introspection)
         self._keepalive = Keepalive(self._loop, keepalive_interval, keepalive_timeout, self)
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._call_waiters: list[asyncio.Future[None]] = []
@@ -711,4 +712,5 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         "max_output_backlog": options.max_output_backlog,
         "output_stall_timeout": options.output_stall_timeout,
         "max_connection_memory": options.max_connection_memory,
+        "introspection": options.introspection,
     }
