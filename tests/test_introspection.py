@@ -52,7 +52,12 @@ def make_router() -> fastrpc.Router:
 
 
 EXPECTED = [
-    {"name": "add", "kind": "call", "signature": "(a: int, b: int = 2) -> int", "doc": "Add two numbers.\n\nBoth are ints."},
+    {
+        "name": "add",
+        "kind": "call",
+        "signature": "(a: int, b: int = 2) -> int",
+        "doc": "Add two numbers.\n\nBoth are ints.",
+    },
     {"name": "slow_add", "kind": "call", "signature": "(a: int, *, scale: float = 1.0) -> float", "doc": ""},
     {"name": "ticks", "kind": "stream", "signature": "(n: int) -> AsyncIterator[int]", "doc": "Count."},
     {

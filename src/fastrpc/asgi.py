@@ -305,10 +305,12 @@ class AsgiTransport(Transport):
 
     @property
     def close_reason(self) -> str | None:
+        """The reason of the close (None: not closed)."""
         return self._reason
 
     @property
     def remote_address(self) -> Any:
+        """The client address the ASGI server reports (``scope["client"]``)."""
         return self.scope.get("client")
 
     @property

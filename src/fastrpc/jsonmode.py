@@ -249,6 +249,7 @@ class JsonPeer:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection is closed."""
         return self._closed_flag
 
     async def _send(self, obj: dict[str, Any]) -> None:
@@ -257,9 +258,11 @@ class JsonPeer:
     # ----------------------------------------------------------------- API
 
     def register(self, name: str, fn: Any) -> None:
+        """Handle calls to ``name`` on this connection with ``fn``."""
         self._own.add(name, fn)
 
     def match(self, fn: Any) -> Any:
+        """Set this connection's catch-all handler (see :meth:`fastrpc.Router.match`)."""
         self._own.match(fn)
         return fn
 
@@ -325,6 +328,7 @@ class JsonPeer:
         return sid, stream
 
     def abort_stream(self, stream_id: StreamId) -> bool:
+        """Stop an outgoing stream; False when no such stream is being sent."""
         task = self._senders.get(stream_id)
         if task is None:
             return False
@@ -332,6 +336,7 @@ class JsonPeer:
         return True
 
     def close_receiving_stream(self, stream_id: StreamId) -> None:
+        """Stop reading an incoming stream; what is held of it is dropped."""
         stream = self._incoming.pop(stream_id, None)
         if stream is not None:
             stream.done = True
@@ -344,9 +349,11 @@ class JsonPeer:
             del self._incoming[stream.stream_id]
 
     async def wait_closed(self) -> None:
+        """Wait until the connection has closed."""
         await asyncio.shield(self._closed)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason``."""
         await self._ws.close(code, reason)
         await self.wait_closed()
 

@@ -72,6 +72,7 @@ class Server:
 
     @property
     def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
         assert self._server is not None, "server not started"
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -86,6 +87,7 @@ class Server:
         return ws_url(self.host, self.port, secure=self._ws_kwargs.get("ssl") is not None)
 
     async def start(self) -> Server:
+        """Start listening; returns the server (``await serve(...).start()``)."""
         self._server = await start_server(
             self._connection,
             self.host,
