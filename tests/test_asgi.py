@@ -218,3 +218,21 @@ def test_unknown_options_are_refused() -> None:
         fastrpc.asgi.app(fastrpc.Router(), compression="lz4")
     with pytest.raises(ValueError, match="max_message_size below max_frame_size"):
         fastrpc.asgi.app(fastrpc.Router(), max_message_size=1024)
+
+
+def test_seed_json_mode_through_asgi() -> None:
+    import json
+
+    from websockets.asyncio.client import connect as ws_connect
+
+    app, _ = starlette_app(make_router(Producer()))
+
+    async def main() -> None:
+        async with uvicorn_server(app) as port:
+            async with ws_connect(f"ws://127.0.0.1:{port}/rpc", compression=None, **NO_PROXY) as ws:
+                request = {"category": "request", "requestId": "r1", "data": {"method": "add", "params": [20, 22]}}
+                await ws.send(json.dumps(request))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert reply == {"category": "response", "requestId": "r1", "data": 42}
+
+    run(main(), timeout=30)
