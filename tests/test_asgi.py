@@ -138,15 +138,34 @@ def test_backpressure_slow_consumer() -> None:
     run(main(), timeout=30)
 
 
+class Forbidden(Exception):
+    """Any exception with ``status`` 401 or 403 refuses with that status."""
+
+    status = 403
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def test_authenticate_hook() -> None:
+    seen: list[fastrpc.asgi.AsgiRequest] = []
+
     async def authenticate(request: fastrpc.asgi.AsgiRequest) -> Any:
         await asyncio.sleep(0)
-        token = request.headers.get("authorization", "")
-        if not token:
+        seen.append(request)
+        token = request.headers.get("Authorization", "")  # case-insensitive
+        if token == "":
             raise fastrpc.asgi.AuthenticationRequired("send a bearer token")
+        if token == "Bearer banned":
+            raise Forbidden("banned")
+        if token == "Bearer no":
+            raise PermissionError("not you")
+        if token == "Bearer crash":
+            raise RuntimeError("a bug in the hook")
         if token != "Bearer good":
             return None
-        return {"user": "ada", "path": request.path, "q": request.query.get("room")}
+        return {"user": "ada", "path": request.path, "room": request.query.get("room")}
 
     app, _ = starlette_app(make_router(Producer()), authenticate=authenticate)
 
@@ -156,13 +175,20 @@ def test_authenticate_hook() -> None:
             async with fastrpc.connect(
                 url, additional_headers={"Authorization": "Bearer good"}, **QUIET, **NO_PROXY
             ) as peer:
-                assert await peer.call("whoami") == {"user": "ada", "path": "/rpc", "q": "7"}
-            for headers, status in (({}, 401), ({"Authorization": "Bearer bad"}, 403)):
+                assert await peer.call("whoami") == {"user": "ada", "path": "/rpc", "room": ["7"]}
+            assert seen[-1].remote_address[0] == "127.0.0.1"
+            cases = [({}, 401), ({"Authorization": "Bearer other"}, 401), ({"Authorization": "Bearer banned"}, 403)]
+            cases += [({"Authorization": "Bearer no"}, 403), ({"Authorization": "Bearer crash"}, 500)]
+            for headers, status in cases:
                 with pytest.raises(Exception) as info:
                     await fastrpc.connect(url, additional_headers=headers, **QUIET, **NO_PROXY)
-                assert f"HTTP {status}" in str(info.value), info.value
+                assert f"HTTP {status}" in str(info.value), (headers, info.value)
 
-    run(main(), timeout=30)
+    logging.getLogger("fastrpc.server").disabled = True  # the 500 case logs its traceback
+    try:
+        run(main(), timeout=30)
+    finally:
+        logging.getLogger("fastrpc.server").disabled = False
 
 
 def test_limits_and_plain_http() -> None:

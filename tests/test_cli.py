@@ -332,3 +332,35 @@ def test_bench_builtin_quick() -> None:
         assert m and all(float(g.replace(",", "")) > 0 for g in m.groups()), proc.stdout
     proc = cli("bench", "--builtin", "--only", "nope")
     assert proc.returncode == 2 and "unknown scenario" in proc.stderr
+
+
+def test_static_before_the_servers_own_process_request(tmp_path: Path) -> None:
+    # static= answers plain GETs; upgrades still go through a process_request hook
+    # given to serve (how an authentication hook refuses a handshake).
+    import asyncio
+    import http as _http
+
+    from _util import NO_PROXY, QUIET, run
+
+    (tmp_path / "index.html").write_text("hi")
+    calls: list[str] = []
+
+    def process_request(connection: object, request: object) -> object:
+        calls.append(request.path)  # type: ignore[attr-defined]
+        if request.headers.get("X-Token") != "ok":  # type: ignore[attr-defined]
+            return connection.respond(_http.HTTPStatus.FORBIDDEN, "no\n")  # type: ignore[attr-defined]
+        return None
+
+    async def main() -> None:
+        router = fastrpc.Router()
+        router.add("one", lambda: 1)
+        async with fastrpc.serve(router, static=tmp_path, process_request=process_request, **QUIET) as server:
+            status, _, body = await asyncio.to_thread(_get, server.url, "/")
+            assert (status, body) == (200, b"hi") and calls == []
+            with pytest.raises(Exception, match="HTTP 403"):
+                await fastrpc.connect(server.url, **QUIET, **NO_PROXY)
+            async with fastrpc.connect(server.url, additional_headers={"X-Token": "ok"}, **QUIET, **NO_PROXY) as peer:
+                assert await peer.call("one") == 1
+            assert calls == ["/", "/"]
+
+    run(main())

@@ -20,13 +20,16 @@ are fastrpc's own; the ASGI server's ``send`` waiting for its socket to drain is
 the transport's drain.
 
 ``authenticate`` (optional): ``authenticate(request) -> identity`` (sync or async)
-runs before the WebSocket is accepted, with an :class:`AsgiRequest` (path, query,
-headers, client address). Returning None or raising :class:`PermissionError`
-refuses the connection with HTTP 403 (401 for :class:`AuthenticationRequired`),
-sent as a real HTTP response where the ASGI server supports the
-``websocket.http.response`` extension, else as the close-before-accept that ASGI
-servers turn into 403. The identity is kept on the transport
-(:attr:`AsgiTransport.identity`) for the peer's authenticated identity.
+runs before the WebSocket is accepted, with an :class:`AsgiRequest` (``path``,
+``query``, case-insensitive ``headers``, ``remote_address``). It accepts by returning
+an identity (anything but None or False); it refuses by returning None or False
+(HTTP 401), or by raising an exception whose ``status`` attribute is 401 or 403
+(:class:`AuthenticationRequired` is 401) or a :class:`PermissionError` (403); any
+other exception is logged and answered with 500. The refusal is a real HTTP response
+where the ASGI server supports the ``websocket.http.response`` extension (uvicorn
+does), else the close-before-accept that ASGI servers turn into 403. The identity is
+kept on the transport: ``fastrpc.current_peer().transport.identity`` in a handler.
+The contract is the one of ``serve(..., authenticate=)``, so one hook serves both.
 
 What the ASGI server owns and fastrpc cannot bound from here: its own message size
 limit (uvicorn ``--ws-max-size``, keep it at least ``max_message_size``), its
@@ -37,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Union
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs
 
 from . import options as O
 from .options import PeerOptions
@@ -59,32 +63,60 @@ Send = Callable[[Message], Awaitable[None]]
 Authenticate = Callable[["AsgiRequest"], Any]
 
 _END = object()  # the end of the received messages
+logger = logging.getLogger("fastrpc.server")
 
 
 class AuthenticationRequired(PermissionError):
-    """Raised by an ``authenticate`` hook: refuse with HTTP 401 instead of 403."""
+    """Raised by an ``authenticate`` hook: refuse with HTTP 401 (403 for a plain
+    :class:`PermissionError`)."""
+
+    status = 401
+
+
+class _Headers(Mapping[str, str]):
+    """Request headers, looked up whatever the case of the name (repeated headers
+    joined with ``, ``)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, raw: Any) -> None:
+        items: dict[str, str] = {}
+        for name, value in raw:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            items[key] = f"{items[key]}, {text}" if key in items else text
+        self._items = items
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
 
 
 class AsgiRequest:
-    """The HTTP request that asks for a WebSocket, as ``authenticate`` sees it."""
+    """The HTTP request that asks for a WebSocket, as ``authenticate`` sees it:
+    ``path`` (without the query string), ``query`` (``{name: [values]}``),
+    ``headers`` (case-insensitive), ``remote_address`` (the client's ``(host, port)``),
+    and the ASGI ``scope``."""
 
-    __slots__ = ("client", "headers", "path", "query", "scope")
+    __slots__ = ("headers", "path", "query", "remote_address", "scope")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.path: str = scope.get("root_path", "") + scope.get("path", "")
-        raw_query = scope.get("query_string", b"").decode("latin-1")
-        self.query: dict[str, str] = dict(parse_qsl(raw_query))
-        headers: dict[str, str] = {}
-        for name, value in scope.get("headers", ()):
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        self.headers: Mapping[str, str] = headers  # lower-case names
-        self.client: Any = scope.get("client")
+        self.query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        self.headers: Mapping[str, str] = _Headers(scope.get("headers", ()))
+        self.remote_address: Any = scope.get("client")
 
     def __repr__(self) -> str:
-        return f"AsgiRequest(path={self.path!r}, client={self.client!r})"
+        return f"AsgiRequest(path={self.path!r}, remote_address={self.remote_address!r})"
 
 
 class AsgiTransport(Transport):
@@ -320,8 +352,8 @@ class AsgiTransport(Transport):
 
     @property
     def request_headers(self) -> Any:
-        """The headers of the request that opened this connection (lower-case names)."""
-        return AsgiRequest(self.scope).headers
+        """The headers of the request that opened this connection (case-insensitive)."""
+        return _Headers(self.scope.get("headers", ()))
 
 
 class AsgiApp:
@@ -396,19 +428,29 @@ class AsgiApp:
             return
         identity: Any = None
         if self.authenticate is not None:
-            # The seam for the authenticate hook of fastrpc.serve: the same contract.
+            # The contract of serve(..., authenticate=): one hook serves both.
+            request = AsgiRequest(scope)
             try:
-                identity = self.authenticate(AsgiRequest(scope))
+                identity = self.authenticate(request)
                 if inspect.isawaitable(identity):
                     identity = await identity
-            except AuthenticationRequired as exc:
-                await self._refuse(scope, send, 401, f"401 Unauthorized: {exc}\n")
+            except Exception as exc:
+                status = getattr(exc, "status", None)
+                if status not in (401, 403):
+                    if not isinstance(exc, PermissionError):
+                        logger.exception("authenticate hook failed for a connection from %s", request.remote_address)
+                        await self._refuse(scope, send, 500, "authentication failed\n")
+                        return
+                    status = 403
+                reason = (
+                    getattr(exc, "reason", None)
+                    or str(exc)
+                    or ("authentication required" if status == 401 else "forbidden")
+                )
+                await self._refuse(scope, send, status, f"{reason}\n")
                 return
-            except PermissionError as exc:
-                await self._refuse(scope, send, 403, f"403 Forbidden: {exc}\n")
-                return
-            if identity is None:
-                await self._refuse(scope, send, 403, "403 Forbidden\n")
+            if identity is None or identity is False:
+                await self._refuse(scope, send, 401, "authentication required\n")
                 return
         await send({"type": "websocket.accept"})
         o = self.options

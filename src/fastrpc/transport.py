@@ -12,6 +12,7 @@ the socket to drain.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Union
 
@@ -188,13 +189,20 @@ async def start_server(
         await handler(Transport(ws))
 
     if http is not None:
+        # Requests that are not upgrades first; then the caller's own hook, if any
+        # (authentication), for the upgrades.
+        before = options.get("process_request")
 
         async def process_request(ws: ServerConnection, request: _Request) -> _Response | None:
             answer = await http(request.path, request.headers)
-            if answer is None:
+            if answer is not None:
+                return _Response(answer.status, answer.reason, _Headers(answer.headers), answer.body)
+            if before is None:
                 return None
-            headers = _Headers(answer.headers)
-            return _Response(answer.status, answer.reason, headers, answer.body)
+            response = before(ws, request)
+            if inspect.isawaitable(response):
+                response = await response
+            return response  # type: ignore[no-any-return]
 
         options["process_request"] = process_request
     server: WebSocketServer = await _ws_serve(accept, host, port, **options)

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-introspection", action="store_true", help="do not answer fastrpc.methods (fastrpc methods URL)"
     )
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log fastrpc's messages at this level and above on stderr (default warning)",
+    )
 
     call = sub.add_parser("call", help="call a method and print its result as JSON")
     _client_args(call)

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import importlib
 import json
+import logging
 import os
 import platform
 import signal
@@ -178,6 +179,8 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``fastrpc serve``: serve until SIGINT or SIGTERM."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("fastrpc").setLevel(args.log_level.upper())
     return _run(_serve(args, sys.stdout))
 
 
