@@ -41,10 +41,21 @@ if os.path.exists(JSON_MODE):
     exclude_patterns.append("json-mode.md")
 
 
-def _json_mode_source(app: object, docname: str, source: list[str]) -> None:
+# Other top-level pages (docs/*.md written beside this guide, e.g. payloads.md) join
+# the guide's table of contents, so that none is left out of it (a warning, an error
+# under -W).
+LISTED = {"index", "protocol", "architecture", "encoding-measurements", "json-mode"}
+EXTRA_PAGES = sorted(name[:-3] for name in os.listdir(HERE) if name.endswith(".md") and name[:-3] not in LISTED)
+
+
+def _source(app: object, docname: str, source: list[str]) -> None:
     if docname == "guide/json-mode" and os.path.exists(JSON_MODE):
         source[0] = "```{include} ../json-mode.md\n:relative-docs: ../\n:relative-images:\n```\n"
+    if docname == "index" and EXTRA_PAGES:
+        source[0] = source[0].replace(
+            "guide/benchmarks\n", "guide/benchmarks\n" + "".join(f"{p}\n" for p in EXTRA_PAGES)
+        )
 
 
 def setup(app: object) -> None:
-    app.connect("source-read", _json_mode_source)  # type: ignore[attr-defined]
+    app.connect("source-read", _source)  # type: ignore[attr-defined]
