@@ -70,6 +70,7 @@ class PeerAPI:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection (or session) is closed for good."""
         return self._closed_flag
 
     @property
@@ -122,6 +123,7 @@ class PeerAPI:
 
     @property
     def remote_address(self) -> Any:
+        """The address of the other side (None while a session waits for its client)."""
         return self._transport.remote_address if self._transport is not None else None
 
     def stats(self) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def close_code(self) -> int:
+        """The WebSocket close code a connection closed with this code uses."""
         return _CLOSE_CODES.get(self, 1002)
 
 
@@ -80,6 +81,7 @@ class ProtocolError(FastRPCError):
 
     @property
     def close_code(self) -> int:
+        """The WebSocket close code for this error (1002 protocol, 1008 limit, 1009 size, ...)."""
         try:
             return ErrorCode(self.code).close_code
         except ValueError:

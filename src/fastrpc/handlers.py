@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from . import events as E
 from .exceptions import LimitExceeded
+from .introspection import METHODS, describe
 from .router import ASYNC_GEN, SYNC, Router, handler_kind
 from .streams import ReceiveStream, StreamLink, StreamManager
 
@@ -29,14 +30,22 @@ T = TypeVar("T")
 class Handlers:
     """The handlers of one connection and the tasks running them."""
 
-    __slots__ = ("expose_tb", "link", "notify_tasks", "own", "router", "streams", "tasks")
+    __slots__ = ("expose_tb", "introspection", "link", "notify_tasks", "own", "router", "streams", "tasks")
 
-    def __init__(self, link: StreamLink, streams: StreamManager, router: Router | None, expose_tb: bool) -> None:
+    def __init__(
+        self,
+        link: StreamLink,
+        streams: StreamManager,
+        router: Router | None,
+        expose_tb: bool,
+        introspection: bool = False,
+    ) -> None:
         self.link = link
         self.streams = streams
         self.router = router if router is not None else Router()
         self.own = Router()  # peer.register()/match(): looked up before the router
         self.expose_tb = expose_tb
+        self.introspection = introspection  # answer fastrpc.methods (introspection.py)
         self.tasks: dict[int, asyncio.Task[Any]] = {}  # call id -> its handler's task
         self.notify_tasks: dict[asyncio.Task[Any], None] = {}  # a dict: 64 B empty
 
@@ -83,6 +92,8 @@ class Handlers:
 
     def lookup(self, method: str) -> tuple[Callable[..., Any], int] | None:
         found = self.own.methods.get(method) or self.router.methods.get(method)
+        if found is None and method == METHODS and self.introspection:
+            return functools.partial(describe, self.own, self.router), SYNC
         return found
 
     def _fallback(self) -> Callable[[Any], Any] | None:

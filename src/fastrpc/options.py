@@ -94,6 +94,10 @@ ACK_BYTES = 256 << 10
 # some bytes advances the session by about as many (see resume.ResumeState.chunk).
 MIN_CHUNK = 4 << 10
 
+# -- serving files (serve(..., static=DIR), static.py) -----------------------------------
+# A file larger than this is refused (403): a response is held whole in memory.
+MAX_STATIC_FILE_SIZE = 16 << 20
+
 
 @dataclass
 class PeerOptions:
@@ -129,6 +133,8 @@ class PeerOptions:
     # from the start (welcomed at once, never binary).
     json_wait: float | None = JSON_WAIT
     json_paths: tuple[str, ...] = ()
+    # Answer the reserved call ``fastrpc.methods`` with the method list (introspection.py).
+    introspection: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

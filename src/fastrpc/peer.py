@@ -98,6 +98,7 @@ class RpcPeer(PeerAPI):
         max_output_backlog: int = O.MAX_OUTPUT_BACKLOG,
         output_stall_timeout: float = O.OUTPUT_STALL_TIMEOUT,
         max_connection_memory: int = O.MAX_CONNECTION_MEMORY,
+        introspection: bool = False,
     ) -> None:
         self._transport = transport
         self._max_backlog = max_output_backlog
@@ -115,7 +116,7 @@ class RpcPeer(PeerAPI):
         self._link = StreamLink(self._loop, self._core, self, self._codec)
         self.streams = manager
         manager.attach(self._link)
-        self._handlers = Handlers(self._link, manager, router, expose_tracebacks)
+        self._handlers = Handlers(self._link, manager, router, expose_tracebacks, introspection)
         self._keepalive = Keepalive(self._loop, keepalive_interval, keepalive_timeout, self)
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._call_waiters: list[asyncio.Future[None]] = []
@@ -340,6 +341,7 @@ class RpcPeer(PeerAPI):
             manager.on_drained()
 
     def _transport_buffered(self) -> int:
+        """Bytes written to the transport and not yet taken by the socket."""
         t = self._transport
         return t.buffered() if t is not None else 0
 
@@ -713,4 +715,5 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         "max_output_backlog": options.max_output_backlog,
         "output_stall_timeout": options.output_stall_timeout,
         "max_connection_memory": options.max_connection_memory,
+        "introspection": options.introspection,
     }

@@ -89,4 +89,5 @@ class Router:
         return fn
 
     def lookup(self, name: str) -> tuple[Callable[..., Any], int] | None:
+        """``(handler, kind)`` registered under ``name``, or None."""
         return self.methods.get(name)

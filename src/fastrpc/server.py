@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
 from . import options as O
+from .addresses import ws_url
 from .exceptions import ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer, welcome_message
 from .options import PeerOptions
@@ -18,6 +20,7 @@ from .protocol import Role
 from .resume import session_token
 from .router import Router
 from .sessions import MemorySessionStore, SessionStore
+from .static import StaticFiles
 from .transport import Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
@@ -43,6 +46,7 @@ class Server:
         options: PeerOptions,
         ws_kwargs: dict[str, Any],
         session_store: SessionStore[RpcPeer] | None = None,
+        static: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(target, Router):
             self.router: Router | None = target
@@ -59,6 +63,8 @@ class Server:
         #: The connections in the seed's JSON mode, by client id (``to`` routing).
         self.json_peers: dict[str, JsonPeer] = {}
         self._ws_kwargs = ws_kwargs
+        # Plain HTTP GETs (not upgrades) answered from a directory (static.py).
+        self.static = StaticFiles(static) if static is not None else None
         self._server: WebSocketServer | None = None
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
@@ -69,6 +75,7 @@ class Server:
 
     @property
     def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
         assert self._server is not None, "server not started"
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -79,17 +86,25 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        """``ws://host:port`` (an IPv6 host in brackets)."""
+        return ws_url(self.host, self.port, secure=self._ws_kwargs.get("ssl") is not None)
 
     async def start(self) -> Server:
+        """Start listening; returns the server (``await serve(...).start()``)."""
         self._server = await start_server(
             self._connection,
             self.host,
             self._port,
+            http=self.static,
             **self.options.websocket_kwargs(),
             **self._ws_kwargs,
         )
         return self
+
+    async def handle(self, transport: Transport) -> None:
+        """Serve one connection that was accepted elsewhere (:mod:`fastrpc.asgi`) as
+        if it had come to this server, until it ends."""
+        await self._connection(transport)
 
     async def _connection(self, transport: Transport) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the
@@ -352,6 +367,7 @@ def serve(
     port: int = 0,
     *,
     session_store: SessionStore[RpcPeer] | None = None,
+    static: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
@@ -364,8 +380,14 @@ def serve(
     ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``, ``resume``
     (keep sessions for clients that reconnect, ``session_grace`` seconds; in
     ``session_store``, in memory by default); ``json_wait`` and ``json_paths`` (how
-    clients of the seed's JSON protocol are told apart: docs/json-mode.md); others go
-    to ``websockets.asyncio.server.serve``.
+    clients of the seed's JSON protocol are told apart: docs/json-mode.md);
+    ``introspection`` (answer the reserved call ``fastrpc.methods`` with the method
+    list, :mod:`fastrpc.introspection`; on by default); others go to
+    ``websockets.asyncio.server.serve``.
+
+    ``static``: a directory whose files are served over plain HTTP GET on the same
+    port, for requests that are not WebSocket upgrades (:mod:`fastrpc.static`).
+    An IPv6 ``host`` is given bare (``"::1"``); :attr:`Server.url` brackets it.
     """
     opts, ws_kwargs = PeerOptions.split(options)
-    return Server(target, host, port, opts, ws_kwargs, session_store)
+    return Server(target, host, port, opts, ws_kwargs, session_store, static)

@@ -36,12 +36,15 @@ class MemorySessionStore(Generic[S]):
         self._by_token: dict[bytes, S] = {}
 
     def get(self, token: bytes) -> S | None:
+        """The session holding ``token``, or None."""
         return self._by_token.get(token)
 
     def put(self, token: bytes, session: S) -> None:
+        """Record that ``session`` now holds ``token``."""
         self._by_token[token] = session
 
     def discard(self, token: bytes, session: S) -> None:
+        """Forget ``token`` if ``session`` still holds it."""
         if self._by_token.get(token) is session:
             del self._by_token[token]
 

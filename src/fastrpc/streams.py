@@ -260,6 +260,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
 
     @property
     def closed(self) -> bool:
+        """Whether the stream ended (its end, an error, or :meth:`close`)."""
         return self._done
 
     @property
@@ -284,6 +285,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         self.close()
 
     def close(self) -> None:
+        """Stop reading (sync): the sender is told to stop; items not read are dropped."""
         if self._done:
             return
         self._done = True

@@ -12,7 +12,8 @@ the socket to drain.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Union
 
 from websockets.asyncio.client import ClientConnection
@@ -20,10 +21,15 @@ from websockets.asyncio.client import connect as _ws_connect
 from websockets.asyncio.server import Server as _WSServer
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as _ws_serve
+from websockets.datastructures import Headers as _Headers
 from websockets.exceptions import ConnectionClosed as _WSClosed
 from websockets.exceptions import InvalidHandshake as _InvalidHandshake
 from websockets.exceptions import WebSocketException as _WSError
+from websockets.http11 import Request as _Request
+from websockets.http11 import Response as _Response
 from websockets.protocol import State as _State
+
+from .static import HttpResponse
 
 __all__ = ["OPEN_FAILED", "Transport", "TransportClosed", "WebSocketServer", "open_connection", "start_server"]
 
@@ -35,6 +41,8 @@ TransportClosed = (_WSClosed, ConnectionError)
 # 14.0 and 14.1 raise a bare EOFError when the server closes during it).
 OPEN_FAILED = (OSError, EOFError, asyncio.TimeoutError, _InvalidHandshake, _WSError)
 _OPEN = _State.OPEN
+# Answers an HTTP request before the upgrade: (path, headers) -> a response, or None.
+HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, None]]]
 
 
 class Transport:
@@ -166,12 +174,36 @@ async def open_connection(url: str, **options: Any) -> Transport:
 
 
 async def start_server(
-    handler: Callable[[Transport], Awaitable[None]], host: str, port: int, **options: Any
+    handler: Callable[[Transport], Awaitable[None]],
+    host: str,
+    port: int,
+    http: HttpHandler | None = None,
+    **options: Any,
 ) -> WebSocketServer:
-    """Serve WebSocket connections on ``host:port``; ``handler`` runs per connection."""
+    """Serve WebSocket connections on ``host:port``; ``handler`` runs per connection.
+
+    ``http(path, headers)``: answers a request before the upgrade with an
+    :class:`~fastrpc.static.HttpResponse`, or None to go on (serve(..., static=DIR))."""
 
     async def accept(ws: ServerConnection) -> None:
         await handler(Transport(ws))
 
+    if http is not None:
+        # Requests that are not upgrades first; then the caller's own hook, if any
+        # (authentication), for the upgrades.
+        before = options.get("process_request")
+
+        async def process_request(ws: ServerConnection, request: _Request) -> _Response | None:
+            answer = await http(request.path, request.headers)
+            if answer is not None:
+                return _Response(answer.status, answer.reason, _Headers(answer.headers), answer.body)
+            if before is None:
+                return None
+            response = before(ws, request)
+            if inspect.isawaitable(response):
+                response = await response
+            return response  # type: ignore[no-any-return]
+
+        options["process_request"] = process_request
     server: WebSocketServer = await _ws_serve(accept, host, port, **options)
     return server

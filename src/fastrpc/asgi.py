@@ -1,0 +1,495 @@
+"""fastrpc inside an ASGI server: ``fastrpc.asgi.app(router, **options)``.
+
+::
+
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    import fastrpc, fastrpc.asgi
+
+    router = fastrpc.Router()
+    ...
+    app = Starlette(routes=[WebSocketRoute("/rpc", fastrpc.asgi.app(router))])
+    # uvicorn module:app  ->  fastrpc.connect("ws://host:8000/rpc")
+
+The application speaks the ASGI WebSocket protocol (uvicorn, hypercorn, daphne;
+mounted in Starlette or FastAPI with ``WebSocketRoute`` or ``Mount``). Each
+connection is served exactly as :func:`fastrpc.serve` serves one: the same options
+and limits (``max_message_size`` is checked here too, whatever the ASGI server
+allows), the seed's JSON mode, session resumption. Flow control and backpressure
+are fastrpc's own; the ASGI server's ``send`` waiting for its socket to drain is
+the transport's drain.
+
+``authenticate`` (optional): ``authenticate(request) -> identity`` (sync or async)
+runs before the WebSocket is accepted, with an :class:`AsgiRequest` (``path``,
+``query``, case-insensitive ``headers``, ``remote_address``). It accepts by returning
+an identity (anything but None or False); it refuses by returning None or False
+(HTTP 401), or by raising an exception whose ``status`` attribute is 401 or 403
+(:class:`AuthenticationRequired` is 401) or a :class:`PermissionError` (403); any
+other exception is logged and answered with 500. The refusal is a real HTTP response
+where the ASGI server supports the ``websocket.http.response`` extension (uvicorn
+does), else the close-before-accept that ASGI servers turn into 403. The identity is
+kept on the transport: ``fastrpc.current_peer().transport.identity`` in a handler.
+The contract is the one of ``serve(..., authenticate=)``, so one hook serves both.
+
+What the ASGI server owns and fastrpc cannot bound from here: its own message size
+limit (uvicorn ``--ws-max-size``, keep it at least ``max_message_size``), its
+receive queue (``--ws-max-queue``) and its WebSocket pings (``--ws-ping-interval``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from typing import Any, Union
+from urllib.parse import parse_qs
+
+from . import options as O
+from .options import PeerOptions
+from .peer import RpcPeer, peer_kwargs
+from .router import Router
+from .server import Handler, Server
+from .sessions import SessionStore
+from .transport import Transport
+
+__all__ = ["AsgiApp", "AsgiRequest", "AsgiTransport", "AuthenticationRequired", "app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Authenticate = Callable[["AsgiRequest"], Any]
+
+_END = object()  # the end of the received messages
+logger = logging.getLogger("fastrpc.server")
+
+
+class AuthenticationRequired(PermissionError):
+    """Raised by an ``authenticate`` hook: refuse with HTTP 401 (403 for a plain
+    :class:`PermissionError`)."""
+
+    status = 401
+
+
+class _Headers(Mapping[str, str]):
+    """Request headers, looked up whatever the case of the name (repeated headers
+    joined with ``, ``)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, raw: Any) -> None:
+        items: dict[str, str] = {}
+        for name, value in raw:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            items[key] = f"{items[key]}, {text}" if key in items else text
+        self._items = items
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class AsgiRequest:
+    """The HTTP request that asks for a WebSocket, as ``authenticate`` sees it:
+    ``path`` (without the query string), ``query`` (``{name: [values]}``),
+    ``headers`` (case-insensitive), ``remote_address`` (the client's ``(host, port)``),
+    and the ASGI ``scope``."""
+
+    __slots__ = ("headers", "path", "query", "remote_address", "scope")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.path: str = scope.get("root_path", "") + scope.get("path", "")
+        self.query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        self.headers: Mapping[str, str] = _Headers(scope.get("headers", ()))
+        self.remote_address: Any = scope.get("client")
+
+    def __repr__(self) -> str:
+        return f"AsgiRequest(path={self.path!r}, remote_address={self.remote_address!r})"
+
+
+class AsgiTransport(Transport):
+    """One ASGI WebSocket connection, behind the interface :class:`RpcPeer` uses
+    (:class:`fastrpc.transport.Transport`).
+
+    Writes are queued and sent by one task, awaiting the ASGI server's ``send``
+    (which waits for its socket to drain); :meth:`write_now` refuses past
+    ``write_limit`` queued bytes, and the peer then waits in :meth:`send`. Received
+    messages are read by one task into a queue of at most ``max_queue`` messages;
+    past it the ASGI server's own queue fills and it stops reading the socket.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_code",
+        "_done",
+        "_inbox",
+        "_max_size",
+        "_outbox",
+        "_pump",
+        "_queued",
+        "_reader",
+        "_reason",
+        "_receive",
+        "_room",
+        "_send",
+        "_write_limit",
+        "identity",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        max_size: int = O.MAX_MESSAGE_SIZE + 64,
+        write_limit: int = O.WRITE_LIMIT,
+        max_queue: int = O.WS_MAX_QUEUE,
+        identity: Any = None,
+    ) -> None:
+        # Not the websockets-based Transport.__init__: this one has no ws object.
+        self.scope = scope
+        self.identity = identity  # what authenticate() returned
+        self._receive = receive
+        self._send = send
+        self._max_size = max_size
+        self._write_limit = write_limit
+        self._outbox: deque[bytes | str] = deque()
+        self._queued = 0
+        self._pump: asyncio.Task[None] | None = None
+        self._done: asyncio.Event = asyncio.Event()  # the outbox is empty
+        self._done.set()
+        self._closed = False  # we sent (or are sending) the close
+        self._code: int | None = None
+        self._reason: str | None = None
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._room = asyncio.Event()  # the inbox has room
+        self._room.set()
+        self._reader = asyncio.get_running_loop().create_task(self._read(max_queue))
+
+    # ---------------------------------------------------------------- input
+
+    async def _read(self, max_queue: int) -> None:
+        inbox = self._inbox
+        try:
+            while True:
+                if inbox.qsize() >= max_queue:
+                    self._room.clear()
+                    await self._room.wait()
+                msg = await self._receive()
+                kind = msg["type"]
+                if kind == "websocket.receive":
+                    data = msg.get("bytes")
+                    if data is None:
+                        data = msg.get("text") or ""
+                    if len(data) > self._max_size:
+                        self._code, self._reason = 1009, "message too big (max_message_size)"
+                        inbox.put_nowait(_END)
+                        await self.close(1009, "message too big (max_message_size)")
+                        return
+                    inbox.put_nowait(data)
+                elif kind == "websocket.disconnect":
+                    if self._code is None:
+                        self._code = int(msg.get("code", 1005))
+                        self._reason = msg.get("reason") or ""
+                    inbox.put_nowait(_END)
+                    return
+        except Exception as exc:  # the ASGI server failed: the connection is gone
+            if self._code is None:
+                self._code, self._reason = 1006, f"ASGI receive failed: {exc!r}"
+            inbox.put_nowait(_END)
+
+    async def _messages(self) -> Any:
+        inbox = self._inbox
+        while True:
+            item = await inbox.get()
+            self._room.set()
+            if item is _END:
+                if self._code in (1000, 1001):
+                    return
+                raise ConnectionError(f"connection closed ({self._code}): {self._reason or 'no close frame'}")
+            yield item
+
+    def messages(self) -> Any:
+        """The received messages until the connection closes (ConnectionError when
+        it did not close cleanly)."""
+        return self._messages()
+
+    async def recv(self, timeout: float) -> bytes | str:
+        """The next message (``asyncio.TimeoutError`` after ``timeout`` s)."""
+        item = await asyncio.wait_for(self._inbox.get(), timeout)
+        self._room.set()
+        if item is _END:
+            raise ConnectionError(f"connection closed ({self._code}): {self._reason or ''}")
+        return item  # type: ignore[no-any-return]
+
+    async def discard(self) -> None:
+        """Read and drop messages until the connection closes."""
+        try:
+            async for _ in self._messages():
+                pass
+        except Exception:
+            pass
+
+    # ---------------------------------------------------------------- output
+
+    async def _asgi_send(self, msg: bytes | str) -> None:
+        event: Message = (
+            {"type": "websocket.send", "bytes": msg} if type(msg) is bytes else {"type": "websocket.send", "text": msg}
+        )
+        try:
+            await self._send(event)
+        except OSError as exc:  # uvicorn's ClientDisconnected is an OSError
+            raise ConnectionError(f"the ASGI server could not send: {exc!r}") from None
+
+    async def _run_pump(self) -> None:
+        outbox = self._outbox
+        try:
+            while outbox:
+                msg = outbox[0]
+                await self._asgi_send(msg)
+                outbox.popleft()
+                self._queued -= len(msg)
+        except ConnectionError:
+            outbox.clear()
+            self._queued = 0
+        finally:
+            self._done.set()
+
+    def write_now(self, msg: bytes) -> bool:
+        """Queue ``msg`` for sending; False (nothing queued) past ``write_limit``
+        queued bytes or once closing: use :meth:`send`."""
+        if self._closed or self._queued > self._write_limit:
+            return False
+        self._outbox.append(msg)
+        self._queued += len(msg)
+        if self._pump is None or self._pump.done():
+            self._done.clear()
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        return True
+
+    async def send(self, msg: bytes | str) -> None:
+        """Send ``msg`` after what is queued, waiting for the ASGI server to take it
+        (raises ConnectionError when the connection is gone)."""
+        await self._done.wait()
+        if self._closed:
+            raise ConnectionError("the connection is closing")
+        await self._asgi_send(msg)
+
+    def buffered(self) -> int:
+        """Bytes queued and not yet taken by the ASGI server."""
+        return self._queued
+
+    # ---------------------------------------------------------------- closing
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send what is queued, then the close (never raises)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._done.wait(), 2.0)
+        except asyncio.TimeoutError:
+            pass
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        except Exception:
+            pass
+        if self._code is None:
+            self._code, self._reason = code, reason
+
+    def abort(self) -> None:
+        """Give the connection up at once: the close is sent in the background and
+        :meth:`messages` ends now (an ASGI application cannot drop the TCP connection)."""
+        if self._code is None:
+            self._code, self._reason = 1006, "aborted"
+        self._inbox.put_nowait(_END)
+        if self._pump is not None:
+            self._pump.cancel()
+        if not self._closed:
+            task = asyncio.get_running_loop().create_task(self.close(1011, "aborted"))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def stop(self) -> None:
+        """(The ASGI app) the connection's handler returned: stop the tasks."""
+        tasks = [t for t in (self._reader, self._pump) if t is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the close (None: not closed)."""
+        return self._code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the close (None: not closed)."""
+        return self._reason
+
+    @property
+    def remote_address(self) -> Any:
+        """The client address the ASGI server reports (``scope["client"]``)."""
+        return self.scope.get("client")
+
+    @property
+    def request_path(self) -> str | None:
+        """The path of the request that opened this connection."""
+        return str(self.scope.get("root_path", "") + self.scope.get("path", ""))
+
+    @property
+    def request_headers(self) -> Any:
+        """The headers of the request that opened this connection (case-insensitive)."""
+        return _Headers(self.scope.get("headers", ()))
+
+
+class AsgiApp:
+    """The ASGI application :func:`app` returns (``await app(scope, receive, send)``).
+
+    ``server`` is the :class:`fastrpc.Server` whose connection handling it reuses
+    (``server.peers``: the open connections; ``server.options``: the options).
+    Lifespan events close every connection on shutdown; plain HTTP requests get 426.
+    """
+
+    def __init__(
+        self,
+        target: Router | Handler,
+        options: PeerOptions,
+        session_store: SessionStore[RpcPeer] | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> None:
+        # host/port are not used: connections come from the ASGI server.
+        self.server = Server(target, "asgi", 0, options, {}, session_store)
+        self.options = options
+        self.authenticate = authenticate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "http":
+            body = b"426 Upgrade Required: this is a fastrpc WebSocket endpoint\n"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 426,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"upgrade", b"websocket")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def close(self) -> None:
+        """Close every connection (1001, server shutdown) and wait for them."""
+        peers = list(self.server.peers)
+        await asyncio.gather(*(p.close(1001, "server shutdown") for p in peers), return_exceptions=True)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, text: str) -> None:
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = text.encode()
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": text[:120]})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        msg = await receive()
+        if msg["type"] != "websocket.connect":
+            return
+        identity: Any = None
+        if self.authenticate is not None:
+            # The contract of serve(..., authenticate=): one hook serves both.
+            request = AsgiRequest(scope)
+            try:
+                identity = self.authenticate(request)
+                if inspect.isawaitable(identity):
+                    identity = await identity
+            except Exception as exc:
+                status = getattr(exc, "status", None)
+                if status not in (401, 403):
+                    if not isinstance(exc, PermissionError):
+                        logger.exception("authenticate hook failed for a connection from %s", request.remote_address)
+                        await self._refuse(scope, send, 500, "authentication failed\n")
+                        return
+                    status = 403
+                reason = (
+                    getattr(exc, "reason", None)
+                    or str(exc)
+                    or ("authentication required" if status == 401 else "forbidden")
+                )
+                await self._refuse(scope, send, status, f"{reason}\n")
+                return
+            if identity is None or identity is False:
+                await self._refuse(scope, send, 401, "authentication required\n")
+                return
+        await send({"type": "websocket.accept"})
+        o = self.options
+        transport = AsgiTransport(
+            scope,
+            receive,
+            send,
+            max_size=o.max_message_size + 64,
+            write_limit=o.write_limit,
+            max_queue=O.WS_MAX_QUEUE,
+            identity=identity,
+        )
+        try:
+            await self.server.handle(transport)
+        finally:
+            await transport.close()
+            await transport.stop()
+
+
+def app(
+    target: Union[Router, Handler],
+    *,
+    session_store: SessionStore[RpcPeer] | None = None,
+    authenticate: Authenticate | None = None,
+    **options: Any,
+) -> AsgiApp:
+    """An ASGI application serving ``target`` (a :class:`fastrpc.Router`, or
+    ``async def handler(peer)`` run per connection) over WebSocket.
+
+    ``options``: those of :func:`fastrpc.serve` that concern a connection (limits,
+    ``codec``, ``compression``, keepalive, ``resume``, ``introspection``, ...);
+    options for the websockets library (``ssl``, ``ping_interval``...) belong to the
+    ASGI server here and are refused. ``authenticate``: see the module's doc.
+    """
+    opts, rest = PeerOptions.split(options)
+    if rest:
+        raise TypeError(
+            f"fastrpc.asgi.app() got options it does not know: {', '.join(sorted(rest))} "
+            "(TLS, pings and message limits of the HTTP layer are the ASGI server's settings)"
+        )
+    peer_kwargs(opts)  # bad limits or an unknown compression fail now, not per connection
+    return AsgiApp(target, opts, session_store, authenticate)

@@ -1,0 +1,349 @@
+"""The network commands of the command line: ``serve``, ``call``, ``stream``,
+``notify``, ``ping``, ``methods``; and ``version``.
+
+Arguments of calls are JSON where they parse as JSON (``1``, ``"a"``, ``[1, 2]``,
+``{"k": 1}``, ``true``, ``null``) and strings otherwise (``hello``). Results are printed
+as JSON: ``bytes`` as base64 text, other values msgpack does not map to JSON
+(datetime, UUID, Decimal, ...) as their ``str``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib
+import json
+import logging
+import os
+import platform
+import signal
+import ssl
+import sys
+import time
+from typing import Any, TextIO
+
+import fastrpc
+from fastrpc.introspection import METHODS
+from fastrpc.router import Router
+from fastrpc.transport import OPEN_FAILED
+
+__all__ = [
+    "codec_explanation",
+    "load_target",
+    "parse_arg",
+    "run_call",
+    "run_methods",
+    "run_notify",
+    "run_ping",
+    "run_serve",
+    "run_stream",
+    "to_json",
+    "version_text",
+]
+
+
+class CommandError(Exception):
+    """A failure the command line reports in one line (exit status 1)."""
+
+
+# ------------------------------------------------------------------ values
+
+
+def parse_arg(text: str) -> Any:
+    """A command-line argument: its JSON value, or the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def to_json(value: Any) -> str:
+    """``value`` as one line of JSON (bytes as base64)."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+# ------------------------------------------------------------------ version
+
+
+def codec_explanation() -> str:
+    """Which frame codec is live, and why."""
+    impl = fastrpc.IMPLEMENTATION
+    if impl == "cython":
+        return "cython: the compiled extension fastrpc._frames is built and loaded"
+    if os.environ.get("FASTRPC_NO_EXTENSIONS", "") not in ("", "0"):
+        return "python: FASTRPC_NO_EXTENSIONS is set, so the pure-Python twin is used"
+    return (
+        "python: the compiled extension fastrpc._frames is not built for this interpreter "
+        "(install with a C compiler, FASTRPC_BUILD_EXTENSION=yes to make a failed build an error)"
+    )
+
+
+def version_text(verbose: bool = False) -> str:
+    """The version line (and with ``verbose``, why this codec)."""
+    try:
+        import uvloop
+
+        loop = f"uvloop {getattr(uvloop, '__version__', '?')}"
+    except ImportError:
+        loop = "asyncio"
+    line = (
+        f"fastrpc {fastrpc.__version__} (codec implementation: {fastrpc.IMPLEMENTATION}; "
+        f"{platform.python_implementation()} {platform.python_version()}; {loop})"
+    )
+    if verbose:
+        line += f"\ncodec: {codec_explanation()}\npackage: {os.path.dirname(fastrpc.__file__)}"
+    return line
+
+
+# ------------------------------------------------------------------ serve
+
+
+def load_target(spec: str) -> Router | Any:
+    """``MODULE:ATTR`` -> the Router or ``async def handler(peer)`` it names (the
+    current directory is importable, as with ``python -m``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CommandError(f"expected MODULE:ATTR (for example app:router), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(f"cannot import module {module_name!r}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CommandError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, Router) and not callable(obj):
+        raise CommandError(f"{spec} is a {type(obj).__name__}: expected a fastrpc.Router or an async handler(peer)")
+    return obj
+
+
+def _server_ssl(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None:
+        if key is not None:
+            raise CommandError("--ssl-key needs --ssl-cert")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(f"cannot load the certificate {cert!r}: {exc}") from None
+    return context
+
+
+async def _serve(args: argparse.Namespace, out: TextIO) -> None:
+    target = load_target(args.target)
+    options: dict[str, Any] = {"introspection": not args.no_introspection}
+    context = _server_ssl(args.ssl_cert, args.ssl_key)
+    if context is not None:
+        options["ssl"] = context
+    if args.static is not None and not os.path.isdir(args.static):
+        raise CommandError(f"--static {args.static!r}: not a directory")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            pass
+    server = fastrpc.serve(target, args.host, args.port, static=args.static, **options)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {args.host} port {args.port}: {exc}") from None
+    try:
+        kind = "router" if isinstance(target, Router) else "handler"
+        print(f"fastrpc {fastrpc.__version__}: serving {args.target} ({kind}) on {server.url}", file=out)
+        if args.static is not None:
+            print(
+                f"static files from {os.path.abspath(args.static)} on {server.url.replace('ws', 'http', 1)}/", file=out
+            )
+        out.flush()
+        await stop.wait()
+    finally:
+        await server.close()
+    print("stopped", file=out)
+    out.flush()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``fastrpc serve``: serve until SIGINT or SIGTERM."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("fastrpc").setLevel(args.log_level.upper())
+    return _run(_serve(args, sys.stdout))
+
+
+# ------------------------------------------------------------------ clients
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"keepalive_interval": None}
+    if args.cafile is not None:
+        options["ssl"] = ssl.create_default_context(cafile=args.cafile)
+    return options
+
+
+def _connect(args: argparse.Namespace) -> fastrpc.connect[fastrpc.RpcPeer]:
+    return fastrpc.connect(args.url, **_client_options(args))
+
+
+async def _call(args: argparse.Namespace, out: TextIO) -> None:
+    async with _connect(args) as peer:
+        result = await peer.call(args.method, *map(parse_arg, args.args), timeout=args.timeout)
+    print(to_json(result), file=out)
+
+
+async def _notify(args: argparse.Namespace, out: TextIO) -> None:
+    async with _connect(args) as peer:
+        peer.notify(args.method, *map(parse_arg, args.args))
+        await peer.ping(args.timeout)  # the notification left and was read before we close
+
+
+class _Rate:
+    """A progress line on a terminal: items, bytes, items/s (redrawn with \\r)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.start = self.next = time.perf_counter()
+        self.drawn = 0
+
+    def update(self, items: int, nbytes: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if now < self.next and not final:
+            return
+        self.next = now + 0.1
+        elapsed = max(now - self.start, 1e-9)
+        line = f"{items:,} items, {nbytes / 1e6:,.1f} MB, {items / elapsed:,.0f} items/s, {elapsed:.1f} s"
+        self.stream.write("\r" + line.ljust(self.drawn))
+        self.drawn = len(line)
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+async def _stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    progress = _Rate(err) if _isatty(err) else None
+    count = 0
+    nbytes = 0
+    async with _connect(args) as peer:
+        stream = peer.stream(args.method, *map(parse_arg, args.args))
+        async with stream:
+            async for item in stream:
+                out.write(to_json(item) + "\n")
+                count += 1
+                if args.limit is not None and count >= args.limit:
+                    break
+                if progress is not None:
+                    stats = stream.stats()
+                    if stats is not None:
+                        nbytes = stats.bytes
+                    progress.update(count, nbytes)
+    out.flush()
+    if progress is not None:
+        progress.update(count, nbytes, final=True)
+
+
+async def _ping(args: argparse.Namespace, out: TextIO) -> None:
+    async with _connect(args) as peer:
+        times = []
+        for i in range(args.count):
+            # Timed here: the event loop's clock (uvloop's) may tick in whole milliseconds.
+            start = time.perf_counter()
+            await peer.ping(args.timeout)
+            rtt = time.perf_counter() - start
+            times.append(rtt)
+            print(f"pong from {args.url}: seq={i} time={rtt * 1e3:.3f} ms", file=out)
+            out.flush()
+            if i + 1 < args.count:
+                await asyncio.sleep(args.interval)
+    ordered = sorted(times)
+    print(
+        f"{len(times)} pings: min {ordered[0] * 1e3:.3f} / median {ordered[len(ordered) // 2] * 1e3:.3f} "
+        f"/ max {ordered[-1] * 1e3:.3f} ms",
+        file=out,
+    )
+
+
+async def _methods(args: argparse.Namespace, out: TextIO) -> None:
+    async with _connect(args) as peer:
+        try:
+            methods = await peer.call(METHODS, timeout=args.timeout)
+        except fastrpc.RemoteError as exc:
+            if exc.type_name == "MethodNotFound":
+                raise CommandError(f"{args.url} does not answer {METHODS} (introspection is off)") from None
+            raise
+    if args.json:
+        print(to_json(methods), file=out)
+        return
+    if not methods:
+        print("(no methods)", file=out)
+    for m in methods:
+        print(f"{m['name']}{m['signature']}  [{m['kind']}]", file=out)
+        for line in (m.get("doc") or "").splitlines():
+            print(f"    {line}".rstrip(), file=out)
+
+
+def _run(coro: Any) -> int:
+    try:
+        fastrpc.run(coro)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except fastrpc.RemoteError as exc:
+        print(f"error: the remote handler raised {exc.type_name}: {exc.message}", file=sys.stderr)
+        return 1
+    except fastrpc.ConnectionClosed as exc:
+        print(f"error: connection closed: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.TimeoutError:
+        print("error: no answer within --timeout", file=sys.stderr)
+        return 1
+    except OPEN_FAILED as exc:
+        print(f"error: cannot connect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run_call(args: argparse.Namespace) -> int:
+    """``fastrpc call URL METHOD [ARG ...]``."""
+    return _run(_call(args, sys.stdout))
+
+
+def run_notify(args: argparse.Namespace) -> int:
+    """``fastrpc notify URL METHOD [ARG ...]``."""
+    return _run(_notify(args, sys.stdout))
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    """``fastrpc stream URL METHOD [ARG ...]``."""
+    return _run(_stream(args, sys.stdout, sys.stderr))
+
+
+def run_ping(args: argparse.Namespace) -> int:
+    """``fastrpc ping URL``."""
+    return _run(_ping(args, sys.stdout))
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    """``fastrpc methods URL``."""
+    return _run(_methods(args, sys.stdout))
