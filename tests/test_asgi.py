@@ -258,6 +258,9 @@ def test_seed_json_mode_through_asgi() -> None:
             async with ws_connect(f"ws://127.0.0.1:{port}/rpc", compression=None, **NO_PROXY) as ws:
                 request = {"category": "request", "requestId": "r1", "data": {"method": "add", "params": [20, 22]}}
                 await ws.send(json.dumps(request))
+                # The seed's clients wait for a welcome first (docs/json-mode.md).
+                welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert welcome["category"] == "welcome" and welcome["clientId"]
                 reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert reply == {"category": "response", "requestId": "r1", "data": 42}
 
