@@ -279,7 +279,8 @@ export class Peer implements StreamLink {
   async request(method: string, args: unknown[], options: CallOptions = {}): Promise<any> {
     const { signal, timeout } = options;
     if (signal?.aborted) throw abortReason(signal);
-    await this.callSlot();
+    if (this.calls.size >= this.peerSettings.maxPendingCalls) await this.callSlot();
+    this.checkOpen();
     const [payload, raw] = this.encodeArgs(args);
     const id = this.allocId();
     this.queueRequest(id, method, payload, raw, 0, timeout);
@@ -1169,7 +1170,8 @@ export class Peer implements StreamLink {
     const start = async () => {
       try {
         if (signal?.aborted) throw abortReason(signal);
-        await this.callSlot();
+        if (this.calls.size >= this.peerSettings.maxPendingCalls) await this.callSlot();
+        this.checkOpen();
       } catch (e) {
         s.state = IN_FAILED;
         s.error = e as Error;
@@ -1294,9 +1296,12 @@ export class Peer implements StreamLink {
     let it: AsyncIterator<unknown> | Iterator<unknown> | null = null;
     const bucket = rate !== undefined ? new Bucket(rate) : null;
     try {
+      const sync = !isAsyncIterable(source);
       it = toAsyncIterator(source);
       for (;;) {
-        const r = await it.next();
+        // a sync source is not awaited: its items queue within one turn
+        const step = it.next();
+        const r = sync ? (step as IteratorResult<unknown>) : await step;
         if (r.done) break;
         if (s.ended) break;
         const [payload, raw] = encodeValue(this.codec, r.value);
@@ -1304,7 +1309,7 @@ export class Peer implements StreamLink {
           const wait = bucket.delay(bucket.perBytes ? payload.length : 1);
           if (wait > 0) await sleep(wait);
         }
-        await this.pushItem(s, payload, raw);
+        if (!this.pushNow(s, payload, raw)) await this.pushItem(s, payload, raw);
         if (s.ended) break;
       }
       if (!s.ended) this.endOut(s, F.STREAM_END, new Uint8Array(0));
@@ -1322,11 +1327,29 @@ export class Peer implements StreamLink {
     }
   }
 
+  /** Queue a whole item at once when credit and buffers allow (no await); false: use pushItem. */
+  private pushNow(s: OutStream, payload: Uint8Array, raw: boolean): boolean {
+    const charge = payload.length + FRAME_CHARGE;
+    if (
+      !this.canWrite(s) ||
+      charge > s.credit ||
+      charge > this.connCredit ||
+      payload.length > Math.min(this.peerSettings.maxFrameSize, this.peerSettings.maxMessageSize >> 1)
+    ) {
+      return false;
+    }
+    s.credit -= charge;
+    this.connCredit -= charge;
+    s.push({ type: F.STREAM_DATA, flags: raw ? F.FLAG_RAW : 0, payload });
+    this.ready(s);
+    return true;
+  }
+
   private async pushItem(s: OutStream, payload: Uint8Array, raw: boolean): Promise<void> {
     let offset = 0;
     const total = payload.length;
     do {
-      await this.writable(s);
+      if (!this.canWrite(s)) await this.writable(s);
       if (s.ended) return;
       const room = Math.min(s.credit, this.connCredit) - FRAME_CHARGE;
       const limit = Math.min(this.peerSettings.maxFrameSize, this.peerSettings.maxMessageSize >> 1);
@@ -1339,6 +1362,18 @@ export class Peer implements StreamLink {
       this.ready(s);
       offset += n;
     } while (offset < total);
+  }
+
+  private canWrite(s: OutStream): boolean {
+    return (
+      !s.ended &&
+      this.closedWith === null &&
+      this.state === "open" &&
+      s.credit > FRAME_CHARGE &&
+      this.connCredit > FRAME_CHARGE &&
+      s.queued < this.streamBufferSize &&
+      (this.ws === null || this.ws.bufferedAmount <= this.maxBufferedAmount)
+    );
   }
 
   private async writable(s: OutStream): Promise<void> {
@@ -1425,7 +1460,7 @@ export class Peer implements StreamLink {
       s.inRing = true;
       this.rings[s.urgency].push(s);
     }
-    this.kick();
+    this.kickData();
   }
 
   private queueControl(type: number, flags: number, id: number, payload: Uint8Array): void {
@@ -1434,15 +1469,33 @@ export class Peer implements StreamLink {
     this.kick();
   }
 
-  /** Everything queued in this microtask leaves in one message. */
+  /**
+   * Control frames (calls, answers, credit) leave at the end of the current microtask
+   * checkpoint; stream data at the next macrotask turn, so that the items a producer
+   * queues in one turn (under its buffer and credit) share messages. Either way one
+   * flush packs everything queued so far.
+   */
   private kick(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    queueMicrotask(() => {
-      this.flushScheduled = false;
-      this.flushNow();
-    });
+    queueMicrotask(this.flushTask);
   }
+
+  private kickData(): void {
+    if (this.flushScheduled || this.dataScheduled) return;
+    this.dataScheduled = true;
+    nextTurn(this.dataTask);
+  }
+
+  private dataScheduled = false;
+  private readonly flushTask = (): void => {
+    this.flushScheduled = false;
+    this.flushNow();
+  };
+  private readonly dataTask = (): void => {
+    this.dataScheduled = false;
+    if (!this.flushScheduled) this.flushNow();
+  };
 
   private flushNow(): void {
     const ws = this.ws;
@@ -1624,6 +1677,25 @@ export class Peer implements StreamLink {
     return id;
   }
 }
+
+/** Run `fn` on the next macrotask turn (setImmediate on Node, a MessageChannel in browsers). */
+const nextTurn: (fn: () => void) => void = (() => {
+  const g = globalThis as { setImmediate?: (fn: () => void) => unknown };
+  if (typeof g.setImmediate === "function") return (fn: () => void) => void g.setImmediate!(fn);
+  if (typeof MessageChannel === "function") {
+    const ch = new MessageChannel();
+    const queue: Array<() => void> = [];
+    ch.port1.onmessage = () => {
+      const fns = queue.splice(0);
+      for (const f of fns) f();
+    };
+    return (fn: () => void) => {
+      queue.push(fn);
+      if (queue.length === 1) ch.port2.postMessage(0);
+    };
+  }
+  return (fn: () => void) => void setTimeout(fn, 0);
+})();
 
 function isIterable(x: unknown): x is Iterable<unknown> {
   return x !== null && typeof x === "object" && Symbol.iterator in (x as object) && !(x instanceof Uint8Array);

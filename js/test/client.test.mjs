@@ -1,0 +1,245 @@
+// The TypeScript client against a real Python fastrpc server (tests/_js_server.py) in a
+// child process on 127.0.0.1: calls, notifications, errors, cancellation, streams both
+// ways with credit (a slow consumer makes the Python producer wait), channels, calls
+// from the server, and resume through a cutting proxy with nothing lost or repeated.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { connect, ConnectionClosed, RemoteError, RemoteStreamError } from "../dist/index.js";
+import { sleep, startPython, stop } from "./helpers.mjs";
+
+let server;
+let url;
+
+before(async () => {
+  server = await startPython("_js_server.py");
+  url = `ws://127.0.0.1:${server.port}`;
+});
+
+after(async () => {
+  await stop(server);
+});
+
+async function withPeer(fn, options = {}) {
+  const peer = await connect(url, { keepaliveInterval: null, ...options });
+  try {
+    return await fn(peer);
+  } finally {
+    await peer.close();
+  }
+}
+
+async function until(cond, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await sleep(10);
+  }
+}
+
+describe("calls", { timeout: 20000 }, () => {
+  test("results, values both ways, raw bytes untouched, JSON codec", async () => {
+    await withPeer(async (peer) => {
+      assert.equal(await peer.call("add", 2, 3), 5);
+      const value = { a: [1, -2, 2.5, "é", null, true, false], big: 2 ** 40, nested: { x: [] } };
+      assert.deepEqual(await peer.call("echo", value), value);
+      const bytes = Uint8Array.from({ length: 300 }, (_, i) => i & 255);
+      assert.deepEqual(await peer.call("echo", bytes), bytes);
+      const many = await Promise.all(Array.from({ length: 200 }, (_, i) => peer.call("add", i, 1)));
+      assert.deepEqual(many, Array.from({ length: 200 }, (_, i) => i + 1));
+    });
+    await withPeer(async (peer) => {
+      assert.deepEqual(await peer.call("echo", { j: [1, "two"] }), { j: [1, "two"] });
+    }, { codec: "json" });
+  });
+
+  test("errors: RemoteError with the remote type and message", async () => {
+    await withPeer(async (peer) => {
+      await assert.rejects(peer.call("fail", "boom"), (e) => e instanceof RemoteError && e.type === "ValueError" && e.remoteMessage === "boom");
+      await assert.rejects(peer.call("no_such_method"), (e) => e instanceof RemoteError);
+      assert.equal(await peer.call("add", 1, 1), 2); // the connection lives on
+    });
+  });
+
+  test("notify reaches the handler; nothing comes back", async () => {
+    await withPeer(async (peer) => {
+      await peer.call("reset");
+      peer.notify("note", "hello");
+      peer.notify("note", { n: 2 });
+      await until(async () => (await peer.call("state")).notes.length === 2);
+      assert.deepEqual((await peer.call("state")).notes, ["hello", { n: 2 }]);
+    });
+  });
+
+  test("timeout and AbortSignal cancel the remote handler", async () => {
+    await withPeer(async (peer) => {
+      await peer.call("reset");
+      await assert.rejects(peer.with({ timeout: 100 }).call("sleep", 30), (e) => e.name === "TimeoutError");
+      const ac = new AbortController();
+      const p = peer.with({ signal: ac.signal }).call("sleep", 30);
+      await sleep(50);
+      ac.abort();
+      await assert.rejects(p, (e) => e.name === "AbortError");
+      await until(async () => (await peer.call("state")).cancelled === 2);
+      assert.equal((await peer.call("state")).running, 0);
+    });
+  });
+
+  test("calls from the server to registered functions", async () => {
+    await withPeer(async (peer) => {
+      peer.register("greet", async (name) => `hello ${name}`);
+      peer.register("explode", () => {
+        throw new TypeError("nope");
+      });
+      assert.equal(await peer.call("callback", "greet", "ada"), "hello ada");
+      await assert.rejects(peer.call("callback", "explode", 1), (e) => e instanceof RemoteError && /TypeError/.test(e.message));
+    });
+  });
+
+  test("closing fails what is pending with ConnectionClosed", async () => {
+    const peer = await connect(url, { keepaliveInterval: null });
+    const rejected = assert.rejects(peer.call("sleep", 10), ConnectionClosed);
+    await peer.close();
+    await rejected;
+    assert.throws(() => peer.notify("note", 1), ConnectionClosed);
+    assert.equal(peer.state, "closed");
+  });
+});
+
+describe("streams", { timeout: 30000 }, () => {
+  test("a stream's items in order; STREAM_ERROR as RemoteStreamError after the items", async () => {
+    await withPeer(async (peer) => {
+      const got = [];
+      for await (const x of peer.stream("count", 1000)) got.push(x);
+      assert.deepEqual(got, Array.from({ length: 1000 }, (_, i) => i));
+      const items = [];
+      await assert.rejects(async () => {
+        for await (const x of peer.stream("failing_stream", 3)) items.push(x);
+      }, (e) => e instanceof RemoteStreamError && e.type === "RuntimeError");
+      assert.deepEqual(items, [0, 1, 2]);
+    });
+  });
+
+  test("breaking the loop cancels the server's generator", async () => {
+    await withPeer(async (peer) => {
+      await peer.call("reset");
+      let n = 0;
+      for await (const x of peer.stream("produce", 1_000_000)) {
+        assert.equal(x, n++);
+        if (n === 100) break;
+      }
+      await until(async () => (await peer.call("state")).cancelled === 1);
+      const st = await peer.call("state");
+      assert.ok(st.produced < 100_000, `produced ${st.produced}`);
+      assert.equal(peer.stats().calls, 0);
+    });
+  });
+
+  test("a slow consumer makes the Python producer wait (credit), then gets every item", async () => {
+    await withPeer(async (peer) => {
+      await peer.call("reset");
+      const N = 60_000;
+      const size = 100; // ~140 bytes of credit an item: a 256 KiB window holds ~1,900
+      const it = peer.stream("produce", N, size)[Symbol.asyncIterator]();
+      let read = 0;
+      const samples = [];
+      for (let round = 0; round < 4; round++) {
+        for (let i = 0; i < 50; i++) {
+          const r = await it.next();
+          assert.equal(r.value[0], read++);
+        }
+        await sleep(150); // a slow reader: the producer must stop
+        const st = await peer.call("state");
+        samples.push(st.produced - read);
+      }
+      // what the server produced beyond what was read is bounded by the windows and
+      // buffers (stream window, its 64 KiB send buffer), not by N
+      for (const ahead of samples) assert.ok(ahead < 6000, `producer ran ${ahead} items ahead: ${samples}`);
+      assert.ok(Math.abs(samples[3] - samples[2]) < 600, `still producing while nobody reads: ${samples}`);
+      for (;;) {
+        const r = await it.next();
+        if (r.done) break;
+        assert.equal(r.value[0], read++);
+      }
+      assert.equal(read, N);
+    });
+  });
+
+  test("channels: the handler reads our items and yields back", async () => {
+    await withPeer(async (peer) => {
+      async function* source() {
+        for (let i = 0; i < 5000; i++) yield i;
+      }
+      let n = 0;
+      for await (const x of peer.channel("double", source())) assert.equal(x, 2 * n++);
+      assert.equal(n, 5000);
+    });
+  });
+
+  test("sendStream: a client stream under the server's credit, raw bytes too", async () => {
+    await withPeer(async (peer) => {
+      const N = 50_000;
+      const id = await peer.sendStream((function* () {
+        for (let i = 0; i < N; i++) yield i;
+      })(), { priority: 1 });
+      assert.deepEqual(await peer.call("total", id), [(N * (N - 1)) / 2, N]);
+      const chunk = new Uint8Array(300_000); // larger than the window: fragmented
+      const id2 = await peer.sendStream([chunk, chunk, new Uint8Array(0)]);
+      assert.deepEqual(await peer.call("total", id2), [600_000, 3]);
+    });
+  });
+
+  test("receiveStream: a stream the server sends", async () => {
+    await withPeer(async (peer) => {
+      const id = await peer.call("push", 3000);
+      let n = 0;
+      for await (const x of peer.receiveStream(id)) assert.equal(x, n++);
+      assert.equal(n, 3000);
+    });
+  });
+});
+
+describe("resume", { timeout: 60000 }, () => {
+  test("through a cutting proxy: every item exactly once, in order; calls complete", async () => {
+    // ~12 cuts at 50..250 ms, and the first 4 connections each cut at one of their
+    // first messages (handshakes, replays)
+    const proxy = await startPython("_js_proxy.py", [server.port, 7, 0.05, 0.25, 12, 4]);
+    try {
+      const states = [];
+      const peer = await connect(`ws://127.0.0.1:${proxy.port}`, {
+        keepaliveInterval: 1000,
+        keepaliveTimeout: 2000,
+        reconnect: { initialDelay: 20, maxDelay: 200 },
+        onStateChange: (s) => states.push(s),
+      }).catch(async () =>
+        // the very first handshake may be cut: connect() fails and leaves nothing behind
+        connect(`ws://127.0.0.1:${proxy.port}`, {
+          keepaliveInterval: 1000,
+          keepaliveTimeout: 2000,
+          reconnect: { initialDelay: 20, maxDelay: 200 },
+          onStateChange: (s) => states.push(s),
+        }),
+      );
+      try {
+        const N = 40_000;
+        const calls = [];
+        let expected = 0;
+        for await (const x of peer.stream("count", N, 0.00005)) {
+          assert.equal(x, expected++, "an item lost or repeated");
+          if (x % 2000 === 0) calls.push(peer.call("add", x, 1));
+        }
+        assert.equal(expected, N);
+        assert.deepEqual(await Promise.all(calls), Array.from({ length: N / 2000 }, (_, i) => i * 2000 + 1));
+        const sent = await peer.sendStream((function* () {
+          for (let i = 0; i < 20_000; i++) yield i;
+        })());
+        assert.deepEqual(await peer.call("total", sent), [(20_000 * 19_999) / 2, 20_000]);
+        assert.ok(peer.resumes >= 1, `no resume happened (${peer.transports} transports)`);
+        assert.ok(states.includes("reconnecting"));
+      } finally {
+        await peer.close();
+      }
+    } finally {
+      await stop(proxy);
+    }
+  });
+});
