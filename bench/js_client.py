@@ -71,7 +71,16 @@ class Server:
 
 def chromium(url: str, profile: str, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}", *extra, url],
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *extra,
+            url,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -87,7 +96,9 @@ def stop_browser(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_page(server: Server, result: pathlib.Path, query: str, timeout: float, sample_pid: int | None = None) -> dict[str, Any]:
+def run_page(
+    server: Server, result: pathlib.Path, query: str, timeout: float, sample_pid: int | None = None
+) -> dict[str, Any]:
     result.unlink(missing_ok=True)
     samples: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory() as profile:
@@ -208,7 +219,10 @@ def main() -> None:
     if a.screenshot:
         screenshot(a.screenshot)
         results["screenshot"] = str(a.screenshot.relative_to(ROOT)) if a.screenshot.is_absolute() else str(a.screenshot)
-    results["machine"] = {"cpus": os.cpu_count(), "node": subprocess.run([NODE, "--version"], capture_output=True, text=True).stdout.strip()}
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "node": subprocess.run([NODE, "--version"], capture_output=True, text=True).stdout.strip(),
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=2) + "\n")
     mib = 1 << 20

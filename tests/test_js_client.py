@@ -32,7 +32,9 @@ pytestmark = [
 
 def _run(cmd: list[str], timeout: float, **kw: object) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(cmd, cwd=JS, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
-    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
+    )
     return out  # type: ignore[no-any-return]
 
 

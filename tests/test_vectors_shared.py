@@ -8,11 +8,10 @@ import json
 import pathlib
 
 import pytest
+from test_frames import unhex
 
 from fastrpc.calls import decode_error, encode_error
 from fastrpc.codec import get_codec
-
-from test_frames import unhex
 
 VECTORS = pathlib.Path(__file__).parent / "vectors"
 
