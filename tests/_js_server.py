@@ -117,7 +117,7 @@ async def total(stream_id: int) -> Any:
     result: Any = 0
     n = 0
     async for x in stream:
-        result += len(x) if isinstance(x, bytes) else x
+        result += len(x) if isinstance(x, (bytes, str)) else x
         n += 1
     return [result, n]
 

@@ -110,6 +110,7 @@ interface Call {
   reject: (e: unknown) => void;
   streaming: boolean;
   cancelled: boolean;
+  timeout?: number; // ms, sent as the handler's deadline
 }
 
 interface IncomingCall {
@@ -307,6 +308,7 @@ export class Peer implements StreamLink {
         },
         streaming: false,
         cancelled: false,
+        timeout,
       });
       if (timeout !== undefined) timer = setTimeout(() => giveUp(timeoutError(timeout)), timeout);
       signal?.addEventListener("abort", onAbort, { once: true });
@@ -954,7 +956,11 @@ export class Peer implements StreamLink {
     }
     this.calls.delete(id);
     this.callFreed();
-    if (!c.cancelled) c.reject(new RemoteError(e.type, e.message, e.code, e.traceback));
+    if (c.cancelled) return;
+    // The handler's deadline (our timeout) passed there before our timer fired here:
+    // the same TimeoutError either way.
+    if (c.timeout !== undefined && e.type === "TimeoutError") c.reject(timeoutError(c.timeout));
+    else c.reject(new RemoteError(e.type, e.message, e.code, e.traceback));
   }
 
   private finishCall(id: number): void {

@@ -188,6 +188,28 @@ describe("streams", { timeout: 30000 }, () => {
     });
   });
 
+  test("a Python receiver that does not read makes the JS producer wait (credit)", async () => {
+    await withPeer(async (peer) => {
+      let pulled = 0;
+      const item = "y".repeat(1000); // ~1 KiB an item: a 256 KiB window takes ~250
+      const id = await peer.sendStream((function* () {
+        for (let i = 0; i < 20_000; i++) {
+          pulled++;
+          yield item;
+        }
+      })());
+      await sleep(300); // nobody on the server has claimed the stream yet
+      const early = pulled;
+      await sleep(200);
+      assert.equal(pulled, early, "the producer went on without credit");
+      // window (256 KiB) + the stream's send buffer (64 KiB) at most, in items
+      assert.ok(early < 400, `pulled ${early} items before the server read any`);
+      const [bytes, n] = await peer.call("total", id); // reads it all
+      assert.equal(n, 20_000);
+      assert.equal(bytes, 20_000 * 1000);
+    });
+  });
+
   test("receiveStream: a stream the server sends", async () => {
     await withPeer(async (peer) => {
       const id = await peer.call("push", 3000);
