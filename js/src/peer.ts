@@ -548,7 +548,17 @@ export class Peer implements StreamLink {
         this.transportLost(err);
       };
       ws.onerror = () => {
-        /* a close event follows */
+        // Usually a close event follows; Node 20's WebSocket fires only this one when
+        // the connection is refused, so the error alone fails the transport.
+        if (ws !== this.ws) return;
+        const err = new ConnectionClosed(`WebSocket error on ${this.url}`, 1006);
+        if (!settled) {
+          done(err);
+          this.ws = null;
+          this.dropTransport(ws);
+          return;
+        }
+        this.transportLost(err);
       };
     });
   }

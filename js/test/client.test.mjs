@@ -4,7 +4,7 @@
 // from the server, and resume through a cutting proxy with nothing lost or repeated.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { connect, ConnectionClosed, RemoteError, RemoteStreamError } from "../dist/index.js";
+import { connect, ConnectionClosed, RemoteError, RemoteStreamError, ResumeFailed } from "../dist/index.js";
 import { sleep, startPython, stop } from "./helpers.mjs";
 
 let server;
@@ -227,20 +227,20 @@ describe("resume", { timeout: 60000 }, () => {
     const proxy = await startPython("_js_proxy.py", [server.port, 7, 0.05, 0.25, 12, 4]);
     try {
       const states = [];
-      const peer = await connect(`ws://127.0.0.1:${proxy.port}`, {
-        keepaliveInterval: 1000,
-        keepaliveTimeout: 2000,
-        reconnect: { initialDelay: 20, maxDelay: 200 },
-        onStateChange: (s) => states.push(s),
-      }).catch(async () =>
-        // the very first handshake may be cut: connect() fails and leaves nothing behind
-        connect(`ws://127.0.0.1:${proxy.port}`, {
-          keepaliveInterval: 1000,
-          keepaliveTimeout: 2000,
-          reconnect: { initialDelay: 20, maxDelay: 200 },
-          onStateChange: (s) => states.push(s),
-        }),
-      );
+      let peer;
+      for (let attempt = 0; peer === undefined; attempt++) {
+        try {
+          peer = await connect(`ws://127.0.0.1:${proxy.port}`, {
+            keepaliveInterval: 1000,
+            keepaliveTimeout: 2000,
+            reconnect: { initialDelay: 20, maxDelay: 200 },
+            onStateChange: (s) => states.push(s),
+          });
+        } catch (e) {
+          // the very first handshake may be cut: connect() fails and leaves nothing behind
+          assert.ok(e instanceof ConnectionClosed && attempt < 5, String(e));
+        }
+      }
       try {
         const N = 40_000;
         const calls = [];
@@ -262,6 +262,37 @@ describe("resume", { timeout: 60000 }, () => {
       }
     } finally {
       await stop(proxy);
+    }
+  });
+});
+
+describe("resume failed", { timeout: 30000 }, () => {
+  test("a restarted server: what was in flight fails with ResumeFailed, the peer goes on", async () => {
+    let own = await startPython("_js_server.py");
+    const port = own.port;
+    try {
+      const peer = await connect(`ws://127.0.0.1:${port}`, {
+        keepaliveInterval: null,
+        reconnect: { initialDelay: 50, maxDelay: 200 },
+      });
+      try {
+        assert.equal(await peer.call("add", 1, 2), 3);
+        const pending = assert.rejects(peer.call("sleep", 30), ResumeFailed);
+        const stream = peer.stream("count", 10, 1.0);
+        const streamFails = assert.rejects(stream.toArray(), ResumeFailed);
+        await sleep(100);
+        own.proc.kill("SIGKILL");
+        await stop(own);
+        own = await startPython("_js_server.py", ["--port", port]);
+        await pending;
+        await streamFails;
+        assert.equal(await peer.call("add", 2, 3), 5); // a new session on the new server
+        assert.equal(peer.state, "open");
+      } finally {
+        await peer.close();
+      }
+    } finally {
+      await stop(own);
     }
   });
 });
