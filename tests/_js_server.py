@@ -1,5 +1,5 @@
 """The fastrpc server the JavaScript client's tests (js/test/, tests/test_js_client.py) and
-bench/js_client.py talk to: ``python tests/_js_server.py [--static DIR] [--port N]``.
+bench/js_client.py talk to: ``python tests/_js_server.py [--static DIR] [--port N] [--compression]``.
 
 Prints ``port N`` (and ``http M`` with ``--static``) once listening on 127.0.0.1; runs
 until killed. ``--static DIR`` also serves DIR over HTTP on another port (the browser
@@ -175,9 +175,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
 
 
-async def main(port: int, static: str | None, keepalive: float | None) -> None:
+async def main(port: int, static: str | None, keepalive: float | None, compression: bool) -> None:
     async with fastrpc.serve(
-        router, "127.0.0.1", port, resume=True, keepalive_interval=keepalive, session_grace=30
+        router,
+        "127.0.0.1",
+        port,
+        resume=True,
+        keepalive_interval=keepalive,
+        session_grace=30,
+        compression="zlib" if compression else False,
     ) as server:
         print(f"port {server.port}", flush=True)
         if static:
@@ -190,5 +196,6 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--static")
     ap.add_argument("--keepalive", type=float, default=None)
+    ap.add_argument("--compression", action="store_true", help="offer zlib (clients that offer it too get it)")
     a = ap.parse_args()
-    fastrpc.run(main(a.port, a.static, a.keepalive))
+    fastrpc.run(main(a.port, a.static, a.keepalive, a.compression))

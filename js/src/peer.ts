@@ -11,6 +11,7 @@ import * as F from "./frames.js";
 import { ProtocolError, type ErrorCodeName, type Frame } from "./frames.js";
 import { type PayloadCodec, codecById, codecByName, decodeValue, encodeValue } from "./codec.js";
 import { ConnectionClosed, PayloadTooLarge, RemoteError, RemoteStreamError, ResumeFailed, StreamAborted } from "./errors.js";
+import { ZLIB, available as compressionAvailable, deflate, inflate } from "./compression.js";
 import { DEFAULT_SETTINGS, type Settings, settingsFromWire, settingsToWire, validateSettings } from "./settings.js";
 import {
   FRAME_CHARGE,
@@ -59,6 +60,11 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 export interface ConnectOptions {
   /** How our payloads are encoded (default "msgpack"). */
   codec?: "msgpack" | "json";
+  /** Offer zlib compression (default false, as the Python side's): items of at least
+   * `compressionThreshold` bytes (1024) are compressed when that makes them smaller and
+   * the server offers zlib too. Needs CompressionStream (browsers, Node 18+). */
+  compression?: boolean;
+  compressionThreshold?: number;
   /** Ask for session resumption (default true; the server must opt in too). */
   resume?: boolean;
   /** Reconnect after a drop and resume the session (default on when resumption was negotiated); false: a drop closes the peer. */
@@ -217,6 +223,9 @@ export class Peer implements StreamLink {
   private slotGrants = 0;
   private growth = 0;
   private flushScheduled = false;
+  private algorithm = 0; // the compression both HELLOs offer (0: none)
+  private compressedIn = 0;
+  private compressedOut = 0;
   private drainTimer: ReturnType<typeof setTimeout> | null = null;
   private drainDelay = 1;
 
@@ -249,7 +258,7 @@ export class Peer implements StreamLink {
       ...(opts.settings ?? {}),
       codec: this.codec.wireId,
       resume: opts.resume === false ? 0 : 1,
-      compression: 0,
+      compression: opts.compression === true ? compressionAvailable() : 0,
     };
     validateSettings(this.settings, (r) => new RangeError(r));
     this.connRecv = this.settings.connectionWindow;
@@ -470,6 +479,8 @@ export class Peer implements StreamLink {
       inStreams: this.inStreams.size,
       transports: this.transports,
       resumes: this.resumes,
+      compressedIn: this.compressedIn,
+      compressedOut: this.compressedOut,
     };
   }
 
@@ -685,6 +696,7 @@ export class Peer implements StreamLink {
   private startSession(theirs: Settings, ok: Frame | null): void {
     this.peerSettings = theirs;
     this.peerCodec = codecById(theirs.codec);
+    this.algorithm = this.settings.compression & theirs.compression & ZLIB;
     this.connCredit = theirs.connectionWindow;
     this.streamSlots = theirs.maxStreams;
     this.connRecv = this.settings.connectionWindow;
@@ -821,7 +833,6 @@ export class Peer implements StreamLink {
     }
     if (s.cancelled) return this.consumed(s, charge, false);
     const raw = (flags & F.FLAG_RAW) !== 0;
-    if (flags & F.FLAG_COMPRESSED) throw new ProtocolError("compressed data was not negotiated", "COMPRESSION_ERROR");
     if (flags & F.FLAG_MORE || s.partial !== null) {
       if (s.partial === null) {
         s.partial = [];
@@ -836,13 +847,36 @@ export class Peer implements StreamLink {
         return;
       }
       const whole = F.concat(s.partial);
-      const rawAll = raw || (s.partialFlags & F.FLAG_RAW) !== 0;
+      const all = flags | s.partialFlags;
       s.partial = null;
-      s.items.push({ payload: whole, raw: rawAll, charge });
+      this.hold(s, whole, (all & F.FLAG_RAW) !== 0, (all & F.FLAG_COMPRESSED) !== 0, charge);
     } else {
-      s.items.push({ payload: payload.length >= 512 ? payload : payload.slice(), raw, charge });
+      this.hold(s, payload.length >= 512 ? payload : payload.slice(), raw, (flags & F.FLAG_COMPRESSED) !== 0, charge);
     }
     s.notify();
+  }
+
+  /** Keep a received item until it is read; a compressed one is inflated meanwhile (in order: the reader waits for it). */
+  private hold(s: InStream, payload: Uint8Array, raw: boolean, compressed: boolean, charge: number): void {
+    if (!compressed) {
+      s.items.push({ payload, raw, charge, pending: null });
+      return;
+    }
+    if (this.algorithm === 0) throw new ProtocolError("compressed frame without negotiated compression", "COMPRESSION_ERROR");
+    this.compressedIn++;
+    const item = { payload, raw, charge, pending: null as Promise<void> | null };
+    const data = payload.slice(); // a view into the message would pin it
+    item.pending = inflate(data, this.settings.maxItemSize).then(
+      (out) => {
+        item.payload = out;
+        item.pending = null;
+      },
+      (e) => {
+        item.pending = null;
+        this.fail(e);
+      },
+    );
+    s.items.push(item);
   }
 
   /** A frame with OPEN for `id`; returns its record, or null when it is dropped. */
@@ -1320,12 +1354,21 @@ export class Peer implements StreamLink {
         const r = sync ? (step as IteratorResult<unknown>) : await step;
         if (r.done) break;
         if (s.ended) break;
-        const [payload, raw] = encodeValue(this.codec, r.value);
+        let [payload, raw] = encodeValue(this.codec, r.value);
+        let flags = raw ? F.FLAG_RAW : 0;
         if (bucket !== null) {
           const wait = bucket.delay(bucket.perBytes ? payload.length : 1);
           if (wait > 0) await sleep(wait);
         }
-        if (!this.pushNow(s, payload, raw)) await this.pushItem(s, payload, raw);
+        if (this.algorithm !== 0 && payload.length >= (this.opts.compressionThreshold ?? 1024)) {
+          const packed = await deflate(payload);
+          if (packed.length < payload.length) {
+            payload = packed;
+            flags |= F.FLAG_COMPRESSED;
+            this.compressedOut++;
+          }
+        }
+        if (!this.pushNow(s, payload, flags)) await this.pushItem(s, payload, flags);
         if (s.ended) break;
       }
       if (!s.ended) this.endOut(s, F.STREAM_END, new Uint8Array(0));
@@ -1344,7 +1387,7 @@ export class Peer implements StreamLink {
   }
 
   /** Queue a whole item at once when credit and buffers allow (no await); false: use pushItem. */
-  private pushNow(s: OutStream, payload: Uint8Array, raw: boolean): boolean {
+  private pushNow(s: OutStream, payload: Uint8Array, flags: number): boolean {
     const charge = payload.length + FRAME_CHARGE;
     if (
       !this.canWrite(s) ||
@@ -1356,12 +1399,12 @@ export class Peer implements StreamLink {
     }
     s.credit -= charge;
     this.connCredit -= charge;
-    s.push({ type: F.STREAM_DATA, flags: raw ? F.FLAG_RAW : 0, payload });
+    s.push({ type: F.STREAM_DATA, flags, payload });
     this.ready(s);
     return true;
   }
 
-  private async pushItem(s: OutStream, payload: Uint8Array, raw: boolean): Promise<void> {
+  private async pushItem(s: OutStream, payload: Uint8Array, flags: number): Promise<void> {
     let offset = 0;
     const total = payload.length;
     do {
@@ -1374,7 +1417,7 @@ export class Peer implements StreamLink {
       const chunk = offset === 0 && !more ? payload : payload.subarray(offset, offset + n);
       s.credit -= n + FRAME_CHARGE;
       this.connCredit -= n + FRAME_CHARGE;
-      s.push({ type: F.STREAM_DATA, flags: (raw ? F.FLAG_RAW : 0) | (more ? F.FLAG_MORE : 0), payload: chunk });
+      s.push({ type: F.STREAM_DATA, flags: flags | (more ? F.FLAG_MORE : 0), payload: chunk });
       this.ready(s);
       offset += n;
     } while (offset < total);

@@ -74,6 +74,8 @@ export interface HeldItem {
   payload: Uint8Array;
   raw: boolean;
   charge: number;
+  /** A compressed item being inflated: read it once this settles. */
+  pending: Promise<void> | null;
 }
 
 export const IN_OPEN = 0;
@@ -163,6 +165,11 @@ export class ReceiveStream<T = unknown> implements AsyncIterableIterator<T> {
     for (;;) {
       if (this.done) return { done: true, value: undefined };
       if (s.available > 0) {
+        const pending = s.items[s.head].pending;
+        if (pending !== null) {
+          await pending;
+          continue;
+        }
         this.received++;
         return { done: false, value: this.link.readItem(s) as T };
       }

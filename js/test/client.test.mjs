@@ -11,7 +11,7 @@ let server;
 let url;
 
 before(async () => {
-  server = await startPython("_js_server.py");
+  server = await startPython("_js_server.py", ["--compression"]);
   url = `ws://127.0.0.1:${server.port}`;
 });
 
@@ -207,6 +207,30 @@ describe("streams", { timeout: 30000 }, () => {
       const [bytes, n] = await peer.call("total", id); // reads it all
       assert.equal(n, 20_000);
       assert.equal(bytes, 20_000 * 1000);
+    });
+  });
+
+  test("compression (zlib, CompressionStream): both ways, fragmented items too", async () => {
+    await withPeer(async (peer) => {
+      let n = 0;
+      for await (const [i, pad] of peer.stream("produce", 300, 5000)) {
+        assert.equal(i, n++);
+        assert.equal(pad, "x".repeat(5000));
+      }
+      assert.equal(n, 300);
+      // decimal digits of an LCG: ~2.3x smaller packed, still larger than a 256 KiB
+      // window, so the compressed item goes as fragments
+      let x = 12345;
+      const big = Array.from({ length: 1_000_000 }, () => ((x = (x * 1103515245 + 12345) % 2147483648), x % 10)).join("");
+      const id = await peer.sendStream(["a".repeat(4000), big, "b".repeat(10)]);
+      assert.deepEqual(await peer.call("total", id), [4000 + 1_000_000 + 10, 3]);
+      const st = peer.stats();
+      assert.ok(st.compressedIn >= 300, `compressed items in: ${st.compressedIn}`);
+      assert.equal(st.compressedOut, 2);
+    }, { compression: true });
+    await withPeer(async (peer) => {
+      for await (const _ of peer.stream("produce", 10, 5000));
+      assert.equal(peer.stats().compressedIn, 0); // not offered: nothing compressed
     });
   });
 
