@@ -320,3 +320,52 @@ describe("resume failed", { timeout: 30000 }, () => {
     }
   });
 });
+
+describe("keepalive", { timeout: 30000 }, () => {
+  test("the server's PINGs are answered; ping() measures a round trip", async () => {
+    const own = await startPython("_js_server.py", ["--keepalive", "0.2"]);
+    try {
+      const peer = await connect(`ws://127.0.0.1:${own.port}`, { keepaliveInterval: null });
+      try {
+        await sleep(1200); // the server pings every 0.2 s and drops a peer that does not answer in 0.2 s
+        assert.equal(await peer.call("add", 1, 1), 2);
+        assert.equal(peer.transports, 1);
+        assert.equal(peer.state, "open");
+        const rtt = await peer.ping();
+        assert.ok(rtt >= 0 && rtt < 1000, `rtt ${rtt}`);
+      } finally {
+        await peer.close();
+      }
+    } finally {
+      await stop(own);
+    }
+  });
+
+  test("a silent partition is noticed by keepalive; the session resumes on a new connection", async () => {
+    const proxy = await startPython("_js_proxy.py", [server.port, 1, 0, 0, 0, 0]);
+    try {
+      const peer = await connect(`ws://127.0.0.1:${proxy.port}`, {
+        keepaliveInterval: 100,
+        keepaliveTimeout: 300,
+        reconnect: { initialDelay: 20 },
+      });
+      try {
+        const it = peer.stream("count", 2000, 0.0005)[Symbol.asyncIterator]();
+        let n = 0;
+        for (; n < 200; n++) assert.equal((await it.next()).value, n);
+        process.kill(proxy.proc.pid, "SIGUSR1"); // nothing goes through any more, nothing is closed
+        for (;;) {
+          const r = await it.next();
+          if (r.done) break;
+          assert.equal(r.value, n++);
+        }
+        assert.equal(n, 2000);
+        assert.ok(peer.resumes >= 1, "the partition was not noticed");
+      } finally {
+        await peer.close();
+      }
+    } finally {
+      await stop(proxy);
+    }
+  });
+});
