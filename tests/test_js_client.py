@@ -136,3 +136,32 @@ def test_chromium_page(static_server: tuple[int, int, pathlib.Path]) -> None:
     assert got["doubled"] == [2, 4, 6]
     assert got["total"] == [sum(range(10000)), 10000]
     assert got["items"] == 50000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (.ci/run installs Debian's chromium package)")
+def test_chromium_resume_through_cuts(static_server: tuple[int, int, pathlib.Path]) -> None:
+    """The page streams through the chaos proxy (tests/_chaos.py), which cuts the
+    connection a dozen times: every item arrives once, in order, and an upload completes."""
+    ws, http, result = static_server
+    proxy = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "_js_proxy.py"), str(ws), "11", "0.05", "0.25", "12", "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT / "tests",
+    )
+    try:
+        assert proxy.stdout is not None
+        line = proxy.stdout.readline()
+        assert line.startswith("port "), line
+        got = run_page(
+            f"http://127.0.0.1:{http}/test/browser/index.html?ws={line.split()[1]}&mode=resume&n=40000", result
+        )
+    finally:
+        proxy.terminate()
+        proxy.wait(5)
+        if proxy.stdout is not None:
+            proxy.stdout.close()
+    assert "failed" not in got, got["failed"]
+    assert got["items"] == 40000 and got["inOrder"] is True
+    assert got["total"] == [sum(range(20000)), 20000]
+    assert got["resumes"] >= 1 and got["reconnecting"] is True, got
