@@ -10,7 +10,8 @@
  */
 
 export { connect, Peer } from "./peer.js";
-export type { CallOptions, CallScope, ConnectOptions, ConnectionState, RateLimit, RetryOptions, SendOptions } from "./peer.js";
+export type { CallOptions, CallScope, ConnectOptions, ConnectionState, RetryOptions, SendOptions } from "./peer.js";
+export type { RateLimit } from "./util.js";
 export { ReceiveStream } from "./streams.js";
 export {
   ConnectionClosed,

@@ -13,6 +13,8 @@ import { type PayloadCodec, codecById, codecByName, decodeValue, encodeValue } f
 import { ConnectionClosed, PayloadTooLarge, RemoteError, RemoteStreamError, ResumeFailed, StreamAborted } from "./errors.js";
 import { ZLIB, available as compressionAvailable, deflate, inflate } from "./compression.js";
 import { DEFAULT_SETTINGS, type Settings, settingsFromWire, settingsToWire, validateSettings } from "./settings.js";
+import { Session, sessionFrame } from "./session.js";
+import { Bucket, type RateLimit, abortReason, errorMessage, errorName, isAsyncIterable, isIterable, nextTurn, sleep, timeoutError, toAsyncIterator } from "./util.js";
 import {
   FRAME_CHARGE,
   IN_ENDED,
@@ -37,9 +39,6 @@ const CLOSE_CODES: Record<ErrorCodeName, number> = {
   STREAM_STATE_ERROR: 1002,
 };
 
-const TOKEN_SIZE = 32;
-const ACK_FRAMES = 64;
-const ACK_BYTES = 256 << 10;
 const MAX_WINDOW = 4 << 20;
 const MAX_GROWTH = 16 << 20;
 const DEFAULT_URGENCY = 3;
@@ -94,13 +93,6 @@ export interface CallOptions {
   timeout?: number;
 }
 
-/** A token bucket: `rate` items (or bytes with `per: "bytes"`) per second. */
-export interface RateLimit {
-  rate: number;
-  per?: "items" | "bytes";
-  burst?: number;
-}
-
 export interface SendOptions {
   /** Urgency 0 (first) to 7; default 3. */
   priority?: number;
@@ -124,51 +116,6 @@ interface IncomingCall {
   stream: OutStream | null;
   timer: ReturnType<typeof setTimeout> | null;
   source: AsyncIterator<unknown> | null;
-}
-
-function timeoutError(ms: number): Error {
-  const e = new Error(`call timed out after ${ms} ms`);
-  e.name = "TimeoutError";
-  return e;
-}
-
-function abortReason(signal: AbortSignal): unknown {
-  if (signal.reason !== undefined) return signal.reason;
-  const e = new Error("call aborted");
-  e.name = "AbortError";
-  return e;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function isAsyncIterable(x: unknown): x is AsyncIterable<unknown> {
-  return x !== null && typeof x === "object" && Symbol.asyncIterator in (x as object);
-}
-
-function toAsyncIterator(x: AsyncIterable<unknown> | Iterable<unknown>): AsyncIterator<unknown> | Iterator<unknown> {
-  return isAsyncIterable(x) ? x[Symbol.asyncIterator]() : (x as Iterable<unknown>)[Symbol.iterator]();
-}
-
-class Bucket {
-  private tokens: number;
-  private stamp = performance.now();
-  readonly perBytes: boolean;
-  private readonly burst: number;
-  constructor(private readonly limit: RateLimit) {
-    if (!(limit.rate > 0)) throw new RangeError("rate must be positive");
-    this.perBytes = limit.per === "bytes";
-    this.burst = limit.burst ?? Math.max(1, limit.rate / 10);
-    this.tokens = this.burst;
-  }
-  /** Take `cost` tokens; ms to wait before sending. */
-  delay(cost: number): number {
-    const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.stamp) / 1000) * this.limit.rate) - cost;
-    this.stamp = now;
-    return this.tokens < 0 ? (-this.tokens / this.limit.rate) * 1000 : 0;
-  }
 }
 
 /** Calls made through {@link Peer.with}: the same methods, with an AbortSignal and/or timeout. */
@@ -229,16 +176,7 @@ export class Peer implements StreamLink {
   private drainTimer: ReturnType<typeof setTimeout> | null = null;
   private drainDelay = 1;
 
-  // session resumption
-  private resumable = false;
-  private broken = "";
-  private token: Uint8Array | null = null;
-  private sentPos = 0;
-  private recvPos = 0;
-  private replay: Array<{ first: number; end: number; msg: Uint8Array }> = [];
-  private replayBytes = 0;
-  private sinceAckFrames = 0;
-  private sinceAckBytes = 0;
+  private readonly session: Session;
 
   // keepalive
   private pingTimer: ReturnType<typeof setInterval> | null = null;
@@ -267,6 +205,7 @@ export class Peer implements StreamLink {
       throw new TypeError("no WebSocket implementation: pass options.WebSocket (on Node 20, run with --experimental-websocket)");
     }
     this.WS = WS;
+    this.session = new Session(opts.maxReplayBytes ?? 16 << 20);
   }
 
   // ------------------------------------------------------------------ public API
@@ -470,9 +409,9 @@ export class Peer implements StreamLink {
   /** Counters for display and tests. */
   stats(): Record<string, number> {
     return {
-      sentFrames: this.sentPos,
-      receivedFrames: this.recvPos,
-      replayBytes: this.replayBytes,
+      sentFrames: this.session.sent,
+      receivedFrames: this.session.received,
+      replayBytes: this.session.replayBytes,
       connectionCredit: this.connCredit,
       calls: this.calls.size,
       outStreams: this.outStreams.size,
@@ -529,9 +468,8 @@ export class Peer implements StreamLink {
       ws.onopen = () => {
         if (ws !== this.ws) return;
         const hello = F.encodeFrame(F.HELLO, 0, 0, settingsToWire(this.settings));
-        if (resuming && this.token !== null) {
-          const resume = F.encodeFrame(F.RESUME, 0, 0, F.concat([this.token, F.encodeVarint(this.recvPos)]));
-          ws.send(F.concat([hello, resume]));
+        if (resuming && this.session.token !== null) {
+          ws.send(F.concat([hello, this.session.resumeFrame()]));
         } else {
           ws.send(hello);
         }
@@ -593,8 +531,9 @@ export class Peer implements StreamLink {
     if (ws !== null) this.dropTransport(ws);
     if (this.state === "closed") return;
     const policy = this.opts.reconnect;
-    if (this.goaway || !this.resumable || this.broken !== "" || policy === false) {
-      const why = this.broken !== "" ? `${err.message}; session not resumable: ${this.broken}` : err.message;
+    const broken = this.session.broken;
+    if (this.goaway || !this.session.resumable || policy === false) {
+      const why = broken !== "" ? `${err.message}; session not resumable: ${broken}` : err.message;
       this.teardown(err instanceof ConnectionClosed ? new ConnectionClosed(why, err.code, err.reason) : err);
       return;
     }
@@ -632,20 +571,12 @@ export class Peer implements StreamLink {
     const frames = F.decodeMessage(data, this.settings.maxFrameSize);
     let start = 0;
     if (this.handshaking) start = this.handshake(frames);
-    const n = frames.length - start;
-    if (n > 0 && this.resumable) {
-      this.sinceAckFrames += n;
-      this.sinceAckBytes += data.length;
-    }
-    this.recvPos += n;
+    const ackDue = this.session.arrived(frames.length - start, data.length);
     for (let i = start; i < frames.length; i++) {
       if (this.state === "closed") return;
       this.dispatch(frames[i]);
     }
-    if (this.resumable && (this.sinceAckFrames >= ACK_FRAMES || this.sinceAckBytes >= ACK_BYTES)) {
-      this.sinceAckFrames = this.sinceAckBytes = 0;
-      this.queueControl(F.ACK, 0, 0, F.encodeVarint(this.recvPos));
-    }
+    if (ackDue) this.queueControl(F.ACK, 0, 0, F.encodeVarint(this.session.received));
     if (this.slotGrants > 0) {
       this.queueControl(F.STREAMS, 0, 0, F.encodeVarint(this.slotGrants));
       this.slotGrants = 0;
@@ -658,7 +589,7 @@ export class Peer implements StreamLink {
   private handshake(frames: Frame[]): number {
     const hello = frames[0];
     if (hello.type !== F.HELLO) throw new ProtocolError("the first frame is not HELLO");
-    const first = this.transports === 1 || this.token === null;
+    const first = this.transports === 1 || this.session.token === null;
     const theirs = settingsFromWire(hello.payload);
     let used = 1;
     const ok = frames.length > 1 && frames[1].type === F.RESUME_OK ? frames[1] : null;
@@ -673,24 +604,19 @@ export class Peer implements StreamLink {
       this.failInFlight(err);
       this.startSession(theirs, ok);
     } else {
-      const [token, pos] = this.sessionFrame(ok);
-      if (pos > this.sentPos) throw new ProtocolError(`resume position ${pos} is past the ${this.sentPos} frames sent`);
-      this.token = token;
+      const [token, pos] = sessionFrame(ok);
+      if (pos > this.session.sent) throw new ProtocolError(`resume position ${pos} is past the ${this.session.sent} frames sent`);
+      this.session.token = token;
       this.handshaking = false;
       this.handshakeDone?.(null);
-      this.resend(pos);
+      const ws = this.ws!;
+      for (const msg of this.session.replayFrom(pos)) ws.send(msg);
       for (const s of this.outStreams.values()) s.notify();
       return used;
     }
     this.handshaking = false;
     this.handshakeDone?.(null);
     return used;
-  }
-
-  private sessionFrame(f: Frame): [Uint8Array, number] {
-    if (f.payload.length < TOKEN_SIZE + 1) throw new ProtocolError("truncated session frame");
-    const [pos] = F.decodeVarint(f.payload, TOKEN_SIZE);
-    return [f.payload.slice(0, TOKEN_SIZE), Number(pos)];
   }
 
   private startSession(theirs: Settings, ok: Frame | null): void {
@@ -701,40 +627,8 @@ export class Peer implements StreamLink {
     this.streamSlots = theirs.maxStreams;
     this.connRecv = this.settings.connectionWindow;
     this.connToGrant = 0;
-    this.sentPos = this.recvPos = 0;
-    this.replay = [];
-    this.replayBytes = 0;
-    this.sinceAckBytes = this.sinceAckFrames = 0;
-    this.broken = "";
-    this.resumable = this.settings.resume === 1 && theirs.resume === 1 && ok !== null;
-    this.token = ok !== null ? this.sessionFrame(ok)[0] : null;
+    this.session.start(this.settings.resume === 1 && theirs.resume === 1 && ok !== null, ok !== null ? sessionFrame(ok)[0] : null);
     this.wakeAll();
-  }
-
-  /** Replay what the server did not get (from its position `pos`), then carry on. */
-  private resend(pos: number): void {
-    this.ackTo(pos);
-    const ws = this.ws!;
-    for (const r of this.replay) {
-      if (r.first < pos) {
-        const frames = F.decodeMessage(r.msg, Number.MAX_SAFE_INTEGER).slice(pos - r.first);
-        const rest = F.encodeBatch(frames);
-        this.replayBytes -= r.msg.length - rest.length;
-        r.msg = rest;
-        r.first = pos;
-      }
-      ws.send(r.msg);
-    }
-  }
-
-  private ackTo(pos: number): void {
-    if (pos > this.sentPos) throw new ProtocolError("acknowledged frames that were never sent");
-    let i = 0;
-    while (i < this.replay.length && this.replay[i].end <= pos) {
-      this.replayBytes -= this.replay[i].msg.length;
-      i++;
-    }
-    if (i > 0) this.replay = this.replay.slice(i);
   }
 
   private dispatch(f: Frame): void {
@@ -794,9 +688,9 @@ export class Peer implements StreamLink {
         return;
       }
       case F.ACK: {
-        if (!this.resumable) throw new ProtocolError("ACK without resumption");
+        if (!this.session.enabled) throw new ProtocolError("ACK without resumption");
         const [pos] = F.decodeVarint(f.payload, 0);
-        this.ackTo(Number(pos));
+        this.session.ack(Number(pos));
         return;
       }
       case F.HELLO:
@@ -1606,17 +1500,7 @@ export class Peer implements StreamLink {
   }
 
   private sendMessage(ws: WebSocket, msg: Uint8Array, n: number): void {
-    const first = this.sentPos;
-    this.sentPos += n;
-    if (this.resumable && this.broken === "") {
-      this.replay.push({ first, end: this.sentPos, msg });
-      this.replayBytes += msg.length;
-      if (this.replayBytes > (this.opts.maxReplayBytes ?? 16 << 20)) {
-        this.broken = "replay buffer overflow: the server acknowledged too little (maxReplayBytes)";
-        this.replay = [];
-        this.replayBytes = 0;
-      }
-    }
+    this.session.record(msg, n);
     ws.send(msg);
   }
 
@@ -1735,38 +1619,6 @@ export class Peer implements StreamLink {
     this.nextId += 2;
     return id;
   }
-}
-
-/** Run `fn` on the next macrotask turn (setImmediate on Node, a MessageChannel in browsers). */
-const nextTurn: (fn: () => void) => void = (() => {
-  const g = globalThis as { setImmediate?: (fn: () => void) => unknown };
-  if (typeof g.setImmediate === "function") return (fn: () => void) => void g.setImmediate!(fn);
-  if (typeof MessageChannel === "function") {
-    const ch = new MessageChannel();
-    const queue: Array<() => void> = [];
-    ch.port1.onmessage = () => {
-      const fns = queue.splice(0);
-      for (const f of fns) f();
-    };
-    return (fn: () => void) => {
-      queue.push(fn);
-      if (queue.length === 1) ch.port2.postMessage(0);
-    };
-  }
-  return (fn: () => void) => void setTimeout(fn, 0);
-})();
-
-function isIterable(x: unknown): x is Iterable<unknown> {
-  return x !== null && typeof x === "object" && Symbol.iterator in (x as object) && !(x instanceof Uint8Array);
-}
-
-function errorName(e: unknown): string {
-  if (e instanceof Error) return e.name || "Error";
-  return "Error";
-}
-
-function errorMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** Open a connection to a fastrpc server (`ws://` or `wss://` URL); resolves once the handshake is done. */
