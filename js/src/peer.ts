@@ -310,9 +310,8 @@ export class Peer implements StreamLink {
     return this.allocId();
   }
 
-  /** The incoming stream `id` (sent by the server); without an id, the next stream nobody claimed. */
-  receiveStream<T = any>(id?: number): ReceiveStream<T> | Promise<ReceiveStream<T>> {
-    if (id === undefined) return this.acceptStream<T>();
+  /** The incoming stream `id`, sent by the server (which announced the id, e.g. as a call's result); it may arrive before or after this claim. */
+  receiveStream<T = any>(id: number): ReceiveStream<T> {
     const idx = this.unclaimed.findIndex((s) => s.id === id);
     if (idx >= 0) {
       const s = this.unclaimed.splice(idx, 1)[0];
@@ -333,7 +332,8 @@ export class Peer implements StreamLink {
 
   private readonly pendingClaims = new Map<number, InStream>();
 
-  private async acceptStream<T>(): Promise<ReceiveStream<T>> {
+  /** The next incoming stream nobody claimed with {@link receiveStream}. */
+  async acceptStream<T = any>(): Promise<ReceiveStream<T>> {
     const s = this.unclaimed.shift();
     if (s !== undefined) {
       s.claimed = true;
