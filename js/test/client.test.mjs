@@ -240,6 +240,21 @@ describe("streams", { timeout: 30000 }, () => {
       let n = 0;
       for await (const x of peer.receiveStream(id)) assert.equal(x, n++);
       assert.equal(n, 3000);
+      const id2 = await peer.call("push", 5);
+      const other = await peer.acceptStream(); // nobody claimed it
+      assert.equal(other.id, id2);
+      assert.deepEqual(await other.toArray(), [0, 1, 2, 3, 4]);
+    });
+  });
+
+  test("a rate limit paces a sent stream", async () => {
+    await withPeer(async (peer) => {
+      const t0 = performance.now();
+      const id = await peer.sendStream(Array.from({ length: 60 }, (_, i) => i), { rate: { rate: 200 }, priority: 0 });
+      assert.deepEqual(await peer.call("total", id), [1770, 60]);
+      const ms = performance.now() - t0;
+      // 200 items/s with a burst of 20: the last of 60 leaves after ~200 ms
+      assert.ok(ms >= 180, `60 items at 200/s took ${ms} ms`);
     });
   });
 });
