@@ -115,7 +115,6 @@ interface IncomingCall {
   cancelled: boolean;
   stream: OutStream | null;
   timer: ReturnType<typeof setTimeout> | null;
-  source: AsyncIterator<unknown> | null;
 }
 
 /** Calls made through {@link Peer.with}: the same methods, with an AbortSignal and/or timeout. */
@@ -916,7 +915,7 @@ export class Peer implements StreamLink {
     if (this.incoming.size >= this.settings.maxPendingCalls) throw new ProtocolError("too many pending calls", "LIMIT_EXCEEDED");
     const [method, args, deadline] = this.head(f, (f.flags & F.FLAG_DEADLINE) !== 0);
     const streaming = (f.flags & F.FLAG_STREAM) !== 0;
-    const rec: IncomingCall = { cancelled: false, stream: null, timer: null, source: null };
+    const rec: IncomingCall = { cancelled: false, stream: null, timer: null };
     this.incoming.set(id, rec);
     if (deadline !== null) {
       rec.timer = setTimeout(() => this.answerError(id, "TimeoutError", "deadline exceeded"), deadline);
@@ -1008,7 +1007,7 @@ export class Peer implements StreamLink {
     const rec = this.incoming.get(id);
     if (rec === undefined) return;
     rec.cancelled = true;
-    void rec.source?.return?.();
+    // A streaming handler's source is closed by its sender loop once it sees the stream ended.
     this.answerError(id, "CancelledError", "call cancelled");
   }
 
