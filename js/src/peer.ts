@@ -204,7 +204,7 @@ export class Peer implements StreamLink {
       throw new TypeError("no WebSocket implementation: pass options.WebSocket (on Node 20, run with --experimental-websocket)");
     }
     this.WS = WS;
-    this.session = new Session(opts.maxReplayBytes ?? 16 << 20);
+    this.session = new Session(opts.maxReplayBytes ?? 16 << 20, opts.batchSize ?? 128 << 10);
   }
 
   // ------------------------------------------------------------------ public API
@@ -1286,7 +1286,7 @@ export class Peer implements StreamLink {
       !this.canWrite(s) ||
       charge > s.credit ||
       charge > this.connCredit ||
-      payload.length > Math.min(this.peerSettings.maxFrameSize, this.peerSettings.maxMessageSize >> 1)
+      payload.length > this.frameLimit()
     ) {
       return false;
     }
@@ -1304,8 +1304,7 @@ export class Peer implements StreamLink {
       if (!this.canWrite(s)) await this.writable(s);
       if (s.ended) return;
       const room = Math.min(s.credit, this.connCredit) - FRAME_CHARGE;
-      const limit = Math.min(this.peerSettings.maxFrameSize, this.peerSettings.maxMessageSize >> 1);
-      const n = Math.min(total - offset, room, limit);
+      const n = Math.min(total - offset, room, this.frameLimit());
       const more = offset + n < total;
       const chunk = offset === 0 && !more ? payload : payload.subarray(offset, offset + n);
       s.credit -= n + FRAME_CHARGE;
@@ -1314,6 +1313,12 @@ export class Peer implements StreamLink {
       this.ready(s);
       offset += n;
     } while (offset < total);
+  }
+
+  /** The largest new stream frame: the server's frame limit, at most half its message
+   * limit, and smaller on a flaky link ({@link Session.cap}). */
+  private frameLimit(): number {
+    return Math.min(this.peerSettings.maxFrameSize, this.peerSettings.maxMessageSize >> 1, this.session.cap);
   }
 
   private canWrite(s: OutStream): boolean {
@@ -1456,7 +1461,7 @@ export class Peer implements StreamLink {
       this.control.push(F.encodeFrame(F.STREAMS, 0, 0, F.encodeVarint(this.slotGrants)));
       this.slotGrants = 0;
     }
-    const maxMsg = this.peerSettings.maxMessageSize;
+    const maxMsg = Math.min(this.peerSettings.maxMessageSize, this.session.cap);
     const batch = this.opts.batchSize ?? 128 << 10;
     const w = new F.FrameWriter();
     let ci = 0;
