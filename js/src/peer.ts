@@ -13,6 +13,7 @@ import { type PayloadCodec, codecById, codecByName, decodeValue, encodeValue } f
 import { ConnectionClosed, PayloadTooLarge, RemoteError, RemoteStreamError, ResumeFailed, StreamAborted } from "./errors.js";
 import { ZLIB, available as compressionAvailable, deflate, inflate } from "./compression.js";
 import { DEFAULT_SETTINGS, type Settings, settingsFromWire, settingsToWire, validateSettings } from "./settings.js";
+import { Scheduler } from "./scheduler.js";
 import { Session, sessionFrame } from "./session.js";
 import { Bucket, type RateLimit, abortReason, errorMessage, errorName, isAsyncIterable, isIterable, nextTurn, sleep, timeoutError, toAsyncIterator } from "./util.js";
 import {
@@ -147,9 +148,7 @@ export class Peer implements StreamLink {
   private goaway = false;
 
   private nextId = 1;
-  private control: Uint8Array[] = [];
-  private controlFrames = 0;
-  private readonly rings: OutStream[][] = [[], [], [], [], [], [], [], []];
+  private readonly sched: Scheduler;
   private readonly outStreams = new Map<number, OutStream>();
   private readonly inStreams = new Map<number, InStream>();
   private readonly calls = new Map<number, Call>();
@@ -204,6 +203,7 @@ export class Peer implements StreamLink {
       throw new TypeError("no WebSocket implementation: pass options.WebSocket (on Node 20, run with --experimental-websocket)");
     }
     this.WS = WS;
+    this.sched = new Scheduler(this.streamBufferSize, (s) => this.forgetOut(s));
     this.session = new Session(opts.maxReplayBytes ?? 16 << 20, opts.batchSize ?? 128 << 10);
   }
 
@@ -1413,16 +1413,12 @@ export class Peer implements StreamLink {
   }
 
   private ready(s: OutStream): void {
-    if (!s.inRing) {
-      s.inRing = true;
-      this.rings[s.urgency].push(s);
-    }
+    this.sched.ready(s);
     this.kickData();
   }
 
   private queueControl(type: number, flags: number, id: number, payload: Uint8Array): void {
-    this.control.push(F.encodeFrame(type, flags, id, payload));
-    this.controlFrames++;
+    this.sched.queueControl(F.encodeFrame(type, flags, id, payload));
     this.kick();
   }
 
@@ -1458,54 +1454,22 @@ export class Peer implements StreamLink {
     const ws = this.ws;
     if (ws === null || ws.readyState !== 1 || this.handshaking || this.state === "closed") return;
     if (this.slotGrants > 0) {
-      this.control.push(F.encodeFrame(F.STREAMS, 0, 0, F.encodeVarint(this.slotGrants)));
+      this.sched.queueControl(F.encodeFrame(F.STREAMS, 0, 0, F.encodeVarint(this.slotGrants)));
       this.slotGrants = 0;
     }
-    const maxMsg = Math.min(this.peerSettings.maxMessageSize, this.session.cap);
+    const maxMessage = Math.min(this.peerSettings.maxMessageSize, this.session.cap);
     const batch = this.opts.batchSize ?? 128 << 10;
-    const w = new F.FrameWriter();
-    let ci = 0;
     for (;;) {
-      while (ci < this.control.length && (w.count === 0 || w.length + this.control[ci].length <= maxMsg)) {
-        w.addEncoded(this.control[ci++], 1);
-      }
-      let budget = Math.min(batch, maxMsg - w.length);
-      for (let u = 0; u < 8 && budget > 0; u++) {
-        const ring = this.rings[u];
-        while (ring.length > 0 && budget > 0) {
-          const s = ring.shift()!;
-          let turn = this.streamBufferSize;
-          while (s.pending && turn > 0) {
-            const next = s.frames[s.head];
-            if (w.count > 0 && w.length + next.payload.length + 24 > maxMsg) break;
-            const f = s.shift();
-            w.add(f.type, f.flags, s.id, f.payload);
-            budget -= f.payload.length + 8;
-            turn -= f.payload.length + 8;
-            if (f.type !== F.STREAM_DATA) this.forgetOut(s);
-            if (budget <= 0) break;
-          }
-          if (s.pending) ring.push(s);
-          else s.inRing = false;
-          s.notify();
-          if (w.count > 0 && w.length + 24 > maxMsg) break;
-        }
-      }
-      if (w.count === 0) break;
-      const n = w.count;
-      this.sendMessage(ws, w.take(), n);
+      const next = this.sched.next(maxMessage, batch);
+      if (next === null) break;
+      this.session.record(next[0], next[1]);
+      ws.send(next[0]);
       if (ws.bufferedAmount > this.maxBufferedAmount) {
         this.flushBlocked = true;
         this.armDrain();
         break;
       }
     }
-    this.control = ci === this.control.length ? [] : this.control.slice(ci);
-  }
-
-  private sendMessage(ws: WebSocket, msg: Uint8Array, n: number): void {
-    this.session.record(msg, n);
-    ws.send(msg);
   }
 
   // ------------------------------------------------------------- keepalive
@@ -1568,10 +1532,9 @@ export class Peer implements StreamLink {
       s.notify();
     }
     this.outStreams.clear();
-    for (const r of this.rings) r.length = 0;
+    this.sched.clear();
     for (const rec of this.incoming.values()) if (rec.timer !== null) clearTimeout(rec.timer);
     this.incoming.clear();
-    this.control = [];
     this.freeIn = 0;
     this.growth = 0;
     this.unclaimed.length = 0;
