@@ -13,9 +13,10 @@ import { type PayloadCodec, codecById, codecByName, decodeValue, encodeValue } f
 import { ConnectionClosed, PayloadTooLarge, RemoteError, RemoteStreamError, ResumeFailed, StreamAborted } from "./errors.js";
 import { ZLIB, available as compressionAvailable, deflate, inflate } from "./compression.js";
 import { DEFAULT_SETTINGS, type Settings, settingsFromWire, settingsToWire, validateSettings } from "./settings.js";
+import { type Handler, type HandlerLink, Handlers } from "./handlers.js";
 import { Scheduler } from "./scheduler.js";
 import { Session, sessionFrame } from "./session.js";
-import { Bucket, type RateLimit, abortReason, errorMessage, errorName, isAsyncIterable, isIterable, nextTurn, sleep, timeoutError, toAsyncIterator } from "./util.js";
+import { Bucket, type RateLimit, abortReason, errorMessage, errorName, isAsyncIterable, nextTurn, sleep, timeoutError, toAsyncIterator } from "./util.js";
 import {
   FRAME_CHARGE,
   IN_ENDED,
@@ -102,7 +103,6 @@ export interface SendOptions {
   id?: number;
 }
 
-type Handler = (...args: any[]) => unknown;
 
 interface Call {
   resolve: (v: unknown) => void;
@@ -112,11 +112,6 @@ interface Call {
   timeout?: number; // ms, sent as the handler's deadline
 }
 
-interface IncomingCall {
-  cancelled: boolean;
-  stream: OutStream | null;
-  timer: ReturnType<typeof setTimeout> | null;
-}
 
 /** Calls made through {@link Peer.with}: the same methods, with an AbortSignal and/or timeout. */
 export interface CallScope {
@@ -126,7 +121,7 @@ export interface CallScope {
 }
 
 /** A connection to a fastrpc server. Make one with {@link connect}. */
-export class Peer implements StreamLink {
+export class Peer implements StreamLink, HandlerLink {
   /** "connecting", "open", "reconnecting" (a resumable session between transports) or "closed". */
   state: ConnectionState = "connecting";
   /** The limits the server announced in its HELLO. */
@@ -152,8 +147,7 @@ export class Peer implements StreamLink {
   private readonly outStreams = new Map<number, OutStream>();
   private readonly inStreams = new Map<number, InStream>();
   private readonly calls = new Map<number, Call>();
-  private readonly incoming = new Map<number, IncomingCall>();
-  private readonly handlers = new Map<string, Handler>();
+  private readonly handlers: Handlers;
   private readonly unclaimed: InStream[] = [];
   private readonly claims = new Map<number, ReceiveStream<unknown>>();
   private readonly acceptWaiters: Array<(s: InStream) => void> = [];
@@ -203,6 +197,7 @@ export class Peer implements StreamLink {
       throw new TypeError("no WebSocket implementation: pass options.WebSocket (on Node 20, run with --experimental-websocket)");
     }
     this.WS = WS;
+    this.handlers = new Handlers(this, this.settings.maxPendingCalls);
     this.sched = new Scheduler(this.streamBufferSize, (s) => this.forgetOut(s));
     this.session = new Session(opts.maxReplayBytes ?? 16 << 20, opts.batchSize ?? 128 << 10);
   }
@@ -350,7 +345,7 @@ export class Peer implements StreamLink {
 
   /** Register `fn` for calls (and notifications) from the server; an async generator serves streaming calls. */
   register(name: string, fn: Handler): void {
-    this.handlers.set(name, fn);
+    this.handlers.register(name, fn);
   }
 
   /** Stop an outgoing stream: the receiver gets StreamAborted. */
@@ -663,11 +658,11 @@ export class Peer implements StreamLink {
         return;
       }
       case F.REQUEST:
-        return this.onRequest(id, f);
+        return this.handlers.onRequest(id, f);
       case F.NOTIFY:
-        return this.onNotify(f);
+        return this.handlers.onNotify(f);
       case F.CANCEL:
-        return this.onCancel(id);
+        return this.handlers.onCancel(id);
       case F.PING:
         if (f.payload.length > 64) throw new ProtocolError("PING payload over 64 bytes");
         this.queueControl(F.PONG, 0, 0, f.payload.slice());
@@ -908,134 +903,55 @@ export class Peer implements StreamLink {
     }
   }
 
-  // ------------------------------------------------------ calls from the server
+  // --------------------------------------------------- HandlerLink (handlers.ts)
 
-  private onRequest(id: number, f: Frame): void {
-    if (this.incoming.has(id)) throw new ProtocolError("call id in use");
-    if (this.incoming.size >= this.settings.maxPendingCalls) throw new ProtocolError("too many pending calls", "LIMIT_EXCEEDED");
-    const [method, args, deadline] = this.head(f, (f.flags & F.FLAG_DEADLINE) !== 0);
-    const streaming = (f.flags & F.FLAG_STREAM) !== 0;
-    const rec: IncomingCall = { cancelled: false, stream: null, timer: null };
-    this.incoming.set(id, rec);
-    if (deadline !== null) {
-      rec.timer = setTimeout(() => this.answerError(id, "TimeoutError", "deadline exceeded"), deadline);
-    }
-    const fn = this.handlers.get(method);
-    if (fn === undefined) return this.answerError(id, "MethodNotFound", `no method ${JSON.stringify(method)}`);
-    if (f.flags & F.FLAG_CHANNEL) return this.answerError(id, "NotImplementedError", "the JavaScript client serves no channels");
-    let result: unknown;
-    try {
-      result = fn(...this.decodeArgs(args, (f.flags & F.FLAG_RAW) !== 0));
-    } catch (e) {
-      return this.answerError(id, errorName(e), errorMessage(e));
-    }
-    if (streaming) {
-      const s = new OutStream(id, DEFAULT_URGENCY, this.peerSettings.initialStreamWindow, true);
-      this.outStreams.set(id, s);
-      rec.stream = s;
-      void (async () => {
-        let source: unknown = result;
-        try {
-          source = await result;
-        } catch (e) {
-          this.endOut(s, F.STREAM_ERROR, F.encodeError(errorName(e), errorMessage(e)));
-          this.incoming.delete(id);
-          return;
-        }
-        const it = isAsyncIterable(source) || isIterable(source) ? source : [source];
-        await this.runSender(s, it as Iterable<unknown>, undefined);
-        this.incoming.delete(id);
-      })();
-      return;
-    }
-    Promise.resolve(result).then(
-      (v) => {
-        if (!this.incoming.has(id) || rec.cancelled) return;
-        this.answered(id);
-        let payload: Uint8Array, raw: boolean;
-        try {
-          [payload, raw] = encodeValue(this.codec, v);
-        } catch (e) {
-          return this.answerError(id, "TypeError", errorMessage(e));
-        }
-        if (payload.length > this.peerSettings.maxFrameSize) {
-          this.queueControl(F.ERROR, 0, id, F.encodeError("ResponseTooLarge", `response of ${payload.length} bytes exceeds ${this.peerSettings.maxFrameSize}`));
-        } else {
-          this.queueControl(F.RESPONSE, raw ? F.FLAG_RAW : 0, id, payload);
-        }
-      },
-      (e) => {
-        if (this.incoming.has(id) && !rec.cancelled) this.answerError(id, errorName(e), errorMessage(e));
-      },
-    );
+  /** @internal */
+  sendControl(type: number, flags: number, id: number, payload: Uint8Array): void {
+    if (this.state !== "closed") this.queueControl(type, flags, id, payload);
   }
 
-  private answered(id: number): void {
-    const rec = this.incoming.get(id);
-    if (rec !== undefined) {
-      if (rec.timer !== null) clearTimeout(rec.timer);
-      this.incoming.delete(id);
-    }
-  }
-
-  private answerError(id: number, type: string, message: string): void {
-    if (!this.incoming.has(id)) return;
-    const rec = this.incoming.get(id)!;
-    this.answered(id);
-    if (rec.stream !== null && !rec.stream.ended) {
-      rec.stream.drop();
-      rec.stream.ended = true;
-      this.forgetOut(rec.stream);
-      rec.stream.notify();
-    }
-    if (this.state !== "closed") this.queueControl(F.ERROR, 0, id, F.encodeError(type, message));
-  }
-
-  private onNotify(f: Frame): void {
-    const [method, args] = this.head(f, false);
-    const fn = this.handlers.get(method);
-    if (fn === undefined) return;
-    try {
-      const r = fn(...this.decodeArgs(args, (f.flags & F.FLAG_RAW) !== 0));
-      if (r instanceof Promise) r.catch(() => undefined);
-    } catch {
-      /* nothing goes back for a notification */
-    }
-  }
-
-  private onCancel(id: number): void {
-    const rec = this.incoming.get(id);
-    if (rec === undefined) return;
-    rec.cancelled = true;
-    // A streaming handler's source is closed by its sender loop once it sees the stream ended.
-    this.answerError(id, "CancelledError", "call cancelled");
-  }
-
-  private head(f: Frame, hasDeadline: boolean): [string, Uint8Array, number | null] {
-    let pos = 0;
-    let deadline: number | null = null;
-    if (hasDeadline) {
-      const [ms, p] = F.decodeVarint(f.payload, 0);
-      deadline = Number(ms);
-      pos = p;
-    }
-    const [n, p] = F.decodeVarint(f.payload, pos);
-    const end = p + Number(n);
-    if (end > f.payload.length) throw new ProtocolError("truncated method name");
-    let method: string;
-    try {
-      method = F.fromUtf8(f.payload.subarray(p, end), true);
-    } catch {
-      throw new ProtocolError("method name is not UTF-8");
-    }
-    return [method, f.payload.subarray(end), deadline];
-  }
-
-  private decodeArgs(payload: Uint8Array, raw: boolean): unknown[] {
+  /** @internal */
+  decodeArgs(payload: Uint8Array, raw: boolean): unknown[] {
     if (raw) return [payload.slice()];
     if (payload.length === 0) return [];
     const v = this.peerCodec.decode(payload);
     return Array.isArray(v) ? v : [v];
+  }
+
+  /** @internal */
+  encodeResult(value: unknown): [Uint8Array, boolean] {
+    return encodeValue(this.codec, value);
+  }
+
+  /** @internal */
+  responseLimit(): number {
+    return this.peerSettings.maxFrameSize;
+  }
+
+  /** @internal the result stream of the server's streaming call `id` */
+  openResponse(id: number): OutStream {
+    const s = new OutStream(id, DEFAULT_URGENCY, this.peerSettings.initialStreamWindow, true);
+    this.outStreams.set(id, s);
+    return s;
+  }
+
+  /** @internal */
+  sendItems(s: OutStream, source: AsyncIterable<unknown> | Iterable<unknown>): Promise<void> {
+    return this.runSender(s, source, undefined);
+  }
+
+  /** @internal */
+  failStream(s: OutStream, e: unknown): void {
+    this.endOut(s, F.STREAM_ERROR, F.encodeError(errorName(e), errorMessage(e)));
+  }
+
+  /** @internal stop an outgoing stream without a word (its call was answered otherwise) */
+  abandon(s: OutStream): void {
+    if (s.ended) return;
+    s.drop();
+    s.ended = true;
+    this.forgetOut(s);
+    s.notify();
   }
 
   // ------------------------------------------------------------ our calls
@@ -1533,8 +1449,7 @@ export class Peer implements StreamLink {
     }
     this.outStreams.clear();
     this.sched.clear();
-    for (const rec of this.incoming.values()) if (rec.timer !== null) clearTimeout(rec.timer);
-    this.incoming.clear();
+    this.handlers.clear();
     this.freeIn = 0;
     this.growth = 0;
     this.unclaimed.length = 0;
