@@ -384,3 +384,32 @@ describe("keepalive", { timeout: 30000 }, () => {
     }
   });
 });
+
+describe("a hostile server", { timeout: 30000 }, () => {
+  let hostile;
+  before(async () => {
+    hostile = await startPython("_js_hostile_server.py");
+  });
+  after(async () => {
+    await stop(hostile);
+  });
+
+  const cases = [
+    ["window", "stream flow-control window exceeded", 3],
+    ["ping", "PING payload over 64 bytes", 1],
+    ["type", "unknown frame type 0x7", 1],
+    ["big", "frame too large", 4],
+    ["open_twice", "stream opened twice", 9],
+  ];
+  for (const [attack, reason, code] of cases) {
+    test(`${attack}: the connection is closed (GOAWAY ${code}), calls fail with the cause`, async () => {
+      const peer = await connect(`ws://127.0.0.1:${hostile.port}`, { keepaliveInterval: null, reconnect: false });
+      const before = hostile.lines.length;
+      await assert.rejects(peer.stream(attack).toArray(), (e) => e instanceof ConnectionClosed && e.message.includes(reason));
+      assert.equal(peer.state, "closed");
+      await until(async () => hostile.lines.length > before);
+      assert.equal(hostile.lines.at(-1), `goaway ${code}`);
+    });
+  }
+});
+
