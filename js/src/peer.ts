@@ -689,6 +689,9 @@ export class Peer implements StreamLink, HandlerLink {
       }
       case F.HELLO:
         throw new ProtocolError("a second HELLO");
+      case F.RESUME:
+      case F.RESUME_OK:
+        throw new ProtocolError("RESUME or RESUME_OK outside a handshake");
       default:
         if (f.type >= F.FIRST_EXTENSION) return; // optional extension frame: skipped
         throw new ProtocolError(`unknown frame type 0x${f.type.toString(16)}`);
