@@ -5,7 +5,8 @@ answers the client's HELLO with its own (default settings), then, on the first R
 misbehaves as the REQUEST's method name says (``window``: 300 KiB of STREAM_DATA on the
 call's result stream, past the 256 KiB window; ``ping``: a 65-byte PING; ``type``: an
 unknown frame type below 0x40; ``big``: a frame over the client's 1 MiB frame limit;
-``open_twice``: a second OPEN on one stream). It prints ``port N`` when listening, and
+``open_twice``: a second OPEN on one stream; ``flood``: 8 streams of 200 KiB that
+nobody claims, within their windows: only the client's memory bound stops them). It prints ``port N`` when listening, and
 ``goaway CODE`` for each GOAWAY the client sends back."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def attack(kind: str, cid: int) -> list[bytes]:
         return [F.encode_frame(data, F.FLAG_OPEN | RAW, cid, b"y" * ((1 << 20) + 1))]
     if kind == "open_twice":
         return [F.encode_frame(data, F.FLAG_OPEN, cid, b"\x01") + F.encode_frame(data, F.FLAG_OPEN, cid, b"\x02")]
+    if kind == "flood":
+        return [F.encode_frame(data, F.FLAG_OPEN | RAW, 2 * i + 2, b"f" * (200 << 10)) for i in range(8)]
     raise ValueError(kind)
 
 

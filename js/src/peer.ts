@@ -81,6 +81,8 @@ export interface ConnectOptions {
   streamBufferSize?: number;
   /** Our HELLO's limits (what we accept); defaults as the Python package's. */
   settings?: Partial<Omit<Settings, "codec" | "resume" | "compression">>;
+  /** Bytes of unread (inflated) and partial items the server may make us hold, all streams together (default 32 MiB); past it the connection is closed (LIMIT_EXCEEDED). */
+  maxConnectionMemory?: number;
   /** Replay buffer bound: past it the session is no longer resumable (default 16 MiB). */
   maxReplayBytes?: number;
   /** A WebSocket constructor (default: the global one). */
@@ -162,6 +164,7 @@ export class Peer implements StreamLink, HandlerLink {
   private slotGrants = 0;
   private growth = 0;
   private flushScheduled = false;
+  private held = 0; // bytes of unread and partial items (maxConnectionMemory)
   private algorithm = 0; // the compression both HELLOs offer (0: none)
   private compressedIn = 0;
   private compressedOut = 0;
@@ -733,6 +736,7 @@ export class Peer implements StreamLink, HandlerLink {
       if (s.partialSize + payload.length > this.settings.maxItemSize) throw new ProtocolError("item larger than max_item_size", "LIMIT_EXCEEDED");
       s.partial.push(payload.slice());
       s.partialSize += payload.length;
+      this.charge(payload.length, "partial items");
       if (flags & F.FLAG_MORE) {
         this.consumed(s, charge, false); // fragments are credited back at once
         return;
@@ -740,8 +744,9 @@ export class Peer implements StreamLink, HandlerLink {
       const whole = F.concat(s.partial);
       const all = flags | s.partialFlags;
       s.partial = null;
-      this.hold(s, whole, (all & F.FLAG_RAW) !== 0, (all & F.FLAG_COMPRESSED) !== 0, charge);
+      this.hold(s, whole, (all & F.FLAG_RAW) !== 0, (all & F.FLAG_COMPRESSED) !== 0, charge); // charged as fragments
     } else {
+      this.charge(payload.length, "unread items");
       this.hold(s, payload.length >= 512 ? payload : payload.slice(), raw, (flags & F.FLAG_COMPRESSED) !== 0, charge);
     }
     s.notify();
@@ -761,6 +766,12 @@ export class Peer implements StreamLink, HandlerLink {
       (out) => {
         item.payload = out;
         item.pending = null;
+        if (!s.items.includes(item)) return; // dropped meanwhile: no longer held
+        try {
+          this.charge(out.length - data.length, "unread items (inflated)");
+        } catch (e) {
+          this.fail(e);
+        }
       },
       (e) => {
         item.pending = null;
@@ -768,6 +779,16 @@ export class Peer implements StreamLink, HandlerLink {
       },
     );
     s.items.push(item);
+  }
+
+  /** `n` more bytes held for the application (unread items, partial items); past
+   * `maxConnectionMemory` the server is pushing more than we accept to hold. */
+  private charge(n: number, what: string): void {
+    this.held += n;
+    const limit = this.opts.maxConnectionMemory ?? 32 << 20;
+    if (this.held > limit) {
+      throw new ProtocolError(`the server made this connection hold ${this.held} bytes (${what}), over maxConnectionMemory (${limit})`, "LIMIT_EXCEEDED");
+    }
   }
 
   /** A frame with OPEN for `id`; returns its record, or null when it is dropped. */
@@ -817,6 +838,7 @@ export class Peer implements StreamLink, HandlerLink {
     }
     if (s.state !== IN_OPEN) throw new ProtocolError("stream ended twice", "STREAM_STATE_ERROR");
     if (s.partial !== null) {
+      this.held -= s.partialSize;
       s.partial = null;
       if (f.type === F.STREAM_END) throw new ProtocolError("stream ended inside an item", "STREAM_STATE_ERROR");
     }
@@ -1083,6 +1105,7 @@ export class Peer implements StreamLink, HandlerLink {
   /** @internal */
   readItem(s: InStream): unknown {
     const it = s.take();
+    this.held -= it.payload.length;
     this.consumed(s, it.charge, true);
     return decodeValue(this.peerCodec, it.payload, it.raw);
   }
@@ -1127,6 +1150,8 @@ export class Peer implements StreamLink, HandlerLink {
   }
 
   private dropHeld(s: InStream): void {
+    for (let i = s.head; i < s.items.length; i++) this.held -= s.items[i].payload.length;
+    if (s.partial !== null) this.held -= s.partialSize;
     s.items = [];
     s.head = 0;
     s.partial = null;
@@ -1455,6 +1480,7 @@ export class Peer implements StreamLink, HandlerLink {
     this.handlers.clear();
     this.freeIn = 0;
     this.growth = 0;
+    this.held = 0;
     this.unclaimed.length = 0;
     this.wakeAll();
   }

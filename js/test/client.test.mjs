@@ -400,10 +400,11 @@ describe("a hostile server", { timeout: 30000 }, () => {
     ["type", "unknown frame type 0x7", 1],
     ["big", "frame too large", 4],
     ["open_twice", "stream opened twice", 9],
+    ["flood", "over maxConnectionMemory (1048576)", 5],
   ];
   for (const [attack, reason, code] of cases) {
     test(`${attack}: the connection is closed (GOAWAY ${code}), calls fail with the cause`, async () => {
-      const peer = await connect(`ws://127.0.0.1:${hostile.port}`, { keepaliveInterval: null, reconnect: false });
+      const peer = await connect(`ws://127.0.0.1:${hostile.port}`, { keepaliveInterval: null, reconnect: false, maxConnectionMemory: 1 << 20 });
       const before = hostile.lines.length;
       await assert.rejects(peer.stream(attack).toArray(), (e) => e instanceof ConnectionClosed && e.message.includes(reason));
       assert.equal(peer.state, "closed");
