@@ -127,7 +127,21 @@ async def python_items_per_second(port: int, n: int) -> dict[str, Any]:
         async for _ in peer.stream("produce", n):
             got += 1
         seconds = time.perf_counter() - t0
-    return {"items": got, "seconds": seconds, "itemsPerSecond": round(got / seconds)}
+
+        async def numbers() -> Any:
+            for i in range(n):
+                yield i
+
+        t1 = time.perf_counter()
+        sid = await peer.send_stream(numbers())
+        _, sent = await peer.call("total", sid)
+        up = time.perf_counter() - t1
+    return {
+        "items": got,
+        "seconds": seconds,
+        "itemsPerSecond": round(got / seconds),
+        "uploadItemsPerSecond": round(sent / up),
+    }
 
 
 async def cdp_screenshot(url: str, path: pathlib.Path, wait: float) -> None:
@@ -228,8 +242,12 @@ def main() -> None:
     mib = 1 << 20
     s = results["slow_chromium"]
     print(f"items/s, one stream of {a.items:,} small items from the Python server (same server, same run):")
-    print(f"  Python client   {results['python']['itemsPerSecond']:>10,}")
-    print(f"  Node (TS)       {results['node']['itemsPerSecond']:>10,}")
+    print(
+        f"  Python client   {results['python']['itemsPerSecond']:>10,}   upload {results['python']['uploadItemsPerSecond']:>10,}"
+    )
+    print(
+        f"  Node (TS)       {results['node']['itemsPerSecond']:>10,}   upload {results['node']['uploadItemsPerSecond']:>10,}"
+    )
     print(f"  Chromium (TS)   {results['chromium']['itemsPerSecond']:>10,}")
     print(
         f"slow Chromium consumer, {s['items']:,} items of ~{a.slow_size + 12} B ({s['stream_bytes_approx'] / mib:.0f} MiB) "
