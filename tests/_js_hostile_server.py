@@ -1,0 +1,67 @@
+"""A hostile "server" for the JavaScript client's defences: ``python tests/_js_hostile_server.py``.
+
+Speaks just enough of the protocol (a real WebSocket server, websockets' asyncio API):
+answers the client's HELLO with its own (default settings), then, on the first REQUEST,
+misbehaves as the REQUEST's method name says (``window``: 300 KiB of STREAM_DATA on the
+call's result stream, past the 256 KiB window; ``ping``: a 65-byte PING; ``type``: an
+unknown frame type below 0x40; ``big``: a frame over the client's 1 MiB frame limit;
+``open_twice``: a second OPEN on one stream; ``flood``: 8 streams of 200 KiB that
+nobody claims, within their windows: only the client's memory bound stops them). It prints ``port N`` when listening, and
+``goaway CODE`` for each GOAWAY the client sends back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from fastrpc import frames as F
+from fastrpc.calls import FLAG_RAW as RAW
+from fastrpc.settings import Settings
+
+
+def attack(kind: str, cid: int) -> list[bytes]:
+    data = F.STREAM_DATA
+    if kind == "window":
+        chunk = b"x" * (60 << 10)
+        first = F.encode_frame(data, F.FLAG_OPEN | RAW, cid, chunk)
+        return [first + b"".join(F.encode_frame(data, RAW, cid, chunk) for _ in range(4))]
+    if kind == "ping":
+        return [F.encode_frame(F.PING, 0, 0, b"p" * 65)]
+    if kind == "type":
+        return [F.encode_frame(0x07, 0, 0, b"")]
+    if kind == "big":
+        return [F.encode_frame(data, F.FLAG_OPEN | RAW, cid, b"y" * ((1 << 20) + 1))]
+    if kind == "open_twice":
+        return [F.encode_frame(data, F.FLAG_OPEN, cid, b"\x01") + F.encode_frame(data, F.FLAG_OPEN, cid, b"\x02")]
+    if kind == "flood":
+        return [F.encode_frame(data, F.FLAG_OPEN | RAW, 2 * i + 2, b"f" * (200 << 10)) for i in range(8)]
+    raise ValueError(kind)
+
+
+async def handler(ws: ServerConnection) -> None:
+    hello_sent = False
+    async for msg in ws:
+        assert isinstance(msg, bytes)
+        for f in F.decode_message(msg, 1 << 30):
+            if f.type == F.HELLO and not hello_sent:
+                hello_sent = True
+                await ws.send(F.encode_frame(F.HELLO, 0, 0, Settings().to_wire()))
+            elif f.type == F.REQUEST:
+                payload = bytes(f.payload)
+                n, pos = F.decode_varint(payload, 0)
+                for m in attack(payload[pos : pos + n].decode(), f.id):
+                    await ws.send(m)
+            elif f.type == F.GOAWAY:
+                code, _ = F.decode_varint(bytes(f.payload), 0)
+                print(f"goaway {code}", flush=True)
+
+
+async def main() -> None:
+    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
