@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import http
 import inspect
-import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
 from . import options as O
-from .exceptions import ConnectionClosed, ResumeFailed
+from .auth import Authenticate, HandshakeRequest, refusal, run_authenticate
+from .exceptions import AuthError, ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer
+from .log import server_logger as logger
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role
@@ -21,8 +24,6 @@ from .transport import Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("fastrpc.server")
-
 Handler = Callable[[RpcPeer], Awaitable[Any]]
 Target = Union[Router, Handler]
 
@@ -30,8 +31,8 @@ Target = Union[Router, Handler]
 class Server:
     """A running fastrpc server: ``async with fastrpc.serve(...) as server``.
 
-    ``server.port`` is the bound port (useful with ``port=0``); ``server.peers`` the
-    open connections.
+    ``server.port`` is the bound port (useful with ``port=0``); ``server.url`` the URL
+    to connect to (``wss://`` under TLS); ``server.peers`` the open connections.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class Server:
         options: PeerOptions,
         ws_kwargs: dict[str, Any],
         session_store: SessionStore[RpcPeer] | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         if isinstance(target, Router):
             self.router: Router | None = target
@@ -56,6 +58,9 @@ class Server:
         self.options = options
         self.peers: set[RpcPeer] = set()
         self._ws_kwargs = ws_kwargs
+        self.authenticate = authenticate
+        # The identity authenticate() gave each WebSocket connection, until its peer is made.
+        self._identities: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._server: WebSocketServer | None = None
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
@@ -75,18 +80,57 @@ class Server:
         return list(self._grace)
 
     @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS (it was given ``ssl=``)."""
+        return self._ws_kwargs.get("ssl") is not None
+
+    @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        """``ws://host:port`` (``wss://`` under TLS; an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}"
 
     async def start(self) -> Server:
+        ws_kwargs = dict(self._ws_kwargs)
+        if self.authenticate is not None:
+            ws_kwargs["process_request"] = self._process_request(ws_kwargs.get("process_request"))
         self._server = await start_server(
             self._connection,
             self.host,
             self._port,
             **self.options.websocket_kwargs(),
-            **self._ws_kwargs,
+            **ws_kwargs,
         )
         return self
+
+    def _process_request(self, before: Callable[..., Any] | None) -> Callable[..., Awaitable[Any]]:
+        """The WebSocket library's ``process_request`` hook that runs ``authenticate``
+        (after the user's own ``process_request``, if any): an HTTP 401/403 answer
+        refuses the connection before the upgrade."""
+        hook = self.authenticate
+        assert hook is not None
+
+        async def process_request(connection: Any, request: Any) -> Any:
+            if before is not None:
+                answer = before(connection, request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if answer is not None:
+                    return answer
+            address = connection.remote_address
+            req = HandshakeRequest.from_target(request.path, request.headers, address)
+            try:
+                self._identities[connection] = await run_authenticate(hook, req)
+            except AuthError as e:
+                logger.debug("connection from %s to %s refused: HTTP %d %s", address, req.path, e.status, e.reason)
+                status, body = refusal(e)
+                return connection.respond(http.HTTPStatus(status), body)
+            except Exception:
+                logger.exception("authenticate hook failed for a connection from %s", address)
+                return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
+            return None
+
+        return process_request
 
     async def _connection(self, transport: Transport) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the
@@ -106,6 +150,7 @@ class Server:
             await self._resume(transport, first, session)
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
+        peer.identity = self._identities.pop(transport.ws, None)
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
             token = self._tombstone(first)
@@ -123,6 +168,7 @@ class Server:
         self.peers.add(peer)
         peer.on_closed(self._forget)
         self._register(peer)
+        logger.info("connection from %s opened (%s)", peer.remote_address, transport.request_path)
         try:
             if self.handler is not None:
                 try:
@@ -167,6 +213,7 @@ class Server:
             self._tokens[peer] = now
 
     def _forget(self, peer: RpcPeer) -> None:
+        logger.info("connection from %s closed: %s", peer.remote_address, peer.close_exception)
         self.peers.discard(peer)
         for token in self._tokens.pop(peer, ()):
             self.sessions.discard(token, peer)
@@ -317,6 +364,7 @@ def serve(
     port: int = 0,
     *,
     session_store: SessionStore[RpcPeer] | None = None,
+    authenticate: Authenticate | None = None,
     **options: Any,
 ) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
@@ -328,8 +376,19 @@ def serve(
     ``streams`` (a :class:`StreamManager` used as a template), ``compression``,
     ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``, ``resume``
     (keep sessions for clients that reconnect, ``session_grace`` seconds; in
-    ``session_store``, in memory by default); others go to
+    ``session_store``, in memory by default), ``enc_hook``/``dec_hook`` (custom
+    payload types, :mod:`fastrpc.codec`); others go to
     ``websockets.asyncio.server.serve``.
+
+    TLS: ``ssl=`` an :class:`ssl.SSLContext` with the server's certificate
+    (``ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH);
+    ctx.load_cert_chain(cert, key)``); ``server.url`` then says ``wss://``.
+
+    ``authenticate(request) -> identity``: runs at the WebSocket handshake, before the
+    upgrade, with a :class:`fastrpc.HandshakeRequest` (path, query, headers); it
+    accepts with an identity (``peer.identity`` in handlers) or refuses with HTTP
+    401/403 (raise :class:`fastrpc.Unauthorized` / :class:`fastrpc.Forbidden`;
+    returning None is 401). See :mod:`fastrpc.auth`.
     """
     opts, ws_kwargs = PeerOptions.split(options)
-    return Server(target, host, port, opts, ws_kwargs, session_store)
+    return Server(target, host, port, opts, ws_kwargs, session_store, authenticate)
