@@ -223,7 +223,7 @@ class PeerAPI:
             await self._call_slot()
             core = self._core  # a new session's, after a reset
         self._check_open()
-        cid = core.send_request(method, payload, raw=raw, timeout=timeout)
+        cid = core.send_request(method, payload, raw=raw, timeout=timeout, kwargs=kwargs)
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._calls[cid] = fut
         self._kick()

@@ -161,7 +161,7 @@ class connect:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if isinstance(status, int):
             body = getattr(getattr(e, "response", None), "body", b"") or b""
-            reason = body.decode("utf-8", "replace").strip() if isinstance(body, bytes) else ""
+            reason = bytes(body).decode("utf-8", "replace").strip() if isinstance(body, (bytes, bytearray)) else ""
             if status == 401:
                 return Unauthorized(reason or f"{url} wants credentials (additional_headers=...)")
             if status == 403:
@@ -177,8 +177,11 @@ class connect:
                 f"{url} sent no fastrpc handshake within {limit} s (handshake_timeout): "
                 "the server is silent or does not speak fastrpc"
             )
-        if isinstance(e, ConnectionClosed) and peer is not None and "protocol error" in str(e):
-            return NotFastRPC(f"{url} does not speak fastrpc: {e.reason}", e.code)
+        if isinstance(e, ConnectionClosed) and peer is not None and e.reason.startswith("protocol error: "):
+            detail = e.reason[len("protocol error: ") :]
+            if "does not speak fastrpc" in detail:
+                return NotFastRPC(f"{url}: {detail}", e.code)
+            return NotFastRPC(f"{url} does not speak fastrpc: {detail}", e.code)
         return e
 
     def _lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:

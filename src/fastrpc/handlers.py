@@ -166,7 +166,7 @@ class Handlers:
             if found is None:
                 fallback = self._fallback()
                 if fallback is None:
-                    self._reply_error(cid, "MethodNotFound", f"no method {method!r}", ev.stream)
+                    self._refuse(ev, "MethodNotFound", f"no method {method!r}")
                     return
                 if method == "":
                     data = self.link.decoder.decode(ev.payload, ev.raw)
@@ -182,13 +182,13 @@ class Handlers:
                     args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, ev.channel)
         except PermissionDenied as exc:
             self.logger.warning("call to %r from %s refused by authorize", method, self.address())
-            self._reply_error(cid, "PermissionDenied", exc.message, ev.stream)
+            self._refuse(ev, "PermissionDenied", exc.message)
             return
         except InvalidArguments as exc:
-            self._reply_error(cid, "InvalidArguments", exc.message, ev.stream)
+            self._refuse(ev, "InvalidArguments", exc.message)
             return
         except Exception as exc:
-            self._reply_error(cid, "InvalidArguments", f"{method}(): {exc}", ev.stream)
+            self._refuse(ev, "InvalidArguments", f"{method}(): {exc}")
             return
         if ev.stream or ev.channel:
             task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
@@ -220,6 +220,13 @@ class Handlers:
             task = self.link.loop.create_task(self._run_call(cid, method, lambda: fn(*args), ev.deadline, fn, args))
         self.tasks[cid] = task
         task.add_done_callback(functools.partial(self._call_task_done, cid, ev.stream or ev.channel))
+
+    def _refuse(self, ev: E.RequestReceived, type_name: str, message: str) -> None:
+        """Answer a call that will not run with an error (a channel's input, should it
+        come, is refused too)."""
+        if ev.channel and not self.link.closed:
+            self.link.core.close_stream(ev.call_id)
+        self._reply_error(ev.call_id, type_name, message, ev.stream)
 
     def _call_task_done(self, cid: int, stream: bool, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(cid, None)
