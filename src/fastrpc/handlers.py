@@ -49,7 +49,7 @@ class Handlers:
 
     def on_notify(self, ev: E.NotificationReceived) -> None:
         method = ev.method
-        found = self.lookup(method)
+        found, spec = self.find(method)
         kwargs: dict[str, Any] | None = None
         try:
             if found is None:
@@ -62,7 +62,6 @@ class Handlers:
                 args: tuple[Any, ...] = ({"method": method, "params": list(self._args(ev.payload, ev.raw))},)
             else:
                 fn, kind = found
-                spec = self.spec(method)
                 if spec is None and not ev.kwargs:
                     args = self._args(ev.payload, ev.raw)
                 else:
@@ -103,12 +102,17 @@ class Handlers:
         found = self.own.methods.get(method) or self.router.methods.get(method)
         return found
 
-    def spec(self, method: str) -> MethodSpec | None:
-        """The :class:`MethodSpec` of ``method`` from the router that has it."""
+    def find(self, method: str) -> tuple[tuple[Callable[..., Any], int] | None, MethodSpec | None]:
+        """``(handler and kind, spec)`` of ``method`` (this connection's first); the
+        spec is None for a plain method (untyped, no authorize hook)."""
         own = self.own
-        if method in own.methods:
-            return own.spec(method)
-        return self.router.spec(method)
+        found = own.methods.get(method)
+        specs = own.specs
+        if found is None:
+            router = self.router
+            found = router.methods.get(method)
+            specs = router.specs
+        return found, (specs.get(method) if specs else None)
 
     @property
     def logger(self) -> Any:
@@ -162,7 +166,7 @@ class Handlers:
         method = ev.method
         kwargs: dict[str, Any] | None = None
         try:
-            found = self.lookup(method)
+            found, spec = self.find(method)
             if found is None:
                 fallback = self._fallback()
                 if fallback is None:
@@ -175,7 +179,6 @@ class Handlers:
                 fn, kind, args = fallback, handler_kind(fallback), (data,)
             else:
                 fn, kind = found
-                spec = self.spec(method)
                 if spec is None and not ev.kwargs:
                     args = self._args(ev.payload, ev.raw)
                 else:
