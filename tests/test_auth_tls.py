@@ -3,6 +3,8 @@ made in the test (openssl), real servers and clients on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import ssl
 import subprocess
@@ -10,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _util import QUIET, run
+from _util import NO_PROXY, QUIET, run
+from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
 
@@ -168,5 +171,29 @@ def test_per_method_authorization_refuses_with_permission_denied() -> None:
             async with fastrpc.connect(server.url, **alice, **QUIET) as peer:
                 assert await peer.call("admin_only") == "secret"
                 assert [x async for x in peer.stream("admin_stream")] == ["secret"]
+
+    run(main())
+
+
+def test_authorize_holds_for_json_mode_clients_too() -> None:
+    async def main() -> None:
+        r = whoami_router()
+
+        @r.method(authorize=only_alice)
+        def admin_only() -> str:
+            return "secret"
+
+        async with fastrpc.serve(r, authenticate=authenticate, **QUIET) as server:
+            for token, expected in (("other", "PermissionError: not allowed to call 'admin_only'"), ("t0ken", None)):
+                headers = {"Authorization": token}
+                async with ws_connect(server.url, additional_headers=headers, **NO_PROXY) as ws:
+                    request = {"category": "request", "requestId": "r1", "data": {"method": "admin_only", "params": []}}
+                    await ws.send(json.dumps(request))
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    assert reply["requestId"] == "r1"
+                    if expected is None:
+                        assert reply.get("data") == "secret", reply
+                    else:
+                        assert reply.get("error") == expected, reply
 
     run(main())

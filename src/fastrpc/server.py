@@ -322,6 +322,7 @@ class Server:
             max_held_bytes=o.max_connection_memory // 2,
             max_pending_bytes=o.max_connection_memory // 2,
         )
+        peer.identity = self._identities.pop(transport.ws, None)
         runner = asyncio.get_running_loop().create_task(peer._run(first))
         try:
             if self.handler is not None:
