@@ -132,7 +132,7 @@ class CallTable:
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
-        self.check_size(f"call to {method!r}", len(head) + len(payload))
+        self.check_size("call to", method, len(head) + len(payload))
         self.control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
         self.out[call_id] = PENDING
         if stream:
@@ -141,14 +141,14 @@ class CallTable:
     def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
         m = method.encode("utf-8")
         head = F.encode_varint(len(m)) + m
-        self.check_size(f"notification {method!r}", len(head) + len(payload))
+        self.check_size("notification", method, len(head) + len(payload))
         self.control.add(F.NOTIFY, (FLAG_RAW if raw else 0) | (FLAG_KWARGS if kwargs else 0), 0, head + payload)
 
-    def check_size(self, what: str, n: int) -> None:
+    def check_size(self, what: str, method: str, n: int) -> None:
         limit = self.frame_limit
         if limit and n > limit:
             raise PayloadTooLarge(
-                f"{what}: arguments of {n} bytes exceed the peer's frame limit of {limit} bytes "
+                f"{what} {method!r}: arguments of {n} bytes exceed the peer's frame limit of {limit} bytes "
                 "(its max_frame_size, at most half its max_message_size); send large data as a stream "
                 "(peer.channel, peer.send_stream: items of any size are fragmented), or raise "
                 "max_frame_size and max_message_size on both sides"
