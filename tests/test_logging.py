@@ -10,7 +10,9 @@ import logging
 from typing import Any
 
 import pytest
-from _util import QUIET, pair, raw_client, run, until
+from _util import NO_PROXY, QUIET, pair, raw_client, run, until
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 import fastrpc
 from fastrpc import frames as F
@@ -177,5 +179,27 @@ def test_notification_handler_failure_does_not_log_asyncio_noise(caplog: pytest.
             await peer.ping()
         (rec,) = records(caplog, "fastrpc.server", logging.ERROR)
         assert "notification handler for 'note'" in rec.getMessage()
+
+    run(main())
+
+
+def test_a_silent_client_is_a_warning_naming_handshake_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), handshake_timeout=0.2, **QUIET) as server:
+            async with ws_connect(server.url, **NO_PROXY) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+        (rec,) = records(caplog, "fastrpc.protocol", logging.WARNING)
+        assert "no handshake within 0.2 s (handshake_timeout)" in rec.getMessage()
+
+    run(main())
+
+
+def test_server_url_brackets_an_ipv6_host() -> None:
+    async def main() -> None:
+        async with fastrpc.serve(failing_router(), "::1", **QUIET) as server:
+            assert server.url.startswith("ws://[::1]:")
+            async with fastrpc.connect(server.url, **QUIET) as peer:
+                assert await peer.call("ok", 2) == 2
 
     run(main())
