@@ -90,6 +90,10 @@ def typed_router() -> fastrpc.Router:
         yield scale * sum([x async for x in items])
 
     @r.method
+    def varargs(*values: int, **named: float) -> list[Any]:
+        return [[type(v).__name__ for v in values], {k: type(v).__name__ for k, v in named.items()}]
+
+    @r.method
     def pay(m: Money) -> Money:
         assert type(m) is Money
         return Money(m.amount * 2, m.currency)
@@ -151,6 +155,9 @@ def test_annotations_decode_structs_dataclasses_and_refuse_bad_input() -> None:
                 async for _ in peer.channel("total", _items(), "x"):
                     pass
             assert [x async for x in peer.channel("total", _items(), 2)] == [12]
+            assert await peer.call("varargs", 1, 2, x=1) == [["int", "int"], {"x": "float"}]
+            with pytest.raises(fastrpc.InvalidArguments, match=r"varargs\(\): argument 'values'"):
+                await peer.call("varargs", 1, "two")
 
     run(main())
 

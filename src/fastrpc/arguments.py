@@ -126,7 +126,15 @@ def _is_stream_type(t: Any) -> bool:
 
 def _build(fn: Callable[..., Any], sig: inspect.Signature, params: list[inspect.Parameter]) -> ArgumentSpec | None:
     sig = sig.replace(parameters=params)
-    hints = {p.name: p.annotation for p in params if p.annotation is not _P.empty and p.annotation is not Any}
+    hints: dict[str, Any] = {}
+    for p in params:
+        t = p.annotation
+        if t is _P.empty or t is Any:
+            continue
+        # ``*args: int`` binds a tuple of ints, ``**kw: int`` a dict of them.
+        hints[p.name] = (
+            tuple[t, ...] if p.kind is _P.VAR_POSITIONAL else dict[str, t] if p.kind is _P.VAR_KEYWORD else t
+        )
     if not hints:
         return None
     struct = None
