@@ -132,9 +132,11 @@ def _build(fn: Callable[..., Any], sig: inspect.Signature, params: list[inspect.
         if t is _P.empty or t is Any:
             continue
         # ``*args: int`` binds a tuple of ints, ``**kw: int`` a dict of them.
-        hints[p.name] = (
-            tuple[t, ...] if p.kind is _P.VAR_POSITIONAL else dict[str, t] if p.kind is _P.VAR_KEYWORD else t
-        )
+        if p.kind is _P.VAR_POSITIONAL:
+            t = tuple.__class_getitem__((t, ...))
+        elif p.kind is _P.VAR_KEYWORD:
+            t = dict.__class_getitem__((str, t))
+        hints[p.name] = t
     if not hints:
         return None
     struct = None
