@@ -197,3 +197,24 @@ def test_authorize_holds_for_json_mode_clients_too() -> None:
                         assert reply.get("error") == expected, reply
 
     run(main())
+
+
+def test_authorize_must_answer_at_once() -> None:
+    async def slow_check(peer: fastrpc.RpcPeer, method: str) -> bool:
+        return True
+
+    with pytest.raises(fastrpc.UsageError, match="authorize must be a plain function"):
+        fastrpc.Router(authorize=slow_check)  # type: ignore[arg-type]
+    with pytest.raises(fastrpc.UsageError, match="authorize must be a plain function"):
+        fastrpc.Router().add("m", lambda: 1, authorize=slow_check)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        # A hook that returns an awaitable anyway fails closed.
+        r = fastrpc.Router()
+        r.add("m", lambda: 1, authorize=lambda peer, method: slow_check(peer, method))
+        async with fastrpc.serve(r, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as peer:
+                with pytest.raises(fastrpc.PermissionDenied):
+                    await peer.call("m")
+
+    run(main())

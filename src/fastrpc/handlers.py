@@ -131,6 +131,10 @@ class Handlers:
             check = spec.authorize
             if check is not None:
                 allowed = check(self.link.host, method)
+                if inspect.isawaitable(allowed):  # fail closed: authorize must answer at once
+                    if inspect.iscoroutine(allowed):
+                        allowed.close()
+                    allowed = False
                 if not allowed:
                     raise PermissionDenied("PermissionDenied", f"not allowed to call {method!r}")
             args_spec = spec.args

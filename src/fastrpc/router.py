@@ -43,6 +43,17 @@ def handler_kind(fn: Callable[..., Any]) -> int:
     return SYNC
 
 
+def _check_authorize(authorize: Authorize | None) -> None:
+    if authorize is not None and (
+        inspect.iscoroutinefunction(authorize) or inspect.iscoroutinefunction(getattr(authorize, "__call__", None))  # noqa: B004
+    ):
+        raise UsageError(
+            "authorize must be a plain function returning a bool (it runs before each call, inline); "
+            "do slow checks once per connection in the server's authenticate hook and keep the result "
+            "in peer.identity"
+        )
+
+
 class MethodSpec:
     """What a call to one method needs besides its function: how to decode its
     arguments (``args``: None for untyped) and who may call it (``authorize``)."""
@@ -87,6 +98,7 @@ class Router:
     """
 
     def __init__(self, *, authorize: Authorize | None = None) -> None:
+        _check_authorize(authorize)
         self.methods: dict[str, tuple[Callable[..., Any], int]] = {}
         # Only the methods that need more than a plain call (typed arguments, an
         # authorize hook): an empty dict keeps the others' path to one look-up.
@@ -123,6 +135,7 @@ class Router:
                 f"handler {name!r} is a generator function (def ... yield): a streaming method must be an "
                 f"async generator (async def {name}(...): ... yield item), called with peer.stream({name!r}, ...)"
             )
+        _check_authorize(authorize)
         self.methods[name] = (fn, handler_kind(fn))
         args = signature_of(fn)
         check = authorize or self.authorize
