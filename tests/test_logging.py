@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 import fastrpc
+import fastrpc.log
 from fastrpc import frames as F
 
 
@@ -45,6 +46,13 @@ def failing_router() -> fastrpc.Router:
         return x
 
     return r
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with a fresh rate limit for peer-caused warnings (other test
+    modules may have used up this second's)."""
+    monkeypatch.setattr(fastrpc.log, "_windows", {})
 
 
 def records(caplog: pytest.LogCaptureFixture, name: str, level: int | None = None) -> list[logging.LogRecord]:
@@ -201,5 +209,17 @@ def test_server_url_brackets_an_ipv6_host() -> None:
             assert server.url.startswith("ws://[::1]:")
             async with fastrpc.connect(server.url, **QUIET) as peer:
                 assert await peer.call("ok", 2) == 2
+
+    run(main())
+
+
+def test_peer_caused_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with pair(failing_router()) as (_, peer):
+            for i in range(50):
+                peer.notify(f"nobody_{i}")
+            await peer.ping()
+        warnings = records(caplog, "fastrpc.server", logging.WARNING)
+        assert 1 <= len(warnings) <= fastrpc.log.WARNINGS_PER_SECOND + 1, len(warnings)
 
     run(main())

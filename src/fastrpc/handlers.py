@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from . import events as E
 from .arguments import bad_arguments, split_kwargs
 from .exceptions import InvalidArguments, LimitExceeded, PermissionDenied
-from .log import side_logger
+from .log import side_logger, warn_limited
 from .protocol import Role
 from .router import ASYNC_GEN, SYNC, MethodSpec, Router, handler_kind
 from .streams import ReceiveStream, StreamLink, StreamManager
@@ -56,7 +56,9 @@ class Handlers:
                 fallback = self._fallback()
                 if fallback is None:
                     # Nobody to tell the sender: notifications have no reply.
-                    self.logger.warning("notification to unknown method %r from %s dropped", method, self.address())
+                    warn_limited(
+                        self.logger, "notification to unknown method %r from %s dropped", method, self.address()
+                    )
                     return
                 fn, kind = fallback, handler_kind(fallback)
                 args: tuple[Any, ...] = ({"method": method, "params": list(self._args(ev.payload, ev.raw))},)
@@ -188,7 +190,7 @@ class Handlers:
                 else:
                     args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, ev.channel)
         except PermissionDenied as exc:
-            self.logger.warning("call to %r from %s refused by authorize", method, self.address())
+            warn_limited(self.logger, "call to %r from %s refused by authorize", method, self.address())
             self._refuse(ev, "PermissionDenied", exc.message)
             return
         except InvalidArguments as exc:

@@ -23,7 +23,7 @@ from .codec import PayloadCodec, get_codec
 from .exceptions import ConnectionClosed, ErrorCode, LimitExceeded, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
-from .log import protocol_logger
+from .log import protocol_logger, warn_limited
 from .options import PeerOptions
 from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
@@ -414,7 +414,7 @@ class RpcPeer(PeerAPI):
             return
         except ProtocolError as e:
             exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
-            protocol_logger.warning("closing the connection with %s: %s", self.remote_address, e.reason)
+            warn_limited(protocol_logger, "closing the connection with %s: %s", self.remote_address, e.reason)
             # A peer closed for not reading gets time to drain what waits for it, so
             # that it can see why (its close frame comes last).
             await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)

@@ -13,7 +13,7 @@ from . import options as O
 from .auth import Authenticate, HandshakeRequest, refusal, run_authenticate
 from .exceptions import AuthError, ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer
-from .log import protocol_logger
+from .log import protocol_logger, warn_limited
 from .log import server_logger as logger
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
@@ -139,7 +139,8 @@ class Server:
         try:
             first = await transport.recv(self.options.handshake_timeout)
         except asyncio.TimeoutError:
-            protocol_logger.warning(
+            warn_limited(
+                protocol_logger,
                 "closing the connection with %s: no handshake within %s s (handshake_timeout)",
                 transport.remote_address,
                 self.options.handshake_timeout,
