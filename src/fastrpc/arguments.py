@@ -74,7 +74,7 @@ class ArgumentSpec:
         self.channel: ArgumentSpec | None = None
 
     def decode(
-        self, method: str, codec: PayloadCodec, payload: Payload, kwargs: bool
+        self, method: str, codec: PayloadCodec, payload: Payload, kwargs: int
     ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
         """``(args, kwargs)`` for the handler, converted to its annotations
         (:class:`InvalidArguments` when they do not fit)."""

@@ -132,7 +132,10 @@ class CallTable:
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
-        self.check_size("call to", method, len(head) + len(payload))
+        n = len(head) + len(payload)
+        limit = self.frame_limit
+        if limit and n > limit:  # inline: every call's path
+            self.check_size("call to", method, n)
         self.control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
         self.out[call_id] = PENDING
         if stream:
@@ -217,7 +220,7 @@ class CallTable:
             bool(flags & F.FLAG_STREAM),
             bool(flags & F.FLAG_CHANNEL),
             deadline,
-            bool(flags & FLAG_KWARGS),
+            flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
         )
 
     def on_notify(self, f: F.Frame) -> NotificationReceived:

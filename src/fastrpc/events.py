@@ -60,7 +60,7 @@ class RequestReceived(Event):
     ``stream``: the caller expects a stream of results on the call's id.
     ``channel``: the caller sends an input stream on the call's id.
     ``deadline``: seconds the caller will wait, or None.
-    ``kwargs``: the arguments end with the map of keyword arguments.
+    ``kwargs``: nonzero when the arguments end with the map of keyword arguments.
     """
 
     __slots__ = ("call_id", "channel", "deadline", "kwargs", "method", "payload", "raw", "stream")
@@ -74,7 +74,7 @@ class RequestReceived(Event):
         stream: bool = False,
         channel: bool = False,
         deadline: float | None = None,
-        kwargs: bool = False,
+        kwargs: int = 0,
     ) -> None:
         self.call_id = call_id
         self.method = method

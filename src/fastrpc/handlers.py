@@ -125,7 +125,7 @@ class Handlers:
         return getattr(self.link.host, "remote_address", None)
 
     def _prepare(
-        self, method: str, spec: MethodSpec | None, payload: Any, raw: bool, kwargs: bool, channel: bool
+        self, method: str, spec: MethodSpec | None, payload: Any, raw: bool, kwargs: int, channel: bool
     ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
         """Arguments of a call to a method with a spec or keyword arguments: checked
         by its ``authorize`` hook, converted to its annotations."""
@@ -172,7 +172,15 @@ class Handlers:
         method = ev.method
         kwargs: dict[str, Any] | None = None
         try:
-            found, spec = self.find(method)
+            # find(), inline: this is every call's path.
+            own = self.own
+            found = own.methods.get(method)
+            specs = own.specs
+            if found is None:
+                router = self.router
+                found = router.methods.get(method)
+                specs = router.specs
+            spec = specs.get(method) if specs else None
             if found is None:
                 fallback = self._fallback()
                 if fallback is None:
