@@ -15,8 +15,13 @@ Run: python examples/02_coordinated_stream_ids.py
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import fastrpc
+
+# A handler below fails on purpose; fastrpc logs each handler failure at ERROR with its
+# traceback (logger "fastrpc.server", docs/security.md): kept quiet in this example.
+logging.getLogger("fastrpc.server").setLevel(logging.CRITICAL)
 
 DELAY = 0.01
 

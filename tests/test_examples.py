@@ -65,7 +65,7 @@ EXPECTED: dict[str, list[str]] = {
         r"client: stream \d+ received \[1, 2\], then RemoteStreamError type_name='RuntimeError' "
         r"message='Something went wrong'",
         r"client: failing_stream\(\) received \[1, 2\], then RemoteStreamError: RuntimeError: Something went wrong",
-        r"client: divide\(1, 0\) -> RemoteError: ZeroDivisionError: division by zero",
+        r"client: divide\(1, 0\) -> RemoteError: ZeroDivisionError: float division by zero",
         r"client: after \d+ items the stream failed with ConnectionClosed\(Connection closed(: going away)?\)",
         r"server: endless\(\) closed after \d+ items \(connection gone\)",
         r"^done$",

@@ -530,17 +530,27 @@ def test_large_items_are_fragmented_and_arrive_intact() -> None:
     run(main(), timeout=30)
 
 
-def test_item_larger_than_max_item_size_fails_the_connection() -> None:
+def test_item_larger_than_max_item_size_fails_only_that_stream() -> None:
+    # The sender refuses an item the receiver would not take (issue 12): the
+    # PayloadTooLarge is raised in the sending generator, that stream fails, and the
+    # connection stays up.
+    seen: list[BaseException] = []
+
     async def main() -> None:
         async with pair(stream_router(), server_opts={"max_item_size": 1 << 20}) as (_, peer):
-            with pytest.raises(fastrpc.ConnectionClosed):
+            with pytest.raises(fastrpc.RemoteStreamError, match="max_item_size of 1048576 bytes"):
                 async for _ in peer.channel("sum_sizes", agen_bytes(2 << 20)):
                     pass
-            await asyncio.wait_for(peer.wait_closed(), 5)
-            assert peer.close_exception is not None and peer.close_exception.code == 1008
+            assert [type(e) for e in seen] == [fastrpc.PayloadTooLarge]
+            assert [x async for x in peer.stream("big", 2, 10)] == [b"\x00" * 10, b"\x01" * 10]
+            assert not peer.closed
 
     async def agen_bytes(size: int) -> AsyncIterator[bytes]:
-        yield b"z" * size
+        try:
+            yield b"z" * size
+        except fastrpc.PayloadTooLarge as e:
+            seen.append(e)
+            raise
 
     run(main())
 

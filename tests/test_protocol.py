@@ -34,6 +34,7 @@ from fastrpc.events import (
 from fastrpc.exceptions import (
     ErrorCode,
     LimitExceeded,
+    PayloadTooLarge,
     ProtocolError,
     RemoteError,
     RemoteStreamError,
@@ -188,7 +189,8 @@ def test_hello_exchange_and_settings_round_trip() -> None:
     assert not c.ready and c.awaiting_hello and c.has_output() is False
     first = c.next_message()
     # The handshake is one HELLO frame on id 0: version, then (key, value) pairs.
-    assert frames_of(first) == [(F.HELLO, 0, 0, cs.to_wire())]
+    # A client's HELLO ends with key 11 = 1 ("sent by a client": an echo is recognised).
+    assert frames_of(first) == [(F.HELLO, 0, 0, cs.to_wire() + b"\x0b\x01")]
     version, values = F.decode_settings(cs.to_wire())
     assert version == F.PROTOCOL_VERSION == 1
     assert values == {1: 2048, 2: 8192, 3: 4096, 4: 7, 5: 9, 6: 12345, 7: 1, 8: 1, 9: 1, 10: 65536}
@@ -520,7 +522,12 @@ def test_response_too_large_for_the_callers_frame_limit() -> None:
     assert len(events) == 2
     failed, ok = events
     assert isinstance(failed, CallFailed) and failed.call_id == big
-    assert_remote(failed.error, "ResponseTooLarge", "response of 1025 bytes exceeds 1024")
+    assert_remote(
+        failed.error,
+        "ResponseTooLarge",
+        "response of 1025 bytes exceeds the caller's frame limit of 1024 bytes (its max_frame_size): "
+        "return large results as a stream (an async generator method, called with peer.stream)",
+    )
     assert ok == ResponseReceived(fits, b"y" * 1024)
     assert s.running_calls == 0 and c.pending_calls == 0
 
@@ -972,15 +979,16 @@ def test_item_larger_than_max_item_size_is_limit_exceeded() -> None:
     c, s = connect(server=Settings(max_frame_size=1024, max_item_size=2000))
     sid = c.open_stream()
     assert c.send_item(sid, b"x" * 2000) is True  # exactly the limit: fine
-    c.send_item(sid, b"y" * 2001)
+    # Our sender refuses an item the receiver would not take (only that item fails).
+    with pytest.raises(PayloadTooLarge, match="max_item_size of 2000 bytes"):
+        c.send_item(sid, b"y" * 2001)
     msgs = messages(c)
     frames = [f for m in msgs for f in frames_of(m)]
-    ok = F.encode_batch(frames[:2])
-    s.receive_message(ok)
+    s.receive_message(F.encode_batch(frames))
     assert read_all(s, sid) == [(b"x" * 2000, False)]
-    err = protocol_error(
-        s, F.encode_batch(frames[2:]), "item larger than max_item_size", ErrorCode.LIMIT_EXCEEDED, 1008
-    )
+    # A sender that ignores the limit: the receiver closes the connection.
+    parts = [(F.STREAM_DATA, F.FLAG_MORE, sid, b"y" * 1000)] * 2 + [(F.STREAM_DATA, 0, sid, b"y")]
+    err = protocol_error(s, F.encode_batch(parts), "item larger than max_item_size", ErrorCode.LIMIT_EXCEEDED, 1008)
     assert isinstance(err, LimitExceeded)
 
 
@@ -1290,7 +1298,7 @@ def test_new_session_token_is_issued() -> None:
     c = Connection(Role.CLIENT, Settings(resume=1))
     s = Connection(Role.SERVER, Settings(resume=1))
     hs = c.next_message()
-    assert frames_of(hs) == [(F.HELLO, 0, 0, Settings(resume=1).to_wire())]  # nothing to resume yet
+    assert frames_of(hs) == [(F.HELLO, 0, 0, Settings(resume=1).to_wire() + b"\x0b\x01")]  # nothing to resume yet
     s.receive_message(hs)
     reply = frames_of(s.next_message())
     assert [(t, fl, i) for t, fl, i, _ in reply] == [(F.HELLO, 0, 0), (F.RESUME_OK, F.FLAG_NEW, 0)]
@@ -1361,7 +1369,7 @@ def test_resume_replays_exactly_the_missed_frames() -> None:
     s.new_transport()
     assert c.awaiting_hello and s.awaiting_hello
     hs = c.next_message()
-    assert frames_of(hs) == [(F.HELLO, 0, 0, c.settings.to_wire()), (F.RESUME, 0, 0, old_token + V(2))]
+    assert frames_of(hs) == [(F.HELLO, 0, 0, c.settings.to_wire() + b"\x0b\x01"), (F.RESUME, 0, 0, old_token + V(2))]
     assert s.receive_message(hs) == []
     assert not s.awaiting_hello
     reply = s.next_message()

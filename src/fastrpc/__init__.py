@@ -15,19 +15,31 @@
 
 from __future__ import annotations
 
+from .auth import HandshakeRequest
 from .client import RetryPolicy, connect
 from .exceptions import (
+    AuthError,
+    CallTimeout,
     ConnectionClosed,
     ErrorCode,
     FastRPCError,
+    Forbidden,
+    HandshakeTimeout,
+    InvalidArguments,
+    InvalidCall,
     LimitExceeded,
+    MethodNotFound,
+    NotFastRPC,
     PayloadTooLarge,
+    PermissionDenied,
     ProtocolError,
     RemoteError,
     RemoteStreamError,
     ResumeFailed,
     StreamAborted,
     StreamClosed,
+    Unauthorized,
+    UsageError,
 )
 from .frames import IMPLEMENTATION
 from .peer import Response, RpcPeer, current_peer
@@ -40,11 +52,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATION",
+    "AuthError",
+    "CallTimeout",
     "ConnectionClosed",
     "ErrorCode",
     "FastRPCError",
+    "Forbidden",
+    "HandshakeRequest",
+    "HandshakeTimeout",
+    "InvalidArguments",
+    "InvalidCall",
     "LimitExceeded",
+    "MethodNotFound",
+    "NotFastRPC",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ProtocolError",
     "RateLimit",
     "ReceiveStream",
@@ -61,6 +83,8 @@ __all__ = [
     "StreamClosed",
     "StreamManager",
     "StreamStats",
+    "Unauthorized",
+    "UsageError",
     "connect",
     "current_peer",
     "run",

@@ -46,6 +46,7 @@ from fastrpc.wire import (
     FLAG_CHANNEL,
     FLAG_COMPRESSED,
     FLAG_DEADLINE,
+    FLAG_KWARGS,
     FLAG_MORE,
     FLAG_NEW,
     FLAG_OPEN,

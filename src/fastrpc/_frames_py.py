@@ -24,6 +24,7 @@ from .wire import EXTENSION_BASE as EXTENSION_BASE
 from .wire import FLAG_CHANNEL as FLAG_CHANNEL
 from .wire import FLAG_COMPRESSED as FLAG_COMPRESSED
 from .wire import FLAG_DEADLINE as FLAG_DEADLINE
+from .wire import FLAG_KWARGS as FLAG_KWARGS
 from .wire import FLAG_MORE as FLAG_MORE
 from .wire import FLAG_NEW as FLAG_NEW
 from .wire import FLAG_OPEN as FLAG_OPEN

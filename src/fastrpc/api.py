@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, Callable
 from typing import Any, TypeVar
 
 from .codec import PayloadCodec
-from .exceptions import ConnectionClosed, ErrorCode
+from .exceptions import CallTimeout, ConnectionClosed, ErrorCode
 from .handlers import Handlers
 from .protocol import DEFAULT_URGENCY, Connection, Settings
 from .streams import RateLimit, ReceiveStream, StreamId, StreamManager
@@ -37,7 +37,9 @@ class Response:
 class PeerAPI:
     """Calls, notifications and streams: the methods :class:`RpcPeer` offers its user."""
 
-    __slots__ = ("_closing",)  # close() was called
+    # _closing: close() was called; identity: what the server's authenticate hook
+    # returned for this connection (None: no hook, or the client side).
+    __slots__ = ("_closing", "identity")
 
     # Provided by RpcPeer.
     _core: Connection
@@ -123,8 +125,21 @@ class PeerAPI:
 
     @property
     def remote_address(self) -> Any:
-        """The address of the other side (None while a session waits for its client)."""
+        """The other side's address (``(host, port)``; None while detached)."""
         return self._transport.remote_address if self._transport is not None else None
+
+    @property
+    def request_path(self) -> str | None:
+        """(Server side) the path of the HTTP request that opened the connection,
+        query string included; None on the client side."""
+        return self._transport.request_path if self._transport is not None else None
+
+    @property
+    def request_headers(self) -> Any:
+        """(Server side) the headers of the HTTP request that opened the connection
+        (a case-insensitive mapping: ``peer.request_headers["Authorization"]``); None
+        on the client side."""
+        return self._transport.request_headers if self._transport is not None else None
 
     def stats(self) -> dict[str, Any]:
         """What this connection tracks, for inspection and tests: the core's
@@ -151,6 +166,8 @@ class PeerAPI:
         self._kick()
         try:
             await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"no PONG within {timeout} s (the timeout= of ping)") from None
         finally:
             self._pongs.pop(token, None)
         return self._loop.time() - start
@@ -171,6 +188,11 @@ class PeerAPI:
             return args[0], True
         return self._codec.encode_value(args), False
 
+    def _encode_kwargs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """Arguments with keyword arguments: their map is the array's last element
+        (and the request is flagged KWARGS)."""
+        return self._codec.encode_value((*args, kwargs))
+
     async def _call_slot(self) -> None:
         while not self._core.can_call():
             self._check_open()
@@ -179,31 +201,48 @@ class PeerAPI:
             await fut
         self._check_open()
 
-    async def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call ``method`` on the other side and return its result.
+    async def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``method`` on the other side and return its result:
+        ``await peer.call("add", 1, 2)``, ``await peer.call("move", p, speed=2)``.
 
-        ``timeout`` (seconds) raises :class:`asyncio.TimeoutError` and travels as the
-        handler's deadline. Cancelling the awaiting task cancels the remote handler.
-        A handler's exception is raised as :class:`fastrpc.RemoteError`.
+        ``timeout`` (seconds) raises :class:`fastrpc.CallTimeout` (an
+        :class:`asyncio.TimeoutError`) and travels as the handler's deadline; it is
+        this call's, never a keyword argument of the handler. Cancelling the awaiting
+        task cancels the remote handler. A handler's exception is raised as
+        :class:`fastrpc.RemoteError` (:class:`fastrpc.MethodNotFound`,
+        :class:`fastrpc.InvalidArguments`, :class:`fastrpc.PermissionDenied`,
+        :class:`fastrpc.InvalidCall` for what fastrpc refused).
         """
+        if kwargs:
+            return await self._call(method, self._encode_kwargs(args, kwargs), False, timeout, True)
         payload, raw = self._encode_args(args)
         return await self._call(method, payload, raw, timeout)
 
-    async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None) -> Any:
+    async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool = False) -> Any:
         core = self._core
         if not core.can_call():
             await self._call_slot()
             core = self._core  # a new session's, after a reset
         self._check_open()
-        cid = core.send_request(method, payload, raw=raw, timeout=timeout)
+        cid = core.send_request(method, payload, raw=raw, timeout=timeout, kwargs=kwargs)
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._calls[cid] = fut
         self._kick()
         try:
             if timeout is None:
                 return await fut
-            return await asyncio.wait_for(fut, timeout)
-        except (asyncio.CancelledError, asyncio.TimeoutError):
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                if fut.done() and not fut.cancelled():
+                    raise  # the handler's own TimeoutError, not ours
+                core.cancel_call(cid)
+                self._kick()
+                raise CallTimeout(
+                    f"call to {method!r} got no answer within {timeout} s (its timeout= argument); "
+                    "it was cancelled on the other side"
+                ) from None
+        except asyncio.CancelledError:
             if not fut.done() or fut.cancelled():
                 core.cancel_call(cid)
                 self._kick()
@@ -217,19 +256,25 @@ class PeerAPI:
         payload, raw = self._codec.encode(data)
         return Response(await self._call("", payload, raw, timeout))
 
-    def notify(self, method: str, *args: Any) -> None:
+    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send a one-way call: no result, no error comes back."""
         self._check_open()
-        payload, raw = self._encode_args(args)
-        self._core.send_notification(method, payload, raw=raw)
+        if kwargs:
+            self._core.send_notification(method, self._encode_kwargs(args, kwargs), kwargs=True)
+        else:
+            payload, raw = self._encode_args(args)
+            self._core.send_notification(method, payload, raw=raw)
         self._kick()
 
-    def stream(self, method: str, *args: Any, timeout: float | None = None) -> ReceiveStream[Any]:
+    def stream(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> ReceiveStream[Any]:
         """Call a streaming method: ``async for item in peer.stream("ticks", 10)``.
 
         The call is sent on the first iteration; leaving the loop (and dropping the
         stream), ``aclose()`` or ``async with`` cancel it on the other side.
+        ``kwargs``: the method's keyword arguments.
         """
+        if kwargs:
+            return self._stream_call(method, self._encode_kwargs(args, kwargs), False, None, timeout, True)
         payload, raw = self._encode_args(args)
         return self._stream_call(method, payload, raw, None, timeout)
 
@@ -240,21 +285,28 @@ class PeerAPI:
         *args: Any,
         priority: int = DEFAULT_URGENCY,
         rate: RateLimit | None = None,
+        **kwargs: Any,
     ) -> ReceiveStream[Any]:
         """Open a bidirectional stream: ``items`` go to the handler (its first
         argument), whose yielded items come back through the returned stream."""
+        if kwargs:
+            return self._stream_call(
+                method, self._encode_kwargs(args, kwargs), False, (items, priority, rate), None, True
+            )
         payload, raw = self._encode_args(args)
         return self._stream_call(method, payload, raw, (items, priority, rate), None)
 
     def _stream_call(
-        self, method: str, payload: bytes, raw: bool, channel: Any, timeout: float | None
+        self, method: str, payload: bytes, raw: bool, channel: Any, timeout: float | None, kwargs: bool = False
     ) -> ReceiveStream[Any]:
         self._check_open()
 
         async def start(stream: ReceiveStream[Any]) -> None:
             await self._call_slot()
             core = self._core
-            cid = core.send_request(method, payload, raw=raw, stream=True, channel=channel is not None, timeout=timeout)
+            cid = core.send_request(
+                method, payload, raw=raw, stream=True, channel=channel is not None, timeout=timeout, kwargs=kwargs
+            )
             self.streams.bind_call(cid, stream=stream)
             if channel is not None:
                 items, priority, rate = channel

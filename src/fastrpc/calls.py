@@ -13,15 +13,17 @@ from typing import Any, Union
 from . import frames as F
 from .budget import MemoryBudget
 from .events import CallFailed, NotificationReceived, RequestReceived, ResponseReceived
-from .exceptions import ErrorCode, LimitExceeded, PayloadTooLarge, ProtocolError, RemoteError
+from .exceptions import REMOTE_ERRORS, ErrorCode, LimitExceeded, PayloadTooLarge, ProtocolError, RemoteError
 from .stream_state import CallState
 
-__all__ = ["FLAG_RAW", "CallTable", "decode_error", "encode_error"]
+__all__ = ["FLAG_KWARGS", "FLAG_RAW", "CallTable", "decode_error", "encode_error"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
 # Flag bit private to fastrpc's payloads: the payload is raw bytes, not codec-encoded.
 FLAG_RAW = 0x40
+# REQUEST / NOTIFY: the arguments' last element is the map of keyword arguments.
+FLAG_KWARGS = F.FLAG_KWARGS
 PENDING = int(CallState.PENDING)
 CANCELLED = int(CallState.CANCELLED)
 
@@ -50,7 +52,8 @@ def encode_error(
 
 
 def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> RemoteError:
-    """The error an ERROR / STREAM_ERROR payload carries, as ``cls``."""
+    """The error an ERROR / STREAM_ERROR payload carries, as ``cls`` (for a call's
+    error, the :class:`RemoteError` subclass its type name names, if any)."""
     data = memoryview(payload).cast("B")
     code, pos = F.decode_varint(data, 0)
     n, pos = F.decode_varint(data, pos)
@@ -64,6 +67,8 @@ def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> Remo
     message = bytes(data[pos : pos + n]).decode("utf-8", "replace")
     pos += n
     tb = bytes(data[pos:]).decode("utf-8", "replace") if pos < len(data) else None
+    if cls is RemoteError:
+        cls = REMOTE_ERRORS.get(type_name, RemoteError)
     return cls(type_name, message, None if code == 0 else code - 1, tb)
 
 
@@ -107,31 +112,50 @@ class CallTable:
     # ------------------------------------------------------------------ ours
 
     def request(
-        self, call_id: int, method: str, payload: Payload, raw: bool, stream: bool, channel: bool, timeout: float | None
+        self,
+        call_id: int,
+        method: str,
+        payload: Payload,
+        raw: bool,
+        stream: bool,
+        channel: bool,
+        timeout: float | None,
+        kwargs: bool = False,
     ) -> None:
-        """Queue REQUEST ``call_id`` (:class:`PayloadTooLarge` past the peer's limit)."""
+        """Queue REQUEST ``call_id`` (:class:`PayloadTooLarge` past the peer's limit);
+        ``kwargs``: the arguments end with the map of keyword arguments."""
         flags = (FLAG_RAW if raw else 0) | (F.FLAG_STREAM if stream else 0) | (F.FLAG_CHANNEL if channel else 0)
+        if kwargs:
+            flags |= FLAG_KWARGS
         m = method.encode("utf-8")
         head = F.encode_varint(len(m)) + m
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
-        self.check_size("request", len(head) + len(payload))
+        n = len(head) + len(payload)
+        limit = self.frame_limit
+        if limit and n > limit:  # inline: every call's path
+            self.check_size("call to", method, n)
         self.control.add(F.REQUEST, flags, call_id, head + payload if payload else head)
         self.out[call_id] = PENDING
         if stream:
             self.streaming_out[call_id] = None
 
-    def notification(self, method: str, payload: Payload, raw: bool) -> None:
+    def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
         m = method.encode("utf-8")
         head = F.encode_varint(len(m)) + m
-        self.check_size("notification", len(head) + len(payload))
-        self.control.add(F.NOTIFY, FLAG_RAW if raw else 0, 0, head + payload)
+        self.check_size("notification", method, len(head) + len(payload))
+        self.control.add(F.NOTIFY, (FLAG_RAW if raw else 0) | (FLAG_KWARGS if kwargs else 0), 0, head + payload)
 
-    def check_size(self, what: str, n: int) -> None:
+    def check_size(self, what: str, method: str, n: int) -> None:
         limit = self.frame_limit
         if limit and n > limit:
-            raise PayloadTooLarge(f"{what} of {n} bytes exceeds the peer's frame limit of {limit} bytes; use a stream")
+            raise PayloadTooLarge(
+                f"{what} {method!r}: arguments of {n} bytes exceed the peer's frame limit of {limit} bytes "
+                "(its max_frame_size, at most half its max_message_size); send large data as a stream "
+                "(peer.channel, peer.send_stream: items of any size are fragmented), or raise "
+                "max_frame_size and max_message_size on both sides"
+            )
 
     def cancel(self, call_id: int, send: bool) -> bool:
         """Mark our pending call cancelled (and queue CANCEL when ``send``); False
@@ -181,7 +205,7 @@ class CallTable:
         if fid in self.inbound:
             raise ProtocolError("call id in use")
         if len(self.inbound) >= self.max_inbound:
-            raise LimitExceeded("too many pending calls")
+            raise LimitExceeded(f"too many pending calls (our max_pending_calls is {self.max_inbound})")
         flags = f.flags
         method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
         budget = self.budget
@@ -210,12 +234,14 @@ class CallTable:
                 bool(flags & F.FLAG_STREAM),
                 bool(flags & F.FLAG_CHANNEL),
                 deadline,
+                flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
             )
         )
 
     def on_notify(self, f: F.Frame) -> NotificationReceived:
         method, payload, _ = _head(f, False)
-        raw = bool(f.flags & FLAG_RAW)
+        flags = f.flags
+        raw = bool(flags & FLAG_RAW)
         limit = self.budget.limit
         if not raw and (cost := F.payload_cost(payload, limit)) > limit:
             # No answer to carry an error: the connection fails, naming the option.
@@ -223,7 +249,7 @@ class CallTable:
                 f"a notification of {method!r} would take about {cost} bytes once decoded, "
                 f"over max_connection_memory ({limit})"
             )
-        return NotificationReceived(method, payload, raw)
+        return NotificationReceived(method, payload, raw, bool(flags & FLAG_KWARGS))
 
     def answer(self, call_id: int) -> None:
         """Take call ``call_id`` off the running calls before its answer is queued."""
@@ -242,7 +268,12 @@ class CallTable:
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit
         if len(payload) > limit:
-            error = encode_error("ResponseTooLarge", f"response of {len(payload)} bytes exceeds {limit}")
+            error = encode_error(
+                "ResponseTooLarge",
+                f"response of {len(payload)} bytes exceeds the caller's frame limit of {limit} bytes "
+                "(its max_frame_size): return large results as a stream (an async generator method, "
+                "called with peer.stream)",
+            )
             self.control.add(F.ERROR, 0, call_id, error)
         else:
             self.control.add(F.RESPONSE, FLAG_RAW if raw else 0, call_id, payload)

@@ -4,16 +4,16 @@ reconnects and resumes its session (the seed's RetrySocket, and more)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from . import options as O
-from .exceptions import ConnectionClosed, ResumeFailed
+from .exceptions import AuthError, ConnectionClosed, Forbidden, HandshakeTimeout, NotFastRPC, ResumeFailed, Unauthorized
 from .jsonclient import WELCOME_TIMEOUT, open_json
 from .jsonmode import JsonPeer
+from .log import client_logger as logger
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role, SessionLost
@@ -21,8 +21,6 @@ from .router import Router
 from .transport import OPEN_FAILED, Transport, open_connection
 
 __all__ = ["RetryPolicy", "connect"]
-
-logger = logging.getLogger("fastrpc.client")
 
 P = TypeVar("P", RpcPeer, JsonPeer)
 
@@ -86,12 +84,20 @@ class connect(Generic[P]):
 
     Options as for :func:`fastrpc.serve`, plus ``router`` for methods the server may
     call back on this client, and ``reconnect`` (a :class:`RetryPolicy`) for a
-    connection that comes back by itself after it drops.
+    connection that comes back by itself after it drops. Others go to
+    ``websockets.asyncio.client.connect``: ``additional_headers={"Authorization": ...}``
+    for a server's ``authenticate`` hook, ``ssl=`` an :class:`ssl.SSLContext` for a
+    ``wss://`` URL (by default the system's trusted certificates are used).
 
     ``protocol="json"``: speak the seed's JSON protocol instead (to the seed's
     servers, or a fastrpc server's JSON mode); the peer is a
     :class:`fastrpc.jsonmode.JsonPeer` (:mod:`fastrpc.jsonclient`, docs/json-mode.md).
     ``welcome_timeout``: how long it waits for the server's welcome.
+
+    Fails with :class:`fastrpc.HandshakeTimeout` (no fastrpc handshake within
+    ``handshake_timeout``), :class:`fastrpc.NotFastRPC` (the server speaks another
+    protocol), :class:`fastrpc.Unauthorized` / :class:`fastrpc.Forbidden` (the
+    server refused with HTTP 401/403), or the ``OSError`` of the socket.
     """
 
     @overload
@@ -165,7 +171,10 @@ class connect(Generic[P]):
                 if peer is not None:
                     await peer.teardown(ConnectionClosed("the first handshake failed"))
                 if policy is None or (policy.max_attempts is not None and attempt >= policy.max_attempts):
-                    raise
+                    better = self._explain(e, peer)
+                    if better is e:
+                        raise
+                    raise better from e
                 delay = policy.delay(attempt + 1)
                 logger.debug("first connection to %s failed (%r); retrying in %.2f s", self.url, e, delay)
                 await asyncio.sleep(delay)
@@ -175,12 +184,44 @@ class connect(Generic[P]):
                 raise
         self._established = True
         self.peer = peer
+        logger.debug("connected to %s", self.url)
+        peer.on_closed(lambda p: logger.debug("connection to %s closed: %s", self.url, p.close_exception))
         if policy is not None:
             _call_hook(policy.on_connected, peer)
             if not peer.connected and not peer.closed:
                 # Lost in the loop pass that completed the handshake: reconnect now.
                 self._lost(peer, ConnectionClosed("lost right after the first handshake"), True)
         return peer
+
+    def _explain(self, e: BaseException, peer: RpcPeer | None) -> BaseException:
+        """The exception connect() raises for a failed first connection: one that says
+        what went wrong and what to change."""
+        url = self.url
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int):
+            body = getattr(getattr(e, "response", None), "body", b"") or b""
+            reason = bytes(body).decode("utf-8", "replace").strip() if isinstance(body, (bytes, bytearray)) else ""
+            if status == 401:
+                return Unauthorized(reason or f"{url} wants credentials (additional_headers=...)")
+            if status == 403:
+                return Forbidden(reason or f"{url} refused these credentials")
+            if status >= 400:
+                return AuthError(reason or f"{url} refused the WebSocket upgrade", status)
+            return NotFastRPC(f"{url} answered HTTP {status} instead of a WebSocket upgrade: it does not speak fastrpc")
+        if isinstance(e, asyncio.TimeoutError):
+            limit = self.options.handshake_timeout
+            if peer is None:
+                return HandshakeTimeout(f"could not open a WebSocket to {url} within {limit} s (handshake_timeout)")
+            return HandshakeTimeout(
+                f"{url} sent no fastrpc handshake within {limit} s (handshake_timeout): "
+                "the server is silent or does not speak fastrpc"
+            )
+        if isinstance(e, ConnectionClosed) and peer is not None and e.reason.startswith("protocol error: "):
+            detail = e.reason[len("protocol error: ") :]
+            if "does not speak fastrpc" in detail:
+                return NotFastRPC(f"{url}: {detail}", e.code)
+            return NotFastRPC(f"{url} does not speak fastrpc: {detail}", e.code)
+        return e
 
     def _lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """The transport dropped: reconnect in the background (keeps the peer)."""

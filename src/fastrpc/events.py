@@ -60,9 +60,10 @@ class RequestReceived(Event):
     ``stream``: the caller expects a stream of results on the call's id.
     ``channel``: the caller sends an input stream on the call's id.
     ``deadline``: seconds the caller will wait, or None.
+    ``kwargs``: nonzero when the arguments end with the map of keyword arguments.
     """
 
-    __slots__ = ("call_id", "channel", "deadline", "method", "payload", "raw", "stream")
+    __slots__ = ("call_id", "channel", "deadline", "kwargs", "method", "payload", "raw", "stream")
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class RequestReceived(Event):
         stream: bool = False,
         channel: bool = False,
         deadline: float | None = None,
+        kwargs: int = 0,
     ) -> None:
         self.call_id = call_id
         self.method = method
@@ -81,17 +83,19 @@ class RequestReceived(Event):
         self.stream = stream
         self.channel = channel
         self.deadline = deadline
+        self.kwargs = kwargs
 
 
 class NotificationReceived(Event):
     """A one-way message to ``method``; nothing is sent back."""
 
-    __slots__ = ("method", "payload", "raw")
+    __slots__ = ("kwargs", "method", "payload", "raw")
 
-    def __init__(self, method: str, payload: Payload, raw: bool = False) -> None:
+    def __init__(self, method: str, payload: Payload, raw: bool = False, kwargs: bool = False) -> None:
         self.method = method
         self.payload = payload
         self.raw = raw
+        self.kwargs = kwargs
 
 
 class ResponseReceived(Event):

@@ -5,20 +5,32 @@ Every error that crosses the public API is a subclass of :class:`FastRPCError`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 
 __all__ = [
+    "AuthError",
+    "CallTimeout",
     "ConnectionClosed",
     "ErrorCode",
     "FastRPCError",
+    "Forbidden",
+    "HandshakeTimeout",
+    "InvalidArguments",
+    "InvalidCall",
     "LimitExceeded",
+    "MethodNotFound",
+    "NotFastRPC",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ProtocolError",
     "RemoteError",
     "RemoteStreamError",
     "ResumeFailed",
     "StreamAborted",
     "StreamClosed",
+    "Unauthorized",
+    "UsageError",
 ]
 
 
@@ -107,8 +119,54 @@ class LimitExceeded(ProtocolError):
 
 
 class PayloadTooLarge(FastRPCError, ValueError):
-    """A call's arguments or a notification do not fit in one frame of the peer's;
-    send large data as a stream (items of any size are fragmented)."""
+    """A call's arguments or a notification do not fit in one frame of the peer's
+    (send large data as a stream: items of any size are fragmented), or a stream item
+    is larger than the peer's ``max_item_size`` (that stream fails, not the
+    connection). The message names the limit and the option that sets it."""
+
+
+class UsageError(FastRPCError, TypeError):
+    """fastrpc was used in a way that cannot work (a sync generator as a streaming
+    handler, ...); the message says what to write instead."""
+
+
+class CallTimeout(FastRPCError, asyncio.TimeoutError):
+    """A call or ping got no answer within its ``timeout``. A subclass of
+    :class:`asyncio.TimeoutError`, so ``except asyncio.TimeoutError`` still catches it."""
+
+
+class HandshakeTimeout(FastRPCError, asyncio.TimeoutError):
+    """The other side sent no fastrpc handshake within ``handshake_timeout`` (it is
+    silent, or does not speak fastrpc)."""
+
+
+class AuthError(FastRPCError):
+    """A connection was refused at the WebSocket handshake (HTTP ``status``).
+
+    Raised by a server's ``authenticate`` hook to refuse a connection with this
+    status and ``reason`` (the body of the HTTP answer); raised by
+    :func:`fastrpc.connect` when the server refused the connection.
+    """
+
+    status = 401
+
+    def __init__(self, reason: str = "", status: int | None = None) -> None:
+        if status is not None:
+            self.status = status
+        super().__init__(f"HTTP {self.status}: {reason}" if reason else f"HTTP {self.status}")
+        self.reason = reason
+
+
+class Unauthorized(AuthError):
+    """HTTP 401: no credentials, or credentials that are not valid."""
+
+    status = 401
+
+
+class Forbidden(AuthError):
+    """HTTP 403: valid credentials that do not allow this connection."""
+
+    status = 403
 
 
 class ConnectionClosed(FastRPCError):
@@ -122,6 +180,11 @@ class ConnectionClosed(FastRPCError):
             super().__init__("Connection closed")
         self.reason = reason or "Connection closed"
         self.code = code
+
+
+class NotFastRPC(ConnectionClosed):
+    """The server answered, but not with fastrpc's handshake (a plain WebSocket
+    server, an echo server, another protocol)."""
 
 
 class ResumeFailed(ConnectionClosed):
@@ -147,6 +210,31 @@ class RemoteError(FastRPCError):
 
 class RemoteStreamError(RemoteError):
     """The sending side's iterator raised; the stream ended with this error."""
+
+
+class MethodNotFound(RemoteError):
+    """The other side has no handler for the method called."""
+
+
+class InvalidArguments(RemoteError):
+    """The call's arguments do not fit the handler's signature or its annotations
+    (the message says which argument and why)."""
+
+
+class InvalidCall(RemoteError):
+    """The call does not fit the method: ``peer.call`` on a streaming method (use
+    ``peer.stream``), ``peer.channel`` on a method that takes no input stream."""
+
+
+class PermissionDenied(RemoteError):
+    """The method's ``authorize`` hook refused this caller."""
+
+
+# Errors with these type names are raised as their subclass (calls; a stream's
+# error stays a RemoteStreamError whose ``type_name`` says the same).
+REMOTE_ERRORS: dict[str, type[RemoteError]] = {
+    cls.__name__: cls for cls in (MethodNotFound, InvalidArguments, InvalidCall, PermissionDenied)
+}
 
 
 class StreamAborted(FastRPCError):

@@ -142,7 +142,7 @@ class FlowControl:
         for streams that hold a slot)."""
         if not s.bound:
             if self.free_in >= self.max_streams_in:
-                raise LimitExceeded("too many concurrent streams")
+                raise LimitExceeded(f"too many concurrent streams (our max_streams is {self.max_streams_in})")
             self.free_in += 1
         self.ledger_in.open(s.id)
 

@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import events as E
-from .exceptions import LimitExceeded
+from .arguments import bad_arguments, split_kwargs
+from .exceptions import InvalidArguments, LimitExceeded, PermissionDenied
 from .introspection import METHODS, describe
-from .router import ASYNC_GEN, SYNC, Router, handler_kind
+from .log import side_logger, warn_limited
+from .protocol import Role
+from .router import ASYNC_GEN, SYNC, MethodSpec, Router, handler_kind
 from .streams import ReceiveStream, StreamLink, StreamManager
 
 __all__ = ["Handlers"]
@@ -54,33 +57,48 @@ class Handlers:
         return [*self.tasks.values(), *self.notify_tasks]
 
     def on_notify(self, ev: E.NotificationReceived) -> None:
-        found = self.lookup(ev.method)
+        method = ev.method
+        found, spec = self.find(method)
+        kwargs: dict[str, Any] | None = None
         try:
             if found is None:
                 fallback = self._fallback()
                 if fallback is None:
-                    return  # nobody to tell: notifications have no reply
+                    # Nobody to tell the sender: notifications have no reply.
+                    warn_limited(
+                        self.logger, "notification to unknown method %r from %s dropped", method, self.address()
+                    )
+                    return
                 fn, kind = fallback, handler_kind(fallback)
-                args: tuple[Any, ...] = ({"method": ev.method, "params": list(self._args(ev.payload, ev.raw))},)
+                args: tuple[Any, ...] = ({"method": method, "params": list(self._args(ev.payload, ev.raw))},)
             else:
                 fn, kind = found
-                args = self._args(ev.payload, ev.raw)
-            if kind == SYNC:
-                result = fn(*args)
-                if not inspect.isawaitable(result):
-                    return
-            else:
-                result = fn(*args)
-        except Exception:
+                if spec is None and not ev.kwargs:
+                    args = self._args(ev.payload, ev.raw)
+                else:
+                    args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, False)
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
+            if kind == SYNC and not inspect.isawaitable(result):
+                return
+        except Exception as exc:
+            self._log_failure(method, exc, "notification handler")
             return
         # Running notification handlers share the pending-calls limit.
         if len(self.notify_tasks) >= self.link.core.settings.max_pending_calls:
             if inspect.iscoroutine(result):
                 result.close()
-            raise LimitExceeded("too many running notification handlers")
-        task = self.link.loop.create_task(_quiet(result))
+            raise LimitExceeded(
+                f"too many running notification handlers (max_pending_calls {self.link.core.settings.max_pending_calls})"
+            )
+        task = self.link.loop.create_task(self._quiet(method, result))
         self.notify_tasks[task] = None
         task.add_done_callback(self._notify_done)
+
+    async def _quiet(self, method: str, aw: Awaitable[Any]) -> None:
+        try:
+            await aw
+        except Exception as exc:  # nobody to tell but the log
+            self._log_failure(method, exc, "notification handler")
 
     def _notify_done(self, task: asyncio.Task[Any]) -> None:
         self.notify_tasks.pop(task, None)
@@ -90,11 +108,60 @@ class Handlers:
         if task is not None:
             task.cancel()
 
-    def lookup(self, method: str) -> tuple[Callable[..., Any], int] | None:
-        found = self.own.methods.get(method) or self.router.methods.get(method)
-        if found is None and method == METHODS and self.introspection:
-            return functools.partial(describe, self.own, self.router), SYNC
-        return found
+    def find(self, method: str) -> tuple[tuple[Callable[..., Any], int] | None, MethodSpec | None]:
+        """``(handler and kind, spec)`` of ``method`` (this connection's first); the
+        spec is None for a plain method (untyped, no authorize hook)."""
+        own = self.own
+        found = own.methods.get(method)
+        specs = own.specs
+        if found is None:
+            router = self.router
+            found = router.methods.get(method)
+            specs = router.specs
+            if found is None and method == METHODS and self.introspection:
+                # The reserved call (introspection.py); a user's own method of that name wins.
+                return (functools.partial(describe, self.own, self.router), SYNC), None
+        return found, (specs.get(method) if specs else None)
+
+    @property
+    def logger(self) -> Any:
+        return side_logger(self.link.core.role is Role.SERVER)
+
+    def address(self) -> Any:
+        """The peer's address, for log lines."""
+        return getattr(self.link.host, "remote_address", None)
+
+    def _prepare(
+        self, method: str, spec: MethodSpec | None, payload: Any, raw: bool, kwargs: int, channel: bool
+    ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        """Arguments of a call to a method with a spec or keyword arguments: checked
+        by its ``authorize`` hook, converted to its annotations."""
+        if spec is not None:
+            check = spec.authorize
+            if check is not None:
+                allowed = check(self.link.host, method)
+                if inspect.isawaitable(allowed):  # fail closed: authorize must answer at once
+                    if inspect.iscoroutine(allowed):
+                        allowed.close()
+                    allowed = False
+                if not allowed:
+                    raise PermissionDenied("PermissionDenied", f"not allowed to call {method!r}")
+            args_spec = spec.args
+            if args_spec is not None and channel:
+                args_spec = args_spec.channel
+            if args_spec is not None and not raw:
+                return args_spec.decode(method, self.link.decoder, payload, kwargs)
+        if not kwargs or raw:
+            return self._args(payload, raw), None
+        return split_kwargs(self.link.decoder.decode_value(payload))
+
+    def _log_failure(self, method: str, exc: BaseException, what: str = "handler") -> None:
+        """A handler raised: logged once, at ERROR with its traceback (refusals of the
+        caller's arguments or rights are the caller's business: DEBUG)."""
+        if isinstance(exc, (InvalidArguments, PermissionDenied)):
+            self.logger.debug("call to %r from %s refused: %s", method, self.address(), exc)
+            return
+        self.logger.error("%s for %r from %s raised", what, method, self.address(), exc_info=exc)
 
     def _fallback(self) -> Callable[[Any], Any] | None:
         return self.own.fallback or self.router.fallback
@@ -109,41 +176,81 @@ class Handlers:
 
     def on_request(self, ev: E.RequestReceived) -> None:
         cid = ev.call_id
+        method = ev.method
+        kwargs: dict[str, Any] | None = None
         try:
-            found = self.lookup(ev.method)
+            # find(), inline: this is every call's path.
+            own = self.own
+            found = own.methods.get(method)
+            specs = own.specs
+            if found is None:
+                router = self.router
+                found = router.methods.get(method)
+                specs = router.specs
+            spec = specs.get(method) if specs else None
             if found is None:
                 fallback = self._fallback()
                 if fallback is None:
-                    self._reply_error(cid, "MethodNotFound", f"no method {ev.method!r}", ev.stream)
+                    self._refuse(ev, "MethodNotFound", f"no method {method!r}")
                     return
-                if ev.method == "":
+                if method == "":
                     data = self.link.decoder.decode(ev.payload, ev.raw)
                 else:
-                    data = {"method": ev.method, "params": list(self._args(ev.payload, ev.raw))}
+                    data = {"method": method, "params": list(self._args(ev.payload, ev.raw))}
                 fn, kind, args = fallback, handler_kind(fallback), (data,)
             else:
                 fn, kind = found
-                args = self._args(ev.payload, ev.raw)
+                if spec is None and not ev.kwargs:
+                    args = self._args(ev.payload, ev.raw)
+                else:
+                    args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, ev.channel)
+        except PermissionDenied as exc:
+            warn_limited(self.logger, "call to %r from %s refused by authorize", method, self.address())
+            self._refuse(ev, "PermissionDenied", exc.message)
+            return
+        except InvalidArguments as exc:
+            self._refuse(ev, "InvalidArguments", exc.message)
+            return
         except Exception as exc:
-            self._reply_error(cid, "InvalidArguments", str(exc), ev.stream)
+            self._refuse(ev, "InvalidArguments", f"{method}(): {exc}")
             return
         if ev.stream or ev.channel:
-            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args))
+            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
         elif kind == SYNC:
             # Sync handlers run inline: no task, the reply joins this loop iteration's message.
             try:
-                result = fn(*args)
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
             except Exception as exc:
-                self._reply_exception(cid, exc)
+                self._reply_exception(cid, exc, method, fn, args, kwargs)
                 return
             if not inspect.isawaitable(result):
-                self._reply(cid, result)
+                self._reply(cid, result, method)
                 return
-            task = self.link.loop.create_task(self._run_call(cid, lambda: result, ev.deadline))
+            task = self.link.loop.create_task(self._run_call(cid, method, lambda: result, ev.deadline))
+        elif kind == ASYNC_GEN:
+            self._reply_error(
+                cid,
+                "InvalidCall",
+                f"{method!r} is a streaming method (an async generator): call it with "
+                f"peer.stream({method!r}, ...), or peer.channel({method!r}, items, ...) when it takes an input stream",
+                False,
+            )
+            return
+        elif kwargs:
+            task = self.link.loop.create_task(
+                self._run_call(cid, method, lambda: fn(*args, **kwargs), ev.deadline, fn, args, kwargs)
+            )
         else:
-            task = self.link.loop.create_task(self._run_call(cid, lambda: fn(*args), ev.deadline))
+            task = self.link.loop.create_task(self._run_call(cid, method, lambda: fn(*args), ev.deadline, fn, args))
         self.tasks[cid] = task
         task.add_done_callback(functools.partial(self._call_task_done, cid, ev.stream or ev.channel))
+
+    def _refuse(self, ev: E.RequestReceived, type_name: str, message: str) -> None:
+        """Answer a call that will not run with an error (a channel's input, should it
+        come, is refused too)."""
+        if ev.channel and not self.link.closed:
+            self.link.core.close_stream(ev.call_id)
+        self._reply_error(ev.call_id, type_name, message, ev.stream)
 
     def _call_task_done(self, cid: int, stream: bool, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(cid, None)
@@ -154,18 +261,35 @@ class Handlers:
                 self.link.core.close_stream(cid)  # a channel's input, if any
             self._reply_error(cid, "CancelledError", "call cancelled", stream)
 
-    def _reply(self, cid: int, result: Any) -> None:
+    def _reply(self, cid: int, result: Any, method: str) -> None:
         if self.link.closed:
             return
         try:
             payload, raw = self.link.codec.encode(result)
         except Exception as exc:
-            self._reply_exception(cid, exc)
+            self._reply_exception(cid, exc, method, what="result of")
             return
         self.link.core.send_response(cid, payload, raw=raw)
         self.link.host.flush()
 
-    def _reply_exception(self, cid: int, exc: BaseException) -> None:
+    def _reply_exception(
+        self,
+        cid: int,
+        exc: BaseException,
+        method: str,
+        fn: Callable[..., Any] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        what: str = "handler",
+    ) -> None:
+        if fn is not None and isinstance(exc, TypeError):
+            # The arguments did not bind to the handler's signature: the caller's fault.
+            why = bad_arguments(fn, args, kwargs)
+            if why is not None:
+                self.logger.debug("call to %r from %s: invalid arguments: %s", method, self.address(), why)
+                self._reply_error(cid, "InvalidArguments", f"{method}(): {why}", False)
+                return
+        self._log_failure(method, exc, what)
         tb = "".join(_traceback.format_exception(exc)) if self.expose_tb else None
         code = getattr(exc, "code", None)
         self._reply_error(cid, type(exc).__name__, str(exc), False, code if isinstance(code, int) else None, tb)
@@ -190,7 +314,16 @@ class Handlers:
             core.send_error(cid, type_name, message, code, tb)
         self.link.host.flush()
 
-    async def _run_call(self, cid: int, invoke: Callable[[], Awaitable[Any]], deadline: float | None) -> None:
+    async def _run_call(
+        self,
+        cid: int,
+        method: str,
+        invoke: Callable[[], Awaitable[Any]],
+        deadline: float | None,
+        fn: Callable[..., Any] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         try:
             if deadline is not None:
                 result = await asyncio.wait_for(invoke(), deadline)
@@ -200,14 +333,21 @@ class Handlers:
             self._reply_error(cid, "CancelledError", "call cancelled", False)
             raise
         except asyncio.TimeoutError:
-            self._reply_error(cid, "TimeoutError", "deadline exceeded", False)
+            self._reply_error(
+                cid, "TimeoutError", f"{method!r} did not finish within the caller's timeout of {deadline} s", False
+            )
         except Exception as exc:
-            self._reply_exception(cid, exc)
+            self._reply_exception(cid, exc, method, fn, args, kwargs)
         else:
-            self._reply(cid, result)
+            self._reply(cid, result, method)
 
     async def _run_stream_call(
-        self, ev: E.RequestReceived, fn: Callable[..., Any], kind: int, args: tuple[Any, ...]
+        self,
+        ev: E.RequestReceived,
+        fn: Callable[..., Any],
+        kind: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
     ) -> None:
         core = self.link.core
         cid = ev.call_id
@@ -218,7 +358,7 @@ class Handlers:
                 inbound = manager.bind_call(cid)
                 args = (inbound, *args)
             try:
-                source = fn(*args)
+                source = fn(*args, **kwargs) if kwargs else fn(*args)
                 if kind != ASYNC_GEN and inspect.isawaitable(source):
                     source = await source
                 if not hasattr(source, "__aiter__"):
@@ -231,16 +371,24 @@ class Handlers:
                     self._reply_error(cid, "CancelledError", "call cancelled", True)
                 raise
             except Exception as exc:
+                type_name, message = type(exc).__name__, str(exc)
+                why = (
+                    bad_arguments(fn, args[1:] if ev.channel else args, kwargs) if isinstance(exc, TypeError) else None
+                )
+                if why is not None:
+                    type_name, message = "InvalidArguments", f"{ev.method}(): {why}"
+                else:
+                    self._log_failure(ev.method, exc)
                 if not self.link.closed:
                     core.open_response_stream(cid)
-                    core.error_stream(cid, type(exc).__name__, str(exc))
+                    core.error_stream(cid, type_name, message)
                     core.finish_call(cid)
                     self.link.host.flush()
                 return
             if self.link.closed:
                 return
             core.open_response_stream(cid)
-            await manager.run_sender(cid, source)
+            await manager.run_sender(cid, source, None, functools.partial(self._log_failure, ev.method))
         finally:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
@@ -249,10 +397,3 @@ class Handlers:
 
 async def _single(value: T) -> Any:
     yield value
-
-
-async def _quiet(aw: Awaitable[Any]) -> None:
-    try:
-        await aw
-    except Exception:
-        pass

@@ -299,6 +299,7 @@ class JsonPeer:
         self._ws = ws
         self._router = router or Router()
         self._own = Router()
+        self.identity: Any = None  # what the server's authenticate hook returned
         self._loop = asyncio.get_running_loop()
         self.role = role
         # Ours (server: the id we greet with; client: the one the welcome gave us).
@@ -818,6 +819,12 @@ class JsonPeer:
             if result is None:
                 raise _NoReply  # the seed's match: undefined sends no response
             return result
+        # The method's authorize hook holds in this mode too (peer.identity is set by
+        # the server's authenticate hook).
+        name = str(method)
+        spec = (self._own if self._own.lookup(name) else self._router).spec(name)
+        if spec is not None and spec.authorize is not None and not spec.authorize(self, name):
+            raise PermissionError(f"not allowed to call {method!r}")
         params = data.get("params", [])
         fn = found[0]
         result = fn(**params) if isinstance(params, dict) else fn(*params)

@@ -111,6 +111,10 @@ class PeerOptions:
     max_connection_memory: int = MAX_CONNECTION_MEMORY
     connection_window: int = CONNECTION_WINDOW
     codec: str = "msgpack"
+    # msgspec's hooks for custom types (codec.py): enc_hook(obj) -> a supported value;
+    # dec_hook(type, obj) -> an instance of type (for annotated handler parameters).
+    enc_hook: Any = None
+    dec_hook: Any = None
     compression: bool | str = False  # True: zstd if installed else zlib; or "zlib"/"zstd"
     compression_threshold: int = COMPRESSION_THRESHOLD
     streams: Any = None  # a StreamManager used as a template (copied per connection)

@@ -16,7 +16,7 @@ from . import compression as _compression
 from . import frames as F
 from . import options as O
 from .calls import FLAG_RAW, encode_error
-from .exceptions import StreamClosed
+from .exceptions import PayloadTooLarge, StreamClosed
 from .flow import FRAME_CHARGE, FlowControl
 from .scheduler import Scheduler, check_urgency
 from .stream_state import OUT_OPEN, OutgoingStream, OutState
@@ -35,6 +35,7 @@ class OutboundStreams:
         "compressor",
         "flow",
         "frame_limit",
+        "item_limit",
         "sched",
         "stream_buffer_size",
         "stream_bytes",
@@ -54,6 +55,7 @@ class OutboundStreams:
         self.stream_bytes = 0  # bytes queued in the streams' writers
         self.stream_buffer_size = stream_buffer_size
         self.frame_limit = 0  # the peer's, once its HELLO came
+        self.item_limit = F.VARINT_MAX  # the peer's max_item_size, once its HELLO came
         self.compression_threshold = compression_threshold
         self.compressor: _compression.Compressor | None = None
         self.closed = False  # the connection is closing: terminal frames are not sent
@@ -83,7 +85,8 @@ class OutboundStreams:
     def send_item(self, stream_id: int, payload: Payload, *, raw: bool = False) -> bool:
         """Queue one item on an outgoing stream.
 
-        The item is always accepted; the result says whether the stream may take the
+        The item is always accepted (but one larger than the peer's ``max_item_size``:
+        :class:`PayloadTooLarge`); the result says whether the stream may take the
         next one now. When False, wait for :class:`CreditGranted` or for the stream
         to show up in :meth:`take_unblocked`, then check :meth:`writable`.
         """
@@ -94,6 +97,13 @@ class OutboundStreams:
             raise RuntimeError("the previous item is still being sent; wait until writable()")
         flags = s.flags | (FLAG_RAW if raw else 0)
         n = len(payload)
+        if n > self.item_limit:
+            # Refused here, before a byte leaves: the receiver would close the whole
+            # connection for it; this way only this stream fails.
+            raise PayloadTooLarge(
+                f"stream item of {n} bytes exceeds the receiver's max_item_size of {self.item_limit} bytes "
+                "(raise max_item_size on the receiving side, or send smaller items)"
+            )
         if self.compressor is not None and n >= self.compression_threshold:
             packed = self.compressor.compress(payload)
             if len(packed) < n:

@@ -23,6 +23,7 @@ from .codec import PayloadCodec, get_codec
 from .exceptions import ConnectionClosed, ErrorCode, LimitExceeded, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
+from .log import protocol_logger, warn_limited
 from .options import PeerOptions
 from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
@@ -88,7 +89,7 @@ class RpcPeer(PeerAPI):
         *,
         router: Router | None = None,
         settings: Settings | None = None,
-        codec: str = "msgpack",
+        codec: str | PayloadCodec = "msgpack",
         streams: StreamManager | None = None,
         expose_tracebacks: bool = False,
         keepalive_interval: float | None = O.KEEPALIVE_INTERVAL,
@@ -146,6 +147,7 @@ class RpcPeer(PeerAPI):
         self.session_task: asyncio.Task[Any] | None = None  # a reconnect, or the expiry of a session
         self._closing = False
         self._goaway = False
+        self.identity: Any = None  # what the server's authenticate hook returned
 
     # ------------------------------------------------------------ life cycle
 
@@ -392,7 +394,7 @@ class RpcPeer(PeerAPI):
                 if type(msg) is str:
                     if self._core.awaiting_hello and msg.startswith('{"category":"welcome"'):
                         continue  # a server's greeting for the seed's clients (docs/json-mode.md)
-                    raise ProtocolError("text message on a fastrpc connection")
+                    raise ProtocolError("text message on a fastrpc connection: the other side does not speak fastrpc")
                 frames = self._core.decode(msg)  # type: ignore[arg-type]
                 if len(frames) <= step:
                     self._process(frames)
@@ -416,6 +418,7 @@ class RpcPeer(PeerAPI):
             return
         except ProtocolError as e:
             exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
+            warn_limited(protocol_logger, "closing the connection with %s: %s", self.remote_address, e.reason)
             # A peer closed for not reading gets time to drain what waits for it, so
             # that it can see why (its close frame comes last).
             await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)
@@ -576,7 +579,7 @@ class RpcPeer(PeerAPI):
     def _on_hello(self, ev: E.HelloReceived) -> None:
         settings: Settings = ev.settings  # type: ignore[assignment]
         if settings.codec != self._codec.wire_id:
-            self._link.decoder = get_codec(settings.codec)
+            self._link.decoder = self._codec.sibling(settings.codec)
 
     def _on_readable(self, ev: E.StreamReadable) -> None:
         self.streams.on_readable(ev.stream_id)
@@ -705,7 +708,7 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
     )
     return {
         "settings": settings,
-        "codec": options.codec,
+        "codec": get_codec(options.codec, options.enc_hook, options.dec_hook),
         "streams": manager,
         "expose_tracebacks": options.expose_tracebacks,
         "keepalive_interval": options.keepalive_interval,

@@ -45,7 +45,7 @@ from .names import NAMED_STREAM_BASE
 from .outbound import OutboundStreams
 from .resume import TOKEN_SIZE, ResumeState, SessionLost
 from .scheduler import DEFAULT_URGENCY, URGENCY_LEVELS, Scheduler, check_urgency
-from .settings import CODEC_JSON, CODEC_MSGPACK, Role, Settings
+from .settings import CODEC_JSON, CODEC_MSGPACK, SETTING_SENT_BY_CLIENT, Role, Settings
 from .stream_state import (
     IN_OPEN,
     OUT_OPEN,
@@ -75,6 +75,7 @@ __all__ = [
 MAX_PING_PAYLOAD = 64  # docs/protocol.md: a PONG echoes at most this much
 MAX_PINGS = 1024  # PONGs due at once (queued, not sent yet): a PING flood costs its sender
 ACK_FRAMES = O.ACK_FRAMES
+_SENT_BY_CLIENT = F.encode_varint(SETTING_SENT_BY_CLIENT) + F.encode_varint(1)  # appended to a client's HELLO
 ACK_BYTES = O.ACK_BYTES
 
 
@@ -293,7 +294,10 @@ class Connection:
         """The first message on a transport: HELLO, plus RESUME or RESUME_OK
         (:meth:`ResumeState.handshake`). Sent before anything else; not counted in
         positions."""
-        return self.session.handshake(self.role is Role.CLIENT, self.settings.to_wire(), self.frames_in)
+        hello = self.settings.to_wire()
+        if self.role is Role.CLIENT:
+            hello += _SENT_BY_CLIENT
+        return self.session.handshake(self.role is Role.CLIENT, hello, self.frames_in)
 
     def new_transport(self) -> None:
         """The session moves to a new connection: expect the peer's handshake again,
@@ -325,7 +329,11 @@ class Connection:
         """Process the handshake frames at the start of a transport; return how many."""
         first = frames[0]
         if first.type != F.HELLO:
-            raise ProtocolError("expected HELLO as the first frame")
+            raise ProtocolError("expected HELLO as the first frame: the other side does not speak fastrpc")
+        if self.role is Role.CLIENT and F.decode_settings(first.payload)[1].get(SETTING_SENT_BY_CLIENT):
+            raise ProtocolError(
+                "the server sent our own handshake back: it does not speak fastrpc (a plain WebSocket echo server?)"
+            )
         if self.peer_settings is None:
             self._on_hello(first, events)
         else:
@@ -344,23 +352,25 @@ class Connection:
         stream: bool = False,
         channel: bool = False,
         timeout: float | None = None,
+        kwargs: bool = False,
     ) -> int:
         """Queue a REQUEST; return its call id. ``stream``: results come back as a stream
-        on the call id (:meth:`read_item`); ``channel``: we send one on it (:meth:`send_item`)."""
+        on the call id (:meth:`read_item`); ``channel``: we send one on it (:meth:`send_item`);
+        ``kwargs``: the arguments end with a map of keyword arguments."""
         self._check_open()
         if not self.can_call():
             raise LimitExceeded("too many pending calls")
         call_id = self.next_id()
-        self._calls.request(call_id, method, payload, raw, stream, channel, timeout)
+        self._calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
         if stream:
             self._inbound.expect(call_id)
         if channel:
             self._outbound.open(call_id, DEFAULT_URGENCY, True)
         return call_id
 
-    def send_notification(self, method: str, payload: Payload, *, raw: bool = False) -> None:
+    def send_notification(self, method: str, payload: Payload, *, raw: bool = False, kwargs: bool = False) -> None:
         self._check_open()
-        self._calls.notification(method, payload, raw)
+        self._calls.notification(method, payload, raw, kwargs)
 
     def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
         """Answer call ``call_id``; this also finishes it (frees its slot)."""
@@ -622,6 +632,7 @@ class Connection:
         limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
         self._message_limit = peer.max_message_size
         self._calls.frame_limit = self._outbound.frame_limit = limit
+        self._outbound.item_limit = peer.max_item_size
         # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
         # in one message.
         room = peer.max_message_size - limit - 18

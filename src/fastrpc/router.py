@@ -7,20 +7,30 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-__all__ = ["Router", "handler_kind"]
+from .arguments import ArgumentSpec, signature_of
+from .exceptions import UsageError
+
+__all__ = ["Authorize", "MethodSpec", "Router", "handler_kind"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+# authorize(peer, method) -> allowed, peer an RpcPeer: see Router.
+Authorize = Callable[[Any, str], bool]
 
 SYNC = 0
 ASYNC = 1
 ASYNC_GEN = 2
 
 
-def handler_kind(fn: Callable[..., Any]) -> int:
-    """SYNC, ASYNC (coroutine function) or ASYNC_GEN (async generator function)."""
+def _target(fn: Callable[..., Any]) -> Any:
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
+    return target
+
+
+def handler_kind(fn: Callable[..., Any]) -> int:
+    """SYNC, ASYNC (coroutine function) or ASYNC_GEN (async generator function)."""
+    target = _target(fn)
     call = getattr(target, "__call__", None)  # noqa: B004 - the bound __call__ itself, not callable()
     if inspect.isasyncgenfunction(target) or (
         not inspect.isfunction(target) and not inspect.ismethod(target) and inspect.isasyncgenfunction(call)
@@ -31,6 +41,28 @@ def handler_kind(fn: Callable[..., Any]) -> int:
     ):
         return ASYNC
     return SYNC
+
+
+def _check_authorize(authorize: Authorize | None) -> None:
+    if authorize is not None and (
+        inspect.iscoroutinefunction(authorize) or inspect.iscoroutinefunction(getattr(authorize, "__call__", None))  # noqa: B004
+    ):
+        raise UsageError(
+            "authorize must be a plain function returning a bool (it runs before each call, inline); "
+            "do slow checks once per connection in the server's authenticate hook and keep the result "
+            "in peer.identity"
+        )
+
+
+class MethodSpec:
+    """What a call to one method needs besides its function: how to decode its
+    arguments (``args``: None for untyped) and who may call it (``authorize``)."""
+
+    __slots__ = ("args", "authorize")
+
+    def __init__(self, args: ArgumentSpec | None, authorize: Authorize | None) -> None:
+        self.args = args
+        self.authorize = authorize
 
 
 class Router:
@@ -52,35 +84,65 @@ class Router:
     A handler may be sync, async, or an async generator (a streaming method, called
     with ``peer.stream(name, ...)``; with ``peer.channel(name, items)`` its first
     argument is the caller's stream). :meth:`match` sets the seed's catch-all.
+
+    Arguments are converted to the types of the handler's annotations (msgspec:
+    a Struct or dataclass from a map, ``datetime``, ``UUID``, ``set`` ...); arguments
+    that do not fit are refused with :class:`fastrpc.InvalidArguments`. Keyword
+    arguments of a call (``peer.call("m", 1, x=2)``) reach the handler as such.
+
+    ``authorize(peer, method) -> bool``: called before each call or notification of
+    this router's methods (a method's own ``authorize=`` replaces it); False (or
+    raising :class:`fastrpc.PermissionDenied`) refuses the call: the caller gets
+    :class:`fastrpc.PermissionDenied`. ``peer.identity`` is what the server's
+    ``authenticate`` hook returned; ``peer.request_headers`` the HTTP request's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, authorize: Authorize | None = None) -> None:
+        _check_authorize(authorize)
         self.methods: dict[str, tuple[Callable[..., Any], int]] = {}
+        # Only the methods that need more than a plain call (typed arguments, an
+        # authorize hook): an empty dict keeps the others' path to one look-up.
+        self.specs: dict[str, MethodSpec] = {}
+        self.authorize = authorize
         self.fallback: Callable[[Any], Any] | None = None
 
     @overload
     def method(self, name_or_fn: F) -> F: ...
 
     @overload
-    def method(self, name_or_fn: str | None = None) -> Callable[[F], F]: ...
+    def method(self, name_or_fn: str | None = None, *, authorize: Authorize | None = None) -> Callable[[F], F]: ...
 
-    def method(self, name_or_fn: Any = None) -> Any:
-        """Register a handler under its function name or the given name."""
+    def method(self, name_or_fn: Any = None, *, authorize: Authorize | None = None) -> Any:
+        """Register a handler under its function name or the given name;
+        ``authorize``: see :class:`Router` (this method's own hook)."""
         if callable(name_or_fn):
-            self.add(name_or_fn.__name__, name_or_fn)
+            self.add(name_or_fn.__name__, name_or_fn, authorize=authorize)
             return name_or_fn
 
         def deco(fn: F) -> F:
-            self.add(name_or_fn or fn.__name__, fn)
+            self.add(name_or_fn or fn.__name__, fn, authorize=authorize)
             return fn
 
         return deco
 
-    def add(self, name: str, fn: Callable[..., Any]) -> None:
+    def add(self, name: str, fn: Callable[..., Any], *, authorize: Authorize | None = None) -> None:
         """Register ``fn`` as method ``name`` (replacing any earlier one)."""
         if not isinstance(name, str):
             raise TypeError("method names are str")
+        target = _target(fn)
+        if inspect.isgeneratorfunction(target) or inspect.isgeneratorfunction(getattr(target, "__call__", None)):  # noqa: B004
+            raise UsageError(
+                f"handler {name!r} is a generator function (def ... yield): a streaming method must be an "
+                f"async generator (async def {name}(...): ... yield item), called with peer.stream({name!r}, ...)"
+            )
+        _check_authorize(authorize)
         self.methods[name] = (fn, handler_kind(fn))
+        args = signature_of(fn)
+        check = authorize or self.authorize
+        if args is not None or check is not None:
+            self.specs[name] = MethodSpec(args, check)
+        else:
+            self.specs.pop(name, None)
 
     def match(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """Set the catch-all handler: it gets the data of ``peer.request(data)``, and
@@ -89,5 +151,9 @@ class Router:
         return fn
 
     def lookup(self, name: str) -> tuple[Callable[..., Any], int] | None:
-        """``(handler, kind)`` registered under ``name``, or None."""
+        """The handler of method ``name`` and its kind, if registered."""
         return self.methods.get(name)
+
+    def spec(self, name: str) -> MethodSpec | None:
+        """What a call to ``name`` needs besides its function (None: nothing)."""
+        return self.specs.get(name) if self.specs else None

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import http
 import inspect
-import logging
 import os
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
 from . import options as O
 from .addresses import ws_url
-from .exceptions import ConnectionClosed, ResumeFailed
+from .auth import Authenticate, HandshakeRequest, refusal, run_authenticate
+from .exceptions import AuthError, ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer, welcome_message
+from .log import protocol_logger, warn_limited
+from .log import server_logger as logger
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role
@@ -25,8 +29,6 @@ from .transport import Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
 
-logger = logging.getLogger("fastrpc.server")
-
 Handler = Callable[[RpcPeer], Awaitable[Any]]
 Target = Union[Router, Handler]
 
@@ -34,8 +36,8 @@ Target = Union[Router, Handler]
 class Server:
     """A running fastrpc server: ``async with fastrpc.serve(...) as server``.
 
-    ``server.port`` is the bound port (useful with ``port=0``); ``server.peers`` the
-    open connections.
+    ``server.port`` is the bound port (useful with ``port=0``); ``server.url`` the URL
+    to connect to (``wss://`` under TLS); ``server.peers`` the open connections.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Server:
         ws_kwargs: dict[str, Any],
         session_store: SessionStore[RpcPeer] | None = None,
         static: str | os.PathLike[str] | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         if isinstance(target, Router):
             self.router: Router | None = target
@@ -65,6 +68,9 @@ class Server:
         self._ws_kwargs = ws_kwargs
         # Plain HTTP GETs (not upgrades) answered from a directory (static.py).
         self.static = StaticFiles(static) if static is not None else None
+        self.authenticate = authenticate
+        # The identity authenticate() gave each WebSocket connection, until its peer is made.
+        self._identities: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._server: WebSocketServer | None = None
         self.sessions: SessionStore[RpcPeer] = session_store if session_store is not None else MemorySessionStore()
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
@@ -85,19 +91,27 @@ class Server:
         return list(self._grace)
 
     @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS (it was given ``ssl=``)."""
+        return self._ws_kwargs.get("ssl") is not None
+
+    @property
     def url(self) -> str:
-        """``ws://host:port`` (an IPv6 host in brackets)."""
-        return ws_url(self.host, self.port, secure=self._ws_kwargs.get("ssl") is not None)
+        """``ws://host:port`` (``wss://`` under TLS; an IPv6 host in brackets)."""
+        return ws_url(self.host, self.port, secure=self.tls)
 
     async def start(self) -> Server:
         """Start listening; returns the server (``await serve(...).start()``)."""
+        ws_kwargs = dict(self._ws_kwargs)
+        if self.authenticate is not None:
+            ws_kwargs["process_request"] = self._process_request(ws_kwargs.get("process_request"))
         self._server = await start_server(
             self._connection,
             self.host,
             self._port,
             http=self.static,
             **self.options.websocket_kwargs(),
-            **self._ws_kwargs,
+            **ws_kwargs,
         )
         return self
 
@@ -105,6 +119,35 @@ class Server:
         """Serve one connection that was accepted elsewhere (:mod:`fastrpc.asgi`) as
         if it had come to this server, until it ends."""
         await self._connection(transport)
+
+    def _process_request(self, before: Callable[..., Any] | None) -> Callable[..., Awaitable[Any]]:
+        """The WebSocket library's ``process_request`` hook that runs ``authenticate``
+        (after the user's own ``process_request``, if any): an HTTP 401/403 answer
+        refuses the connection before the upgrade."""
+        hook = self.authenticate
+        assert hook is not None
+
+        async def process_request(connection: Any, request: Any) -> Any:
+            if before is not None:
+                answer = before(connection, request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if answer is not None:
+                    return answer
+            address = connection.remote_address
+            req = HandshakeRequest.from_target(request.path, request.headers, address)
+            try:
+                self._identities[connection] = await run_authenticate(hook, req)
+            except AuthError as e:
+                logger.debug("connection from %s to %s refused: HTTP %d %s", address, req.path, e.status, e.reason)
+                status, body = refusal(e)
+                return connection.respond(http.HTTPStatus(status), body)
+            except Exception:
+                logger.exception("authenticate hook failed for a connection from %s", address)
+                return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
+            return None
+
+        return process_request
 
     async def _connection(self, transport: Transport) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the
@@ -132,6 +175,12 @@ class Server:
                 await transport.send(welcome_message(client_id))
                 first = await transport.recv(o.handshake_timeout - wait)
         except asyncio.TimeoutError:
+            warn_limited(
+                protocol_logger,
+                "closing the connection with %s: no handshake within %s s (handshake_timeout)",
+                transport.remote_address,
+                self.options.handshake_timeout,
+            )
             await transport.close(1008, "no handshake within handshake_timeout")
             return
         except (*TransportClosed, OSError):
@@ -144,6 +193,7 @@ class Server:
             await self._resume(transport, first, session)
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
+        peer.identity = self._identities.pop(transport.ws, None)
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
             token = self._tombstone(first)
@@ -161,6 +211,7 @@ class Server:
         self.peers.add(peer)
         peer.on_closed(self._forget)
         self._register(peer)
+        logger.info("connection from %s opened (%s)", peer.remote_address, transport.request_path)
         try:
             if self.handler is not None:
                 try:
@@ -205,6 +256,7 @@ class Server:
             self._tokens[peer] = now
 
     def _forget(self, peer: RpcPeer) -> None:
+        logger.info("connection from %s closed: %s", peer.remote_address, peer.close_exception)
         self.peers.discard(peer)
         for token in self._tokens.pop(peer, ()):
             self.sessions.discard(token, peer)
@@ -317,6 +369,10 @@ class Server:
             max_held_bytes=o.max_connection_memory // 2,
             max_pending_bytes=o.max_connection_memory // 2,
         )
+        # The identity authenticate() gave this connection (an ASGI transport carries
+        # its own: fastrpc.asgi).
+        ws = getattr(transport, "ws", None)
+        peer.identity = self._identities.pop(ws, None) if ws is not None else getattr(transport, "identity", None)
         try:
             await peer.greet()  # before the handler can say anything
         except (*TransportClosed, OSError):
@@ -368,6 +424,7 @@ def serve(
     *,
     session_store: SessionStore[RpcPeer] | None = None,
     static: str | os.PathLike[str] | None = None,
+    authenticate: Authenticate | None = None,
     **options: Any,
 ) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
@@ -382,12 +439,23 @@ def serve(
     ``session_store``, in memory by default); ``json_wait`` and ``json_paths`` (how
     clients of the seed's JSON protocol are told apart: docs/json-mode.md);
     ``introspection`` (answer the reserved call ``fastrpc.methods`` with the method
-    list, :mod:`fastrpc.introspection`; on by default); others go to
+    list, :mod:`fastrpc.introspection`; on by default); ``enc_hook``/``dec_hook``
+    (custom payload types, :mod:`fastrpc.codec`); others go to
     ``websockets.asyncio.server.serve``.
 
     ``static``: a directory whose files are served over plain HTTP GET on the same
     port, for requests that are not WebSocket upgrades (:mod:`fastrpc.static`).
     An IPv6 ``host`` is given bare (``"::1"``); :attr:`Server.url` brackets it.
+
+    TLS: ``ssl=`` an :class:`ssl.SSLContext` with the server's certificate
+    (``ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH);
+    ctx.load_cert_chain(cert, key)``); ``server.url`` then says ``wss://``.
+
+    ``authenticate(request) -> identity``: runs at the WebSocket handshake, before the
+    upgrade, with a :class:`fastrpc.HandshakeRequest` (path, query, headers); it
+    accepts with an identity (``peer.identity`` in handlers) or refuses with HTTP
+    401/403 (raise :class:`fastrpc.Unauthorized` / :class:`fastrpc.Forbidden`;
+    returning None is 401). See :mod:`fastrpc.auth`.
     """
     opts, ws_kwargs = PeerOptions.split(options)
-    return Server(target, host, port, opts, ws_kwargs, session_store, static)
+    return Server(target, host, port, opts, ws_kwargs, session_store, static, authenticate)

@@ -28,6 +28,8 @@ SETTING_COMPRESSION = 7
 SETTING_CODEC = 8
 SETTING_RESUME = 9
 SETTING_CONNECTION_WINDOW = 10
+# Sent by clients only (value 1): a client that gets it back is talking to an echo.
+SETTING_SENT_BY_CLIENT = 11
 
 # Payload codecs (SETTING_CODEC).
 CODEC_MSGPACK = 0

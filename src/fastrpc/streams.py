@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import options as O
 from .codec import PayloadCodec
-from .exceptions import ConnectionClosed, ProtocolError, StreamClosed
+from .exceptions import ConnectionClosed, PayloadTooLarge, ProtocolError, StreamClosed
 from .names import named_stream_id
 from .protocol import DEFAULT_URGENCY, Connection, Role
 
@@ -501,9 +501,20 @@ class StreamManager:
         """Send ``source`` on the open outgoing stream ``sid`` from a task."""
         self._senders[sid] = self.link.loop.create_task(self.run_sender(sid, source, rate))
 
-    async def run_sender(self, sid: int, source: AsyncIterable[Any], rate: RateLimit | None = None) -> None:
+    async def run_sender(
+        self,
+        sid: int,
+        source: AsyncIterable[Any],
+        rate: RateLimit | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         """Send ``source``'s items on open outgoing stream ``sid``, then its end; its
-        error (or cancellation) ends the stream with STREAM_ERROR (STREAM_ABORT)."""
+        error (or cancellation) ends the stream with STREAM_ERROR (STREAM_ABORT), and
+        goes to ``on_error`` (a streaming handler's is logged).
+
+        An item larger than the receiver's ``max_item_size`` is not sent: the
+        :class:`PayloadTooLarge` is raised in ``source`` at its ``yield`` (an async
+        generator may catch it and go on); uncaught, it ends this stream only."""
         link = self.link
         core = link.core
         kick = link.host.flush
@@ -511,19 +522,33 @@ class StreamManager:
         buffered = link.host.transport_buffered
         limit = self.max_buffered_amount
         it = source.__aiter__()
+        refused: list[Any] = []  # what the source gave after a PayloadTooLarge thrown in
         try:
             try:
                 while True:
-                    try:
-                        item = await it.__anext__()
-                    except StopAsyncIteration:
-                        break
+                    if refused:
+                        item = refused.pop()
+                    else:
+                        try:
+                            item = await it.__anext__()
+                        except StopAsyncIteration:
+                            break
                     payload, raw = encode(item)
                     if rate is not None:
                         delay = rate.delay(len(payload) if rate.per_bytes else 1)
                         if delay > 0:
                             await asyncio.sleep(delay)
-                    ok = core.send_item(sid, payload, raw=raw)
+                    try:
+                        ok = core.send_item(sid, payload, raw=raw)
+                    except PayloadTooLarge as exc:
+                        throw = getattr(it, "athrow", None)
+                        if throw is None:
+                            raise
+                        try:
+                            refused.append(await throw(exc))
+                        except StopAsyncIteration:
+                            break
+                        continue
                     kick()
                     if not ok:
                         await self._wait_writable(sid)
@@ -541,6 +566,8 @@ class StreamManager:
                 raise
             except Exception as exc:  # the source raised: the receiver gets it
                 core.error_stream(sid, type(exc).__name__, str(exc))
+                if on_error is not None:
+                    on_error(exc)
             kick()
         finally:
             self._senders.pop(sid, None)

@@ -38,6 +38,7 @@ FLAG_STREAM = 0x04  # REQUEST: the response is a stream with the call's id
 FLAG_CHANNEL = 0x08  # REQUEST: the caller sends an input stream with the call's id
 FLAG_DEADLINE = 0x10  # REQUEST: payload starts with a varint deadline in ms
 FLAG_OPEN = 0x20  # STREAM_*: first frame of the stream (opens it)
+FLAG_KWARGS = 0x01  # REQUEST, NOTIFY: the arguments end with a map of keyword arguments
 FLAG_NEW = 0x01  # RESUME_OK: a new session (the one asked for is unknown)
 
 # Limits.

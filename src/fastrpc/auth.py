@@ -1,0 +1,74 @@
+"""Authentication at the WebSocket handshake: the request a server's
+``authenticate`` hook sees, and how its answer turns into an HTTP response.
+
+::
+
+    def authenticate(request: fastrpc.HandshakeRequest) -> object:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        user = USERS.get(token)
+        if user is None:
+            raise fastrpc.Unauthorized("unknown token")     # HTTP 401, before the upgrade
+        if request.path != "/rpc":
+            raise fastrpc.Forbidden("no such endpoint")     # HTTP 403
+        return user                                         # peer.identity in handlers
+
+    fastrpc.serve(router, authenticate=authenticate, ssl=context)
+
+The hook may be a coroutine function. It runs before the WebSocket upgrade, for
+every connection (a session being resumed included); returning None (or False)
+refuses with 401. Handlers read ``current_peer().identity`` and
+``current_peer().request_headers``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+from urllib.parse import parse_qs, urlsplit
+
+from .exceptions import AuthError, Unauthorized
+
+__all__ = ["Authenticate", "HandshakeRequest", "run_authenticate"]
+
+
+@dataclass(frozen=True)
+class HandshakeRequest:
+    """The HTTP request that asks to open a connection.
+
+    ``path`` without the query string; ``query`` its parameters (each a list, as
+    :func:`urllib.parse.parse_qs` gives them); ``headers`` a case-insensitive
+    mapping (``request.headers["Authorization"]``); ``remote_address`` the
+    client's ``(host, port)``.
+    """
+
+    path: str
+    query: dict[str, list[str]] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    remote_address: Any = None
+
+    @classmethod
+    def from_target(cls, target: str, headers: Mapping[str, str], remote_address: Any) -> HandshakeRequest:
+        """From the request target (path and query) and headers."""
+        parts = urlsplit(target)
+        return cls(parts.path or "/", parse_qs(parts.query), headers, remote_address)
+
+
+Authenticate = Callable[[HandshakeRequest], Union[Any, Awaitable[Any]]]
+
+
+async def run_authenticate(hook: Authenticate, request: HandshakeRequest) -> Any:
+    """The identity ``hook`` accepts ``request`` with; :class:`AuthError` (with its
+    HTTP status) when it refuses."""
+    result = hook(request)
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None or result is False:
+        raise Unauthorized("authentication required")
+    return result
+
+
+def refusal(exc: AuthError) -> tuple[int, str]:
+    """The HTTP status and body of a refusal."""
+    return exc.status, (exc.reason or "refused") + "\n"
