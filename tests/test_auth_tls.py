@@ -189,6 +189,8 @@ def test_authorize_holds_for_json_mode_clients_too() -> None:
                 async with ws_connect(server.url, additional_headers=headers, **NO_PROXY) as ws:
                     request = {"category": "request", "requestId": "r1", "data": {"method": "admin_only", "params": []}}
                     await ws.send(json.dumps(request))
+                    welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))  # the seed's greeting
+                    assert welcome["category"] == "welcome"
                     reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     assert reply["requestId"] == "r1"
                     if expected is None:

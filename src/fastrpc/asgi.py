@@ -28,7 +28,7 @@ an identity (anything but None or False); it refuses by returning None or False
 other exception is logged and answered with 500. The refusal is a real HTTP response
 where the ASGI server supports the ``websocket.http.response`` extension (uvicorn
 does), else the close-before-accept that ASGI servers turn into 403. The identity is
-kept on the transport: ``fastrpc.current_peer().transport.identity`` in a handler.
+kept on the transport and given to the peer: ``fastrpc.current_peer().identity`` in a handler.
 The contract is the one of ``serve(..., authenticate=)``, so one hook serves both.
 
 What the ASGI server owns and fastrpc cannot bound from here: its own message size

@@ -187,6 +187,8 @@ class Handlers:
                 router = self.router
                 found = router.methods.get(method)
                 specs = router.specs
+                if found is None and method == METHODS and self.introspection:
+                    found = functools.partial(describe, own, router), SYNC  # introspection.py
             spec = specs.get(method) if specs else None
             if found is None:
                 fallback = self._fallback()

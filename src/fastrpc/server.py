@@ -120,6 +120,12 @@ class Server:
         if it had come to this server, until it ends."""
         await self._connection(transport)
 
+    def _identity(self, transport: Transport) -> Any:
+        """The identity authenticate() gave this connection (an ASGI transport carries
+        its own: fastrpc.asgi)."""
+        ws = getattr(transport, "ws", None)
+        return self._identities.pop(ws, None) if ws is not None else getattr(transport, "identity", None)
+
     def _process_request(self, before: Callable[..., Any] | None) -> Callable[..., Awaitable[Any]]:
         """The WebSocket library's ``process_request`` hook that runs ``authenticate``
         (after the user's own ``process_request``, if any): an HTTP 401/403 answer
@@ -193,7 +199,7 @@ class Server:
             await self._resume(transport, first, session)
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
-        peer.identity = self._identities.pop(transport.ws, None)
+        peer.identity = self._identity(transport)
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
             token = self._tombstone(first)
@@ -369,10 +375,7 @@ class Server:
             max_held_bytes=o.max_connection_memory // 2,
             max_pending_bytes=o.max_connection_memory // 2,
         )
-        # The identity authenticate() gave this connection (an ASGI transport carries
-        # its own: fastrpc.asgi).
-        ws = getattr(transport, "ws", None)
-        peer.identity = self._identities.pop(ws, None) if ws is not None else getattr(transport, "identity", None)
+        peer.identity = self._identity(transport)
         try:
             await peer.greet()  # before the handler can say anything
         except (*TransportClosed, OSError):
