@@ -97,4 +97,3 @@ def test_compressed_items_are_held_as_received() -> None:
     first = s.read_item(1)
     assert first is not None and len(first[0]) == 900 * KiB
     assert s.stats()["memory"] == len(bomb)
-
