@@ -20,12 +20,14 @@ from .exceptions import (
     ConnectionClosed,
     ErrorCode,
     FastRPCError,
+    HistoryLost,
     LimitExceeded,
     PayloadTooLarge,
     ProtocolError,
     RemoteError,
     RemoteStreamError,
     ResumeFailed,
+    SlowSubscriber,
     StreamAborted,
     StreamClosed,
 )
@@ -35,6 +37,7 @@ from .protocol import Settings
 from .router import Router
 from .server import Server, serve
 from .streams import RateLimit, ReceiveStream, StreamManager, StreamStats
+from .topics import Gap, Item, Subscription
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,9 @@ __all__ = [
     "ConnectionClosed",
     "ErrorCode",
     "FastRPCError",
+    "Gap",
+    "HistoryLost",
+    "Item",
     "LimitExceeded",
     "PayloadTooLarge",
     "ProtocolError",
@@ -57,10 +63,12 @@ __all__ = [
     "RpcPeer",
     "Server",
     "Settings",
+    "SlowSubscriber",
     "StreamAborted",
     "StreamClosed",
     "StreamManager",
     "StreamStats",
+    "Subscription",
     "connect",
     "current_peer",
     "run",

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
 from . import options as O
+from .broker import Broker
 from .exceptions import ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer
 from .options import PeerOptions
@@ -17,6 +18,7 @@ from .protocol import Role
 from .resume import session_token
 from .router import Router
 from .sessions import MemorySessionStore, SessionStore
+from .topics import SUBSCRIBE, TopicHub
 from .transport import Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
@@ -42,6 +44,7 @@ class Server:
         options: PeerOptions,
         ws_kwargs: dict[str, Any],
         session_store: SessionStore[RpcPeer] | None = None,
+        broker: Broker | None = None,
     ) -> None:
         if isinstance(target, Router):
             self.router: Router | None = target
@@ -63,6 +66,13 @@ class Server:
         self._tokens: dict[RpcPeer, list[bytes]] = {}  # the tokens each session is stored under
         # Tokens of sessions dropped before any frame came or left -> until when.
         self._tombstones: dict[bytes, float] = {}
+        # Topics: publish() here, peer.subscribe() on the clients (topics.py).
+        self.topics = TopicHub(
+            broker,
+            queue_size=options.topic_queue_size,
+            history_size=options.topic_history_size,
+            history_ttl=options.topic_history_ttl,
+        )
 
     @property
     def port(self) -> int:
@@ -78,7 +88,13 @@ class Server:
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
+    async def publish(self, topic: str, item: Any) -> tuple[str, int]:
+        """Send ``item`` to every subscriber of ``topic`` (on every process sharing the
+        server's broker); return its ``(epoch, offset)``. See :mod:`fastrpc.topics`."""
+        return await self.topics.publish(topic, item)
+
     async def start(self) -> Server:
+        await self.topics.start()
         self._server = await start_server(
             self._connection,
             self.host,
@@ -106,6 +122,8 @@ class Server:
             await self._resume(transport, first, session)
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
+        peer.server = self
+        peer.register(SUBSCRIBE, self.topics.subscription)
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
             token = self._tombstone(first)
@@ -297,6 +315,7 @@ class Server:
         self._server.close()
         await asyncio.gather(*(p.close(1001, "server shutdown") for p in list(self.peers)), return_exceptions=True)
         await self._server.wait_closed()
+        await self.topics.close()
 
     async def serve_forever(self) -> None:
         """Serve until the server is closed (or this is cancelled)."""
@@ -317,6 +336,7 @@ def serve(
     port: int = 0,
     *,
     session_store: SessionStore[RpcPeer] | None = None,
+    broker: Broker | None = None,
     **options: Any,
 ) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
@@ -328,8 +348,11 @@ def serve(
     ``streams`` (a :class:`StreamManager` used as a template), ``compression``,
     ``keepalive_interval``/``keepalive_timeout``, ``expose_tracebacks``, ``resume``
     (keep sessions for clients that reconnect, ``session_grace`` seconds; in
-    ``session_store``, in memory by default); others go to
+    ``session_store``, in memory by default), ``broker`` (where topics live: a
+    :class:`fastrpc.broker.MemoryBroker` by default, a
+    :class:`fastrpc.redis_broker.RedisBroker` to share them between processes) and
+    ``topic_history_size``/``topic_history_ttl``/``topic_queue_size``; others go to
     ``websockets.asyncio.server.serve``.
     """
     opts, ws_kwargs = PeerOptions.split(options)
-    return Server(target, host, port, opts, ws_kwargs, session_store)
+    return Server(target, host, port, opts, ws_kwargs, session_store, broker)
