@@ -12,17 +12,23 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from itertools import islice
 from typing import Any, Protocol
 
 from . import options as O
 
-__all__ = ["Broker", "Deliver", "History", "MemoryBroker", "new_epoch"]
+__all__ = ["Broker", "History", "MemoryBroker", "Sink", "new_epoch"]
 
-# deliver(topic, epoch, offset, value): called once per item published (on any
-# process), in offset order per topic.
-Deliver = Callable[[str, str, int, Any], None]
+
+class Sink(Protocol):
+    """Where a broker delivers (a :class:`fastrpc.topics.TopicHub`)."""
+
+    def deliver(self, topic: str, epoch: str, offset: int, value: Any) -> None:
+        """One item published (on any process); called in offset order per topic."""
+
+    def reconnected(self) -> None:
+        """The broker's live feed was down and is back: items may have been missed
+        (or the broker lost its state): check every topic against the history."""
 
 
 def new_epoch() -> str:
@@ -51,8 +57,8 @@ class History:
 class Broker(Protocol):
     """The interface :class:`fastrpc.topics.TopicHub` uses."""
 
-    async def start(self, deliver: Deliver) -> None:
-        """Begin delivering every item published on any process to ``deliver``."""
+    async def start(self, sink: Sink) -> None:
+        """Begin delivering every item published on any process to ``sink``."""
 
     async def publish(self, topic: str, value: Any) -> tuple[str, int]:
         """Give ``value`` the topic's next offset, keep it in the history window,
@@ -88,10 +94,10 @@ class MemoryBroker:
         self.history_size = history_size
         self.history_ttl = history_ttl
         self._topics: dict[str, _Topic] = {}
-        self._deliver: Deliver | None = None
+        self._sink: Sink | None = None
 
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
 
     def _topic(self, name: str) -> _Topic:
         t = self._topics.get(name)
@@ -116,8 +122,8 @@ class MemoryBroker:
         if self.history_size:
             t.items.append((t.last, now, value))
         self._trim(t, now)
-        if self._deliver is not None:
-            self._deliver(topic, t.epoch, t.last, value)
+        if self._sink is not None:
+            self._sink.deliver(topic, t.epoch, t.last, value)
         return t.epoch, t.last
 
     async def history(self, topic: str, after: int | None) -> History:
@@ -130,4 +136,4 @@ class MemoryBroker:
         return History(t.epoch, first, t.last, items)
 
     async def close(self) -> None:
-        self._deliver = None
+        self._sink = None

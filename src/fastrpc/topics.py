@@ -226,7 +226,7 @@ class TopicHub:
     async def start(self) -> None:
         if not self._started:
             self._started = True
-            await self.broker.start(self._deliver)
+            await self.broker.start(self)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -260,7 +260,15 @@ class TopicHub:
 
     # -- delivery from the broker
 
-    def _deliver(self, topic: str, epoch: str, offset: int, value: Any) -> None:
+    def reconnected(self) -> None:
+        """(Broker hook) the live feed was down: check each topic against its history."""
+        for topic, t in self._topics.items():
+            if t.epoch is not None and not t.filling:
+                t.filling = True
+                self._spawn(self._fill(topic, t))
+
+    def deliver(self, topic: str, epoch: str, offset: int, value: Any) -> None:
+        """(Broker hook) an item published on ``topic``, on any process."""
         t = self._topics.get(topic)
         if t is None:
             return
@@ -284,16 +292,34 @@ class TopicHub:
         for sub in t.subs:
             sub.push(epoch, offset, env, value)
 
+    async def _history(self, topic: str, after: int | None) -> History:
+        """The broker's history, retried for ``BROKER_TIMEOUT`` seconds (a broker
+        that just came back may fail a command or two on stale connections)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + O.BROKER_TIMEOUT
+        delay = 0.02
+        while True:
+            try:
+                return await self.broker.history(topic, after)
+            except Exception:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     async def _fill(self, topic: str, t: _Topic) -> None:
         try:
-            h = await self.broker.history(topic, t.last)
+            h = await self._history(topic, t.last)
             if h.epoch == t.epoch and h.first <= t.last + 1:
                 for offset, value in h.items:
                     if offset > t.last:
                         self._fan_out(t, h.epoch, offset, value)
             else:
+                why = (
+                    "the epoch changed" if h.epoch != t.epoch else "items were lost between the broker and this process"
+                )
                 for sub in list(t.subs):
-                    sub.finish([_LOST, h.epoch, h.first, "items were lost between the broker and this process"])
+                    sub.finish([_LOST, h.epoch, h.first, why])
                 t.epoch, t.last = h.epoch, h.last
         except Exception as exc:
             for sub in list(t.subs):
@@ -302,7 +328,7 @@ class TopicHub:
             t.filling = False
             pending, t.pending = t.pending, []
             for epoch, offset, value in pending:
-                self._deliver(topic, epoch, offset, value)
+                self.deliver(topic, epoch, offset, value)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
