@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,3 +82,100 @@ class Redis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_ports(n: int) -> int:
+    """A base port such that base .. base + n - 1 are all free on loopback."""
+    for _ in range(200):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+
+
+def documented_nginx_config() -> str:
+    """The nginx block of docs/deployment.md (the configuration the docs promise)."""
+    text = DOCS.read_text()
+    start = text.index("```nginx\n") + len("```nginx\n")
+    return text[start : text.index("```", start)]
+
+
+class Nginx:
+    """nginx running ``http_block`` (the docs' configuration with its ports replaced)
+    in a temporary prefix, in the foreground, stopped by pid."""
+
+    def __init__(self, http_block: str, listen: int) -> None:
+        need(NGINX, "nginx")
+        self.dir = Path(tempfile.mkdtemp(prefix="fastrpc-nginx-"))
+        self.listen = listen
+        d = self.dir
+        temp = " ".join(f"{k}_temp_path {d}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (d / "nginx.conf").write_text(
+            f"daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n"
+            f"events {{ worker_connections 4096; }}\n"
+            f"http {{\naccess_log off;\n{temp}\n{http_block}\n}}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Nginx:
+        args = [NGINX, "-e", str(self.dir / "error.log"), "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.listen)
+        except TimeoutError:
+            stop(self.proc)
+            raise RuntimeError(f"nginx did not start: {(self.dir / 'error.log').read_text()}") from None
+        return self
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Workers:
+    """``python -m fastrpc.workers _topics_app:router --workers N ...`` (the
+    supervisor), stopped with SIGTERM (a drain) by its pid."""
+
+    def __init__(self, n: int, port: int, broker: str | None, *extra: str) -> None:
+        self.n = n
+        self.port = port
+        args = [sys.executable, "-m", "fastrpc.workers", "_topics_app:router", "--workers", str(n)]
+        args += ["--port", str(port), "--grace", "3", *extra]
+        if broker:
+            args += ["--broker", broker]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  # a file, not a pipe nobody reads; closed by close()
+        self.proc = subprocess.Popen(args, cwd=TESTS, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, ports: list[int]) -> None:
+        for p in ports:
+            wait_port(p, 20)
+
+    def close(self) -> int | None:
+        stop(self.proc, 15)
+        self.log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from _services import Redis
 from _util import QUIET, run
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -115,7 +116,7 @@ def test_a_hole_in_the_live_feed_is_filled_from_history(redis: Redis) -> None:
                 await a.publish("feed", 0)
                 assert [e.value for e in await take(sub, 1)] == [0]
                 # Drop every pub/sub link: items published meanwhile reach no worker.
-                admin = RedisBroker(redis.url).redis
+                admin = aioredis.Redis.from_url(redis.url)
                 await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
                 for i in range(1, 6):
                     await a.publish("feed", i)

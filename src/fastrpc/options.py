@@ -98,6 +98,7 @@ TOPIC_QUEUE_SIZE = 256
 MAX_TOPIC_NAME = 256  # bytes of UTF-8; a longer name is refused (ValueError)
 # Redis broker: how long a publish or history read may take before it fails.
 BROKER_TIMEOUT = 5.0
+BROKER_CONNECTIONS = 16  # per process, for publishing and history reads
 # Workers (workers.py): seconds a draining worker lets in-flight calls finish after
 # SIGTERM, and the fastest a crashed worker is restarted again.
 WORKER_GRACE = 10.0

@@ -87,7 +87,8 @@ class RedisBroker:
     ``history_size`` / ``history_ttl``: the window kept per topic (as
     :class:`fastrpc.broker.MemoryBroker`'s); ``prefix``: the namespace of its keys;
     ``timeout``: seconds a Redis command may take (publish and history reads then
-    raise ``redis.exceptions.TimeoutError``).
+    raise ``redis.exceptions.TimeoutError``); ``max_connections``: the connections
+    publish and history reads share (callers wait for one), besides the pub/sub one.
     """
 
     def __init__(
@@ -98,15 +99,23 @@ class RedisBroker:
         history_size: int = O.TOPIC_HISTORY_SIZE,
         history_ttl: float = O.TOPIC_HISTORY_TTL,
         timeout: float = O.BROKER_TIMEOUT,
+        max_connections: int = O.BROKER_CONNECTIONS,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.timeout = timeout
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        # Many subscriptions may start at once (a worker's clients reconnecting): they
+        # queue for one of max_connections connections instead of failing.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
         self._publish = self.redis.register_script(_PUBLISH)
         self._history = self._script = self.redis.register_script(_HISTORY)
         self._sink: Sink | None = None
@@ -130,6 +139,7 @@ class RedisBroker:
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
         await self.redis.aclose()
+        await self._pool.disconnect()
 
     async def publish(self, topic: str, value: Any) -> tuple[str, int]:
         data = msgspec.msgpack.encode(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -123,7 +124,7 @@ class Server:
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
         peer.server = self
-        peer.register(SUBSCRIBE, self.topics.subscription)
+        peer.register(SUBSCRIBE, functools.partial(self.topics.subscription, peer))
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
             token = self._tombstone(first)
@@ -307,6 +308,12 @@ class Server:
             if not runner.done():
                 runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket: no new connections, the open ones go on (a
+        draining worker: :func:`fastrpc.workers.drain`)."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
 
     async def close(self) -> None:
         """Stop accepting, close every connection, wait until they are cleaned up."""

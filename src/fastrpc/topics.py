@@ -106,13 +106,15 @@ class _Sub:
         "key",
         "last",
         "limit",
+        "owner",
         "policy",
         "queue",
         "topic",
         "waiter",
     )
 
-    def __init__(self, topic: _Topic, policy: str, key: str | None, limit: int) -> None:
+    def __init__(self, owner: object, topic: _Topic, policy: str, key: str | None, limit: int) -> None:
+        self.owner = owner  # the connection that subscribed
         self.topic = topic
         self.policy = policy
         self.key = key
@@ -244,6 +246,10 @@ class TopicHub:
         t = self._topics.get(topic)
         return len(t.subs) if t is not None else 0
 
+    def subscriptions_of(self, owner: object) -> int:
+        """Subscriptions the connection ``owner`` has open (each is a running call)."""
+        return sum(1 for t in self._topics.values() for sub in t.subs if sub.owner is owner)
+
     async def publish(self, topic: str, value: Any) -> tuple[str, int]:
         """Publish ``value`` on ``topic``; return its ``(epoch, offset)``.
 
@@ -339,6 +345,7 @@ class TopicHub:
 
     def subscription(
         self,
+        owner: object,
         topic: str,
         epoch: str | None = None,
         offset: int | None = None,
@@ -346,7 +353,8 @@ class TopicHub:
         key: str | None = None,
         queue_size: int | None = None,
     ) -> AsyncIterator[Any]:
-        """The handler of :data:`SUBSCRIBE`: the events of one subscription."""
+        """The handler of :data:`SUBSCRIBE` for connection ``owner``: the events of
+        one subscription."""
         _check_name(topic)
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
@@ -355,15 +363,15 @@ class TopicHub:
         if (epoch is None) != (offset is None) or (offset is not None and (not isinstance(offset, int) or offset < 0)):
             raise ValueError("since must be None or (epoch, offset >= 0)")
         limit = self.queue_size if queue_size is None else max(1, min(int(queue_size), self.queue_size))
-        return self._events(topic, epoch, offset, policy, key, limit)
+        return self._events(owner, topic, epoch, offset, policy, key, limit)
 
     async def _events(
-        self, topic: str, epoch: str | None, offset: int | None, policy: str, key: str | None, limit: int
+        self, owner: object, topic: str, epoch: str | None, offset: int | None, policy: str, key: str | None, limit: int
     ) -> AsyncIterator[Any]:
         t = self._topics.get(topic)
         if t is None:
             t = self._topics[topic] = _Topic()
-        sub = _Sub(t, policy, key, limit)
+        sub = _Sub(owner, t, policy, key, limit)
         t.subs[sub] = None  # live items queue from now on; the history fills what came before
         try:
             h: History = await self.broker.history(topic, offset)
