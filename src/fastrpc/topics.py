@@ -467,6 +467,7 @@ class Subscription(AsyncIterator[Event]):
         self._stream: ReceiveStream[Any] | None = None
         self._stream_started: ReceiveStream[Any] | None = None  # its START came
         self._early: deque[Event] = deque()  # read by start() before the START
+        self._retries = 0  # resubscriptions since the last START
         self._done = False
 
     @property
@@ -516,6 +517,11 @@ class Subscription(AsyncIterator[Event]):
                     raise
                 # The session was not resumed but the connection lives on: the
                 # topic's history fills what the lost stream would have carried.
+                # Again at once the first time, then with a growing pause (a
+                # connection still being re-established fails the call at once).
+                if self._retries:
+                    await asyncio.sleep(min(0.01 * 2**self._retries, 1.0))
+                self._retries += 1
                 self.resubscribed += 1
                 continue
             except RemoteStreamError as exc:
@@ -530,6 +536,7 @@ class Subscription(AsyncIterator[Event]):
             if kind == _START:
                 self.epoch, self.offset, self.recovered = ev[1], ev[2], ev[3]
                 self._stream_started = self._stream
+                self._retries = 0
                 if until_start:
                     return None
             elif kind == _GAP:
