@@ -142,10 +142,13 @@ class Nginx:
             raise RuntimeError(f"nginx did not start: {(self.dir / 'error.log').read_text()}") from None
         return self
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

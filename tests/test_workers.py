@@ -8,6 +8,7 @@ another worker and recover from Redis, nothing lost or repeated), a restarted Re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import uuid
@@ -132,6 +133,45 @@ def test_worker_killed_mid_feed_subscribers_recover_through_nginx(
             await c.close()
 
     run(main(), 60)
+
+
+def test_a_dropped_connection_resumes_on_its_own_worker_through_nginx(
+    workers: tuple[Workers, list[int]], nginx: Nginx
+) -> None:
+    """Rule 1 of docs/deployment.md: nginx hashes ?client= to the same worker, so a
+    session survives a dropped connection whole: the in-flight call completes, the
+    subscription goes on without resubscribing, nothing lost or repeated."""
+    _, ports = workers
+    total = 60
+
+    async def main() -> None:
+        url = f"ws://127.0.0.1:{nginx.listen}/?client={uuid.uuid4().hex}"
+        drops: list[BaseException] = []
+        policy = dataclasses.replace(FAST_RETRY, on_disconnected=lambda peer, exc: drops.append(exc))
+        client = await fastrpc.connect(url, reconnect=policy, **QUIET)
+        pid = await client.call("whoami")
+        sub = await client.subscribe("feed").start()
+        publisher = await fastrpc.connect(f"ws://127.0.0.1:{ports[0]}", **QUIET)
+        got: list[Item] = []
+        reader = asyncio.ensure_future(collect(sub, total, got))
+        call = asyncio.ensure_future(client.call("slow", 0.5))
+        for i in range(total):
+            await publisher.call("publish", "feed", i)
+            if i == total // 3:
+                nginx.stop()  # every connection through it drops
+                await asyncio.sleep(0.1)
+                nginx.start()
+            await asyncio.sleep(0.005)
+        assert await asyncio.wait_for(call, 10) == "done"  # survived the drop
+        await asyncio.wait_for(reader, 10)
+        assert [e.value for e in got] == list(range(total))
+        assert drops  # the connection did drop ...
+        assert sub.resubscribed == 0  # ... and the session resumed: no recovery was needed
+        assert await client.call("whoami") == pid
+        await client.close()
+        await publisher.close()
+
+    run(main(), 40)
 
 
 def test_redis_restart_mid_feed_is_never_a_silent_gap(redis: Redis, workers: tuple[Workers, list[int]]) -> None:
