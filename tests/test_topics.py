@@ -11,6 +11,7 @@ import pytest
 from _util import QUIET, run, until
 
 import fastrpc
+from fastrpc.broker import MemoryBroker
 from fastrpc.codec import PayloadCodec
 from fastrpc.topics import Gap, Item
 
@@ -274,5 +275,24 @@ def test_publish_from_a_handler_and_bad_requests() -> None:
                     await c.stream("$fastrpc.subscribe", "y" * 300).__anext__()
                 with pytest.raises(fastrpc.RemoteStreamError, match="since"):
                     await c.stream("$fastrpc.subscribe", "t", "e", -1).__anext__()
+
+    run(main())
+
+
+def test_subscribers_leave_nothing_behind() -> None:
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as c:
+                subs = [await c.subscribe(f"no-such-topic-{i}").start() for i in range(50)]
+                for sub in subs:
+                    await sub.aclose()
+                await until(lambda: sum(server.topics.subscribers(f"no-such-topic-{i}") for i in range(50)) == 0)
+                broker = server.topics.broker
+                assert isinstance(broker, MemoryBroker) and len(broker) == 0
+                # A topic first published after its subscriber came: from offset 1 on.
+                sub = await c.subscribe("later").start()
+                await server.publish("later", "first")
+                assert [(e.offset, e.value) for e in await take(sub, 1)] == [(1, "first")]
+                await sub.aclose()
 
     run(main())

@@ -157,3 +157,17 @@ def test_redis_restart_changes_the_epoch_history_lost(redis: Redis) -> None:
                 await again.aclose()
 
     run(main(), 30)
+
+
+def test_subscribing_creates_no_keys(redis: Redis) -> None:
+    async def main() -> None:
+        async with serve(redis) as a:
+            async with fastrpc.connect(a.url, **QUIET) as c:
+                subs = [await c.subscribe(f"nothing-{i}").start() for i in range(30)]
+                for sub in subs:
+                    await sub.aclose()
+                admin = aioredis.Redis.from_url(redis.url)
+                assert await admin.keys("t:*") == [b"t:epoch"]  # one key, whatever the names
+                await admin.aclose()
+
+    run(main())

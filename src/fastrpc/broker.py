@@ -73,10 +73,9 @@ class Broker(Protocol):
 
 
 class _Topic:
-    __slots__ = ("epoch", "items", "last")
+    __slots__ = ("items", "last")
 
     def __init__(self) -> None:
-        self.epoch = new_epoch()
         self.last = 0
         self.items: deque[tuple[int, float, Any]] = deque()  # (offset, published at, value)
 
@@ -85,7 +84,9 @@ class MemoryBroker:
     """One process's topics, in memory: the default broker.
 
     ``history_size`` items at most, none older than ``history_ttl`` seconds, are kept
-    per topic for subscribers that resume. Epochs last as long as the process.
+    per topic for subscribers that resume. One epoch for all topics: offsets restart
+    only with the process. Only publishing creates a topic (subscribers, whatever
+    names they ask for, leave nothing behind).
     """
 
     def __init__(self, history_size: int = O.TOPIC_HISTORY_SIZE, history_ttl: float = O.TOPIC_HISTORY_TTL) -> None:
@@ -95,9 +96,14 @@ class MemoryBroker:
         self.history_ttl = history_ttl
         self._topics: dict[str, _Topic] = {}
         self._sink: Sink | None = None
+        self.epoch = new_epoch()
 
     async def start(self, sink: Sink) -> None:
         self._sink = sink
+
+    def __len__(self) -> int:
+        """Topics published to so far (each keeps its offset and window)."""
+        return len(self._topics)
 
     def _topic(self, name: str) -> _Topic:
         t = self._topics.get(name)
@@ -123,17 +129,19 @@ class MemoryBroker:
             t.items.append((t.last, now, value))
         self._trim(t, now)
         if self._sink is not None:
-            self._sink.deliver(topic, t.epoch, t.last, value)
-        return t.epoch, t.last
+            self._sink.deliver(topic, self.epoch, t.last, value)
+        return self.epoch, t.last
 
     async def history(self, topic: str, after: int | None) -> History:
-        t = self._topic(topic)
+        t = self._topics.get(topic)
+        if t is None:
+            return History(self.epoch, 1, 0, [])
         self._trim(t, time.monotonic())
         first = t.items[0][0] if t.items else t.last + 1
         # Offsets in the window are consecutive: the first wanted is at after + 1 - first.
         skip = 0 if after is None else max(0, after + 1 - first)
         items = [] if after is None else [(o, v) for o, _, v in islice(t.items, skip, None)]
-        return History(t.epoch, first, t.last, items)
+        return History(self.epoch, first, t.last, items)
 
     async def close(self) -> None:
         self._sink = None

@@ -4,10 +4,14 @@ Needs the ``redis`` package (``pip install fastrpc[redis]``) and Redis >= 6.2.
 
 Per topic ``T`` (keys under ``prefix``):
 
-* ``{prefix}:m:T``, a hash: ``e`` the epoch, ``o`` the last offset given out. A Redis
-  that lost its data (restarted without persistence, flushed, failed over to an empty
-  replica) has no epoch: the next publish or read makes a new one, and subscribers
-  that resume from the old one get :class:`fastrpc.HistoryLost`.
+* ``{prefix}:epoch``: the epoch of every topic. A Redis that lost its data (restarted
+  without persistence, flushed, failed over to an empty replica) has none: the next
+  publish or read makes a new one, and subscribers that resume from the old one get
+  :class:`fastrpc.HistoryLost`. (Give the broker's Redis ``maxmemory-policy
+  noeviction``: a topic's keys evicted alone would restart its offsets in the same
+  epoch.)
+* ``{prefix}:m:T``, a hash: ``o`` the last offset given out (made by the first
+  publish: subscribing, to any name, creates no key).
 * ``{prefix}:s:T``, a Stream capped at ``history_size`` entries and ``history_ttl``
   seconds (``XADD MAXLEN`` / ``XTRIM MINID``): the history window, the same for every
   worker, so a subscriber recovers on whichever worker it reconnects to.
@@ -38,10 +42,10 @@ __all__ = ["RedisBroker"]
 logger = logging.getLogger("fastrpc.redis_broker")
 
 _PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('SET', KEYS[4], epoch)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local maxlen = tonumber(ARGV[3])
@@ -58,12 +62,12 @@ return {epoch, offset}
 """
 
 _HISTORY = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('SET', KEYS[3], epoch)
 end
-local last = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   local t = redis.call('TIME')
@@ -125,7 +129,7 @@ class RedisBroker:
 
     def _keys(self, topic: str) -> list[str]:
         p = self.prefix
-        return [f"{p}:m:{topic}", f"{p}:s:{topic}", f"{p}:c:{topic}"]
+        return [f"{p}:m:{topic}", f"{p}:s:{topic}", f"{p}:c:{topic}", f"{p}:epoch"]
 
     async def start(self, sink: Sink) -> None:
         self._sink = sink
@@ -148,7 +152,8 @@ class RedisBroker:
         return epoch.decode(), int(offset)
 
     async def history(self, topic: str, after: int | None) -> History:
-        keys = self._keys(topic)[:2]
+        k = self._keys(topic)
+        keys = [k[0], k[1], k[3]]
         ttl_ms = int(self.history_ttl * 1000)
         epoch, first, last, raw = await self._history(
             keys=keys, args=[new_epoch(), ttl_ms, -1 if after is None else after]
