@@ -26,9 +26,9 @@ except ImportError:  # Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 CONSTRAINTS = ROOT / "ci" / "constraints-lowest.txt"
-# The extras the lowest job installs (".[test]"; "zstd" is a subset of "test").
+# The extras the lowest job installs (".[test]"; "zstd" and "redis" are subsets of "test").
 # "dev" holds tools (mypy, build, cibuildwheel), not runtime or test dependencies.
-EXTRAS = ("test", "zstd")
+EXTRAS = ("test", "zstd", "redis")
 
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;]*?)\s*(?:;\s*(.*?))?\s*$")
 

@@ -25,6 +25,7 @@ from .exceptions import (
     FastRPCError,
     Forbidden,
     HandshakeTimeout,
+    HistoryLost,
     InvalidArguments,
     InvalidCall,
     LimitExceeded,
@@ -36,6 +37,7 @@ from .exceptions import (
     RemoteError,
     RemoteStreamError,
     ResumeFailed,
+    SlowSubscriber,
     StreamAborted,
     StreamClosed,
     Unauthorized,
@@ -47,6 +49,7 @@ from .protocol import Settings
 from .router import Router
 from .server import Server, serve
 from .streams import RateLimit, ReceiveStream, StreamManager, StreamStats
+from .topics import Gap, Item, Subscription
 
 __version__ = "0.1.0"
 
@@ -58,10 +61,13 @@ __all__ = [
     "ErrorCode",
     "FastRPCError",
     "Forbidden",
+    "Gap",
     "HandshakeRequest",
     "HandshakeTimeout",
+    "HistoryLost",
     "InvalidArguments",
     "InvalidCall",
+    "Item",
     "LimitExceeded",
     "MethodNotFound",
     "NotFastRPC",
@@ -79,10 +85,12 @@ __all__ = [
     "RpcPeer",
     "Server",
     "Settings",
+    "SlowSubscriber",
     "StreamAborted",
     "StreamClosed",
     "StreamManager",
     "StreamStats",
+    "Subscription",
     "Unauthorized",
     "UsageError",
     "connect",

@@ -15,6 +15,7 @@ from .exceptions import CallTimeout, ConnectionClosed, ErrorCode
 from .handlers import Handlers
 from .protocol import DEFAULT_URGENCY, Connection, Settings
 from .streams import RateLimit, ReceiveStream, StreamId, StreamManager
+from .topics import BLOCK, Subscription
 from .transport import Transport
 
 __all__ = ["PeerAPI", "Response"]
@@ -316,6 +317,28 @@ class PeerAPI:
             self._kick()
 
         return self.streams.call_stream(start)
+
+    def subscribe(
+        self,
+        topic: str,
+        since: tuple[str, int] | None = None,
+        *,
+        policy: str = BLOCK,
+        key: str | None = None,
+        queue_size: int | None = None,
+    ) -> Subscription:
+        """Subscribe to ``topic`` on the server: ``async for item in
+        peer.subscribe("prices")`` (see :class:`fastrpc.topics.Subscription`).
+
+        ``since``: ``(epoch, offset)`` of the last item seen (``sub.position``): the
+        items after it come first, from the topic's history, or
+        :class:`fastrpc.HistoryLost`. ``policy`` when this subscriber falls
+        ``queue_size`` items behind (at most the server's ``topic_queue_size``):
+        ``"block"`` (the publisher waits), ``"drop_oldest"`` (a :class:`Gap` event
+        counts what was dropped), ``"latest"`` (only the newest item per ``key``, a
+        field of dict items), ``"disconnect"`` (:class:`fastrpc.SlowSubscriber`).
+        """
+        return Subscription(self, topic, since, policy=policy, key=key, queue_size=queue_size)
 
     # -------------------------------------------------------------- streams
 

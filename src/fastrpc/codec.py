@@ -28,7 +28,26 @@ Payload = Union[bytes, bytearray, memoryview]
 EncHook = Callable[[Any], Any]
 DecHook = Callable[[type, Any], Any]
 
-__all__ = ["CODECS", "DecHook", "EncHook", "PayloadCodec", "get_codec"]
+__all__ = ["CODECS", "DecHook", "EncHook", "Encoded", "PayloadCodec", "get_codec"]
+
+
+class Encoded:
+    """A value encoded once for every connection that sends it (a topic's item goes
+    to many subscribers): :meth:`PayloadCodec.encode` returns the cached payload of
+    its codec instead of encoding the value again."""
+
+    __slots__ = ("_payloads", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._payloads: dict[int, bytes] = {}
+
+    def payload(self, codec: PayloadCodec) -> bytes:
+        """The value's payload in ``codec`` (encoded on first use, then cached)."""
+        p = self._payloads.get(codec.wire_id)
+        if p is None:
+            p = self._payloads[codec.wire_id] = codec.encode_value(self.value)
+        return p
 
 
 def _fallback_hook(obj: Any) -> Any:
@@ -86,8 +105,11 @@ class PayloadCodec:
 
     def encode(self, value: Any) -> tuple[bytes, bool]:
         """``(payload, raw)``: raw is True when ``value`` was bytes sent as is."""
-        if type(value) is bytes:
+        t = type(value)
+        if t is bytes:
             return value, True
+        if t is Encoded:
+            return value.payload(self), False
         return self._encode(value), False
 
     def decode(self, payload: Payload, raw: bool) -> Any:

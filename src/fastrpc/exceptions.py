@@ -243,3 +243,33 @@ class StreamAborted(FastRPCError):
 
 class StreamClosed(FastRPCError):
     """The stream was closed locally or by the receiver; no more items flow."""
+
+
+class HistoryLost(FastRPCError):
+    """A topic subscription cannot continue without a gap: the position it resumes
+    from is older than the topic's history window (``topic_history_size`` /
+    ``topic_history_ttl``), or the topic's ``epoch`` changed (its broker lost its
+    state, e.g. Redis restarted). ``epoch`` is the topic's current epoch and
+    ``first_available`` the oldest offset still in its history; resubscribe with
+    ``since=None`` (from now) or ``since=(epoch, first_available - 1)``."""
+
+    def __init__(self, epoch: str, first_available: int, reason: str = "") -> None:
+        super().__init__(
+            f"topic history lost: epoch {epoch!r}, first available offset {first_available}"
+            + (f" ({reason})" if reason else "")
+        )
+        self.epoch = epoch
+        self.first_available = first_available
+        self.reason = reason
+
+
+class SlowSubscriber(FastRPCError):
+    """A subscription with ``policy="disconnect"`` fell more than its queue
+    (``topic_queue_size`` items) behind the feed and was ended by the server;
+    ``position`` ``(epoch, offset)`` is the last item received: resubscribing with
+    ``since=position`` recovers the rest from the topic's history."""
+
+    def __init__(self, topic: str, position: tuple[str, int] | None, reason: str = "") -> None:
+        super().__init__(f"subscription to {topic!r} ended: subscriber too slow" + (f" ({reason})" if reason else ""))
+        self.topic = topic
+        self.position = position

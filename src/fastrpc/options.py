@@ -97,6 +97,22 @@ MIN_CHUNK = 4 << 10
 # -- serving files (serve(..., static=DIR), static.py) -----------------------------------
 # A file larger than this is refused (403): a response is held whole in memory.
 MAX_STATIC_FILE_SIZE = 16 << 20
+# -- topics (server.publish / peer.subscribe: topics.py, broker.py) --------------------
+# A topic's history window: the newest this many items, none older than this many
+# seconds; a subscriber resuming from further back gets HistoryLost.
+TOPIC_HISTORY_SIZE = 1000
+TOPIC_HISTORY_TTL = 300.0
+# Items queued for one subscription on the server (its policy decides what happens
+# past it: block the publisher, drop the oldest, keep the latest per key, or end it).
+TOPIC_QUEUE_SIZE = 256
+MAX_TOPIC_NAME = 256  # bytes of UTF-8; a longer name is refused (ValueError)
+# Redis broker: how long a publish or history read may take before it fails.
+BROKER_TIMEOUT = 5.0
+BROKER_CONNECTIONS = 16  # per process, for publishing and history reads
+# Workers (workers.py): seconds a draining worker lets in-flight calls finish after
+# SIGTERM, and the fastest a crashed worker is restarted again.
+WORKER_GRACE = 10.0
+WORKER_RESTART_DELAY = 0.5
 
 
 @dataclass
@@ -139,6 +155,10 @@ class PeerOptions:
     json_paths: tuple[str, ...] = ()
     # Answer the reserved call ``fastrpc.methods`` with the method list (introspection.py).
     introspection: bool = True
+    # Topics (a server's): the history window and each subscription's queue.
+    topic_history_size: int = TOPIC_HISTORY_SIZE
+    topic_history_ttl: float = TOPIC_HISTORY_TTL
+    topic_queue_size: int = TOPIC_QUEUE_SIZE
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -78,6 +78,7 @@ class RpcPeer(PeerAPI):
         "_transport_done",
         "_writer",
         "on_transport_lost",
+        "server",
         "session_task",
         "streams",
     )
@@ -118,6 +119,7 @@ class RpcPeer(PeerAPI):
         self.streams = manager
         manager.attach(self._link)
         self._handlers = Handlers(self._link, manager, router, expose_tracebacks, introspection)
+        self.server: Any = None  # the fastrpc.Server that accepted this connection, if any
         self._keepalive = Keepalive(self._loop, keepalive_interval, keepalive_timeout, self)
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._call_waiters: list[asyncio.Future[None]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import inspect
 import os
@@ -14,6 +15,7 @@ from typing import Any, Union
 from . import options as O
 from .addresses import ws_url
 from .auth import Authenticate, HandshakeRequest, refusal, run_authenticate
+from .broker import Broker
 from .exceptions import AuthError, ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer, welcome_message
 from .log import protocol_logger, warn_limited
@@ -25,6 +27,7 @@ from .resume import session_token
 from .router import Router
 from .sessions import MemorySessionStore, SessionStore
 from .static import StaticFiles
+from .topics import SUBSCRIBE, TopicHub
 from .transport import Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
@@ -50,6 +53,7 @@ class Server:
         session_store: SessionStore[RpcPeer] | None = None,
         static: str | os.PathLike[str] | None = None,
         authenticate: Authenticate | None = None,
+        broker: Broker | None = None,
     ) -> None:
         if isinstance(target, Router):
             self.router: Router | None = target
@@ -78,6 +82,13 @@ class Server:
         self._tokens: dict[RpcPeer, list[bytes]] = {}  # the tokens each session is stored under
         # Tokens of sessions dropped before any frame came or left -> until when.
         self._tombstones: dict[bytes, float] = {}
+        # Topics: publish() here, peer.subscribe() on the clients (topics.py).
+        self.topics = TopicHub(
+            broker,
+            queue_size=options.topic_queue_size,
+            history_size=options.topic_history_size,
+            history_ttl=options.topic_history_ttl,
+        )
 
     @property
     def port(self) -> int:
@@ -100,11 +111,17 @@ class Server:
         """``ws://host:port`` (``wss://`` under TLS; an IPv6 host in brackets)."""
         return ws_url(self.host, self.port, secure=self.tls)
 
+    async def publish(self, topic: str, item: Any) -> tuple[str, int]:
+        """Send ``item`` to every subscriber of ``topic`` (on every process sharing the
+        server's broker); return its ``(epoch, offset)``. See :mod:`fastrpc.topics`."""
+        return await self.topics.publish(topic, item)
+
     async def start(self) -> Server:
         """Start listening; returns the server (``await serve(...).start()``)."""
         ws_kwargs = dict(self._ws_kwargs)
         if self.authenticate is not None:
             ws_kwargs["process_request"] = self._process_request(ws_kwargs.get("process_request"))
+        await self.topics.start()
         self._server = await start_server(
             self._connection,
             self.host,
@@ -200,6 +217,8 @@ class Server:
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
         peer.identity = self._identity(transport)
+        peer.server = self
+        peer.register(SUBSCRIBE, functools.partial(self.topics.subscription, peer))
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
             token = self._tombstone(first)
@@ -399,6 +418,12 @@ class Server:
                 runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
 
+    def stop_accepting(self) -> None:
+        """Close the listening socket: no new connections, the open ones go on (a
+        draining worker: :func:`fastrpc.workers.drain`)."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
+
     async def close(self) -> None:
         """Stop accepting, close every connection, wait until they are cleaned up."""
         if self._server is None:
@@ -406,6 +431,7 @@ class Server:
         self._server.close()
         await asyncio.gather(*(p.close(1001, "server shutdown") for p in list(self.peers)), return_exceptions=True)
         await self._server.wait_closed()
+        await self.topics.close()
 
     async def serve_forever(self) -> None:
         """Serve until the server is closed (or this is cancelled)."""
@@ -428,6 +454,7 @@ def serve(
     session_store: SessionStore[RpcPeer] | None = None,
     static: str | os.PathLike[str] | None = None,
     authenticate: Authenticate | None = None,
+    broker: Broker | None = None,
     **options: Any,
 ) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
@@ -443,7 +470,10 @@ def serve(
     clients of the seed's JSON protocol are told apart: docs/json-mode.md);
     ``introspection`` (answer the reserved call ``fastrpc.methods`` with the method
     list, :mod:`fastrpc.introspection`; on by default); ``enc_hook``/``dec_hook``
-    (custom payload types, :mod:`fastrpc.codec`); others go to
+    (custom payload types, :mod:`fastrpc.codec`); ``broker`` (where topics live: a
+    :class:`fastrpc.broker.MemoryBroker` by default, a
+    :class:`fastrpc.redis_broker.RedisBroker` to share them between processes) and
+    ``topic_history_size``/``topic_history_ttl``/``topic_queue_size``; others go to
     ``websockets.asyncio.server.serve``.
 
     ``static``: a directory whose files are served over plain HTTP GET on the same
@@ -461,4 +491,4 @@ def serve(
     returning None is 401). See :mod:`fastrpc.auth`.
     """
     opts, ws_kwargs = PeerOptions.split(options)
-    return Server(target, host, port, opts, ws_kwargs, session_store, static, authenticate)
+    return Server(target, host, port, opts, ws_kwargs, session_store, static, authenticate, broker)

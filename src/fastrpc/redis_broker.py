@@ -1,0 +1,211 @@
+"""A :class:`fastrpc.broker.Broker` on Redis: topics shared by worker processes.
+
+Needs the ``redis`` package (``pip install fastrpc[redis]``) and Redis >= 6.2.
+
+Per topic ``T`` (keys under ``prefix``):
+
+* ``{prefix}:epoch``: the epoch of every topic. A Redis that lost its data (restarted
+  without persistence, flushed, failed over to an empty replica) has none: the next
+  publish or read makes a new one, and subscribers that resume from the old one get
+  :class:`fastrpc.HistoryLost`. (Give the broker's Redis ``maxmemory-policy
+  noeviction``: a topic's keys evicted alone would restart its offsets in the same
+  epoch.)
+* ``{prefix}:m:T``, a hash: ``o`` the last offset given out (made by the first
+  publish: subscribing, to any name, creates no key).
+* ``{prefix}:s:T``, a Stream capped at ``history_size`` entries and ``history_ttl``
+  seconds (``XADD MAXLEN`` / ``XTRIM MINID``): the history window, the same for every
+  worker, so a subscriber recovers on whichever worker it reconnects to.
+* ``{prefix}:c:T``, a pub/sub channel: the live fan-out; every worker listens on
+  ``{prefix}:c:*`` and delivers to its own subscribers.
+
+Publishing is one Lua script (offset, history and live message in one atomic step),
+so every worker sees a topic's items in offset order; an item a worker missed (its
+pub/sub link dropped) shows as a hole in the offsets, which the worker fills from
+the Stream (:class:`fastrpc.topics.TopicHub`) or reports as ``HistoryLost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import options as O
+from .broker import History, Sink, new_epoch
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("fastrpc.redis_broker")
+
+_PUBLISH = """
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[4], epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local maxlen = tonumber(ARGV[3])
+if maxlen > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, '*', 'o', offset, 'd', ARGV[2])
+  local ttl = tonumber(ARGV[4])
+  if ttl > 0 then
+    local t = redis.call('TIME')
+    redis.call('XTRIM', KEYS[2], 'MINID', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ttl)
+  end
+end
+redis.call('PUBLISH', KEYS[3], epoch .. ':' .. offset .. ':' .. ARGV[2])
+return {epoch, offset}
+"""
+
+_HISTORY = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  local t = redis.call('TIME')
+  redis.call('XTRIM', KEYS[2], 'MINID', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ttl)
+end
+local first = last + 1
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #head > 0 then first = tonumber(head[1][2][2]) end
+local after = tonumber(ARGV[3])
+local items = {}
+if after >= 0 and after < last then
+  items = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', last - after)
+end
+return {epoch, first, last, items}
+"""
+
+
+class RedisBroker:
+    """Topics in Redis at ``url`` (``redis://host:port/db`` or ``unix:///path``).
+
+    ``history_size`` / ``history_ttl``: the window kept per topic (as
+    :class:`fastrpc.broker.MemoryBroker`'s); ``prefix``: the namespace of its keys;
+    ``timeout``: seconds a Redis command may take (publish and history reads then
+    raise ``redis.exceptions.TimeoutError``); ``max_connections``: the connections
+    publish and history reads share (callers wait for one), besides the pub/sub one.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "fastrpc",
+        history_size: int = O.TOPIC_HISTORY_SIZE,
+        history_ttl: float = O.TOPIC_HISTORY_TTL,
+        timeout: float = O.BROKER_TIMEOUT,
+        max_connections: int = O.BROKER_CONNECTIONS,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.timeout = timeout
+        # Many subscriptions may start at once (a worker's clients reconnecting): they
+        # queue for one of max_connections connections instead of failing.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
+        self._publish = self.redis.register_script(_PUBLISH)
+        self._history = self._script = self.redis.register_script(_HISTORY)
+        self._sink: Sink | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._channel_head = f"{prefix}:c:".encode()
+        self.listening = asyncio.Event()  # set while the pub/sub link is up (tests)
+
+    def _keys(self, topic: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}:m:{topic}", f"{p}:s:{topic}", f"{p}:c:{topic}", f"{p}:epoch"]
+
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        await asyncio.wait_for(self.listening.wait(), self.timeout)
+
+    async def close(self) -> None:
+        self._sink = None
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        await self.redis.aclose()
+        await self._pool.disconnect()
+
+    async def publish(self, topic: str, value: Any) -> tuple[str, int]:
+        data = msgspec.msgpack.encode(value)
+        ttl_ms = int(self.history_ttl * 1000)
+        epoch, offset = await self._publish(keys=self._keys(topic), args=[new_epoch(), data, self.history_size, ttl_ms])
+        return epoch.decode(), int(offset)
+
+    async def history(self, topic: str, after: int | None) -> History:
+        k = self._keys(topic)
+        keys = [k[0], k[1], k[3]]
+        ttl_ms = int(self.history_ttl * 1000)
+        epoch, first, last, raw = await self._history(
+            keys=keys, args=[new_epoch(), ttl_ms, -1 if after is None else after]
+        )
+        items: list[tuple[int, Any]] = []
+        for _id, fields in reversed(raw):
+            # fields: [b"o", offset, b"d", data]
+            items.append((int(fields[1]), msgspec.msgpack.decode(fields[3])))
+        return History(epoch.decode(), int(first), int(last), items)
+
+    async def _listen(self) -> None:
+        """Deliver what every worker publishes; reconnect when the link drops."""
+        delay = 0.05
+        lost = False
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.psubscribe(self._channel_head + b"*")
+                self.listening.set()
+                delay = 0.05
+                if lost and self._sink is not None:
+                    # What was published while the link was down (or Redis's loss of
+                    # its data: a new epoch) is found in each topic's history.
+                    lost = False
+                    self._sink.reconnected()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if msg is not None and msg["type"] == "pmessage":
+                        self._on_message(msg["channel"], msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.listening.clear()
+                lost = True
+                logger.warning("Redis pub/sub link lost (%r); reconnecting in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            finally:
+                try:
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                except Exception:
+                    pass
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        topic = channel[len(self._channel_head) :].decode()
+        epoch, offset, payload = data.split(b":", 2)
+        try:
+            value = msgspec.msgpack.decode(payload)
+        except msgspec.DecodeError:
+            logger.error("undecodable item on %r", channel)
+            return
+        sink.deliver(topic, epoch.decode(), int(offset), value)

@@ -1,0 +1,566 @@
+"""Topics: one item published, delivered to every subscriber, resumable by offset.
+
+Server side, :class:`TopicHub` (``server.topics``): ``await server.publish(topic,
+item)`` hands the item to the :class:`fastrpc.broker.Broker`, which gives it the
+topic's next ``(epoch, offset)``, keeps it in the history window and delivers it to
+the hub of every process; the hub wraps it once (:class:`fastrpc.codec.Encoded`, so
+it is encoded once per process whatever the number of subscribers) and queues it for
+each local subscription under its policy.
+
+Client side, :class:`Subscription` (``peer.subscribe(topic, since=...)``): a
+subscription is a streaming call of the built-in method ``SUBSCRIBE`` (nothing new on
+the wire; docs/protocol.md, "Topics"). Its stream carries events, each one list:
+
+* ``[0, offset, value]``: an item (the same bytes for every subscriber);
+* ``[1, epoch, offset, recovered]``: first, where the subscription starts (after
+  ``offset``), and whether it resumed from the position asked for;
+* ``[2, count, first, last]``: ``drop_oldest`` dropped ``count`` items, offsets
+  ``first``..``last``, before the next item;
+* ``[3, epoch, first_available, reason]``: the history window does not reach back to
+  the position asked for, or the epoch changed; the stream ends (:class:`HistoryLost`);
+* ``[4, reason]``: a ``disconnect`` subscription fell behind; the stream ends
+  (:class:`SlowSubscriber`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, Union
+
+from . import options as O
+from .broker import Broker, History, MemoryBroker
+from .codec import Encoded
+from .exceptions import ConnectionClosed, HistoryLost, RemoteStreamError, SlowSubscriber
+from .streams import ReceiveStream
+
+__all__ = ["POLICIES", "SUBSCRIBE", "Gap", "Item", "Subscription", "TopicHub"]
+
+SUBSCRIBE = "fastrpc.subscribe"  # the built-in streaming method behind peer.subscribe()
+
+BLOCK, DROP_OLDEST, LATEST, DISCONNECT = "block", "drop_oldest", "latest", "disconnect"
+POLICIES = (BLOCK, DROP_OLDEST, LATEST, DISCONNECT)
+
+_ITEM, _START, _GAP, _LOST, _SLOW = range(5)
+
+
+class Item:
+    """One item of a topic: ``value`` at ``(epoch, offset)``."""
+
+    __slots__ = ("epoch", "offset", "value")
+
+    def __init__(self, epoch: str, offset: int, value: Any) -> None:
+        self.epoch = epoch
+        self.offset = offset
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Item({self.epoch!r}, {self.offset}, {self.value!r})"
+
+
+class Gap:
+    """A ``drop_oldest`` subscription fell behind: ``count`` items (offsets ``first``
+    to ``last`` of ``epoch``) were dropped before the next item."""
+
+    __slots__ = ("count", "epoch", "first", "last")
+
+    def __init__(self, epoch: str, count: int, first: int, last: int) -> None:
+        self.epoch = epoch
+        self.count = count
+        self.first = first
+        self.last = last
+
+    def __repr__(self) -> str:
+        return f"Gap({self.epoch!r}, count={self.count}, {self.first}..{self.last})"
+
+
+# --------------------------------------------------------------------- server side
+
+
+class _Topic:
+    """A topic with subscribers on this process."""
+
+    __slots__ = ("epoch", "filling", "full", "last", "pending", "room", "subs")
+
+    def __init__(self) -> None:
+        self.subs: dict[_Sub, None] = {}
+        self.epoch: str | None = None  # of the last item delivered here
+        self.last = 0
+        # Items that came after a hole (a lost broker message) wait while the hole is
+        # filled from the history.
+        self.filling = False
+        self.pending: list[tuple[str, int, Any]] = []
+        self.full: set[_Sub] = set()  # `block` subscriptions whose queue is full
+        self.room: asyncio.Future[None] | None = None  # publishers wait on it
+
+
+class _Sub:
+    """One subscription on this process: its queue and policy."""
+
+    __slots__ = (
+        "dropped",
+        "end",
+        "epoch",
+        "first_dropped",
+        "key",
+        "last",
+        "limit",
+        "owner",
+        "policy",
+        "queue",
+        "topic",
+        "waiter",
+    )
+
+    def __init__(self, owner: object, topic: _Topic, policy: str, key: str | None, limit: int) -> None:
+        self.owner = owner  # the connection that subscribed
+        self.topic = topic
+        self.policy = policy
+        self.key = key
+        self.limit = limit
+        # block / drop_oldest / disconnect: Encoded items in order; latest: key -> item.
+        self.queue: deque[Encoded] | dict[Any, Encoded] = {} if policy == LATEST else deque()
+        self.epoch: str | None = None  # set once the subscription knows where it starts
+        self.last = 0  # the newest offset queued or sent: older ones are duplicates
+        self.dropped = 0
+        self.first_dropped = 0
+        self.end: list[Any] | None = None  # the last event, then the stream ends
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, epoch: str, offset: int, env: Encoded, value: Any) -> None:
+        if self.end is not None:
+            return
+        if self.epoch is not None and epoch != self.epoch:
+            self.finish([_LOST, epoch, offset, "the topic's epoch changed (its broker lost its state)"])
+            return
+        q = self.queue
+        if self.policy == LATEST:
+            k = value.get(self.key) if self.key is not None and isinstance(value, dict) else None
+            d: dict[Any, Encoded] = q  # type: ignore[assignment]
+            if k not in d and len(d) >= self.limit:
+                self._drop(d.pop(next(iter(d))))
+            d[k] = env  # a newer value for a key keeps the key's place
+        else:
+            dq: deque[Encoded] = q  # type: ignore[assignment]
+            n = len(dq)
+            if n >= self.limit:
+                if self.policy == DROP_OLDEST:
+                    self._drop(dq.popleft())
+                elif self.policy == DISCONNECT:
+                    self.finish([_SLOW, f"more than topic_queue_size={self.limit} items behind"])
+                    return
+                elif n >= 2 * self.limit:
+                    # Items from other processes cannot hold their publishers back.
+                    self.finish([_SLOW, f"block: more than 2 x topic_queue_size={self.limit} items behind"])
+                    return
+            dq.append(env)
+            if self.policy == BLOCK and len(dq) >= self.limit:
+                self.topic.full.add(self)
+        self._wake()
+
+    def _drop(self, env: Encoded) -> None:
+        if not self.dropped:
+            self.first_dropped = env.value[1]
+        self.dropped += 1
+
+    def finish(self, event: list[Any]) -> None:
+        if self.end is None:
+            self.end = event
+            self.queue.clear()
+            self._unblock()
+            self._wake()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _unblock(self) -> None:
+        t = self.topic
+        if self in t.full:
+            t.full.discard(self)
+            if not t.full and t.room is not None and not t.room.done():
+                t.room.set_result(None)
+
+    def take(self) -> Encoded | list[Any] | None:
+        """The next event to send, or None (nothing yet)."""
+        q = self.queue
+        while q:
+            if self.dropped:
+                ev: list[Any] = [_GAP, self.dropped, self.first_dropped, self.first_dropped + self.dropped - 1]
+                if self.policy == LATEST:
+                    ev[3] = -1  # conflated keys are not consecutive
+                self.dropped = 0
+                return ev
+            if type(q) is dict:
+                env = q.pop(next(iter(q)))
+            else:
+                env = q.popleft()  # type: ignore[union-attr]
+                if self.policy == BLOCK and len(q) < self.limit:
+                    self._unblock()
+            offset = env.value[1]
+            if offset <= self.last:
+                continue  # also in the history just sent
+            self.last = offset
+            return env
+        return self.end
+
+
+class TopicHub:
+    """The topics of one server process (``server.topics``): publishing, and the
+    subscriptions of its connections (the built-in method :data:`SUBSCRIBE`)."""
+
+    def __init__(
+        self,
+        broker: Broker | None = None,
+        *,
+        queue_size: int = O.TOPIC_QUEUE_SIZE,
+        history_size: int = O.TOPIC_HISTORY_SIZE,
+        history_ttl: float = O.TOPIC_HISTORY_TTL,
+    ) -> None:
+        self.broker: Broker = broker if broker is not None else MemoryBroker(history_size, history_ttl)
+        self.queue_size = queue_size
+        self._topics: dict[str, _Topic] = {}
+        self._started = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if not self._started:
+            self._started = True
+            await self.broker.start(self)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for t in self._topics.values():
+            for sub in list(t.subs):
+                sub.finish([_SLOW, "server shutdown"])
+        if self._started:
+            self._started = False
+            await self.broker.close()
+
+    def subscribers(self, topic: str) -> int:
+        """Subscriptions to ``topic`` on this process."""
+        t = self._topics.get(topic)
+        return len(t.subs) if t is not None else 0
+
+    def subscriptions_of(self, owner: object) -> int:
+        """Subscriptions the connection ``owner`` has open (each is a running call)."""
+        return sum(1 for t in self._topics.values() for sub in t.subs if sub.owner is owner)
+
+    async def publish(self, topic: str, value: Any) -> tuple[str, int]:
+        """Publish ``value`` on ``topic``; return its ``(epoch, offset)``.
+
+        Waits while a local ``block`` subscription's queue is full (its reader sets
+        the pace of the publishers on this process).
+        """
+        _check_name(topic)
+        t = self._topics.get(topic)
+        while t is not None and t.full:
+            if t.room is None or t.room.done():
+                t.room = asyncio.get_running_loop().create_future()
+            await t.room
+        return await self.broker.publish(topic, value)
+
+    # -- delivery from the broker
+
+    def reconnected(self) -> None:
+        """(Broker hook) the live feed was down: check each topic against its history."""
+        for topic, t in self._topics.items():
+            if t.epoch is not None and not t.filling:
+                t.filling = True
+                self._spawn(self._fill(topic, t))
+
+    def deliver(self, topic: str, epoch: str, offset: int, value: Any) -> None:
+        """(Broker hook) an item published on ``topic``, on any process."""
+        t = self._topics.get(topic)
+        if t is None:
+            return
+        if t.filling:
+            t.pending.append((epoch, offset, value))
+            return
+        if t.epoch == epoch and offset > t.last + 1:
+            # A hole: items the broker did not deliver (a dropped pub/sub link).
+            t.filling = True
+            t.pending.append((epoch, offset, value))
+            self._spawn(self._fill(topic, t))
+            return
+        if t.epoch == epoch and offset <= t.last:
+            return  # delivered already (a history fill overlapped)
+        self._fan_out(t, epoch, offset, value)
+
+    def _fan_out(self, t: _Topic, epoch: str, offset: int, value: Any) -> None:
+        t.epoch = epoch
+        t.last = offset
+        env = Encoded([_ITEM, offset, value])  # encoded once, for every subscriber
+        for sub in t.subs:
+            sub.push(epoch, offset, env, value)
+
+    async def _history(self, topic: str, after: int | None) -> History:
+        """The broker's history, retried for ``BROKER_TIMEOUT`` seconds (a broker
+        that just came back may fail a command or two on stale connections)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + O.BROKER_TIMEOUT
+        delay = 0.02
+        while True:
+            try:
+                return await self.broker.history(topic, after)
+            except Exception:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _fill(self, topic: str, t: _Topic) -> None:
+        try:
+            h = await self._history(topic, t.last)
+            if h.epoch == t.epoch and h.first <= t.last + 1:
+                for offset, value in h.items:
+                    if offset > t.last:
+                        self._fan_out(t, h.epoch, offset, value)
+            else:
+                why = (
+                    "the epoch changed" if h.epoch != t.epoch else "items were lost between the broker and this process"
+                )
+                for sub in list(t.subs):
+                    sub.finish([_LOST, h.epoch, h.first, why])
+                t.epoch, t.last = h.epoch, h.last
+        except Exception as exc:
+            for sub in list(t.subs):
+                sub.finish([_LOST, t.epoch or "", 0, f"the broker failed: {exc!r}"])
+        finally:
+            t.filling = False
+            pending, t.pending = t.pending, []
+            for epoch, offset, value in pending:
+                self.deliver(topic, epoch, offset, value)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- subscriptions (the built-in streaming method)
+
+    def subscription(
+        self,
+        owner: object,
+        topic: str,
+        epoch: str | None = None,
+        offset: int | None = None,
+        policy: str = BLOCK,
+        key: str | None = None,
+        queue_size: int | None = None,
+    ) -> AsyncIterator[Any]:
+        """The handler of :data:`SUBSCRIBE` for connection ``owner``: the events of
+        one subscription."""
+        _check_name(topic)
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+        if key is not None and not isinstance(key, str):
+            raise ValueError("key must be a string (a field of the topic's dict items)")
+        if (epoch is None) != (offset is None) or (offset is not None and (not isinstance(offset, int) or offset < 0)):
+            raise ValueError("since must be None or (epoch, offset >= 0)")
+        limit = self.queue_size if queue_size is None else max(1, min(int(queue_size), self.queue_size))
+        return self._events(owner, topic, epoch, offset, policy, key, limit)
+
+    async def _events(
+        self, owner: object, topic: str, epoch: str | None, offset: int | None, policy: str, key: str | None, limit: int
+    ) -> AsyncIterator[Any]:
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = _Topic()
+        sub = _Sub(owner, t, policy, key, limit)
+        t.subs[sub] = None  # live items queue from now on; the history fills what came before
+        try:
+            h: History = await self.broker.history(topic, offset)
+            if t.epoch is None:
+                t.epoch, t.last = h.epoch, h.last
+            if offset is None:
+                sub.epoch, sub.last = h.epoch, h.last
+                yield [_START, h.epoch, h.last, False]
+            elif h.epoch != epoch or offset > h.last or (offset + 1 < h.first and offset < h.last):
+                why = "the epoch changed" if h.epoch != epoch else "the position is outside the history window"
+                yield [_LOST, h.epoch, h.first, why]
+                return
+            else:
+                sub.epoch = h.epoch
+                yield [_START, h.epoch, offset, True]
+                for o, value in h.items:
+                    sub.last = o
+                    yield Encoded([_ITEM, o, value])
+                sub.last = max(sub.last, offset)
+            loop = asyncio.get_running_loop()
+            while True:
+                ev = sub.take()
+                if ev is None:
+                    sub.waiter = loop.create_future()
+                    try:
+                        await sub.waiter
+                    finally:
+                        sub.waiter = None
+                    continue
+                yield ev
+                if ev is sub.end:
+                    return
+        finally:
+            sub.finish([_SLOW, "closed"])
+            del t.subs[sub]
+            if not t.subs and not t.filling and self._topics.get(topic) is t:
+                del self._topics[topic]
+
+
+def _check_name(topic: str) -> None:
+    if not isinstance(topic, str) or not topic or len(topic.encode()) > O.MAX_TOPIC_NAME:
+        raise ValueError(f"a topic is a non-empty string of at most MAX_TOPIC_NAME={O.MAX_TOPIC_NAME} bytes")
+
+
+# --------------------------------------------------------------------- client side
+
+
+class _Caller(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    def stream(self, method: str, *args: Any, timeout: float | None = None) -> ReceiveStream[Any]: ...
+
+
+Event = Union[Item, Gap]
+
+
+class Subscription(AsyncIterator[Event]):
+    """``async for item in peer.subscribe(topic)``: the topic's items as
+    :class:`Item` s (``drop_oldest`` subscriptions also get :class:`Gap` events).
+
+    ``position`` is the ``(epoch, offset)`` of the last item received: pass it as
+    ``since`` to a new subscription to get what was missed, exactly once and in
+    order, or :class:`fastrpc.HistoryLost`. When the connection's session cannot be
+    resumed (a reconnecting client that landed on another worker, a server restart),
+    the subscription resubscribes from ``position`` by itself (``recovered`` says it
+    did); a closed connection ends it with :class:`fastrpc.ConnectionClosed`.
+    """
+
+    def __init__(
+        self,
+        peer: _Caller,
+        topic: str,
+        since: tuple[str, int] | None = None,
+        *,
+        policy: str = BLOCK,
+        key: str | None = None,
+        queue_size: int | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+        _check_name(topic)
+        self._peer = peer
+        self.topic = topic
+        self.policy = policy
+        self.key = key
+        self.queue_size = queue_size
+        self.epoch: str | None = since[0] if since is not None else None
+        self.offset: int | None = since[1] if since is not None else None
+        self.recovered = False  # the last (re)subscription resumed from a position
+        self.resubscribed = 0  # times the subscription was re-made after a lost session
+        self.dropped = 0  # items dropped by drop_oldest / conflated by latest, in all
+        self._stream: ReceiveStream[Any] | None = None
+        self._stream_started: ReceiveStream[Any] | None = None  # its START came
+        self._early: deque[Event] = deque()  # read by start() before the START
+        self._retries = 0  # resubscriptions since the last START
+        self._done = False
+
+    @property
+    def position(self) -> tuple[str, int] | None:
+        """``(epoch, offset)`` of the last item received (or where it started)."""
+        return (self.epoch, self.offset) if self.epoch is not None and self.offset is not None else None
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def start(self) -> Subscription:
+        """Wait until the server has the subscription (items published from now on
+        reach it); iterating starts it anyway."""
+        while self._stream is None or self._stream_started is not self._stream:
+            event = await self._next_event(until_start=True)
+            if event is not None:
+                self._early.append(event)
+        return self
+
+    def _open(self) -> ReceiveStream[Any]:
+        since = self.position
+        epoch, offset = since if since is not None else (None, None)
+        return self._peer.stream(SUBSCRIBE, self.topic, epoch, offset, self.policy, self.key, self.queue_size)
+
+    async def __anext__(self) -> Event:
+        if self._early:
+            return self._early.popleft()
+        event = await self._next_event(until_start=False)
+        assert event is not None
+        return event
+
+    async def _next_event(self, until_start: bool) -> Event | None:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            if self._stream is None:
+                self._stream = self._open()
+            try:
+                ev = await self._stream.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                raise
+            except ConnectionClosed:
+                self._stream = None
+                if self._peer.closed:
+                    self._done = True
+                    raise
+                # The session was not resumed but the connection lives on: the
+                # topic's history fills what the lost stream would have carried.
+                # Again at once the first time, then with a growing pause (a
+                # connection still being re-established fails the call at once).
+                if self._retries:
+                    await asyncio.sleep(min(0.01 * 2**self._retries, 1.0))
+                self._retries += 1
+                self.resubscribed += 1
+                continue
+            except RemoteStreamError as exc:
+                self._done = True
+                if exc.type_name == "ValueError":
+                    raise ValueError(exc.message) from None
+                raise
+            kind = ev[0]
+            if kind == _ITEM:
+                self.offset = ev[1]
+                return Item(self.epoch, ev[1], ev[2])  # type: ignore[arg-type]
+            if kind == _START:
+                self.epoch, self.offset, self.recovered = ev[1], ev[2], ev[3]
+                self._stream_started = self._stream
+                self._retries = 0
+                if until_start:
+                    return None
+            elif kind == _GAP:
+                self.dropped += ev[1]
+                return Gap(self.epoch, ev[1], ev[2], ev[3])  # type: ignore[arg-type]
+            elif kind == _LOST:
+                self._close()
+                raise HistoryLost(ev[1], ev[2], ev[3])
+            elif kind == _SLOW:
+                self._close()
+                raise SlowSubscriber(self.topic, self.position, ev[1])
+
+    def _close(self) -> None:
+        self._done = True
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    async def aclose(self) -> None:
+        """Stop the subscription (the server forgets it)."""
+        self._close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close()

@@ -1,0 +1,260 @@
+"""Worker processes: one fastrpc application served by N processes on one port.
+
+    python -m fastrpc.workers myapp:router --workers 4 --port 8765 --broker redis://127.0.0.1:6379/0
+
+:func:`run_workers` (what the ``serve`` command calls) starts N worker processes and
+supervises them: a worker that dies is started again (after
+``WORKER_RESTART_DELAY`` seconds, doubling while it keeps dying within a second), and
+SIGTERM or SIGINT drains them all (:func:`drain`: stop accepting, let in-flight calls
+finish within ``grace`` seconds, then GOAWAY and close).
+
+How N processes share a port: with ``SO_REUSEPORT`` (Linux, the BSDs, macOS) every
+worker binds the port itself and the kernel spreads new connections over them. Where
+the platform has no ``SO_REUSEPORT`` (Windows), the supervisor binds one listening
+socket and the workers inherit it (POSIX only; on Windows run one worker per port
+with ``distinct_ports`` behind a proxy). ``distinct_ports``: worker ``i`` listens on
+``port + i`` instead, for a proxy that routes each client to its own worker (nginx
+``hash ... consistent``, docs/deployment.md).
+
+Topics reach every worker through the broker (``--broker redis://...``,
+:class:`fastrpc.redis_broker.RedisBroker`); without one each worker has its own
+in-memory topics. Resumable sessions stay in the worker that holds them: a client
+that reconnects to another worker gets :class:`fastrpc.ResumeFailed` for its in-flight
+calls and streams, while its subscriptions resubscribe from their position and
+recover from the broker's history (docs/deployment.md, "Sessions and workers").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import options as O
+from .server import Server, serve
+
+__all__ = ["drain", "load_target", "main", "run_workers", "serve_worker"]
+
+logger = logging.getLogger("fastrpc.workers")
+
+HAS_REUSEPORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def load_target(spec: str) -> Any:
+    """``"module:attr"`` -> the object (a :class:`fastrpc.Router` or an async
+    ``handler(peer)``); the current directory is importable."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"expected MODULE:ATTR, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+async def drain(server: Server, grace: float = O.WORKER_GRACE) -> None:
+    """Shut ``server`` down gently: stop accepting, wait up to ``grace`` seconds for
+    the calls running on its connections to finish (topic subscriptions do not count:
+    they resume elsewhere), then close every connection (GOAWAY, close 1001)."""
+    server.stop_accepting()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline:
+        busy = [
+            p for p in server.peers if len(p.stats()["peer.tasks"]) > server.topics.subscriptions_of(p) and not p.closed
+        ]
+        if not busy:
+            break
+        await asyncio.sleep(0.02)
+    await server.close()
+
+
+async def serve_worker(
+    target: Any,
+    host: str | None,
+    port: int | None,
+    *,
+    broker_url: str | None = None,
+    grace: float = O.WORKER_GRACE,
+    reuse_port: bool = False,
+    sock: socket.socket | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Serve ``target`` in this process until SIGTERM/SIGINT, then :func:`drain`."""
+    broker = None
+    if broker_url:
+        from .redis_broker import RedisBroker  # the redis package is an extra
+
+        broker = RedisBroker(broker_url)
+    kw: dict[str, Any] = dict(options or {})
+    if sock is not None:
+        kw["sock"] = sock
+        host, port = None, None
+    elif reuse_port:
+        kw["reuse_port"] = True
+    server = serve(target, host, port, broker=broker, **kw)  # type: ignore[arg-type]
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"fastrpc worker {os.getpid()} serving on port {server.port}", flush=True)
+    await stop.wait()
+    await drain(server, grace)
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """With SO_REUSEPORT: bind (not listen) so that port 0 becomes one port for all."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    return s
+
+
+def run_workers(
+    target: str,
+    *,
+    workers: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    broker: str | None = None,
+    grace: float = O.WORKER_GRACE,
+    distinct_ports: bool = False,
+    resume: bool = True,
+) -> int:
+    """Serve ``target`` (``"module:attr"``) with ``workers`` processes on ``host:port``
+    (or ``port + i`` each with ``distinct_ports``); supervise them until SIGTERM or
+    SIGINT, then drain them. Returns the exit status (0: drained cleanly)."""
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    load_target(target)  # fail here, not N times in the workers
+    listener: socket.socket | None = None
+    mode: list[str]
+    if distinct_ports:
+        mode = ["--distinct-ports"]
+    elif HAS_REUSEPORT:
+        listener = _reserve(host, port)
+        port = listener.getsockname()[1]
+        mode = ["--reuse-port"]
+    else:
+        listener = socket.create_server((host, port))
+        listener.set_inheritable(True)
+        port = listener.getsockname()[1]
+        mode = ["--fd", str(listener.fileno())]
+    base = [sys.executable, "-m", "fastrpc.workers", target, "--host", host, "--grace", str(grace), *mode]
+    if broker:
+        base += ["--broker", broker]
+    if not resume:
+        base += ["--no-resume"]
+    pass_fds = (listener.fileno(),) if listener is not None and not HAS_REUSEPORT else ()
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        p = port + i if distinct_ports else port
+        return subprocess.Popen([*base, "--port", str(p), "--child"], pass_fds=pass_fds)
+
+    procs = {i: start(i) for i in range(workers)}
+    started = dict.fromkeys(procs, time.monotonic())
+    delays = dict.fromkeys(procs, O.WORKER_RESTART_DELAY)
+    due: dict[int, float] = {}
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    print(f"fastrpc: {workers} workers on {host}:{port}{' + i' if distinct_ports else ''}", flush=True)
+    try:
+        while not stopping:
+            time.sleep(0.05)
+            now = time.monotonic()
+            for i, proc in list(procs.items()):
+                if proc.poll() is None or i in due:
+                    continue
+                # A worker died: start it again, later if it keeps dying at once.
+                delays[i] = delays[i] * 2 if now - started[i] < 1.0 else O.WORKER_RESTART_DELAY
+                due[i] = now + delays[i]
+                logger.warning("worker %d (pid %d) exited with %s; restarting", i, proc.pid, proc.returncode)
+            for i, when in list(due.items()):
+                if now >= when and not stopping:
+                    del due[i]
+                    procs[i] = start(i)
+                    started[i] = now
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        status = 0
+        deadline = time.monotonic() + grace + 5.0
+        for proc in procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                status = 1
+        return status
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if listener is not None:
+            listener.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastrpc.workers MODULE:ATTR --workers N [--broker URL] ...``"""
+    ap = argparse.ArgumentParser(prog="python -m fastrpc.workers", description=__doc__.split("\n\n")[0])
+    ap.add_argument("target", help="MODULE:ATTR, a fastrpc.Router or an async handler(peer)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--broker", default=None, help="redis://host:port/db: topics shared by the workers")
+    ap.add_argument("--grace", type=float, default=O.WORKER_GRACE, help="seconds in-flight calls get on SIGTERM")
+    ap.add_argument("--distinct-ports", action="store_true", help="worker i listens on port + i (for a proxy)")
+    ap.add_argument("--no-resume", action="store_true", help="do not keep sessions for clients that reconnect")
+    # Internal: how the supervisor starts each worker.
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.child:
+        return run_workers(
+            args.target,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            broker=args.broker,
+            grace=args.grace,
+            distinct_ports=args.distinct_ports,
+            resume=not args.no_resume,
+        )
+    from . import run
+
+    sock = socket.socket(fileno=args.fd) if args.fd is not None else None
+    run(
+        serve_worker(
+            load_target(args.target),
+            args.host,
+            args.port,
+            broker_url=args.broker,
+            grace=args.grace,
+            reuse_port=args.reuse_port,
+            sock=sock,
+            options={"resume": not args.no_resume},
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
