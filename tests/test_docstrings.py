@@ -16,13 +16,17 @@ import fastrpc
 MODULES = [
     "fastrpc",
     "fastrpc.asgi",
+    "fastrpc.broker",
     "fastrpc.cli",
     "fastrpc.exceptions",
     "fastrpc.introspection",
     "fastrpc.jsonmode",
     "fastrpc.options",
+    "fastrpc.redis_broker",
     "fastrpc.sessions",
     "fastrpc.static",
+    "fastrpc.topics",
+    "fastrpc.workers",
 ]
 
 

@@ -80,7 +80,7 @@ class _Topic:
         self.items: deque[tuple[int, float, Any]] = deque()  # (offset, published at, value)
 
 
-class MemoryBroker:
+class MemoryBroker(Broker):
     """One process's topics, in memory: the default broker.
 
     ``history_size`` items at most, none older than ``history_ttl`` seconds, are kept

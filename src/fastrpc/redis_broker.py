@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import options as O
-from .broker import History, Sink, new_epoch
+from .broker import Broker, History, Sink, new_epoch
 
 __all__ = ["RedisBroker"]
 
@@ -85,7 +85,7 @@ return {epoch, first, last, items}
 """
 
 
-class RedisBroker:
+class RedisBroker(Broker):
     """Topics in Redis at ``url`` (``redis://host:port/db`` or ``unix:///path``).
 
     ``history_size`` / ``history_ttl``: the window kept per topic (as

@@ -226,11 +226,13 @@ class TopicHub:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        """Start the broker's delivery to this hub (once; the server does it)."""
         if not self._started:
             self._started = True
             await self.broker.start(self)
 
     async def close(self) -> None:
+        """End every subscription's delivery and close the broker."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
