@@ -367,3 +367,37 @@ def test_static_before_the_servers_own_process_request(tmp_path: Path) -> None:
             assert calls == ["/", "/"]
 
     run(main())
+
+
+def test_serve_workers() -> None:
+    # `fastrpc serve --workers 2`: two worker processes on one port (fastrpc.workers);
+    # calls reach them; SIGTERM drains them and the supervisor exits 0.
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "error", "-m", "fastrpc", "serve", "_cli_app:router", "--workers", "2", "--port", "0"],
+        cwd=str(HERE),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        line = _readline(proc, time.monotonic() + TIMEOUT)
+        m = re.search(r"2 workers on 127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        url = f"ws://127.0.0.1:{m.group(1)}"
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the workers start after the supervisor's line
+            done = cli("call", url, "add", "1", "2")
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert done.returncode == 0 and done.stdout.strip() == "3", done
+        refused = cli("serve", "_cli_app:router", "--workers", "2", "--static", str(HERE))
+        assert refused.returncode == 2 and "--static cannot be used with --workers" in refused.stderr
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0

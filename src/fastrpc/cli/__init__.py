@@ -3,6 +3,7 @@
 ::
 
     fastrpc serve app:router --port 8765 [--static web/]   # serve a Router or handler(peer)
+    fastrpc serve app:router --workers 4 --broker redis://127.0.0.1:6379/0
     fastrpc methods ws://127.0.0.1:8765                    # what it serves
     fastrpc call ws://127.0.0.1:8765 add 1 2               # -> 3
     fastrpc stream ws://127.0.0.1:8765 ticks 5             # one JSON line per item
@@ -86,6 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-introspection", action="store_true", help="do not answer fastrpc.methods (fastrpc methods URL)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve from N worker processes on one port, restarted when they crash (fastrpc.workers)",
+    )
+    serve.add_argument(
+        "--broker", metavar="URL", help="redis://host:port/db: topics shared by the workers (default: in memory)"
+    )
+    serve.add_argument("--grace", type=float, default=None, metavar="S", help="seconds in-flight calls get on SIGTERM")
+    serve.add_argument("--distinct-ports", action="store_true", help="with --workers: worker i listens on port + i")
     serve.add_argument(
         "--log-level",
         default="warning",

@@ -181,6 +181,26 @@ def run_serve(args: argparse.Namespace) -> int:
     """``fastrpc serve``: serve until SIGINT or SIGTERM."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fastrpc").setLevel(args.log_level.upper())
+    if args.workers or args.broker or args.distinct_ports:
+        # Worker processes (fastrpc.workers): they serve the target plain (no TLS,
+        # static files or options of this command but --no-introspection's default).
+        unsupported = [f for f in ("ssl_cert", "static", "no_introspection") if getattr(args, f)]
+        if unsupported:
+            names = ", ".join("--" + f.replace("_", "-") for f in unsupported)
+            print(f"fastrpc serve: {names} cannot be used with --workers/--broker (yet)", file=sys.stderr)
+            return 2
+        from ..workers import run_workers
+
+        extra = {} if args.grace is None else {"grace": args.grace}
+        return run_workers(
+            args.target,
+            workers=max(args.workers, 1),
+            host=args.host,
+            port=args.port,
+            broker=args.broker,
+            distinct_ports=args.distinct_ports,
+            **extra,
+        )
     return _run(_serve(args, sys.stdout))
 
 
