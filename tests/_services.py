@@ -4,6 +4,7 @@ folders on loopback (or a unix socket) and stopped by pid."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,33 @@ def need(binary: str, package: str) -> None:
         pytest.skip(f"{binary} is not installed (apt-get install {package}; .ci/run installs it)")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_RNG = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port outside the ephemeral range: a server started on it a
+    moment later cannot find it taken by some client's outgoing connection (the
+    ephemeral range is where those come from)."""
+    low, high = _ephemeral_range()
+    ranges = [(1024 + 1, low - 1), (high + 1, 65535)]
+    for _ in range(500):
+        lo, hi = _RNG.choice([r for r in ranges if r[1] - r[0] > 100] or [(1025, 65535)])
+        port = _RNG.randint(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
