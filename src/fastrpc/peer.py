@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from . import events as E
@@ -51,6 +53,7 @@ class RpcPeer(PeerAPI):
     __slots__ = (
         "__weakref__",
         "_attachments",
+        "_busy",
         "_call_waiters",
         "_calls",
         "_close_exc",
@@ -64,13 +67,13 @@ class RpcPeer(PeerAPI):
         "_fresh",
         "_goaway",
         "_handlers",
+        "_held",
         "_keepalive",
         "_link",
         "_loop",
         "_max_backlog",
         "_pongs",
         "_processing",
-        "_reader",
         "_ready",
         "_stall_timeout",
         "_transport",
@@ -129,12 +132,13 @@ class RpcPeer(PeerAPI):
         # later; what follows it in the same iteration is coalesced as before.
         self._fresh = True
         self._processing = False
+        self._busy = False  # messages wait in _held (a message in slices, the backlog wait)
+        self._held: deque[bytes | str] | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
         self._close_exc: ConnectionClosed | None = None
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
-        self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # Session resumption: transports this session has had, and the hook told when
         # one is lost; it returns True when it keeps the session (it will attach a new
@@ -179,9 +183,8 @@ class RpcPeer(PeerAPI):
         peer missed (when resuming), then read and write. Raises :class:`SessionLost`
         (client) when the server did not resume the session.
 
-        ``inline_reader`` (server): when ``first`` completed the handshake, start no
-        reader task; the caller runs :meth:`serve_transport` itself (one coroutine
-        less per connection)."""
+        ``inline_reader``: kept for callers of earlier releases (no reader task runs
+        any more: the transport calls the peer back with each message)."""
         core = self._core
         if self._attachments:
             core.new_transport()
@@ -194,10 +197,9 @@ class RpcPeer(PeerAPI):
         try:
             if first is not None:
                 self._process(core.decode(first))  # the server answers the client's handshake
-            if inline_reader and first is not None and self._ready.done():
-                self._reader = None
-            else:
-                self._reader = self._loop.create_task(self._read_loop(transport))
+            # Messages go to _receive from the transport's data_received: no reader task.
+            self._busy, self._held = False, None
+            transport.start_reading(partial(self._receive, transport), partial(self._on_lost, transport))
             self._writer = self._loop.create_task(self._write_loop(transport))
         except ProtocolError as e:
             await self._fail_protocol(e)
@@ -217,23 +219,22 @@ class RpcPeer(PeerAPI):
             raise
 
     async def serve_transport(self) -> None:
-        """(Session) hold the current transport's handler until the transport ends
-        (reading it, when there is no reader task); a session that lost it then
-        waits, detached, for its client to resume."""
-        transport = self._transport
-        if self._reader is None and transport is not None:
-            await self._read_loop(transport)
+        """(Session) hold the current transport's handler until the transport ends;
+        a session that lost it then waits, detached, for its client to resume."""
         await asyncio.shield(self._transport_done)
         if self._transport is None and not self._closed_flag:
             return
         await self.wait_closed()
 
     async def _drop(self, transport: Transport) -> None:
-        """Abandon ``transport`` (failed handshake): stop its tasks, close it."""
-        tasks = [t for t in (self._reader, self._writer) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Abandon ``transport`` (failed handshake): stop its writer, close it."""
+        transport.start_reading(_ignore, _ignore)
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        if transport is self._transport:
+            self._lost(ConnectionClosed(), False)
         transport.abort()
 
     def _process(self, frames: list[Any]) -> None:
@@ -379,56 +380,112 @@ class RpcPeer(PeerAPI):
         except TransportClosed:
             pass
 
-    async def _read_loop(self, transport: Transport) -> None:
-        exc: ConnectionClosed | None = None
-        resumable = False
+    def _receive(self, transport: Transport, msg: bytes | str) -> None:
+        """One message from ``transport`` (called from its data_received)."""
+        if transport is not self._transport:
+            return
+        if self._busy:  # a message in slices, or the backlog wait: in order, later
+            if self._held is None:
+                self._held = deque()
+            self._held.append(msg)
+            transport.pause_reading()
+            return
         token = _current_peer.set(self)
         try:
-            limit = self._max_backlog
-            step = O.FRAMES_PER_SLICE
-            async for msg in transport.messages():
-                if type(msg) is str:
-                    raise ProtocolError("text message on a fastrpc connection")
-                frames = self._core.decode(msg)  # type: ignore[arg-type]
-                if len(frames) <= step:
-                    self._process(frames)
-                else:
-                    # A message of many frames: slices, letting other connections
-                    # run in between (one peer cannot hold the loop for long).
-                    for i in range(0, len(frames), step):
-                        if self._closed_flag or transport is not self._transport:
-                            break
-                        self._process(frames[i : i + step])
-                        await asyncio.sleep(0)
-                if self._core.control_backlog + transport.buffered() > limit:
-                    await _serve_less(self, transport)
-            # A clean close: keep the peer's close code and reason.
-            exc = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
-            resumable = True
-        except SessionLost as e:
+            self._take(transport, msg)
+        except Exception as e:
+            self._read_failed(transport, e)
+        finally:
+            _current_peer.reset(token)
+
+    def _take(self, transport: Transport, msg: bytes | str) -> None:
+        if type(msg) is str:
+            raise ProtocolError("text message on a fastrpc connection")
+        self._feed(transport, self._core.decode(msg), 0)  # type: ignore[arg-type]
+
+    def _feed(self, transport: Transport, frames: list[Any], start: int) -> None:
+        """Process ``frames[start:]``: a message of many frames in slices, one per loop
+        iteration (one peer cannot hold the loop for long); past max_output_backlog,
+        wait for the peer to read (_serve_less). Meanwhile messages wait (_busy)."""
+        step = O.FRAMES_PER_SLICE
+        end = start + step
+        self._process(frames if start == 0 and len(frames) <= step else frames[start:end])
+        if end < len(frames):
+            self._busy = True
+            self._loop.call_soon(self._next_slice, transport, frames, end)
+        elif self._core.control_backlog + transport.buffered() > self._max_backlog:
+            self._busy = True
+            transport.pause_reading()
+            self._loop.create_task(self._serve_less(transport))
+
+    def _next_slice(self, transport: Transport, frames: list[Any], start: int) -> None:
+        if transport is not self._transport or self._closed_flag:
+            return
+        self._busy = False
+        self._resume(transport, partial(self._feed, transport, frames, start))
+
+    def _resume(self, transport: Transport, step: Callable[[], None]) -> None:
+        """Run ``step``, then the messages held while busy, until busy again."""
+        token = _current_peer.set(self)
+        try:
+            step()
+            held = self._held
+            while held and not self._busy and transport is self._transport:
+                self._take(transport, held.popleft())
+            if not self._busy:
+                self._held = None
+                transport.resume_reading()
+        except Exception as e:
+            self._read_failed(transport, e)
+        finally:
+            _current_peer.reset(token)
+
+    async def _serve_less(self, transport: Transport) -> None:
+        try:
+            await _serve_less(self, transport)
+        except _Stalled as e:
+            self._read_failed(transport, e)
+            return
+        if transport is self._transport:
+            self._busy = False
+            self._resume(transport, _ignore)
+
+    def _read_failed(self, transport: Transport, e: Exception) -> None:
+        """Reading ``transport`` failed: the session is lost (client), the peer broke
+        the protocol (close with its code), or a bug here (1011)."""
+        transport.start_reading(_ignore, _ignore)  # what still comes is dropped
+        self._busy, self._held = False, None
+        if transport is not self._transport:
+            return
+        if isinstance(e, SessionLost):
             if not self._ready.done():
                 self._ready.set_exception(e)
                 self._ready.exception()
+            self._lost(ConnectionClosed(), False)
             return
-        except ProtocolError as e:
+        self._loop.create_task(self._fail_and_lose(transport, e))
+
+    async def _fail_and_lose(self, transport: Transport, e: Exception) -> None:
+        if isinstance(e, ProtocolError):
             exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
             # A peer closed for not reading gets time to drain what waits for it, so
             # that it can see why (its close frame comes last).
             await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)
-        except TransportClosed as e:
-            code, reason = closed_info(e)
-            exc = ConnectionClosed(reason, code)
-            resumable = True
-        except asyncio.CancelledError:
-            exc = ConnectionClosed()
-            raise
-        except Exception as e:  # a bug: close this connection, not the process
+        else:  # a bug: close this connection, not the process
             exc = ConnectionClosed(f"internal error: {e!r}", 1011)
             await transport.close(1011, "internal error")
-        finally:
-            _current_peer.reset(token)
-            if transport is self._transport:
-                self._lost(exc or ConnectionClosed(), resumable)
+        if transport is self._transport:
+            self._lost(exc, False)
+
+    def _on_lost(self, transport: Transport, exc: BaseException | None) -> None:
+        """``transport`` ended (exc None: a clean close; keep the peer's code and reason)."""
+        if exc is None:
+            closed = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
+        else:
+            code, reason = closed_info(exc)
+            closed = ConnectionClosed(reason, code)
+        if transport is self._transport:
+            self._lost(closed, True)
 
     def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
         """The transport is gone. Keep the session for a resume when both sides agreed
@@ -635,6 +692,10 @@ class RpcPeer(PeerAPI):
 
     def _on_cancelled(self, ev: E.CallCancelled) -> None:
         self._handlers.on_cancelled(ev)
+
+
+def _ignore(*args: Any) -> None:
+    pass
 
 
 class _Stalled(LimitExceeded):
