@@ -258,6 +258,9 @@ def _drop(msg: Any) -> None:
 _PACK_16 = struct.Struct("!BBH").pack
 _PACK_64 = struct.Struct("!BBQ").pack
 _BINARY_FIN = 0x82
+# _Wire._mode: the HTTP handshake; our framer reads data frames; websockets reads all.
+_HEAD, _FRAMING, _LIBRARY = 0, 1, 2
+_MAX_HEAD = 64 << 10
 
 
 def _header(n: int, mask: int) -> bytes:
@@ -273,12 +276,15 @@ class _Wire(Transport, asyncio.Protocol):
     """The data path: websockets' sans-I/O protocol driven from ``data_received``."""
 
     __slots__ = (
+        "_buf",
         "_client",
         "_close_timeout",
         "_close_timer",
         "_closed",
         "_drain",
         "_high",
+        "_max_size",
+        "_mode",
         "_on_open",
         "_open_timer",
         "_opened",
@@ -300,6 +306,7 @@ class _Wire(Transport, asyncio.Protocol):
         max_queue: int | None,
         close_timeout: float | None,
         ping_interval: float | None,
+        max_size: int | None,
         on_open: Callable[[_Wire], None] | None = None,
     ) -> None:
         Transport.__init__(self, max_queue)
@@ -320,6 +327,9 @@ class _Wire(Transport, asyncio.Protocol):
         self._paused_reading = False
         self._parts: list[Any] | None = None  # the fragments of a message being received
         self._request: Request | None = None
+        self._mode = _HEAD
+        self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
+        self._max_size = max_size if max_size is not None else 1 << 62
         self._open_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------- asyncio.Protocol
@@ -334,6 +344,102 @@ class _Wire(Transport, asyncio.Protocol):
             self._send_data()
 
     def data_received(self, data: bytes) -> None:
+        mode = self._mode
+        if mode == _FRAMING:
+            self._frames(data)
+        elif mode == _HEAD:
+            self._head(data)
+        else:
+            self._parse(data)
+
+    def _head(self, data: bytes) -> None:
+        """The HTTP handshake goes to websockets alone, to its last byte: what follows
+        it is the framer's (websockets' reader is left with nothing buffered)."""
+        buf = self._buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD:  # websockets rejects it
+                self._mode = _LIBRARY
+                self._parse(bytes(buf))
+                buf.clear()
+            return
+        head = bytes(buf[: end + 4])
+        del buf[: end + 4]
+        self._parse(head)
+        if self._mode == _HEAD:  # not open: websockets reads the rest (a body, EOF)
+            self._mode = _LIBRARY
+        if buf:
+            rest = bytes(buf)
+            buf.clear()
+            self.data_received(rest)
+
+    def _frames(self, data: bytes) -> None:
+        """RFC 6455 framing of the data path: final, unfragmented BINARY and TEXT
+        frames (masked from a client, unmasked from a server) are read here; any
+        other frame (control frames, fragments, reserved bits, a wrong mask bit) goes,
+        whole, to websockets' protocol, which answers it or fails the connection.
+        A frame larger than max_size hands everything to websockets (1009)."""
+        buf = self._buf
+        src: bytes | bytearray = data
+        if buf:
+            buf += data
+            src = buf
+        view = memoryview(src)
+        n = len(src)
+        pos = 0
+        masked = 0 if self._client else 0x80
+        limit = self._max_size
+        try:
+            while self._mode == _FRAMING and n - pos >= 2:
+                b0 = view[pos]
+                b1 = view[pos + 1]
+                length = b1 & 0x7F
+                head = 2
+                if length == 126:
+                    if n - pos < 4:
+                        break
+                    length = (view[pos + 2] << 8) | view[pos + 3]
+                    head = 4
+                elif length == 127:
+                    if n - pos < 10:
+                        break
+                    length = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                    head = 10
+                if b1 & 0x80:
+                    head += 4
+                if length > limit:
+                    self._mode = _LIBRARY
+                    self._parse(view[pos:].tobytes())
+                    pos = n
+                    break
+                end = pos + head + length
+                if end > n:
+                    break
+                if (b0 == 0x82 or b0 == 0x81) and b1 & 0x80 == masked and self._parts is None:
+                    start = pos + head
+                    if masked:
+                        payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                    else:
+                        payload = view[start:end].tobytes()
+                    pos = end
+                    if b0 == 0x82:
+                        self._deliver(payload)
+                    else:
+                        self._text(payload)
+                else:
+                    frame = view[pos:end].tobytes()
+                    pos = end
+                    self._parse(frame)
+        finally:
+            view.release()
+        if buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += data[pos:]
+
+    def _parse(self, data: bytes) -> None:
+        """Feed ``data`` to websockets' protocol and act on what it parsed."""
         ws = self._ws
         ws.receive_data(data)
         events = ws.events_received()
@@ -348,6 +454,8 @@ class _Wire(Transport, asyncio.Protocol):
             elif op is Opcode.PONG:
                 self._pinged = False
         if ws.state is not _OPEN:
+            if self._mode == _FRAMING:
+                self._mode = _LIBRARY
             self._closing()
 
     def _on_data(self, frame: Any) -> None:
@@ -385,6 +493,7 @@ class _Wire(Transport, asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         if self._ws.state is _OPEN:
+            self._mode = _LIBRARY
             self._ws.fail(code, reason)
             self._send_data()
             self._closing()
@@ -400,6 +509,7 @@ class _Wire(Transport, asyncio.Protocol):
             self._open_timer.cancel()
             self._open_timer = None
         if ws.state is _OPEN:
+            self._mode = _FRAMING
             self._opened.set_result(None)
             self._keepalive()
             if self._on_open is not None:
@@ -690,6 +800,7 @@ async def open_connection(url: str, **options: Any) -> Transport:
         max_queue=options.get("max_queue"),
         close_timeout=options.get("close_timeout", 10.0),
         ping_interval=options.get("ping_interval", 20.0),
+        max_size=options.get("max_size", 1 << 20),
     )
     ssl = options.get("ssl", True if uri.secure else None)
     tcp, _ = await asyncio.wait_for(
@@ -770,6 +881,7 @@ async def start_server(
             max_queue=options.get("max_queue"),
             close_timeout=options.get("close_timeout", 10.0),
             ping_interval=options.get("ping_interval", 20.0),
+            max_size=max_size,
             on_open=opened,
         )
         wires.add(wire)
