@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from _util import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve as ws_serve
@@ -26,8 +27,6 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from fastrpc.transport import Transport, open_connection, start_server
-
-from _util import run
 
 HOST = "127.0.0.1"
 
