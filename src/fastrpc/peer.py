@@ -12,37 +12,35 @@ socket is past its high-water mark.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from . import events as E
 from . import options as O
-from .api import PeerAPI, Response
+from .api import Response
 from .codec import PayloadCodec, get_codec
-from .exceptions import ConnectionClosed, ErrorCode, LimitExceeded, ProtocolError
+from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
 from .options import PeerOptions
+from .peer_io import PeerIO, _ignore
+from .peer_io import _current_peer as _current_peer  # jsonmode sets it too
 from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
 from .streams import StreamLink, StreamManager
-from .transport import Transport, TransportClosed, closed_info
+from .transport import Transport
 
 __all__ = ["Response", "RpcPeer", "current_peer"]
-
-_current_peer: contextvars.ContextVar[RpcPeer] = contextvars.ContextVar("fastrpc_peer")
 
 
 def current_peer() -> RpcPeer:
     """The peer of the connection whose handler is running (raises LookupError
     outside a handler)."""
-    return _current_peer.get()
+    return _current_peer.get()  # type: ignore[return-value]
 
 
-class RpcPeer(PeerAPI):
+class RpcPeer(PeerIO):
     """Calls, notifications and streams over one connection; either end may call.
 
     Made by :func:`fastrpc.connect` and :func:`fastrpc.serve`; not built directly.
@@ -53,7 +51,6 @@ class RpcPeer(PeerAPI):
     __slots__ = (
         "__weakref__",
         "_attachments",
-        "_busy",
         "_call_waiters",
         "_calls",
         "_close_exc",
@@ -62,23 +59,15 @@ class RpcPeer(PeerAPI):
         "_codec",
         "_core",
         "_core_options",
-        "_direct",
-        "_flush_pending",
-        "_fresh",
         "_goaway",
         "_handlers",
-        "_held",
         "_keepalive",
         "_link",
         "_loop",
-        "_max_backlog",
         "_pongs",
-        "_processing",
         "_ready",
-        "_stall_timeout",
         "_transport",
         "_transport_done",
-        "_writer",
         "on_transport_lost",
         "session_task",
         "streams",
@@ -131,7 +120,7 @@ class RpcPeer(PeerAPI):
         # once (a reply, the next sequential call) rather than one loop iteration
         # later; what follows it in the same iteration is coalesced as before.
         self._fresh = True
-        self._processing = False
+        self._processing = self._in_read = False
         self._busy = False  # messages wait in _held (a message in slices, the backlog wait)
         self._held: deque[bytes | str] | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
@@ -197,9 +186,7 @@ class RpcPeer(PeerAPI):
         try:
             if first is not None:
                 self._process(core.decode(first))  # the server answers the client's handshake
-            # Messages go to _receive from the transport's data_received: no reader task.
-            self._busy, self._held = False, None
-            transport.start_reading(partial(self._receive, transport), partial(self._on_lost, transport))
+            self._reading(transport)  # messages go to _receive from data_received: no reader task
             self._writer = self._loop.create_task(self._write_loop(transport))
         except ProtocolError as e:
             await self._fail_protocol(e)
@@ -258,11 +245,6 @@ class RpcPeer(PeerAPI):
             self._kick()
 
     @property
-    def transport(self) -> Transport | None:
-        """The current transport (None while a session waits for its client)."""
-        return self._transport
-
-    @property
     def session_token(self) -> bytes | None:
         """(Session) the token a client presents to resume this session."""
         core = self._core
@@ -276,16 +258,6 @@ class RpcPeer(PeerAPI):
             return []
         return [t for t in (session.token, session.previous_token) if t is not None]
 
-    @property
-    def core(self) -> Connection:
-        """The sans-I/O core of the current session (for inspection)."""
-        return self._core
-
-    @property
-    def output_limits(self) -> tuple[int, float]:
-        """``(max_output_backlog, output_stall_timeout)``."""
-        return self._max_backlog, self._stall_timeout
-
     def on_closed(self, fn: Callable[[RpcPeer], None]) -> None:
         """Call ``fn(peer)`` once the connection is closed and cleaned up."""
         self._closed.add_done_callback(lambda _: fn(self))
@@ -293,199 +265,6 @@ class RpcPeer(PeerAPI):
     async def wait_transport_done(self) -> None:
         """(Session) wait until the current transport is gone."""
         await asyncio.shield(self._transport_done)
-
-    # ------------------------------------------------------------------ I/O
-
-    def _kick(self) -> None:
-        """Send what the core has queued: at once when nothing was written since the
-        last message arrived (a reply, the next call of a sequence), else from a
-        callback after this loop iteration, so that what the iteration queues leaves
-        together in one message."""
-        if self._processing:
-            return  # _process sends once all the events of the message are handled
-        if not self._flush_pending:
-            if self._fresh and self._direct:
-                self._flush()
-            else:
-                self._flush_pending = True
-                self._loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_pending = False
-        self._flush()
-
-    def _flush(self) -> None:
-        """Send what the core has queued, straight to the transport, in order.
-
-        Only while no writer task runs (the handshake, or a socket past its
-        high-water mark): that task sends everything queued before it ends."""
-        transport = self._transport
-        if transport is None or not self._direct:
-            return
-        writer = self._writer
-        if writer is not None and not writer.done():
-            return
-        core = self._core
-        manager = self.streams
-        while True:
-            nxt = core.next_message()
-            if nxt is None:
-                return
-            self._wake_unblocked()
-            if not transport.write_now(nxt):
-                # Past the high-water mark, or closing: the writer task waits for the
-                # drain (or lets the library raise the closure).
-                self._writer = self._loop.create_task(self._send_paused(transport, nxt))
-                return
-            self._fresh = False
-            manager.on_drained()
-
-    def _transport_buffered(self) -> int:
-        t = self._transport
-        return t.buffered() if t is not None else 0
-
-    # The stream manager's host (StreamHost): the same functions, public names.
-    flush = _kick
-    transport_buffered = _transport_buffered
-
-    async def _write_loop(self, transport: Transport) -> None:
-        """The writer task of a new transport: the handshake, the replay of what the
-        peer missed, then it ends: from then on :meth:`_flush` writes."""
-        core = self._core
-        try:
-            await transport.send(core.handshake())
-            # A client sends nothing else until the server's handshake says where to
-            # resume from.
-            await asyncio.shield(self._ready)
-            for msg in core.take_replay():
-                await transport.send(msg)
-            self._direct = True
-            self._writer = None
-            self._flush()  # what was queued meanwhile
-        except (*TransportClosed, SessionLost):
-            pass
-
-    async def _send_paused(self, transport: Transport, first: bytes) -> None:
-        """Send ``first``, then all that is queued, waiting for the socket to drain;
-        ends once the core has nothing queued: :meth:`_flush` takes over."""
-        core = self._core
-        manager = self.streams
-        try:
-            msg: bytes | None = first
-            while msg is not None:
-                await transport.send(msg)
-                manager.on_drained()
-                msg = core.next_message()
-                self._wake_unblocked()
-        except TransportClosed:
-            pass
-
-    def _receive(self, transport: Transport, msg: bytes | str) -> None:
-        """One message from ``transport`` (called from its data_received)."""
-        if transport is not self._transport:
-            return
-        if self._busy:  # a message in slices, or the backlog wait: in order, later
-            if self._held is None:
-                self._held = deque()
-            self._held.append(msg)
-            transport.pause_reading()
-            return
-        token = _current_peer.set(self)
-        try:
-            self._take(transport, msg)
-        except Exception as e:
-            self._read_failed(transport, e)
-        finally:
-            _current_peer.reset(token)
-
-    def _take(self, transport: Transport, msg: bytes | str) -> None:
-        if type(msg) is str:
-            raise ProtocolError("text message on a fastrpc connection")
-        self._feed(transport, self._core.decode(msg), 0)  # type: ignore[arg-type]
-
-    def _feed(self, transport: Transport, frames: list[Any], start: int) -> None:
-        """Process ``frames[start:]``: a message of many frames in slices, one per loop
-        iteration (one peer cannot hold the loop for long); past max_output_backlog,
-        wait for the peer to read (_serve_less). Meanwhile messages wait (_busy)."""
-        step = O.FRAMES_PER_SLICE
-        end = start + step
-        self._process(frames if start == 0 and len(frames) <= step else frames[start:end])
-        if end < len(frames):
-            self._busy = True
-            self._loop.call_soon(self._next_slice, transport, frames, end)
-        elif self._core.control_backlog + transport.buffered() > self._max_backlog:
-            self._busy = True
-            transport.pause_reading()
-            self._loop.create_task(self._serve_less(transport))
-
-    def _next_slice(self, transport: Transport, frames: list[Any], start: int) -> None:
-        if transport is not self._transport or self._closed_flag:
-            return
-        self._busy = False
-        self._resume(transport, partial(self._feed, transport, frames, start))
-
-    def _resume(self, transport: Transport, step: Callable[[], None]) -> None:
-        """Run ``step``, then the messages held while busy, until busy again."""
-        token = _current_peer.set(self)
-        try:
-            step()
-            held = self._held
-            while held and not self._busy and transport is self._transport:
-                self._take(transport, held.popleft())
-            if not self._busy:
-                self._held = None
-                transport.resume_reading()
-        except Exception as e:
-            self._read_failed(transport, e)
-        finally:
-            _current_peer.reset(token)
-
-    async def _serve_less(self, transport: Transport) -> None:
-        try:
-            await _serve_less(self, transport)
-        except _Stalled as e:
-            self._read_failed(transport, e)
-            return
-        if transport is self._transport:
-            self._busy = False
-            self._resume(transport, _ignore)
-
-    def _read_failed(self, transport: Transport, e: Exception) -> None:
-        """Reading ``transport`` failed: the session is lost (client), the peer broke
-        the protocol (close with its code), or a bug here (1011)."""
-        transport.start_reading(_ignore, _ignore)  # what still comes is dropped
-        self._busy, self._held = False, None
-        if transport is not self._transport:
-            return
-        if isinstance(e, SessionLost):
-            if not self._ready.done():
-                self._ready.set_exception(e)
-                self._ready.exception()
-            self._lost(ConnectionClosed(), False)
-            return
-        self._loop.create_task(self._fail_and_lose(transport, e))
-
-    async def _fail_and_lose(self, transport: Transport, e: Exception) -> None:
-        if isinstance(e, ProtocolError):
-            exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
-            # A peer closed for not reading gets time to drain what waits for it, so
-            # that it can see why (its close frame comes last).
-            await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)
-        else:  # a bug: close this connection, not the process
-            exc = ConnectionClosed(f"internal error: {e!r}", 1011)
-            await transport.close(1011, "internal error")
-        if transport is self._transport:
-            self._lost(exc, False)
-
-    def _on_lost(self, transport: Transport, exc: BaseException | None) -> None:
-        """``transport`` ended (exc None: a clean close; keep the peer's code and reason)."""
-        if exc is None:
-            closed = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
-        else:
-            code, reason = closed_info(exc)
-            closed = ConnectionClosed(reason, code)
-        if transport is self._transport:
-            self._lost(closed, True)
 
     def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
         """The transport is gone. Keep the session for a resume when both sides agreed
@@ -527,14 +306,6 @@ class RpcPeer(PeerAPI):
             await asyncio.gather(*tasks, return_exceptions=True)
         self.streams.reopen()
         self._call_done()
-
-    def _wake_unblocked(self) -> None:
-        """Wake the senders whose queues the message just taken emptied."""
-        unblocked = self._core.take_unblocked()
-        if unblocked:
-            manager = self.streams
-            for sid in unblocked:
-                manager.on_writable(sid)
 
     def _fail_pending(self, exc: ConnectionClosed) -> None:
         """Fail our calls and pings in flight with ``exc``."""
@@ -692,39 +463,6 @@ class RpcPeer(PeerAPI):
 
     def _on_cancelled(self, ev: E.CallCancelled) -> None:
         self._handlers.on_cancelled(ev)
-
-
-def _ignore(*args: Any) -> None:
-    pass
-
-
-class _Stalled(LimitExceeded):
-    """The peer does not read what it asked for (_serve_less)."""
-
-
-async def _serve_less(peer: RpcPeer, transport: Transport) -> None:
-    """More than ``max_output_backlog`` bytes wait for the peer (answers, credit, PONGs
-    it does not read): stop reading its input until half of it left. A peer that does
-    not read at all for ``output_stall_timeout`` seconds meanwhile is closed
-    (LimitExceeded, 1008): its messages stay in the socket, not in memory."""
-    limit, stall = peer.output_limits
-    core = peer.core
-    loop = asyncio.get_running_loop()
-    least = core.control_backlog + transport.buffered()
-    since = loop.time()
-    while not peer.closed and transport is peer.transport:
-        peer.flush()
-        waiting = core.control_backlog + transport.buffered()
-        if waiting <= limit // 2:
-            return
-        if waiting < least:
-            least, since = waiting, loop.time()
-        elif loop.time() - since > stall:
-            raise _Stalled(
-                f"the peer does not read: {waiting} bytes wait for it (max_output_backlog {limit}) "
-                f"with no progress for {stall} s (output_stall_timeout)"
-            )
-        await asyncio.sleep(O.BACKPRESSURE_DELAY)
 
 
 # Event type -> handler (a class-level table: nothing to build per connection).

@@ -77,11 +77,12 @@ LostHook = Callable[[BaseException | None], None]  # None: a clean close
 class Transport:
     """One WebSocket connection, as the peer uses it (see the module docstring)."""
 
-    __slots__ = ("_end", "_ended_flag", "_inbox", "_lost", "_max_queue", "_receiver", "_waiter")
+    __slots__ = ("_end", "_ended_flag", "_fed", "_inbox", "_lost", "_max_queue", "_receiver", "_waiter")
 
     def __init__(self, max_queue: int | None) -> None:
         self._receiver: Receiver | None = None
         self._lost: LostHook | None = None
+        self._fed: Callable[[], None] | None = None
         self._inbox: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._end: BaseException | None = None
@@ -90,20 +91,24 @@ class Transport:
 
     # ---------------------------------------------------------------- reading
 
-    def start_reading(self, receiver: Receiver, lost: LostHook) -> None:
+    def start_reading(self, receiver: Receiver, lost: LostHook, fed: Callable[[], None] | None = None) -> None:
         """From now on, call ``receiver(msg)`` for every message as it arrives (in the
-        callback that read it), and ``lost(exc)`` once when the connection ends (exc:
-        a TransportClosed, or None for a clean close). Queued messages go first."""
-        self._receiver, self._lost = receiver, lost
+        callback that read it), ``fed()`` after the messages of each read, and
+        ``lost(exc)`` once when the connection ends (exc: a TransportClosed, or None
+        for a clean close). Queued messages go first."""
+        self._receiver, self._lost, self._fed = receiver, lost, fed
         inbox = self._inbox
         while inbox and self._receiver is receiver:
             receiver(inbox.popleft())
+        if fed is not None:
+            fed()
         self.resume_reading()
         if self._ended_flag and self._receiver is receiver:
             self._receiver = self._lost = None
             lost(self._end)
 
-    def _deliver(self, msg: Any) -> None:
+    def feed(self, msg: Any) -> None:
+        """(Implementations) one received message: bytes (binary) or str (text)."""
         receiver = self._receiver
         if receiver is not None:
             receiver(msg)
@@ -113,13 +118,21 @@ class Transport:
             self.pause_reading()
         self._wake()
 
-    def _ended(self, exc: BaseException | None) -> None:
+    def read_done(self) -> None:
+        """(Implementations) the messages of one read were fed: the receiver's
+        output may leave, in one write."""
+        fed = self._fed
+        if fed is not None:
+            fed()
+
+    def finish(self, exc: BaseException | None) -> None:
+        """(Implementations) the connection ended (None: a clean close)."""
         if self._ended_flag:
             return
         self._ended_flag = True
         self._end = exc
         lost = self._lost
-        self._receiver = self._lost = None
+        self._receiver = self._lost = self._fed = None
         if lost is not None:
             lost(exc)
         self._wake()
@@ -345,12 +358,17 @@ class _Wire(Transport, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         mode = self._mode
-        if mode == _FRAMING:
-            self._frames(data)
-        elif mode == _HEAD:
-            self._head(data)
-        else:
-            self._parse(data)
+        try:
+            if mode == _FRAMING:
+                self._frames(data)
+            elif mode == _HEAD:
+                self._head(data)
+            else:
+                self._parse(data)
+        finally:
+            fed = self._fed
+            if fed is not None:
+                fed()
 
     def _head(self, data: bytes) -> None:
         """The HTTP handshake goes to websockets alone, to its last byte: what follows
@@ -424,7 +442,7 @@ class _Wire(Transport, asyncio.Protocol):
                         payload = view[start:end].tobytes()
                     pos = end
                     if b0 == 0x82:
-                        self._deliver(payload)
+                        self.feed(payload)
                     else:
                         self._text(payload)
                 else:
@@ -466,7 +484,7 @@ class _Wire(Transport, asyncio.Protocol):
                 if frame.opcode is Opcode.TEXT:
                     self._text(data)
                 else:
-                    self._deliver(data if type(data) is bytes else bytes(data))
+                    self.feed(data if type(data) is bytes else bytes(data))
                 return
             self._parts = [frame.opcode is Opcode.TEXT, frame.data]
             return
@@ -481,7 +499,7 @@ class _Wire(Transport, asyncio.Protocol):
             if parts[0]:
                 self._text(data)
             else:
-                self._deliver(data)
+                self.feed(data)
 
     def _text(self, data: bytes) -> None:
         try:
@@ -489,7 +507,7 @@ class _Wire(Transport, asyncio.Protocol):
         except UnicodeDecodeError as e:
             self._fail(1007, f"{e.reason} at position {e.start}")
             return
-        self._deliver(text)
+        self.feed(text)
 
     def _fail(self, code: int, reason: str) -> None:
         if self._ws.state is _OPEN:
@@ -543,7 +561,7 @@ class _Wire(Transport, asyncio.Protocol):
         self._wake_drain(closed)
         if not self._closed.done():
             self._closed.set_result(None)
-        self._ended(None if isinstance(closed, _WSClosedOK) else closed)
+        self.finish(None if isinstance(closed, _WSClosedOK) else closed)
 
     def pause_writing(self) -> None:
         if self._drain is None:
@@ -699,16 +717,17 @@ class _Library(Transport):
     async def _read(self) -> None:
         try:
             async for msg in self.ws:
-                self._deliver(msg)
+                self.feed(msg)
+                self.read_done()
                 while self._resumed is not None:
                     await self._resumed
         except TransportClosed as e:
-            self._ended(e)
+            self.finish(e)
             return
         except Exception as e:  # pragma: no cover - the library failed: end the connection
-            self._ended(ConnectionError(repr(e)))
+            self.finish(ConnectionError(repr(e)))
             return
-        self._ended(None)
+        self.finish(None)
 
     def pause_reading(self) -> None:
         if self._resumed is None:
