@@ -1,11 +1,18 @@
-"""Stream priority under load: latency of small items beside a saturating bulk stream.
+"""Stream priority under load: latency of small items beside saturating bulk streams.
 
-The server (a child process) sends a bulk stream of 64 KiB chunks as fast as the
-connection takes them and, beside it, a small timestamped item every 2 ms; the client
-reads both and records each small item's delivery latency. Run once with the small
-items at urgency 0 and once at the bulk's own urgency (3):
+The server (a child process) sends 16 bulk streams of 64 KiB chunks as fast as the
+connection takes them and, beside them, a small timestamped item every 2 ms; the
+client reads both and records each small item's delivery latency. Run once with the
+small items at urgency 0 and once at the bulk's own urgency (3):
 
-    python bench/priority.py [--chunks 3000] [--ticks 300]
+    python bench/priority.py [--chunks 3000] [--ticks 300] [--rate 10]
+
+``--rate MB/s`` (default 10; 0: none) puts a throttling TCP proxy between client and
+server, a WAN link of that bandwidth: the sender's queue, where urgency decides what
+leaves first, is then the bottleneck. The proxy reads the server's side with a small
+socket receive buffer, so the server's kernel cannot queue megabytes ahead of the
+scheduler. Over bare loopback the receiver's CPU is the bottleneck instead and
+urgency can do little (every item waits in the same receive queue).
 
 Both processes read CLOCK_MONOTONIC (time.perf_counter on Linux), so latencies are
 comparable across them.
@@ -16,11 +23,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import socket
 import statistics
 import time
 from typing import Any
 
 import fastrpc
+
+
+class _Throttle:
+    """A TCP proxy that forwards server -> client at ``rate`` bytes/s (client ->
+    server unthrottled)."""
+
+    def __init__(self, upstream: int, rate: float) -> None:
+        self.upstream, self.rate = upstream, rate
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: Any = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)  # before connect: the window
+        up.setblocking(False)
+        await loop.sock_connect(up, ("127.0.0.1", self.upstream))
+        up_reader, up_writer = await asyncio.open_connection(sock=up, limit=16 << 10)
+
+        async def down() -> None:  # server -> client, paced
+            start, sent = time.perf_counter(), 0
+            while data := await up_reader.read(16 << 10):
+                writer.write(data)
+                await writer.drain()
+                sent += len(data)
+                ahead = sent / self.rate - (time.perf_counter() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            writer.close()
+
+        async def upward() -> None:
+            while data := await reader.read(1 << 16):
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        for coro in (down(), upward()):
+            task = asyncio.ensure_future(coro)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.server.close()
 
 
 def _serve(port_pipe: Any, chunks: int, ticks: int, streams: int) -> None:
@@ -50,7 +108,19 @@ def _serve(port_pipe: Any, chunks: int, ticks: int, streams: int) -> None:
     fastrpc.run(main())
 
 
-async def _measure(port: int, urgency: int) -> dict[str, float]:
+async def _measure(port: int, urgency: int, rate: float = 0.0) -> dict[str, float]:
+    proxy = None
+    if rate:
+        proxy = _Throttle(port, rate * 1e6)
+        port = await proxy.start()
+    try:
+        return await _measure_at(port, urgency)
+    finally:
+        if proxy is not None:
+            await proxy.close()
+
+
+async def _measure_at(port: int, urgency: int) -> dict[str, float]:
     router = fastrpc.Router()
     router.add("urgency", lambda: urgency)
     ticks_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -92,6 +162,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=3000, help="64 KiB bulk chunks (default 3000: 188 MiB)")
     ap.add_argument("--ticks", type=int, default=300, help="small timed items (default 300)")
     ap.add_argument("--bulk-streams", type=int, default=16, help="concurrent bulk streams (default 16)")
+    ap.add_argument(
+        "--rate", type=float, default=10.0, help="throttle the link to this many MB/s (default 10; 0: none)"
+    )
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     rows = []
@@ -101,11 +174,14 @@ def main() -> None:
         proc.start()
         try:
             port = recv.recv()
-            rows.append((urgency, fastrpc.run(_measure(port, urgency))))
+            rows.append((urgency, fastrpc.run(_measure(port, urgency, args.rate))))
         finally:
             proc.kill()
             proc.join()
-    print(f"small items beside {args.bulk_streams} bulk streams of 64 KiB chunks ({fastrpc.IMPLEMENTATION} codec)")
+    link = f"a {args.rate:g} MB/s link" if args.rate else "bare loopback"
+    print(
+        f"small items beside {args.bulk_streams} bulk streams of 64 KiB chunks over {link} ({fastrpc.IMPLEMENTATION} codec)"
+    )
     print(f"{'urgency':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for urgency, r in rows:
         print(f"{urgency:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f}")
