@@ -47,14 +47,14 @@ class _Throttle:
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)  # before connect: the window
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 10)  # before connect: the window
         up.setblocking(False)
         await loop.sock_connect(up, ("127.0.0.1", self.upstream))
-        up_reader, up_writer = await asyncio.open_connection(sock=up, limit=16 << 10)
+        up_reader, up_writer = await asyncio.open_connection(sock=up, limit=2 << 10)
 
         async def down() -> None:  # server -> client, paced
             start, sent = time.perf_counter(), 0
-            while data := await up_reader.read(16 << 10):
+            while data := await up_reader.read(4 << 10):
                 writer.write(data)
                 await writer.drain()
                 sent += len(data)
@@ -101,7 +101,11 @@ def _serve(port_pipe: Any, chunks: int, ticks: int, streams: int) -> None:
         await peer.wait_closed()
 
     async def main() -> None:
-        async with fastrpc.serve(handler, "127.0.0.1", 0) as server:
+        # A sender for a slow link: little written ahead of the scheduler.
+        streams = fastrpc.StreamManager(batch_size=16 << 10)
+        async with fastrpc.serve(
+            handler, "127.0.0.1", 0, write_limit=16 << 10, notsent_lowat=16 << 10, streams=streams
+        ) as server:
             port_pipe.send(server.port)
             await asyncio.Event().wait()
 

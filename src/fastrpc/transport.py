@@ -12,6 +12,10 @@ Two implementations of one :class:`Transport` interface:
   no assembler queue. Outgoing data messages are framed here (a header, then the
   payload as is, through ``writelines``: no copy on the server side) while the
   connection is open; control frames go through the sans-I/O protocol.
+``notsent_lowat`` (bytes; default None: off), given to ``serve`` / ``connect`` with the
+other WebSocket options, sets TCP_NOTSENT_LOWAT on the data path's sockets: for slow
+links, where urgency should decide what leaves next (bench/priority.py).
+
 * the library's own asyncio connection (``_Library``), used when the caller passes a
   websockets option the data path does not implement (``process_request``, extra
   headers, ``compression``, ...): a reader task feeds the same receiver.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,7 +73,7 @@ _CLOSED = _State.CLOSED
 MAX_FRAGMENTS = 4096  # WebSocket fragments of one message (websockets' own cap)
 # websockets options the data path implements; any other selects the library's connection.
 _WIRE_OPTIONS = {"compression", "max_size", "ping_interval", "ping_timeout", "write_limit", "max_queue"}
-_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl"}
+_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat"}
 
 Receiver = Callable[[Any], None]  # one received message: bytes (binary) or str (text)
 LostHook = Callable[[BaseException | None], None]  # None: a clean close
@@ -276,6 +281,21 @@ _HEAD, _FRAMING, _LIBRARY = 0, 1, 2
 _MAX_HEAD = 64 << 10
 
 
+def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
+    """Wake the writer only once fewer than ``lowat`` bytes wait unsent in the kernel
+    (TCP_NOTSENT_LOWAT; Linux, macOS): on a slow link the backlog then waits in the
+    scheduler, where urgency orders it, not in a kernel buffer that autotuning grows
+    to megabytes. Off by default: on a fast link it costs throughput."""
+    sock = tcp.get_extra_info("socket")
+    opt = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if lowat is None or sock is None or opt is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, opt, lowat)
+    except OSError:
+        pass
+
+
 def _header(n: int, mask: int) -> bytes:
     """The header of a final binary frame of ``n`` payload bytes (RFC 6455 5.2)."""
     if n < 126:
@@ -296,6 +316,7 @@ class _Wire(Transport, asyncio.Protocol):
         "_closed",
         "_drain",
         "_high",
+        "_lowat",
         "_max_size",
         "_mode",
         "_on_open",
@@ -320,6 +341,7 @@ class _Wire(Transport, asyncio.Protocol):
         close_timeout: float | None,
         ping_interval: float | None,
         max_size: int | None,
+        notsent_lowat: int | None = None,
         on_open: Callable[[_Wire], None] | None = None,
     ) -> None:
         Transport.__init__(self, max_queue)
@@ -327,6 +349,7 @@ class _Wire(Transport, asyncio.Protocol):
         self._client = isinstance(ws, ClientProtocol)
         self._tcp: asyncio.Transport = None  # type: ignore[assignment]
         self._high = write_limit
+        self._lowat = notsent_lowat
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -351,6 +374,7 @@ class _Wire(Transport, asyncio.Protocol):
         tcp: asyncio.Transport = transport  # type: ignore[assignment]
         self._tcp = tcp
         tcp.set_write_buffer_limits(self._high)
+        _notsent_lowat(tcp, self._lowat)
         if self._client:
             ws: ClientProtocol = self._ws  # type: ignore[assignment]
             ws.send_request(ws.connect())
@@ -803,7 +827,10 @@ def closed_info(exc: BaseException) -> tuple[int | None, str]:
 
 
 def _wire_ok(options: dict[str, Any]) -> bool:
-    return set(options) <= _WIRE_OPTIONS and options.get("compression") is None
+    if set(options) <= _WIRE_OPTIONS and options.get("compression") is None:
+        return True
+    options.pop("notsent_lowat", None)  # the data path's alone
+    return False
 
 
 async def open_connection(url: str, **options: Any) -> Transport:
@@ -820,6 +847,7 @@ async def open_connection(url: str, **options: Any) -> Transport:
         close_timeout=options.get("close_timeout", 10.0),
         ping_interval=options.get("ping_interval", 20.0),
         max_size=options.get("max_size", 1 << 20),
+        notsent_lowat=options.get("notsent_lowat"),
     )
     ssl = options.get("ssl", True if uri.secure else None)
     tcp, _ = await asyncio.wait_for(
@@ -901,6 +929,7 @@ async def start_server(
             close_timeout=options.get("close_timeout", 10.0),
             ping_interval=options.get("ping_interval", 20.0),
             max_size=max_size,
+            notsent_lowat=options.get("notsent_lowat"),
             on_open=opened,
         )
         wires.add(wire)
