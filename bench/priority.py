@@ -5,7 +5,11 @@ connection takes them and, beside them, a small timestamped item every 2 ms; the
 client reads both and records each small item's delivery latency. Run once with the
 small items at urgency 0 and once at the bulk's own urgency (3):
 
-    python bench/priority.py [--chunks 3000] [--ticks 300] [--rate 10]
+    python bench/priority.py [--chunks 3000] [--ticks 300] [--rate 10] [--calls 3000] [--json F]
+
+First, latency under load: p50/p99/p99.9 of sequential calls while 10 bulk streams
+run on the same connection, on another connection, and with no bulk at all (bare
+loopback, default settings: calls leave before stream data).
 
 ``--rate MB/s`` (default 10; 0: none) puts a throttling TCP proxy between client and
 server, a WAN link of that bandwidth: the sender's queue, where urgency decides what
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import socket
 import statistics
@@ -112,6 +117,60 @@ def _serve(port_pipe: Any, chunks: int, ticks: int, streams: int) -> None:
     fastrpc.run(main())
 
 
+def _serve_calls(port_pipe: Any) -> None:
+    """Bare loopback, default settings: an echo method and a bulk streaming method."""
+    router = fastrpc.Router()
+
+    @router.method
+    def echo(payload: bytes) -> bytes:
+        return payload
+
+    @router.method
+    async def bulk(n: int) -> Any:
+        chunk = b"b" * 65536
+        for _ in range(n):
+            yield chunk
+
+    async def main() -> None:
+        async with fastrpc.serve(router, "127.0.0.1", 0) as server:
+            port_pipe.send(server.port)
+            await asyncio.Event().wait()
+
+    fastrpc.run(main())
+
+
+async def _calls_under_load(port: int, where: str, calls: int) -> dict[str, float]:
+    """Sequential calls (urgency 0: calls go before stream data) while 10 bulk
+    streams run on the same connection, on another one, or not at all."""
+    url = f"ws://127.0.0.1:{port}"
+    async with fastrpc.connect(url) as peer, fastrpc.connect(url) as other:
+        loaded = {"same": peer, "other": other}.get(where)
+
+        async def read() -> None:
+            assert loaded is not None
+            async for _ in loaded.stream("bulk", 1 << 30):
+                pass
+
+        readers = [asyncio.ensure_future(read()) for _ in range(10 if loaded is not None else 0)]
+        await asyncio.sleep(0.2)  # the bulk streams at full speed
+        lat = []
+        payload = b"x" * 16
+        for _ in range(calls):
+            t = time.perf_counter()
+            await peer.call("echo", payload)
+            lat.append((time.perf_counter() - t) * 1e3)
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    lat.sort()
+    return {
+        "p50_ms": statistics.median(lat),
+        "p99_ms": lat[int(len(lat) * 0.99) - 1],
+        "p999_ms": lat[int(len(lat) * 0.999) - 1],
+        "max_ms": lat[-1],
+    }
+
+
 async def _measure(port: int, urgency: int, rate: float = 0.0) -> dict[str, float]:
     proxy = None
     if rate:
@@ -169,8 +228,25 @@ def main() -> None:
     ap.add_argument(
         "--rate", type=float, default=10.0, help="throttle the link to this many MB/s (default 10; 0: none)"
     )
+    ap.add_argument("--calls", type=int, default=3000, help="sequential calls per latency-under-load run")
+    ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
+    out: dict[str, Any] = {"calls_under_load": {}, "ticks": {}, "rate_mb_s": args.rate}
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_serve_calls, args=(send,), daemon=True)
+    proc.start()
+    try:
+        port = recv.recv()
+        print(f"sequential calls beside 10 bulk streams of 64 KiB chunks (bare loopback, {args.calls} calls)")
+        print(f"{'bulk on':>18} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8} {'max ms':>8}")
+        for where in ("none", "same", "other"):
+            r = out["calls_under_load"][where] = fastrpc.run(_calls_under_load(port, where, args.calls))
+            label = {"none": "(no bulk)", "same": "same connection", "other": "another connection"}[where]
+            print(f"{label:>18} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p999_ms']:>8.2f} {r['max_ms']:>8.2f}")
+    finally:
+        proc.kill()
+        proc.join()
     rows = []
     for urgency in (0, 3):
         recv, send = ctx.Pipe(duplex=False)
@@ -191,6 +267,10 @@ def main() -> None:
         print(f"{urgency:>8} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f}")
     (_, hi), (_, eq) = rows
     print(f"p99 latency at urgency 0 is {eq['p99_ms'] / hi['p99_ms']:.1f}x lower than at the bulk's urgency")
+    out["ticks"] = {str(urgency): r for urgency, r in rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
