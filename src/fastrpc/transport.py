@@ -34,6 +34,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from websockets.asyncio.client import connect as _ws_connect
@@ -910,16 +911,18 @@ async def start_server(
     handlers = server._handlers
 
     def opened(wire: _Wire) -> None:
-        task = loop.create_task(_run(wire))
+        # The handler is the connection's only coroutine (no wrapper: memory per
+        # connection); once it returns, the connection is closed.
+        task: asyncio.Task[None] = loop.create_task(handler(wire))  # type: ignore[arg-type]
         handlers.add(task)
-        task.add_done_callback(handlers.discard)
+        task.add_done_callback(partial(handled, wire))
 
-    async def _run(wire: _Wire) -> None:
-        try:
-            await handler(wire)
-        finally:
-            await wire.close()
-            wires.discard(wire)
+    def handled(wire: _Wire, task: asyncio.Task[None]) -> None:
+        handlers.discard(task)
+        if not wire._closed.done():
+            closing = loop.create_task(wire.close())
+            handlers.add(closing)
+            closing.add_done_callback(handlers.discard)
 
     def factory() -> _Wire:
         wire = _Wire(
