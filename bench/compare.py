@@ -2,7 +2,7 @@
 """End-to-end comparison of fastrpc with other RPC/WebSocket libraries.
 
     python bench/compare.py [--quick] [--scale X] [--only SCENARIO,...]
-                            [--libs fastrpc,fastrpc-pure,websockets,picows,grpcio,rsocket]
+                            [--libs fastrpc,fastrpc-pure,websockets,picows,tcp,grpcio,rsocket]
                             [--baseline DIR] [--json out.json] [--png chart.png]
 
 For every scenario and library the server runs in a spawned child process and the
@@ -111,6 +111,13 @@ TARGETS = [
     ("inflight_calls", "websockets", "ratio>=", 1.5),
     ("memory_conn", "websockets", "extra<=", 4.0),
     ("memory_stream", None, "value<=", 1.0),
+    # issue 17: ahead of picows (callback-driven, Cython framing)
+    ("small", "picows", "ratio>=", 4.0),
+    ("bulk", "picows", "ratio>=", 1.0),
+    ("seq_calls", "picows", "ratio>=", 1.0),
+    ("inflight_calls", "picows", "ratio>=", 2.0),
+    ("memory_conn", "websockets", "extra<=", 0.0),
+    ("memory_stream", None, "value<=", 0.5),
 ]
 
 

@@ -66,7 +66,7 @@ def test_tls_server_says_wss_and_serves_calls(cert: tuple[Path, Path]) -> None:
             assert server.url.startswith("wss://127.0.0.1:")
             async with fastrpc.connect(server.url + "/x", ssl=client_ctx, **QUIET) as peer:
                 assert (await peer.call("whoami"))["path"] == "/x"
-                assert peer.transport.ws.transport.get_extra_info("ssl_object") is not None  # type: ignore[union-attr]
+                assert peer.transport is not None and peer.transport.get_extra_info("ssl_object") is not None
             # A client that does not trust the certificate cannot connect.
             with pytest.raises(ssl.SSLCertVerificationError):
                 await fastrpc.connect(server.url, ssl=ssl.create_default_context(), **QUIET)

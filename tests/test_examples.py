@@ -108,8 +108,9 @@ EXPECTED: dict[str, list[str]] = {
         r"rate limit: 50 items with RateLimit\(500 items/s\) took [\d.]+ s",
         r"compression=False: 1.31 MB of text crossed the wire as [\d.]+ MB",
         r"compression=True : 1.31 MB of text crossed the wire as [\d.]+ MB",
-        r"priority: small items at priority 0 beside a 64 KiB bulk stream: p50 [\d.]+ ms",
-        r"priority: small items at priority 7 beside a 64 KiB bulk stream: p50 [\d.]+ ms",
+        r"priority: small items at priority 0 beside 4 bulk streams on a 10 MB/s link: p50 [\d.]+ ms",
+        r"priority: small items at priority 3 beside 4 bulk streams on a 10 MB/s link: p50 [\d.]+ ms",
+        r"priority: urgent items arrive \d+x sooner \(median\)",
         r"^done$",
     ],
 }

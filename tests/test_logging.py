@@ -71,7 +71,7 @@ def test_handler_exceptions_are_logged_once_with_traceback_method_and_address(
 
     async def main() -> None:
         async with pair(failing_router()) as (_, peer):
-            local = peer.transport.ws.local_address  # type: ignore[union-attr]
+            local = peer.transport.get_extra_info("sockname")  # type: ignore[union-attr]
             for method in ("sync_boom", "async_boom"):
                 with pytest.raises(fastrpc.RemoteError):
                     await peer.call(method, 7)

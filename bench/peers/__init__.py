@@ -73,6 +73,8 @@ LIBS: dict[str, Lib] = {
     "fastrpc-base": Lib("fastrpc", ("websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
     "websockets": Lib("websockets_raw", ("websockets",), (*THROUGHPUT, *MEMORY_CONN)),
     "picows": Lib("picows", ("picows",), (*THROUGHPUT, *MEMORY_CONN)),
+    # The floor: an asyncio Protocol echo over raw TCP (no WebSocket).
+    "tcp": Lib("tcp", (), (*THROUGHPUT, *MEMORY_CONN)),
     "grpcio": Lib("grpcio", ("grpc",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
     "rsocket": Lib("rsocket", ("rsocket",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
 }

@@ -62,7 +62,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Authenticate = Callable[["AsgiRequest"], Any]
 
-_END = object()  # the end of the received messages
 logger = logging.getLogger("fastrpc.server")
 
 
@@ -126,15 +125,15 @@ class AsgiTransport(Transport):
     Writes are queued and sent by one task, awaiting the ASGI server's ``send``
     (which waits for its socket to drain); :meth:`write_now` refuses past
     ``write_limit`` queued bytes, and the peer then waits in :meth:`send`. Received
-    messages are read by one task into a queue of at most ``max_queue`` messages;
-    past it the ASGI server's own queue fills and it stops reading the socket.
+    messages are read by one task and fed to the peer (:meth:`Transport.feed`); while
+    the peer pauses reading, that task stops taking messages, the ASGI server's own
+    queue fills and it stops reading the socket.
     """
 
     __slots__ = (
         "_closed",
         "_code",
         "_done",
-        "_inbox",
         "_max_size",
         "_outbox",
         "_pump",
@@ -160,7 +159,7 @@ class AsgiTransport(Transport):
         max_queue: int = O.WS_MAX_QUEUE,
         identity: Any = None,
     ) -> None:
-        # Not the websockets-based Transport.__init__: this one has no ws object.
+        super().__init__(max_queue)
         self.scope = scope
         self.identity = identity  # what authenticate() returned
         self._receive = receive
@@ -175,19 +174,16 @@ class AsgiTransport(Transport):
         self._closed = False  # we sent (or are sending) the close
         self._code: int | None = None
         self._reason: str | None = None
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._room = asyncio.Event()  # the inbox has room
+        self._room = asyncio.Event()  # reading is not paused
         self._room.set()
-        self._reader = asyncio.get_running_loop().create_task(self._read(max_queue))
+        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     # ---------------------------------------------------------------- input
 
-    async def _read(self, max_queue: int) -> None:
-        inbox = self._inbox
+    async def _read(self) -> None:
         try:
             while True:
-                if inbox.qsize() >= max_queue:
-                    self._room.clear()
+                if not self._room.is_set():
                     await self._room.wait()
                 msg = await self._receive()
                 kind = msg["type"]
@@ -197,52 +193,36 @@ class AsgiTransport(Transport):
                         data = msg.get("text") or ""
                     if len(data) > self._max_size:
                         self._code, self._reason = 1009, "message too big (max_message_size)"
-                        inbox.put_nowait(_END)
+                        self._end_with(self._code, self._reason)
                         await self.close(1009, "message too big (max_message_size)")
                         return
-                    inbox.put_nowait(data)
+                    self.feed(data)
+                    self.read_done()
                 elif kind == "websocket.disconnect":
                     if self._code is None:
                         self._code = int(msg.get("code", 1005))
                         self._reason = msg.get("reason") or ""
-                    inbox.put_nowait(_END)
+                    self._end_with(self._code, self._reason)
                     return
         except Exception as exc:  # the ASGI server failed: the connection is gone
             if self._code is None:
                 self._code, self._reason = 1006, f"ASGI receive failed: {exc!r}"
-            inbox.put_nowait(_END)
+            self._end_with(self._code, self._reason)
 
-    async def _messages(self) -> Any:
-        inbox = self._inbox
-        while True:
-            item = await inbox.get()
-            self._room.set()
-            if item is _END:
-                if self._code in (1000, 1001):
-                    return
-                raise ConnectionError(f"connection closed ({self._code}): {self._reason or 'no close frame'}")
-            yield item
+    def _end_with(self, code: int | None, reason: str | None) -> None:
+        """The connection ended: cleanly (1000, 1001) or with a ConnectionError."""
+        if code in (1000, 1001):
+            self.finish(None)
+        else:
+            self.finish(ConnectionError(f"connection closed ({code}): {reason or 'no close frame'}"))
 
-    def messages(self) -> Any:
-        """The received messages until the connection closes (ConnectionError when
-        it did not close cleanly)."""
-        return self._messages()
+    def pause_reading(self) -> None:
+        """Stop taking messages from the ASGI server (its queue, then the socket, fill)."""
+        self._room.clear()
 
-    async def recv(self, timeout: float) -> bytes | str:
-        """The next message (``asyncio.TimeoutError`` after ``timeout`` s)."""
-        item = await asyncio.wait_for(self._inbox.get(), timeout)
+    def resume_reading(self) -> None:
+        """Take messages from the ASGI server again."""
         self._room.set()
-        if item is _END:
-            raise ConnectionError(f"connection closed ({self._code}): {self._reason or ''}")
-        return item  # type: ignore[no-any-return]
-
-    async def discard(self) -> None:
-        """Read and drop messages until the connection closes."""
-        try:
-            async for _ in self._messages():
-                pass
-        except Exception:
-            pass
 
     # ---------------------------------------------------------------- output
 
@@ -316,7 +296,7 @@ class AsgiTransport(Transport):
         :meth:`messages` ends now (an ASGI application cannot drop the TCP connection)."""
         if self._code is None:
             self._code, self._reason = 1006, "aborted"
-        self._inbox.put_nowait(_END)
+        self._end_with(self._code, self._reason)
         if self._pump is not None:
             self._pump.cancel()
         if not self._closed:

@@ -12,36 +12,35 @@ socket is past its high-water mark.
 from __future__ import annotations
 
 import asyncio
-import contextvars
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from . import events as E
 from . import options as O
-from .api import PeerAPI, Response
+from .api import Response
 from .codec import PayloadCodec, get_codec
-from .exceptions import ConnectionClosed, ErrorCode, LimitExceeded, ProtocolError
+from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
-from .log import protocol_logger, warn_limited
 from .options import PeerOptions
+from .peer_io import PeerIO, _ignore
+from .peer_io import _current_peer as _current_peer  # jsonmode sets it too
 from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
 from .streams import StreamLink, StreamManager
-from .transport import Transport, TransportClosed, closed_info
+from .transport import Transport
 
 __all__ = ["Response", "RpcPeer", "current_peer"]
-
-_current_peer: contextvars.ContextVar[RpcPeer] = contextvars.ContextVar("fastrpc_peer")
 
 
 def current_peer() -> RpcPeer:
     """The peer of the connection whose handler is running (raises LookupError
     outside a handler)."""
-    return _current_peer.get()
+    return _current_peer.get()  # type: ignore[return-value]
 
 
-class RpcPeer(PeerAPI):
+class RpcPeer(PeerIO):
     """Calls, notifications and streams over one connection; either end may call.
 
     Made by :func:`fastrpc.connect` and :func:`fastrpc.serve`; not built directly.
@@ -60,23 +59,15 @@ class RpcPeer(PeerAPI):
         "_codec",
         "_core",
         "_core_options",
-        "_direct",
-        "_flush_pending",
-        "_fresh",
         "_goaway",
         "_handlers",
         "_keepalive",
         "_link",
         "_loop",
-        "_max_backlog",
         "_pongs",
-        "_processing",
-        "_reader",
         "_ready",
-        "_stall_timeout",
         "_transport",
         "_transport_done",
-        "_writer",
         "on_transport_lost",
         "server",
         "session_task",
@@ -132,13 +123,14 @@ class RpcPeer(PeerAPI):
         # once (a reply, the next sequential call) rather than one loop iteration
         # later; what follows it in the same iteration is coalesced as before.
         self._fresh = True
-        self._processing = False
+        self._processing = self._in_read = False
+        self._busy = False  # messages wait in _held (a message in slices, the backlog wait)
+        self._held: deque[bytes | str] | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False
         self._close_exc: ConnectionClosed | None = None
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
-        self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # Session resumption: transports this session has had, and the hook told when
         # one is lost; it returns True when it keeps the session (it will attach a new
@@ -184,9 +176,8 @@ class RpcPeer(PeerAPI):
         peer missed (when resuming), then read and write. Raises :class:`SessionLost`
         (client) when the server did not resume the session.
 
-        ``inline_reader`` (server): when ``first`` completed the handshake, start no
-        reader task; the caller runs :meth:`serve_transport` itself (one coroutine
-        less per connection)."""
+        ``inline_reader``: kept for callers of earlier releases (no reader task runs
+        any more: the transport calls the peer back with each message)."""
         core = self._core
         if self._attachments:
             core.new_transport()
@@ -199,10 +190,7 @@ class RpcPeer(PeerAPI):
         try:
             if first is not None:
                 self._process(core.decode(first))  # the server answers the client's handshake
-            if inline_reader and first is not None and self._ready.done():
-                self._reader = None
-            else:
-                self._reader = self._loop.create_task(self._read_loop(transport))
+            self._reading(transport)  # messages go to _receive from data_received: no reader task
             self._writer = self._loop.create_task(self._write_loop(transport))
         except ProtocolError as e:
             await self._fail_protocol(e)
@@ -222,23 +210,22 @@ class RpcPeer(PeerAPI):
             raise
 
     async def serve_transport(self) -> None:
-        """(Session) hold the current transport's handler until the transport ends
-        (reading it, when there is no reader task); a session that lost it then
-        waits, detached, for its client to resume."""
-        transport = self._transport
-        if self._reader is None and transport is not None:
-            await self._read_loop(transport)
+        """(Session) hold the current transport's handler until the transport ends;
+        a session that lost it then waits, detached, for its client to resume."""
         await asyncio.shield(self._transport_done)
         if self._transport is None and not self._closed_flag:
             return
         await self.wait_closed()
 
     async def _drop(self, transport: Transport) -> None:
-        """Abandon ``transport`` (failed handshake): stop its tasks, close it."""
-        tasks = [t for t in (self._reader, self._writer) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Abandon ``transport`` (failed handshake): stop its writer, close it."""
+        transport.start_reading(_ignore, _ignore)
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        if transport is self._transport:
+            self._lost(ConnectionClosed(), False)
         transport.abort()
 
     def _process(self, frames: list[Any]) -> None:
@@ -262,11 +249,6 @@ class RpcPeer(PeerAPI):
             self._kick()
 
     @property
-    def transport(self) -> Transport | None:
-        """The current transport (None while a session waits for its client)."""
-        return self._transport
-
-    @property
     def session_token(self) -> bytes | None:
         """(Session) the token a client presents to resume this session."""
         core = self._core
@@ -280,16 +262,6 @@ class RpcPeer(PeerAPI):
             return []
         return [t for t in (session.token, session.previous_token) if t is not None]
 
-    @property
-    def core(self) -> Connection:
-        """The sans-I/O core of the current session (for inspection)."""
-        return self._core
-
-    @property
-    def output_limits(self) -> tuple[int, float]:
-        """``(max_output_backlog, output_stall_timeout)``."""
-        return self._max_backlog, self._stall_timeout
-
     def on_closed(self, fn: Callable[[RpcPeer], None]) -> None:
         """Call ``fn(peer)`` once the connection is closed and cleaned up."""
         self._closed.add_done_callback(lambda _: fn(self))
@@ -297,147 +269,6 @@ class RpcPeer(PeerAPI):
     async def wait_transport_done(self) -> None:
         """(Session) wait until the current transport is gone."""
         await asyncio.shield(self._transport_done)
-
-    # ------------------------------------------------------------------ I/O
-
-    def _kick(self) -> None:
-        """Send what the core has queued: at once when nothing was written since the
-        last message arrived (a reply, the next call of a sequence), else from a
-        callback after this loop iteration, so that what the iteration queues leaves
-        together in one message."""
-        if self._processing:
-            return  # _process sends once all the events of the message are handled
-        if not self._flush_pending:
-            if self._fresh and self._direct:
-                self._flush()
-            else:
-                self._flush_pending = True
-                self._loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_pending = False
-        self._flush()
-
-    def _flush(self) -> None:
-        """Send what the core has queued, straight to the transport, in order.
-
-        Only while no writer task runs (the handshake, or a socket past its
-        high-water mark): that task sends everything queued before it ends."""
-        transport = self._transport
-        if transport is None or not self._direct:
-            return
-        writer = self._writer
-        if writer is not None and not writer.done():
-            return
-        core = self._core
-        manager = self.streams
-        while True:
-            nxt = core.next_message()
-            if nxt is None:
-                return
-            self._wake_unblocked()
-            if not transport.write_now(nxt):
-                # Past the high-water mark, or closing: the writer task waits for the
-                # drain (or lets the library raise the closure).
-                self._writer = self._loop.create_task(self._send_paused(transport, nxt))
-                return
-            self._fresh = False
-            manager.on_drained()
-
-    def _transport_buffered(self) -> int:
-        """Bytes written to the transport and not yet taken by the socket."""
-        t = self._transport
-        return t.buffered() if t is not None else 0
-
-    # The stream manager's host (StreamHost): the same functions, public names.
-    flush = _kick
-    transport_buffered = _transport_buffered
-
-    async def _write_loop(self, transport: Transport) -> None:
-        """The writer task of a new transport: the handshake, the replay of what the
-        peer missed, then it ends: from then on :meth:`_flush` writes."""
-        core = self._core
-        try:
-            await transport.send(core.handshake())
-            # A client sends nothing else until the server's handshake says where to
-            # resume from.
-            await asyncio.shield(self._ready)
-            for msg in core.take_replay():
-                await transport.send(msg)
-            self._direct = True
-            self._writer = None
-            self._flush()  # what was queued meanwhile
-        except (*TransportClosed, SessionLost):
-            pass
-
-    async def _send_paused(self, transport: Transport, first: bytes) -> None:
-        """Send ``first``, then all that is queued, waiting for the socket to drain;
-        ends once the core has nothing queued: :meth:`_flush` takes over."""
-        core = self._core
-        manager = self.streams
-        try:
-            msg: bytes | None = first
-            while msg is not None:
-                await transport.send(msg)
-                manager.on_drained()
-                msg = core.next_message()
-                self._wake_unblocked()
-        except TransportClosed:
-            pass
-
-    async def _read_loop(self, transport: Transport) -> None:
-        exc: ConnectionClosed | None = None
-        resumable = False
-        token = _current_peer.set(self)
-        try:
-            limit = self._max_backlog
-            step = O.FRAMES_PER_SLICE
-            async for msg in transport.messages():
-                if type(msg) is str:
-                    if self._core.awaiting_hello and msg.startswith('{"category":"welcome"'):
-                        continue  # a server's greeting for the seed's clients (docs/json-mode.md)
-                    raise ProtocolError("text message on a fastrpc connection: the other side does not speak fastrpc")
-                frames = self._core.decode(msg)  # type: ignore[arg-type]
-                if len(frames) <= step:
-                    self._process(frames)
-                else:
-                    # A message of many frames: slices, letting other connections
-                    # run in between (one peer cannot hold the loop for long).
-                    for i in range(0, len(frames), step):
-                        if self._closed_flag or transport is not self._transport:
-                            break
-                        self._process(frames[i : i + step])
-                        await asyncio.sleep(0)
-                if self._core.control_backlog + transport.buffered() > limit:
-                    await _serve_less(self, transport)
-            # A clean close: keep the peer's close code and reason.
-            exc = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
-            resumable = True
-        except SessionLost as e:
-            if not self._ready.done():
-                self._ready.set_exception(e)
-                self._ready.exception()
-            return
-        except ProtocolError as e:
-            exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
-            warn_limited(protocol_logger, "closing the connection with %s: %s", self.remote_address, e.reason)
-            # A peer closed for not reading gets time to drain what waits for it, so
-            # that it can see why (its close frame comes last).
-            await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)
-        except TransportClosed as e:
-            code, reason = closed_info(e)
-            exc = ConnectionClosed(reason, code)
-            resumable = True
-        except asyncio.CancelledError:
-            exc = ConnectionClosed()
-            raise
-        except Exception as e:  # a bug: close this connection, not the process
-            exc = ConnectionClosed(f"internal error: {e!r}", 1011)
-            await transport.close(1011, "internal error")
-        finally:
-            _current_peer.reset(token)
-            if transport is self._transport:
-                self._lost(exc or ConnectionClosed(), resumable)
 
     def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
         """The transport is gone. Keep the session for a resume when both sides agreed
@@ -479,14 +310,6 @@ class RpcPeer(PeerAPI):
             await asyncio.gather(*tasks, return_exceptions=True)
         self.streams.reopen()
         self._call_done()
-
-    def _wake_unblocked(self) -> None:
-        """Wake the senders whose queues the message just taken emptied."""
-        unblocked = self._core.take_unblocked()
-        if unblocked:
-            manager = self.streams
-            for sid in unblocked:
-                manager.on_writable(sid)
 
     def _fail_pending(self, exc: ConnectionClosed) -> None:
         """Fail our calls and pings in flight with ``exc``."""
@@ -644,35 +467,6 @@ class RpcPeer(PeerAPI):
 
     def _on_cancelled(self, ev: E.CallCancelled) -> None:
         self._handlers.on_cancelled(ev)
-
-
-class _Stalled(LimitExceeded):
-    """The peer does not read what it asked for (_serve_less)."""
-
-
-async def _serve_less(peer: RpcPeer, transport: Transport) -> None:
-    """More than ``max_output_backlog`` bytes wait for the peer (answers, credit, PONGs
-    it does not read): stop reading its input until half of it left. A peer that does
-    not read at all for ``output_stall_timeout`` seconds meanwhile is closed
-    (LimitExceeded, 1008): its messages stay in the socket, not in memory."""
-    limit, stall = peer.output_limits
-    core = peer.core
-    loop = asyncio.get_running_loop()
-    least = core.control_backlog + transport.buffered()
-    since = loop.time()
-    while not peer.closed and transport is peer.transport:
-        peer.flush()
-        waiting = core.control_backlog + transport.buffered()
-        if waiting <= limit // 2:
-            return
-        if waiting < least:
-            least, since = waiting, loop.time()
-        elif loop.time() - since > stall:
-            raise _Stalled(
-                f"the peer does not read: {waiting} bytes wait for it (max_output_backlog {limit}) "
-                f"with no progress for {stall} s (output_stall_timeout)"
-            )
-        await asyncio.sleep(O.BACKPRESSURE_DELAY)
 
 
 # Event type -> handler (a class-level table: nothing to build per connection).

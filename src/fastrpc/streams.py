@@ -336,6 +336,7 @@ class StreamManager:
         "_incoming",
         "_senders",
         "_slot_waiters",
+        "_woken",
         "_writable",
         "backpressure_delay",
         "batch_size",
@@ -380,6 +381,7 @@ class StreamManager:
         self._accepting: list[asyncio.Future[None]] = []
         # (urgency, arrival, future) of senders waiting for the buffer to drain.
         self._drain_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._woken = 0
         self._arrivals = 0
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._closed: BaseException | None = None
@@ -420,6 +422,7 @@ class StreamManager:
         self._senders.clear()
         self._writable.clear()
         self._drain_waiters = []
+        self._woken = 0
         self._slot_waiters.clear()
         self._accepting.clear()
 
@@ -554,6 +557,8 @@ class StreamManager:
                         await self._wait_writable(sid)
                     if core.buffered_amount + buffered() > limit:
                         await self._backpressure(core.urgency(sid))
+                    elif self._drain_waiters or self._woken:  # others wait: take turns
+                        await self._backpressure(core.urgency(sid), True)
                 await self._wait_writable(sid)
                 core.end_stream(sid)
             except StreamClosed:
@@ -593,17 +598,20 @@ class StreamManager:
             link.host.flush()
         self._check()
 
-    async def _backpressure(self, urgency: int) -> None:
+    async def _backpressure(self, urgency: int, turn: bool = False) -> None:
         """Wait until the buffered amount is back under the limit: woken when the
         transport drains, re-checked every ``backpressure_delay`` seconds.
 
         A drain wakes the waiting senders of the most urgent level present, oldest
         first, and each sends one item before checking again: streams of one urgency
         share the buffer round robin, and less urgent ones wait while more urgent ones
-        have items to send (strict priority, as RFC 9218's urgency levels).
+        have items to send (strict priority, as RFC 9218's urgency levels). ``turn``:
+        under the limit, but others wait: queue behind them once (a sender whose
+        items the socket takes at once would otherwise never let them in).
         """
         loop = self.link.loop
-        while self.buffered_amount > self.max_buffered_amount or self._more_urgent(urgency):
+        while turn or self.buffered_amount > self.max_buffered_amount or self._more_urgent(urgency):
+            turn = False
             self._check()
             fut: asyncio.Future[bool] = loop.create_future()
             self._arrivals += 1
@@ -614,6 +622,8 @@ class StreamManager:
             finally:
                 handle.cancel()
             if drained:
+                if self._woken:
+                    self._woken -= 1
                 return
 
     def _more_urgent(self, urgency: int) -> bool:
@@ -630,6 +640,7 @@ class StreamManager:
             top = min(w[0] for w in waiters)
             self._drain_waiters = [w for w in waiters if w[0] != top]
             waiters = sorted((w for w in waiters if w[0] == top), key=_by_urgency)
+            self._woken = len(waiters)  # woken, not yet run: the others let them in first
             for _, _, fut in waiters:
                 fut.set_result(True)
 

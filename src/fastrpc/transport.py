@@ -1,109 +1,210 @@
-"""The one module that touches the WebSocket library (``websockets``, every version
-``pyproject.toml`` allows): opening connections and servers, writing, draining,
-closing, and its exceptions. Nothing else in fastrpc imports ``websockets``.
+"""The one module that touches the WebSocket library (``websockets``): opening
+connections and servers, reading, writing, draining, closing, and its exceptions.
+Nothing else in fastrpc imports ``websockets``.
 
-Writes take a fast path: while the socket's buffer is under its high-water mark, a
-message is framed with the sans-I/O protocol's public API (``send_binary`` and
-``data_to_send``) and written to the socket at once, with no task and no await. Past
-the mark, :meth:`Transport.send` awaits the library's own ``send``, which waits for
-the socket to drain.
+Two implementations of one :class:`Transport` interface:
+
+* the data path (``_Wire``, the default): an :class:`asyncio.Protocol` that feeds the
+  bytes of ``data_received`` to websockets' sans-I/O protocol
+  (``ServerProtocol`` / ``ClientProtocol``: the opening handshake, frame parsing,
+  limits, control frames, the close handshake) and hands each complete message to
+  the peer's receiver in the same callback: no reader task, no future per message,
+  no assembler queue. Outgoing data messages are framed here (a header, then the
+  payload as is, through ``writelines``: no copy on the server side) while the
+  connection is open; control frames go through the sans-I/O protocol.
+``notsent_lowat`` (bytes; default None: off), given to ``serve`` / ``connect`` with the
+other WebSocket options, sets TCP_NOTSENT_LOWAT on the data path's sockets: for slow
+links, where urgency should decide what leaves next (bench/priority.py).
+
+* the library's own asyncio connection (``_Library``), used when the caller passes a
+  websockets option the data path does not implement (``process_request``, extra
+  headers, ``compression``, ...): a reader task feeds the same receiver.
+
+Messages reach the peer through :meth:`Transport.start_reading` (a callback per
+message, then one call when the connection ends); before that, and for the JSON
+mode, :meth:`Transport.recv` / :meth:`Transport.messages` read them from a small
+queue (past ``max_queue`` messages, the socket is no longer read).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import socket
+import struct
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Union
 
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as _ws_connect
 from websockets.asyncio.server import Server as _WSServer
-from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as _ws_serve
-from websockets.datastructures import Headers as _Headers
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed as _WSClosed
+from websockets.exceptions import ConnectionClosedOK as _WSClosedOK
 from websockets.exceptions import InvalidHandshake as _InvalidHandshake
 from websockets.exceptions import WebSocketException as _WSError
-from websockets.http11 import Request as _Request
-from websockets.http11 import Response as _Response
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 from websockets.protocol import State as _State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from .static import HttpResponse
 
-__all__ = ["OPEN_FAILED", "Transport", "TransportClosed", "WebSocketServer", "open_connection", "start_server"]
+__all__ = [
+    "OPEN_FAILED",
+    "Transport",
+    "TransportClosed",
+    "WebSocketServer",
+    "closed_info",
+    "open_connection",
+    "start_server",
+]
 
-WebSocket = Union[ClientConnection, ServerConnection]
-WebSocketServer = _WSServer
 # The transport went away (a close frame, or the TCP connection dropped).
 TransportClosed = (_WSClosed, ConnectionError)
-# Opening a connection failed: refused, timed out, or a bad HTTP handshake (websockets
-# 14.0 and 14.1 raise a bare EOFError when the server closes during it).
+# Opening a connection failed: refused, timed out, or a bad HTTP handshake.
 OPEN_FAILED = (OSError, EOFError, asyncio.TimeoutError, _InvalidHandshake, _WSError)
 _OPEN = _State.OPEN
+_CLOSED = _State.CLOSED
+MAX_FRAGMENTS = 4096  # WebSocket fragments of one message (websockets' own cap)
+# websockets options the data path implements; any other selects the library's connection.
+_WIRE_OPTIONS = {"compression", "max_size", "ping_interval", "ping_timeout", "write_limit", "max_queue"}
+_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat"}
+
 # Answers an HTTP request before the upgrade: (path, headers) -> a response, or None.
 HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, None]]]
+Receiver = Callable[[Any], None]  # one received message: bytes (binary) or str (text)
+LostHook = Callable[[BaseException | None], None]  # None: a clean close
 
 
 class Transport:
-    """One WebSocket connection, as the peer uses it."""
+    """One WebSocket connection, as the peer uses it (see the module docstring)."""
 
-    __slots__ = ("_high", "_protocol", "_tcp", "ws")
+    __slots__ = ("_end", "_ended_flag", "_fed", "_inbox", "_lost", "_max_queue", "_receiver", "_waiter")
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self._protocol = ws.protocol
-        self._tcp: asyncio.WriteTransport = ws.transport
-        self._high = self._tcp.get_write_buffer_limits()[1]
+    def __init__(self, max_queue: int | None) -> None:
+        self._receiver: Receiver | None = None
+        self._lost: LostHook | None = None
+        self._fed: Callable[[], None] | None = None
+        self._inbox: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._end: BaseException | None = None
+        self._ended_flag = False
+        self._max_queue = max_queue or 16
 
-    def write_now(self, msg: bytes) -> bool:
-        """Write ``msg`` at once; False (nothing written) when the socket's buffer is
-        past its high-water mark or the connection is not open: use :meth:`send`."""
-        tcp = self._tcp
-        if self._protocol.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
-            return False
-        protocol = self._protocol
-        try:
-            protocol.send_binary(msg)
-            for data in protocol.data_to_send():
-                if data:
-                    tcp.write(data)
-                else:
-                    tcp.write_eof()
-        except Exception:
-            tcp.abort()
-        return True
+    # ---------------------------------------------------------------- reading
 
-    async def send(self, msg: bytes | str) -> None:
-        """Send ``msg`` (bytes: a binary message, str: a text one), waiting for the
-        socket to drain (raises TransportClosed)."""
-        await self.ws.send(msg)
+    def start_reading(self, receiver: Receiver, lost: LostHook, fed: Callable[[], None] | None = None) -> None:
+        """From now on, call ``receiver(msg)`` for every message as it arrives (in the
+        callback that read it), ``fed()`` after the messages of each read, and
+        ``lost(exc)`` once when the connection ends (exc: a TransportClosed, or None
+        for a clean close). Queued messages go first."""
+        self._receiver, self._lost, self._fed = receiver, lost, fed
+        inbox = self._inbox
+        while inbox and self._receiver is receiver:
+            receiver(inbox.popleft())
+        if fed is not None:
+            fed()
+        self.resume_reading()
+        if self._ended_flag and self._receiver is receiver:
+            self._receiver = self._lost = None
+            lost(self._end)
 
-    def buffered(self) -> int:
-        """Bytes written and not yet taken by the socket."""
-        return int(self._tcp.get_write_buffer_size())
+    def feed(self, msg: Any) -> None:
+        """(Implementations) one received message: bytes (binary) or str (text)."""
+        receiver = self._receiver
+        if receiver is not None:
+            receiver(msg)
+            return
+        self._inbox.append(msg)
+        if len(self._inbox) >= self._max_queue:
+            self.pause_reading()
+        self._wake()
 
-    def abort(self) -> None:
-        """Drop the TCP connection (no close handshake)."""
-        self._tcp.abort()
+    def read_done(self) -> None:
+        """(Implementations) the messages of one read were fed: the receiver's
+        output may leave, in one write."""
+        fed = self._fed
+        if fed is not None:
+            fed()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """The close handshake (never raises)."""
-        try:
-            await self.ws.close(code, reason)
-        except Exception:
-            pass
+    def finish(self, exc: BaseException | None) -> None:
+        """(Implementations) the connection ended (None: a clean close)."""
+        if self._ended_flag:
+            return
+        self._ended_flag = True
+        self._end = exc
+        lost = self._lost
+        self._receiver = self._lost = self._fed = None
+        if lost is not None:
+            lost(exc)
+        self._wake()
 
-    def messages(self) -> AsyncIterator[bytes | str]:
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        """The next message (``asyncio.TimeoutError`` after ``timeout`` s; a
+        TransportClosed once the connection is gone)."""
+        if timeout is None:
+            return await self._next()
+        return await asyncio.wait_for(self._next(), timeout)
+
+    async def _next(self) -> Any:
+        inbox = self._inbox
+        while not inbox:
+            if self._ended_flag:
+                raise self._end if self._end is not None else _WSClosed(None, None)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if len(inbox) <= self._max_queue // 2:
+            self.resume_reading()
+        return inbox.popleft()
+
+    async def messages(self) -> AsyncIterator[Any]:
         """The received messages, until the connection closes (TransportClosed when
         it did not close cleanly)."""
-        return self.ws.__aiter__()
+        while True:
+            try:
+                msg = await self._next()
+            except _WSClosed as e:
+                if self._end is None or e is not self._end:
+                    return
+                raise
+            yield msg
+
+    async def discard(self) -> None:
+        """Read and drop messages until the connection closes (a peer whose close
+        frame waits behind unread messages would never be seen)."""
+        done = asyncio.get_running_loop().create_future()
+
+        def lost(exc: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._inbox.clear()
+        self.start_reading(_drop, lost)
+        await done
 
     async def fail(self, last: list[bytes], code: int, reason: str, patience: float = 2.0) -> None:
         """Send ``last`` (best effort, a second each), then close with ``code`` and
-        ``reason``, reading and dropping what the peer still sends meanwhile (the
-        library stops reading once unread messages pile up, and the peer's close frame
-        would not be seen); past ``patience`` seconds, drop the connection."""
+        ``reason``, reading and dropping what the peer still sends meanwhile; past
+        ``patience`` seconds, drop the connection."""
         try:
             for msg in last:
                 await asyncio.wait_for(self.send(msg), 1.0)
@@ -118,44 +219,622 @@ class Transport:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
 
-    async def recv(self, timeout: float) -> bytes | str:
-        """The next message (``asyncio.TimeoutError`` after ``timeout`` s)."""
-        return await asyncio.wait_for(self.ws.recv(), timeout)
+    # ------------------------------------------ what each implementation provides
 
-    async def discard(self) -> None:
-        """Read and drop messages until the connection closes (the library stops
-        reading the socket once unread messages pile up: the peer's close frame would
-        never be seen)."""
+    def pause_reading(self) -> None:
+        """Stop reading the socket (the peer's data waits in the kernel)."""
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        """Read the socket again."""
+        raise NotImplementedError
+
+    def write_now(self, msg: bytes) -> bool:
+        """Write ``msg`` as a binary message at once; False (nothing written) when the
+        socket's buffer is past its high-water mark or the connection is not open."""
+        raise NotImplementedError
+
+    async def send(self, msg: bytes | str) -> None:
+        """Send ``msg`` (bytes: a binary message, str: a text one), waiting for the
+        socket to drain (raises TransportClosed)."""
+        raise NotImplementedError
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the socket."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the TCP connection (no close handshake)."""
+        raise NotImplementedError
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The close handshake (never raises)."""
+        raise NotImplementedError
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the peer's close frame (None: none received)."""
+        raise NotImplementedError
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the peer's close frame (None: none received)."""
+        raise NotImplementedError
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address."""
+        raise NotImplementedError
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The socket's information, as :meth:`asyncio.BaseTransport.get_extra_info`
+        (``"ssl_object"``, ``"peercert"``, ``"sockname"``, ...); ``default`` where
+        there is none."""
+        return default
+
+    @property
+    def request_path(self) -> str | None:
+        """The path of the HTTP request that opened this connection (server side)."""
+        raise NotImplementedError
+
+    @property
+    def request_headers(self) -> Any:
+        """The headers of the HTTP request that opened this connection (server side)."""
+        raise NotImplementedError
+
+
+def _drop(msg: Any) -> None:
+    pass
+
+
+_PACK_16 = struct.Struct("!BBH").pack
+_PACK_64 = struct.Struct("!BBQ").pack
+_BINARY_FIN = 0x82
+# _Wire._mode: the HTTP handshake; our framer reads data frames; websockets reads all.
+_HEAD, _FRAMING, _LIBRARY = 0, 1, 2
+_MAX_HEAD = 64 << 10
+
+
+def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
+    """Wake the writer only once fewer than ``lowat`` bytes wait unsent in the kernel
+    (TCP_NOTSENT_LOWAT; Linux, macOS): on a slow link the backlog then waits in the
+    scheduler, where urgency orders it, not in a kernel buffer that autotuning grows
+    to megabytes. Off by default: on a fast link it costs throughput."""
+    sock = tcp.get_extra_info("socket")
+    opt = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if lowat is None or sock is None or opt is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, opt, lowat)
+    except OSError:
+        pass
+
+
+def _header(n: int, mask: int) -> bytes:
+    """The header of a final binary frame of ``n`` payload bytes (RFC 6455 5.2)."""
+    if n < 126:
+        return bytes((_BINARY_FIN, mask | n))
+    if n < 65536:
+        return _PACK_16(_BINARY_FIN, mask | 126, n)
+    return _PACK_64(_BINARY_FIN, mask | 127, n)
+
+
+class _Wire(Transport, asyncio.Protocol):
+    """The data path: websockets' sans-I/O protocol driven from ``data_received``."""
+
+    __slots__ = (
+        "_buf",
+        "_client",
+        "_close_timeout",
+        "_close_timer",
+        "_closed",
+        "_drain",
+        "_high",
+        "_lowat",
+        "_max_size",
+        "_mode",
+        "_on_open",
+        "_open_timer",
+        "_opened",
+        "_parts",
+        "_paused_reading",
+        "_ping_interval",
+        "_ping_timer",
+        "_pinged",
+        "_request",
+        "_tcp",
+        "_ws",
+    )
+
+    def __init__(
+        self,
+        ws: ServerProtocol | ClientProtocol,
+        *,
+        write_limit: int,
+        max_queue: int | None,
+        close_timeout: float | None,
+        ping_interval: float | None,
+        max_size: int | None,
+        notsent_lowat: int | None = None,
+        on_open: Callable[[_Wire], None] | None = None,
+    ) -> None:
+        Transport.__init__(self, max_queue)
+        self._ws = ws
+        self._client = isinstance(ws, ClientProtocol)
+        self._tcp: asyncio.Transport = None  # type: ignore[assignment]
+        self._high = write_limit
+        self._lowat = notsent_lowat
+        self._close_timeout = close_timeout
+        self._ping_interval = ping_interval
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pinged = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._on_open = on_open
+        loop = asyncio.get_running_loop()
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._parts: list[Any] | None = None  # the fragments of a message being received
+        self._request: Request | None = None
+        self._mode = _HEAD
+        self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
+        self._max_size = max_size if max_size is not None else 1 << 62
+        self._open_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]
+        self._tcp = tcp
+        tcp.set_write_buffer_limits(self._high)
+        _notsent_lowat(tcp, self._lowat)
+        if self._client:
+            ws: ClientProtocol = self._ws  # type: ignore[assignment]
+            ws.send_request(ws.connect())
+            self._send_data()
+
+    def data_received(self, data: bytes) -> None:
+        mode = self._mode
         try:
-            async for _ in self.ws:
-                pass
+            if mode == _FRAMING:
+                self._frames(data)
+            elif mode == _HEAD:
+                self._head(data)
+            else:
+                self._parse(data)
+        finally:
+            fed = self._fed
+            if fed is not None:
+                fed()
+
+    def _head(self, data: bytes) -> None:
+        """The HTTP handshake goes to websockets alone, to its last byte: what follows
+        it is the framer's (websockets' reader is left with nothing buffered)."""
+        buf = self._buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD:  # websockets rejects it
+                self._mode = _LIBRARY
+                self._parse(bytes(buf))
+                buf.clear()
+            return
+        head = bytes(buf[: end + 4])
+        del buf[: end + 4]
+        self._parse(head)
+        if self._mode == _HEAD:  # not open: websockets reads the rest (a body, EOF)
+            self._mode = _LIBRARY
+        if buf:
+            rest = bytes(buf)
+            buf.clear()
+            self.data_received(rest)
+
+    def _frames(self, data: bytes) -> None:
+        """RFC 6455 framing of the data path: final, unfragmented BINARY and TEXT
+        frames (masked from a client, unmasked from a server) are read here; any
+        other frame (control frames, fragments, reserved bits, a wrong mask bit) goes,
+        whole, to websockets' protocol, which answers it or fails the connection.
+        A frame larger than max_size hands everything to websockets (1009)."""
+        buf = self._buf
+        src: bytes | bytearray = data
+        if buf:
+            buf += data
+            src = buf
+        view = memoryview(src)
+        n = len(src)
+        pos = 0
+        masked = 0 if self._client else 0x80
+        limit = self._max_size
+        try:
+            while self._mode == _FRAMING and n - pos >= 2:
+                b0 = view[pos]
+                b1 = view[pos + 1]
+                length = b1 & 0x7F
+                head = 2
+                if length == 126:
+                    if n - pos < 4:
+                        break
+                    length = (view[pos + 2] << 8) | view[pos + 3]
+                    head = 4
+                elif length == 127:
+                    if n - pos < 10:
+                        break
+                    length = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                    head = 10
+                if b1 & 0x80:
+                    head += 4
+                if length > limit:
+                    self._mode = _LIBRARY
+                    self._parse(view[pos:].tobytes())
+                    pos = n
+                    break
+                end = pos + head + length
+                if end > n:
+                    break
+                if (b0 == 0x82 or b0 == 0x81) and b1 & 0x80 == masked and self._parts is None:
+                    start = pos + head
+                    if masked:
+                        payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                    else:
+                        payload = view[start:end].tobytes()
+                    pos = end
+                    if b0 == 0x82:
+                        self.feed(payload)
+                    else:
+                        self._text(payload)
+                else:
+                    frame = view[pos:end].tobytes()
+                    pos = end
+                    self._parse(frame)
+        finally:
+            view.release()
+        if buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += data[pos:]
+
+    def _parse(self, data: bytes) -> None:
+        """Feed ``data`` to websockets' protocol and act on what it parsed."""
+        ws = self._ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        self._send_data()
+        for ev in events:
+            if not isinstance(ev, Frame):
+                self._handshake(ev)
+                continue
+            op = ev.opcode
+            if op is Opcode.BINARY or op is Opcode.TEXT or op is Opcode.CONT:
+                self._on_data(ev)
+            elif op is Opcode.PONG:
+                self._pinged = False
+        if ws.state is not _OPEN:
+            if self._mode == _FRAMING:
+                self._mode = _LIBRARY
+            self._closing()
+
+    def _on_data(self, frame: Any) -> None:
+        parts = self._parts
+        if parts is None:
+            if frame.fin:
+                data = frame.data
+                if frame.opcode is Opcode.TEXT:
+                    self._text(data)
+                else:
+                    self.feed(data if type(data) is bytes else bytes(data))
+                return
+            self._parts = [frame.opcode is Opcode.TEXT, frame.data]
+            return
+        if len(parts) > MAX_FRAGMENTS:
+            self._parts = None
+            self._fail(1009, "too many fragments")
+            return
+        parts.append(frame.data)
+        if frame.fin:
+            self._parts = None
+            data = b"".join(parts[1:])
+            if parts[0]:
+                self._text(data)
+            else:
+                self.feed(data)
+
+    def _text(self, data: bytes) -> None:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as e:
+            self._fail(1007, f"{e.reason} at position {e.start}")
+            return
+        self.feed(text)
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self._ws.state is _OPEN:
+            self._mode = _LIBRARY
+            self._ws.fail(code, reason)
+            self._send_data()
+            self._closing()
+
+    def _handshake(self, ev: Request | Response) -> None:
+        ws = self._ws
+        if type(ev) is Request:
+            server: ServerProtocol = ws  # type: ignore[assignment]
+            self._request = ev
+            server.send_response(server.accept(ev))
+            self._send_data()
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
+        if ws.state is _OPEN:
+            self._mode = _FRAMING
+            self._opened.set_result(None)
+            self._keepalive()
+            if self._on_open is not None:
+                self._on_open(self)
+                self._on_open = None
+        else:
+            exc = ws.handshake_exc or _InvalidHandshake("handshake failed")
+            if not self._opened.done():
+                self._opened.set_exception(exc)
+                self._opened.exception()
+            self._tcp.close()
+
+    def eof_received(self) -> None:
+        self._ws.receive_eof()
+        self._ws.events_received()
+        self._send_data()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ws = self._ws
+        ws.receive_eof()  # idempotent: the state is CLOSED now
+        for timer in (self._close_timer, self._ping_timer, self._open_timer):
+            if timer is not None:
+                timer.cancel()
+        self._close_timer = self._ping_timer = self._open_timer = None
+        closed = ws.close_exc
+        if exc is not None:
+            closed.__cause__ = exc
+        if not self._opened.done():
+            self._opened.set_exception(exc or EOFError("connection closed during the opening handshake"))
+            self._opened.exception()
+        self._wake_drain(closed)
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self.finish(None if isinstance(closed, _WSClosedOK) else closed)
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_drain(None)
+
+    def _wake_drain(self, exc: BaseException | None) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            if exc is None:
+                drain.set_result(None)
+            else:
+                drain.set_exception(exc)
+                drain.exception()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _send_data(self) -> None:
+        tcp = self._tcp
+        for data in self._ws.data_to_send():
+            if data:
+                tcp.write(data)
+            elif tcp.can_write_eof():
+                try:
+                    tcp.write_eof()
+                except Exception:
+                    pass
+            else:
+                tcp.close()
+
+    def _closing(self) -> None:
+        """After a close frame left or came: drop the TCP connection if the peer does
+        not end it within ``close_timeout``."""
+        if self._close_timer is None and self._ws.close_expected() and self._close_timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(self._close_timeout, self._tcp.abort)
+
+    def _keepalive(self) -> None:
+        """WebSocket pings every ``ping_interval`` (a connection with no answer by the
+        next one is dropped)."""
+        if self._ping_interval is None:
+            return
+        if self._pinged:
+            self._tcp.abort()
+            return
+        if self._ws.state is _OPEN:
+            self._pinged = True
+            self._ws.send_ping(os.urandom(4))
+            self._send_data()
+            self._ping_timer = asyncio.get_running_loop().call_later(self._ping_interval, self._keepalive)
+
+    # ---------------------------------------------------------------- Transport
+
+    def pause_reading(self) -> None:
+        if not self._paused_reading and not self._tcp.is_closing():
+            self._paused_reading = True
+            self._tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused_reading:
+            self._paused_reading = False
+            if not self._tcp.is_closing():
+                self._tcp.resume_reading()
+
+    def write_now(self, msg: bytes) -> bool:
+        tcp = self._tcp
+        if self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
+            return False
+        self._write(msg)
+        return True
+
+    def _write(self, msg: bytes) -> None:
+        tcp = self._tcp
+        if self._client:
+            mask = os.urandom(4)
+            tcp.writelines((_header(len(msg), 0x80), mask, apply_mask(msg, mask)))
+        elif len(msg) < 4096:
+            tcp.write(_header(len(msg), 0) + msg)
+        else:
+            tcp.writelines((_header(len(msg), 0), msg))
+
+    async def send(self, msg: bytes | str) -> None:
+        # As websockets' own send: write, then wait until the socket takes it.
+        if self._ws.state is not _OPEN:
+            await asyncio.shield(self._closed)
+            raise self._ws.close_exc
+        if type(msg) is str:
+            self._ws.send_text(msg.encode())
+            self._send_data()
+        else:
+            self._write(msg)  # type: ignore[arg-type]
+        drain = self._drain
+        if drain is not None:
+            await asyncio.shield(drain)
+
+    def buffered(self) -> int:
+        return int(self._tcp.get_write_buffer_size())
+
+    def abort(self) -> None:
+        self._tcp.abort()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        ws = self._ws
+        try:
+            if ws.state is _OPEN:
+                ws.send_close(code, reason)
+                self._send_data()
+                self._closing()
+            elif ws.state is not _CLOSED and not self._opened.done():
+                self._tcp.abort()
+            await asyncio.shield(self._closed)
+        except Exception:
+            self._tcp.abort()
+
+    @property
+    def close_code(self) -> int | None:
+        rcvd = self._ws.close_rcvd
+        return rcvd.code if rcvd is not None else None
+
+    @property
+    def close_reason(self) -> str | None:
+        rcvd = self._ws.close_rcvd
+        return rcvd.reason if rcvd is not None else None
+
+    @property
+    def remote_address(self) -> Any:
+        return self._tcp.get_extra_info("peername")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._tcp.get_extra_info(name, default)
+
+    @property
+    def request_path(self) -> str | None:
+        request = self._request
+        return request.path if request is not None else None
+
+    @property
+    def request_headers(self) -> Any:
+        request = self._request
+        return request.headers if request is not None else None
+
+
+class _Library(Transport):
+    """websockets' own asyncio connection, for options the data path does not have."""
+
+    __slots__ = ("_reader", "_resumed", "ws")
+
+    def __init__(self, ws: Any, max_queue: int | None) -> None:
+        Transport.__init__(self, max_queue)
+        self.ws = ws
+        self._resumed: asyncio.Future[None] | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                self.feed(msg)
+                self.read_done()
+                while self._resumed is not None:
+                    await self._resumed
+        except TransportClosed as e:
+            self.finish(e)
+            return
+        except Exception as e:  # pragma: no cover - the library failed: end the connection
+            self.finish(ConnectionError(repr(e)))
+            return
+        self.finish(None)
+
+    def pause_reading(self) -> None:
+        if self._resumed is None:
+            self._resumed = asyncio.get_running_loop().create_future()
+
+    def resume_reading(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
+
+    def write_now(self, msg: bytes) -> bool:
+        tcp = self.ws.transport
+        protocol = self.ws.protocol
+        if protocol.state is not _OPEN or tcp.get_write_buffer_size() > tcp.get_write_buffer_limits()[1]:
+            return False
+        try:
+            protocol.send_binary(msg)
+            for data in protocol.data_to_send():
+                if data:
+                    tcp.write(data)
+                else:
+                    tcp.write_eof()
+        except Exception:
+            tcp.abort()
+        return True
+
+    async def send(self, msg: bytes | str) -> None:
+        await self.ws.send(msg)
+
+    def buffered(self) -> int:
+        return int(self.ws.transport.get_write_buffer_size())
+
+    def abort(self) -> None:
+        self.ws.transport.abort()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        try:
+            await self.ws.close(code, reason)
         except Exception:
             pass
 
     @property
     def close_code(self) -> int | None:
-        """The code of the peer's close frame (None: none received)."""
-        rcvd = self._protocol.close_rcvd  # the sans-I/O record (websockets 14.0 has no close_code)
+        rcvd = self.ws.protocol.close_rcvd
         return rcvd.code if rcvd is not None else None
 
     @property
     def close_reason(self) -> str | None:
-        rcvd = self._protocol.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return rcvd.reason if rcvd is not None else None
 
     @property
     def remote_address(self) -> Any:
         return self.ws.remote_address
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        tcp = self.ws.transport
+        return tcp.get_extra_info(name, default) if tcp is not None else default
+
     @property
     def request_path(self) -> str | None:
-        """The path of the HTTP request that opened this connection (server side)."""
         request = getattr(self.ws, "request", None)
         return request.path if request is not None else None
 
     @property
     def request_headers(self) -> Any:
-        """The headers of the HTTP request that opened this connection (server side)."""
         request = getattr(self.ws, "request", None)
         return request.headers if request is not None else None
 
@@ -168,9 +847,74 @@ def closed_info(exc: BaseException) -> tuple[int | None, str]:
     return rcvd.code, rcvd.reason or "Connection closed"
 
 
+def _wire_ok(options: dict[str, Any]) -> bool:
+    if set(options) <= _WIRE_OPTIONS and options.get("compression") is None:
+        return True
+    options.pop("notsent_lowat", None)  # the data path's alone
+    return False
+
+
 async def open_connection(url: str, **options: Any) -> Transport:
     """Open a client connection to ``url`` (raises one of OPEN_FAILED)."""
-    return Transport(await _ws_connect(url, **options))
+    if not _wire_ok(options):
+        return _Library(await _ws_connect(url, **options), options.get("max_queue"))
+    uri = parse_uri(url)
+    loop = asyncio.get_running_loop()
+    ws = ClientProtocol(uri, max_size=options.get("max_size", 1 << 20))
+    wire = _Wire(
+        ws,
+        write_limit=options.get("write_limit", 32768),
+        max_queue=options.get("max_queue"),
+        close_timeout=options.get("close_timeout", 10.0),
+        ping_interval=options.get("ping_interval", 20.0),
+        max_size=options.get("max_size", 1 << 20),
+        notsent_lowat=options.get("notsent_lowat"),
+    )
+    ssl = options.get("ssl", True if uri.secure else None)
+    tcp, _ = await asyncio.wait_for(
+        loop.create_connection(lambda: wire, uri.host, uri.port, ssl=ssl), options.get("open_timeout", 10.0)
+    )
+    try:
+        await asyncio.wait_for(asyncio.shield(wire._opened), options.get("open_timeout", 10.0))
+    except BaseException:
+        tcp.abort()
+        raise
+    return wire
+
+
+class WebSocketServer:
+    """A listening server: its sockets, close (every connection with 1001) and
+    wait_closed (until every connection's handler returned)."""
+
+    __slots__ = ("_handlers", "_server", "_wires")
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._wires: set[_Wire] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def sockets(self) -> Any:
+        return self._server.sockets
+
+    def close(self, close_connections: bool = True) -> None:
+        """Stop listening; with ``close_connections``, close every connection (1001)."""
+        if isinstance(self._server, _WSServer):  # websockets' own server (the fallback)
+            self._server.close(close_connections=close_connections)
+        else:
+            self._server.close()  # the listening socket only (asyncio's or uvloop's)
+        if not close_connections:
+            return
+        loop = asyncio.get_running_loop()
+        for wire in list(self._wires):
+            task = loop.create_task(wire.close(1001, "server shutdown"))
+            self._handlers.add(task)  # awaited by wait_closed
+            task.add_done_callback(self._handlers.discard)
+
+    async def wait_closed(self) -> None:
+        if hasattr(self._server, "wait_closed") and self._handlers:
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
 
 
 async def start_server(
@@ -183,20 +927,21 @@ async def start_server(
     """Serve WebSocket connections on ``host:port``; ``handler`` runs per connection.
 
     ``http(path, headers)``: answers a request before the upgrade with an
-    :class:`~fastrpc.static.HttpResponse`, or None to go on (serve(..., static=DIR))."""
-
-    async def accept(ws: ServerConnection) -> None:
-        await handler(Transport(ws))
-
+    :class:`~fastrpc.static.HttpResponse`, or None to go on (serve(..., static=DIR)).
+    It, like a caller's ``process_request`` (authentication), runs in websockets'
+    own server, which then carries the connections (the data path does not take
+    these hooks yet)."""
+    server = WebSocketServer()
+    loop = asyncio.get_running_loop()
     if http is not None:
         # Requests that are not upgrades first; then the caller's own hook, if any
         # (authentication), for the upgrades.
         before = options.get("process_request")
 
-        async def process_request(ws: ServerConnection, request: _Request) -> _Response | None:
+        async def process_request(ws: Any, request: Request) -> Response | None:
             answer = await http(request.path, request.headers)
             if answer is not None:
-                return _Response(answer.status, answer.reason, _Headers(answer.headers), answer.body)
+                return Response(answer.status, answer.reason, Headers(answer.headers), answer.body)
             if before is None:
                 return None
             response = before(ws, request)
@@ -205,5 +950,49 @@ async def start_server(
             return response  # type: ignore[no-any-return]
 
         options["process_request"] = process_request
-    server: WebSocketServer = await _ws_serve(accept, host, port, **options)
+    if not _wire_ok(options):
+
+        async def accept(ws: Any) -> None:
+            await handler(_Library(ws, options.get("max_queue")))
+
+        server._server = await _ws_serve(accept, host, port, **options)
+        return server
+
+    max_size = options.get("max_size", 1 << 20)
+    open_timeout = options.get("open_timeout", 10.0)
+    wires = server._wires
+    handlers = server._handlers
+
+    def opened(wire: _Wire) -> None:
+        # The handler is the connection's only coroutine (no wrapper: memory per
+        # connection); once it returns, the connection is closed.
+        task: asyncio.Task[None] = loop.create_task(handler(wire))  # type: ignore[arg-type]
+        handlers.add(task)
+        task.add_done_callback(partial(handled, wire))
+
+    def handled(wire: _Wire, task: asyncio.Task[None]) -> None:
+        handlers.discard(task)
+        if not wire._closed.done():
+            closing = loop.create_task(wire.close())
+            handlers.add(closing)
+            closing.add_done_callback(handlers.discard)
+
+    def factory() -> _Wire:
+        wire = _Wire(
+            ServerProtocol(max_size=max_size),
+            write_limit=options.get("write_limit", 32768),
+            max_queue=options.get("max_queue"),
+            close_timeout=options.get("close_timeout", 10.0),
+            ping_interval=options.get("ping_interval", 20.0),
+            max_size=max_size,
+            notsent_lowat=options.get("notsent_lowat"),
+            on_open=opened,
+        )
+        wires.add(wire)
+        if open_timeout is not None:
+            wire._open_timer = loop.call_later(open_timeout, wire.abort)
+        wire._closed.add_done_callback(lambda _: wires.discard(wire))
+        return wire
+
+    server._server = await loop.create_server(factory, host, port, ssl=options.get("ssl"))
     return server

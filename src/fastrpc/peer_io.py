@@ -1,0 +1,342 @@
+"""The I/O half of :class:`fastrpc.peer.RpcPeer`: reading (the transport calls the
+peer back with each message, from its data_received) and writing (straight to the
+transport from the iteration that made the output; a task only for the handshake,
+the replay, and while the socket is past its high-water mark).
+
+Received messages are processed in the callback that read them, so a reply leaves in
+the loop iteration that read its request and a caller's future is resolved without a
+reader task in between. The output of every message a read delivered leaves in one
+write, at the end of that read (the transport's ``flush`` callback). A message of
+many frames is processed in slices, one per iteration; past ``max_output_backlog``
+the peer stops reading until its own output drains (:func:`_serve_less`); meanwhile
+later messages wait, in order, in ``_held``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from . import options as O
+from .api import PeerAPI
+from .exceptions import ConnectionClosed, LimitExceeded, ProtocolError
+from .keepalive import Keepalive
+from .log import protocol_logger, warn_limited
+from .protocol import Connection, SessionLost
+from .transport import Transport, TransportClosed, closed_info
+
+__all__ = ["PeerIO"]
+
+# The peer whose handler runs (fastrpc.current_peer); an RpcPeer.
+_current_peer: contextvars.ContextVar[PeerIO] = contextvars.ContextVar("fastrpc_peer")
+
+
+class PeerIO(PeerAPI):
+    """Reading and writing of one peer (RpcPeer's base; see the module docstring)."""
+
+    __slots__ = (
+        "_busy",  # messages wait in _held (a message in slices, the backlog wait)
+        "_direct",  # _flush writes (no writer task runs)
+        "_flush_pending",
+        "_fresh",  # nothing written since the last message arrived
+        "_held",
+        "_in_read",  # handling the messages of one read (see _read_done)
+        "_max_backlog",
+        "_processing",  # the events of a message are being handled
+        "_stall_timeout",
+        "_writer",
+    )
+
+    _busy: bool
+    _held: deque[bytes | str] | None
+    _direct: bool
+    _fresh: bool
+    _flush_pending: bool
+    _in_read: bool
+    _processing: bool
+    _max_backlog: int
+    _stall_timeout: float
+
+    # Provided by RpcPeer.
+    _keepalive: Keepalive
+    _ready: asyncio.Future[None]
+
+    def _process(self, frames: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _lost(self, exc: ConnectionClosed, resumable: bool) -> None:
+        raise NotImplementedError
+
+    async def _fail_protocol(self, e: ProtocolError, patience: float = 2.0) -> None:
+        raise NotImplementedError
+
+    @property
+    def transport(self) -> Transport | None:
+        """The current transport (None while a session waits for its client)."""
+        return self._transport
+
+    @property
+    def core(self) -> Connection:
+        """The sans-I/O core of the current session (for inspection)."""
+        return self._core
+
+    @property
+    def output_limits(self) -> tuple[int, float]:
+        """``(max_output_backlog, output_stall_timeout)``."""
+        return self._max_backlog, self._stall_timeout
+
+    def _reading(self, transport: Transport) -> None:
+        """Have ``transport`` call this peer back with its messages."""
+        self._busy, self._held, self._in_read = False, None, False
+        transport.start_reading(
+            partial(self._receive, transport), partial(self._on_lost, transport), partial(self._read_done, transport)
+        )
+
+    def _kick(self) -> None:
+        """Send what the core has queued: at once when nothing was written since the
+        last message arrived (a reply, the next call of a sequence), else from a
+        callback after this loop iteration, so that what the iteration queues leaves
+        together in one message."""
+        if self._processing or self._in_read:
+            return  # _process / _read_done send once the message / the read is handled
+        if not self._flush_pending:
+            if self._fresh and self._direct:
+                self._flush()
+            else:
+                self._flush_pending = True
+                self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_pending = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what the core has queued, straight to the transport, in order.
+
+        Only while no writer task runs (the handshake, or a socket past its
+        high-water mark): that task sends everything queued before it ends."""
+        transport = self._transport
+        if transport is None or not self._direct:
+            return
+        writer = self._writer
+        if writer is not None and not writer.done():
+            return
+        core = self._core
+        manager = self.streams
+        while True:
+            nxt = core.next_message()
+            if nxt is None:
+                return
+            self._wake_unblocked()
+            if not transport.write_now(nxt):
+                # Past the high-water mark, or closing: the writer task waits for the
+                # drain (or lets the library raise the closure).
+                self._writer = self._loop.create_task(self._send_paused(transport, nxt))
+                return
+            self._fresh = False
+            manager.on_drained()
+
+    def _transport_buffered(self) -> int:
+        t = self._transport
+        return t.buffered() if t is not None else 0
+
+    # The stream manager's host (StreamHost): the same functions, public names.
+    flush = _kick
+    transport_buffered = _transport_buffered
+
+    async def _write_loop(self, transport: Transport) -> None:
+        """The writer task of a new transport: the handshake, the replay of what the
+        peer missed, then it ends: from then on :meth:`_flush` writes."""
+        core = self._core
+        try:
+            await transport.send(core.handshake())
+            # A client sends nothing else until the server's handshake says where to
+            # resume from.
+            await asyncio.shield(self._ready)
+            for msg in core.take_replay():
+                await transport.send(msg)
+            self._direct = True
+            self._writer = None
+            self._flush()  # what was queued meanwhile
+        except (*TransportClosed, SessionLost):
+            pass
+
+    async def _send_paused(self, transport: Transport, first: bytes) -> None:
+        """Send ``first``, then all that is queued, waiting for the socket to drain;
+        ends once the core has nothing queued: :meth:`_flush` takes over."""
+        core = self._core
+        manager = self.streams
+        try:
+            msg: bytes | None = first
+            while msg is not None:
+                await transport.send(msg)
+                manager.on_drained()
+                msg = core.next_message()
+                self._wake_unblocked()
+        except TransportClosed:
+            pass
+
+    def _receive(self, transport: Transport, msg: bytes | str) -> None:
+        """One message from ``transport`` (called from its data_received)."""
+        if transport is not self._transport:
+            return
+        if self._busy:  # a message in slices, or the backlog wait: in order, later
+            if self._held is None:
+                self._held = deque()
+            self._held.append(msg)
+            transport.pause_reading()
+            return
+        self._in_read = True  # the output of this read leaves at its end: _read_done
+        token = _current_peer.set(self)
+        try:
+            self._take(transport, msg)
+        except Exception as e:
+            self._read_failed(transport, e)
+        finally:
+            _current_peer.reset(token)
+
+    def _read_done(self, transport: Transport) -> None:
+        """The messages of one read were handled: their output leaves, in one write."""
+        if self._in_read:
+            self._in_read = False
+            core = self._core
+            if transport is self._transport and (core.has_output() or core.closed):
+                self._kick()
+
+    def _take(self, transport: Transport, msg: bytes | str) -> None:
+        if type(msg) is str:
+            if self._core.awaiting_hello and msg.startswith('{"category":"welcome"'):
+                return  # a server's greeting for the seed's clients (docs/json-mode.md)
+            raise ProtocolError("text message on a fastrpc connection: the other side does not speak fastrpc")
+        self._feed(transport, self._core.decode(msg), 0)  # type: ignore[arg-type]
+
+    def _feed(self, transport: Transport, frames: list[Any], start: int) -> None:
+        """Process ``frames[start:]``: a message of many frames in slices, one per loop
+        iteration (one peer cannot hold the loop for long); past max_output_backlog,
+        wait for the peer to read (_serve_less). Meanwhile messages wait (_busy)."""
+        step = O.FRAMES_PER_SLICE
+        end = start + step
+        self._process(frames if start == 0 and len(frames) <= step else frames[start:end])
+        if end < len(frames):
+            self._busy = True
+            self._loop.call_soon(self._next_slice, transport, frames, end)
+        elif self._core.control_backlog + transport.buffered() > self._max_backlog:
+            self._busy = True
+            transport.pause_reading()
+            self._loop.create_task(self._serve_less(transport))
+
+    def _next_slice(self, transport: Transport, frames: list[Any], start: int) -> None:
+        if transport is not self._transport or self._closed_flag:
+            return
+        self._busy = False
+        self._resume(transport, partial(self._feed, transport, frames, start))
+
+    def _resume(self, transport: Transport, step: Callable[[], None]) -> None:
+        """Run ``step``, then the messages held while busy, until busy again."""
+        token = _current_peer.set(self)
+        try:
+            step()
+            held = self._held
+            while held and not self._busy and transport is self._transport:
+                self._take(transport, held.popleft())
+            if not self._busy:
+                self._held = None
+                transport.resume_reading()
+        except Exception as e:
+            self._read_failed(transport, e)
+        finally:
+            _current_peer.reset(token)
+
+    async def _serve_less(self, transport: Transport) -> None:
+        try:
+            await _serve_less(self, transport)
+        except _Stalled as e:
+            self._read_failed(transport, e)
+            return
+        if transport is self._transport:
+            self._busy = False
+            self._resume(transport, _ignore)
+
+    def _read_failed(self, transport: Transport, e: Exception) -> None:
+        """Reading ``transport`` failed: the session is lost (client), the peer broke
+        the protocol (close with its code), or a bug here (1011)."""
+        transport.start_reading(_ignore, _ignore)  # what still comes is dropped
+        self._busy, self._held, self._in_read = False, None, False
+        if transport is not self._transport:
+            return
+        if isinstance(e, SessionLost):
+            if not self._ready.done():
+                self._ready.set_exception(e)
+                self._ready.exception()
+            self._lost(ConnectionClosed(), False)
+            return
+        self._loop.create_task(self._fail_and_lose(transport, e))
+
+    async def _fail_and_lose(self, transport: Transport, e: Exception) -> None:
+        if isinstance(e, ProtocolError):
+            exc = ConnectionClosed(f"protocol error: {e.reason}", e.close_code)
+            warn_limited(protocol_logger, "closing the connection with %s: %s", self.remote_address, e.reason)
+            # A peer closed for not reading gets time to drain what waits for it, so
+            # that it can see why (its close frame comes last).
+            await self._fail_protocol(e, self._keepalive.timeout or 10.0 if isinstance(e, _Stalled) else 2.0)
+        else:  # a bug: close this connection, not the process
+            exc = ConnectionClosed(f"internal error: {e!r}", 1011)
+            await transport.close(1011, "internal error")
+        if transport is self._transport:
+            self._lost(exc, False)
+
+    def _on_lost(self, transport: Transport, exc: BaseException | None) -> None:
+        """``transport`` ended (exc None: a clean close; keep the peer's code and reason)."""
+        if exc is None:
+            closed = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
+        else:
+            code, reason = closed_info(exc)
+            closed = ConnectionClosed(reason, code)
+        if transport is self._transport:
+            self._in_read = False
+            self._lost(closed, True)
+
+    def _wake_unblocked(self) -> None:
+        """Wake the senders whose queues the message just taken emptied."""
+        unblocked = self._core.take_unblocked()
+        if unblocked:
+            manager = self.streams
+            for sid in unblocked:
+                manager.on_writable(sid)
+
+
+def _ignore(*args: Any) -> None:
+    pass
+
+
+class _Stalled(LimitExceeded):
+    """The peer does not read what it asked for (_serve_less)."""
+
+
+async def _serve_less(peer: PeerIO, transport: Transport) -> None:
+    """More than ``max_output_backlog`` bytes wait for the peer (answers, credit, PONGs
+    it does not read): stop reading its input until half of it left. A peer that does
+    not read at all for ``output_stall_timeout`` seconds meanwhile is closed
+    (LimitExceeded, 1008): its messages stay in the socket, not in memory."""
+    limit, stall = peer.output_limits
+    core = peer.core
+    loop = asyncio.get_running_loop()
+    least = core.control_backlog + transport.buffered()
+    since = loop.time()
+    while not peer.closed and transport is peer.transport:
+        peer.flush()
+        waiting = core.control_backlog + transport.buffered()
+        if waiting <= limit // 2:
+            return
+        if waiting < least:
+            least, since = waiting, loop.time()
+        elif loop.time() - since > stall:
+            raise _Stalled(
+                f"the peer does not read: {waiting} bytes wait for it (max_output_backlog {limit}) "
+                f"with no progress for {stall} s (output_stall_timeout)"
+            )
+        await asyncio.sleep(O.BACKPRESSURE_DELAY)

@@ -1,0 +1,253 @@
+"""The data path's own WebSocket framing (transport._Wire) against websockets'
+sans-I/O protocol, over real loopback sockets (differential, fuzzed with hypothesis):
+
+* every frame sequence websockets' client emits (binary and text messages, fragmented
+  or not, pings between fragments, any mask) and any split into TCP writes reaches
+  our server as the same messages;
+* every message our server writes (any length: 7-, 16- and 64-bit headers) is parsed
+  by websockets' client protocol as the same message;
+* our client's masked frames are parsed by websockets' own server (an echo), and its
+  unmasked answers by our client's framer;
+* the bounds: a frame over max_size (1009), more than 4096 fragments (1009), invalid
+  UTF-8 in a text message (1007), an unmasked client frame (1002).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from _util import run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.server import serve as ws_serve
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from fastrpc.transport import Transport, open_connection, start_server
+
+HOST = "127.0.0.1"
+
+message = st.one_of(
+    st.binary(min_size=0, max_size=300).map(lambda b: ("b", b)),
+    st.integers(min_value=120, max_value=70_000).map(
+        lambda n: ("b", bytes(range(256)) * (n // 256) + b"x" * (n % 256))
+    ),
+    st.text(max_size=200).map(lambda t: ("t", t)),
+)
+
+
+class RawClient:
+    """A TCP client that speaks WebSocket through websockets' sans-I/O protocol."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ws: ClientProtocol) -> None:
+        self.reader, self.writer, self.ws = reader, writer, ws
+        self.pending: list[Any] = []  # frames parsed with the handshake's response
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        ws = ClientProtocol(parse_uri(f"ws://{HOST}:{port}/"), max_size=None)
+        ws.send_request(ws.connect())
+        client = cls(reader, writer, ws)
+        client.flush()
+        while True:
+            ws.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+            events = ws.events_received()
+            if any(isinstance(ev, Response) for ev in events):
+                client.pending = [ev for ev in events if isinstance(ev, Frame)]
+                return client
+
+    def flush(self) -> None:
+        for data in self.ws.data_to_send():
+            if data:
+                self.writer.write(data)
+
+    def take(self) -> bytes:
+        return b"".join(d for d in self.ws.data_to_send() if d)
+
+    async def messages(self, count: int) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        parts: list[Frame] = []
+        events, self.pending = self.pending, []
+        while True:
+            for ev in events:
+                if not isinstance(ev, Frame) or ev.opcode not in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
+                    continue
+                parts.append(ev)
+                if ev.fin:
+                    body = b"".join(p.data for p in parts)
+                    out.append(("t", body.decode()) if parts[0].opcode is Opcode.TEXT else ("b", body))
+                    parts = []
+            if len(out) >= count:
+                return out
+            data = await asyncio.wait_for(self.reader.read(1 << 20), 5)
+            assert data, "connection closed"
+            self.ws.receive_data(data)
+            events = self.ws.events_received()
+
+    async def close_code(self) -> int | None:
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            if not data:
+                self.ws.receive_eof()
+            else:
+                self.ws.receive_data(data)
+            self.ws.events_received()
+            self.flush()
+            if self.ws.close_rcvd is not None or not data:
+                self.writer.close()
+                return self.ws.close_rcvd.code if self.ws.close_rcvd is not None else None
+
+
+async def _server(handler: Any, **options: Any) -> Any:
+    return await start_server(handler, HOST, 0, compression=None, ping_interval=None, **options)
+
+
+def _collect(received: list[tuple[str, Any]], done: asyncio.Future[None], count: int) -> Any:
+    async def handler(t: Transport) -> None:
+        while len(received) < count:
+            msg = await t.recv(5)
+            received.append(("t", msg) if isinstance(msg, str) else ("b", msg))
+        done.set_result(None)
+        await t.close()
+
+    return handler
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(message, min_size=1, max_size=8),
+    fragment=st.integers(min_value=1, max_value=4000),
+    pings=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=5000), max_size=20),
+)
+def test_our_server_reads_what_websockets_writes(
+    messages: list[tuple[str, Any]], fragment: int, pings: bool, cuts: list[int]
+) -> None:
+    async def main() -> None:
+        received: list[tuple[str, Any]] = []
+        done = asyncio.get_running_loop().create_future()
+        server = await _server(_collect(received, done, len(messages)), max_size=1 << 20)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            ws = client.ws
+            for kind, body in messages:
+                data = body.encode() if kind == "t" else body
+                size = max(fragment, -(-len(data) // 4000))  # within the 4096-fragment cap
+                pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+                if len(pieces) == 1:
+                    (ws.send_text if kind == "t" else ws.send_binary)(data)
+                    continue
+                (ws.send_text if kind == "t" else ws.send_binary)(pieces[0], fin=False)
+                for i, piece in enumerate(pieces[1:], 2):
+                    if pings:
+                        ws.send_ping(b"p")
+                    ws.send_continuation(piece, fin=i == len(pieces))
+            wire = client.take()
+            at = 0
+            for cut in cuts:  # arbitrary TCP writes
+                client.writer.write(wire[at : at + cut])
+                await client.writer.drain()
+                at += cut
+            client.writer.write(wire[at:])
+            await asyncio.wait_for(done, 5)
+            assert received == messages
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(message, min_size=1, max_size=8))
+def test_websockets_reads_what_our_server_writes(messages: list[tuple[str, Any]]) -> None:
+    async def main() -> None:
+        async def handler(t: Transport) -> None:
+            for kind, body in messages:
+                if kind == "b" and len(body) % 2:
+                    assert t.write_now(body)
+                else:
+                    await t.send(body)
+            await t.recv(5)  # until the client closes
+
+        server = await _server(handler)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            assert await client.messages(len(messages)) == messages
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_our_client_against_websockets_server() -> None:
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70_000, 300_000]
+
+    async def main() -> None:
+        async def echo(ws: Any) -> None:
+            async for msg in ws:
+                await ws.send(msg)
+
+        async with ws_serve(echo, HOST, 0, compression=None, max_size=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            t = await open_connection(f"ws://{HOST}:{port}/", compression=None, max_size=1 << 20)
+            for n in sizes:
+                body = bytes(range(256)) * (n // 256) + b"y" * (n % 256)
+                assert t.write_now(body)
+                assert await t.recv(5) == body
+            await t.send("héllo")
+            assert await t.recv(5) == "héllo"
+            await t.close()
+
+    run(main(), 20)
+
+
+def _bound(frames: list[bytes], max_size: int = 1 << 20) -> int | None:
+    async def main() -> int | None:
+        async def handler(t: Transport) -> None:
+            try:
+                while True:
+                    await t.recv(5)
+            except Exception:
+                pass
+
+        server = await _server(handler, max_size=max_size)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            client.writer.write(b"".join(frames))
+            return await client.close_code()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return run(main(), 20)
+
+
+def _masked(first: int, payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes((first, 0x80 | n)) if n < 126 else bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload  # a zero mask leaves the payload as is
+
+
+def test_frame_over_max_size_closes_1009() -> None:
+    assert _bound([_masked(0x82, b"x" * 2000)], max_size=1000) == 1009
+
+
+def test_too_many_fragments_close_1009() -> None:
+    frames = [_masked(0x02, b"a")] + [_masked(0x00, b"a")] * 4200
+    assert _bound(frames) == 1009
+
+
+def test_invalid_utf8_closes_1007() -> None:
+    assert _bound([_masked(0x81, b"\xff\xfe")]) == 1007
+
+
+def test_unmasked_client_frame_closes_1002() -> None:
+    assert _bound([bytes((0x82, 3)) + b"abc"]) == 1002
