@@ -141,6 +141,7 @@ class PeerIO(PeerAPI):
             manager.on_drained()
 
     def _transport_buffered(self) -> int:
+        """Bytes written to the transport and not yet taken by the socket."""
         t = self._transport
         return t.buffered() if t is not None else 0
 
