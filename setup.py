@@ -11,6 +11,7 @@ and why (tests/test_build.py checks this under a pseudo-terminal).
 """
 
 import os
+import re
 import sys
 
 from setuptools import Extension, setup
@@ -37,6 +38,15 @@ def fallback_notice(why: str) -> None:
         pass  # no terminal (CI, a pipe): stderr above is what there is
 
 
+def short_reason(exc: Exception) -> str:
+    """The compiler and its status rather than its whole command line."""
+    text = str(exc)
+    found = re.search(r"Command '\['([^']+)'.*?(exit (?:status|code) -?\d+)", text)
+    if found:
+        return f"compiler {found.group(1)} failed with {found.group(2)}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 class OptionalBuildExt(build_ext):
     """build_ext that tolerates a failed compile unless the extension is required.
 
@@ -58,7 +68,7 @@ class OptionalBuildExt(build_ext):
     def _failed(self, exc: Exception) -> None:
         if MODE == "yes":
             raise exc
-        fallback_notice(f"the C extension fastrpc._frames did not compile ({exc})")
+        fallback_notice(f"the C extension fastrpc._frames did not compile ({short_reason(exc)})")
         self.extensions = []  # said once: nothing else to build
 
 
