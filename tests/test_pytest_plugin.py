@@ -6,6 +6,9 @@ real (127.0.0.1, a free port), started by the fixtures and stopped after each te
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -148,3 +151,17 @@ def test_clear_errors(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*define a fixture named fastrpc_router*"])
     result.stdout.fnmatch_lines(["*fastrpc_codec must be one of*yaml*"])
+
+
+@pytest.mark.timeout(90)
+def test_example_project(pytester: pytest.Pytester) -> None:
+    """examples/pytest_plugin runs as its own project (benchmarks timed once each here;
+    tools/run_plugin_example.sh runs it for real, outside the repository)."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "pytest_plugin"
+    if not example.is_dir():
+        pytest.skip("needs the repository's examples/ folder")
+    for path in example.iterdir():
+        if path.is_file():
+            shutil.copy(path, pytester.path / path.name)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-disable", timeout=80)
+    result.assert_outcomes(passed=12)

@@ -123,5 +123,9 @@ done
 newest=$(find_python "${PYTHONS##* }")
 run_suite "$(basename "$(ls "$OUT"/fastrpc-*-py3-none-any.whl)")" "$newest" "$(ls "$OUT"/fastrpc-*-py3-none-any.whl)[test]" FASTRPC_NO_EXTENSIONS=1
 run_suite "$(basename "$SDIST") (built by pip, FASTRPC_BUILD_EXTENSION=yes)" "$newest" "$SDIST[test]" FASTRPC_BUILD_EXTENSION=yes FASTRPC_REQUIRE_EXTENSIONS=1
+say "examples/pytest_plugin outside the repository, fastrpc from the $newest wheel"
+plugin_wheel=$(ls "$OUT"/fastrpc-*-cp$("$newest" -c 'import sys; print("%d%d" % sys.version_info[:2])')-*manylinux*_x86_64.whl)
+"$ROOT/tools/run_plugin_example.sh" "$plugin_wheel" "$newest" >"$OUT/plugin-example.txt" 2>&1 || { cat "$OUT/plugin-example.txt"; exit 1; }
+note "plugin example ($(basename "$plugin_wheel")): $(grep -E "passed|failed" "$OUT/plugin-example.txt" | tr '\n' ' ') (full output: $OUT/plugin-example.txt)"
 say "report: $REPORT"
 cat "$REPORT"
