@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_wheel import source_version  # noqa: E402 - the same reader the wheel check uses
+from check_wheel import source_version
 
 
 def main(argv: list[str]) -> int:
