@@ -88,7 +88,9 @@ def test_defects_are_reported(tmp_path: Path) -> None:
         "missing module fastrpc/peer.py",
     ):
         assert expected in text, text
-    assert "expected one compiled" in "\n".join(tool.check_wheel(_wheel(tmp_path, tool, "cp312-cp312-linux_x86_64", {})))
+    assert "expected one compiled" in "\n".join(
+        tool.check_wheel(_wheel(tmp_path, tool, "cp312-cp312-linux_x86_64", {}))
+    )
     pure_with_so = tool.check_wheel(_wheel(tmp_path, tool, "py3-none-any", unstripped))
     assert any("compiled module in a py3-none-any wheel" in p for p in pure_with_so), pure_with_so
 
