@@ -39,7 +39,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastrpc-wheels.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 [ "$BUILD" = 0 ] || rm -f "$OUT"/fastrpc-*
-rm -f "$OUT/report.txt"
+rm -f "$OUT/report.txt" "$OUT"/suite-*.txt "$OUT/plugin-example.txt"
 REPORT=$OUT/report.txt
 say() { echo "== $*" >&2; }
 note() { echo "$*" | tee -a "$REPORT" >&2; }
@@ -117,11 +117,12 @@ run_suite() {  # run_suite LABEL PYTHON INSTALL-SPEC ENV...
     where=$(cd "$TREE" && env "$@" "$venv/bin/python" -c 'import fastrpc, fastrpc.frames as f; print(fastrpc.__file__, f.IMPLEMENTATION)')
     case $where in "$venv"/lib/*) ;; *) echo "fastrpc imported from $where, not from the venv" >&2; return 1 ;; esac
     say "$label: suite against $where"
-    local log=$WORK/suite.log rc=0
+    local log rc=0
+    log=$OUT/suite-$(echo "$label" | awk '{print $1}' | sed 's/\.whl$//; s/\.tar\.gz$/-sdist/').txt  # kept for reading
     (cd "$TREE" && env "$@" timeout 1500 "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not external" --benchmark-disable \
         --deselect tests/test_bench_smoke.py::test_compare_baseline_smoke) >"$log" 2>&1 || rc=$?
     tail -15 "$log" >&2
-    note "suite $label ($("$venv/bin/python" -V), codec $(echo "$where" | awk '{print $2}')): $(tail -1 "$log") [exit $rc]"
+    note "suite $label ($("$venv/bin/python" -V), codec $(echo "$where" | awk '{print $2}')): $(tail -1 "$log") [exit $rc; log $(basename "$log")]"
     [ "$rc" = 0 ] || FAILED=1
 }
 
