@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -38,10 +39,20 @@ def _source_tree(dest: Path) -> Path:
 
 def _pip_wheel(tree: Path, out: Path) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(out), str(tree)]
-    # Without isolation when the build requirements are here already: faster, offline.
-    if importlib.util.find_spec("Cython") and importlib.util.find_spec("setuptools"):
+    # Without isolation when the build requirements (pyproject.toml) are here already:
+    # faster, offline.
+    if _have_build_requirements():
         cmd.insert(4, "--no-build-isolation")
     return cmd
+
+
+def _have_build_requirements() -> bool:
+    try:
+        setuptools = importlib.metadata.version("setuptools")
+        cython = importlib.metadata.version("Cython")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return int(setuptools.split(".")[0]) >= 77 and cython == "3.3.1"
 
 
 def _env(**extra: str) -> dict[str, str]:
