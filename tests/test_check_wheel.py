@@ -49,7 +49,7 @@ def _wheel(tmp_path: Path, tool: ModuleType, tag: str, extra: dict[str, bytes], 
     info = f"fastrpc-{version}.dist-info"
     files[f"{info}/METADATA"] = f"Metadata-Version: 2.4\nName: fastrpc\nVersion: {version}\n\n".encode()
     files[f"{info}/entry_points.txt"] = (
-        b"[console_scripts]\nfastrpc = fastrpc.__main__:main\n\n[pytest11]\nfastrpc = fastrpc.pytest_plugin\n"
+        b"[console_scripts]\nfastrpc = fastrpc.cli:main\n\n[pytest11]\nfastrpc = fastrpc.pytest_plugin\n"
     )
     files.update(extra)
     with zipfile.ZipFile(path, "w") as zf:

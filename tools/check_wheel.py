@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "fastrpc"
 SOURCES_ONLY = (".c", ".pyx", ".pxd", ".pxi")  # the extension's sources: sdist only
 REQUIRED_DATA = ("fastrpc/py.typed", "fastrpc/_frames.pyi")
-ENTRY_POINTS = ("fastrpc = fastrpc.__main__:main", "fastrpc = fastrpc.pytest_plugin")
+ENTRY_POINTS = ("fastrpc = fastrpc.cli:main", "fastrpc = fastrpc.pytest_plugin")
 
 
 def source_version() -> str:
