@@ -557,8 +557,13 @@ class StreamManager:
                         await self._wait_writable(sid)
                     if core.buffered_amount + buffered() > limit:
                         await self._backpressure(core.urgency(sid))
-                    elif self._drain_waiters or self._woken:  # others wait: take turns
+                    elif self._drain_waiters:  # others wait: take turns
                         await self._backpressure(core.urgency(sid), True)
+                    elif self._woken:
+                        # Senders a drain woke are queued to run: one loop pass lets
+                        # them in first (waiting for the next drain instead halved the
+                        # throughput of 1,000 streams).
+                        await asyncio.sleep(0)
                 await self._wait_writable(sid)
                 core.end_stream(sid)
             except StreamClosed:
