@@ -912,3 +912,31 @@ def test_payload_cost_twins_agree(codec_pair: tuple[ModuleType, ModuleType]) -> 
     for data in samples:
         for limit in (1 << 62, 1000, 100, 0, -1):
             assert compiled.payload_cost(data, limit) == pure.payload_cost(data, limit), (data, limit)
+
+
+def test_max_frames_refusal_matches_between_twins(codec_pair: tuple[ModuleType, ModuleType]) -> None:
+    # The pure twin counts frame headers first when a message has room for more than
+    # max_frames frames; its errors must stay the compiled codec's, in the same order.
+    compiled, pure = codec_pair
+    rnd = random.Random(11)
+
+    def outcome(codec: ModuleType, data: bytes, max_size: int, max_frames: int) -> Any:
+        try:
+            return [(f.type, f.flags, f.id, bytes(f.payload)) for f in codec.decode_message(data, max_size, max_frames)]
+        except ProtocolError as e:
+            return (e.reason, e.code)
+
+    for _ in range(3000):
+        frames = [
+            (rnd.randrange(256), rnd.randrange(256), rnd.choice([0, 5, 300, 70000]), bytes(rnd.choice([0, 1, 3, 70])))
+            for _ in range(rnd.randrange(1, 12))
+        ]
+        data = b"".join(pure.encode_frame(*f) for f in frames)
+        if rnd.random() < 0.5 and len(data) > 1:
+            data = data[: rnd.randrange(1, len(data))]
+        for max_size, max_frames in ((1 << 20, 2), (50, 3), (1 << 20, 0), (100, 1)):
+            assert outcome(compiled, data, max_size, max_frames) == outcome(pure, data, max_size, max_frames), data
+    flood = pure.encode_frame(0x21, 0, 0) * 300_000
+    for codec in (compiled, pure):
+        with pytest.raises(ProtocolError, match="too many frames"):
+            codec.decode_message(flood, 1 << 20, 65536)
