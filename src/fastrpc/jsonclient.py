@@ -51,12 +51,7 @@ async def open_json(
         transport,
         router,
         role="client",
-        max_message_size=o.max_message_size,
-        max_item_size=o.max_frame_size,
-        max_pending_calls=o.max_pending_calls,
-        max_streams=o.max_streams,
-        max_held_bytes=o.max_connection_memory // 2,
-        max_pending_bytes=o.max_connection_memory // 2,
+        **o.json_limits(),
     )
     runner = peer.start()
     try:

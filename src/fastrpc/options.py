@@ -11,11 +11,11 @@ and budgets") lists what breaking each limit does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypedDict
 
 from . import compression as _compression
 
-__all__ = ["PeerOptions"]
+__all__ = ["JsonLimits", "PeerOptions"]
 
 # -- limits announced in HELLO (what one side is willing to receive) ------------------
 MAX_FRAME_SIZE = 1 << 20
@@ -115,6 +115,17 @@ WORKER_GRACE = 10.0
 WORKER_RESTART_DELAY = 0.5
 
 
+class JsonLimits(TypedDict):
+    """:meth:`PeerOptions.json_limits`: keyword arguments of ``JsonPeer``."""
+
+    max_message_size: int
+    max_item_size: int
+    max_pending_calls: int
+    max_streams: int
+    max_held_bytes: int
+    max_pending_bytes: int
+
+
 @dataclass
 class PeerOptions:
     """Connection options with safe defaults; every limit is per connection."""
@@ -183,6 +194,20 @@ class PeerOptions:
                 raise ValueError("compression='zstd' needs the zstandard package (fastrpc[zstd])")
             return _compression.ZSTD
         raise ValueError(f"unknown compression {c!r}")
+
+    def json_limits(self) -> JsonLimits:
+        """The bounds of a JSON-mode (seed) connection, server or client side, from
+        these options: the binary protocol's limits, the memory budget split between
+        held stream items and pending requests."""
+        half = self.max_connection_memory // 2
+        return {  # a JsonLimits
+            "max_message_size": self.max_message_size,
+            "max_item_size": self.max_frame_size,
+            "max_pending_calls": self.max_pending_calls,
+            "max_streams": self.max_streams,
+            "max_held_bytes": half,
+            "max_pending_bytes": half,
+        }
 
     def websocket_kwargs(self) -> dict[str, Any]:
         """Options for the WebSocket library's server or client."""

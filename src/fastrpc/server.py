@@ -387,12 +387,7 @@ class Server:
             greeted=client_id is not None,
             relay=self.json_peers,
             relay_timeout=o.output_stall_timeout,
-            max_message_size=o.max_message_size,
-            max_item_size=o.max_frame_size,
-            max_pending_calls=o.max_pending_calls,
-            max_streams=o.max_streams,
-            max_held_bytes=o.max_connection_memory // 2,
-            max_pending_bytes=o.max_connection_memory // 2,
+            **o.json_limits(),
         )
         peer.identity = self._identity(transport)
         try:
