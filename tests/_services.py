@@ -77,7 +77,24 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
             proc.wait(timeout)
 
 
-class Redis:
+class _Process:
+    """A server process of a test, in a temporary folder of its own: ``stop`` ends it
+    by its pid, ``close`` also removes the folder."""
+
+    dir: str | Path
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Redis(_Process):
     """A redis-server without persistence (a restart loses every key, as an
     ephemeral cache would) on a loopback port of its own."""
 
@@ -97,15 +114,6 @@ class Redis:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def free_ports(n: int) -> int:
@@ -139,7 +147,7 @@ def documented_nginx_config() -> str:
     return text[start : text.index("```", start)]
 
 
-class Nginx:
+class Nginx(_Process):
     """nginx running ``http_block`` (the docs' configuration with its ports replaced)
     in a temporary prefix, in the foreground, stopped by pid."""
 
@@ -165,15 +173,6 @@ class Nginx:
             stop(self.proc)
             raise RuntimeError(f"nginx did not start: {(self.dir / 'error.log').read_text()}") from None
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 TESTS = Path(__file__).resolve().parent

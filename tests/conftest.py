@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,16 @@ def codec_pair() -> tuple[ModuleType, ModuleType]:
     if _COMPILED is None:
         pytest.skip(_NO_COMPILED_REASON)
     return _COMPILED, importlib.import_module(PURE_CODEC)
+
+
+@pytest.fixture
+def redis() -> Iterator[Any]:
+    """A fresh redis-server on loopback for one test (tests/_services.Redis; skipped
+    with the reason where redis-server is not installed)."""
+    from _services import Redis
+
+    r = Redis().start()
+    try:
+        yield r
+    finally:
+        r.close()

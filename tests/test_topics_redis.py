@@ -7,7 +7,6 @@ test_workers.py runs real worker processes behind nginx."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,15 +21,6 @@ from fastrpc.redis_broker import RedisBroker
 from fastrpc.topics import Item
 
 pytestmark = pytest.mark.external
-
-
-@pytest.fixture
-def redis() -> Iterator[Redis]:
-    r = Redis().start()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def serve(redis: Redis, **kw: Any) -> fastrpc.Server:

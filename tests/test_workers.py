@@ -27,15 +27,6 @@ FAST_RETRY = fastrpc.RetryPolicy(initial_delay=0.05, max_delay=0.2, max_attempts
 
 
 @pytest.fixture
-def redis() -> Iterator[Redis]:
-    r = Redis().start()
-    try:
-        yield r
-    finally:
-        r.close()
-
-
-@pytest.fixture
 def workers(redis: Redis) -> Iterator[tuple[Workers, list[int]]]:
     base = free_ports(3)
     w = Workers(3, base, redis.url, "--distinct-ports")
