@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import uvloop
+from _util import recv_binary
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WSClosed
 
@@ -483,6 +484,8 @@ class Attacker:
         if wait_hello:
             try:
                 reply = await asyncio.wait_for(ws.recv(), 5)
+                if isinstance(reply, str) and reply.startswith('{"category":"welcome"') and hello:
+                    reply = await recv_binary(ws)  # our HELLO came after json_wait
             except WSClosed:
                 return self
             if isinstance(reply, bytes):
@@ -512,7 +515,7 @@ class Attacker:
         return True
 
     async def recv_frames(self, timeout: float = 5.0) -> list[Any]:
-        msg = await asyncio.wait_for(self.ws.recv(), timeout)
+        msg = await recv_binary(self.ws, timeout)
         return F.decode_message(msg, 1 << 40)  # type: ignore[no-any-return]
 
     def start_reading(self, count: bool = False) -> None:

@@ -23,6 +23,7 @@ import zlib
 import msgspec
 import pytest
 from _hostile import ERROR_CODES, Attacker, Context, Outcome, RawWS, frame, hostile, request
+from _util import recv_binary
 
 from fastrpc import frames as F
 from fastrpc import options as O
@@ -406,11 +407,11 @@ async def _session(url: str) -> tuple[Attacker, Connection]:
     """A resumable session with one call answered; the client core tracks positions."""
     core = _client_core()
     a = await Attacker.open(url, hello=core.handshake(), wait_hello=False)
-    core.receive_message(await a.ws.recv())
+    core.receive_message(await recv_binary(a.ws))
     core.send_request("add", ADD_ARGS)
     await a.send(core.next_message())
     while core.pending_calls:
-        core.receive_message(await asyncio.wait_for(a.ws.recv(), 5))
+        core.receive_message(await recv_binary(a.ws))
     assert core.session.token is not None
     return a, core
 
@@ -510,7 +511,7 @@ def test_resume_flood(kind: str) -> None:
                 await a.abort()
                 core.new_transport()
                 a = await Attacker.open(ctx.url, hello=core.next_message(), wait_hello=False)
-                core.receive_message(await asyncio.wait_for(a.ws.recv(), 5))
+                core.receive_message(await recv_binary(a.ws))
                 n += 1
             await a.close()
         await asyncio.sleep(0.3)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from _proxy import Proxy, proxy
-from _util import run, until
+from _util import recv_binary, run, until
 from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
@@ -222,7 +222,7 @@ async def _handshake(url: str, token: bytes | None) -> F.Frame:
     core.session.transports = 2 if token is not None else 1
     async with ws_connect(url, compression=None, ping_interval=None) as ws:
         await ws.send(core.handshake())
-        frames = F.decode_message(await asyncio.wait_for(ws.recv(), 5))
+        frames = F.decode_message(await recv_binary(ws))
     assert frames[0].type == F.HELLO and frames[1].type == F.RESUME_OK
     return frames[1]
 
