@@ -484,7 +484,12 @@ class Attacker:
         if wait_hello:
             try:
                 reply = await asyncio.wait_for(ws.recv(), 5)
-                if isinstance(reply, str) and reply.startswith('{"category":"welcome"') and hello:
+                if (
+                    isinstance(reply, str)
+                    and isinstance(hello, bytes)
+                    and hello
+                    and reply.startswith('{"category":"welcome"')
+                ):
                     reply = await recv_binary(ws)  # our HELLO came after json_wait
             except WSClosed:
                 return self

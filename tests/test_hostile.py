@@ -146,9 +146,37 @@ def ping_backlog_split(where: str) -> None:
     hostile(f"PING backlog split into 1 KiB messages ({where})", attack, options=options, expect={1008}).verify()
 
 
-@pytest.mark.parametrize("where", ["client_hello_1k"])  # server_64k: tests/open_hostile.py
+@pytest.mark.parametrize("where", ["client_hello_1k", "server_64k"])
 def test_ping_backlog_split_into_small_messages(where: str) -> None:
+    # server_64k: ~900 PINGs a message, fewer than MAX_PINGS due at once, from a peer
+    # that reads its PONGs: max_ping_rate closes it.
     ping_backlog_split(where)
+
+
+def test_websocket_ping_flood_never_reading() -> None:
+    # WebSocket PINGs (125 bytes, the most RFC 6455 allows), 64 KiB of them a write,
+    # from a client that never reads: each would be answered into our write buffer.
+    hello = Connection(Role.CLIENT).handshake()
+    chunk = RawWS.encode(9, b"p" * 125) * 512
+
+    async def attack(ctx: Context) -> Outcome:
+        ws = await RawWS.open(ctx.url, rcvbuf=4096)
+        ws.write(RawWS.encode(2, hello))
+        seen = len(ctx.server.closes)
+        sent = 0
+        try:
+            while ctx.keep_going(4) and len(ctx.server.closes) == seen:
+                ws.write(chunk)
+                await asyncio.wait_for(ws.drain(), 1)
+                sent += len(chunk)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        ctx.note("kib_sent", sent // KiB)
+        out = await ws.close_code(4)
+        ws.abort()
+        return out
+
+    hostile("WebSocket PING flood, never reading", attack, expect={1008}).verify()
 
 
 @pytest.mark.parametrize("kind", ["extension", "pong"])

@@ -16,6 +16,8 @@ import pytest
 
 from fastrpc import compression as C
 from fastrpc import frames as F
+from fastrpc import options as O
+from fastrpc.budget import PingLimit
 from fastrpc.events import (
     CallCancelled,
     CallFailed,
@@ -1039,6 +1041,40 @@ def test_ping_is_answered_with_pong() -> None:
     msg = s.next_message()
     assert frames_of(msg) == [(F.PONG, 0, 0, b"12345678")]
     assert c.receive_message(msg) == [PongReceived(b"12345678")]
+
+
+def _ping_until_refused(s: Connection, count: int) -> int:
+    """Send ``s`` PINGs in messages of 512, reading its PONGs between them; the number
+    it answered before it refused one (all of them if none was refused)."""
+    answered = 0
+    ping = F.encode_frame(F.PING, 0, 0, b"12345678")
+    for _ in range(count // 512):
+        try:
+            s.receive_message(ping * 512)
+        except LimitExceeded as e:
+            assert "max_ping_rate" in str(e) and "1000 a second" in str(e)
+            return answered + sum(f[0] == F.PONG for m in messages(s) for f in frames_of(m))
+        answered += sum(f[0] == F.PONG for m in messages(s) for f in frames_of(m))
+    return answered
+
+
+def test_pings_past_max_ping_rate_are_refused() -> None:
+    # A peer that reads its PONGs may still not ask for them as fast as it writes:
+    # bursts of PING_BURST, then MAX_PING_RATE a second. 4096 PINGs take a few ms
+    # here, far less than the 3 s the bucket would need to refill them.
+    answered = _ping_until_refused(server_after_hello(), 4096)
+    assert O.PING_BURST <= answered < 2 * O.PING_BURST
+    assert _ping_until_refused(server_after_hello(max_ping_rate=None), 4096) == 4096
+
+
+def test_ping_limit_refills_at_its_rate() -> None:
+    now = [0.0]
+    limit = PingLimit(10.0, 4, clock=lambda: now[0])
+    assert [limit.take() for _ in range(5)] == [True, True, True, True, False]
+    now[0] += 0.1  # one PING's worth
+    assert [limit.take(), limit.take()] == [True, False]
+    now[0] += 60  # refills to the burst, no further
+    assert sum(limit.take() for _ in range(10)) == 4
 
 
 def test_urgency_order() -> None:

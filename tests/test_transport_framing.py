@@ -9,12 +9,15 @@ sans-I/O protocol, over real loopback sockets (differential, fuzzed with hypothe
 * our client's masked frames are parsed by websockets' own server (an echo), and its
   unmasked answers by our client's framer;
 * the bounds: a frame over max_size (1009), more than 4096 fragments (1009), invalid
-  UTF-8 in a text message (1007), an unmasked client frame (1002).
+  UTF-8 in a text message (1007), an unmasked client frame (1002), PINGs past
+  max_ping_rate (1008); a peer that does not read gets only its latest PING answered;
+* a server's hook on the opening request (authenticate) refuses or accepts there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from _util import run
@@ -130,7 +133,8 @@ def test_our_server_reads_what_websockets_writes(
     async def main() -> None:
         received: list[tuple[str, Any]] = []
         done = asyncio.get_running_loop().create_future()
-        server = await _server(_collect(received, done, len(messages)), max_size=1 << 20)
+        # Up to 4,000 pings in a burst: past PING_BURST, so max_ping_rate is lifted here.
+        server = await _server(_collect(received, done, len(messages)), max_size=1 << 20, max_ping_rate=None)
         try:
             client = await RawClient.open(server.sockets[0].getsockname()[1])
             ws = client.ws
@@ -209,7 +213,7 @@ def test_our_client_against_websockets_server() -> None:
     run(main(), 20)
 
 
-def _bound(frames: list[bytes], max_size: int = 1 << 20) -> int | None:
+def _bound(frames: list[bytes], max_size: int = 1 << 20, **options: Any) -> int | None:
     async def main() -> int | None:
         async def handler(t: Transport) -> None:
             try:
@@ -218,7 +222,7 @@ def _bound(frames: list[bytes], max_size: int = 1 << 20) -> int | None:
             except Exception:
                 pass
 
-        server = await _server(handler, max_size=max_size)
+        server = await _server(handler, max_size=max_size, **options)
         try:
             client = await RawClient.open(server.sockets[0].getsockname()[1])
             client.writer.write(b"".join(frames))
@@ -251,3 +255,111 @@ def test_invalid_utf8_closes_1007() -> None:
 
 def test_unmasked_client_frame_closes_1002() -> None:
     assert _bound([bytes((0x82, 3)) + b"abc"]) == 1002
+
+
+def test_pings_past_max_ping_rate_close_1008() -> None:
+    # Bursts of PING_BURST (1024), then max_ping_rate a second.
+    assert _bound([_masked(0x89, b"p")] * 1500) == 1008
+
+
+def test_pings_are_all_answered_without_max_ping_rate() -> None:
+    async def main() -> None:
+        server = await _server(lambda t: t.recv(10), max_ping_rate=None)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            client.writer.write(_masked(0x89, b"p") * 1500)
+            pongs = 0
+            while pongs < 1500:
+                data = await asyncio.wait_for(client.reader.read(1 << 20), 5)
+                assert data, "connection closed"
+                client.ws.receive_data(data)
+                pongs += sum(isinstance(ev, Frame) and ev.opcode is Opcode.PONG for ev in client.ws.events_received())
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_a_peer_that_does_not_read_gets_its_latest_pong_only() -> None:
+    # While our writes wait for the peer to read (past the write limit), its PINGs are
+    # not answered one by one into the buffer: once it reads, the latest one is.
+    async def main() -> None:
+        sent = asyncio.get_running_loop().create_future()
+
+        async def handler(t: Transport) -> None:
+            with contextlib.suppress(Exception):
+                while t.buffered() < 4 << 20:  # past the kernel's buffers and the write limit
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(t.send(bytes(1 << 19)), 0.05)
+                sent.set_result(None)
+                await t.recv(10)
+
+        server = await _server(handler)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            await asyncio.wait_for(sent, 5)
+            client.writer.write(b"".join(_masked(0x89, b"%03d" % i) for i in range(200)))
+            await asyncio.sleep(0.2)  # the server reads them all while its output waits
+            pongs: list[bytes] = []
+            while not pongs or pongs[-1] != b"199":
+                data = await asyncio.wait_for(client.reader.read(1 << 20), 5)
+                assert data, "connection closed"
+                client.ws.receive_data(data)
+                pongs += [
+                    ev.data for ev in client.ws.events_received() if isinstance(ev, Frame) and ev.opcode is Opcode.PONG
+                ]
+            assert len(pongs) < 10, pongs  # not 200
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_a_hook_on_the_opening_request_runs_on_the_data_path() -> None:
+    # start_server(hook=...): the server's authenticate. It may take its time (nothing
+    # is read meanwhile, and a frame sent right behind the request is not lost),
+    # refuse with an HTTP answer, or accept and leave an identity on the transport.
+    async def hook(connection: Any, request: Any) -> Any:
+        await asyncio.sleep(0.05)
+        if request.path == "/no":
+            return connection.respond(403, "no\n")
+        connection.identity = request.path
+        return None
+
+    async def handler(t: Transport) -> None:
+        msg = await t.recv(5)
+        await t.send(f"{t.identity} {msg!r}")
+        await t.recv(5)
+
+    async def upgrade(port: int, path: str, then: bytes = b"") -> tuple[bytes, asyncio.StreamReader, Any]:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            + then
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        return head, reader, writer
+
+    async def main() -> None:
+        server = await start_server(handler, HOST, 0, hook=hook, compression=None, ping_interval=None)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            head, _, writer = await upgrade(port, "/no")
+            assert head.startswith(b"HTTP/1.1 403"), head
+            writer.close()
+            head, reader, writer = await upgrade(port, "/me", then=_masked(0x82, b"hi"))
+            assert head.startswith(b"HTTP/1.1 101"), head
+            b0, n = await asyncio.wait_for(reader.readexactly(2), 5)
+            assert b0 == 0x81
+            assert await reader.readexactly(n) == b"/me b'hi'"
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)

@@ -144,7 +144,6 @@ class AsgiTransport(Transport):
         "_room",
         "_send",
         "_write_limit",
-        "identity",
         "scope",
     )
 

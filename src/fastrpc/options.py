@@ -53,6 +53,13 @@ OUTPUT_STALL_TIMEOUT = 2.0
 # the event loop serving other connections in between.
 FRAMES_PER_SLICE = 2048
 
+# PINGs a peer may send (fastrpc's and WebSocket's, each counted on its own): bursts of
+# PING_BURST, then MAX_PING_RATE a second; past it the connection is closed (1008).
+# Keepalive sends one every few seconds; None turns the limit off (a tight loop of
+# RpcPeer.ping() measuring round trips, say).
+MAX_PING_RATE: float | None = 1000.0
+PING_BURST = 1024
+
 # -- liveness --------------------------------------------------------------------------
 # A silent partition is noticed within interval + timeout (20 s) for one tiny frame each
 # way every 10 s; docs/protocol.md, "Noticing a silent partition".
@@ -160,6 +167,7 @@ class PeerOptions:
     max_detached_replay: int = MAX_DETACHED_REPLAY
     max_output_backlog: int = MAX_OUTPUT_BACKLOG
     output_stall_timeout: float = OUTPUT_STALL_TIMEOUT
+    max_ping_rate: float | None = MAX_PING_RATE
     # The seed's JSON mode (server): see JSON_WAIT; paths whose connections are JSON
     # from the start (welcomed at once, never binary).
     json_wait: float | None = JSON_WAIT
@@ -222,4 +230,5 @@ class PeerOptions:
             # Messages the library holds before it stops reading the socket: with
             # max_size, what one peer can park in it (4 x 4 MiB; its default 16 x).
             "max_queue": WS_MAX_QUEUE,
+            "max_ping_rate": self.max_ping_rate,  # WebSocket PINGs (the data path's)
         }

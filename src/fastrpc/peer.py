@@ -92,6 +92,7 @@ class RpcPeer(PeerIO):
         output_stall_timeout: float = O.OUTPUT_STALL_TIMEOUT,
         max_connection_memory: int = O.MAX_CONNECTION_MEMORY,
         introspection: bool = False,
+        max_ping_rate: float | None = O.MAX_PING_RATE,
     ) -> None:
         self._transport = transport
         self._max_backlog = max_output_backlog
@@ -104,7 +105,7 @@ class RpcPeer(PeerIO):
         if manager.initial_window != settings.initial_stream_window:
             settings.initial_stream_window = manager.initial_window
         # For a new session's core (a client whose session could not be resumed).
-        self._core_options = (compression_threshold, max_replay_bytes, max_connection_memory)  # a tuple: small
+        self._core_options = (compression_threshold, max_replay_bytes, max_connection_memory, max_ping_rate)
         self._core = self._new_core(role, settings, manager)
         self._link = StreamLink(self._loop, self._core, self, self._codec)
         self.streams = manager
@@ -146,13 +147,14 @@ class RpcPeer(PeerIO):
     # ------------------------------------------------------------ life cycle
 
     def _new_core(self, role: Role, settings: Settings, manager: StreamManager) -> Connection:
-        threshold, max_replay, memory = self._core_options
+        threshold, max_replay, memory, ping_rate = self._core_options
         return Connection(
             role,
             settings,
             compression_threshold=threshold,
             max_replay_bytes=max_replay,
             max_connection_memory=memory,
+            max_ping_rate=ping_rate,
             **manager.core_options(),
         )
 
@@ -515,4 +517,5 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         "output_stall_timeout": options.output_stall_timeout,
         "max_connection_memory": options.max_connection_memory,
         "introspection": options.introspection,
+        "max_ping_rate": options.max_ping_rate,
     }

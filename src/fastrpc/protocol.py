@@ -21,7 +21,7 @@ from typing import Union
 from . import compression as _compression
 from . import frames as F
 from . import options as O
-from .budget import MemoryBudget
+from .budget import MemoryBudget, PingLimit
 from .calls import FLAG_RAW, CallTable, decode_error, encode_error
 from .events import (
     CallCancelled,
@@ -99,6 +99,8 @@ class Connection:
         "_out",
         "_outbound",
         "_peer_parity",
+        "_ping_limit",
+        "_ping_rate",
         "_sched",
         "batch_size",
         "bytes_in",
@@ -127,6 +129,7 @@ class Connection:
         max_window: int = 0,  # 0: windows keep their initial size (StreamManager passes its own)
         max_growth: int = O.MAX_GROWTH,
         max_connection_memory: int = O.MAX_CONNECTION_MEMORY,
+        max_ping_rate: float | None = O.MAX_PING_RATE,
     ) -> None:
         self.role = role
         self.settings = settings = settings or Settings()
@@ -148,6 +151,8 @@ class Connection:
         self._inbound = InboundStreams(self._sched.control, self._flow, self._calls, self._peer_parity, budget)
         self._message_limit = 0
         self._algorithm = 0
+        self._ping_rate = max_ping_rate
+        self._ping_limit: PingLimit | None = None  # made at the first PING
         # Traffic counters (positions, for resumption, are frames_in / frames_out).
         self.messages_out = self.frames_out = self.bytes_out = 0
         self.messages_in = self.frames_in = self.bytes_in = 0
@@ -601,6 +606,7 @@ class Connection:
             elif t == F.PING:
                 if len(f.payload) > MAX_PING_PAYLOAD:
                     raise ProtocolError(f"PING payload of {len(f.payload)} bytes (at most {MAX_PING_PAYLOAD})")
+                self._count_ping()
                 if not self.closed and self._sched.pong(f.payload) > MAX_PINGS:
                     raise LimitExceeded(
                         f"more than {MAX_PINGS} PINGs wait for their PONG (the peer pings faster than it reads)"
@@ -684,6 +690,15 @@ class Connection:
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
             s.last_event = inbound.message_count
             events.append(StreamReadable(fid))
+
+    def _count_ping(self) -> None:
+        if self._ping_rate is None:
+            return
+        limit = self._ping_limit
+        if limit is None:
+            limit = self._ping_limit = PingLimit(self._ping_rate, O.PING_BURST)
+        if not limit.take():
+            raise LimitExceeded(limit.describe("max_ping_rate"))
 
     def _on_error(self, f: F.Frame, events: list[Event]) -> None:
         event, streaming = self._calls.on_error(f)

@@ -118,17 +118,15 @@ class Server:
 
     async def start(self) -> Server:
         """Start listening; returns the server (``await serve(...).start()``)."""
-        ws_kwargs = dict(self._ws_kwargs)
-        if self.authenticate is not None:
-            ws_kwargs["process_request"] = self._process_request(ws_kwargs.get("process_request"))
         await self.topics.start()
         self._server = await start_server(
             self._connection,
             self.host,
             self._port,
             http=self.static,
+            hook=self._authenticate if self.authenticate is not None else None,
             **self.options.websocket_kwargs(),
-            **ws_kwargs,
+            **self._ws_kwargs,
         )
         return self
 
@@ -138,39 +136,32 @@ class Server:
         await self._connection(transport)
 
     def _identity(self, transport: Transport) -> Any:
-        """The identity authenticate() gave this connection (an ASGI transport carries
-        its own: fastrpc.asgi)."""
+        """The identity authenticate() gave this connection: kept on the transport (the
+        data path's, an ASGI one), or here for websockets' own connections."""
         ws = getattr(transport, "ws", None)
-        return self._identities.pop(ws, None) if ws is not None else getattr(transport, "identity", None)
+        return self._identities.pop(ws, None) if ws is not None else transport.identity
 
-    def _process_request(self, before: Callable[..., Any] | None) -> Callable[..., Awaitable[Any]]:
-        """The WebSocket library's ``process_request`` hook that runs ``authenticate``
-        (after the user's own ``process_request``, if any): an HTTP 401/403 answer
-        refuses the connection before the upgrade."""
+    async def _authenticate(self, connection: Any, request: Any) -> Any:
+        """The opening request's hook (transport.start_server) that runs ``authenticate``:
+        an HTTP 401/403 answer refuses the connection before the upgrade."""
         hook = self.authenticate
         assert hook is not None
-
-        async def process_request(connection: Any, request: Any) -> Any:
-            if before is not None:
-                answer = before(connection, request)
-                if inspect.isawaitable(answer):
-                    answer = await answer
-                if answer is not None:
-                    return answer
-            address = connection.remote_address
-            req = HandshakeRequest.from_target(request.path, request.headers, address)
-            try:
-                self._identities[connection] = await run_authenticate(hook, req)
-            except AuthError as e:
-                logger.debug("connection from %s to %s refused: HTTP %d %s", address, req.path, e.status, e.reason)
-                status, body = refusal(e)
-                return connection.respond(http.HTTPStatus(status), body)
-            except Exception:
-                logger.exception("authenticate hook failed for a connection from %s", address)
-                return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
-            return None
-
-        return process_request
+        address = connection.remote_address
+        req = HandshakeRequest.from_target(request.path, request.headers, address)
+        try:
+            identity = await run_authenticate(hook, req)
+            if isinstance(connection, Transport):
+                connection.identity = identity
+            else:  # websockets' own connection
+                self._identities[connection] = identity
+        except AuthError as e:
+            logger.debug("connection from %s to %s refused: HTTP %d %s", address, req.path, e.status, e.reason)
+            status, body = refusal(e)
+            return connection.respond(http.HTTPStatus(status), body)
+        except Exception:
+            logger.exception("authenticate hook failed for a connection from %s", address)
+            return connection.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, "authentication failed\n")
+        return None
 
     async def _connection(self, transport: Transport) -> None:
         # The first message tells a fastrpc client (binary HELLO) from a client of the

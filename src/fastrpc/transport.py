@@ -11,7 +11,10 @@ Two implementations of one :class:`Transport` interface:
   the peer's receiver in the same callback: no reader task, no future per message,
   no assembler queue. Outgoing data messages are framed here (a header, then the
   payload as is, through ``writelines``: no copy on the server side) while the
-  connection is open; control frames go through the sans-I/O protocol.
+  connection is open; control frames go through the sans-I/O protocol, except the
+  peer's PINGs (``_Wire._ping``: ``max_ping_rate``, and only the latest answered while
+  the peer does not read). A server's hook on the opening request (static files,
+  ``authenticate``: ``start_server(http=, hook=)``) runs here too, reading paused.
 ``notsent_lowat`` (bytes; default None: off), given to ``serve`` / ``connect`` with the
 other WebSocket options, sets TCP_NOTSENT_LOWAT on the data path's sockets: for slow
 links, where urgency should decide what leaves next (bench/priority.py).
@@ -58,6 +61,8 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
+from .budget import PingLimit
+from .options import MAX_PING_RATE, PING_BURST
 from .static import HttpResponse
 
 __all__ = [
@@ -79,10 +84,14 @@ _CLOSED = _State.CLOSED
 MAX_FRAGMENTS = 4096  # WebSocket fragments of one message (websockets' own cap)
 # websockets options the data path implements; any other selects the library's connection.
 _WIRE_OPTIONS = {"compression", "max_size", "ping_interval", "ping_timeout", "write_limit", "max_queue"}
-_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat"}
+_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat", "max_ping_rate"}
 
 # Answers an HTTP request before the upgrade: (path, headers) -> a response, or None.
 HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, None]]]
+# A server's hook on the opening request of a data-path connection: an HTTP answer
+# refuses the upgrade, None accepts it (Server's authenticate, static files).
+WireHook = Callable[["_Wire", Request], Awaitable[Union[Response, None]]]
+_DECIDING: set[asyncio.Task[None]] = set()  # hooks running (a task needs a reference)
 Receiver = Callable[[Any], None]  # one received message: bytes (binary) or str (text)
 LostHook = Callable[[BaseException | None], None]  # None: a clean close
 
@@ -90,9 +99,11 @@ LostHook = Callable[[BaseException | None], None]  # None: a clean close
 class Transport:
     """One WebSocket connection, as the peer uses it (see the module docstring)."""
 
-    __slots__ = ("_end", "_ended_flag", "_fed", "_inbox", "_lost", "_max_queue", "_receiver", "_waiter")
+    __slots__ = ("_end", "_ended_flag", "_fed", "_inbox", "_lost", "_max_queue", "_receiver", "_waiter", "identity")
 
     def __init__(self, max_queue: int | None) -> None:
+        # Who the peer is, as a server's authenticate hook said (None: not asked).
+        self.identity: Any = None
         self._receiver: Receiver | None = None
         self._lost: LostHook | None = None
         self._fed: Callable[[], None] | None = None
@@ -290,8 +301,13 @@ def _drop(msg: Any) -> None:
 _PACK_16 = struct.Struct("!BBH").pack
 _PACK_64 = struct.Struct("!BBQ").pack
 _BINARY_FIN = 0x82
-# _Wire._mode: the HTTP handshake; our framer reads data frames; websockets reads all.
-_HEAD, _FRAMING, _LIBRARY = 0, 1, 2
+# _Wire._mode: the HTTP handshake; our framer reads data frames; websockets reads all;
+# we failed the connection and drop what the peer still sends (RFC 6455 7.1.7).
+_HEAD, _FRAMING, _LIBRARY, _FAILED = 0, 1, 2, 3
+# Bytes dropped after failing a connection before we stop reading it: a peer that keeps
+# writing into a failed connection (a flood) stops costing our CPU, and can still read
+# our close frame until close_timeout drops the TCP connection.
+_FAILED_DISCARD = 1 << 20
 _MAX_HEAD = 64 << 10
 
 
@@ -328,8 +344,10 @@ class _Wire(Transport, asyncio.Protocol):
         "_close_timeout",
         "_close_timer",
         "_closed",
+        "_discarded",
         "_drain",
         "_high",
+        "_hook",
         "_lowat",
         "_max_size",
         "_mode",
@@ -339,8 +357,11 @@ class _Wire(Transport, asyncio.Protocol):
         "_parts",
         "_paused_reading",
         "_ping_interval",
+        "_ping_rate",
         "_ping_timer",
         "_pinged",
+        "_pings",
+        "_pong_due",
         "_request",
         "_tcp",
         "_ws",
@@ -357,8 +378,11 @@ class _Wire(Transport, asyncio.Protocol):
         max_size: int | None,
         notsent_lowat: int | None = None,
         on_open: Callable[[_Wire], None] | None = None,
+        max_ping_rate: float | None = None,
+        hook: WireHook | None = None,
     ) -> None:
         Transport.__init__(self, max_queue)
+        self._hook = hook
         self._ws = ws
         self._client = isinstance(ws, ClientProtocol)
         self._tcp: asyncio.Transport = None  # type: ignore[assignment]
@@ -368,6 +392,9 @@ class _Wire(Transport, asyncio.Protocol):
         self._ping_interval = ping_interval
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pinged = False
+        self._ping_rate = max_ping_rate
+        self._pings: PingLimit | None = None  # made at the peer's first PING
+        self._pong_due: bytes | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._on_open = on_open
         loop = asyncio.get_running_loop()
@@ -379,6 +406,7 @@ class _Wire(Transport, asyncio.Protocol):
         self._request: Request | None = None
         self._mode = _HEAD
         self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
+        self._discarded = 0
         self._max_size = max_size if max_size is not None else 1 << 62
         self._open_timer: asyncio.TimerHandle | None = None
 
@@ -401,6 +429,10 @@ class _Wire(Transport, asyncio.Protocol):
                 self._frames(data)
             elif mode == _HEAD:
                 self._head(data)
+            elif mode == _FAILED:
+                self._discarded += len(data)
+                if self._discarded > _FAILED_DISCARD:
+                    self._tcp.pause_reading()
             else:
                 self._parse(data)
         finally:
@@ -423,8 +455,10 @@ class _Wire(Transport, asyncio.Protocol):
         head = bytes(buf[: end + 4])
         del buf[: end + 4]
         self._parse(head)
-        if self._mode == _HEAD:  # not open: websockets reads the rest (a body, EOF)
-            self._mode = _LIBRARY
+        if self._mode == _HEAD:
+            if self._hook is not None and self._request is not None:
+                return  # the hook decides; reading waits, the rest stays in _buf (_decided)
+            self._mode = _LIBRARY  # not open: websockets reads the rest (a body, EOF)
         if buf:
             rest = bytes(buf)
             buf.clear()
@@ -483,6 +517,14 @@ class _Wire(Transport, asyncio.Protocol):
                         self.feed(payload)
                     else:
                         self._text(payload)
+                elif b0 == 0x89 and b1 & 0x80 == masked and length <= 125:
+                    start = pos + head
+                    if masked:
+                        payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                    else:
+                        payload = view[start:end].tobytes()
+                    pos = end
+                    self._ping(payload)
                 else:
                     frame = view[pos:end].tobytes()
                     pos = end
@@ -547,9 +589,28 @@ class _Wire(Transport, asyncio.Protocol):
             return
         self.feed(text)
 
+    def _ping(self, payload: bytes) -> None:
+        """A WebSocket PING: answered at once, unless the peer is over max_ping_rate
+        (closed, 1008) or does not read what we write (only its latest PING is
+        answered, once it reads again: RFC 6455 5.5.3 allows it). Either way a PING
+        flood cannot grow our write buffer."""
+        if self._ping_rate is not None:
+            limit = self._pings
+            if limit is None:
+                limit = self._pings = PingLimit(self._ping_rate, PING_BURST)
+            if not limit.take():
+                self._fail(1008, limit.describe("max_ping_rate"))
+                return
+        if self._drain is not None:
+            self._pong_due = payload
+            return
+        self._ws.send_pong(payload)
+        self._send_data()
+
     def _fail(self, code: int, reason: str) -> None:
         if self._ws.state is _OPEN:
-            self._mode = _LIBRARY
+            self._mode = _FAILED
+            self._discarded = 0
             self._ws.fail(code, reason)
             self._send_data()
             self._closing()
@@ -559,8 +620,47 @@ class _Wire(Transport, asyncio.Protocol):
         if type(ev) is Request:
             server: ServerProtocol = ws  # type: ignore[assignment]
             self._request = ev
+            if self._hook is not None:
+                self._tcp.pause_reading()
+                task = asyncio.get_running_loop().create_task(self._decide(ev, self._hook))
+                _DECIDING.add(task)
+                task.add_done_callback(_DECIDING.discard)
+                return
             server.send_response(server.accept(ev))
             self._send_data()
+        self._handshake_done()
+
+    async def _decide(self, request: Request, hook: WireHook) -> None:
+        """Run the server's hook on the opening request (files, authentication): its
+        HTTP answer refuses the upgrade; None accepts it. Nothing is read meanwhile."""
+        server: ServerProtocol = self._ws  # type: ignore[assignment]
+        try:
+            response = await hook(self, request)
+        except Exception as e:
+            server.handshake_exc = e
+            response = server.reject(500, "Failed to open a WebSocket connection.\n")
+        if self._tcp.is_closing():
+            return
+        server.send_response(response if response is not None else server.accept(request))
+        self._send_data()
+        self._handshake_done()
+        if self._mode == _HEAD:
+            self._mode = _LIBRARY  # refused: websockets reads the rest (a body, EOF)
+        if not self._tcp.is_closing():
+            self._tcp.resume_reading()
+        if self._buf:
+            rest = bytes(self._buf)
+            self._buf.clear()
+            self.data_received(rest)
+
+    def respond(self, status: int, text: str) -> Response:
+        """An HTTP answer refusing the upgrade (for a server's hook; as websockets'
+        ``ServerConnection.respond``)."""
+        server: ServerProtocol = self._ws  # type: ignore[assignment]
+        return server.reject(status, text)
+
+    def _handshake_done(self) -> None:
+        ws = self._ws
         if self._open_timer is not None:
             self._open_timer.cancel()
             self._open_timer = None
@@ -606,6 +706,10 @@ class _Wire(Transport, asyncio.Protocol):
             self._drain = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        pong, self._pong_due = self._pong_due, None
+        if pong is not None and self._ws.state is _OPEN:
+            self._ws.send_pong(pong)
+            self._send_data()
         self._wake_drain(None)
 
     def _wake_drain(self, exc: BaseException | None) -> None:
@@ -850,7 +954,9 @@ def closed_info(exc: BaseException) -> tuple[int | None, str]:
 def _wire_ok(options: dict[str, Any]) -> bool:
     if set(options) <= _WIRE_OPTIONS and options.get("compression") is None:
         return True
-    options.pop("notsent_lowat", None)  # the data path's alone
+    # The data path's alone: websockets' own connection answers every PING.
+    options.pop("notsent_lowat", None)
+    options.pop("max_ping_rate", None)
     return False
 
 
@@ -869,6 +975,7 @@ async def open_connection(url: str, **options: Any) -> Transport:
         ping_interval=options.get("ping_interval", 20.0),
         max_size=options.get("max_size", 1 << 20),
         notsent_lowat=options.get("notsent_lowat"),
+        max_ping_rate=options.get("max_ping_rate", MAX_PING_RATE),
     )
     ssl = options.get("ssl", True if uri.secure else None)
     tcp, _ = await asyncio.wait_for(
@@ -922,35 +1029,38 @@ async def start_server(
     host: str,
     port: int,
     http: HttpHandler | None = None,
+    hook: Callable[[Any, Request], Awaitable[Response | None]] | None = None,
     **options: Any,
 ) -> WebSocketServer:
     """Serve WebSocket connections on ``host:port``; ``handler`` runs per connection.
 
-    ``http(path, headers)``: answers a request before the upgrade with an
-    :class:`~fastrpc.static.HttpResponse`, or None to go on (serve(..., static=DIR)).
-    It, like a caller's ``process_request`` (authentication), runs in websockets'
-    own server, which then carries the connections (the data path does not take
-    these hooks yet)."""
+    On each opening request, in order (the first HTTP answer refuses the upgrade):
+    ``http(path, headers)`` answers with an :class:`~fastrpc.static.HttpResponse` or
+    None to go on (serve(..., static=DIR)); a caller's websockets ``process_request``
+    option; ``hook(connection, request)`` (the server's authenticate). A
+    ``process_request`` option, like any option the data path does not implement,
+    puts the connections on websockets' own server."""
     server = WebSocketServer()
     loop = asyncio.get_running_loop()
-    if http is not None:
-        # Requests that are not upgrades first; then the caller's own hook, if any
-        # (authentication), for the upgrades.
-        before = options.get("process_request")
+    before = options.get("process_request")
 
-        async def process_request(ws: Any, request: Request) -> Response | None:
+    async def first(connection: Any, request: Request) -> Response | None:
+        if http is not None:
             answer = await http(request.path, request.headers)
             if answer is not None:
                 return Response(answer.status, answer.reason, Headers(answer.headers), answer.body)
-            if before is None:
-                return None
-            response = before(ws, request)
+        if before is not None:
+            response = before(connection, request)
             if inspect.isawaitable(response):
                 response = await response
-            return response  # type: ignore[no-any-return]
+            if response is not None:
+                return response  # type: ignore[no-any-return]
+        return await hook(connection, request) if hook is not None else None
 
-        options["process_request"] = process_request
+    hooked = http is not None or hook is not None
     if not _wire_ok(options):
+        if hooked:
+            options["process_request"] = first
 
         async def accept(ws: Any) -> None:
             await handler(_Library(ws, options.get("max_queue")))
@@ -987,6 +1097,8 @@ async def start_server(
             max_size=max_size,
             notsent_lowat=options.get("notsent_lowat"),
             on_open=opened,
+            max_ping_rate=options.get("max_ping_rate", MAX_PING_RATE),
+            hook=first if hooked else None,
         )
         wires.add(wire)
         if open_timeout is not None:
