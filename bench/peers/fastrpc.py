@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import fastrpc
 
-from . import HOST, inflight_with_workers
+from . import HOST, FeedRecorder, feed_item, inflight_with_workers, pace
+
+FEED = "feed"  # the fan-out scenarios' topic
 
 
 def info() -> dict[str, Any]:
@@ -44,6 +47,17 @@ def _router() -> fastrpc.Router:
     @router.method
     def echo(payload: bytes) -> bytes:
         return payload
+
+    @router.method
+    async def feed(count: int, size: int, rate: float) -> None:
+        """Publish ``count`` stamped items on the topic every subscriber follows
+        (``block`` policy: as fast as the slowest subscription takes them)."""
+        publish = fastrpc.current_peer().server.publish  # type: ignore[union-attr]
+        start = time.perf_counter()
+        for i in range(count):
+            await publish(FEED, feed_item(i, size))
+            if rate:
+                await pace(start, i, rate)
 
     @router.method
     async def idle() -> AsyncIterator[bytes]:
@@ -132,3 +146,39 @@ class _IdleStreams:
 
 async def idle_streams(port: int) -> _IdleStreams:
     return _IdleStreams(await fastrpc.connect(f"ws://{HOST}:{port}"))
+
+
+class _Fanout:
+    """``subs`` connections, each with a subscription to the feed (topics:
+    ``server.publish`` / ``peer.subscribe``, default settings) and a task reading it."""
+
+    def __init__(self, peers: list[fastrpc.RpcPeer], subs: list[Any], rec: FeedRecorder) -> None:
+        self.peers = peers
+        self.subs = subs
+        self.readers = [asyncio.ensure_future(self._read(s, rec.got)) for s in subs]
+
+    @staticmethod
+    async def _read(sub: Any, got: Any) -> None:
+        async for ev in sub:
+            got(ev.value)
+
+    async def feed(self, count: int, size: int, rate: float) -> None:
+        # Returns once the server has published everything (with `block`, about when
+        # the subscriptions have taken it); the recorder times the delivery.
+        await self.peers[0].call("feed", count, size, rate)
+
+    async def close(self) -> None:
+        for r in self.readers:
+            r.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*(s.aclose() for s in self.subs))
+        await asyncio.gather(*(p.close() for p in self.peers))
+
+
+async def fanout_subscribers(port: int, subs: int, rec: FeedRecorder) -> _Fanout:
+    url = f"ws://{HOST}:{port}"
+    peers: list[fastrpc.RpcPeer] = []
+    for k in range(0, subs, 50):
+        peers += await asyncio.gather(*(fastrpc.connect(url) for _ in range(min(50, subs - k))))
+    started = await asyncio.gather(*(p.subscribe(FEED).start() for p in peers))
+    return _Fanout(peers, list(started), rec)
