@@ -2,7 +2,7 @@
 """End-to-end comparison of fastrpc with other RPC/WebSocket libraries.
 
     python bench/compare.py [--quick] [--scale X] [--only SCENARIO,...]
-                            [--libs fastrpc,fastrpc-pure,websockets,picows,tcp,grpcio,rsocket]
+                            [--libs fastrpc,fastrpc-pure,websockets,picows,tcp,grpcio,rsocket,socketio]
                             [--baseline DIR] [--json out.json] [--png chart.png]
 
 For every scenario and library the server runs in a spawned child process and the
