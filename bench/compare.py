@@ -441,13 +441,19 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
     return out
 
 
-FANOUT_KEYS = ("subscribers", "per_subscriber", "p50_ms", "p99_ms", "paced")
+FANOUT_KEYS = ("subscribers", "per_subscriber", "p50_ms", "p99_ms", "paced", "server_cpu_us", "client_cpu_us")
 
 
 def fanout_lines(results: dict[str, dict[str, Any]], libs: list[str]) -> list[str]:
     """The fan-out rows' other figures: items/s per connection, and publish-to-receipt
-    latency in the saturated feed (mostly queueing) and in the paced one."""
-    rows = [["scenario", "library", "conns", "items/s per conn", "p50 ms", "p99 ms", "paced p50 ms", "paced p99 ms"]]
+    latency in the saturated feed (mostly queueing) and in the paced one; the CPU
+    time each side spent per delivery in the saturated feed."""
+    rows = [
+        [
+            *("scenario", "library", "conns", "items/s per conn", "p50 ms", "p99 ms", "paced p50 ms", "paced p99 ms"),
+            *("CPU us/delivery server", "client"),
+        ]
+    ]
     for scenario, row in results.items():
         if not scenario.startswith("fanout"):
             continue
@@ -466,6 +472,8 @@ def fanout_lines(results: dict[str, dict[str, Any]], libs: list[str]) -> list[st
                     f"{r['p99_ms']:.2f}",
                     f"{paced['p50_ms']:.2f}",
                     f"{paced['p99_ms']:.2f}",
+                    f"{r['server_cpu_us']:.2f}",
+                    f"{r['client_cpu_us']:.2f}",
                 ]
             )
     if len(rows) == 1:

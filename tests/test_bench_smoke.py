@@ -146,4 +146,5 @@ def test_compare_fanout_smoke(tmp_path: Path) -> None:
         assert cell["value"] == pytest.approx(cell["per_subscriber"] * 100)
         assert 0 < cell["p50_ms"] <= cell["p99_ms"]
         assert 0 < cell["paced"]["p50_ms"] <= cell["paced"]["p99_ms"]
+        assert cell["server_cpu_us"] >= 0 and cell["client_cpu_us"] > 0
     assert doc["ratios"]["fastrpc"]["fanout_100"]["websockets"] > 0

@@ -218,7 +218,7 @@ async def _scenario(mod: Any, scenario: str, p: dict[str, Any], port: int, serve
     if scenario.startswith("memory"):
         return await _memory(mod, scenario, p, port, server_pid)
     if scenario.startswith("fanout"):
-        return await _fanout(mod, p, port)
+        return await _fanout(mod, p, port, server_pid)
     client = mod.Client(port)
     await client.connect()
     try:
@@ -317,28 +317,44 @@ async def _memory(mod: Any, scenario: str, p: dict[str, Any], port: int, server_
 # ------------------------------------------------------------------- fan-out
 
 
-async def _feed_once(handle: Any, rec: FeedRecorder, subs: int, count: int, size: int, rate: float) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used (Linux /proc; clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _feed_once(
+    handle: Any, rec: FeedRecorder, subs: int, count: int, size: int, rate: float, server_pid: int
+) -> dict[str, Any]:
     """One feed of ``count`` items to ``subs`` subscribers: from the request to the
-    server until every subscriber has the last item."""
+    server until every subscriber has the last item. Also the CPU time each side
+    spent per delivery (the server's from /proc, at the clock tick's resolution)."""
     rec.reset(count, subs)
+    cpu_server, cpu_client = cpu_seconds(server_pid), time.process_time()
     t0 = time.perf_counter()
     await handle.feed(count, size, rate)
     end = await asyncio.wait_for(rec.done, 120)
+    cpu_client = time.process_time() - cpu_client
+    cpu_server = cpu_seconds(server_pid) - cpu_server
     await asyncio.sleep(0)  # (items after the last one would be counted here)
     if rec.received != count * subs:
         raise AssertionError(f"received {rec.received} items, expected {count} x {subs} subscribers")
     dt = end - t0
     lat = rec.latencies
+    deliveries = count * subs
     return {
-        "value": count * subs / dt,
+        "value": deliveries / dt,
         "per_subscriber": count / dt,
         "p50_ms": percentile(lat, 0.50),
         "p99_ms": percentile(lat, 0.99),
         "count": count,
+        "server_cpu_us": cpu_server / deliveries * 1e6,
+        "client_cpu_us": cpu_client / deliveries * 1e6,
     }
 
 
-async def _fanout(mod: Any, p: dict[str, Any], port: int) -> dict[str, Any]:
+async def _fanout(mod: Any, p: dict[str, Any], port: int, server_pid: int) -> dict[str, Any]:
     """The fan-out rows: ``subs`` connections subscribe to one feed of ``size``-byte
     items. A warm-up feed calibrates the count (as :func:`_throughput` does), then
     the best of ``repeat`` saturated feeds (the server publishes as fast as its
@@ -352,7 +368,7 @@ async def _fanout(mod: Any, p: dict[str, Any], port: int) -> dict[str, Any]:
     try:
         n_full = p["n"]
         n_warm = min(n_full, max(p["min_n"], math.ceil(n_full * 0.1)))
-        warm = await _feed_once(handle, rec, subs, n_warm, size, 0)
+        warm = await _feed_once(handle, rec, subs, n_warm, size, 0, server_pid)
         per_item = 1 / warm["per_subscriber"]  # seconds per item (to every subscriber)
         n = n_full
         budget, min_time = p.get("budget"), p.get("min_time")
@@ -363,10 +379,10 @@ async def _fanout(mod: Any, p: dict[str, Any], port: int) -> dict[str, Any]:
         runs = []
         for _ in range(p["repeat"]):
             gc.collect()
-            runs.append(await _feed_once(handle, rec, subs, n, size, 0))
+            runs.append(await _feed_once(handle, rec, subs, n, size, 0, server_pid))
         best = max(runs, key=lambda r: r["value"])
         rate = p["paced_rate"] / subs  # items/s, each to every subscriber
-        paced = await _feed_once(handle, rec, subs, max(2, round(rate * p["paced_s"])), size, rate)
+        paced = await _feed_once(handle, rec, subs, max(2, round(rate * p["paced_s"])), size, rate, server_pid)
     finally:
         await asyncio.wait_for(handle.close(), 30)
     return {
