@@ -2,7 +2,7 @@
 """End-to-end comparison of fastrpc with other RPC/WebSocket libraries.
 
     python bench/compare.py [--quick] [--scale X] [--only SCENARIO,...]
-                            [--libs fastrpc,fastrpc-pure,websockets,picows,tcp,grpcio,rsocket]
+                            [--libs fastrpc,fastrpc-pure,websockets,picows,tcp,grpcio,rsocket,socketio]
                             [--baseline DIR] [--json out.json] [--png chart.png]
 
 For every scenario and library the server runs in a spawned child process and the
@@ -75,6 +75,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "full": {"n": 100, "streams": 1000, "size": 16, "min_n": 5},
         "quick": {"n": 20, "streams": 1000, "size": 16, "min_n": 2},
     },
+    # One server, one feed of 16 B items to every connection (bench/README.md, "Fan-out").
+    "fanout_100": {
+        "title": "one feed of 16 B items to 100 connections, total delivered",
+        "unit": "items/s",
+        "higher": True,
+        "full": {"subs": 100, "n": 3_000, "size": 16, "min_n": 50, "paced_rate": 50_000, "paced_s": 1.0},
+        "quick": {"subs": 100, "n": 500, "size": 16, "min_n": 20, "paced_rate": 50_000, "paced_s": 0.3},
+    },
+    "fanout_1000": {
+        "title": "one feed of 16 B items to 1,000 connections, total delivered",
+        "unit": "items/s",
+        "higher": True,
+        "full": {"subs": 1000, "n": 300, "size": 16, "min_n": 10, "paced_rate": 50_000, "paced_s": 1.0},
+        "quick": {"subs": 300, "n": 100, "size": 16, "min_n": 5, "paced_rate": 50_000, "paced_s": 0.3},
+    },
     "memory_conn": {
         "title": "server RSS per idle connection",
         "unit": "KiB",
@@ -118,6 +133,7 @@ TARGETS = [
     ("inflight_calls", "picows", "ratio>=", 2.0),
     ("memory_conn", "websockets", "extra<=", 0.0),
     ("memory_stream", None, "value<=", 0.5),
+    ("fanout_1000", "websockets", "ratio>=", 8.0),  # websockets.broadcast()
 ]
 
 
@@ -425,6 +441,53 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
     return out
 
 
+FANOUT_KEYS = ("subscribers", "per_subscriber", "p50_ms", "p99_ms", "paced", "server_cpu_us", "client_cpu_us")
+
+
+def fanout_lines(results: dict[str, dict[str, Any]], libs: list[str]) -> list[str]:
+    """The fan-out rows' other figures: items/s per connection, and publish-to-receipt
+    latency in the saturated feed (mostly queueing) and in the paced one; the CPU
+    time each side spent per delivery in the saturated feed."""
+    rows = [
+        [
+            *("scenario", "library", "conns", "items/s per conn", "p50 ms", "p99 ms", "paced p50 ms", "paced p99 ms"),
+            *("CPU us/delivery server", "client"),
+        ]
+    ]
+    for scenario, row in results.items():
+        if not scenario.startswith("fanout"):
+            continue
+        for lib in libs:
+            r = row.get(lib, {})
+            if r.get("value") is None:
+                continue
+            paced = r["paced"]
+            rows.append(
+                [
+                    scenario,
+                    lib,
+                    f"{r['subscribers']:,}",
+                    f"{r['per_subscriber']:,.0f}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}",
+                    f"{paced['p50_ms']:.2f}",
+                    f"{paced['p99_ms']:.2f}",
+                    f"{r['server_cpu_us']:.2f}",
+                    f"{r['client_cpu_us']:.2f}",
+                ]
+            )
+    if len(rows) == 1:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rate = next(r["paced"]["deliveries_per_s"] for row in results.values() for r in row.values() if "paced" in r)
+    out = [f"fan-out: latency publish -> receipt, saturated feed and paced feed ({rate:,} deliveries/s in all)"]
+    for k, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
 def fastrpc_lines(libraries: dict[str, Any], libs: list[str]) -> list[str]:
     """One header line per fastrpc library: the fastrpc its children imported, the
     live codec on each side (and its file), the checkout's git description."""
@@ -679,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print()
     print(table(results, libs))
+    extra = fanout_lines(results, libs)
+    if extra:
+        print()
+        print("\n".join(extra))
     checks = check_targets(results)
     if checks:
         print("\nfastrpc targets:")
@@ -695,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         doc: dict[str, Any] = {
             s: {
                 lib: (
-                    {"value": r["value"], "unit": r["unit"]}
+                    {"value": r["value"], "unit": r["unit"], **{k: r[k] for k in FANOUT_KEYS if k in r}}
                     if r.get("value") is not None
                     else {k: r[k] for k in ("skipped", "error") if k in r}
                 )

@@ -37,6 +37,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from peers import percentile as _pct  # noqa: E402 - the one shared with compare.py
+
 import fastrpc  # noqa: E402
 
 router = fastrpc.Router()
@@ -165,13 +167,6 @@ async def _receive(subs: list[Any], items: int, lat: list[float]) -> float:
 
     await asyncio.gather(*(one(s) for s in subs))
     return time.perf_counter()
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
 async def run_fastrpc(workers: int, broker: str | None, n: int, items: int, size: int, rate: float) -> dict[str, Any]:

@@ -111,3 +111,40 @@ def test_compare_baseline_smoke(tmp_path: Path) -> None:
     for side in ("server", "client"):
         assert libraries["fastrpc-base"][f"{side}_file"].startswith(str(base / "src")), libraries
         assert libraries["fastrpc"][f"{side}_file"].startswith(str(ROOT / "src")), libraries
+
+
+@pytest.mark.timeout(60)
+def test_compare_fanout_smoke(tmp_path: Path) -> None:
+    """The fan-out row (100 connections, a few items): every connection received every
+    item (the harness fails the run otherwise), and the latency figures come out."""
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env.pop("FASTRPC_NO_EXTENSIONS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(COMPARE),
+            *("--quick", "--scale", "0.02", "--min-time", "0", "--only", "fanout_100"),
+            *("--libs", "fastrpc,websockets", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=str(ROOT),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("fanout_100 ") and "items/s" in line)
+    assert "x websockets" in row, row
+    assert any(line.startswith("fan-out: latency") for line in lines), proc.stdout
+
+    doc = json.loads(out.read_text())
+    for lib in ("fastrpc", "websockets"):
+        cell = doc["fanout_100"][lib]
+        assert cell["unit"] == "items/s" and cell["subscribers"] == 100
+        assert cell["value"] == pytest.approx(cell["per_subscriber"] * 100)
+        assert 0 < cell["p50_ms"] <= cell["p99_ms"]
+        assert 0 < cell["paced"]["p50_ms"] <= cell["paced"]["p99_ms"]
+        assert cell["server_cpu_us"] >= 0 and cell["client_cpu_us"] > 0
+    assert doc["ratios"]["fastrpc"]["fanout_100"]["websockets"] > 0

@@ -10,6 +10,11 @@ Each library has one module here with the same small interface:
     ``call(payload) -> payload`` (concurrency-safe), optionally ``seq_calls(n, payload)``.
 ``async idle_connection(port) -> object with async close()``
     one connection that does nothing (memory scenario).
+``async fanout_subscribers(port, subs, recorder) -> object``
+    (fan-out scenarios) ``subs`` connections subscribed to the server's feed, each
+    item handed to ``recorder.got(item)``; the object's ``feed(count, size, rate)``
+    asks the server to publish ``count`` items (:func:`feed_item`) to every one of
+    them (``rate`` items/s, 0: as fast as it can), ``close()`` closes them all.
 
 What each library needs and which scenarios it runs is in :data:`LIBS`.
 
@@ -24,6 +29,7 @@ import gc
 import importlib
 import math
 import os
+import struct
 import sys
 import time
 import traceback
@@ -37,6 +43,7 @@ SRC_ENV = "BENCH_FASTRPC_SRC"
 
 THROUGHPUT = ("small", "bulk", "seq_calls", "inflight_calls")
 MEMORY_CONN = ("memory_conn",)
+FANOUT = ("fanout_100", "fanout_1000")
 
 
 class Lib:
@@ -63,7 +70,7 @@ class Lib:
         self.src = src
 
 
-_FASTRPC = (*THROUGHPUT, "streams_1000", *MEMORY_CONN, "memory_stream", "memory_stream_call")
+_FASTRPC = (*THROUGHPUT, "streams_1000", *FANOUT, *MEMORY_CONN, "memory_stream", "memory_stream_call")
 
 LIBS: dict[str, Lib] = {
     "fastrpc": Lib("fastrpc", ("fastrpc", "websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
@@ -71,12 +78,14 @@ LIBS: dict[str, Lib] = {
     # Another checkout of fastrpc (compare.py --baseline DIR sets its src): the same
     # adapter (peers/fastrpc.py) over that tree's fastrpc, for same-run before/after.
     "fastrpc-base": Lib("fastrpc", ("websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
-    "websockets": Lib("websockets_raw", ("websockets",), (*THROUGHPUT, *MEMORY_CONN)),
+    "websockets": Lib("websockets_raw", ("websockets",), (*THROUGHPUT, *FANOUT, *MEMORY_CONN)),
     "picows": Lib("picows", ("picows",), (*THROUGHPUT, *MEMORY_CONN)),
     # The floor: an asyncio Protocol echo over raw TCP (no WebSocket).
     "tcp": Lib("tcp", (), (*THROUGHPUT, *MEMORY_CONN)),
     "grpcio": Lib("grpcio", ("grpc",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
     "rsocket": Lib("rsocket", ("rsocket",), (*THROUGHPUT, "streams_1000", *MEMORY_CONN)),
+    # python-socketio (AsyncServer on aiohttp, AsyncClient): only the fan-out rows.
+    "socketio": Lib("python_socketio", ("socketio", "aiohttp"), FANOUT),
 }
 
 
@@ -208,6 +217,8 @@ def client_main(
 async def _scenario(mod: Any, scenario: str, p: dict[str, Any], port: int, server_pid: int) -> dict[str, Any]:
     if scenario.startswith("memory"):
         return await _memory(mod, scenario, p, port, server_pid)
+    if scenario.startswith("fanout"):
+        return await _fanout(mod, p, port, server_pid)
     client = mod.Client(port)
     await client.connect()
     try:
@@ -301,6 +312,143 @@ async def _memory(mod: Any, scenario: str, p: dict[str, Any], port: int, server_
         after = await _settle(server_pid, 1.0)
         await asyncio.wait_for(host.close(), 10)
     return {"value": (after - before) / n, "n": n, "rss_before_kib": before, "rss_after_kib": after}
+
+
+# ------------------------------------------------------------------- fan-out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used (Linux /proc; clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _feed_once(
+    handle: Any, rec: FeedRecorder, subs: int, count: int, size: int, rate: float, server_pid: int
+) -> dict[str, Any]:
+    """One feed of ``count`` items to ``subs`` subscribers: from the request to the
+    server until every subscriber has the last item. Also the CPU time each side
+    spent per delivery (the server's from /proc, at the clock tick's resolution)."""
+    rec.reset(count, subs)
+    cpu_server, cpu_client = cpu_seconds(server_pid), time.process_time()
+    t0 = time.perf_counter()
+    await handle.feed(count, size, rate)
+    end = await asyncio.wait_for(rec.done, 120)
+    cpu_client = time.process_time() - cpu_client
+    cpu_server = cpu_seconds(server_pid) - cpu_server
+    await asyncio.sleep(0)  # (items after the last one would be counted here)
+    if rec.received != count * subs:
+        raise AssertionError(f"received {rec.received} items, expected {count} x {subs} subscribers")
+    dt = end - t0
+    lat = rec.latencies
+    deliveries = count * subs
+    return {
+        "value": deliveries / dt,
+        "per_subscriber": count / dt,
+        "p50_ms": percentile(lat, 0.50),
+        "p99_ms": percentile(lat, 0.99),
+        "count": count,
+        "server_cpu_us": cpu_server / deliveries * 1e6,
+        "client_cpu_us": cpu_client / deliveries * 1e6,
+    }
+
+
+async def _fanout(mod: Any, p: dict[str, Any], port: int, server_pid: int) -> dict[str, Any]:
+    """The fan-out rows: ``subs`` connections subscribe to one feed of ``size``-byte
+    items. A warm-up feed calibrates the count (as :func:`_throughput` does), then
+    the best of ``repeat`` saturated feeds (the server publishes as fast as its
+    library lets it), then one paced feed (``paced_rate`` deliveries/s in all, for
+    ``paced_s`` seconds): its latency is the one not made of queueing."""
+    subs, size = p["subs"], p["size"]
+    rec = FeedRecorder()
+    t0 = time.perf_counter()
+    handle = await mod.fanout_subscribers(port, subs, rec)
+    connect_s = time.perf_counter() - t0
+    try:
+        n_full = p["n"]
+        n_warm = min(n_full, max(p["min_n"], math.ceil(n_full * 0.1)))
+        warm = await _feed_once(handle, rec, subs, n_warm, size, 0, server_pid)
+        per_item = 1 / warm["per_subscriber"]  # seconds per item (to every subscriber)
+        n = n_full
+        budget, min_time = p.get("budget"), p.get("min_time")
+        if min_time and per_item * n_full < min_time:
+            n = min(n_full * p.get("max_growth", 10), math.ceil(min_time / per_item))
+        elif budget and per_item * n_full > budget:
+            n = min(n_full, max(p["min_n"], int(budget / per_item)))
+        runs = []
+        for _ in range(p["repeat"]):
+            gc.collect()
+            runs.append(await _feed_once(handle, rec, subs, n, size, 0, server_pid))
+        best = max(runs, key=lambda r: r["value"])
+        rate = p["paced_rate"] / subs  # items/s, each to every subscriber
+        paced = await _feed_once(handle, rec, subs, max(2, round(rate * p["paced_s"])), size, rate, server_pid)
+    finally:
+        await asyncio.wait_for(handle.close(), 30)
+    return {
+        **best,
+        "runs": [r["value"] for r in runs],
+        "n": n,
+        "subscribers": subs,
+        "connect_s": connect_s,
+        "paced": {"deliveries_per_s": p["paced_rate"], **{k: paced[k] for k in ("value", "p50_ms", "p99_ms", "count")}},
+    }
+
+
+# The fan-out feed's item: a sequence number and the publish time, 16 bytes (padded to
+# the size asked for). time.perf_counter is CLOCK_MONOTONIC on Linux, one clock for
+# every process: the subscriber's reading minus the publisher's is the delivery time.
+FEED_ITEM = struct.Struct("<Qd")
+
+
+def feed_item(seq: int, size: int = 16) -> bytes:
+    """Item ``seq`` of a feed, stamped now."""
+    item = FEED_ITEM.pack(seq, time.perf_counter())
+    return item if size <= FEED_ITEM.size else item.ljust(size, b"x")
+
+
+async def pace(start: float, i: int, rate: float) -> None:
+    """A paced feed (``rate`` items/s from ``start``): wait for item ``i + 1``'s time."""
+    delay = start + (i + 1) / rate - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class FeedRecorder:
+    """Counts a feed's items on every subscriber and their publish-to-receipt times;
+    ``done`` gets the time the last subscriber received the last item."""
+
+    def __init__(self) -> None:
+        self.reset(0, 0)
+
+    def reset(self, count: int, subs: int) -> None:
+        self.last = count - 1
+        self.left = subs
+        self.latencies: list[float] = []
+        self.done: asyncio.Future[float] | None = None
+        if subs:
+            self.done = asyncio.get_running_loop().create_future()
+
+    @property
+    def received(self) -> int:
+        return len(self.latencies)
+
+    def got(self, item: bytes) -> None:
+        now = time.perf_counter()
+        seq, t = FEED_ITEM.unpack_from(item)
+        self.latencies.append(now - t)
+        if seq == self.last:
+            self.left -= 1
+            if not self.left and self.done is not None and not self.done.done():
+                self.done.set_result(now)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (seconds, sorted or not) in milliseconds."""
+    if not values:
+        return math.nan
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
 # ------------------------------------------------------------- shared helpers

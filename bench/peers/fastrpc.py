@@ -3,18 +3,30 @@
 Default settings throughout. Run as "fastrpc" (the compiled codec when it is built),
 "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1, set before this module is imported) or
 "fastrpc-base" (another checkout's fastrpc: compare.py --baseline DIR).
+
+The fan-out rows use topics (``server.publish`` / ``peer.subscribe``, the API for
+it); ``BENCH_FANOUT_API=stream`` measures instead a streaming method per connection
+drained from its own ``asyncio.Queue`` (user code, no offsets, no resume).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import fastrpc
+from fastrpc.options import TOPIC_QUEUE_SIZE
 
-from . import HOST, inflight_with_workers
+from . import HOST, FeedRecorder, feed_item, inflight_with_workers, pace
+
+FEED = "feed"  # the fan-out scenarios' topic
+FANOUT_API = os.environ.get("BENCH_FANOUT_API", "topics")
+if FANOUT_API not in ("topics", "stream"):
+    raise ValueError(f"BENCH_FANOUT_API={FANOUT_API!r}: use topics or stream")
 
 
 def info() -> dict[str, Any]:
@@ -44,6 +56,44 @@ def _router() -> fastrpc.Router:
     @router.method
     def echo(payload: bytes) -> bytes:
         return payload
+
+    @router.method
+    async def feed(count: int, size: int, rate: float) -> None:
+        """Publish ``count`` stamped items on the topic every subscriber follows
+        (``block`` policy: as fast as the slowest subscription takes them)."""
+        publish = fastrpc.current_peer().server.publish  # type: ignore[union-attr]
+        start = time.perf_counter()
+        for i in range(count):
+            await publish(FEED, feed_item(i, size))
+            if rate:
+                await pace(start, i, rate)
+
+    # BENCH_FANOUT_API=stream: one bounded queue per follower, the feed waits for room.
+    queues: list[asyncio.Queue[bytes]] = []
+
+    @router.method
+    async def feed_queues(count: int, size: int, rate: float) -> None:
+        start = time.perf_counter()
+        for i in range(count):
+            item = feed_item(i, size)
+            for q in queues:
+                if q.full():
+                    await q.put(item)
+                else:
+                    q.put_nowait(item)
+            if rate:
+                await pace(start, i, rate)
+
+    @router.method
+    async def follow() -> AsyncIterator[bytes]:
+        q: asyncio.Queue[bytes] = asyncio.Queue(TOPIC_QUEUE_SIZE)
+        queues.append(q)
+        try:
+            yield b""  # registered: the feed reaches this follower from now on
+            while True:
+                yield await q.get()
+        finally:
+            queues.remove(q)
 
     @router.method
     async def idle() -> AsyncIterator[bytes]:
@@ -132,3 +182,49 @@ class _IdleStreams:
 
 async def idle_streams(port: int) -> _IdleStreams:
     return _IdleStreams(await fastrpc.connect(f"ws://{HOST}:{port}"))
+
+
+class _Fanout:
+    """``subs`` connections, each with a subscription to the feed (topics:
+    ``server.publish`` / ``peer.subscribe``, default settings; or the ``follow``
+    streaming method) and a task reading it."""
+
+    def __init__(self, peers: list[fastrpc.RpcPeer], subs: list[Any], rec: FeedRecorder) -> None:
+        self.peers = peers
+        self.subs = subs
+        self.readers = [asyncio.ensure_future(self._read(s, rec.got)) for s in subs]
+
+    @staticmethod
+    async def _read(sub: Any, got: Any) -> None:
+        if FANOUT_API == "stream":
+            async for item in sub:
+                got(item)
+        else:
+            async for ev in sub:
+                got(ev.value)
+
+    async def feed(self, count: int, size: int, rate: float) -> None:
+        # Returns once the server has published everything (with `block`, about when
+        # the subscriptions have taken it); the recorder times the delivery.
+        method = "feed" if FANOUT_API == "topics" else "feed_queues"
+        await self.peers[0].call(method, count, size, rate)
+
+    async def close(self) -> None:
+        for r in self.readers:
+            r.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*(s.aclose() for s in self.subs))
+        await asyncio.gather(*(p.close() for p in self.peers))
+
+
+async def fanout_subscribers(port: int, subs: int, rec: FeedRecorder) -> _Fanout:
+    url = f"ws://{HOST}:{port}"
+    peers: list[fastrpc.RpcPeer] = []
+    for k in range(0, subs, 50):
+        peers += await asyncio.gather(*(fastrpc.connect(url) for _ in range(min(50, subs - k))))
+    if FANOUT_API == "stream":
+        streams = [p.stream("follow") for p in peers]
+        await asyncio.gather(*(s.__anext__() for s in streams))
+        return _Fanout(peers, streams, rec)
+    started = await asyncio.gather(*(p.subscribe(FEED).start() for p in peers))
+    return _Fanout(peers, list(started), rec)

@@ -9,15 +9,39 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import broadcast, serve
 
-from . import HOST, inflight_with_workers
+from . import HOST, FeedRecorder, feed_item, inflight_with_workers, pace
 
 _ID = struct.Struct("!I")
+
+# Fan-out: connections that asked for the feed ({"op": "sub"}), and the bound on each
+# one's transport buffer above which the publisher waits (broadcast() itself has no
+# backpressure: without it a fast feed piles up in the buffers of slow connections).
+_SUBSCRIBERS: list[Any] = []
+_FEED_HIGH_WATER = 2**15  # websockets' own write_limit
+_FEED_CHECK_EVERY = 16  # items between checks of the buffers
+
+
+async def _feed(count: int, size: int, rate: float, subs: int) -> None:
+    """``count`` stamped items to every subscriber with ``websockets.broadcast()``."""
+    deadline = time.perf_counter() + 10
+    while len(_SUBSCRIBERS) < subs and time.perf_counter() < deadline:
+        await asyncio.sleep(0.001)
+    conns = list(_SUBSCRIBERS)
+    start = time.perf_counter()
+    for i in range(count):
+        broadcast(conns, feed_item(i, size))
+        if rate:
+            await pace(start, i, rate)
+        elif i % _FEED_CHECK_EVERY == _FEED_CHECK_EVERY - 1:
+            while any(c.transport.get_write_buffer_size() > _FEED_HIGH_WATER for c in conns):
+                await asyncio.sleep(0.0005)
 
 
 def info() -> dict[str, Any]:
@@ -25,17 +49,28 @@ def info() -> dict[str, Any]:
 
 
 async def _handler(ws: Any) -> None:
-    # Text message: a command ({"op": "stream", "n", "size"}); binary: echoed back.
+    # Text message: a command ({"op": "stream", "n", "size"}, {"op": "sub"},
+    # {"op": "feed", "n", "size", "rate", "subs"}); binary: echoed back.
     # With no message the handler just waits: the "bare" server of the memory scenario.
     async for msg in ws:
         if type(msg) is str:
             cmd = json.loads(msg)
+            if cmd["op"] == "sub":
+                _SUBSCRIBERS.append(ws)
+                continue
+            if cmd["op"] == "feed":
+                _tasks.add(t := asyncio.ensure_future(_feed(cmd["n"], cmd["size"], cmd["rate"], cmd["subs"])))
+                t.add_done_callback(_tasks.discard)
+                continue
             item = b"x" * cmd["size"]
             send = ws.send
             for _ in range(cmd["n"]):
                 await send(item)
         else:
             await ws.send(msg)
+
+
+_tasks: set[asyncio.Future[None]] = set()
 
 
 async def start_server() -> tuple[int, Any]:
@@ -105,3 +140,37 @@ class Client:
 
 async def idle_connection(port: int) -> Any:
     return await connect(f"ws://{HOST}:{port}", compression=None)
+
+
+class _Fanout:
+    """``subs`` connections on the feed, each with a task reading it."""
+
+    def __init__(self, conns: list[Any], rec: FeedRecorder) -> None:
+        self.conns = conns
+        self.readers = [asyncio.ensure_future(self._read(c, rec.got)) for c in conns]
+
+    @staticmethod
+    async def _read(ws: Any, got: Any) -> None:
+        async for msg in ws:
+            got(msg)
+
+    async def feed(self, count: int, size: int, rate: float) -> None:
+        await self.conns[0].send(
+            json.dumps({"op": "feed", "n": count, "size": size, "rate": rate, "subs": len(self.conns)})
+        )
+
+    async def close(self) -> None:
+        for r in self.readers:
+            r.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self.conns))
+
+
+async def fanout_subscribers(port: int, subs: int, rec: FeedRecorder) -> _Fanout:
+    url = f"ws://{HOST}:{port}"
+    conns: list[Any] = []
+    for k in range(0, subs, 50):
+        conns += await asyncio.gather(*(connect(url, compression=None) for _ in range(min(50, subs - k))))
+    for c in conns:
+        await c.send('{"op": "sub"}')
+    return _Fanout(conns, rec)
