@@ -56,6 +56,7 @@ from fastrpc.protocol import (
     decode_error,
     encode_error,
 )
+from fastrpc.stream_state import SHORT_QUEUE
 
 FrameTuple = tuple[int, int, int, bytes]
 V = F.encode_varint
@@ -1617,3 +1618,23 @@ def test_compressed_items_are_held_as_received_so_the_window_bounds_them() -> No
     got = read_all(s, sid)
     assert len(got) == sent and all(x == (item, True) for x in got)
     assert s.stats()["memory"] == 0
+
+
+@pytest.mark.parametrize("count", [0, 1, SHORT_QUEUE, SHORT_QUEUE + 1, 200])
+def test_held_items_keep_their_order_as_their_queue_grows(count: int) -> None:
+    # Held items live in a list while few (an idle stream's is small) and move to a
+    # deque past SHORT_QUEUE: reads interleaved with arrivals see every item in order.
+    c, s = connect()
+    sid = c.open_stream()
+    sent = [b"%d" % i for i in range(count)]
+    got: list[bytes] = []
+    for i, item in enumerate(sent):
+        c.send_item(sid, item, raw=True)
+        if i % 7 == 3:  # a partial read now and then
+            deliver(c, s)
+            item_read = s.read_item(sid)
+            assert item_read is not None
+            got.append(bytes(item_read[0]))
+    deliver(c, s)
+    got += [p for p, _ in read_all(s, sid)]
+    assert got == sent

@@ -15,6 +15,7 @@ See ``docs/protocol.md`` for the wire format and ``docs/architecture.md`` for th
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Union
 
@@ -49,6 +50,7 @@ from .settings import CODEC_JSON, CODEC_MSGPACK, SETTING_SENT_BY_CLIENT, Role, S
 from .stream_state import (
     IN_OPEN,
     OUT_OPEN,
+    SHORT_QUEUE,
     IncomingStream,
 )
 
@@ -473,7 +475,8 @@ class Connection:
         s = self._inbound.streams.get(stream_id)
         if s is None or not s.items:
             return None
-        payload, kind, charge = s.items.popleft()
+        items = s.items
+        payload, kind, charge = items.pop(0) if isinstance(items, list) else items.popleft()
         self._budget.held -= len(payload)
         grant: int = self._flow.ledger_in.consumed(stream_id, charge)
         if grant:
@@ -686,7 +689,10 @@ class Connection:
                 budget.charge(0, "unread items")
         if flags & F.FLAG_COMPRESSED and not self._algorithm:
             raise ProtocolError("compressed frame without negotiated compression", ErrorCode.COMPRESSION_ERROR)
-        s.items.append((payload, flags & (FLAG_RAW | F.FLAG_COMPRESSED), charge))
+        items = s.items
+        items.append((payload, flags & (FLAG_RAW | F.FLAG_COMPRESSED), charge))
+        if len(items) > SHORT_QUEUE and type(items) is list:
+            s.items = deque(items)
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
             s.last_event = inbound.message_count
             events.append(StreamReadable(fid))

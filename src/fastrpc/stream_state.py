@@ -62,6 +62,12 @@ class OutgoingStream:
         self.queued = False  # in the scheduler's ring
 
 
+# An idle stream holds no item or a few: a list of them costs 56 bytes and up, a deque
+# ~760 even empty (a block of 64 slots). Past this many items the list becomes a deque
+# (taking the head of a long list is linear).
+SHORT_QUEUE = 16
+
+
 class IncomingStream:
     """An incoming stream: items received and not yet read, and its end state."""
 
@@ -83,8 +89,8 @@ class IncomingStream:
         self.id = stream_id
         # (payload, kind, charge): kind is the item's FLAG_RAW | FLAG_COMPRESSED bits
         # (compressed items are held as received); charge is the credit given back
-        # once it is read.
-        self.items: deque[tuple[Payload, int, int]] = deque()
+        # once it is read. A list while short, a deque past SHORT_QUEUE: see there.
+        self.items: list[tuple[Payload, int, int]] | deque[tuple[Payload, int, int]] = []
         self.state = IN_OPEN
         self.error: BaseException | None = None
         self.partial: bytearray | None = None  # reassembly of a fragmented item

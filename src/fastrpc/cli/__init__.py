@@ -121,7 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     _client_args(ping, method=False)
     ping.add_argument("-c", "--count", type=_positive_int, default=3, metavar="N", help="pings to send (default 3)")
     ping.add_argument(
-        "-i", "--interval", type=float, default=0.2, metavar="S", help="seconds between pings (default 0.2)"
+        "-i",
+        "--interval",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="seconds between pings (default 0.2; a server closes a peer pinging faster than its max_ping_rate, 1000/s by default)",
     )
     methods = sub.add_parser("methods", help="list the server's methods, signatures and docstrings")
     _client_args(methods, method=False)
