@@ -160,6 +160,40 @@ def test_a_handler_target_serves_a_silent_peer_in_json_mode() -> None:
     run(main())
 
 
+def test_a_client_that_offers_the_fastrpc_subprotocol_is_never_taken_for_json() -> None:
+    # A fastrpc client offers the "fastrpc" subprotocol: its HELLO may come late (a
+    # loaded machine) without the server welcoming it or, for a handler target,
+    # starting a JSON conversation with it.
+    offered: list[str] = []
+
+    async def handler(peer: Any) -> None:
+        assert isinstance(peer, fastrpc.RpcPeer)
+        offered.append(peer.request_headers["Sec-WebSocket-Protocol"])
+        assert await peer.call("whoami") == "client"
+
+    async def main() -> None:
+        client = fastrpc.Router()
+
+        @client.method("whoami")
+        def whoami() -> str:
+            return "client"
+
+        async with fastrpc.serve(handler, "127.0.0.1", 0, json_wait=0.05, **QUIET) as server:
+            async with fastrpc.connect(server.url, router=client, **QUIET) as peer:
+                await until(lambda: offered == ["fastrpc"])
+                assert not peer.closed
+            ws = await ws_connect(
+                server.url, compression=None, ping_interval=None, subprotocols=["fastrpc"], **NO_PROXY
+            )
+            assert ws.subprotocol == "fastrpc"
+            await asyncio.sleep(0.3)  # six times json_wait
+            await ws.send(Connection(Role.CLIENT).handshake())
+            assert isinstance(await asyncio.wait_for(ws.recv(), 5), bytes)  # the server's HELLO, no welcome
+            await ws.close()
+
+    run(main())
+
+
 # ------------------------------------------------------------ the Python JSON client
 
 

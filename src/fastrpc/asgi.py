@@ -52,7 +52,7 @@ from .peer import RpcPeer, peer_kwargs
 from .router import Router
 from .server import Handler, Server
 from .sessions import SessionStore
-from .transport import Transport
+from .transport import SUBPROTOCOL, Transport
 
 __all__ = ["AsgiApp", "AsgiRequest", "AsgiTransport", "AuthenticationRequired", "app"]
 
@@ -334,6 +334,11 @@ class AsgiTransport(Transport):
         """The headers of the request that opened this connection (case-insensitive)."""
         return _Headers(self.scope.get("headers", ()))
 
+    @property
+    def subprotocol(self) -> str | None:
+        """``"fastrpc"`` when the client offered it (it was accepted), else None."""
+        return SUBPROTOCOL if SUBPROTOCOL in self.scope.get("subprotocols", ()) else None
+
 
 class AsgiApp:
     """The ASGI application :func:`app` returns (``await app(scope, receive, send)``).
@@ -431,7 +436,10 @@ class AsgiApp:
             if identity is None or identity is False:
                 await self._refuse(scope, send, 401, "authentication required\n")
                 return
-        await send({"type": "websocket.accept"})
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if SUBPROTOCOL in scope.get("subprotocols", ()):
+            accept["subprotocol"] = SUBPROTOCOL  # a fastrpc client: transport.SUBPROTOCOL
+        await send(accept)
         o = self.options
         transport = AsgiTransport(
             scope,

@@ -18,7 +18,7 @@ from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role, SessionLost
 from .router import Router
-from .transport import OPEN_FAILED, Transport, open_connection
+from .transport import OPEN_FAILED, SUBPROTOCOL, Transport, open_connection
 
 __all__ = ["RetryPolicy", "connect"]
 
@@ -148,7 +148,12 @@ class connect(Generic[P]):
         self._established = False  # the first handshake completed
 
     async def _open(self) -> Transport:
-        return await open_connection(self.url, **self.options.websocket_kwargs(), **self.ws_kwargs)
+        kwargs = {**self.options.websocket_kwargs(), **self.ws_kwargs}
+        # Saying so spares the server its guess at the protocol (JSON clients wait
+        # for a welcome): a HELLO delayed on a loaded machine is still a HELLO.
+        offered: list[str] = list(kwargs.get("subprotocols") or ())
+        kwargs["subprotocols"] = [SUBPROTOCOL, *(p for p in offered if p != SUBPROTOCOL)]
+        return await open_connection(self.url, **kwargs)
 
     async def _connect(self) -> RpcPeer:
         """Open the first connection: with a RetryPolicy, a failed attempt (refused,

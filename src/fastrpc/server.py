@@ -27,7 +27,7 @@ from .router import Router
 from .sessions import MemorySessionStore, SessionStore
 from .static import StaticFiles
 from .topics import SUBSCRIBE, TopicHub
-from .transport import Transport, TransportClosed, WebSocketServer, start_server
+from .transport import SUBPROTOCOL, Transport, TransportClosed, WebSocketServer, start_server
 
 __all__ = ["Server", "serve"]
 
@@ -175,6 +175,8 @@ class Server:
             await self._json_connection(transport, None)
             return
         wait = o.handshake_timeout if o.json_wait is None else min(o.json_wait, o.handshake_timeout)
+        if transport.subprotocol == SUBPROTOCOL:
+            wait = o.handshake_timeout  # a fastrpc client said so: its HELLO is coming
         client_id: str | None = None
         try:
             try:

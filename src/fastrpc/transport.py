@@ -67,6 +67,7 @@ from .static import HttpResponse
 
 __all__ = [
     "OPEN_FAILED",
+    "SUBPROTOCOL",
     "Transport",
     "TransportClosed",
     "WebSocketServer",
@@ -84,7 +85,15 @@ _CLOSED = _State.CLOSED
 MAX_FRAGMENTS = 4096  # WebSocket fragments of one message (websockets' own cap)
 # websockets options the data path implements; any other selects the library's connection.
 _WIRE_OPTIONS = {"compression", "max_size", "ping_interval", "ping_timeout", "write_limit", "max_queue"}
-_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat", "max_ping_rate"}
+_WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat", "max_ping_rate", "subprotocols"}
+# A fastrpc client offers this subprotocol; a server agrees to it when offered, and
+# then knows the client speaks the binary protocol (no JSON-mode guess: server.py).
+SUBPROTOCOL = "fastrpc"
+
+
+def _select_subprotocol(ws: Any, offered: Any) -> Any:
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
 
 # Answers an HTTP request before the upgrade: (path, headers) -> a response, or None.
 HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, None]]]
@@ -292,6 +301,12 @@ class Transport:
     def request_headers(self) -> Any:
         """The headers of the HTTP request that opened this connection (server side)."""
         raise NotImplementedError
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The WebSocket subprotocol both ends agreed on (``"fastrpc"``: the client
+        said it speaks fastrpc's binary protocol), or None."""
+        return None
 
 
 def _drop(msg: Any) -> None:
@@ -847,6 +862,10 @@ class _Wire(Transport, asyncio.Protocol):
         request = self._request
         return request.headers if request is not None else None
 
+    @property
+    def subprotocol(self) -> str | None:
+        return self._ws.subprotocol
+
 
 class _Library(Transport):
     """websockets' own asyncio connection, for options the data path does not have."""
@@ -942,6 +961,10 @@ class _Library(Transport):
         request = getattr(self.ws, "request", None)
         return request.headers if request is not None else None
 
+    @property
+    def subprotocol(self) -> str | None:
+        return self.ws.subprotocol  # type: ignore[no-any-return]
+
 
 def closed_info(exc: BaseException) -> tuple[int | None, str]:
     """``(close code, reason)`` a TransportClosed exception carries."""
@@ -966,7 +989,7 @@ async def open_connection(url: str, **options: Any) -> Transport:
         return _Library(await _ws_connect(url, **options), options.get("max_queue"))
     uri = parse_uri(url)
     loop = asyncio.get_running_loop()
-    ws = ClientProtocol(uri, max_size=options.get("max_size", 1 << 20))
+    ws = ClientProtocol(uri, max_size=options.get("max_size", 1 << 20), subprotocols=options.get("subprotocols"))
     wire = _Wire(
         ws,
         write_limit=options.get("write_limit", 32768),
@@ -1065,6 +1088,7 @@ async def start_server(
         async def accept(ws: Any) -> None:
             await handler(_Library(ws, options.get("max_queue")))
 
+        options.setdefault("select_subprotocol", _select_subprotocol)
         server._server = await _ws_serve(accept, host, port, **options)
         return server
 
@@ -1089,7 +1113,7 @@ async def start_server(
 
     def factory() -> _Wire:
         wire = _Wire(
-            ServerProtocol(max_size=max_size),
+            ServerProtocol(max_size=max_size, select_subprotocol=_select_subprotocol),
             write_limit=options.get("write_limit", 32768),
             max_queue=options.get("max_queue"),
             close_timeout=options.get("close_timeout", 10.0),
