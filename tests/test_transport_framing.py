@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Any
 
-from _util import run
+from _util import run, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve as ws_serve
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 from websockets.uri import parse_uri
 
 from fastrpc.transport import Transport, open_connection, start_server
@@ -358,6 +359,39 @@ def test_a_hook_on_the_opening_request_runs_on_the_data_path() -> None:
             assert b0 == 0x81
             assert await reader.readexactly(n) == b"/me b'hi'"
             writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_an_open_connection_keeps_no_parsed_handshake() -> None:
+    # websockets' parser keeps the opening request (server) or response (client) for
+    # the life of the connection unless the data path lets it go: ~2 KiB of every idle
+    # connection. The path and the raw head stay (request_path, request_headers).
+    def alive() -> int:
+        gc.collect()
+        return sum(type(o) in (Request, Response) for o in gc.get_objects())
+
+    async def main() -> None:
+        seen: list[Transport] = []
+
+        async def handler(t: Transport) -> None:
+            seen.append(t)
+            await t.recv(10)
+
+        server = await _server(handler)
+        try:
+            before = alive()
+            url = f"ws://{HOST}:{server.sockets[0].getsockname()[1]}/p?q=1"
+            clients = [await open_connection(url, compression=None, ping_interval=None) for _ in range(20)]
+            await until(lambda: len(seen) == 20)
+            assert alive() - before < 5  # 20 connections, both ends
+            assert seen[0].request_path == "/p?q=1"
+            assert seen[0].request_headers["Upgrade"] == "websocket"
+            for c in clients:
+                await c.close()
         finally:
             server.close()
             await server.wait_closed()
