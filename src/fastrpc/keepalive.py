@@ -16,10 +16,10 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Keepalive"]
+__all__ = ["Keepalive", "Timer", "timer"]
 
 
-class _Timer:
+class Timer:
     """A keepalive deadline in a :class:`_Timers` heap; ``cancel()`` disarms it."""
 
     __slots__ = ("fn",)
@@ -28,6 +28,7 @@ class _Timer:
         self.fn: Callable[[], None] | None = fn
 
     def cancel(self) -> None:
+        """Disarm it (its heap entry is dropped when it comes up)."""
         self.fn = None
 
 
@@ -39,14 +40,14 @@ class _Timers:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.heap: list[tuple[float, int, _Timer]] = []
+        self.heap: list[tuple[float, int, Timer]] = []
         self.handle: asyncio.TimerHandle | None = None
         self.at = 0.0
         self.seq = 0
 
-    def add(self, delay: float, fn: Callable[[], None]) -> _Timer:
+    def add(self, delay: float, fn: Callable[[], None]) -> Timer:
         when = self.loop.time() + delay
-        t = _Timer(fn)
+        t = Timer(fn)
         self.seq += 1
         heapq.heappush(self.heap, (when, self.seq, t))
         if self.handle is None or when < self.at:
@@ -76,7 +77,10 @@ class _Timers:
 _loop_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
 
 
-def timer(loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None]) -> _Timer:
+def timer(loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[[], None]) -> Timer:
+    """Call ``fn`` in ``delay`` seconds, on the one timer of ``loop``'s deadlines
+    (cheaper than a TimerHandle per idle connection); ``cancel()`` the result to
+    disarm it."""
     timers = _loop_timers.get(loop)
     if timers is None:
         timers = _loop_timers[loop] = _Timers(loop)
@@ -107,7 +111,7 @@ class Keepalive:
         self.interval = interval
         self.timeout = timeout
         self.host = host  # one reference, not two bound methods: idle connections are many
-        self.timer: _Timer | None = None
+        self.timer: Timer | None = None
         self.token: bytes | None = None  # the payload of the PING awaiting its PONG
         self.stopped = False
 

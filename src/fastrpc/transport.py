@@ -62,6 +62,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from .budget import PingLimit
+from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
 from .static import HttpResponse
 
@@ -376,6 +377,7 @@ class _Wire(Transport, asyncio.Protocol):
         "_discarded",
         "_drain",
         "_high",
+        "_home",
         "_hook",
         "_lowat",
         "_max_size",
@@ -410,9 +412,11 @@ class _Wire(Transport, asyncio.Protocol):
         on_open: Callable[[_Wire], None] | None = None,
         max_ping_rate: float | None = None,
         hook: WireHook | None = None,
+        home: set[_Wire] | None = None,
     ) -> None:
         Transport.__init__(self, max_queue)
         self._hook = hook
+        self._home = home  # the server's connections, left when the connection is lost
         self._ws = ws
         self._client = isinstance(ws, ClientProtocol)
         self._tcp: asyncio.Transport = None  # type: ignore[assignment]
@@ -420,7 +424,7 @@ class _Wire(Transport, asyncio.Protocol):
         self._lowat = notsent_lowat
         self._close_timeout = close_timeout
         self._ping_interval = ping_interval
-        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: Timer | None = None  # on the loop's shared keepalive timer
         self._pinged = False
         self._ping_rate = max_ping_rate
         self._pings: PingLimit | None = None  # made at the peer's first PING
@@ -723,9 +727,9 @@ class _Wire(Transport, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         ws = self._ws
         ws.receive_eof()  # idempotent: the state is CLOSED now
-        for timer in (self._close_timer, self._ping_timer, self._open_timer):
-            if timer is not None:
-                timer.cancel()
+        for t in (self._close_timer, self._ping_timer, self._open_timer):
+            if t is not None:
+                t.cancel()
         self._close_timer = self._ping_timer = self._open_timer = None
         closed = ws.close_exc
         if exc is not None:
@@ -734,6 +738,8 @@ class _Wire(Transport, asyncio.Protocol):
             self._opened.set_exception(exc or EOFError("connection closed during the opening handshake"))
             self._opened.exception()
         self._wake_drain(closed)
+        if self._home is not None:
+            self._home.discard(self)
         if not self._closed.done():
             self._closed.set_result(None)
         self.finish(None if isinstance(closed, _WSClosedOK) else closed)
@@ -792,7 +798,7 @@ class _Wire(Transport, asyncio.Protocol):
             self._pinged = True
             self._ws.send_ping(os.urandom(4))
             self._send_data()
-            self._ping_timer = asyncio.get_running_loop().call_later(self._ping_interval, self._keepalive)
+            self._ping_timer = timer(asyncio.get_running_loop(), self._ping_interval, self._keepalive)
 
     # ---------------------------------------------------------------- Transport
 
@@ -1153,11 +1159,11 @@ async def start_server(
             on_open=opened,
             max_ping_rate=options.get("max_ping_rate", MAX_PING_RATE),
             hook=first if hooked else None,
+            home=wires,
         )
         wires.add(wire)
         if open_timeout is not None:
             wire._open_timer = loop.call_later(open_timeout, wire.abort)
-        wire._closed.add_done_callback(lambda _: wires.discard(wire))
         return wire
 
     server._server = await loop.create_server(factory, host, port, ssl=options.get("ssl"))
