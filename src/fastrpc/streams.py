@@ -372,10 +372,12 @@ class StreamManager:
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._writable: dict[int, asyncio.Future[None]] = {}
         # Streams are held weakly once a user has them, so that dropping one (a `break`
-        # out of `async for`) closes it; arrived-but-unclaimed ones are held in _held.
+        # out of `async for`) closes it. Arrived-but-unclaimed ones are ids in _held
+        # (in arrival order), their items in the core: the ReceiveStream is made when
+        # somebody claims one (an idle unclaimed stream costs no object here).
         self._incoming = _WeakValues()
         self._claims = _WeakValues()
-        self._held: dict[int, ReceiveStream[Any]] = {}
+        self._held: dict[int, None] = {}
         # Lists, not deques: they are nearly always empty, and an empty deque is ~600 B.
         self._anonymous: list[ReceiveStream[Any]] = []
         self._accepting: list[asyncio.Future[None]] = []
@@ -437,7 +439,7 @@ class StreamManager:
     @property
     def active_streams(self) -> int:
         """Outgoing streams still sending plus incoming streams still open."""
-        return len(self._senders) + len(self._incoming)
+        return len(self._senders) + len(self._incoming) + len(self._held)
 
     def stats(self, stream_id: int, *, outgoing: bool = True) -> StreamStats | None:
         """Per-stream accounting (bytes, items, credit window, buffered) or None."""
@@ -704,22 +706,28 @@ class StreamManager:
         if stream_id is None:
             if self._held:
                 sid = next(iter(self._held))
-                stream = self._held.pop(sid)
-                stream.claim()
-                return sid, stream
-            stream = ReceiveStream(self, None, claimed=True)
+                return sid, self._take_held(sid)
+            stream: ReceiveStream[Any] = ReceiveStream(self, None, claimed=True)
             self._anonymous.append(stream)
             return None, stream
+        if stream_id in self._held:
+            return stream_id, self._take_held(stream_id)
         existing = self._incoming.get(stream_id)
         if existing is not None:
-            existing.claim()
-            self._held.pop(stream_id, None)
+            existing.claim()  # ValueError: somebody has it
             return stream_id, existing
         if stream_id in self._claims:
             raise ValueError(f"stream {stream_id} is already being received")
         stream = ReceiveStream(self, stream_id, claimed=True)
         self._claims[stream_id] = stream
         return stream_id, stream
+
+    def _take_held(self, sid: int) -> ReceiveStream[Any]:
+        del self._held[sid]
+        stream: ReceiveStream[Any] = ReceiveStream(self, sid, claimed=True)
+        self._incoming[sid] = stream
+        stream._wake(sid)
+        return stream
 
     async def accept_stream(self) -> tuple[int, ReceiveStream[Any]]:
         """Wait for the next incoming stream nobody has claimed."""
@@ -746,6 +754,7 @@ class StreamManager:
         if stream is not None:
             stream.close()
         else:
+            self._held.pop(stream_id, None)
             self.link.core.close_stream(stream_id)
             self.link.host.flush()
 
@@ -755,10 +764,10 @@ class StreamManager:
         if stream is None and self._anonymous:
             stream = self._anonymous.pop(0)
         if stream is None:
-            stream = ReceiveStream(self, sid)
-            self._held[sid] = stream
-        self._incoming[sid] = stream
-        stream._wake(sid)
+            self._held[sid] = None  # its ReceiveStream is made when claimed
+        else:
+            self._incoming[sid] = stream
+            stream._wake(sid)
         while self._accepting:
             _resolve(self._accepting.pop(0))
 
