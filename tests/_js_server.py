@@ -175,7 +175,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
 
 
-async def main(port: int, static: str | None, keepalive: float | None, compression: bool) -> None:
+async def main(
+    port: int, static: str | None, keepalive: float | None, compression: bool, json_wait: float | None
+) -> None:
     async with fastrpc.serve(
         router,
         "127.0.0.1",
@@ -184,6 +186,7 @@ async def main(port: int, static: str | None, keepalive: float | None, compressi
         keepalive_interval=keepalive,
         session_grace=30,
         compression="zlib" if compression else False,
+        json_wait=json_wait,
     ) as server:
         print(f"port {server.port}", flush=True)
         if static:
@@ -197,5 +200,6 @@ if __name__ == "__main__":
     ap.add_argument("--static")
     ap.add_argument("--keepalive", type=float, default=None)
     ap.add_argument("--compression", action="store_true", help="offer zlib (clients that offer it too get it)")
+    ap.add_argument("--json-wait", type=float, default=0.5, help="json_wait (0: the JSON welcome before any HELLO)")
     a = ap.parse_args()
-    fastrpc.run(main(a.port, a.static, a.keepalive, a.compression))
+    fastrpc.run(main(a.port, a.static, a.keepalive, a.compression, a.json_wait))

@@ -474,6 +474,10 @@ export class Peer implements StreamLink, HandlerLink {
       ws.onmessage = (ev: MessageEvent) => {
         if (ws !== this.ws) return;
         if (typeof ev.data === "string") {
+          // A fastrpc server greets a client silent for its json_wait with the seed's
+          // JSON welcome (a HELLO delayed on a busy machine): skip it, as the Python
+          // client does; any other text is a protocol error.
+          if (!settled && ev.data.startsWith('{"category":"welcome"')) return;
           this.fail(new ProtocolError("text message on a binary connection"));
           return;
         }

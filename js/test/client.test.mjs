@@ -37,6 +37,20 @@ async function until(cond, ms = 5000) {
 }
 
 describe("calls", { timeout: 20000 }, () => {
+  test("a JSON welcome before the server's HELLO (json_wait 0: a late HELLO) is skipped", async () => {
+    const eager = await startPython("_js_server.py", ["--json-wait", "0"]);
+    try {
+      const peer = await connect(`ws://127.0.0.1:${eager.port}`, { keepaliveInterval: null });
+      try {
+        assert.equal(await peer.call("add", 2, 3), 5);
+      } finally {
+        await peer.close();
+      }
+    } finally {
+      await stop(eager);
+    }
+  });
+
   test("results, values both ways, raw bytes untouched, JSON codec", async () => {
     await withPeer(async (peer) => {
       assert.equal(await peer.call("add", 2, 3), 5);
