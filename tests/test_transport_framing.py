@@ -397,3 +397,29 @@ def test_an_open_connection_keeps_no_parsed_handshake() -> None:
             await server.wait_closed()
 
     run(main(), 20)
+
+
+def test_drop_says_why_and_does_not_wait_for_the_peer() -> None:
+    # Transport.drop (a second socket racing for a session token, a session taken
+    # over): the close frame goes out, then the TCP connection, without a handshake.
+    async def main() -> None:
+        dropped = asyncio.get_running_loop().create_future()
+
+        async def handler(t: Transport) -> None:
+            await t.recv(5)
+            t.drop(1008, "taken over")
+            dropped.set_result(None)
+            await asyncio.sleep(5)  # not waiting for anything from the peer
+
+        server = await _server(handler)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            client.writer.write(_masked(0x82, b"x"))
+            await asyncio.wait_for(dropped, 5)
+            assert await client.close_code() == 1008
+            assert client.ws.close_rcvd is not None and client.ws.close_rcvd.reason == "taken over"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)

@@ -339,7 +339,9 @@ class Server:
         """Move session ``peer`` onto this new transport (one at a time: a second
         socket presenting the token meanwhile is refused and never sees RESUME_OK)."""
         if peer in self._resuming:
-            await transport.close(1008, "session is being resumed by another connection")
+            # No close handshake to wait for: a socket racing for a token it may not
+            # have is told why and dropped at once.
+            transport.drop(1008, "session is being resumed by another connection")
             return
         self._resuming.add(peer)
         try:
@@ -352,8 +354,9 @@ class Server:
     async def _move(self, transport: Transport, first: bytes, peer: RpcPeer) -> None:
         old = peer.transport
         if old is not None:
-            # The client saw the old connection die before we did: drop it now.
-            old.abort()
+            # The client saw the old connection die before we did (or a second socket
+            # came with the token): drop the old one now, saying why if it can hear.
+            old.drop(1008, "the session was resumed on another connection")
             try:
                 await asyncio.wait_for(peer.wait_transport_done(), self.options.handshake_timeout)
             except asyncio.TimeoutError:

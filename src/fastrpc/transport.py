@@ -270,6 +270,11 @@ class Transport:
         """Drop the TCP connection (no close handshake)."""
         raise NotImplementedError
 
+    def drop(self, code: int, reason: str) -> None:
+        """Say why in a close frame if the socket takes it now, then drop the TCP
+        connection without waiting for the peer (which may be gone)."""
+        self.abort()
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """The close handshake (never raises)."""
         raise NotImplementedError
@@ -849,6 +854,17 @@ class _Wire(Transport, asyncio.Protocol):
 
     def abort(self) -> None:
         self._tcp.abort()
+
+    def drop(self, code: int, reason: str) -> None:
+        tcp = self._tcp
+        if self._ws.state is _OPEN and tcp.get_write_buffer_size() == 0:
+            self._mode = _FAILED
+            self._ws.fail(code, reason)
+            self._send_data()
+            if tcp.get_write_buffer_size() == 0:  # the kernel took the close frame
+                tcp.close()
+                return
+        tcp.abort()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         ws = self._ws
