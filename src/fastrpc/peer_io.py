@@ -6,7 +6,10 @@ the replay, and while the socket is past its high-water mark).
 Received messages are processed in the callback that read them, so a reply leaves in
 the loop iteration that read its request and a caller's future is resolved without a
 reader task in between. The output of every message a read delivered leaves in one
-write, at the end of that read (the transport's ``flush`` callback). A message of
+write, at the end of that read (the transport's ``flush`` callback), and so does the
+output of one loop pass; once ``EARLY_FLUSH`` control bytes wait, they leave at once
+(a window of calls crosses in parts that both sides work on at the same time, not as
+one batch that they take turns on). A message of
 many frames is processed in slices, one per iteration; past ``max_output_backlog``
 the peer stops reading until its own output drains (:func:`_serve_less`); meanwhile
 later messages wait, in order, in ``_held``.
@@ -109,6 +112,8 @@ class PeerIO(PeerAPI):
             else:
                 self._flush_pending = True
                 self._loop.call_soon(self._flush_soon)
+        elif self._core.control_backlog >= O.EARLY_FLUSH:
+            self._flush()  # a long pass: the peer starts on this part meanwhile
 
     def _flush_soon(self) -> None:
         self._flush_pending = False
@@ -195,6 +200,8 @@ class PeerIO(PeerAPI):
         token = _current_peer.set(self)
         try:
             self._take(transport, msg)
+            if self._core.control_backlog >= O.EARLY_FLUSH:
+                self._flush()  # a long read: the peer starts on this part meanwhile
         except Exception as e:
             self._read_failed(transport, e)
         finally:
