@@ -100,6 +100,16 @@ class PeerIO(PeerAPI):
         )
 
     def _kick(self) -> None:
+        """Send what a call (a notification, a cancel) queued, as :meth:`_send_queued`;
+        but once ``EARLY_FLUSH`` control bytes wait for the end of this loop pass, they
+        leave at once: 100 calls made in one pass cross in parts that the peer answers
+        while this side makes the rest, not in one batch the two sides take turns on."""
+        if self._flush_pending and self._core.control_backlog >= O.EARLY_FLUSH and not self._processing:
+            self._flush()
+        else:
+            self._send_queued()
+
+    def _send_queued(self) -> None:
         """Send what the core has queued: at once when nothing was written since the
         last message arrived (a reply, the next call of a sequence), else from a
         callback after this loop iteration, so that what the iteration queues leaves
@@ -112,8 +122,6 @@ class PeerIO(PeerAPI):
             else:
                 self._flush_pending = True
                 self._loop.call_soon(self._flush_soon)
-        elif self._core.control_backlog >= O.EARLY_FLUSH:
-            self._flush()  # a long pass: the peer starts on this part meanwhile
 
     def _flush_soon(self) -> None:
         self._flush_pending = False
@@ -150,8 +158,9 @@ class PeerIO(PeerAPI):
         t = self._transport
         return t.buffered() if t is not None else 0
 
-    # The stream manager's host (StreamHost): the same functions, public names.
-    flush = _kick
+    # The stream manager's host (StreamHost): the same functions, public names. Stream
+    # items (one kick each) batch up to batch_size instead (no EARLY_FLUSH check).
+    flush = _send_queued
     transport_buffered = _transport_buffered
 
     async def _write_loop(self, transport: Transport) -> None:
