@@ -13,6 +13,7 @@ from _util import assert_idle, pair, raw_client, run, server_peer, until
 
 import fastrpc
 from fastrpc import frames as F
+from fastrpc import options as O
 from fastrpc.protocol import decode_error
 
 
@@ -509,6 +510,27 @@ def test_many_concurrent_calls() -> None:
             got = await asyncio.gather(*(peer.call("add_async", i, 2) for i in range(1000)))
             assert got == [i + 2 for i in range(1000)]
             assert peer.core.pending_calls == 0
+
+    run(main(), timeout=30)
+
+
+def test_a_window_of_calls_crosses_in_parts() -> None:
+    # 200 calls made in one loop pass leave in messages of about EARLY_FLUSH bytes, and
+    # their answers in parts too: the server answers the first part while the client
+    # makes the rest (sent as one batch, the two sides took turns). A few calls made
+    # in one pass still share one message.
+    async def main() -> None:
+        async with pair(make_router()) as (server, peer):
+            payload = b"p" * 16
+            await peer.call("echo", payload)
+            sp = await server_peer(server)
+            for n, fewest, most in ((200, 3, 200), (10, 1, 2)):
+                sent, sent_bytes, answered = peer.core.messages_out, peer.core.bytes_out, sp.core.messages_out
+                assert await asyncio.gather(*(peer.call("echo", payload) for _ in range(n))) == [payload] * n
+                parts = peer.core.messages_out - sent
+                assert fewest <= parts <= most, (n, parts)
+                assert (peer.core.bytes_out - sent_bytes) / parts < O.EARLY_FLUSH + 64
+                assert fewest <= sp.core.messages_out - answered <= most
 
     run(main(), timeout=30)
 

@@ -52,6 +52,11 @@ OUTPUT_STALL_TIMEOUT = 2.0
 # A received message of more frames than this is processed in slices of this many,
 # the event loop serving other connections in between.
 FRAMES_PER_SLICE = 2048
+# Answers and calls queued in one read or one loop pass leave together, but once this
+# many control bytes wait (~40 small calls) they leave at once: the peer works on them
+# while this side makes the rest. Sent only at the end, a window of calls crosses as
+# one batch and the two sides take turns instead of working at the same time.
+EARLY_FLUSH = 1024
 
 # PINGs a peer may send (fastrpc's and WebSocket's, each counted on its own): bursts of
 # PING_BURST, then MAX_PING_RATE a second; past it the connection is closed (1008).

@@ -6,7 +6,10 @@ the replay, and while the socket is past its high-water mark).
 Received messages are processed in the callback that read them, so a reply leaves in
 the loop iteration that read its request and a caller's future is resolved without a
 reader task in between. The output of every message a read delivered leaves in one
-write, at the end of that read (the transport's ``flush`` callback). A message of
+write, at the end of that read (the transport's ``flush`` callback), and so does the
+output of one loop pass; once ``EARLY_FLUSH`` control bytes wait, they leave at once
+(a window of calls crosses in parts that both sides work on at the same time, not as
+one batch that they take turns on). A message of
 many frames is processed in slices, one per iteration; past ``max_output_backlog``
 the peer stops reading until its own output drains (:func:`_serve_less`); meanwhile
 later messages wait, in order, in ``_held``.
@@ -97,6 +100,16 @@ class PeerIO(PeerAPI):
         )
 
     def _kick(self) -> None:
+        """Send what a call (a notification, a cancel) queued, as :meth:`_send_queued`;
+        but once ``EARLY_FLUSH`` control bytes wait for the end of this loop pass, they
+        leave at once: 100 calls made in one pass cross in parts that the peer answers
+        while this side makes the rest, not in one batch the two sides take turns on."""
+        if self._flush_pending and self._core.control_backlog >= O.EARLY_FLUSH and not self._processing:
+            self._flush()
+        else:
+            self._send_queued()
+
+    def _send_queued(self) -> None:
         """Send what the core has queued: at once when nothing was written since the
         last message arrived (a reply, the next call of a sequence), else from a
         callback after this loop iteration, so that what the iteration queues leaves
@@ -145,8 +158,9 @@ class PeerIO(PeerAPI):
         t = self._transport
         return t.buffered() if t is not None else 0
 
-    # The stream manager's host (StreamHost): the same functions, public names.
-    flush = _kick
+    # The stream manager's host (StreamHost): the same functions, public names. Stream
+    # items (one kick each) batch up to batch_size instead (no EARLY_FLUSH check).
+    flush = _send_queued
     transport_buffered = _transport_buffered
 
     async def _write_loop(self, transport: Transport) -> None:
@@ -195,6 +209,8 @@ class PeerIO(PeerAPI):
         token = _current_peer.set(self)
         try:
             self._take(transport, msg)
+            if self._core.control_backlog >= O.EARLY_FLUSH:
+                self._flush()  # a long read: the peer starts on this part meanwhile
         except Exception as e:
             self._read_failed(transport, e)
         finally:
