@@ -8,6 +8,7 @@ keeps per-stream accounting and cleans everything up when the connection closes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -517,13 +518,23 @@ class StreamManager:
 
         An item larger than the receiver's ``max_item_size`` is not sent: the
         :class:`PayloadTooLarge` is raised in ``source`` at its ``yield`` (an async
-        generator may catch it and go on); uncaught, it ends this stream only."""
+        generator may catch it and go on); uncaught, it ends this stream only.
+
+        A ``source`` with a ``bind_stream`` method (and no ``rate``) is given, before
+        its first item is asked for, ``send_now(item) -> bool``: :meth:`send_now` on
+        this stream, by which it may put items on the stream itself while this loop
+        waits for its next one (a topic's live items: no task wakes per subscriber).
+        Whatever it yields then goes out after them, once the stream is writable."""
         link = self.link
         core = link.core
         kick = link.host.flush
         encode = link.codec.encode
         buffered = link.host.transport_buffered
         limit = self.max_buffered_amount
+        bind = getattr(source, "bind_stream", None) if rate is None else None
+        bound = bind is not None
+        if bind is not None:
+            bind(functools.partial(self.send_now, sid))
         it = source.__aiter__()
         refused: list[Any] = []  # what the source gave after a PayloadTooLarge thrown in
         try:
@@ -537,6 +548,9 @@ class StreamManager:
                         except StopAsyncIteration:
                             break
                     payload, raw = encode(item)
+                    if bound and not core.writable(sid):
+                        # The source's own send_now() filled the stream's credit.
+                        await self._wait_writable(sid)
                     if rate is not None:
                         delay = rate.delay(len(payload) if rate.per_bytes else 1)
                         if delay > 0:
@@ -588,6 +602,32 @@ class StreamManager:
                     await aclose()
                 except Exception:
                     pass
+
+    def send_now(self, sid: int, item: Any) -> bool:
+        """Queue ``item`` on outgoing stream ``sid`` if it can take it without
+        waiting, and have it sent with the rest of this loop pass; False (nothing
+        queued) when it cannot: no credit or stream buffer room, the connection's
+        buffer past ``max_buffered_amount`` or other senders waiting for it to drain,
+        the stream closed or the item too large. The caller then sends it the usual
+        way (its sender loop), which also keeps its order.
+
+        For a source bound to its stream (see :meth:`run_sender`): what it yielded
+        before is queued already (the loop queues an item before any wait), so an
+        item sent now never overtakes one; the source must not call this while it
+        holds items back for its loop."""
+        link = self.link
+        if link.closed or self._closed is not None or self._drain_waiters:
+            return False
+        core = link.core
+        if not core.writable(sid) or core.buffered_amount + link.host.transport_buffered() > self.max_buffered_amount:
+            return False
+        payload, raw = link.codec.encode(item)
+        try:
+            core.send_item(sid, payload, raw=raw)
+        except (StreamClosed, PayloadTooLarge):
+            return False  # the sender loop finds out on the item's way through it
+        link.host.flush()
+        return True
 
     async def _wait_writable(self, sid: int) -> None:
         link = self.link

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Protocol, Union
 
 from . import options as O
@@ -106,6 +106,7 @@ class _Sub:
         "key",
         "last",
         "limit",
+        "outlet",
         "owner",
         "policy",
         "queue",
@@ -122,11 +123,15 @@ class _Sub:
         # block / drop_oldest / disconnect: Encoded items in order; latest: key -> item.
         self.queue: deque[Encoded] | dict[Any, Encoded] = {} if policy == LATEST else deque()
         self.epoch: str | None = None  # set once the subscription knows where it starts
-        self.last = 0  # the newest offset queued or sent: older ones are duplicates
+        # The newest offset sent (latest: the history's end, or the newest sent
+        # straight): offsets up to it are duplicates.
+        self.last = 0
         self.dropped = 0
         self.first_dropped = 0
         self.end: list[Any] | None = None  # the last event, then the stream ends
         self.waiter: asyncio.Future[None] | None = None
+        # Once the live feed starts: the stream's send_now (StreamManager.send_now).
+        self.outlet: Callable[[Any], bool] | None = None
 
     def push(self, epoch: str, offset: int, env: Encoded, value: Any) -> None:
         if self.end is not None:
@@ -135,6 +140,15 @@ class _Sub:
             self.finish([_LOST, epoch, offset, "the topic's epoch changed (its broker lost its state)"])
             return
         q = self.queue
+        if not q and self.outlet is not None:
+            # Nothing queued to overtake: straight onto the stream if it can take it
+            # now (no task wakes per subscriber); else queued under the policy, and
+            # the following items queue behind it until the sender drains the queue.
+            if offset <= self.last:
+                return  # sent already (from the history)
+            if self.outlet(env):
+                self.last = offset
+                return
         if self.policy == LATEST:
             k = value.get(self.key) if self.key is not None and isinstance(value, dict) else None
             d: dict[Any, Encoded] = q  # type: ignore[assignment]
@@ -195,10 +209,15 @@ class _Sub:
                 return ev
             if type(q) is dict:
                 env = q.pop(next(iter(q)))
-            else:
-                env = q.popleft()  # type: ignore[union-attr]
-                if self.policy == BLOCK and len(q) < self.limit:
-                    self._unblock()
+                offset = env.value[1]
+                # Keys are in first-queued order, not offset order (a newer value keeps
+                # its key's place): only the history's end marks duplicates.
+                if offset <= self.last:
+                    continue  # also in the history just sent
+                return env
+            env = q.popleft()  # type: ignore[union-attr]
+            if self.policy == BLOCK and len(q) < self.limit:
+                self._unblock()
             offset = env.value[1]
             if offset <= self.last:
                 continue  # also in the history just sent
@@ -354,7 +373,7 @@ class TopicHub:
         policy: str = BLOCK,
         key: str | None = None,
         queue_size: int | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterable[Any]:
         """The handler of :data:`SUBSCRIBE` for connection ``owner``: the events of
         one subscription."""
         _check_name(topic)
@@ -365,10 +384,18 @@ class TopicHub:
         if (epoch is None) != (offset is None) or (offset is not None and (not isinstance(offset, int) or offset < 0)):
             raise ValueError("since must be None or (epoch, offset >= 0)")
         limit = self.queue_size if queue_size is None else max(1, min(int(queue_size), self.queue_size))
-        return self._events(owner, topic, epoch, offset, policy, key, limit)
+        return _Feed(self, owner, topic, epoch, offset, policy, key, limit)
 
     async def _events(
-        self, owner: object, topic: str, epoch: str | None, offset: int | None, policy: str, key: str | None, limit: int
+        self,
+        feed: _Feed,
+        owner: object,
+        topic: str,
+        epoch: str | None,
+        offset: int | None,
+        policy: str,
+        key: str | None,
+        limit: int,
     ) -> AsyncIterator[Any]:
         t = self._topics.get(topic)
         if t is None:
@@ -393,6 +420,9 @@ class TopicHub:
                     sub.last = o
                     yield Encoded([_ITEM, o, value])
                 sub.last = max(sub.last, offset)
+            # The START and the history are queued on the stream (the sender queues
+            # each event before it asks for the next): live items may go straight.
+            sub.outlet = feed.outlet
             loop = asyncio.get_running_loop()
             while True:
                 ev = sub.take()
@@ -407,10 +437,31 @@ class TopicHub:
                 if ev is sub.end:
                     return
         finally:
+            sub.outlet = None
             sub.finish([_SLOW, "closed"])
             del t.subs[sub]
             if not t.subs and not t.filling and self._topics.get(topic) is t:
                 del self._topics[topic]
+
+
+class _Feed:
+    """The source of one subscription's stream: its events, and the hook by which
+    the stream's sender hands it ``send_now`` (:meth:`StreamManager.run_sender`),
+    so that live items go onto the stream from the publisher's fan-out."""
+
+    __slots__ = ("args", "hub", "outlet")
+
+    def __init__(self, hub: TopicHub, *args: Any) -> None:
+        self.hub = hub
+        self.args = args
+        self.outlet: Callable[[Any], bool] | None = None
+
+    def bind_stream(self, send_now: Callable[[Any], bool]) -> None:
+        """(StreamManager hook) how to put an item on the stream at once."""
+        self.outlet = send_now
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self.hub._events(self, *self.args)
 
 
 def _check_name(topic: str) -> None:
