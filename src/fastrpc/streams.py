@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import options as O
@@ -521,10 +521,10 @@ class StreamManager:
         generator may catch it and go on); uncaught, it ends this stream only.
 
         A ``source`` with a ``bind_stream`` method (and no ``rate``) is given, before
-        its first item is asked for, ``send_now(item) -> bool``: :meth:`send_now` on
+        its first item is asked for, ``send_now(items) -> int``: :meth:`send_now` on
         this stream, by which it may put items on the stream itself while this loop
         waits for its next one (a topic's live items: no task wakes per subscriber).
-        Whatever it yields then goes out after them, once the stream is writable."""
+        What it yields next goes out after them, once the stream is writable."""
         link = self.link
         core = link.core
         kick = link.host.flush
@@ -603,31 +603,41 @@ class StreamManager:
                 except Exception:
                     pass
 
-    def send_now(self, sid: int, item: Any) -> bool:
-        """Queue ``item`` on outgoing stream ``sid`` if it can take it without
-        waiting, and have it sent with the rest of this loop pass; False (nothing
-        queued) when it cannot: no credit or stream buffer room, the connection's
-        buffer past ``max_buffered_amount`` or other senders waiting for it to drain,
-        the stream closed or the item too large. The caller then sends it the usual
-        way (its sender loop), which also keeps its order.
+    def send_now(self, sid: int, items: Sequence[Any]) -> int:
+        """Queue ``items``, in order, on outgoing stream ``sid`` as far as it takes
+        them without waiting, to leave with the rest of this loop pass (one flush);
+        return how many it took. It stops at the first it cannot take: no credit or
+        stream buffer room, the connection's buffer past ``max_buffered_amount`` or
+        other senders waiting for it to drain, the stream closed, an item too large.
+        The caller sends the rest the usual way (through its sender loop).
 
-        For a source bound to its stream (see :meth:`run_sender`): what it yielded
-        before is queued already (the loop queues an item before any wait), so an
-        item sent now never overtakes one; the source must not call this while it
-        holds items back for its loop."""
+        Only for a source bound to its stream (see :meth:`run_sender`), and only
+        while its loop holds no item of it: between the source's yield and its
+        loop's next request for an item, the item may not be queued yet, and one
+        sent now would overtake it."""
         link = self.link
         if link.closed or self._closed is not None or self._drain_waiters:
-            return False
+            return 0
         core = link.core
-        if not core.writable(sid) or core.buffered_amount + link.host.transport_buffered() > self.max_buffered_amount:
-            return False
-        payload, raw = link.codec.encode(item)
+        room = self.max_buffered_amount - core.buffered_amount - link.host.transport_buffered()
+        if room < 0 or not core.writable(sid):
+            return 0
+        encode = link.codec.encode
+        send = core.send_item
+        n = 0
         try:
-            core.send_item(sid, payload, raw=raw)
+            for item in items:
+                payload, raw = encode(item)
+                ok = send(sid, payload, raw=raw)
+                n += 1
+                room -= len(payload)
+                if not ok or room < 0:
+                    break
         except (StreamClosed, PayloadTooLarge):
-            return False  # the sender loop finds out on the item's way through it
-        link.host.flush()
-        return True
+            pass  # the sender loop finds out on the item's way through it
+        if n:
+            link.host.flush()
+        return n
 
     async def _wait_writable(self, sid: int) -> None:
         link = self.link

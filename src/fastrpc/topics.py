@@ -81,7 +81,7 @@ class Gap:
 class _Topic:
     """A topic with subscribers on this process."""
 
-    __slots__ = ("epoch", "filling", "full", "last", "pending", "room", "subs")
+    __slots__ = ("burst", "epoch", "filling", "full", "last", "pending", "ready", "room", "subs")
 
     def __init__(self) -> None:
         self.subs: dict[_Sub, None] = {}
@@ -93,12 +93,33 @@ class _Topic:
         self.pending: list[tuple[str, int, Any]] = []
         self.full: set[_Sub] = set()  # `block` subscriptions whose queue is full
         self.room: asyncio.Future[None] | None = None  # publishers wait on it
+        # Items fanned out in this loop pass: past the queue size, a publisher lets
+        # the loop run once, so that the connections write what it published.
+        self.burst = 0
+        self.ready: list[_Sub] = []  # subscriptions with a batch, sent at the pass's end
+
+    def count(self) -> None:
+        """An item fanned out: the first of a loop pass schedules its end."""
+        if not self.burst:
+            asyncio.get_running_loop().call_soon(self.end_pass)
+        self.burst += 1
+
+    def end_pass(self) -> None:
+        """Each subscription's batch of this pass onto its stream, one connection
+        after the other (each connection's objects are touched once per pass, not
+        once per item: with a thousand connections that is most of the cost)."""
+        self.burst = 0
+        ready, self.ready = self.ready, []
+        for sub in ready:
+            sub.send_batch()
 
 
 class _Sub:
     """One subscription on this process: its queue and policy."""
 
     __slots__ = (
+        "batch",
+        "busy",
         "dropped",
         "end",
         "epoch",
@@ -130,8 +151,15 @@ class _Sub:
         self.first_dropped = 0
         self.end: list[Any] | None = None  # the last event, then the stream ends
         self.waiter: asyncio.Future[None] | None = None
-        # Once the live feed starts: the stream's send_now (StreamManager.send_now).
-        self.outlet: Callable[[Any], bool] | None = None
+        # The direct path. Once the live feed starts: the stream's send_now
+        # (StreamManager.send_now). While the queue is empty and the sender holds no
+        # item of ours (`busy`: between our yield and its next request), live items
+        # gather in `batch` and go straight onto the stream at the loop pass's end
+        # (_Topic.end_pass); what it cannot take then is queued under the policy, and
+        # later items queue behind it until the sender has taken the queue.
+        self.outlet: Callable[[list[Encoded]], int] | None = None
+        self.busy = False
+        self.batch: list[Encoded] = []
 
     def push(self, epoch: str, offset: int, env: Encoded, value: Any) -> None:
         if self.end is not None:
@@ -139,16 +167,32 @@ class _Sub:
         if self.epoch is not None and epoch != self.epoch:
             self.finish([_LOST, epoch, offset, "the topic's epoch changed (its broker lost its state)"])
             return
-        q = self.queue
-        if not q and self.outlet is not None:
-            # Nothing queued to overtake: straight onto the stream if it can take it
-            # now (no task wakes per subscriber); else queued under the policy, and
-            # the following items queue behind it until the sender drains the queue.
+        if not self.queue and self.outlet is not None and not self.busy:
             if offset <= self.last:
                 return  # sent already (from the history)
-            if self.outlet(env):
-                self.last = offset
-                return
+            b = self.batch
+            b.append(env)
+            if len(b) == 1:
+                self.topic.ready.append(self)
+            elif len(b) >= self.limit:
+                self.send_batch()  # a publisher past the queue size in one pass
+            return
+        self._queue(env, value)
+
+    def send_batch(self) -> None:
+        """The batch onto the stream, as far as it takes it; the rest to the queue."""
+        b = self.batch
+        if not b or self.end is not None or self.outlet is None:
+            return
+        self.batch = []
+        n = self.outlet(b)
+        if n:
+            self.last = b[n - 1].value[1]
+        for env in b[n:]:
+            self._queue(env, env.value[2])
+
+    def _queue(self, env: Encoded, value: Any) -> None:
+        q = self.queue
         if self.policy == LATEST:
             k = value.get(self.key) if self.key is not None and isinstance(value, dict) else None
             d: dict[Any, Encoded] = q  # type: ignore[assignment]
@@ -182,6 +226,7 @@ class _Sub:
         if self.end is None:
             self.end = event
             self.queue.clear()
+            self.batch = []
             self._unblock()
             self._wake()
 
@@ -275,14 +320,20 @@ class TopicHub:
         """Publish ``value`` on ``topic``; return its ``(epoch, offset)``.
 
         Waits while a local ``block`` subscription's queue is full (its reader sets
-        the pace of the publishers on this process).
+        the pace of the publishers on this process), and lets the loop run once
+        after ``queue_size`` items published in one loop pass (the subscribers'
+        connections write them meanwhile: a publisher that never waits would
+        otherwise fill every subscriber's stream buffer before a byte leaves).
         """
         _check_name(topic)
         t = self._topics.get(topic)
-        while t is not None and t.full:
-            if t.room is None or t.room.done():
-                t.room = asyncio.get_running_loop().create_future()
-            await t.room
+        if t is not None:
+            if t.burst >= self.queue_size:
+                await asyncio.sleep(0)
+            while t.full:
+                if t.room is None or t.room.done():
+                    t.room = asyncio.get_running_loop().create_future()
+                await t.room
         return await self.broker.publish(topic, value)
 
     # -- delivery from the broker
@@ -316,6 +367,7 @@ class TopicHub:
         t.epoch = epoch
         t.last = offset
         env = Encoded([_ITEM, offset, value])  # encoded once, for every subscriber
+        t.count()
         for sub in t.subs:
             sub.push(epoch, offset, env, value)
 
@@ -433,7 +485,9 @@ class TopicHub:
                     finally:
                         sub.waiter = None
                     continue
+                sub.busy = True  # until the sender asks for the next: it holds ev
                 yield ev
+                sub.busy = False
                 if ev is sub.end:
                     return
         finally:
@@ -454,9 +508,9 @@ class _Feed:
     def __init__(self, hub: TopicHub, *args: Any) -> None:
         self.hub = hub
         self.args = args
-        self.outlet: Callable[[Any], bool] | None = None
+        self.outlet: Callable[[list[Encoded]], int] | None = None
 
-    def bind_stream(self, send_now: Callable[[Any], bool]) -> None:
+    def bind_stream(self, send_now: Callable[[list[Encoded]], int]) -> None:
         """(StreamManager hook) how to put an item on the stream at once."""
         self.outlet = send_now
 
