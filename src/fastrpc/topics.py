@@ -81,9 +81,10 @@ class Gap:
 class _Topic:
     """A topic with subscribers on this process."""
 
-    __slots__ = ("burst", "epoch", "filling", "full", "last", "pending", "ready", "room", "subs")
+    __slots__ = ("burst", "epoch", "filling", "full", "last", "loop", "pending", "ready", "room", "subs")
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()  # made by a subscription, on its loop
         self.subs: dict[_Sub, None] = {}
         self.epoch: str | None = None  # of the last item delivered here
         self.last = 0
@@ -101,7 +102,7 @@ class _Topic:
     def count(self) -> None:
         """An item fanned out: the first of a loop pass schedules its end."""
         if not self.burst:
-            asyncio.get_running_loop().call_soon(self.end_pass)
+            self.loop.call_soon(self.end_pass)
         self.burst += 1
 
     def end_pass(self) -> None:
