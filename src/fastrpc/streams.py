@@ -8,9 +8,10 @@ keeps per-stream accounting and cleans everything up when the connection closes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import options as O
@@ -519,13 +520,23 @@ class StreamManager:
 
         An item larger than the receiver's ``max_item_size`` is not sent: the
         :class:`PayloadTooLarge` is raised in ``source`` at its ``yield`` (an async
-        generator may catch it and go on); uncaught, it ends this stream only."""
+        generator may catch it and go on); uncaught, it ends this stream only.
+
+        A ``source`` with a ``bind_stream`` method (and no ``rate``) is given, before
+        its first item is asked for, ``send_now(items) -> int``: :meth:`send_now` on
+        this stream, by which it may put items on the stream itself while this loop
+        waits for its next one (a topic's live items: no task wakes per subscriber).
+        What it yields next goes out after them, once the stream is writable."""
         link = self.link
         core = link.core
         kick = link.host.flush
         encode = link.codec.encode
         buffered = link.host.transport_buffered
         limit = self.max_buffered_amount
+        bind = getattr(source, "bind_stream", None) if rate is None else None
+        bound = bind is not None
+        if bind is not None:
+            bind(functools.partial(self.send_now, sid))
         it = source.__aiter__()
         refused: list[Any] = []  # what the source gave after a PayloadTooLarge thrown in
         try:
@@ -539,6 +550,9 @@ class StreamManager:
                         except StopAsyncIteration:
                             break
                     payload, raw = encode(item)
+                    if bound and not core.writable(sid):
+                        # The source's own send_now() filled the stream's credit.
+                        await self._wait_writable(sid)
                     if rate is not None:
                         delay = rate.delay(len(payload) if rate.per_bytes else 1)
                         if delay > 0:
@@ -590,6 +604,42 @@ class StreamManager:
                     await aclose()
                 except Exception:
                     pass
+
+    def send_now(self, sid: int, items: Sequence[Any]) -> int:
+        """Queue ``items``, in order, on outgoing stream ``sid`` as far as it takes
+        them without waiting, to leave with the rest of this loop pass (one flush);
+        return how many it took. It stops at the first it cannot take: no credit or
+        stream buffer room, the connection's buffer past ``max_buffered_amount`` or
+        other senders waiting for it to drain, the stream closed, an item too large.
+        The caller sends the rest the usual way (through its sender loop).
+
+        Only for a source bound to its stream (see :meth:`run_sender`), and only
+        while its loop holds no item of it: between the source's yield and its
+        loop's next request for an item, the item may not be queued yet, and one
+        sent now would overtake it."""
+        link = self.link
+        if link.closed or self._closed is not None or self._drain_waiters:
+            return 0
+        core = link.core
+        room = self.max_buffered_amount - core.buffered_amount - link.host.transport_buffered()
+        if room < 0 or not core.writable(sid):
+            return 0
+        encode = link.codec.encode
+        send = core.send_item
+        n = 0
+        try:
+            for item in items:
+                payload, raw = encode(item)
+                ok = send(sid, payload, raw=raw)
+                n += 1
+                room -= len(payload)
+                if not ok or room < 0:
+                    break
+        except (StreamClosed, PayloadTooLarge):
+            pass  # the sender loop finds out on the item's way through it
+        if n:
+            link.host.flush()
+        return n
 
     async def _wait_writable(self, sid: int) -> None:
         link = self.link

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Protocol, Union
 
 from . import options as O
@@ -81,9 +81,10 @@ class Gap:
 class _Topic:
     """A topic with subscribers on this process."""
 
-    __slots__ = ("epoch", "filling", "full", "last", "pending", "room", "subs")
+    __slots__ = ("burst", "epoch", "filling", "full", "last", "loop", "pending", "ready", "room", "subs")
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()  # made by a subscription, on its loop
         self.subs: dict[_Sub, None] = {}
         self.epoch: str | None = None  # of the last item delivered here
         self.last = 0
@@ -93,12 +94,33 @@ class _Topic:
         self.pending: list[tuple[str, int, Any]] = []
         self.full: set[_Sub] = set()  # `block` subscriptions whose queue is full
         self.room: asyncio.Future[None] | None = None  # publishers wait on it
+        # Items fanned out in this loop pass: past the queue size, a publisher lets
+        # the loop run once, so that the connections write what it published.
+        self.burst = 0
+        self.ready: list[_Sub] = []  # subscriptions with a batch, sent at the pass's end
+
+    def count(self) -> None:
+        """An item fanned out: the first of a loop pass schedules its end."""
+        if not self.burst:
+            self.loop.call_soon(self.end_pass)
+        self.burst += 1
+
+    def end_pass(self) -> None:
+        """Each subscription's batch of this pass onto its stream, one connection
+        after the other (each connection's objects are touched once per pass, not
+        once per item: with a thousand connections that is most of the cost)."""
+        self.burst = 0
+        ready, self.ready = self.ready, []
+        for sub in ready:
+            sub.send_batch()
 
 
 class _Sub:
     """One subscription on this process: its queue and policy."""
 
     __slots__ = (
+        "batch",
+        "busy",
         "dropped",
         "end",
         "epoch",
@@ -106,6 +128,7 @@ class _Sub:
         "key",
         "last",
         "limit",
+        "outlet",
         "owner",
         "policy",
         "queue",
@@ -122,11 +145,22 @@ class _Sub:
         # block / drop_oldest / disconnect: Encoded items in order; latest: key -> item.
         self.queue: deque[Encoded] | dict[Any, Encoded] = {} if policy == LATEST else deque()
         self.epoch: str | None = None  # set once the subscription knows where it starts
-        self.last = 0  # the newest offset queued or sent: older ones are duplicates
+        # The newest offset sent (latest: the history's end, or the newest sent
+        # straight): offsets up to it are duplicates.
+        self.last = 0
         self.dropped = 0
         self.first_dropped = 0
         self.end: list[Any] | None = None  # the last event, then the stream ends
         self.waiter: asyncio.Future[None] | None = None
+        # The direct path. Once the live feed starts: the stream's send_now
+        # (StreamManager.send_now). While the queue is empty and the sender holds no
+        # item of ours (`busy`: between our yield and its next request), live items
+        # gather in `batch` and go straight onto the stream at the loop pass's end
+        # (_Topic.end_pass); what it cannot take then is queued under the policy, and
+        # later items queue behind it until the sender has taken the queue.
+        self.outlet: Callable[[list[Encoded]], int] | None = None
+        self.busy = False
+        self.batch: list[Encoded] = []
 
     def push(self, epoch: str, offset: int, env: Encoded, value: Any) -> None:
         if self.end is not None:
@@ -134,6 +168,31 @@ class _Sub:
         if self.epoch is not None and epoch != self.epoch:
             self.finish([_LOST, epoch, offset, "the topic's epoch changed (its broker lost its state)"])
             return
+        if not self.queue and self.outlet is not None and not self.busy:
+            if offset <= self.last:
+                return  # sent already (from the history)
+            b = self.batch
+            b.append(env)
+            if len(b) == 1:
+                self.topic.ready.append(self)
+            elif len(b) >= self.limit:
+                self.send_batch()  # a publisher past the queue size in one pass
+            return
+        self._queue(env, value)
+
+    def send_batch(self) -> None:
+        """The batch onto the stream, as far as it takes it; the rest to the queue."""
+        b = self.batch
+        if not b or self.end is not None or self.outlet is None:
+            return
+        self.batch = []
+        n = self.outlet(b)
+        if n:
+            self.last = b[n - 1].value[1]
+        for env in b[n:]:
+            self._queue(env, env.value[2])
+
+    def _queue(self, env: Encoded, value: Any) -> None:
         q = self.queue
         if self.policy == LATEST:
             k = value.get(self.key) if self.key is not None and isinstance(value, dict) else None
@@ -168,6 +227,7 @@ class _Sub:
         if self.end is None:
             self.end = event
             self.queue.clear()
+            self.batch = []
             self._unblock()
             self._wake()
 
@@ -195,10 +255,15 @@ class _Sub:
                 return ev
             if type(q) is dict:
                 env = q.pop(next(iter(q)))
-            else:
-                env = q.popleft()  # type: ignore[union-attr]
-                if self.policy == BLOCK and len(q) < self.limit:
-                    self._unblock()
+                offset = env.value[1]
+                # Keys are in first-queued order, not offset order (a newer value keeps
+                # its key's place): only the history's end marks duplicates.
+                if offset <= self.last:
+                    continue  # also in the history just sent
+                return env
+            env = q.popleft()  # type: ignore[union-attr]
+            if self.policy == BLOCK and len(q) < self.limit:
+                self._unblock()
             offset = env.value[1]
             if offset <= self.last:
                 continue  # also in the history just sent
@@ -256,14 +321,20 @@ class TopicHub:
         """Publish ``value`` on ``topic``; return its ``(epoch, offset)``.
 
         Waits while a local ``block`` subscription's queue is full (its reader sets
-        the pace of the publishers on this process).
+        the pace of the publishers on this process), and lets the loop run once
+        after ``queue_size`` items published in one loop pass (the subscribers'
+        connections write them meanwhile: a publisher that never waits would
+        otherwise fill every subscriber's stream buffer before a byte leaves).
         """
         _check_name(topic)
         t = self._topics.get(topic)
-        while t is not None and t.full:
-            if t.room is None or t.room.done():
-                t.room = asyncio.get_running_loop().create_future()
-            await t.room
+        if t is not None:
+            if t.burst >= self.queue_size:
+                await asyncio.sleep(0)
+            while t.full:
+                if t.room is None or t.room.done():
+                    t.room = asyncio.get_running_loop().create_future()
+                await t.room
         return await self.broker.publish(topic, value)
 
     # -- delivery from the broker
@@ -297,6 +368,7 @@ class TopicHub:
         t.epoch = epoch
         t.last = offset
         env = Encoded([_ITEM, offset, value])  # encoded once, for every subscriber
+        t.count()
         for sub in t.subs:
             sub.push(epoch, offset, env, value)
 
@@ -354,7 +426,7 @@ class TopicHub:
         policy: str = BLOCK,
         key: str | None = None,
         queue_size: int | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterable[Any]:
         """The handler of :data:`SUBSCRIBE` for connection ``owner``: the events of
         one subscription."""
         _check_name(topic)
@@ -365,10 +437,18 @@ class TopicHub:
         if (epoch is None) != (offset is None) or (offset is not None and (not isinstance(offset, int) or offset < 0)):
             raise ValueError("since must be None or (epoch, offset >= 0)")
         limit = self.queue_size if queue_size is None else max(1, min(int(queue_size), self.queue_size))
-        return self._events(owner, topic, epoch, offset, policy, key, limit)
+        return _Feed(self, owner, topic, epoch, offset, policy, key, limit)
 
     async def _events(
-        self, owner: object, topic: str, epoch: str | None, offset: int | None, policy: str, key: str | None, limit: int
+        self,
+        feed: _Feed,
+        owner: object,
+        topic: str,
+        epoch: str | None,
+        offset: int | None,
+        policy: str,
+        key: str | None,
+        limit: int,
     ) -> AsyncIterator[Any]:
         t = self._topics.get(topic)
         if t is None:
@@ -393,6 +473,9 @@ class TopicHub:
                     sub.last = o
                     yield Encoded([_ITEM, o, value])
                 sub.last = max(sub.last, offset)
+            # The START and the history are queued on the stream (the sender queues
+            # each event before it asks for the next): live items may go straight.
+            sub.outlet = feed.outlet
             loop = asyncio.get_running_loop()
             while True:
                 ev = sub.take()
@@ -403,14 +486,37 @@ class TopicHub:
                     finally:
                         sub.waiter = None
                     continue
+                sub.busy = True  # until the sender asks for the next: it holds ev
                 yield ev
+                sub.busy = False
                 if ev is sub.end:
                     return
         finally:
+            sub.outlet = None
             sub.finish([_SLOW, "closed"])
             del t.subs[sub]
             if not t.subs and not t.filling and self._topics.get(topic) is t:
                 del self._topics[topic]
+
+
+class _Feed:
+    """The source of one subscription's stream: its events, and the hook by which
+    the stream's sender hands it ``send_now`` (:meth:`StreamManager.run_sender`),
+    so that live items go onto the stream from the publisher's fan-out."""
+
+    __slots__ = ("args", "hub", "outlet")
+
+    def __init__(self, hub: TopicHub, *args: Any) -> None:
+        self.hub = hub
+        self.args = args
+        self.outlet: Callable[[list[Encoded]], int] | None = None
+
+    def bind_stream(self, send_now: Callable[[list[Encoded]], int]) -> None:
+        """(StreamManager hook) how to put an item on the stream at once."""
+        self.outlet = send_now
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self.hub._events(self, *self.args)
 
 
 def _check_name(topic: str) -> None:
