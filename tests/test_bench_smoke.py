@@ -25,32 +25,26 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPARE = ROOT / "bench" / "compare.py"
 
 
-@pytest.mark.timeout(150)
-def test_compare_quick_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def _compare(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """bench/compare.py with ``args`` (the compiled codec where built); it must succeed."""
     env = dict(os.environ)
     env.pop("FASTRPC_NO_EXTENSIONS", None)
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(COMPARE),
-            "--quick",
-            "--scale",
-            "0.02",
-            "--only",
-            "small,seq_calls",
-            "--libs",
-            "fastrpc,websockets",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(ROOT),
-        env=env,
+        [sys.executable, str(COMPARE), *args], capture_output=True, text=True, timeout=timeout, cwd=str(cwd), env=env
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.timeout(150)
+def test_compare_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = _compare(
+        *("--quick", "--scale", "0.02", "--only", "small,seq_calls", "--libs", "fastrpc,websockets"),
+        *("--json", str(out)),
+        cwd=ROOT,
+        timeout=120,
+    )
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("scenario"))
     assert "fastrpc" in header and "websockets" in header
@@ -77,22 +71,12 @@ def test_compare_baseline_smoke(tmp_path: Path) -> None:
     base = tmp_path / "base"
     shutil.copytree(ROOT / "src", base / "src", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "bench.json"
-    env = dict(os.environ)
-    env.pop("FASTRPC_NO_EXTENSIONS", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(COMPARE),
-            *("--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base"),
-            *("--baseline", str(base), "--json", str(out)),
-        ],
-        capture_output=True,
-        text=True,
+    proc = _compare(
+        *("--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base"),
+        *("--baseline", str(base), "--json", str(out)),
+        cwd=tmp_path,
         timeout=120,
-        cwd=str(tmp_path),
-        env=env,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     where = {line.split()[0]: line for line in lines if "codec (server/client)" in line}
     mine, theirs = where["fastrpc"], where["fastrpc-base"]
@@ -118,22 +102,12 @@ def test_compare_fanout_smoke(tmp_path: Path) -> None:
     """The fan-out row (100 connections, a few items): every connection received every
     item (the harness fails the run otherwise), and the latency figures come out."""
     out = tmp_path / "bench.json"
-    env = dict(os.environ)
-    env.pop("FASTRPC_NO_EXTENSIONS", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(COMPARE),
-            *("--quick", "--scale", "0.02", "--min-time", "0", "--only", "fanout_100"),
-            *("--libs", "fastrpc,websockets", "--json", str(out)),
-        ],
-        capture_output=True,
-        text=True,
+    proc = _compare(
+        *("--quick", "--scale", "0.02", "--min-time", "0", "--only", "fanout_100"),
+        *("--libs", "fastrpc,websockets", "--json", str(out)),
+        cwd=ROOT,
         timeout=50,
-        cwd=str(ROOT),
-        env=env,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     row = next(line for line in lines if line.startswith("fanout_100 ") and "items/s" in line)
     assert "x websockets" in row, row

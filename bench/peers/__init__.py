@@ -268,13 +268,7 @@ async def _throughput(client: Any, scenario: str, p: dict[str, Any]) -> dict[str
     n_full = p["n"]
     n_warm = min(n_full, max(p["min_n"], math.ceil(n_full * 0.05)))
     dt = await _timed(client, scenario, p, n_warm)
-    per_unit = dt / n_warm
-    n = n_full
-    budget, min_time = p.get("budget"), p.get("min_time")
-    if min_time and per_unit * n_full < min_time:
-        n = min(n_full * p.get("max_growth", 10), math.ceil(min_time / per_unit))
-    elif budget and per_unit * n_full > budget:
-        n = min(n_full, max(p["min_n"], int(budget / per_unit)))
+    n = _count_for(p, dt / n_warm)
     runs = []
     for _ in range(p["repeat"]):
         gc.collect()
@@ -369,13 +363,7 @@ async def _fanout(mod: Any, p: dict[str, Any], port: int, server_pid: int) -> di
         n_full = p["n"]
         n_warm = min(n_full, max(p["min_n"], math.ceil(n_full * 0.1)))
         warm = await _feed_once(handle, rec, subs, n_warm, size, 0, server_pid)
-        per_item = 1 / warm["per_subscriber"]  # seconds per item (to every subscriber)
-        n = n_full
-        budget, min_time = p.get("budget"), p.get("min_time")
-        if min_time and per_item * n_full < min_time:
-            n = min(n_full * p.get("max_growth", 10), math.ceil(min_time / per_item))
-        elif budget and per_item * n_full > budget:
-            n = min(n_full, max(p["min_n"], int(budget / per_item)))
+        n = _count_for(p, 1 / warm["per_subscriber"])  # seconds per item (to every subscriber)
         runs = []
         for _ in range(p["repeat"]):
             gc.collect()
@@ -452,6 +440,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------- shared helpers
+
+
+def _count_for(p: dict[str, Any], per_unit: float) -> int:
+    """Units for one measured run: the nominal ``n``, raised (up to ``max_growth``
+    times) so that a fast library's run lasts ``min_time``, or cut (down to
+    ``min_n``) so that a slow one's stays within ``budget``; ``per_unit`` in s."""
+    n_full = p["n"]
+    budget, min_time = p.get("budget"), p.get("min_time")
+    if min_time and per_unit * n_full < min_time:
+        return min(n_full * p.get("max_growth", 10), math.ceil(min_time / per_unit))
+    if budget and per_unit * n_full > budget:
+        return min(n_full, max(p["min_n"], int(budget / per_unit)))
+    return int(n_full)
 
 
 async def inflight_with_workers(call: Any, n: int, window: int, payload: bytes) -> None:

@@ -511,9 +511,10 @@ class _Wire(Transport, asyncio.Protocol):
 
     def _frames(self, data: bytes) -> None:
         """RFC 6455 framing of the data path: final, unfragmented BINARY and TEXT
-        frames (masked from a client, unmasked from a server) are read here; any
-        other frame (control frames, fragments, reserved bits, a wrong mask bit) goes,
-        whole, to websockets' protocol, which answers it or fails the connection.
+        frames and PINGs (masked from a client, unmasked from a server) are read
+        here; any other frame (other control frames, fragments, reserved bits, a wrong
+        mask bit) goes, whole, to websockets' protocol, which answers it or fails the
+        connection.
         A frame larger than max_size hands everything to websockets (1009)."""
         buf = self._buf
         src: bytes | bytearray = data
@@ -551,7 +552,9 @@ class _Wire(Transport, asyncio.Protocol):
                 end = pos + head + length
                 if end > n:
                     break
-                if (b0 == 0x82 or b0 == 0x81) and b1 & 0x80 == masked and self._parts is None:
+                if b1 & 0x80 == masked and (
+                    ((b0 == 0x82 or b0 == 0x81) and self._parts is None) or (b0 == 0x89 and length <= 125)
+                ):
                     start = pos + head
                     if masked:
                         payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
@@ -560,16 +563,10 @@ class _Wire(Transport, asyncio.Protocol):
                     pos = end
                     if b0 == 0x82:
                         self.feed(payload)
-                    else:
+                    elif b0 == 0x81:
                         self._text(payload)
-                elif b0 == 0x89 and b1 & 0x80 == masked and length <= 125:
-                    start = pos + head
-                    if masked:
-                        payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
                     else:
-                        payload = view[start:end].tobytes()
-                    pos = end
-                    self._ping(payload)
+                        self._ping(payload)
                 else:
                     frame = view[pos:end].tobytes()
                     pos = end
