@@ -685,6 +685,29 @@ def test_json_request_task_flood() -> None:
     hostile("JSON request task flood", attack, expect={1008}).verify()
 
 
+def test_json_ping_flood_never_reading() -> None:
+    # The seed's heartbeat, {"category":"ping"}, each answered with a pong, from a
+    # client that never reads them (WebSocket messages of one ping each).
+    ping = _json({"category": "ping", "timestamp": 1})
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await Attacker.open(ctx.url, hello=ping, reading=False)
+        n = 0
+        while ctx.keep_going(4) and not a.closed() and n < 20_000:  # 20x the burst
+            for _ in range(1000):
+                if not await a.send(ping, timeout=1):
+                    break
+                n += 1
+            else:
+                await asyncio.sleep(0)
+                continue
+            break
+        ctx.note("pings", n)
+        return await a.outcome(5)
+
+    hostile("JSON ping flood, never reading", attack, expect={1008}).verify()
+
+
 def test_json_dense_messages() -> None:
     # Messages of 4 MiB of tiny JSON containers: each takes the decoder a while.
     body = ",".join(["[[],{}]"] * ((4 * MiB - 200) // 8))

@@ -47,6 +47,10 @@ limit                  default     past it
 ``max_id_length``      256         a ``requestId`` or ``streamId`` that is not a
                                    string of at most this many characters or an
                                    integer, a ``to`` that is not such a string: 1007
+``max_ping_rate``      1,000/s     ``ping`` messages faster than this (bursts of
+                                   1,024; None: no limit): 1008. While a pong waits
+                                   for the peer to read, only the latest ping is
+                                   answered after it
 =====================  ==========  =====================================================
 
 A message that is not JSON, not an object, or of no known shape closes with 1007.
@@ -82,6 +86,7 @@ from typing import Any
 import msgspec
 
 from . import options as O
+from .budget import PingLimit
 from .exceptions import ConnectionClosed, RemoteError, RemoteStreamError, StreamAborted
 from .peer import Response, _current_peer
 from .router import Router
@@ -281,6 +286,7 @@ class JsonPeer:
         max_held_items: int = 10_000,
         max_held_bytes: int = 16 << 20,
         max_id_length: int = 256,
+        max_ping_rate: float | None = O.MAX_PING_RATE,
     ) -> None:
         for name, value in (
             ("max_item_size", max_item_size),
@@ -313,6 +319,11 @@ class JsonPeer:
         self._calls: dict[Any, asyncio.Future[Any]] = {}
         self._call_targets: dict[Any, str] = {}  # requestId -> the "to" it was sent to
         self._pings: dict[Any, asyncio.Future[None]] = {}
+        # The peer's pings: their rate, and the latest one not answered yet while a
+        # pong waits for the peer to read (one pong in flight, not a task per ping).
+        self._ping_limit = PingLimit(max_ping_rate, O.PING_BURST) if max_ping_rate is not None else None
+        self._pong_due: Any = None
+        self._ponging = False
         self._incoming: dict[StreamId, _JsonStream] = {}
         self._closed_ids: dict[StreamId, None] = {}  # closed by the reader before their end
         self._senders: dict[StreamId, asyncio.Task[None]] = {}
@@ -665,9 +676,14 @@ class JsonPeer:
                     else:
                         fut.set_result(value)
         elif category == "ping":
-            # The seed's heartbeat: answered at once, with its timestamp.
-            stamp = env.timestamp if env.timestamp is not None else int(time.time() * 1000)
-            self._spawn(self._send({"category": "pong", "timestamp": stamp}))
+            # The seed's heartbeat: answered with its timestamp.
+            limit = self._ping_limit
+            if limit is not None and not limit.take():
+                raise _Violation(POLICY, limit.describe("max_ping_rate"))
+            self._pong_due = env.timestamp if env.timestamp is not None else int(time.time() * 1000)
+            if not self._ponging:
+                self._ponging = True
+                self._spawn(self._pong())
         elif category == "pong":
             fut = self._pings.get(env.timestamp) if isinstance(env.timestamp, (int, float)) else None
             if fut is not None and not fut.done():
@@ -724,6 +740,15 @@ class JsonPeer:
                 logger.exception("on_error hook failed")
         else:
             logger.warning("error message from the other side: %s", text)
+
+    async def _pong(self) -> None:
+        """Answer the latest ping, again while more came during the send."""
+        try:
+            while (stamp := self._pong_due) is not None:
+                self._pong_due = None
+                await self._send({"category": "pong", "timestamp": stamp})
+        finally:
+            self._ponging = False
 
     def _spawn(self, coro: Any) -> None:
         task = self._loop.create_task(self._quietly(coro))

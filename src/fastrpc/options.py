@@ -136,6 +136,7 @@ class JsonLimits(TypedDict):
     max_streams: int
     max_held_bytes: int
     max_pending_bytes: int
+    max_ping_rate: float | None
 
 
 @dataclass
@@ -220,6 +221,7 @@ class PeerOptions:
             "max_streams": self.max_streams,
             "max_held_bytes": half,
             "max_pending_bytes": half,
+            "max_ping_rate": self.max_ping_rate,
         }
 
     def websocket_kwargs(self) -> dict[str, Any]:
