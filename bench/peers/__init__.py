@@ -455,6 +455,14 @@ def _count_for(p: dict[str, Any], per_unit: float) -> int:
     return int(n_full)
 
 
+async def sequential_calls(call: Any, n: int, payload: bytes) -> None:
+    """``n`` calls one after the other, each checked to echo ``payload``."""
+    for _ in range(n):
+        r = await call(payload)
+        if len(r) != len(payload):
+            raise AssertionError("bad echo")
+
+
 async def inflight_with_workers(call: Any, n: int, window: int, payload: bytes) -> None:
     """``n`` calls with ``window`` in flight: ``window`` workers calling in turn."""
     per, extra = divmod(n, window)

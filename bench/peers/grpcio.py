@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from . import HOST, inflight_with_workers
+from . import HOST, inflight_with_workers, sequential_calls
 
 _REQ = struct.Struct("!II")
 _OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
@@ -78,11 +78,7 @@ class Client:
         return await self._echo(payload)  # type: ignore[no-any-return]
 
     async def seq_calls(self, n: int, payload: bytes) -> None:
-        echo = self._echo
-        for _ in range(n):
-            r = await echo(payload)
-            if len(r) != len(payload):
-                raise AssertionError("bad echo")
+        await sequential_calls(self._echo, n, payload)
 
     async def inflight_calls(self, n: int, window: int, payload: bytes) -> None:
         await inflight_with_workers(self.call, n, window, payload)

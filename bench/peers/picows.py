@@ -14,7 +14,7 @@ from typing import Any
 import picows
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
-from . import HOST, inflight_with_workers
+from . import HOST, inflight_with_workers, sequential_calls
 
 _ID = struct.Struct("!I")
 
@@ -138,11 +138,7 @@ class Client:
         return await fut
 
     async def seq_calls(self, n: int, payload: bytes) -> None:
-        call = self.call
-        for _ in range(n):
-            r = await call(payload)
-            if len(r) != len(payload):
-                raise AssertionError("bad echo")
+        await sequential_calls(self.call, n, payload)
 
     async def inflight_calls(self, n: int, window: int, payload: bytes) -> None:
         await inflight_with_workers(self.call, n, window, payload)

@@ -21,7 +21,7 @@ from rsocket.rsocket_server import RSocketServer
 from rsocket.streams.stream_from_generator import StreamFromGenerator
 from rsocket.transports.tcp import TransportTCP
 
-from . import HOST, inflight_with_workers
+from . import HOST, inflight_with_workers, sequential_calls
 
 _REQ = struct.Struct("!II")
 _READ = 65536
@@ -117,11 +117,7 @@ class Client:
         return r.data  # type: ignore[no-any-return]
 
     async def seq_calls(self, n: int, payload: bytes) -> None:
-        call = self.call
-        for _ in range(n):
-            r = await call(payload)
-            if len(r) != len(payload):
-                raise AssertionError("bad echo")
+        await sequential_calls(self.call, n, payload)
 
     async def inflight_calls(self, n: int, window: int, payload: bytes) -> None:
         await inflight_with_workers(self.call, n, window, payload)

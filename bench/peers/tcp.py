@@ -13,7 +13,7 @@ import struct
 import sys
 from typing import Any
 
-from . import HOST, inflight_with_workers
+from . import HOST, inflight_with_workers, sequential_calls
 
 _LEN = struct.Struct("!I")
 _CMD = struct.Struct("!cII")  # b"S", n, size: a stream request
@@ -161,11 +161,7 @@ class Client:
         return await fut
 
     async def seq_calls(self, n: int, payload: bytes) -> None:
-        call = self.call
-        for _ in range(n):
-            r = await call(payload)
-            if len(r) != len(payload):
-                raise AssertionError("bad echo")
+        await sequential_calls(self.call, n, payload)
 
     async def inflight_calls(self, n: int, window: int, payload: bytes) -> None:
         await inflight_with_workers(self.call, n, window, payload)

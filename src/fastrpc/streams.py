@@ -621,7 +621,7 @@ class StreamManager:
         if link.closed or self._closed is not None or self._drain_waiters:
             return 0
         core = link.core
-        room = self.max_buffered_amount - core.buffered_amount - link.host.transport_buffered()
+        room = self.max_buffered_amount - self.buffered_amount
         if room < 0 or not core.writable(sid):
             return 0
         encode = link.codec.encode

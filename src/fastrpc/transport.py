@@ -877,9 +877,7 @@ class _Wire(Transport, asyncio.Protocol):
     def drop(self, code: int, reason: str) -> None:
         tcp = self._tcp
         if self._ws.state is _OPEN and tcp.get_write_buffer_size() == 0:
-            self._mode = _FAILED
-            self._ws.fail(code, reason)
-            self._send_data()
+            self._fail(code, reason)
             if tcp.get_write_buffer_size() == 0:  # the kernel took the close frame
                 tcp.close()
                 return
