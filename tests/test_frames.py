@@ -10,6 +10,7 @@ import inspect
 import pathlib
 import pickle
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -269,6 +270,103 @@ def test_frame_writer_grows_and_restarts(codec: ModuleType) -> None:
     writer.add(0x10, 0, 1, big)
     assert writer.take() == codec.encode_frame(0x10, 0, 1, big)
     assert len(writer) == 0
+
+
+def test_hold_threshold_same_in_both(codec_pair: tuple[ModuleType, ModuleType]) -> None:
+    compiled, pure = codec_pair
+    assert compiled.HOLD_THRESHOLD == pure.HOLD_THRESHOLD
+
+
+def test_frame_writer_holds_large_bytes(codec: ModuleType) -> None:
+    """A bytes payload of HOLD_THRESHOLD bytes or more is held by reference until
+    take() (seen in its reference count), not copied by add(); a smaller one, or one
+    that is not exactly bytes, is copied at once. The C enum is what decides in the
+    compiled codec: this also checks it equals the Python-visible HOLD_THRESHOLD."""
+
+    class Bytes(bytes):
+        pass
+
+    threshold = codec.HOLD_THRESHOLD
+    writer = codec.FrameWriter()
+    for payload, held in [
+        (bytes(range(256)) * (threshold // 256), True),
+        (bytes(threshold - 1), False),
+        (bytes(64 << 10), True),
+        (Bytes(threshold), False),
+    ]:
+        before = sys.getrefcount(payload)
+        writer.add(0x31, 0, 5, payload)
+        assert sys.getrefcount(payload) == before + held
+        expected = codec.encode_frame(0x31, 0, 5, payload)
+        assert (len(writer), writer.count) == (len(expected), 1)
+        assert writer.take() == expected
+        assert sys.getrefcount(payload) == before
+        assert (len(writer), writer.count) == (0, 0)
+
+
+def test_frame_writer_interleaves_held_and_copied(codec: ModuleType) -> None:
+    threshold = codec.HOLD_THRESHOLD
+    big = [bytes([i]) * (threshold + i) for i in range(3)]
+    frames = [
+        (0x10, 0, 1, big[0]),
+        (0x10, 0, 1, big[1]),
+        (0x20, 0, 0, b"ping"),
+        (0x10, 1, 2, bytearray(threshold * 2)),
+        (0x10, 0, 3, big[2]),
+        (0x30, 0, 4, b""),
+        (0x10, 0, 3, memoryview(big[2])),
+    ]
+    writer = codec.FrameWriter()
+    for _ in range(2):  # the writer starts over after take()
+        for f in frames:
+            writer.add(*f)
+        expected = b"".join(codec.encode_frame(*f) for f in frames)
+        assert (len(writer), writer.count) == (len(expected), len(frames))
+        assert writer.take() == expected
+    writer.add(*frames[2])
+    assert writer.take() == codec.encode_frame(*frames[2])
+
+
+def test_frame_writer_copies_buffers_that_can_change(codec: ModuleType) -> None:
+    size = codec.HOLD_THRESHOLD * 2
+    data = bytearray(b"a" * size)
+    view_data = bytearray(b"b" * size)
+    writer = codec.FrameWriter()
+    writer.add(0x10, 0, 1, data)
+    writer.add(0x10, 0, 2, memoryview(view_data))
+    data[:] = b"x" * size
+    view_data[:] = b"y" * size
+    data += b"resized"  # add() kept no export of it
+    assert writer.take() == codec.encode_frame(0x10, 0, 1, b"a" * size) + codec.encode_frame(0x10, 0, 2, b"b" * size)
+
+
+def test_frame_writer_releases_held_payloads(codec: ModuleType) -> None:
+    """A writer dropped or re-initialised with payloads still held lets them go."""
+    payload = bytes(codec.HOLD_THRESHOLD)
+    before = sys.getrefcount(payload)
+    writer = codec.FrameWriter()
+    for _ in range(100):  # more than one growth of the compiled codec's array
+        writer.add(0x10, 0, 1, payload)
+    assert sys.getrefcount(payload) == before + 100
+    writer.__init__()
+    assert sys.getrefcount(payload) == before
+    assert (len(writer), writer.count, writer.take()) == (0, 0, b"")
+    writer.add(0x10, 0, 1, payload)
+    del writer
+    assert sys.getrefcount(payload) == before
+
+
+def test_frame_writer_error_leaves_large_payload_unheld(codec: ModuleType) -> None:
+    payload = bytes(codec.HOLD_THRESHOLD)
+    before = sys.getrefcount(payload)
+    writer = codec.FrameWriter()
+    writer.add(0x10, 0, 1, b"ok")
+    for ftype, flags, fid in [(300, 0, 0), (0, 256, 0), (0, 0, -1)]:
+        with pytest.raises(ValueError):
+            writer.add(ftype, flags, fid, payload)
+    assert sys.getrefcount(payload) == before
+    assert (len(writer), writer.count) == (6, 1)  # unchanged
+    assert writer.take() == bytes.fromhex("100001026f6b")
 
 
 # ----------------------------------------------------------------- invalid vectors

@@ -3,6 +3,7 @@ pure codecs giving the same frames or the same errors on any input."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -21,7 +22,8 @@ Pair = tuple[ModuleType, ModuleType]
 FRAME_TYPES = [
     getattr(pure, name)
     for name in dir(pure)
-    if name.isupper() and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL", "MAX_"))
+    if name.isupper()
+    and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL", "MAX_", "HOLD"))
 ] + [0x00, 0x41, 0x7F, 0xFF]
 
 ids = st.one_of(
@@ -194,3 +196,56 @@ def test_ledger_sequences(codec_pair: Pair, window: int, divisor: int, ops: list
     assert len(ledgers[0]) == len(ledgers[1])
     for sid in ledgers[1].ids():
         assert ledgers[0].stats(sid) == ledgers[1].stats(sid)
+
+
+# ------------------------------------------------------------------- FrameWriter
+
+T = pure.HOLD_THRESHOLD  # the same in both codecs (tests/test_frames.py checks)
+writer_ops = st.lists(
+    st.one_of(
+        st.just(("take",)),
+        st.tuples(
+            st.just("add"),
+            st.sampled_from(FRAME_TYPES),
+            st.integers(0, 255),
+            ids,
+            st.one_of(st.integers(0, 40), st.integers(T - 2, T + 2), st.integers(T - 300, 3 * T)),
+            st.sampled_from(["bytes", "bytearray", "memoryview", "bytes view"]),
+        ),
+    ),
+    max_size=14,
+)
+
+
+@settings(max_examples=150, deadline=None)  # each example copies up to ~170 KiB
+@given(writer_ops, st.randoms(use_true_random=False))
+def test_writer_sequences(codec: ModuleType, ops: list[tuple[Any, ...]], rnd: Any) -> None:
+    """Any adds of bytes, bytearray or memoryview payloads around HOLD_THRESHOLD, with
+    takes in between, give each message as the concatenated encode_frame() of its
+    frames; a buffer changed after add() does not change the message; only exact bytes
+    of HOLD_THRESHOLD or more are held (their reference count), until take()."""
+    writer = codec.FrameWriter()
+    expected: list[bytes] = []
+    sources: list[Any] = []  # the payloads' objects, referenced from here only (and the writer)
+    for op in ops + [("take",)]:
+        if op[0] == "take":
+            assert (len(writer), writer.count) == (sum(map(len, expected)), len(expected))
+            assert writer.take() == b"".join(expected)
+            assert (len(writer), writer.count) == (0, 0)
+            # 2: sources and getrefcount's argument (outside the asserts: pytest's
+            # rewriting keeps subexpressions; b"" and 1-byte bytes are shared objects)
+            refs = [sys.getrefcount(sources[i]) for i in range(len(sources))]
+            assert all(r == 2 or len(b) < 2 for r, b in zip(refs, sources))
+            expected, sources = [], []
+            continue
+        _, ftype, flags, fid, size, kind = op
+        data = bytes(bytearray(rnd.randbytes(size)))  # a new object (randbytes may share)
+        expected.append(codec.encode_frame(ftype, flags, fid, data))
+        sources.append(data if kind in ("bytes", "bytes view") else bytearray(data))
+        del data
+        writer.add(ftype, flags, fid, memoryview(sources[-1]) if kind.endswith("view") else sources[-1])
+        held = kind == "bytes" and size >= T
+        refs_now = sys.getrefcount(sources[-1])
+        assert refs_now == 2 + held or size < 2
+        if kind in ("bytearray", "memoryview"):
+            sources[-1][:] = b"\xee" * size

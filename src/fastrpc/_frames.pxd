@@ -3,6 +3,7 @@
 # The Python-visible API is the same as the pure twin _frames_py.py; this file holds
 # the C side only: the structs and the cdef classes' fields and cdef methods.
 
+from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 
@@ -11,6 +12,12 @@ cdef struct _Buf:
     unsigned char *data
     Py_ssize_t len
     Py_ssize_t cap
+
+
+cdef struct _Held:
+    # A FrameWriter payload held by reference (an exact bytes: it cannot change).
+    PyObject *payload    # an owned reference
+    Py_ssize_t at        # where in the writer's buffer it goes
 
 
 cdef struct _Item:
@@ -44,6 +51,14 @@ cdef class Frame:
 cdef class FrameWriter:
     cdef _Buf _buf
     cdef Py_ssize_t _count
+    cdef _Held *_held          # payloads held by reference, in order (PyMem_Malloc'd)
+    cdef Py_ssize_t _nheld
+    cdef Py_ssize_t _held_cap
+    cdef Py_ssize_t _held_len  # bytes in the held payloads
+
+    cdef bytes _join(self)
+    cdef int _grow_held(self) except -1
+    cdef void _release_held(self) noexcept
 
 
 cdef class StreamLedger:

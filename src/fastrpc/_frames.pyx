@@ -27,6 +27,7 @@ from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -95,6 +96,10 @@ cdef enum:
     _VIEW_THRESHOLD = 512    # must equal wire.VIEW_THRESHOLD (tests/test_frames.py checks)
     _MIN_BITS = 1            # StreamLedger: at least 2 slots (an idle connection has two ledgers)
     _KEEP_BUFFER = 1 << 20   # FrameWriter: free a buffer larger than this when empty
+    _HOLD_THRESHOLD = 4096   # FrameWriter: hold (not copy) a bytes payload this large
+    _KEEP_HELD = 64          # FrameWriter: free a held-payload array longer than this when empty
+
+HOLD_THRESHOLD = _HOLD_THRESHOLD
 
 cdef object _FRAME_TOO_LARGE = ErrorCode.FRAME_TOO_LARGE
 cdef object _FLOW_CONTROL_ERROR = ErrorCode.FLOW_CONTROL_ERROR
@@ -551,14 +556,22 @@ def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None)
 
 
 cdef class FrameWriter:
-    """Accumulates frames for one outgoing message; ``take()`` returns its bytes."""
+    """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
+
+    A ``bytes`` payload of at least ``HOLD_THRESHOLD`` bytes is held by reference (it
+    cannot change) and copied once, by ``take()``, straight into the message; any
+    other payload is copied at once, as the caller may change it afterwards.
+    """
 
     def __init__(self):
         self._buf.len = 0
         self._count = 0
+        self._release_held()
 
     def __dealloc__(self):
         _buf_free(&self._buf)
+        self._release_held()
+        PyMem_Free(self._held)
 
     def add(self, ftype, flags, fid, payload=b""):
         """Append one frame."""
@@ -567,23 +580,38 @@ cdef class FrameWriter:
         cdef uint8_t t = 0, f = 0
         cdef uint64_t i = 0
         cdef unsigned char *p
+        cdef _Held *h
         keep = _payload(payload, &src, &n)
         _header_args(ftype, flags, fid, &t, &f, &i)
         if <uint64_t>n > <uint64_t>_VMAX:
             raise ValueError("varint out of range")
         if n > PY_SSIZE_T_MAX - 18:
             raise MemoryError()
-        _buf_reserve(&self._buf, 2 + _vsize(i) + _vsize(<uint64_t>n) + n)
-        p = _put_header(self._buf.data + self._buf.len, t, f, i, <uint64_t>n)
-        if n:
-            memcpy(p, src, <size_t>n)
-            p += n
+        if n >= _HOLD_THRESHOLD and PyBytes_CheckExact(payload):
+            if n > PY_SSIZE_T_MAX - 18 - self._buf.len - self._held_len:
+                raise MemoryError()
+            if self._nheld == self._held_cap:
+                self._grow_held()
+            _buf_reserve(&self._buf, 18)
+            p = _put_header(self._buf.data + self._buf.len, t, f, i, <uint64_t>n)
+            h = &self._held[self._nheld]
+            h.at = p - self._buf.data
+            h.payload = <PyObject *>payload
+            Py_INCREF(payload)
+            self._nheld += 1
+            self._held_len += n
+        else:
+            _buf_reserve(&self._buf, 2 + _vsize(i) + _vsize(<uint64_t>n) + n)
+            p = _put_header(self._buf.data + self._buf.len, t, f, i, <uint64_t>n)
+            if n:
+                memcpy(p, src, <size_t>n)
+                p += n
         self._buf.len = p - self._buf.data
         self._count += 1
         del keep
 
     def __len__(self):
-        return self._buf.len
+        return self._buf.len + self._held_len
 
     @property
     def count(self):
@@ -592,12 +620,56 @@ cdef class FrameWriter:
 
     def take(self):
         """Return the message built so far and start a new one."""
-        out = PyBytes_FromStringAndSize(<const char *>self._buf.data, self._buf.len)
+        if self._nheld:
+            out = self._join()
+        else:
+            out = PyBytes_FromStringAndSize(<const char *>self._buf.data, self._buf.len)
         self._buf.len = 0
         self._count = 0
         if self._buf.cap > _KEEP_BUFFER:
             _buf_free(&self._buf)
         return out
+
+    cdef bytes _join(self):
+        """The buffer with the held payloads spliced in, each byte copied once; the
+        payloads are released."""
+        cdef Py_ssize_t k, n, pos = 0
+        cdef _Held *h
+        cdef char *dst
+        out = PyBytes_FromStringAndSize(NULL, self._buf.len + self._held_len)
+        dst = PyBytes_AS_STRING(out)
+        for k in range(self._nheld):
+            h = &self._held[k]
+            memcpy(dst, self._buf.data + pos, <size_t>(h.at - pos))
+            dst += h.at - pos
+            pos = h.at
+            n = PyBytes_GET_SIZE(<object>h.payload)
+            memcpy(dst, PyBytes_AS_STRING(<object>h.payload), <size_t>n)
+            dst += n
+        memcpy(dst, self._buf.data + pos, <size_t>(self._buf.len - pos))
+        self._release_held()
+        if self._held_cap > _KEEP_HELD:
+            PyMem_Free(self._held)
+            self._held = NULL
+            self._held_cap = 0
+        return out
+
+    cdef int _grow_held(self) except -1:
+        cdef Py_ssize_t cap = self._held_cap * 2 if self._held_cap else 4
+        cdef _Held *p = <_Held *>PyMem_Realloc(self._held, <size_t>cap * sizeof(_Held))
+        if p == NULL:
+            raise MemoryError()
+        self._held = p
+        self._held_cap = cap
+        return 0
+
+    cdef void _release_held(self) noexcept:
+        # Only exact bytes are held: dropping them runs no Python code.
+        cdef Py_ssize_t k, n = self._nheld
+        self._nheld = 0
+        self._held_len = 0
+        for k in range(n):
+            Py_DECREF(<object>self._held[k].payload)
 
 
 # ---------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 IMPLEMENTATION = "python"
 
+# FrameWriter holds a bytes payload this large instead of copying it (the compiled
+# twin has the same value: tests/test_frames.py checks).
+HOLD_THRESHOLD = 4096
+
 # StreamLedger counters are signed 64-bit (the compiled twin keeps them in C structs);
 # an update that would leave this range raises OverflowError and changes nothing.
 _INT64_MAX = (1 << 63) - 1
@@ -274,21 +278,33 @@ def decode_message(
 
 
 class FrameWriter:
-    """Accumulates frames for one outgoing message; ``take()`` returns its bytes."""
+    """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
+
+    A ``bytes`` payload of at least ``HOLD_THRESHOLD`` bytes is held by reference (it
+    cannot change) and copied once, by ``take()``, straight into the message; any
+    other payload is copied at once, as the caller may change it afterwards.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._parts: list[Buffer] = []  # the message before _buf: buffers and held payloads
+        self._parts_len = 0
         self._count = 0
 
     def add(self, ftype: int, flags: int, fid: int, payload: Buffer = b"") -> None:
         """Append one frame."""
         view = memoryview(payload).cast("B")
         self._buf += _header(ftype, flags, fid, len(view))
-        self._buf += view
+        if len(view) >= HOLD_THRESHOLD and type(payload) is bytes:
+            self._parts += (self._buf, payload)
+            self._parts_len += len(self._buf) + len(payload)
+            self._buf = bytearray()
+        else:
+            self._buf += view
         self._count += 1
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._parts_len + len(self._buf)
 
     @property
     def count(self) -> int:
@@ -297,8 +313,15 @@ class FrameWriter:
 
     def take(self) -> bytes:
         """Return the message built so far and start a new one."""
-        out = bytes(self._buf)
-        self._buf.clear()
+        if self._parts:
+            self._parts.append(self._buf)
+            out = b"".join(self._parts)
+            self._parts = []
+            self._parts_len = 0
+            self._buf = bytearray()
+        else:
+            out = bytes(self._buf)
+            self._buf.clear()
         self._count = 0
         return out
 
