@@ -163,6 +163,11 @@ class PeerIO(PeerAPI):
     flush = _send_queued
     transport_buffered = _transport_buffered
 
+    def flush_now(self) -> None:
+        """(StreamHost) send what the core queued now: a stream's queue is full."""
+        if not self._processing and not self._in_read:
+            self._flush()
+
     async def _write_loop(self, transport: Transport) -> None:
         """The writer task of a new transport: the handshake, the replay of what the
         peer missed, then it ends: from then on :meth:`_flush` writes."""
