@@ -559,7 +559,8 @@ class Connection:
 
     def decode(self, data: Payload) -> list[F.Frame]:
         """The frames of a received message (at most ``wire.MAX_FRAMES``)."""
-        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES)
+        # A memoryview is the transport's read buffer: payloads are copied out of it.
+        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES, type(data) is memoryview)
         self.messages_in += 1
         self.bytes_in += len(data)
         self.session.since_ack_bytes += len(data)

@@ -103,7 +103,7 @@ HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, N
 # refuses the upgrade, None accepts it (Server's authenticate, static files).
 WireHook = Callable[["_Wire", Request], Awaitable[Union[Response, None]]]
 _DECIDING: set[asyncio.Task[None]] = set()  # hooks running (a task needs a reference)
-Receiver = Callable[[Any], None]  # one received message: bytes (binary) or str (text)
+Receiver = Callable[[Any], None]  # one received message: str (text), or bytes, bytearray, memoryview (binary)
 LostHook = Callable[[BaseException | None], None]  # None: a clean close
 
 
@@ -145,12 +145,14 @@ class Transport:
             lost(self._end)
 
     def feed(self, msg: Any) -> None:
-        """(Implementations) one received message: bytes (binary) or str (text)."""
+        """(Implementations) one received message: str (text), or bytes, bytearray or
+        memoryview (binary). A memoryview is valid only during the call (a view of the
+        read buffer): a receiver copies what it keeps of it."""
         receiver = self._receiver
         if receiver is not None:
             receiver(msg)
             return
-        self._inbox.append(msg)
+        self._inbox.append(msg.tobytes() if type(msg) is memoryview else msg)
         if len(self._inbox) >= self._max_queue:
             self.pause_reading()
         self._wake()
@@ -645,6 +647,12 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                     start = pos + head
                     if masked:
                         payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                    elif b0 == 0x82:
+                        # Fed as a view of the read buffer, held by no local (the buffer
+                        # is resized below): its receiver copies what it keeps.
+                        pos = end
+                        self.feed(view[start:end])
+                        continue
                     else:
                         payload = view[start:end].tobytes()
                     pos = end
