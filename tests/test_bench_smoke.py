@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,19 @@ def test_compare_fanout_smoke(tmp_path: Path) -> None:
         assert 0 < cell["paced"]["p50_ms"] <= cell["paced"]["p99_ms"]
         assert cell["server_cpu_us"] >= 0 and cell["client_cpu_us"] > 0
     assert doc["ratios"]["fastrpc"]["fanout_100"]["websockets"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_floor_smoke() -> None:
+    """bench/floor.py: the three ways of handing items over, each with a cost."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), "--items", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("async generator", "async iterator", "callback"):
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(name))
+        cost = re.search(r"([0-9.]+) us/item", line)
+        assert cost is not None and float(cost.group(1)) > 0, line

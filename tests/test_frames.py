@@ -163,6 +163,28 @@ def test_decode_message(codec: ModuleType, vec: Vector) -> None:
     assert as_tuples(codec.decode_message(vec.message)) == list(vec.frames)
 
 
+@pytest.mark.parametrize("vec", VALID, ids=lambda v: v.name)
+def test_decode_message_copy(codec: ModuleType, vec: Vector) -> None:
+    """copy=True: every payload is bytes of its own, however large, so the buffer the
+    message was read into may be reused at once (the transport's read buffer)."""
+    buf = bytearray(vec.message)
+    frames = codec.decode_message(memoryview(buf), copy=True)
+    assert all(type(f.payload) is bytes for f in frames)
+    buf[:] = bytes(len(buf))  # the read buffer is reused
+    assert as_tuples(frames) == list(vec.frames)
+
+
+def test_decode_message_views_unless_copy(codec: ModuleType) -> None:
+    big = bytes(range(256)) * 8  # past VIEW_THRESHOLD
+    message = codec.encode_frame(0x10, 0, 1, big) + codec.encode_frame(0x10, 0, 1, b"small")
+    for data in (message, bytearray(message), memoryview(message)):
+        viewed = codec.decode_message(data)
+        assert type(viewed[0].payload) is memoryview and type(viewed[1].payload) is bytes
+        copied = codec.decode_message(data, copy=True)
+        assert [type(f.payload) for f in copied] == [bytes, bytes]
+        assert as_tuples(copied) == as_tuples(viewed)
+
+
 def frame_bounds(codec: ModuleType, message: bytes) -> list[tuple[int, int, int]]:
     """``(start, payload_start, end)`` of each frame of a valid message."""
     bounds = []

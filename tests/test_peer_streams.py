@@ -733,3 +733,34 @@ def test_cancel_channel_before_the_handler_started() -> None:
             assert [x async for x in peer.channel("echo", agen(3), 2)] == [0, 2, 4]
 
     run(main())
+
+
+def test_messages_held_while_one_is_sliced_keep_their_bytes() -> None:
+    """A message of more frames than FRAMES_PER_SLICE is processed in slices; the
+    messages of the same read are held meanwhile. They arrived as views of the read
+    buffer, which later reads overwrite: held, they must be copies (every item checked,
+    in order, on several streams at once)."""
+    router = fastrpc.Router()
+
+    @router.method
+    async def tagged(tag: int, n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield bytes([tag]) + i.to_bytes(3, "big")  # small: a message has several slices' worth
+
+    async def main() -> None:
+        async with pair(router) as (server, peer), fastrpc.connect(server.url) as other:
+            # Two clients in this process: each one's reads reuse the read buffer while
+            # the other holds messages.
+
+            async def read(client: fastrpc.RpcPeer, tag: int, n: int) -> None:
+                got = 0
+                async for item in client.stream("tagged", tag, n):
+                    assert item == bytes([tag]) + got.to_bytes(3, "big")
+                    got += 1
+                assert got == n
+
+            n = 8 * fastrpc.options.FRAMES_PER_SLICE
+            readers = [read(client, tag, n) for client in (peer, other) for tag in range(4)]
+            await asyncio.wait_for(asyncio.gather(*readers), 30)
+
+    run(main(), 40)

@@ -11,7 +11,9 @@ sans-I/O protocol, over real loopback sockets (differential, fuzzed with hypothe
 * the bounds: a frame over max_size (1009), more than 4096 fragments (1009), invalid
   UTF-8 in a text message (1007), an unmasked client frame (1002), PINGs past
   max_ping_rate (1008); a peer that does not read gets only its latest PING answered;
-* a server's hook on the opening request (authenticate) refuses or accepts there.
+* a server's hook on the opening request (authenticate) refuses or accepts there;
+* a large frame that reads leave incomplete (read straight into a buffer of its own)
+  arrives whole, however its bytes are spread over reads, masked or not.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import gc
 from typing import Any
 
+import pytest
 from _util import run, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -210,6 +213,47 @@ def test_our_client_against_websockets_server() -> None:
             await t.send("héllo")
             assert await t.recv(5) == "héllo"
             await t.close()
+
+    run(main(), 20)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [40_000, 30_000, 30_000, 4],  # a quarter and more at first: read into its own buffer
+        [2, 1_000, 30_000, 68_000, 4],  # too little at first: gathered, then its own buffer
+        [99_000, 1_000, 4],  # all but the end, then the end with the next message
+    ],
+    ids=["large_first_read", "small_first_read", "tail_with_next"],
+)
+def test_a_large_frame_spread_over_reads_arrives_whole(pieces: list[int]) -> None:
+    body = bytes(range(256)) * 390 + b"tail"  # 99,844 bytes: a 64-bit length
+    text = "é" * 20_000  # a large text frame too
+
+    async def main() -> None:
+        received: list[tuple[str, Any]] = []
+        done = asyncio.get_running_loop().create_future()
+        server = await _server(_collect(received, done, 4))
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            client.ws.send_binary(body)
+            client.ws.send_text(text.encode())
+            client.ws.send_binary(b"after")
+            client.ws.send_binary(body)
+            wire = client.take()
+            at = 0
+            for size in pieces:  # separate reads: the server takes each before the next
+                client.writer.write(wire[at : at + size])
+                await client.writer.drain()
+                await asyncio.sleep(0.02)
+                at += size
+            client.writer.write(wire[at:])
+            await asyncio.wait_for(done, 5)
+            assert received == [("b", body), ("t", text), ("b", b"after"), ("b", body)]
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
 
     run(main(), 20)
 

@@ -475,7 +475,8 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
                 int64_t limit, object max_frame_size, list out, Py_ssize_t max_frames) except -1:
     """Decode the frames in ``d[0:n]`` (a whole message) and append them to ``out``.
 
-    Large payloads are slices of ``view``, made from ``owner`` (bytes) on first use. An
+    Large payloads are slices of ``view``, made from ``owner`` (bytes) on first use
+    (``view`` False: every payload is copied into bytes of its own). An
     incomplete frame is a "truncated frame". Every length is compared with the bytes
     left before it is used, as unsigned 64-bit integers: lengths up to 2**62 cannot
     overflow the pointer arithmetic.
@@ -512,7 +513,7 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
         fr.type = d[pos]
         fr.flags = d[pos + 1]
         fr.id = PyLong_FromUnsignedLongLong(fid)
-        if length >= _VIEW_THRESHOLD:
+        if length >= _VIEW_THRESHOLD and view is not False:
             if view is None:
                 view = memoryview(owner)
             fr.payload = view[q:q + <Py_ssize_t>length]
@@ -525,8 +526,12 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
     return 0
 
 
-def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None):
+def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None, copy=False):
     """Decode a whole WebSocket message into its frames.
+
+    Payloads of ``VIEW_THRESHOLD`` bytes or more are views of ``data``, unless
+    ``copy``: then every payload is bytes of its own (``data`` may be reused as soon
+    as this returns: a read buffer).
 
     Raises :class:`ProtocolError` for an empty message, a frame that runs past the
     end of the message, a frame larger than ``max_frame_size``, or (``LIMIT_EXCEEDED``,
@@ -545,13 +550,14 @@ def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None)
         if PyBytes_GET_SIZE(data) == 0:
             raise ProtocolError("empty message")
         _parse(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-               data, None, limit, max_frame_size, out, cap)
+               data, False if copy else None, limit, max_frame_size, out, cap)
         return out
     view = memoryview(data).cast("B").toreadonly()
     pb = PyMemoryView_GET_BUFFER(view)
     if pb.len == 0:
         raise ProtocolError("empty message")
-    _parse(<const unsigned char *>pb.buf, pb.len, None, view, limit, max_frame_size, out, cap)
+    _parse(<const unsigned char *>pb.buf, pb.len, None, False if copy else view, limit,
+           max_frame_size, out, cap)
     return out
 
 

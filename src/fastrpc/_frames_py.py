@@ -182,7 +182,9 @@ class Frame:
         )
 
 
-def _decode_one(view: memoryview, pos: int, end: int, max_frame_size: int) -> tuple[Frame | None, int]:
+def _decode_one(
+    view: memoryview, pos: int, end: int, max_frame_size: int, copy: bool = False
+) -> tuple[Frame | None, int]:
     """Decode the frame at ``pos``; return ``(None, pos)`` when it is incomplete."""
     if end - pos < 2:
         return None, pos
@@ -205,7 +207,7 @@ def _decode_one(view: memoryview, pos: int, end: int, max_frame_size: int) -> tu
         raise ProtocolError("frame too large", ErrorCode.FRAME_TOO_LARGE)
     if p + length > end:
         return None, pos
-    if length >= VIEW_THRESHOLD:
+    if length >= VIEW_THRESHOLD and not copy:
         payload: Buffer = view[p : p + length]
     else:
         payload = bytes(view[p : p + length])
@@ -244,9 +246,13 @@ def _count_frames(raw: bytes, max_frame_size: int, max_frames: int) -> None:
 
 
 def decode_message(
-    data: Buffer, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_frames: int | None = None
+    data: Buffer, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_frames: int | None = None, copy: bool = False
 ) -> list[Frame]:
     """Decode a whole WebSocket message into its frames.
+
+    Payloads of ``VIEW_THRESHOLD`` bytes or more are views of ``data``, unless
+    ``copy``: then every payload is bytes of its own (``data`` may be reused as soon
+    as this returns: a read buffer).
 
     Raises :class:`ProtocolError` for an empty message, a frame that runs past the
     end of the message, a frame larger than ``max_frame_size``, or (``LIMIT_EXCEEDED``,
@@ -269,7 +275,7 @@ def decode_message(
     while pos < end:
         if max_frames is not None and len(frames) >= max_frames:
             raise ProtocolError("too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
-        frame, nxt = _decode_one(view, pos, end, max_frame_size)
+        frame, nxt = _decode_one(view, pos, end, max_frame_size, copy)
         if frame is None:
             raise ProtocolError("truncated frame")
         frames.append(frame)

@@ -126,7 +126,7 @@ class RpcPeer(PeerIO):
         self._fresh = True
         self._processing = self._in_read = False
         self._busy = False  # messages wait in _held (a message in slices, the backlog wait)
-        self._held: deque[bytes | str] | None = None
+        self._held: deque[bytes | bytearray | str] | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closed_flag = False

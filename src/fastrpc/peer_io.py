@@ -55,7 +55,7 @@ class PeerIO(PeerAPI):
     )
 
     _busy: bool
-    _held: deque[bytes | str] | None
+    _held: deque[bytes | bytearray | str] | None
     _direct: bool
     _fresh: bool
     _flush_pending: bool
@@ -163,6 +163,11 @@ class PeerIO(PeerAPI):
     flush = _send_queued
     transport_buffered = _transport_buffered
 
+    def flush_now(self) -> None:
+        """(StreamHost) send what the core queued now: a stream's queue is full."""
+        if not self._processing and not self._in_read:
+            self._flush()
+
     async def _write_loop(self, transport: Transport) -> None:
         """The writer task of a new transport: the handshake, the replay of what the
         peer missed, then it ends: from then on :meth:`_flush` writes."""
@@ -195,14 +200,14 @@ class PeerIO(PeerAPI):
         except TransportClosed:
             pass
 
-    def _receive(self, transport: Transport, msg: bytes | str) -> None:
+    def _receive(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
         """One message from ``transport`` (called from its data_received)."""
         if transport is not self._transport:
             return
         if self._busy:  # a message in slices, or the backlog wait: in order, later
             if self._held is None:
                 self._held = deque()
-            self._held.append(msg)
+            self._held.append(msg.tobytes() if type(msg) is memoryview else msg)  # a view lasts one read
             transport.pause_reading()
             return
         self._in_read = True  # the output of this read leaves at its end: _read_done
@@ -224,7 +229,7 @@ class PeerIO(PeerAPI):
             if transport is self._transport and (core.has_output() or core.closed):
                 self._kick()
 
-    def _take(self, transport: Transport, msg: bytes | str) -> None:
+    def _take(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
         if type(msg) is str:
             if self._core.awaiting_hello and msg.startswith('{"category":"welcome"'):
                 return  # a server's greeting for the seed's clients (docs/json-mode.md)

@@ -74,6 +74,9 @@ __all__ = [
     "encode_error",
 ]
 
+# STREAM_DATA flags that take _on_data's general path.
+_DATA_SLOW = F.FLAG_OPEN | F.FLAG_MORE | F.FLAG_COMPRESSED
+_COMPRESSED = F.FLAG_COMPRESSED
 MAX_PING_PAYLOAD = 64  # docs/protocol.md: a PONG echoes at most this much
 MAX_PINGS = 1024  # PONGs due at once (queued, not sent yet): a PING flood costs its sender
 ACK_FRAMES = O.ACK_FRAMES
@@ -478,10 +481,11 @@ class Connection:
         items = s.items
         payload, kind, charge = items.pop(0) if isinstance(items, list) else items.popleft()
         self._budget.held -= len(payload)
-        grant: int = self._flow.ledger_in.consumed(stream_id, charge)
+        flow = self._flow
+        grant: int = flow.ledger_in.consumed(stream_id, charge)
         if grant:
-            self._flow.granted(s, grant, charge)
-        if kind & F.FLAG_COMPRESSED:
+            flow.granted(s, grant, charge)
+        if kind & _COMPRESSED:
             # Held compressed (what the window counted), inflated as it is read: a
             # bomb fails this stream (ProtocolError, COMPRESSION_ERROR), not the reader.
             payload = self._inbound.inflate(s, payload, self._algorithm, self.settings.max_item_size, self.closed)
@@ -555,7 +559,8 @@ class Connection:
 
     def decode(self, data: Payload) -> list[F.Frame]:
         """The frames of a received message (at most ``wire.MAX_FRAMES``)."""
-        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES)
+        # A memoryview is the transport's read buffer: payloads are copied out of it.
+        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES, type(data) is memoryview)
         self.messages_in += 1
         self.bytes_in += len(data)
         self.session.since_ack_bytes += len(data)
@@ -662,40 +667,61 @@ class Connection:
         flow.conn_received(charge)
         inbound = self._inbound
         s = inbound.streams.get(fid)
-        if s is None or flags & F.FLAG_OPEN:
-            if not flags & F.FLAG_OPEN:
-                return  # in flight when we closed the stream: drop it
-            s = inbound.arrive(fid, s, events, self.closed)
-            if s is None:
+        if s is None or flags & _DATA_SLOW or s.state != IN_OPEN or s.partial is not None:
+            got = self._data_slow(s, f, charge, events)
+            if got is None:
                 return
-        elif s.state != IN_OPEN:
-            if s.bound and self._calls.cancelled(fid):
-                return  # cancelled streaming call: drop until its end arrives
-            raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
-        if flow.ledger_in.received(fid, charge) <= FRAME_CHARGE:
-            s.starved = True  # the sender used up its credit (FlowControl.granted)
-        if flags & F.FLAG_MORE or s.partial is not None:
-            whole = inbound.assemble(s, flags, payload, self.settings.max_item_size)
-            if whole is None:
-                # Fragments are held in the reassembly buffer (bounded by max_item_size
-                # and the memory budget), not in the window: their credit goes back now.
-                flow.in_consumed(s, charge)
-                return
-            payload, flags = whole
-        else:
+            s, payload, flags = got
+        else:  # the common item: whole, on an open stream, not compressed
+            if flow.ledger_in.received(fid, charge) <= FRAME_CHARGE:
+                s.starved = True  # the sender used up its credit (FlowControl.granted)
             budget = self._budget  # charged inline: the hot path of every item
             budget.held += len(payload)
             if budget.held > budget.limit:
                 budget.charge(0, "unread items")
-        if flags & F.FLAG_COMPRESSED and not self._algorithm:
-            raise ProtocolError("compressed frame without negotiated compression", ErrorCode.COMPRESSION_ERROR)
         items = s.items
-        items.append((payload, flags & (FLAG_RAW | F.FLAG_COMPRESSED), charge))
+        items.append((payload, flags & (FLAG_RAW | _COMPRESSED), charge))
         if len(items) > SHORT_QUEUE and type(items) is list:
             s.items = deque(items)
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
             s.last_event = inbound.message_count
             events.append(StreamReadable(fid))
+
+    def _data_slow(
+        self, s: IncomingStream | None, f: F.Frame, charge: int, events: list[Event]
+    ) -> tuple[IncomingStream, Payload, int] | None:
+        """STREAM_DATA that opens a stream, a fragment, a compressed item, or data past
+        a stream's end: ``(stream, item, flags)`` to queue, or None (nothing to queue)."""
+        fid, flags, payload = f.id, f.flags, f.payload
+        flow = self._flow
+        if s is None or flags & F.FLAG_OPEN:
+            if not flags & F.FLAG_OPEN:
+                return None  # in flight when we closed the stream: drop it
+            s = self._inbound.arrive(fid, s, events, self.closed)
+            if s is None:
+                return None
+        elif s.state != IN_OPEN:
+            if s.bound and self._calls.cancelled(fid):
+                return None  # cancelled streaming call: drop until its end arrives
+            raise ProtocolError("data after the end of the stream", ErrorCode.STREAM_STATE_ERROR)
+        if flow.ledger_in.received(fid, charge) <= FRAME_CHARGE:
+            s.starved = True
+        if flags & F.FLAG_MORE or s.partial is not None:
+            whole = self._inbound.assemble(s, flags, payload, self.settings.max_item_size)
+            if whole is None:
+                # Fragments are held in the reassembly buffer (bounded by max_item_size
+                # and the memory budget), not in the window: their credit goes back now.
+                flow.in_consumed(s, charge)
+                return None
+            payload, flags = whole  # charged to the budget as its fragments came
+        else:
+            budget = self._budget
+            budget.held += len(payload)
+            if budget.held > budget.limit:
+                budget.charge(0, "unread items")
+        if flags & F.FLAG_COMPRESSED and not self._algorithm:
+            raise ProtocolError("compressed frame without negotiated compression", ErrorCode.COMPRESSION_ERROR)
+        return s, payload, flags
 
     def _count_ping(self) -> None:
         if self._ping_rate is None:

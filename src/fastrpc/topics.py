@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, Union
 
 from . import options as O
@@ -600,14 +600,13 @@ class Subscription(AsyncIterator[Event]):
         epoch, offset = since if since is not None else (None, None)
         return self._peer.stream(SUBSCRIBE, self.topic, epoch, offset, self.policy, self.key, self.queue_size)
 
-    async def __anext__(self) -> Event:
-        if self._early:
-            return self._early.popleft()
-        event = await self._next_event(until_start=False)
-        assert event is not None
-        return event
+    def __anext__(self) -> Awaitable[Event]:
+        # The coroutine of _next_event itself: one coroutine per item, not two.
+        return self._next_event(False)  # type: ignore[return-value]  # never None unless until_start
 
     async def _next_event(self, until_start: bool) -> Event | None:
+        if self._early and not until_start:
+            return self._early.popleft()
         while True:
             if self._done:
                 raise StopAsyncIteration

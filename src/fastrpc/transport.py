@@ -36,6 +36,7 @@ import inspect
 import os
 import socket
 import struct
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Union
@@ -102,7 +103,7 @@ HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, N
 # refuses the upgrade, None accepts it (Server's authenticate, static files).
 WireHook = Callable[["_Wire", Request], Awaitable[Union[Response, None]]]
 _DECIDING: set[asyncio.Task[None]] = set()  # hooks running (a task needs a reference)
-Receiver = Callable[[Any], None]  # one received message: bytes (binary) or str (text)
+Receiver = Callable[[Any], None]  # one received message: str (text), or bytes, bytearray, memoryview (binary)
 LostHook = Callable[[BaseException | None], None]  # None: a clean close
 
 
@@ -144,12 +145,14 @@ class Transport:
             lost(self._end)
 
     def feed(self, msg: Any) -> None:
-        """(Implementations) one received message: bytes (binary) or str (text)."""
+        """(Implementations) one received message: str (text), or bytes, bytearray or
+        memoryview (binary). A memoryview is valid only during the call (a view of the
+        read buffer): a receiver copies what it keeps of it."""
         receiver = self._receiver
         if receiver is not None:
             receiver(msg)
             return
-        self._inbox.append(msg)
+        self._inbox.append(msg.tobytes() if type(msg) is memoryview else msg)
         if len(self._inbox) >= self._max_queue:
             self.pause_reading()
         self._wake()
@@ -336,6 +339,24 @@ _FAILED_DISCARD = 1 << 20
 # the loop for 32 reads' worth of work (~90 ms with the pure codec).
 _READ_SLICE = 256 << 10
 _MAX_HEAD = 64 << 10
+# A data frame at least this large that a read leaves incomplete is read straight into
+# a buffer of its own size (no copy of it out of the read buffer, none to join its
+# pieces), provided the peer has sent a quarter of it already: a header alone never
+# makes us hold more than 4x what the peer actually sent (max_size bounds both).
+_DIRECT_MIN = 16 << 10
+_DIRECT_SHARE = 4
+
+
+class _ReadBuffer(threading.local):
+    """The buffer every connection of a thread reads into (asyncio.BufferedProtocol):
+    one per thread, not per connection (an idle connection holds none). Its bytes are
+    used within the read that filled them: whatever a connection keeps is copied out."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_READ_SLICE))
+
+
+_READ_BUFFER = _ReadBuffer()
 
 
 def _forget_handshake(ws: ServerProtocol | ClientProtocol) -> None:
@@ -374,8 +395,9 @@ def _header(n: int, mask: int) -> bytes:
     return _PACK_64(_BINARY_FIN, mask | 127, n)
 
 
-class _Wire(Transport, asyncio.Protocol):
-    """The data path: websockets' sans-I/O protocol driven from ``data_received``."""
+class _Wire(Transport, asyncio.BufferedProtocol):
+    """The data path: the socket read into a buffer (``get_buffer``), our own framer for
+    data frames, websockets' sans-I/O protocol for everything else."""
 
     __slots__ = (
         "_buf",
@@ -388,6 +410,10 @@ class _Wire(Transport, asyncio.Protocol):
         "_high",
         "_home",
         "_hook",
+        "_into",
+        "_into_got",
+        "_into_mask",
+        "_into_op",
         "_lowat",
         "_max_size",
         "_mode",
@@ -454,6 +480,12 @@ class _Wire(Transport, asyncio.Protocol):
         self._raw_head: bytes | None = None
         self._mode = _HEAD
         self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
+        # A large data frame being read straight into its own buffer (_direct): the
+        # buffer, the bytes in it so far, its opcode and (server side) its mask.
+        self._into: bytearray | None = None
+        self._into_got = 0
+        self._into_op = 0
+        self._into_mask: bytes | None = None
         self._discarded = 0
         self._taken = 0  # bytes read since reading last let the loop go on (_READ_SLICE)
         self._max_size = max_size if max_size is not None else 1 << 62
@@ -471,7 +503,30 @@ class _Wire(Transport, asyncio.Protocol):
             ws.send_request(ws.connect())
             self._send_data()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        into = self._into
+        if into is not None:
+            if self._mode == _FRAMING:
+                return memoryview(into)[self._into_got :]
+            self._into = self._into_mask = None  # failed or closing: no longer kept
+        return _READ_BUFFER.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._into is None:
+            self.data_received(_READ_BUFFER.view[:nbytes])
+            return
+        self._into_got += nbytes
+        try:
+            if self._into_got == len(self._into):
+                self._direct_done()
+        finally:
+            fed = self._fed
+            if fed is not None:
+                fed()
+        self._read_slice(nbytes)
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """The bytes of one read (a view of the shared read buffer: kept only as copies)."""
         mode = self._mode
         try:
             if mode == _FRAMING:
@@ -483,12 +538,15 @@ class _Wire(Transport, asyncio.Protocol):
                 if self._discarded > _FAILED_DISCARD:
                     self._tcp.pause_reading()
             else:
-                self._parse(data)
+                self._parse(bytes(data))
         finally:
             fed = self._fed
             if fed is not None:
                 fed()
-        taken = self._taken + len(data)
+        self._read_slice(len(data))
+
+    def _read_slice(self, n: int) -> None:
+        taken = self._taken + n
         if taken < _READ_SLICE:
             self._taken = taken
             return
@@ -505,7 +563,7 @@ class _Wire(Transport, asyncio.Protocol):
             return  # no longer read (data_received)
         self._tcp.resume_reading()
 
-    def _head(self, data: bytes) -> None:
+    def _head(self, data: bytes | memoryview) -> None:
         """The HTTP handshake goes to websockets alone, to its last byte: what follows
         it is the framer's (websockets' reader is left with nothing buffered)."""
         buf = self._buf
@@ -531,7 +589,7 @@ class _Wire(Transport, asyncio.Protocol):
             buf.clear()
             self.data_received(rest)
 
-    def _frames(self, data: bytes) -> None:
+    def _frames(self, data: bytes | memoryview) -> None:
         """RFC 6455 framing of the data path: final, unfragmented BINARY and TEXT
         frames and PINGs (masked from a client, unmasked from a server) are read
         here; any other frame (other control frames, fragments, reserved bits, a wrong
@@ -539,7 +597,7 @@ class _Wire(Transport, asyncio.Protocol):
         connection.
         A frame larger than max_size hands everything to websockets (1009)."""
         buf = self._buf
-        src: bytes | bytearray = data
+        src: bytes | bytearray | memoryview = data
         if buf:
             buf += data
             src = buf
@@ -573,6 +631,15 @@ class _Wire(Transport, asyncio.Protocol):
                     break
                 end = pos + head + length
                 if end > n:
+                    if (
+                        length >= _DIRECT_MIN
+                        and (n - pos - head) * _DIRECT_SHARE >= length
+                        and b1 & 0x80 == masked
+                        and (b0 == 0x82 or b0 == 0x81)
+                        and self._parts is None
+                    ):
+                        self._direct(view, pos + head, n, length, b0, masked)
+                        pos = n
                     break
                 if b1 & 0x80 == masked and (
                     ((b0 == 0x82 or b0 == 0x81) and self._parts is None) or (b0 == 0x89 and length <= 125)
@@ -580,6 +647,12 @@ class _Wire(Transport, asyncio.Protocol):
                     start = pos + head
                     if masked:
                         payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                    elif b0 == 0x82:
+                        # Fed as a view of the read buffer, held by no local (the buffer
+                        # is resized below): its receiver copies what it keeps.
+                        pos = end
+                        self.feed(view[start:end])
+                        continue
                     else:
                         payload = view[start:end].tobytes()
                     pos = end
@@ -599,6 +672,29 @@ class _Wire(Transport, asyncio.Protocol):
             del buf[:pos]
         elif pos < n:
             buf += data[pos:]
+
+    def _direct(self, view: memoryview, start: int, n: int, length: int, op: int, masked: int) -> None:
+        """Read the rest of a large data frame straight into a buffer of its size
+        (``get_buffer``), from the ``view[start:n]`` of it that has arrived."""
+        into = bytearray(length)
+        into[: n - start] = view[start:n]
+        self._into = into
+        self._into_got = n - start
+        self._into_op = op
+        self._into_mask = view[start - 4 : start].tobytes() if masked else None
+
+    def _direct_done(self) -> None:
+        """A frame read by :meth:`_direct` is complete: deliver it (a binary message as
+        the bytearray itself: nothing else refers to it)."""
+        into, mask = self._into, self._into_mask
+        self._into = self._into_mask = None
+        if into is None or self._mode != _FRAMING:
+            return  # failed or closed meanwhile
+        payload: bytes | bytearray = into if mask is None else apply_mask(into, mask)
+        if self._into_op == 0x82:
+            self.feed(payload)
+        else:
+            self._text(bytes(payload))
 
     def _parse(self, data: bytes) -> None:
         """Feed ``data`` to websockets' protocol and act on what it parsed."""
@@ -749,6 +845,7 @@ class _Wire(Transport, asyncio.Protocol):
         self._send_data()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._into = self._into_mask = None
         ws = self._ws
         ws.receive_eof()  # idempotent: the state is CLOSED now
         for t in (self._close_timer, self._ping_timer, self._open_timer):
