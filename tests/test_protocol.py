@@ -687,9 +687,10 @@ def test_stream_error_fails_the_incoming_stream() -> None:
 def test_stream_abort_fails_the_incoming_stream_and_drops_a_partial_item() -> None:
     c, s = connect(server=Settings(max_frame_size=1024, initial_stream_window=2048))
     sid = c.open_stream()
-    assert c.send_item(sid, b"x" * 3000) is False  # two fragments, then out of credit
+    # One whole 1 KiB frame; the next waits for the credit to go whole (whole_limit).
+    assert c.send_item(sid, b"x" * 3000) is False
     assert s.receive_message(c.next_message()) == [StreamOpened(sid)]
-    assert len(s.incoming(sid).partial) == 2048 - 2 * FRAME_CHARGE
+    assert len(s.incoming(sid).partial) == 1024
     c.abort_stream(sid, "gave up")
     msg = c.next_message()
     assert frames_of(msg)[-1] == (F.STREAM_ABORT, 0, sid, b"gave up")
@@ -907,23 +908,45 @@ def test_connection_window_credit_on_id_zero() -> None:
     a, b = c.open_stream(), c.open_stream()
     item = b"x" * (1000 - FRAME_CHARGE)
     assert [c.send_item(sid, item) for sid in (a, b, a, b)] == [True] * 4  # 96 left
-    assert c.send_item(a, item) is False  # cut to the 64 bytes the connection allows
-    assert not c.writable(b)  # every stream waits for the connection window
+    # Not cut to the 64 bytes the connection allows: it waits to go whole (whole_limit,
+    # 3/4 of the smallest window: 3,072 bytes here).
+    assert c.send_item(a, item) is False
+    assert c.send_item(b, item) is False  # every stream waits for the connection window
     msg = c.next_message()
-    assert [(f[2], len(f[3])) for f in frames_of(msg)] == [(a, 968), (a, 968), (a, 64), (b, 968), (b, 968)]
+    assert [(f[2], len(f[3])) for f in frames_of(msg)] == [(a, 968), (a, 968), (b, 968), (b, 968)]
     # The receiver grants connection credit as frames come off the wire, in batches
     # of a quarter window, before anything is read.
     s.receive_message(msg)
     reply = s.next_message()
-    assert frames_of(reply) == [(F.CREDIT, 0, 0, V(2000)), (F.CREDIT, 0, 0, V(1096))]
+    assert frames_of(reply) == [(F.CREDIT, 0, 0, V(2000)), (F.CREDIT, 0, 0, V(2000))]
     assert c.receive_message(reply) == [CreditGranted(0), CreditGranted(0)]
-    assert c.writable(b)
-    assert c.writable(a)  # the rest of the cut item goes now
+    assert c.writable(a) and c.writable(b)  # the waiting items go now, whole
     rest = frames_of(c.next_message())
-    assert rest == [(F.STREAM_DATA, 0, a, item[64:])]
+    assert rest == [(F.STREAM_DATA, 0, a, item), (F.STREAM_DATA, 0, b, item)]
     s.receive_message(F.encode_batch(rest))
     assert read_all(s, a) == [(item, False), (item, False), (item, False)]
-    assert read_all(s, b) == [(item, False), (item, False)]
+    assert read_all(s, b) == [(item, False), (item, False), (item, False)]
+
+
+def test_an_item_past_three_quarters_of_the_window_goes_in_pieces() -> None:
+    """Only an item (a frame) that 3/4 of the peer's smallest window takes waits for
+    its credit whole: a larger one could wait for ever (credit comes back in quarters
+    of a window), so it goes as the credit allows, in pieces, as before."""
+    c, s = connect(server=Settings(initial_stream_window=2048))
+    sid = c.open_stream()
+    big = bytes(range(256)) * 7  # 1,792 bytes: more than 3/4 of 2,048
+    assert c.send_item(sid, b"a" * 500) is True
+    assert c.send_item(sid, big) is False  # cut to the credit left
+    first = frames_of(c.next_message())
+    assert [len(f[3]) for f in first] == [500, 2048 - 500 - 2 * FRAME_CHARGE]
+    assert first[1][1] & F.FLAG_MORE
+    s.receive_message(F.encode_batch(first))
+    assert s.read_item(sid) is not None  # the small item: its credit goes back (a quarter)
+    c.receive_message(s.next_message())
+    assert c.writable(sid)  # the rest went
+    s.receive_message(c.next_message())
+    payload, raw, _ = s.read_item(sid)
+    assert bytes(payload) == big and not raw
 
 
 def test_receiver_seeing_more_than_the_connection_window_is_a_flow_control_error() -> None:

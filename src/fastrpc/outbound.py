@@ -40,6 +40,7 @@ class OutboundStreams:
         "stream_buffer_size",
         "stream_bytes",
         "streams",
+        "whole_limit",
     )
 
     def __init__(
@@ -56,6 +57,11 @@ class OutboundStreams:
         self.stream_buffer_size = stream_buffer_size
         self.frame_limit = 0  # the peer's, once its HELLO came
         self.item_limit = F.VARINT_MAX  # the peer's max_item_size, once its HELLO came
+        # A frame of at most this many bytes (with its charge) waits for the credit to
+        # take it whole rather than going out in pieces as credit trickles in: 3/4 of
+        # the peer's smallest window (set by its HELLO). Windows only grow, and credit
+        # comes back in quarters of a window, so the credit for it always comes.
+        self.whole_limit = 0
         self.compression_threshold = compression_threshold
         self.compressor: _compression.Compressor | None = None
         self.closed = False  # the connection is closing: terminal frames are not sent
@@ -150,6 +156,11 @@ class OutboundStreams:
             room = flow.out_room(sid)
             n = len(tail)
             if room < 1 and not (n == 0 and room == 0):
+                break
+            whole = min(n, self.frame_limit)
+            if room < whole and whole + FRAME_CHARGE <= self.whole_limit:
+                # Sent in pieces, an item costs the receiver a message per piece and
+                # a reassembly copy: wait for the credit (it comes: see whole_limit).
                 break
             take = min(n, room, self.frame_limit)
             more = take < n

@@ -647,6 +647,7 @@ class Connection:
         self._message_limit = peer.max_message_size
         self._calls.frame_limit = self._outbound.frame_limit = limit
         self._outbound.item_limit = peer.max_item_size
+        self._outbound.whole_limit = min(peer.initial_stream_window, peer.connection_window) * 3 // 4
         # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
         # in one message.
         room = peer.max_message_size - limit - 18
