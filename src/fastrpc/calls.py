@@ -26,6 +26,22 @@ FLAG_RAW = 0x40
 FLAG_KWARGS = F.FLAG_KWARGS
 PENDING = int(CallState.PENDING)
 CANCELLED = int(CallState.CANCELLED)
+# Method name -> its encoded head (varint length + UTF-8), shared by every connection:
+# a client calls the same few methods over and over. Cleared when full (a bound).
+_HEADS: dict[str, bytes] = {}
+_MAX_HEADS = 1024
+
+
+def method_head(method: str) -> bytes:
+    """The encoded method name that starts a REQUEST / NOTIFY payload."""
+    head = _HEADS.get(method)
+    if head is None:
+        m = method.encode("utf-8")
+        head = F.encode_varint(len(m)) + m
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        _HEADS[method] = head
+    return head
 
 
 def encode_error(
@@ -127,8 +143,7 @@ class CallTable:
         flags = (FLAG_RAW if raw else 0) | (F.FLAG_STREAM if stream else 0) | (F.FLAG_CHANNEL if channel else 0)
         if kwargs:
             flags |= FLAG_KWARGS
-        m = method.encode("utf-8")
-        head = F.encode_varint(len(m)) + m
+        head = _HEADS.get(method) or method_head(method)
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
@@ -142,8 +157,7 @@ class CallTable:
             self.streaming_out[call_id] = None
 
     def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
-        m = method.encode("utf-8")
-        head = F.encode_varint(len(m)) + m
+        head = method_head(method)
         self.check_size("notification", method, len(head) + len(payload))
         self.control.add(F.NOTIFY, (FLAG_RAW if raw else 0) | (FLAG_KWARGS if kwargs else 0), 0, head + payload)
 
@@ -264,6 +278,20 @@ class CallTable:
             self.budget.release(held)
             if self.channels:
                 self.channels.pop(call_id, None)
+
+    def reply(self, call_id: int, payload: Payload, raw: bool, closed: bool) -> None:
+        """Finish call ``call_id`` (:meth:`answer`) and queue its RESPONSE (not once
+        ``closed``): one pass, every answered call's path."""
+        cost = self.inbound.pop(call_id)
+        self.budget.held -= cost  # MemoryBudget.release, inline
+        if self.channels:
+            self.channels.pop(call_id, None)
+        if closed:
+            return
+        if len(payload) > self.frame_limit:
+            self.respond(call_id, payload, raw)
+        else:
+            self.control.add(F.RESPONSE, FLAG_RAW if raw else 0, call_id, payload)
 
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit

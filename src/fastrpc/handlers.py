@@ -29,6 +29,10 @@ __all__ = ["Handlers"]
 
 T = TypeVar("T")
 
+# Results no handler can mean to be awaited: a sync handler's reply goes at once,
+# without inspect.isawaitable's ABC check (every call's path).
+_PLAIN = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple, bytearray})
+
 
 class Handlers:
     """The handlers of one connection and the tasks running them."""
@@ -225,8 +229,18 @@ class Handlers:
             except Exception as exc:
                 self._reply_exception(cid, exc, method, fn, args, kwargs)
                 return
-            if not inspect.isawaitable(result):
-                self._reply(cid, result, method)
+            if type(result) in _PLAIN or not inspect.isawaitable(result):
+                link = self.link
+                if link.closed:
+                    return
+                try:
+                    payload, raw = link.codec.encode(result)
+                except Exception as exc:
+                    self._reply_exception(cid, exc, method, what="result of")
+                    return
+                # Called from the peer's _process: the reply leaves once the message
+                # (or the read) is handled, so no host.flush() here, unlike _reply.
+                link.core.send_response(cid, payload, raw=raw)
                 return
             task = self.link.loop.create_task(self._run_call(cid, method, lambda: result, ev.deadline))
         elif kind == ASYNC_GEN:

@@ -104,10 +104,17 @@ class PeerIO(PeerAPI):
         but once ``EARLY_FLUSH`` control bytes wait for the end of this loop pass, they
         leave at once: 100 calls made in one pass cross in parts that the peer answers
         while this side makes the rest, not in one batch the two sides take turns on."""
-        if self._flush_pending and self._core.control_backlog >= O.EARLY_FLUSH and not self._processing:
-            self._flush()
-        else:
-            self._send_queued()
+        if self._processing:
+            return  # _process sends once the message is handled
+        if self._flush_pending:
+            if self._core.control_backlog >= O.EARLY_FLUSH:
+                self._flush()
+        elif not self._in_read:  # else _read_done sends at the end of the read
+            if self._fresh and self._direct:
+                self._flush()
+            else:
+                self._flush_pending = True
+                self._loop.call_soon(self._flush_soon)
 
     def _send_queued(self) -> None:
         """Send what the core has queued: at once when nothing was written since the
@@ -144,7 +151,8 @@ class PeerIO(PeerAPI):
             nxt = core.next_message()
             if nxt is None:
                 return
-            self._wake_unblocked()
+            if core.unblocked:
+                self._wake_unblocked()
             if not transport.write_now(nxt):
                 # Past the high-water mark, or closing: the writer task waits for the
                 # drain (or lets the library raise the closure).
@@ -208,9 +216,24 @@ class PeerIO(PeerAPI):
         self._in_read = True  # the output of this read leaves at its end: _read_done
         token = _current_peer.set(self)
         try:
-            self._take(transport, msg)
-            if self._core.control_backlog >= O.EARLY_FLUSH:
-                self._flush()  # a long read: the peer starts on this part meanwhile
+            if type(msg) is bytes:  # _take, inline
+                core = self._core
+                frames = core.decode(msg)
+                if len(frames) <= O.FRAMES_PER_SLICE:  # _feed, inline: one slice
+                    self._process(frames)
+                    backlog = core.control_backlog
+                    if backlog + transport.buffered() > self._max_backlog:
+                        self._serve_less_soon(transport)
+                    if backlog >= O.EARLY_FLUSH:
+                        self._flush()  # a long read: the peer starts on this part meanwhile
+                else:
+                    self._feed(transport, frames, 0)
+                    if core.control_backlog >= O.EARLY_FLUSH:
+                        self._flush()
+            else:
+                self._take(transport, msg)
+                if self._core.control_backlog >= O.EARLY_FLUSH:
+                    self._flush()
         except Exception as e:
             self._read_failed(transport, e)
         finally:
@@ -242,9 +265,14 @@ class PeerIO(PeerAPI):
             self._busy = True
             self._loop.call_soon(self._next_slice, transport, frames, end)
         elif self._core.control_backlog + transport.buffered() > self._max_backlog:
-            self._busy = True
-            transport.pause_reading()
-            self._loop.create_task(self._serve_less(transport))
+            self._serve_less_soon(transport)
+
+    def _serve_less_soon(self, transport: Transport) -> None:
+        """Past max_output_backlog: hold the next messages, read no more until the
+        peer took part of our output (:func:`_serve_less`)."""
+        self._busy = True
+        transport.pause_reading()
+        self._loop.create_task(self._serve_less(transport))
 
     def _next_slice(self, transport: Transport, frames: list[Any], start: int) -> None:
         if transport is not self._transport or self._closed_flag:

@@ -93,6 +93,7 @@ class Connection:
     __slots__ = (
         "_algorithm",
         "_budget",
+        "_call_limit",
         "_calls",
         "_flow",
         "_inbound",
@@ -107,6 +108,7 @@ class Connection:
         "batch_size",
         "bytes_in",
         "bytes_out",
+        "closed",
         "frames_in",
         "frames_out",
         "messages_in",
@@ -116,6 +118,7 @@ class Connection:
         "send_item",
         "session",
         "settings",
+        "unblocked",
         "writable",
     )
 
@@ -136,9 +139,16 @@ class Connection:
         self.role = role
         self.settings = settings = settings or Settings()
         self.peer_settings: Settings | None = None
+        # True once GOAWAY was queued or the connection was torn down (close(),
+        # discard_state(): the only writers); a plain attribute, read on every call.
+        self.closed = False
+        self._call_limit = 0  # the peer's max_pending_calls, once its HELLO came (can_call)
         self.batch_size = batch_size
         self._next_id = 1 if role is Role.CLIENT else 2
         self._sched = Scheduler()
+        # Outgoing streams whose queue a message emptied (read-only here: take them
+        # with take_unblocked); a cheap "any?" test after every message.
+        self.unblocked = self._sched.unblocked
         self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
         self._budget = budget = MemoryBudget(max_connection_memory)
         self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget)
@@ -163,11 +173,6 @@ class Connection:
     writable: Callable[[int], bool]
 
     # ------------------------------------------------------------------ state
-
-    @property
-    def closed(self) -> bool:
-        """True once GOAWAY was queued or the connection was torn down."""
-        return self._outbound.closed
 
     @property
     def stream_buffer_size(self) -> int:
@@ -199,8 +204,9 @@ class Connection:
         return call_id in self._calls.inbound
 
     def can_call(self) -> bool:
-        peer = self.peer_settings
-        return peer is not None and len(self._calls.out) < peer.max_pending_calls
+        """Whether a call may go now: the peer's HELLO came and its ``max_pending_calls``
+        is not reached."""
+        return len(self._calls.out) < self._call_limit
 
     def can_open_stream(self) -> bool:
         return self._flow.stream_slots > 0
@@ -235,17 +241,41 @@ class Connection:
     @property
     def control_backlog(self) -> int:
         """Control bytes queued (answers, credit, PONGs...): what the peer's messages made."""
-        return self._sched.control_bytes()
+        sched = self._sched
+        return len(sched.control) + sched.backlog_bytes
 
     def has_output(self) -> bool:
-        return bool(self._sched.control_bytes()) or self._sched.has_streams() or self._flow.slot_grants > 0
+        """Whether :meth:`next_message` has something to send (checked once per read)."""
+        sched = self._sched
+        return bool(len(sched.control) or sched.backlog_bytes or self._flow.slot_grants or any(sched.rings))
 
     def next_message(self) -> bytes | None:
         """The next WebSocket message to send (None: nothing queued): control frames first,
         then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits."""
-        if not self.session.handshake_sent:
+        session = self.session
+        if not session.handshake_sent:
             return self.handshake()
-        self._flow.grant_slots()
+        flow = self._flow
+        if flow.slot_grants:
+            flow.grant_slots()
+        sched = self._sched
+        if not sched.backlog and not any(sched.rings):
+            # Control frames alone (calls, answers, credit): one message, or none.
+            control = sched.control
+            frames = control.count
+            if not frames:
+                return None
+            limit = self._message_limit or self.settings.max_message_size
+            if len(control) <= limit and frames <= F.MAX_FRAMES:
+                sched.pongs_due = 0
+                msg = control.take()
+                first = self.frames_out
+                self.frames_out = first + frames
+                self.messages_out += 1
+                self.bytes_out += len(msg)
+                if session.enabled:
+                    session.record(first, first + frames, msg)
+                return msg
         first = self.frames_out
         parts: list[bytes] = []
         size = 0
@@ -364,11 +394,17 @@ class Connection:
         """Queue a REQUEST; return its call id. ``stream``: results come back as a stream
         on the call id (:meth:`read_item`); ``channel``: we send one on it (:meth:`send_item`);
         ``kwargs``: the arguments end with a map of keyword arguments."""
-        self._check_open()
-        if not self.can_call():
+        if self.closed:
+            raise ConnectionClosed()
+        calls = self._calls
+        if len(calls.out) >= self._call_limit:  # can_call, inline
             raise LimitExceeded("too many pending calls")
-        call_id = self.next_id()
-        self._calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
+        call_id = self._next_id  # next_id, inline: its first try is nearly always free
+        if call_id in calls.out or call_id in self._out:
+            call_id = self.next_id()
+        else:
+            self._next_id = call_id + 2
+        calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
         if stream:
             self._inbound.expect(call_id)
         if channel:
@@ -381,9 +417,7 @@ class Connection:
 
     def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
         """Answer call ``call_id``; this also finishes it (frees its slot)."""
-        self._calls.answer(call_id)
-        if not self.closed:
-            self._calls.respond(call_id, payload, raw)
+        self._calls.reply(call_id, payload, raw, self.closed)
 
     def send_error(
         self,
@@ -520,7 +554,7 @@ class Connection:
     def discard_state(self) -> None:
         """The connection is gone for good: forget every call and stream, and what
         they had buffered (a closed peer kept alive by its user holds no data)."""
-        self._outbound.closed = True
+        self._outbound.closed = self.closed = True
         self._inbound.clear()
         self._outbound.clear()
         self._sched.clear()
@@ -539,7 +573,7 @@ class Connection:
             return
         payload = F.encode_varint(int(code)) + reason.encode("utf-8", "replace")[:512]
         self._sched.control.add(F.GOAWAY, 0, 0, payload)
-        self._outbound.closed = True
+        self._outbound.closed = self.closed = True
 
     def _check_open(self) -> None:
         if self.closed:
@@ -651,6 +685,7 @@ class Connection:
         if self._algorithm:
             self._outbound.compressor = _compression.Compressor(self._algorithm)
         self.session.enabled = bool(self.settings.resume and peer.resume)
+        self._call_limit = peer.max_pending_calls
         events.append(HelloReceived(peer))
 
     def _on_data(self, f: F.Frame, events: list[Event]) -> None:

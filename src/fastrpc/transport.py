@@ -365,6 +365,11 @@ def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
         pass
 
 
+_MASK_POOL = 4096  # bytes of urandom read at once for client frame masks (_Wire._write)
+_mask_pool = b""
+_mask_at = _MASK_POOL  # the pool is read at the first masked frame
+
+
 def _header(n: int, mask: int) -> bytes:
     """The header of a final binary frame of ``n`` payload bytes (RFC 6455 5.2)."""
     if n < 126:
@@ -847,7 +852,14 @@ class _Wire(Transport, asyncio.Protocol):
     def _write(self, msg: bytes) -> None:
         tcp = self._tcp
         if self._client:
-            mask = os.urandom(4)
+            # A fresh mask per frame (RFC 6455 5.3), cut from a pool of urandom bytes
+            # shared by every connection: one getrandom call per 1,024 frames, not one each.
+            global _mask_pool, _mask_at
+            at = _mask_at
+            if at >= _MASK_POOL:
+                _mask_pool, at = os.urandom(_MASK_POOL), 0
+            _mask_at = at + 4
+            mask = _mask_pool[at : at + 4]
             tcp.writelines((_header(len(msg), 0x80), mask, apply_mask(msg, mask)))
         elif len(msg) < 4096:
             tcp.write(_header(len(msg), 0) + msg)
