@@ -216,15 +216,17 @@ class PeerAPI:
         """
         if kwargs:
             return await self._call(method, self._encode_kwargs(args, kwargs), False, timeout, True)
-        payload, raw = self._encode_args(args)
-        return await self._call(method, payload, raw, timeout)
+        if len(args) == 1 and type(args[0]) is bytes:  # _encode_args, inline
+            return await self._call(method, args[0], True, timeout)
+        return await self._call(method, self._codec.encode_value(args), False, timeout)
 
     async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool = False) -> Any:
         core = self._core
         if not core.can_call():
             await self._call_slot()
             core = self._core  # a new session's, after a reset
-        self._check_open()
+        if self._close_exc is not None or self._closed_flag:
+            self._check_open()  # (a closed core: send_request raises)
         cid = core.send_request(method, payload, raw=raw, timeout=timeout, kwargs=kwargs)
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._calls[cid] = fut

@@ -221,7 +221,20 @@ class CallTable:
         if len(self.inbound) >= self.max_inbound:
             raise LimitExceeded(f"too many pending calls (our max_pending_calls is {self.max_inbound})")
         flags = f.flags
-        method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
+        if flags & F.FLAG_DEADLINE:
+            method, payload, deadline = _head(f, True)
+        else:  # _head, inline: every call's path
+            data = f.payload
+            n, pos = F.decode_varint(data, 0)
+            end = pos + n
+            if end > len(data):
+                raise ProtocolError("truncated method name")
+            try:
+                method = bytes(data[pos:end]).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError("method name is not UTF-8") from None
+            payload = data[end:]
+            deadline = None
         budget = self.budget
         # Decoded arguments can take ~60x their encoded size ([[], [], ...]): they are
         # charged at what decoding them will cost, measured before anything decodes them.
@@ -233,7 +246,11 @@ class CallTable:
             )
             self.control.add(F.ERROR, 0, fid, encode_error("PayloadTooLarge", message, None, None, self.frame_limit))
             return
-        budget.charge(cost, "arguments of running calls")
+        held = budget.held + cost  # MemoryBudget.charge, inline
+        budget.held = held
+        if held > budget.limit:
+            budget.held -= cost
+            budget.charge(cost, "arguments of running calls")
         self.inbound[fid] = cost
         if flags & F.FLAG_CHANNEL:
             if self.channels is None:

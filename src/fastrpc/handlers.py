@@ -206,7 +206,9 @@ class Handlers:
                 fn, kind, args = fallback, handler_kind(fallback), (data,)
             else:
                 fn, kind = found
-                if spec is None and not ev.kwargs:
+                if ev.raw and (spec is None or spec.authorize is None):
+                    args = (bytes(ev.payload),)  # _prepare / _args of raw bytes, inline
+                elif spec is None and not ev.kwargs:
                     args = self._args(ev.payload, ev.raw)
                 else:
                     args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, ev.channel)
@@ -233,11 +235,14 @@ class Handlers:
                 link = self.link
                 if link.closed:
                     return
-                try:
-                    payload, raw = link.codec.encode(result)
-                except Exception as exc:
-                    self._reply_exception(cid, exc, method, what="result of")
-                    return
+                if type(result) is bytes:  # PayloadCodec.encode's first case, inline
+                    payload, raw = result, True
+                else:
+                    try:
+                        payload, raw = link.codec.encode(result)
+                    except Exception as exc:
+                        self._reply_exception(cid, exc, method, what="result of")
+                        return
                 # Called from the peer's _process: the reply leaves once the message
                 # (or the read) is handled, so no host.flush() here, unlike _reply.
                 link.core.send_response(cid, payload, raw=raw)

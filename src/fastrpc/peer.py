@@ -433,8 +433,12 @@ class RpcPeer(PeerIO):
         if self._call_waiters:
             self._call_done()
         if fut is not None and not fut.done():
+            payload = ev.payload
+            if ev.raw and type(payload) is bytes:  # PayloadCodec.decode's first case, inline
+                fut.set_result(payload)
+                return
             try:
-                fut.set_result(self._link.decoder.decode(ev.payload, ev.raw))
+                fut.set_result(self._link.decoder.decode(payload, ev.raw))
             except Exception as exc:
                 fut.set_exception(exc)
 

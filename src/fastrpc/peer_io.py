@@ -245,7 +245,15 @@ class PeerIO(PeerAPI):
             self._in_read = False
             core = self._core
             if transport is self._transport and (core.has_output() or core.closed):
-                self._kick()
+                # _kick, inline (neither processing nor in a read now)
+                if self._flush_pending:
+                    if core.control_backlog >= O.EARLY_FLUSH:
+                        self._flush()
+                elif self._fresh and self._direct:
+                    self._flush()
+                else:
+                    self._flush_pending = True
+                    self._loop.call_soon(self._flush_soon)
 
     def _take(self, transport: Transport, msg: bytes | str) -> None:
         if type(msg) is str:
