@@ -88,6 +88,27 @@ def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> Remo
     return cls(type_name, message, None if code == 0 else code - 1, tb)
 
 
+_FLAG_STREAM, _FLAG_CHANNEL = F.FLAG_STREAM, F.FLAG_CHANNEL
+_decode_varint = F.decode_varint
+# Received method names (encoded -> str), shared by every connection: a peer calls the
+# same few methods over and over. Bounded: cleared when full; long names not kept.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAME = 64
+
+
+def _method_name(data: Payload) -> str:
+    """A method name received, decoded (and remembered in ``_NAMES``)."""
+    try:
+        method = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("method name is not UTF-8") from None
+    if len(data) <= _MAX_NAME:
+        if len(_NAMES) >= _MAX_HEADS:
+            _NAMES.clear()
+        _NAMES[bytes(data)] = method
+    return method
+
+
 def _head(f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
     """Method name, arguments and deadline of a REQUEST / NOTIFY frame."""
     data = f.payload
@@ -99,10 +120,7 @@ def _head(f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
     n, pos = F.decode_varint(data, pos)
     if pos + n > len(data):
         raise ProtocolError("truncated method name")
-    try:
-        method = bytes(data[pos : pos + n]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("method name is not UTF-8") from None
+    method = _method_name(data[pos : pos + n])
     pos += n
     return method, data[pos:], deadline
 
@@ -111,10 +129,21 @@ class CallTable:
     """The calls of one connection: ours (``out``: id -> :class:`CallState`, and which
     of them are streaming) and the peer's (``inbound``, until answered)."""
 
-    __slots__ = ("budget", "channels", "control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
+    __slots__ = (
+        "budget",
+        "channels",
+        "control",
+        "frame_limit",
+        "inbound",
+        "max_inbound",
+        "out",
+        "peer_parity",
+        "streaming_out",
+    )
 
-    def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget) -> None:
+    def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget, peer_parity: int = 1) -> None:
         self.control = control  # the scheduler's control FrameWriter
+        self.peer_parity = peer_parity  # the parity of the peer's call ids (a client's are odd)
         self.budget = budget  # a running call's arguments count until it is answered
         self.max_inbound = max_inbound
         self.frame_limit = 0  # the peer's frame limit, once its HELLO came
@@ -190,11 +219,15 @@ class CallTable:
             self.streaming_out.pop(call_id, None)
             self.out.pop(call_id, None)
 
-    def on_response(self, f: F.Frame) -> ResponseReceived | None:
-        state = self.out.pop(f.id, None)
-        if state is None or f.id in self.streaming_out:
+    def on_response(self, f: F.Frame, events: list[Any]) -> None:
+        """The answer to our call: a :class:`ResponseReceived` onto ``events`` (none
+        for a call we cancelled)."""
+        fid = f.id
+        state = self.out.pop(fid, None)
+        if state is None or fid in self.streaming_out:
             raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
-        return ResponseReceived(f.id, f.payload, bool(f.flags & FLAG_RAW)) if state == PENDING else None
+        if state == PENDING:
+            events.append(ResponseReceived(fid, f.payload, f.flags & FLAG_RAW != 0))
 
     def on_error(self, f: F.Frame) -> tuple[CallFailed | None, bool]:
         """``(event, streaming)``: a streaming call's error ends its result stream."""
@@ -216,23 +249,24 @@ class CallTable:
         """The peer's REQUEST: a :class:`RequestReceived` onto ``events``, or (arguments
         that would not fit in the memory budget once decoded) an ERROR answer at once."""
         fid = f.id
-        if fid in self.inbound:
+        inbound = self.inbound
+        if fid <= 0 or fid & 1 != self.peer_parity:
+            raise ProtocolError("call id of the wrong parity")
+        if fid in inbound:
             raise ProtocolError("call id in use")
-        if len(self.inbound) >= self.max_inbound:
+        if len(inbound) >= self.max_inbound:
             raise LimitExceeded(f"too many pending calls (our max_pending_calls is {self.max_inbound})")
         flags = f.flags
         if flags & F.FLAG_DEADLINE:
             method, payload, deadline = _head(f, True)
         else:  # _head, inline: every call's path
             data = f.payload
-            n, pos = F.decode_varint(data, 0)
+            n, pos = _decode_varint(data, 0)
             end = pos + n
             if end > len(data):
                 raise ProtocolError("truncated method name")
-            try:
-                method = bytes(data[pos:end]).decode("utf-8")
-            except UnicodeDecodeError:
-                raise ProtocolError("method name is not UTF-8") from None
+            name = data[pos:end]
+            method = _NAMES.get(name) or _method_name(name)
             payload = data[end:]
             deadline = None
         budget = self.budget
@@ -251,7 +285,7 @@ class CallTable:
         if held > budget.limit:
             budget.held -= cost
             budget.charge(cost, "arguments of running calls")
-        self.inbound[fid] = cost
+        inbound[fid] = cost
         if flags & F.FLAG_CHANNEL:
             if self.channels is None:
                 self.channels = {}
@@ -261,9 +295,9 @@ class CallTable:
                 fid,
                 method,
                 payload,
-                bool(flags & FLAG_RAW),
-                bool(flags & F.FLAG_STREAM),
-                bool(flags & F.FLAG_CHANNEL),
+                flags & FLAG_RAW != 0,
+                flags & _FLAG_STREAM != 0,
+                flags & _FLAG_CHANNEL != 0,
                 deadline,
                 flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
             )

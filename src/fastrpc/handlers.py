@@ -222,32 +222,33 @@ class Handlers:
         except Exception as exc:
             self._refuse(ev, "InvalidArguments", f"{method}(): {exc}")
             return
-        if ev.stream or ev.channel:
-            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
-        elif kind == SYNC:
+        if kind == SYNC and not (ev.stream or ev.channel):
             # Sync handlers run inline: no task, the reply joins this loop iteration's message.
             try:
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
             except Exception as exc:
                 self._reply_exception(cid, exc, method, fn, args, kwargs)
                 return
-            if type(result) in _PLAIN or not inspect.isawaitable(result):
+            rt = type(result)
+            if rt in _PLAIN or not inspect.isawaitable(result):
                 link = self.link
                 if link.closed:
                     return
-                if type(result) is bytes:  # PayloadCodec.encode's first case, inline
-                    payload, raw = result, True
-                else:
-                    try:
-                        payload, raw = link.codec.encode(result)
-                    except Exception as exc:
-                        self._reply_exception(cid, exc, method, what="result of")
-                        return
+                if rt is bytes:  # PayloadCodec.encode's first case, inline
+                    link.core.send_response(cid, result, True)
+                    return
+                try:
+                    payload, raw = link.codec.encode(result)
+                except Exception as exc:
+                    self._reply_exception(cid, exc, method, what="result of")
+                    return
                 # Called from the peer's _process: the reply leaves once the message
                 # (or the read) is handled, so no host.flush() here, unlike _reply.
-                link.core.send_response(cid, payload, raw=raw)
+                link.core.send_response(cid, payload, raw)
                 return
             task = self.link.loop.create_task(self._run_call(cid, method, lambda: result, ev.deadline))
+        elif ev.stream or ev.channel:
+            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
         elif kind == ASYNC_GEN:
             self._reply_error(
                 cid,

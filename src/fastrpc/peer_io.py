@@ -34,6 +34,8 @@ from .transport import Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
 
+_SLICE = O.FRAMES_PER_SLICE
+_EARLY_FLUSH = O.EARLY_FLUSH
 # The peer whose handler runs (fastrpc.current_peer); an RpcPeer.
 _current_peer: contextvars.ContextVar[PeerIO] = contextvars.ContextVar("fastrpc_peer")
 
@@ -219,12 +221,12 @@ class PeerIO(PeerAPI):
             if type(msg) is bytes:  # _take, inline
                 core = self._core
                 frames = core.decode(msg)
-                if len(frames) <= O.FRAMES_PER_SLICE:  # _feed, inline: one slice
+                if len(frames) <= _SLICE:  # _feed, inline: one slice
                     self._process(frames)
                     backlog = core.control_backlog
                     if backlog + transport.buffered() > self._max_backlog:
                         self._serve_less_soon(transport)
-                    if backlog >= O.EARLY_FLUSH:
+                    if backlog >= _EARLY_FLUSH:
                         self._flush()  # a long read: the peer starts on this part meanwhile
                 else:
                     self._feed(transport, frames, 0)

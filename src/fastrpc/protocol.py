@@ -79,6 +79,10 @@ MAX_PINGS = 1024  # PONGs due at once (queued, not sent yet): a PING flood costs
 ACK_FRAMES = O.ACK_FRAMES
 _SENT_BY_CLIENT = F.encode_varint(SETTING_SENT_BY_CLIENT) + F.encode_varint(1)  # appended to a client's HELLO
 ACK_BYTES = O.ACK_BYTES
+# Frame types of the receiving hot path, as module globals (one lookup, not two).
+_STREAM_DATA, _CREDIT, _REQUEST, _RESPONSE = F.STREAM_DATA, F.CREDIT, F.REQUEST, F.RESPONSE
+_MAX_FRAMES = F.MAX_FRAMES
+_decode_message = F.decode_message
 
 
 class Connection:
@@ -151,8 +155,8 @@ class Connection:
         self.unblocked = self._sched.unblocked
         self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
         self._budget = budget = MemoryBudget(max_connection_memory)
-        self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget)
         self._peer_parity = 0 if role is Role.CLIENT else 1
+        self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget, self._peer_parity)
         self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
         self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size, compression_threshold)
         self._out = outbound.streams
@@ -252,21 +256,15 @@ class Connection:
     def next_message(self) -> bytes | None:
         """The next WebSocket message to send (None: nothing queued): control frames first,
         then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits."""
-        session = self.session
-        if not session.handshake_sent:
-            return self.handshake()
-        flow = self._flow
-        if flow.slot_grants:
-            flow.grant_slots()
         sched = self._sched
-        if not sched.backlog and not any(sched.rings):
+        session = self.session
+        if not (sched.backlog or any(sched.rings) or self._flow.slot_grants) and session.handshake_sent:
             # Control frames alone (calls, answers, credit): one message, or none.
             control = sched.control
             frames = control.count
             if not frames:
                 return None
-            limit = self._message_limit or self.settings.max_message_size
-            if len(control) <= limit and frames <= F.MAX_FRAMES:
+            if len(control) <= (self._message_limit or self.settings.max_message_size) and frames <= _MAX_FRAMES:
                 sched.pongs_due = 0
                 msg = control.take()
                 first = self.frames_out
@@ -276,6 +274,11 @@ class Connection:
                 if session.enabled:
                     session.record(first, first + frames, msg)
                 return msg
+        if not session.handshake_sent:
+            return self.handshake()
+        flow = self._flow
+        if flow.slot_grants:
+            flow.grant_slots()
         first = self.frames_out
         parts: list[bytes] = []
         size = 0
@@ -415,7 +418,7 @@ class Connection:
         self._check_open()
         self._calls.notification(method, payload, raw, kwargs)
 
-    def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
+    def send_response(self, call_id: int, payload: Payload, raw: bool = False) -> None:
         """Answer call ``call_id``; this also finishes it (frees its slot)."""
         self._calls.reply(call_id, payload, raw, self.closed)
 
@@ -589,10 +592,11 @@ class Connection:
 
     def decode(self, data: Payload) -> list[F.Frame]:
         """The frames of a received message (at most ``wire.MAX_FRAMES``)."""
-        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES)
+        frames = _decode_message(data, self.settings.max_frame_size, _MAX_FRAMES)
+        n = len(data)
         self.messages_in += 1
-        self.bytes_in += len(data)
-        self.session.since_ack_bytes += len(data)
+        self.bytes_in += n
+        self.session.since_ack_bytes += n
         return frames
 
     def receive_frames(self, frames: list[F.Frame]) -> list[Event]:
@@ -611,20 +615,16 @@ class Connection:
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
         for f in frames:
             t = f.type
-            if t == F.STREAM_DATA:
+            if t == _STREAM_DATA:
                 self._on_data(f, events)
-            elif t == F.CREDIT:
+            elif t == _CREDIT:
                 n, _ = F.decode_varint(f.payload, 0)
                 if self._flow.out_credit(f.id, n):
                     events.append(CreditGranted(f.id))
-            elif t == F.REQUEST:
-                if f.id <= 0 or f.id & 1 != self._peer_parity:
-                    raise ProtocolError("call id of the wrong parity")
-                self._calls.on_request(f, events)
-            elif t == F.RESPONSE:
-                response = self._calls.on_response(f)
-                if response is not None:
-                    events.append(response)
+            elif t == _REQUEST:
+                self._calls.on_request(f, events)  # (checks the id's parity)
+            elif t == _RESPONSE:
+                self._calls.on_response(f, events)
             elif t == F.STREAM_END or t == F.STREAM_ERROR or t == F.STREAM_ABORT:
                 self._inbound.on_end(f, events, self.closed)
             elif t == F.NOTIFY:
