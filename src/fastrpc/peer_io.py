@@ -148,11 +148,8 @@ class PeerIO(PeerAPI):
         if writer is not None and not writer.done():
             return
         core = self._core
-        manager = self.streams
-        while True:
-            nxt = core.next_message()
-            if nxt is None:
-                return
+        nxt = core.next_message()
+        while nxt is not None:
             if core.unblocked:
                 self._wake_unblocked()
             if not transport.write_now(nxt):
@@ -161,7 +158,8 @@ class PeerIO(PeerAPI):
                 self._writer = self._loop.create_task(self._send_paused(transport, nxt))
                 return
             self._fresh = False
-            manager.on_drained()
+            self.streams.on_drained()
+            nxt = core.next_message() if core.has_output() else None
 
     def _transport_buffered(self) -> int:
         """Bytes written to the transport and not yet taken by the socket."""
