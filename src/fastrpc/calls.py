@@ -92,7 +92,7 @@ _FLAG_STREAM, _FLAG_CHANNEL = F.FLAG_STREAM, F.FLAG_CHANNEL
 _decode_varint = F.decode_varint
 # Received method names (encoded -> str), shared by every connection: a peer calls the
 # same few methods over and over. Bounded: cleared when full; long names not kept.
-_NAMES: dict[bytes, str] = {}
+_NAMES: dict[Payload, str] = {}
 _MAX_NAME = 64
 
 

@@ -237,7 +237,8 @@ class RpcPeer(PeerIO):
         self._fresh = True
         self._processing = True  # output made by the events leaves in one message, below
         try:
-            for ev in core.receive_frames(frames):
+            events: list[Any] = core.receive_frames(frames)
+            for ev in events:
                 t = type(ev)
                 if t is _REQUEST:  # every call's events first, without the table
                     self._handlers.on_request(ev)
