@@ -75,9 +75,6 @@ class Scheduler:
         self.pongs_due += 1
         return self.pongs_due
 
-    def has_streams(self) -> bool:
-        return any(self.rings)
-
     def queue(self, s: OutgoingStream) -> None:
         """``s`` has frames queued: give it a turn."""
         if not s.queued:
