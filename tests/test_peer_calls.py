@@ -80,6 +80,51 @@ def test_sync_and_async_handlers() -> None:
     run(main())
 
 
+def test_the_sync_reply_path_keeps_every_check() -> None:
+    # A sync handler's reply is queued in the pass that read its request; what that
+    # path skips (the awaitable test for plain results, the codec for bytes) must not
+    # skip a check: authorize still runs for raw bytes arguments, a sync handler's
+    # Future is awaited, a result the codec refuses still fails the call.
+    router = fastrpc.Router()
+    denied: list[str] = []
+
+    def deny(peer: Any, method: str) -> bool:
+        denied.append(method)
+        return False
+
+    @router.method(authorize=deny)
+    def secret(data: bytes) -> bytes:
+        return data
+
+    @router.method
+    def typed(data: bytes) -> bytes:
+        return data[::-1]
+
+    @router.method
+    def future() -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(fut.set_result, b"later")
+        return fut
+
+    @router.method
+    def unencodable() -> Any:
+        return {"x": object()}
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            with pytest.raises(fastrpc.PermissionDenied):
+                await peer.call("secret", b"abc")
+            assert denied == ["secret"]
+            assert await peer.call("typed", b"abc") == b"cba"
+            assert await peer.call("typed", bytearray(b"xy")) == b"yx"  # not raw: converted
+            assert await peer.call("future") == b"later"
+            with pytest.raises(fastrpc.RemoteError, match="cannot encode"):
+                await peer.call("unencodable")
+            assert await peer.call("typed", b"") == b""
+
+    run(main())
+
+
 VALUES: list[Any] = [
     None,
     True,

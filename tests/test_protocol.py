@@ -34,6 +34,7 @@ from fastrpc.events import (
     StreamReadable,
 )
 from fastrpc.exceptions import (
+    ConnectionClosed,
     ErrorCode,
     LimitExceeded,
     PayloadTooLarge,
@@ -356,6 +357,56 @@ def test_truncated_method_name_is_rejected() -> None:
     s = server_after_hello()
     with pytest.raises(ProtocolError):
         s.receive_message(F.encode_frame(F.REQUEST, 0, 1, b""))
+
+
+def test_method_names_are_remembered_within_a_bound() -> None:
+    # Received method names are decoded once and shared (calls._NAMES): the same name
+    # arrives as the same str; distinct names from a peer never grow it past its bound,
+    # long names are not kept, and a name that is not UTF-8 is refused every time.
+    from fastrpc import calls
+
+    s = server_after_hello()
+    names = [f"m{i}" for i in range(calls._MAX_HEADS + 100)] + ["n" * 100]
+    seen = []
+    for i, name in enumerate(names):
+        cid = 2 * i + 1
+        (ev,) = s.receive_message(F.encode_frame(F.REQUEST, FLAG_RAW, cid, method_head(name.encode()) + b"a"))
+        assert ev == RequestReceived(cid, name, b"a", raw=True)
+        seen.append(ev.method)
+        s.send_response(cid, b"")
+        assert len(calls._NAMES) <= calls._MAX_HEADS
+    assert "n" * 100 not in calls._NAMES.values()
+    (ev,) = s.receive_message(F.encode_frame(F.REQUEST, 0, 99999, method_head(names[-2].encode())))
+    assert ev.method is seen[-2]  # remembered: the same object
+    for _ in range(2):
+        protocol_error(
+            server_after_hello(),
+            F.encode_frame(F.REQUEST, 0, 1, method_head(b"\xff\xfe")),
+            "method name is not UTF-8",
+            ErrorCode.PROTOCOL_ERROR,
+            1002,
+        )
+
+
+def test_calls_wait_for_the_peers_hello_and_its_call_limit() -> None:
+    # can_call reads the peer's max_pending_calls, as its HELLO said (none before it).
+    c = Connection(Role.CLIENT, Settings())
+    assert not c.can_call()
+    with pytest.raises(LimitExceeded):
+        c.send_request("m", b"")
+    c, s = connect(server=Settings(max_pending_calls=2))
+    ids = [c.send_request("m", b""), c.send_request("m", b"")]
+    assert not c.can_call()
+    with pytest.raises(LimitExceeded):
+        c.send_request("m", b"")
+    s.receive_message(c.next_message())
+    s.send_response(ids[0], b"")
+    c.receive_message(s.next_message())
+    assert c.can_call() and c.next_id() not in ids
+    c.close()
+    assert c.closed
+    with pytest.raises(ConnectionClosed):
+        c.send_request("m", b"")
 
 
 def test_wrong_parity_call_id_is_rejected() -> None:

@@ -31,6 +31,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from fastrpc.transport import Transport, open_connection, start_server
@@ -256,6 +257,47 @@ def test_a_large_frame_spread_over_reads_arrives_whole(pieces: list[int]) -> Non
             await server.wait_closed()
 
     run(main(), 20)
+
+
+def test_our_client_masks_every_frame_afresh() -> None:
+    # Masks are cut from a pool of urandom bytes shared by every connection (one read
+    # per 1,024 frames): across more frames than one pool holds, each frame has its
+    # own mask (no repeats), and unmasked with it, its payload is the message.
+    count = 1500
+
+    async def main() -> list[bytes]:
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def raw_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            ws = ServerProtocol()
+            ws.receive_data(await reader.readuntil(b"\r\n\r\n"))
+            (request,) = ws.events_received()
+            ws.send_response(ws.accept(request))
+            writer.write(b"".join(ws.data_to_send()))
+            got.set_result(await reader.readexactly(count * (2 + 4 + 8)))
+            writer.close()
+
+        server = await asyncio.start_server(raw_server, HOST, 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            t = await open_connection(f"ws://{HOST}:{port}/", compression=None, ping_interval=None)
+            for i in range(count):
+                assert t.write_now(i.to_bytes(8, "big"))
+            data = await asyncio.wait_for(got, 10)
+            t.abort()
+        finally:
+            server.close()
+        masks = []
+        for i in range(count):
+            frame = data[i * 14 : (i + 1) * 14]
+            assert frame[:2] == bytes((0x82, 0x80 | 8))
+            mask = frame[2:6]
+            assert bytes(b ^ mask[j % 4] for j, b in enumerate(frame[6:])) == i.to_bytes(8, "big")
+            masks.append(mask)
+        return masks
+
+    masks = run(main(), 20)
+    assert len(set(masks)) >= count - 1  # 32 random bits each: one repeat (a 1-in-4,000 chance) passes
 
 
 def _bound(frames: list[bytes], max_size: int = 1 << 20, **options: Any) -> int | None:

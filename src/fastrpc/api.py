@@ -215,20 +215,49 @@ class PeerAPI:
         :class:`fastrpc.InvalidCall` for what fastrpc refused).
         """
         if kwargs:
-            return await self._call(method, self._encode_kwargs(args, kwargs), False, timeout, True)
-        payload, raw = self._encode_args(args)
-        return await self._call(method, payload, raw, timeout)
+            payload, raw, kw = self._encode_kwargs(args, kwargs), False, True
+        elif len(args) == 1 and type(args[0]) is bytes:  # _encode_args, inline
+            payload, raw, kw = args[0], True, False
+        else:
+            payload, raw, kw = self._codec.encode_value(args), False, False
+        core = self._core
+        if timeout is not None or not core.can_call():
+            return await self._call(method, payload, raw, timeout, kw)
+        # The common case in this coroutine (no second one per call): as _call.
+        cid, fut = self._start_call(core, method, payload, raw, None, kw)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._abandon(core, cid, fut)
+            raise
+        finally:
+            self._calls.pop(cid, None)
+
+    def _start_call(
+        self, core: Connection, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """Queue the REQUEST (sent at once or with this loop pass's output); the call's
+        id and the future its answer resolves."""
+        if self._close_exc is not None or self._closed_flag:
+            self._check_open()  # (a closed core: send_request raises)
+        cid = core.send_request(method, payload, raw=raw, timeout=timeout, kwargs=kwargs)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._calls[cid] = fut
+        self._kick()
+        return cid, fut
+
+    def _abandon(self, core: Connection, cid: int, fut: asyncio.Future[Any]) -> None:
+        """The caller gave up (cancelled) before the answer: CANCEL the call."""
+        if not fut.done() or fut.cancelled():
+            core.cancel_call(cid)
+            self._kick()
 
     async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool = False) -> Any:
         core = self._core
         if not core.can_call():
             await self._call_slot()
             core = self._core  # a new session's, after a reset
-        self._check_open()
-        cid = core.send_request(method, payload, raw=raw, timeout=timeout, kwargs=kwargs)
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._calls[cid] = fut
-        self._kick()
+        cid, fut = self._start_call(core, method, payload, raw, timeout, kwargs)
         try:
             if timeout is None:
                 return await fut
@@ -244,9 +273,7 @@ class PeerAPI:
                     "it was cancelled on the other side"
                 ) from None
         except asyncio.CancelledError:
-            if not fut.done() or fut.cancelled():
-                core.cancel_call(cid)
-                self._kick()
+            self._abandon(core, cid, fut)
             raise
         finally:
             self._calls.pop(cid, None)

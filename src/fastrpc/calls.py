@@ -26,6 +26,22 @@ FLAG_RAW = 0x40
 FLAG_KWARGS = F.FLAG_KWARGS
 PENDING = int(CallState.PENDING)
 CANCELLED = int(CallState.CANCELLED)
+# Method name -> its encoded head (varint length + UTF-8), shared by every connection:
+# a client calls the same few methods over and over. Cleared when full (a bound).
+_HEADS: dict[str, bytes] = {}
+_MAX_HEADS = 1024
+
+
+def method_head(method: str) -> bytes:
+    """The encoded method name that starts a REQUEST / NOTIFY payload."""
+    head = _HEADS.get(method)
+    if head is None:
+        m = method.encode("utf-8")
+        head = F.encode_varint(len(m)) + m
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        _HEADS[method] = head
+    return head
 
 
 def encode_error(
@@ -72,6 +88,27 @@ def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> Remo
     return cls(type_name, message, None if code == 0 else code - 1, tb)
 
 
+_FLAG_STREAM, _FLAG_CHANNEL = F.FLAG_STREAM, F.FLAG_CHANNEL
+_decode_varint = F.decode_varint
+# Received method names (encoded -> str), shared by every connection: a peer calls the
+# same few methods over and over. Bounded: cleared when full; long names not kept.
+_NAMES: dict[Payload, str] = {}
+_MAX_NAME = 64
+
+
+def _method_name(data: Payload) -> str:
+    """A method name received, decoded (and remembered in ``_NAMES``)."""
+    try:
+        method = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("method name is not UTF-8") from None
+    if len(data) <= _MAX_NAME:
+        if len(_NAMES) >= _MAX_HEADS:
+            _NAMES.clear()
+        _NAMES[bytes(data)] = method
+    return method
+
+
 def _head(f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
     """Method name, arguments and deadline of a REQUEST / NOTIFY frame."""
     data = f.payload
@@ -83,10 +120,7 @@ def _head(f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
     n, pos = F.decode_varint(data, pos)
     if pos + n > len(data):
         raise ProtocolError("truncated method name")
-    try:
-        method = bytes(data[pos : pos + n]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("method name is not UTF-8") from None
+    method = _method_name(data[pos : pos + n])
     pos += n
     return method, data[pos:], deadline
 
@@ -95,10 +129,21 @@ class CallTable:
     """The calls of one connection: ours (``out``: id -> :class:`CallState`, and which
     of them are streaming) and the peer's (``inbound``, until answered)."""
 
-    __slots__ = ("budget", "channels", "control", "frame_limit", "inbound", "max_inbound", "out", "streaming_out")
+    __slots__ = (
+        "budget",
+        "channels",
+        "control",
+        "frame_limit",
+        "inbound",
+        "max_inbound",
+        "out",
+        "peer_parity",
+        "streaming_out",
+    )
 
-    def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget) -> None:
+    def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget, peer_parity: int = 1) -> None:
         self.control = control  # the scheduler's control FrameWriter
+        self.peer_parity = peer_parity  # the parity of the peer's call ids (a client's are odd)
         self.budget = budget  # a running call's arguments count until it is answered
         self.max_inbound = max_inbound
         self.frame_limit = 0  # the peer's frame limit, once its HELLO came
@@ -127,8 +172,7 @@ class CallTable:
         flags = (FLAG_RAW if raw else 0) | (F.FLAG_STREAM if stream else 0) | (F.FLAG_CHANNEL if channel else 0)
         if kwargs:
             flags |= FLAG_KWARGS
-        m = method.encode("utf-8")
-        head = F.encode_varint(len(m)) + m
+        head = _HEADS.get(method) or method_head(method)
         if timeout is not None:
             flags |= F.FLAG_DEADLINE
             head = F.encode_varint(max(0, min(int(timeout * 1000), F.VARINT_MAX))) + head
@@ -142,8 +186,7 @@ class CallTable:
             self.streaming_out[call_id] = None
 
     def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
-        m = method.encode("utf-8")
-        head = F.encode_varint(len(m)) + m
+        head = method_head(method)
         self.check_size("notification", method, len(head) + len(payload))
         self.control.add(F.NOTIFY, (FLAG_RAW if raw else 0) | (FLAG_KWARGS if kwargs else 0), 0, head + payload)
 
@@ -176,11 +219,15 @@ class CallTable:
             self.streaming_out.pop(call_id, None)
             self.out.pop(call_id, None)
 
-    def on_response(self, f: F.Frame) -> ResponseReceived | None:
-        state = self.out.pop(f.id, None)
-        if state is None or f.id in self.streaming_out:
+    def on_response(self, f: F.Frame, events: list[Any]) -> None:
+        """The answer to our call: a :class:`ResponseReceived` onto ``events`` (none
+        for a call we cancelled)."""
+        fid = f.id
+        state = self.out.pop(fid, None)
+        if state is None or fid in self.streaming_out:
             raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
-        return ResponseReceived(f.id, f.payload, bool(f.flags & FLAG_RAW)) if state == PENDING else None
+        if state == PENDING:
+            events.append(ResponseReceived(fid, f.payload, f.flags & FLAG_RAW != 0))
 
     def on_error(self, f: F.Frame) -> tuple[CallFailed | None, bool]:
         """``(event, streaming)``: a streaming call's error ends its result stream."""
@@ -202,12 +249,26 @@ class CallTable:
         """The peer's REQUEST: a :class:`RequestReceived` onto ``events``, or (arguments
         that would not fit in the memory budget once decoded) an ERROR answer at once."""
         fid = f.id
-        if fid in self.inbound:
+        inbound = self.inbound
+        if fid <= 0 or fid & 1 != self.peer_parity:
+            raise ProtocolError("call id of the wrong parity")
+        if fid in inbound:
             raise ProtocolError("call id in use")
-        if len(self.inbound) >= self.max_inbound:
+        if len(inbound) >= self.max_inbound:
             raise LimitExceeded(f"too many pending calls (our max_pending_calls is {self.max_inbound})")
         flags = f.flags
-        method, payload, deadline = _head(f, bool(flags & F.FLAG_DEADLINE))
+        if flags & F.FLAG_DEADLINE:
+            method, payload, deadline = _head(f, True)
+        else:  # _head, inline: every call's path
+            data = f.payload
+            n, pos = _decode_varint(data, 0)
+            end = pos + n
+            if end > len(data):
+                raise ProtocolError("truncated method name")
+            name = data[pos:end]
+            method = _NAMES.get(name) or _method_name(name)
+            payload = data[end:]
+            deadline = None
         budget = self.budget
         # Decoded arguments can take ~60x their encoded size ([[], [], ...]): they are
         # charged at what decoding them will cost, measured before anything decodes them.
@@ -219,8 +280,12 @@ class CallTable:
             )
             self.control.add(F.ERROR, 0, fid, encode_error("PayloadTooLarge", message, None, None, self.frame_limit))
             return
-        budget.charge(cost, "arguments of running calls")
-        self.inbound[fid] = cost
+        held = budget.held + cost  # MemoryBudget.charge, inline
+        budget.held = held
+        if held > budget.limit:
+            budget.held -= cost
+            budget.charge(cost, "arguments of running calls")
+        inbound[fid] = cost
         if flags & F.FLAG_CHANNEL:
             if self.channels is None:
                 self.channels = {}
@@ -230,9 +295,9 @@ class CallTable:
                 fid,
                 method,
                 payload,
-                bool(flags & FLAG_RAW),
-                bool(flags & F.FLAG_STREAM),
-                bool(flags & F.FLAG_CHANNEL),
+                flags & FLAG_RAW != 0,
+                flags & _FLAG_STREAM != 0,
+                flags & _FLAG_CHANNEL != 0,
                 deadline,
                 flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
             )
@@ -264,6 +329,20 @@ class CallTable:
             self.budget.release(held)
             if self.channels:
                 self.channels.pop(call_id, None)
+
+    def reply(self, call_id: int, payload: Payload, raw: bool, closed: bool) -> None:
+        """Finish call ``call_id`` (:meth:`answer`) and queue its RESPONSE (not once
+        ``closed``): one pass, every answered call's path."""
+        cost = self.inbound.pop(call_id)
+        self.budget.held -= cost  # MemoryBudget.release, inline
+        if self.channels:
+            self.channels.pop(call_id, None)
+        if closed:
+            return
+        if len(payload) > self.frame_limit:
+            self.respond(call_id, payload, raw)
+        else:
+            self.control.add(F.RESPONSE, FLAG_RAW if raw else 0, call_id, payload)
 
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit

@@ -29,6 +29,10 @@ __all__ = ["Handlers"]
 
 T = TypeVar("T")
 
+# Results no handler can mean to be awaited: a sync handler's reply goes at once,
+# without inspect.isawaitable's ABC check (every call's path).
+_PLAIN = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple, bytearray})
+
 
 class Handlers:
     """The handlers of one connection and the tasks running them."""
@@ -202,7 +206,9 @@ class Handlers:
                 fn, kind, args = fallback, handler_kind(fallback), (data,)
             else:
                 fn, kind = found
-                if spec is None and not ev.kwargs:
+                if ev.raw and (spec is None or spec.authorize is None):
+                    args = (bytes(ev.payload),)  # _prepare / _args of raw bytes, inline
+                elif spec is None and not ev.kwargs:
                     args = self._args(ev.payload, ev.raw)
                 else:
                     args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, ev.channel)
@@ -216,19 +222,33 @@ class Handlers:
         except Exception as exc:
             self._refuse(ev, "InvalidArguments", f"{method}(): {exc}")
             return
-        if ev.stream or ev.channel:
-            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
-        elif kind == SYNC:
+        if kind == SYNC and not (ev.stream or ev.channel):
             # Sync handlers run inline: no task, the reply joins this loop iteration's message.
             try:
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
             except Exception as exc:
                 self._reply_exception(cid, exc, method, fn, args, kwargs)
                 return
-            if not inspect.isawaitable(result):
-                self._reply(cid, result, method)
+            rt = type(result)
+            if rt in _PLAIN or not inspect.isawaitable(result):
+                link = self.link
+                if link.closed:
+                    return
+                if rt is bytes:  # PayloadCodec.encode's first case, inline
+                    link.core.send_response(cid, result, True)
+                    return
+                try:
+                    payload, raw = link.codec.encode(result)
+                except Exception as exc:
+                    self._reply_exception(cid, exc, method, what="result of")
+                    return
+                # Called from the peer's _process: the reply leaves once the message
+                # (or the read) is handled, so no host.flush() here, unlike _reply.
+                link.core.send_response(cid, payload, raw)
                 return
             task = self.link.loop.create_task(self._run_call(cid, method, lambda: result, ev.deadline))
+        elif ev.stream or ev.channel:
+            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
         elif kind == ASYNC_GEN:
             self._reply_error(
                 cid,

@@ -234,21 +234,27 @@ class RpcPeer(PeerIO):
         """Feed ``frames`` (all or a slice of one received message) to the core and
         act on its events; output they make leaves together, once, at the end."""
         core = self._core
-        dispatch = _DISPATCH
         self._fresh = True
         self._processing = True  # output made by the events leaves in one message, below
         try:
-            for ev in core.receive_frames(frames):
-                dispatch[type(ev)](self, ev)
+            events: list[Any] = core.receive_frames(frames)
+            for ev in events:
+                t = type(ev)
+                if t is _REQUEST:  # every call's events first, without the table
+                    self._handlers.on_request(ev)
+                elif t is _RESPONSE:
+                    self._on_response(ev)
+                else:
+                    _DISPATCH[t](self, ev)
         finally:
             self._processing = False
-        if not core.awaiting_hello and not self._ready.done():
+        if not self._ready.done() and not core.awaiting_hello:
             self._ready.set_result(None)
             # Calls and streams made while (re)connecting may go now.
             self._call_done()
             self.streams.on_slots()
-        if core.has_output() or core.closed:
-            self._kick()
+        if not self._in_read and (core.has_output() or core.closed):
+            self._kick()  # (in a read, _read_done sends, once)
 
     @property
     def session_token(self) -> bytes | None:
@@ -425,10 +431,15 @@ class RpcPeer(PeerIO):
 
     def _on_response(self, ev: E.ResponseReceived) -> None:
         fut = self._calls.pop(ev.call_id, None)
-        self._call_done()
+        if self._call_waiters:
+            self._call_done()
         if fut is not None and not fut.done():
+            payload = ev.payload
+            if ev.raw and type(payload) is bytes:  # PayloadCodec.decode's first case, inline
+                fut.set_result(payload)
+                return
             try:
-                fut.set_result(self._link.decoder.decode(ev.payload, ev.raw))
+                fut.set_result(self._link.decoder.decode(payload, ev.raw))
             except Exception as exc:
                 fut.set_exception(exc)
 
@@ -471,6 +482,8 @@ class RpcPeer(PeerIO):
         self._handlers.on_cancelled(ev)
 
 
+_REQUEST = E.RequestReceived
+_RESPONSE = E.ResponseReceived
 # Event type -> handler (a class-level table: nothing to build per connection).
 _DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
     E.StreamReadable: RpcPeer._on_readable,

@@ -34,6 +34,8 @@ from .transport import Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
 
+_SLICE = O.FRAMES_PER_SLICE
+_EARLY_FLUSH = O.EARLY_FLUSH
 # The peer whose handler runs (fastrpc.current_peer); an RpcPeer.
 _current_peer: contextvars.ContextVar[PeerIO] = contextvars.ContextVar("fastrpc_peer")
 
@@ -104,10 +106,17 @@ class PeerIO(PeerAPI):
         but once ``EARLY_FLUSH`` control bytes wait for the end of this loop pass, they
         leave at once: 100 calls made in one pass cross in parts that the peer answers
         while this side makes the rest, not in one batch the two sides take turns on."""
-        if self._flush_pending and self._core.control_backlog >= O.EARLY_FLUSH and not self._processing:
-            self._flush()
-        else:
-            self._send_queued()
+        if self._processing:
+            return  # _process sends once the message is handled
+        if self._flush_pending:
+            if self._core.control_backlog >= O.EARLY_FLUSH:
+                self._flush()
+        elif not self._in_read:  # else _read_done sends at the end of the read
+            if self._fresh and self._direct:
+                self._flush()
+            else:
+                self._flush_pending = True
+                self._loop.call_soon(self._flush_soon)
 
     def _send_queued(self) -> None:
         """Send what the core has queued: at once when nothing was written since the
@@ -139,19 +148,18 @@ class PeerIO(PeerAPI):
         if writer is not None and not writer.done():
             return
         core = self._core
-        manager = self.streams
-        while True:
-            nxt = core.next_message()
-            if nxt is None:
-                return
-            self._wake_unblocked()
+        nxt = core.next_message()
+        while nxt is not None:
+            if core.unblocked:
+                self._wake_unblocked()
             if not transport.write_now(nxt):
                 # Past the high-water mark, or closing: the writer task waits for the
                 # drain (or lets the library raise the closure).
                 self._writer = self._loop.create_task(self._send_paused(transport, nxt))
                 return
             self._fresh = False
-            manager.on_drained()
+            self.streams.on_drained()
+            nxt = core.next_message() if core.has_output() else None
 
     def _transport_buffered(self) -> int:
         """Bytes written to the transport and not yet taken by the socket."""
@@ -213,9 +221,24 @@ class PeerIO(PeerAPI):
         self._in_read = True  # the output of this read leaves at its end: _read_done
         token = _current_peer.set(self)
         try:
-            self._take(transport, msg)
-            if self._core.control_backlog >= O.EARLY_FLUSH:
-                self._flush()  # a long read: the peer starts on this part meanwhile
+            if type(msg) is bytes:  # _take, inline
+                core = self._core
+                frames = core.decode(msg)
+                if len(frames) <= _SLICE:  # _feed, inline: one slice
+                    self._process(frames)
+                    backlog = core.control_backlog
+                    if backlog + transport.buffered() > self._max_backlog:
+                        self._serve_less_soon(transport)
+                    if backlog >= _EARLY_FLUSH:
+                        self._flush()  # a long read: the peer starts on this part meanwhile
+                else:
+                    self._feed(transport, frames, 0)
+                    if core.control_backlog >= O.EARLY_FLUSH:
+                        self._flush()
+            else:
+                self._take(transport, msg)
+                if self._core.control_backlog >= O.EARLY_FLUSH:
+                    self._flush()
         except Exception as e:
             self._read_failed(transport, e)
         finally:
@@ -227,7 +250,15 @@ class PeerIO(PeerAPI):
             self._in_read = False
             core = self._core
             if transport is self._transport and (core.has_output() or core.closed):
-                self._kick()
+                # _kick, inline (neither processing nor in a read now)
+                if self._flush_pending:
+                    if core.control_backlog >= O.EARLY_FLUSH:
+                        self._flush()
+                elif self._fresh and self._direct:
+                    self._flush()
+                else:
+                    self._flush_pending = True
+                    self._loop.call_soon(self._flush_soon)
 
     def _take(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
         if type(msg) is str:
@@ -247,9 +278,14 @@ class PeerIO(PeerAPI):
             self._busy = True
             self._loop.call_soon(self._next_slice, transport, frames, end)
         elif self._core.control_backlog + transport.buffered() > self._max_backlog:
-            self._busy = True
-            transport.pause_reading()
-            self._loop.create_task(self._serve_less(transport))
+            self._serve_less_soon(transport)
+
+    def _serve_less_soon(self, transport: Transport) -> None:
+        """Past max_output_backlog: hold the next messages, read no more until the
+        peer took part of our output (:func:`_serve_less`)."""
+        self._busy = True
+        transport.pause_reading()
+        self._loop.create_task(self._serve_less(transport))
 
     def _next_slice(self, transport: Transport, frames: list[Any], start: int) -> None:
         if transport is not self._transport or self._closed_flag:

@@ -82,6 +82,10 @@ MAX_PINGS = 1024  # PONGs due at once (queued, not sent yet): a PING flood costs
 ACK_FRAMES = O.ACK_FRAMES
 _SENT_BY_CLIENT = F.encode_varint(SETTING_SENT_BY_CLIENT) + F.encode_varint(1)  # appended to a client's HELLO
 ACK_BYTES = O.ACK_BYTES
+# Frame types of the receiving hot path, as module globals (one lookup, not two).
+_STREAM_DATA, _CREDIT, _REQUEST, _RESPONSE = F.STREAM_DATA, F.CREDIT, F.REQUEST, F.RESPONSE
+_MAX_FRAMES = F.MAX_FRAMES
+_decode_message = F.decode_message
 
 
 class Connection:
@@ -96,6 +100,7 @@ class Connection:
     __slots__ = (
         "_algorithm",
         "_budget",
+        "_call_limit",
         "_calls",
         "_flow",
         "_inbound",
@@ -110,6 +115,7 @@ class Connection:
         "batch_size",
         "bytes_in",
         "bytes_out",
+        "closed",
         "frames_in",
         "frames_out",
         "messages_in",
@@ -119,6 +125,7 @@ class Connection:
         "send_item",
         "session",
         "settings",
+        "unblocked",
         "writable",
     )
 
@@ -139,13 +146,20 @@ class Connection:
         self.role = role
         self.settings = settings = settings or Settings()
         self.peer_settings: Settings | None = None
+        # True once GOAWAY was queued or the connection was torn down (close(),
+        # discard_state(): the only writers); a plain attribute, read on every call.
+        self.closed = False
+        self._call_limit = 0  # the peer's max_pending_calls, once its HELLO came (can_call)
         self.batch_size = batch_size
         self._next_id = 1 if role is Role.CLIENT else 2
         self._sched = Scheduler()
+        # Outgoing streams whose queue a message emptied (read-only here: take them
+        # with take_unblocked); a cheap "any?" test after every message.
+        self.unblocked = self._sched.unblocked
         self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
         self._budget = budget = MemoryBudget(max_connection_memory)
-        self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget)
         self._peer_parity = 0 if role is Role.CLIENT else 1
+        self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget, self._peer_parity)
         self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
         self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size, compression_threshold)
         self._out = outbound.streams
@@ -166,11 +180,6 @@ class Connection:
     writable: Callable[[int], bool]
 
     # ------------------------------------------------------------------ state
-
-    @property
-    def closed(self) -> bool:
-        """True once GOAWAY was queued or the connection was torn down."""
-        return self._outbound.closed
 
     @property
     def stream_buffer_size(self) -> int:
@@ -202,8 +211,9 @@ class Connection:
         return call_id in self._calls.inbound
 
     def can_call(self) -> bool:
-        peer = self.peer_settings
-        return peer is not None and len(self._calls.out) < peer.max_pending_calls
+        """Whether a call may go now: the peer's HELLO came and its ``max_pending_calls``
+        is not reached."""
+        return len(self._calls.out) < self._call_limit
 
     def can_open_stream(self) -> bool:
         return self._flow.stream_slots > 0
@@ -238,17 +248,40 @@ class Connection:
     @property
     def control_backlog(self) -> int:
         """Control bytes queued (answers, credit, PONGs...): what the peer's messages made."""
-        return self._sched.control_bytes()
+        sched = self._sched
+        return len(sched.control) + sched.backlog_bytes
 
     def has_output(self) -> bool:
-        return bool(self._sched.control_bytes()) or self._sched.has_streams() or self._flow.slot_grants > 0
+        """Whether :meth:`next_message` has something to send (checked once per read)."""
+        sched = self._sched
+        return bool(len(sched.control) or sched.backlog_bytes or self._flow.slot_grants or any(sched.rings))
 
     def next_message(self) -> bytes | None:
         """The next WebSocket message to send (None: nothing queued): control frames first,
         then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits."""
-        if not self.session.handshake_sent:
+        sched = self._sched
+        session = self.session
+        if not (sched.backlog or any(sched.rings) or self._flow.slot_grants) and session.handshake_sent:
+            # Control frames alone (calls, answers, credit): one message, or none.
+            control = sched.control
+            frames = control.count
+            if not frames:
+                return None
+            if len(control) <= (self._message_limit or self.settings.max_message_size) and frames <= _MAX_FRAMES:
+                sched.pongs_due = 0
+                msg = control.take()
+                first = self.frames_out
+                self.frames_out = first + frames
+                self.messages_out += 1
+                self.bytes_out += len(msg)
+                if session.enabled:
+                    session.record(first, first + frames, msg)
+                return msg
+        if not session.handshake_sent:
             return self.handshake()
-        self._flow.grant_slots()
+        flow = self._flow
+        if flow.slot_grants:
+            flow.grant_slots()
         first = self.frames_out
         parts: list[bytes] = []
         size = 0
@@ -367,11 +400,17 @@ class Connection:
         """Queue a REQUEST; return its call id. ``stream``: results come back as a stream
         on the call id (:meth:`read_item`); ``channel``: we send one on it (:meth:`send_item`);
         ``kwargs``: the arguments end with a map of keyword arguments."""
-        self._check_open()
-        if not self.can_call():
+        if self.closed:
+            raise ConnectionClosed()
+        calls = self._calls
+        if len(calls.out) >= self._call_limit:  # can_call, inline
             raise LimitExceeded("too many pending calls")
-        call_id = self.next_id()
-        self._calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
+        call_id = self._next_id  # next_id, inline: its first try is nearly always free
+        if call_id in calls.out or call_id in self._out:
+            call_id = self.next_id()
+        else:
+            self._next_id = call_id + 2
+        calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
         if stream:
             self._inbound.expect(call_id)
         if channel:
@@ -382,11 +421,9 @@ class Connection:
         self._check_open()
         self._calls.notification(method, payload, raw, kwargs)
 
-    def send_response(self, call_id: int, payload: Payload, *, raw: bool = False) -> None:
+    def send_response(self, call_id: int, payload: Payload, raw: bool = False) -> None:
         """Answer call ``call_id``; this also finishes it (frees its slot)."""
-        self._calls.answer(call_id)
-        if not self.closed:
-            self._calls.respond(call_id, payload, raw)
+        self._calls.reply(call_id, payload, raw, self.closed)
 
     def send_error(
         self,
@@ -524,7 +561,7 @@ class Connection:
     def discard_state(self) -> None:
         """The connection is gone for good: forget every call and stream, and what
         they had buffered (a closed peer kept alive by its user holds no data)."""
-        self._outbound.closed = True
+        self._outbound.closed = self.closed = True
         self._inbound.clear()
         self._outbound.clear()
         self._sched.clear()
@@ -543,7 +580,7 @@ class Connection:
             return
         payload = F.encode_varint(int(code)) + reason.encode("utf-8", "replace")[:512]
         self._sched.control.add(F.GOAWAY, 0, 0, payload)
-        self._outbound.closed = True
+        self._outbound.closed = self.closed = True
 
     def _check_open(self) -> None:
         if self.closed:
@@ -560,10 +597,11 @@ class Connection:
     def decode(self, data: Payload) -> list[F.Frame]:
         """The frames of a received message (at most ``wire.MAX_FRAMES``)."""
         # A memoryview is the transport's read buffer: payloads are copied out of it.
-        frames = F.decode_message(data, self.settings.max_frame_size, F.MAX_FRAMES, type(data) is memoryview)
+        frames = _decode_message(data, self.settings.max_frame_size, _MAX_FRAMES, type(data) is memoryview)
+        n = len(data)
         self.messages_in += 1
-        self.bytes_in += len(data)
-        self.session.since_ack_bytes += len(data)
+        self.bytes_in += n
+        self.session.since_ack_bytes += n
         return frames
 
     def receive_frames(self, frames: list[F.Frame]) -> list[Event]:
@@ -582,20 +620,16 @@ class Connection:
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
         for f in frames:
             t = f.type
-            if t == F.STREAM_DATA:
+            if t == _STREAM_DATA:
                 self._on_data(f, events)
-            elif t == F.CREDIT:
+            elif t == _CREDIT:
                 n, _ = F.decode_varint(f.payload, 0)
                 if self._flow.out_credit(f.id, n):
                     events.append(CreditGranted(f.id))
-            elif t == F.REQUEST:
-                if f.id <= 0 or f.id & 1 != self._peer_parity:
-                    raise ProtocolError("call id of the wrong parity")
-                self._calls.on_request(f, events)
-            elif t == F.RESPONSE:
-                response = self._calls.on_response(f)
-                if response is not None:
-                    events.append(response)
+            elif t == _REQUEST:
+                self._calls.on_request(f, events)  # (checks the id's parity)
+            elif t == _RESPONSE:
+                self._calls.on_response(f, events)
             elif t == F.STREAM_END or t == F.STREAM_ERROR or t == F.STREAM_ABORT:
                 self._inbound.on_end(f, events, self.closed)
             elif t == F.NOTIFY:
@@ -657,6 +691,7 @@ class Connection:
         if self._algorithm:
             self._outbound.compressor = _compression.Compressor(self._algorithm)
         self.session.enabled = bool(self.settings.resume and peer.resume)
+        self._call_limit = peer.max_pending_calls
         events.append(HelloReceived(peer))
 
     def _on_data(self, f: F.Frame, events: list[Event]) -> None:

@@ -63,7 +63,8 @@ class Scheduler:
         # One ring per urgency level, made when a stream of that urgency first queues
         # (an idle connection keeps none).
         self.rings = _NO_RINGS
-        # Streams whose queue a message emptied: their senders may go on.
+        # Streams whose queue a message emptied: their senders may go on. One list for
+        # the scheduler's life (Connection.unblocked is it).
         self.unblocked: list[int] = []
         # PONGs queued and not handed out yet: PINGs the peer sent faster than we answer.
         self.pongs_due = 0
@@ -73,9 +74,6 @@ class Scheduler:
         self.control.add(F.PONG, 0, 0, payload)
         self.pongs_due += 1
         return self.pongs_due
-
-    def has_streams(self) -> bool:
-        return any(self.rings)
 
     def queue(self, s: OutgoingStream) -> None:
         """``s`` has frames queued: give it a turn."""
@@ -103,9 +101,11 @@ class Scheduler:
 
     def take_unblocked(self) -> list[int]:
         out = self.unblocked
-        if out:
-            self.unblocked = []
-        return out
+        if not out:
+            return out
+        taken = out.copy()
+        out.clear()
+        return taken
 
     def control_bytes(self) -> int:
         """Control bytes queued (the writer and the backlog split from it)."""
@@ -140,4 +140,4 @@ class Scheduler:
         self.backlog = None
         self.backlog_bytes = 0
         self.rings = _NO_RINGS
-        self.unblocked = []
+        self.unblocked.clear()

@@ -37,7 +37,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Union
 
@@ -384,6 +384,11 @@ def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, opt, lowat)
     except OSError:
         pass
+
+
+_MASK_POOL = 4096  # bytes of urandom read at once for client frame masks (_Wire._write)
+_MASKS_OF = struct.Struct("4s").iter_unpack  # a pool's 4-byte masks, in order
+_masks: Iterator[tuple[bytes]] = iter(())  # the current pool's masks not used yet
 
 
 def _header(n: int, mask: int) -> bytes:
@@ -944,7 +949,15 @@ class _Wire(Transport, asyncio.BufferedProtocol):
     def _write(self, msg: bytes) -> None:
         tcp = self._tcp
         if self._client:
-            mask = os.urandom(4)
+            # A fresh mask per frame (RFC 6455 5.3), cut from a pool of urandom bytes
+            # shared by every connection: one getrandom call per 1,024 frames, not one
+            # each. next() on the pool's (C) iterator is atomic: threads never share a mask.
+            global _masks
+            cut = next(_masks, None)
+            if cut is None:
+                _masks = _MASKS_OF(os.urandom(_MASK_POOL))
+                cut = next(_masks)
+            mask = cut[0]
             tcp.writelines((_header(len(msg), 0x80), mask, apply_mask(msg, mask)))
         elif len(msg) < 4096:
             tcp.write(_header(len(msg), 0) + msg)
