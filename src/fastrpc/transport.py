@@ -435,6 +435,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_pings",
         "_pong_due",
         "_raw_head",
+        "_rview",
         "_taken",
         "_tcp",
         "_ws",
@@ -491,6 +492,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._into_got = 0
         self._into_op = 0
         self._into_mask: bytes | None = None
+        self._rview = _READ_BUFFER.view  # this thread's read buffer (a connection stays in one)
         self._discarded = 0
         self._taken = 0  # bytes read since reading last let the loop go on (_READ_SLICE)
         self._max_size = max_size if max_size is not None else 1 << 62
@@ -510,15 +512,16 @@ class _Wire(Transport, asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         into = self._into
-        if into is not None:
-            if self._mode == _FRAMING:
-                return memoryview(into)[self._into_got :]
-            self._into = self._into_mask = None  # failed or closing: no longer kept
-        return _READ_BUFFER.view
+        if into is None:
+            return self._rview
+        if self._mode == _FRAMING:
+            return memoryview(into)[self._into_got :]
+        self._into = self._into_mask = None  # failed or closing: no longer kept
+        return self._rview
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._into is None:
-            self.data_received(_READ_BUFFER.view[:nbytes])
+            self.data_received(self._rview[:nbytes])
             return
         self._into_got += nbytes
         try:
@@ -602,6 +605,19 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         connection.
         A frame larger than max_size hands everything to websockets (1009)."""
         buf = self._buf
+        n = len(data)
+        if not buf and n >= 2 and data[0] == 0x82 and self._parts is None:
+            # The read is one whole binary frame under 126 bytes (a call, its answer):
+            # the loop below, for that case alone.
+            b1 = data[1]
+            length = b1 & 0x7F
+            if self._client:
+                if b1 == length and length < 126 and n == 2 + length and length <= self._max_size:
+                    self.feed(data[2:])  # a view: see Transport.feed
+                    return
+            elif b1 & 0x80 and length < 126 and n == 6 + length and length <= self._max_size:
+                self.feed(apply_mask(data[6:], data[2:6]))  # type: ignore[arg-type]
+                return
         src: bytes | bytearray | memoryview = data
         if buf:
             buf += data
