@@ -74,6 +74,8 @@ __all__ = [
     "encode_error",
 ]
 
+# OutboundStreams.whole_limit with the default windows.
+_WHOLE_DEFAULT = min(O.INITIAL_STREAM_WINDOW, O.CONNECTION_WINDOW) * 3 // 4
 # STREAM_DATA flags that take _on_data's general path.
 _DATA_SLOW = F.FLAG_OPEN | F.FLAG_MORE | F.FLAG_COMPRESSED
 _COMPRESSED = F.FLAG_COMPRESSED
@@ -681,7 +683,8 @@ class Connection:
         self._message_limit = peer.max_message_size
         self._calls.frame_limit = self._outbound.frame_limit = limit
         self._outbound.item_limit = peer.max_item_size
-        self._outbound.whole_limit = min(peer.initial_stream_window, peer.connection_window) * 3 // 4
+        whole = min(peer.initial_stream_window, peer.connection_window) * 3 // 4
+        self._outbound.whole_limit = _WHOLE_DEFAULT if whole == _WHOLE_DEFAULT else whole  # one int, not one each
         # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
         # in one message.
         room = peer.max_message_size - limit - 18

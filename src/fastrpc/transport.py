@@ -359,6 +359,16 @@ class _ReadBuffer(threading.local):
 _READ_BUFFER = _ReadBuffer()
 
 
+class _Into:
+    """A large data frame being read straight into a buffer of its size (``_Wire._direct``):
+    the buffer, the bytes in it so far, its opcode and (server side) its mask."""
+
+    __slots__ = ("buf", "got", "mask", "op")
+
+    def __init__(self, buf: bytearray, got: int, op: int, mask: bytes | None) -> None:
+        self.buf, self.got, self.op, self.mask = buf, got, op, mask
+
+
 def _forget_handshake(ws: ServerProtocol | ClientProtocol) -> None:
     """websockets' parser generator keeps the opening request (or response) in its
     frame for as long as the connection lasts, ~2 KiB of every idle connection: once
@@ -416,9 +426,6 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_home",
         "_hook",
         "_into",
-        "_into_got",
-        "_into_mask",
-        "_into_op",
         "_lowat",
         "_max_size",
         "_mode",
@@ -486,12 +493,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._raw_head: bytes | None = None
         self._mode = _HEAD
         self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
-        # A large data frame being read straight into its own buffer (_direct): the
-        # buffer, the bytes in it so far, its opcode and (server side) its mask.
-        self._into: bytearray | None = None
-        self._into_got = 0
-        self._into_op = 0
-        self._into_mask: bytes | None = None
+        self._into: _Into | None = None  # a large frame read into its own buffer (_direct)
         self._rview = _READ_BUFFER.view  # this thread's read buffer (a connection stays in one)
         self._discarded = 0
         self._taken = 0  # bytes read since reading last let the loop go on (_READ_SLICE)
@@ -515,18 +517,19 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         if into is None:
             return self._rview
         if self._mode == _FRAMING:
-            return memoryview(into)[self._into_got :]
-        self._into = self._into_mask = None  # failed or closing: no longer kept
+            return memoryview(into.buf)[into.got :]
+        self._into = None  # failed or closing: no longer kept
         return self._rview
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._into is None:
+        into = self._into
+        if into is None:
             self.data_received(self._rview[:nbytes])
             return
-        self._into_got += nbytes
+        into.got += nbytes
         try:
-            if self._into_got == len(self._into):
-                self._direct_done()
+            if into.got == len(into.buf):
+                self._direct_done(into)
         finally:
             fed = self._fed
             if fed is not None:
@@ -699,20 +702,16 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         (``get_buffer``), from the ``view[start:n]`` of it that has arrived."""
         into = bytearray(length)
         into[: n - start] = view[start:n]
-        self._into = into
-        self._into_got = n - start
-        self._into_op = op
-        self._into_mask = view[start - 4 : start].tobytes() if masked else None
+        self._into = _Into(into, n - start, op, view[start - 4 : start].tobytes() if masked else None)
 
-    def _direct_done(self) -> None:
+    def _direct_done(self, into: _Into) -> None:
         """A frame read by :meth:`_direct` is complete: deliver it (a binary message as
         the bytearray itself: nothing else refers to it)."""
-        into, mask = self._into, self._into_mask
-        self._into = self._into_mask = None
-        if into is None or self._mode != _FRAMING:
+        self._into = None
+        if self._mode != _FRAMING:
             return  # failed or closed meanwhile
-        payload: bytes | bytearray = into if mask is None else apply_mask(into, mask)
-        if self._into_op == 0x82:
+        payload: bytes | bytearray = into.buf if into.mask is None else apply_mask(into.buf, into.mask)
+        if into.op == 0x82:
             self.feed(payload)
         else:
             self._text(bytes(payload))
@@ -866,7 +865,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._send_data()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._into = self._into_mask = None
+        self._into = None
         ws = self._ws
         ws.receive_eof()  # idempotent: the state is CLOSED now
         for t in (self._close_timer, self._ping_timer, self._open_timer):
