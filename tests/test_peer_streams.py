@@ -4,10 +4,16 @@ channels, large items and backpressure."""
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from _services import stop
 from _util import assert_idle, pair, run, server_peer, until
 
 import fastrpc
@@ -764,3 +770,57 @@ def test_messages_held_while_one_is_sliced_keep_their_bytes() -> None:
             await asyncio.wait_for(asyncio.gather(*readers), 30)
 
     run(main(), 40)
+
+
+_ITEMS_SERVER = """
+import asyncio, uvloop, fastrpc
+router = fastrpc.Router()
+@router.method
+async def items(n: int, size: int):
+    item = bytes(range(256)) * (size // 256)
+    for _ in range(n):
+        yield item
+async def main():
+    server = await fastrpc.serve(router, "127.0.0.1", 0).start()
+    print("port", server.port, flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
+def test_large_items_from_a_server_process_to_a_reader_that_pauses() -> None:
+    """64 KiB items from a server in another process to a reader that now and then
+    blocks or sleeps: every item arrives, whatever the timing (a sender waiting for
+    its stream to drain was once never woken: the flush in _wait_writable sent at once
+    and woke it before it waited)."""
+    pytest.importorskip("uvloop")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _ITEMS_SERVER], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("port "), line
+        url = f"ws://127.0.0.1:{int(line.split()[1])}"
+        item = bytes(range(256)) * 256
+        rnd = random.Random(1)
+
+        async def main() -> None:
+            async with fastrpc.connect(url) as peer:
+                for _ in range(30):
+                    n = rnd.choice([16, 100, 500, 2000])
+                    mode = rnd.choice(["reads", "blocks", "sleeps"])
+                    got = 0
+                    async for x in peer.stream("items", n, len(item)):
+                        assert x == item
+                        got += 1
+                        if mode == "blocks" and rnd.random() < 0.5:
+                            time.sleep(0.0001)
+                        elif mode == "sleeps" and rnd.random() < 0.02:
+                            await asyncio.sleep(0.005)
+                    assert got == n
+
+        run(main(), 60)
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -677,10 +677,12 @@ class StreamManager:
         core = link.core
         while not core.writable(sid):
             self._check()
-            if core.has_output():
-                link.host.flush()  # writable() may have queued more of a fragmented item
+            # Waiting before the flush: a flush that sends at once empties the stream's
+            # queue and wakes it (on_writable) before this awaits.
             fut = link.loop.create_future()
             self._writable[sid] = fut
+            if core.has_output():
+                link.host.flush()  # writable() may have queued more of a fragmented item
             await fut
         if core.has_output():
             link.host.flush()
