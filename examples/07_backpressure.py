@@ -90,9 +90,12 @@ async def slow_receiver() -> None:
         sid = await peer.send_stream(source())
         await asyncio.sleep(0.2)  # the receiver is not reading
         stats = peer.streams.stats(sid)
+        # The credit left is less than the next item costs (4 KiB + 32 bytes a frame):
+        # the item waits for credit to go whole.
+        left = "out of credit for the next item" if stats.window < 4096 + 32 else "credit left"
         print(
             f"slow receiver: after 0.2 s the sender has produced {produced['n']} items "
-            f"({produced['n'] * 4} KiB); stats: window={stats.window} buffered={stats.buffered}"
+            f"({produced['n'] * 4} KiB); stats: window={stats.window} buffered={stats.buffered} ({left})"
         )
         await peer.wait_closed()
 

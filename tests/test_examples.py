@@ -83,7 +83,7 @@ EXPECTED: dict[str, list[str]] = {
         r"4 streams x 4 MiB in 16 KiB items",
         r"fast \(16 MiB, 5 ms\) +[\d.]+ MB/s +peak buffered on the sender +\d+ KiB \(limit 16384 KiB\)",
         r"slow \(256 KiB, 50 ms\) +[\d.]+ MB/s +peak buffered on the sender +\d+ KiB \(limit 256 KiB\)",
-        r"slow receiver: after 0.2 s the sender has produced \d+ items .* window=0",
+        r"slow receiver: after 0.2 s the sender has produced \d+ items .* window=\d+ buffered=0 \(out of credit for the next item\)",
         r"slow receiver: reading resumed the sender",
         r"^done$",
     ],
