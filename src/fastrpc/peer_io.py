@@ -221,7 +221,7 @@ class PeerIO(PeerAPI):
         self._in_read = True  # the output of this read leaves at its end: _read_done
         token = _current_peer.set(self)
         try:
-            if type(msg) is bytes:  # _take, inline
+            if not isinstance(msg, str):  # _take, inline (bytes, or the read buffer's view)
                 core = self._core
                 frames = core.decode(msg)
                 if len(frames) <= _SLICE:  # _feed, inline: one slice
@@ -250,15 +250,7 @@ class PeerIO(PeerAPI):
             self._in_read = False
             core = self._core
             if transport is self._transport and (core.has_output() or core.closed):
-                # _kick, inline (neither processing nor in a read now)
-                if self._flush_pending:
-                    if core.control_backlog >= O.EARLY_FLUSH:
-                        self._flush()
-                elif self._fresh and self._direct:
-                    self._flush()
-                else:
-                    self._flush_pending = True
-                    self._loop.call_soon(self._flush_soon)
+                self._kick()
 
     def _take(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
         if type(msg) is str:
