@@ -9,12 +9,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from _util import assert_idle, pair, raw_client, run, server_peer, until
+from _util import NO_PROXY, QUIET, assert_idle, pair, raw_client, recv_binary, run, server_peer, until
+from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
 from fastrpc import frames as F
 from fastrpc import options as O
-from fastrpc.protocol import decode_error
+from fastrpc.protocol import Connection, Role, decode_error
 
 
 def make_router() -> fastrpc.Router:
@@ -676,3 +677,34 @@ def test_cancel_stream_call_before_first_item() -> None:
                 await assert_idle(peer, sp)
 
     run(main())
+
+
+def test_a_connection_handler_answers_a_request_sent_with_the_handshake() -> None:
+    # A client may send its first request right behind its HELLO. A handler's methods,
+    # registered before its first await, must be there for it: the server reads no
+    # request before the handler starts (it once dispatched it a few loop passes
+    # early, and the call got MethodNotFound).
+    async def main() -> None:
+        async def handler(peer: fastrpc.RpcPeer) -> None:
+            peer.register("whoami", lambda: "handler")
+            await peer.wait_closed()
+
+        async with fastrpc.serve(handler, "127.0.0.1", 0, **QUIET) as server:
+            core = Connection(Role.CLIENT)
+            ws = await ws_connect(server.url, compression=None, ping_interval=None, **NO_PROXY)
+            try:
+                await ws.send(core.handshake())
+                m = b"whoami"
+                await ws.send(F.encode_frame(F.REQUEST, 0, 1, F.encode_varint(len(m)) + m + b"\x90"))
+                core.receive_message(await recv_binary(ws, 5.0))  # the server's HELLO
+                assert core.ready
+                replies: list[Any] = []
+                while not replies:
+                    frames = F.decode_message(await recv_binary(ws, 5.0), 1 << 20)
+                    replies = [f for f in frames if f.id == 1 and f.type in (F.RESPONSE, F.ERROR)]
+                assert replies[0].type == F.RESPONSE, decode_error(replies[0].payload)
+                assert msgspec.msgpack.decode(replies[0].payload) == "handler"
+            finally:
+                await ws.close()
+
+    run(main(), 10)

@@ -159,12 +159,18 @@ class RpcPeer(PeerIO):
         )
 
     async def start(
-        self, timeout: float = O.HANDSHAKE_TIMEOUT, first: bytes | None = None, inline_reader: bool = False
+        self,
+        timeout: float = O.HANDSHAKE_TIMEOUT,
+        first: bytes | None = None,
+        inline_reader: bool = False,
+        *,
+        read: bool = True,
     ) -> None:
         """(Session) run over the transport given at construction and wait for the
-        peer's handshake; ``first``: a message the server already read."""
+        peer's handshake; ``first``: a message the server already read. ``read``: as
+        for :meth:`attach`."""
         assert self._transport is not None
-        await self.attach(self._transport, timeout, first, inline_reader)
+        await self.attach(self._transport, timeout, first, inline_reader, read=read)
         self._keepalive.start()
 
     async def attach(
@@ -173,10 +179,18 @@ class RpcPeer(PeerIO):
         timeout: float = O.HANDSHAKE_TIMEOUT,
         first: bytes | None = None,
         inline_reader: bool = False,
+        *,
+        read: bool = True,
     ) -> None:
         """(Session) run this session over ``transport``: handshake, replay what the
         peer missed (when resuming), then read and write. Raises :class:`SessionLost`
         (client) when the server did not resume the session.
+
+        ``read=False`` (a server that was given the client's handshake as ``first``):
+        read nothing after it until :meth:`begin_reading`, so that a connection
+        handler registers its methods before the first request is dispatched. The
+        transport holds what arrives meanwhile (at most its ``max_queue`` messages,
+        then it stops reading the socket).
 
         ``inline_reader``: kept for callers of earlier releases (no reader task runs
         any more: the transport calls the peer back with each message)."""
@@ -192,7 +206,8 @@ class RpcPeer(PeerIO):
         try:
             if first is not None:
                 self._process(core.decode(first))  # the server answers the client's handshake
-            self._reading(transport)  # messages go to _receive from data_received: no reader task
+            if read or not self._ready.done():  # (a handshake still to come is read now)
+                self._reading(transport)  # messages go to _receive from data_received: no reader task
             self._writer = self._loop.create_task(self._write_loop(transport))
         except ProtocolError as e:
             await self._fail_protocol(e)

@@ -101,6 +101,13 @@ class PeerIO(PeerAPI):
             partial(self._receive, transport), partial(self._on_lost, transport), partial(self._read_done, transport)
         )
 
+    def begin_reading(self) -> None:
+        """(Server) start reading a transport attached with ``read=False``; a no-op
+        once it reads."""
+        transport = self._transport
+        if transport is not None and not transport.reading:
+            self._reading(transport)
+
     def _kick(self) -> None:
         """Send what a call (a notification, a cancel) queued, as :meth:`_send_queued`;
         but once ``EARLY_FLUSH`` control bytes wait for the end of this loop pass, they

@@ -220,7 +220,7 @@ class Server:
                 # is the same session, resumed at position 0.
                 peer.core.session.adopt(token)
         try:
-            await peer.start(self.options.handshake_timeout, first, inline_reader=self.handler is None)
+            await peer.start(self.options.handshake_timeout, first, read=self.handler is None)
         except asyncio.TimeoutError:
             await transport.close(1008, "no handshake within handshake_timeout")
             return
@@ -235,11 +235,16 @@ class Server:
                 try:
                     result = self.handler(peer)
                     if inspect.isawaitable(result):
+                        # Requests are read from the handler's first await on: the
+                        # methods it registers before that answer the first call.
+                        asyncio.get_running_loop().call_soon(peer.begin_reading)
                         await result
                 except ConnectionClosed:
                     pass
                 except Exception:
                     logger.exception("connection handler failed")
+                finally:
+                    peer.begin_reading()  # a plain function's handler, or a failed one
                 await peer.close()
             else:
                 await peer.serve_transport()
@@ -464,7 +469,9 @@ def serve(
 ) -> Server:
     """Serve ``target`` (a :class:`Router`, or ``async def handler(peer)`` run for each
     connection) on ``host:port``. Use as ``async with serve(...) as server`` or
-    ``server = await serve(...).start()``.
+    ``server = await serve(...).start()``. A handler's connection reads no request
+    before the handler's first ``await``: methods it registers before that answer
+    even a request sent right behind the client's handshake.
 
     Options: the limits of :class:`fastrpc.protocol.Settings` (``max_frame_size``,
     ``max_message_size``, ``max_streams``, ``max_pending_calls``, ...), ``codec``,

@@ -144,6 +144,11 @@ class Transport:
             self._receiver = self._lost = None
             lost(self._end)
 
+    @property
+    def reading(self) -> bool:
+        """Whether :meth:`start_reading` was called and the connection has not ended."""
+        return self._lost is not None
+
     def feed(self, msg: Any) -> None:
         """(Implementations) one received message: str (text), or bytes, bytearray or
         memoryview (binary). A memoryview is valid only during the call (a view of the
