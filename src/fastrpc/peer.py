@@ -24,12 +24,12 @@ from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
 from .options import PeerOptions
-from .peer_io import PeerIO, _ignore
+from .peer_io import PeerIO
 from .peer_io import _current_peer as _current_peer  # jsonmode sets it too
 from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
 from .streams import StreamLink, StreamManager
-from .transport import Transport
+from .transport import IGNORE, Transport
 
 __all__ = ["Response", "RpcPeer", "current_peer"]
 
@@ -207,7 +207,7 @@ class RpcPeer(PeerIO):
             if first is not None:
                 self._process(core.decode(first))  # the server answers the client's handshake
             if read or not self._ready.done():  # (a handshake still to come is read now)
-                self._reading(transport)  # messages go to _receive from data_received: no reader task
+                self._reading(transport)  # messages go to message_received from data_received: no reader task
             self._writer = self._loop.create_task(self._write_loop(transport))
         except ProtocolError as e:
             await self._fail_protocol(e)
@@ -236,7 +236,7 @@ class RpcPeer(PeerIO):
 
     async def _drop(self, transport: Transport) -> None:
         """Abandon ``transport`` (failed handshake): stop its writer, close it."""
-        transport.start_reading(_ignore, _ignore)
+        transport.start_reading(IGNORE)
         writer = self._writer
         if writer is not None:
             writer.cancel()
@@ -269,7 +269,7 @@ class RpcPeer(PeerIO):
             self._call_done()
             self.streams.on_slots()
         if not self._in_read and (core.has_output() or core.closed):
-            self._kick()  # (in a read, _read_done sends, once)
+            self._kick()  # (in a read, messages_read sends, once)
 
     @property
     def session_token(self) -> bytes | None:

@@ -30,7 +30,7 @@ from .exceptions import ConnectionClosed, LimitExceeded, ProtocolError
 from .keepalive import Keepalive
 from .log import protocol_logger, warn_limited
 from .protocol import Connection, SessionLost
-from .transport import Transport, TransportClosed, closed_info
+from .transport import IGNORE, Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
 
@@ -49,7 +49,7 @@ class PeerIO(PeerAPI):
         "_flush_pending",
         "_fresh",  # nothing written since the last message arrived
         "_held",
-        "_in_read",  # handling the messages of one read (see _read_done)
+        "_in_read",  # handling the messages of one read (see messages_read)
         "_max_backlog",
         "_processing",  # the events of a message are being handled
         "_stall_timeout",
@@ -97,9 +97,7 @@ class PeerIO(PeerAPI):
     def _reading(self, transport: Transport) -> None:
         """Have ``transport`` call this peer back with its messages."""
         self._busy, self._held, self._in_read = False, None, False
-        transport.start_reading(
-            partial(self._receive, transport), partial(self._on_lost, transport), partial(self._read_done, transport)
-        )
+        transport.start_reading(self)  # message_received, messages_read, transport_lost
 
     def begin_reading(self) -> None:
         """(Server) start reading a transport attached with ``read=False``; a no-op
@@ -118,7 +116,7 @@ class PeerIO(PeerAPI):
         if self._flush_pending:
             if self._core.control_backlog >= O.EARLY_FLUSH:
                 self._flush()
-        elif not self._in_read:  # else _read_done sends at the end of the read
+        elif not self._in_read:  # else messages_read sends at the end of the read
             if self._fresh and self._direct:
                 self._flush()
             else:
@@ -131,7 +129,7 @@ class PeerIO(PeerAPI):
         callback after this loop iteration, so that what the iteration queues leaves
         together in one message."""
         if self._processing or self._in_read:
-            return  # _process / _read_done send once the message / the read is handled
+            return  # _process / messages_read send once the message / the read is handled
         if not self._flush_pending:
             if self._fresh and self._direct:
                 self._flush()
@@ -215,8 +213,8 @@ class PeerIO(PeerAPI):
         except TransportClosed:
             pass
 
-    def _receive(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
-        """One message from ``transport`` (called from its data_received)."""
+    def message_received(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
+        """(Transport) one message from ``transport``, from its data_received."""
         if transport is not self._transport:
             return
         if self._busy:  # a message in slices, or the backlog wait: in order, later
@@ -225,7 +223,7 @@ class PeerIO(PeerAPI):
             self._held.append(msg.tobytes() if type(msg) is memoryview else msg)  # a view lasts one read
             transport.pause_reading()
             return
-        self._in_read = True  # the output of this read leaves at its end: _read_done
+        self._in_read = True  # the output of this read leaves at its end: messages_read
         token = _current_peer.set(self)
         try:
             if not isinstance(msg, str):  # _take, inline (bytes, or the read buffer's view)
@@ -251,7 +249,7 @@ class PeerIO(PeerAPI):
         finally:
             _current_peer.reset(token)
 
-    def _read_done(self, transport: Transport) -> None:
+    def messages_read(self, transport: Transport) -> None:
         """The messages of one read were handled: their output leaves, in one write."""
         if self._in_read:
             self._in_read = False
@@ -316,12 +314,12 @@ class PeerIO(PeerAPI):
             return
         if transport is self._transport:
             self._busy = False
-            self._resume(transport, _ignore)
+            self._resume(transport, _nothing)
 
     def _read_failed(self, transport: Transport, e: Exception) -> None:
         """Reading ``transport`` failed: the session is lost (client), the peer broke
         the protocol (close with its code), or a bug here (1011)."""
-        transport.start_reading(_ignore, _ignore)  # what still comes is dropped
+        transport.start_reading(IGNORE)  # what still comes is dropped
         self._busy, self._held, self._in_read = False, None, False
         if transport is not self._transport:
             return
@@ -346,8 +344,8 @@ class PeerIO(PeerAPI):
         if transport is self._transport:
             self._lost(exc, False)
 
-    def _on_lost(self, transport: Transport, exc: BaseException | None) -> None:
-        """``transport`` ended (exc None: a clean close; keep the peer's code and reason)."""
+    def transport_lost(self, transport: Transport, exc: BaseException | None) -> None:
+        """(Transport) ``transport`` ended (exc None: a clean close; keep the peer's code and reason)."""
         if exc is None:
             closed = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
         else:
@@ -366,7 +364,7 @@ class PeerIO(PeerAPI):
                 manager.on_writable(sid)
 
 
-def _ignore(*args: Any) -> None:
+def _nothing() -> None:
     pass
 
 

@@ -39,7 +39,7 @@ import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from websockets.asyncio.client import connect as _ws_connect
 from websockets.asyncio.server import Server as _WSServer
@@ -103,21 +103,64 @@ HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[Union[HttpResponse, N
 # refuses the upgrade, None accepts it (Server's authenticate, static files).
 WireHook = Callable[["_Wire", Request], Awaitable[Union[Response, None]]]
 _DECIDING: set[asyncio.Task[None]] = set()  # hooks running (a task needs a reference)
-Receiver = Callable[[Any], None]  # one received message: str (text), or bytes, bytearray, memoryview (binary)
-LostHook = Callable[[BaseException | None], None]  # None: a clean close
+
+
+class Reader(Protocol):
+    """What a transport calls back once :meth:`Transport.start_reading` was called
+    (the peer, in fastrpc). Each method gets the transport, so that one reader can
+    tell an old transport of its session from the current one."""
+
+    def message_received(self, transport: Transport, msg: Any) -> None:
+        """One message, in the callback that read it: str (text), or bytes,
+        bytearray or memoryview (binary; a view is valid only during the call)."""
+
+    def messages_read(self, transport: Transport) -> None:
+        """The messages of one read were all given: output may leave, in one write."""
+
+    def transport_lost(self, transport: Transport, exc: BaseException | None) -> None:
+        """The connection ended, once: ``exc`` a TransportClosed, or None for a clean close."""
+
+
+class _Ignore:
+    """A reader that drops everything (a transport being let go)."""
+
+    __slots__ = ()
+
+    def message_received(self, transport: Transport, msg: Any) -> None:
+        pass
+
+    def messages_read(self, transport: Transport) -> None:
+        pass
+
+    def transport_lost(self, transport: Transport, exc: BaseException | None) -> None:
+        pass
+
+
+IGNORE: Reader = _Ignore()
+
+
+class _Discard(_Ignore):
+    __slots__ = ("done",)
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+
+    def transport_lost(self, transport: Transport, exc: BaseException | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class Transport:
     """One WebSocket connection, as the peer uses it (see the module docstring)."""
 
-    __slots__ = ("_end", "_ended_flag", "_fed", "_inbox", "_lost", "_max_queue", "_receiver", "_waiter", "identity")
+    __slots__ = ("_end", "_ended_flag", "_inbox", "_max_queue", "_sink", "_waiter", "identity")
 
     def __init__(self, max_queue: int | None) -> None:
         # Who the peer is, as a server's authenticate hook said (None: not asked).
         self.identity: Any = None
-        self._receiver: Receiver | None = None
-        self._lost: LostHook | None = None
-        self._fed: Callable[[], None] | None = None
+        # One reader object, not three callbacks: bound partials cost ~770 bytes of
+        # every connection.
+        self._sink: Reader | None = None
         # A list, not a deque: it holds at most max_queue messages, and an empty deque
         # costs ~760 bytes of every idle connection.
         self._inbox: list[Any] = []
@@ -128,34 +171,32 @@ class Transport:
 
     # ---------------------------------------------------------------- reading
 
-    def start_reading(self, receiver: Receiver, lost: LostHook, fed: Callable[[], None] | None = None) -> None:
-        """From now on, call ``receiver(msg)`` for every message as it arrives (in the
-        callback that read it), ``fed()`` after the messages of each read, and
-        ``lost(exc)`` once when the connection ends (exc: a TransportClosed, or None
-        for a clean close). Queued messages go first."""
-        self._receiver, self._lost, self._fed = receiver, lost, fed
+    def start_reading(self, reader: Reader) -> None:
+        """From now on, give ``reader`` every message as it arrives (in the callback
+        that read it), tell it when the messages of each read were given, and once
+        when the connection ends. Queued messages go first."""
+        self._sink = reader
         inbox = self._inbox
-        while inbox and self._receiver is receiver:
-            receiver(inbox.pop(0))
-        if fed is not None:
-            fed()
+        while inbox and self._sink is reader:
+            reader.message_received(self, inbox.pop(0))
+        reader.messages_read(self)
         self.resume_reading()
-        if self._ended_flag and self._receiver is receiver:
-            self._receiver = self._lost = None
-            lost(self._end)
+        if self._ended_flag and self._sink is reader:
+            self._sink = None
+            reader.transport_lost(self, self._end)
 
     @property
     def reading(self) -> bool:
         """Whether :meth:`start_reading` was called and the connection has not ended."""
-        return self._lost is not None
+        return self._sink is not None
 
     def feed(self, msg: Any) -> None:
         """(Implementations) one received message: str (text), or bytes, bytearray or
         memoryview (binary). A memoryview is valid only during the call (a view of the
-        read buffer): a receiver copies what it keeps of it."""
-        receiver = self._receiver
-        if receiver is not None:
-            receiver(msg)
+        read buffer): a reader copies what it keeps of it."""
+        reader = self._sink
+        if reader is not None:
+            reader.message_received(self, msg)
             return
         self._inbox.append(msg.tobytes() if type(msg) is memoryview else msg)
         if len(self._inbox) >= self._max_queue:
@@ -163,11 +204,11 @@ class Transport:
         self._wake()
 
     def read_done(self) -> None:
-        """(Implementations) the messages of one read were fed: the receiver's
+        """(Implementations) the messages of one read were fed: the reader's
         output may leave, in one write."""
-        fed = self._fed
-        if fed is not None:
-            fed()
+        reader = self._sink
+        if reader is not None:
+            reader.messages_read(self)
 
     def finish(self, exc: BaseException | None) -> None:
         """(Implementations) the connection ended (None: a clean close)."""
@@ -175,10 +216,10 @@ class Transport:
             return
         self._ended_flag = True
         self._end = exc
-        lost = self._lost
-        self._receiver = self._lost = self._fed = None
-        if lost is not None:
-            lost(exc)
+        reader = self._sink
+        self._sink = None
+        if reader is not None:
+            reader.transport_lost(self, exc)
         self._wake()
 
     def _wake(self) -> None:
@@ -223,13 +264,8 @@ class Transport:
         """Read and drop messages until the connection closes (a peer whose close
         frame waits behind unread messages would never be seen)."""
         done = asyncio.get_running_loop().create_future()
-
-        def lost(exc: BaseException | None) -> None:
-            if not done.done():
-                done.set_result(None)
-
         self._inbox.clear()
-        self.start_reading(_drop, lost)
+        self.start_reading(_Discard(done))
         await done
 
     async def fail(self, last: list[bytes], code: int, reason: str, patience: float = 2.0) -> None:
@@ -323,10 +359,6 @@ class Transport:
         """The WebSocket subprotocol both ends agreed on (``"fastrpc"``: the client
         said it speaks fastrpc's binary protocol), or None."""
         return None
-
-
-def _drop(msg: Any) -> None:
-    pass
 
 
 _PACK_16 = struct.Struct("!BBH").pack
@@ -536,9 +568,9 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             if into.got == len(into.buf):
                 self._direct_done(into)
         finally:
-            fed = self._fed
-            if fed is not None:
-                fed()
+            reader = self._sink
+            if reader is not None:
+                reader.messages_read(self)
         self._read_slice(nbytes)
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -556,9 +588,9 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             else:
                 self._parse(bytes(data))
         finally:
-            fed = self._fed
-            if fed is not None:
-                fed()
+            reader = self._sink
+            if reader is not None:
+                reader.messages_read(self)
         self._read_slice(len(data))
 
     def _read_slice(self, n: int) -> None:
