@@ -717,6 +717,74 @@ def test_ledger_receiving_and_flow_control_violation(codec: ModuleType) -> None:
         ledger.consumed(2, -1)
 
 
+def test_ledger_counts_the_frames_of_a_run(codec: ModuleType) -> None:
+    ledger = codec.StreamLedger(1000)
+    ledger.open(2)
+    assert ledger.received(2, 320, 10) == 680  # ten frames of 32 bytes, charged at once
+    assert ledger.stats(2) == (320, 10, 680, 320)
+    ledger.received(2, 0, 0)
+    assert ledger.stats(2) == (320, 10, 680, 320)
+    with pytest.raises(ValueError, match="negative count"):
+        ledger.received(2, 1, -1)
+    with pytest.raises(ProtocolError):
+        ledger.received(2, 681, 3)
+    assert ledger.stats(2) == (320, 10, 680, 320)  # unchanged
+
+
+def _take_reference(frames: list[Any], start: int, extra: int, mask: int) -> tuple[list[Any], tuple[int, int, int]]:
+    first, end = frames[start], start
+    while end < len(frames) and (frames[end].type, frames[end].flags, frames[end].id) == (
+        first.type,
+        first.flags,
+        first.id,
+    ):
+        end += 1
+    items = [(bytes(f.payload), f.flags & mask, len(f.payload) + extra) for f in frames[start:end]]
+    return items, (end, sum(c for _, _, c in items), sum(len(p) for p, _, _ in items))
+
+
+def test_take_items_takes_one_streams_run(codec: ModuleType) -> None:
+    ids = (1, 3, 2**40 + 1)  # an id past the small-int cache: equal, not the same object
+    message = b"".join(
+        [codec.encode_frame(0x10, 0x40, ids[2], b"a" * n) for n in (0, 5, 3000)]  # 3000: a view
+        + [codec.encode_frame(0x10, 0x40, ids[2], b"b")]
+        + [codec.encode_frame(0x10, 0, ids[2], b"c")]  # other flags: a new run
+        + [codec.encode_frame(0x10, 0, ids[0], b"d"), codec.encode_frame(0x10, 0, ids[1], b"e")]
+        + [codec.encode_frame(0x11, 0, ids[1], b"f")]  # other type
+    )
+    frames = codec.decode_message(message)
+    assert type(frames[2].payload) is memoryview
+    got: list[Any] = [("before", 0, 0)]
+    assert codec.take_items(frames, 0, got, 32, 0x40 | 0x04) == (4, 3006 + 4 * 32, 3006)
+    assert [(bytes(p), k, c) for p, k, c in got[1:]] == _take_reference(frames, 0, 32, 0x44)[0]
+    assert got[0] == ("before", 0, 0) and got[3][0] is frames[2].payload  # the payload as decoded
+    for start, end in ((4, 5), (5, 6), (6, 7), (7, 8)):
+        assert codec.take_items(frames, start, [], 32, 0x44)[0] == end
+    for start in (-1, len(frames)):
+        with pytest.raises(IndexError):
+            codec.take_items(frames, start, [], 32, 0x44)
+
+
+def test_take_items_matches_frame_by_frame(codec: ModuleType) -> None:
+    rng = random.Random(17)
+    for _ in range(300):
+        specs = [
+            (
+                rng.choice((0x10, 0x10, 0x10, 0x02)),
+                rng.choice((0, 0, 0x40, 0x04)),
+                rng.choice((1, 1, 3, 300)),
+                rng.randbytes(rng.randrange(0, 40)),
+            )
+            for _ in range(rng.randrange(1, 12))
+        ]
+        frames = codec.decode_message(b"".join(codec.encode_frame(*spec) for spec in specs))
+        start = rng.randrange(len(frames))
+        items: list[Any] = []
+        result = codec.take_items(frames, start, items, 32, 0x44)
+        expect_items, expect = _take_reference(frames, start, 32, 0x44)
+        assert (result, [(bytes(p), k, c) for p, k, c in items]) == (expect, expect_items)
+
+
 def test_ledger_grants_in_quarter_window_batches(codec: ModuleType) -> None:
     ledger = codec.StreamLedger(1000)
     ledger.open(1)

@@ -954,6 +954,38 @@ def test_frame_charge_makes_an_empty_frame_flood_exhaust_the_window() -> None:
     assert not c.writable(sid) and c.next_message() is None
 
 
+def test_runs_of_items_in_one_message_queue_as_frames_one_by_one_would() -> None:
+    # Runs of STREAM_DATA on one stream are taken in one step (take_items): the items,
+    # their order, the ledger's counts and the raw flag come out as frame by frame.
+    s = server_after_hello(Settings(initial_stream_window=4096))
+    frames = [(F.STREAM_DATA, F.FLAG_OPEN, 1, b"a0"), (F.STREAM_DATA, 0, 1, b"a1"), (F.STREAM_DATA, 0, 1, b"a2")]
+    frames += [(F.STREAM_DATA, F.FLAG_OPEN, 3, b"b0"), (F.STREAM_DATA, 0x40, 3, b"b1"), (F.STREAM_DATA, 0x40, 3, b"b2")]
+    frames += [
+        (F.STREAM_DATA, 0, 1, b"a3"),
+        (F.PING, 0, 0, b""),
+        (F.STREAM_DATA, 0, 1, b"a4"),
+        (F.STREAM_DATA, 0, 1, b"a5"),
+    ]
+    frames += [(F.STREAM_DATA, 0, 3, b"")]
+    events = s.receive_message(F.encode_batch(frames))
+    assert events == [StreamOpened(1), StreamReadable(1), StreamOpened(3), StreamReadable(3)]
+    got = 12 + 6 * FRAME_CHARGE
+    assert s.stream_stats(1, False) == (got, 6, 4096 - got, got)
+    assert s.stream_stats(3, False)[1] == 4
+    assert read_all(s, 1) == [(b"a%d" % i, False) for i in range(6)]
+    s.receive_message(F.encode_batch([(F.STREAM_DATA, 0x40, 3, b"b3")] * 3))
+    assert s.stream_stats(3, False)[1] == 7
+    assert read_all(s, 3) == [(b"b0", False), (b"b1", True), (b"b2", True), (b"", False)] + [(b"b3", True)] * 3
+
+
+def test_a_run_past_the_window_fails_the_connection() -> None:
+    # 40 empty frames after the opening one in one message: the run as a whole is
+    # past the 1024-byte window (32 frames), a FLOW_CONTROL_ERROR as frame by frame.
+    s = server_after_hello(Settings(initial_stream_window=1024))
+    flood = [(F.STREAM_DATA, F.FLAG_OPEN, 1, b"")] + [(F.STREAM_DATA, 0, 1, b"")] * 40
+    protocol_error(s, F.encode_batch(flood), "flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR, 1008)
+
+
 def test_connection_window_credit_on_id_zero() -> None:
     c, s = connect(server=Settings(connection_window=4096))
     a, b = c.open_stream(), c.open_stream()

@@ -33,7 +33,7 @@ cdef struct _Slot:
     # One slot of StreamLedger's open-addressing table (64 bytes: one cache line).
     uint64_t id
     int64_t bytes        # payload bytes sent or received
-    int64_t items        # sent()/received() calls
+    int64_t items        # frames sent or received
     int64_t window       # credit left
     int64_t buffered     # received, not consumed yet
     int64_t unacked      # consumed, not granted back yet

@@ -561,6 +561,32 @@ def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None,
     return out
 
 
+def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind_mask):
+    """Append ``(payload, flags & kind_mask, len(payload) + extra)`` to ``items`` for
+    ``frames[start]`` and each frame after it of the same type, flags and id: the run
+    of one stream's items in a message, taken in one call. Return ``(end, charge,
+    size)``: ``frames[start:end]`` were taken, ``charge`` the sum of their charges,
+    ``size`` of their payload lengths."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(frames), end = start, k, size = 0
+    if start < 0 or start >= n:
+        raise IndexError("start out of range")
+    cdef Frame first = <Frame?>frames[start]
+    cdef Frame f
+    # type and flags are small ints (one byte each): cached objects, compared by identity.
+    ftype, flags, fid = first.type, first.flags, first.id
+    kind = flags & kind_mask
+    while end < n:
+        f = <Frame?>frames[end]
+        if f.type is not ftype or f.flags is not flags or (f.id is not fid and f.id != fid):
+            break
+        payload = f.payload
+        k = len(payload)
+        size += k
+        items.append((payload, kind, k + extra))
+        end += 1
+    return end, size + (end - start) * extra, size
+
+
 cdef class FrameWriter:
     """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
 
@@ -1020,12 +1046,14 @@ cdef class StreamLedger:
         s.window += v
         return s.window
 
-    def received(self, stream_id, nbytes):
-        """Receiver side: ``nbytes`` arrived; return the credit left (the sender's
-        window). A peer past its window is a ProtocolError."""
+    def received(self, stream_id, nbytes, Py_ssize_t items=1):
+        """Receiver side: ``nbytes`` arrived, in ``items`` frames; return the credit
+        left (the sender's window). A peer past its window is a ProtocolError."""
         cdef _Slot *s = self._get(stream_id)
         cdef int64_t v
         cdef int r
+        if items < 0:
+            raise ValueError("negative count")
         if not PyLong_Check(nbytes):
             if nbytes < 0:
                 raise ValueError("negative size")
@@ -1041,7 +1069,7 @@ cdef class StreamLedger:
         if v > INT64_MAX - s.bytes or v > INT64_MAX - s.buffered:
             raise OverflowError("stream counter overflow")
         s.bytes += v
-        s.items += 1
+        s.items += items
         s.window -= v
         s.buffered += v
         return s.window

@@ -283,6 +283,34 @@ def decode_message(
     return frames
 
 
+def take_items(
+    frames: list[Frame], start: int, items: list[tuple[Buffer, int, int]], extra: int, kind_mask: int
+) -> tuple[int, int, int]:
+    """Append ``(payload, flags & kind_mask, len(payload) + extra)`` to ``items`` for
+    ``frames[start]`` and each frame after it of the same type, flags and id: the run
+    of one stream's items in a message, taken in one call. Return ``(end, charge,
+    size)``: ``frames[start:end]`` were taken, ``charge`` the sum of their charges,
+    ``size`` of their payload lengths."""
+    n = len(frames)
+    if not 0 <= start < n:
+        raise IndexError("start out of range")
+    first = frames[start]
+    ftype, flags, fid = first.type, first.flags, first.id
+    kind = flags & kind_mask
+    end, size = start, 0
+    append = items.append
+    while end < n:
+        f = frames[end]
+        if f.type != ftype or f.flags != flags or f.id != fid:
+            break
+        payload = f.payload
+        k = len(payload)
+        size += k
+        append((payload, kind, k + extra))
+        end += 1
+    return end, size + (end - start) * extra, size
+
+
 class FrameWriter:
     """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
 
@@ -446,10 +474,12 @@ class StreamLedger:
         entry[2] += _index(nbytes)
         return entry[2]
 
-    def received(self, stream_id: int, nbytes: int) -> int:
-        """Receiver side: ``nbytes`` arrived; return the credit left (the sender's
-        window). A peer past its window is a ProtocolError."""
+    def received(self, stream_id: int, nbytes: int, items: int = 1) -> int:
+        """Receiver side: ``nbytes`` arrived, in ``items`` frames; return the credit
+        left (the sender's window). A peer past its window is a ProtocolError."""
         entry = self._get(stream_id)
+        if items < 0:
+            raise ValueError("negative count")
         if nbytes < 0:
             raise ValueError("negative size")
         if nbytes > entry[2]:
@@ -460,7 +490,7 @@ class StreamLedger:
         if total > _INT64_MAX or buffered > _INT64_MAX:
             raise OverflowError("stream counter overflow")
         entry[0] = total
-        entry[1] += 1
+        entry[1] += items
         entry[2] -= nbytes
         entry[3] = buffered
         return entry[2]

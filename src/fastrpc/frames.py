@@ -69,6 +69,7 @@ encode_frame = _codec.encode_frame
 encode_settings = _codec.encode_settings
 encode_varint = _codec.encode_varint
 payload_cost = _codec.payload_cost
+take_items = _codec.take_items
 varint_size = _codec.varint_size
 
 __all__ = [
@@ -117,5 +118,6 @@ __all__ = [
     "encode_settings",
     "encode_varint",
     "payload_cost",
+    "take_items",
     "varint_size",
 ]

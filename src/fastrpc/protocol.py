@@ -88,6 +88,8 @@ ACK_BYTES = O.ACK_BYTES
 _STREAM_DATA, _CREDIT, _REQUEST, _RESPONSE = F.STREAM_DATA, F.CREDIT, F.REQUEST, F.RESPONSE
 _MAX_FRAMES = F.MAX_FRAMES
 _decode_message = F.decode_message
+_take_items = F.take_items
+_KIND = FLAG_RAW | F.FLAG_COMPRESSED  # the flags an item keeps
 
 
 class Connection:
@@ -620,10 +622,16 @@ class Connection:
                 session.proved()  # the client got our RESUME_OK: it sends frames
             if session.received(len(frames)):
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
-        for f in frames:
+        i, count = 0, len(frames)
+        while i < count:
+            f = frames[i]
+            i += 1
             t = f.type
             if t == _STREAM_DATA:
-                self._on_data(f, events)
+                if i < count and frames[i].type == _STREAM_DATA:
+                    i = self._on_items(frames, i - 1, events)
+                else:
+                    self._on_data(f, events)
             elif t == _CREDIT:
                 n, _ = F.decode_varint(f.payload, 0)
                 if self._flow.out_credit(f.id, n):
@@ -719,12 +727,48 @@ class Connection:
             if budget.held > budget.limit:
                 budget.charge(0, "unread items")
         items = s.items
-        items.append((payload, flags & (FLAG_RAW | _COMPRESSED), charge))
+        items.append((payload, flags & _KIND, charge))
         if len(items) > SHORT_QUEUE and type(items) is list:
             s.items = deque(items)
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
             s.last_event = inbound.message_count
             events.append(StreamReadable(fid))
+
+    def _on_items(self, frames: list[F.Frame], start: int, events: list[Event]) -> int:
+        """STREAM_DATA frames from ``frames[start]`` on, more than one: a run of plain
+        items of one open stream is queued in one step (``take_items``; flow control
+        and the budget charged once for the run), anything else goes to :meth:`_on_data`
+        one frame at a time. Return the index of the first frame not handled."""
+        f = frames[start]
+        fid = f.id
+        inbound = self._inbound
+        s = inbound.streams.get(fid)
+        if s is None or f.flags & _DATA_SLOW or s.state != IN_OPEN or s.partial is not None:
+            self._on_data(f, events)
+            return start + 1
+        items = s.items
+        if type(items) is list:
+            end, charge, size = _take_items(frames, start, items, FRAME_CHARGE, _KIND)
+        else:
+            run: list[tuple[Payload, int, int]] = []
+            end, charge, size = _take_items(frames, start, run, FRAME_CHARGE, _KIND)
+            items.extend(run)
+        # Charged as the frames one by one would be, but once (a peer past a window or
+        # the budget fails the connection either way).
+        flow = self._flow
+        flow.conn_received(charge)
+        if flow.ledger_in.received(fid, charge, end - start) <= FRAME_CHARGE:
+            s.starved = True
+        budget = self._budget
+        budget.held += size
+        if budget.held > budget.limit:
+            budget.charge(0, "unread items")
+        if len(items) > SHORT_QUEUE and type(items) is list:
+            s.items = deque(items)
+        if s.last_event != inbound.message_count:
+            s.last_event = inbound.message_count
+            events.append(StreamReadable(fid))
+        return end
 
     def _data_slow(
         self, s: IncomingStream | None, f: F.Frame, charge: int, events: list[Event]
