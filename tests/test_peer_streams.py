@@ -132,6 +132,26 @@ def test_streaming_call() -> None:
     run(main())
 
 
+def test_get_nowait_takes_what_has_arrived_without_waiting() -> None:
+    async def main() -> None:
+        async with pair(stream_router()) as (_, peer):
+            s = peer.stream("ticks", 50)
+            with pytest.raises(asyncio.QueueEmpty):
+                s.get_nowait()  # not even called yet
+            assert s.get_nowait("none") == "none"
+            got = [await s.__anext__()]  # sends the call, waits for the first item
+            await until(lambda: s.stats() is None or s.stats().items == 50, 5.0, "all 50 items")  # type: ignore[union-attr]
+            while (x := s.get_nowait(None)) is not None:
+                got.append(x)
+            assert got == list(range(50))
+            with pytest.raises(asyncio.QueueEmpty):
+                s.get_nowait()  # over: __anext__ says how
+            assert [x async for x in s] == []
+            assert s.closed and s.get_nowait(-1) == -1
+
+    run(main())
+
+
 def test_send_stream_with_id_from_a_call_items_held_before_claim() -> None:
     async def main() -> None:
         async with pair(stream_router()) as (_, peer):

@@ -610,10 +610,14 @@ class Subscription(AsyncIterator[Event]):
         while True:
             if self._done:
                 raise StopAsyncIteration
-            if self._stream is None:
-                self._stream = self._open()
+            stream = self._stream
+            if stream is None:
+                stream = self._stream = self._open()
             try:
-                ev = await self._stream.__anext__()
+                # What the last message brought is taken without a coroutine an item.
+                ev = stream.get_nowait(None)
+                if ev is None:
+                    ev = await stream.__anext__()
             except StopAsyncIteration:
                 self._done = True
                 raise
