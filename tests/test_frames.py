@@ -683,6 +683,32 @@ def test_ledger_window_and_sending(codec: ModuleType) -> None:
     assert ledger.stats(1) == (300, 2, 1000, 0)
 
 
+def test_ledger_spend_takes_credit_only_when_the_window_has_it(codec: ModuleType) -> None:
+    ledger = codec.StreamLedger(100)
+    ledger.open(1)
+    assert ledger.spend(1, 60) == 40
+    assert ledger.spend(1, 41) == -1  # not enough: nothing spent
+    assert ledger.stats(1) == (60, 1, 40, 0)
+    assert ledger.spend(1, 40) == 0
+    assert ledger.spend(1, 0) == 0
+    assert ledger.spend(1, 1) == -1
+    assert ledger.stats(1) == (100, 3, 0, 0)
+    with pytest.raises(ValueError, match="negative size"):
+        ledger.spend(1, -1)
+    with pytest.raises(KeyError):
+        ledger.spend(5, 1)
+
+
+def test_frame_writer_add_returns_the_frame_size(codec: ModuleType) -> None:
+    w = codec.FrameWriter()
+    sizes = [
+        w.add(0x10, 0, fid, payload)
+        for fid, payload in ((1, b""), (2**20, b"x" * 10), (3, b"y" * 5000), (3, bytearray(5000)))
+    ]
+    assert sizes == [4, 2 + 4 + 1 + 10, 2 + 1 + 2 + 5000, 2 + 1 + 2 + 5000]  # (5000 bytes: held by reference)
+    assert sum(sizes) == len(w) == len(w.take())
+
+
 def test_ledger_grant_overflow(codec: ModuleType) -> None:
     ledger = codec.StreamLedger(VARINT_MAX - 10)
     ledger.open(1)

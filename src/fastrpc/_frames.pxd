@@ -72,5 +72,6 @@ cdef class StreamLedger:
     cdef int _key(self, object stream_id, uint64_t *key) except -1
     cdef Py_ssize_t _find(self, uint64_t key) noexcept
     cdef _Slot *_get(self, object stream_id) except NULL
+    cdef _Slot *_sending(self, object stream_id, object nbytes, int64_t *v, bint *big) except NULL
     cdef int _rehash(self, int bits) except -1
     cdef void _delete(self, Py_ssize_t i) noexcept

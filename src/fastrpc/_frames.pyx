@@ -606,7 +606,7 @@ cdef class FrameWriter:
         PyMem_Free(self._held)
 
     def add(self, ftype, flags, fid, payload=b""):
-        """Append one frame."""
+        """Append one frame; return its size in bytes (header and payload)."""
         cdef const unsigned char *src
         cdef Py_ssize_t n
         cdef uint8_t t = 0, f = 0
@@ -638,9 +638,13 @@ cdef class FrameWriter:
             if n:
                 memcpy(p, src, <size_t>n)
                 p += n
+        cdef Py_ssize_t size = (p - self._buf.data) - self._buf.len
+        if n >= _HOLD_THRESHOLD and PyBytes_CheckExact(payload):
+            size += n  # held, not in the buffer
         self._buf.len = p - self._buf.data
         self._count += 1
         del keep
+        return size
 
     def __len__(self):
         return self._buf.len + self._held_len
@@ -868,6 +872,22 @@ cdef class StreamLedger:
                 return &self._slots[i]
         raise KeyError(stream_id)
 
+    cdef _Slot *_sending(self, object stream_id, object nbytes, int64_t *v, bint *big) except NULL:
+        """The slot of ``stream_id`` and ``nbytes`` as an int64 (``big``: past int64)
+        for sent() and spend(); a negative size is a ValueError."""
+        cdef _Slot *s = self._get(stream_id)
+        cdef int r
+        if not PyLong_Check(nbytes):
+            if nbytes < 0:
+                raise ValueError("negative size")
+            nbytes = _index(nbytes)
+            s = self._get(stream_id)  # (Python code ran: the table may have moved)
+        r = _i64(nbytes, v)
+        if r == 2 or (r == 0 and v[0] < 0):
+            raise ValueError("negative size")
+        big[0] = r == 1
+        return s
+
     cdef int _rehash(self, int bits) except -1:
         cdef _Slot *old = self._slots
         cdef Py_ssize_t old_cap = self._mask + 1 if old != NULL else 0
@@ -994,23 +1014,31 @@ cdef class StreamLedger:
         """Credit left: bytes that may still be sent on the stream."""
         return self._get(stream_id).window
 
+    def spend(self, stream_id, nbytes):
+        """Sender side: when the window holds ``nbytes`` of credit, spend them on one
+        item and return the credit left; else spend nothing and return -1 (a
+        ``window()`` check and ``sent()`` in one call)."""
+        cdef int64_t v
+        cdef bint big
+        cdef _Slot *s = self._sending(stream_id, nbytes, &v, &big)
+        if big or v > s.window:
+            return -1
+        if v > INT64_MAX - s.bytes:
+            raise OverflowError("stream counter overflow")
+        s.bytes += v
+        s.items += 1
+        s.window -= v
+        return s.window
+
     def sent(self, stream_id, nbytes):
         """Sender side: ``nbytes`` of one item left; return the credit left.
 
         The credit goes negative when more than the window was sent.
         """
-        cdef _Slot *s = self._get(stream_id)
         cdef int64_t v
-        cdef int r
-        if not PyLong_Check(nbytes):
-            if nbytes < 0:
-                raise ValueError("negative size")
-            nbytes = _index(nbytes)
-            s = self._get(stream_id)
-        r = _i64(nbytes, &v)
-        if r == 2 or (r == 0 and v < 0):
-            raise ValueError("negative size")
-        if r == 1 or v > INT64_MAX - s.bytes or s.window < INT64_MIN + v:
+        cdef bint big
+        cdef _Slot *s = self._sending(stream_id, nbytes, &v, &big)
+        if big or v > INT64_MAX - s.bytes or s.window < INT64_MIN + v:
             raise OverflowError("stream counter overflow")
         s.bytes += v
         s.items += 1

@@ -325,10 +325,11 @@ class FrameWriter:
         self._parts_len = 0
         self._count = 0
 
-    def add(self, ftype: int, flags: int, fid: int, payload: Buffer = b"") -> None:
-        """Append one frame."""
+    def add(self, ftype: int, flags: int, fid: int, payload: Buffer = b"") -> int:
+        """Append one frame; return its size in bytes (header and payload)."""
         view = memoryview(payload).cast("B")
-        self._buf += _header(ftype, flags, fid, len(view))
+        head = _header(ftype, flags, fid, len(view))
+        self._buf += head
         if len(view) >= HOLD_THRESHOLD and type(payload) is bytes:
             self._parts += (self._buf, payload)
             self._parts_len += len(self._buf) + len(payload)
@@ -336,6 +337,7 @@ class FrameWriter:
         else:
             self._buf += view
         self._count += 1
+        return len(head) + len(view)
 
     def __len__(self) -> int:
         return self._parts_len + len(self._buf)
@@ -463,6 +465,24 @@ class StreamLedger:
         entry[1] += 1
         entry[2] = window
         return window
+
+    def spend(self, stream_id: int, nbytes: int) -> int:
+        """Sender side: when the window holds ``nbytes`` of credit, spend them on one
+        item and return the credit left; else spend nothing and return -1 (a
+        ``window()`` check and ``sent()`` in one call)."""
+        entry = self._get(stream_id)
+        if nbytes < 0:
+            raise ValueError("negative size")
+        nbytes = _index(nbytes)
+        if nbytes > entry[2]:
+            return -1
+        total = entry[0] + nbytes
+        if total > _INT64_MAX:
+            raise OverflowError("stream counter overflow")
+        entry[0] = total
+        entry[1] += 1
+        entry[2] -= nbytes
+        return entry[2]
 
     def grant(self, stream_id: int, nbytes: int) -> int:
         """Sender side: the peer granted ``nbytes`` of credit; return the new window."""

@@ -118,19 +118,17 @@ class OutboundStreams:
                 flags |= F.FLAG_COMPRESSED
         charge = n + FRAME_CHARGE
         flow = self.flow
-        if n <= self.frame_limit and flow.conn_credit >= charge and flow.ledger_out.window(stream_id) >= charge:
-            # Fast path: the whole item fits in one frame and in the credit.
-            w = s.writer
-            before = len(w)
-            w.add(F.STREAM_DATA, flags, stream_id, payload)
-            after = len(w)
-            self.stream_bytes += after - before
-            s.flags = 0
-            flow.conn_credit -= charge
-            left = flow.ledger_out.sent(stream_id, charge)
-            if not s.queued:
-                self.sched.queue(s)
-            return left > FRAME_CHARGE and after < self.stream_buffer_size and flow.conn_credit > FRAME_CHARGE
+        if n <= self.frame_limit and flow.conn_credit >= charge:
+            left = flow.ledger_out.spend(stream_id, charge)
+            if left >= 0:
+                # Fast path: the whole item fits in one frame and in the credit.
+                w = s.writer
+                self.stream_bytes += w.add(F.STREAM_DATA, flags, stream_id, payload)
+                s.flags = 0
+                flow.conn_credit -= charge
+                if not s.queued:
+                    self.sched.queue(s)
+                return left > FRAME_CHARGE and len(w) < self.stream_buffer_size and flow.conn_credit > FRAME_CHARGE
         s.tail = payload
         s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
         return self.pump(s)
