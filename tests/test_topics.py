@@ -52,6 +52,39 @@ def test_publish_reaches_every_subscriber_in_order() -> None:
     run(main())
 
 
+def test_a_publisher_lets_the_connections_write_after_a_pass_of_deliveries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 subscriptions and a budget of 10 deliveries a loop pass: a publisher that never
+    # waits otherwise lets the loop run once every 2 items (queue_size 256 is far off),
+    # so the subscribers get items while it publishes the rest.
+    monkeypatch.setattr(fastrpc.topics, "_PASS_DELIVERIES", 10)
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            clients = [await fastrpc.connect(server.url, **QUIET) for _ in range(5)]
+            subs = [await c.subscribe("ticks").start() for c in clients]
+            passes = 0
+
+            async def count_passes() -> None:
+                nonlocal passes
+                while True:
+                    await asyncio.sleep(0)
+                    passes += 1
+
+            counter = asyncio.ensure_future(count_passes())
+            for i in range(40):
+                await server.publish("ticks", i)
+            counter.cancel()
+            assert passes >= 18, passes  # a pass after every 2 items (the first starts the counter)
+            for sub in subs:
+                got = await asyncio.wait_for(take(sub, 40), 5)
+                assert [e.value for e in got] == list(range(40))
+                await sub.aclose()
+            for c in clients:
+                await c.close()
+
+    run(main())
+
+
 def test_item_encoded_once_for_all_subscribers(monkeypatch: pytest.MonkeyPatch) -> None:
     encoded: list[Any] = []
     original = PayloadCodec.encode_value

@@ -117,6 +117,10 @@ TOPIC_HISTORY_TTL = 300.0
 # Items queued for one subscription on the server (its policy decides what happens
 # past it: block the publisher, drop the oldest, keep the latest per key, or end it).
 TOPIC_QUEUE_SIZE = 256
+# Deliveries (items x subscriptions) a publisher makes in one loop pass before it lets
+# the connections write them: larger passes cost fewer writes, smaller ones let the
+# subscribers work while the server publishes the next items (bench/README.md, fan-out).
+TOPIC_PASS_DELIVERIES = 65536
 MAX_TOPIC_NAME = 256  # bytes of UTF-8; a longer name is refused (ValueError)
 # Redis broker: how long a publish or history read may take before it fails.
 BROKER_TIMEOUT = 5.0

@@ -43,6 +43,7 @@ BLOCK, DROP_OLDEST, LATEST, DISCONNECT = "block", "drop_oldest", "latest", "disc
 POLICIES = (BLOCK, DROP_OLDEST, LATEST, DISCONNECT)
 
 _ITEM, _START, _GAP, _LOST, _SLOW = range(5)
+_PASS_DELIVERIES = O.TOPIC_PASS_DELIVERIES
 
 
 class Item:
@@ -322,14 +323,16 @@ class TopicHub:
 
         Waits while a local ``block`` subscription's queue is full (its reader sets
         the pace of the publishers on this process), and lets the loop run once
-        after ``queue_size`` items published in one loop pass (the subscribers'
-        connections write them meanwhile: a publisher that never waits would
-        otherwise fill every subscriber's stream buffer before a byte leaves).
+        after ``queue_size`` items published in one loop pass, or
+        ``TOPIC_PASS_DELIVERIES`` deliveries (items x subscriptions): the
+        subscribers' connections write them meanwhile. A publisher that never waits
+        would otherwise fill every subscriber's stream buffer before a byte leaves,
+        and with a thousand subscriptions the subscribers would idle while it did.
         """
         _check_name(topic)
         t = self._topics.get(topic)
         if t is not None:
-            if t.burst >= self.queue_size:
+            if t.burst >= self.queue_size or t.burst * len(t.subs) >= _PASS_DELIVERIES:
                 await asyncio.sleep(0)
             while t.full:
                 if t.room is None or t.room.done():
