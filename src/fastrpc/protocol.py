@@ -517,15 +517,21 @@ class Connection:
         (see :meth:`stream_end`). Its credit goes back in batches (``granted`` > 0: a
         CREDIT is queued; see ``FlowControl.granted``). Kept flat: every item reads here."""
         s = self._inbound.streams.get(stream_id)
-        if s is None or not s.items:
+        if s is None:
             return None
         items = s.items
-        payload, kind, charge = items.pop(0) if isinstance(items, list) else items.popleft()
+        if not items:
+            return None
+        payload, kind, charge = items.popleft() if type(items) is not list else items.pop(0)
         self._budget.held -= len(payload)
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charge)
         if grant:
             flow.granted(s, grant, charge)
+        if kind == FLAG_RAW:  # bytes sent as they are: the common kind
+            return payload, True, grant
+        if not kind:
+            return payload, False, grant
         if kind & _COMPRESSED:
             # Held compressed (what the window counted), inflated as it is read: a
             # bomb fails this stream (ProtocolError, COMPRESSION_ERROR), not the reader.
