@@ -522,7 +522,7 @@ class Connection:
         items = s.items
         if not items:
             return None
-        payload, kind, charge = items.popleft() if type(items) is not list else items.pop(0)
+        payload, kind, charge = items.pop(0) if isinstance(items, list) else items.popleft()
         self._budget.held -= len(payload)
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charge)
@@ -628,16 +628,21 @@ class Connection:
                 session.proved()  # the client got our RESUME_OK: it sends frames
             if session.received(len(frames)):
                 self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
-        i, count = 0, len(frames)
-        while i < count:
-            f = frames[i]
-            i += 1
+        count = len(frames)
+        if count > 1 and frames[0].type == _STREAM_DATA:
+            # A message of stream items: runs of one stream's items go in one step
+            # (_on_items). Messages that start otherwise (calls, answers, credit) take
+            # the loop below alone, which does not pay for an index.
+            i = 0
+            while i < count and frames[i].type == _STREAM_DATA:
+                i = self._on_items(frames, i, events)
+            if i == count:
+                return events
+            frames = frames[i:]
+        for f in frames:
             t = f.type
             if t == _STREAM_DATA:
-                if i < count and frames[i].type == _STREAM_DATA:
-                    i = self._on_items(frames, i - 1, events)
-                else:
-                    self._on_data(f, events)
+                self._on_data(f, events)
             elif t == _CREDIT:
                 n, _ = F.decode_varint(f.payload, 0)
                 if self._flow.out_credit(f.id, n):
@@ -741,10 +746,11 @@ class Connection:
             events.append(StreamReadable(fid))
 
     def _on_items(self, frames: list[F.Frame], start: int, events: list[Event]) -> int:
-        """STREAM_DATA frames from ``frames[start]`` on, more than one: a run of plain
-        items of one open stream is queued in one step (``take_items``; flow control
-        and the budget charged once for the run), anything else goes to :meth:`_on_data`
-        one frame at a time. Return the index of the first frame not handled."""
+        """STREAM_DATA ``frames[start]``: with the frames after it of the same stream
+        and flags, a run of plain items of one open stream is queued in one step
+        (``take_items``; flow control and the budget charged once for the run);
+        anything else goes to :meth:`_on_data`, one frame. Return the index of the
+        first frame not handled."""
         f = frames[start]
         fid = f.id
         inbound = self._inbound
