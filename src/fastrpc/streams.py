@@ -239,7 +239,8 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         link = self._link
         while True:
             if self._arrived:
-                # get_nowait(), inline: the hot path of every item.
+                # get_nowait(), inline: the hot path of every item (a call to it
+                # costs ~570 instructions an item, 3.6 %: callgrind, 16-byte items).
                 sid: int = self.stream_id  # type: ignore[assignment]
                 core = link.core
                 try:
