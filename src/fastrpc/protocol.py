@@ -771,15 +771,10 @@ class Connection:
         flow.conn_received(charge)
         if flow.ledger_in.received(fid, charge, end - start) <= FRAME_CHARGE:
             s.starved = True
-        budget = self._budget
-        budget.held += size
-        if budget.held > budget.limit:
-            budget.charge(0, "unread items")
+        self._budget.charge(size, "unread items")  # (once a run: no need to inline)
         if len(items) > SHORT_QUEUE and type(items) is list:
             s.items = deque(items)
-        if s.last_event != inbound.message_count:
-            s.last_event = inbound.message_count
-            events.append(StreamReadable(fid))
+        inbound.readable(s, events)
         return end
 
     def _data_slow(
