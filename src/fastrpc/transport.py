@@ -568,9 +568,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             if into.got == len(into.buf):
                 self._direct_done(into)
         finally:
-            reader = self._sink
-            if reader is not None:
-                reader.messages_read(self)
+            self.read_done()
         self._read_slice(nbytes)
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -588,9 +586,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             else:
                 self._parse(bytes(data))
         finally:
-            reader = self._sink
-            if reader is not None:
-                reader.messages_read(self)
+            self.read_done()
         self._read_slice(len(data))
 
     def _read_slice(self, n: int) -> None:
