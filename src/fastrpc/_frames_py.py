@@ -476,13 +476,7 @@ class StreamLedger:
         nbytes = _index(nbytes)
         if nbytes > entry[2]:
             return -1
-        total = entry[0] + nbytes
-        if total > _INT64_MAX:
-            raise OverflowError("stream counter overflow")
-        entry[0] = total
-        entry[1] += 1
-        entry[2] -= nbytes
-        return entry[2]
+        return self.sent(stream_id, nbytes)
 
     def grant(self, stream_id: int, nbytes: int) -> int:
         """Sender side: the peer granted ``nbytes`` of credit; return the new window."""
