@@ -114,7 +114,7 @@ class PeerIO(PeerAPI):
         if self._processing:
             return  # _process sends once the message is handled
         if self._flush_pending:
-            if self._core.control_backlog >= O.EARLY_FLUSH:
+            if self._core.control_backlog >= _EARLY_FLUSH:
                 self._flush()
         elif not self._in_read:  # else messages_read sends at the end of the read
             if self._fresh and self._direct:
@@ -236,14 +236,12 @@ class PeerIO(PeerAPI):
                         self._serve_less_soon(transport)
                     if backlog >= _EARLY_FLUSH:
                         self._flush()  # a long read: the peer starts on this part meanwhile
-                else:
-                    self._feed(transport, frames, 0)
-                    if core.control_backlog >= O.EARLY_FLUSH:
-                        self._flush()
+                    return
+                self._feed(transport, frames, 0)
             else:
                 self._take(transport, msg)
-                if self._core.control_backlog >= O.EARLY_FLUSH:
-                    self._flush()
+            if self._core.control_backlog >= _EARLY_FLUSH:
+                self._flush()
         except Exception as e:
             self._read_failed(transport, e)
         finally:
