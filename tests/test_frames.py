@@ -709,6 +709,60 @@ def test_frame_writer_add_returns_the_frame_size(codec: ModuleType) -> None:
     assert sum(sizes) == len(w) == len(w.take())
 
 
+def test_ledger_spend_counts_the_frames_of_a_run(codec: ModuleType) -> None:
+    ledger = codec.StreamLedger(100)
+    ledger.open(1)
+    assert ledger.spend(1, 90, 3) == 10
+    assert ledger.stats(1) == (90, 3, 10, 0)
+    assert ledger.spend(1, 11, 2) == -1  # past the window: nothing spent, nothing counted
+    assert ledger.stats(1) == (90, 3, 10, 0)
+    with pytest.raises(ValueError, match="negative count"):
+        ledger.spend(1, 1, -1)
+
+
+def test_frame_writer_add_run_is_add_frame_by_frame(codec: ModuleType) -> None:
+    rng = random.Random(17)
+    for _ in range(200):
+        payloads: list[Any] = [
+            rng.choice((b"", b"x" * rng.randrange(1, 200), bytearray(rng.randrange(300)), b"h" * 5000))
+            for _ in range(rng.randrange(0, 12))
+        ]
+        credit = rng.choice((-5, 0, 40, 500, 6000, 20000, 2**70))
+        max_len, stop_len = rng.choice((0, 100, 250, 10**6)), rng.choice((0, 64, 1000, 10**9))
+        run, one = codec.FrameWriter(), codec.FrameWriter()
+        run.add(0x20, 0, 9, b"before")  # the run goes on after what the message holds
+        one.add(0x20, 0, 9, b"before")
+        count, charged = run.add_run(0x10, 4, 2**20, payloads, credit, max_len, 32, stop_len)
+        # The reference: add() while each payload fits, stopping once the message is long enough.
+        k = spent = 0
+        for p in payloads:
+            if k and len(one) >= stop_len:
+                break
+            if len(p) > max_len or spent + len(p) + 32 > credit:
+                break
+            one.add(0x10, 4, 2**20, p)
+            spent += len(p) + 32
+            k += 1
+        assert (count, charged) == (k, spent)
+        assert run.count == one.count == k + 1
+        assert len(run) == len(one)
+        assert run.take() == one.take()
+
+
+def test_frame_writer_add_run_checks_its_arguments(codec: ModuleType) -> None:
+    w = codec.FrameWriter()
+    with pytest.raises(TypeError, match="list"):
+        w.add_run(0x10, 0, 1, (b"x",), 100, 100, 32, 100)
+    with pytest.raises(ValueError, match="charge"):
+        w.add_run(0x10, 0, 1, [b"x"], 100, 100, -1, 100)
+    with pytest.raises(ValueError, match="frame type"):
+        w.add_run(0x100, 0, 1, [b"x"], 100, 100, 32, 100)
+    with pytest.raises(TypeError):
+        w.add_run(0x10, 0, 1, [b"x", 5], 1000, 100, 32, 1000)  # not a buffer
+    assert w.count == 1  # the frames before the bad payload stay (as with add())
+    assert w.add_run(0x10, 0, 1, [], 100, 100, 32, 100) == (0, 0)
+
+
 def test_ledger_grant_overflow(codec: ModuleType) -> None:
     ledger = codec.StreamLedger(VARINT_MAX - 10)
     ledger.open(1)

@@ -986,6 +986,60 @@ def test_a_run_past_the_window_fails_the_connection() -> None:
     protocol_error(s, F.encode_batch(flood), "flow-control window exceeded", ErrorCode.FLOW_CONTROL_ERROR, 1008)
 
 
+def test_send_run_queues_what_send_item_would_and_stops_where_it_must() -> None:
+    # A run takes the items that fit the credit whole, with the same bytes, counts and
+    # credit as send_item one by one; the next item is send_item's.
+    c, s = connect(server=Settings(initial_stream_window=1024))
+    a, b = c.open_stream(), c.open_stream()
+    assert c.send_run(a, [b"x"], 10**6) == 0  # the opening frame is still to go
+    assert c.send_item(a, b"first") and c.send_item(b, b"first")
+    items = [b"%03d" % i + b"." * 97 for i in range(12)]  # 100 bytes, 132 charged each
+    assert c.send_run(a, items, 10**6) == 7  # 1024 - 37 = 987 of credit: 7 x 132 = 924
+    for item in items[:7]:
+        assert c.send_item(b, item)
+    assert c.stream_stats(a, True) == c.stream_stats(b, True)
+    assert c.buffered_amount == 2 * (2 + 1 + 1 + 5 + 7 * (2 + 1 + 2 + 100))  # (a 2-byte length)
+    assert c.send_item(a, items[7]) is False  # 63 bytes of credit: it waits for more
+    deliver(c, s)
+    assert read_all(s, a) == [(b"first", False)] + [(item, False) for item in items[:7]]
+    deliver(s, c)  # the credit back
+    assert c.writable(a)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_send_run_leaves_large_items_to_send_item(compress: bool) -> None:
+    # Past the peer's frame limit (split by send_item), or past the compression
+    # threshold (compressed by send_item): the run stops before it.
+    algorithm = C.ZLIB if compress else 0
+    c, s = connect(
+        Settings(compression=algorithm),
+        Settings(compression=algorithm, max_frame_size=1024),
+        client_kw={"compression_threshold": 600},
+    )
+    sid = c.open_stream()
+    c.send_item(sid, b"open")
+    items = [b"a" * 500, b"b" * (700 if compress else 1100), b"c"]
+    assert c.send_run(sid, items, 10**6) == 1
+    assert c.send_item(sid, items[1])
+    deliver(c, s)
+    assert [p for p, _ in read_all(s, sid)] == [b"open", *items[:2]]
+
+
+def test_send_run_stops_at_the_stream_buffer_and_the_room() -> None:
+    c, s = connect()
+    sid = c.open_stream()
+    c.send_item(sid, b"open")
+    item = b"z" * 1000
+    assert c.send_run(sid, [item] * 10, 2500) == 3  # the one that crosses the room goes too
+    assert c.send_run(sid, [], 10**6) == 0
+    c._outbound.stream_buffer_size = len(c._outbound.streams[sid].writer) + 1
+    assert c.send_run(sid, [item] * 10, 10**6) == 1  # at least one, then the buffer is full
+    c.end_stream(sid)
+    with pytest.raises(StreamClosed):
+        c.send_item(sid, item)
+    assert c.send_run(sid, [item], 10**6) == 0  # closed: send_item raises, the run takes none
+
+
 def test_connection_window_credit_on_id_zero() -> None:
     c, s = connect(server=Settings(connection_window=4096))
     a, b = c.open_stream(), c.open_stream()

@@ -56,6 +56,8 @@ cdef class FrameWriter:
     cdef Py_ssize_t _held_cap
     cdef Py_ssize_t _held_len  # bytes in the held payloads
 
+    cdef Py_ssize_t _add(self, uint8_t t, uint8_t f, uint64_t i, object payload,
+                         const unsigned char *src, Py_ssize_t n) except -1
     cdef bytes _join(self)
     cdef int _grow_held(self) except -1
     cdef void _release_held(self) noexcept

@@ -23,7 +23,7 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from cpython.list cimport PyList_GET_SIZE
+from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
@@ -607,14 +607,56 @@ cdef class FrameWriter:
 
     def add(self, ftype, flags, fid, payload=b""):
         """Append one frame; return its size in bytes (header and payload)."""
-        cdef const unsigned char *src
-        cdef Py_ssize_t n
         cdef uint8_t t = 0, f = 0
         cdef uint64_t i = 0
-        cdef unsigned char *p
-        cdef _Held *h
+        cdef const unsigned char *src
+        cdef Py_ssize_t n
         keep = _payload(payload, &src, &n)
         _header_args(ftype, flags, fid, &t, &f, &i)
+        return self._add(t, f, i, payload, src, n)
+
+    def add_run(self, ftype, flags, fid, payloads, credit, Py_ssize_t max_len, Py_ssize_t charge,
+                Py_ssize_t stop_len):
+        """Append a frame ``(ftype, flags, fid, p)`` for each ``p`` of the list
+        ``payloads`` in order, while ``p`` has at most ``max_len`` bytes and its charge
+        (``len(p) + charge``) fits in what is left of ``credit``, until the message has
+        ``stop_len`` bytes or more (after one frame at least). Return ``(count,
+        charged)``: the frames added and the total of their charges."""
+        cdef uint8_t t = 0, f = 0
+        cdef uint64_t i = 0
+        cdef const unsigned char *src
+        cdef Py_ssize_t n, k, count = 0
+        cdef int64_t left, spent = 0
+        if not PyList_CheckExact(payloads):
+            raise TypeError("payloads must be a list")
+        if charge < 0 or charge > 0xFFFF:
+            raise ValueError("charge out of range")
+        _header_args(ftype, flags, fid, &t, &f, &i)
+        cdef int r = _i64(_index(credit), &left)
+        if r == 1:
+            left = INT64_MAX
+        elif r == 2:
+            left = INT64_MIN
+        k = 0
+        while k < PyList_GET_SIZE(payloads):  # (re-read: a payload's buffer may run code)
+            if self._buf.len + self._held_len >= stop_len and count:
+                break
+            payload = <object>PyList_GET_ITEM(payloads, k)
+            k += 1
+            keep = _payload(payload, &src, &n)
+            if n > max_len or n + charge > left - spent:  # (spent <= left once a frame went)
+                break
+            self._add(t, f, i, payload, src, n)
+            spent += n + charge
+            count += 1
+        return count, spent
+
+    cdef Py_ssize_t _add(self, uint8_t t, uint8_t f, uint64_t i, object payload,
+                         const unsigned char *src, Py_ssize_t n) except -1:
+        """Append one frame whose header arguments are checked (``src``/``n``: the
+        payload's bytes, kept alive by the caller)."""
+        cdef unsigned char *p
+        cdef _Held *h
         if <uint64_t>n > <uint64_t>_VMAX:
             raise ValueError("varint out of range")
         if n > PY_SSIZE_T_MAX - 18:
@@ -643,7 +685,6 @@ cdef class FrameWriter:
             size += n  # held, not in the buffer
         self._buf.len = p - self._buf.data
         self._count += 1
-        del keep
         return size
 
     def __len__(self):
@@ -1014,19 +1055,21 @@ cdef class StreamLedger:
         """Credit left: bytes that may still be sent on the stream."""
         return self._get(stream_id).window
 
-    def spend(self, stream_id, nbytes):
-        """Sender side: when the window holds ``nbytes`` of credit, spend them on one
-        item and return the credit left; else spend nothing and return -1 (a
-        ``window()`` check and ``sent()`` in one call)."""
+    def spend(self, stream_id, nbytes, Py_ssize_t items=1):
+        """Sender side: when the window holds ``nbytes`` of credit, spend them on
+        ``items`` frames and return the credit left; else spend nothing and return -1
+        (a ``window()`` check and ``sent()`` in one call)."""
         cdef int64_t v
         cdef bint big
+        if items < 0:
+            raise ValueError("negative count")
         cdef _Slot *s = self._sending(stream_id, nbytes, &v, &big)
         if big or v > s.window:
             return -1
         if v > INT64_MAX - s.bytes:
             raise OverflowError("stream counter overflow")
         s.bytes += v
-        s.items += 1
+        s.items += items
         s.window -= v
         return s.window
 

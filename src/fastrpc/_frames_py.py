@@ -339,6 +339,40 @@ class FrameWriter:
         self._count += 1
         return len(head) + len(view)
 
+    def add_run(
+        self,
+        ftype: int,
+        flags: int,
+        fid: int,
+        payloads: list[Buffer],
+        credit: int,
+        max_len: int,
+        charge: int,
+        stop_len: int,
+    ) -> tuple[int, int]:
+        """Append a frame ``(ftype, flags, fid, p)`` for each ``p`` of the list
+        ``payloads`` in order, while ``p`` has at most ``max_len`` bytes and its charge
+        (``len(p) + charge``) fits in what is left of ``credit``, until the message has
+        ``stop_len`` bytes or more (after one frame at least). Return ``(count,
+        charged)``: the frames added and the total of their charges."""
+        if type(payloads) is not list:
+            raise TypeError("payloads must be a list")
+        if not 0 <= charge <= 0xFFFF:
+            raise ValueError("charge out of range")
+        _check_header(ftype, flags, fid)
+        left = _index(credit)
+        count = spent = 0
+        for payload in payloads:
+            if count and len(self) >= stop_len:
+                break
+            n = len(memoryview(payload).cast("B"))
+            if n > max_len or n + charge > left - spent:
+                break
+            self.add(ftype, flags, fid, payload)
+            spent += n + charge
+            count += 1
+        return count, spent
+
     def __len__(self) -> int:
         return self._parts_len + len(self._buf)
 
@@ -466,17 +500,21 @@ class StreamLedger:
         entry[2] = window
         return window
 
-    def spend(self, stream_id: int, nbytes: int) -> int:
-        """Sender side: when the window holds ``nbytes`` of credit, spend them on one
-        item and return the credit left; else spend nothing and return -1 (a
-        ``window()`` check and ``sent()`` in one call)."""
+    def spend(self, stream_id: int, nbytes: int, items: int = 1) -> int:
+        """Sender side: when the window holds ``nbytes`` of credit, spend them on
+        ``items`` frames and return the credit left; else spend nothing and return -1
+        (a ``window()`` check and ``sent()`` in one call)."""
+        if items < 0:
+            raise ValueError("negative count")
         entry = self._get(stream_id)
         if nbytes < 0:
             raise ValueError("negative size")
         nbytes = _index(nbytes)
         if nbytes > entry[2]:
             return -1
-        return self.sent(stream_id, nbytes)
+        left = self.sent(stream_id, nbytes)
+        entry[1] += items - 1  # sent() counted one
+        return left
 
     def grant(self, stream_id: int, nbytes: int) -> int:
         """Sender side: the peer granted ``nbytes`` of credit; return the new window."""

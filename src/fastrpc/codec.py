@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import msgspec
@@ -111,6 +111,25 @@ class PayloadCodec:
         if t is Encoded:
             return value.payload(self), False
         return self._encode(value), False
+
+    def payloads(self, values: Sequence[Any]) -> list[bytes] | None:
+        """The payloads of ``values``, encoded (an :class:`Encoded` once for every
+        connection), for a run of frames with the same flags; None when one of them
+        is raw ``bytes`` (its frame carries another flag)."""
+        out: list[bytes] = []
+        wire_id = self.wire_id
+        for value in values:
+            t = type(value)
+            if t is Encoded:
+                p = value._payloads.get(wire_id)  # Encoded.payload, inline: every delivery
+                if p is None:
+                    p = value.payload(self)
+            elif t is bytes:
+                return None
+            else:
+                p = self._encode(value)
+            out.append(p)
+        return out
 
     def decode(self, payload: Payload, raw: bool) -> Any:
         """A payload back to its value (``raw``: the bytes themselves)."""

@@ -133,6 +133,45 @@ class OutboundStreams:
         s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
         return self.pump(s)
 
+    def send_run(self, stream_id: int, payloads: list[bytes], room: int) -> int:
+        """Queue encoded items (not raw) on an outgoing stream in one step, each whole
+        in one frame, while the credit takes them, until the stream's buffer is full
+        or ``room`` bytes are queued; return how many it took (the items of a topic
+        that one loop pass fans out to a subscriber).
+
+        It takes none on a stream that :meth:`send_item` would refuse, that is
+        fragmenting an item, or whose first frame is still to go (it carries
+        ``FLAG_OPEN``). It stops at an item past the peer's frame or item size or
+        the compression threshold, or past the credit left: :meth:`send_item` sends
+        that one (in pieces, compressed, or refused).
+        """
+        s = self.streams.get(stream_id)
+        if s is None or s.state != OUT_OPEN or s.tail is not None or s.flags:
+            return 0
+        flow = self.flow
+        limit = min(self.frame_limit, self.item_limit)
+        if self.compressor is not None:
+            limit = min(limit, self.compression_threshold - 1)
+        w = s.writer
+        before = len(w)
+        n, charged = w.add_run(
+            F.STREAM_DATA,
+            0,
+            stream_id,
+            payloads,
+            min(flow.ledger_out.window(stream_id), flow.conn_credit),
+            limit,
+            FRAME_CHARGE,
+            min(self.stream_buffer_size, before + room),
+        )
+        if n:
+            flow.ledger_out.spend(stream_id, charged, n)  # (add_run kept within the window)
+            flow.conn_credit -= charged
+            self.stream_bytes += len(w) - before
+            if not s.queued:
+                self.sched.queue(s)
+        return n
+
     def writable(self, stream_id: int) -> bool:
         """Whether the stream may take another item now (see :meth:`send_item`)."""
         s = self.streams.get(stream_id)

@@ -183,6 +183,12 @@ class Connection:
     send_item: Callable[..., bool]
     writable: Callable[[int], bool]
 
+    def send_run(self, stream_id: int, payloads: list[bytes], room: int) -> int:
+        """Queue a run of encoded items on an outgoing stream in one step, as far as
+        credit and buffers take them whole; return how many
+        (:meth:`OutboundStreams.send_run`; send the next with :meth:`send_item`)."""
+        return self._outbound.send_run(stream_id, payloads, room)
+
     # ------------------------------------------------------------------ state
 
     @property
