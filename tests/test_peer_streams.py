@@ -152,6 +152,26 @@ def test_get_nowait_takes_what_has_arrived_without_waiting() -> None:
     run(main())
 
 
+def test_get_many_nowait_takes_what_has_arrived_in_one_step() -> None:
+    async def main() -> None:
+        async with pair(stream_router()) as (_, peer):
+            s = peer.stream("ticks", 50)
+            assert s.get_many_nowait() == []  # not even called yet
+            got = [await s.__anext__()]  # sends the call, waits for the first item
+            await until(lambda: s.stats() is None or s.stats().items == 50, 5.0, "all 50 items")  # type: ignore[union-attr]
+            assert s.get_many_nowait(0) == []
+            got += s.get_many_nowait(10)
+            assert got == list(range(11))
+            while more := s.get_many_nowait():
+                got += more
+            assert got == list(range(50))
+            assert s.get_many_nowait() == []  # over: __anext__ says how
+            assert [x async for x in s] == []
+            assert s.closed and s.get_many_nowait() == []
+
+    run(main())
+
+
 def test_send_stream_with_id_from_a_call_items_held_before_claim() -> None:
     async def main() -> None:
         async with pair(stream_router()) as (_, peer):

@@ -1040,6 +1040,45 @@ def test_send_run_stops_at_the_stream_buffer_and_the_room() -> None:
     assert c.send_run(sid, [item], 10**6) == 0  # closed: send_item raises, the run takes none
 
 
+def test_read_items_takes_a_run_of_one_kind_as_read_item_would() -> None:
+    # Two receivers get the same message: one reads item by item, the other in runs.
+    # Same items, same credit granted back, same window growth, same memory held.
+    frames = [(F.STREAM_DATA, F.FLAG_OPEN, 1, b"p0")]
+    frames += [(F.STREAM_DATA, 0, 1, b"p%d" % i) for i in range(1, 40)]
+    frames += [(F.STREAM_DATA, FLAG_RAW, 1, b"r%d" % i) for i in range(20)]
+    frames += [(F.STREAM_DATA, F.FLAG_COMPRESSED, 1, zlib.compress(b"z" * 3000))]
+    frames += [(F.STREAM_DATA, 0, 1, b"q%d" % i) for i in range(5)]
+    msg = F.encode_batch(frames)
+    one, run = (server_after_hello(Settings(initial_stream_window=4096, compression=C.ZLIB)) for _ in range(2))
+    for s in (one, run):
+        s._algorithm = C.ZLIB  # as if negotiated: the frames above are hand-built
+        s.receive_message(msg)
+    items = read_all(one, 1)
+    got: list[tuple[bytes, bool]] = []
+    sizes = []
+    while True:
+        payloads, raw, _ = run.read_items(1, 16)
+        if not payloads:
+            item = run.read_item(1)  # the compressed one
+            if item is None:
+                break
+            got.append((bytes(item[0]), item[1]))
+            continue
+        sizes.append((len(payloads), raw))
+        got += [(bytes(p), raw) for p in payloads]
+    assert got == items and len(items) == 66
+    assert sizes == [(16, False), (16, False), (8, False), (16, True), (4, True), (5, False)]
+    ran, each = run.stream_stats(1, False), one.stream_stats(1, False)
+    assert ran[:2] == each[:2] and ran[3] == each[3] == 0  # bytes, items; nothing buffered
+    # Credit goes back in batches either way (a grant once a share of the window was
+    # read): the runs reach each threshold at another item, so windows differ by less
+    # than a batch; both sent CREDIT.
+    assert abs(ran[2] - each[2]) < 4096 // 4
+    assert [f[0] for f in frames_of(run.next_message())] == [f[0] for f in frames_of(one.next_message())]
+    assert run.stats()["memory"] == one.stats()["memory"] == 0
+    assert run.read_items(1, 16) == ([], False, 0) and run.read_items(99, 16) == ([], False, 0)
+
+
 def test_connection_window_credit_on_id_zero() -> None:
     c, s = connect(server=Settings(connection_window=4096))
     a, b = c.open_stream(), c.open_stream()

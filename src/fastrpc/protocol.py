@@ -544,6 +544,47 @@ class Connection:
             payload = self._inbound.inflate(s, payload, self._algorithm, self.settings.max_item_size, self.closed)
         return payload, kind & FLAG_RAW != 0, grant
 
+    def read_items(self, stream_id: int, limit: int) -> tuple[list[Payload], bool, int]:
+        """Up to ``limit`` items of an incoming stream in one step, ``(payloads, raw,
+        granted)``: the next item and those after it of the same kind (raw or plain;
+        a compressed one is :meth:`read_item`'s). Their memory is released and their
+        credit counted as consumed, as by :meth:`read_item` (credit goes back in
+        batches: ``granted`` > 0 queued a CREDIT). No payloads: nothing queued, or
+        the next item is compressed."""
+        s = self._inbound.streams.get(stream_id)
+        if s is None or not s.items or limit < 1:
+            return [], False, 0
+        items = s.items
+        kind = items[0][1]
+        if kind & _COMPRESSED:
+            return [], False, 0
+        out: list[Payload] = []
+        nbytes = charged = top = 0
+        for payload, k, charge in items:
+            if k != kind:
+                break
+            out.append(payload)
+            nbytes += len(payload)
+            charged += charge
+            if charge > top:
+                top = charge
+            if len(out) == limit:
+                break
+        n = len(out)
+        if n == len(items):
+            items.clear()
+        elif type(items) is list:
+            del items[:n]
+        else:
+            for _ in range(n):
+                items.popleft()  # type: ignore[union-attr]
+        self._budget.held -= nbytes
+        flow = self._flow
+        grant: int = flow.ledger_in.consumed(stream_id, charged)
+        if grant:
+            flow.granted(s, grant, top)
+        return out, kind == FLAG_RAW, grant
+
     def stream_end(self, stream_id: int) -> tuple[bool, BaseException | None]:
         """``(ended, error)`` of an incoming stream with no item left to read (``ended``
         False while more may come; a released stream counts as ended)."""

@@ -44,6 +44,7 @@ POLICIES = (BLOCK, DROP_OLDEST, LATEST, DISCONNECT)
 
 _ITEM, _START, _GAP, _LOST, _SLOW = range(5)
 _PASS_DELIVERIES = O.TOPIC_PASS_DELIVERIES
+_TAKE = 64  # a subscription takes (and decodes) at most this many events at once
 
 
 class Item:
@@ -578,6 +579,8 @@ class Subscription(AsyncIterator[Event]):
         self._stream: ReceiveStream[Any] | None = None
         self._stream_started: ReceiveStream[Any] | None = None  # its START came
         self._early: deque[Event] = deque()  # read by start() before the START
+        # Events a message brought, taken from the stream in one step, last first.
+        self._ready: list[Any] = []
         self._retries = 0  # resubscriptions since the last START
         self._done = False
 
@@ -613,36 +616,16 @@ class Subscription(AsyncIterator[Event]):
         while True:
             if self._done:
                 raise StopAsyncIteration
-            stream = self._stream
-            if stream is None:
-                stream = self._stream = self._open()
-            try:
-                # What the last message brought is taken without a coroutine an item.
-                ev = stream.get_nowait(None)
+            # What the last message brought is taken in one step (up to _TAKE
+            # events), then handed out without a coroutine an item; taken events go
+            # out before a resubscription (it starts after the last one handed out).
+            ready = self._ready
+            if ready:
+                ev = ready.pop()
+            else:
+                ev = await self._take()
                 if ev is None:
-                    ev = await stream.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                raise
-            except ConnectionClosed:
-                self._stream = None
-                if self._peer.closed:
-                    self._done = True
-                    raise
-                # The session was not resumed but the connection lives on: the
-                # topic's history fills what the lost stream would have carried.
-                # Again at once the first time, then with a growing pause (a
-                # connection still being re-established fails the call at once).
-                if self._retries:
-                    await asyncio.sleep(min(0.01 * 2**self._retries, 1.0))
-                self._retries += 1
-                self.resubscribed += 1
-                continue
-            except RemoteStreamError as exc:
-                self._done = True
-                if exc.type_name == "ValueError":
-                    raise ValueError(exc.message) from None
-                raise
+                    continue
             kind = ev[0]
             if kind == _ITEM:
                 self.offset = ev[1]
@@ -663,7 +646,45 @@ class Subscription(AsyncIterator[Event]):
                 self._close()
                 raise SlowSubscriber(self.topic, self.position, ev[1])
 
+    async def _take(self) -> list[Any] | None:
+        """The next event off the stream (the rest of what arrived with it into
+        ``_ready``), or None after a resubscription."""
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = self._open()
+        try:
+            ready = stream.get_many_nowait(_TAKE)
+            if ready:
+                ready.reverse()
+                ev = ready.pop()
+                self._ready = ready
+                return ev  # type: ignore[no-any-return]
+            return await stream.__anext__()  # type: ignore[no-any-return]
+        except StopAsyncIteration:
+            self._done = True
+            raise
+        except ConnectionClosed:
+            self._stream = None
+            if self._peer.closed:
+                self._done = True
+                raise
+            # The session was not resumed but the connection lives on: the
+            # topic's history fills what the lost stream would have carried.
+            # Again at once the first time, then with a growing pause (a
+            # connection still being re-established fails the call at once).
+            if self._retries:
+                await asyncio.sleep(min(0.01 * 2**self._retries, 1.0))
+            self._retries += 1
+            self.resubscribed += 1
+            return None
+        except RemoteStreamError as exc:
+            self._done = True
+            if exc.type_name == "ValueError":
+                raise ValueError(exc.message) from None
+            raise
+
     def _close(self) -> None:
+        self._ready = []
         self._done = True
         if self._stream is not None:
             self._stream.close()
