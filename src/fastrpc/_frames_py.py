@@ -10,7 +10,7 @@ from __future__ import annotations
 import re as _re
 from collections.abc import Iterable, Sequence
 from operator import index as _index
-from typing import Any, Union
+from typing import Any as _Any, Union
 
 from .exceptions import ErrorCode, ProtocolError
 
@@ -344,7 +344,7 @@ class FrameWriter:
         ftype: int,
         flags: int,
         fid: int,
-        payloads: list[Any],  # buffers (Any: a list of bytes is not a list[Buffer])
+        payloads: list[_Any],  # buffers (a list of bytes is not a list[Buffer])
         credit: int,
         max_len: int,
         charge: int,
