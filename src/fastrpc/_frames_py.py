@@ -10,7 +10,8 @@ from __future__ import annotations
 import re as _re
 from collections.abc import Iterable, Sequence
 from operator import index as _index
-from typing import Any as _Any, Union
+from typing import Any as _Any
+from typing import Union
 
 from .exceptions import ErrorCode, ProtocolError
 
