@@ -11,6 +11,7 @@ import pathlib
 import pickle
 import random
 import sys
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -821,6 +822,47 @@ def _take_reference(frames: list[Any], start: int, extra: int, mask: int) -> tup
         end += 1
     items = [(bytes(f.payload), f.flags & mask, len(f.payload) + extra) for f in frames[start:end]]
     return items, (end, sum(c for _, _, c in items), sum(len(p) for p, _, _ in items))
+
+
+@pytest.mark.parametrize("queue", [list, deque])
+def test_take_run_takes_the_front_run_of_one_kind(codec: ModuleType, queue: type) -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        entries = [
+            (b"p" * rng.randrange(40), kind, rng.randrange(32, 100))
+            for kind in rng.choices((0, 0, 0, 0x40, 0x80, 0xC0), k=rng.randrange(0, 40))
+        ]
+        limit, refuse = rng.choice((0, 1, 5, 64, 1000)), rng.choice((0, 0x80))
+        items = queue(entries)
+        got = codec.take_run(items, limit, refuse)
+        # The reference: the front entries of the first one's kind, up to the limit.
+        run: list[Any] = []
+        for entry in entries[: max(limit, 0)]:
+            if (not run and entry[1] & refuse) or (run and entry[1] != run[0][1]):
+                break
+            run.append(entry)
+        if not run:
+            assert got == ([], 0, 0, 0, 0)
+        else:
+            assert got == (
+                [p for p, _, _ in run],
+                run[0][1],
+                sum(len(p) for p, _, _ in run),
+                sum(c for _, _, c in run),
+                max(c for _, _, c in run),
+            )
+        assert list(items) == entries[len(run) :] and type(items) is queue
+
+
+def test_take_run_checks_the_entries(codec: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        codec.take_run([[b"x", 0, 33]], 10, 0)  # not a tuple
+    with pytest.raises(ValueError, match="payload, kind, charge"):
+        codec.take_run([(b"x", 0)], 10, 0)
+    items = [(b"x", 0, 33), (b"y", 0, 33), (b"z", 0)]
+    with pytest.raises(ValueError):
+        codec.take_run(items, 10, 0)
+    assert len(items) == 3  # nothing taken
 
 
 def test_take_items_takes_one_streams_run(codec: ModuleType) -> None:

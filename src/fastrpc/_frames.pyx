@@ -24,6 +24,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
@@ -585,6 +586,58 @@ def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind
         items.append((payload, kind, k + extra))
         end += 1
     return end, size + (end - start) * extra, size
+
+
+def take_run(items, Py_ssize_t limit, long refuse):
+    """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
+    kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
+    entries after it of the same kind, at most ``limit``; none when the first one's
+    kind has a bit of ``refuse``. Return ``(payloads, kind, size, charge, largest)``:
+    the payloads in order, their kind, the sum of their lengths and of their charges,
+    and the largest charge."""
+    cdef Py_ssize_t n = 0, total, size = 0, charge = 0, top = 0, c
+    cdef long kind = 0, k
+    cdef list out = []
+    cdef tuple entry
+    if limit < 1 or not items:
+        return out, 0, 0, 0, 0
+    total = len(items)
+    for e in items:
+        entry = <tuple?>e
+        if PyTuple_GET_SIZE(entry) != 3:
+            raise ValueError("a queue entry is (payload, kind, charge)")
+        k = entry[1]
+        if n == 0:
+            if k & refuse:
+                break
+            kind = k
+        elif k != kind:
+            break
+        payload = entry[0]
+        c = entry[2]
+        out.append(payload)
+        size += len(payload)
+        charge += c
+        if c > top:
+            top = c
+        n += 1
+        if n == limit:
+            break
+    if n == 0:
+        return out, 0, 0, 0, 0
+    if n == total:
+        items.clear()
+    elif PyList_CheckExact(items):
+        del items[:n]
+    elif total - n < n:
+        rest = list(items)[n:]  # a deque, mostly taken: rebuilt from what is left
+        items.clear()
+        items.extend(rest)
+    else:
+        popleft = items.popleft
+        for _ in range(n):
+            popleft()
+    return out, kind, size, charge, top
 
 
 cdef class FrameWriter:

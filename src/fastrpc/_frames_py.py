@@ -312,6 +312,52 @@ def take_items(
     return end, size + (end - start) * extra, size
 
 
+def take_run(items: _Any, limit: int, refuse: int) -> tuple[list[Buffer], int, int, int, int]:
+    """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
+    kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
+    entries after it of the same kind, at most ``limit``; none when the first one's
+    kind has a bit of ``refuse``. Return ``(payloads, kind, size, charge, largest)``:
+    the payloads in order, their kind, the sum of their lengths and of their charges,
+    and the largest charge."""
+    out: list[Buffer] = []
+    if limit < 1 or not items:
+        return out, 0, 0, 0, 0
+    kind = size = charge = top = 0
+    for entry in items:
+        if type(entry) is not tuple:
+            raise TypeError("a queue entry is a tuple")
+        if len(entry) != 3:
+            raise ValueError("a queue entry is (payload, kind, charge)")
+        payload, k, c = entry
+        if not out:
+            if k & refuse:
+                break
+            kind = k
+        elif k != kind:
+            break
+        out.append(payload)
+        size += len(payload)
+        charge += c
+        top = max(top, c)
+        if len(out) == limit:
+            break
+    n = len(out)
+    if n == 0:
+        return out, 0, 0, 0, 0
+    if n == len(items):
+        items.clear()
+    elif type(items) is list:
+        del items[:n]
+    elif len(items) - n < n:
+        rest = list(items)[n:]  # a deque, mostly taken: rebuilt from what is left
+        items.clear()
+        items.extend(rest)
+    else:
+        for _ in range(n):
+            items.popleft()
+    return out, kind, size, charge, top
+
+
 class FrameWriter:
     """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
 

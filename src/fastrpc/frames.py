@@ -70,6 +70,7 @@ encode_settings = _codec.encode_settings
 encode_varint = _codec.encode_varint
 payload_cost = _codec.payload_cost
 take_items = _codec.take_items
+take_run = _codec.take_run
 varint_size = _codec.varint_size
 
 __all__ = [
@@ -119,5 +120,6 @@ __all__ = [
     "encode_varint",
     "payload_cost",
     "take_items",
+    "take_run",
     "varint_size",
 ]

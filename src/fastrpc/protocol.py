@@ -89,6 +89,7 @@ _STREAM_DATA, _CREDIT, _REQUEST, _RESPONSE = F.STREAM_DATA, F.CREDIT, F.REQUEST,
 _MAX_FRAMES = F.MAX_FRAMES
 _decode_message = F.decode_message
 _take_items = F.take_items
+_take_run = F.take_run
 _KIND = FLAG_RAW | F.FLAG_COMPRESSED  # the flags an item keeps
 
 
@@ -552,32 +553,11 @@ class Connection:
         batches: ``granted`` > 0 queued a CREDIT). No payloads: nothing queued, or
         the next item is compressed."""
         s = self._inbound.streams.get(stream_id)
-        if s is None or not s.items or limit < 1:
+        if s is None:
             return [], False, 0
-        items = s.items
-        kind = items[0][1]
-        if kind & _COMPRESSED:
-            return [], False, 0
-        out: list[Payload] = []
-        nbytes = charged = top = 0
-        for payload, k, charge in items:
-            if k != kind:
-                break
-            out.append(payload)
-            nbytes += len(payload)
-            charged += charge
-            if charge > top:
-                top = charge
-            if len(out) == limit:
-                break
-        n = len(out)
-        if n == len(items):
-            items.clear()
-        elif type(items) is list:
-            del items[:n]
-        else:
-            for _ in range(n):
-                items.popleft()  # type: ignore[union-attr]
+        out, kind, nbytes, charged, top = _take_run(s.items, limit, _COMPRESSED)
+        if not out:
+            return out, False, 0
         self._budget.held -= nbytes
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charged)
