@@ -162,7 +162,7 @@ class StreamStats:
 
 
 _RAISE: Any = object()  # get_nowait() without a default
-_NOTHING: Any = object()
+_NOTHING: Any = object()  # get_many_nowait(): get_nowait() found none
 
 
 class ReceiveStream(AsyncIterator[T], Generic[T]):

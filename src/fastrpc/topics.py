@@ -616,9 +616,9 @@ class Subscription(AsyncIterator[Event]):
         while True:
             if self._done:
                 raise StopAsyncIteration
-            # What the last message brought is taken in one step (up to _TAKE
-            # events), then handed out without a coroutine an item; taken events go
-            # out before a resubscription (it starts after the last one handed out).
+            # What the last message brought is taken off the stream in one step (up
+            # to _TAKE events) and handed out from here; taken events go out before
+            # a resubscription (which starts after the last one handed out).
             ready = self._ready
             if ready:
                 ev = ready.pop()
