@@ -239,9 +239,9 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
     def get_many_nowait(self, limit: int = 64) -> list[T]:
         """Up to ``limit`` items that have arrived, in order, without waiting (an empty
         list when none has, or the stream is over: ``await`` :meth:`__anext__` to wait,
-        or to see how it ended). The same items, credit and memory as ``limit`` calls
-        of :meth:`get_nowait`, in one step: for a consumer that drains what a message
-        brought."""
+        or to see how it ended). Each item taken counts as read, as with
+        :meth:`get_nowait` (its memory released, its credit going back to the
+        sender), in one step: for a consumer that drains what a message brought."""
         if not self._arrived or limit < 1:
             return []
         link = self._link
