@@ -710,11 +710,14 @@ class StreamManager:
             # The run of whole frames that credit and buffers take, in one step: a
             # topic's pass to each of its subscribers.
             n = core.send_run(sid, payloads, room)
-            room = self.max_buffered_amount - self.buffered_amount
-            if n == len(items) or room < 0 or not core.writable(sid):
-                items = ()  # all taken, or full: the sender loop takes the rest
+            if n == len(items):
+                items = ()
             else:
-                items = items[n:]  # the next one goes in pieces, compressed or refused
+                room = self.max_buffered_amount - self.buffered_amount
+                if room < 0 or not core.writable(sid):
+                    items = ()  # full: the sender loop takes the rest
+                else:
+                    items = items[n:]  # the next one goes in pieces, compressed or refused
         if items:
             encode = link.codec.encode
             send = core.send_item
