@@ -658,14 +658,25 @@ class Connection:
         count = len(frames)
         if count > 1 and frames[0].type == _STREAM_DATA:
             # A message of stream items: runs of one stream's items go in one step
-            # (_on_items). Messages that start otherwise (calls, answers, credit) take
-            # the loop below alone, which does not pay for an index.
+            # (_on_items), and so do the runs after a stream's END or other frames in
+            # it. Messages that start otherwise (calls, answers, credit) take the plain
+            # loop alone, which does not pay for an index.
             i = 0
-            while i < count and frames[i].type == _STREAM_DATA:
-                i = self._on_items(frames, i, events)
-            if i == count:
-                return events
-            frames = frames[i:]
+            while i < count:
+                if frames[i].type == _STREAM_DATA:
+                    i = self._on_items(frames, i, events)
+                    continue
+                j = i + 1
+                while j < count and frames[j].type != _STREAM_DATA:
+                    j += 1
+                self._on_frames(frames[i:j], events)
+                i = j
+            return events
+        self._on_frames(frames, events)
+        return events
+
+    def _on_frames(self, frames: list[F.Frame], events: list[Event]) -> None:
+        """Frames of a message after the handshake, one by one, in order."""
         for f in frames:
             t = f.type
             if t == _STREAM_DATA:
@@ -720,7 +731,6 @@ class Connection:
                 raise ProtocolError("RESUME was not negotiated")
             else:
                 raise ProtocolError(f"unknown frame type 0x{t:02x}")
-        return events
 
     def _on_hello(self, f: F.Frame, events: list[Event]) -> None:
         peer = Settings.from_wire(f.payload)
