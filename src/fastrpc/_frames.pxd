@@ -4,7 +4,7 @@
 # the C side only: the structs and the cdef classes' fields and cdef methods.
 
 from cpython.ref cimport PyObject
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef struct _Buf:
@@ -30,7 +30,7 @@ cdef struct _Item:
 
 
 cdef struct _Slot:
-    # One slot of StreamLedger's open-addressing table (64 bytes: one cache line).
+    # One open stream's counters in StreamLedger (56 bytes, kept dense).
     uint64_t id
     int64_t bytes        # payload bytes sent or received
     int64_t items        # frames sent or received
@@ -38,7 +38,6 @@ cdef struct _Slot:
     int64_t buffered     # received, not consumed yet
     int64_t unacked      # consumed, not granted back yet
     int64_t window_size  # the window the credit is measured against
-    uint8_t used
 
 
 cdef class Frame:
@@ -64,16 +63,20 @@ cdef class FrameWriter:
 
 
 cdef class StreamLedger:
-    cdef _Slot *_slots
-    cdef Py_ssize_t _mask      # capacity - 1 (capacity is a power of two)
-    cdef int _bits             # log2(capacity)
+    cdef _Slot *_slots         # the open streams' counters, dense: _slots[0:_count]
+    cdef Py_ssize_t _cap       # room in _slots
+    cdef uint32_t *_index      # open-addressing table: 1 + a position in _slots, 0 free
+    cdef Py_ssize_t _mask      # table size - 1 (the size is a power of two)
+    cdef int _bits             # log2(table size)
     cdef Py_ssize_t _count
     cdef int64_t _initial_window
     cdef int64_t _divisor      # grant_divisor, capped at 2**62 (same results)
 
     cdef int _key(self, object stream_id, uint64_t *key) except -1
+    cdef Py_ssize_t _probe(self, uint64_t key) noexcept
     cdef Py_ssize_t _find(self, uint64_t key) noexcept
     cdef _Slot *_get(self, object stream_id) except NULL
     cdef _Slot *_sending(self, object stream_id, object nbytes, int64_t *v, bint *big) except NULL
     cdef int _rehash(self, int bits) except -1
+    cdef int _resize(self, Py_ssize_t cap) except -1
     cdef void _delete(self, Py_ssize_t i) noexcept

@@ -29,7 +29,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_Fro
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from operator import index as _index
@@ -876,18 +876,23 @@ cdef class StreamLedger:
     For each open stream: bytes and items counted, the flow-control window (credit
     the sender may still use; on the receiving side, what the peer may still send),
     the bytes buffered and not yet consumed, and consumed bytes not yet granted back.
-    Lookup by id is O(1): an open-addressing table of C structs (linear probing,
-    backward-shift deletion). Counters are signed 64-bit: an update that would leave
-    that range raises OverflowError and changes nothing (as in the pure twin).
-    ``ids()`` is in table order, which differs from the pure twin's.
+    Lookup by id is O(1): the counters are C structs kept dense (56 bytes a stream),
+    found through an open-addressing table of 4-byte positions (linear probing,
+    backward-shift deletion); a sparse table of whole structs cost up to 170 bytes a
+    stream. Counters are signed 64-bit: an update that would leave that range raises
+    OverflowError and changes nothing (as in the pure twin). ``ids()`` is in the
+    order of the structs, which differs from the pure twin's.
     """
 
     def __cinit__(self, *args, **kwargs):
         self._slots = NULL
+        self._index = NULL
+        self._resize(1 << _MIN_BITS)
         self._rehash(_MIN_BITS)
 
     def __dealloc__(self):
         PyMem_Free(self._slots)
+        PyMem_Free(self._index)
 
     def __init__(self, initial_window, grant_divisor=4):
         cdef int64_t w, d
@@ -908,7 +913,7 @@ cdef class StreamLedger:
         # A divisor above 2**62 gives the same grants as 2**62 (windows are < 2**62).
         self._divisor = _DIVISOR_CAP if r == 1 or d > _DIVISOR_CAP else d
         if self._count:  # __init__ again: start empty, as the pure one
-            memset(self._slots, 0, <size_t>(self._mask + 1) * sizeof(_Slot))
+            memset(self._index, 0, <size_t>(self._mask + 1) * sizeof(uint32_t))
             self._count = 0
 
     @property
@@ -949,12 +954,26 @@ cdef class StreamLedger:
             return 0
         return self._key(as_int, key)
 
-    cdef Py_ssize_t _find(self, uint64_t key) noexcept:
+    cdef Py_ssize_t _probe(self, uint64_t key) noexcept:
+        """The table position that points at ``key``'s struct, or -1."""
         cdef Py_ssize_t i = _home(key, self._bits)
-        while self._slots[i].used:
-            if self._slots[i].id == key:
+        cdef uint32_t k = self._index[i]
+        while k:
+            if self._slots[k - 1].id == key:
                 return i
             i = (i + 1) & self._mask
+            k = self._index[i]
+        return -1
+
+    cdef Py_ssize_t _find(self, uint64_t key) noexcept:
+        """The position of ``key``'s struct in ``_slots``, or -1."""
+        cdef Py_ssize_t i = _home(key, self._bits)
+        cdef uint32_t k = self._index[i]
+        while k:
+            if self._slots[k - 1].id == key:
+                return k - 1
+            i = (i + 1) & self._mask
+            k = self._index[i]
         return -1
 
     cdef _Slot *_get(self, object stream_id) except NULL:
@@ -983,40 +1002,52 @@ cdef class StreamLedger:
         return s
 
     cdef int _rehash(self, int bits) except -1:
-        cdef _Slot *old = self._slots
-        cdef Py_ssize_t old_cap = self._mask + 1 if old != NULL else 0
+        """A table of ``2**bits`` positions, built from the structs."""
         cdef Py_ssize_t j, i, mask = ((<Py_ssize_t>1) << bits) - 1
-        cdef _Slot *slots = <_Slot *>PyMem_Calloc(<size_t>(mask + 1), sizeof(_Slot))
-        if slots == NULL:
+        cdef uint32_t *index = <uint32_t *>PyMem_Calloc(<size_t>(mask + 1), sizeof(uint32_t))
+        if index == NULL:
             raise MemoryError()
-        if self._count:
-            for j in range(old_cap):
-                if old[j].used:
-                    i = _home(old[j].id, bits)
-                    while slots[i].used:
-                        i = (i + 1) & mask
-                    slots[i] = old[j]
-        self._slots = slots
+        for j in range(self._count):
+            i = _home(self._slots[j].id, bits)
+            while index[i]:
+                i = (i + 1) & mask
+            index[i] = <uint32_t>(j + 1)
+        PyMem_Free(self._index)
+        self._index = index
         self._mask = mask
         self._bits = bits
-        PyMem_Free(old)
+        return 0
+
+    cdef int _resize(self, Py_ssize_t cap) except -1:
+        """Room for ``cap`` structs (``cap >= _count``)."""
+        cdef _Slot *slots = <_Slot *>PyMem_Realloc(self._slots, <size_t>cap * sizeof(_Slot))
+        if slots == NULL:
+            raise MemoryError()
+        self._slots = slots
+        self._cap = cap
         return 0
 
     cdef void _delete(self, Py_ssize_t i) noexcept:
+        """Forget the stream at table position ``i``."""
+        cdef uint32_t *index = self._index
+        cdef Py_ssize_t mask = self._mask, j = i, home, gone = index[i] - 1, last
         # Backward-shift deletion: pull later entries of the probe run into the hole
         # unless their home slot lies cyclically in (hole, entry].
-        cdef _Slot *slots = self._slots
-        cdef Py_ssize_t mask = self._mask, j = i, home
         while True:
             j = (j + 1) & mask
-            if not slots[j].used:
+            if not index[j]:
                 break
-            home = _home(slots[j].id, self._bits)
+            home = _home(self._slots[index[j] - 1].id, self._bits)
             if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
-                slots[i] = slots[j]
+                index[i] = index[j]
                 i = j
-        slots[i].used = 0
-        self._count -= 1
+        index[i] = 0
+        # Keep the structs dense: the last one moves into the hole.
+        last = self._count - 1
+        if gone != last:
+            self._slots[gone] = self._slots[last]
+            index[self._probe(self._slots[gone].id)] = <uint32_t>(gone + 1)
+        self._count = last
 
     # -- the API --------------------------------------------------------------------
 
@@ -1055,12 +1086,17 @@ cdef class StreamLedger:
         # Python code may have run above (non-int arguments): look again.
         if self._find(key) >= 0:
             raise KeyError(stream_id)
+        if self._count == self._cap:
+            if self._cap > 0x3FFFFFFF:  # positions are 32-bit
+                raise MemoryError("a StreamLedger holds at most 2**31 streams")
+            self._resize(self._cap * 2)
         if (self._count + 1) * 4 > (self._mask + 1) * 3:
             self._rehash(self._bits + 1)  # load above 3/4: double
         i = _home(key, self._bits)
-        while self._slots[i].used:
+        while self._index[i]:
             i = (i + 1) & self._mask
-        s = &self._slots[i]
+        self._index[i] = <uint32_t>(self._count + 1)
+        s = &self._slots[self._count]
         s.id = key
         s.bytes = 0
         s.items = 0
@@ -1068,7 +1104,6 @@ cdef class StreamLedger:
         s.buffered = 0
         s.unacked = 0
         s.window_size = w
-        s.used = 1
         self._count += 1
 
     def close(self, stream_id):
@@ -1077,15 +1112,17 @@ cdef class StreamLedger:
         cdef Py_ssize_t i
         if not self._key(stream_id, &key):
             return
-        i = self._find(key)
+        i = self._probe(key)
         if i < 0:
             return
         self._delete(i)
-        if self._bits > _MIN_BITS and self._count * 8 < self._mask + 1:
-            try:
-                self._rehash(self._bits - 1)  # load under 1/8: halve (best effort)
-            except MemoryError:
-                pass
+        try:  # give back room (best effort): under 1/8 full, halve
+            if self._bits > _MIN_BITS and self._count * 8 < self._mask + 1:
+                self._rehash(self._bits - 1)
+            if self._cap > (1 << _MIN_BITS) and self._count * 8 < self._cap:
+                self._resize(self._cap // 2)
+        except MemoryError:
+            pass
 
     def __contains__(self, stream_id):
         cdef uint64_t key
@@ -1095,13 +1132,12 @@ cdef class StreamLedger:
         return self._count
 
     def ids(self):
-        """Ids of the open streams, in no particular order (table order: not the pure
-        twin's order, compare sorted)."""
+        """Ids of the open streams, in no particular order (not the pure twin's order:
+        compare sorted)."""
         cdef list out = []
         cdef Py_ssize_t j
-        for j in range(self._mask + 1):
-            if self._slots[j].used:
-                out.append(PyLong_FromUnsignedLongLong(self._slots[j].id))
+        for j in range(self._count):
+            out.append(PyLong_FromUnsignedLongLong(self._slots[j].id))
         return out
 
     def window(self, stream_id):
