@@ -511,3 +511,26 @@ def test_no_item_overtakes_the_one_its_sender_holds(monkeypatch: pytest.MonkeyPa
                     await sub.aclose()
 
     run(main(), timeout=20)
+
+
+def test_item_and_gap_are_plain_records() -> None:
+    """Item and Gap (msgspec Structs, made in C per delivery) keep the behaviour of
+    plain classes: positional and keyword construction, repr, identity equality and
+    hashing, writable fields, no other attributes, pickling."""
+    import pickle
+
+    item = Item("e1", 7, {"n": 1})
+    same = Item(epoch="e1", offset=7, value={"n": 1})
+    assert (item.epoch, item.offset, item.value) == ("e1", 7, {"n": 1})
+    assert repr(item) == "Item('e1', 7, {'n': 1})"
+    assert item != same and item == item and len({item, same}) == 2
+    item.offset = 8
+    assert item.offset == 8
+    with pytest.raises(AttributeError):
+        item.other = 1  # type: ignore[attr-defined]
+    back = pickle.loads(pickle.dumps(item))
+    assert (back.epoch, back.offset, back.value) == ("e1", 8, {"n": 1})
+    gap = Gap("e1", 3, 10, 12)
+    assert repr(gap) == "Gap('e1', count=3, 10..12)"
+    assert (gap.epoch, gap.count, gap.first, gap.last) == ("e1", 3, 10, 12)
+    assert gap != Gap("e1", 3, 10, 12) and hash(gap) == hash(gap)

@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, Union
 
+import msgspec
+
 from . import options as O
 from .broker import Broker, History, MemoryBroker
 from .codec import Encoded
@@ -47,31 +49,28 @@ _PASS_DELIVERIES = O.TOPIC_PASS_DELIVERIES
 _TAKE = 64  # a subscription takes (and decodes) at most this many events at once
 
 
-class Item:
-    """One item of a topic: ``value`` at ``(epoch, offset)``."""
+class Item(msgspec.Struct, eq=False):
+    """One item of a topic: ``value`` at ``(epoch, offset)``.
 
-    __slots__ = ("epoch", "offset", "value")
+    A :class:`msgspec.Struct` (made in C: a subscriber makes one per item, ~35 ns
+    against ~100 for a plain class); compared and hashed by identity."""
 
-    def __init__(self, epoch: str, offset: int, value: Any) -> None:
-        self.epoch = epoch
-        self.offset = offset
-        self.value = value
+    epoch: str
+    offset: int
+    value: Any
 
     def __repr__(self) -> str:
         return f"Item({self.epoch!r}, {self.offset}, {self.value!r})"
 
 
-class Gap:
+class Gap(msgspec.Struct, eq=False):
     """A ``drop_oldest`` subscription fell behind: ``count`` items (offsets ``first``
     to ``last`` of ``epoch``) were dropped before the next item."""
 
-    __slots__ = ("count", "epoch", "first", "last")
-
-    def __init__(self, epoch: str, count: int, first: int, last: int) -> None:
-        self.epoch = epoch
-        self.count = count
-        self.first = first
-        self.last = last
+    epoch: str
+    count: int
+    first: int
+    last: int
 
     def __repr__(self) -> str:
         return f"Gap({self.epoch!r}, count={self.count}, {self.first}..{self.last})"
