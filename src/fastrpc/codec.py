@@ -82,9 +82,11 @@ def _hooked(enc_hook: EncHook | None) -> EncHook:
 class PayloadCodec:
     """Encodes values to payload bytes and back; raw ``bytes`` pass through.
 
-    ``enc_hook`` / ``dec_hook``: msgspec's hooks for custom types (None: none)."""
+    ``enc_hook`` / ``dec_hook``: msgspec's hooks for custom types (None: none).
+    ``decode_value(payload)``: an encoded payload back to its value, untyped (the
+    decoder's own function: no Python frame per item)."""
 
-    __slots__ = ("_decode", "_encode", "_typed", "dec_hook", "enc_hook", "name", "wire_id")
+    __slots__ = ("_decode", "_encode", "_typed", "dec_hook", "decode_value", "enc_hook", "name", "wire_id")
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class PayloadCodec:
         self.wire_id = wire_id
         self._encode = encode
         self._decode = decode
+        self.decode_value: Callable[[Payload], Any] = decode
         self.enc_hook = enc_hook
         self.dec_hook = dec_hook
         self._typed: dict[Any, Callable[[Any], Any]] = {}  # type -> its decoder's decode
@@ -140,10 +143,6 @@ class PayloadCodec:
     def encode_value(self, value: Any) -> bytes:
         """``value`` encoded (never raw)."""
         return self._encode(value)
-
-    def decode_value(self, payload: Payload) -> Any:
-        """An encoded payload back to its value, untyped."""
-        return self._decode(payload)
 
     def typed_decoder(self, type_: Any) -> Callable[[Payload], Any]:
         """A decode function that gives ``type_`` (validated; :class:`msgspec.ValidationError`

@@ -251,10 +251,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         if not payloads:
             item = self.get_nowait(_NOTHING)  # a compressed item, or none
             return [] if item is _NOTHING else [item]
-        decode = link.decoder.decode
         if raw:
+            decode = link.decoder.decode
             return [p if type(p) is bytes else decode(p, True) for p in payloads]  # type: ignore[misc]
-        return [decode(p, False) for p in payloads]
+        return list(map(link.decoder.decode_value, payloads))
 
     async def __anext__(self) -> T:
         link = self._link
