@@ -687,8 +687,8 @@ class StreamManager:
 
     def send_now(self, sid: int, items: Sequence[Any]) -> int:
         """Queue ``items``, in order, on outgoing stream ``sid`` as far as it takes
-        them without waiting, to leave with the rest of this loop pass (one flush);
-        return how many it took. It stops at the first it cannot take: no credit or
+        them without waiting, and send them at once (with whatever else the
+        connection has queued); return how many it took. It stops at the first it cannot take: no credit or
         stream buffer room, the connection's buffer past ``max_buffered_amount`` or
         other senders waiting for it to drain, the stream closed, an item too large.
         The caller sends the rest the usual way (through its sender loop).
@@ -733,7 +733,11 @@ class StreamManager:
                 pass  # the sender loop finds out on the item's way through it
         self._room = 0  # what went out here did not draw on it: look again
         if n:
-            link.host.flush()
+            # At once: a topic's pass calls this once per subscriber with all it has
+            # for it, and writing each connection as its turn comes lets the first
+            # subscribers read while the pass goes on (at the end of the pass, the
+            # first write waited for the last subscriber's turn).
+            link.host.flush_now()
         return n
 
     async def _wait_writable(self, sid: int) -> None:
