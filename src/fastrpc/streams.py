@@ -688,9 +688,10 @@ class StreamManager:
     def send_now(self, sid: int, items: Sequence[Any]) -> int:
         """Queue ``items``, in order, on outgoing stream ``sid`` as far as it takes
         them without waiting, and send them at once (with whatever else the
-        connection has queued); return how many it took. It stops at the first it cannot take: no credit or
-        stream buffer room, the connection's buffer past ``max_buffered_amount`` or
-        other senders waiting for it to drain, the stream closed, an item too large.
+        connection has queued); return how many it took. It stops at the first it
+        cannot take: no credit or stream buffer room, the connection's buffer past
+        ``max_buffered_amount`` or other senders waiting for it to drain, the stream
+        closed, an item too large.
         The caller sends the rest the usual way (through its sender loop).
 
         Only for a source bound to its stream (see :meth:`run_sender`), and only
