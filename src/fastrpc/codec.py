@@ -86,7 +86,7 @@ class PayloadCodec:
     ``decode_value(payload)``: an encoded payload back to its value, untyped (the
     decoder's own function: no Python frame per item)."""
 
-    __slots__ = ("_decode", "_encode", "_typed", "dec_hook", "decode_value", "enc_hook", "name", "wire_id")
+    __slots__ = ("_encode", "_typed", "dec_hook", "decode_value", "enc_hook", "name", "wire_id")
 
     def __init__(
         self,
@@ -100,7 +100,6 @@ class PayloadCodec:
         self.name = name
         self.wire_id = wire_id
         self._encode = encode
-        self._decode = decode
         self.decode_value: Callable[[Payload], Any] = decode
         self.enc_hook = enc_hook
         self.dec_hook = dec_hook
@@ -138,7 +137,7 @@ class PayloadCodec:
         """A payload back to its value (``raw``: the bytes themselves)."""
         if raw:
             return payload if type(payload) is bytes else bytes(payload)
-        return self._decode(payload)
+        return self.decode_value(payload)
 
     def encode_value(self, value: Any) -> bytes:
         """``value`` encoded (never raw)."""
