@@ -702,8 +702,8 @@ class StreamManager:
         if link.closed or self._closed is not None or self._drain_waiters:
             return 0
         core = link.core
-        room = self.max_buffered_amount - self.buffered_amount
-        if room < 0 or not core.writable(sid):
+        room = self._send_room(sid)
+        if room < 0:
             return 0
         n = 0
         payloads = link.codec.payloads(items)
@@ -714,11 +714,10 @@ class StreamManager:
             if n == len(items):
                 items = ()
             else:
-                room = self.max_buffered_amount - self.buffered_amount
-                if room < 0 or not core.writable(sid):
-                    items = ()  # full: the sender loop takes the rest
-                else:
-                    items = items[n:]  # the next one goes in pieces, compressed or refused
+                room = self._send_room(sid)
+                # Full: the sender loop takes the rest; else the next one goes in
+                # pieces, compressed or refused.
+                items = () if room < 0 else items[n:]
         if items:
             encode = link.codec.encode
             send = core.send_item
@@ -740,6 +739,12 @@ class StreamManager:
             # first write waited for the last subscriber's turn).
             link.host.flush_now()
         return n
+
+    def _send_room(self, sid: int) -> int:
+        """(send_now) Bytes the connection's buffer may still take, or -1 when it is
+        past ``max_buffered_amount`` or stream ``sid`` cannot take an item now."""
+        room = self.max_buffered_amount - self.buffered_amount
+        return room if room >= 0 and self.link.core.writable(sid) else -1
 
     async def _wait_writable(self, sid: int) -> None:
         link = self.link
