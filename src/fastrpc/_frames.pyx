@@ -967,14 +967,10 @@ cdef class StreamLedger:
 
     cdef Py_ssize_t _find(self, uint64_t key) noexcept:
         """The position of ``key``'s struct in ``_slots``, or -1."""
-        cdef Py_ssize_t i = _home(key, self._bits)
-        cdef uint32_t k = self._index[i]
-        while k:
-            if self._slots[k - 1].id == key:
-                return k - 1
-            i = (i + 1) & self._mask
-            k = self._index[i]
-        return -1
+        cdef Py_ssize_t i = self._probe(key)
+        if i < 0:
+            return -1
+        return <Py_ssize_t>self._index[i] - 1
 
     cdef _Slot *_get(self, object stream_id) except NULL:
         cdef uint64_t key
