@@ -1,11 +1,15 @@
 """Events the sans-I/O core (:mod:`fastrpc.protocol`) returns from received bytes.
 
-Plain slotted records; the asyncio layer dispatches on their type.
+Plain records (``msgspec.Struct``: one is made in ~35 ns, against ~120-150 for a
+slotted class's ``__init__``, and a call makes one on each side); the asyncio layer
+dispatches on their type. Compared by value, not hashable.
 """
 
 from __future__ import annotations
 
 from typing import Union
+
+import msgspec
 
 from .exceptions import RemoteError
 
@@ -28,33 +32,18 @@ __all__ = [
 ]
 
 
-class Event:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        names: tuple[str, ...] = self.__slots__
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in names)
-        return f"{type(self).__name__}({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        names: tuple[str, ...] = self.__slots__
-        return all(getattr(self, k) == getattr(other, k) for k in names)
-
-    __hash__ = None  # type: ignore[assignment]
+class Event(msgspec.Struct):
+    """The base of every event. Records of plain values (ids, names, payloads)
+    skip the garbage collector (``gc=False``): they cannot be part of a cycle."""
 
 
 class HelloReceived(Event):
     """The peer's HELLO arrived; ``settings`` are its limits (a :class:`Settings`)."""
 
-    __slots__ = ("settings",)
-
-    def __init__(self, settings: object) -> None:
-        self.settings = settings
+    settings: object
 
 
-class RequestReceived(Event):
+class RequestReceived(Event, gc=False):
     """A call to ``method``; reply with ``send_response``/``send_error`` on ``call_id``.
 
     ``stream``: the caller expects a stream of results on the call's id.
@@ -63,123 +52,80 @@ class RequestReceived(Event):
     ``kwargs``: nonzero when the arguments end with the map of keyword arguments.
     """
 
-    __slots__ = ("call_id", "channel", "deadline", "kwargs", "method", "payload", "raw", "stream")
-
-    def __init__(
-        self,
-        call_id: int,
-        method: str,
-        payload: Payload,
-        raw: bool = False,
-        stream: bool = False,
-        channel: bool = False,
-        deadline: float | None = None,
-        kwargs: int = 0,
-    ) -> None:
-        self.call_id = call_id
-        self.method = method
-        self.payload = payload
-        self.raw = raw
-        self.stream = stream
-        self.channel = channel
-        self.deadline = deadline
-        self.kwargs = kwargs
+    call_id: int
+    method: str
+    payload: Payload
+    raw: bool = False
+    stream: bool = False
+    channel: bool = False
+    deadline: float | None = None
+    kwargs: int = 0
 
 
-class NotificationReceived(Event):
+class NotificationReceived(Event, gc=False):
     """A one-way message to ``method``; nothing is sent back."""
 
-    __slots__ = ("kwargs", "method", "payload", "raw")
-
-    def __init__(self, method: str, payload: Payload, raw: bool = False, kwargs: bool = False) -> None:
-        self.method = method
-        self.payload = payload
-        self.raw = raw
-        self.kwargs = kwargs
+    method: str
+    payload: Payload
+    raw: bool = False
+    kwargs: bool = False
 
 
-class ResponseReceived(Event):
+class ResponseReceived(Event, gc=False):
     """The result of our call ``call_id``."""
 
-    __slots__ = ("call_id", "payload", "raw")
-
-    def __init__(self, call_id: int, payload: Payload, raw: bool = False) -> None:
-        self.call_id = call_id
-        self.payload = payload
-        self.raw = raw
+    call_id: int
+    payload: Payload
+    raw: bool = False
 
 
 class CallFailed(Event):
     """Our call ``call_id`` failed on the other side with ``error``."""
 
-    __slots__ = ("call_id", "error")
-
-    def __init__(self, call_id: int, error: RemoteError) -> None:
-        self.call_id = call_id
-        self.error = error
+    call_id: int
+    error: RemoteError
 
 
-class CallCancelled(Event):
+class CallCancelled(Event, gc=False):
     """The caller cancelled ``call_id``: cancel its handler (its slot stays taken until
     the handler finishes and ``finish_call`` is called)."""
 
-    __slots__ = ("call_id",)
-
-    def __init__(self, call_id: int) -> None:
-        self.call_id = call_id
+    call_id: int
 
 
-class StreamOpened(Event):
+class StreamOpened(Event, gc=False):
     """The peer opened a stream towards us (not bound to a call)."""
 
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
+    stream_id: int
 
 
-class StreamReadable(Event):
+class StreamReadable(Event, gc=False):
     """Items, or the end, of incoming stream ``stream_id`` are ready to read."""
 
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
+    stream_id: int
 
 
-class StreamClosedByPeer(Event):
+class StreamClosedByPeer(Event, gc=False):
     """The peer stopped reading our outgoing stream ``stream_id`` (STREAM_CLOSE)."""
 
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
+    stream_id: int
 
 
-class CreditGranted(Event):
+class CreditGranted(Event, gc=False):
     """Our outgoing stream ``stream_id`` may send again (credit, a stream slot, or
     buffer space); ``stream_id`` 0 means connection-wide room (stream slots)."""
 
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
+    stream_id: int
 
 
-class PongReceived(Event):
+class PongReceived(Event, gc=False):
     """Answer to one of our PINGs."""
 
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
+    payload: bytes
 
 
-class GoAwayReceived(Event):
+class GoAwayReceived(Event, gc=False):
     """The peer is closing the connection with ``code`` and ``reason``."""
 
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
+    code: int
+    reason: str
