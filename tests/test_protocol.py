@@ -409,6 +409,34 @@ def test_calls_wait_for_the_peers_hello_and_its_call_limit() -> None:
         c.send_request("m", b"")
 
 
+def test_send_call_is_send_request_of_a_plain_call() -> None:
+    # send_call (peer.call's path) queues the frame send_request queues for a call
+    # without stream, channel, timeout or keyword arguments, under the same rules.
+    frames = []
+    for send in ("send_request", "send_call"):
+        c, s = connect(server=Settings(max_pending_calls=3))
+        calls = [getattr(c, send)("add", b"\x92\x01\x02"), getattr(c, send)("raw", b"bytes", raw=True)]
+        stream = c.open_stream()  # ids in use are skipped
+        calls.append(getattr(c, send)("m", b""))
+        assert calls == [1, 3, 7] and stream == 5
+        with pytest.raises(LimitExceeded):
+            getattr(c, send)("m", b"")
+        msg = c.next_message()
+        frames.append(frames_of(msg))
+        assert s.receive_message(msg)[:3] == [
+            RequestReceived(1, "add", b"\x92\x01\x02"),
+            RequestReceived(3, "raw", b"bytes", raw=True),
+            RequestReceived(7, "m", b""),
+        ]
+        with pytest.raises(PayloadTooLarge, match="max_frame_size"):
+            c2, _ = connect(server=Settings(max_frame_size=1024))
+            getattr(c2, send)("big", b"x" * 2000)
+        c.close()
+        with pytest.raises(ConnectionClosed):
+            getattr(c, send)("m", b"")
+    assert frames[0] == frames[1]
+
+
 def test_wrong_parity_call_id_is_rejected() -> None:
     s = server_after_hello()
     protocol_error(

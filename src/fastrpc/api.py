@@ -223,8 +223,14 @@ class PeerAPI:
         core = self._core
         if timeout is not None or not core.can_call():
             return await self._call(method, payload, raw, timeout, kw)
-        # The common case in this coroutine (no second one per call): as _call.
-        cid, fut = self._start_call(core, method, payload, raw, None, kw)
+        # The common case in this coroutine (no second one per call): as _call, with
+        # _start_call inline (a plain call: Connection.send_call).
+        if self._close_exc is not None or self._closed_flag:
+            self._check_open()
+        cid = core.send_request(method, payload, kwargs=True) if kw else core.send_call(method, payload, raw)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._calls[cid] = fut
+        self._kick()
         try:
             return await fut
         except asyncio.CancelledError:

@@ -185,6 +185,16 @@ class CallTable:
         if stream:
             self.streaming_out[call_id] = None
 
+    def plain_request(self, call_id: int, method: str, payload: Payload, raw: bool) -> None:
+        """:meth:`request` of a call with no stream, channel, deadline or keyword
+        arguments: every ``peer.call``'s path, without the flags it does not use."""
+        head = _HEADS.get(method) or method_head(method)
+        limit = self.frame_limit
+        if limit and len(head) + len(payload) > limit:
+            self.check_size("call to", method, len(head) + len(payload))
+        self.control.add(F.REQUEST, FLAG_RAW if raw else 0, call_id, head + payload if payload else head)
+        self.out[call_id] = PENDING
+
     def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
         head = method_head(method)
         self.check_size("notification", method, len(head) + len(payload))

@@ -428,6 +428,23 @@ class Connection:
             self._outbound.open(call_id, DEFAULT_URGENCY, True)
         return call_id
 
+    def send_call(self, method: str, payload: Payload, raw: bool = False) -> int:
+        """:meth:`send_request` of a plain call (no stream, channel, timeout or keyword
+        arguments): the path of every ``peer.call``."""
+        if self.closed:
+            raise ConnectionClosed()
+        calls = self._calls
+        out = calls.out
+        if len(out) >= self._call_limit:
+            raise LimitExceeded("too many pending calls")
+        call_id = self._next_id
+        if call_id in out or call_id in self._out:
+            call_id = self.next_id()
+        else:
+            self._next_id = call_id + 2
+        calls.plain_request(call_id, method, payload, raw)
+        return call_id
+
     def send_notification(self, method: str, payload: Payload, *, raw: bool = False, kwargs: bool = False) -> None:
         self._check_open()
         self._calls.notification(method, payload, raw, kwargs)
