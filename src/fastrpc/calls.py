@@ -88,8 +88,10 @@ def decode_error(payload: Payload, cls: type[RemoteError] = RemoteError) -> Remo
     return cls(type_name, message, None if code == 0 else code - 1, tb)
 
 
-_FLAG_STREAM, _FLAG_CHANNEL = F.FLAG_STREAM, F.FLAG_CHANNEL
+_FLAG_STREAM, _FLAG_CHANNEL, _FLAG_DEADLINE = F.FLAG_STREAM, F.FLAG_CHANNEL, F.FLAG_DEADLINE
+_REQUEST, _RESPONSE = F.REQUEST, F.RESPONSE
 _decode_varint = F.decode_varint
+_payload_cost = F.payload_cost
 # Received method names (encoded -> str), shared by every connection: a peer calls the
 # same few methods over and over. Bounded: cleared when full; long names not kept.
 _NAMES: dict[Payload, str] = {}
@@ -192,7 +194,7 @@ class CallTable:
         limit = self.frame_limit
         if limit and len(head) + len(payload) > limit:
             self.check_size("call to", method, len(head) + len(payload))
-        self.control.add(F.REQUEST, FLAG_RAW if raw else 0, call_id, head + payload if payload else head)
+        self.control.add(_REQUEST, FLAG_RAW if raw else 0, call_id, head + payload if payload else head)
         self.out[call_id] = PENDING
 
     def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
@@ -267,12 +269,16 @@ class CallTable:
         if len(inbound) >= self.max_inbound:
             raise LimitExceeded(f"too many pending calls (our max_pending_calls is {self.max_inbound})")
         flags = f.flags
-        if flags & F.FLAG_DEADLINE:
+        if flags & _FLAG_DEADLINE:
             method, payload, deadline = _head(f, True)
         else:  # _head, inline: every call's path
             data = f.payload
-            n, pos = _decode_varint(data, 0)
-            end = pos + n
+            if data and data[0] < 0x40:  # a name under 64 bytes: its length is one byte (QUIC varint)
+                end = 1 + data[0]
+                pos = 1
+            else:
+                n, pos = _decode_varint(data, 0)
+                end = pos + n
             if end > len(data):
                 raise ProtocolError("truncated method name")
             name = data[pos:end]
@@ -282,7 +288,7 @@ class CallTable:
         budget = self.budget
         # Decoded arguments can take ~60x their encoded size ([[], [], ...]): they are
         # charged at what decoding them will cost, measured before anything decodes them.
-        cost = len(payload) if flags & FLAG_RAW else F.payload_cost(payload, budget.limit)
+        cost = len(payload) if flags & FLAG_RAW else _payload_cost(payload, budget.limit)
         if cost > budget.limit:
             message = (
                 f"the arguments of {method!r} ({len(payload)} bytes) would take about {cost} bytes once decoded, "
@@ -296,7 +302,10 @@ class CallTable:
             budget.held -= cost
             budget.charge(cost, "arguments of running calls")
         inbound[fid] = cost
-        if flags & F.FLAG_CHANNEL:
+        if not flags & ~FLAG_RAW:  # a plain call (the event's defaults)
+            events.append(RequestReceived(fid, method, payload, flags != 0))
+            return
+        if flags & _FLAG_CHANNEL:
             if self.channels is None:
                 self.channels = {}
             self.channels[fid] = None
@@ -352,7 +361,7 @@ class CallTable:
         if len(payload) > self.frame_limit:
             self.respond(call_id, payload, raw)
         else:
-            self.control.add(F.RESPONSE, FLAG_RAW if raw else 0, call_id, payload)
+            self.control.add(_RESPONSE, FLAG_RAW if raw else 0, call_id, payload)
 
     def respond(self, call_id: int, payload: Payload, raw: bool) -> None:
         limit = self.frame_limit
