@@ -543,6 +543,47 @@ def test_cancelling_the_caller_cancels_the_remote_handler() -> None:
     run(main())
 
 
+def test_every_way_a_call_ends_leaves_no_future_behind() -> None:
+    # peer.call's future is taken off the peer's table by whoever settles it (the
+    # answer, the error) or, when the caller gives up, by the caller: none stays.
+    router = make_router()
+    gate = asyncio.Event()
+
+    @router.method
+    async def wait() -> None:
+        await gate.wait()
+
+    @router.method
+    def boom() -> None:
+        raise Boom("no")
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            assert await peer.call("add", 1, 2) == 3
+            assert await peer.call("echo", b"raw") == b"raw"
+            assert await peer.call("add", 1, b=2) == 3
+            assert not peer.stats()["peer.calls"]
+            with pytest.raises(fastrpc.RemoteError, match="no"):
+                await peer.call("boom")
+            with pytest.raises(fastrpc.MethodNotFound):
+                await peer.call("missing")
+            assert not peer.stats()["peer.calls"]
+            task = asyncio.ensure_future(peer.call("wait"))
+            await until(lambda: peer.stats()["peer.calls"], 5, "the call to be made")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not peer.stats()["peer.calls"]
+            with pytest.raises(fastrpc.CallTimeout):
+                await peer.call("wait", timeout=0.05)
+            assert not peer.stats()["peer.calls"]
+            gate.set()
+            assert await peer.call("wait") is None
+            assert not peer.stats()["peer.calls"]
+
+    run(main())
+
+
 def test_many_concurrent_calls() -> None:
     router = make_router()
 

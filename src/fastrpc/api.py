@@ -233,11 +233,12 @@ class PeerAPI:
         self._kick()
         try:
             return await fut
-        except asyncio.CancelledError:
-            self._abandon(core, cid, fut)
-            raise
-        finally:
+        except BaseException as exc:
+            # (An answered call is off _calls already: whoever resolved its future took it.)
             self._calls.pop(cid, None)
+            if isinstance(exc, asyncio.CancelledError):
+                self._abandon(core, cid, fut)
+            raise
 
     def _start_call(
         self, core: Connection, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool
