@@ -561,7 +561,16 @@ class _Wire(Transport, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         into = self._into
         if into is None:
-            self.data_received(self._rview[:nbytes])
+            if self._mode != _FRAMING:
+                self.data_received(self._rview[:nbytes])
+                return
+            try:  # data_received, inline for the data path (every read)
+                self._frames(self._rview[:nbytes])
+            finally:
+                reader = self._sink  # read_done, inline
+                if reader is not None:
+                    reader.messages_read(self)
+            self._read_slice(nbytes)
             return
         into.got += nbytes
         try:
@@ -644,15 +653,23 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         n = len(data)
         if not buf and n >= 2 and data[0] == 0x82 and self._parts is None:
             # The read is one whole binary frame under 126 bytes (a call, its answer):
-            # the loop below, for that case alone.
+            # the loop below, for that case alone (and feed, inline).
             b1 = data[1]
             length = b1 & 0x7F
             if self._client:
                 if b1 == length and length < 126 and n == 2 + length and length <= self._max_size:
-                    self.feed(data[2:])  # a view: see Transport.feed
+                    reader = self._sink
+                    if reader is None:
+                        self.feed(data[2:])
+                    else:
+                        reader.message_received(self, data[2:])  # a view: see Transport.feed
                     return
             elif b1 & 0x80 and length < 126 and n == 6 + length and length <= self._max_size:
-                self.feed(apply_mask(data[6:], data[2:6]))  # type: ignore[arg-type]
+                reader = self._sink
+                if reader is None:
+                    self.feed(apply_mask(data[6:], data[2:6]))  # type: ignore[arg-type]
+                else:
+                    reader.message_received(self, apply_mask(data[6:], data[2:6]))  # type: ignore[arg-type]
                 return
         src: bytes | bytearray | memoryview = data
         if buf:
@@ -991,7 +1008,10 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         tcp = self._tcp
         if self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
             return False
-        self._write(msg)
+        if len(msg) < 126 and not self._client:  # _write and _header, inline: an answer
+            tcp.write(bytes((_BINARY_FIN, len(msg))) + msg)
+        else:
+            self._write(msg)
         return True
 
     def _write(self, msg: bytes) -> None:
