@@ -1335,6 +1335,46 @@ def test_round_robin_within_an_urgency() -> None:
     assert order == [[a, a, a], [b, b, b], [d, d, d], [a]]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_has_output_says_whether_a_message_would_go(seed: int) -> None:
+    # has_output (asked after every read and every write) and next_message's fast path
+    # count the streams waiting in the urgency rings instead of walking them: queued,
+    # moved between urgencies, taken in part (batch_size), closed, mixed with calls.
+    rnd = random.Random(seed)
+    c, s = connect(client_kw={"batch_size": 3000})
+    sids = [c.open_stream(urgency=rnd.randrange(8)) for _ in range(6)]
+    sent = received = 0
+    for _ in range(200):
+        op = rnd.random()
+        sid = rnd.choice(sids)
+        if op < 0.5 and sid in sids:
+            try:
+                c.send_item(sid, b"x" * rnd.choice((10, 900, 2000)))
+                sent += 1
+            except LimitExceeded:
+                pass  # the stream's window: the next messages make room
+        elif op < 0.6:
+            c.set_urgency(sid, rnd.randrange(8))
+        elif op < 0.65:
+            c.send_request("m", b"")
+        expected = c.has_output()
+        msg = c.next_message()
+        assert expected == (msg is not None)
+        if msg is not None:
+            received += sum(1 for f in frames_of(msg) if f[0] == F.STREAM_DATA)
+            for ev in s.receive_message(msg):
+                if isinstance(ev, StreamReadable):
+                    while s.read_item(ev.stream_id) is not None:
+                        pass
+            for m in messages(s):
+                c.receive_message(m)
+    while c.has_output():
+        msg = c.next_message()
+        assert msg is not None
+        received += sum(1 for f in frames_of(msg) if f[0] == F.STREAM_DATA)
+    assert c.next_message() is None and received == sent
+
+
 def test_batch_size_limits_stream_data_per_message() -> None:
     c, s = connect(client_kw={"batch_size": 4096})
     sids = [c.open_stream() for _ in range(5)]

@@ -265,14 +265,14 @@ class Connection:
     def has_output(self) -> bool:
         """Whether :meth:`next_message` has something to send (checked once per read)."""
         sched = self._sched
-        return bool(len(sched.control) or sched.backlog_bytes or self._flow.slot_grants or any(sched.rings))
+        return bool(len(sched.control) or sched.backlog_bytes or self._flow.slot_grants or sched.ready)
 
     def next_message(self) -> bytes | None:
         """The next WebSocket message to send (None: nothing queued): control frames first,
         then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits."""
         sched = self._sched
         session = self.session
-        if not (sched.backlog or any(sched.rings) or self._flow.slot_grants) and session.handshake_sent:
+        if not (sched.backlog or sched.ready or self._flow.slot_grants) and session.handshake_sent:
             # Control frames alone (calls, answers, credit): one message, or none.
             control = sched.control
             frames = control.count
@@ -315,6 +315,7 @@ class Connection:
                     if size and (size + n > batch or self.frames_out - first + s.writer.count > F.MAX_FRAMES):
                         break
                     ring.popleft()
+                    sched.ready -= 1
                     s.queued = False
                     if n:
                         self.frames_out += s.writer.count

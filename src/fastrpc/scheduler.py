@@ -53,7 +53,7 @@ def split_message(data: bytes, limit: int) -> list[tuple[bytes, int]]:
 class Scheduler:
     """The control queue and one ring of ready streams per urgency level."""
 
-    __slots__ = ("backlog", "backlog_bytes", "control", "pongs_due", "rings", "unblocked")
+    __slots__ = ("backlog", "backlog_bytes", "control", "pongs_due", "ready", "rings", "unblocked")
 
     def __init__(self) -> None:
         self.control = F.FrameWriter()
@@ -63,6 +63,9 @@ class Scheduler:
         # One ring per urgency level, made when a stream of that urgency first queues
         # (an idle connection keeps none).
         self.rings = _NO_RINGS
+        # Streams waiting in the rings, in all: "any stream to send?" without walking
+        # them (every message's check). Whoever takes one off a ring counts it.
+        self.ready = 0
         # Streams whose queue a message emptied: their senders may go on. One list for
         # the scheduler's life (Connection.unblocked is it).
         self.unblocked: list[int] = []
@@ -83,6 +86,7 @@ class Scheduler:
             if ring is None:
                 ring = self._ring(s.urgency)
             ring.append(s)
+            self.ready += 1
 
     def _ring(self, urgency: int) -> deque[OutgoingStream]:
         if self.rings is _NO_RINGS:
@@ -140,4 +144,5 @@ class Scheduler:
         self.backlog = None
         self.backlog_bytes = 0
         self.rings = _NO_RINGS
+        self.ready = 0
         self.unblocked.clear()
