@@ -139,3 +139,32 @@ def test_floor_smoke() -> None:
         line = next(line for line in proc.stdout.splitlines() if line.startswith(name))
         cost = re.search(r"([0-9.]+) us/item", line)
         assert cost is not None and float(cost.group(1)) > 0, line
+
+
+@pytest.mark.timeout(120)
+def test_sides_smoke() -> None:
+    # bench/sides.py: CPU per call on each side; a tiny run of fastrpc alone.
+    env = dict(os.environ)
+    env.pop("FASTRPC_NO_EXTENSIONS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sides.py"),
+            "--libs",
+            "fastrpc",
+            "--n-seq",
+            "200",
+            "--n-inflight",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=str(ROOT),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("fastrpc")]
+    assert len(rows) == 2, proc.stdout  # seq, inflight
+    for row in rows:
+        assert float(row[1].replace(",", "")) > 0 and len(row) == 6, row

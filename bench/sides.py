@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""CPU per operation on each side of a call, and the client's user/system split.
+
+    python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight]
+                          [--baseline DIR] [--n-seq N] [--n-inflight N]
+
+The server runs in a child process pinned to CPU 0, the client in this process on
+CPU 1 (as ``compare.py`` pins them). For each library and scenario (``seq``: one
+16-byte call after the other; ``inflight``: 100 in flight) it prints the best of
+three runs: operations a second, the CPU time per operation of each side (from
+``/proc``: user + system, the kernel's loopback work counted on the side that
+makes it), and the client's user and system time apart. It tells where a
+library's time goes when ``compare.py`` only says how fast it is: with calls in
+flight the wall time per call is the busier side's CPU, and the system time is
+what the batching of many calls in one write saves. ``fastrpc-base`` imports
+``DIR/src`` (``--baseline``). /proc's clock ticks are 10 ms: run enough
+operations (the defaults take a few seconds each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+_SERVER = """
+import asyncio, os, sys
+sys.path.insert(0, {bench!r}); sys.path.insert(1, {src!r})
+if hasattr(os, "sched_getaffinity") and {{0, 1}} <= os.sched_getaffinity(0):
+    os.sched_setaffinity(0, {{0}})
+import uvloop, peers
+mod = peers.load({lib!r})
+async def main():
+    port, stop = await mod.start_server()
+    print(port, flush=True)
+    await asyncio.get_running_loop().create_future()
+uvloop.run(main())
+"""
+
+
+def _pin(cpu: int) -> None:
+    """Run on ``cpu`` alone when CPUs 0 and 1 are both ours (else wherever)."""
+    if hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _cpu(pid: int) -> float:
+    """User + system seconds of process ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str, float]:
+    client = mod.Client(port)
+    await client.connect()
+
+    async def run(k: int) -> None:
+        if what == "inflight":
+            await client.inflight_calls(k, 100, b"x" * 16)
+        else:
+            await client.seq_calls(k, b"x" * 16)
+
+    try:
+        await run(max(1, n // 10))  # warm-up
+        best: dict[str, float] = {}
+        for _ in range(3):
+            server0, times0, t0 = _cpu(pid), os.times(), time.perf_counter()
+            await run(n)
+            wall = time.perf_counter() - t0
+            times1 = os.times()
+            user, system = times1.user - times0.user, times1.system - times0.system
+            row = {
+                "ops_per_s": n / wall,
+                "server_us": (_cpu(pid) - server0) / n * 1e6,
+                "client_us": (user + system) / n * 1e6,
+                "client_user_us": user / n * 1e6,
+                "client_sys_us": system / n * 1e6,
+            }
+            if row["ops_per_s"] > best.get("ops_per_s", 0):
+                best = row
+        return best
+    finally:
+        await asyncio.wait_for(client.close(), 10)
+
+
+def measure(lib: str, src: str, what: str, n: int) -> dict[str, float]:
+    """Start ``lib``'s server (importing fastrpc from ``src``), measure, stop it."""
+    name = "fastrpc" if lib == "fastrpc-base" else lib
+    code = _SERVER.format(bench=HERE, src=src, lib=name)
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{lib}: the server did not start")
+        import peers  # this process: bench/ and src/ are on sys.path (main)
+
+        mod = peers.load(name)
+        import uvloop
+
+        return uvloop.run(asyncio.wait_for(_measure(mod, int(line), server.pid, what, n), 600))
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--libs", default="fastrpc,picows,tcp")
+    ap.add_argument("--what", default="seq,inflight")
+    ap.add_argument("--baseline", help="another checkout: its src/ is fastrpc-base's")
+    ap.add_argument("--n-seq", type=int, default=20_000)
+    ap.add_argument("--n-inflight", type=int, default=300_000)
+    args = ap.parse_args(argv)
+    libs = args.libs.split(",")
+    if args.baseline and "fastrpc-base" not in libs:
+        libs.insert(1, "fastrpc-base")
+    # Each measurement's client is a child of its own (it imports fastrpc from this
+    # tree, or for fastrpc-base from the baseline's).
+    for what in args.what.split(","):
+        n = args.n_inflight if what == "inflight" else args.n_seq
+        print(f"{what} ({n:,} calls of 16 bytes)")
+        print(f"  {'library':<13} {'calls/s':>9} {'server us':>9} {'client us':>9} {'user':>6} {'sys':>6}")
+        for lib in libs:
+            if lib == "fastrpc-base" and not args.baseline:
+                continue
+            src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", lib, src, what, str(n)],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            if out.returncode:
+                print(f"  {lib:<13} failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = dict(
+                zip(
+                    ("ops_per_s", "server_us", "client_us", "client_user_us", "client_sys_us"),
+                    map(float, out.stdout.split()),
+                )
+            )
+            print(
+                f"  {lib:<13} {r['ops_per_s']:>9,.0f} {r['server_us']:>9.2f} {r['client_us']:>9.2f}"
+                f" {r['client_user_us']:>6.2f} {r['client_sys_us']:>6.2f}"
+            )
+    return 0
+
+
+def _one(lib: str, src: str, what: str, n: int) -> None:
+    sys.path.insert(0, HERE)
+    sys.path.insert(1, src)
+    _pin(1)
+    r = measure(lib, src, what, n)
+    print(r["ops_per_s"], r["server_us"], r["client_us"], r["client_user_us"], r["client_sys_us"])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        _one(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    else:
+        sys.exit(main())
