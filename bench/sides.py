@@ -2,10 +2,12 @@
 """CPU per operation on each side of a call, and the client's user/system split.
 
     python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight]
-                          [--baseline DIR] [--n-seq N] [--n-inflight N]
+                          [--baseline DIR] [--n-seq N] [--n-inflight N] [--one-cpu]
 
-The server runs in a child process pinned to CPU 0, the client in this process on
-CPU 1 (as ``compare.py`` pins them). For each library and scenario (``seq``: one
+Each measurement runs its client in a child process on CPU 1 and its server in a
+grandchild on CPU 0, as ``compare.py`` pins them; with ``--one-cpu`` both run on CPU 1,
+where the other side's wake-up costs far less and a sequential call is bound by the
+CPU work of its two sides alone. For each library and scenario (``seq``: one
 16-byte call after the other; ``inflight``: 100 in flight) it prints the best of
 three runs: operations a second, the CPU time per operation of each side (from
 ``/proc``: user + system, the kernel's loopback work counted on the side that
@@ -33,8 +35,8 @@ ROOT = os.path.dirname(HERE)
 _SERVER = """
 import asyncio, os, sys
 sys.path.insert(0, {bench!r}); sys.path.insert(1, {src!r})
-if hasattr(os, "sched_getaffinity") and {{0, 1}} <= os.sched_getaffinity(0):
-    os.sched_setaffinity(0, {{0}})
+if {pin}:
+    os.sched_setaffinity(0, {{{cpu}}})
 import uvloop, peers
 mod = peers.load({lib!r})
 async def main():
@@ -45,10 +47,9 @@ uvloop.run(main())
 """
 
 
-def _pin(cpu: int) -> None:
-    """Run on ``cpu`` alone when CPUs 0 and 1 are both ours (else wherever)."""
-    if hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0):
-        os.sched_setaffinity(0, {cpu})
+def _can_pin() -> bool:
+    """Whether CPUs 0 and 1 are both ours: then the server runs on 0, the client on 1."""
+    return hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
 
 
 def _cpu(pid: int) -> float:
@@ -91,17 +92,20 @@ async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str
         await asyncio.wait_for(client.close(), 10)
 
 
-def measure(lib: str, src: str, what: str, n: int) -> dict[str, float]:
+def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dict[str, float]:
     """Start ``lib``'s server (importing fastrpc from ``src``), measure, stop it."""
     name = "fastrpc" if lib == "fastrpc-base" else lib
-    code = _SERVER.format(bench=HERE, src=src, lib=name)
+    pin = _can_pin()
+    code = _SERVER.format(bench=HERE, src=src, lib=name, cpu=1 if one_cpu else 0, pin=pin)
     server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
         if not line:
             raise RuntimeError(f"{lib}: the server did not start")
-        import peers  # this process: bench/ and src/ are on sys.path (main)
+        if pin:  # after the server started (it would inherit this CPU)
+            os.sched_setaffinity(0, {1})
+        import peers  # this process: bench/ and src/ are on sys.path (_one)
 
         mod = peers.load(name)
         import uvloop
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", help="another checkout: its src/ is fastrpc-base's")
     ap.add_argument("--n-seq", type=int, default=20_000)
     ap.add_argument("--n-inflight", type=int, default=300_000)
+    ap.add_argument("--one-cpu", action="store_true", help="run the server and the client both on CPU 1")
     args = ap.parse_args(argv)
     libs = args.libs.split(",")
     if args.baseline and "fastrpc-base" not in libs:
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
             out = subprocess.run(
-                [sys.executable, __file__, "--one", lib, src, what, str(n)],
+                [sys.executable, __file__, "--one", lib, src, what, str(n), "one" if args.one_cpu else "two"],
                 capture_output=True,
                 text=True,
                 timeout=900,
@@ -155,16 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one(lib: str, src: str, what: str, n: int) -> None:
+def _one(lib: str, src: str, what: str, n: int, one_cpu: bool) -> None:
     sys.path.insert(0, HERE)
     sys.path.insert(1, src)
-    _pin(1)
-    r = measure(lib, src, what, n)
+    r = measure(lib, src, what, n, one_cpu)
     print(r["ops_per_s"], r["server_us"], r["client_us"], r["client_user_us"], r["client_sys_us"])
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        _one(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        _one(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "one")
     else:
         sys.exit(main())
