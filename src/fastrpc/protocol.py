@@ -695,18 +695,19 @@ class Connection:
 
     def _on_frames(self, frames: list[F.Frame], events: list[Event]) -> None:
         """Frames of a message after the handshake, one by one, in order."""
+        # Calls and answers first: runs of stream items mostly come through _on_items.
         for f in frames:
             t = f.type
-            if t == _STREAM_DATA:
+            if t == _REQUEST:
+                self._calls.on_request(f, events)  # (checks the id's parity)
+            elif t == _RESPONSE:
+                self._calls.on_response(f, events)
+            elif t == _STREAM_DATA:
                 self._on_data(f, events)
             elif t == _CREDIT:
                 n, _ = F.decode_varint(f.payload, 0)
                 if self._flow.out_credit(f.id, n):
                     events.append(CreditGranted(f.id))
-            elif t == _REQUEST:
-                self._calls.on_request(f, events)  # (checks the id's parity)
-            elif t == _RESPONSE:
-                self._calls.on_response(f, events)
             elif t == F.STREAM_END or t == F.STREAM_ERROR or t == F.STREAM_ABORT:
                 self._inbound.on_end(f, events, self.closed)
             elif t == F.NOTIFY:
