@@ -665,11 +665,12 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                         reader.message_received(self, data[2:])  # a view: see Transport.feed
                     return
             elif b1 & 0x80 and length < 126 and n == 6 + length and length <= self._max_size:
+                payload = apply_mask(data[6:], data[2:6])  # type: ignore[arg-type]
                 reader = self._sink
                 if reader is None:
-                    self.feed(apply_mask(data[6:], data[2:6]))  # type: ignore[arg-type]
+                    self.feed(payload)
                 else:
-                    reader.message_received(self, apply_mask(data[6:], data[2:6]))  # type: ignore[arg-type]
+                    reader.message_received(self, payload)
                 return
         src: bytes | bytearray | memoryview = data
         if buf:
