@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, Callable
 from typing import Any, TypeVar
 
 from .codec import PayloadCodec
-from .exceptions import CallTimeout, ConnectionClosed, ErrorCode
+from .exceptions import CallTimeout, ConnectionClosed, ErrorCode, LimitExceeded
 from .handlers import Handlers
 from .protocol import DEFAULT_URGENCY, Connection, Settings
 from .streams import RateLimit, ReceiveStream, StreamId, StreamManager
@@ -214,20 +214,26 @@ class PeerAPI:
         :class:`fastrpc.InvalidArguments`, :class:`fastrpc.PermissionDenied`,
         :class:`fastrpc.InvalidCall` for what fastrpc refused).
         """
+        kw = False
         if kwargs:
             payload, raw, kw = self._encode_kwargs(args, kwargs), False, True
         elif len(args) == 1 and type(args[0]) is bytes:  # _encode_args, inline
-            payload, raw, kw = args[0], True, False
+            payload = args[0]
+            raw = True
         else:
-            payload, raw, kw = self._codec.encode_value(args), False, False
-        core = self._core
-        if timeout is not None or not core.can_call():
+            payload = self._codec.encode_value(args)
+            raw = False
+        if timeout is not None:
             return await self._call(method, payload, raw, timeout, kw)
         # The common case in this coroutine (no second one per call): as _call, with
         # _start_call inline (a plain call: Connection.send_call).
+        core = self._core
         if self._close_exc is not None or self._closed_flag:
             self._check_open()
-        cid = core.send_request(method, payload, kwargs=True) if kw else core.send_call(method, payload, raw)
+        try:
+            cid = core.send_request(method, payload, kwargs=True) if kw else core.send_call(method, payload, raw)
+        except LimitExceeded:  # no call slot (the peer's max_pending_calls, or no HELLO yet)
+            return await self._call(method, payload, raw, None, kw)  # waits for one
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._calls[cid] = fut
         self._kick()
