@@ -114,7 +114,7 @@ class PeerIO(PeerAPI):
         if self._processing:
             return  # _process sends once the message is handled
         if self._flush_pending:
-            if self._core.control_backlog >= _EARLY_FLUSH:
+            if len(self._core.control_queue) >= _EARLY_FLUSH:
                 self._flush()
         elif not self._in_read:  # else messages_read sends at the end of the read
             if self._fresh and self._direct:

@@ -121,6 +121,7 @@ class Connection:
         "bytes_in",
         "bytes_out",
         "closed",
+        "control_queue",
         "frames_in",
         "frames_out",
         "messages_in",
@@ -161,6 +162,9 @@ class Connection:
         # Outgoing streams whose queue a message emptied (read-only here: take them
         # with take_unblocked); a cheap "any?" test after every message.
         self.unblocked = self._sched.unblocked
+        # The control frames queued for the next message (read-only here): len() is
+        # their bytes, without control_backlog's split-off backlog; a cheap check.
+        self.control_queue = self._sched.control
         self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
         self._budget = budget = MemoryBudget(max_connection_memory)
         self._peer_parity = 0 if role is Role.CLIENT else 1
