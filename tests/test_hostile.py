@@ -485,7 +485,7 @@ def test_same_token_resumed_from_two_sockets_at_once() -> None:
         losers = []
         for state, b in zip(states, pair):
             if state == "resumed":
-                await b.send(request(core._next_id, "add", ADD_ARGS))
+                await b.send(request(core._calls.next_id, "add", ADD_ARGS))
                 with contextlib.suppress(Exception):
                     for _ in range(5):
                         if any(f.type == F.RESPONSE for f in await b.recv_frames(2)):

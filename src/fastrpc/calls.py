@@ -13,7 +13,15 @@ from typing import Any, Union
 from . import frames as F
 from .budget import MemoryBudget
 from .events import CallFailed, NotificationReceived, RequestReceived, ResponseReceived
-from .exceptions import REMOTE_ERRORS, ErrorCode, LimitExceeded, PayloadTooLarge, ProtocolError, RemoteError
+from .exceptions import (
+    REMOTE_ERRORS,
+    ConnectionClosed,
+    ErrorCode,
+    LimitExceeded,
+    PayloadTooLarge,
+    ProtocolError,
+    RemoteError,
+)
 from .stream_state import CallState
 
 __all__ = ["FLAG_KWARGS", "FLAG_RAW", "CallTable", "decode_error", "encode_error"]
@@ -133,14 +141,18 @@ class CallTable:
 
     __slots__ = (
         "budget",
+        "call_limit",
         "channels",
+        "closed",
         "control",
         "frame_limit",
         "inbound",
         "max_inbound",
+        "next_id",
         "out",
         "peer_parity",
         "streaming_out",
+        "streams_out",
     )
 
     def __init__(self, control: Any, max_inbound: int, budget: MemoryBudget, peer_parity: int = 1) -> None:
@@ -149,6 +161,12 @@ class CallTable:
         self.budget = budget  # a running call's arguments count until it is answered
         self.max_inbound = max_inbound
         self.frame_limit = 0  # the peer's frame limit, once its HELLO came
+        self.call_limit = 0  # the peer's max_pending_calls, once its HELLO came
+        self.closed = False  # the connection's (Connection.close, discard_state)
+        # One counter for the ids of our calls and our streams (of our parity); the
+        # owner's outgoing streams (id -> stream), whose ids it skips.
+        self.next_id = 2 if peer_parity else 1
+        self.streams_out: dict[int, Any] = {}
         self.out: dict[int, int] = {}
         # Id sets are dicts (id -> None): an empty dict is 64 bytes, an empty set 216.
         self.streaming_out: dict[int, None] = {}
@@ -187,15 +205,37 @@ class CallTable:
         if stream:
             self.streaming_out[call_id] = None
 
-    def plain_request(self, call_id: int, method: str, payload: Payload, raw: bool) -> None:
-        """:meth:`request` of a call with no stream, channel, deadline or keyword
-        arguments: every ``peer.call``'s path, without the flags it does not use."""
+    def free_id(self) -> int:
+        """Allocate a call or stream id of our parity, skipping ids still in use."""
+        fid = self.next_id
+        while fid in self.streams_out or fid in self.out:
+            fid += 2
+        self.next_id = fid + 2
+        return fid
+
+    def call(self, method: str, payload: Payload, raw: bool = False) -> int:
+        """Queue the REQUEST of a plain call (no stream, channel, deadline or keyword
+        arguments) and return its id: every ``peer.call``'s path, in one step
+        (``Connection.send_call``). :class:`ConnectionClosed` once closed,
+        :class:`LimitExceeded` at the peer's ``max_pending_calls`` (or before its
+        HELLO), :class:`PayloadTooLarge` past its frame limit."""
+        if self.closed:
+            raise ConnectionClosed()
+        out = self.out
+        if len(out) >= self.call_limit:
+            raise LimitExceeded("too many pending calls")
+        call_id = self.next_id  # free_id, inline: its first try is nearly always free
+        if call_id in out or call_id in self.streams_out:
+            call_id = self.free_id()
+        else:
+            self.next_id = call_id + 2
         head = _HEADS.get(method) or method_head(method)
         limit = self.frame_limit
         if limit and len(head) + len(payload) > limit:
             self.check_size("call to", method, len(head) + len(payload))
         self.control.add(_REQUEST, FLAG_RAW if raw else 0, call_id, head + payload if payload else head)
-        self.out[call_id] = PENDING
+        out[call_id] = PENDING
+        return call_id
 
     def notification(self, method: str, payload: Payload, raw: bool, kwargs: bool = False) -> None:
         head = method_head(method)

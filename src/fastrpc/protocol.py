@@ -105,12 +105,10 @@ class Connection:
     __slots__ = (
         "_algorithm",
         "_budget",
-        "_call_limit",
         "_calls",
         "_flow",
         "_inbound",
         "_message_limit",
-        "_next_id",
         "_out",
         "_outbound",
         "_peer_parity",
@@ -128,6 +126,7 @@ class Connection:
         "messages_out",
         "peer_settings",
         "role",
+        "send_call",
         "send_item",
         "session",
         "settings",
@@ -155,9 +154,7 @@ class Connection:
         # True once GOAWAY was queued or the connection was torn down (close(),
         # discard_state(): the only writers); a plain attribute, read on every call.
         self.closed = False
-        self._call_limit = 0  # the peer's max_pending_calls, once its HELLO came (can_call)
         self.batch_size = batch_size
-        self._next_id = 1 if role is Role.CLIENT else 2
         self._sched = Scheduler()
         # Outgoing streams whose queue a message emptied (read-only here: take them
         # with take_unblocked); a cheap "any?" test after every message.
@@ -171,11 +168,13 @@ class Connection:
         self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget, self._peer_parity)
         self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
         self._outbound = outbound = OutboundStreams(self._flow, self._sched, stream_buffer_size, compression_threshold)
-        self._out = outbound.streams
-        # The sending hot paths, bound once (no extra call per item); see
-        # OutboundStreams.send_item and .writable.
+        self._out = self._calls.streams_out = outbound.streams  # (ids: calls skip streams')
+        # The sending hot paths, bound once (no extra call per item, per call); see
+        # OutboundStreams.send_item and .writable, and CallTable.call: send_call queues
+        # a plain call (no stream, channel, timeout or keyword arguments), returns its id.
         self.send_item = outbound.send_item
         self.writable = outbound.writable
+        self.send_call = self._calls.call
         self._inbound = InboundStreams(self._sched.control, self._flow, self._calls, self._peer_parity, budget)
         self._message_limit = 0
         self._algorithm = 0
@@ -187,6 +186,7 @@ class Connection:
 
     send_item: Callable[..., bool]
     writable: Callable[[int], bool]
+    send_call: Callable[..., int]
 
     def send_run(self, stream_id: int, payloads: list[bytes], room: int) -> int:
         """Queue a run of encoded items on an outgoing stream in one step, as far as
@@ -228,18 +228,15 @@ class Connection:
     def can_call(self) -> bool:
         """Whether a call may go now: the peer's HELLO came and its ``max_pending_calls``
         is not reached."""
-        return len(self._calls.out) < self._call_limit
+        calls = self._calls
+        return len(calls.out) < calls.call_limit
 
     def can_open_stream(self) -> bool:
         return self._flow.stream_slots > 0
 
     def next_id(self) -> int:
         """Allocate a call or stream id of our parity, skipping ids still in use."""
-        fid = self._next_id
-        while fid in self._out or fid in self._calls.out:
-            fid += 2
-        self._next_id = fid + 2
-        return fid
+        return self._calls.free_id()
 
     def stats(self) -> dict[str, object]:
         """What the connection tracks (calls, streams, credit, slots, replay): for tests."""
@@ -419,35 +416,18 @@ class Connection:
         if self.closed:
             raise ConnectionClosed()
         calls = self._calls
-        if len(calls.out) >= self._call_limit:  # can_call, inline
+        if len(calls.out) >= calls.call_limit:  # can_call, inline
             raise LimitExceeded("too many pending calls")
-        call_id = self._next_id  # next_id, inline: its first try is nearly always free
+        call_id = calls.next_id  # next_id, inline: its first try is nearly always free
         if call_id in calls.out or call_id in self._out:
-            call_id = self.next_id()
+            call_id = calls.free_id()
         else:
-            self._next_id = call_id + 2
+            calls.next_id = call_id + 2
         calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
         if stream:
             self._inbound.expect(call_id)
         if channel:
             self._outbound.open(call_id, DEFAULT_URGENCY, True)
-        return call_id
-
-    def send_call(self, method: str, payload: Payload, raw: bool = False) -> int:
-        """:meth:`send_request` of a plain call (no stream, channel, timeout or keyword
-        arguments): the path of every ``peer.call``."""
-        if self.closed:
-            raise ConnectionClosed()
-        calls = self._calls
-        out = calls.out
-        if len(out) >= self._call_limit:
-            raise LimitExceeded("too many pending calls")
-        call_id = self._next_id
-        if call_id in out or call_id in self._out:
-            call_id = self.next_id()
-        else:
-            self._next_id = call_id + 2
-        calls.plain_request(call_id, method, payload, raw)
         return call_id
 
     def send_notification(self, method: str, payload: Payload, *, raw: bool = False, kwargs: bool = False) -> None:
@@ -500,8 +480,9 @@ class Connection:
             raise ValueError(f"stream id {stream_id} is in use")
         check_urgency(urgency)
         self._flow.take_slot()
-        if self._next_id <= stream_id < NAMED_STREAM_BASE:  # named ids stay apart
-            self._next_id = stream_id + 2
+        calls = self._calls
+        if calls.next_id <= stream_id < NAMED_STREAM_BASE:  # named ids stay apart
+            calls.next_id = stream_id + 2
         self._outbound.open(stream_id, urgency, False)
         return stream_id
 
@@ -620,7 +601,7 @@ class Connection:
     def discard_state(self) -> None:
         """The connection is gone for good: forget every call and stream, and what
         they had buffered (a closed peer kept alive by its user holds no data)."""
-        self._outbound.closed = self.closed = True
+        self._outbound.closed = self._calls.closed = self.closed = True
         self._inbound.clear()
         self._outbound.clear()
         self._sched.clear()
@@ -639,7 +620,7 @@ class Connection:
             return
         payload = F.encode_varint(int(code)) + reason.encode("utf-8", "replace")[:512]
         self._sched.control.add(F.GOAWAY, 0, 0, payload)
-        self._outbound.closed = self.closed = True
+        self._outbound.closed = self._calls.closed = self.closed = True
 
     def _check_open(self) -> None:
         if self.closed:
@@ -773,7 +754,7 @@ class Connection:
         if self._algorithm:
             self._outbound.compressor = _compression.Compressor(self._algorithm)
         self.session.enabled = bool(self.settings.resume and peer.resume)
-        self._call_limit = peer.max_pending_calls
+        self._calls.call_limit = peer.max_pending_calls
         events.append(HelloReceived(peer))
 
     def _on_data(self, f: F.Frame, events: list[Event]) -> None:
