@@ -137,7 +137,8 @@ def _head(f: F.Frame, has_deadline: bool) -> tuple[str, Payload, float | None]:
 
 class CallTable:
     """The calls of one connection: ours (``out``: id -> :class:`CallState`, and which
-    of them are streaming) and the peer's (``inbound``, until answered)."""
+    of them are streaming) and the peer's (``inbound``, until answered); and the one
+    counter our calls and our streams take their ids from (:meth:`free_id`)."""
 
     __slots__ = (
         "budget",
