@@ -214,18 +214,33 @@ class CallTable:
         self.next_id = fid + 2
         return fid
 
-    def call(self, method: str, payload: Payload, raw: bool = False) -> int:
-        """Queue the REQUEST of a plain call (no stream, channel, deadline or keyword
-        arguments) and return its id: every ``peer.call``'s path, in one step
-        (``Connection.send_call``). :class:`ConnectionClosed` once closed,
-        :class:`LimitExceeded` at the peer's ``max_pending_calls`` (or before its
-        HELLO), :class:`PayloadTooLarge` past its frame limit."""
+    def new_id(self) -> int:
+        """The id for a new call of ours: :class:`ConnectionClosed` once closed,
+        :class:`LimitExceeded` at the peer's ``max_pending_calls`` (or before its HELLO)."""
         if self.closed:
             raise ConnectionClosed()
         out = self.out
         if len(out) >= self.call_limit:
             raise LimitExceeded("too many pending calls")
         call_id = self.next_id  # free_id, inline: its first try is nearly always free
+        if call_id in out or call_id in self.streams_out:
+            return self.free_id()
+        self.next_id = call_id + 2
+        return call_id
+
+    def call(self, method: str, payload: Payload, raw: bool = False) -> int:
+        """Queue the REQUEST of a plain call (no stream, channel, deadline or keyword
+        arguments) and return its id (:meth:`new_id`'s errors; :class:`PayloadTooLarge`
+        past the peer's frame limit): every ``peer.call``'s path, in one step
+        (``Connection.send_call``)."""
+        # new_id, inline: every peer.call's path (its frame: ~540 instructions a call,
+        # 1.2 % of a call with 100 in flight, by callgrind).
+        if self.closed:
+            raise ConnectionClosed()
+        out = self.out
+        if len(out) >= self.call_limit:
+            raise LimitExceeded("too many pending calls")
+        call_id = self.next_id
         if call_id in out or call_id in self.streams_out:
             call_id = self.free_id()
         else:

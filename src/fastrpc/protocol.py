@@ -413,16 +413,8 @@ class Connection:
         """Queue a REQUEST; return its call id. ``stream``: results come back as a stream
         on the call id (:meth:`read_item`); ``channel``: we send one on it (:meth:`send_item`);
         ``kwargs``: the arguments end with a map of keyword arguments."""
-        if self.closed:
-            raise ConnectionClosed()
         calls = self._calls
-        if len(calls.out) >= calls.call_limit:  # can_call, inline
-            raise LimitExceeded("too many pending calls")
-        call_id = calls.next_id  # next_id, inline: its first try is nearly always free
-        if call_id in calls.out or call_id in self._out:
-            call_id = calls.free_id()
-        else:
-            calls.next_id = call_id + 2
+        call_id = calls.new_id()
         calls.request(call_id, method, payload, raw, stream, channel, timeout, kwargs)
         if stream:
             self._inbound.expect(call_id)
