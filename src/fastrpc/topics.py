@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, Union
 
 import msgspec
@@ -605,17 +605,9 @@ class Subscription(AsyncIterator[Event]):
         epoch, offset = since if since is not None else (None, None)
         return self._peer.stream(SUBSCRIBE, self.topic, epoch, offset, self.policy, self.key, self.queue_size)
 
-    async def __anext__(self) -> Event:
-        # An item that a message brought is handed out in this coroutine itself (no
-        # second frame per item); anything else goes through _next_event.
-        ready = self._ready
-        if ready and not self._early:
-            ev = ready[-1]
-            if ev[0] == _ITEM:
-                ready.pop()
-                self.offset = ev[1]
-                return Item(self.epoch, ev[1], ev[2])  # type: ignore[arg-type]
-        return await self._next_event(False)  # type: ignore[return-value]  # never None unless until_start
+    def __anext__(self) -> Awaitable[Event]:
+        # The coroutine of _next_event itself: one coroutine per item, not two.
+        return self._next_event(False)  # type: ignore[return-value]  # never None unless until_start
 
     async def _next_event(self, until_start: bool) -> Event | None:
         if self._early and not until_start:
