@@ -7,6 +7,7 @@ only checks that the table and the JSON come out, not any figure.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +170,40 @@ def test_sides_smoke() -> None:
     assert len(rows) == 2, proc.stdout  # seq, inflight
     for row in rows:
         assert float(row[1].replace(",", "")) > 0 and len(row) == 6, row
+
+
+def _probe() -> Any:
+    spec = importlib.util.spec_from_file_location("compile_probe", ROOT / "bench" / "compile_probe.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compile_probe_edits_match(tmp_path: Path) -> None:
+    """bench/compile_probe.py: every edit mypyc needs matches this tree once (the
+    probe refuses to run on one that drifted), and changes what it names."""
+    probe = _probe()
+    pkg = probe.copy_tree(tmp_path)
+    before = {m: (pkg / f"{m}.py").read_text() for m in probe.PEER}
+    assert probe.apply_edits(pkg, probe.PEER) == len(probe.EDITS)
+    changed = {m for m in probe.PEER if (pkg / f"{m}.py").read_text() != before[m]}
+    assert changed == {module for module, _, _ in probe.EDITS}
+    with pytest.raises(SystemExit, match="no longer matches"):
+        probe.apply_edits(pkg, probe.PEER)  # applied already: the old text is gone
+
+
+@pytest.mark.timeout(240)
+def test_compile_probe_compiles(tmp_path: Path) -> None:
+    # One small module through mypyc: the copy imports it as an extension.
+    pytest.importorskip("mypyc")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compile_probe.py"), str(tmp_path), "--set", "wire"],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "compiled 1 modules" in proc.stdout
+    assert list((tmp_path / "src" / "fastrpc").glob("wire.*.so"))
