@@ -34,9 +34,15 @@ class Timer:
 
 class _Timers:
     """One event-loop timer for the keepalive deadlines of all the connections of a
-    loop (a TimerHandle per connection costs about half a KiB of an idle one)."""
+    loop (a TimerHandle per connection costs about half a KiB of an idle one).
 
-    __slots__ = ("at", "handle", "heap", "loop", "seq")
+    A cancelled deadline stays in the heap until it comes up (a closed connection's
+    next ping, up to ``ping_interval`` later); so that connections opened and closed
+    fast do not pile them up, the heap is rebuilt without them once it has grown to
+    twice what it held after the last rebuild (at least ``_COMPACT_MIN`` entries):
+    at most about twice the live deadlines, for O(1) amortized work an ``add``."""
+
+    __slots__ = ("at", "handle", "heap", "limit", "loop", "seq")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -44,15 +50,26 @@ class _Timers:
         self.handle: asyncio.TimerHandle | None = None
         self.at = 0.0
         self.seq = 0
+        self.limit = _COMPACT_MIN  # rebuild the heap past this many entries
 
     def add(self, delay: float, fn: Callable[[], None]) -> Timer:
         when = self.loop.time() + delay
         t = Timer(fn)
         self.seq += 1
-        heapq.heappush(self.heap, (when, self.seq, t))
+        heap = self.heap
+        if len(heap) >= self.limit:
+            self._compact()
+        heapq.heappush(heap, (when, self.seq, t))
         if self.handle is None or when < self.at:
             self._arm(when)
         return t
+
+    def _compact(self) -> None:
+        """Drop the cancelled deadlines (in place: the heap keeps its identity)."""
+        heap = self.heap
+        heap[:] = [entry for entry in heap if entry[2].fn is not None]
+        heapq.heapify(heap)
+        self.limit = max(_COMPACT_MIN, 2 * len(heap))
 
     def _arm(self, when: float) -> None:
         if self.handle is not None:
@@ -72,6 +89,11 @@ class _Timers:
             heapq.heappop(heap)
         if heap and self.handle is None:
             self._arm(heap[0][0])
+
+
+# The smallest heap that is rebuilt: below it, cancelled deadlines cost less than
+# scanning for them.
+_COMPACT_MIN = 64
 
 
 _loop_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
