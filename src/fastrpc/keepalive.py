@@ -28,7 +28,7 @@ class Timer:
         self.fn: Callable[[], None] | None = fn
 
     def cancel(self) -> None:
-        """Disarm it (its heap entry is dropped when it comes up)."""
+        """Disarm it (its heap entry is dropped when it comes up, or when the heap is rebuilt)."""
         self.fn = None
 
 
