@@ -197,7 +197,7 @@ def test_hello_exchange_and_settings_round_trip() -> None:
     assert frames_of(first) == [(F.HELLO, 0, 0, cs.to_wire() + b"\x0b\x01")]
     version, values = F.decode_settings(cs.to_wire())
     assert version == F.PROTOCOL_VERSION == 1
-    assert values == {1: 2048, 2: 8192, 3: 4096, 4: 7, 5: 9, 6: 12345, 7: 1, 8: 1, 9: 1, 10: 65536}
+    assert values == {1: 2048, 2: 8192, 3: 4096, 4: 7, 5: 9, 6: 12345, 7: 1, 8: 1, 9: 1, 10: 65536, 12: 1}
     assert s.receive_message(first) == [HelloReceived(cs)]
     assert s.peer_settings == cs and s.ready
     # Handshake frames are not counted in positions.
@@ -214,7 +214,8 @@ def test_hello_exchange_and_settings_round_trip() -> None:
 def test_unknown_setting_keys_are_ignored() -> None:
     s = Connection(Role.SERVER)
     events = s.receive_message(hello({1: 2048, 11: 5, 4: 3, 200: 1 << 40}))
-    expected = Settings(max_frame_size=2048, max_streams=3)
+    # No key 12 (features): a peer that reads no extension, such as an older one.
+    expected = Settings(max_frame_size=2048, max_streams=3, features=0)
     assert events == [HelloReceived(expected)]
     assert s.peer_settings == expected
 
@@ -287,7 +288,7 @@ def test_settings_below_the_minimums_are_rejected(values: dict[int, int], reason
     # The minimums themselves are fine.
     s = Connection(Role.SERVER)
     s.receive_message(hello({1: 1024, 2: 1024, 3: 1024, 10: 1024, 6: 1}))
-    assert s.peer_settings == Settings(1024, 1024, 1024, max_item_size=1, connection_window=1024)
+    assert s.peer_settings == Settings(1024, 1024, 1024, max_item_size=1, connection_window=1024, features=0)
 
 
 # ------------------------------------------------------------------------------ calls

@@ -14,6 +14,7 @@ import fastrpc
 from fastrpc.broker import MemoryBroker
 from fastrpc.codec import PayloadCodec
 from fastrpc.protocol import Role
+from fastrpc.settings import Settings
 from fastrpc.topics import Gap, Item
 
 
@@ -92,6 +93,8 @@ def test_item_encoded_once_for_all_subscribers(monkeypatch: pytest.MonkeyPatch) 
     def counting(self: PayloadCodec, value: Any) -> bytes:
         if isinstance(value, list) and value and value[0] == 0:  # an item envelope
             encoded.append(value[1])
+        elif isinstance(value, list) and value and value[0] == 5:  # a run of items
+            encoded.extend(range(value[1], value[1] + len(value[2])))
         return original(self, value)
 
     monkeypatch.setattr(PayloadCodec, "encode_value", counting)
@@ -342,7 +345,8 @@ def test_fan_out_to_fast_and_slow_subscribers_exact_and_in_order(monkeypatch: py
 
     def counting(self: fastrpc.StreamManager, sid: int, items: Any) -> int:
         n = original(self, sid, items)
-        taken.append(n)
+        # Items, or run events of several: count the topic's items.
+        taken.append(sum(len(env.value[2]) if env.value[0] == 5 else 1 for env in items[:n]))
         return n
 
     monkeypatch.setattr(fastrpc.StreamManager, "send_now", counting)
@@ -563,3 +567,155 @@ def test_a_pass_writes_each_subscriber_in_its_turn(monkeypatch: pytest.MonkeyPat
 
     run(main())
     assert len(queued_after_pass) >= 12 and not any(queued_after_pass), queued_after_pass
+
+
+# ------------------------------------------------------------------ run events
+
+
+def _count_encodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Patch the codec to record the item envelopes (their offsets) and the run
+    events (their first offset and length) it encodes."""
+    seen: dict[str, list[Any]] = {"items": [], "runs": []}
+    original = PayloadCodec.encode_value
+
+    def counting(self: PayloadCodec, value: Any) -> bytes:
+        if isinstance(value, list) and value and value[0] == 0:
+            seen["items"].append(value[1])
+        elif isinstance(value, list) and value and value[0] == 5:
+            seen["runs"].append((value[1], len(value[2])))
+        return original(self, value)
+
+    monkeypatch.setattr(PayloadCodec, "encode_value", counting)
+    return seen
+
+
+async def _publish_in_one_pass(server: fastrpc.Server, topic: str, values: list[Any]) -> None:
+    # The in-memory broker delivers as it publishes: no await below yields to the loop
+    # (the items are fewer than the queue size), so the items make one loop pass.
+    for v in values:
+        await server.publish(topic, v)
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_a_pass_reaches_subscribers_as_runs_encoded_once(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    seen = _count_encodes(monkeypatch)
+    count = 150  # three runs: 64, 64, 22
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            clients = [await fastrpc.connect(server.url, codec=codec, **QUIET) for _ in range(4)]
+            subs = [await c.subscribe("t").start() for c in clients]
+            await _publish_in_one_pass(server, "t", [[i, "v"] for i in range(count)])
+            for sub in subs:
+                got = await asyncio.wait_for(take(sub, count), 5)
+                assert all(type(e) is Item for e in got)
+                assert [e.value for e in got] == [[i, "v"] for i in range(count)]
+                assert offsets(got) == list(range(1, count + 1))
+                assert sub.position == (got[0].epoch, count)
+            for c in clients:
+                await c.close()
+
+    run(main())
+    # Each run is encoded once for the four subscribers, and no item on its own.
+    assert seen["runs"] == [(1, 64), (65, 64), (129, 22)]
+    assert seen["items"] == []
+
+
+def test_a_peer_without_the_feature_gets_items_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # HELLOs without key 12, as an older fastrpc sends them: the server must not send
+    # run events that such a client does not know.
+    monkeypatch.setattr(Settings, "_KEYS", {k: v for k, v in Settings._KEYS.items() if k != "features"})
+    seen = _count_encodes(monkeypatch)
+    count = 100
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            client = await fastrpc.connect(server.url, **QUIET)
+            assert client.peer_settings is not None and client.peer_settings.features == 0
+            sub = await client.subscribe("t").start()
+            await _publish_in_one_pass(server, "t", list(range(count)))
+            got = await asyncio.wait_for(take(sub, count), 5)
+            assert [e.value for e in got] == list(range(count))
+            assert offsets(got) == list(range(1, count + 1))
+            await client.close()
+
+    run(main())
+    assert seen["runs"] == []
+    assert sorted(seen["items"]) == list(range(1, count + 1))
+
+
+def test_runs_a_subscriber_cannot_take_whole_go_item_by_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client takes items of at most 256 bytes: a run of 64 items is larger, so the
+    # pass falls back to the items one by one (the queue, then the stream's sender).
+    seen = _count_encodes(monkeypatch)
+    count = 200
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            small = await fastrpc.connect(server.url, max_item_size=256, **QUIET)
+            large = await fastrpc.connect(server.url, **QUIET)
+            subs = [await small.subscribe("t").start(), await large.subscribe("t").start()]
+            await _publish_in_one_pass(server, "t", [b"x" * 16] * count)
+            for sub in subs:
+                got = await asyncio.wait_for(take(sub, count), 5)
+                assert offsets(got) == list(range(1, count + 1))
+                assert all(e.value == b"x" * 16 for e in got)
+            await small.close()
+            await large.close()
+
+    run(main())
+    assert seen["runs"]  # the large one got runs
+    assert sorted(seen["items"]) == list(range(1, count + 1))  # the small one items
+
+
+class _Redirect:
+    """A ``Subscription``'s caller that sends its streaming call to another method:
+    a server that answers a subscription with events of its own making."""
+
+    def __init__(self, peer: fastrpc.RpcPeer, method: str) -> None:
+        self.peer = peer
+        self.method = method
+
+    @property
+    def closed(self) -> bool:
+        return self.peer.closed
+
+    def stream(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.peer.stream(self.method, *args, timeout=timeout)
+
+
+@pytest.mark.parametrize("bad", [[5, "1", [1]], [5, 1, {"a": 1}], [5, 1, None]])
+def test_a_malformed_run_event_is_a_protocol_error(bad: list[Any]) -> None:
+    router = fastrpc.Router()
+
+    @router.method
+    async def echo(x: int) -> int:
+        return x
+
+    @router.method
+    async def evil(*args: Any) -> Any:
+        yield [1, "e", 0, False]
+        yield [5, 1, ["a", "b"]]
+        yield bad
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        async with fastrpc.serve(router, **QUIET) as server:
+            client = await fastrpc.connect(server.url, **QUIET)
+            sub = fastrpc.Subscription(_Redirect(client, "evil"), "t")  # type: ignore[arg-type]
+            got = [(e.offset, e.value) async for e in _first(sub, 2)]
+            assert got == [(1, "a"), (2, "b")]
+            with pytest.raises(fastrpc.ProtocolError, match="malformed run event"):
+                await asyncio.wait_for(sub.__anext__(), 5)
+            # The subscription is over; the connection lives on.
+            with pytest.raises(StopAsyncIteration):
+                await sub.__anext__()
+            assert await client.call("echo", 7) == 7
+            await client.close()
+
+    run(main())
+
+
+async def _first(sub: fastrpc.Subscription, n: int) -> Any:
+    for _ in range(n):
+        yield await asyncio.wait_for(sub.__anext__(), 5)

@@ -25,6 +25,7 @@ from .protocol import Role
 from .resume import session_token
 from .router import Router
 from .sessions import MemorySessionStore, SessionStore
+from .settings import FEATURE_TOPIC_RUNS
 from .static import StaticFiles
 from .topics import SUBSCRIBE, TopicHub
 from .transport import SUBPROTOCOL, Transport, TransportClosed, WebSocketServer, start_server
@@ -453,7 +454,10 @@ class _Subscribe:
         self.hub = hub
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.hub.subscription(current_peer(), *args, **kwargs)
+        peer = current_peer()
+        theirs = getattr(peer, "peer_settings", None)  # a seed JSON-mode peer has no HELLO
+        runs = theirs is not None and bool(theirs.features & FEATURE_TOPIC_RUNS)
+        return self.hub.subscription(peer, *args, **kwargs, runs=runs)
 
 
 def serve(

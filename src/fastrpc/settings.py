@@ -13,7 +13,7 @@ from . import frames as F
 from . import options as O
 from .exceptions import ErrorCode, ProtocolError
 
-__all__ = ["CODEC_JSON", "CODEC_MSGPACK", "Role", "Settings"]
+__all__ = ["CODEC_JSON", "CODEC_MSGPACK", "FEATURE_TOPIC_RUNS", "Role", "Settings"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -30,6 +30,11 @@ SETTING_RESUME = 9
 SETTING_CONNECTION_WINDOW = 10
 # Sent by clients only (value 1): a client that gets it back is talking to an echo.
 SETTING_SENT_BY_CLIENT = 11
+SETTING_FEATURES = 12
+
+# Features (SETTING_FEATURES, a bitmask): what this side reads beyond version 1.
+FEATURE_TOPIC_RUNS = 1  # topic run events ([5, first, values]: docs/protocol.md, "Topics")
+FEATURES = FEATURE_TOPIC_RUNS
 
 # Payload codecs (SETTING_CODEC).
 CODEC_MSGPACK = 0
@@ -45,7 +50,11 @@ class Role(enum.IntEnum):
 
 @dataclass(slots=True)
 class Settings:
-    """Limits one side announces in its HELLO: what it is willing to receive."""
+    """Limits one side announces in its HELLO: what it is willing to receive.
+
+    ``features`` is a bitmask of what it reads beyond protocol version 1
+    (:data:`FEATURE_TOPIC_RUNS`); a peer sends those only to a side that announced
+    them."""
 
     max_frame_size: int = O.MAX_FRAME_SIZE
     max_message_size: int = O.MAX_MESSAGE_SIZE
@@ -57,6 +66,7 @@ class Settings:
     codec: int = CODEC_MSGPACK
     resume: int = 0
     connection_window: int = O.CONNECTION_WINDOW
+    features: int = FEATURES
 
     _KEYS: ClassVar[dict[str, int]] = {
         "max_frame_size": SETTING_MAX_FRAME_SIZE,
@@ -69,6 +79,7 @@ class Settings:
         "codec": SETTING_CODEC,
         "resume": SETTING_RESUME,
         "connection_window": SETTING_CONNECTION_WINDOW,
+        "features": SETTING_FEATURES,
     }
 
     def __post_init__(self) -> None:
@@ -109,6 +120,7 @@ class Settings:
         self = cls.__new__(cls)
         for f in fields(cls):
             setattr(self, f.name, f.default)
+        self.features = 0  # a HELLO without the key: a peer that reads no extension
         by_key = {key: name for name, key in cls._KEYS.items()}
         for key, value in values.items():
             name = by_key.get(key)
