@@ -599,10 +599,10 @@ async def _publish_in_one_pass(server: fastrpc.Server, topic: str, values: list[
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
 def test_a_pass_reaches_subscribers_as_runs_encoded_once(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
     seen = _count_encodes(monkeypatch)
-    count = 150  # three runs: 64, 64, 22
+    count = 600  # one pass (the queue size is larger): three runs, 256, 256 and 88
 
     async def main() -> None:
-        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+        async with fastrpc.serve(fastrpc.Router(), topic_queue_size=1000, **QUIET) as server:
             clients = [await fastrpc.connect(server.url, codec=codec, **QUIET) for _ in range(4)]
             subs = [await c.subscribe("t").start() for c in clients]
             await _publish_in_one_pass(server, "t", [[i, "v"] for i in range(count)])
@@ -617,7 +617,7 @@ def test_a_pass_reaches_subscribers_as_runs_encoded_once(monkeypatch: pytest.Mon
 
     run(main())
     # Each run is encoded once for the four subscribers, and no item on its own.
-    assert seen["runs"] == [(1, 64), (65, 64), (129, 22)]
+    assert seen["runs"] == [(1, 256), (257, 256), (513, 88)]
     assert seen["items"] == []
 
 
@@ -645,7 +645,7 @@ def test_a_peer_without_the_feature_gets_items_one_by_one(monkeypatch: pytest.Mo
 
 
 def test_runs_a_subscriber_cannot_take_whole_go_item_by_item(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The client takes items of at most 256 bytes: a run of 64 items is larger, so the
+    # The client takes items of at most 256 bytes: a run of 200 items is larger, so the
     # pass falls back to the items one by one (the queue, then the stream's sender).
     seen = _count_encodes(monkeypatch)
     count = 200

@@ -22,9 +22,9 @@ the wire; docs/protocol.md, "Topics"). Its stream carries events, each one list:
   (:class:`SlowSubscriber`);
 * ``[5, first, [value, ...]]``: items at consecutive offsets from ``first``, sent
   only to a client whose HELLO announced ``FEATURE_TOPIC_RUNS``. A loop pass's items
-  go to every subscriber that keeps up as the same few run events, each encoded once
-  per process: one frame a subscriber per 64 items instead of one per item, and one
-  decode for the run on the subscriber's side.
+  go to every subscriber that keeps up as the same run events (of up to 256 items),
+  each encoded once per process: one frame a subscriber per pass instead of one per
+  item, and one decode for the run on the subscriber's side.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ POLICIES = (BLOCK, DROP_OLDEST, LATEST, DISCONNECT)
 _ITEM, _START, _GAP, _LOST, _SLOW, _RUN = range(6)
 _PASS_DELIVERIES = O.TOPIC_PASS_DELIVERIES
 _TAKE = 64  # a subscription takes (and decodes) at most this many events at once
-_RUN_MAX = 64  # items in one run event
+_RUN_MAX = 256  # items in one run event (the default queue size: a pass's batch is one run)
 
 
 class Item(msgspec.Struct, eq=False):
