@@ -421,6 +421,63 @@ def test_register_on_a_connection() -> None:
     run(main())
 
 
+def test_a_handler_is_read_once_while_it_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Router.add reads a handler's signature once for every router it goes into (a
+    server registers its built-in subscribe on every connection: ~60 us a read), and
+    still reads handlers it cannot remember (unhashable, or without weak references)
+    each time."""
+    from fastrpc import router as router_module
+    from fastrpc.server import _Subscribe
+
+    reads: list[Any] = []
+    original = router_module.signature_of
+
+    def counting(fn: Any) -> Any:
+        reads.append(fn)
+        return original(fn)
+
+    monkeypatch.setattr(router_module, "signature_of", counting)
+
+    class Handler:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, x: int) -> int:
+            return x
+
+    class Slotted:
+        __slots__ = ()  # no weak references to it
+
+        def __call__(self, x: int) -> int:
+            return x
+
+    h, u, s = Handler(), Unhashable(), Slotted()
+    for _ in range(3):
+        r = fastrpc.Router()
+        r.add("h", h)
+        r.add("u", u)
+        r.add("s", s)
+        assert r.lookup("h") == (h, router_module.ASYNC) and r.spec("h") is not None
+        assert r.lookup("u") == (u, router_module.SYNC) and r.spec("u") is not None
+    assert sum(1 for f in reads if f is h) == 1
+    assert sum(1 for f in reads if f is u) == 3
+    assert sum(1 for f in reads if f is s) == 3
+
+    async def main() -> None:
+        async with fastrpc.serve(make_router(), **QUIET) as server:
+            clients = [await fastrpc.connect(server.url, **QUIET) for _ in range(3)]
+            assert [await c.call("add", 1, 2) for c in clients] == [3, 3, 3]
+            for c in clients:
+                await c.close()
+
+    reads.clear()
+    run(main())
+    assert sum(1 for f in reads if type(f) is _Subscribe) == 1
+
+
 def test_current_peer_calls_back_to_the_client() -> None:
     router = fastrpc.Router()
     peers: list[fastrpc.RpcPeer] = []

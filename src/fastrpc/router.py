@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -41,6 +42,26 @@ def handler_kind(fn: Callable[..., Any]) -> int:
     ):
         return ASYNC
     return SYNC
+
+
+# What Router.add reads of a handler, by handler, while it lives: a server registers
+# its built-in `fastrpc.subscribe` on every connection (peer.register), and reading a
+# signature costs ~60 us.
+_read: weakref.WeakKeyDictionary[Any, tuple[int, ArgumentSpec | None]] = weakref.WeakKeyDictionary()
+
+
+def _kind_and_spec(fn: Callable[..., Any]) -> tuple[int, ArgumentSpec | None]:
+    try:
+        known = _read.get(fn)
+    except TypeError:  # not hashable
+        known = None
+    if known is None:
+        known = (handler_kind(fn), signature_of(fn))
+        try:
+            _read[fn] = known
+        except TypeError:  # no weak references to it (a builtin function)
+            pass
+    return known
 
 
 def _check_authorize(authorize: Authorize | None) -> None:
@@ -136,8 +157,8 @@ class Router:
                 f"async generator (async def {name}(...): ... yield item), called with peer.stream({name!r}, ...)"
             )
         _check_authorize(authorize)
-        self.methods[name] = (fn, handler_kind(fn))
-        args = signature_of(fn)
+        kind, args = _kind_and_spec(fn)
+        self.methods[name] = (fn, kind)
         check = authorize or self.authorize
         if args is not None or check is not None:
             self.specs[name] = MethodSpec(args, check)

@@ -448,7 +448,7 @@ class _Subscribe:
     subscribing connection is the current peer. (A bound function registered per
     connection cost ~8 KiB a connection: the argument spec built for it.)"""
 
-    __slots__ = ("hub",)
+    __slots__ = ("__weakref__", "hub")  # weakly referable: Router.add remembers what it read of it
 
     def __init__(self, hub: TopicHub) -> None:
         self.hub = hub
