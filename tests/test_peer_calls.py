@@ -478,6 +478,31 @@ def test_a_handler_is_read_once_while_it_lives(monkeypatch: pytest.MonkeyPatch) 
     assert sum(1 for f in reads if type(f) is _Subscribe) == 1
 
 
+def test_connections_with_the_same_terms_share_their_settings() -> None:
+    """A server's connections announce the same HELLO: one Settings object for all of
+    them (each copy cost ~130 B a connection), with the terms of its options."""
+
+    async def main() -> None:
+        async with fastrpc.serve(make_router(), max_streams=77, codec="json", **QUIET) as server:
+            clients = [await fastrpc.connect(server.url, **QUIET) for _ in range(3)]
+            other = await fastrpc.connect(server.url, max_streams=55, **QUIET)
+            await until(lambda: len(server.peers) == 4)
+            mine = {id(p.core.settings) for p in server.peers}
+            assert len(mine) == 1
+            terms = next(iter(server.peers)).core.settings
+            assert terms.max_streams == 77 and terms.codec == 1 and terms.features == 1
+            assert len({id(c.core.settings) for c in clients}) == 1
+            assert other.core.settings is not clients[0].core.settings
+            assert other.core.settings.max_streams == 55 and clients[0].core.settings.max_streams == O.MAX_STREAMS
+            # What each side announced is what the other received.
+            assert all(c.peer_settings == terms for c in clients)
+            assert [await c.call("add", 1, 2) for c in clients] == [3, 3, 3]
+            for c in (*clients, other):
+                await c.close()
+
+    run(main())
+
+
 def test_current_peer_calls_back_to_the_client() -> None:
     router = fastrpc.Router()
     peers: list[fastrpc.RpcPeer] = []

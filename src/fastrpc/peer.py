@@ -12,6 +12,7 @@ socket is past its high-water mark.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -516,12 +517,21 @@ _DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _hello_settings(**terms: int) -> Settings:
+    # One object for every connection with the same terms (a server's connections):
+    # nothing changes a peer's settings once made, and each copy was ~130 B a
+    # connection. RpcPeer sets codec and window to the values they already have.
+    return Settings(**terms)
+
+
 def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
     """:class:`RpcPeer` keyword arguments for a connection made with ``options`` (a
     fresh copy of the options' stream manager, the HELLO settings)."""
     template = options.streams
     manager = template.copy() if template is not None else StreamManager()
-    settings = Settings(
+    codec = get_codec(options.codec, options.enc_hook, options.dec_hook)
+    settings = _hello_settings(
         max_frame_size=options.max_frame_size,
         max_message_size=options.max_message_size,
         initial_stream_window=manager.initial_window,
@@ -530,11 +540,12 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
         max_item_size=options.max_item_size,
         connection_window=options.connection_window,
         compression=options.compression_mask(),
+        codec=codec.wire_id,
         resume=int(options.resume),
     )
     return {
         "settings": settings,
-        "codec": get_codec(options.codec, options.enc_hook, options.dec_hook),
+        "codec": codec,
         "streams": manager,
         "expose_tracebacks": options.expose_tracebacks,
         "keepalive_interval": options.keepalive_interval,
