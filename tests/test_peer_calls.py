@@ -466,6 +466,33 @@ def test_a_handler_is_read_once_while_it_lives(monkeypatch: pytest.MonkeyPatch) 
     assert sum(1 for f in reads if f is u) == 3
     assert sum(1 for f in reads if f is s) == 3
 
+    # Equal (and equally hashed) handlers are still read each for itself.
+    class Same:
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Same)
+
+        def __hash__(self) -> int:
+            return 1
+
+    class Plain(Same):
+        def __call__(self, x: int) -> int:
+            return x
+
+    class Coroutine(Same):
+        async def __call__(self, name: str) -> str:
+            return name
+
+    keep = [Plain(), Coroutine()]  # both alive at once
+    r = fastrpc.Router()
+    r.add("plain", keep[0])
+    r.add("coroutine", keep[1])
+    assert r.lookup("plain") == (keep[0], router_module.SYNC)
+    assert r.lookup("coroutine") == (keep[1], router_module.ASYNC)
+    plain, coroutine = r.spec("plain"), r.spec("coroutine")
+    assert plain is not None and coroutine is not None
+    assert plain.args is not None and coroutine.args is not None
+    assert list(plain.args.hints) == ["x"] and list(coroutine.args.hints) == ["name"]
+
     async def main() -> None:
         async with fastrpc.serve(make_router(), **QUIET) as server:
             clients = [await fastrpc.connect(server.url, **QUIET) for _ in range(3)]

@@ -684,8 +684,11 @@ class _Redirect:
         return self.peer.stream(self.method, *args, timeout=timeout)
 
 
-@pytest.mark.parametrize("bad", [[5, "1", [1]], [5, 1, {"a": 1}], [5, 1, None]])
-def test_a_malformed_run_event_is_a_protocol_error(bad: list[Any]) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [[5, "1", [1]], [5, 1, {"a": 1}], [5, 1, None], [5], [5, 1], [0, 1], [2, "x", 1, 2], [3, "e"], 7, {"a": 1}],
+)
+def test_a_malformed_event_is_a_protocol_error(bad: Any) -> None:
     router = fastrpc.Router()
 
     @router.method
@@ -705,7 +708,7 @@ def test_a_malformed_run_event_is_a_protocol_error(bad: list[Any]) -> None:
             sub = fastrpc.Subscription(_Redirect(client, "evil"), "t")  # type: ignore[arg-type]
             got = [(e.offset, e.value) async for e in _first(sub, 2)]
             assert got == [(1, "a"), (2, "b")]
-            with pytest.raises(fastrpc.ProtocolError, match="malformed run event"):
+            with pytest.raises(fastrpc.ProtocolError, match="malformed event"):
                 await asyncio.wait_for(sub.__anext__(), 5)
             # The subscription is over; the connection lives on.
             with pytest.raises(StopAsyncIteration):

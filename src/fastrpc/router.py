@@ -46,8 +46,8 @@ def handler_kind(fn: Callable[..., Any]) -> int:
 
 # What Router.add reads of a handler, by handler, while it lives: a server registers
 # its built-in `fastrpc.subscribe` on every connection (peer.register), and reading a
-# signature costs ~60 us.
-_read: weakref.WeakKeyDictionary[Any, tuple[int, ArgumentSpec | None]] = weakref.WeakKeyDictionary()
+# signature costs ~60 us. The id tells an equal but other handler apart.
+_read: weakref.WeakKeyDictionary[Any, tuple[int, int, ArgumentSpec | None]] = weakref.WeakKeyDictionary()
 
 
 def _kind_and_spec(fn: Callable[..., Any]) -> tuple[int, ArgumentSpec | None]:
@@ -55,13 +55,14 @@ def _kind_and_spec(fn: Callable[..., Any]) -> tuple[int, ArgumentSpec | None]:
         known = _read.get(fn)
     except TypeError:  # not hashable
         known = None
-    if known is None:
-        known = (handler_kind(fn), signature_of(fn))
-        try:
-            _read[fn] = known
-        except TypeError:  # no weak references to it (a builtin function)
-            pass
-    return known
+    if known is not None and known[0] == id(fn):
+        return known[1], known[2]
+    kind, spec = handler_kind(fn), signature_of(fn)
+    try:
+        _read[fn] = (id(fn), kind, spec)
+    except TypeError:  # not hashable, or no weak references to it (__slots__ without __weakref__)
+        pass
+    return kind, spec
 
 
 def _check_authorize(authorize: Authorize | None) -> None:

@@ -587,7 +587,8 @@ class Subscription(AsyncIterator[Event]):
     order, or :class:`fastrpc.HistoryLost`. When the connection's session cannot be
     resumed (a reconnecting client that landed on another worker, a server restart),
     the subscription resubscribes from ``position`` by itself (``recovered`` says it
-    did); a closed connection ends it with :class:`fastrpc.ConnectionClosed`.
+    did); a closed connection ends it with :class:`fastrpc.ConnectionClosed`, and a
+    malformed event from the server with :class:`fastrpc.ProtocolError`.
     """
 
     def __init__(
@@ -672,33 +673,38 @@ class Subscription(AsyncIterator[Event]):
                 ev = await self._take()
                 if ev is None:
                     continue
-            kind = ev[0]
-            if kind == _ITEM:
-                self.offset = ev[1]
-                return Item(self.epoch, ev[1], ev[2])  # type: ignore[arg-type]
-            if kind == _START:
-                self.epoch, self.offset, self.recovered = ev[1], ev[2], ev[3]
-                self._stream_started = self._stream
-                self._retries = 0
-                if until_start:
-                    return None
-            elif kind == _RUN:
-                values = ev[2]
-                if type(values) is not list or type(ev[1]) is not int:
+            # The server's events, as docs/protocol.md has them; anything else ends the
+            # subscription with ProtocolError (the connection lives on).
+            try:
+                kind = ev[0]
+                if kind == _ITEM:
+                    self.offset = ev[1]
+                    return Item(self.epoch, ev[1], ev[2])  # type: ignore[arg-type]
+                if kind == _START:
+                    self.epoch, self.offset, self.recovered = ev[1], ev[2], ev[3]
+                    self._stream_started = self._stream
+                    self._retries = 0
+                    if until_start:
+                        return None
+                elif kind == _RUN:
+                    values, first = ev[2], ev[1]
+                    if type(values) is not list or type(first) is not int:
+                        raise TypeError("a run is a list of values after an integer offset")
+                    values.reverse()
+                    self._run = values
+                    self._run_at = first
+                elif kind == _GAP:
+                    self.dropped += ev[1]
+                    return Gap(self.epoch, ev[1], ev[2], ev[3])  # type: ignore[arg-type]
+                elif kind == _LOST:
                     self._close()
-                    raise ProtocolError(f"topic {self.topic!r}: a malformed run event from the server")
-                values.reverse()
-                self._run = values
-                self._run_at = ev[1]
-            elif kind == _GAP:
-                self.dropped += ev[1]
-                return Gap(self.epoch, ev[1], ev[2], ev[3])  # type: ignore[arg-type]
-            elif kind == _LOST:
+                    raise HistoryLost(ev[1], ev[2], ev[3])
+                elif kind == _SLOW:
+                    self._close()
+                    raise SlowSubscriber(self.topic, self.position, ev[1])
+            except (IndexError, KeyError, TypeError) as exc:
                 self._close()
-                raise HistoryLost(ev[1], ev[2], ev[3])
-            elif kind == _SLOW:
-                self._close()
-                raise SlowSubscriber(self.topic, self.position, ev[1])
+                raise ProtocolError(f"topic {self.topic!r}: a malformed event from the server ({exc})") from None
 
     async def _take(self) -> list[Any] | None:
         """The next event off the stream (the rest of what arrived with it into
