@@ -53,14 +53,16 @@ def test_publish_reaches_every_subscriber_in_order() -> None:
     run(main())
 
 
-def test_a_publisher_lets_the_connections_write_after_a_pass_of_deliveries(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_publisher_lets_the_connections_write_after_a_pass_of_deliveries() -> None:
     # 5 subscriptions and a budget of 10 deliveries a loop pass: a publisher that never
     # waits otherwise lets the loop run once every 2 items (queue_size 256 is far off),
     # so the subscribers get items while it publishes the rest.
-    monkeypatch.setattr(fastrpc.topics, "_PASS_DELIVERIES", 10)
+    with pytest.raises(ValueError, match="topic_pass_deliveries must be a positive int"):
+        fastrpc.serve(fastrpc.Router(), topic_pass_deliveries=0)
 
     async def main() -> None:
-        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+        async with fastrpc.serve(fastrpc.Router(), topic_pass_deliveries=10, **QUIET) as server:
+            assert server.topics.pass_deliveries == 10
             clients = [await fastrpc.connect(server.url, **QUIET) for _ in range(5)]
             subs = [await c.subscribe("ticks").start() for c in clients]
             passes = 0

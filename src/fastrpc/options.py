@@ -120,6 +120,7 @@ TOPIC_QUEUE_SIZE = 256
 # Deliveries (items x subscriptions) a publisher makes in one loop pass before it lets
 # the connections write them: larger passes cost fewer writes, smaller ones let the
 # subscribers work while the server publishes the next items (bench/README.md, fan-out).
+# The default of serve(topic_pass_deliveries=...).
 TOPIC_PASS_DELIVERIES = 65536
 MAX_TOPIC_NAME = 256  # bytes of UTF-8; a longer name is refused (ValueError)
 # Redis broker: how long a publish or history read may take before it fails.
@@ -188,6 +189,7 @@ class PeerOptions:
     topic_history_size: int = TOPIC_HISTORY_SIZE
     topic_history_ttl: float = TOPIC_HISTORY_TTL
     topic_queue_size: int = TOPIC_QUEUE_SIZE
+    topic_pass_deliveries: int = TOPIC_PASS_DELIVERIES
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -88,6 +88,7 @@ class Server:
             queue_size=options.topic_queue_size,
             history_size=options.topic_history_size,
             history_ttl=options.topic_history_ttl,
+            pass_deliveries=options.topic_pass_deliveries,
         )
         self._subscribe = _Subscribe(self.topics)
 
@@ -489,7 +490,8 @@ def serve(
     (custom payload types, :mod:`fastrpc.codec`); ``broker`` (where topics live: a
     :class:`fastrpc.broker.MemoryBroker` by default, a
     :class:`fastrpc.redis_broker.RedisBroker` to share them between processes) and
-    ``topic_history_size``/``topic_history_ttl``/``topic_queue_size``; others go to
+    ``topic_history_size``/``topic_history_ttl``/``topic_queue_size``/
+    ``topic_pass_deliveries`` (:class:`fastrpc.topics.TopicHub`); others go to
     ``websockets.asyncio.server.serve``.
 
     ``static``: a directory whose files are served over plain HTTP GET on the same

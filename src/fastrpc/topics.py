@@ -50,7 +50,6 @@ BLOCK, DROP_OLDEST, LATEST, DISCONNECT = "block", "drop_oldest", "latest", "disc
 POLICIES = (BLOCK, DROP_OLDEST, LATEST, DISCONNECT)
 
 _ITEM, _START, _GAP, _LOST, _SLOW, _RUN = range(6)
-_PASS_DELIVERIES = O.TOPIC_PASS_DELIVERIES
 _TAKE = 64  # a subscription takes (and decodes) at most this many events at once
 _RUN_MAX = 256  # items in one run event (the default queue size: a pass's batch is one run)
 
@@ -319,9 +318,16 @@ class TopicHub:
         queue_size: int = O.TOPIC_QUEUE_SIZE,
         history_size: int = O.TOPIC_HISTORY_SIZE,
         history_ttl: float = O.TOPIC_HISTORY_TTL,
+        pass_deliveries: int = O.TOPIC_PASS_DELIVERIES,
     ) -> None:
+        if not isinstance(pass_deliveries, int) or pass_deliveries < 1:
+            raise ValueError(f"topic_pass_deliveries must be a positive int, not {pass_deliveries!r}")
         self.broker: Broker = broker if broker is not None else MemoryBroker(history_size, history_ttl)
         self.queue_size = queue_size
+        # Deliveries (items x subscriptions) a publisher makes in one loop pass before
+        # it lets the connections write: larger passes cost fewer writes a delivery
+        # (server CPU), smaller ones let subscribers read sooner (latency at saturation).
+        self.pass_deliveries = pass_deliveries
         self._topics: dict[str, _Topic] = {}
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -359,7 +365,8 @@ class TopicHub:
         Waits while a local ``block`` subscription's queue is full (its reader sets
         the pace of the publishers on this process), and lets the loop run once
         after ``queue_size`` items published in one loop pass, or
-        ``TOPIC_PASS_DELIVERIES`` deliveries (items x subscriptions): the
+        ``pass_deliveries`` deliveries (items x subscriptions: the server's
+        ``topic_pass_deliveries``, 65,536 by default): the
         subscribers' connections write them meanwhile. A publisher that never waits
         would otherwise fill every subscriber's stream buffer before a byte leaves,
         and with a thousand subscriptions the subscribers would idle while it did.
@@ -367,7 +374,7 @@ class TopicHub:
         _check_name(topic)
         t = self._topics.get(topic)
         if t is not None:
-            if t.burst >= self.queue_size or t.burst * len(t.subs) >= _PASS_DELIVERIES:
+            if t.burst >= self.queue_size or t.burst * len(t.subs) >= self.pass_deliveries:
                 await asyncio.sleep(0)
             while t.full:
                 if t.room is None or t.room.done():
