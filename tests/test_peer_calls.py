@@ -530,6 +530,24 @@ def test_connections_with_the_same_terms_share_their_settings() -> None:
     run(main())
 
 
+def test_a_peer_does_not_change_the_settings_it_is_given() -> None:
+    """The Settings a peer is given may be shared by other connections: a peer whose
+    codec or stream window differs from them announces a copy."""
+    from fastrpc.peer import RpcPeer
+    from fastrpc.settings import Settings
+    from fastrpc.transport import Transport
+
+    async def main() -> None:
+        shared = Settings()
+        json_peer = RpcPeer(Transport(None), Role.CLIENT, settings=shared, codec="json")
+        assert shared == Settings() and shared.codec == 0
+        assert json_peer.core.settings is not shared and json_peer.core.settings.codec == 1
+        same = RpcPeer(Transport(None), Role.CLIENT, settings=shared)
+        assert same.core.settings is shared
+
+    run(main())
+
+
 def test_current_peer_calls_back_to_the_client() -> None:
     router = fastrpc.Router()
     peers: list[fastrpc.RpcPeer] = []

@@ -12,6 +12,7 @@ socket is past its high-water mark.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections import deque
 from collections.abc import Callable
@@ -101,10 +102,12 @@ class RpcPeer(PeerIO):
         self._loop = asyncio.get_running_loop()
         self._codec: PayloadCodec = get_codec(codec)
         settings = settings or Settings()
-        settings.codec = self._codec.wire_id
         manager = streams if streams is not None else StreamManager()
-        if manager.initial_window != settings.initial_stream_window:
-            settings.initial_stream_window = manager.initial_window
+        if settings.codec != self._codec.wire_id or settings.initial_stream_window != manager.initial_window:
+            # A copy: the Settings given may be shared by other connections (peer_kwargs).
+            settings = dataclasses.replace(
+                settings, codec=self._codec.wire_id, initial_stream_window=manager.initial_window
+            )
         # For a new session's core (a client whose session could not be resumed).
         self._core_options = (compression_threshold, max_replay_bytes, max_connection_memory, max_ping_rate)
         self._core = self._new_core(role, settings, manager)
@@ -520,8 +523,8 @@ _DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
 @functools.lru_cache(maxsize=64)
 def _hello_settings(**terms: int) -> Settings:
     # One object for every connection with the same terms (a server's connections):
-    # nothing changes a peer's settings once made, and each copy was ~130 B a
-    # connection. RpcPeer sets codec and window to the values they already have.
+    # nothing changes a peer's settings once made (RpcPeer copies what it would
+    # change), and each copy was ~130 B a connection.
     return Settings(**terms)
 
 
