@@ -455,8 +455,8 @@ class _Subscribe:
         self.hub = hub
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        peer = current_peer()
-        theirs = getattr(peer, "peer_settings", None)  # a seed JSON-mode peer has no HELLO
+        peer = current_peer()  # an RpcPeer: only they have the method registered
+        theirs = peer.peer_settings
         runs = theirs is not None and bool(theirs.features & FEATURE_TOPIC_RUNS)
         return self.hub.subscription(peer, *args, **kwargs, runs=runs)
 
