@@ -106,7 +106,7 @@ class _Topic:
         self.ready: list[_Sub] = []  # subscriptions with a batch, sent at the pass's end
         # This pass's batches as run events, by (first item, length): subscribers
         # that keep up all have the same batch, so its runs are made and encoded once.
-        self.runs: dict[tuple[Encoded, int], list[Encoded]] = {}
+        self.runs: dict[tuple[Encoded, int], list[Encoded] | None] = {}
 
     def count(self) -> None:
         """An item fanned out: the first of a loop pass schedules its end."""
@@ -124,21 +124,20 @@ class _Topic:
             sub.send_batch()
         self.runs.clear()
 
-    def runs_of(self, batch: list[Encoded]) -> list[Encoded]:
+    def runs_of(self, batch: list[Encoded]) -> list[Encoded] | None:
         """``batch`` (two items or more) as run events of up to ``_RUN_MAX`` items,
-        or the batch itself when its offsets are not consecutive."""
+        or None when its offsets are not consecutive."""
         key = (batch[0], len(batch))
-        runs = self.runs.get(key)
-        if runs is None:
-            # Offsets in a batch only grow: the span says whether they are consecutive.
-            if batch[-1].value[1] - batch[0].value[1] == len(batch) - 1:
-                runs = [
-                    Encoded([_RUN, batch[i].value[1], [env.value[2] for env in batch[i : i + _RUN_MAX]]])
-                    for i in range(0, len(batch), _RUN_MAX)
-                ]
-            else:
-                runs = batch
-            self.runs[key] = runs
+        if key in self.runs:
+            return self.runs[key]
+        runs = None
+        # Offsets in a batch only grow: the span says whether they are consecutive.
+        if batch[-1].value[1] - batch[0].value[1] == len(batch) - 1:
+            runs = [
+                Encoded([_RUN, batch[i].value[1], [env.value[2] for env in batch[i : i + _RUN_MAX]]])
+                for i in range(0, len(batch), _RUN_MAX)
+            ]
+        self.runs[key] = runs
         return runs
 
 
@@ -215,13 +214,11 @@ class _Sub:
         if not b or self.end is not None or self.outlet is None:
             return
         self.batch = []
-        if self.runs and len(b) > 1:
-            runs = self.topic.runs_of(b)
-            n = self.outlet(runs)
-            if runs is not b:
-                n = min(n * _RUN_MAX, len(b))  # items in the runs taken
-        else:
+        runs = self.topic.runs_of(b) if self.runs and len(b) > 1 else None
+        if runs is None:
             n = self.outlet(b)
+        else:
+            n = min(self.outlet(runs) * _RUN_MAX, len(b))  # items in the runs taken
         if n:
             self.last = b[n - 1].value[1]
         for env in b[n:]:
