@@ -724,3 +724,89 @@ def test_a_malformed_event_is_a_protocol_error(bad: Any) -> None:
 async def _first(sub: fastrpc.Subscription, n: int) -> Any:
     for _ in range(n):
         yield await asyncio.wait_for(sub.__anext__(), 5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_subscriptions_coming_going_and_pausing_mid_feed_get_each_item_once(seed: int) -> None:
+    """Subscriptions join the topic's group and leave it (a reader that pauses fills
+    its stream; one that resumes catches up from its queue), mid-pass, while a
+    publisher runs passes of random length: each ``block`` subscription gets every
+    item from where it started exactly once and in order, a ``drop_oldest`` one
+    accounts for every offset once (items and gaps), and a small ``queue_size`` one
+    (never in the group) is exact too."""
+    import random
+
+    rnd = random.Random(seed)
+    count = 1500
+    pad = b"q" * 1024  # a stream's buffer takes ~64 of them: pausing readers fall behind
+
+    async def reader(sub: fastrpc.Subscription, until_offset: int, pauses: bool) -> list[Any]:
+        events: list[Any] = []
+        async for ev in sub:
+            events.append(ev)
+            if ev.offset == until_offset or (isinstance(ev, Gap) and ev.last == until_offset):
+                break
+            if pauses and rnd.random() < 0.02:
+                await asyncio.sleep(rnd.random() * 0.02)
+        return events
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), topic_queue_size=64, **QUIET) as server:
+            peers = [await fastrpc.connect(server.url, **QUIET) for _ in range(8)]
+            started: list[tuple[str, asyncio.Future[list[Any]]]] = []
+
+            async def subscribe(i: int) -> None:
+                policy = "drop_oldest" if i % 4 == 3 else "block"
+                size = 4 if i % 4 == 2 else None
+                sub = await peers[i % len(peers)].subscribe("c", policy=policy, queue_size=size).start()
+                started.append((policy, asyncio.ensure_future(reader(sub, count, pauses=i % 2 == 0))))
+
+            for i in range(4):
+                await subscribe(i)
+            i = 0
+            while i < count:
+                burst = rnd.choice((1, 3, 17, 64, 200))
+                for _ in range(min(burst, count - i)):
+                    await server.publish("c", [i, pad])
+                    i += 1
+                if i < count and rnd.random() < 0.3 and len(started) < 12:
+                    await subscribe(len(started))  # mid-feed: starts after the newest offset
+                await asyncio.sleep(rnd.choice((0, 0, 0.001)))
+            for policy, fut in started:
+                events = await asyncio.wait_for(fut, 20)
+                first = events[0].offset if isinstance(events[0], Item) else events[0].first
+                seen: list[int] = []
+                for e in events:
+                    seen += [e.offset] if isinstance(e, Item) else list(range(e.first, e.last + 1))
+                assert seen == list(range(first, count + 1)), policy
+                if policy == "block":
+                    assert all(isinstance(e, Item) for e in events)
+                    assert [e.value[0] for e in events] == list(range(first - 1, count))
+            for p in peers:
+                await p.close()
+
+    run(main(), timeout=60)
+
+
+def test_an_item_short_of_credit_on_the_direct_path_still_arrives() -> None:
+    """The last item of a feed reaches a subscriber whose stream has credit for part
+    of it only: the stream takes it on the direct path (no sender loop waits for this
+    stream: it waits for the feed's next event), and the credit the subscriber grants
+    once it reads the item before moves it on. It used to wait for the next item
+    published, forever for the last one."""
+    first, second = b"a" * 40_000, b"b" * 40_000
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            streams = fastrpc.StreamManager(initial_window=64 << 10)  # one item and a bit
+            async with fastrpc.connect(server.url, streams=streams, **QUIET) as c:
+                sub = await c.subscribe("big").start()
+                await asyncio.sleep(0.05)  # the sender loop waits for an event: direct path
+                await server.publish("big", first)
+                await asyncio.sleep(0.05)  # sent, not read: 24 KiB of the window left
+                await server.publish("big", second)
+                got = await asyncio.wait_for(take(sub, 2), 5)
+                assert [e.value for e in got] == [first, second]
+                await sub.aclose()
+
+    run(main(), timeout=15)

@@ -396,6 +396,7 @@ class StreamManager:
         "_room",
         "_senders",
         "_slot_waiters",
+        "_tails",
         "_woken",
         "_writable",
         "backpressure_delay",
@@ -431,6 +432,9 @@ class StreamManager:
         self.link: StreamLink = None  # type: ignore[assignment]  # set by attach()
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._writable: dict[int, asyncio.Future[None]] = {}
+        # Streams on which send_now left an item part-sent (in pieces, or short of
+        # credit): no sender loop waits for them, so on_writable moves them on.
+        self._tails: set[int] | None = None
         # Streams are held weakly once a user has them, so that dropping one (a `break`
         # out of `async for`) closes it. Arrived-but-unclaimed ones are ids in _held
         # (in arrival order), their items in the core: the ReceiveStream is made when
@@ -678,6 +682,8 @@ class StreamManager:
         finally:
             self._senders.pop(sid, None)
             self._writable.pop(sid, None)
+            if self._tails is not None:
+                self._tails.discard(sid)
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 try:
@@ -728,6 +734,12 @@ class StreamManager:
                     n += 1
                     room -= len(payload)
                     if not ok or room < 0:
+                        if not ok and not core.writable(sid):
+                            # Taken, maybe not all of it sent: its sender loop waits
+                            # on its source, not on this stream; on_writable goes on.
+                            if self._tails is None:
+                                self._tails = set()
+                            self._tails.add(sid)
                         break
             except (StreamClosed, PayloadTooLarge):
                 pass  # the sender loop finds out on the item's way through it
@@ -810,6 +822,8 @@ class StreamManager:
 
     def on_writable(self, sid: int) -> None:
         """(Peer hook) outgoing ``sid`` may take more (credit, or its queue left)."""
+        if self._tails is not None and sid in self._tails:
+            self._pump(sid)
         fut = self._writable.pop(sid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -819,10 +833,22 @@ class StreamManager:
         every waiter."""
         while self._slot_waiters:
             _resolve(self._slot_waiters.pop(0))
+        if self._tails:
+            for sid in list(self._tails):
+                self._pump(sid)
         if self._writable:
             waiters, self._writable = self._writable, {}
             for fut in waiters.values():
                 _resolve(fut)
+
+    def _pump(self, sid: int) -> None:
+        """The rest of an item send_now left on ``sid``, as far as credit and the
+        stream's buffer let it go now."""
+        core = self.link.core
+        if core.writable(sid):  # (moves the item on: see Connection.writable)
+            self._tails.discard(sid)  # type: ignore[union-attr]
+        if core.has_output():
+            self.link.host.flush()
 
     def on_closed_by_peer(self, sid: int) -> None:
         """(Peer hook) the receiver stopped reading: stop the sender, close its source."""
