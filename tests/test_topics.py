@@ -726,6 +726,45 @@ async def _first(sub: fastrpc.Subscription, n: int) -> Any:
         yield await asyncio.wait_for(sub.__anext__(), 5)
 
 
+def test_subscribers_that_keep_up_are_not_pushed_item_by_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass's items reach the subscriptions that keep up as one shared list (the
+    topic's group), not one ``push`` per item per subscription: with 40 readers that
+    keep up, pushes are a small share of items x subscriptions, and every reader
+    still gets every item once, in order."""
+    from fastrpc import topics
+
+    pushes = 0
+    original = topics._Sub.push
+
+    def counting(self: Any, *args: Any) -> None:
+        nonlocal pushes
+        pushes += 1
+        original(self, *args)
+
+    monkeypatch.setattr(topics._Sub, "push", counting)
+    count, subs = 600, 40
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            peers = [await fastrpc.connect(server.url, **QUIET) for _ in range(subs)]
+            subscriptions = [await p.subscribe("g").start() for p in peers]
+            readers = [asyncio.ensure_future(take(s, count)) for s in subscriptions]
+            await asyncio.sleep(0.05)  # the readers wait: their subscriptions join the group
+            for i in range(count):
+                await server.publish("g", i)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.002)  # passes of ~50 items, written between them
+            for r in readers:
+                got = await asyncio.wait_for(r, 10)
+                assert [e.value for e in got] == list(range(count))
+                assert offsets(got) == list(range(1, count + 1))
+            for p in peers:
+                await p.close()
+
+    run(main(), timeout=30)
+    assert pushes < count * subs // 10, (pushes, count * subs)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_subscriptions_coming_going_and_pausing_mid_feed_get_each_item_once(seed: int) -> None:
     """Subscriptions join the topic's group and leave it (a reader that pauses fills
@@ -786,6 +825,33 @@ def test_subscriptions_coming_going_and_pausing_mid_feed_get_each_item_once(seed
                 await p.close()
 
     run(main(), timeout=60)
+
+
+def test_an_epoch_change_in_mid_pass_ends_the_subscriptions_that_keep_up() -> None:
+    """The broker's epoch changes while the topic's group holds this pass's items:
+    each subscription ends with HistoryLost after an in-order prefix of the old
+    epoch's items."""
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), **QUIET) as server:
+            peers = [await fastrpc.connect(server.url, **QUIET) for _ in range(3)]
+            subs = [await p.subscribe("e").start() for p in peers]
+            for i in range(5):
+                await server.publish("e", i)
+            await asyncio.sleep(0.05)  # passed: the readers wait, in the group
+            for i in range(5, 8):
+                await server.publish("e", i)
+            server.topics.deliver("e", "another-epoch", 1, "new")  # same pass
+            for sub in subs:
+                got: list[int] = []
+                with pytest.raises(fastrpc.HistoryLost, match="epoch changed"):
+                    async for ev in sub:
+                        got.append(ev.value)
+                assert got == list(range(len(got))) and len(got) >= 5
+            for p in peers:
+                await p.close()
+
+    run(main(), timeout=10)
 
 
 def test_an_item_short_of_credit_on_the_direct_path_still_arrives() -> None:

@@ -87,9 +87,25 @@ class Gap(msgspec.Struct, eq=False):
 class _Topic:
     """A topic with subscribers on this process."""
 
-    __slots__ = ("burst", "epoch", "filling", "full", "last", "loop", "pending", "ready", "room", "runs", "subs")
+    __slots__ = (
+        "burst",
+        "epoch",
+        "filling",
+        "full",
+        "group",
+        "items",
+        "last",
+        "limit",
+        "loop",
+        "pending",
+        "ready",
+        "room",
+        "runs",
+        "slow",
+        "subs",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.loop = asyncio.get_running_loop()  # made by a subscription, on its loop
         self.subs: dict[_Sub, None] = {}
         self.epoch: str | None = None  # of the last item delivered here
@@ -107,6 +123,52 @@ class _Topic:
         # This pass's batches as run events, by (first item, length): subscribers
         # that keep up all have the same batch, so its runs are made and encoded once.
         self.runs: dict[tuple[Encoded, int], list[Encoded] | None] = {}
+        # The group: subscriptions that keep up (nothing queued, their sender waiting
+        # for an event, the full queue size). A pass's items are appended once to
+        # `items`, not pushed to each of them; at the pass's end each member takes
+        # items[j:] (j: where it joined, 0 for all but those that joined mid-pass).
+        # `slow` holds the others, which `push` sees item by item.
+        self.limit = limit
+        self.items: list[Encoded] = []
+        self.group: dict[_Sub, int] = {}
+        self.slow: dict[_Sub, None] = {}
+
+    def add(self, sub: _Sub) -> None:
+        self.subs[sub] = None
+        self.slow[sub] = None
+
+    def remove(self, sub: _Sub) -> None:
+        del self.subs[sub]
+        self.slow.pop(sub, None)
+        self.group.pop(sub, None)
+
+    def join(self, sub: _Sub) -> None:
+        """``sub`` keeps up (see :meth:`_Sub.can_join`): into the group, from the
+        next item fanned out."""
+        if sub in self.slow:
+            del self.slow[sub]
+            self.group[sub] = len(self.items)
+
+    def leave(self, sub: _Sub) -> None:
+        """``sub`` no longer keeps up (something queued, finished): items by push."""
+        if self.group.pop(sub, None) is not None:
+            self.slow[sub] = None
+
+    def fan_out(self, epoch: str, offset: int, env: Encoded, value: Any) -> None:
+        """An item (``env``: its event, encoded once) to every subscription."""
+        if epoch != self.epoch and self.group:
+            self.dissolve()  # each member's push decides (a changed epoch ends it)
+        self.epoch = epoch
+        self.last = offset
+        self.count()
+        items = self.items
+        if self.group:
+            items.append(env)
+        for sub in self.slow:
+            sub.push(epoch, offset, env, value)
+        # After the others: a member that leaves now is not pushed this item again.
+        if len(items) >= self.limit and self.group:
+            self.send_group()  # a publisher past the queue size in one pass
 
     def count(self) -> None:
         """An item fanned out: the first of a loop pass schedules its end."""
@@ -119,10 +181,37 @@ class _Topic:
         after the other (each connection's objects are touched once per pass, not
         once per item: with a thousand connections that is most of the cost)."""
         self.burst = 0
+        if self.group:
+            self.send_group()
+        else:
+            self.items = []
         ready, self.ready = self.ready, []
         for sub in ready:
-            sub.send_batch()
+            if sub.send_batch() and sub.can_join():
+                self.join(sub)
         self.runs.clear()
+
+    def send_group(self) -> None:
+        """The group's items onto each member's stream; a member whose stream
+        does not take its share whole leaves the group (the rest is queued)."""
+        items, self.items = self.items, []
+        n = len(items)
+        if not n:
+            return  # sent at the queue size: every member is at 0
+        for sub, j in list(self.group.items()):
+            if j < n:
+                sub.send(items if not j else items[j:])
+        self.group = dict.fromkeys(self.group, 0)
+
+    def dissolve(self) -> None:
+        """Every member back to push, with its share of this pass as its batch."""
+        items, self.items = self.items, []
+        for sub, j in self.group.items():
+            self.slow[sub] = None
+            if j < len(items):
+                sub.batch = items[j:]
+                self.ready.append(sub)
+        self.group = {}
 
     def runs_of(self, batch: list[Encoded]) -> list[Encoded] | None:
         """``batch`` (two items or more) as run events of up to ``_RUN_MAX`` items,
@@ -208,21 +297,52 @@ class _Sub:
             return
         self._queue(env, value)
 
-    def send_batch(self) -> None:
-        """The batch onto the stream, as far as it takes it; the rest to the queue."""
+    def send_batch(self) -> bool:
+        """The batch onto the stream, as far as it takes it; the rest to the queue.
+        True when it took it all."""
         b = self.batch
-        if not b or self.end is not None or self.outlet is None:
-            return
+        if not b:
+            return False
         self.batch = []
+        return self.send(b)
+
+    def send(self, b: list[Encoded]) -> bool:
+        """Items ``b`` (this pass's, in order) onto the stream as far as it takes
+        them; the rest to the queue, and out of the topic's group. True when it
+        took them all."""
+        outlet = self.outlet
+        if outlet is None or self.end is not None:
+            return False  # ending: what it was sent ends with it
         runs = self.topic.runs_of(b) if self.runs and len(b) > 1 else None
         if runs is None:
-            n = self.outlet(b)
+            n = outlet(b)
         else:
-            n = min(self.outlet(runs) * _RUN_MAX, len(b))  # items in the runs taken
+            n = min(outlet(runs) * _RUN_MAX, len(b))  # items in the runs taken
         if n:
             self.last = b[n - 1].value[1]
+        if n == len(b):
+            return True
+        self.topic.leave(self)
         for env in b[n:]:
             self._queue(env, env.value[2])
+        return False
+
+    def can_join(self) -> bool:
+        """Whether this subscription keeps up, so that the topic's group may carry
+        its items: live (the feed bound, not ended), nothing queued or batched, its
+        sender waiting for an event, the topic's queue size, and no item it holds
+        still to come (its history may reach past what was delivered here)."""
+        t = self.topic
+        return (
+            self.end is None
+            and self.outlet is not None
+            and not self.busy
+            and not self.queue
+            and not self.batch
+            and self.limit == t.limit
+            and self.epoch == t.epoch
+            and self.last <= t.last
+        )
 
     def _queue(self, env: Encoded, value: Any) -> None:
         q = self.queue
@@ -257,6 +377,7 @@ class _Sub:
 
     def finish(self, event: list[Any]) -> None:
         if self.end is None:
+            self.topic.leave(self)
             self.end = event
             self.queue.clear()
             self.batch = []
@@ -407,12 +528,7 @@ class TopicHub:
         self._fan_out(t, epoch, offset, value)
 
     def _fan_out(self, t: _Topic, epoch: str, offset: int, value: Any) -> None:
-        t.epoch = epoch
-        t.last = offset
-        env = Encoded([_ITEM, offset, value])  # encoded once, for every subscriber
-        t.count()
-        for sub in t.subs:
-            sub.push(epoch, offset, env, value)
+        t.fan_out(epoch, offset, Encoded([_ITEM, offset, value]), value)  # encoded once, for every subscriber
 
     async def _history(self, topic: str, after: int | None) -> History:
         """The broker's history, retried for ``BROKER_TIMEOUT`` seconds (a broker
@@ -497,9 +613,9 @@ class TopicHub:
     ) -> AsyncIterator[Any]:
         t = self._topics.get(topic)
         if t is None:
-            t = self._topics[topic] = _Topic()
+            t = self._topics[topic] = _Topic(self.queue_size)
         sub = _Sub(owner, t, policy, key, limit, runs)
-        t.subs[sub] = None  # live items queue from now on; the history fills what came before
+        t.add(sub)  # live items queue from now on; the history fills what came before
         try:
             h: History = await self.broker.history(topic, offset)
             if t.epoch is None:
@@ -525,6 +641,8 @@ class TopicHub:
             while True:
                 ev = sub.take()
                 if ev is None:
+                    if sub.can_join():
+                        t.join(sub)
                     sub.waiter = loop.create_future()
                     try:
                         await sub.waiter
@@ -539,7 +657,7 @@ class TopicHub:
         finally:
             sub.outlet = None
             sub.finish([_SLOW, "closed"])
-            del t.subs[sub]
+            t.remove(sub)
             if not t.subs and not t.filling and self._topics.get(topic) is t:
                 del self._topics[topic]
 
