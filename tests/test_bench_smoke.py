@@ -158,6 +158,10 @@ def test_sides_smoke() -> None:
             "200",
             "--n-inflight",
             "2000",
+            "--what",
+            "seq,inflight,bulk",
+            "--n-bulk",
+            "200",
         ],
         capture_output=True,
         text=True,
@@ -167,7 +171,7 @@ def test_sides_smoke() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("fastrpc")]
-    assert len(rows) == 2, proc.stdout  # seq, inflight
+    assert len(rows) == 3, proc.stdout  # seq, inflight, bulk
     for row in rows:
         assert float(row[1].replace(",", "")) > 0 and len(row) == 6, row
 
