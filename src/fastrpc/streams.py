@@ -823,7 +823,9 @@ class StreamManager:
     def on_writable(self, sid: int) -> None:
         """(Peer hook) outgoing ``sid`` may take more (credit, or its queue left)."""
         if self._tails is not None and sid in self._tails:
-            self._pump(sid)
+            # From a callback: this may run inside the peer's flush, which must write
+            # the message it holds before any that a flush from here would make.
+            self.link.loop.call_soon(self._pump, sid)
         fut = self._writable.pop(sid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -834,8 +836,8 @@ class StreamManager:
         while self._slot_waiters:
             _resolve(self._slot_waiters.pop(0))
         if self._tails:
-            for sid in list(self._tails):
-                self._pump(sid)
+            for sid in self._tails:
+                self.link.loop.call_soon(self._pump, sid)  # (as in on_writable)
         if self._writable:
             waiters, self._writable = self._writable, {}
             for fut in waiters.values():
@@ -844,11 +846,14 @@ class StreamManager:
     def _pump(self, sid: int) -> None:
         """The rest of an item send_now left on ``sid``, as far as credit and the
         stream's buffer let it go now."""
-        core = self.link.core
-        if core.writable(sid):  # (moves the item on: see Connection.writable)
-            self._tails.discard(sid)  # type: ignore[union-attr]
-        if core.has_output():
-            self.link.host.flush()
+        link = self.link
+        tails = self._tails
+        if link.closed or tails is None or sid not in tails:
+            return  # its sender loop ended, or an earlier call finished it
+        if link.core.writable(sid):  # (moves the item on: see Connection.writable)
+            tails.discard(sid)
+        if link.core.has_output():
+            link.host.flush()
 
     def on_closed_by_peer(self, sid: int) -> None:
         """(Peer hook) the receiver stopped reading: stop the sender, close its source."""
