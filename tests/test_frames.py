@@ -350,6 +350,43 @@ def test_frame_writer_interleaves_held_and_copied(codec: ModuleType) -> None:
     assert writer.take() == codec.encode_frame(*frames[2])
 
 
+def test_frame_writer_take_parts_hands_held_payloads_out_as_they_are(codec: ModuleType) -> None:
+    """take_parts(): the same message as take(), as a list of parts in order when it
+    holds payloads (each held payload the very object given, not a copy; the bytes
+    between them copied out), as bytes when it holds none; either way the writer
+    starts over and keeps no reference to what it handed out."""
+    threshold = codec.HOLD_THRESHOLD
+    big = [bytes([i]) * (threshold + i) for i in range(3)]
+    frames = [
+        (0x10, 0, 1, big[0]),
+        (0x10, 0, 1, big[1]),  # two held in a row: no empty part between them
+        (0x20, 0, 0, b"ping"),
+        (0x10, 1, 2, bytearray(threshold * 2)),  # copied: it could change
+        (0x10, 0, 3, big[2]),
+        (0x30, 0, 4, b""),
+    ]
+    writer = codec.FrameWriter()
+    for _ in range(2):
+        before = [sys.getrefcount(b) for b in big]
+        for f in frames:
+            writer.add(*f)
+        expected = b"".join(codec.encode_frame(*f) for f in frames)
+        parts = writer.take_parts()
+        assert type(parts) is list and all(type(p) is bytes and p for p in parts)
+        assert b"".join(parts) == expected
+        assert [p for p in parts if any(p is b for b in big)] == big
+        assert (len(writer), writer.count, writer.take()) == (0, 0, b"")
+        del parts
+        assert [sys.getrefcount(b) for b in big] == before
+    writer.add(0x10, 0, 1, big[0])  # held alone, nothing after it
+    parts = writer.take_parts()
+    head = codec.encode_frame(0x10, 0, 1, big[0])[: -len(big[0])]
+    assert parts == [head, big[0]] and parts[1] is big[0]
+    writer.add(0x20, 0, 0, b"ping")
+    assert writer.take_parts() == codec.encode_frame(0x20, 0, 0, b"ping")  # nothing held: bytes
+    assert writer.take_parts() == b""
+
+
 def test_frame_writer_copies_buffers_that_can_change(codec: ModuleType) -> None:
     size = codec.HOLD_THRESHOLD * 2
     data = bytearray(b"a" * size)

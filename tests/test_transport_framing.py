@@ -24,7 +24,7 @@ import gc
 from typing import Any
 
 import pytest
-from _util import run, until
+from _util import QUIET, run, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve as ws_serve
@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+import fastrpc
 from fastrpc.transport import Transport, open_connection, start_server
 
 HOST = "127.0.0.1"
@@ -194,6 +195,84 @@ def test_websockets_reads_what_our_server_writes(messages: list[tuple[str, Any]]
             await server.wait_closed()
 
     run(main(), 20)
+
+
+PART_SIZES = (1, 125, 126, 4096, 65535, 65536, 200_000)  # across the 7/16/64-bit lengths
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(st.lists(st.sampled_from(PART_SIZES), min_size=1, max_size=4), min_size=1, max_size=5))
+def test_websockets_reads_the_parts_our_server_writes(messages: list[list[int]]) -> None:
+    """A message handed to our server's transport as parts (write_parts_now, and
+    send_parts past the high-water mark) is one WebSocket message, their bytes in
+    order, for websockets' own parser."""
+    bodies = [[bytes([(k + j) % 251]) * n for j, n in enumerate(sizes)] for k, sizes in enumerate(messages)]
+
+    async def main() -> None:
+        async def handler(t: Transport) -> None:
+            assert t.writes_parts()
+            for k, parts in enumerate(bodies):
+                if k % 2 or not t.write_parts_now(parts):
+                    await t.send_parts(parts)
+            await t.recv(5)  # until the client closes
+
+        server = await _server(handler)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            assert await client.messages(len(bodies)) == [("b", b"".join(parts)) for parts in bodies]
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 30)
+
+
+def test_large_stream_items_leave_a_server_as_parts_not_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's messages that hold large stream items go to the socket as parts
+    (the items not copied into one bytes), a reader that pauses included; a client
+    never writes parts (it masks); a resumable session keeps bytes for its replay.
+    Every item arrives intact, in order. (send_parts, the path past the socket's
+    high-water mark: test_websockets_reads_the_parts_our_server_writes.)"""
+    from fastrpc import transport as transport_module
+
+    used: list[str] = []
+    for name in ("write_parts_now", "send_parts"):
+        original = getattr(transport_module._Wire, name)
+
+        def counting(self: Any, parts: list[bytes], _name: str = name, _original: Any = original) -> Any:
+            used.append(_name)
+            return _original(self, parts)
+
+        monkeypatch.setattr(transport_module._Wire, name, counting)
+    router = fastrpc.Router()
+
+    @router.method
+    async def items(n: int) -> Any:
+        for k in range(n):
+            yield bytes([k % 251]) * (65536 + k)
+
+    async def read(peer: fastrpc.RpcPeer, n: int, pause: bool) -> None:
+        k = 0
+        async for item in peer.stream("items", n):
+            assert item == bytes([k % 251]) * (65536 + k)
+            k += 1
+            if pause and k == 5:
+                await asyncio.sleep(0.3)  # the server's socket fills: it waits for the drain
+        assert k == n
+
+    async def main() -> None:
+        async with fastrpc.serve(router, "127.0.0.1", 0, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as c:
+                await read(c, 60, pause=True)
+        assert set(used) == {"write_parts_now"}, used
+        used.clear()
+        async with fastrpc.serve(router, "127.0.0.1", 0, resume=True, **QUIET) as server:
+            async with fastrpc.connect(server.url, resume=True, **QUIET) as c:
+                await read(c, 20, pause=False)
+        assert not used, used
+
+    run(main(), 30)
 
 
 def test_our_client_against_websockets_server() -> None:

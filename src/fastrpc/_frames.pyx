@@ -644,7 +644,8 @@ cdef class FrameWriter:
     """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
 
     A ``bytes`` payload of at least ``HOLD_THRESHOLD`` bytes is held by reference (it
-    cannot change) and copied once, by ``take()``, straight into the message; any
+    cannot change) and copied once, by ``take()``, straight into the message (or
+    handed out as it is, by ``take_parts()``); any
     other payload is copied at once, as the caller may change it afterwards.
     """
 
@@ -754,6 +755,34 @@ cdef class FrameWriter:
             out = self._join()
         else:
             out = PyBytes_FromStringAndSize(<const char *>self._buf.data, self._buf.len)
+        self._buf.len = 0
+        self._count = 0
+        if self._buf.cap > _KEEP_BUFFER:
+            _buf_free(&self._buf)
+        return out
+
+    def take_parts(self):
+        """As :meth:`take`, but a message with held payloads comes as a list of its
+        parts in order (the bytes between them, and the held payloads themselves, not
+        copied), for a writer that writes a list whole (``writelines``)."""
+        cdef Py_ssize_t k, pos = 0
+        cdef _Held *h
+        if not self._nheld:
+            return self.take()
+        out = []
+        for k in range(self._nheld):
+            h = &self._held[k]
+            if h.at > pos:
+                out.append(PyBytes_FromStringAndSize(<const char *>self._buf.data + pos, h.at - pos))
+            pos = h.at
+            out.append(<object>h.payload)
+        if self._buf.len > pos:
+            out.append(PyBytes_FromStringAndSize(<const char *>self._buf.data + pos, self._buf.len - pos))
+        self._release_held()
+        if self._held_cap > _KEEP_HELD:
+            PyMem_Free(self._held)
+            self._held = NULL
+            self._held_cap = 0
         self._buf.len = 0
         self._count = 0
         if self._buf.cap > _KEEP_BUFFER:

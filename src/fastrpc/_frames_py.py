@@ -362,7 +362,8 @@ class FrameWriter:
     """Accumulates frames for one outgoing message; ``take()`` returns its bytes.
 
     A ``bytes`` payload of at least ``HOLD_THRESHOLD`` bytes is held by reference (it
-    cannot change) and copied once, by ``take()``, straight into the message; any
+    cannot change) and copied once, by ``take()``, straight into the message (or
+    handed out as it is, by ``take_parts()``); any
     other payload is copied at once, as the caller may change it afterwards.
     """
 
@@ -439,6 +440,21 @@ class FrameWriter:
         else:
             out = bytes(self._buf)
             self._buf.clear()
+        self._count = 0
+        return out
+
+    def take_parts(self) -> bytes | list[bytes]:
+        """As :meth:`take`, but a message with held payloads comes as a list of its
+        parts in order (the bytes between them, and the held payloads themselves, not
+        copied), for a writer that writes a list whole (``writelines``)."""
+        if not self._parts:
+            return self.take()
+        out = [p if type(p) is bytes else bytes(p) for p in self._parts if len(p)]
+        if self._buf:
+            out.append(bytes(self._buf))
+        self._parts = []
+        self._parts_len = 0
+        self._buf = bytearray()
         self._count = 0
         return out
 

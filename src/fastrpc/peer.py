@@ -204,6 +204,7 @@ class RpcPeer(PeerIO):
         self._attachments += 1
         self._direct = False
         self._transport = transport
+        core.parts_out = transport.writes_parts()
         self._ready = self._loop.create_future()
         self._transport_done = self._loop.create_future()
         token = _current_peer.set(self)
@@ -355,7 +356,8 @@ class RpcPeer(PeerIO):
         core.close(e.code, e.reason)
         if self._transport is not None:
             # Our HELLO first if the handshake failed, then the GOAWAY with the reason.
-            last = [m for m in (core.next_message(), core.next_message()) if m is not None]
+            core.parts_out = False  # fail() sends bytes
+            last = [m for m in (core.next_message(), core.next_message()) if type(m) is bytes]
             await self._transport.fail(last, e.close_code, e.reason, patience)
 
     async def teardown(self, exc: ConnectionClosed) -> None:

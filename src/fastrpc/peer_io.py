@@ -157,7 +157,8 @@ class PeerIO(PeerAPI):
         while nxt is not None:
             if core.unblocked:
                 self._wake_unblocked()
-            if not transport.write_now(nxt):
+            # (type() is, not isinstance: ~450 instructions less a sequential call, callgrind)
+            if not (transport.write_now(nxt) if type(nxt) is bytes else transport.write_parts_now(nxt)):  # type: ignore[arg-type]
                 # Past the high-water mark, or closing: the writer task waits for the
                 # drain (or lets the library raise the closure).
                 self._writer = self._loop.create_task(self._send_paused(transport, nxt))
@@ -198,15 +199,15 @@ class PeerIO(PeerAPI):
         except (*TransportClosed, SessionLost):
             pass
 
-    async def _send_paused(self, transport: Transport, first: bytes) -> None:
+    async def _send_paused(self, transport: Transport, first: bytes | list[bytes]) -> None:
         """Send ``first``, then all that is queued, waiting for the socket to drain;
         ends once the core has nothing queued: :meth:`_flush` takes over."""
         core = self._core
         manager = self.streams
         try:
-            msg: bytes | None = first
+            msg: bytes | list[bytes] | None = first
             while msg is not None:
-                await transport.send(msg)
+                await (transport.send_parts(msg) if isinstance(msg, list) else transport.send(msg))
                 manager.on_drained()
                 msg = core.next_message()
                 self._wake_unblocked()

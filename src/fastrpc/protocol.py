@@ -124,6 +124,7 @@ class Connection:
         "frames_out",
         "messages_in",
         "messages_out",
+        "parts_out",
         "peer_settings",
         "role",
         "send_call",
@@ -155,6 +156,10 @@ class Connection:
         # discard_state(): the only writers); a plain attribute, read on every call.
         self.closed = False
         self.batch_size = batch_size
+        # Whoever writes what next_message() returns takes a message as a list of
+        # parts (Message): large payloads then reach the socket without being copied
+        # into one bytes (a transport that writes with writelines, unmasked).
+        self.parts_out = False
         self._sched = Scheduler()
         # Outgoing streams whose queue a message emptied (read-only here: take them
         # with take_unblocked); a cheap "any?" test after every message.
@@ -268,9 +273,12 @@ class Connection:
         sched = self._sched
         return bool(len(sched.control) or sched.backlog_bytes or self._flow.slot_grants or sched.ready)
 
-    def next_message(self) -> bytes | None:
+    def next_message(self) -> bytes | list[bytes] | None:
         """The next WebSocket message to send (None: nothing queued): control frames first,
-        then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits."""
+        then streams as :mod:`fastrpc.scheduler` orders them, within the peer's limits.
+        With :attr:`parts_out` set, a message that holds large payloads (and is not kept
+        for a resume) comes as the list of its parts, to be written in order as one
+        message; else it is ``bytes``."""
         sched = self._sched
         session = self.session
         if not (sched.backlog or sched.ready or self._flow.slot_grants) and session.handshake_sent:
@@ -296,6 +304,7 @@ class Connection:
             flow.grant_slots()
         first = self.frames_out
         parts: list[bytes] = []
+        held = False  # parts holds payloads by reference (FrameWriter.take_parts)
         size = 0
         limit = self._message_limit or self.settings.max_message_size
         # Streams fill a message up to batch_size: larger messages would make an urgent
@@ -319,8 +328,14 @@ class Connection:
                     sched.ready -= 1
                     s.queued = False
                     if n:
-                        self.frames_out += s.writer.count
-                        parts.append(s.writer.take())
+                        w = s.writer
+                        self.frames_out += w.count
+                        piece = w.take_parts()
+                        if type(piece) is list:
+                            parts += piece
+                            held = True
+                        else:
+                            parts.append(piece)  # type: ignore[arg-type]
                         size += n
                         outbound.stream_bytes -= n
                     if s.state == OUT_OPEN:
@@ -335,6 +350,8 @@ class Connection:
             return None
         self.messages_out += 1
         self.bytes_out += size
+        if held and self.parts_out and not self.session.enabled:
+            return parts  # its payloads are written as they are (the resume buffer keeps bytes)
         msg = parts[0] if len(parts) == 1 else b"".join(parts)
         if self.session.enabled:
             self.session.record(first, self.frames_out, msg)

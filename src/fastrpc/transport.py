@@ -306,6 +306,19 @@ class Transport:
         socket to drain (raises TransportClosed)."""
         raise NotImplementedError
 
+    def writes_parts(self) -> bool:
+        """Whether :meth:`write_parts_now` and :meth:`send_parts` write a message's
+        parts as they are (no copy into one ``bytes``)."""
+        return False
+
+    def write_parts_now(self, parts: list[bytes]) -> bool:
+        """:meth:`write_now` of the binary message ``b"".join(parts)``."""
+        return self.write_now(b"".join(parts))
+
+    async def send_parts(self, parts: list[bytes]) -> None:
+        """:meth:`send` of the binary message ``b"".join(parts)``."""
+        await self.send(b"".join(parts))
+
     def buffered(self) -> int:
         """Bytes written and not yet taken by the socket."""
         raise NotImplementedError
@@ -1032,6 +1045,30 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             tcp.write(_header(len(msg), 0) + msg)
         else:
             tcp.writelines((_header(len(msg), 0), msg))
+
+    def writes_parts(self) -> bool:
+        return not self._client  # a client masks the message: one copy whatever
+
+    def write_parts_now(self, parts: list[bytes]) -> bool:
+        tcp = self._tcp
+        if self._client or self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
+            return False if not self._client else self.write_now(b"".join(parts))
+        self._write_parts(parts)
+        return True
+
+    def _write_parts(self, parts: list[bytes]) -> None:
+        # The header, then the parts as they are: uvloop writes them in one writev
+        # (and keeps what the socket did not take by reference).
+        self._tcp.writelines((_header(sum(map(len, parts)), 0), *parts))
+
+    async def send_parts(self, parts: list[bytes]) -> None:
+        if self._client or self._ws.state is not _OPEN:
+            await self.send(b"".join(parts))
+            return
+        self._write_parts(parts)
+        drain = self._drain
+        if drain is not None:
+            await asyncio.shield(drain)
 
     async def send(self, msg: bytes | str) -> None:
         # As websockets' own send: write, then wait until the socket takes it.
