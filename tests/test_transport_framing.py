@@ -292,6 +292,13 @@ def test_our_client_against_websockets_server() -> None:
                 assert await t.recv(5) == body
             await t.send("héllo")
             assert await t.recv(5) == "héllo"
+            # A client joins a message's parts (it masks them), now or past the drain.
+            assert not t.writes_parts()
+            parts = [b"a" * 70_000, b"b" * 5, b"c" * 300_000]
+            assert t.write_parts_now(parts)
+            assert await t.recv(5) == b"".join(parts)
+            await t.send_parts(parts[::-1])
+            assert await t.recv(5) == b"".join(parts[::-1])
             await t.close()
 
     run(main(), 20)

@@ -1050,9 +1050,11 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         return not self._client  # a client masks the message: one copy whatever
 
     def write_parts_now(self, parts: list[bytes]) -> bool:
+        if self._client:
+            return self.write_now(b"".join(parts))  # masked: copied whatever
         tcp = self._tcp
-        if self._client or self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
-            return False if not self._client else self.write_now(b"".join(parts))
+        if self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
+            return False
         self._write_parts(parts)
         return True
 
