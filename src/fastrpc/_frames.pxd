@@ -60,6 +60,7 @@ cdef class FrameWriter:
     cdef bytes _join(self)
     cdef int _grow_held(self) except -1
     cdef void _release_held(self) noexcept
+    cdef void _start_over(self) noexcept
 
 
 cdef class StreamLedger:

@@ -755,10 +755,7 @@ cdef class FrameWriter:
             out = self._join()
         else:
             out = PyBytes_FromStringAndSize(<const char *>self._buf.data, self._buf.len)
-        self._buf.len = 0
-        self._count = 0
-        if self._buf.cap > _KEEP_BUFFER:
-            _buf_free(&self._buf)
+        self._start_over()
         return out
 
     def take_parts(self):
@@ -778,7 +775,14 @@ cdef class FrameWriter:
             out.append(<object>h.payload)
         if self._buf.len > pos:
             out.append(PyBytes_FromStringAndSize(<const char *>self._buf.data + pos, self._buf.len - pos))
-        self._release_held()
+        self._start_over()
+        return out
+
+    cdef void _start_over(self) noexcept:
+        """Empty, for the next message (take, take_parts): the held payloads
+        released; the buffer and the held array kept unless they grew large."""
+        if self._nheld:
+            self._release_held()
         if self._held_cap > _KEEP_HELD:
             PyMem_Free(self._held)
             self._held = NULL
@@ -787,11 +791,10 @@ cdef class FrameWriter:
         self._count = 0
         if self._buf.cap > _KEEP_BUFFER:
             _buf_free(&self._buf)
-        return out
 
     cdef bytes _join(self):
-        """The buffer with the held payloads spliced in, each byte copied once; the
-        payloads are released."""
+        """The buffer with the held payloads spliced in, each byte copied once (the
+        caller starts over: _start_over releases them)."""
         cdef Py_ssize_t k, n, pos = 0
         cdef _Held *h
         cdef char *dst
@@ -806,11 +809,6 @@ cdef class FrameWriter:
             memcpy(dst, PyBytes_AS_STRING(<object>h.payload), <size_t>n)
             dst += n
         memcpy(dst, self._buf.data + pos, <size_t>(self._buf.len - pos))
-        self._release_held()
-        if self._held_cap > _KEEP_HELD:
-            PyMem_Free(self._held)
-            self._held = NULL
-            self._held_cap = 0
         return out
 
     cdef int _grow_held(self) except -1:

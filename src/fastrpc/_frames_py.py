@@ -434,9 +434,7 @@ class FrameWriter:
         if self._parts:
             self._parts.append(self._buf)
             out = b"".join(self._parts)
-            self._parts = []
-            self._parts_len = 0
-            self._buf = bytearray()
+            self._start_over()
         else:
             out = bytes(self._buf)
             self._buf.clear()
@@ -452,11 +450,15 @@ class FrameWriter:
         out = [p if type(p) is bytes else bytes(p) for p in self._parts if len(p)]
         if self._buf:
             out.append(bytes(self._buf))
+        self._start_over()
+        return out
+
+    def _start_over(self) -> None:
+        """Empty, for the next message, after one with held payloads."""
         self._parts = []
         self._parts_len = 0
         self._buf = bytearray()
         self._count = 0
-        return out
 
 
 def encode_settings(version: int, settings: dict[int, int]) -> bytes:

@@ -157,8 +157,8 @@ class Connection:
         self.closed = False
         self.batch_size = batch_size
         # Whoever writes what next_message() returns takes a message as a list of
-        # parts (Message): large payloads then reach the socket without being copied
-        # into one bytes (a transport that writes with writelines, unmasked).
+        # parts: large payloads then reach the socket without being copied into one
+        # bytes (a transport that writes with writelines, unmasked).
         self.parts_out = False
         self._sched = Scheduler()
         # Outgoing streams whose queue a message emptied (read-only here: take them
