@@ -1429,6 +1429,56 @@ def test_a_message_never_exceeds_the_peers_max_message_size() -> None:
     assert read_all(s, sid) == [(first, False), (b"b" * 1024, False)]
 
 
+def test_items_of_about_the_stream_buffer_size_go_two_to_a_message() -> None:
+    # A 64 KiB item fills a stream's 64 KiB buffer alone (its frame header takes it
+    # past): one message per item would cost both sides a message each. A stream that
+    # holds one item takes a second while its queue is under a message's worth.
+    c, s = connect(server=Settings(initial_stream_window=1 << 20))  # credit for all of it
+    assert c.stream_buffer_size == 64 << 10 and c.batch_size == 128 << 10
+    sid = c.open_stream()
+    chunk = b"x" * (64 << 10)
+    assert c.send_item(sid, chunk) is True and c.writable(sid)  # one queued: room for another
+    assert c.send_item(sid, chunk) is False and not c.writable(sid)  # two: the sender waits
+    msgs = messages(c)
+    assert len(msgs) == 1 and c.writable(sid)
+    # An item of a message's worth takes no second one.
+    big = b"y" * (128 << 10)
+    assert c.send_item(sid, big) is False and not c.writable(sid)
+    msgs += messages(c)
+    assert len(msgs) == 2
+    # Items under the buffer size fill it, as before: no pairing past it.
+    third = b"z" * (40 << 10)
+    assert c.send_item(sid, third) is True and c.send_item(sid, third) is False
+    msgs += messages(c)
+    for m in msgs:
+        s.receive_message(m)
+    assert read_all(s, sid) == [(chunk, False), (chunk, False), (big, False), (third, False), (third, False)]
+
+
+def test_a_pair_of_items_never_exceeds_the_peers_max_message_size() -> None:
+    # The second item's room is bounded by the peer's message limit, as the buffer is:
+    # a first item just under it plus a full frame fit in one message. (A 512-byte
+    # buffer: every second item here is let in by the pair rule.)
+    limit = 4096
+    paired = 0
+    for first_size in range(400, 2049, 29):
+        c, s = connect(
+            server=Settings(max_frame_size=2048, max_message_size=limit), client_kw={"stream_buffer_size": 512}
+        )
+        sid = c.open_stream()
+        items = [b"a" * first_size]
+        c.send_item(sid, items[0])
+        if c.writable(sid):
+            items.append(b"b" * 2048)
+            c.send_item(sid, items[1])
+            paired += 1
+        msgs = messages(c)
+        assert len(msgs) == 1 and len(msgs[0]) <= limit, (first_size, [len(m) for m in msgs])
+        s.receive_message(msgs[0])
+        assert read_all(s, sid) == [(i, False) for i in items]
+    assert paired > 40
+
+
 def test_messages_stay_within_the_peers_limit_under_mixed_load() -> None:
     # Many streams, calls and items of random sizes, the sender honouring writable():
     # every message is within the peer's max_message_size and everything arrives.

@@ -23,6 +23,8 @@ from .stream_state import OUT_OPEN, OutgoingStream, OutState
 
 __all__ = ["OutboundStreams"]
 
+_STREAM_DATA = F.STREAM_DATA
+
 Payload = Union[bytes, bytearray, memoryview]
 
 
@@ -36,6 +38,8 @@ class OutboundStreams:
         "flow",
         "frame_limit",
         "item_limit",
+        "pair_room",
+        "plain_limit",
         "sched",
         "stream_buffer_size",
         "stream_bytes",
@@ -62,9 +66,36 @@ class OutboundStreams:
         # the peer's smallest window (set by its HELLO). Windows only grow, and credit
         # comes back in quarters of a window, so the credit for it always comes.
         self.whole_limit = 0
+        # A stream whose queue holds one item may take a second while its queue is
+        # under this (a message's worth, within the peer's message limit: set by its
+        # HELLO), even past stream_buffer_size: items of about that size (64 KiB
+        # chunks) then go two to a message, not one, which halves the messages (and
+        # their cost on both sides) of a bulk stream.
+        self.pair_room = 0
         self.compression_threshold = compression_threshold
         self.compressor: _compression.Compressor | None = None
+        # The largest item that goes out as it is, in one frame: within the three
+        # limits above (see limits()); one test on the fast path instead of three.
+        self.plain_limit = 0
         self.closed = False  # the connection is closing: terminal frames are not sent
+
+    def limits(
+        self,
+        frame_limit: int,
+        item_limit: int | None = None,
+        compressor: _compression.Compressor | None = None,
+    ) -> None:
+        """Set the peer's frame limit, and (from its HELLO) its ``max_item_size`` and
+        the compressor agreed on."""
+        self.frame_limit = frame_limit
+        if item_limit is not None:
+            self.item_limit = item_limit
+        if compressor is not None:
+            self.compressor = compressor
+        plain = min(frame_limit, self.item_limit)
+        if self.compressor is not None:
+            plain = min(plain, self.compression_threshold - 1)
+        self.plain_limit = plain
 
     def open(self, stream_id: int, urgency: int, bound: bool) -> None:
         check_urgency(urgency)
@@ -101,7 +132,36 @@ class OutboundStreams:
             raise StreamClosed(f"stream {stream_id} is closed")
         if s.tail is not None:
             raise RuntimeError("the previous item is still being sent; wait until writable()")
-        flags = s.flags | (FLAG_RAW if raw else 0)
+        flags = s.flags | FLAG_RAW if raw else s.flags
+        n = len(payload)
+        if n > self.plain_limit:  # refused, compressed, or sent in pieces
+            payload, flags = self._oversized(payload, flags)
+            n = len(payload)
+        charge = n + FRAME_CHARGE
+        flow = self.flow
+        if n <= self.frame_limit and flow.conn_credit >= charge:
+            left = flow.ledger_out.spend(stream_id, charge)
+            if left >= 0:
+                # Fast path: the whole item fits in one frame and in the credit.
+                w = s.writer
+                self.stream_bytes += w.add(_STREAM_DATA, flags, stream_id, payload)
+                s.flags = 0
+                credit = flow.conn_credit = flow.conn_credit - charge
+                if not s.queued:
+                    self.sched.queue(s)
+                return (
+                    left > FRAME_CHARGE
+                    and credit > FRAME_CHARGE
+                    and (len(w) < self.stream_buffer_size or (w.count == 1 and len(w) < self.pair_room))
+                )
+        s.tail = payload
+        s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
+        return self.pump(s)
+
+    def _oversized(self, payload: Payload, flags: int) -> tuple[Payload, int]:
+        """An item past :attr:`plain_limit`: refused (past the peer's
+        ``max_item_size``), or compressed (past the threshold), or as it is (past the
+        frame limit: it goes in pieces)."""
         n = len(payload)
         if n > self.item_limit:
             # Refused here, before a byte leaves: the receiver would close the whole
@@ -113,25 +173,8 @@ class OutboundStreams:
         if self.compressor is not None and n >= self.compression_threshold:
             packed = self.compressor.compress(payload)
             if len(packed) < n:
-                payload = packed
-                n = len(packed)
-                flags |= F.FLAG_COMPRESSED
-        charge = n + FRAME_CHARGE
-        flow = self.flow
-        if n <= self.frame_limit and flow.conn_credit >= charge:
-            left = flow.ledger_out.spend(stream_id, charge)
-            if left >= 0:
-                # Fast path: the whole item fits in one frame and in the credit.
-                w = s.writer
-                self.stream_bytes += w.add(F.STREAM_DATA, flags, stream_id, payload)
-                s.flags = 0
-                flow.conn_credit -= charge
-                if not s.queued:
-                    self.sched.queue(s)
-                return left > FRAME_CHARGE and len(w) < self.stream_buffer_size and flow.conn_credit > FRAME_CHARGE
-        s.tail = payload
-        s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
-        return self.pump(s)
+                return packed, flags | F.FLAG_COMPRESSED
+        return payload, flags
 
     def send_run(self, stream_id: int, payloads: list[bytes], room: int) -> int:
         """Queue encoded items (not raw) on an outgoing stream in one step, each whole
@@ -149,9 +192,6 @@ class OutboundStreams:
         if s is None or s.state != OUT_OPEN or s.tail is not None or s.flags:
             return 0
         flow = self.flow
-        limit = min(self.frame_limit, self.item_limit)
-        if self.compressor is not None:
-            limit = min(limit, self.compression_threshold - 1)
         w = s.writer
         before = len(w)
         n, charged = w.add_run(
@@ -160,7 +200,7 @@ class OutboundStreams:
             stream_id,
             payloads,
             min(flow.ledger_out.window(stream_id), flow.conn_credit),
-            limit,
+            self.plain_limit,
             FRAME_CHARGE,
             min(self.stream_buffer_size, before + room),
         )
@@ -179,7 +219,10 @@ class OutboundStreams:
             return True  # sending will raise StreamClosed: let the sender find out
         if s.tail is not None and not self.pump(s):
             return False
-        return self.flow.out_writable(stream_id) and len(s.writer) < self.stream_buffer_size
+        w = s.writer
+        return self.flow.out_writable(stream_id) and (
+            len(w) < self.stream_buffer_size or (w.count == 1 and len(w) < self.pair_room)
+        )
 
     def pump(self, s: OutgoingStream) -> bool:
         """Move as much of the pending item as credit and buffer allow; True when done

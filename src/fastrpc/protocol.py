@@ -379,7 +379,7 @@ class Connection:
 
     def _fit_frames(self) -> None:
         """New stream frames stay within the link's chunk (``ResumeState.frame_cap``)."""
-        self._outbound.frame_limit = min(self._calls.frame_limit, self.session.frame_cap())
+        self._outbound.limits(min(self._calls.frame_limit, self.session.frame_cap()))
 
     @property
     def awaiting_hello(self) -> bool:
@@ -750,18 +750,18 @@ class Connection:
         self.peer_settings = peer
         limit = min(peer.max_frame_size, peer.max_message_size // 2, self.settings.max_message_size)
         self._message_limit = peer.max_message_size
-        self._calls.frame_limit = self._outbound.frame_limit = limit
-        self._outbound.item_limit = peer.max_item_size
+        self._calls.frame_limit = limit
         whole = min(peer.initial_stream_window, peer.connection_window) * 3 // 4
         self._outbound.whole_limit = _WHOLE_DEFAULT if whole == _WHOLE_DEFAULT else whole  # one int, not one each
         # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
         # in one message.
         room = peer.max_message_size - limit - 18
         self._outbound.stream_buffer_size = max(1, min(self._outbound.stream_buffer_size, room))
+        self._outbound.pair_room = min(self.batch_size, room)
         self._flow.peer_hello(peer.initial_stream_window, peer.connection_window, peer.max_streams)
         self._algorithm = _compression.choose(self.settings.compression, peer.compression)
-        if self._algorithm:
-            self._outbound.compressor = _compression.Compressor(self._algorithm)
+        compressor = _compression.Compressor(self._algorithm) if self._algorithm else None
+        self._outbound.limits(limit, peer.max_item_size, compressor)
         self.session.enabled = bool(self.settings.resume and peer.resume)
         self._calls.call_limit = peer.max_pending_calls
         events.append(HelloReceived(peer))
