@@ -387,6 +387,22 @@ def test_frame_writer_take_parts_hands_held_payloads_out_as_they_are(codec: Modu
     assert writer.take_parts() == b""
 
 
+def test_unfilled_is_a_bytearray_of_its_size_to_read_into(codec: ModuleType) -> None:
+    """unfilled(n): a new, resizable bytearray of n bytes each call (the compiled
+    one not zeroed: only its length and that it takes writes are promised)."""
+    for n in (0, 1, 7, 1 << 16):
+        a, b = codec.unfilled(n), codec.unfilled(n)
+        assert type(a) is bytearray and len(a) == n and a is not b
+        memoryview(a)[:] = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+        assert a[: min(n, 5)] == bytes(range(min(n, 5)))
+        a += b"!"
+        assert len(a) == n + 1
+    with pytest.raises(ValueError):
+        codec.unfilled(-1)
+    with pytest.raises(TypeError):
+        codec.unfilled(1.5)
+
+
 def test_frame_writer_copies_buffers_that_can_change(codec: ModuleType) -> None:
     size = codec.HOLD_THRESHOLD * 2
     data = bytearray(b"a" * size)

@@ -15,7 +15,12 @@ Where the two differ, by design:
 """
 
 cimport cython
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING,
+    PyByteArray_Check,
+    PyByteArray_FromStringAndSize,
+    PyByteArray_GET_SIZE,
+)
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_Check,
@@ -311,6 +316,19 @@ cdef inline void _buf_free(_Buf *b) noexcept:
     b.data = NULL
     b.len = 0
     b.cap = 0
+
+
+# ---------------------------------------------------------------------------------
+# Buffers.
+
+
+def unfilled(Py_ssize_t n):
+    """A ``bytearray`` of ``n`` bytes to be read into: not zeroed first (64 KiB of
+    zeroes cost about what copying them does), so its bytes are garbage until
+    written. The pure twin's is zeroed."""
+    if n < 0:
+        raise ValueError("negative size")
+    return PyByteArray_FromStringAndSize(NULL, n)
 
 
 # ---------------------------------------------------------------------------------

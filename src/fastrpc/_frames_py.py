@@ -64,6 +64,14 @@ _INT64_MAX = (1 << 63) - 1
 _INT64_MIN = -(1 << 63)
 
 
+def unfilled(n: int) -> bytearray:
+    """A ``bytearray`` of ``n`` bytes to be read into (the compiled codec's is not
+    zeroed first; this one is)."""
+    if n < 0:
+        raise ValueError("negative size")
+    return bytearray(n)
+
+
 def varint_size(value: int) -> int:
     """Bytes taken by ``value`` as a QUIC variable-length integer."""
     if value < 0 or value > VARINT_MAX:

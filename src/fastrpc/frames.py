@@ -71,6 +71,7 @@ encode_varint = _codec.encode_varint
 payload_cost = _codec.payload_cost
 take_items = _codec.take_items
 take_run = _codec.take_run
+unfilled = _codec.unfilled
 varint_size = _codec.varint_size
 
 __all__ = [
@@ -121,5 +122,6 @@ __all__ = [
     "payload_cost",
     "take_items",
     "take_run",
+    "unfilled",
     "varint_size",
 ]

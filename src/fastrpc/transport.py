@@ -63,6 +63,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from .budget import PingLimit
+from .frames import unfilled
 from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
 from .static import HttpResponse
@@ -764,7 +765,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
     def _direct(self, view: memoryview, start: int, n: int, length: int, op: int, masked: int) -> None:
         """Read the rest of a large data frame straight into a buffer of its size
         (``get_buffer``), from the ``view[start:n]`` of it that has arrived."""
-        into = bytearray(length)
+        into = unfilled(length)  # every byte of it is written before it is read
         into[: n - start] = view[start:n]
         self._into = _Into(into, n - start, op, view[start - 4 : start].tobytes() if masked else None)
 
