@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """CPU per operation on each side of a call, and the client's user/system split.
 
-    python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight,bulk]
+    python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight,bulk,small]
                           [--baseline DIR] [--n-seq N] [--n-inflight N] [--n-bulk N]
+                          [--n-small N]
                           [--one-cpu]
 
 Each measurement runs its client in a child process on CPU 1 and its server in a
@@ -10,7 +11,8 @@ grandchild on CPU 0, as ``compare.py`` pins them; with ``--one-cpu`` both run on
 where the other side's wake-up costs far less and a sequential call is bound by the
 CPU work of its two sides alone. For each library and scenario (``seq``: one
 16-byte call after the other; ``inflight``: 100 in flight; ``bulk``: 64 KiB chunks
-streamed from the server to the client, per chunk) it prints the best of
+streamed from the server to the client, per chunk; ``small``: 16-byte items
+streamed the same way, per item) it prints the best of
 three runs: operations a second, the CPU time per operation of each side (from
 ``/proc``: user + system, the kernel's loopback work counted on the side that
 makes it), and the client's user and system time apart. It tells where a
@@ -50,6 +52,7 @@ uvloop.run(main())
 
 
 BULK = 64 << 10  # bytes a chunk of the bulk scenario (compare.py's)
+SIZES = {"bulk": BULK, "small": 16}  # the streamed scenarios' item sizes
 
 
 def _can_pin() -> bool:
@@ -71,10 +74,11 @@ async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str
     async def run(k: int) -> None:
         if what == "inflight":
             await client.inflight_calls(k, 100, b"x" * 16)
-        elif what == "bulk":
-            got = await client.stream(k, BULK)
-            if got != k * BULK:
-                raise AssertionError(f"{got} bytes of {k * BULK}")
+        elif what in SIZES:
+            size = SIZES[what]
+            got = await client.stream(k, size)
+            if got != k * size:
+                raise AssertionError(f"{got} bytes of {k * size}")
         else:
             await client.seq_calls(k, b"x" * 16)
 
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-seq", type=int, default=20_000)
     ap.add_argument("--n-inflight", type=int, default=300_000)
     ap.add_argument("--n-bulk", type=int, default=50_000)
+    ap.add_argument("--n-small", type=int, default=2_000_000)
     ap.add_argument("--one-cpu", action="store_true", help="run the server and the client both on CPU 1")
     args = ap.parse_args(argv)
     libs = args.libs.split(",")
@@ -141,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     # Each measurement's client is a child of its own (it imports fastrpc from this
     # tree, or for fastrpc-base from the baseline's).
     for what in args.what.split(","):
-        n = {"inflight": args.n_inflight, "bulk": args.n_bulk}.get(what, args.n_seq)
-        unit = "chunks" if what == "bulk" else "calls"
+        n = {"inflight": args.n_inflight, "bulk": args.n_bulk, "small": args.n_small}.get(what, args.n_seq)
+        unit = {"bulk": "chunks", "small": "items"}.get(what, "calls")
         print(f"{what} ({n:,} {unit} of {'64 KiB' if what == 'bulk' else '16 bytes'})")
         print(f"  {'library':<13} {unit + '/s':>9} {'server us':>9} {'client us':>9} {'user':>6} {'sys':>6}")
         for lib in libs:
