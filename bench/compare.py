@@ -11,7 +11,10 @@ so "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1) really runs the pure-Python codec on
 both sides. Libraries that are not installed are skipped. The children of "fastrpc"
 and "fastrpc-pure" import this tree's src/fastrpc; with --baseline DIR, the children
 of "fastrpc-base" import DIR/src/fastrpc (another checkout), for a before/after
-comparison in one run. See bench/README.md.
+comparison in one run. A full run (or ``--only latency``) ends with latency under
+load for each fastrpc library: bench/priority.py run with that library's fastrpc,
+its tables printed and its figures under ``latency_under_load`` in the JSON. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -520,6 +523,76 @@ def fastrpc_lines(libraries: dict[str, Any], libs: list[str]) -> list[str]:
     return out
 
 
+LATENCY = "latency"  # --only name of the latency-under-load run (priority.py), fastrpc only
+LATENCY_LIBS = ("fastrpc", "fastrpc-pure", BASE)
+
+
+def latency_under_load(lib: str, quick: bool, timeout: float) -> dict[str, Any]:
+    """``bench/priority.py`` for fastrpc library ``lib`` (its children import the same
+    fastrpc as ``lib``'s): p50/p99/p99.9 of sequential calls while 10 bulk streams run
+    on the same connection, on another one, and with none; and the delivery latency of
+    a 2 ms tick beside 16 bulk streams over a 10 MB/s link at urgency 0 and at the
+    bulk's urgency 3. Its JSON, as it wrote it."""
+    import tempfile
+
+    env = {**os.environ, **child_env(lib)}
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "priority.json")
+        cmd = [sys.executable, os.path.join(BENCH, "priority.py"), "--json", out]
+        if quick:
+            cmd += ["--calls", "500", "--chunks", "600", "--ticks", "100"]
+        try:
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise RunError(f"priority.py took over {timeout:.0f} s") from e
+        if run.returncode:
+            tail = (run.stderr or run.stdout).strip().splitlines()[-1:]
+            raise RunError(f"priority.py exited with {run.returncode}: {tail}")
+        with open(out) as f:
+            doc: dict[str, Any] = json.load(f)
+    return doc
+
+
+def latency_lines(latency: dict[str, dict[str, Any]]) -> list[str]:
+    """The latency-under-load figures of each fastrpc library, as two tables."""
+    rows = [["library", "calls beside bulk on", "p50 ms", "p99 ms", "p99.9 ms", "max ms"]]
+    labels = {"none": "(no bulk)", "same": "the same connection", "other": "another connection"}
+    for lib, doc in latency.items():
+        if "error" in doc:
+            rows.append([lib, "ERROR: " + doc["error"], "", "", "", ""])
+            continue
+        for where, label in labels.items():
+            r = doc["calls_under_load"][where]
+            rows.append([lib, label, *(f"{r[k]:.2f}" for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms"))])
+    ticks = [["library", "tick urgency", "p50 ms", "p99 ms", "max ms", "p99 at 3 / at 0"]]
+    for lib, doc in latency.items():
+        if "error" in doc:
+            continue
+        t = doc["ticks"]
+        for urgency in ("0", "3"):
+            r = t[urgency]
+            ratio = f"{t['3']['p99_ms'] / t['0']['p99_ms']:.1f}x" if urgency == "0" else ""
+            ticks.append([lib, urgency, *(f"{r[k]:.2f}" for k in ("p50_ms", "p99_ms", "max_ms")), ratio])
+    rate = next((doc.get("rate_mb_s") for doc in latency.values() if "error" not in doc), None)
+    return [
+        "latency under load (bench/priority.py): sequential calls beside 10 bulk streams of 64 KiB chunks",
+        *_columns(rows),
+        "",
+        f"a 2 ms tick beside 16 bulk streams (urgency 3) over a {rate:g} MB/s link" if rate else "ticks: none",
+        *_columns(ticks),
+    ]
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
 def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     for scenario, peer, kind, bound in TARGETS:
@@ -614,7 +687,7 @@ def draw(results: dict[str, dict[str, Any]], libs: list[str], path: str) -> None
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes, one run each (< 60 s)")
-    ap.add_argument("--only", help="comma-separated scenarios (" + ", ".join([*SCENARIOS, *ALIASES]) + ")")
+    ap.add_argument("--only", help="comma-separated scenarios (" + ", ".join([*SCENARIOS, *ALIASES, LATENCY]) + ")")
     ap.add_argument("--libs", help="comma-separated libraries (" + ", ".join(ALL_LIBS) + "); default: all")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every count by this (e.g. 0.02)")
     ap.add_argument("--repeat", type=int, help="runs per measurement, best kept (default 3, quick 1)")
@@ -648,13 +721,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             s = s.strip()
             if s in ALIASES:
                 chosen += ALIASES[s]
-            elif s in SCENARIOS:
+            elif s == LATENCY or s in SCENARIOS:
                 chosen.append(s)
             elif s:
                 ap.error(f"unknown scenario {s!r}")
         args.scenarios = [s for s in SCENARIOS if s in chosen]
+        args.latency = LATENCY in chosen
     else:
         args.scenarios = list(SCENARIOS)
+        args.latency = True
     if args.libs:
         args.lib_list = [x.strip() for x in args.libs.split(",") if x.strip()]
         for lib in args.lib_list:
@@ -720,6 +795,17 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as e:
             results[scenario][lib] = {"error": str(e), "params": p}
             log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} ERROR: {e}")
+    latency: dict[str, dict[str, Any]] = {}
+    for lib in libs if args.latency else ():
+        if lib in LATENCY_LIBS and not missing[lib]:
+            t0 = time.perf_counter()
+            log(f"[latency] {lib:<13} ... (bench/priority.py)")
+            try:
+                latency[lib] = latency_under_load(lib, quick, timeout)
+                log(f"[latency] {lib:<13} done ({time.perf_counter() - t0:.1f} s)")
+            except RunError as e:
+                latency[lib] = {"error": str(e)}
+                log(f"[latency] {lib:<13} ERROR: {e}")
     elapsed = time.perf_counter() - started
 
     machine = machine_info(results)
@@ -740,12 +826,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     for line in fastrpc_lines(machine["libraries"], libs):
         print(line)
-    print()
-    print(table(results, libs))
+    if args.scenarios:
+        print()
+        print(table(results, libs))
     extra = fanout_lines(results, libs)
     if extra:
         print()
         print("\n".join(extra))
+    if latency:
+        print()
+        print("\n".join(latency_lines(latency)))
     checks = check_targets(results)
     if checks:
         print("\nfastrpc targets:")
@@ -778,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fastrpc_git": git_describe(ROOT),
                 "fastrpc_over_base": {s: r for s, row in results.items() if (r := base_ratio(s, row)) is not None},
             }
+        doc["latency_under_load"] = latency
         doc["targets"] = checks
         doc["details"] = results
         doc["machine"] = dict(machine, loadavg_start=load)
@@ -797,7 +888,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"JSON written to {args.json}")
     if args.png:
         draw(results, libs, args.png)
-    return 1 if any("error" in r for row in results.values() for r in row.values()) else 0
+    failed = any("error" in r for row in results.values() for r in row.values())
+    return 1 if failed or any("error" in doc for doc in latency.values()) else 0
 
 
 if __name__ == "__main__":

@@ -232,7 +232,13 @@ def main() -> None:
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
-    out: dict[str, Any] = {"calls_under_load": {}, "ticks": {}, "rate_mb_s": args.rate}
+    out: dict[str, Any] = {
+        "calls_under_load": {},
+        "ticks": {},
+        "rate_mb_s": args.rate,
+        "fastrpc": fastrpc.__file__,
+        "codec": fastrpc.IMPLEMENTATION,
+    }
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_serve_calls, args=(send,), daemon=True)
     proc.start()

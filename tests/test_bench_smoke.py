@@ -100,6 +100,38 @@ def test_compare_baseline_smoke(tmp_path: Path) -> None:
         assert libraries["fastrpc"][f"{side}_file"].startswith(str(ROOT / "src")), libraries
 
 
+@pytest.mark.timeout(150)
+def test_compare_latency_under_load_smoke(tmp_path: Path) -> None:
+    """--only latency: bench/priority.py for each fastrpc library (fastrpc-base's
+    importing the baseline's src), its two tables printed and its figures in the JSON."""
+    base = tmp_path / "base"
+    shutil.copytree(ROOT / "src", base / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "bench.json"
+    proc = _compare(
+        *("--quick", "--only", "latency", "--libs", "fastrpc,fastrpc-base,websockets"),
+        *("--baseline", str(base), "--json", str(out)),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("latency under load") for line in lines), proc.stdout
+    for lib in ("fastrpc", "fastrpc-base"):
+        assert any(line.startswith(lib + " ") and "the same connection" in line for line in lines), proc.stdout
+
+    doc = json.loads(out.read_text())
+    latency = doc["latency_under_load"]
+    assert set(latency) == {"fastrpc", "fastrpc-base"}  # websockets has no streams to prioritise
+    assert latency["fastrpc"]["fastrpc"] == str(ROOT / "src" / "fastrpc" / "__init__.py")
+    assert latency["fastrpc-base"]["fastrpc"] == str(base / "src" / "fastrpc" / "__init__.py")
+    for doc_lib in latency.values():
+        for where in ("none", "same", "other"):
+            r = doc_lib["calls_under_load"][where]
+            assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+        for urgency in ("0", "3"):
+            r = doc_lib["ticks"][urgency]
+            assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+
+
 @pytest.mark.timeout(60)
 def test_compare_fanout_smoke(tmp_path: Path) -> None:
     """The fan-out row (100 connections, a few items): every connection received every
