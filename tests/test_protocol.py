@@ -1697,6 +1697,24 @@ def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
     )
 
 
+def test_a_resumable_session_whose_link_keeps_dropping_pairs_no_items() -> None:
+    # A link that dropped with nothing of what was outstanding getting through has its
+    # frames capped at half a message (ResumeState.chunk): items go one to a message
+    # again, however they would pair on a healthy link.
+    c, s = resumable_pair(initial_stream_window=1 << 20)
+    chunk = b"x" * (64 << 10)
+    healthy = c.open_stream()
+    assert c.send_item(healthy, chunk) is True  # paired
+    c.next_message()  # lost with the link
+    c.new_transport()
+    s.new_transport()
+    assert s.receive_message(c.next_message()) == []
+    assert c.receive_message(s.next_message()) == []
+    assert c.take_replay()  # nothing got through: smaller messages from now on
+    sid = c.open_stream()
+    assert c.send_item(sid, chunk) is False and not c.writable(sid)
+
+
 def test_resume_replays_exactly_the_missed_frames() -> None:
     c, s = resumable_pair()
     old_token = c.session.token

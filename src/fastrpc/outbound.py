@@ -38,6 +38,7 @@ class OutboundStreams:
         "flow",
         "frame_limit",
         "item_limit",
+        "pair_max",
         "pair_room",
         "plain_limit",
         "sched",
@@ -67,10 +68,13 @@ class OutboundStreams:
         # comes back in quarters of a window, so the credit for it always comes.
         self.whole_limit = 0
         # A stream whose queue holds one item may take a second while its queue is
-        # under this (a message's worth, within the peer's message limit: set by its
-        # HELLO), even past stream_buffer_size: items of about that size (64 KiB
-        # chunks) then go two to a message, not one, which halves the messages (and
-        # their cost on both sides) of a bulk stream.
+        # under pair_room, even past stream_buffer_size: items of about that size
+        # (64 KiB chunks) then go two to a message, not one, which halves the
+        # messages (and their cost on both sides) of a bulk stream. pair_room is a
+        # message's worth within the peer's message limit (pair_max, set by its
+        # HELLO), and within the frame limit: a resumable session on a link that
+        # keeps dropping (its frames capped) pairs nothing.
+        self.pair_max = 0
         self.pair_room = 0
         self.compression_threshold = compression_threshold
         self.compressor: _compression.Compressor | None = None
@@ -85,8 +89,9 @@ class OutboundStreams:
         item_limit: int | None = None,
         compressor: _compression.Compressor | None = None,
     ) -> None:
-        """Set the peer's frame limit, and (from its HELLO) its ``max_item_size`` and
-        the compressor agreed on."""
+        """Set the peer's frame limit (capped while a resumable session's link keeps
+        dropping), and (from its HELLO) its ``max_item_size`` and the compressor agreed
+        on; :attr:`plain_limit` and :attr:`pair_room` follow."""
         self.frame_limit = frame_limit
         if item_limit is not None:
             self.item_limit = item_limit
@@ -96,6 +101,7 @@ class OutboundStreams:
         if self.compressor is not None:
             plain = min(plain, self.compression_threshold - 1)
         self.plain_limit = plain
+        self.pair_room = min(self.pair_max, frame_limit)
 
     def open(self, stream_id: int, urgency: int, bound: bool) -> None:
         check_urgency(urgency)
