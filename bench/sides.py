@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU per operation on each side of a call, and the client's user/system split.
+"""CPU per operation on each side of a call, each split into user and system time.
 
     python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight,bulk,small]
                           [--baseline DIR] [--n-seq N] [--n-inflight N] [--n-bulk N]
@@ -15,7 +15,7 @@ streamed from the server to the client, per chunk; ``small``: 16-byte items
 streamed the same way, per item) it prints the best of
 three runs: operations a second, the CPU time per operation of each side (from
 ``/proc``: user + system, the kernel's loopback work counted on the side that
-makes it), and the client's user and system time apart. It tells where a
+makes it), and each side's user and system time apart. It tells where a
 library's time goes when ``compare.py`` only says how fast it is: with calls in
 flight the wall time per call is the busier side's CPU, and the system time is
 what the batching of many calls in one write saves. ``fastrpc-base`` imports
@@ -53,6 +53,8 @@ uvloop.run(main())
 
 BULK = 64 << 10  # bytes a chunk of the bulk scenario (compare.py's)
 SIZES = {"bulk": BULK, "small": 16}  # the streamed scenarios' item sizes
+# What a measurement reports, in the order the child prints it.
+FIELDS = ("ops_per_s", "server_us", "server_user_us", "server_sys_us", "client_us", "client_user_us", "client_sys_us")
 
 
 def _can_pin() -> bool:
@@ -60,11 +62,12 @@ def _can_pin() -> bool:
     return hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
 
 
-def _cpu(pid: int) -> float:
-    """User + system seconds of process ``pid``."""
+def _cpu(pid: int) -> tuple[float, float]:
+    """User and system seconds of process ``pid``."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str, float]:
@@ -91,9 +94,13 @@ async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str
             wall = time.perf_counter() - t0
             times1 = os.times()
             user, system = times1.user - times0.user, times1.system - times0.system
+            server1 = _cpu(pid)
+            server_user, server_sys = server1[0] - server0[0], server1[1] - server0[1]
             row = {
                 "ops_per_s": n / wall,
-                "server_us": (_cpu(pid) - server0) / n * 1e6,
+                "server_us": (server_user + server_sys) / n * 1e6,
+                "server_user_us": server_user / n * 1e6,
+                "server_sys_us": server_sys / n * 1e6,
                 "client_us": (user + system) / n * 1e6,
                 "client_user_us": user / n * 1e6,
                 "client_sys_us": system / n * 1e6,
@@ -149,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         n = {"inflight": args.n_inflight, "bulk": args.n_bulk, "small": args.n_small}.get(what, args.n_seq)
         unit = {"bulk": "chunks", "small": "items"}.get(what, "calls")
         print(f"{what} ({n:,} {unit} of {'64 KiB' if what == 'bulk' else '16 bytes'})")
-        print(f"  {'library':<13} {unit + '/s':>9} {'server us':>9} {'client us':>9} {'user':>6} {'sys':>6}")
+        print(
+            f"  {'library':<13} {unit + '/s':>9} {'server us':>9} {'user':>6} {'sys':>6}"
+            f" {'client us':>9} {'user':>6} {'sys':>6}"
+        )
         for lib in libs:
             if lib == "fastrpc-base" and not args.baseline:
                 continue
@@ -165,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             r = dict(
                 zip(
-                    ("ops_per_s", "server_us", "client_us", "client_user_us", "client_sys_us"),
+                    FIELDS,
                     map(float, out.stdout.split()),
                 )
             )
             print(
-                f"  {lib:<13} {r['ops_per_s']:>9,.0f} {r['server_us']:>9.2f} {r['client_us']:>9.2f}"
-                f" {r['client_user_us']:>6.2f} {r['client_sys_us']:>6.2f}"
+                f"  {lib:<13} {r['ops_per_s']:>9,.0f} {r['server_us']:>9.2f} {r['server_user_us']:>6.2f}"
+                f" {r['server_sys_us']:>6.2f} {r['client_us']:>9.2f} {r['client_user_us']:>6.2f}"
+                f" {r['client_sys_us']:>6.2f}"
             )
     return 0
 
@@ -180,7 +191,7 @@ def _one(lib: str, src: str, what: str, n: int, one_cpu: bool) -> None:
     sys.path.insert(0, HERE)
     sys.path.insert(1, src)
     r = measure(lib, src, what, n, one_cpu)
-    print(r["ops_per_s"], r["server_us"], r["client_us"], r["client_user_us"], r["client_sys_us"])
+    print(*(r[k] for k in FIELDS))
 
 
 if __name__ == "__main__":

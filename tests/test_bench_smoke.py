@@ -177,7 +177,7 @@ def test_floor_smoke() -> None:
 
 @pytest.mark.timeout(120)
 def test_sides_smoke() -> None:
-    # bench/sides.py: CPU per call on each side; a tiny run of fastrpc alone.
+    # bench/sides.py: CPU per operation on each side; a tiny run of fastrpc alone.
     env = dict(os.environ)
     env.pop("FASTRPC_NO_EXTENSIONS", None)
     proc = subprocess.run(
@@ -191,9 +191,11 @@ def test_sides_smoke() -> None:
             "--n-inflight",
             "2000",
             "--what",
-            "seq,inflight,bulk",
+            "seq,inflight,bulk,small",
             "--n-bulk",
             "200",
+            "--n-small",
+            "20000",
         ],
         capture_output=True,
         text=True,
@@ -203,9 +205,11 @@ def test_sides_smoke() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("fastrpc")]
-    assert len(rows) == 3, proc.stdout  # seq, inflight, bulk
+    assert len(rows) == 4, proc.stdout  # seq, inflight, bulk, small
     for row in rows:
-        assert float(row[1].replace(",", "")) > 0 and len(row) == 6, row
+        # library, operations/s, then CPU per operation: server (all, user, system),
+        # client (all, user, system)
+        assert float(row[1].replace(",", "")) > 0 and len(row) == 8, row
 
 
 def _probe() -> Any:
