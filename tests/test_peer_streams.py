@@ -17,6 +17,7 @@ from _services import stop
 from _util import assert_idle, pair, run, server_peer, until
 
 import fastrpc
+from fastrpc.peer_io import PeerIO
 from fastrpc.protocol import FRAME_CHARGE
 
 
@@ -128,6 +129,35 @@ def test_streaming_call() -> None:
             assert [x async for x in peer.stream("ticks", 0)] == []
             async with peer.stream("ticks", 3, "t") as s:
                 assert [x async for x in s] == [["t", 0], ["t", 1], ["t", 2]]
+
+    run(main())
+
+
+def test_a_sender_of_many_items_asks_for_a_flush_once_a_pass_not_once_an_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # While a flush is scheduled for the end of the loop pass (StreamLink.flush_pending),
+    # asking for another does nothing: a sender does not, item after item.
+    asked: list[Any] = []
+    flush = PeerIO.flush
+
+    def counted(self: PeerIO) -> None:
+        asked.append(self)
+        flush(self)
+
+    monkeypatch.setattr(PeerIO, "flush", counted)
+
+    async def main() -> None:
+        async with pair(stream_router()) as (_, peer):
+
+            async def items() -> AsyncIterator[bytes]:
+                for _ in range(2000):
+                    yield b"x"
+
+            sid = await peer.send_stream(items())
+            assert await peer.call("consume_summary", sid) == [2000, [b"x"]]
+            mine = sum(1 for p in asked if p is peer)
+            assert 0 < mine < 100, mine
 
     run(main())
 

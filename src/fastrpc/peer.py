@@ -122,7 +122,6 @@ class RpcPeer(PeerIO):
         # Output is written straight to the transport from a call_soon callback
         # (_flush) once the handshake is done; the writer task only takes over while
         # the socket is past its high-water mark, or before/after that phase.
-        self._flush_pending = False
         self._direct = False
         # Nothing written since the last message arrived: the next output goes at
         # once (a reply, the next sequential call) rather than one loop iteration

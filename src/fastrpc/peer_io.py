@@ -30,6 +30,7 @@ from .exceptions import ConnectionClosed, LimitExceeded, ProtocolError
 from .keepalive import Keepalive
 from .log import protocol_logger, warn_limited
 from .protocol import Connection, SessionLost
+from .streams import StreamLink
 from .transport import IGNORE, Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
@@ -46,7 +47,6 @@ class PeerIO(PeerAPI):
     __slots__ = (
         "_busy",  # messages wait in _held (a message in slices, the backlog wait)
         "_direct",  # _flush writes (no writer task runs)
-        "_flush_pending",
         "_fresh",  # nothing written since the last message arrived
         "_held",
         "_in_read",  # handling the messages of one read (see messages_read)
@@ -60,7 +60,6 @@ class PeerIO(PeerAPI):
     _held: deque[bytes | bytearray | str] | None
     _direct: bool
     _fresh: bool
-    _flush_pending: bool
     _in_read: bool
     _processing: bool
     _max_backlog: int
@@ -68,6 +67,7 @@ class PeerIO(PeerAPI):
 
     # Provided by RpcPeer.
     _keepalive: Keepalive
+    _link: StreamLink  # its flush_pending: a flush is scheduled for the end of this pass
     _ready: asyncio.Future[None]
 
     def _process(self, frames: list[Any]) -> None:
@@ -113,14 +113,14 @@ class PeerIO(PeerAPI):
         while this side makes the rest, not in one batch the two sides take turns on."""
         if self._processing:
             return  # _process sends once the message is handled
-        if self._flush_pending:
+        if self._link.flush_pending:
             if len(self._core.control_queue) >= _EARLY_FLUSH:
                 self._flush()
         elif not self._in_read:  # else messages_read sends at the end of the read
             if self._fresh and self._direct:
                 self._flush()
             else:
-                self._flush_pending = True
+                self._link.flush_pending = True
                 self._loop.call_soon(self._flush_soon)
 
     def _send_queued(self) -> None:
@@ -130,15 +130,15 @@ class PeerIO(PeerAPI):
         together in one message."""
         if self._processing or self._in_read:
             return  # _process / messages_read send once the message / the read is handled
-        if not self._flush_pending:
+        if not self._link.flush_pending:
             if self._fresh and self._direct:
                 self._flush()
             else:
-                self._flush_pending = True
+                self._link.flush_pending = True
                 self._loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
-        self._flush_pending = False
+        self._link.flush_pending = False
         self._flush()
 
     def _flush(self) -> None:
@@ -173,7 +173,8 @@ class PeerIO(PeerAPI):
         return t.buffered() if t is not None else 0
 
     # The stream manager's host (StreamHost): the same functions, public names. Stream
-    # items (one kick each) batch up to batch_size instead (no EARLY_FLUSH check).
+    # items batch up to batch_size instead (no EARLY_FLUSH check); a sender asks for a
+    # flush only while none is pending (StreamLink.flush_pending).
     flush = _send_queued
     transport_buffered = _transport_buffered
 

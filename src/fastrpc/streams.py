@@ -49,7 +49,7 @@ class StreamLink:
     owns it: the event loop, the sans-I/O core, the payload codecs, and the ``host``
     that sends what the core queued and knows the socket's buffer."""
 
-    __slots__ = ("closed", "codec", "core", "decoder", "host", "loop")
+    __slots__ = ("closed", "codec", "core", "decoder", "flush_pending", "host", "loop")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, core: Connection, host: StreamHost, codec: PayloadCodec
@@ -60,6 +60,10 @@ class StreamLink:
         self.codec = codec  # encodes what we send
         self.decoder = codec  # decodes what we receive: the peer's codec, once its HELLO came
         self.closed = False  # the connection is torn down
+        # Set by the host while it has a flush scheduled for the end of this loop pass:
+        # what the core queues meanwhile leaves with it, and host.flush() would do
+        # nothing (a sender of many items reads this instead of calling it per item).
+        self.flush_pending = False
 
 
 class _WeakValues:
@@ -639,7 +643,8 @@ class StreamManager:
                         except StopAsyncIteration:
                             break
                         continue
-                    kick()
+                    if not link.flush_pending:
+                        kick()
                     if not ok:
                         if not core.writable(sid):
                             # Its queue is full (a message's worth) or its credit used up:
