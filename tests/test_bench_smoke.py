@@ -39,6 +39,16 @@ def _compare(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProce
     return proc
 
 
+def _compare_with_baseline(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """bench/compare.py with ``args`` and ``--baseline`` a copy of this tree's src
+    (under ``tmp_path``); return the run, the baseline's directory and the JSON's path."""
+    base = tmp_path / "base"
+    shutil.copytree(ROOT / "src", base / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "bench.json"
+    proc = _compare(*args, "--baseline", str(base), "--json", str(out), cwd=tmp_path, timeout=120)
+    return proc, base, out
+
+
 @pytest.mark.timeout(150)
 def test_compare_quick_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -71,14 +81,8 @@ def test_compare_quick_smoke(tmp_path: Path) -> None:
 def test_compare_baseline_smoke(tmp_path: Path) -> None:
     """--baseline DIR: the children of fastrpc-base import DIR/src/fastrpc, those of
     fastrpc this tree's src/fastrpc; the table and the JSON hold fastrpc / fastrpc-base."""
-    base = tmp_path / "base"
-    shutil.copytree(ROOT / "src", base / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    out = tmp_path / "bench.json"
-    proc = _compare(
-        *("--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base"),
-        *("--baseline", str(base), "--json", str(out)),
-        cwd=tmp_path,
-        timeout=120,
+    proc, base, out = _compare_with_baseline(
+        tmp_path, "--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base"
     )
     lines = proc.stdout.splitlines()
     where = {line.split()[0]: line for line in lines if "codec (server/client)" in line}
@@ -104,14 +108,8 @@ def test_compare_baseline_smoke(tmp_path: Path) -> None:
 def test_compare_latency_under_load_smoke(tmp_path: Path) -> None:
     """--only latency: bench/priority.py for each fastrpc library (fastrpc-base's
     importing the baseline's src), its two tables printed and its figures in the JSON."""
-    base = tmp_path / "base"
-    shutil.copytree(ROOT / "src", base / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    out = tmp_path / "bench.json"
-    proc = _compare(
-        *("--quick", "--only", "latency", "--libs", "fastrpc,fastrpc-base,websockets"),
-        *("--baseline", str(base), "--json", str(out)),
-        cwd=tmp_path,
-        timeout=120,
+    proc, base, out = _compare_with_baseline(
+        tmp_path, "--quick", "--only", "latency", "--libs", "fastrpc,fastrpc-base,websockets"
     )
     lines = proc.stdout.splitlines()
     assert any(line.startswith("latency under load") for line in lines), proc.stdout
