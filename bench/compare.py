@@ -29,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -481,14 +482,11 @@ def fanout_lines(results: dict[str, dict[str, Any]], libs: list[str]) -> list[st
             )
     if len(rows) == 1:
         return []
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     rate = next(r["paced"]["deliveries_per_s"] for row in results.values() for r in row.values() if "paced" in r)
-    out = [f"fan-out: latency publish -> receipt, saturated feed and paced feed ({rate:,} deliveries/s in all)"]
-    for k, r in enumerate(rows):
-        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
+    return [
+        f"fan-out: latency publish -> receipt, saturated feed and paced feed ({rate:,} deliveries/s in all)",
+        *_columns(rows),
+    ]
 
 
 def fastrpc_lines(libraries: dict[str, Any], libs: list[str]) -> list[str]:
@@ -533,8 +531,6 @@ def latency_under_load(lib: str, quick: bool, timeout: float) -> dict[str, Any]:
     on the same connection, on another one, and with none; and the delivery latency of
     a 2 ms tick beside 16 bulk streams over a 10 MB/s link at urgency 0 and at the
     bulk's urgency 3. Its JSON, as it wrote it."""
-    import tempfile
-
     env = {**os.environ, **child_env(lib)}
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "priority.json")
@@ -584,6 +580,8 @@ def latency_lines(latency: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
+    """``rows`` (a header first) as aligned lines: the first two columns to the left,
+    the figures to the right, a rule under the header."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for k, r in enumerate(rows):
