@@ -1303,3 +1303,53 @@ def test_max_frames_refusal_matches_between_twins(codec_pair: tuple[ModuleType, 
     for codec in (compiled, pure):
         with pytest.raises(ProtocolError, match="too many frames"):
             codec.decode_message(flood, 1 << 20, 65536)
+
+
+def _parse_client_frame(data: bytes) -> bytes:
+    """websockets' own parser on ``data``, one masked frame (as a server reads it)."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = Frame.parse(reader.read_exact, mask=True)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    else:
+        raise AssertionError("the frame is incomplete")
+    assert frame.fin and frame.opcode is Opcode.BINARY
+    assert not reader.buffer, "bytes after the frame"
+    return bytes(frame.data)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 125, 126, 127, 65535, 65536, 70_001])
+def test_mask_frame_is_one_client_frame_websockets_reads(codec: ModuleType, size: int) -> None:
+    """mask_frame(data, mask): a final binary frame with the 7-, 16- and 64-bit
+    lengths, the mask as given, the payload masked with it from any offset of any
+    part; websockets' parser reads the payload back."""
+    rnd = random.Random(size)
+    body = rnd.randbytes(size)
+    mask = rnd.randbytes(4)
+    cuts = sorted(rnd.sample(range(size + 1), min(3, size + 1)))
+    parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, size])]  # empty parts included
+    frame = codec.mask_frame(body, mask)
+    assert type(frame) is bytes
+    head = 2 if size < 126 else 4 if size < 65536 else 10
+    assert len(frame) == head + 4 + size and frame[head : head + 4] == mask
+    assert _parse_client_frame(frame) == body
+    for data in (parts, bytearray(body), memoryview(body), [memoryview(body)]):
+        assert codec.mask_frame(data, mask) == frame
+    assert codec.mask_frame(body, bytearray(mask)) == frame
+
+
+def test_mask_frame_refuses_a_mask_not_of_4_bytes_and_what_is_not_bytes(codec: ModuleType) -> None:
+    for mask in (b"", b"abc", b"abcde"):
+        with pytest.raises(ValueError, match="a mask is 4 bytes"):
+            codec.mask_frame(b"x", mask)
+    for data in (5, "text", [b"a", 5], None):
+        with pytest.raises(TypeError):
+            codec.mask_frame(data, b"abcd")
+    with pytest.raises(TypeError):
+        codec.mask_frame(b"x", 1234)

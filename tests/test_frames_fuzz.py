@@ -253,3 +253,15 @@ def test_writer_sequences(codec: ModuleType, ops: list[tuple[Any, ...]], rnd: An
         assert refs_now == 2 + held or size < 2
         if kind in ("bytearray", "memoryview"):
             sources[-1][:] = b"\xee" * size
+
+
+@FAST
+@given(parts=st.lists(st.binary(max_size=300), max_size=6), mask=st.binary(min_size=4, max_size=4))
+def test_mask_frame_agrees_and_unmasks_to_the_joined_parts(codec_pair: Pair, parts: list[bytes], mask: bytes) -> None:
+    compiled, python = codec_pair
+    frame = compiled.mask_frame(parts, mask)
+    assert python.mask_frame(parts, mask) == frame
+    body = b"".join(parts)
+    head = len(frame) - 4 - len(body)
+    assert frame[head : head + 4] == mask
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(frame[head + 4 :])) == body

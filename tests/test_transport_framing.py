@@ -230,8 +230,8 @@ def test_websockets_reads_the_parts_our_server_writes(messages: list[list[int]])
 
 def test_large_stream_items_leave_a_server_as_parts_not_joined(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server's messages that hold large stream items go to the socket as parts
-    (the items not copied into one bytes), a reader that pauses included; a client
-    never writes parts (it masks); a resumable session keeps bytes for its replay.
+    (the items not copied into one bytes), a reader that pauses included; a
+    resumable session keeps bytes for its replay.
     Every item arrives intact, in order. (send_parts, the path past the socket's
     high-water mark: test_websockets_reads_the_parts_our_server_writes.)"""
     from fastrpc import transport as transport_module
@@ -292,8 +292,9 @@ def test_our_client_against_websockets_server() -> None:
                 assert await t.recv(5) == body
             await t.send("héllo")
             assert await t.recv(5) == "héllo"
-            # A client joins a message's parts (it masks them), now or past the drain.
-            assert not t.writes_parts()
+            # A client masks a message's parts into one frame (no join first), now or
+            # past the drain.
+            assert t.writes_parts()
             parts = [b"a" * 70_000, b"b" * 5, b"c" * 300_000]
             assert t.write_parts_now(parts)
             assert await t.recv(5) == b"".join(parts)

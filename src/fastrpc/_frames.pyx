@@ -15,6 +15,7 @@ Where the two differ, by design:
 """
 
 cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport (
     PyByteArray_AS_STRING,
     PyByteArray_Check,
@@ -329,6 +330,91 @@ def unfilled(Py_ssize_t n):
     if n < 0:
         raise ValueError("negative size")
     return PyByteArray_FromStringAndSize(NULL, n)
+
+
+# ---------------------------------------------------------------------------------
+# A client's WebSocket frames (RFC 6455 5.2, 5.3).
+
+
+cdef inline void _xor_into(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+                           const unsigned char *mask, Py_ssize_t off) noexcept:
+    """dst[i] = src[i] ^ mask[(off + i) % 4], eight bytes at a time."""
+    cdef unsigned char r[8]
+    cdef uint64_t m, x
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        r[j] = mask[(off + j) & 3]
+    memcpy(&m, r, 8)
+    while i + 8 <= n:
+        memcpy(&x, src + i, 8)  # unaligned loads and stores, as the compiler likes them
+        x ^= m
+        memcpy(dst + i, &x, 8)
+        i += 8
+    while i < n:
+        dst[i] = src[i] ^ r[i & 7]
+        i += 1
+
+
+def mask_frame(data, mask):
+    """A client's final binary WebSocket frame, whole: its header, the 4-byte
+    ``mask`` and ``data`` masked with it, in one ``bytes`` (one copy of the payload,
+    one write). ``data``: a bytes-like object, or a list of them sent as one
+    message (their bytes in order, not joined first)."""
+    cdef Py_buffer mb, pb
+    cdef Py_ssize_t total = 0, head, off, k, count
+    cdef list parts
+    cdef unsigned char m4[4]
+    cdef unsigned char *out
+    PyObject_GetBuffer(mask, &mb, PyBUF_SIMPLE)
+    try:
+        if mb.len != 4:
+            raise ValueError(f"a mask is 4 bytes, not {mb.len}")
+        memcpy(m4, mb.buf, 4)
+    finally:
+        PyBuffer_Release(&mb)
+    if PyBytes_CheckExact(data) and PyBytes_GET_SIZE(data) < 126:  # a call, an answer
+        total = PyBytes_GET_SIZE(data)
+        frame = PyBytes_FromStringAndSize(NULL, 6 + total)
+        out = <unsigned char *>PyBytes_AS_STRING(frame)
+        out[0] = 0x82
+        out[1] = 0x80 | <unsigned char>total
+        memcpy(out + 2, m4, 4)
+        _xor_into(out + 6, <const unsigned char *>PyBytes_AS_STRING(data), total, m4, 0)
+        return frame
+    parts = data if PyList_CheckExact(data) else [data]
+    count = PyList_GET_SIZE(parts)
+    for k in range(count):
+        PyObject_GetBuffer(<object>PyList_GET_ITEM(parts, k), &pb, PyBUF_SIMPLE)
+        total += pb.len
+        PyBuffer_Release(&pb)
+    head = 6 if total < 126 else 8 if total < 65536 else 14
+    frame = PyBytes_FromStringAndSize(NULL, head + total)
+    out = <unsigned char *>PyBytes_AS_STRING(frame)
+    out[0] = 0x82
+    if total < 126:
+        out[1] = 0x80 | <unsigned char>total
+    elif total < 65536:
+        out[1] = 0xFE
+        out[2] = <unsigned char>(total >> 8)
+        out[3] = <unsigned char>total
+    else:
+        out[1] = 0xFF
+        for k in range(8):
+            out[2 + k] = <unsigned char>((<uint64_t>total) >> (56 - 8 * k))
+    memcpy(out + head - 4, m4, 4)
+    off = 0
+    for k in range(count):
+        PyObject_GetBuffer(<object>PyList_GET_ITEM(parts, k), &pb, PyBUF_SIMPLE)
+        try:
+            if pb.len > total - off:  # a part that grew meanwhile (its buffer hook ran code)
+                raise ValueError("a part changed size while it was being masked")
+            _xor_into(out + head + off, <const unsigned char *>pb.buf, pb.len, m4, off)
+            off += pb.len
+        finally:
+            PyBuffer_Release(&pb)
+    if off != total:
+        raise ValueError("a part changed size while it was being masked")
+    return frame
 
 
 # ---------------------------------------------------------------------------------

@@ -72,6 +72,27 @@ def unfilled(n: int) -> bytearray:
     return bytearray(n)
 
 
+def mask_frame(data: _Any, mask: _Any) -> bytes:
+    """A client's final binary WebSocket frame, whole: its header, the 4-byte
+    ``mask`` and ``data`` masked with it (RFC 6455 5.2, 5.3). ``data``: a
+    bytes-like object, or a list of them sent as one message."""
+    key = b"".join((mask,))
+    if len(key) != 4:
+        raise ValueError(f"a mask is 4 bytes, not {len(key)}")
+    payload = b"".join(data if type(data) is list else (data,))
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x82, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x82, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x82, 0xFF)) + n.to_bytes(8, "big")
+    # XOR as two integers: bytewise, in C, whatever the length
+    keys = (key * ((n >> 2) + 1))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
+    return head + key + masked
+
+
 def varint_size(value: int) -> int:
     """Bytes taken by ``value`` as a QUIC variable-length integer."""
     if value < 0 or value > VARINT_MAX:

@@ -68,6 +68,7 @@ encode_batch = _codec.encode_batch
 encode_frame = _codec.encode_frame
 encode_settings = _codec.encode_settings
 encode_varint = _codec.encode_varint
+mask_frame = _codec.mask_frame
 payload_cost = _codec.payload_cost
 take_items = _codec.take_items
 take_run = _codec.take_run
@@ -119,6 +120,7 @@ __all__ = [
     "encode_frame",
     "encode_settings",
     "encode_varint",
+    "mask_frame",
     "payload_cost",
     "take_items",
     "take_run",

@@ -39,6 +39,7 @@ import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from functools import partial
+from itertools import chain, repeat
 from typing import Any, Protocol, Union
 
 from websockets.asyncio.client import connect as _ws_connect
@@ -63,7 +64,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from .budget import PingLimit
-from .frames import unfilled
+from .frames import mask_frame, unfilled
 from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
 from .static import HttpResponse
@@ -308,8 +309,9 @@ class Transport:
         raise NotImplementedError
 
     def writes_parts(self) -> bool:
-        """Whether :meth:`write_parts_now` and :meth:`send_parts` write a message's
-        parts as they are (no copy into one ``bytes``)."""
+        """Whether :meth:`write_parts_now` and :meth:`send_parts` take a message's
+        parts without joining them into one ``bytes`` first (a server writes them as
+        they are, a client masks each into the frame)."""
         return False
 
     def write_parts_now(self, parts: list[bytes]) -> bool:
@@ -448,8 +450,12 @@ def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
 
 
 _MASK_POOL = 4096  # bytes of urandom read at once for client frame masks (_Wire._write)
-_MASKS_OF = struct.Struct("4s").iter_unpack  # a pool's 4-byte masks, in order
-_masks: Iterator[tuple[bytes]] = iter(())  # the current pool's masks not used yet
+# A client frame's mask (RFC 6455 5.3): next(_MASKS)[0], 4 bytes cut from pools of
+# urandom shared by every connection, one getrandom call per 1,024 frames. All C
+# iterators: no refill test on the write path, and no two threads get one mask.
+_MASKS: Iterator[tuple[bytes]] = chain.from_iterable(
+    map(struct.Struct("4s").iter_unpack, map(os.urandom, repeat(_MASK_POOL)))
+)
 
 
 def _header(n: int, mask: int) -> bytes:
@@ -1023,7 +1029,9 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         tcp = self._tcp
         if self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
             return False
-        if len(msg) < 126 and not self._client:  # _write and _header, inline: an answer
+        if self._client:  # _write, inline: a call
+            tcp.write(mask_frame(msg, next(_MASKS)[0]))
+        elif len(msg) < 126:  # _write and _header, inline: an answer
             tcp.write(bytes((_BINARY_FIN, len(msg))) + msg)
         else:
             self._write(msg)
@@ -1032,27 +1040,16 @@ class _Wire(Transport, asyncio.BufferedProtocol):
     def _write(self, msg: bytes) -> None:
         tcp = self._tcp
         if self._client:
-            # A fresh mask per frame (RFC 6455 5.3), cut from a pool of urandom bytes
-            # shared by every connection: one getrandom call per 1,024 frames, not one
-            # each. next() on the pool's (C) iterator is atomic: threads never share a mask.
-            global _masks
-            cut = next(_masks, None)
-            if cut is None:
-                _masks = _MASKS_OF(os.urandom(_MASK_POOL))
-                cut = next(_masks)
-            mask = cut[0]
-            tcp.writelines((_header(len(msg), 0x80), mask, apply_mask(msg, mask)))
+            tcp.write(mask_frame(msg, next(_MASKS)[0]))  # a fresh mask per frame
         elif len(msg) < 4096:
             tcp.write(_header(len(msg), 0) + msg)
         else:
             tcp.writelines((_header(len(msg), 0), msg))
 
     def writes_parts(self) -> bool:
-        return not self._client  # a client masks the message: one copy whatever
+        return True
 
     def write_parts_now(self, parts: list[bytes]) -> bool:
-        if self._client:
-            return self.write_now(b"".join(parts))  # masked: copied whatever
         tcp = self._tcp
         if self._ws.state is not _OPEN or tcp.get_write_buffer_size() > self._high:
             return False
@@ -1060,13 +1057,17 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         return True
 
     def _write_parts(self, parts: list[bytes]) -> None:
+        if self._client:
+            # Masked into the frame as they are: one copy of each, not a join first.
+            self._tcp.write(mask_frame(parts, next(_MASKS)[0]))
+            return
         # The header, then the parts as they are: uvloop writes them in one writev
         # (and keeps what the socket did not take by reference).
         self._tcp.writelines((_header(sum(map(len, parts)), 0), *parts))
 
     async def send_parts(self, parts: list[bytes]) -> None:
-        if self._client or self._ws.state is not _OPEN:
-            await self.send(b"".join(parts))
+        if self._ws.state is not _OPEN:
+            await self.send(b"")  # raises the closure, as send does
             return
         self._write_parts(parts)
         drain = self._drain
