@@ -772,7 +772,10 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         """Read the rest of a large data frame straight into a buffer of its size
         (``get_buffer``), from the ``view[start:n]`` of it that has arrived."""
         into = unfilled(length)  # every byte of it is written before it is read
-        into[: n - start] = view[start:n]
+        # Through a view: a bytearray's own slice assignment copies a memoryview into a
+        # temporary bytearray first (two copies of up to a message, not one).
+        with memoryview(into) as dst:
+            dst[: n - start] = view[start:n]
         self._into = _Into(into, n - start, op, view[start - 4 : start].tobytes() if masked else None)
 
     def _direct_done(self, into: _Into) -> None:
