@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -385,6 +387,33 @@ def test_our_client_masks_every_frame_afresh() -> None:
 
     masks = run(main(), 20)
     assert len(set(masks)) >= count - 1  # 32 random bits each: one repeat (a 1-in-4,000 chance) passes
+
+
+_FORKED_MASKS = """
+import os
+from fastrpc import transport
+next(transport._MASKS)  # the pool is read: a child would inherit what is left of it
+r, w = os.pipe()
+pid = os.fork()
+masks = b"".join(next(transport._MASKS)[0] for _ in range(64))
+if pid == 0:
+    os.write(w, masks)
+    os._exit(0)
+child = b""
+while len(child) < len(masks):
+    child += os.read(r, len(masks) - len(child))
+os.waitpid(pid, 0)
+print(int(child == masks), len(set(masks[i : i + 4] for i in range(0, len(masks), 4))))
+"""
+
+
+def test_a_forked_child_does_not_reuse_its_parents_masks() -> None:
+    # A child that kept the parent's pool would mask its frames with the very masks
+    # the parent uses next (workers fork). In a process of its own: no threads to fork.
+    out = subprocess.run([sys.executable, "-c", _FORKED_MASKS], capture_output=True, text=True, timeout=60, check=True)
+    same, distinct = map(int, out.stdout.split())
+    assert same == 0
+    assert distinct >= 63
 
 
 def _bound(frames: list[bytes], max_size: int = 1 << 20, **options: Any) -> int | None:

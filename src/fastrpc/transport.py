@@ -450,12 +450,24 @@ def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
 
 
 _MASK_POOL = 4096  # bytes of urandom read at once for client frame masks (_Wire._write)
-# A client frame's mask (RFC 6455 5.3): next(_MASKS)[0], 4 bytes cut from pools of
-# urandom shared by every connection, one getrandom call per 1,024 frames. All C
-# iterators: no refill test on the write path, and no two threads get one mask.
-_MASKS: Iterator[tuple[bytes]] = chain.from_iterable(
-    map(struct.Struct("4s").iter_unpack, map(os.urandom, repeat(_MASK_POOL)))
-)
+
+
+def _mask_source() -> Iterator[tuple[bytes]]:
+    """A client frame's mask (RFC 6455 5.3) is next(_MASKS)[0]: 4 bytes cut from pools
+    of urandom shared by every connection, one getrandom call per 1,024 frames. All C
+    iterators: no refill test on the write path, and no two threads get one mask."""
+    return chain.from_iterable(map(struct.Struct("4s").iter_unpack, map(os.urandom, repeat(_MASK_POOL))))
+
+
+def _new_masks() -> None:
+    # A forked child (workers, a pre-fork server) would otherwise use the masks its
+    # parent has drawn from the same pool: each process gets its own.
+    global _MASKS
+    _MASKS = _mask_source()
+
+
+_MASKS = _mask_source()
+os.register_at_fork(after_in_child=_new_masks)
 
 
 def _header(n: int, mask: int) -> bytes:
