@@ -210,6 +210,44 @@ def test_sides_smoke() -> None:
         assert float(row[1].replace(",", "")) > 0 and len(row) == 8, row
 
 
+@pytest.mark.timeout(120)
+def test_critical_path_smoke(tmp_path: Path) -> None:
+    # bench/critical_path.py: each side's read -> write of a sequential call; a tiny
+    # run of fastrpc and the raw TCP echo (its hooks on each are what may break).
+    env = dict(os.environ)
+    env.pop("FASTRPC_NO_EXTENSIONS", None)
+    out = tmp_path / "crit.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "critical_path.py"),
+            "--libs",
+            "fastrpc,tcp",
+            "--n",
+            "200",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=str(ROOT),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed" not in proc.stdout, proc.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"fastrpc", "tcp"}, figures
+    for lib, r in figures.items():
+        assert r["calls_per_s"] > 0, (lib, r)
+        for side in ("server", "client"):
+            s = r[side]
+            # every call was read and answered: one read a call, each followed by a write
+            assert s["reads"] >= 200, (lib, side, s)
+            assert 0 < s["read_to_write"] < s["read_to_read"], (lib, side, s)
+            assert s["write_call"] > 0 and s["read_handling"] > 0, (lib, side, s)
+
+
 def _probe() -> Any:
     spec = importlib.util.spec_from_file_location("compile_probe", ROOT / "bench" / "compile_probe.py")
     assert spec is not None and spec.loader is not None

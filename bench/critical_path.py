@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Where a sequential call's wall time goes: each side's critical path.
+
+    python bench/critical_path.py [--libs fastrpc,picows,tcp] [--n N] [--baseline DIR]
+
+A sequential call is a relay: the client writes, the server reads, works, writes,
+the client reads, works, writes the next call. Only the work between a side's read
+and its next write holds the relay up; what a side does after its write overlaps
+with the other side. ``sides.py`` gives each side's CPU per call, this gives the part
+of it on the call's path. Each side timestamps (``perf_counter_ns``) three points:
+
+* ``read``: a message's bytes reach Python (fastrpc: ``_Wire.buffer_updated``, with
+  the WebSocket framing after it; picows: the listener's ``on_ws_frame``, its
+  Cython framing before it, not seen; raw TCP: ``data_received``, its length
+  framing after it);
+* ``write``: the library's write of the reply or of the next call is entered, and
+  when it returns (the loopback's delivery to the other side is done inside that
+  system call, on the writer's clock);
+* the end of the read's handling.
+
+Per side it prints the medians of: read -> write (the side's share of the critical
+path in user space), the write call itself, and read -> end of the read's handling
+(on the client the next call is written after it, from the woken task; on the server
+the reply is written inside it). The hooks wrap a few private functions of each
+library (``fastrpc.transport._Wire``, the benchmark's own picows and TCP peers):
+a probe of this tree, not an API. The hooks cost each library the same few
+hundred nanoseconds. Server on CPU 0, client on CPU 1, as ``compare.py`` pins them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+_ns = time.perf_counter_ns
+
+_SERVER = """
+import asyncio, json, os, sys
+sys.path.insert(0, {bench!r}); sys.path.insert(1, {src!r})
+if {pin}:
+    os.sched_setaffinity(0, {{0}})
+import uvloop, peers, critical_path as cp
+log = cp.hook({lib!r}, "server")
+mod = peers.load({lib!r})
+async def main():
+    port, stop = await mod.start_server()
+    print(port, flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if cmd == "go":
+            log.clear()
+        elif cmd == "report":
+            print(json.dumps(cp.summarise(log)), flush=True)
+        else:
+            return
+uvloop.run(main())
+"""
+
+
+class _Sent:
+    """A picows transport whose ``send`` is timed (the peer's client and server
+    call ``transport.send``)."""
+
+    def __init__(self, transport: Any, log: list[tuple[str, int]]) -> None:
+        self._transport = transport
+        self._log = log
+
+    def send(self, *args: Any) -> Any:
+        self._log.append(("w", _ns()))
+        r = self._transport.send(*args)
+        self._log.append(("W", _ns()))
+        return r
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _wrap_read(cls: type, name: str, log: list[tuple[str, int]], arg_proxy: bool = False) -> None:
+    inner = getattr(cls, name)
+    last: list[Any] = [None, None]  # a transport and its _Sent (one connection at a time)
+
+    def read(self: Any, *args: Any) -> Any:
+        log.append(("r", _ns()))
+        if arg_proxy:  # picows's server: the transport comes with each frame
+            t = args[0]
+            if last[0] is not t:
+                last[0], last[1] = t, _Sent(t, log)
+            args = (last[1], *args[1:])
+        try:
+            return inner(self, *args)
+        finally:
+            log.append(("x", _ns()))
+
+    setattr(cls, name, read)
+
+
+def _wrap_write(cls: type, name: str, log: list[tuple[str, int]]) -> None:
+    inner = getattr(cls, name)
+
+    def write(self: Any, *args: Any) -> Any:
+        log.append(("w", _ns()))
+        try:
+            return inner(self, *args)
+        finally:
+            log.append(("W", _ns()))
+
+    setattr(cls, name, write)
+
+
+def hook(lib: str, side: str) -> list[tuple[str, int]]:
+    """Install the timestamps of ``lib``'s ``side`` (before it connects: the event
+    loop binds a protocol's methods when the connection is made)."""
+    log: list[tuple[str, int]] = []
+    if lib.startswith("fastrpc"):
+        from fastrpc import transport
+
+        wire = transport._Wire
+        _wrap_read(wire, "buffer_updated", log)
+        _wrap_write(wire, "write_now", log)
+        _wrap_write(wire, "write_parts_now", log)
+    elif lib == "picows":
+        from peers import picows
+
+        if side == "server":
+            _wrap_read(picows._ServerListener, "on_ws_frame", log, arg_proxy=True)
+        else:
+            _wrap_read(picows._ClientListener, "on_ws_frame", log)
+    elif lib == "tcp":
+        from peers import tcp
+
+        _wrap_read(tcp._Framed, "data_received", log)
+        _wrap_write(tcp._Framed, "send", log)
+    else:
+        raise ValueError(f"{lib}: no hooks for it (fastrpc, fastrpc-base, picows, tcp)")
+    return log
+
+
+def summarise(log: list[tuple[str, int]]) -> dict[str, float]:
+    """Medians in microseconds: read -> first write after it, the write call, read ->
+    end of its handling, read -> next read."""
+    to_write: list[int] = []
+    writing: list[int] = []
+    handling: list[int] = []
+    cycle: list[int] = []
+    read = wrote = None
+    seen_write = True
+    for kind, t in log:
+        if kind == "r":
+            if read is not None:
+                cycle.append(t - read)
+            read, seen_write = t, False
+        elif kind == "w":
+            wrote = t
+            if read is not None and not seen_write:
+                to_write.append(t - read)
+                seen_write = True
+        elif kind == "W" and wrote is not None:
+            writing.append(t - wrote)
+            wrote = None
+        elif kind == "x" and read is not None:
+            handling.append(t - read)
+
+    def med(xs: list[int]) -> float:
+        return statistics.median(xs) / 1000 if xs else float("nan")
+
+    return {
+        "read_to_write": med(to_write),
+        "write_call": med(writing),
+        "read_handling": med(handling),
+        "read_to_read": med(cycle),
+        "reads": len(cycle) + 1 if read is not None else 0,
+    }
+
+
+async def _client(mod: Any, port: int, server: subprocess.Popen[str], lib: str, n: int) -> dict[str, Any]:
+    log = hook(lib, "client")
+    client = mod.Client(port)
+    await client.connect()
+    if lib == "picows":
+        client.transport = _Sent(client.transport, log)
+    try:
+        payload = b"x" * 16
+        for _ in range(500):  # warm-up
+            await client.call(payload)
+        best: dict[str, Any] = {}
+        for _ in range(3):
+            assert server.stdin is not None and server.stdout is not None
+            server.stdin.write("go\n")
+            server.stdin.flush()
+            await asyncio.sleep(0.2)  # the server clears its log first
+            log.clear()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await client.call(payload)
+            wall = time.perf_counter() - t0
+            server.stdin.write("report\n")
+            server.stdin.flush()
+            line = await asyncio.get_running_loop().run_in_executor(None, server.stdout.readline)
+            row = {"calls_per_s": n / wall, "us_per_call": wall / n * 1e6}
+            row["client"] = summarise(log)
+            row["server"] = json.loads(line)
+            if row["calls_per_s"] > best.get("calls_per_s", 0):
+                best = row
+        return best
+    finally:
+        await asyncio.wait_for(client.close(), 10)
+
+
+def _one(lib: str, src: str, n: int) -> None:
+    """(child) One library: its server in a grandchild on CPU 0, its client here on CPU 1."""
+    sys.path.insert(0, HERE)
+    sys.path.insert(1, src)
+    pin = hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
+    name = "fastrpc" if lib == "fastrpc-base" else lib
+    code = _SERVER.format(bench=HERE, src=src, lib=name, pin=pin)
+    server = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{lib}: the server did not start")
+        if pin:
+            os.sched_setaffinity(0, {1})
+        import peers
+        import uvloop
+
+        mod = peers.load(name)
+        r = uvloop.run(asyncio.wait_for(_client(mod, int(line), server, name, n), 300))
+        print(json.dumps(r))
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--libs", default="fastrpc,picows,tcp")
+    ap.add_argument("--n", type=int, default=20_000, help="calls a run (best of three)")
+    ap.add_argument("--baseline", help="another checkout: its src/ is fastrpc-base's")
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args(argv)
+    libs = args.libs.split(",")
+    if args.baseline and "fastrpc-base" not in libs:
+        libs.insert(1, "fastrpc-base")
+    print(f"sequential calls of 16 bytes, {args.n:,} a run, best of three; medians in us")
+    print(
+        f"  {'library':<13} {'calls/s':>8} {'us/call':>8} | {'server: read->write':>19} {'write':>6}"
+        f" {'handling':>8} | {'client: read->write':>19} {'write':>6} {'handling':>8} | {'both sides':>10}"
+    )
+    results: dict[str, Any] = {}
+    for lib in libs:
+        src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", lib, src, str(args.n)], capture_output=True, text=True, timeout=600
+        )
+        if out.returncode:
+            print(f"  {lib:<13} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
+        s, c = r["server"], r["client"]
+        print(
+            f"  {lib:<13} {r['calls_per_s']:>8,.0f} {r['us_per_call']:>8.2f} | {s['read_to_write']:>19.2f}"
+            f" {s['write_call']:>6.2f} {s['read_handling']:>8.2f} | {c['read_to_write']:>19.2f}"
+            f" {c['write_call']:>6.2f} {c['read_handling']:>8.2f} | {s['read_to_write'] + c['read_to_write']:>10.2f}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        _one(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit(main())
