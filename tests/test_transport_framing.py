@@ -12,8 +12,10 @@ sans-I/O protocol, over real loopback sockets (differential, fuzzed with hypothe
   UTF-8 in a text message (1007), an unmasked client frame (1002), PINGs past
   max_ping_rate (1008); a peer that does not read gets only its latest PING answered;
 * a server's hook on the opening request (authenticate) refuses or accepts there;
-* a large frame that reads leave incomplete (read straight into a buffer of its own)
-  arrives whole, however its bytes are spread over reads, masked or not.
+* a large frame that reads leave incomplete (finished in the read buffer the thread
+  lends the connection, or read straight into a buffer of its own) arrives whole,
+  however its bytes are spread over reads, masked or not, and on several connections
+  at once; a connection lost inside such a frame gives the read buffer back.
 """
 
 from __future__ import annotations
@@ -341,6 +343,102 @@ def test_a_large_frame_spread_over_reads_arrives_whole(pieces: list[int]) -> Non
             await asyncio.wait_for(done, 5)
             assert received == [("b", body), ("t", text), ("b", b"after"), ("b", body)]
             client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_frames_finished_in_place_on_several_connections_do_not_mix() -> None:
+    # A large frame a read leaves incomplete is finished in the thread's read buffer,
+    # which the thread lends to that connection and reads the others into another: two
+    # connections hold one each; a third, past the _MAX_LENT lent, copies as before;
+    # small messages of a fourth go through the shared buffer meanwhile; every message
+    # arrives whole and each connection's own, and the buffers come back.
+    from fastrpc import transport
+
+    reads = transport._read_buffer()  # the server runs on this thread
+    bodies = [bytes([i]) * 3 + bytes(range(256)) * 390 + bytes([i]) for i in range(3)]
+
+    async def main() -> None:
+        received: dict[int, list[Any]] = {0: [], 1: [], 2: [], 3: []}
+        done = asyncio.get_running_loop().create_future()
+
+        async def handler(t: Transport) -> None:
+            who = await t.recv(5)  # each client says which it is first
+            mine = received[who[0]]
+            while len(mine) < (5 if who[0] == 3 else 2):
+                mine.append(await t.recv(5))
+            if all(len(v) >= (5 if k == 3 else 2) for k, v in received.items()) and not done.done():
+                done.set_result(None)
+            await t.close()
+
+        server = await _server(handler)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            clients = [await RawClient.open(port) for _ in range(4)]
+            wires = []
+            for i, c in enumerate(clients[:3]):
+                c.ws.send_binary(bytes([i]))
+                c.ws.send_binary(bodies[i])
+                c.ws.send_binary(b"after %d" % i)
+                wires.append(c.take())
+            lent = reads.lent
+            for c, wire in zip(clients[:3], wires):  # all but the last 10,000 bytes
+                c.writer.write(wire[:-10_000])
+                await c.writer.drain()
+                await asyncio.sleep(0.05)
+            assert reads.lent == lent + 2  # the third connection copies (_direct)
+            small = clients[3]
+            small.ws.send_binary(bytes([3]))
+            for k in range(5):
+                small.ws.send_binary(b"small %d" % k * 100)
+            small.writer.write(small.take())
+            await small.writer.drain()
+            await asyncio.sleep(0.05)
+            for c, wire in zip(clients[:3], wires):
+                c.writer.write(wire[-10_000:])
+                await c.writer.drain()
+            await asyncio.wait_for(done, 5)
+            for i in range(3):
+                assert received[i] == [bodies[i], b"after %d" % i]
+            assert received[3] == [b"small %d" % k * 100 for k in range(5)]
+            assert reads.lent == lent
+            assert len(reads.spare) <= transport._MAX_LENT
+            for c in clients:
+                c.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_a_connection_lost_inside_a_frame_gives_its_read_buffer_back() -> None:
+    from fastrpc import transport
+
+    reads = transport._read_buffer()
+
+    async def main() -> None:
+        lost = asyncio.get_running_loop().create_future()
+
+        async def handler(t: Transport) -> None:
+            with contextlib.suppress(Exception):
+                await t.recv(5)
+            lost.set_result(None)
+
+        server = await _server(handler)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            lent = reads.lent
+            client.ws.send_binary(b"z" * 100_000)
+            client.writer.write(client.take()[:90_000])
+            await client.writer.drain()
+            await until(lambda: reads.lent == lent + 1, 5)
+            client.writer.transport.abort()  # gone inside the frame
+            await asyncio.wait_for(lost, 5)
+            await until(lambda: reads.lent == lent, 5)
         finally:
             server.close()
             await server.wait_closed()

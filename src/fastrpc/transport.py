@@ -398,28 +398,76 @@ _MAX_HEAD = 64 << 10
 # makes us hold more than 4x what the peer actually sent (max_size bounds both).
 _DIRECT_MIN = 16 << 10
 _DIRECT_SHARE = 4
+# A thread's read buffer is twice a read: a frame a read leaves incomplete that fits in
+# the rest is finished in place (the thread lends that buffer to the connection and
+# reads into another), not copied out first. At most _MAX_LENT are lent at a time (a
+# peer that never finishes its frame holds one, and others copy as before), and as many
+# are kept spare: a thread holds at most (1 + 2 * _MAX_LENT) * _READ_ROOM (2.5 MiB).
+_READ_ROOM = 2 * _READ_SLICE
+_MAX_LENT = 2
 
 
-class _ReadBuffer(threading.local):
+class _ReadBuffer:
     """The buffer every connection of a thread reads into (asyncio.BufferedProtocol):
     one per thread, not per connection (an idle connection holds none). Its bytes are
-    used within the read that filled them: whatever a connection keeps is copied out."""
+    used within the read that filled them: whatever a connection keeps is copied out,
+    unless the thread lent it the buffer (:meth:`lend`)."""
+
+    __slots__ = ("lent", "spare", "view", "whole")
 
     def __init__(self) -> None:
-        self.view = memoryview(bytearray(_READ_SLICE))
+        self.whole = memoryview(unfilled(_READ_ROOM))  # written by a read before it is read
+        self.view = self.whole[:_READ_SLICE]  # what a read may fill
+        self.spare: list[memoryview] = []
+        self.lent = 0
+
+    def lend(self) -> memoryview | None:
+        """The whole current buffer, for the connection whose read it holds to finish a
+        frame in it; reads go to another from now on. None while _MAX_LENT are lent."""
+        if self.lent >= _MAX_LENT:
+            return None
+        whole = self.whole
+        self.whole = self.spare.pop() if self.spare else memoryview(unfilled(_READ_ROOM))
+        self.view = self.whole[:_READ_SLICE]
+        self.lent += 1
+        return whole
+
+    def give_back(self, whole: memoryview) -> None:
+        """A lent buffer's frame was delivered (or dropped): it may be lent again."""
+        self.lent -= 1
+        if len(self.spare) < _MAX_LENT:
+            self.spare.append(whole)
 
 
-_READ_BUFFER = _ReadBuffer()
+_THREAD = threading.local()
+
+
+def _read_buffer() -> _ReadBuffer:
+    """This thread's read buffer (a connection stays in the thread that made it)."""
+    reads: _ReadBuffer | None = getattr(_THREAD, "reads", None)
+    if reads is None:
+        reads = _THREAD.reads = _ReadBuffer()
+    return reads
 
 
 class _Into:
-    """A large data frame being read straight into a buffer of its size (``_Wire._direct``):
-    the buffer, the bytes in it so far, its opcode and (server side) its mask."""
+    """A large data frame being read straight into place (``_Wire._direct``,
+    ``_Wire._finish_in_place``): a view of the frame's payload there, the bytes in it so
+    far, its opcode and (server side) its mask; ``buf`` is the frame's own bytearray
+    (``_direct``) or None, ``lent`` the thread's read buffer it lies in, or None."""
 
-    __slots__ = ("buf", "got", "mask", "op")
+    __slots__ = ("buf", "got", "lent", "mask", "op", "view")
 
-    def __init__(self, buf: bytearray, got: int, op: int, mask: bytes | None) -> None:
-        self.buf, self.got, self.op, self.mask = buf, got, op, mask
+    def __init__(
+        self,
+        buf: bytearray | None,
+        view: memoryview,
+        got: int,
+        op: int,
+        mask: bytes | None,
+        lent: memoryview | None = None,
+    ) -> None:
+        self.buf, self.view, self.got, self.op, self.mask, self.lent = buf, view, got, op, mask, lent
 
 
 def _forget_handshake(ws: ServerProtocol | ClientProtocol) -> None:
@@ -511,7 +559,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_pings",
         "_pong_due",
         "_raw_head",
-        "_rview",
+        "_reads",
         "_taken",
         "_tcp",
         "_ws",
@@ -563,7 +611,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._mode = _HEAD
         self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
         self._into: _Into | None = None  # a large frame read into its own buffer (_direct)
-        self._rview = _READ_BUFFER.view  # this thread's read buffer (a connection stays in one)
+        self._reads = _read_buffer()  # this thread's (a connection stays in one)
         self._discarded = 0
         self._taken = 0  # bytes read since reading last let the loop go on (_READ_SLICE)
         self._max_size = max_size if max_size is not None else 1 << 62
@@ -584,20 +632,20 @@ class _Wire(Transport, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         into = self._into
         if into is None:
-            return self._rview
+            return self._reads.view
         if self._mode == _FRAMING:
-            return memoryview(into.buf)[into.got :]
-        self._into = None  # failed or closing: no longer kept
-        return self._rview
+            return into.view[into.got :]
+        self._drop_into()  # failed or closing: no longer kept
+        return self._reads.view
 
     def buffer_updated(self, nbytes: int) -> None:
         into = self._into
         if into is None:
             if self._mode != _FRAMING:
-                self.data_received(self._rview[:nbytes])
+                self.data_received(self._reads.view[:nbytes])
                 return
             try:  # data_received, inline for the data path (every read)
-                self._frames(self._rview[:nbytes])
+                self._frames(self._reads.view[:nbytes])
             finally:
                 reader = self._sink  # read_done, inline
                 if reader is not None:
@@ -606,7 +654,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             return
         into.got += nbytes
         try:
-            if into.got == len(into.buf):
+            if into.got == len(into.view):
                 self._direct_done(into)
         finally:
             self.read_done()
@@ -740,13 +788,15 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                 if end > n:
                     if (
                         length >= _DIRECT_MIN
-                        and (n - pos - head) * _DIRECT_SHARE >= length
                         and b1 & 0x80 == masked
                         and (b0 == 0x82 or b0 == 0x81)
                         and self._parts is None
                     ):
-                        self._direct(view, pos + head, n, length, b0, masked)
-                        pos = n
+                        if src is data and self._finish_in_place(data, pos + head, n, length, b0, masked):
+                            pos = n
+                        elif (n - pos - head) * _DIRECT_SHARE >= length:
+                            self._direct(view, pos + head, n, length, b0, masked)
+                            pos = n
                     break
                 if b1 & 0x80 == masked and (
                     ((b0 == 0x82 or b0 == 0x81) and self._parts is None) or (b0 == 0x89 and length <= 125)
@@ -784,23 +834,53 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         """Read the rest of a large data frame straight into a buffer of its size
         (``get_buffer``), from the ``view[start:n]`` of it that has arrived."""
         into = unfilled(length)  # every byte of it is written before it is read
+        dst = memoryview(into)
         # Through a view: a bytearray's own slice assignment copies a memoryview into a
         # temporary bytearray first (two copies of up to a message, not one).
-        with memoryview(into) as dst:
-            dst[: n - start] = view[start:n]
-        self._into = _Into(into, n - start, op, view[start - 4 : start].tobytes() if masked else None)
+        dst[: n - start] = view[start:n]
+        self._into = _Into(into, dst, n - start, op, view[start - 4 : start].tobytes() if masked else None)
+
+    def _finish_in_place(self, data: bytes | memoryview, start: int, n: int, length: int, op: int, masked: int) -> bool:
+        """Read the rest of a large data frame into the read buffer ``data`` views, after
+        what has arrived (``data[start:n]``), if it fits there and the thread can lend
+        that buffer to this connection (:meth:`_ReadBuffer.lend`): no copy of what
+        arrived. False: the caller does as before."""
+        reads = self._reads
+        if type(data) is not memoryview or data.obj is not reads.whole.obj or start + length > len(reads.whole):
+            return False  # not a read's own view (a handshake's rest), or too large for it
+        whole = reads.lend()
+        if whole is None:
+            return False
+        mask = whole[start - 4 : start].tobytes() if masked else None
+        self._into = _Into(None, whole[start : start + length], n - start, op, mask, whole)
+        return True
 
     def _direct_done(self, into: _Into) -> None:
-        """A frame read by :meth:`_direct` is complete: deliver it (a binary message as
-        the bytearray itself: nothing else refers to it)."""
+        """A frame read in place is complete: deliver it (from :meth:`_direct`, a binary
+        message as the bytearray itself: nothing else refers to it; from a lent read
+        buffer as a view, which the reader copies from as from any read), and give the
+        read buffer back."""
         self._into = None
-        if self._mode != _FRAMING:
-            return  # failed or closed meanwhile
-        payload: bytes | bytearray = into.buf if into.mask is None else apply_mask(into.buf, into.mask)
-        if into.op == 0x82:
-            self.feed(payload)
-        else:
-            self._text(bytes(payload))
+        try:
+            if self._mode != _FRAMING:
+                return  # failed or closed meanwhile
+            data: bytearray | memoryview = into.view if into.buf is None else into.buf
+            payload = data if into.mask is None else apply_mask(data, into.mask)
+            if into.op == 0x82:
+                self.feed(payload)
+            else:
+                self._text(bytes(payload))
+        finally:
+            if into.lent is not None:
+                self._reads.give_back(into.lent)
+
+    def _drop_into(self) -> None:
+        """Forget a frame being read in place (a failed or lost connection)."""
+        into = self._into
+        if into is not None:
+            self._into = None
+            if into.lent is not None:
+                self._reads.give_back(into.lent)
 
     def _parse(self, data: bytes) -> None:
         """Feed ``data`` to websockets' protocol and act on what it parsed."""
@@ -951,7 +1031,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._send_data()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._into = None
+        self._drop_into()
         ws = self._ws
         ws.receive_eof()  # idempotent: the state is CLOSED now
         for t in (self._close_timer, self._ping_timer, self._open_timer):
