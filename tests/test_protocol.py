@@ -1429,30 +1429,39 @@ def test_a_message_never_exceeds_the_peers_max_message_size() -> None:
     assert read_all(s, sid) == [(first, False), (b"b" * 1024, False)]
 
 
-def test_items_of_about_the_stream_buffer_size_go_two_to_a_message() -> None:
+def test_items_of_about_the_stream_buffer_size_go_up_to_four_to_a_message() -> None:
     # A 64 KiB item fills a stream's 64 KiB buffer alone (its frame header takes it
-    # past): one message per item would cost both sides a message each. A stream that
-    # holds one item takes a second while its queue is under a message's worth.
-    c, s = connect(server=Settings(initial_stream_window=1 << 20))  # credit for all of it
+    # past): one message per item would cost both sides a message (and the sender a
+    # system call) each. A stream holding fewer than four items takes another while
+    # its queue is under two batches' worth.
+    c, s = connect(server=Settings(initial_stream_window=4 << 20))  # credit for all of it
     assert c.stream_buffer_size == 64 << 10 and c.batch_size == 128 << 10
     sid = c.open_stream()
     chunk = b"x" * (64 << 10)
-    assert c.send_item(sid, chunk) is True and c.writable(sid)  # one queued: room for another
-    assert c.send_item(sid, chunk) is False and not c.writable(sid)  # two: the sender waits
+    for _ in range(3):
+        assert c.send_item(sid, chunk) is True and c.writable(sid)  # room for another
+    assert c.send_item(sid, chunk) is False and not c.writable(sid)  # four: the sender waits
     msgs = messages(c)
     assert len(msgs) == 1 and c.writable(sid)
-    # An item of a message's worth takes no second one.
+    assert 4 * len(chunk) < len(msgs[0]) < 4 * len(chunk) + 64
+    # Items of a batch's worth: two (the first leaves the queue under two batches).
     big = b"y" * (128 << 10)
-    assert c.send_item(sid, big) is False and not c.writable(sid)
+    assert c.send_item(sid, big) is True and c.send_item(sid, big) is False and not c.writable(sid)
     msgs += messages(c)
     assert len(msgs) == 2
-    # Items under the buffer size fill it, as before: no pairing past it.
-    third = b"z" * (40 << 10)
-    assert c.send_item(sid, third) is True and c.send_item(sid, third) is False
+    # An item of two batches' worth takes no second one.
+    huge = b"h" * (256 << 10)
+    assert c.send_item(sid, huge) is False and not c.writable(sid)
     msgs += messages(c)
+    assert len(msgs) == 3
+    # Small items fill the buffer, as before: the four-item room is not theirs.
+    small = b"z" * (16 << 10)
+    assert [c.send_item(sid, small) for _ in range(4)] == [True, True, True, False]
+    msgs += messages(c)
+    assert len(msgs) == 4
     for m in msgs:
         s.receive_message(m)
-    assert read_all(s, sid) == [(chunk, False), (chunk, False), (big, False), (third, False), (third, False)]
+    assert read_all(s, sid) == [(chunk, False)] * 4 + [(big, False)] * 2 + [(huge, False)] + [(small, False)] * 4
 
 
 def test_a_pair_of_items_never_exceeds_the_peers_max_message_size() -> None:

@@ -24,6 +24,8 @@ from .stream_state import OUT_OPEN, OutgoingStream, OutState
 __all__ = ["OutboundStreams"]
 
 _STREAM_DATA = F.STREAM_DATA
+# Items a stream's queue may hold past stream_buffer_size, within pair_room (below).
+RUN_ITEMS = 4
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -67,13 +69,14 @@ class OutboundStreams:
         # the peer's smallest window (set by its HELLO). Windows only grow, and credit
         # comes back in quarters of a window, so the credit for it always comes.
         self.whole_limit = 0
-        # A stream whose queue holds one item may take a second while its queue is
-        # under pair_room, even past stream_buffer_size: items of about that size
-        # (64 KiB chunks) then go two to a message, not one, which halves the
-        # messages (and their cost on both sides) of a bulk stream. pair_room is a
-        # message's worth within the peer's message limit (pair_max, set by its
-        # HELLO), and within the frame limit: a resumable session on a link that
-        # keeps dropping (its frames capped) pairs nothing.
+        # A stream whose queue holds fewer than RUN_ITEMS items may take another while
+        # its queue is under pair_room, even past stream_buffer_size: items of about
+        # that size (64 KiB chunks) then go four to a message, not one, which cuts the
+        # messages (and their cost on both sides, and the sender's system calls) of a
+        # bulk stream. Small items fill stream_buffer_size long before, so they never
+        # take this room. pair_room is two batches' worth within the peer's message
+        # limit (pair_max, set by its HELLO), and within the frame limit: a resumable
+        # session on a link that keeps dropping (its frames capped) pairs nothing.
         self.pair_max = 0
         self.pair_room = 0
         self.compression_threshold = compression_threshold
@@ -158,7 +161,7 @@ class OutboundStreams:
                 return (
                     left > FRAME_CHARGE
                     and credit > FRAME_CHARGE
-                    and (len(w) < self.stream_buffer_size or (w.count == 1 and len(w) < self.pair_room))
+                    and (len(w) < self.stream_buffer_size or (w.count < RUN_ITEMS and len(w) < self.pair_room))
                 )
         s.tail = payload
         s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
@@ -227,7 +230,7 @@ class OutboundStreams:
             return False
         w = s.writer
         return self.flow.out_writable(stream_id) and (
-            len(w) < self.stream_buffer_size or (w.count == 1 and len(w) < self.pair_room)
+            len(w) < self.stream_buffer_size or (w.count < RUN_ITEMS and len(w) < self.pair_room)
         )
 
     def pump(self, s: OutgoingStream) -> bool:

@@ -3,9 +3,9 @@
 Control frames (calls, responses, credit, pings) go first, in the order they were
 queued. Then streams by urgency, 0 (most urgent) to 7 (RFC 9218's levels), round robin
 among the streams of one urgency: each turn takes one stream's whole queue (bounded by
-``stream_buffer_size``, or two items within ``batch_size``), and a message carries at
-most ``batch_size`` bytes of stream data, so an urgent item queued next never waits
-behind more than one batch.
+``stream_buffer_size``, or up to four large items within twice ``batch_size``), and a
+message carries at most ``batch_size`` bytes of stream data besides the first queue it
+takes, so an urgent item queued next never waits behind more than one such message.
 
 ``Connection.next_message`` walks :attr:`Scheduler.rings` on the hot path; this class
 owns the rings and the control queue. Sans-I/O.

@@ -377,7 +377,8 @@ class StreamManager:
     (fastrpc's own queue plus the transport's write buffer); they are woken by the
     transport's drain signal and re-check every ``backpressure_delay`` seconds.
     ``stream_buffer_size``: bytes one stream may queue before its sender waits (a
-    stream holding a single item takes a second one within ``batch_size``).
+    stream holding fewer than four items takes another within twice ``batch_size``:
+    large items leave up to four to a message).
     ``initial_window``: per-stream flow-control window offered to senders (bytes);
     a stream read faster than its window refills, or whose items are more than 1/8
     of its window, grows it up to ``max_window`` as it is read, all streams of the
