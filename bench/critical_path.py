@@ -223,23 +223,13 @@ def _one(lib: str, src: str, n: int) -> None:
     pin = hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
     name = "fastrpc" if lib == "fastrpc-base" else lib
     code = _SERVER.format(bench=HERE, src=src, lib=name, pin=pin)
-    server = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{lib}: the server did not start")
-        if pin:
-            os.sched_setaffinity(0, {1})
-        import peers
-        import uvloop
+    import peers
+    import uvloop
 
+    with peers.server_child(lib, code, pin, stdin=True) as (server, port):
         mod = peers.load(name)
-        r = uvloop.run(asyncio.wait_for(_client(mod, int(line), server, name, n), 300))
+        r = uvloop.run(asyncio.wait_for(_client(mod, port, server, name, n), 300))
         print(json.dumps(r))
-    finally:
-        server.kill()
-        server.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:

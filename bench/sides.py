@@ -117,23 +117,12 @@ def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dic
     name = "fastrpc" if lib == "fastrpc-base" else lib
     pin = _can_pin()
     code = _SERVER.format(bench=HERE, src=src, lib=name, cpu=1 if one_cpu else 0, pin=pin)
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{lib}: the server did not start")
-        if pin:  # after the server started (it would inherit this CPU)
-            os.sched_setaffinity(0, {1})
-        import peers  # this process: bench/ and src/ are on sys.path (_one)
+    import peers  # this process: bench/ and src/ are on sys.path (_one)
+    import uvloop
 
+    with peers.server_child(lib, code, pin) as (server, port):
         mod = peers.load(name)
-        import uvloop
-
-        return uvloop.run(asyncio.wait_for(_measure(mod, int(line), server.pid, what, n), 600))
-    finally:
-        server.kill()
-        server.wait(10)
+        return uvloop.run(asyncio.wait_for(_measure(mod, port, server.pid, what, n), 600))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,15 +173,29 @@ def test_floor_smoke() -> None:
         assert cost is not None and float(cost.group(1)) > 0, line
 
 
-@pytest.mark.timeout(120)
-def test_sides_smoke() -> None:
-    # bench/sides.py: CPU per operation on each side; a tiny run of fastrpc alone.
+def _bench_tool(script: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script> args`` with the compiled codec where it is built (within
+    100 s); it must exit 0."""
     env = dict(os.environ)
     env.pop("FASTRPC_NO_EXTENSIONS", None)
     proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=str(ROOT),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.timeout(120)
+def test_sides_smoke() -> None:
+    # bench/sides.py: CPU per operation on each side; a tiny run of fastrpc alone.
+    proc = _bench_tool(
+        "sides.py",
         [
-            sys.executable,
-            str(ROOT / "bench" / "sides.py"),
             "--libs",
             "fastrpc",
             "--n-seq",
@@ -195,13 +209,7 @@ def test_sides_smoke() -> None:
             "--n-small",
             "20000",
         ],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=str(ROOT),
-        env=env,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("fastrpc")]
     assert len(rows) == 4, proc.stdout  # seq, inflight, bulk, small
     for row in rows:
@@ -214,27 +222,8 @@ def test_sides_smoke() -> None:
 def test_critical_path_smoke(tmp_path: Path) -> None:
     # bench/critical_path.py: each side's read -> write of a sequential call; a tiny
     # run of fastrpc and the raw TCP echo (its hooks on each are what may break).
-    env = dict(os.environ)
-    env.pop("FASTRPC_NO_EXTENSIONS", None)
     out = tmp_path / "crit.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "critical_path.py"),
-            "--libs",
-            "fastrpc,tcp",
-            "--n",
-            "200",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=str(ROOT),
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench_tool("critical_path.py", ["--libs", "fastrpc,tcp", "--n", "200", "--json", str(out)])
     assert "failed" not in proc.stdout, proc.stdout
     figures = json.loads(out.read_text())
     assert set(figures) == {"fastrpc", "tcp"}, figures

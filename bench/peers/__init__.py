@@ -25,14 +25,17 @@ process only orchestrates, every server and client runs in its own spawned child
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import math
 import os
 import struct
+import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -94,6 +97,30 @@ def load(lib: str) -> Any:
 
 
 # --------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def server_child(lib: str, code: str, pin: bool, stdin: bool = False) -> Iterator[tuple[Any, int]]:
+    """(sides.py, critical_path.py) Run ``python -c code``, a server that prints its
+    port first; yield the process and the port, with this process then on CPU 1 when
+    ``pin`` (after the child started: it would inherit the CPU); kill it at the end."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{lib}: the server did not start")
+        if pin:
+            os.sched_setaffinity(0, {1})
+        yield server, int(line)
+    finally:
+        server.kill()
+        server.wait(10)
 
 
 def rss_kib(pid: int) -> int:
