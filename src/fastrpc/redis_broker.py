@@ -193,7 +193,7 @@ class RedisBroker(Broker):
                 delay = min(delay * 2, 1.0)
             finally:
                 try:
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call, unused-ignore]  # typed in newer redis-py
                 except Exception:
                     pass
 
