@@ -451,23 +451,15 @@ def _read_buffer() -> _ReadBuffer:
 
 
 class _Into:
-    """A large data frame being read straight into place (``_Wire._direct``,
-    ``_Wire._finish_in_place``): a view of the frame's payload there, the bytes in it so
-    far, its opcode and (server side) its mask; ``buf`` is the frame's own bytearray
-    (``_direct``) or None, ``lent`` the thread's read buffer it lies in, or None."""
+    """A large data frame being read straight into place: a view of the frame's payload
+    there, the bytes in it so far, its opcode and (server side) its mask; ``lent`` is the
+    thread's read buffer it lies in (``_Wire._finish_in_place``), or None when the view
+    is of a bytearray of the frame's own (``_Wire._direct``)."""
 
-    __slots__ = ("buf", "got", "lent", "mask", "op", "view")
+    __slots__ = ("got", "lent", "mask", "op", "view")
 
-    def __init__(
-        self,
-        buf: bytearray | None,
-        view: memoryview,
-        got: int,
-        op: int,
-        mask: bytes | None,
-        lent: memoryview | None = None,
-    ) -> None:
-        self.buf, self.view, self.got, self.op, self.mask, self.lent = buf, view, got, op, mask, lent
+    def __init__(self, view: memoryview, got: int, op: int, mask: bytes | None, lent: memoryview | None = None) -> None:
+        self.view, self.got, self.op, self.mask, self.lent = view, got, op, mask, lent
 
 
 def _forget_handshake(ws: ServerProtocol | ClientProtocol) -> None:
@@ -838,7 +830,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         # Through a view: a bytearray's own slice assignment copies a memoryview into a
         # temporary bytearray first (two copies of up to a message, not one).
         dst[: n - start] = view[start:n]
-        self._into = _Into(into, dst, n - start, op, view[start - 4 : start].tobytes() if masked else None)
+        self._into = _Into(dst, n - start, op, view[start - 4 : start].tobytes() if masked else None)
 
     def _finish_in_place(self, data: bytes | memoryview, start: int, n: int, length: int, op: int, masked: int) -> bool:
         """Read the rest of a large data frame into the read buffer ``data`` views, after
@@ -852,7 +844,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         if whole is None:
             return False
         mask = whole[start - 4 : start].tobytes() if masked else None
-        self._into = _Into(None, whole[start : start + length], n - start, op, mask, whole)
+        self._into = _Into(whole[start : start + length], n - start, op, mask, whole)
         return True
 
     def _direct_done(self, into: _Into) -> None:
@@ -864,7 +856,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         try:
             if self._mode != _FRAMING:
                 return  # failed or closed meanwhile
-            data: bytearray | memoryview = into.view if into.buf is None else into.buf
+            # _direct's frame: its own bytearray, delivered itself.
+            data: bytearray | memoryview = into.view if into.lent is not None else into.view.obj  # type: ignore[assignment]
             payload = data if into.mask is None else apply_mask(data, into.mask)
             if into.op == 0x82:
                 self.feed(payload)
