@@ -24,7 +24,7 @@ from .stream_state import OUT_OPEN, OutgoingStream, OutState
 __all__ = ["OutboundStreams"]
 
 _STREAM_DATA = F.STREAM_DATA
-# Items a stream's queue may hold past stream_buffer_size, within pair_room (below).
+# Items a stream's queue may hold past stream_buffer_size, within run_room (below).
 RUN_ITEMS = 4
 
 Payload = Union[bytes, bytearray, memoryview]
@@ -40,9 +40,9 @@ class OutboundStreams:
         "flow",
         "frame_limit",
         "item_limit",
-        "pair_max",
-        "pair_room",
         "plain_limit",
+        "run_max",
+        "run_room",
         "sched",
         "stream_buffer_size",
         "stream_bytes",
@@ -70,15 +70,15 @@ class OutboundStreams:
         # comes back in quarters of a window, so the credit for it always comes.
         self.whole_limit = 0
         # A stream whose queue holds fewer than RUN_ITEMS items may take another while
-        # its queue is under pair_room, even past stream_buffer_size: items of about
+        # its queue is under run_room, even past stream_buffer_size: items of about
         # that size (64 KiB chunks) then go four to a message, not one, which cuts the
         # messages (and their cost on both sides, and the sender's system calls) of a
         # bulk stream. Small items fill stream_buffer_size long before, so they never
-        # take this room. pair_room is two batches' worth within the peer's message
-        # limit (pair_max, set by its HELLO), and within the frame limit: a resumable
-        # session on a link that keeps dropping (its frames capped) pairs nothing.
-        self.pair_max = 0
-        self.pair_room = 0
+        # take this room. run_room is two batches' worth within the peer's message
+        # limit (run_max, set by its HELLO), and within the frame limit: a resumable
+        # session on a link that keeps dropping (its frames capped) takes none.
+        self.run_max = 0
+        self.run_room = 0
         self.compression_threshold = compression_threshold
         self.compressor: _compression.Compressor | None = None
         # The largest item that goes out as it is, in one frame: within the three
@@ -94,7 +94,7 @@ class OutboundStreams:
     ) -> None:
         """Set the peer's frame limit (capped while a resumable session's link keeps
         dropping), and (from its HELLO) its ``max_item_size`` and the compressor agreed
-        on; :attr:`plain_limit` and :attr:`pair_room` follow."""
+        on; :attr:`plain_limit` and :attr:`run_room` follow."""
         self.frame_limit = frame_limit
         if item_limit is not None:
             self.item_limit = item_limit
@@ -104,7 +104,7 @@ class OutboundStreams:
         if self.compressor is not None:
             plain = min(plain, self.compression_threshold - 1)
         self.plain_limit = plain
-        self.pair_room = min(self.pair_max, frame_limit)
+        self.run_room = min(self.run_max, frame_limit)
 
     def open(self, stream_id: int, urgency: int, bound: bool) -> None:
         check_urgency(urgency)
@@ -161,7 +161,7 @@ class OutboundStreams:
                 return (
                     left > FRAME_CHARGE
                     and credit > FRAME_CHARGE
-                    and (len(w) < self.stream_buffer_size or (w.count < RUN_ITEMS and len(w) < self.pair_room))
+                    and (len(w) < self.stream_buffer_size or (w.count < RUN_ITEMS and len(w) < self.run_room))
                 )
         s.tail = payload
         s.tail_flags = flags & ~F.FLAG_OPEN  # OPEN goes on the first frame only (_pump adds s.flags)
@@ -230,7 +230,7 @@ class OutboundStreams:
             return False
         w = s.writer
         return self.flow.out_writable(stream_id) and (
-            len(w) < self.stream_buffer_size or (w.count < RUN_ITEMS and len(w) < self.pair_room)
+            len(w) < self.stream_buffer_size or (w.count < RUN_ITEMS and len(w) < self.run_room)
         )
 
     def pump(self, s: OutgoingStream) -> bool:

@@ -757,7 +757,7 @@ class Connection:
         # in one message.
         room = peer.max_message_size - limit - 18
         self._outbound.stream_buffer_size = max(1, min(self._outbound.stream_buffer_size, room))
-        self._outbound.pair_max = min(2 * self.batch_size, room)
+        self._outbound.run_max = min(2 * self.batch_size, room)
         self._flow.peer_hello(peer.initial_stream_window, peer.connection_window, peer.max_streams)
         self._algorithm = _compression.choose(self.settings.compression, peer.compression)
         compressor = _compression.Compressor(self._algorithm) if self._algorithm else None
