@@ -3,7 +3,7 @@
 
     python bench/compare.py [--quick] [--scale X] [--only SCENARIO,...]
                             [--libs fastrpc,fastrpc-pure,websockets,picows,tcp,grpcio,rsocket,socketio]
-                            [--baseline DIR] [--json out.json] [--png chart.png]
+                            [--baseline DIR] [--rounds N] [--json out.json] [--png chart.png]
 
 For every scenario and library the server runs in a spawned child process and the
 client in another (both on uvloop, over 127.0.0.1); this process only orchestrates,
@@ -11,7 +11,9 @@ so "fastrpc-pure" (FASTRPC_NO_EXTENSIONS=1) really runs the pure-Python codec on
 both sides. Libraries that are not installed are skipped. The children of "fastrpc"
 and "fastrpc-pure" import this tree's src/fastrpc; with --baseline DIR, the children
 of "fastrpc-base" import DIR/src/fastrpc (another checkout), for a before/after
-comparison in one run. A full run (or ``--only latency``) ends with latency under
+comparison in one run. ``--rounds N`` measures every row N times, each in fresh
+processes, the libraries in turn, and shows the median (one run's figure moves by
+up to ~20 % from one pair of processes to the next). A full run (or ``--only latency``) ends with latency under
 load for each fastrpc library: bench/priority.py run with that library's fastrpc,
 its tables printed and its figures under ``latency_under_load`` in the JSON. See
 bench/README.md.
@@ -319,6 +321,17 @@ def measure(
     return out
 
 
+def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One library's row over ``--rounds``: the round whose figure is the median (the
+    lower middle one of an even count, for the rest of its details), with the median
+    figure and every round's figure (``rounds``)."""
+    values = [r["value"] for r in runs]
+    if len(runs) == 1:
+        return runs[0]
+    middle = sorted(runs, key=lambda r: r["value"])[(len(runs) - 1) // 2]
+    return dict(middle, value=statistics.median(values), rounds=values)
+
+
 # ------------------------------------------------------------------ output
 
 
@@ -443,6 +456,29 @@ def table(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
     for n in notes:
         out += f"\nERROR {n}"
     return out
+
+
+def rounds_lines(results: dict[str, dict[str, Any]], libs: list[str]) -> list[str]:
+    """With ``--rounds``: every round's figure of each row, and (with a baseline) the
+    ratio of fastrpc to fastrpc-base round by round (the two ran back to back)."""
+    out = []
+    for scenario, row in results.items():
+        unit = SCENARIOS[scenario]["unit"]
+        for lib in libs:
+            values = row.get(lib, {}).get("rounds")
+            if values:
+                out.append(f"{scenario:<18} {lib:<13} " + ", ".join(fmt(v, unit) for v in values))
+        mine, base = row.get("fastrpc", {}).get("rounds"), row.get(BASE, {}).get("rounds")
+        if mine and base and len(mine) == len(base):
+            paired = [compare(scenario, a, b)[1] for a, b in zip(mine, base)]
+            middle = statistics.median(paired)
+            shown = (lambda x: f"{x:.3f}x") if SCENARIOS[scenario]["higher"] else (lambda x: f"{x:+.2f} KiB")
+            out.append(
+                f"{scenario:<18} fastrpc / fastrpc-base, round by round: "
+                + ", ".join(shown(x) for x in paired)
+                + f"  (median {shown(middle)})"
+            )
+    return (["rounds (each in fresh processes, the libraries in turn):", *out]) if out else []
 
 
 FANOUT_KEYS = ("subscribers", "per_subscriber", "p50_ms", "p99_ms", "paced", "server_cpu_us", "client_cpu_us")
@@ -690,6 +726,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every count by this (e.g. 0.02)")
     ap.add_argument("--repeat", type=int, help="runs per measurement, best kept (default 3, quick 1)")
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row this many times, each time in fresh processes and with the libraries "
+        "interleaved (A B A B ...), and show the median (default 1)",
+    )
+    ap.add_argument(
         "--budget", type=float, help="seconds one run may take before the count is cut (default 3, quick 0.5)"
     )
     ap.add_argument(
@@ -713,6 +756,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.scale <= 0:
         ap.error("--scale must be positive")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.only:
         chosen: list[str] = []
         for s in args.only.split(","):
@@ -764,7 +809,16 @@ def main(argv: list[str] | None = None) -> int:
         if names:
             log(f"{lib}: not installed ({', '.join(names)}): skipped")
 
-    jobs = [(s, lib) for s in args.scenarios for lib in libs if not missing[lib] and s in peers.LIBS[lib].supports]
+    rounds = args.rounds
+    # Round by round within a scenario, the libraries in turn: what drifts over a run
+    # (the machine's load, its clock) falls on every library alike.
+    jobs = [
+        (s, k, lib)
+        for s in args.scenarios
+        for k in range(rounds)
+        for lib in libs
+        if not missing[lib] and s in peers.LIBS[lib].supports
+    ]
     results: dict[str, dict[str, Any]] = {s: {} for s in args.scenarios}
     for s in args.scenarios:
         for lib in libs:
@@ -772,27 +826,29 @@ def main(argv: list[str] | None = None) -> int:
                 results[s][lib] = {"skipped": "not installed: " + ", ".join(missing[lib])}
             elif s not in peers.LIBS[lib].supports:
                 results[s][lib] = {"skipped": "n/a"}
+    by_round: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:
         log(f"WARNING: load average {load:.2f} at start: other processes compete for the CPUs, figures will be noisy")
     started = time.perf_counter()
-    for k, (scenario, lib) in enumerate(jobs, 1):
+    for k, (scenario, rnd, lib) in enumerate(jobs, 1):
         p = params_for(scenario, quick, args.scale, repeat, budget, min_time)
         t0 = time.perf_counter()
-        log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} ...")
+        tag = f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13}" + (f" round {rnd + 1}" if rounds > 1 else "")
+        log(f"{tag} ...")
         try:
             r = measure(lib, scenario, p, repeat, timeout, args.profile)
             r["params"] = p
-            results[scenario][lib] = r
-            log(
-                f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} {fmt(r['value'], r['unit'])} {r['unit']}"
-                f"  ({time.perf_counter() - t0:.1f} s)"
-            )
+            by_round.setdefault((scenario, lib), []).append(r)
+            log(f"{tag} {fmt(r['value'], r['unit'])} {r['unit']}  ({time.perf_counter() - t0:.1f} s)")
         except RunError as e:
             results[scenario][lib] = {"error": str(e), "params": p}
-            log(f"[{k}/{len(jobs)}] {scenario:<18} {lib:<13} ERROR: {e}")
+            log(f"{tag} ERROR: {e}")
+    for (scenario, lib), runs in by_round.items():
+        if "error" not in results[scenario].get(lib, {}):
+            results[scenario][lib] = median_round(runs)
     latency: dict[str, dict[str, Any]] = {}
     for lib in libs if args.latency else ():
         if lib in LATENCY_LIBS and not missing[lib]:
@@ -809,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(results)
     print(
         f"fastrpc comparison ({'quick' if quick else 'full'} run, scale {args.scale}, "
-        f"{'best of ' + str(repeat) if repeat > 1 else '1 run'}; {elapsed:.0f} s)"
+        f"{'best of ' + str(repeat) if repeat > 1 else '1 run'}"
+        f"{f', median of {rounds} rounds' if rounds > 1 else ''}; {elapsed:.0f} s)"
     )
     print(f"machine: {machine['cpu']}, {machine['cpus']} CPUs, Python {machine['python']}, {machine['platform']}")
     print("CPUs: " + (f"server pinned to CPU {PIN[0]}, client to CPU {PIN[1]}" if PIN else "not pinned"))
@@ -827,6 +884,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenarios:
         print()
         print(table(results, libs))
+    spread = rounds_lines(results, libs)
+    if spread:
+        print()
+        print("\n".join(spread))
     extra = fanout_lines(results, libs)
     if extra:
         print()
@@ -850,7 +911,11 @@ def main(argv: list[str] | None = None) -> int:
         doc: dict[str, Any] = {
             s: {
                 lib: (
-                    {"value": r["value"], "unit": r["unit"], **{k: r[k] for k in FANOUT_KEYS if k in r}}
+                    {
+                        "value": r["value"],
+                        "unit": r["unit"],
+                        **{k: r[k] for k in (*FANOUT_KEYS, "rounds") if k in r},
+                    }
                     if r.get("value") is not None
                     else {k: r[k] for k in ("skipped", "error") if k in r}
                 )
@@ -874,6 +939,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": quick,
             "scale": args.scale,
             "repeat": repeat,
+            "rounds": rounds,
             "budget_s": budget,
             "min_time_s": min_time,
             "pinned_cpus": PIN,

@@ -80,10 +80,14 @@ def test_compare_quick_smoke(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_compare_baseline_smoke(tmp_path: Path) -> None:
     """--baseline DIR: the children of fastrpc-base import DIR/src/fastrpc, those of
-    fastrpc this tree's src/fastrpc; the table and the JSON hold fastrpc / fastrpc-base."""
+    fastrpc this tree's src/fastrpc; the table and the JSON hold fastrpc / fastrpc-base.
+    --rounds 3: each library measured three times, in turn, the median shown."""
     proc, base, out = _compare_with_baseline(
-        tmp_path, "--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base"
+        tmp_path, "--quick", "--scale", "0.02", "--only", "seq_calls", "--libs", "fastrpc,fastrpc-base", "--rounds", "3"
     )
+    # The libraries take turns, round by round.
+    order = re.findall(r"seq_calls\s+(fastrpc-base|fastrpc)\s+round (\d) \.\.\.", proc.stderr)
+    assert order == [(lib, str(k)) for k in (1, 2, 3) for lib in ("fastrpc", "fastrpc-base")], proc.stderr
     lines = proc.stdout.splitlines()
     where = {line.split()[0]: line for line in lines if "codec (server/client)" in line}
     mine, theirs = where["fastrpc"], where["fastrpc-base"]
@@ -94,7 +98,16 @@ def test_compare_baseline_smoke(tmp_path: Path) -> None:
     row = next(line for line in lines if line.startswith("seq_calls "))
     assert row.rstrip().endswith("x"), row
 
+    assert "median of 3 rounds" in proc.stdout
+    assert re.search(
+        r"^seq_calls +fastrpc / fastrpc-base, round by round: (\d\.\d{3}x, ){2}\d\.\d{3}x", proc.stdout, re.M
+    )
+
     doc = json.loads(out.read_text())
+    assert doc["run"]["rounds"] == 3
+    for lib in ("fastrpc", "fastrpc-base"):
+        cell = doc["seq_calls"][lib]
+        assert len(cell["rounds"]) == 3 and cell["value"] == sorted(cell["rounds"])[1], cell
     assert doc["baseline"]["dir"] == str(base)
     assert doc["baseline"]["fastrpc_over_base"]["seq_calls"] > 0
     assert doc["ratios"]["fastrpc"]["seq_calls"]["fastrpc-base"] > 0
