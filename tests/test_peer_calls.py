@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import sys
 from typing import Any
 
 import msgspec
@@ -809,6 +810,92 @@ def test_cancel_before_the_handler_started() -> None:
             sp = await server_peer(server)
             await assert_idle(peer, sp)
             assert await peer.call("ping", timeout=5) == "pong"
+
+    run(main())
+
+
+def test_an_async_handler_that_does_not_wait_answers_with_the_read_on_312() -> None:
+    # Python 3.12+ starts a handler's task eagerly (asyncio.eager_task_factory): an
+    # async handler that returns without waiting answers in the write of the read that
+    # brought its call, beside a sync handler's answer. On 3.11 its first step waits
+    # for the loop, so its answer leaves in a later message. One that waits answers
+    # later either way.
+    router = fastrpc.Router()
+
+    @router.method
+    def now_sync() -> str:
+        return "sync"
+
+    @router.method
+    async def now_async() -> str:
+        return "async"
+
+    @router.method
+    async def later() -> str:
+        await asyncio.sleep(0)
+        return "later"
+
+    eager = sys.version_info >= (3, 12)
+
+    async def main() -> None:
+        async with pair(router) as (server, _), raw_client(server.url) as raw:
+            ids = [raw.core.send_call(m, raw.core_payload(())) for m in ("now_sync", "now_async", "later")]
+            await raw.send(raw.core.next_message())  # the three calls in one message
+            answers: list[list[tuple[int, Any]]] = []
+            while sum(map(len, answers)) < 3:
+                frames = await raw.recv_frames(5)
+                answers.append([(f.id, msgspec.msgpack.decode(f.payload)) for f in frames if f.type == F.RESPONSE])
+            if eager:
+                assert answers == [[(ids[0], "sync"), (ids[1], "async")], [(ids[2], "later")]]
+            else:
+                assert answers == [[(ids[0], "sync")], [(ids[1], "async")], [(ids[2], "later")]]
+
+    run(main())
+
+
+def test_an_async_handler_runs_in_its_own_task_from_its_first_line() -> None:
+    # Eager or not, a handler's code runs inside its task: current_task() is that task,
+    # asyncio.timeout() works before the first await, and the task is cancellable.
+    router = fastrpc.Router()
+    seen: list[Any] = []
+
+    @router.method
+    async def inside() -> bool:
+        task = asyncio.current_task()
+        seen.append(task)
+        async with asyncio.timeout(5):
+            pass
+        return task is not None and not task.done()
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            assert await peer.call("inside", timeout=5) is True
+            assert await peer.call("inside", timeout=5) is True
+        assert len(seen) == 2 and seen[0] is not seen[1]
+
+    run(main())
+
+
+def test_a_loop_with_a_task_factory_of_its_own_keeps_it() -> None:
+    # Eager or not, a handler's task comes from the loop's own task factory when it has
+    # one (instrumentation, a custom Task class).
+    router = fastrpc.Router()
+
+    @router.method
+    async def inside() -> bool:
+        return type(asyncio.current_task()) is Counted
+
+    class Counted(asyncio.Task):  # type: ignore[type-arg]
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: Counted(coro, loop=loop, **kw))
+        try:
+            async with pair(router) as (_, peer):
+                assert await peer.call("inside", timeout=5) is True
+        finally:
+            loop.set_task_factory(None)
 
     run(main())
 

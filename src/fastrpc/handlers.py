@@ -29,6 +29,21 @@ __all__ = ["Handlers"]
 
 T = TypeVar("T")
 
+# Python 3.12+: a handler's task starts eagerly, within the read that brought its call
+# (asyncio.eager_task_factory): a handler that finishes without waiting answers in
+# that read's write, as a sync handler does, with no loop pass for its first step.
+# On 3.11 every task's first step waits for the loop.
+_EAGER: Callable[..., asyncio.Task[Any]] | None = getattr(asyncio, "eager_task_factory", None)
+
+
+def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+    """``loop.create_task(coro)``, started eagerly where Python can (3.12+) and the loop
+    has no task factory of its own (which is kept)."""
+    if _EAGER is not None and loop.get_task_factory() is None:
+        return _EAGER(loop, coro)
+    return loop.create_task(coro)
+
+
 # Results no handler can mean to be awaited: a sync handler's reply goes at once,
 # without inspect.isawaitable's ABC check (every call's path).
 _PLAIN = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple, bytearray})
@@ -94,9 +109,10 @@ class Handlers:
             raise LimitExceeded(
                 f"too many running notification handlers (max_pending_calls {self.link.core.settings.max_pending_calls})"
             )
-        task = self.link.loop.create_task(self._quiet(method, result))
-        self.notify_tasks[task] = None
-        task.add_done_callback(self._notify_done)
+        task = start_task(self.link.loop, self._quiet(method, result))
+        if _EAGER is None or not task.done():
+            self.notify_tasks[task] = None
+            task.add_done_callback(self._notify_done)
 
     async def _quiet(self, method: str, aw: Awaitable[Any]) -> None:
         try:
@@ -246,9 +262,9 @@ class Handlers:
                 # (or the read) is handled, so no host.flush() here, unlike _reply.
                 link.core.send_response(cid, payload, raw)
                 return
-            task = self.link.loop.create_task(self._run_call(cid, method, lambda: result, ev.deadline))
+            task = start_task(self.link.loop, self._run_call(cid, method, lambda: result, ev.deadline))
         elif ev.stream or ev.channel:
-            task = self.link.loop.create_task(self._run_stream_call(ev, fn, kind, args, kwargs))
+            task = start_task(self.link.loop, self._run_stream_call(ev, fn, kind, args, kwargs))
         elif kind == ASYNC_GEN:
             self._reply_error(
                 cid,
@@ -259,11 +275,19 @@ class Handlers:
             )
             return
         elif kwargs:
-            task = self.link.loop.create_task(
-                self._run_call(cid, method, lambda: fn(*args, **kwargs), ev.deadline, fn, args, kwargs)
+            task = start_task(
+                self.link.loop, self._run_call(cid, method, lambda: fn(*args, **kwargs), ev.deadline, fn, args, kwargs)
             )
         else:
-            task = self.link.loop.create_task(self._run_call(cid, method, lambda: fn(*args), ev.deadline, fn, args))
+            loop = self.link.loop  # start_task, inline: every async call's path
+            coro = self._run_call(cid, method, lambda: fn(*args), ev.deadline, fn, args)
+            if _EAGER is None or loop.get_task_factory() is not None:
+                task = loop.create_task(coro)
+            else:
+                task = _EAGER(loop, coro)
+        if _EAGER is not None and task.done():  # started eagerly and finished: answered already
+            self._call_task_done(cid, ev.stream or ev.channel, task)
+            return
         self.tasks[cid] = task
         task.add_done_callback(functools.partial(self._call_task_done, cid, ev.stream or ev.channel))
 
