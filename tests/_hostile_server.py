@@ -98,7 +98,7 @@ def debug() -> dict[str, int]:
         out["tasks"] += len(view["peer.tasks"])
         out["notify_tasks"] += view["notify_tasks"]
         out["streams_in"] += len(view["in"])
-        out["items_in"] += sum(s.held for s in map(core.incoming, view["in"]) if s is not None)
+        out["items_in"] += sum(len(s.items) for s in map(core.incoming, view["in"]) if s is not None)
         out["held"] += len(view["held"])
         out["refused"] += len(view["refused"])
         out["refused_inputs"] += len(view["refused_inputs"])

@@ -877,11 +877,6 @@ def _take_reference(frames: list[Any], start: int, extra: int, mask: int) -> tup
     return items, (end, sum(c for _, _, c in items), sum(len(p) for p, _, _ in items))
 
 
-def _flat(items: list[tuple[Any, int, int]]) -> list[Any]:
-    """Items as a stream's queue holds them: payload, kind, charge, flat."""
-    return [x for item in items for x in item]
-
-
 @pytest.mark.parametrize("queue", [list, deque])
 def test_take_run_takes_the_front_run_of_one_kind(codec: ModuleType, queue: type) -> None:
     rng = random.Random(5)
@@ -891,7 +886,7 @@ def test_take_run_takes_the_front_run_of_one_kind(codec: ModuleType, queue: type
             for kind in rng.choices((0, 0, 0, 0x40, 0x80, 0xC0), k=rng.randrange(0, 40))
         ]
         limit, refuse = rng.choice((0, 1, 5, 64, 1000)), rng.choice((0, 0x80))
-        items = queue(_flat(entries))
+        items = queue(entries)
         got = codec.take_run(items, limit, refuse)
         # The reference: the front entries of the first one's kind, up to the limit.
         run: list[Any] = []
@@ -909,24 +904,18 @@ def test_take_run_takes_the_front_run_of_one_kind(codec: ModuleType, queue: type
                 sum(c for _, _, c in run),
                 max(c for _, _, c in run),
             )
-        assert list(items) == _flat(entries[len(run) :]) and type(items) is queue
+        assert list(items) == entries[len(run) :] and type(items) is queue
 
 
 def test_take_run_checks_the_entries(codec: ModuleType) -> None:
     with pytest.raises(TypeError):
-        codec.take_run([b"x", "0", 33], 10, 0)  # a kind that is not an int
-    with pytest.raises(TypeError):
-        codec.take_run([b"x", 0, 33.0], 10, 0)  # nor a charge
+        codec.take_run([[b"x", 0, 33]], 10, 0)  # not a tuple
     with pytest.raises(ValueError, match="payload, kind, charge"):
-        codec.take_run([b"x", 0], 10, 0)
-    items = [b"x", 0, 33, b"y", 0, 33, b"z", 0]
+        codec.take_run([(b"x", 0)], 10, 0)
+    items = [(b"x", 0, 33), (b"y", 0, 33), (b"z", 0)]
     with pytest.raises(ValueError):
         codec.take_run(items, 10, 0)
-    assert len(items) == 8  # nothing taken
-    items = [b"x", 0, 33, b"y", None, 33]  # bad past the first: nothing taken either
-    with pytest.raises(TypeError):
-        codec.take_run(items, 10, 0)
-    assert len(items) == 6
+    assert len(items) == 3  # nothing taken
 
 
 def test_take_items_takes_one_streams_run(codec: ModuleType) -> None:
@@ -940,20 +929,15 @@ def test_take_items_takes_one_streams_run(codec: ModuleType) -> None:
     )
     frames = codec.decode_message(message)
     assert type(frames[2].payload) is memoryview
-    got: list[Any] = ["before", 0, 0]
+    got: list[Any] = [("before", 0, 0)]
     assert codec.take_items(frames, 0, got, 32, 0x40 | 0x04) == (4, 3006 + 4 * 32, 3006)
-    assert _triples(got[3:]) == _take_reference(frames, 0, 32, 0x44)[0]
-    assert got[:3] == ["before", 0, 0] and got[9] is frames[2].payload  # the payload as decoded
+    assert [(bytes(p), k, c) for p, k, c in got[1:]] == _take_reference(frames, 0, 32, 0x44)[0]
+    assert got[0] == ("before", 0, 0) and got[3][0] is frames[2].payload  # the payload as decoded
     for start, end in ((4, 5), (5, 6), (6, 7), (7, 8)):
         assert codec.take_items(frames, start, [], 32, 0x44)[0] == end
     for start in (-1, len(frames)):
         with pytest.raises(IndexError):
             codec.take_items(frames, start, [], 32, 0x44)
-
-
-def _triples(flat: list[Any]) -> list[tuple[bytes, int, int]]:
-    assert len(flat) % 3 == 0
-    return [(bytes(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
 
 def test_take_items_matches_frame_by_frame(codec: ModuleType) -> None:
@@ -973,7 +957,7 @@ def test_take_items_matches_frame_by_frame(codec: ModuleType) -> None:
         items: list[Any] = []
         result = codec.take_items(frames, start, items, 32, 0x44)
         expect_items, expect = _take_reference(frames, start, 32, 0x44)
-        assert (result, _triples(items)) == (expect, expect_items)
+        assert (result, [(bytes(p), k, c) for p, k, c in items]) == (expect, expect_items)
 
 
 def test_ledger_grants_in_quarter_window_batches(codec: ModuleType) -> None:

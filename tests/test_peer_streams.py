@@ -209,7 +209,7 @@ def test_send_stream_with_id_from_a_call_items_held_before_claim() -> None:
             assert isinstance(sid, int) and sid % 2 == 0  # a server-allocated id
             # Let the whole stream arrive (and end) before anybody claims it.
             await until(
-                lambda: (s := peer.core.incoming(sid)) is not None and s.held == 50 and s.state != 0,
+                lambda: (s := peer.core.incoming(sid)) is not None and len(s.items) == 50 and s.state != 0,
                 5,
                 "the whole unclaimed stream",
             )
@@ -661,7 +661,7 @@ def test_stalled_consumer_stalls_only_its_stream() -> None:
             # Meanwhile the stalled stream stayed within its window.
             st = peer.streams.stats(sid, outgoing=False)
             assert st is not None and st.buffered <= window, st
-            assert peer.core.incoming(sid).held * (item + FRAME_CHARGE) <= window
+            assert len(peer.core.incoming(sid).items) * (item + FRAME_CHARGE) <= window
             out = sp.streams.stats(sid)
             assert out is not None and out.window <= item + FRAME_CHARGE, out
             # Its sender stalled: at most the items that still fitted when it filled.

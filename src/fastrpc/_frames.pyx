@@ -667,12 +667,11 @@ def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None,
 
 
 def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind_mask):
-    """Append ``payload, flags & kind_mask, len(payload) + extra`` (three entries: a
-    queue holds its items flat, with no tuple each) to ``items`` for ``frames[start]``
-    and each frame after it of the same type, flags and id: the run of one stream's
-    items in a message, taken in one call. Return ``(end, charge, size)``:
-    ``frames[start:end]`` were taken, ``charge`` the sum of their charges, ``size`` of
-    their payload lengths."""
+    """Append ``(payload, flags & kind_mask, len(payload) + extra)`` to ``items`` for
+    ``frames[start]`` and each frame after it of the same type, flags and id: the run
+    of one stream's items in a message, taken in one call. Return ``(end, charge,
+    size)``: ``frames[start:end]`` were taken, ``charge`` the sum of their charges,
+    ``size`` of their payload lengths."""
     cdef Py_ssize_t n = PyList_GET_SIZE(frames), end = start, k, size = 0
     if start < 0 or start >= n:
         raise IndexError("start out of range")
@@ -688,38 +687,38 @@ def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind
         payload = f.payload
         k = len(payload)
         size += k
-        items.append(payload)
-        items.append(kind)
-        items.append(k + extra)
+        items.append((payload, kind, k + extra))
         end += 1
     return end, size + (end - start) * extra, size
 
 
 def take_run(items, Py_ssize_t limit, long refuse):
-    """Take from the front of the queue ``items`` (a list or a deque of items held flat,
-    ``payload, kind, charge`` each, as ``take_items`` makes them) the first item and
-    the items after it of the same kind, at most ``limit``; none when the first one's
+    """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
+    kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
+    entries after it of the same kind, at most ``limit``; none when the first one's
     kind has a bit of ``refuse``. Return ``(payloads, kind, size, charge, largest)``:
     the payloads in order, their kind, the sum of their lengths and of their charges,
     and the largest charge."""
-    cdef Py_ssize_t n = 0, total, taken, size = 0, charge = 0, top = 0, c
+    cdef Py_ssize_t n = 0, total, size = 0, charge = 0, top = 0, c
     cdef long kind = 0, k
     cdef list out = []
+    cdef tuple entry
     if limit < 1 or not items:
         return out, 0, 0, 0, 0
     total = len(items)
-    if total % 3:
-        raise ValueError("a queue holds its items as payload, kind, charge")
-    it = iter(items)
-    for payload in it:
-        k = next(it)
-        c = next(it)
+    for e in items:
+        entry = <tuple?>e
+        if PyTuple_GET_SIZE(entry) != 3:
+            raise ValueError("a queue entry is (payload, kind, charge)")
+        k = entry[1]
         if n == 0:
             if k & refuse:
                 break
             kind = k
         elif k != kind:
             break
+        payload = entry[0]
+        c = entry[2]
         out.append(payload)
         size += len(payload)
         charge += c
@@ -730,18 +729,17 @@ def take_run(items, Py_ssize_t limit, long refuse):
             break
     if n == 0:
         return out, 0, 0, 0, 0
-    taken = 3 * n
-    if taken == total:
+    if n == total:
         items.clear()
     elif PyList_CheckExact(items):
-        del items[:taken]
-    elif total - taken < taken:
-        rest = list(items)[taken:]  # a deque, mostly taken: rebuilt from what is left
+        del items[:n]
+    elif total - n < n:
+        rest = list(items)[n:]  # a deque, mostly taken: rebuilt from what is left
         items.clear()
         items.extend(rest)
     else:
         popleft = items.popleft
-        for _ in range(taken):
+        for _ in range(n):
             popleft()
     return out, kind, size, charge, top
 

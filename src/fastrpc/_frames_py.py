@@ -313,13 +313,14 @@ def decode_message(
     return frames
 
 
-def take_items(frames: list[Frame], start: int, items: list[_Any], extra: int, kind_mask: int) -> tuple[int, int, int]:
-    """Append ``payload, flags & kind_mask, len(payload) + extra`` (three entries: a
-    queue holds its items flat, with no tuple each) to ``items`` for ``frames[start]``
-    and each frame after it of the same type, flags and id: the run of one stream's
-    items in a message, taken in one call. Return ``(end, charge, size)``:
-    ``frames[start:end]`` were taken, ``charge`` the sum of their charges, ``size`` of
-    their payload lengths."""
+def take_items(
+    frames: list[Frame], start: int, items: list[tuple[Buffer, int, int]], extra: int, kind_mask: int
+) -> tuple[int, int, int]:
+    """Append ``(payload, flags & kind_mask, len(payload) + extra)`` to ``items`` for
+    ``frames[start]`` and each frame after it of the same type, flags and id: the run
+    of one stream's items in a message, taken in one call. Return ``(end, charge,
+    size)``: ``frames[start:end]`` were taken, ``charge`` the sum of their charges,
+    ``size`` of their payload lengths."""
     n = len(frames)
     if not 0 <= start < n:
         raise IndexError("start out of range")
@@ -335,30 +336,28 @@ def take_items(frames: list[Frame], start: int, items: list[_Any], extra: int, k
         payload = f.payload
         k = len(payload)
         size += k
-        append(payload)
-        append(kind)
-        append(k + extra)
+        append((payload, kind, k + extra))
         end += 1
     return end, size + (end - start) * extra, size
 
 
 def take_run(items: _Any, limit: int, refuse: int) -> tuple[list[Buffer], int, int, int, int]:
-    """Take from the front of the queue ``items`` (a list or a deque of items held flat,
-    ``payload, kind, charge`` each, as ``take_items`` makes them) the first item and
-    the items after it of the same kind, at most ``limit``; none when the first one's
+    """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
+    kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
+    entries after it of the same kind, at most ``limit``; none when the first one's
     kind has a bit of ``refuse``. Return ``(payloads, kind, size, charge, largest)``:
     the payloads in order, their kind, the sum of their lengths and of their charges,
     and the largest charge."""
     out: list[Buffer] = []
     if limit < 1 or not items:
         return out, 0, 0, 0, 0
-    if len(items) % 3:
-        raise ValueError("a queue holds its items as payload, kind, charge")
     kind = size = charge = top = 0
-    it = iter(items)
-    for payload in it:
-        k = _index(next(it))  # (TypeError for what is not an int, as the compiled twin)
-        c = _index(next(it))
+    for entry in items:
+        if type(entry) is not tuple:
+            raise TypeError("a queue entry is a tuple")
+        if len(entry) != 3:
+            raise ValueError("a queue entry is (payload, kind, charge)")
+        payload, k, c = entry
         if not out:
             if k & refuse:
                 break
@@ -374,17 +373,16 @@ def take_run(items: _Any, limit: int, refuse: int) -> tuple[list[Buffer], int, i
     n = len(out)
     if n == 0:
         return out, 0, 0, 0, 0
-    taken = 3 * n
-    if taken == len(items):
+    if n == len(items):
         items.clear()
     elif type(items) is list:
-        del items[:taken]
-    elif len(items) - taken < taken:
-        rest = list(items)[taken:]  # a deque, mostly taken: rebuilt from what is left
+        del items[:n]
+    elif len(items) - n < n:
+        rest = list(items)[n:]  # a deque, mostly taken: rebuilt from what is left
         items.clear()
         items.extend(rest)
     else:
-        for _ in range(taken):
+        for _ in range(n):
             items.popleft()
     return out, kind, size, charge, top
 

@@ -10,7 +10,6 @@ record until read; reading gives credit back (:mod:`fastrpc.flow`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import islice
 from types import MappingProxyType
 from typing import Any, Union
 
@@ -93,7 +92,7 @@ class InboundStreams:
 
     def _drop(self, s: IncomingStream) -> None:
         """Drop what ``s`` holds, giving it back to the budget."""
-        held = sum(map(len, islice(s.items, 0, None, 3)))  # payload, kind, charge each
+        held = sum(len(p) for p, _, _ in s.items)
         if s.partial is not None:
             held += len(s.partial)
             s.partial = None

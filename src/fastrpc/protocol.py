@@ -541,11 +541,7 @@ class Connection:
         items = s.items
         if not items:
             return None
-        if isinstance(items, list):  # held flat: payload, kind, charge
-            payload, kind, charge = items[0], items[1], items[2]
-            del items[:3]
-        else:  # (three calls unpacked: no tuple is made)
-            payload, kind, charge = items.popleft(), items.popleft(), items.popleft()
+        payload, kind, charge = items.pop(0) if isinstance(items, list) else items.popleft()
         self._budget.held -= len(payload)
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charge)
@@ -792,9 +788,7 @@ class Connection:
             if budget.held > budget.limit:
                 budget.charge(0, "unread items")
         items = s.items
-        items.append(payload)  # held flat: no tuple an item
-        items.append(flags & _KIND)
-        items.append(charge)
+        items.append((payload, flags & _KIND, charge))
         if len(items) > SHORT_QUEUE and type(items) is list:
             s.items = deque(items)
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
@@ -818,7 +812,7 @@ class Connection:
         if type(items) is list:
             end, charge, size = _take_items(frames, start, items, FRAME_CHARGE, _KIND)
         else:
-            run: list[object] = []
+            run: list[tuple[Payload, int, int]] = []
             end, charge, size = _take_items(frames, start, run, FRAME_CHARGE, _KIND)
             items.extend(run)
         # Charged as the frames one by one would be, but once (a peer past a window or

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Union
+from typing import Union
 
 from . import frames as F
 
@@ -63,10 +63,9 @@ class OutgoingStream:
 
 
 # An idle stream holds no item or a few: a list of them costs 56 bytes and up, a deque
-# ~760 even empty (a block of 64 slots). Items are held flat, three entries each
-# (payload, kind, charge: 24 bytes an item, where a tuple each cost 72). Past this many
-# entries (16 items) the list becomes a deque (taking the head of a long list is linear).
-SHORT_QUEUE = 3 * 16
+# ~760 even empty (a block of 64 slots). Past this many items the list becomes a deque
+# (taking the head of a long list is linear).
+SHORT_QUEUE = 16
 
 
 class IncomingStream:
@@ -88,11 +87,10 @@ class IncomingStream:
 
     def __init__(self, stream_id: int, bound: bool, window_size: int) -> None:
         self.id = stream_id
-        # payload, kind, charge, flat (three entries an item): kind is the item's
-        # FLAG_RAW | FLAG_COMPRESSED bits (compressed items are held as received);
-        # charge is the credit given back once it is read. A list while short, a
-        # deque past SHORT_QUEUE: see there.
-        self.items: list[Any] | deque[Any] = []
+        # (payload, kind, charge): kind is the item's FLAG_RAW | FLAG_COMPRESSED bits
+        # (compressed items are held as received); charge is the credit given back
+        # once it is read. A list while short, a deque past SHORT_QUEUE: see there.
+        self.items: list[tuple[Payload, int, int]] | deque[tuple[Payload, int, int]] = []
         self.state = IN_OPEN
         self.error: BaseException | None = None
         self.partial: bytearray | None = None  # reassembly of a fragmented item
@@ -106,8 +104,3 @@ class IncomingStream:
         # sender, limits the stream; flow control grows it when it is read.
         self.starved = False
         self.window_size = window_size  # its current window (grows for fast readers)
-
-    @property
-    def held(self) -> int:
-        """Items received and not yet read (:attr:`items` holds three entries each)."""
-        return len(self.items) // 3
