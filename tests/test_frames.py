@@ -465,6 +465,72 @@ def test_invalid(codec: ModuleType, vec: BadVector) -> None:
     assert info.value.close_code == (1009 if vec.code == ErrorCode.FRAME_TOO_LARGE else 1002)
 
 
+def decode_in_parts(
+    codec: ModuleType, data: Any, count: int, max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE
+) -> list[Any]:
+    """Every frame of ``data``, ``count`` at a time with decode_frames."""
+    out: list[Any] = []
+    pos = 0
+    while pos < len(data):
+        part, end = codec.decode_frames(data, pos, count, max_frame_size)
+        assert len(part) == count or end == len(data)
+        assert end > pos
+        out += part
+        pos = end
+    return out
+
+
+@pytest.mark.parametrize("vec", VALID, ids=lambda v: v.name)
+def test_decode_frames_in_parts_and_count_frames(codec: ModuleType, vec: Vector) -> None:
+    """A message decoded a few frames at a time (decode_frames, from each frame's
+    start) gives decode_message's frames; count_frames counts them, from any frame."""
+    for count in (1, 2, 3, len(vec.frames)):
+        assert as_tuples(decode_in_parts(codec, vec.message, count)) == list(vec.frames)
+    bounds = frame_bounds(codec, vec.message)
+    for k, (start, _, _) in enumerate(bounds):
+        assert codec.count_frames(vec.message, start) == len(vec.frames) - k
+        assert (
+            codec.count_frames(memoryview(vec.message), start, wire.DEFAULT_MAX_FRAME_SIZE, len(bounds) - k)
+            == len(bounds) - k
+        )
+        part, end = codec.decode_frames(memoryview(bytearray(vec.message)), start, 1, copy=True)
+        assert as_tuples(part) == [vec.frames[k]] and type(part[0].payload) is bytes and end == bounds[k][2]
+    assert codec.decode_frames(vec.message, len(vec.message), 5) == ([], len(vec.message))
+    assert codec.decode_frames(vec.message, 0, 0) == ([], 0)
+
+
+@pytest.mark.parametrize("vec", [v for v in INVALID if v.function == "decode_message"], ids=lambda v: v.name)
+def test_count_frames_and_decode_frames_refuse_what_decode_message_refuses(codec: ModuleType, vec: BadVector) -> None:
+    with pytest.raises(ProtocolError) as info:
+        codec.count_frames(vec.data, 0, vec.max_frame_size)
+    assert error_of(info.value) == (ProtocolError, vec.reason, vec.code)
+    if vec.data:
+        with pytest.raises(ProtocolError) as info:
+            decode_in_parts(codec, vec.data, 1, vec.max_frame_size)
+        assert error_of(info.value) == (ProtocolError, vec.reason, vec.code)
+
+
+def test_count_frames_stops_at_max_frames_and_checks_its_arguments(codec: ModuleType) -> None:
+    one = codec.encode_frame(0x10, 0, 1, b"x")
+    message = one * 5
+    assert codec.count_frames(message, 0, 100, 5) == 5
+    with pytest.raises(ProtocolError) as info:
+        codec.count_frames(message, 0, 100, 4)
+    assert error_of(info.value) == (ProtocolError, "too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
+    assert codec.count_frames(message, len(one), 100, 4) == 4  # from the second frame
+    with pytest.raises(ProtocolError, match="empty message"):
+        codec.count_frames(message, len(message))
+    for bad in (-1, len(message) + 1):
+        with pytest.raises(IndexError):
+            codec.count_frames(message, bad)
+        with pytest.raises(IndexError):
+            codec.decode_frames(message, bad, 1)
+    with pytest.raises(ValueError):
+        codec.count_frames(message, 0, 100, -1)
+    with pytest.raises(ValueError):
+        codec.decode_frames(message, 0, -1)
+
+
 def test_max_frame_size_boundary(codec: ModuleType) -> None:
     frame = codec.encode_frame(0x10, 0, 1, bytes(16))
     assert as_tuples(codec.decode_message(frame, 16)) == [(0x10, 0, 1, bytes(16))]

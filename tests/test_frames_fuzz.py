@@ -123,6 +123,52 @@ def test_random_bytes(codec_pair: Pair, data: bytes, limit: int) -> None:
         assert outcome(compiled.decode_varint, data, pos) == outcome(pure_codec.decode_varint, data, pos)
 
 
+def in_parts(codec: ModuleType, data: bytes, count: int, limit: int) -> list[Any]:
+    """decode_message(data, limit), ``count`` frames at a time: decode_frames after
+    count_frames (the way a Connection decodes a long message)."""
+    if not data:
+        raise ProtocolError("empty message")
+    codec.count_frames(data, 0, limit)
+    out: list[Any] = []
+    pos = 0
+    while pos < len(data):
+        part, pos = codec.decode_frames(data, pos, count, limit)
+        out += part
+    return out
+
+
+@FAST
+@given(frame_lists, st.integers(1, 9), st.data())
+def test_decode_in_parts_is_decode_message(
+    codec: ModuleType, batch: list[tuple[int, int, int, bytes]], count: int, data: Any
+) -> None:
+    message = codec.encode_batch(batch)
+    assert as_tuples(in_parts(codec, message, count, VARINT_MAX)) == batch
+    k = data.draw(st.integers(0, len(batch) - 1))  # count_frames from the k-th frame
+    start = len(codec.encode_batch(batch[:k])) if k else 0
+    assert codec.count_frames(message, start) == len(batch) - k
+
+
+@FAST
+@given(
+    st.binary(max_size=300), limits, st.integers(1, 5), st.integers(0, 300), st.one_of(st.none(), st.integers(0, 80))
+)
+def test_random_bytes_in_parts(codec_pair: Pair, data: bytes, limit: int, count: int, start: int, cap: Any) -> None:
+    """decode_frames and count_frames: the same outcome in both codecs, and the same as
+    decode_message (count_frames from any start, with or without max_frames)."""
+    compiled, pure_codec = codec_pair
+    whole = outcome(pure_codec.decode_message, data, limit)
+    for codec in codec_pair:
+        assert outcome(in_parts, codec, data, count, limit) == whole
+    start = min(start, len(data))
+    expected = outcome(lambda: len(pure_codec.decode_message(data[start:], limit, cap)))
+    assert outcome(compiled.count_frames, data, start, limit, cap) == expected
+    assert outcome(pure_codec.count_frames, data, start, limit, cap) == expected
+    assert outcome(compiled.decode_frames, data, start, count, limit) == outcome(
+        pure_codec.decode_frames, data, start, count, limit
+    )
+
+
 mutations = st.lists(
     st.tuples(
         st.sampled_from(["flip", "set", "insert", "delete", "truncate"]), st.integers(0, 10**6), st.integers(0, 255)

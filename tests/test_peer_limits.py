@@ -10,11 +10,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from _util import assert_idle, frame, pair, raw_client, run, until
+from _util import NO_PROXY, assert_idle, frame, pair, raw_client, recv_binary, run, until
+from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
 from fastrpc import frames as F
-from fastrpc.protocol import FRAME_CHARGE
+from fastrpc.protocol import FRAME_CHARGE, Connection, Role, Settings
 
 
 def request(cid: int, method: str, *args: Any, flags: int = 0) -> bytes:
@@ -410,3 +411,66 @@ def test_arguments_too_costly_to_decode_fail_that_call_only() -> None:
             await check_good_client(server.url)
 
     run(main())
+
+
+@pytest.mark.parametrize("with_hello", [True, False], ids=["first_message", "after_the_handshake"])
+def test_a_message_of_many_frames_is_handled_a_slice_a_loop_pass(with_hello: bool) -> None:
+    # One message of five slices' worth of notifications (FRAMES_PER_SLICE frames a
+    # slice): decoded and handled a slice a loop iteration, so one peer cannot hold the
+    # loop for long; all of them, in order, before the call sent after them. With its
+    # HELLO in front, the message is the one the server's handshake hands to attach.
+    router = fastrpc.Router()
+    seen: list[tuple[int, int]] = []
+    passes = [0]
+
+    @router.method
+    def note(i: int) -> None:
+        seen.append((i, passes[0]))
+
+    @router.method
+    def count() -> int:
+        return len(seen)
+
+    n = 5 * fastrpc.options.FRAMES_PER_SLICE
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # counts loop iterations
+            passes[0] += 1
+            ticker[0] = loop.call_soon(tick)
+
+        ticker = [loop.call_soon(tick)]
+        try:
+            async with pair(router) as (server, _):
+                core = Connection(Role.CLIENT, Settings())
+                ws = await ws_connect(server.url, compression=None, ping_interval=None, max_size=None, **NO_PROXY)
+                try:
+                    hello = core.next_message()
+                    assert isinstance(hello, bytes)
+                    if not with_hello:
+                        await ws.send(hello)
+                        core.receive_message(await recv_binary(ws))
+                    for i in range(n):
+                        core.send_notification("note", msgspec.msgpack.encode([i]))
+                    notes = b""
+                    while (part := core.next_message()) is not None:
+                        notes += part if isinstance(part, bytes) else b"".join(part)
+                    await ws.send((hello + notes) if with_hello else notes)
+                    if with_hello:
+                        core.receive_message(await recv_binary(ws))
+                    cid = core.send_call("count", msgspec.msgpack.encode([]))
+                    await ws.send(core.next_message())
+                    answers = []
+                    while not answers:
+                        frames = F.decode_message(await recv_binary(ws, 10), 1 << 30)
+                        answers = [f for f in frames if f.type == F.RESPONSE and f.id == cid]
+                    assert msgspec.msgpack.decode(answers[0].payload) == n
+                finally:
+                    await ws.close()
+        finally:
+            ticker[0].cancel()
+        assert [i for i, _ in seen] == list(range(n))
+        assert len({p for _, p in seen}) >= 5, "the message was handled in fewer loop passes than slices"
+
+    run(main(), 30)

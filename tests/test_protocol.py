@@ -1983,3 +1983,59 @@ def test_held_items_keep_their_order_as_their_queue_grows(count: int) -> None:
     deliver(c, s)
     got += [p for p, _ in read_all(s, sid)]
     assert got == sent
+
+
+# ------------------------------------------------- a long message, a slice at a time
+
+
+def _pings(n: int) -> bytes:
+    return b"".join(F.encode_frame(F.PING, 0, 0, i.to_bytes(4, "big")) for i in range(n))
+
+
+@pytest.mark.parametrize("as_view", [False, True], ids=["bytes", "read_buffer_view"])
+def test_a_long_message_decodes_a_slice_at_a_time(as_view: bool) -> None:
+    # More than FRAMES_PER_SLICE frames: decode gives the first slice, decode_more the
+    # next ones, and the counters count the message once. A view of the read buffer
+    # is copied from: the buffer may be reused before the rest is decoded.
+    step = O.FRAMES_PER_SLICE
+    s = server_after_hello()
+    buf = bytearray(_pings(2 * step + 5))
+    data: Any = memoryview(buf) if as_view else bytes(buf)
+    before = (s.messages_in, s.bytes_in)
+    got = s.decode(data)
+    assert len(got) == step and s.decoding
+    buf[:] = bytes(len(buf))  # the read buffer is reused
+    got += s.decode_more()
+    assert s.decoding
+    got += s.decode_more()
+    assert not s.decoding and s.decode_more() == []
+    assert [bytes(f.payload) for f in got] == [i.to_bytes(4, "big") for i in range(2 * step + 5)]
+    assert (s.messages_in, s.bytes_in) == (before[0] + 1, before[1] + len(buf))
+
+
+def test_a_long_message_is_checked_whole_before_its_first_slice() -> None:
+    # A broken message is refused before any of it is processed, as decode_message
+    # refuses it: a frame cut short, or more than MAX_FRAMES, past the first slice.
+    s = server_after_hello()
+    long = _pings(3 * O.FRAMES_PER_SLICE)
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        s.decode(long + F.encode_frame(F.PING, 0, 0, b"x")[:-1])
+    assert not s.decoding
+    with pytest.raises(ProtocolError, match="too many frames") as info:
+        s.decode(F.encode_frame(0x40, 0, 0) * (F.MAX_FRAMES + 1))
+    assert info.value.code == ErrorCode.LIMIT_EXCEEDED and not s.decoding
+    with pytest.raises(ProtocolError, match="frame too large"):
+        s.decode(long + F.encode_frame(F.PING, 0, 0, bytes(s.settings.max_frame_size + 1)))
+
+
+def test_receive_message_takes_a_long_message_whole_and_a_new_transport_drops_the_rest() -> None:
+    s = server_after_hello()
+    n = 2 * O.FRAMES_PER_SLICE + 1
+    skipped = F.encode_frame(0x40, 0, 0, b"ext") * n  # extension frames, skipped
+    before = s.frames_in
+    assert s.receive_message(skipped) == []
+    assert not s.decoding and s.frames_in == before + n
+    s.decode(skipped)
+    assert s.decoding
+    s.new_transport()  # what was not processed is the peer's to replay
+    assert not s.decoding and s.decode_more() == []

@@ -576,9 +576,12 @@ cdef class Frame:
         return (type(self), (self.type, self.flags, self.id, self.payload))
 
 
-cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
-                int64_t limit, object max_frame_size, list out, Py_ssize_t max_frames) except -1:
-    """Decode the frames in ``d[0:n]`` (a whole message) and append them to ``out``.
+cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, object owner, object view,
+                       int64_t limit, object max_frame_size, list out, Py_ssize_t max_frames,
+                       Py_ssize_t count) except -1:
+    """Decode the frames in ``d[pos:n]`` (the rest of a whole message), at most
+    ``count`` of them (-1: all), and append them to ``out``; return the position after
+    the last one.
 
     Large payloads are slices of ``view``, made from ``owner`` (bytes) on first use
     (``view`` False: every payload is copied into bytes of its own). An
@@ -586,12 +589,14 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
     left before it is used, as unsigned 64-bit integers: lengths up to 2**62 cannot
     overflow the pointer arithmetic.
     """
-    cdef Py_ssize_t pos = 0, q, k
+    cdef Py_ssize_t q, k
     cdef uint64_t fid, length
     cdef Frame fr
     while pos < n:
         if max_frames >= 0 and PyList_GET_SIZE(out) >= max_frames:
             raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)
+        if count >= 0 and PyList_GET_SIZE(out) >= count:
+            return pos
         if n - pos < 3:
             break
         q = pos + 2
@@ -628,7 +633,52 @@ cdef int _parse(const unsigned char *d, Py_ssize_t n, object owner, object view,
         pos = q + <Py_ssize_t>length
     if pos < n:
         raise ProtocolError("truncated frame")
-    return 0
+    return pos
+
+
+cdef Py_ssize_t _scan(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, int64_t limit,
+                      object max_frame_size, Py_ssize_t max_frames) except -1:
+    """Walk the frame headers in ``d[pos:n]``: raise what :func:`_parse` would raise,
+    in the same order, or return the number of frames; builds no frame."""
+    cdef Py_ssize_t q, k, frames = 0
+    cdef uint64_t length
+    while pos < n:
+        if max_frames >= 0 and frames >= max_frames:
+            raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)
+        if n - pos < 3:
+            break
+        q = pos + 2
+        k = <Py_ssize_t>1 << (d[q] >> 6)
+        if k > n - q:
+            break
+        q += k
+        if q >= n:
+            break
+        k = <Py_ssize_t>1 << (d[q] >> 6)
+        if k > n - q:
+            break
+        length = _get_varint(d + q, k)
+        q += k
+        if limit == _GENERIC:
+            if PyLong_FromUnsignedLongLong(length) > max_frame_size:
+                raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
+        elif <int64_t>length > limit:
+            raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
+        if length > <uint64_t>(n - q):
+            break
+        frames += 1
+        pos = q + <Py_ssize_t>length
+    if pos < n:
+        raise ProtocolError("truncated frame")
+    return frames
+
+
+cdef Py_ssize_t _max_frames(max_frames) except -2:
+    if max_frames is None:
+        return -1
+    if max_frames < 0:
+        raise ValueError("max_frames must be >= 0")
+    return max_frames
 
 
 def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None, copy=False):
@@ -645,25 +695,56 @@ def decode_message(data, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None,
     cdef list out = []
     cdef Py_buffer *pb
     cdef int64_t limit = _limit_of(max_frame_size)
-    cdef Py_ssize_t cap = -1
-    if max_frames is not None:
-        if max_frames < 0:
-            raise ValueError("max_frames must be >= 0")
-        cap = max_frames
+    cdef Py_ssize_t cap = _max_frames(max_frames)
     if PyBytes_CheckExact(data):
         # bytes: no view unless a payload needs one (then memoryview(data), read-only).
         if PyBytes_GET_SIZE(data) == 0:
             raise ProtocolError("empty message")
-        _parse(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-               data, False if copy else None, limit, max_frame_size, out, cap)
+        _parse(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), 0,
+               data, False if copy else None, limit, max_frame_size, out, cap, -1)
         return out
     view = memoryview(data).cast("B").toreadonly()
     pb = PyMemoryView_GET_BUFFER(view)
     if pb.len == 0:
         raise ProtocolError("empty message")
-    _parse(<const unsigned char *>pb.buf, pb.len, None, False if copy else view, limit,
-           max_frame_size, out, cap)
+    _parse(<const unsigned char *>pb.buf, pb.len, 0, None, False if copy else view, limit,
+           max_frame_size, out, cap, -1)
     return out
+
+
+def decode_frames(data, Py_ssize_t start, Py_ssize_t count, max_frame_size=DEFAULT_MAX_FRAME_SIZE, copy=False):
+    """Decode at most ``count`` frames of the message ``data``, from ``start`` (a frame
+    boundary); return ``(frames, end)``, ``end`` the position after the last of them
+    (``len(data)``: the message is done). A message of many frames decoded in parts,
+    one part a loop pass; payloads as :func:`decode_message` makes them. Raises what
+    :func:`decode_message` would raise for the frames it reaches (not ``max_frames``:
+    :func:`count_frames` checks the whole message first)."""
+    cdef list out = []
+    cdef int64_t limit = _limit_of(max_frame_size)
+    view = memoryview(data).cast("B").toreadonly()
+    cdef Py_buffer *pb = PyMemoryView_GET_BUFFER(view)
+    if start < 0 or start > pb.len:
+        raise IndexError("start out of range")
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    end = _parse(<const unsigned char *>pb.buf, pb.len, start, None, False if copy else view, limit,
+                 max_frame_size, out, -1, count)
+    return out, end
+
+
+def count_frames(data, Py_ssize_t start=0, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_frames=None):
+    """The number of frames ``decode_message(data[start:], max_frame_size, max_frames)``
+    would return, or what it would raise: the frame headers are walked, no frame is
+    built."""
+    cdef int64_t limit = _limit_of(max_frame_size)
+    cdef Py_ssize_t cap = _max_frames(max_frames)
+    view = memoryview(data).cast("B").toreadonly()
+    cdef Py_buffer *pb = PyMemoryView_GET_BUFFER(view)
+    if start < 0 or start > pb.len:
+        raise IndexError("start out of range")
+    if start == pb.len:
+        raise ProtocolError("empty message")
+    return _scan(<const unsigned char *>pb.buf, pb.len, start, limit, max_frame_size, cap)
 
 
 def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind_mask):

@@ -244,14 +244,14 @@ def _decode_one(
     return Frame(ftype, flags, fid, payload), p + length
 
 
-def _count_frames(raw: bytes, max_frame_size: int, max_frames: int) -> None:
-    """Walk the frame headers of ``raw``: raise what :func:`decode_message` would
-    raise before it has decoded ``max_frames`` frames, else nothing."""
+def _count_frames(raw: bytes, start: int, max_frame_size: int, max_frames: int | None) -> int:
+    """Walk the frame headers of ``raw`` from ``start``: raise what :func:`decode_message`
+    would raise before it has decoded ``max_frames`` frames, else return the count."""
     end = len(raw)
-    pos = 0
+    pos = start
     n = 0
     while pos < end:
-        if n >= max_frames:
+        if max_frames is not None and n >= max_frames:
             raise ProtocolError("too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
         p = pos + 2
         if p >= end:
@@ -273,6 +273,12 @@ def _count_frames(raw: bytes, max_frame_size: int, max_frames: int) -> None:
             raise ProtocolError("truncated frame")
         pos = p
         n += 1
+    return n
+
+
+def _check_max_frames(max_frames: int | None) -> None:
+    if max_frames is not None and max_frames < 0:
+        raise ValueError("max_frames must be >= 0")
 
 
 def decode_message(
@@ -288,8 +294,7 @@ def decode_message(
     end of the message, a frame larger than ``max_frame_size``, or (``LIMIT_EXCEEDED``,
     before any more is decoded) more than ``max_frames`` frames.
     """
-    if max_frames is not None and max_frames < 0:
-        raise ValueError("max_frames must be >= 0")
+    _check_max_frames(max_frames)
     view = memoryview(data).cast("B").toreadonly()
     end = len(view)
     if end == 0:
@@ -299,18 +304,60 @@ def decode_message(
         # first, headers only, so that a flood of tiny frames is refused without
         # building tens of thousands of Frame objects (the compiled twin is fast
         # enough without this). The same errors, in the same order, as below.
-        _count_frames(bytes(view), max_frame_size, max_frames)
+        _count_frames(bytes(view), 0, max_frame_size, max_frames)
+    frames, _ = _decode(view, 0, end, max_frame_size, max_frames, copy)
+    return frames
+
+
+def _decode(
+    view: memoryview, pos: int, count: int, max_frame_size: int, max_frames: int | None, copy: bool
+) -> tuple[list[Frame], int]:
+    """At most ``count`` frames of ``view`` from ``pos``, and the position after them."""
+    end = len(view)
     frames: list[Frame] = []
-    pos = 0
     while pos < end:
         if max_frames is not None and len(frames) >= max_frames:
             raise ProtocolError("too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
+        if len(frames) >= count:
+            break
         frame, nxt = _decode_one(view, pos, end, max_frame_size, copy)
         if frame is None:
             raise ProtocolError("truncated frame")
         frames.append(frame)
         pos = nxt
-    return frames
+    return frames, pos
+
+
+def decode_frames(
+    data: Buffer, start: int, count: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, copy: bool = False
+) -> tuple[list[Frame], int]:
+    """Decode at most ``count`` frames of the message ``data``, from ``start`` (a frame
+    boundary); return ``(frames, end)``, ``end`` the position after the last of them
+    (``len(data)``: the message is done). A message of many frames decoded in parts,
+    one part a loop pass; payloads as :func:`decode_message` makes them. Raises what
+    :func:`decode_message` would raise for the frames it reaches (not ``max_frames``:
+    :func:`count_frames` checks the whole message first)."""
+    view = memoryview(data).cast("B").toreadonly()
+    if not 0 <= start <= len(view):
+        raise IndexError("start out of range")
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    return _decode(view, start, count, max_frame_size, None, copy)
+
+
+def count_frames(
+    data: Buffer, start: int = 0, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_frames: int | None = None
+) -> int:
+    """The number of frames ``decode_message(data[start:], max_frame_size, max_frames)``
+    would return, or what it would raise: the frame headers are walked, no frame is
+    built."""
+    _check_max_frames(max_frames)
+    raw = data if type(data) is bytes else bytes(memoryview(data).cast("B"))
+    if not 0 <= start <= len(raw):
+        raise IndexError("start out of range")
+    if start == len(raw):
+        raise ProtocolError("empty message")
+    return _count_frames(raw, start, max_frame_size, max_frames)
 
 
 def take_items(

@@ -61,6 +61,8 @@ IMPLEMENTATION = _codec.IMPLEMENTATION
 Frame = _codec.Frame
 FrameWriter = _codec.FrameWriter
 StreamLedger = _codec.StreamLedger
+count_frames = _codec.count_frames
+decode_frames = _codec.decode_frames
 decode_message = _codec.decode_message
 decode_settings = _codec.decode_settings
 decode_varint = _codec.decode_varint
@@ -113,6 +115,8 @@ __all__ = [
     "Frame",
     "FrameWriter",
     "StreamLedger",
+    "count_frames",
+    "decode_frames",
     "decode_message",
     "decode_settings",
     "decode_varint",

@@ -49,8 +49,9 @@ MAX_OUTPUT_BACKLOG = 4 << 20
 # ... and a peer that meanwhile reads nothing at all for this long is closed (1008).
 OUTPUT_STALL_TIMEOUT = 2.0
 
-# A received message of more frames than this is processed in slices of this many,
-# the event loop serving other connections in between.
+# A received message of more frames than this is decoded and processed in slices of
+# this many (Connection.decode, decode_more), the event loop serving other
+# connections in between: the pure codec decodes ~2,048 frames in 5 ms.
 FRAMES_PER_SLICE = 2048
 # Answers and calls queued in one read or one loop pass leave together, but once this
 # many control bytes wait (~40 small calls) they leave at once: the peer works on them

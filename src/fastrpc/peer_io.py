@@ -35,7 +35,6 @@ from .transport import IGNORE, Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
 
-_SLICE = O.FRAMES_PER_SLICE
 _EARLY_FLUSH = O.EARLY_FLUSH
 # The peer whose handler runs (fastrpc.current_peer); an RpcPeer.
 _current_peer: contextvars.ContextVar[PeerIO] = contextvars.ContextVar("fastrpc_peer")
@@ -97,6 +96,8 @@ class PeerIO(PeerAPI):
     def _reading(self, transport: Transport) -> None:
         """Have ``transport`` call this peer back with its messages."""
         self._busy, self._held, self._in_read = False, None, False
+        if self._core.decoding:  # the rest of the first message, given to attach, goes first
+            self._more_soon(transport)
         transport.start_reading(self)  # message_received, messages_read, transport_lost
 
     def begin_reading(self) -> None:
@@ -231,7 +232,7 @@ class PeerIO(PeerAPI):
             if not isinstance(msg, str):  # _take, inline (bytes, or the read buffer's view)
                 core = self._core
                 frames = core.decode(msg)
-                if len(frames) <= _SLICE:  # _feed, inline: one slice
+                if not core.decoding:  # _feed, inline: the whole message
                     self._process(frames)
                     backlog = core.control_backlog
                     if backlog + transport.buffered() > self._max_backlog:
@@ -239,7 +240,7 @@ class PeerIO(PeerAPI):
                     if backlog >= _EARLY_FLUSH:
                         self._flush()  # a long read: the peer starts on this part meanwhile
                     return
-                self._feed(transport, frames, 0)
+                self._feed(transport, frames)
             else:
                 self._take(transport, msg)
             if self._core.control_backlog >= _EARLY_FLUSH:
@@ -262,20 +263,23 @@ class PeerIO(PeerAPI):
             if self._core.awaiting_hello and msg.startswith('{"category":"welcome"'):
                 return  # a server's greeting for the seed's clients (docs/json-mode.md)
             raise ProtocolError("text message on a fastrpc connection: the other side does not speak fastrpc")
-        self._feed(transport, self._core.decode(msg), 0)  # type: ignore[arg-type]
+        self._feed(transport, self._core.decode(msg))  # type: ignore[arg-type]
 
-    def _feed(self, transport: Transport, frames: list[Any], start: int) -> None:
-        """Process ``frames[start:]``: a message of many frames in slices, one per loop
-        iteration (one peer cannot hold the loop for long); past max_output_backlog,
-        wait for the peer to read (_serve_less). Meanwhile messages wait (_busy)."""
-        step = O.FRAMES_PER_SLICE
-        end = start + step
-        self._process(frames if start == 0 and len(frames) <= step else frames[start:end])
-        if end < len(frames):
-            self._busy = True
-            self._loop.call_soon(self._next_slice, transport, frames, end)
+    def _feed(self, transport: Transport, frames: list[Any]) -> None:
+        """Process ``frames``, a received message or a slice of it: a message of many
+        frames is decoded and processed a slice a loop iteration (one peer cannot hold
+        the loop for long); past max_output_backlog, wait for the peer to read
+        (_serve_less). Meanwhile messages wait (_busy)."""
+        self._process(frames)
+        if self._core.decoding:
+            self._more_soon(transport)
         elif self._core.control_backlog + transport.buffered() > self._max_backlog:
             self._serve_less_soon(transport)
+
+    def _more_soon(self, transport: Transport) -> None:
+        """The next slice of the message being decoded, in the next loop iteration."""
+        self._busy = True
+        self._loop.call_soon(self._next_slice, transport)
 
     def _serve_less_soon(self, transport: Transport) -> None:
         """Past max_output_backlog: hold the next messages, read no more until the
@@ -284,11 +288,14 @@ class PeerIO(PeerAPI):
         transport.pause_reading()
         self._loop.create_task(self._serve_less(transport))
 
-    def _next_slice(self, transport: Transport, frames: list[Any], start: int) -> None:
+    def _next_slice(self, transport: Transport) -> None:
         if transport is not self._transport or self._closed_flag:
             return
         self._busy = False
-        self._resume(transport, partial(self._feed, transport, frames, start))
+        self._resume(transport, partial(self._slice, transport))
+
+    def _slice(self, transport: Transport) -> None:
+        self._feed(transport, self._core.decode_more())
 
     def _resume(self, transport: Transport, step: Callable[[], None]) -> None:
         """Run ``step``, then the messages held while busy, until busy again."""

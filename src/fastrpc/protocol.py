@@ -87,7 +87,13 @@ ACK_BYTES = O.ACK_BYTES
 # Frame types of the receiving hot path, as module globals (one lookup, not two).
 _STREAM_DATA, _CREDIT, _REQUEST, _RESPONSE = F.STREAM_DATA, F.CREDIT, F.REQUEST, F.RESPONSE
 _MAX_FRAMES = F.MAX_FRAMES
+# A message decodes a slice of frames at a time (decode, decode_more): at most this
+# many frames, and a message of up to 4 bytes a frame this long is one slice.
+_SLICE = O.FRAMES_PER_SLICE
+_SLICE_BYTES = 4 * _SLICE
 _decode_message = F.decode_message
+_decode_frames = F.decode_frames
+_count_frames = F.count_frames
 _take_items = F.take_items
 _take_run = F.take_run
 _KIND = FLAG_RAW | F.FLAG_COMPRESSED  # the flags an item keeps
@@ -115,11 +121,13 @@ class Connection:
         "_ping_limit",
         "_ping_rate",
         "_sched",
+        "_undecoded",
         "batch_size",
         "bytes_in",
         "bytes_out",
         "closed",
         "control_queue",
+        "decoding",
         "frames_in",
         "frames_out",
         "messages_in",
@@ -188,6 +196,10 @@ class Connection:
         # Traffic counters (positions, for resumption, are frames_in / frames_out).
         self.messages_out = self.frames_out = self.bytes_out = 0
         self.messages_in = self.frames_in = self.bytes_in = 0
+        # True while a received message has frames left to decode (decode_more);
+        # the message and the position of its next frame:
+        self.decoding = False
+        self._undecoded: tuple[Payload, int] | None = None
 
     send_item: Callable[..., bool]
     writable: Callable[[int], bool]
@@ -376,6 +388,7 @@ class Connection:
         """The session moves to a new connection: expect the peer's handshake again,
         send ours again, then replay what the peer has not received."""
         self.session.new_transport()
+        self._drop_undecoded()  # the peer replays what this side did not process
 
     def _fit_frames(self) -> None:
         """New stream frames stay within the link's chunk (``ResumeState.frame_cap``)."""
@@ -618,6 +631,7 @@ class Connection:
         self._calls.clear()
         self._budget.held = 0
         self.session.clear()
+        self._drop_undecoded()
 
     def send_ping(self, payload: bytes = b"") -> None:
         self._check_open()
@@ -641,17 +655,52 @@ class Connection:
         """The events one received message makes (or :meth:`decode` it and feed slices of
         its frames to :meth:`receive_frames`). :class:`ProtocolError`: the peer broke the
         protocol (then :meth:`close` with its code); :class:`SessionLost`: not resumed."""
-        return self.receive_frames(self.decode(data))
+        events = self.receive_frames(self.decode(data))
+        while self.decoding:
+            events += self.receive_frames(self.decode_more())
+        return events
 
     def decode(self, data: Payload) -> list[F.Frame]:
-        """The frames of a received message (at most ``wire.MAX_FRAMES``)."""
+        """The frames of a received message (at most ``wire.MAX_FRAMES``), or of a
+        message of more than ``options.FRAMES_PER_SLICE`` frames the first that many:
+        then :attr:`decoding` is true and :meth:`decode_more` gives the next slices.
+        Decoding 60,000 tiny frames holds the loop ~100 ms in the pure codec, so the
+        I/O layer takes one slice a loop pass. The whole message is checked first: a
+        broken one is refused before any of its frames is processed."""
         # A memoryview is the transport's read buffer: payloads are copied out of it.
-        frames = _decode_message(data, self.settings.max_frame_size, _MAX_FRAMES, type(data) is memoryview)
+        copy = type(data) is memoryview
         n = len(data)
+        limit = self.settings.max_frame_size
+        if n <= _SLICE_BYTES:  # one slice at most (a frame takes 4 bytes at least)
+            frames = _decode_message(data, limit, _MAX_FRAMES, copy)
+        else:
+            frames, pos = _decode_frames(data, 0, _SLICE, limit, copy)
+            if pos < n:
+                _count_frames(data, pos, limit, _MAX_FRAMES - _SLICE)  # raises what decode_message would
+                self._undecoded = (bytes(data[pos:]), 0) if copy else (data, pos)
+                self.decoding = True
         self.messages_in += 1
         self.bytes_in += n
         self.session.since_ack_bytes += n
         return frames
+
+    def decode_more(self) -> list[F.Frame]:
+        """The next slice of the frames of the message :meth:`decode` began (none once
+        :attr:`decoding` is false); checked whole by :meth:`decode` already."""
+        rest = self._undecoded
+        if rest is None:
+            return []
+        data, pos = rest
+        frames, pos = _decode_frames(data, pos, _SLICE, self.settings.max_frame_size)
+        if pos < len(data):
+            self._undecoded = (data, pos)
+        else:
+            self._drop_undecoded()
+        return frames
+
+    def _drop_undecoded(self) -> None:
+        self._undecoded = None
+        self.decoding = False
 
     def receive_frames(self, frames: list[F.Frame]) -> list[Event]:
         """Process frames of a received message, in order; return their events."""
