@@ -576,6 +576,38 @@ cdef class Frame:
         return (type(self), (self.type, self.flags, self.id, self.payload))
 
 
+cdef inline Py_ssize_t _header(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, int64_t limit,
+                               object max_frame_size, uint64_t *fid, uint64_t *length) except -2:
+    """Read the header of the frame at ``pos``: return where its payload starts, with
+    its id and length, or -1 when the frame runs past ``n``. Every length is compared
+    with the bytes left before it is used, as unsigned 64-bit integers: lengths up to
+    2**62 cannot overflow the pointer arithmetic."""
+    cdef Py_ssize_t q, k
+    if n - pos < 3:
+        return -1
+    q = pos + 2
+    k = <Py_ssize_t>1 << (d[q] >> 6)
+    if k > n - q:
+        return -1
+    fid[0] = _get_varint(d + q, k)
+    q += k
+    if q >= n:
+        return -1
+    k = <Py_ssize_t>1 << (d[q] >> 6)
+    if k > n - q:
+        return -1
+    length[0] = _get_varint(d + q, k)
+    q += k
+    if limit == _GENERIC:
+        if PyLong_FromUnsignedLongLong(length[0]) > max_frame_size:
+            raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
+    elif <int64_t>length[0] > limit:
+        raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
+    if length[0] > <uint64_t>(n - q):
+        return -1
+    return q
+
+
 cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, object owner, object view,
                        int64_t limit, object max_frame_size, list out, Py_ssize_t max_frames,
                        Py_ssize_t count) except -1:
@@ -585,11 +617,9 @@ cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, obj
 
     Large payloads are slices of ``view``, made from ``owner`` (bytes) on first use
     (``view`` False: every payload is copied into bytes of its own). An
-    incomplete frame is a "truncated frame". Every length is compared with the bytes
-    left before it is used, as unsigned 64-bit integers: lengths up to 2**62 cannot
-    overflow the pointer arithmetic.
+    incomplete frame is a "truncated frame".
     """
-    cdef Py_ssize_t q, k
+    cdef Py_ssize_t q
     cdef uint64_t fid, length
     cdef Frame fr
     while pos < n:
@@ -597,27 +627,8 @@ cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, obj
             raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)
         if count >= 0 and PyList_GET_SIZE(out) >= count:
             return pos
-        if n - pos < 3:
-            break
-        q = pos + 2
-        k = <Py_ssize_t>1 << (d[q] >> 6)
-        if k > n - q:
-            break
-        fid = _get_varint(d + q, k)
-        q += k
-        if q >= n:
-            break
-        k = <Py_ssize_t>1 << (d[q] >> 6)
-        if k > n - q:
-            break
-        length = _get_varint(d + q, k)
-        q += k
-        if limit == _GENERIC:
-            if PyLong_FromUnsignedLongLong(length) > max_frame_size:
-                raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
-        elif <int64_t>length > limit:
-            raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
-        if length > <uint64_t>(n - q):
+        q = _header(d, n, pos, limit, max_frame_size, &fid, &length)
+        if q < 0:
             break
         fr = Frame.__new__(Frame)
         fr.type = d[pos]
@@ -640,31 +651,13 @@ cdef Py_ssize_t _scan(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, int6
                       object max_frame_size, Py_ssize_t max_frames) except -1:
     """Walk the frame headers in ``d[pos:n]``: raise what :func:`_parse` would raise,
     in the same order, or return the number of frames; builds no frame."""
-    cdef Py_ssize_t q, k, frames = 0
-    cdef uint64_t length
+    cdef Py_ssize_t q, frames = 0
+    cdef uint64_t fid, length
     while pos < n:
         if max_frames >= 0 and frames >= max_frames:
             raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)
-        if n - pos < 3:
-            break
-        q = pos + 2
-        k = <Py_ssize_t>1 << (d[q] >> 6)
-        if k > n - q:
-            break
-        q += k
-        if q >= n:
-            break
-        k = <Py_ssize_t>1 << (d[q] >> 6)
-        if k > n - q:
-            break
-        length = _get_varint(d + q, k)
-        q += k
-        if limit == _GENERIC:
-            if PyLong_FromUnsignedLongLong(length) > max_frame_size:
-                raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
-        elif <int64_t>length > limit:
-            raise ProtocolError("frame too large", _FRAME_TOO_LARGE)
-        if length > <uint64_t>(n - q):
+        q = _header(d, n, pos, limit, max_frame_size, &fid, &length)
+        if q < 0:
             break
         frames += 1
         pos = q + <Py_ssize_t>length
