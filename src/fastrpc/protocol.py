@@ -196,8 +196,9 @@ class Connection:
         # Traffic counters (positions, for resumption, are frames_in / frames_out).
         self.messages_out = self.frames_out = self.bytes_out = 0
         self.messages_in = self.frames_in = self.bytes_in = 0
-        # True while a received message has frames left to decode (decode_more);
-        # the message and the position of its next frame:
+        # True while a received message has frames left to decode (decode_more): a
+        # plain attribute beside _undecoded, read once a message by the I/O layer;
+        # _undecoded is that message and the position of its next frame.
         self.decoding = False
         self._undecoded: tuple[Payload, int] | None = None
 
@@ -676,8 +677,10 @@ class Connection:
         else:
             frames, pos = _decode_frames(data, 0, _SLICE, limit, copy)
             if pos < n:
-                _count_frames(data, pos, limit, _MAX_FRAMES - _SLICE)  # raises what decode_message would
-                self._undecoded = (bytes(data[pos:]), 0) if copy else (data, pos)
+                # The rest outlives the read buffer: copied once, then checked whole.
+                rest, pos = (bytes(data[pos:]), 0) if copy else (data, pos)
+                _count_frames(rest, pos, limit, _MAX_FRAMES - _SLICE)  # raises what decode_message would
+                self._undecoded = (rest, pos)
                 self.decoding = True
         self.messages_in += 1
         self.bytes_in += n
