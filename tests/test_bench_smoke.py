@@ -285,3 +285,46 @@ def test_compile_probe_compiles(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compiled 1 modules" in proc.stdout
     assert list((tmp_path / "src" / "fastrpc").glob("wire.*.so"))
+
+
+_RELAY_CHECK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import fastrpc, fastrpc.transport as T
+encoded = []
+encode = T._relay_encode
+T._relay_encode = lambda *a: encoded.append(a[0]) or encode(*a)
+router = fastrpc.Router()
+@router.method
+def echo(payload: bytes) -> bytes:
+    return payload
+async def main():
+    async with fastrpc.serve(router, "127.0.0.1", 0) as server:
+        async with fastrpc.connect(f"ws://127.0.0.1:{server.port}") as peer:
+            for i in range(50):
+                assert await peer.call("echo", b"%d" % i) == b"%d" % i
+            assert await peer.call("echo", b"x", timeout=5) == b"x"  # the core's path
+fastrpc.run(main())
+print(encoded.count(2), encoded.count(3))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("half", "bare"), [("server", "0 50"), ("client", "50 0"), ("both", "50 50")])
+def test_relay_probe_answers_calls(tmp_path: Path, half: str, bare: str) -> None:
+    """bench/relay_probe.py: each half's edits match this tree once (and refuse a
+    second time), and the copy answers calls, the bare ones through the relay
+    (REQUESTs encoded by its client, RESPONSEs by its server)."""
+    spec = importlib.util.spec_from_file_location("relay_probe", ROOT / "bench" / "relay_probe.py")
+    assert spec is not None and spec.loader is not None
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    pkg = probe.copy_tree(tmp_path)
+    assert probe.apply_edits(pkg, half) == len(probe.EDITS[half])
+    with pytest.raises(SystemExit, match="no longer matches"):
+        probe.apply_edits(pkg, half)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RELAY_CHECK, str(pkg.parent)], capture_output=True, text=True, timeout=50
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == bare.split(), proc.stdout
