@@ -33,10 +33,14 @@ probe fails loudly once the code it touches changes.
 from __future__ import annotations
 
 import argparse
-import shutil
+import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))  # bench/ is not a package
+
+from compile_probe import copy_tree  # noqa: E402 - the same copy of src/ as that probe's
 
 # What both halves add to transport.py: the codec's two functions and the client's
 # table of bare calls (id -> future), beside the data path.
@@ -102,15 +106,6 @@ EDITS: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
 }
 EDITS["both"] = (*EDITS["server"], *EDITS["client"][1:])
-
-
-def copy_tree(dest: Path) -> Path:
-    """This tree's src/ in ``dest``/src (its built ``_frames`` included); returns the package."""
-    src = dest / "src"
-    if src.exists():
-        shutil.rmtree(src)
-    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-    return src / "fastrpc"
 
 
 def apply_edits(pkg: Path, half: str) -> int:

@@ -250,8 +250,9 @@ def test_critical_path_smoke(tmp_path: Path) -> None:
             assert s["write_call"] > 0 and s["read_handling"] > 0, (lib, side, s)
 
 
-def _probe() -> Any:
-    spec = importlib.util.spec_from_file_location("compile_probe", ROOT / "bench" / "compile_probe.py")
+def _probe(name: str = "compile_probe") -> Any:
+    """bench/``name``.py, loaded as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -315,10 +316,7 @@ def test_relay_probe_answers_calls(tmp_path: Path, half: str, bare: str) -> None
     """bench/relay_probe.py: each half's edits match this tree once (and refuse a
     second time), and the copy answers calls, the bare ones through the relay
     (REQUESTs encoded by its client, RESPONSEs by its server)."""
-    spec = importlib.util.spec_from_file_location("relay_probe", ROOT / "bench" / "relay_probe.py")
-    assert spec is not None and spec.loader is not None
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _probe("relay_probe")
     pkg = probe.copy_tree(tmp_path)
     assert probe.apply_edits(pkg, half) == len(probe.EDITS[half])
     with pytest.raises(SystemExit, match="no longer matches"):
