@@ -1410,6 +1410,53 @@ def test_mask_frame_is_one_client_frame_websockets_reads(codec: ModuleType, size
     assert codec.mask_frame(body, bytearray(mask)) == frame
 
 
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 8, 125])
+def test_lone_frame_unwraps_one_whole_small_frame_at_the_start_of_a_buffer(codec: ModuleType, size: int) -> None:
+    """lone_frame(data, n, masked, max_size): the payload of ``data[:n]`` when it is
+    one whole final binary frame under 126 bytes, masked (a client's: unmasked here)
+    or not (a server's); the bytes after ``n`` are not looked at."""
+    rnd = random.Random(size)
+    body = rnd.randbytes(size)
+    mask = rnd.randbytes(4)
+    client_frame = codec.mask_frame(body, mask)
+    server_frame = bytes((0x82, size)) + body
+    for frame, masked in ((client_frame, True), (server_frame, False)):
+        buf = bytearray(frame + rnd.randbytes(40))  # a read buffer: garbage after the read
+        for data in (buf, memoryview(buf), bytes(buf)):
+            got = codec.lone_frame(data, len(frame), masked, 1 << 20)
+            assert type(got) is bytes and got == body
+        assert codec.lone_frame(buf, len(frame), masked, size) == body  # max_size is inclusive
+
+
+def test_lone_frame_is_none_for_any_other_read(codec: ModuleType) -> None:
+    """None (nothing read: the framer takes the bytes) for a read that is not exactly
+    one whole small final binary frame with the expected mask bit, or whose payload
+    is over max_size."""
+    body = b"0123456789"
+    masked = codec.mask_frame(body, b"abcd")
+    plain = bytes((0x82, len(body))) + body
+    big = bytes((0x82, 126)) + (200).to_bytes(2, "big") + bytes(200)
+    cases = [
+        (masked, len(masked) - 1, True),  # a part of a frame
+        (masked + plain, len(masked) + len(plain), True),  # two frames
+        (masked, len(masked), False),  # masked where none is expected
+        (plain, len(plain), True),  # not masked where a mask is expected
+        (b"\x81" + masked[1:], len(masked), True),  # TEXT
+        (b"\x02" + masked[1:], len(masked), True),  # not final
+        (b"\xc2" + masked[1:], len(masked), True),  # a reserved bit
+        (b"\x89" + plain[1:], len(plain), False),  # PING
+        (big, len(big), False),  # a 16-bit length
+        (b"\x82", 1, False),
+        (b"", 0, True),
+    ]
+    for data, n, is_masked in cases:
+        assert codec.lone_frame(data, n, is_masked, 1 << 20) is None, (data[:4], n, is_masked)
+    assert codec.lone_frame(masked, len(masked), True, len(body) - 1) is None  # over max_size
+    assert codec.lone_frame(plain, len(plain) + 1, False, 1 << 20) is None  # n past the buffer
+    with pytest.raises(TypeError):
+        codec.lone_frame("text", 2, False, 100)
+
+
 def test_mask_frame_refuses_a_mask_not_of_4_bytes_and_what_is_not_bytes(codec: ModuleType) -> None:
     for mask in (b"", b"abc", b"abcde"):
         with pytest.raises(ValueError, match="a mask is 4 bytes"):

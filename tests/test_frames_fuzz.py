@@ -309,6 +309,23 @@ def test_writer_sequences(codec: ModuleType, ops: list[tuple[Any, ...]], rnd: An
 
 
 @FAST
+@given(data=st.binary(max_size=140), masked=st.booleans(), max_size=st.integers(0, 130), extra=st.integers(0, 3))
+def test_lone_frame_agrees_and_undoes_mask_frame(
+    codec_pair: Pair, data: bytes, masked: bool, max_size: int, extra: int
+) -> None:
+    """Both codecs give the same answer for any bytes; a frame mask_frame made (or a
+    server's small frame) comes back whole."""
+    compiled, python = codec_pair
+    for n in range(max(0, len(data) - extra), len(data) + 1):
+        assert compiled.lone_frame(data, n, masked, max_size) == python.lone_frame(data, n, masked, max_size)
+    body = data[:125]
+    frame = compiled.mask_frame(body, b"\x01\x02\x03\x04") if masked else bytes((0x82, len(body))) + body
+    want = body if len(body) <= max_size else None
+    assert compiled.lone_frame(frame + data, len(frame), masked, max_size) == want
+    assert python.lone_frame(frame + data, len(frame), masked, max_size) == want
+
+
+@FAST
 @given(parts=st.lists(st.binary(max_size=300), max_size=6), mask=st.binary(min_size=4, max_size=4))
 def test_mask_frame_agrees_and_unmasks_to_the_joined_parts(codec_pair: Pair, parts: list[bytes], mask: bytes) -> None:
     compiled, python = codec_pair

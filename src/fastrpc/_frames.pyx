@@ -417,6 +417,38 @@ def mask_frame(data, mask):
     return frame
 
 
+def lone_frame(data, Py_ssize_t n, bint masked, Py_ssize_t max_size):
+    """The payload of ``data[:n]`` when those bytes are one whole final binary
+    WebSocket frame of under 126 bytes (a call's or an answer's read), masked (RFC
+    6455 5.3: unmasked here) when ``masked``, not masked otherwise, and at most
+    ``max_size`` bytes; else None (and nothing read). One step for what slicing the
+    read buffer and unmasking the slice cost ~3,000 instructions a read."""
+    cdef Py_buffer b
+    cdef const unsigned char *p
+    cdef Py_ssize_t length
+    cdef unsigned char b1
+    PyObject_GetBuffer(data, &b, PyBUF_SIMPLE)
+    try:
+        if n < 2 or n > b.len:
+            return None
+        p = <const unsigned char *>b.buf
+        b1 = p[1]
+        length = b1 & 0x7F
+        if p[0] != 0x82 or length >= 126 or length > max_size:
+            return None
+        if not masked:
+            if b1 != length or n != 2 + length:
+                return None
+            return PyBytes_FromStringAndSize(<const char *>p + 2, length)
+        if b1 != (0x80 | length) or n != 6 + length:
+            return None
+        out = PyBytes_FromStringAndSize(NULL, length)
+        _xor_into(<unsigned char *>PyBytes_AS_STRING(out), p + 6, length, p + 2, 0)
+        return out
+    finally:
+        PyBuffer_Release(&b)
+
+
 # ---------------------------------------------------------------------------------
 # Varints.
 

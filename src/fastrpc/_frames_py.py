@@ -93,6 +93,28 @@ def mask_frame(data: _Any, mask: _Any) -> bytes:
     return head + key + masked
 
 
+def lone_frame(data: Buffer, n: int, masked: bool, max_size: int) -> bytes | None:
+    """The payload of ``data[:n]`` when those bytes are one whole final binary
+    WebSocket frame of under 126 bytes (a call's or an answer's read), masked (RFC
+    6455 5.3: unmasked here) when ``masked``, not masked otherwise, and at most
+    ``max_size`` bytes; else None (and nothing read)."""
+    data = memoryview(data).cast("B")  # (TypeError for what is not bytes-like, as compiled)
+    if n < 2 or n > len(data) or data[0] != 0x82:
+        return None
+    b1 = data[1]
+    length = b1 & 0x7F
+    if length >= 126 or length > max_size:
+        return None
+    if not masked:
+        return bytes(data[2:n]) if b1 == length and n == 2 + length else None
+    if b1 != 0x80 | length or n != 6 + length:
+        return None
+    key = bytes(data[2:6])
+    keys = (key * ((length >> 2) + 1))[:length]
+    payload = int.from_bytes(data[6:n], "little") ^ int.from_bytes(keys, "little")
+    return payload.to_bytes(length, "little")
+
+
 def varint_size(value: int) -> int:
     """Bytes taken by ``value`` as a QUIC variable-length integer."""
     if value < 0 or value > VARINT_MAX:

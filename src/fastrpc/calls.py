@@ -290,12 +290,17 @@ class CallTable:
     def on_response(self, f: F.Frame, events: list[Any]) -> None:
         """The answer to our call: a :class:`ResponseReceived` onto ``events`` (none
         for a call we cancelled)."""
-        fid = f.id
-        state = self.out.pop(fid, None)
-        if state is None or fid in self.streaming_out:
+        if self.answered(f.id):
+            events.append(ResponseReceived(f.id, f.payload, f.flags & FLAG_RAW != 0))
+
+    def answered(self, call_id: int) -> bool:
+        """A RESPONSE to our call ``call_id`` came: the call is over; False when we
+        had cancelled it (the answer is dropped). :class:`ProtocolError` for an id
+        that is not a pending plain call of ours."""
+        state = self.out.pop(call_id, None)
+        if state is None or call_id in self.streaming_out:
             raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
-        if state == PENDING:
-            events.append(ResponseReceived(fid, f.payload, f.flags & FLAG_RAW != 0))
+        return state == PENDING
 
     def on_error(self, f: F.Frame) -> tuple[CallFailed | None, bool]:
         """``(event, streaming)``: a streaming call's error ends its result stream."""
@@ -316,6 +321,36 @@ class CallTable:
     def on_request(self, f: F.Frame, events: list[Any]) -> None:
         """The peer's REQUEST: a :class:`RequestReceived` onto ``events``, or (arguments
         that would not fit in the memory budget once decoded) an ERROR answer at once."""
+        got = self.take(f)
+        if got is None:
+            return
+        fid = f.id
+        flags = f.flags
+        if not flags & ~FLAG_RAW:  # a plain call (the event's defaults)
+            events.append(RequestReceived(fid, got[0], got[1], flags != 0))
+            return
+        if flags & _FLAG_CHANNEL:
+            if self.channels is None:
+                self.channels = {}
+            self.channels[fid] = None
+        events.append(
+            RequestReceived(
+                fid,
+                got[0],
+                got[1],
+                flags & FLAG_RAW != 0,
+                flags & _FLAG_STREAM != 0,
+                flags & _FLAG_CHANNEL != 0,
+                got[2],
+                flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
+            )
+        )
+
+    def take(self, f: F.Frame) -> tuple[str, Payload, float | None] | None:
+        """Admit the peer's REQUEST ``f``: its id checked (parity, in use,
+        ``max_pending_calls``), its arguments charged to the memory budget, the call
+        running from now on; its ``(method, arguments, deadline)``. None: the arguments
+        would not fit in the budget once decoded, and an ERROR answers the call."""
         fid = f.id
         inbound = self.inbound
         if fid <= 0 or fid & 1 != self.peer_parity:
@@ -351,32 +386,14 @@ class CallTable:
                 f"over max_connection_memory ({budget.limit}): send large data as a stream, or raise the option"
             )
             self.control.add(F.ERROR, 0, fid, encode_error("PayloadTooLarge", message, None, None, self.frame_limit))
-            return
+            return None
         held = budget.held + cost  # MemoryBudget.charge, inline
         budget.held = held
         if held > budget.limit:
             budget.held -= cost
             budget.charge(cost, "arguments of running calls")
         inbound[fid] = cost
-        if not flags & ~FLAG_RAW:  # a plain call (the event's defaults)
-            events.append(RequestReceived(fid, method, payload, flags != 0))
-            return
-        if flags & _FLAG_CHANNEL:
-            if self.channels is None:
-                self.channels = {}
-            self.channels[fid] = None
-        events.append(
-            RequestReceived(
-                fid,
-                method,
-                payload,
-                flags & FLAG_RAW != 0,
-                flags & _FLAG_STREAM != 0,
-                flags & _FLAG_CHANNEL != 0,
-                deadline,
-                flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
-            )
-        )
+        return method, payload, deadline
 
     def on_notify(self, f: F.Frame) -> NotificationReceived:
         method, payload, _ = _head(f, False)

@@ -70,6 +70,7 @@ encode_batch = _codec.encode_batch
 encode_frame = _codec.encode_frame
 encode_settings = _codec.encode_settings
 encode_varint = _codec.encode_varint
+lone_frame = _codec.lone_frame
 mask_frame = _codec.mask_frame
 payload_cost = _codec.payload_cost
 take_items = _codec.take_items
@@ -124,6 +125,7 @@ __all__ = [
     "encode_frame",
     "encode_settings",
     "encode_varint",
+    "lone_frame",
     "mask_frame",
     "payload_cost",
     "take_items",

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from . import events as E
 from .arguments import bad_arguments, split_kwargs
+from .events import Payload
 from .exceptions import InvalidArguments, LimitExceeded, PermissionDenied
 from .introspection import METHODS, describe
 from .log import side_logger, warn_limited
@@ -239,31 +240,9 @@ class Handlers:
             self._refuse(ev, "InvalidArguments", f"{method}(): {exc}")
             return
         if kind == SYNC and not (ev.stream or ev.channel):
-            # Sync handlers run inline: no task, the reply joins this loop iteration's message.
-            try:
-                result = fn(*args, **kwargs) if kwargs else fn(*args)
-            except Exception as exc:
-                self._reply_exception(cid, exc, method, fn, args, kwargs)
-                return
-            rt = type(result)
-            if rt in _PLAIN or not inspect.isawaitable(result):
-                link = self.link
-                if link.closed:
-                    return
-                if rt is bytes:  # PayloadCodec.encode's first case, inline
-                    link.core.send_response(cid, result, True)
-                    return
-                try:
-                    payload, raw = link.codec.encode(result)
-                except Exception as exc:
-                    self._reply_exception(cid, exc, method, what="result of")
-                    return
-                # Called from the peer's _process: the reply leaves once the message
-                # (or the read) is handled, so no host.flush() here, unlike _reply.
-                link.core.send_response(cid, payload, raw)
-                return
-            task = start_task(self.link.loop, self._run_call(cid, method, lambda: result, ev.deadline))
-        elif ev.stream or ev.channel:
+            self._run_sync(cid, method, fn, args, kwargs, ev.deadline)
+            return
+        if ev.stream or ev.channel:
             task = start_task(self.link.loop, self._run_stream_call(ev, fn, kind, args, kwargs))
         elif kind == ASYNC_GEN:
             self._reply_error(
@@ -285,11 +264,76 @@ class Handlers:
                 task = loop.create_task(coro)
             else:
                 task = _EAGER(loop, coro)
+        self._watch(cid, task, ev.stream or ev.channel)
+
+    def _watch(self, cid: int, task: asyncio.Task[Any], stream: bool) -> None:
         if _EAGER is not None and task.done():  # started eagerly and finished: answered already
-            self._call_task_done(cid, ev.stream or ev.channel, task)
+            self._call_task_done(cid, stream, task)
             return
         self.tasks[cid] = task
-        task.add_done_callback(functools.partial(self._call_task_done, cid, ev.stream or ev.channel))
+        task.add_done_callback(functools.partial(self._call_task_done, cid, stream))
+
+    def call(self, cid: int, method: str, payload: Payload, raw: bool) -> None:
+        """A plain call (no stream, channel, deadline or keyword arguments) the core
+        admitted (``Connection.take_call``): a sync handler with no spec runs here, at
+        once; any other goes through :meth:`on_request`, as its event."""
+        own = self.own
+        found = own.methods.get(method)
+        specs = own.specs
+        if found is None:
+            router = self.router
+            found = router.methods.get(method)
+            specs = router.specs
+        spec = specs.get(method) if specs else None
+        # A spec converts arguments to their annotations or checks authorize: on_request's.
+        if found is None or found[1] != SYNC or (spec is not None and (not raw or spec.authorize is not None)):
+            self.on_request(E.RequestReceived(cid, method, payload, raw))
+            return
+        fn = found[0]
+        if raw:
+            args: tuple[Any, ...] = (bytes(payload),)
+        else:
+            try:
+                args = self._args(payload, False)
+            except Exception as exc:
+                self._reply_error(cid, "InvalidArguments", f"{method}(): {exc}", False)
+                return
+        self._run_sync(cid, method, fn, args, None, None)
+
+    def _run_sync(
+        self,
+        cid: int,
+        method: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        deadline: float | None,
+    ) -> None:
+        """Run a sync handler inline: no task, the reply joins this loop iteration's
+        message (a task only when it returned an awaitable)."""
+        try:
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
+        except Exception as exc:
+            self._reply_exception(cid, exc, method, fn, args, kwargs)
+            return
+        rt = type(result)
+        if rt in _PLAIN or not inspect.isawaitable(result):
+            link = self.link
+            if link.closed:
+                return
+            if rt is bytes:  # PayloadCodec.encode's first case, inline
+                link.core.send_response(cid, result, True)
+                return
+            try:
+                payload, raw = link.codec.encode(result)
+            except Exception as exc:
+                self._reply_exception(cid, exc, method, what="result of")
+                return
+            # Called from the peer's _process: the reply leaves once the message
+            # (or the read) is handled, so no host.flush() here, unlike _reply.
+            link.core.send_response(cid, payload, raw)
+            return
+        self._watch(cid, start_task(self.link.loop, self._run_call(cid, method, _returning(result), deadline)), False)
 
     def _refuse(self, ev: E.RequestReceived, type_name: str, message: str) -> None:
         """Answer a call that will not run with an error (a channel's input, should it
@@ -439,6 +483,12 @@ class Handlers:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
             core.finish_call(cid)
+
+
+def _returning(value: Any) -> Callable[[], Any]:
+    """``lambda: value``, made here: a lambda in the function that calls this would
+    make ``value`` a cell on each of its calls (a sync handler's every call)."""
+    return lambda: value
 
 
 async def _single(value: T) -> Any:

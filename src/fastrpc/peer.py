@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import events as E
+from . import frames as F
 from . import options as O
 from .api import Response
+from .calls import FLAG_RAW
 from .codec import PayloadCodec, get_codec
 from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
 from .handlers import Handlers
@@ -256,15 +258,32 @@ class RpcPeer(PeerIO):
         self._fresh = True
         self._processing = True  # output made by the events leaves in one message, below
         try:
-            events: list[Any] = core.receive_frames(frames)
-            for ev in events:
-                t = type(ev)
-                if t is _REQUEST:  # every call's events first, without the table
-                    self._handlers.on_request(ev)
-                elif t is _RESPONSE:
-                    self._on_response(ev)
-                else:
-                    _DISPATCH[t](self, ev)
+            # The call lane (Connection.take_call): one plain call or one answer alone,
+            # a sequential call's every message, without events.
+            lane = False
+            if len(frames) == 1:
+                f = frames[0]
+                t = f.type
+                if t in _CALL_FRAMES and not f.flags & ~FLAG_RAW:
+                    session = core.session
+                    lane = not session.enabled and not session.awaiting_hello
+            if lane:
+                if t == _REQUEST_FRAME:
+                    call = core.take_call(f)
+                    if call is not None:
+                        self._handlers.call(f.id, call[0], call[1], f.flags != 0)
+                elif core.take_answer(f):
+                    self._settle(f.id, f.payload, f.flags != 0)
+            else:
+                events: list[Any] = core.receive_frames(frames)
+                for ev in events:
+                    t = type(ev)
+                    if t is _REQUEST:  # every call's events first, without the table
+                        self._handlers.on_request(ev)
+                    elif t is _RESPONSE:
+                        self._on_response(ev)
+                    else:
+                        _DISPATCH[t](self, ev)
         finally:
             self._processing = False
         if not self._ready.done() and not core.awaiting_hello:
@@ -450,16 +469,19 @@ class RpcPeer(PeerIO):
         self.streams.on_closed_by_peer(ev.stream_id)
 
     def _on_response(self, ev: E.ResponseReceived) -> None:
-        fut = self._calls.pop(ev.call_id, None)
+        self._settle(ev.call_id, ev.payload, ev.raw)
+
+    def _settle(self, cid: int, payload: Any, raw: bool) -> None:
+        """Our call ``cid`` was answered: its caller's future gets the result."""
+        fut = self._calls.pop(cid, None)
         if self._call_waiters:
             self._call_done()
         if fut is not None and not fut.done():
-            payload = ev.payload
-            if ev.raw and type(payload) is bytes:  # PayloadCodec.decode's first case, inline
+            if raw and type(payload) is bytes:  # PayloadCodec.decode's first case, inline
                 fut.set_result(payload)
                 return
             try:
-                fut.set_result(self._link.decoder.decode(payload, ev.raw))
+                fut.set_result(self._link.decoder.decode(payload, raw))
             except Exception as exc:
                 fut.set_exception(exc)
 
@@ -504,6 +526,8 @@ class RpcPeer(PeerIO):
 
 _REQUEST = E.RequestReceived
 _RESPONSE = E.ResponseReceived
+_REQUEST_FRAME = F.REQUEST
+_CALL_FRAMES = frozenset((F.REQUEST, F.RESPONSE))  # the call lane's
 # Event type -> handler (a class-level table: nothing to build per connection).
 _DISPATCH: dict[type, Callable[[RpcPeer, Any], None]] = {
     E.StreamReadable: RpcPeer._on_readable,

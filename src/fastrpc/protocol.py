@@ -739,6 +739,27 @@ class Connection:
         self._on_frames(frames, events)
         return events
 
+    # The call lane: a message that is one plain REQUEST or one RESPONSE, once the
+    # handshake is done and without resumption (``session.awaiting_hello`` and
+    # ``session.enabled`` false: receive_frames' extra steps), may skip
+    # receive_frames and its event: a sequential call's every message.
+
+    def take_call(self, f: F.Frame) -> tuple[str, Payload, float | None] | None:
+        """(Call lane) REQUEST ``f``, a message's one frame, admitted as
+        :meth:`receive_frames` would (``CallTable.take``): its ``(method, arguments,
+        deadline)``; None when it was refused (an ERROR answers it)."""
+        self._inbound.message_count += 1
+        self.frames_in += 1
+        return self._calls.take(f)
+
+    def take_answer(self, f: F.Frame) -> bool:
+        """(Call lane) RESPONSE ``f``, a message's one frame, taken as
+        :meth:`receive_frames` would: True when it answers a pending call of ours
+        (False: a call we cancelled; its answer is dropped)."""
+        self._inbound.message_count += 1
+        self.frames_in += 1
+        return self._calls.answered(f.id)
+
     def _on_frames(self, frames: list[F.Frame], events: list[Event]) -> None:
         """Frames of a message after the handshake, one by one, in order."""
         # Calls and answers first: runs of stream items mostly come through _on_items.

@@ -64,6 +64,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from .budget import PingLimit
+from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled
 from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
@@ -536,6 +537,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_hook",
         "_into",
         "_lowat",
+        "_masked",  # frames read are masked (a server's): not _client
         "_max_size",
         "_mode",
         "_on_open",
@@ -577,6 +579,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._home = home  # the server's connections, left when the connection is lost
         self._ws = ws
         self._client = isinstance(ws, ClientProtocol)
+        self._masked = not self._client
         self._tcp: asyncio.Transport = None  # type: ignore[assignment]
         self._high = write_limit
         self._lowat = notsent_lowat
@@ -637,7 +640,21 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                 self.data_received(self._reads.view[:nbytes])
                 return
             try:  # data_received, inline for the data path (every read)
-                self._frames(self._reads.view[:nbytes])
+                # A read that is one whole small frame (a call, its answer) is
+                # unwrapped in one step; any other goes through the framer.
+                msg = (
+                    None
+                    if self._buf or self._parts is not None
+                    else _lone_frame(self._reads.view, nbytes, self._masked, self._max_size)
+                )
+                if msg is None:
+                    self._frames(self._reads.view[:nbytes])
+                else:
+                    reader = self._sink
+                    if reader is None:
+                        self.feed(msg)
+                    else:
+                        reader.message_received(self, msg)
             finally:
                 reader = self._sink  # read_done, inline
                 if reader is not None:
@@ -722,28 +739,6 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         connection.
         A frame larger than max_size hands everything to websockets (1009)."""
         buf = self._buf
-        n = len(data)
-        if not buf and n >= 2 and data[0] == 0x82 and self._parts is None:
-            # The read is one whole binary frame under 126 bytes (a call, its answer):
-            # the loop below, for that case alone (and feed, inline).
-            b1 = data[1]
-            length = b1 & 0x7F
-            if self._client:
-                if b1 == length and length < 126 and n == 2 + length and length <= self._max_size:
-                    reader = self._sink
-                    if reader is None:
-                        self.feed(data[2:])
-                    else:
-                        reader.message_received(self, data[2:])  # a view: see Transport.feed
-                    return
-            elif b1 & 0x80 and length < 126 and n == 6 + length and length <= self._max_size:
-                payload = apply_mask(data[6:], data[2:6])  # type: ignore[arg-type]
-                reader = self._sink
-                if reader is None:
-                    self.feed(payload)
-                else:
-                    reader.message_received(self, payload)
-                return
         src: bytes | bytearray | memoryview = data
         if buf:
             buf += data

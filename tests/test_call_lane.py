@@ -1,0 +1,258 @@
+"""The call lane (``Connection.take_call`` / ``take_answer``, ``Handlers.call``): a
+message that is one plain REQUEST or one RESPONSE skips ``receive_frames`` and its
+events. These tests check that sequential calls take it, that it keeps the same
+books (counters, running calls, the memory budget), and that every outcome a caller
+can see is the one the general path gives: the same calls are made on a connection
+without resumption (the lane) and on one with it (``receive_frames``, always), over
+real loopback connections, and the answers compared."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from _util import pair, raw_client, run, server_peer
+
+import fastrpc
+from fastrpc import frames as F
+from fastrpc.protocol import Connection
+
+SEEN: list[Any] = []  # the peer current_peer() gave to the handler "whoami"
+
+
+class Oops(Exception):
+    pass
+
+
+def make_router() -> fastrpc.Router:
+    router = fastrpc.Router()
+
+    @router.method
+    def echo(x):  # type: ignore[no-untyped-def]  # no annotations: no spec, the whole lane
+        return x
+
+    @router.method
+    def add(a, b):  # type: ignore[no-untyped-def]
+        return a + b
+
+    @router.method
+    def typed(a: int, b: int) -> int:  # a spec: its arguments converted (on_request's)
+        return a * b
+
+    @router.method
+    def fails():  # type: ignore[no-untyped-def]
+        raise Oops("it failed")
+
+    @router.method
+    def later():  # type: ignore[no-untyped-def]
+        async def inner() -> str:
+            await asyncio.sleep(0)
+            return "awaited"
+
+        return inner()
+
+    @router.method
+    def unencodable():  # type: ignore[no-untyped-def]
+        return object()
+
+    @router.method
+    def whoami():  # type: ignore[no-untyped-def]
+        SEEN.append(fastrpc.current_peer())
+        return "seen"
+
+    @router.method
+    async def slow(x):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+        return x
+
+    @router.method(authorize=lambda peer, method: False)
+    def guarded(x):  # type: ignore[no-untyped-def]
+        return x
+
+    return router
+
+
+# (method, args): every outcome a plain call can have.
+CALLS: list[tuple[str, tuple[Any, ...]]] = [
+    ("echo", (b"raw bytes",)),
+    ("echo", (b"",)),
+    ("echo", ({"a": [1, 2.5, None]},)),
+    ("add", (1, 2)),
+    ("add", (1,)),  # the arguments do not bind: InvalidArguments
+    ("typed", (6, 7)),
+    ("typed", ("x", 7)),
+    ("fails", ()),
+    ("later", ()),
+    ("unencodable", ()),
+    ("whoami", ()),
+    ("slow", (b"async",)),
+    ("guarded", (b"raw",)),
+    ("guarded", (1,)),
+    ("missing", (1,)),
+    ("echo", (b"x" * 20_000,)),  # over max_connection_memory below: PayloadTooLarge
+]
+
+
+def _outcome(result: Any) -> Any:
+    if isinstance(result, fastrpc.RemoteError):
+        return (type(result).__name__, result.type_name, result.message)
+    return result
+
+
+async def _outcomes(peer: fastrpc.RpcPeer) -> list[Any]:
+    out = []
+    for method, args in CALLS:
+        try:
+            out.append(await asyncio.wait_for(peer.call(method, *args), 5))
+        except fastrpc.RemoteError as e:
+            out.append(_outcome(e))
+    return out
+
+
+def _count(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count the core's calls of the lane and of the general path (instrumentation of
+    the real methods: they still run)."""
+    seen: Counter[str] = Counter()
+    for name in ("take_call", "take_answer", "receive_frames"):
+        real = getattr(Connection, name)
+
+        def counted(self: Connection, arg: Any, _real: Any = real, _name: str = name) -> Any:
+            seen[_name] += 1
+            return _real(self, arg)
+
+        monkeypatch.setattr(Connection, name, counted)
+    return seen
+
+
+OPTS = {"max_connection_memory": 16_384}
+
+
+def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequential plain calls go through take_call / take_answer, not receive_frames;
+    both sides count every message, frame and byte as before; nothing stays running
+    or charged once they are answered."""
+
+    async def main() -> None:
+        async with pair(make_router(), server_opts=OPTS) as (server, peer):
+            await peer.call("echo", b"warm")
+            sp = await server_peer(server)
+            core, score = peer.core, sp.core
+            before = (core.messages_out, core.frames_out, core.messages_in, core.frames_in, core.bytes_out)
+            sbefore = (score.messages_in, score.frames_in, score.messages_out, score.frames_out, score.bytes_in)
+            seen = _count(monkeypatch)
+            n = 50
+            for i in range(n):
+                assert await peer.call("echo", b"%d" % i) == b"%d" % i
+                assert await peer.call("add", i, 1) == i + 1
+            calls = 2 * n
+            assert seen["take_call"] == calls and seen["take_answer"] == calls
+            assert seen["receive_frames"] == 0
+            after = (core.messages_out, core.frames_out, core.messages_in, core.frames_in)
+            assert [a - b for a, b in zip(after, before)] == [calls] * 4
+            safter = (score.messages_in, score.frames_in, score.messages_out, score.frames_out)
+            assert [a - b for a, b in zip(safter, sbefore)] == [calls] * 4
+            assert score.bytes_in - sbefore[4] == core.bytes_out - before[4] > 0
+            for c in (core, score):
+                stats = c.stats()
+                assert stats["calls_in"] == [] and stats["calls_out"] == {} and stats["memory"] == 0
+
+    run(main(), timeout=30)
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["lane", "general path"])
+def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, resume: bool) -> None:
+    """The same calls, with the lane (no resumption) and without it (resumption on:
+    every message goes through receive_frames), give the same answers and errors, and
+    a handler sees its own peer as current_peer()."""
+    expected = [
+        b"raw bytes",
+        b"",
+        {"a": [1, 2.5, None]},
+        3,
+        ("InvalidArguments", "InvalidArguments", "add(): missing a required argument: 'b'"),
+        42,
+        ("InvalidArguments", "InvalidArguments", None),
+        ("RemoteError", "Oops", "it failed"),
+        "awaited",
+        ("RemoteError", None, None),
+        "seen",
+        b"async",
+        ("PermissionDenied", "PermissionDenied", "not allowed to call 'guarded'"),
+        ("PermissionDenied", "PermissionDenied", "not allowed to call 'guarded'"),
+        ("MethodNotFound", "MethodNotFound", "no method 'missing'"),
+        ("RemoteError", "PayloadTooLarge", "would take about 20000 bytes once decoded"),
+    ]
+
+    async def main() -> list[Any]:
+        SEEN.clear()
+        opts = {**OPTS, "resume": resume}
+        async with pair(make_router(), server_opts=opts, client_opts={"resume": resume}) as (server, peer):
+            await peer.call("echo", b"warm")
+            seen = _count(monkeypatch)
+            got = await _outcomes(peer)
+            sp = await server_peer(server)
+            assert [sp] == SEEN
+            if resume:
+                assert seen["take_call"] == 0 and seen["take_answer"] == 0 and seen["receive_frames"] > 0
+            else:
+                assert seen["take_call"] == len(CALLS) and seen["take_answer"] >= 1
+            for c in (peer.core, sp.core):
+                assert c.stats()["calls_in"] == [] and c.stats()["memory"] == 0
+            return got
+
+    got = run(main(), timeout=30)
+    assert len(got) == len(expected)
+    for have, want in zip(got, expected):
+        if isinstance(want, tuple):
+            assert isinstance(have, tuple) and have[0] == want[0], (have, want)
+            assert want[1] is None or have[1] == want[1], (have, want)
+            assert want[2] is None or want[2] in have[2], (have, want)
+        else:
+            assert have == want
+
+
+@pytest.mark.parametrize(
+    ("fid", "why"), [(2, "call id of the wrong parity"), (0, "call id of the wrong parity")], ids=["even", "zero"]
+)
+def test_a_lone_request_with_a_bad_id_closes_that_connection_alone(fid: int, why: str) -> None:
+    """The lane checks a REQUEST's id as receive_frames does: a client's call with an
+    even id is a protocol error (1002, the reason named); the other connection's
+    calls go on."""
+
+    async def main() -> None:
+        async with pair(make_router()) as (server, peer):
+            async with raw_client(server.url) as bad:
+                assert await peer.call("echo", b"before") == b"before"
+                await bad.send(F.encode_frame(F.REQUEST, 0x40, fid, b"\x04echo" + b"x"))
+                code, reason = await bad.drain()
+                assert code == 1002 and why in reason, (code, reason)
+            assert await peer.call("echo", b"after") == b"after"
+
+    run(main(), 30)
+
+
+def test_a_lone_request_reusing_a_running_calls_id_closes_the_connection() -> None:
+    """Two REQUESTs with one id, the first still running (an async handler): the
+    second is refused as receive_frames refuses it ("call id in use", 1002)."""
+
+    async def main() -> None:
+        router = make_router()
+        gate = asyncio.Event()
+
+        @router.method
+        async def wait():  # type: ignore[no-untyped-def]
+            await gate.wait()
+            return b"done"
+
+        async with pair(router, check_idle=False) as (server, _):
+            async with raw_client(server.url) as bad:
+                await bad.send(F.encode_frame(F.REQUEST, 0, 1, b"\x04wait"))  # no arguments
+                await asyncio.sleep(0.05)
+                await bad.send(F.encode_frame(F.REQUEST, 0x40, 1, b"\x04echo" + b"x"))
+                code, reason = await bad.drain()
+                assert code == 1002 and "call id in use" in reason, (code, reason)
+                gate.set()
+
+    run(main(), 30)
