@@ -65,6 +65,9 @@ class PeerAPI:
     def _flush(self) -> None:
         raise NotImplementedError
 
+    def _send_call(self, core: Connection, method: str, payload: bytes, raw: bool) -> int:
+        raise NotImplementedError
+
     async def teardown(self, exc: ConnectionClosed) -> None:
         raise NotImplementedError
 
@@ -231,12 +234,15 @@ class PeerAPI:
         if self._close_exc is not None or self._closed_flag:
             self._check_open()
         try:
-            cid = core.send_request(method, payload, kwargs=True) if kw else core.send_call(method, payload, raw)
+            if kw:
+                cid = core.send_request(method, payload, kwargs=True)
+                self._kick()
+            else:
+                cid = self._send_call(core, method, payload, raw)  # (sent already, or queued)
         except LimitExceeded:  # no call slot (the peer's max_pending_calls, or no HELLO yet)
             return await self._call(method, payload, raw, None, kw)  # waits for one
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._calls[cid] = fut
-        self._kick()
         try:
             return await fut
         except BaseException as exc:

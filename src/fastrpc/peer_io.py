@@ -124,6 +124,27 @@ class PeerIO(PeerAPI):
                 self._link.flush_pending = True
                 self._loop.call_soon(self._flush_soon)
 
+    def _send_call(self, core: Connection, method: str, payload: bytes, raw: bool) -> int:
+        """Make a plain call (``Connection.send_call``'s errors) and send it: written
+        at once, as a message of its own, when nothing was written since the last
+        message came and nothing else waits (a sequential call: ``Connection.call_now``);
+        otherwise queued and sent as :meth:`_kick` sends."""
+        if self._fresh and self._direct and not (self._processing or self._in_read or self._link.flush_pending):
+            transport = self._transport
+            writer = self._writer
+            if transport is not None and (writer is None or writer.done()):
+                now = core.call_now(method, payload, raw)
+                if now is not None:
+                    if transport.write_now(now[1]):
+                        self._fresh = False
+                        self.streams.on_drained()
+                    else:  # past the high-water mark, or closing: as _flush
+                        self._writer = self._loop.create_task(self._send_paused(transport, now[1]))
+                    return now[0]
+        call_id = core.send_call(method, payload, raw)
+        self._kick()
+        return call_id
+
     def _send_queued(self) -> None:
         """Send what the core has queued: at once when nothing was written since the
         last message arrived (a reply, the next call of a sequence), else from a

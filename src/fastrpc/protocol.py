@@ -760,6 +760,24 @@ class Connection:
         self.frames_in += 1
         return self._calls.answered(f.id)
 
+    def call_now(self, method: str, payload: Payload, raw: bool) -> tuple[int, bytes] | None:
+        """(Call lane) a plain call as a message of its own, to be written at once: its
+        id and the message, counted as sent as :meth:`next_message` counts; None (and
+        nothing done) while other output waits, which the call must follow
+        (:meth:`send_call` queues it), or with resumption on. :meth:`send_call`'s errors."""
+        sched = self._sched
+        session = self.session
+        if sched.control.count or sched.backlog or sched.ready or self._flow.slot_grants:
+            return None
+        if session.enabled or not session.handshake_sent:
+            return None
+        call_id = self._calls.call(method, payload, raw)
+        msg = sched.control.take()
+        self.frames_out += 1
+        self.messages_out += 1
+        self.bytes_out += len(msg)
+        return call_id, msg
+
     def _on_frames(self, frames: list[F.Frame], events: list[Event]) -> None:
         """Frames of a message after the handshake, one by one, in order."""
         # Calls and answers first: runs of stream items mostly come through _on_items.
