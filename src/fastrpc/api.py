@@ -57,6 +57,7 @@ class PeerAPI:
 
     _closed: asyncio.Future[None]
     _closed_flag: bool
+    _fresh: bool
     _writer: asyncio.Task[None] | None
 
     def _kick(self) -> None:
@@ -237,8 +238,11 @@ class PeerAPI:
             if kw:
                 cid = core.send_request(method, payload, kwargs=True)
                 self._kick()
-            else:
+            elif self._fresh:  # nothing written since the last message came: maybe at once
                 cid = self._send_call(core, method, payload, raw)  # (sent already, or queued)
+            else:  # the rest of a batch: queued, sent with this loop pass's output
+                cid = core.send_call(method, payload, raw)
+                self._kick()
         except LimitExceeded:  # no call slot (the peer's max_pending_calls, or no HELLO yet)
             return await self._call(method, payload, raw, None, kw)  # waits for one
         fut: asyncio.Future[Any] = self._loop.create_future()

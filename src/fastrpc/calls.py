@@ -12,7 +12,7 @@ from typing import Any, Union
 
 from . import frames as F
 from .budget import MemoryBudget
-from .events import CallFailed, NotificationReceived, RequestReceived, ResponseReceived
+from .events import CallFailed, NotificationReceived, ResponseReceived
 from .exceptions import (
     REMOTE_ERRORS,
     ConnectionClosed,
@@ -290,8 +290,12 @@ class CallTable:
     def on_response(self, f: F.Frame, events: list[Any]) -> None:
         """The answer to our call: a :class:`ResponseReceived` onto ``events`` (none
         for a call we cancelled)."""
-        if self.answered(f.id):
-            events.append(ResponseReceived(f.id, f.payload, f.flags & FLAG_RAW != 0))
+        fid = f.id  # answered(), inline: every answer of a batch's path
+        state = self.out.pop(fid, None)
+        if state is None or fid in self.streaming_out:
+            raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
+        if state == PENDING:
+            events.append(ResponseReceived(fid, f.payload, f.flags & FLAG_RAW != 0))
 
     def answered(self, call_id: int) -> bool:
         """A RESPONSE to our call ``call_id`` came: the call is over; False when we
@@ -318,39 +322,12 @@ class CallTable:
         """Whether running call ``call_id`` takes an input stream (a channel)."""
         return self.channels is not None and call_id in self.channels
 
-    def on_request(self, f: F.Frame, events: list[Any]) -> None:
-        """The peer's REQUEST: a :class:`RequestReceived` onto ``events``, or (arguments
-        that would not fit in the memory budget once decoded) an ERROR answer at once."""
-        got = self.take(f)
-        if got is None:
-            return
-        fid = f.id
-        flags = f.flags
-        if not flags & ~FLAG_RAW:  # a plain call (the event's defaults)
-            events.append(RequestReceived(fid, got[0], got[1], flags != 0))
-            return
-        if flags & _FLAG_CHANNEL:
-            if self.channels is None:
-                self.channels = {}
-            self.channels[fid] = None
-        events.append(
-            RequestReceived(
-                fid,
-                got[0],
-                got[1],
-                flags & FLAG_RAW != 0,
-                flags & _FLAG_STREAM != 0,
-                flags & _FLAG_CHANNEL != 0,
-                got[2],
-                flags & FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
-            )
-        )
-
     def take(self, f: F.Frame) -> tuple[str, Payload, float | None] | None:
         """Admit the peer's REQUEST ``f``: its id checked (parity, in use,
         ``max_pending_calls``), its arguments charged to the memory budget, the call
-        running from now on; its ``(method, arguments, deadline)``. None: the arguments
-        would not fit in the budget once decoded, and an ERROR answers the call."""
+        running from now on (a channel's input expected); its ``(method, arguments,
+        deadline)``, for the caller's event (``Connection``). None: the arguments would
+        not fit in the budget once decoded, and an ERROR answers the call."""
         fid = f.id
         inbound = self.inbound
         if fid <= 0 or fid & 1 != self.peer_parity:
@@ -393,6 +370,10 @@ class CallTable:
             budget.held -= cost
             budget.charge(cost, "arguments of running calls")
         inbound[fid] = cost
+        if flags & _FLAG_CHANNEL:
+            if self.channels is None:
+                self.channels = {}
+            self.channels[fid] = None
         return method, payload, deadline
 
     def on_notify(self, f: F.Frame) -> NotificationReceived:

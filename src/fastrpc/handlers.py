@@ -240,7 +240,17 @@ class Handlers:
             self._refuse(ev, "InvalidArguments", f"{method}(): {exc}")
             return
         if kind == SYNC and not (ev.stream or ev.channel):
-            self._run_sync(cid, method, fn, args, kwargs, ev.deadline)
+            # Sync handlers run inline: no task, the reply joins this loop iteration's
+            # message (the bytes case inline: every sync call's path).
+            try:
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
+            except Exception as exc:
+                self._reply_exception(cid, exc, method, fn, args, kwargs)
+                return
+            if type(result) is bytes and not self.link.closed:  # _sync_result's first case
+                self.link.core.send_response(cid, result, True)
+            else:
+                self._sync_result(cid, method, result, ev.deadline)
             return
         if ev.stream or ev.channel:
             task = start_task(self.link.loop, self._run_stream_call(ev, fn, kind, args, kwargs))
@@ -298,24 +308,19 @@ class Handlers:
             except Exception as exc:
                 self._reply_error(cid, "InvalidArguments", f"{method}(): {exc}", False)
                 return
-        self._run_sync(cid, method, fn, args, None, None)
-
-    def _run_sync(
-        self,
-        cid: int,
-        method: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        deadline: float | None,
-    ) -> None:
-        """Run a sync handler inline: no task, the reply joins this loop iteration's
-        message (a task only when it returned an awaitable)."""
-        try:
-            result = fn(*args, **kwargs) if kwargs else fn(*args)
+        try:  # as on_request's sync case
+            result = fn(*args)
         except Exception as exc:
-            self._reply_exception(cid, exc, method, fn, args, kwargs)
+            self._reply_exception(cid, exc, method, fn, args)
             return
+        if type(result) is bytes and not self.link.closed:
+            self.link.core.send_response(cid, result, True)
+        else:
+            self._sync_result(cid, method, result, None)
+
+    def _sync_result(self, cid: int, method: str, result: Any, deadline: float | None) -> None:
+        """A sync handler's result: its answer queued at once (a task only for an
+        awaitable). The callers answer bytes themselves (every raw echo's path)."""
         rt = type(result)
         if rt in _PLAIN or not inspect.isawaitable(result):
             link = self.link

@@ -281,7 +281,7 @@ class RpcPeer(PeerIO):
                     if t is _REQUEST:  # every call's events first, without the table
                         self._handlers.on_request(ev)
                     elif t is _RESPONSE:
-                        self._on_response(ev)
+                        self._settle(ev.call_id, ev.payload, ev.raw)
                     else:
                         _DISPATCH[t](self, ev)
         finally:

@@ -31,6 +31,7 @@ from .events import (
     GoAwayReceived,
     HelloReceived,
     PongReceived,
+    RequestReceived,
     StreamClosedByPeer,
     StreamReadable,
 )
@@ -784,7 +785,24 @@ class Connection:
         for f in frames:
             t = f.type
             if t == _REQUEST:
-                self._calls.on_request(f, events)  # (checks the id's parity)
+                got = self._calls.take(f)  # (checks the id's parity; None: refused, answered)
+                if got is not None:
+                    flags = f.flags
+                    if not flags & ~FLAG_RAW:  # a plain call (the event's defaults)
+                        events.append(RequestReceived(f.id, got[0], got[1], flags != 0))
+                    else:
+                        events.append(
+                            RequestReceived(
+                                f.id,
+                                got[0],
+                                got[1],
+                                flags & FLAG_RAW != 0,
+                                flags & F.FLAG_STREAM != 0,
+                                flags & F.FLAG_CHANNEL != 0,
+                                got[2],
+                                flags & F.FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
+                            )
+                        )
             elif t == _RESPONSE:
                 self._calls.on_response(f, events)
             elif t == _STREAM_DATA:
