@@ -287,14 +287,7 @@ class Handlers:
         """A plain call (no stream, channel, deadline or keyword arguments) the core
         admitted (``Connection.take_call``): a sync handler with no spec runs here, at
         once; any other goes through :meth:`on_request`, as its event."""
-        own = self.own
-        found = own.methods.get(method)
-        specs = own.specs
-        if found is None:
-            router = self.router
-            found = router.methods.get(method)
-            specs = router.specs
-        spec = specs.get(method) if specs else None
+        found, spec = self.find(method)
         # A spec converts arguments to their annotations or checks authorize: on_request's.
         if found is None or found[1] != SYNC or (spec is not None and (not raw or spec.authorize is not None)):
             self.on_request(E.RequestReceived(cid, method, payload, raw))
