@@ -65,7 +65,7 @@ EDITS: dict[str, tuple[tuple[str, str, str], ...]] = {
         (
             "transport",
             _READ,
-            "                if msg is not None and self._masked and msg[:1] == b'\\x02':  # relay_probe: a REQUEST\n"
+            "                if msg is not None and not self._client and msg[:1] == b'\\x02':  # relay_probe: a REQUEST\n"
             "                    got = _relay_decode(msg, 1 << 20, 10, False)\n"
             "                    f = got[0]\n"
             "                    if len(got) == 1 and f.type == 2 and f.flags == 0x40:\n"
@@ -83,7 +83,7 @@ EDITS: dict[str, tuple[tuple[str, str, str], ...]] = {
         (
             "transport",
             _READ,
-            "                if msg is not None and not self._masked and msg[:1] == b'\\x03' and _RELAY_CALLS:  # relay_probe\n"
+            "                if msg is not None and self._client and msg[:1] == b'\\x03' and _RELAY_CALLS:  # relay_probe\n"
             "                    got = _relay_decode(msg, 1 << 20, 10, False)  # a RESPONSE\n"
             "                    fut = _RELAY_CALLS.pop(got[0].id, None) if len(got) == 1 else None\n"
             "                    if fut is not None:\n"

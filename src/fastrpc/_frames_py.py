@@ -87,10 +87,15 @@ def mask_frame(data: _Any, mask: _Any) -> bytes:
         head = bytes((0x82, 0xFE)) + n.to_bytes(2, "big")
     else:
         head = bytes((0x82, 0xFF)) + n.to_bytes(8, "big")
-    # XOR as two integers: bytewise, in C, whatever the length
+    return head + key + _xor(payload, key)
+
+
+def _xor(data: Buffer, key: bytes) -> bytes:
+    """``data`` XORed with the 4-byte ``key`` repeated (RFC 6455 5.3), as two integers:
+    bytewise, in C, whatever the length (the compiled twin's ``_xor_into``)."""
+    n = len(data)
     keys = (key * ((n >> 2) + 1))[:n]
-    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
-    return head + key + masked
+    return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
 
 
 def lone_frame(data: Buffer, n: int, masked: bool, max_size: int) -> bytes | None:
@@ -109,10 +114,7 @@ def lone_frame(data: Buffer, n: int, masked: bool, max_size: int) -> bytes | Non
         return bytes(data[2:n]) if b1 == length and n == 2 + length else None
     if b1 != 0x80 | length or n != 6 + length:
         return None
-    key = bytes(data[2:6])
-    keys = (key * ((length >> 2) + 1))[:length]
-    payload = int.from_bytes(data[6:n], "little") ^ int.from_bytes(keys, "little")
-    return payload.to_bytes(length, "little")
+    return _xor(data[6:n], bytes(data[2:6]))
 
 
 def varint_size(value: int) -> int:

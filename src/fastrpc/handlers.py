@@ -313,14 +313,12 @@ class Handlers:
 
     def _sync_result(self, cid: int, method: str, result: Any, deadline: float | None) -> None:
         """A sync handler's result: its answer queued at once (a task only for an
-        awaitable). The callers answer bytes themselves (every raw echo's path)."""
+        awaitable). The callers answer bytes themselves (every raw echo's path): bytes
+        reach here only once the connection is closed."""
         rt = type(result)
         if rt in _PLAIN or not inspect.isawaitable(result):
             link = self.link
             if link.closed:
-                return
-            if rt is bytes:  # PayloadCodec.encode's first case, inline
-                link.core.send_response(cid, result, True)
                 return
             try:
                 payload, raw = link.codec.encode(result)

@@ -766,14 +766,11 @@ class Connection:
         id and the message, counted as sent as :meth:`next_message` counts; None (and
         nothing done) while other output waits, which the call must follow
         (:meth:`send_call` queues it), or with resumption on. :meth:`send_call`'s errors."""
-        sched = self._sched
         session = self.session
-        if sched.control.count or sched.backlog or sched.ready or self._flow.slot_grants:
-            return None
-        if session.enabled or not session.handshake_sent:
+        if self.has_output() or session.enabled or not session.handshake_sent:
             return None
         call_id = self._calls.call(method, payload, raw)
-        msg = sched.control.take()
+        msg = self._sched.control.take()
         self.frames_out += 1
         self.messages_out += 1
         self.bytes_out += len(msg)

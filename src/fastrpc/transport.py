@@ -537,7 +537,6 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_hook",
         "_into",
         "_lowat",
-        "_masked",  # frames read are masked (a server's): not _client
         "_max_size",
         "_mode",
         "_on_open",
@@ -579,7 +578,6 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._home = home  # the server's connections, left when the connection is lost
         self._ws = ws
         self._client = isinstance(ws, ClientProtocol)
-        self._masked = not self._client
         self._tcp: asyncio.Transport = None  # type: ignore[assignment]
         self._high = write_limit
         self._lowat = notsent_lowat
@@ -645,7 +643,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                 msg = (
                     None
                     if self._buf or self._parts is not None
-                    else _lone_frame(self._reads.view, nbytes, self._masked, self._max_size)
+                    else _lone_frame(self._reads.view, nbytes, not self._client, self._max_size)
                 )
                 if msg is None:
                     self._frames(self._reads.view[:nbytes])
