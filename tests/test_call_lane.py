@@ -17,7 +17,7 @@ from _util import pair, raw_client, run, server_peer
 
 import fastrpc
 from fastrpc import frames as F
-from fastrpc.protocol import Connection
+from fastrpc.protocol import Connection, Role, Settings
 
 SEEN: list[Any] = []  # the peer current_peer() gave to the handler "whoami"
 
@@ -254,5 +254,83 @@ def test_a_lone_request_reusing_a_running_calls_id_closes_the_connection() -> No
                 code, reason = await bad.drain()
                 assert code == 1002 and "call id in use" in reason, (code, reason)
                 gate.set()
+
+    run(main(), 30)
+
+
+async def _ws_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client over a bare socket, whose writes are ours to shape: the upgrade and
+    the HELLO exchange by hand."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: fastrpc\r\n\r\n"
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    core = Connection(Role.CLIENT, Settings())
+    hello = core.next_message()
+    assert hello is not None
+    writer.write(F.mask_frame(hello, b"\x01\x02\x03\x04"))
+    core.receive_message(await _ws_message(reader))
+    assert core.ready
+    return reader, writer
+
+
+async def _ws_message(reader: asyncio.StreamReader) -> bytes:
+    """The next WebSocket message from a server (unmasked, unfragmented)."""
+    b0, b1 = await reader.readexactly(2)
+    assert b0 == 0x82 and not b1 & 0x80, (b0, b1)
+    size = b1 if b1 < 126 else int.from_bytes(await reader.readexactly(2 if b1 == 126 else 8), "big")
+    return await reader.readexactly(size)
+
+
+async def _ws_messages(reader: asyncio.StreamReader, n: int) -> list[list[tuple[int, int, bytes]]]:
+    """The next ``n`` messages from a server, each as its frames' ``(type, id, payload)``."""
+    out = []
+    for _ in range(n):
+        msg = await _ws_message(reader)
+        out.append([(f.type, f.id, bytes(f.payload)) for f in F.decode_message(msg, 1 << 20, 1 << 16, True)])
+    return out
+
+
+def _call(cid: int, arg: bytes) -> bytes:
+    """A raw echo call as a client's WebSocket frame (masked)."""
+    return F.mask_frame(F.encode_frame(F.REQUEST, 0x40, cid, b"\x04echo" + arg), b"\x05\x06\x07\x08")
+
+
+def test_an_answer_alone_leaves_at_once_and_a_reads_answers_leave_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that is one plain call: its answer is written at once, as a message of
+    its own (``Connection.answer_now``), before the rest of the read's handling. A
+    read of several calls, each a message of its own: their answers still leave
+    together, as one message, at the end of the read."""
+    at_once: list[int] = []
+    real = Connection.answer_now
+
+    def counted(self: Connection, call_id: int, payload: bytes) -> bytes | None:
+        msg = real(self, call_id, payload)
+        if msg is not None:
+            at_once.append(call_id)
+        return msg
+
+    monkeypatch.setattr(Connection, "answer_now", counted)
+
+    async def main() -> None:
+        async with pair(make_router()) as (server, _):
+            reader, writer = await _ws_open(server.port)
+            try:
+                writer.write(b"".join(_call(2 * i + 1, b"%d" % i) for i in range(5)))  # one write, one read
+                got = await asyncio.wait_for(_ws_messages(reader, 1), 5)
+                assert got == [[(F.RESPONSE, 2 * i + 1, b"%d" % i) for i in range(5)]]
+                assert at_once == []
+                for cid in (11, 13, 15):  # reads of one call each
+                    writer.write(_call(cid, b"alone"))
+                    got = await asyncio.wait_for(_ws_messages(reader, 1), 5)
+                    assert got == [[(F.RESPONSE, cid, b"alone")]]
+                assert at_once == [11, 13, 15]
+            finally:
+                writer.close()
+                await writer.wait_closed()
 
     run(main(), 30)

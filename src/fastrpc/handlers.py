@@ -283,15 +283,17 @@ class Handlers:
         self.tasks[cid] = task
         task.add_done_callback(functools.partial(self._call_task_done, cid, stream))
 
-    def call(self, cid: int, method: str, payload: Payload, raw: bool) -> None:
+    def call(self, cid: int, method: str, payload: Payload, raw: bool) -> bytes | None:
         """A plain call (no stream, channel, deadline or keyword arguments) the core
         admitted (``Connection.take_call``): a sync handler with no spec runs here, at
-        once; any other goes through :meth:`on_request`, as its event."""
+        once; any other goes through :meth:`on_request`, as its event. Returns the
+        handler's result when it is bytes, for the caller to send (``RpcPeer._answer``):
+        None once the call is answered or runs on."""
         found, spec = self.find(method)
         # A spec converts arguments to their annotations or checks authorize: on_request's.
         if found is None or found[1] != SYNC or (spec is not None and (not raw or spec.authorize is not None)):
             self.on_request(E.RequestReceived(cid, method, payload, raw))
-            return
+            return None
         fn = found[0]
         if raw:
             args: tuple[Any, ...] = (bytes(payload),)
@@ -300,16 +302,16 @@ class Handlers:
                 args = self._args(payload, False)
             except Exception as exc:
                 self._reply_error(cid, "InvalidArguments", f"{method}(): {exc}", False)
-                return
+                return None
         try:  # as on_request's sync case
             result = fn(*args)
         except Exception as exc:
             self._reply_exception(cid, exc, method, fn, args)
-            return
+            return None
         if type(result) is bytes and not self.link.closed:
-            self.link.core.send_response(cid, result, True)
-        else:
-            self._sync_result(cid, method, result, None)
+            return result
+        self._sync_result(cid, method, result, None)
+        return None
 
     def _sync_result(self, cid: int, method: str, result: Any, deadline: float | None) -> None:
         """A sync handler's result: its answer queued at once (a task only for an

@@ -271,7 +271,9 @@ class RpcPeer(PeerIO):
                 if t == _REQUEST_FRAME:
                     call = core.take_call(f)
                     if call is not None:
-                        self._handlers.call(f.id, call[0], call[1], f.flags != 0)
+                        answer = self._handlers.call(f.id, call[0], call[1], f.flags != 0)
+                        if answer is not None:
+                            self._answer(core, f.id, answer)
                 elif core.take_answer(f):
                     self._settle(f.id, f.payload, f.flags != 0)
             else:

@@ -145,6 +145,25 @@ class PeerIO(PeerAPI):
         self._kick()
         return call_id
 
+    def _answer(self, core: Connection, cid: int, payload: bytes) -> None:
+        """Send a sync handler's bytes answer to plain call ``cid``: written at once, as
+        a message of its own, when its request was a read alone and nothing else waits
+        (``Connection.answer_now``: a sequential call's reply); otherwise queued, to
+        leave with the rest of the read's output."""
+        if self._fresh and self._direct and not (self._in_read or self._link.flush_pending):
+            transport = self._transport
+            writer = self._writer
+            if transport is not None and (writer is None or writer.done()):
+                msg = core.answer_now(cid, payload)
+                if msg is not None:
+                    if transport.write_now(msg):
+                        self._fresh = False
+                        self.streams.on_drained()
+                    else:  # past the high-water mark, or closing: as _flush
+                        self._writer = self._loop.create_task(self._send_paused(transport, msg))
+                    return
+        core.send_response(cid, payload, True)
+
     def _send_queued(self) -> None:
         """Send what the core has queued: at once when nothing was written since the
         last message arrived (a reply, the next call of a sequence), else from a
@@ -237,8 +256,11 @@ class PeerIO(PeerAPI):
         except TransportClosed:
             pass
 
-    def message_received(self, transport: Transport, msg: bytes | bytearray | memoryview | str) -> None:
-        """(Transport) one message from ``transport``, from its data_received."""
+    def message_received(
+        self, transport: Transport, msg: bytes | bytearray | memoryview | str, alone: bool = False
+    ) -> None:
+        """(Transport) one message from ``transport``, from its data_received;
+        ``alone``: all of its read (its output leaves once it is handled)."""
         if transport is not self._transport:
             return
         if self._busy:  # a message in slices, or the backlog wait: in order, later
@@ -247,7 +269,10 @@ class PeerIO(PeerAPI):
             self._held.append(msg.tobytes() if type(msg) is memoryview else msg)  # a view lasts one read
             transport.pause_reading()
             return
-        self._in_read = True  # the output of this read leaves at its end: messages_read
+        # The output of a read of many messages leaves at its end (messages_read); a
+        # message alone is its read: its output leaves at its end (_process), and a
+        # sync answer at once (_answer).
+        self._in_read = not alone
         if _current_peer.get(None) is not self:
             # A transport's read callbacks run in a context of their own (the loop
             # copies one per transport): the peer is set there once, not per message
@@ -260,10 +285,13 @@ class PeerIO(PeerAPI):
                 if not core.decoding:  # _feed, inline: the whole message
                     self._process(frames)
                     backlog = core.control_backlog
-                    if backlog + transport.buffered() > self._max_backlog:
-                        self._serve_less_soon(transport)
-                    if backlog >= _EARLY_FLUSH:
-                        self._flush()  # a long read: the peer starts on this part meanwhile
+                    # A message that made no output (an answer to our call) adds nothing
+                    # for the peer to read: the backlog check is for those that did.
+                    if backlog or not self._fresh:
+                        if backlog + transport.buffered() > self._max_backlog:
+                            self._serve_less_soon(transport)
+                        if backlog >= _EARLY_FLUSH:
+                            self._flush()  # a long read: the peer starts on this part meanwhile
                     return
                 self._feed(transport, frames)
             else:

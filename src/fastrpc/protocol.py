@@ -776,6 +776,21 @@ class Connection:
         self.bytes_out += len(msg)
         return call_id, msg
 
+    def answer_now(self, call_id: int, payload: bytes) -> bytes | None:
+        """(Call lane) a sync handler's raw answer to call ``call_id`` as a message of
+        its own, to be written at once (the call is finished, as :meth:`send_response`
+        does; the message counted as sent, as :meth:`next_message` counts); None (and
+        nothing done) while other output waits, which the answer must follow
+        (:meth:`send_response` queues it), once closed, or with resumption on."""
+        if self.has_output() or self.closed or self.session.enabled:
+            return None
+        self._calls.reply(call_id, payload, True, False)
+        msg = self._sched.control.take()
+        self.frames_out += 1
+        self.messages_out += 1
+        self.bytes_out += len(msg)
+        return msg
+
     def _on_frames(self, frames: list[F.Frame], events: list[Event]) -> None:
         """Frames of a message after the handshake, one by one, in order."""
         # Calls and answers first: runs of stream items mostly come through _on_items.

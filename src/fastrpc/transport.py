@@ -113,9 +113,11 @@ class Reader(Protocol):
     (the peer, in fastrpc). Each method gets the transport, so that one reader can
     tell an old transport of its session from the current one."""
 
-    def message_received(self, transport: Transport, msg: Any) -> None:
+    def message_received(self, transport: Transport, msg: Any, alone: bool = False) -> None:
         """One message, in the callback that read it: str (text), or bytes,
-        bytearray or memoryview (binary; a view is valid only during the call)."""
+        bytearray or memoryview (binary; a view is valid only during the call).
+        ``alone``: the message is all of its read, and no :meth:`messages_read`
+        follows (its output may leave as soon as it is handled)."""
 
     def messages_read(self, transport: Transport) -> None:
         """The messages of one read were all given: output may leave, in one write."""
@@ -129,7 +131,7 @@ class _Ignore:
 
     __slots__ = ()
 
-    def message_received(self, transport: Transport, msg: Any) -> None:
+    def message_received(self, transport: Transport, msg: Any, alone: bool = False) -> None:
         pass
 
     def messages_read(self, transport: Transport) -> None:
@@ -637,26 +639,25 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             if self._mode != _FRAMING:
                 self.data_received(self._reads.view[:nbytes])
                 return
-            try:  # data_received, inline for the data path (every read)
-                # A read that is one whole small frame (a call, its answer) is
-                # unwrapped in one step; any other goes through the framer.
-                msg = (
-                    None
-                    if self._buf or self._parts is not None
-                    else _lone_frame(self._reads.view, nbytes, not self._client, self._max_size)
-                )
-                if msg is None:
-                    self._frames(self._reads.view[:nbytes])
-                else:
-                    reader = self._sink
-                    if reader is None:
-                        self.feed(msg)
+            # A read that is one whole small frame (a call, its answer) is unwrapped
+            # in one step and given as a message alone (its reply may leave at once,
+            # no messages_read); any other goes through the framer.
+            msg = (
+                None
+                if self._buf or self._parts is not None
+                else _lone_frame(self._reads.view, nbytes, not self._client, self._max_size)
+            )
+            reader = self._sink
+            if msg is not None and reader is not None:
+                reader.message_received(self, msg, True)
+            else:
+                try:  # data_received, inline for the data path (every read)
+                    if msg is None:
+                        self._frames(self._reads.view[:nbytes])
                     else:
-                        reader.message_received(self, msg)
-            finally:
-                reader = self._sink  # read_done, inline
-                if reader is not None:
-                    reader.messages_read(self)
+                        self.feed(msg)
+                finally:
+                    self.read_done()
             self._read_slice(nbytes)
             return
         into.got += nbytes
