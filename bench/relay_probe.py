@@ -56,7 +56,7 @@ _SHARED = (
 
 # Where both halves hook in: the transport's read callback, once a read was unwrapped
 # as one whole small frame (``lone_frame``); each puts its block before this text.
-_READ = "                if msg is None:\n                    self._frames(self._reads.view[:nbytes])\n"
+_READ = "            reader = self._sink\n            if msg is not None and reader is not None:\n"
 
 # (module, text in this tree, what the copy gets), by half.
 EDITS: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -65,17 +65,17 @@ EDITS: dict[str, tuple[tuple[str, str, str], ...]] = {
         (
             "transport",
             _READ,
-            "                if msg is not None and not self._client and msg[:1] == b'\\x02':  # relay_probe: a REQUEST\n"
-            "                    got = _relay_decode(msg, 1 << 20, 10, False)\n"
-            "                    f = got[0]\n"
-            "                    if len(got) == 1 and f.type == 2 and f.flags == 0x40:\n"
-            "                        head = f.payload\n"
-            "                        end = 1 + head[0]\n"
-            "                        if head[1:end] == b'echo':\n"
-            "                            answer = _relay_encode(3, 0x40, f.id, head[end:])\n"
-            "                            self._tcp.write(bytes((0x82, len(answer))) + answer)\n"
-            "                            self._read_slice(nbytes)\n"
-            "                            return\n" + _READ,
+            "            if msg is not None and not self._client and msg[:1] == b'\\x02':  # relay_probe: a REQUEST\n"
+            "                got = _relay_decode(msg, 1 << 20, 10, False)\n"
+            "                f = got[0]\n"
+            "                if len(got) == 1 and f.type == 2 and f.flags == 0x40:\n"
+            "                    head = f.payload\n"
+            "                    end = 1 + head[0]\n"
+            "                    if head[1:end] == b'echo':\n"
+            "                        answer = _relay_encode(3, 0x40, f.id, head[end:])\n"
+            "                        self._tcp.write(bytes((0x82, len(answer))) + answer)\n"
+            "                        self._read_slice(nbytes)\n"
+            "                        return\n" + _READ,
         ),
     ),
     "client": (
@@ -83,13 +83,13 @@ EDITS: dict[str, tuple[tuple[str, str, str], ...]] = {
         (
             "transport",
             _READ,
-            "                if msg is not None and self._client and msg[:1] == b'\\x03' and _RELAY_CALLS:  # relay_probe\n"
-            "                    got = _relay_decode(msg, 1 << 20, 10, False)  # a RESPONSE\n"
-            "                    fut = _RELAY_CALLS.pop(got[0].id, None) if len(got) == 1 else None\n"
-            "                    if fut is not None:\n"
-            "                        fut.set_result(got[0].payload)\n"
-            "                        self._read_slice(nbytes)\n"
-            "                        return\n" + _READ,
+            "            if msg is not None and self._client and msg[:1] == b'\\x03' and _RELAY_CALLS:  # relay_probe\n"
+            "                got = _relay_decode(msg, 1 << 20, 10, False)  # a RESPONSE\n"
+            "                fut = _RELAY_CALLS.pop(got[0].id, None) if len(got) == 1 else None\n"
+            "                if fut is not None:\n"
+            "                    fut.set_result(got[0].payload)\n"
+            "                    self._read_slice(nbytes)\n"
+            "                    return\n" + _READ,
         ),
         (
             "api",
