@@ -1457,6 +1457,41 @@ def test_lone_frame_is_none_for_any_other_read(codec: ModuleType) -> None:
         codec.lone_frame("text", 2, False, 100)
 
 
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 125, 65_537])
+def test_unmask_undoes_mask_frame_in_place(codec: ModuleType, size: int) -> None:
+    """unmask(data, mask): the payload of a client's frame XORed with its mask where
+    it lies (a bytearray, or a writable view into one at any offset), the bytes
+    around it untouched; twice gives back what it was."""
+    rnd = random.Random(size)
+    body = rnd.randbytes(size)
+    mask = rnd.randbytes(4)
+    frame = codec.mask_frame(body, mask)
+    masked = frame[len(frame) - size :]
+    buf = bytearray(masked)
+    assert codec.unmask(buf, mask) is None and buf == body
+    codec.unmask(buf, bytearray(mask))
+    assert buf == masked
+    around = bytearray(b"<" * 3 + masked + b">" * 5)  # a payload inside a read buffer
+    codec.unmask(memoryview(around)[3 : 3 + size], memoryview(frame)[len(frame) - size - 4 : len(frame) - size])
+    assert around == b"<" * 3 + body + b">" * 5
+
+
+def test_unmask_refuses_a_buffer_it_cannot_write_and_a_mask_not_of_4_bytes(codec: ModuleType) -> None:
+    for data in (b"abcd", memoryview(b"abcd")):
+        with pytest.raises(BufferError):
+            codec.unmask(data, b"abcd")
+    for data in ("text", 5, None):
+        with pytest.raises(TypeError):
+            codec.unmask(data, b"abcd")
+    with pytest.raises(TypeError):
+        codec.unmask(bytearray(4), 1234)
+    for mask in (b"", b"abc", b"abcde"):
+        buf = bytearray(b"payload")
+        with pytest.raises(ValueError, match="a mask is 4 bytes"):
+            codec.unmask(buf, mask)
+        assert buf == b"payload"
+
+
 def test_mask_frame_refuses_a_mask_not_of_4_bytes_and_what_is_not_bytes(codec: ModuleType) -> None:
     for mask in (b"", b"abc", b"abcde"):
         with pytest.raises(ValueError, match="a mask is 4 bytes"):

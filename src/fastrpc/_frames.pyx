@@ -15,7 +15,7 @@ Where the two differ, by design:
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport (
     PyByteArray_AS_STRING,
     PyByteArray_Check,
@@ -336,23 +336,49 @@ def unfilled(Py_ssize_t n):
 # A client's WebSocket frames (RFC 6455 5.2, 5.3).
 
 
-cdef inline void _xor_into(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
-                           const unsigned char *mask, Py_ssize_t off) noexcept:
-    """dst[i] = src[i] ^ mask[(off + i) % 4], eight bytes at a time."""
-    cdef unsigned char r[8]
-    cdef uint64_t m, x
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        r[j] = mask[(off + j) & 3]
-    memcpy(&m, r, 8)
-    while i + 8 <= n:
-        memcpy(&x, src + i, 8)  # unaligned loads and stores, as the compiler likes them
-        x ^= m
-        memcpy(dst + i, &x, 8)
-        i += 8
-    while i < n:
-        dst[i] = src[i] ^ r[i & 7]
-        i += 1
+cdef extern from *:
+    """
+    /* dst[i] = src[i] ^ mask[(off + i) % 4] (dst may be src: unmasking in place).
+       Sixteen bytes a step where the compiler has vector types (gcc, clang: SSE2 on
+       x86-64, NEON on arm64), four of them a loop pass; eight bytes a step elsewhere.
+       Loads and stores go through memcpy: unaligned, and no aliasing assumed. */
+    static inline void fastrpc_xor_into(unsigned char *dst, const unsigned char *src,
+                                        Py_ssize_t n, const unsigned char *mask,
+                                        Py_ssize_t off) {
+        unsigned char r[16];
+        Py_ssize_t i = 0;
+        int j;
+        for (j = 0; j < 16; j++) r[j] = mask[(off + j) & 3];
+    #if defined(__GNUC__) || defined(__clang__)
+        typedef unsigned long long fastrpc_v2 __attribute__((vector_size(16)));
+        fastrpc_v2 m, a, b, c, d;
+        memcpy(&m, r, 16);
+        for (; i + 64 <= n; i += 64) {
+            memcpy(&a, src + i, 16); memcpy(&b, src + i + 16, 16);
+            memcpy(&c, src + i + 32, 16); memcpy(&d, src + i + 48, 16);
+            a ^= m; b ^= m; c ^= m; d ^= m;
+            memcpy(dst + i, &a, 16); memcpy(dst + i + 16, &b, 16);
+            memcpy(dst + i + 32, &c, 16); memcpy(dst + i + 48, &d, 16);
+        }
+        for (; i + 16 <= n; i += 16) {
+            memcpy(&a, src + i, 16);
+            a ^= m;
+            memcpy(dst + i, &a, 16);
+        }
+    #else
+        uint64_t m8, x;
+        memcpy(&m8, r, 8);
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&x, src + i, 8);
+            x ^= m8;
+            memcpy(dst + i, &x, 8);
+        }
+    #endif
+        for (; i < n; i++) dst[i] = src[i] ^ r[i & 15];
+    }
+    """
+    void _xor_into "fastrpc_xor_into" (unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+                                       const unsigned char *mask, Py_ssize_t off) noexcept nogil
 
 
 def mask_frame(data, mask):
@@ -415,6 +441,26 @@ def mask_frame(data, mask):
     if off != total:
         raise ValueError("a part changed size while it was being masked")
     return frame
+
+
+def unmask(data, mask):
+    """XOR the writable buffer ``data`` in place with the 4-byte ``mask`` repeated
+    from its first byte (RFC 6455 5.3: a client's frame payload unmasked where it was
+    read, not copied)."""
+    cdef Py_buffer db, mb
+    cdef unsigned char m4[4]
+    PyObject_GetBuffer(mask, &mb, PyBUF_SIMPLE)
+    try:
+        if mb.len != 4:
+            raise ValueError(f"a mask is 4 bytes, not {mb.len}")
+        memcpy(m4, mb.buf, 4)
+    finally:
+        PyBuffer_Release(&mb)
+    PyObject_GetBuffer(data, &db, PyBUF_WRITABLE)
+    try:
+        _xor_into(<unsigned char *>db.buf, <const unsigned char *>db.buf, db.len, m4, 0)
+    finally:
+        PyBuffer_Release(&db)
 
 
 def lone_frame(data, Py_ssize_t n, bint masked, Py_ssize_t max_size):

@@ -98,6 +98,19 @@ def _xor(data: Buffer, key: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
 
 
+def unmask(data: Buffer, mask: Buffer) -> None:
+    """XOR the writable buffer ``data`` in place with the 4-byte ``mask`` repeated
+    from its first byte (RFC 6455 5.3: a client's frame payload unmasked where it was
+    read, not copied)."""
+    key = memoryview(mask).tobytes()  # (TypeError for what is not bytes-like, as compiled)
+    if len(key) != 4:
+        raise ValueError(f"a mask is 4 bytes, not {len(key)}")
+    view = memoryview(data).cast("B")
+    if view.readonly:
+        raise BufferError("Object is not writable.")  # as PyObject_GetBuffer says it
+    view[:] = _xor(view, key)
+
+
 def lone_frame(data: Buffer, n: int, masked: bool, max_size: int) -> bytes | None:
     """The payload of ``data[:n]`` when those bytes are one whole final binary
     WebSocket frame of under 126 bytes (a call's or an answer's read), masked (RFC

@@ -76,6 +76,7 @@ payload_cost = _codec.payload_cost
 take_items = _codec.take_items
 take_run = _codec.take_run
 unfilled = _codec.unfilled
+unmask = _codec.unmask
 varint_size = _codec.varint_size
 
 __all__ = [
@@ -131,5 +132,6 @@ __all__ = [
     "take_items",
     "take_run",
     "unfilled",
+    "unmask",
     "varint_size",
 ]

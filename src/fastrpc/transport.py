@@ -65,7 +65,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 
 from .budget import PingLimit
 from .frames import lone_frame as _lone_frame
-from .frames import mask_frame, unfilled
+from .frames import mask_frame, unfilled, unmask
 from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
 from .static import HttpResponse
@@ -788,15 +788,19 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                     ((b0 == 0x82 or b0 == 0x81) and self._parts is None) or (b0 == 0x89 and length <= 125)
                 ):
                     start = pos + head
+                    payload: bytes | None = None
                     if masked:
-                        payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
-                    elif b0 == 0x82:
-                        # Fed as a view of the read buffer, held by no local (the buffer
-                        # is resized below): its receiver copies what it keeps.
-                        pos = end
-                        self.feed(view[start:end])
-                        continue
-                    else:
+                        if view.readonly:  # bytes given whole (what followed the handshake)
+                            payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                        else:  # unmasked where it was read, not into a copy
+                            unmask(view[start:end], view[start - 4 : start])
+                    if payload is None:
+                        if b0 == 0x82:
+                            # Fed as a view of the read buffer, held by no local (the
+                            # buffer is resized below): its receiver copies what it keeps.
+                            pos = end
+                            self.feed(view[start:end])
+                            continue
                         payload = view[start:end].tobytes()
                     pos = end
                     if b0 == 0x82:
@@ -852,11 +856,12 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                 return  # failed or closed meanwhile
             # _direct's frame: its own bytearray, delivered itself.
             data: bytearray | memoryview = into.view if into.lent is not None else into.view.obj  # type: ignore[assignment]
-            payload = data if into.mask is None else apply_mask(data, into.mask)
+            if into.mask is not None:
+                unmask(data, into.mask)  # where it was read, not into a copy
             if into.op == 0x82:
-                self.feed(payload)
+                self.feed(data)
             else:
-                self._text(bytes(payload))
+                self._text(bytes(data))
         finally:
             if into.lent is not None:
                 self._reads.give_back(into.lent)
