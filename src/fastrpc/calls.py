@@ -350,7 +350,10 @@ class CallTable:
             if end > len(data):
                 raise ProtocolError("truncated method name")
             name = data[pos:end]
-            method = _NAMES.get(name) or _method_name(name)
+            try:
+                method = _NAMES.get(name) or _method_name(name)
+            except (TypeError, ValueError):  # a view of a large frame's own buffer: not hashable
+                method = _method_name(name)
             payload = data[end:]
             deadline = None
         budget = self.budget
