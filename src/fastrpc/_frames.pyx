@@ -381,16 +381,9 @@ cdef extern from *:
                                        const unsigned char *mask, Py_ssize_t off) noexcept nogil
 
 
-def mask_frame(data, mask):
-    """A client's final binary WebSocket frame, whole: its header, the 4-byte
-    ``mask`` and ``data`` masked with it, in one ``bytes`` (one copy of the payload,
-    one write). ``data``: a bytes-like object, or a list of them sent as one
-    message (their bytes in order, not joined first)."""
-    cdef Py_buffer mb, pb
-    cdef Py_ssize_t total = 0, head, off, k, count
-    cdef list parts
-    cdef unsigned char m4[4]
-    cdef unsigned char *out
+cdef int _mask_of(mask, unsigned char *m4) except -1:
+    """Copy the 4-byte ``mask`` (any bytes-like object) into ``m4``."""
+    cdef Py_buffer mb
     PyObject_GetBuffer(mask, &mb, PyBUF_SIMPLE)
     try:
         if mb.len != 4:
@@ -398,6 +391,20 @@ def mask_frame(data, mask):
         memcpy(m4, mb.buf, 4)
     finally:
         PyBuffer_Release(&mb)
+    return 0
+
+
+def mask_frame(data, mask):
+    """A client's final binary WebSocket frame, whole: its header, the 4-byte
+    ``mask`` and ``data`` masked with it, in one ``bytes`` (one copy of the payload,
+    one write). ``data``: a bytes-like object, or a list of them sent as one
+    message (their bytes in order, not joined first)."""
+    cdef Py_buffer pb
+    cdef Py_ssize_t total = 0, head, off, k, count
+    cdef list parts
+    cdef unsigned char m4[4]
+    cdef unsigned char *out
+    _mask_of(mask, m4)
     if PyBytes_CheckExact(data) and PyBytes_GET_SIZE(data) < 126:  # a call, an answer
         total = PyBytes_GET_SIZE(data)
         frame = PyBytes_FromStringAndSize(NULL, 6 + total)
@@ -447,15 +454,9 @@ def unmask(data, mask):
     """XOR the writable buffer ``data`` in place with the 4-byte ``mask`` repeated
     from its first byte (RFC 6455 5.3: a client's frame payload unmasked where it was
     read, not copied)."""
-    cdef Py_buffer db, mb
+    cdef Py_buffer db
     cdef unsigned char m4[4]
-    PyObject_GetBuffer(mask, &mb, PyBUF_SIMPLE)
-    try:
-        if mb.len != 4:
-            raise ValueError(f"a mask is 4 bytes, not {mb.len}")
-        memcpy(m4, mb.buf, 4)
-    finally:
-        PyBuffer_Release(&mb)
+    _mask_of(mask, m4)
     PyObject_GetBuffer(data, &db, PyBUF_WRITABLE)
     try:
         _xor_into(<unsigned char *>db.buf, <const unsigned char *>db.buf, db.len, m4, 0)
