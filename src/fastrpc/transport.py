@@ -788,13 +788,11 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                     ((b0 == 0x82 or b0 == 0x81) and self._parts is None) or (b0 == 0x89 and length <= 125)
                 ):
                     start = pos + head
-                    payload: bytes | None = None
-                    if masked:
-                        if view.readonly:  # bytes given whole (what followed the handshake)
-                            payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
-                        else:  # unmasked where it was read, not into a copy
+                    if masked and view.readonly:  # bytes given whole (what followed the handshake)
+                        payload = apply_mask(view[start:end], view[start - 4 : start])  # type: ignore[arg-type]
+                    else:
+                        if masked:  # unmasked where it was read, not into a copy
                             unmask(view[start:end], view[start - 4 : start])
-                    if payload is None:
                         if b0 == 0x82:
                             # Fed as a view of the read buffer, held by no local (the
                             # buffer is resized below): its receiver copies what it keeps.
