@@ -25,6 +25,13 @@ the reply is written inside it). The hooks wrap a few private functions of each
 library (``fastrpc.transport._Wire``, the benchmark's own picows and TCP peers):
 a probe of this tree, not an API. The hooks cost each library the same few
 hundred nanoseconds. Server on CPU 0, client on CPU 1, as ``compare.py`` pins them.
+
+``--spin server|client|both`` keeps that side's event loop from ever sleeping (a
+callback that schedules itself, so each pass polls the socket without blocking):
+its CPU never idles, so a write to it wakes no sleeping CPU and its read starts with
+warm caches. Not how any library runs; it splits a call's time into the work of the
+two sides and the cost of waking them (bench/README.md, "Where a sequential call's
+time goes").
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ import uvloop, peers, critical_path as cp
 log = cp.hook({lib!r}, "server")
 mod = peers.load({lib!r})
 async def main():
+    if {spin}:
+        cp.keep_busy()
     port, stop = await mod.start_server()
     print(port, flush=True)
     loop = asyncio.get_running_loop()
@@ -115,6 +124,17 @@ def _wrap_write(cls: type, name: str, log: list[tuple[str, int]]) -> None:
             log.append(("W", _ns()))
 
     setattr(cls, name, write)
+
+
+def keep_busy() -> None:
+    """Keep the running loop from sleeping: a callback that schedules itself makes
+    every pass poll with a zero timeout (``--spin``)."""
+    loop = asyncio.get_running_loop()
+
+    def again() -> None:
+        loop.call_soon(again)
+
+    again()
 
 
 def hook(lib: str, side: str) -> list[tuple[str, int]]:
@@ -182,8 +202,12 @@ def summarise(log: list[tuple[str, int]]) -> dict[str, float]:
     }
 
 
-async def _client(mod: Any, port: int, server: subprocess.Popen[str], lib: str, n: int) -> dict[str, Any]:
+async def _client(
+    mod: Any, port: int, server: subprocess.Popen[str], lib: str, n: int, spin: bool = False
+) -> dict[str, Any]:
     log = hook(lib, "client")
+    if spin:
+        keep_busy()
     client = mod.Client(port)
     await client.connect()
     if lib == "picows":
@@ -216,19 +240,20 @@ async def _client(mod: Any, port: int, server: subprocess.Popen[str], lib: str, 
         await asyncio.wait_for(client.close(), 10)
 
 
-def _one(lib: str, src: str, n: int) -> None:
+def _one(lib: str, src: str, n: int, spin: str = "none") -> None:
     """(child) One library: its server in a grandchild on CPU 0, its client here on CPU 1."""
     sys.path.insert(0, HERE)
     sys.path.insert(1, src)
     pin = hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
     name = "fastrpc" if lib == "fastrpc-base" else lib
-    code = _SERVER.format(bench=HERE, src=src, lib=name, pin=pin)
+    code = _SERVER.format(bench=HERE, src=src, lib=name, pin=pin, spin=spin in ("server", "both"))
     import peers
     import uvloop
 
     with peers.server_child(lib, code, pin, stdin=True) as (server, port):
         mod = peers.load(name)
-        r = uvloop.run(asyncio.wait_for(_client(mod, port, server, name, n), 300))
+        client = _client(mod, port, server, name, n, spin in ("client", "both"))
+        r = uvloop.run(asyncio.wait_for(client, 300))
         print(json.dumps(r))
 
 
@@ -238,11 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=20_000, help="calls a run (best of three)")
     ap.add_argument("--baseline", help="another checkout: its src/ is fastrpc-base's")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument(
+        "--spin",
+        choices=("none", "server", "client", "both"),
+        default="none",
+        help="keep that side's loop from sleeping: no wake-up costs (see the docstring)",
+    )
     args = ap.parse_args(argv)
     libs = args.libs.split(",")
     if args.baseline and "fastrpc-base" not in libs:
         libs.insert(1, "fastrpc-base")
-    print(f"sequential calls of 16 bytes, {args.n:,} a run, best of three; medians in us")
+    spinning = "" if args.spin == "none" else f"; {args.spin} spinning (--spin)"
+    print(f"sequential calls of 16 bytes, {args.n:,} a run, best of three; medians in us{spinning}")
     print(
         f"  {'library':<13} {'calls/s':>8} {'us/call':>8} | {'server: read->write':>19} {'write':>6}"
         f" {'handling':>8} | {'client: read->write':>19} {'write':>6} {'handling':>8} | {'both sides':>10}"
@@ -251,12 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     for lib in libs:
         src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
         out = subprocess.run(
-            [sys.executable, __file__, "--one", lib, src, str(args.n)], capture_output=True, text=True, timeout=600
+            [sys.executable, __file__, "--one", lib, src, str(args.n), args.spin],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if out.returncode:
             print(f"  {lib:<13} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
         r = results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
+        r["spin"] = args.spin
         s, c = r["server"], r["client"]
         print(
             f"  {lib:<13} {r['calls_per_s']:>8,.0f} {r['us_per_call']:>8.2f} | {s['read_to_write']:>19.2f}"
@@ -271,6 +307,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        _one(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        _one(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
     else:
         sys.exit(main())
