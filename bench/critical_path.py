@@ -126,12 +126,16 @@ def _wrap_write(cls: type, name: str, log: list[tuple[str, int]]) -> None:
     setattr(cls, name, write)
 
 
+_spins = [0]  # loop passes made by keep_busy's callback (reported: the spin happened)
+
+
 def keep_busy() -> None:
     """Keep the running loop from sleeping: a callback that schedules itself makes
     every pass poll with a zero timeout (``--spin``)."""
     loop = asyncio.get_running_loop()
 
     def again() -> None:
+        _spins[0] += 1
         loop.call_soon(again)
 
     again()
@@ -199,6 +203,7 @@ def summarise(log: list[tuple[str, int]]) -> dict[str, float]:
         "read_handling": med(handling),
         "read_to_read": med(cycle),
         "reads": len(cycle) + 1 if read is not None else 0,
+        "spin_passes": _spins[0],
     }
 
 

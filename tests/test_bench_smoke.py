@@ -232,22 +232,27 @@ def test_sides_smoke() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_critical_path_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spin", ["none", "both"])
+def test_critical_path_smoke(tmp_path: Path, spin: str) -> None:
     # bench/critical_path.py: each side's read -> write of a sequential call; a tiny
-    # run of fastrpc and the raw TCP echo (its hooks on each are what may break).
+    # run of fastrpc and the raw TCP echo (its hooks on each are what may break),
+    # as measured and with both loops kept from sleeping (--spin).
     out = tmp_path / "crit.json"
-    proc = _bench_tool("critical_path.py", ["--libs", "fastrpc,tcp", "--n", "200", "--json", str(out)])
+    args = ["--libs", "fastrpc,tcp", "--n", "200", "--spin", spin, "--json", str(out)]
+    proc = _bench_tool("critical_path.py", args)
     assert "failed" not in proc.stdout, proc.stdout
     figures = json.loads(out.read_text())
     assert set(figures) == {"fastrpc", "tcp"}, figures
     for lib, r in figures.items():
-        assert r["calls_per_s"] > 0, (lib, r)
+        assert r["calls_per_s"] > 0 and r["spin"] == spin, (lib, r)
         for side in ("server", "client"):
             s = r[side]
             # every call was read and answered: one read a call, each followed by a write
             assert s["reads"] >= 200, (lib, side, s)
             assert 0 < s["read_to_write"] < s["read_to_read"], (lib, side, s)
             assert s["write_call"] > 0 and s["read_handling"] > 0, (lib, side, s)
+            # --spin: the side's loop made passes of its own between the calls
+            assert (s["spin_passes"] > s["reads"]) if spin == "both" else (s["spin_passes"] == 0), (lib, side, s)
 
 
 def _probe(name: str = "compile_probe") -> Any:
