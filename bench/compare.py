@@ -120,7 +120,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 ALIASES = {"memory": ["memory_conn", "memory_stream", "memory_stream_call"]}
 BASE = "fastrpc-base"  # only with --baseline DIR
-ALL_LIBS = [lib for lib in peers.LIBS if lib != BASE]
+POLL = "fastrpc-poll"  # busy_poll on: only when --libs names it
+ALL_LIBS = [lib for lib in peers.LIBS if lib not in (BASE, POLL)]
 
 # fastrpc's targets: (scenario, peer or None for an absolute figure, kind, bound)
 TARGETS = [
@@ -163,7 +164,7 @@ def use_sources(baseline: str | None) -> None:
     "fastrpc" and "fastrpc-pure" (whatever the parent or site-packages has), the
     baseline checkout's src for "fastrpc-base"."""
     if os.path.isdir(os.path.join(SRC, "fastrpc")):
-        for lib in ("fastrpc", "fastrpc-pure"):
+        for lib in ("fastrpc", "fastrpc-pure", POLL):
             peers.LIBS[lib].src = SRC
     if baseline is not None:
         peers.LIBS[BASE].src = os.path.join(os.path.abspath(baseline), "src")

@@ -3,6 +3,9 @@
 
     python bench/critical_path.py [--libs fastrpc,picows,tcp] [--n N] [--baseline DIR]
 
+``--libs`` takes fastrpc, fastrpc-base (with ``--baseline``), fastrpc-poll (this tree
+with ``busy_poll`` on both sides: fastrpc.polling), picows and tcp.
+
 A sequential call is a relay: the client writes, the server reads, works, writes,
 the client reads, works, writes the next call. Only the work between a side's read
 and its next write holds the relay up; what a side does after its write overlaps
@@ -165,7 +168,7 @@ def hook(lib: str, side: str) -> list[tuple[str, int]]:
         _wrap_read(tcp._Framed, "data_received", log)
         _wrap_write(tcp._Framed, "send", log)
     else:
-        raise ValueError(f"{lib}: no hooks for it (fastrpc, fastrpc-base, picows, tcp)")
+        raise ValueError(f"{lib}: no hooks for it (fastrpc, fastrpc-base, fastrpc-poll, picows, tcp)")
     return log
 
 
@@ -250,7 +253,7 @@ def _one(lib: str, src: str, n: int, spin: str = "none") -> None:
     sys.path.insert(0, HERE)
     sys.path.insert(1, src)
     pin = hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
-    name = "fastrpc" if lib == "fastrpc-base" else lib
+    name = "fastrpc" if lib in ("fastrpc-base", "fastrpc-poll") else lib
     code = _SERVER.format(bench=HERE, src=src, lib=name, pin=pin, spin=spin in ("server", "both"))
     import peers
     import uvloop
@@ -260,6 +263,13 @@ def _one(lib: str, src: str, n: int, spin: str = "none") -> None:
         client = _client(mod, port, server, name, n, spin in ("client", "both"))
         r = uvloop.run(asyncio.wait_for(client, 300))
         print(json.dumps(r))
+
+
+def _peers() -> Any:
+    sys.path.insert(0, HERE)
+    import peers
+
+    return peers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for lib in libs:
         src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
+        # fastrpc-poll: this tree with busy_poll on both sides (its environment says so)
+        env = {**os.environ, **_peers().LIBS[lib].env} if lib == "fastrpc-poll" else None
         out = subprocess.run(
             [sys.executable, __file__, "--one", lib, src, str(args.n), args.spin],
+            env=env,
             capture_output=True,
             text=True,
             timeout=600,

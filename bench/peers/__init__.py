@@ -81,6 +81,14 @@ LIBS: dict[str, Lib] = {
     # Another checkout of fastrpc (compare.py --baseline DIR sets its src): the same
     # adapter (peers/fastrpc.py) over that tree's fastrpc, for same-run before/after.
     "fastrpc-base": Lib("fastrpc", ("websockets", "msgspec"), _FASTRPC, {"FASTRPC_NO_EXTENSIONS": "0"}),
+    # This tree's fastrpc with busy_poll=50 us on the server and the calls' client
+    # (fastrpc.polling): the call rows only, and only when asked for (not in "all").
+    "fastrpc-poll": Lib(
+        "fastrpc",
+        ("fastrpc", "websockets", "msgspec"),
+        ("seq_calls", "inflight_calls"),
+        {"FASTRPC_NO_EXTENSIONS": "0", "BENCH_BUSY_POLL": "50e-6"},
+    ),
     "websockets": Lib("websockets_raw", ("websockets",), (*THROUGHPUT, *FANOUT, *MEMORY_CONN)),
     "picows": Lib("picows", ("picows",), (*THROUGHPUT, *MEMORY_CONN)),
     # The floor: an asyncio Protocol echo over raw TCP (no WebSocket).

@@ -7,6 +7,9 @@ Default settings throughout. Run as "fastrpc" (the compiled codec when it is bui
 The fan-out rows use topics (``server.publish`` / ``peer.subscribe``, the API for
 it); ``BENCH_FANOUT_API=stream`` measures instead a streaming method per connection
 drained from its own ``asyncio.Queue`` (user code, no offsets, no resume).
+
+``BENCH_BUSY_POLL=seconds`` gives ``busy_poll`` (fastrpc.polling) to the server and
+the calls' client: the "fastrpc-poll" library of ``critical_path.py`` and ``compare.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ FEED = "feed"  # the fan-out scenarios' topic
 FANOUT_API = os.environ.get("BENCH_FANOUT_API", "topics")
 if FANOUT_API not in ("topics", "stream"):
     raise ValueError(f"BENCH_FANOUT_API={FANOUT_API!r}: use topics or stream")
+# Options for the server and the calls' client: busy_poll when BENCH_BUSY_POLL is set.
+_POLL: dict[str, Any] = {"busy_poll": float(os.environ["BENCH_BUSY_POLL"])} if os.environ.get("BENCH_BUSY_POLL") else {}
 
 
 def info() -> dict[str, Any]:
@@ -104,7 +109,7 @@ def _router() -> fastrpc.Router:
 
 
 async def start_server() -> tuple[int, Any]:
-    server = await fastrpc.serve(_router(), HOST, 0).start()
+    server = await fastrpc.serve(_router(), HOST, 0, **_POLL).start()
     return server.port, server.close
 
 
@@ -114,7 +119,7 @@ class Client:
         self.peer: fastrpc.RpcPeer | None = None
 
     async def connect(self) -> None:
-        self.peer = await fastrpc.connect(self.url)
+        self.peer = await fastrpc.connect(self.url, **_POLL)
 
     async def close(self) -> None:
         assert self.peer is not None

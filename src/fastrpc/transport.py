@@ -17,7 +17,9 @@ Two implementations of one :class:`Transport` interface:
   ``authenticate``: ``start_server(http=, hook=)``) runs here too, reading paused.
 ``notsent_lowat`` (bytes; default None: off), given to ``serve`` / ``connect`` with the
 other WebSocket options, sets TCP_NOTSENT_LOWAT on the data path's sockets: for slow
-links, where urgency should decide what leaves next (bench/priority.py).
+links, where urgency should decide what leaves next (bench/priority.py). ``busy_poll``
+(seconds; default None: off) keeps the loop polling for that long after each write on
+the data path instead of sleeping (:mod:`fastrpc.polling`).
 
 * the library's own asyncio connection (``_Library``), used when the caller passes a
   websockets option the data path does not implement (``process_request``, extra
@@ -68,6 +70,7 @@ from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled, unmask
 from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
+from .polling import arming, busy_poll_option
 from .static import HttpResponse
 
 __all__ = [
@@ -91,6 +94,7 @@ MAX_FRAGMENTS = 4096  # WebSocket fragments of one message (websockets' own cap)
 # websockets options the data path implements; any other selects the library's connection.
 _WIRE_OPTIONS = {"compression", "max_size", "ping_interval", "ping_timeout", "write_limit", "max_queue"}
 _WIRE_OPTIONS |= {"open_timeout", "close_timeout", "ssl", "notsent_lowat", "max_ping_rate", "subprotocols"}
+_WIRE_OPTIONS |= {"busy_poll"}
 # A fastrpc client offers this subprotocol; a server agrees to it when offered, and
 # then knows the client speaks the binary protocol (no JSON-mode guess: server.py).
 SUBPROTOCOL = "fastrpc"
@@ -552,6 +556,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_ping_timer",
         "_pinged",
         "_pings",
+        "_poll",
         "_pong_due",
         "_raw_head",
         "_reads",
@@ -574,6 +579,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         max_ping_rate: float | None = None,
         hook: WireHook | None = None,
         home: set[_Wire] | None = None,
+        busy_poll: float | None = None,
     ) -> None:
         Transport.__init__(self, max_queue)
         self._hook = hook
@@ -593,6 +599,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._on_open = on_open
         loop = asyncio.get_running_loop()
+        self._poll = arming(loop, busy_poll)  # called after each write (busy_poll)
         self._opened: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()
         self._drain: asyncio.Future[None] | None = None
@@ -1120,6 +1127,9 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             tcp.write(bytes((_BINARY_FIN, len(msg))) + msg)
         else:
             self._write(msg)
+            return True
+        if self._poll is not None:
+            self._poll()  # busy_poll: the reply is read without a wake-up
         return True
 
     def _write(self, msg: bytes) -> None:
@@ -1130,6 +1140,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             tcp.write(_header(len(msg), 0) + msg)
         else:
             tcp.writelines((_header(len(msg), 0), msg))
+        if self._poll is not None:
+            self._poll()
 
     def writes_parts(self) -> bool:
         return True
@@ -1145,10 +1157,12 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         if self._client:
             # Masked into the frame as they are: one copy of each, not a join first.
             self._tcp.write(mask_frame(parts, next(_MASKS)[0]))
-            return
-        # The header, then the parts as they are: uvloop writes them in one writev
-        # (and keeps what the socket did not take by reference).
-        self._tcp.writelines((_header(sum(map(len, parts)), 0), *parts))
+        else:
+            # The header, then the parts as they are: uvloop writes them in one writev
+            # (and keeps what the socket did not take by reference).
+            self._tcp.writelines((_header(sum(map(len, parts)), 0), *parts))
+        if self._poll is not None:
+            self._poll()
 
     async def send_parts(self, parts: list[bytes]) -> None:
         if self._ws.state is not _OPEN:
@@ -1354,11 +1368,13 @@ def _wire_ok(options: dict[str, Any]) -> bool:
     # The data path's alone: websockets' own connection answers every PING.
     options.pop("notsent_lowat", None)
     options.pop("max_ping_rate", None)
+    options.pop("busy_poll", None)
     return False
 
 
 async def open_connection(url: str, **options: Any) -> Transport:
     """Open a client connection to ``url`` (raises one of OPEN_FAILED)."""
+    busy_poll = busy_poll_option(options.get("busy_poll"))  # checked on either path
     if not _wire_ok(options):
         return _Library(await _ws_connect(url, **options), options.get("max_queue"))
     uri = parse_uri(url)
@@ -1373,6 +1389,7 @@ async def open_connection(url: str, **options: Any) -> Transport:
         max_size=options.get("max_size", 1 << 20),
         notsent_lowat=options.get("notsent_lowat"),
         max_ping_rate=options.get("max_ping_rate", MAX_PING_RATE),
+        busy_poll=busy_poll,
     )
     ssl = options.get("ssl", True if uri.secure else None)
     tcp, _ = await asyncio.wait_for(
@@ -1437,6 +1454,7 @@ async def start_server(
     option; ``hook(connection, request)`` (the server's authenticate). A
     ``process_request`` option, like any option the data path does not implement,
     puts the connections on websockets' own server."""
+    busy_poll = busy_poll_option(options.get("busy_poll"))  # checked on either path
     server = WebSocketServer()
     loop = asyncio.get_running_loop()
     before = options.get("process_request")
@@ -1498,6 +1516,7 @@ async def start_server(
             max_ping_rate=options.get("max_ping_rate", MAX_PING_RATE),
             hook=first if hooked else None,
             home=wires,
+            busy_poll=busy_poll,
         )
         wires.add(wire)
         if open_timeout is not None:
