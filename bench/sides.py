@@ -2,6 +2,8 @@
 """CPU per operation on each side of a call, each split into user and system time.
 
     python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight,bulk,small]
+
+(``--libs`` also takes fastrpc-poll: this tree with ``busy_poll`` on both sides.)
                           [--baseline DIR] [--n-seq N] [--n-inflight N] [--n-bulk N]
                           [--n-small N]
                           [--one-cpu]
@@ -114,7 +116,7 @@ async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str
 
 def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dict[str, float]:
     """Start ``lib``'s server (importing fastrpc from ``src``), measure, stop it."""
-    name = "fastrpc" if lib == "fastrpc-base" else lib
+    name = "fastrpc" if lib in ("fastrpc-base", "fastrpc-poll") else lib
     pin = _can_pin()
     code = _SERVER.format(bench=HERE, src=src, lib=name, cpu=1 if one_cpu else 0, pin=pin)
     import peers  # this process: bench/ and src/ are on sys.path (_one)
@@ -123,6 +125,16 @@ def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dic
     with peers.server_child(lib, code, pin) as (server, port):
         mod = peers.load(name)
         return uvloop.run(asyncio.wait_for(_measure(mod, port, server.pid, what, n), 600))
+
+
+def _env(lib: str) -> dict[str, str] | None:
+    """fastrpc-poll: this tree with busy_poll on both sides (its environment says so)."""
+    if lib != "fastrpc-poll":
+        return None
+    sys.path.insert(0, HERE)
+    import peers
+
+    return {**os.environ, **peers.LIBS[lib].env}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
             out = subprocess.run(
                 [sys.executable, __file__, "--one", lib, src, what, str(n), "one" if args.one_cpu else "two"],
+                env=_env(lib),
                 capture_output=True,
                 text=True,
                 timeout=900,

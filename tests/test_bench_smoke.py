@@ -238,11 +238,11 @@ def test_critical_path_smoke(tmp_path: Path, spin: str) -> None:
     # run of fastrpc and the raw TCP echo (its hooks on each are what may break),
     # as measured and with both loops kept from sleeping (--spin).
     out = tmp_path / "crit.json"
-    args = ["--libs", "fastrpc,tcp", "--n", "200", "--spin", spin, "--json", str(out)]
+    args = ["--libs", "fastrpc,fastrpc-poll,tcp", "--n", "200", "--spin", spin, "--json", str(out)]
     proc = _bench_tool("critical_path.py", args)
     assert "failed" not in proc.stdout, proc.stdout
     figures = json.loads(out.read_text())
-    assert set(figures) == {"fastrpc", "tcp"}, figures
+    assert set(figures) == {"fastrpc", "fastrpc-poll", "tcp"}, figures
     for lib, r in figures.items():
         assert r["calls_per_s"] > 0 and r["spin"] == spin, (lib, r)
         for side in ("server", "client"):
