@@ -401,3 +401,25 @@ def test_serve_workers() -> None:
             proc.kill()
             proc.communicate(timeout=5)
     assert proc.returncode == 0
+
+
+def test_busy_poll_reaches_the_server_and_the_clients() -> None:
+    from fastrpc.cli import _parser
+    from fastrpc.cli.commands import _client_options
+
+    args = _parser().parse_args(["ping", "ws://127.0.0.1:1", "--busy-poll", "50e-6"])
+    assert _client_options(args)["busy_poll"] == 50e-6
+    args = _parser().parse_args(["call", "ws://127.0.0.1:1", "add", "1"])
+    assert _client_options(args)["busy_poll"] is None  # off unless asked for
+    assert _parser().parse_args(["serve", "m:a", "--busy-poll", "0.001"]).busy_poll == 0.001
+    for bad in ("-1", "2", "nan", "fast"):
+        proc = cli("ping", "ws://127.0.0.1:9", "--busy-poll", bad)
+        assert proc.returncode == 2 and "--busy-poll" in proc.stderr, proc.stderr
+    proc = cli("serve", "_cli_app:router", "--workers", "2", "--busy-poll", "0.001", cwd=str(HERE))
+    assert proc.returncode == 2 and "--busy-poll cannot be used with --workers" in proc.stderr, proc.stderr
+
+    with serving("_cli_app:router", "--busy-poll", "50e-6") as (url, _):
+        proc = cli("call", url, "add", "1", "2", "--busy-poll", "50e-6")
+        assert (proc.returncode, proc.stdout) == (0, "3\n"), proc.stderr
+        proc = cli("ping", url, "-c", "2", "-i", "0", "--busy-poll", "50e-6")
+        assert proc.returncode == 0 and len(re.findall(r"^pong from ", proc.stdout, re.M)) == 2, proc.stderr

@@ -144,7 +144,7 @@ def _server_ssl(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 async def _serve(args: argparse.Namespace, out: TextIO) -> None:
     target = load_target(args.target)
-    options: dict[str, Any] = {"introspection": not args.no_introspection}
+    options: dict[str, Any] = {"introspection": not args.no_introspection, "busy_poll": args.busy_poll}
     context = _server_ssl(args.ssl_cert, args.ssl_key)
     if context is not None:
         options["ssl"] = context
@@ -184,7 +184,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers or args.broker or args.distinct_ports:
         # Worker processes (fastrpc.workers): they serve the target plain (no TLS,
         # static files or options of this command but --no-introspection's default).
-        unsupported = [f for f in ("ssl_cert", "static", "no_introspection") if getattr(args, f)]
+        unsupported = [f for f in ("ssl_cert", "static", "no_introspection", "busy_poll") if getattr(args, f)]
         if unsupported:
             names = ", ".join("--" + f.replace("_", "-") for f in unsupported)
             print(f"fastrpc serve: {names} cannot be used with --workers/--broker (yet)", file=sys.stderr)
@@ -208,7 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"keepalive_interval": None}
+    options: dict[str, Any] = {"keepalive_interval": None, "busy_poll": args.busy_poll}
     if args.cafile is not None:
         options["ssl"] = ssl.create_default_context(cafile=args.cafile)
     return options
