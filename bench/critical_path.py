@@ -52,6 +52,9 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 _ns = time.perf_counter_ns
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import peers  # noqa: E402 - imports none of the measured libraries
 
 _SERVER = """
 import asyncio, json, os, sys
@@ -250,12 +253,10 @@ async def _client(
 
 def _one(lib: str, src: str, n: int, spin: str = "none") -> None:
     """(child) One library: its server in a grandchild on CPU 0, its client here on CPU 1."""
-    sys.path.insert(0, HERE)
-    sys.path.insert(1, src)
+    sys.path.insert(1, src)  # after bench/ (peers), before an installed fastrpc
     pin = hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
     name = "fastrpc" if lib in ("fastrpc-base", "fastrpc-poll") else lib
     code = _SERVER.format(bench=HERE, src=src, lib=name, pin=pin, spin=spin in ("server", "both"))
-    import peers
     import uvloop
 
     with peers.server_child(lib, code, pin, stdin=True) as (server, port):
@@ -263,13 +264,6 @@ def _one(lib: str, src: str, n: int, spin: str = "none") -> None:
         client = _client(mod, port, server, name, n, spin in ("client", "both"))
         r = uvloop.run(asyncio.wait_for(client, 300))
         print(json.dumps(r))
-
-
-def _peers() -> Any:
-    sys.path.insert(0, HERE)
-    import peers
-
-    return peers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,11 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for lib in libs:
         src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
-        # fastrpc-poll: this tree with busy_poll on both sides (its environment says so)
-        env = {**os.environ, **_peers().LIBS[lib].env} if lib == "fastrpc-poll" else None
         out = subprocess.run(
             [sys.executable, __file__, "--one", lib, src, str(args.n), args.spin],
-            env=env,
+            env=peers.environment(lib),  # fastrpc-poll's busy_poll, fastrpc-pure's codec
             capture_output=True,
             text=True,
             timeout=600,

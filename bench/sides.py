@@ -37,6 +37,9 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import peers  # noqa: E402 - imports none of the measured libraries
 
 _SERVER = """
 import asyncio, os, sys
@@ -119,22 +122,11 @@ def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dic
     name = "fastrpc" if lib in ("fastrpc-base", "fastrpc-poll") else lib
     pin = _can_pin()
     code = _SERVER.format(bench=HERE, src=src, lib=name, cpu=1 if one_cpu else 0, pin=pin)
-    import peers  # this process: bench/ and src/ are on sys.path (_one)
     import uvloop
 
     with peers.server_child(lib, code, pin) as (server, port):
         mod = peers.load(name)
         return uvloop.run(asyncio.wait_for(_measure(mod, port, server.pid, what, n), 600))
-
-
-def _env(lib: str) -> dict[str, str] | None:
-    """fastrpc-poll: this tree with busy_poll on both sides (its environment says so)."""
-    if lib != "fastrpc-poll":
-        return None
-    sys.path.insert(0, HERE)
-    import peers
-
-    return {**os.environ, **peers.LIBS[lib].env}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
             out = subprocess.run(
                 [sys.executable, __file__, "--one", lib, src, what, str(n), "one" if args.one_cpu else "two"],
-                env=_env(lib),
+                env=peers.environment(lib),  # fastrpc-poll's busy_poll, fastrpc-pure's codec
                 capture_output=True,
                 text=True,
                 timeout=900,
@@ -190,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one(lib: str, src: str, what: str, n: int, one_cpu: bool) -> None:
-    sys.path.insert(0, HERE)
-    sys.path.insert(1, src)
+    sys.path.insert(1, src)  # after bench/ (peers), before an installed fastrpc
     r = measure(lib, src, what, n, one_cpu)
     print(*(r[k] for k in FIELDS))
 

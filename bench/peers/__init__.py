@@ -100,6 +100,12 @@ LIBS: dict[str, Lib] = {
 }
 
 
+def environment(lib: str) -> dict[str, str]:
+    """This process's environment with ``lib``'s own on top (``Lib.env``): what a
+    child process measuring ``lib`` gets."""
+    return {**os.environ, **LIBS[lib].env}
+
+
 def load(lib: str) -> Any:
     return importlib.import_module(f"peers.{LIBS[lib].module}")
 

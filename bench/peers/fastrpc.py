@@ -9,7 +9,8 @@ it); ``BENCH_FANOUT_API=stream`` measures instead a streaming method per connect
 drained from its own ``asyncio.Queue`` (user code, no offsets, no resume).
 
 ``BENCH_BUSY_POLL=seconds`` gives ``busy_poll`` (fastrpc.polling) to the server and
-the calls' client: the "fastrpc-poll" library of ``critical_path.py`` and ``compare.py``.
+the calls' client: the "fastrpc-poll" library of ``compare.py``, ``sides.py`` and
+``critical_path.py``.
 """
 
 from __future__ import annotations
