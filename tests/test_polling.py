@@ -1,8 +1,10 @@
 """``busy_poll`` (fastrpc.polling): after a write, the loop polls for up to that long
-instead of sleeping, and then sleeps as before.
+instead of sleeping, and then sleeps as before; each connection's window follows how
+soon its reads come after its writes (``PollWindow``).
 
 What a user can see is CPU: a side that polls burns up to ``busy_poll`` of it after
-each write that no reply follows, and no more. Measured here as process CPU time:
+each write that no reply follows, and no more; a connection whose replies keep coming
+later than ``busy_poll`` stops polling after a few of them. Measured here as process CPU time:
 the test process's own for a client, ``/proc/<pid>/stat`` for a server in a child
 process (stopped by its pid). The latency it buys is measured in ``bench/``
 (``critical_path.py --libs fastrpc,fastrpc-poll``), not here.
@@ -24,7 +26,7 @@ import pytest
 from _util import QUIET, pair, run, until
 
 import fastrpc
-from fastrpc.polling import MAX_BUSY_POLL, busy_poll_option, poller
+from fastrpc.polling import MAX_BUSY_POLL, PROBE_EVERY, PollWindow, busy_poll_option, poller
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/stat")
 
@@ -155,8 +157,8 @@ def test_a_client_polls_for_its_answer_up_to_busy_poll_and_no_longer() -> None:
 def test_a_server_polls_after_its_answer_up_to_busy_poll_and_no_longer() -> None:
     async def answer_then_wait(port: int, pid: int) -> float:
         async with fastrpc.connect(f"ws://127.0.0.1:{port}", **QUIET) as peer:
-            await peer.call("echo", b"warm")
-            await asyncio.sleep(0.3)  # any poll of that answer is over
+            # The call comes right after the server's last write (its HELLO): its
+            # window is still the whole busy_poll when it answers.
             cpu = cpu_seconds(pid)
             assert await peer.call("echo", b"x") == b"x"
             await asyncio.sleep(0.6)
@@ -168,6 +170,141 @@ def test_a_server_polls_after_its_answer_up_to_busy_poll_and_no_longer() -> None
         plain = run(answer_then_wait(port, pid))
     assert 0.03 <= polled <= 0.35, polled
     assert plain <= 0.05, plain
+
+
+# ------------------------------------------------------------------ the window
+
+
+class _Clock:
+    """A PollWindow's poller, with a clock the test moves: the window's rule, exact."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.armed: list[float] = []  # seconds polled after each write (0: none)
+        self.loop = self
+
+    def time(self) -> float:
+        return self.now
+
+    def arm_until(self, until: float) -> None:
+        self.armed[-1] = round(until - self.now, 9)  # (the clock's float, not the rule)
+
+
+def _exchange(w: PollWindow, clock: _Clock, delay: float) -> float:
+    """A write, then a read ``delay`` later: what the write polled for."""
+    clock.armed.append(0.0)
+    w.wrote()
+    clock.now += delay
+    w.read()
+    clock.now += 1.0
+    return clock.armed[-1]
+
+
+def test_a_window_starts_at_busy_poll_and_stays_while_reads_come_within_it() -> None:
+    clock = _Clock()
+    w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
+    assert [_exchange(w, clock, 0.0002) for _ in range(5)] == [0.001] * 5
+    assert w.window == 0.001
+
+
+def test_reads_later_than_busy_poll_halve_the_window_then_close_it() -> None:
+    clock = _Clock()
+    w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
+    polled = [_exchange(w, clock, 0.5) for _ in range(6)]
+    # 1/16 of busy_poll is the smallest open window; the next halving closes it.
+    assert polled == [0.001, 0.0005, 0.00025, 0.000125, 0.0000625, 0.0]
+    assert w.window == 0.0
+
+
+def test_a_closed_window_probes_once_in_probe_every_writes_and_reopens_when_it_pays() -> None:
+    clock = _Clock()
+    w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
+    for _ in range(5):
+        _exchange(w, clock, 0.5)
+    assert w.window == 0.0
+    polled = [_exchange(w, clock, 0.5) for _ in range(3 * PROBE_EVERY)]
+    assert polled.count(0.001) == 3 and polled.count(0.0) == 3 * PROBE_EVERY - 3  # the probes
+    assert polled[PROBE_EVERY - 1] == 0.001  # the PROBE_EVERY-th write since the close
+    assert w.window == 0.0
+    # A probe whose read comes within busy_poll opens the window at 1.5 times its delay.
+    while _exchange(w, clock, 0.0004) == 0.0:
+        pass
+    assert w.window == pytest.approx(0.0006)
+    assert _exchange(w, clock, 0.0004) == pytest.approx(0.0006)
+
+
+def test_a_read_within_busy_poll_but_past_the_window_widens_it() -> None:
+    clock = _Clock()
+    w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
+    for _ in range(3):
+        _exchange(w, clock, 0.5)
+    assert w.window == 0.000125
+    _exchange(w, clock, 0.0002)  # 1.5 x 0.0002 beats 2 x 0.000125
+    assert w.window == pytest.approx(0.0003)
+    _exchange(w, clock, 0.00035)  # 2 x 0.0003 beats 1.5 x 0.00035
+    assert w.window == pytest.approx(0.0006)
+    _exchange(w, clock, 0.0009)  # never past busy_poll
+    assert w.window == 0.001
+
+
+def test_only_the_last_write_before_a_read_counts() -> None:
+    clock = _Clock()
+    w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
+    for _ in range(10):  # writes that no read follows (a stream going out)
+        clock.armed.append(0.0)
+        w.wrote()
+        clock.now += 0.3
+    clock.now -= 0.3 - 0.0001
+    w.read()  # 100 us after the last write: within the window
+    w.read()  # a second read, no write in between: nothing to measure
+    assert w.window == 0.001 and set(clock.armed) == {0.001}
+
+
+# ------------------------------------------------ the window over real connections
+
+
+def test_a_client_stops_polling_for_answers_that_come_later_than_busy_poll_and_resumes_for_quick_ones() -> None:
+    async def body(port: int) -> tuple[float, float, int]:
+        async with fastrpc.connect(f"ws://127.0.0.1:{port}", busy_poll=0.02, **QUIET) as peer:
+            for _ in range(6):  # 0.1 s answers: the window halves from 20 ms and closes
+                assert await peer.call("slow", 0.1) == b"done"
+            cpu = time.process_time()
+            for _ in range(10):  # 1 s of calls, one probe at most (20 ms)
+                assert await peer.call("slow", 0.1) == b"done"
+            closed = time.process_time() - cpu
+            p = poller(asyncio.get_running_loop())
+            passes = p.passes
+            for _ in range(50):  # quick answers: the window opens again (probes, then growth)
+                await peer.call("echo", b"x")
+            cpu = time.process_time()
+            await asyncio.sleep(0.3)  # the last answer's poll, then sleep
+            return closed, time.process_time() - cpu, p.passes - passes
+
+    with child_server(0) as (_, port):
+        closed, after_quick, passes = run(body(port))
+    # A window that stayed at busy_poll would burn ten times 20 ms here.
+    assert closed <= 0.06, closed
+    assert passes > 0, "no polling once the answers were quick again"
+    assert after_quick <= 0.05, after_quick
+
+
+def test_a_server_stops_polling_for_a_client_that_calls_seldom() -> None:
+    async def seldom(port: int, pid: int) -> float:
+        async with fastrpc.connect(f"ws://127.0.0.1:{port}", **QUIET) as peer:
+            for _ in range(6):  # a call every 0.2 s: each read comes 0.2 s after the answer
+                await peer.call("echo", b"x")
+                await asyncio.sleep(0.2)
+            cpu = cpu_seconds(pid)
+            for _ in range(10):
+                await peer.call("echo", b"x")
+                await asyncio.sleep(0.2)
+            return cpu_seconds(pid) - cpu
+
+    with child_server(0.05) as (pid, port):
+        used = run(seldom(port, pid), timeout=20)
+    # Polling 50 ms after each of those 10 answers would burn 0.5 s; closed, the
+    # window polls after one write in PROBE_EVERY at most.
+    assert used <= 0.15, used
 
 
 def test_calls_and_streams_are_unchanged_with_both_sides_polling() -> None:

@@ -599,7 +599,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._on_open = on_open
         loop = asyncio.get_running_loop()
-        self._poll = arming(loop, busy_poll)  # called after each write (busy_poll)
+        self._poll = arming(loop, busy_poll)  # told of each write and read (busy_poll)
         self._opened: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()
         self._drain: asyncio.Future[None] | None = None
@@ -641,6 +641,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         return self._reads.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._poll is not None:
+            self._poll.read()  # busy_poll's window follows how soon reads come
         into = self._into
         if into is None:
             if self._mode != _FRAMING:
@@ -1129,7 +1131,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             self._write(msg)
             return True
         if self._poll is not None:
-            self._poll()  # busy_poll: the reply is read without a wake-up
+            self._poll.wrote()  # busy_poll: the reply is read without a wake-up
         return True
 
     def _write(self, msg: bytes) -> None:
@@ -1141,7 +1143,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         else:
             tcp.writelines((_header(len(msg), 0), msg))
         if self._poll is not None:
-            self._poll()
+            self._poll.wrote()
 
     def writes_parts(self) -> bool:
         return True
@@ -1162,7 +1164,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             # (and keeps what the socket did not take by reference).
             self._tcp.writelines((_header(sum(map(len, parts)), 0), *parts))
         if self._poll is not None:
-            self._poll()
+            self._poll.wrote()
 
     async def send_parts(self, parts: list[bytes]) -> None:
         if self._ws.state is not _OPEN:
