@@ -1,12 +1,12 @@
 """``busy_poll`` (fastrpc.polling): after a write, the loop polls for up to that long
-instead of sleeping, and then sleeps as before; each connection's window follows how
-soon its reads come after its writes (``PollWindow``).
+instead of sleeping, and then sleeps as before; a connection whose reads keep coming
+later than that stops polling (``PollWindow``) until one comes on time.
 
 What a user can see is CPU: a side that polls burns up to ``busy_poll`` of it after
 each write that no reply follows, and no more; a connection whose replies keep coming
-later than ``busy_poll`` stops polling after a few of them. Measured here as process CPU time:
-the test process's own for a client, ``/proc/<pid>/stat`` for a server in a child
-process (stopped by its pid). The latency it buys is measured in ``bench/``
+later than ``busy_poll`` stops polling after a few of them. Measured here as process
+CPU time: the test process's own for a client, ``/proc/<pid>/stat`` for a server in a
+child process (stopped by its pid). The latency it buys is measured in ``bench/``
 (``critical_path.py --libs fastrpc,fastrpc-poll``), not here.
 """
 
@@ -26,7 +26,7 @@ import pytest
 from _util import QUIET, pair, run, until
 
 import fastrpc
-from fastrpc.polling import MAX_BUSY_POLL, PROBE_EVERY, PollWindow, busy_poll_option, poller
+from fastrpc.polling import CLOSE_AFTER, MAX_BUSY_POLL, PROBE_EVERY, PollWindow, busy_poll_option, poller
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/stat")
 
@@ -200,51 +200,43 @@ def _exchange(w: PollWindow, clock: _Clock, delay: float) -> float:
     return clock.armed[-1]
 
 
-def test_a_window_starts_at_busy_poll_and_stays_while_reads_come_within_it() -> None:
+def test_a_window_polls_for_busy_poll_after_each_write_while_reads_come_within_it() -> None:
     clock = _Clock()
     w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
-    assert [_exchange(w, clock, 0.0002) for _ in range(5)] == [0.001] * 5
-    assert w.window == 0.001
+    assert [_exchange(w, clock, d) for d in (0.0002, 0.001, 0.0, 0.0009)] == [0.001] * 4
+    assert w.open
 
 
-def test_reads_later_than_busy_poll_halve_the_window_then_close_it() -> None:
+def test_close_after_late_reads_in_a_row_close_the_window_and_a_hiccup_does_not() -> None:
     clock = _Clock()
     w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
-    polled = [_exchange(w, clock, 0.5) for _ in range(6)]
-    # 1/16 of busy_poll is the smallest open window; the next halving closes it.
-    assert polled == [0.001, 0.0005, 0.00025, 0.000125, 0.0000625, 0.0]
-    assert w.window == 0.0
+    late = [0.5] * (CLOSE_AFTER - 1)
+    polled = [_exchange(w, clock, d) for d in [*late, 0.0002, *late, 0.0002]]  # hiccups
+    assert polled == [0.001] * (2 * CLOSE_AFTER) and w.open
+    polled = [_exchange(w, clock, 0.5) for _ in range(CLOSE_AFTER + 1)]
+    assert polled == [0.001] * CLOSE_AFTER + [0.0] and not w.open
 
 
-def test_a_closed_window_probes_once_in_probe_every_writes_and_reopens_when_it_pays() -> None:
+def test_a_closed_window_probes_once_in_probe_every_writes_and_reopens_when_a_read_is_on_time() -> None:
     clock = _Clock()
     w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
-    for _ in range(5):
+    for _ in range(CLOSE_AFTER):
         _exchange(w, clock, 0.5)
-    assert w.window == 0.0
+    assert not w.open
     polled = [_exchange(w, clock, 0.5) for _ in range(3 * PROBE_EVERY)]
     assert polled.count(0.001) == 3 and polled.count(0.0) == 3 * PROBE_EVERY - 3  # the probes
     assert polled[PROBE_EVERY - 1] == 0.001  # the PROBE_EVERY-th write since the close
-    assert w.window == 0.0
-    # A probe whose read comes within busy_poll opens the window at 1.5 times its delay.
+    assert not w.open
+    # A probe whose read comes within busy_poll opens the window.
     while _exchange(w, clock, 0.0004) == 0.0:
         pass
-    assert w.window == pytest.approx(0.0006)
-    assert _exchange(w, clock, 0.0004) == pytest.approx(0.0006)
-
-
-def test_a_read_within_busy_poll_but_past_the_window_widens_it() -> None:
-    clock = _Clock()
-    w = PollWindow(clock, 0.001)  # type: ignore[arg-type]
-    for _ in range(3):
+    assert w.open and _exchange(w, clock, 0.5) == 0.001
+    # So does a read on time after a write that did not poll (quick even after a sleep).
+    for _ in range(CLOSE_AFTER):
         _exchange(w, clock, 0.5)
-    assert w.window == 0.000125
-    _exchange(w, clock, 0.0002)  # 1.5 x 0.0002 beats 2 x 0.000125
-    assert w.window == pytest.approx(0.0003)
-    _exchange(w, clock, 0.00035)  # 2 x 0.0003 beats 1.5 x 0.00035
-    assert w.window == pytest.approx(0.0006)
-    _exchange(w, clock, 0.0009)  # never past busy_poll
-    assert w.window == 0.001
+    assert not w.open
+    assert _exchange(w, clock, 0.0009) == 0.0
+    assert w.open and _exchange(w, clock, 0.0009) == 0.001
 
 
 def test_only_the_last_write_before_a_read_counts() -> None:
@@ -257,7 +249,7 @@ def test_only_the_last_write_before_a_read_counts() -> None:
     clock.now -= 0.3 - 0.0001
     w.read()  # 100 us after the last write: within the window
     w.read()  # a second read, no write in between: nothing to measure
-    assert w.window == 0.001 and set(clock.armed) == {0.001}
+    assert w.open and set(clock.armed) == {0.001}
 
 
 # ------------------------------------------------ the window over real connections
@@ -266,7 +258,7 @@ def test_only_the_last_write_before_a_read_counts() -> None:
 def test_a_client_stops_polling_for_answers_that_come_later_than_busy_poll_and_resumes_for_quick_ones() -> None:
     async def body(port: int) -> tuple[float, float, int]:
         async with fastrpc.connect(f"ws://127.0.0.1:{port}", busy_poll=0.02, **QUIET) as peer:
-            for _ in range(6):  # 0.1 s answers: the window halves from 20 ms and closes
+            for _ in range(CLOSE_AFTER + 1):  # 0.1 s answers, later than busy_poll: the window closes
                 assert await peer.call("slow", 0.1) == b"done"
             cpu = time.process_time()
             for _ in range(10):  # 1 s of calls, one probe at most (20 ms)
@@ -274,7 +266,7 @@ def test_a_client_stops_polling_for_answers_that_come_later_than_busy_poll_and_r
             closed = time.process_time() - cpu
             p = poller(asyncio.get_running_loop())
             passes = p.passes
-            for _ in range(50):  # quick answers: the window opens again (probes, then growth)
+            for _ in range(50):  # quick answers: the window opens again
                 await peer.call("echo", b"x")
             cpu = time.process_time()
             await asyncio.sleep(0.3)  # the last answer's poll, then sleep
@@ -291,7 +283,7 @@ def test_a_client_stops_polling_for_answers_that_come_later_than_busy_poll_and_r
 def test_a_server_stops_polling_for_a_client_that_calls_seldom() -> None:
     async def seldom(port: int, pid: int) -> float:
         async with fastrpc.connect(f"ws://127.0.0.1:{port}", **QUIET) as peer:
-            for _ in range(6):  # a call every 0.2 s: each read comes 0.2 s after the answer
+            for _ in range(CLOSE_AFTER + 1):  # a call every 0.2 s: each read 0.2 s after the answer
                 await peer.call("echo", b"x")
                 await asyncio.sleep(0.2)
             cpu = cpu_seconds(pid)

@@ -10,20 +10,19 @@ keeps the loop running passes that poll with a zero timeout for up to that long,
 or longer if another write extends it. Other callbacks, tasks and timers run as
 usual in those passes; when the time is up the loop sleeps as before.
 
-The cost is CPU, and each connection spends it only where it pays (:class:`PollWindow`,
-the way KVM sizes its halt-polling): it polls for its *window*, which starts at
-``busy_poll``, after each write. A read that comes later than ``busy_poll`` after the
-write (a peer that thinks, a subscriber that never answers) could not have been caught:
-the window halves, and after four such reads it is closed. A closed window polls after
-one write in :data:`PROBE_EVERY` only, for the whole ``busy_poll``, to notice a peer
-that answers quickly again. A read that comes within ``busy_poll`` but after the window
-widens it again. So a connection whose peer answers within ``busy_poll`` polls as much
-as it needs, and one whose peer does not costs at most ``busy_poll /
-PROBE_EVERY`` of CPU per write. It pays where latency matters more than an idle core,
-like Linux's ``SO_BUSY_POLL``; leave it off where CPU is shared or billed. All the
-connections of a loop share one poller: a pass costs one callback however many of them
-poll. The data path only: a connection carried by websockets' own connection (a
-websockets option the data path does not implement) does not poll.
+The cost is CPU, and each connection spends it only where it pays (:class:`PollWindow`):
+a read that comes later than ``busy_poll`` after the write before it (a peer that
+thinks, a subscriber that never answers) could not have been caught, and
+:data:`CLOSE_AFTER` such reads in a row close the connection's window. A closed
+window polls after one write in :data:`PROBE_EVERY` only, and opens again at the first
+read that comes within ``busy_poll``. So a connection whose peer answers within
+``busy_poll`` polls as before, and one whose peer does not costs at most ``busy_poll /
+PROBE_EVERY`` of CPU per write once its window has closed. It pays where latency
+matters more than an idle core, like Linux's ``SO_BUSY_POLL``; leave it off where CPU
+is shared or billed. All the connections of a loop share one poller: a pass costs one
+callback however many of them poll. The data path only: a connection carried by
+websockets' own connection (a websockets option the data path does not implement)
+does not poll.
 """
 
 from __future__ import annotations
@@ -32,11 +31,20 @@ import asyncio
 import math
 import weakref
 
-__all__ = ["MAX_BUSY_POLL", "PROBE_EVERY", "PollWindow", "Poller", "arming", "busy_poll_option", "poller"]
+__all__ = [
+    "CLOSE_AFTER",
+    "MAX_BUSY_POLL",
+    "PROBE_EVERY",
+    "PollWindow",
+    "Poller",
+    "arming",
+    "busy_poll_option",
+    "poller",
+]
 
 MAX_BUSY_POLL = 1.0  # seconds: more is a unit mistake (microseconds given as seconds)
+CLOSE_AFTER = 4  # reads in a row later than busy_poll close a connection's window
 PROBE_EVERY = 16  # a closed window still polls after one write in this many
-_CLOSE_BELOW = 1 / 16  # a window under this share of busy_poll closes (four halvings)
 
 
 def busy_poll_option(value: object) -> float | None:
@@ -107,56 +115,52 @@ def poller(loop: asyncio.AbstractEventLoop) -> Poller:
 
 
 class PollWindow:
-    """How long one connection keeps its loop polling after a write: its transport
+    """Whether one connection keeps its loop polling after a write: its transport
     calls :meth:`wrote` after each write and :meth:`read` at each read.
 
-    The window starts at ``limit`` (``busy_poll``) and follows how soon reads come
-    after writes, measured from the last write to the next read: within the window,
-    nothing changes; past it but within ``limit`` (a longer poll would have caught it),
-    the window doubles, at least to 1.5 times that delay; past ``limit`` (no poll could
-    have caught it), it halves, and closes once under ``limit / 16``. A closed window
-    polls for ``limit`` after one write in :data:`PROBE_EVERY`, so that a peer which
-    answers quickly again is noticed."""
+    Open (as it starts), the window polls for ``limit`` (``busy_poll``) after each
+    write. A read that comes later than ``limit`` after the last write could not have
+    been caught by polling; :data:`CLOSE_AFTER` of them in a row close the window (one
+    late read, a hiccup, does not). Closed, it polls after one write in
+    :data:`PROBE_EVERY` only, and the first read that comes within ``limit`` of the
+    last write (a probe's, or one quick even after a sleep) opens it again."""
 
-    __slots__ = ("_loop", "_poller", "_skipped", "_wrote", "limit", "window")
+    __slots__ = ("_late", "_loop", "_poller", "_skipped", "_wrote", "limit", "open")
 
     def __init__(self, poller: Poller, limit: float) -> None:
         self._poller = poller
         self._loop = poller.loop
         self.limit = limit
-        self.window = limit  # seconds polled after a write now (0: closed)
+        self.open = True
         self._wrote = -1.0  # the loop's time of the last write not yet followed by a read
+        self._late = 0  # reads in a row later than limit
         self._skipped = 0  # writes not polled after since the window closed
 
     def wrote(self) -> None:
-        """A write on the connection: keep the loop polling for the window."""
+        """A write on the connection: keep the loop polling for ``limit`` if open."""
         now = self._loop.time()
         self._wrote = now
-        window = self.window
-        if not window:
+        if not self.open:
             self._skipped += 1
             if self._skipped < PROBE_EVERY:
                 return
-            self._skipped = 0
-            window = self.limit  # the probe: would a full poll catch the next read?
-        self._poller.arm_until(now + window)
+            self._skipped = 0  # the probe: would polling catch the next read?
+        self._poller.arm_until(now + self.limit)
 
     def read(self) -> None:
-        """A read on the connection: the window follows its delay after the last write."""
+        """A read on the connection: on time or late, counted from the last write."""
         wrote = self._wrote
         if wrote < 0:
             return  # no write since the last read
         self._wrote = -1.0
-        delay = self._loop.time() - wrote
-        window = self.window
-        if delay <= window:
-            return
-        limit = self.limit
-        if delay <= limit:
-            self.window = min(limit, max(2 * window, 1.5 * delay))
-        elif window:
-            window /= 2
-            self.window = window if window >= limit * _CLOSE_BELOW else 0.0
+        if self._loop.time() - wrote <= self.limit:
+            self._late = 0
+            self.open = True
+        elif self.open:
+            self._late += 1
+            if self._late >= CLOSE_AFTER:
+                self.open = False
+                self._skipped = 0
 
 
 def arming(loop: asyncio.AbstractEventLoop, seconds: float | None) -> PollWindow | None:
