@@ -59,8 +59,8 @@ def _busy_poll_arg(p: argparse.ArgumentParser, who: str) -> None:
         type=_busy_poll,
         default=None,
         metavar="S",
-        help=f"after each write, the {who} polls for S seconds instead of sleeping: lower latency "
-        "for CPU (e.g. 50e-6; default off; fastrpc.polling)",
+        help=f"after each write, the {who} polls for S seconds instead of sleeping (a connection whose "
+        "replies keep coming later than S stops): lower latency for CPU (e.g. 50e-6; default off; fastrpc.polling)",
     )
 
 
