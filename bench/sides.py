@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """CPU per operation on each side of a call, each split into user and system time.
 
-    python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight,bulk,small]
+    python bench/sides.py [--libs fastrpc,picows,tcp] [--what seq,inflight,bulk,small,paced]
 
 (``--libs`` also takes fastrpc-poll: this tree with ``busy_poll`` on both sides.)
                           [--baseline DIR] [--n-seq N] [--n-inflight N] [--n-bulk N]
-                          [--n-small N]
+                          [--n-small N] [--n-paced N] [--pace S]
                           [--one-cpu]
 
 Each measurement runs its client in a child process on CPU 1 and its server in a
@@ -14,7 +14,9 @@ where the other side's wake-up costs far less and a sequential call is bound by 
 CPU work of its two sides alone. For each library and scenario (``seq``: one
 16-byte call after the other; ``inflight``: 100 in flight; ``bulk``: 64 KiB chunks
 streamed from the server to the client, per chunk; ``small``: 16-byte items
-streamed the same way, per item) it prints the best of
+streamed the same way, per item; ``paced``: 16-byte calls one at a time with ``--pace``
+seconds between them, where a side that polls after its writes (``busy_poll``)
+pays for what it polls in vain) it prints the best of
 three runs: operations a second, the CPU time per operation of each side (from
 ``/proc``: user + system, the kernel's loopback work counted on the side that
 makes it), and each side's user and system time apart. It tells where a
@@ -75,12 +77,16 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str, float]:
+async def _measure(mod: Any, port: int, pid: int, what: str, n: int, pace: float) -> dict[str, float]:
     client = mod.Client(port)
     await client.connect()
 
     async def run(k: int) -> None:
-        if what == "inflight":
+        if what == "paced":
+            for _ in range(k):
+                await client.call(b"x" * 16)
+                await asyncio.sleep(pace)
+        elif what == "inflight":
             await client.inflight_calls(k, 100, b"x" * 16)
         elif what in SIZES:
             size = SIZES[what]
@@ -117,7 +123,7 @@ async def _measure(mod: Any, port: int, pid: int, what: str, n: int) -> dict[str
         await asyncio.wait_for(client.close(), 10)
 
 
-def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dict[str, float]:
+def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False, pace: float = 0.0) -> dict[str, float]:
     """Start ``lib``'s server (importing fastrpc from ``src``), measure, stop it."""
     name = "fastrpc" if lib in ("fastrpc-base", "fastrpc-poll") else lib
     pin = _can_pin()
@@ -126,7 +132,7 @@ def measure(lib: str, src: str, what: str, n: int, one_cpu: bool = False) -> dic
 
     with peers.server_child(lib, code, pin) as (server, port):
         mod = peers.load(name)
-        return uvloop.run(asyncio.wait_for(_measure(mod, port, server.pid, what, n), 600))
+        return uvloop.run(asyncio.wait_for(_measure(mod, port, server.pid, what, n, pace), 600))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-inflight", type=int, default=300_000)
     ap.add_argument("--n-bulk", type=int, default=50_000)
     ap.add_argument("--n-small", type=int, default=2_000_000)
+    ap.add_argument("--n-paced", type=int, default=500)
+    ap.add_argument("--pace", type=float, default=0.002, help="seconds between paced calls (default 0.002)")
     ap.add_argument("--one-cpu", action="store_true", help="run the server and the client both on CPU 1")
     args = ap.parse_args(argv)
     libs = args.libs.split(",")
@@ -146,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     # Each measurement's client is a child of its own (it imports fastrpc from this
     # tree, or for fastrpc-base from the baseline's).
     for what in args.what.split(","):
-        n = {"inflight": args.n_inflight, "bulk": args.n_bulk, "small": args.n_small}.get(what, args.n_seq)
+        n = {"inflight": args.n_inflight, "bulk": args.n_bulk, "small": args.n_small, "paced": args.n_paced}.get(
+            what, args.n_seq
+        )
         unit = {"bulk": "chunks", "small": "items"}.get(what, "calls")
-        print(f"{what} ({n:,} {unit} of {'64 KiB' if what == 'bulk' else '16 bytes'})")
+        paced = f", {args.pace:g} s apart" if what == "paced" else ""
+        print(f"{what} ({n:,} {unit} of {'64 KiB' if what == 'bulk' else '16 bytes'}{paced})")
         print(
             f"  {'library':<13} {unit + '/s':>9} {'server us':>9} {'user':>6} {'sys':>6}"
             f" {'client us':>9} {'user':>6} {'sys':>6}"
@@ -158,7 +169,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             src = os.path.join(args.baseline, "src") if lib == "fastrpc-base" else os.path.join(ROOT, "src")
             out = subprocess.run(
-                [sys.executable, __file__, "--one", lib, src, what, str(n), "one" if args.one_cpu else "two"],
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    lib,
+                    src,
+                    what,
+                    str(n),
+                    "one" if args.one_cpu else "two",
+                    str(args.pace),
+                ],
                 env=peers.environment(lib),  # fastrpc-poll's busy_poll, fastrpc-pure's codec
                 capture_output=True,
                 text=True,
@@ -181,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one(lib: str, src: str, what: str, n: int, one_cpu: bool) -> None:
+def _one(lib: str, src: str, what: str, n: int, one_cpu: bool, pace: float) -> None:
     sys.path.insert(1, src)  # after bench/ (peers), before an installed fastrpc
-    r = measure(lib, src, what, n, one_cpu)
+    r = measure(lib, src, what, n, one_cpu, pace)
     print(*(r[k] for k in FIELDS))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        _one(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "one")
+        _one(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "one", float(sys.argv[7]))
     else:
         sys.exit(main())

@@ -216,15 +216,19 @@ def test_sides_smoke() -> None:
             "--n-inflight",
             "2000",
             "--what",
-            "seq,inflight,bulk,small",
+            "seq,inflight,bulk,small,paced",
             "--n-bulk",
             "200",
             "--n-small",
             "20000",
+            "--n-paced",
+            "20",
+            "--pace",
+            "0.001",
         ],
     )
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("fastrpc")]
-    assert len(rows) == 4, proc.stdout  # seq, inflight, bulk, small
+    assert len(rows) == 5, proc.stdout  # seq, inflight, bulk, small, paced
     for row in rows:
         # library, operations/s, then CPU per operation: server (all, user, system),
         # client (all, user, system)
