@@ -114,14 +114,14 @@ def test_a_poller_polls_until_its_latest_deadline_then_lets_the_loop_sleep() -> 
         loop = asyncio.get_running_loop()
         p = poller(loop)
         assert p is poller(loop) and not p.polling
-        start, passes = loop.time(), p.passes
+        start, passes = time.monotonic(), p.passes
         p.arm(0.02)
         p.arm(0.08)  # the later deadline holds
         p.arm(0.01)  # an earlier one changes nothing, and starts no second chain
         await asyncio.sleep(0.04)
         assert p.polling, "stopped before its deadline"
         await until(lambda: not p.polling, 2.0, "the poller to stop")
-        assert loop.time() - start >= 0.08
+        assert time.monotonic() - start >= 0.08
         spun = p.passes - passes
         assert spun > 50, spun  # it kept the loop running passes
         # Once stopped, the loop sleeps: 0.2 s of waiting costs next to no CPU.
@@ -131,6 +131,26 @@ def test_a_poller_polls_until_its_latest_deadline_then_lets_the_loop_sleep() -> 
         assert p.passes - passes == spun
 
     run(body())
+
+
+def test_a_short_poll_lasts_about_as_long_as_asked_not_to_the_next_millisecond() -> None:
+    # uvloop's loop.time() counts whole milliseconds: deadlines on it made a 100 us
+    # poll last anything up to a millisecond (0.5 ms on average).
+    async def body() -> list[float]:
+        p = poller(asyncio.get_running_loop())
+        lasted = []
+        for _ in range(100):
+            await until(lambda: not p.polling, 2.0, "the poller to stop")
+            t0 = time.perf_counter()
+            p.arm(100e-6)
+            while p.polling:
+                await asyncio.sleep(0)
+            lasted.append(time.perf_counter() - t0)
+        return lasted
+
+    lasted = run(body())
+    assert min(lasted) >= 100e-6, min(lasted)
+    assert sorted(lasted)[50] < 350e-6, sorted(lasted)[50]  # the median: a loop pass or two past it
 
 
 # -------------------------------------------------------------- over real connections
@@ -181,9 +201,8 @@ class _Clock:
     def __init__(self) -> None:
         self.now = 100.0
         self.armed: list[float] = []  # seconds polled after each write (0: none)
-        self.loop = self
 
-    def time(self) -> float:
+    def clock(self) -> float:
         return self.now
 
     def arm_until(self, until: float) -> None:

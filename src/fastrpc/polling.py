@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import weakref
+from collections.abc import Callable
 
 __all__ = [
     "CLOSE_AFTER",
@@ -64,12 +66,17 @@ def busy_poll_option(value: object) -> float | None:
 class Poller:
     """Keeps one event loop polling until a deadline that each :meth:`arm` may push
     back: a callback that schedules itself while the deadline is ahead (a loop with a
-    ready callback polls without blocking), and stops scheduling itself after it."""
+    ready callback polls without blocking), and stops scheduling itself after it.
 
-    __slots__ = ("_loop", "_running", "_until", "passes")
+    Deadlines are on :attr:`clock` (``time.monotonic``), not the loop's: uvloop's
+    ``loop.time()`` counts whole milliseconds, which would stretch a 50 us poll to
+    anything up to a millisecond."""
+
+    __slots__ = ("_loop", "_running", "_until", "clock", "passes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.clock: Callable[[], float] = time.monotonic
         self._until = 0.0
         self._running = False
         self.passes = 0  # loop passes this poller has kept from sleeping
@@ -79,16 +86,12 @@ class Poller:
         """Whether the loop is kept polling now."""
         return self._running
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
     def arm(self, seconds: float) -> None:
         """Keep the loop polling for ``seconds`` from now, at least."""
-        self.arm_until(self._loop.time() + seconds)
+        self.arm_until(self.clock() + seconds)
 
     def arm_until(self, until: float) -> None:
-        """Keep the loop polling until ``until`` (the loop's clock), at least."""
+        """Keep the loop polling until ``until`` (on :attr:`clock`), at least."""
         if until > self._until:
             self._until = until
         if not self._running:
@@ -97,7 +100,7 @@ class Poller:
 
     def _pass(self) -> None:
         self.passes += 1
-        if self._loop.time() < self._until:
+        if self.clock() < self._until:
             self._loop.call_soon(self._pass)
         else:
             self._running = False
@@ -125,20 +128,20 @@ class PollWindow:
     :data:`PROBE_EVERY` only, and the first read that comes within ``limit`` of the
     last write (a probe's, or one quick even after a sleep) opens it again."""
 
-    __slots__ = ("_late", "_loop", "_poller", "_skipped", "_wrote", "limit", "open")
+    __slots__ = ("_clock", "_late", "_poller", "_skipped", "_wrote", "limit", "open")
 
     def __init__(self, poller: Poller, limit: float) -> None:
         self._poller = poller
-        self._loop = poller.loop
+        self._clock = poller.clock
         self.limit = limit
         self.open = True
-        self._wrote = -1.0  # the loop's time of the last write not yet followed by a read
+        self._wrote = -1.0  # the clock's time of the last write not yet followed by a read
         self._late = 0  # reads in a row later than limit
         self._skipped = 0  # writes not polled after since the window closed
 
     def wrote(self) -> None:
         """A write on the connection: keep the loop polling for ``limit`` if open."""
-        now = self._loop.time()
+        now = self._clock()
         self._wrote = now
         if not self.open:
             self._skipped += 1
@@ -153,7 +156,7 @@ class PollWindow:
         if wrote < 0:
             return  # no write since the last read
         self._wrote = -1.0
-        if self._loop.time() - wrote <= self.limit:
+        if self._clock() - wrote <= self.limit:
             self._late = 0
             self.open = True
         elif self.open:
