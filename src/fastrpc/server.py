@@ -493,7 +493,8 @@ def serve(
     ``topic_history_size``/``topic_history_ttl``/``topic_queue_size``/
     ``topic_pass_deliveries`` (:class:`fastrpc.topics.TopicHub`); ``busy_poll``
     (seconds the loop polls after each write instead of sleeping, on a connection
-    whose reads come within that time: lower latency for CPU, :mod:`fastrpc.polling`); others go to ``websockets.asyncio.server.serve``.
+    whose reads come within that time: lower latency for CPU,
+    :mod:`fastrpc.polling`); others go to ``websockets.asyncio.server.serve``.
 
     ``static``: a directory whose files are served over plain HTTP GET on the same
     port, for requests that are not WebSocket upgrades (:mod:`fastrpc.static`).
