@@ -39,8 +39,8 @@ __all__ = [
     "PROBE_EVERY",
     "PollWindow",
     "Poller",
-    "arming",
     "busy_poll_option",
+    "poll_window",
     "poller",
 ]
 
@@ -166,7 +166,7 @@ class PollWindow:
                 self._skipped = 0
 
 
-def arming(loop: asyncio.AbstractEventLoop, seconds: float | None) -> PollWindow | None:
+def poll_window(loop: asyncio.AbstractEventLoop, seconds: float | None) -> PollWindow | None:
     """A connection's :class:`PollWindow` on ``loop``'s poller, of at most
     ``seconds``; None when ``seconds`` is None (off)."""
     if seconds is None:

@@ -70,7 +70,7 @@ from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled, unmask
 from .keepalive import Timer, timer
 from .options import MAX_PING_RATE, PING_BURST
-from .polling import arming, busy_poll_option
+from .polling import busy_poll_option, poll_window
 from .static import HttpResponse
 
 __all__ = [
@@ -599,7 +599,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._on_open = on_open
         loop = asyncio.get_running_loop()
-        self._poll = arming(loop, busy_poll)  # told of each write and read (busy_poll)
+        self._poll = poll_window(loop, busy_poll)  # told of each write and read (busy_poll)
         self._opened: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()
         self._drain: asyncio.Future[None] | None = None
@@ -642,7 +642,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._poll is not None:
-            self._poll.read()  # busy_poll's window follows how soon reads come
+            self._poll.read()  # busy_poll: was this read on time after the last write?
         into = self._into
         if into is None:
             if self._mode != _FRAMING:
