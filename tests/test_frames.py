@@ -499,11 +499,34 @@ def test_decode_frames_in_parts_and_count_frames(codec: ModuleType, vec: Vector)
     assert codec.decode_frames(vec.message, 0, 0) == ([], 0)
 
 
+@pytest.mark.parametrize("vec", VALID, ids=lambda v: v.name)
+def test_walk_frames_steps_over_the_headers(codec: ModuleType, vec: Vector) -> None:
+    """walk_frames, ``count`` headers a step from any frame, ends where those frames end
+    (decode_frames' end) and says how many it walked; the last step ends the message."""
+    bounds = frame_bounds(codec, vec.message)
+    for count in (1, 2, 3, len(bounds) + 1):
+        for k, (start, _, _) in enumerate(bounds):
+            walked = min(count, len(bounds) - k)
+            end = bounds[k + walked - 1][2]
+            assert codec.walk_frames(vec.message, start, count) == (end, walked)
+            assert codec.walk_frames(memoryview(bytearray(vec.message)), start, count, wire.DEFAULT_MAX_FRAME_SIZE) == (
+                end,
+                walked,
+            )
+            assert codec.decode_frames(vec.message, start, count)[1] == end
+    assert codec.walk_frames(vec.message, len(vec.message), 5) == (len(vec.message), 0)
+    assert codec.walk_frames(vec.message, 0, 0) == (0, 0)
+
+
 @pytest.mark.parametrize("vec", [v for v in INVALID if v.function == "decode_message"], ids=lambda v: v.name)
 def test_count_frames_and_decode_frames_refuse_what_decode_message_refuses(codec: ModuleType, vec: BadVector) -> None:
     with pytest.raises(ProtocolError) as info:
         codec.count_frames(vec.data, 0, vec.max_frame_size)
     assert error_of(info.value) == (ProtocolError, vec.reason, vec.code)
+    if vec.data and vec.code != ErrorCode.LIMIT_EXCEEDED:  # (walk_frames leaves max_frames to its caller)
+        with pytest.raises(ProtocolError) as info:
+            codec.walk_frames(vec.data, 0, len(vec.data), vec.max_frame_size)
+        assert error_of(info.value) == (ProtocolError, vec.reason, vec.code)
     if vec.data:
         with pytest.raises(ProtocolError) as info:
             decode_in_parts(codec, vec.data, 1, vec.max_frame_size)
@@ -529,6 +552,35 @@ def test_count_frames_stops_at_max_frames_and_checks_its_arguments(codec: Module
         codec.count_frames(message, 0, 100, -1)
     with pytest.raises(ValueError):
         codec.decode_frames(message, 0, -1)
+
+
+def test_walk_frames_checks_its_arguments_and_stops_at_a_broken_frame(codec: ModuleType) -> None:
+    one = codec.encode_frame(0x10, 0, 1, b"x")
+    message = one * 5
+    for bad in (-1, len(message) + 1):
+        with pytest.raises(IndexError):
+            codec.walk_frames(message, bad, 1)
+    with pytest.raises(ValueError):
+        codec.walk_frames(message, 0, -1)
+    # A step that stops before a broken frame raises nothing; the step that reaches it does.
+    broken = message + one[:-1]
+    assert codec.walk_frames(broken, 0, 5) == (len(message), 5)
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        codec.walk_frames(broken, len(message), 1)
+    large = message + codec.encode_frame(0x10, 0, 1, bytes(101))
+    assert codec.walk_frames(large, 0, 5, 100) == (len(message), 5)
+    with pytest.raises(ProtocolError, match="frame too large"):
+        codec.walk_frames(large, 0, 6, 100)
+
+
+def test_walk_step_is_the_whole_message_compiled_and_a_slice_of_it_pure(
+    codec_pair: tuple[ModuleType, ModuleType],
+) -> None:
+    """Connection.decode checks a long message WALK_STEP headers a loop pass: the
+    compiled codec, fast, a whole message at once; the pure one in steps."""
+    compiled, pure = codec_pair
+    assert compiled.WALK_STEP == wire.MAX_FRAMES + 1
+    assert pure.WALK_STEP == 8192
 
 
 def test_max_frame_size_boundary(codec: ModuleType) -> None:

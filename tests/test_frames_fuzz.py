@@ -24,7 +24,7 @@ FRAME_TYPES = [
     getattr(pure, name)
     for name in dir(pure)
     if name.isupper()
-    and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL", "MAX_", "HOLD"))
+    and not name.startswith(("_", "FLAG_", "VARINT", "DEFAULT", "VIEW", "PROTOCOL", "IMPL", "MAX_", "HOLD", "WALK"))
 ] + [0x00, 0x41, 0x7F, 0xFF]
 
 ids = st.one_of(
@@ -168,6 +168,9 @@ def test_random_bytes_in_parts(codec_pair: Pair, data: bytes, limit: int, count:
     expected = outcome(lambda: len(pure_codec.decode_message(data[start:], limit, cap)))
     assert outcome(compiled.count_frames, data, start, limit, cap) == expected
     assert outcome(pure_codec.count_frames, data, start, limit, cap) == expected
+    assert outcome(compiled.walk_frames, data, start, count, limit) == outcome(
+        pure_codec.walk_frames, data, start, count, limit
+    )
 
     def part(codec: ModuleType) -> tuple[list[tuple[int, int, int, bytes]], int]:
         frames, end = codec.decode_frames(data, start, count, limit)

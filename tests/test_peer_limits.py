@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
 from fastrpc import frames as F
+from fastrpc import protocol as protocol_module
 from fastrpc.protocol import FRAME_CHARGE, Connection, Role, Settings
 
 
@@ -413,12 +414,19 @@ def test_arguments_too_costly_to_decode_fail_that_call_only() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("walk_step", [None, 1000], ids=["codec_step", "step_1000"])
 @pytest.mark.parametrize("with_hello", [True, False], ids=["first_message", "after_the_handshake"])
-def test_a_message_of_many_frames_is_handled_a_slice_a_loop_pass(with_hello: bool) -> None:
+def test_a_message_of_many_frames_is_handled_a_slice_a_loop_pass(
+    with_hello: bool, walk_step: int | None, monkeypatch: Any
+) -> None:
     # One message of five slices' worth of notifications (FRAMES_PER_SLICE frames a
     # slice): decoded and handled a slice a loop iteration, so one peer cannot hold the
     # loop for long; all of them, in order, before the call sent after them. With its
     # HELLO in front, the message is the one the server's handshake hands to attach.
+    # With a walk step of 1,000 headers (the pure codec's is 8,192), the message is
+    # checked over several loop passes first, its HELLO included.
+    if walk_step is not None:
+        monkeypatch.setattr(protocol_module, "_WALK_STEP", walk_step)
     router = fastrpc.Router()
     seen: list[tuple[int, int]] = []
     passes = [0]
@@ -474,3 +482,33 @@ def test_a_message_of_many_frames_is_handled_a_slice_a_loop_pass(with_hello: boo
         assert len({p for _, p in seen}) >= 5, "the message was handled in fewer loop passes than slices"
 
     run(main(), 30)
+
+
+def test_a_long_message_broken_at_its_end_runs_none_of_its_notifications(monkeypatch: Any) -> None:
+    # Five slices' worth of notifications and a last frame cut short, in one message,
+    # checked 1,000 headers a loop pass (as the pure codec checks 8,192): none of
+    # them runs; that connection closes with 1002, and the server serves the next.
+    monkeypatch.setattr(protocol_module, "_WALK_STEP", 1000)
+    router = make_router(Counters())
+    ran: list[int] = []
+
+    @router.method
+    def note(i: int) -> None:
+        ran.append(i)
+
+    async def main() -> None:
+        async with pair(router) as (server, good):
+            async with raw_client(server.url) as raw:
+                m = b"note"
+                notes = b"".join(
+                    frame(F.NOTIFY, 0, 0, F.encode_varint(len(m)) + m + msgspec.msgpack.encode([i]))
+                    for i in range(5 * fastrpc.options.FRAMES_PER_SLICE)
+                )
+                await raw.send(notes + frame(F.NOTIFY, 0, 0, m)[:-2])
+                code, reason = await raw.drain()
+                assert code == 1002 and "truncated frame" in reason
+            assert ran == []
+            assert await good.call("add", 1, 2) == 3
+            await check_good_client(server.url)
+
+    run(main())

@@ -17,6 +17,7 @@ import pytest
 from fastrpc import compression as C
 from fastrpc import frames as F
 from fastrpc import options as O
+from fastrpc import protocol as protocol_module
 from fastrpc.budget import PingLimit
 from fastrpc.events import (
     CallCancelled,
@@ -2013,19 +2014,66 @@ def test_a_long_message_decodes_a_slice_at_a_time(as_view: bool) -> None:
     assert (s.messages_in, s.bytes_in) == (before[0] + 1, before[1] + len(buf))
 
 
-def test_a_long_message_is_checked_whole_before_its_first_slice() -> None:
-    # A broken message is refused before any of it is processed, as decode_message
-    # refuses it: a frame cut short, or more than MAX_FRAMES, past the first slice.
+def _given_until_refused(s: Connection, data: bytes) -> list[F.Frame]:
+    """decode and decode_more on ``data`` until they raise: the frames given before."""
+    given = s.decode(data)
+    while s.decoding:
+        given += s.decode_more()
+    return given
+
+
+@pytest.mark.parametrize("walk_step", [None, 1000], ids=["codec_step", "step_1000"])
+def test_a_long_message_is_checked_whole_before_its_first_slice(walk_step: int | None, monkeypatch: Any) -> None:
+    # A broken message is refused before any of it is given, as decode_message
+    # refuses it: a frame cut short, too large, or more than MAX_FRAMES, past the first
+    # slice. The check walks WALK_STEP headers a step (all of them compiled; the pure
+    # codec in steps, and here 1,000 in either): a slice is [] until it is done.
+    if walk_step is not None:
+        monkeypatch.setattr(protocol_module, "_WALK_STEP", walk_step)
     s = server_after_hello()
     long = _pings(3 * O.FRAMES_PER_SLICE)
     with pytest.raises(ProtocolError, match="truncated frame"):
-        s.decode(long + F.encode_frame(F.PING, 0, 0, b"x")[:-1])
+        _given_until_refused(s, long + F.encode_frame(F.PING, 0, 0, b"x")[:-1])
     assert not s.decoding
     with pytest.raises(ProtocolError, match="too many frames") as info:
-        s.decode(F.encode_frame(0x40, 0, 0) * (F.MAX_FRAMES + 1))
+        _given_until_refused(s, F.encode_frame(0x40, 0, 0) * (F.MAX_FRAMES + 1))
     assert info.value.code == ErrorCode.LIMIT_EXCEEDED and not s.decoding
     with pytest.raises(ProtocolError, match="frame too large"):
-        s.decode(long + F.encode_frame(F.PING, 0, 0, bytes(s.settings.max_frame_size + 1)))
+        _given_until_refused(s, long + F.encode_frame(F.PING, 0, 0, bytes(s.settings.max_frame_size + 1)))
+    assert not s.decoding
+    # Refused as they happen: nothing was given before the error.
+    given: list[F.Frame] = []
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        given += s.decode(long + F.encode_frame(F.PING, 0, 0, b"x")[:-1])
+        while s.decoding:
+            given += s.decode_more()
+    assert given == []
+
+
+def test_a_long_message_is_checked_a_step_a_pass_then_decoded_in_slices(monkeypatch: Any) -> None:
+    # With WALK_STEP 1,000 (the pure codec takes 8,192 a step), a message of 3 slices
+    # and 5 frames: its first slice is decoded from the read, the rest checked 1,000
+    # headers a step (decode and decode_more give [] meanwhile), then the slices come.
+    monkeypatch.setattr(protocol_module, "_WALK_STEP", 1000)
+    step = O.FRAMES_PER_SLICE
+    n = 3 * step + 5
+    s = server_after_hello()
+    buf = bytearray(_pings(n))
+    before = (s.messages_in, s.bytes_in)
+    parts = [s.decode(memoryview(buf))]
+    buf[:] = bytes(len(buf))  # the read buffer is reused while the rest is checked
+    while s.decoding:
+        parts.append(s.decode_more())
+    checks = -(-(n - step) // 1000)  # steps over the rest's headers
+    assert [len(p) for p in parts] == [0] * (checks - 1) + [step, step, step, 5]
+    got = [bytes(f.payload) for p in parts for f in p]
+    assert got == [i.to_bytes(4, "big") for i in range(n)]
+    assert (s.messages_in, s.bytes_in) == (before[0] + 1, before[1] + len(buf))
+    assert s.decode_more() == [] and s.receive_frames([]) == []
+    # A new transport drops a message still being checked, as one being decoded.
+    assert s.decode(_pings(n)) == [] and s.decoding
+    s.new_transport()
+    assert not s.decoding and s.decode_more() == []
 
 
 def test_receive_message_takes_a_long_message_whole_and_a_new_transport_drops_the_rest() -> None:

@@ -78,6 +78,8 @@ take_run = _codec.take_run
 unfilled = _codec.unfilled
 unmask = _codec.unmask
 varint_size = _codec.varint_size
+walk_frames = _codec.walk_frames
+WALK_STEP = _codec.WALK_STEP  # frame headers Connection.decode checks a loop pass
 
 __all__ = [
     "ACK",
@@ -134,4 +136,5 @@ __all__ = [
     "unfilled",
     "unmask",
     "varint_size",
+    "walk_frames",
 ]

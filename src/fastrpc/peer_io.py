@@ -324,7 +324,8 @@ class PeerIO(PeerAPI):
         frames is decoded and processed a slice a loop iteration (one peer cannot hold
         the loop for long); past max_output_backlog, wait for the peer to read
         (_serve_less). Meanwhile messages wait (_busy)."""
-        self._process(frames)
+        if frames:  # (none while a long message is being checked: Connection.decode)
+            self._process(frames)
         if self._core.decoding:
             self._more_soon(transport)
         elif self._core.control_backlog + transport.buffered() > self._max_backlog:
