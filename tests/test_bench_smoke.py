@@ -204,6 +204,39 @@ def _bench_tool(script: str, args: list[str]) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])
+def test_decode_steps_smoke(pure: bool) -> None:
+    # bench/decode_steps.py: the steps of decoding a long message, each timed. The pure
+    # codec checks it 8,192 headers a step: its first frames come after the check.
+    env = {**os.environ, "FASTRPC_NO_EXTENSIONS": "1" if pure else ""}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "decode_steps.py"), "--frames", "20000", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = dict(line.strip().split(":", 1) for line in proc.stdout.splitlines()[1:])
+    # 20,000 frames: a first slice of 2,048, then 17,952 checked (3 steps of 8,192
+    # pure, 1 compiled) and decoded in 9 slices.
+    assert int(figures["steps (loop passes)"]) == (12 if pure else 10), proc.stdout
+    assert int(figures["first frames given at step"]) == (3 if pure else 1), proc.stdout
+    assert float(figures["longest step"].split()[0]) > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_side_cost_opcodes_smoke(side: str) -> None:
+    # bench/side_cost.py --opcodes: one side's Python opcodes a sequential call, by
+    # function (the callgrind mode needs valgrind: not run here).
+    proc = _bench_tool("side_cost.py", ["--lib", "fastrpc", "--side", side, "--opcodes"])
+    total = re.search(r"opcodes a call: ([0-9,]+)", proc.stdout)
+    assert total is not None and int(total.group(1).replace(",", "")) > 100, proc.stdout
+    assert ("CallTable.take" if side == "server" else "CallTable.call") in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(120)
 def test_sides_smoke() -> None:
     # bench/sides.py: CPU per operation on each side; a tiny run of fastrpc alone.
     proc = _bench_tool(

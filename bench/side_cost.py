@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""What one side of a sequential call costs: instructions a call (callgrind) or
+Python opcodes a call, by function, for the server or the client of ``compare.py``'s
+``seq_calls`` row (the same ``bench/peers`` code).
+
+    python bench/side_cost.py --lib fastrpc|picows --side server|client [--src DIR]
+    python bench/side_cost.py --lib fastrpc --side server --opcodes
+
+Instructions: the side under ``valgrind --tool=callgrind``, the other side native,
+once for ``--calls`` A and once for B calls; (B - A) / (B - A calls) leaves out start
+up and shut down. Repeatable for the same binaries and inputs, whatever else the
+machine does. Opcodes: the side traced with ``sys.settrace`` (opcode events) over
+2,000 calls, counted by function. ``--src`` imports fastrpc from another checkout
+(``DIR/src``), as ``compare.py --baseline`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+PAYLOAD = b"x" * 16
+
+
+def _peer(lib: str) -> Any:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(f"peers.{lib}")
+
+
+async def _serve(lib: str, port_file: str, seconds: float, trace_calls: int) -> None:
+    port, stop = await _peer(lib).start_server()
+    Path(port_file).write_text(str(port))
+    if trace_calls:
+        await _traced(seconds)
+    else:
+        await asyncio.sleep(seconds)
+    await stop()
+
+
+async def _call(lib: str, port: int, n: int, trace_calls: int) -> None:
+    client = _peer(lib).Client(port)
+    await client.connect()
+    await client.seq_calls(200, PAYLOAD)  # warm: the connection's first calls
+    if trace_calls:
+        counts = _start_trace()
+        await client.seq_calls(trace_calls, PAYLOAD)
+        sys.settrace(None)
+        _print_opcodes(counts, trace_calls)
+    else:
+        await client.seq_calls(n, PAYLOAD)
+    await client.close()
+
+
+def _start_trace() -> collections.Counter[tuple[str, str]]:
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            counts[(code.co_filename, code.co_qualname)] += 1
+        return trace
+
+    sys.settrace(trace)
+    return counts
+
+
+async def _traced(seconds: float) -> None:
+    # The server side: traced from its start to the end, the handshake included (a
+    # few hundred opcodes in all, against ~2,000 calls).
+    counts = _start_trace()
+    try:
+        await asyncio.sleep(seconds)
+    finally:  # (cancelled at SIGINT, once the client is done)
+        sys.settrace(None)
+        _print_opcodes(counts, int(os.environ["SIDE_COST_CALLS"]))
+
+
+def _print_opcodes(counts: collections.Counter[tuple[str, str]], calls: int) -> None:
+    total = sum(counts.values())
+    print(f"opcodes a call: {total / calls:,.0f}")
+    for (module, name), n in counts.most_common(25):
+        if n / calls >= 1:
+            print(f"  {n / calls:7.1f}  {Path(module).name}:{name}")
+
+
+def _child(args: list[str], src: Path | None, under: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **env}
+    if src is not None:
+        env["PYTHONPATH"] = str(src / "src")
+    return subprocess.Popen([*under, sys.executable, __file__, *args], env=env)
+
+
+def _wait_port(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("side_cost: the server did not start")
+        time.sleep(0.1)
+    return int(path.read_text())
+
+
+def _run(lib: str, side: str, n: int, src: Path | None, trace_calls: int = 0) -> int | None:
+    """One measurement: ``n`` calls; the callgrind total of ``side`` (None when tracing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        out = Path(tmp) / "callgrind.out"
+        grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "-q"]
+        seconds = 600.0 if side == "server" else 3600.0
+        # Traced, the server counts from its start: the client's 200 warm-up calls too.
+        env = {"SIDE_COST_CALLS": str(trace_calls + 200)}
+        server_under = grind if side == "server" and not trace_calls else []
+        server = _child(["_serve", lib, str(port_file), str(seconds), str(trace_calls)], src, server_under, env)
+        try:
+            port = _wait_port(port_file, server, 120)
+            client_under = grind if side == "client" and not trace_calls else []
+            client_trace = trace_calls if side == "client" else 0
+            calls = trace_calls if trace_calls and side == "server" else n
+            client = _child(["_call", lib, str(port), str(calls), str(client_trace)], src, client_under, env)
+            if client.wait(timeout=1800) != 0:
+                raise SystemExit("side_cost: the client failed")
+        finally:
+            if side == "server":
+                server.send_signal(2)  # SIGINT: the server's run ends, its totals are written
+            else:
+                server.terminate()
+            try:
+                server.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if trace_calls:
+            return None
+        text = out.read_text(errors="replace")
+        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if m is None:
+            raise SystemExit("side_cost: no callgrind total")
+        return int(m.group(1))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("_serve", "_call"):
+        import uvloop
+
+        mode, lib = sys.argv[1], sys.argv[2]
+        if mode == "_serve":
+            try:
+                uvloop.run(_serve(lib, sys.argv[3], float(sys.argv[4]), int(sys.argv[5])))
+            except KeyboardInterrupt:
+                pass
+        else:
+            uvloop.run(_call(lib, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lib", default="fastrpc", help="a module of bench/peers (fastrpc, picows, tcp, ...)")
+    ap.add_argument("--side", choices=("server", "client"), default="server")
+    ap.add_argument("--src", type=Path, help="import fastrpc from DIR/src (another checkout)")
+    ap.add_argument("--calls", default="2000,12000", help="the two call counts (callgrind)")
+    ap.add_argument("--opcodes", action="store_true", help="Python opcodes a call, by function, instead")
+    args = ap.parse_args()
+    if args.opcodes:
+        _run(args.lib, args.side, 0, args.src, trace_calls=2000)
+        return
+    a, b = (int(x) for x in args.calls.split(","))
+    ia = _run(args.lib, args.side, a, args.src)
+    ib = _run(args.lib, args.side, b, args.src)
+    assert ia is not None and ib is not None
+    print(f"{args.lib} {args.side}: {(ib - ia) / (b - a):,.0f} instructions a call ({a:,} and {b:,} calls)")
+
+
+if __name__ == "__main__":
+    main()
