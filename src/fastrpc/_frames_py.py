@@ -286,15 +286,13 @@ def _decode_one(
     return Frame(ftype, flags, fid, payload), p + length
 
 
-def _count_frames(raw: bytes, start: int, max_frame_size: int, max_frames: int | None) -> int:
-    """Walk the frame headers of ``raw`` from ``start``: raise what :func:`decode_message`
-    would raise before it has decoded ``max_frames`` frames, else return the count."""
+def _walk(raw: bytes, start: int, count: int, max_frame_size: int) -> tuple[int, int]:
+    """Walk at most ``count`` frame headers of ``raw`` from ``start``: ``(end, walked)``;
+    raises what :func:`decode_message` would for the frames it reaches."""
     end = len(raw)
     pos = start
     n = 0
-    while pos < end:
-        if max_frames is not None and n >= max_frames:
-            raise ProtocolError("too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
+    while pos < end and n < count:
         p = pos + 2
         if p >= end:
             raise ProtocolError("truncated frame")
@@ -315,6 +313,15 @@ def _count_frames(raw: bytes, start: int, max_frame_size: int, max_frames: int |
             raise ProtocolError("truncated frame")
         pos = p
         n += 1
+    return pos, n
+
+
+def _count_frames(raw: bytes, start: int, max_frame_size: int, max_frames: int | None) -> int:
+    """Walk the frame headers of ``raw`` from ``start``: raise what :func:`decode_message`
+    would raise before it has decoded ``max_frames`` frames, else return the count."""
+    pos, n = _walk(raw, start, len(raw) if max_frames is None else max_frames, max_frame_size)
+    if pos < len(raw):  # frames left past max_frames (with None, len(raw) frames is no bound)
+        raise ProtocolError("too many frames in one message", ErrorCode.LIMIT_EXCEEDED)
     return n
 
 
@@ -394,35 +401,11 @@ def walk_frames(data: Buffer, start: int, count: int, max_frame_size: int = DEFA
     a step at a time (``Connection.decode``); raises what :func:`decode_message` would
     raise for the frames it reaches (not ``max_frames``: the caller counts)."""
     raw = data if type(data) is bytes else bytes(memoryview(data).cast("B"))
-    end = len(raw)
-    if not 0 <= start <= end:
+    if not 0 <= start <= len(raw):
         raise IndexError("start out of range")
     if count < 0:
         raise ValueError("count must be >= 0")
-    pos = start
-    n = 0
-    while pos < end and n < count:
-        p = pos + 2
-        if p >= end:
-            raise ProtocolError("truncated frame")
-        p += 1 << (raw[p] >> 6)  # the id
-        if p >= end:
-            raise ProtocolError("truncated frame")
-        first = raw[p]
-        width = 1 << (first >> 6)
-        if p + width > end:
-            raise ProtocolError("truncated frame")
-        length = (
-            first & 0x3F if width == 1 else int.from_bytes(raw[p : p + width], "big") & ((1 << (8 * width - 2)) - 1)
-        )
-        if length > max_frame_size:
-            raise ProtocolError("frame too large", ErrorCode.FRAME_TOO_LARGE)
-        p += width + length
-        if p > end:
-            raise ProtocolError("truncated frame")
-        pos = p
-        n += 1
-    return pos, n
+    return _walk(raw, start, count, max_frame_size)
 
 
 def count_frames(
