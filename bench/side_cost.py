@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""What one side of a sequential call costs: instructions a call (callgrind) or
-Python opcodes a call, by function, for the server or the client of ``compare.py``'s
-``seq_calls`` row (the same ``bench/peers`` code).
+"""What one side of a call costs: instructions a call (callgrind) or Python opcodes
+a call, by function, for the server or the client of ``compare.py``'s ``seq_calls``
+row (``--what inflight``: its ``inflight_calls`` row, 100 calls in flight); the same
+``bench/peers`` code.
 
     python bench/side_cost.py --lib fastrpc|picows --side server|client [--src DIR]
-    python bench/side_cost.py --lib fastrpc --side server --opcodes
+    python bench/side_cost.py --lib fastrpc --side server --opcodes [--what inflight]
 
 Instructions: the side under ``valgrind --tool=callgrind``, the other side native,
 once for ``--calls`` A and once for B calls; (B - A) / (B - A calls) leaves out start
@@ -31,6 +32,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 PAYLOAD = b"x" * 16
+WINDOW = 100  # calls in flight (--what inflight), as compare.py's inflight_calls row
 
 
 def _peer(lib: str) -> Any:
@@ -49,17 +51,24 @@ async def _serve(lib: str, port_file: str, seconds: float, trace_calls: int) -> 
     await stop()
 
 
+async def _calls(client: Any, n: int) -> None:
+    if os.environ.get("SIDE_COST_WHAT") == "inflight":
+        await client.inflight_calls(n, WINDOW, PAYLOAD)
+    else:
+        await client.seq_calls(n, PAYLOAD)
+
+
 async def _call(lib: str, port: int, n: int, trace_calls: int) -> None:
     client = _peer(lib).Client(port)
     await client.connect()
-    await client.seq_calls(200, PAYLOAD)  # warm: the connection's first calls
+    await _calls(client, 200)  # warm: the connection's first calls
     if trace_calls:
         counts = _start_trace()
-        await client.seq_calls(trace_calls, PAYLOAD)
+        await _calls(client, trace_calls)
         sys.settrace(None)
         _print_opcodes(counts, trace_calls)
     else:
-        await client.seq_calls(n, PAYLOAD)
+        await _calls(client, n)
     await client.close()
 
 
@@ -112,7 +121,7 @@ def _wait_port(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> int
     return int(path.read_text())
 
 
-def _run(lib: str, side: str, n: int, src: Path | None, trace_calls: int = 0) -> int | None:
+def _run(lib: str, side: str, n: int, src: Path | None, what: str, trace_calls: int = 0) -> int | None:
     """One measurement: ``n`` calls; the callgrind total of ``side`` (None when tracing)."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -120,7 +129,7 @@ def _run(lib: str, side: str, n: int, src: Path | None, trace_calls: int = 0) ->
         grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "-q"]
         seconds = 600.0 if side == "server" else 3600.0
         # Traced, the server counts from its start: the client's 200 warm-up calls too.
-        env = {"SIDE_COST_CALLS": str(trace_calls + 200)}
+        env = {"SIDE_COST_CALLS": str(trace_calls + 200), "SIDE_COST_WHAT": what}
         server_under = grind if side == "server" and not trace_calls else []
         server = _child(["_serve", lib, str(port_file), str(seconds), str(trace_calls)], src, server_under, env)
         try:
@@ -168,15 +177,18 @@ def main() -> None:
     ap.add_argument("--src", type=Path, help="import fastrpc from DIR/src (another checkout)")
     ap.add_argument("--calls", default="2000,12000", help="the two call counts (callgrind)")
     ap.add_argument("--opcodes", action="store_true", help="Python opcodes a call, by function, instead")
+    ap.add_argument("--what", choices=("seq", "inflight"), default="seq", help="sequential calls, or 100 in flight")
     args = ap.parse_args()
     if args.opcodes:
-        _run(args.lib, args.side, 0, args.src, trace_calls=2000)
+        _run(args.lib, args.side, 0, args.src, args.what, trace_calls=2000)
         return
     a, b = (int(x) for x in args.calls.split(","))
-    ia = _run(args.lib, args.side, a, args.src)
-    ib = _run(args.lib, args.side, b, args.src)
+    ia = _run(args.lib, args.side, a, args.src, args.what)
+    ib = _run(args.lib, args.side, b, args.src, args.what)
     assert ia is not None and ib is not None
-    print(f"{args.lib} {args.side}: {(ib - ia) / (b - a):,.0f} instructions a call ({a:,} and {b:,} calls)")
+    print(
+        f"{args.lib} {args.side} ({args.what}): {(ib - ia) / (b - a):,.0f} instructions a call ({a:,} and {b:,} calls)"
+    )
 
 
 if __name__ == "__main__":

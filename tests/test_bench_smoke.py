@@ -226,11 +226,11 @@ def test_decode_steps_smoke(pure: bool) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("side", ["server", "client"])
-def test_side_cost_opcodes_smoke(side: str) -> None:
-    # bench/side_cost.py --opcodes: one side's Python opcodes a sequential call, by
-    # function (the callgrind mode needs valgrind: not run here).
-    proc = _bench_tool("side_cost.py", ["--lib", "fastrpc", "--side", side, "--opcodes"])
+@pytest.mark.parametrize(("side", "what"), [("server", "seq"), ("client", "seq"), ("client", "inflight")])
+def test_side_cost_opcodes_smoke(side: str, what: str) -> None:
+    # bench/side_cost.py --opcodes: one side's Python opcodes a call, by function
+    # (the callgrind mode needs valgrind: not run here).
+    proc = _bench_tool("side_cost.py", ["--lib", "fastrpc", "--side", side, "--opcodes", "--what", what])
     total = re.search(r"opcodes a call: ([0-9,]+)", proc.stdout)
     assert total is not None and int(total.group(1).replace(",", "")) > 100, proc.stdout
     assert ("CallTable.take" if side == "server" else "CallTable.call") in proc.stdout, proc.stdout
