@@ -729,23 +729,21 @@ cdef Py_ssize_t _parse(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, obj
     return pos
 
 
-cdef Py_ssize_t _scan(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, int64_t limit,
-                      object max_frame_size, Py_ssize_t max_frames) except -1:
-    """Walk the frame headers in ``d[pos:n]``: raise what :func:`_parse` would raise,
-    in the same order, or return the number of frames; builds no frame."""
-    cdef Py_ssize_t q, frames = 0
+cdef Py_ssize_t _walk(const unsigned char *d, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t count, int64_t limit,
+                      object max_frame_size, Py_ssize_t *walked) except -1:
+    """Walk at most ``count`` frame headers in ``d[pos:n]`` (no bound when negative),
+    building no frame: the position after the last, their number in ``walked``.
+    Raises what :func:`_parse` would raise for the frames it reaches, in the same order."""
+    cdef Py_ssize_t q, k = 0
     cdef uint64_t fid, length
-    while pos < n:
-        if max_frames >= 0 and frames >= max_frames:
-            raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)
+    while pos < n and k != count:
         q = _header(d, n, pos, limit, max_frame_size, &fid, &length)
         if q < 0:
-            break
-        frames += 1
+            raise ProtocolError("truncated frame")
+        k += 1
         pos = q + <Py_ssize_t>length
-    if pos < n:
-        raise ProtocolError("truncated frame")
-    return frames
+    walked[0] = k
+    return pos
 
 
 cdef Py_ssize_t _max_frames(max_frames) except -2:
@@ -793,7 +791,7 @@ def decode_frames(data, Py_ssize_t start, Py_ssize_t count, max_frame_size=DEFAU
     (``len(data)``: the message is done). A message of many frames decoded in parts,
     one part a loop pass; payloads as :func:`decode_message` makes them. Raises what
     :func:`decode_message` would raise for the frames it reaches (not ``max_frames``:
-    :func:`count_frames` checks the whole message first)."""
+    the caller checks the whole message first, :func:`walk_frames`)."""
     cdef list out = []
     cdef int64_t limit = _limit_of(max_frame_size)
     view = memoryview(data).cast("B").toreadonly()
@@ -814,8 +812,7 @@ def walk_frames(data, Py_ssize_t start, Py_ssize_t count, max_frame_size=DEFAULT
     a step at a time (``Connection.decode``); raises what :func:`decode_message` would
     raise for the frames it reaches (not ``max_frames``: the caller counts)."""
     cdef int64_t limit = _limit_of(max_frame_size)
-    cdef Py_ssize_t q, n, pos = start, walked = 0
-    cdef uint64_t fid, length
+    cdef Py_ssize_t n, pos, walked = 0
     view = memoryview(data).cast("B").toreadonly()
     cdef Py_buffer *pb = PyMemoryView_GET_BUFFER(view)
     cdef const unsigned char *d = <const unsigned char *>pb.buf
@@ -824,12 +821,7 @@ def walk_frames(data, Py_ssize_t start, Py_ssize_t count, max_frame_size=DEFAULT
         raise IndexError("start out of range")
     if count < 0:
         raise ValueError("count must be >= 0")
-    while pos < n and walked < count:
-        q = _header(d, n, pos, limit, max_frame_size, &fid, &length)
-        if q < 0:
-            raise ProtocolError("truncated frame")
-        walked += 1
-        pos = q + <Py_ssize_t>length
+    pos = _walk(d, n, start, count, limit, max_frame_size, &walked)
     return pos, walked
 
 
@@ -838,14 +830,16 @@ def count_frames(data, Py_ssize_t start=0, max_frame_size=DEFAULT_MAX_FRAME_SIZE
     would return, or what it would raise: the frame headers are walked, no frame is
     built."""
     cdef int64_t limit = _limit_of(max_frame_size)
-    cdef Py_ssize_t cap = _max_frames(max_frames)
+    cdef Py_ssize_t cap = _max_frames(max_frames), walked = 0
     view = memoryview(data).cast("B").toreadonly()
     cdef Py_buffer *pb = PyMemoryView_GET_BUFFER(view)
     if start < 0 or start > pb.len:
         raise IndexError("start out of range")
     if start == pb.len:
         raise ProtocolError("empty message")
-    return _scan(<const unsigned char *>pb.buf, pb.len, start, limit, max_frame_size, cap)
+    if _walk(<const unsigned char *>pb.buf, pb.len, start, cap, limit, max_frame_size, &walked) < pb.len:
+        raise ProtocolError("too many frames in one message", _LIMIT_EXCEEDED)  # frames left past max_frames
+    return walked
 
 
 def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind_mask):

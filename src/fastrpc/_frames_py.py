@@ -385,7 +385,7 @@ def decode_frames(
     (``len(data)``: the message is done). A message of many frames decoded in parts,
     one part a loop pass; payloads as :func:`decode_message` makes them. Raises what
     :func:`decode_message` would raise for the frames it reaches (not ``max_frames``:
-    :func:`count_frames` checks the whole message first)."""
+    the caller checks the whole message first, :func:`walk_frames`)."""
     view = memoryview(data).cast("B").toreadonly()
     if not 0 <= start <= len(view):
         raise IndexError("start out of range")
