@@ -1,4 +1,5 @@
-"""Build script: the optional Cython extension ``fastrpc._frames``.
+"""Build script: the optional Cython extensions ``fastrpc._frames`` (the frame codec) and
+``fastrpc._calltable`` (``calltable.py`` compiled).
 
 ``FASTRPC_BUILD_EXTENSION`` decides what a failed compile means:
 ``yes`` (required: CI and wheels fail loudly), ``no`` (skip it: a pure wheel),
@@ -59,7 +60,13 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             self._failed(exc)
 
+    _current = "fastrpc._frames"
+    _gave_up = False
+
     def build_extension(self, ext: Extension) -> None:
+        if self._gave_up:
+            return  # one failure is said once, and the rest not tried
+        self._current = ext.name
         try:
             super().build_extension(ext)
         except Exception as exc:
@@ -68,8 +75,9 @@ class OptionalBuildExt(build_ext):
     def _failed(self, exc: Exception) -> None:
         if MODE == "yes":
             raise exc
-        fallback_notice(f"the C extension fastrpc._frames did not compile ({short_reason(exc)})")
+        fallback_notice(f"the C extension {self._current} did not compile ({short_reason(exc)})")
         self.extensions = []  # said once: nothing else to build
+        self._gave_up = True
 
 
 def strip_flags() -> list:
@@ -96,22 +104,16 @@ def extensions() -> list:
             "Cython is not installed (it is a build requirement: pip installs it unless --no-build-isolation)"
         )
         return []
-    ext = Extension(
-        "fastrpc._frames",
-        ["src/fastrpc/_frames.pyx"],
-        extra_compile_args=["-O3"] if sys.platform != "win32" else ["/O2"],
-        extra_link_args=strip_flags(),
-    )
-    return cythonize(
-        [ext],
-        language_level=3,
-        compiler_directives={
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "embedsignature": True,
-        },
-    )
+    flags = {"extra_compile_args": ["-O3"] if sys.platform != "win32" else ["/O2"], "extra_link_args": strip_flags()}
+    codec = Extension("fastrpc._frames", ["src/fastrpc/_frames.pyx"], **flags)
+    # The call table's pure source, compiled with the C field types of _calltable.pxd.
+    # Its annotations stay hints (annotation_typing off): it runs as the pure twin does.
+    calltable = Extension("fastrpc._calltable", ["src/fastrpc/calltable.py"], **flags)
+    directives = {"boundscheck": False, "wraparound": False, "cdivision": True, "embedsignature": True}
+    return [
+        *cythonize([codec], language_level=3, compiler_directives=directives),
+        *cythonize([calltable], language_level=3, compiler_directives={"annotation_typing": False}),
+    ]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

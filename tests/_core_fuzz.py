@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from fastrpc import _frames_py as pure
-from fastrpc import calls, flow, inbound, outbound, protocol, resume, scheduler, settings, stream_state
+from fastrpc import calls, calltable, flow, inbound, outbound, protocol, resume, scheduler, settings, stream_state
 from fastrpc import events as E
 from fastrpc.exceptions import ProtocolError, RemoteError
 from fastrpc.protocol import Connection, Role, Settings
@@ -150,22 +150,29 @@ class _Tokens:
         return bytes([self.n % 256]) * n
 
 
-# The core's modules that use the frame codec (each imports it as ``F``).
-_CORE = (protocol, calls, flow, inbound, outbound, resume, scheduler, settings, stream_state)
+# The core's modules that use the frame codec (each imports it as ``F``); the compiled
+# call table is a module of its own. With each codec goes its call table: the compiled
+# codec's run compares compiled against pure in both.
+_CORE = (protocol, calls, calltable, flow, inbound, outbound, resume, scheduler, settings, stream_state) + (
+    (importlib.import_module("fastrpc._calltable"),) if calltable.COMPILED else ()
+)
+_CALL_TABLES = {"python": calltable.PyCallTable, "cython": calltable.CallTable}
 
 
 @contextlib.contextmanager
 def _codec(codec: ModuleType) -> Iterator[None]:
-    saved = [m.F for m in _CORE], resume.secrets
+    saved = [m.F for m in _CORE], resume.secrets, protocol.CallTable
     for m in _CORE:
         m.F = codec  # type: ignore[attr-defined]
     resume.secrets = _Tokens()  # type: ignore[assignment]
+    protocol.CallTable = _CALL_TABLES[codec.IMPLEMENTATION]  # type: ignore[misc]
     try:
         yield
     finally:
         for m, f in zip(_CORE, saved[0]):
             m.F = f  # type: ignore[attr-defined]
         resume.secrets = saved[1]  # type: ignore[assignment]
+        protocol.CallTable = saved[2]  # type: ignore[misc]
 
 
 def _plain(value: Any) -> Any:

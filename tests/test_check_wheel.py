@@ -61,7 +61,8 @@ def _wheel(tmp_path: Path, tool: ModuleType, tag: str, extra: dict[str, bytes], 
 
 def test_good_wheels_pass(tmp_path: Path) -> None:
     tool = _tool()
-    so = {"fastrpc/_frames.cpython-312-x86_64-linux-gnu.so": _shared_object(tmp_path, strip=True)}
+    stripped = _shared_object(tmp_path, strip=True)
+    so = {f"fastrpc/{m}.cpython-312-x86_64-linux-gnu.so": stripped for m in ("_frames", "_calltable")}
     assert tool.check_wheel(_wheel(tmp_path, tool, "cp312-cp312-manylinux_2_17_x86_64", so)) == []
     assert tool.check_wheel(_wheel(tmp_path, tool, "py3-none-any", {})) == []
 
@@ -88,9 +89,27 @@ def test_defects_are_reported(tmp_path: Path) -> None:
         "missing module fastrpc/peer.py",
     ):
         assert expected in text, text
-    assert "expected one compiled" in "\n".join(
+    assert "expected one compiled fastrpc/_frames module" in "\n".join(
         tool.check_wheel(_wheel(tmp_path, tool, "cp312-cp312-linux_x86_64", {}))
     )
+    # The codec without the compiled call table, and a compiled module nothing builds.
+    codec_only = tool.check_wheel(
+        _wheel(
+            tmp_path,
+            tool,
+            "cp312-cp312-linux_x86_64",
+            {
+                "fastrpc/_frames.cpython-312-x86_64-linux-gnu.so": _shared_object(tmp_path, strip=True),
+                "fastrpc/peer.cpython-312-x86_64-linux-gnu.so": _shared_object(tmp_path, strip=True),
+            },
+        )
+    )
+    assert any("expected one compiled fastrpc/_calltable module, found none" in p for p in codec_only), codec_only
+    assert any(
+        "fastrpc/peer.cpython-312-x86_64-linux-gnu.so: a compiled module setup.py does not build" in p
+        for p in codec_only
+    ), codec_only
+    assert not any("_frames module" in p for p in codec_only), codec_only
     pure_with_so = tool.check_wheel(_wheel(tmp_path, tool, "py3-none-any", unstripped))
     assert any("compiled module in a py3-none-any wheel" in p for p in pure_with_so), pure_with_so
 

@@ -362,13 +362,13 @@ def test_truncated_method_name_is_rejected() -> None:
 
 
 def test_method_names_are_remembered_within_a_bound() -> None:
-    # Received method names are decoded once and shared (calls._NAMES): the same name
+    # Received method names are decoded once and shared (calls.METHOD_NAMES): the same name
     # arrives as the same str; distinct names from a peer never grow it past its bound,
     # long names are not kept, and a name that is not UTF-8 is refused every time.
     from fastrpc import calls
 
     s = server_after_hello()
-    names = [f"m{i}" for i in range(calls._MAX_HEADS + 100)] + ["n" * 100]
+    names = [f"m{i}" for i in range(calls.MAX_METHOD_NAMES + 100)] + ["n" * 100]
     seen = []
     for i, name in enumerate(names):
         cid = 2 * i + 1
@@ -376,8 +376,8 @@ def test_method_names_are_remembered_within_a_bound() -> None:
         assert ev == RequestReceived(cid, name, b"a", raw=True)
         seen.append(ev.method)
         s.send_response(cid, b"")
-        assert len(calls._NAMES) <= calls._MAX_HEADS
-    assert "n" * 100 not in calls._NAMES.values()
+        assert len(calls.METHOD_NAMES) <= calls.MAX_METHOD_NAMES
+    assert "n" * 100 not in calls.METHOD_NAMES.values()
     (ev,) = s.receive_message(F.encode_frame(F.REQUEST, 0, 99999, method_head(names[-2].encode())))
     assert ev.method is seen[-2]  # remembered: the same object
     for _ in range(2):

@@ -6,8 +6,8 @@
 A wheel must hold every module of src/fastrpc, ``py.typed`` and the ``.pyi`` stub of
 the compiled codec, the ``fastrpc`` console script and the ``pytest11`` entry point; no
 ``.c``/``.pyx``/``.pxd`` (nothing reads them at run time: they belong to the sdist),
-no tests, no bytecode. A binary wheel holds exactly one compiled ``fastrpc/_frames``
-module, and an ELF one is stripped (no ``.symtab``, no ``.debug_*`` section); a
+no tests, no bytecode. A binary wheel holds exactly one of each compiled module
+(``fastrpc/_frames``, ``fastrpc/_calltable``), and an ELF one is stripped (no ``.symtab``, no ``.debug_*`` section); a
 ``py3-none-any`` wheel holds none. An sdist holds the extension's sources and the
 build files and no compiled objects. Exit status 1 and one line per problem otherwise.
 Works on wheels of any architecture (the ELF check reads the section headers itself).
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "fastrpc"
 SOURCES_ONLY = (".c", ".pyx", ".pxd", ".pxi")  # the extension's sources: sdist only
 REQUIRED_DATA = ("fastrpc/py.typed", "fastrpc/_frames.pyi")
+COMPILED = ("_frames", "_calltable")  # setup.py's extensions
 ENTRY_POINTS = ("fastrpc = fastrpc.cli:main", "fastrpc = fastrpc.pytest_plugin")
 
 
@@ -78,7 +79,7 @@ def check_wheel(path: Path) -> list[str]:
         entry_points = (
             zf.read(f"{dist_info}/entry_points.txt").decode() if f"{dist_info}/entry_points.txt" in names else ""
         )
-        compiled = [n for n in names if n.startswith("fastrpc/_frames.") and n.endswith((".so", ".pyd"))]
+        compiled = [n for n in names if n.endswith((".so", ".pyd"))]
         blobs = {n: zf.read(n) for n in compiled}
     version = source_version()
     if f"\nVersion: {version}\n" not in metadata:
@@ -98,8 +99,16 @@ def check_wheel(path: Path) -> list[str]:
             problems.append(f"{name}: outside the fastrpc package")
     if pure:
         problems += [f"{n}: a compiled module in a py3-none-any wheel" for n in compiled]
-    elif len(compiled) != 1:
-        problems.append(f"expected one compiled fastrpc/_frames module, found {compiled or 'none'}")
+    else:
+        for module in COMPILED:
+            found = [n for n in compiled if n.startswith(f"fastrpc/{module}.")]
+            if len(found) != 1:
+                problems.append(f"expected one compiled fastrpc/{module} module, found {found or 'none'}")
+        problems += [
+            f"{n}: a compiled module setup.py does not build"
+            for n in compiled
+            if not n.startswith(tuple(f"fastrpc/{m}." for m in COMPILED))
+        ]
     for name, blob in blobs.items():
         if blob[:4] != b"\x7fELF":
             continue  # Mach-O / PE: stripped by the linker flags in setup.py, not checked here
@@ -125,6 +134,8 @@ def check_sdist(path: Path) -> list[str]:
             "src/fastrpc/_frames.pxd",
             "src/fastrpc/_payload_cost.pxi",
             "src/fastrpc/_frames.pyi",
+            "src/fastrpc/_calltable.pxd",
+            "src/fastrpc/calltable.py",
             "src/fastrpc/py.typed",
         )
         if n not in names

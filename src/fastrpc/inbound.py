@@ -16,7 +16,8 @@ from typing import Any, Union
 from . import compression as _compression
 from . import frames as F
 from .budget import MemoryBudget
-from .calls import CallTable, decode_error
+from .calls import decode_error
+from .calltable import CallTable
 from .events import Event, StreamOpened, StreamReadable
 from .exceptions import ErrorCode, LimitExceeded, ProtocolError, RemoteStreamError, StreamAborted
 from .flow import FlowControl

@@ -23,7 +23,8 @@ from . import compression as _compression
 from . import frames as F
 from . import options as O
 from .budget import MemoryBudget, PingLimit
-from .calls import FLAG_RAW, CallTable, decode_error, encode_error
+from .calls import FLAG_RAW, decode_error, encode_error
+from .calltable import CallTable
 from .events import (
     CallCancelled,
     CreditGranted,
