@@ -1078,6 +1078,45 @@ def test_take_items_matches_frame_by_frame(codec: ModuleType) -> None:
         assert (result, [(bytes(p), k, c) for p, k, c in items]) == (expect, expect_items)
 
 
+def test_take_items_holds_the_bare_kind_alone(codec: ModuleType) -> None:
+    # Items of the ``bare`` kind are queued as their payload alone: take_run with the
+    # same extra and bare gives back what the tuples would have given.
+    rng = random.Random(23)
+    for _ in range(300):
+        specs = [
+            (0x10, rng.choice((0, 0x40, 0x40, 0xC0)), 1, rng.randbytes(rng.randrange(0, 40)))
+            for _ in range(rng.randrange(1, 12))
+        ]
+        frames = codec.decode_message(b"".join(codec.encode_frame(*spec) for spec in specs))
+        bare_q: list[Any] = []
+        tuple_q: list[Any] = []
+        start = 0
+        while start < len(frames):
+            end = codec.take_items(frames, start, bare_q, 32, 0xC0, 0x40)[0]
+            assert codec.take_items(frames, start, tuple_q, 32, 0xC0) == codec.take_items(
+                frames, start, [], 32, 0xC0, 0x40
+            )
+            start = end
+        assert [type(e) is tuple for e in bare_q] == [f.flags & 0xC0 != 0x40 for f in frames]
+        assert [e if type(e) is tuple else (e, 0x40, len(e) + 32) for e in bare_q] == tuple_q
+        limit, refuse = rng.choice((1, 3, 64)), rng.choice((0, 0x80))
+        while True:
+            want = codec.take_run(tuple_q, limit, refuse)
+            assert codec.take_run(bare_q, limit, refuse, 32, 0x40) == want
+            assert len(bare_q) == len(tuple_q)
+            if not want[0]:
+                break
+
+
+def test_take_run_refuses_a_bare_entry_without_a_bare_kind(codec: ModuleType) -> None:
+    items = [b"xy", (b"z", 0, 33)]
+    with pytest.raises(TypeError):
+        codec.take_run(items, 10, 0)
+    assert len(items) == 2
+    assert codec.take_run(items, 10, 0, 32, 0x40) == ([b"xy"], 0x40, 2, 34, 34)
+    assert codec.take_run(items, 10, 0, 32, 0x40) == ([b"z"], 0, 1, 33, 33) and not items
+
+
 def test_ledger_grants_in_quarter_window_batches(codec: ModuleType) -> None:
     ledger = codec.StreamLedger(1000)
     ledger.open(1)

@@ -1,7 +1,7 @@
 """Type stub of the compiled frame codec (``_frames.pyx``); same API as ``_frames_py``."""
 
 from collections.abc import Iterable, Sequence
-from typing import Union
+from typing import Any, Union
 
 from .exceptions import ErrorCode as ErrorCode
 from .exceptions import ProtocolError as ProtocolError
@@ -58,8 +58,11 @@ def decode_varint(data: Buffer, pos: int = 0) -> tuple[int, int]: ...
 def encode_frame(ftype: int, flags: int, fid: int, payload: Buffer = b"") -> bytes: ...
 def encode_batch(frames: Iterable[Sequence[object]]) -> bytes: ...
 def take_items(
-    frames: list[Frame], start: int, items: list[tuple[Buffer, int, int]], extra: int, kind_mask: int
+    frames: list[Frame], start: int, items: list[Any], extra: int, kind_mask: int, bare: int = -1
 ) -> tuple[int, int, int]: ...
+def take_run(
+    items: Any, limit: int, refuse: int, extra: int = 0, bare: int = -1
+) -> tuple[list[Buffer], int, int, int, int]: ...
 
 class Frame:
     """One decoded frame; the attributes are read-only."""

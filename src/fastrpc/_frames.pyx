@@ -30,7 +30,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.tuple cimport PyTuple_GET_SIZE
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check, PyLong_FromUnsignedLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check, PyMemoryView_GET_BUFFER
@@ -842,12 +842,14 @@ def count_frames(data, Py_ssize_t start=0, max_frame_size=DEFAULT_MAX_FRAME_SIZE
     return walked
 
 
-def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind_mask):
+def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind_mask, bare=-1):
     """Append ``(payload, flags & kind_mask, len(payload) + extra)`` to ``items`` for
     ``frames[start]`` and each frame after it of the same type, flags and id: the run
-    of one stream's items in a message, taken in one call. Return ``(end, charge,
-    size)``: ``frames[start:end]`` were taken, ``charge`` the sum of their charges,
-    ``size`` of their payload lengths."""
+    of one stream's items in a message, taken in one call. When ``flags & kind_mask``
+    is ``bare`` the payloads are appended alone (their kind and charge are implied:
+    ``take_run`` with the same ``extra`` and ``bare``), which saves a tuple an item.
+    Return ``(end, charge, size)``: ``frames[start:end]`` were taken, ``charge`` the
+    sum of their charges, ``size`` of their payload lengths."""
     cdef Py_ssize_t n = PyList_GET_SIZE(frames), end = start, k, size = 0
     if start < 0 or start >= n:
         raise IndexError("start out of range")
@@ -856,6 +858,7 @@ def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind
     # type and flags are small ints (one byte each): cached objects, compared by identity.
     ftype, flags, fid = first.type, first.flags, first.id
     kind = flags & kind_mask
+    cdef bint alone = kind == bare
     while end < n:
         f = <Frame?>frames[end]
         if f.type is not ftype or f.flags is not flags or (f.id is not fid and f.id != fid):
@@ -863,19 +866,23 @@ def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind
         payload = f.payload
         k = len(payload)
         size += k
-        items.append((payload, kind, k + extra))
+        if alone:
+            items.append(payload)
+        else:
+            items.append((payload, kind, k + extra))
         end += 1
     return end, size + (end - start) * extra, size
 
 
-def take_run(items, Py_ssize_t limit, long refuse):
+def take_run(items, Py_ssize_t limit, long refuse, Py_ssize_t extra=0, long bare=-1):
     """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
     kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
     entries after it of the same kind, at most ``limit``; none when the first one's
-    kind has a bit of ``refuse``. Return ``(payloads, kind, size, charge, largest)``:
-    the payloads in order, their kind, the sum of their lengths and of their charges,
-    and the largest charge."""
-    cdef Py_ssize_t n = 0, total, size = 0, charge = 0, top = 0, c
+    kind has a bit of ``refuse``. An entry that is not a tuple is a payload alone, of
+    kind ``bare`` and charge ``len(payload) + extra`` (``bare`` < 0: there is none).
+    Return ``(payloads, kind, size, charge, largest)``: the payloads in order, their
+    kind, the sum of their lengths and of their charges, and the largest charge."""
+    cdef Py_ssize_t n = 0, total, size = 0, charge = 0, top = 0, c, k_len
     cdef long kind = 0, k
     cdef list out = []
     cdef tuple entry
@@ -883,20 +890,29 @@ def take_run(items, Py_ssize_t limit, long refuse):
         return out, 0, 0, 0, 0
     total = len(items)
     for e in items:
-        entry = <tuple?>e
-        if PyTuple_GET_SIZE(entry) != 3:
-            raise ValueError("a queue entry is (payload, kind, charge)")
-        k = entry[1]
+        if PyTuple_CheckExact(e):
+            entry = <tuple>e
+            if PyTuple_GET_SIZE(entry) != 3:
+                raise ValueError("a queue entry is (payload, kind, charge)")
+            k = entry[1]
+            payload = entry[0]
+            c = entry[2]
+            k_len = len(payload)
+        elif bare < 0:
+            raise TypeError("a queue entry is a tuple (no bare kind given)")
+        else:
+            k = bare
+            payload = e
+            k_len = len(payload)
+            c = k_len + extra
         if n == 0:
             if k & refuse:
                 break
             kind = k
         elif k != kind:
             break
-        payload = entry[0]
-        c = entry[2]
         out.append(payload)
-        size += len(payload)
+        size += k_len
         charge += c
         if c > top:
             top = c

@@ -424,19 +424,27 @@ def count_frames(
 
 
 def take_items(
-    frames: list[Frame], start: int, items: list[tuple[Buffer, int, int]], extra: int, kind_mask: int
+    frames: list[Frame],
+    start: int,
+    items: list[_Any],
+    extra: int,
+    kind_mask: int,
+    bare: int = -1,
 ) -> tuple[int, int, int]:
     """Append ``(payload, flags & kind_mask, len(payload) + extra)`` to ``items`` for
     ``frames[start]`` and each frame after it of the same type, flags and id: the run
-    of one stream's items in a message, taken in one call. Return ``(end, charge,
-    size)``: ``frames[start:end]`` were taken, ``charge`` the sum of their charges,
-    ``size`` of their payload lengths."""
+    of one stream's items in a message, taken in one call. When ``flags & kind_mask``
+    is ``bare`` the payloads are appended alone (their kind and charge are implied:
+    ``take_run`` with the same ``extra`` and ``bare``), which saves a tuple an item.
+    Return ``(end, charge, size)``: ``frames[start:end]`` were taken, ``charge`` the
+    sum of their charges, ``size`` of their payload lengths."""
     n = len(frames)
     if not 0 <= start < n:
         raise IndexError("start out of range")
     first = frames[start]
     ftype, flags, fid = first.type, first.flags, first.id
     kind = flags & kind_mask
+    alone = kind == bare
     end, size = start, 0
     append = items.append
     while end < n:
@@ -446,28 +454,34 @@ def take_items(
         payload = f.payload
         k = len(payload)
         size += k
-        append((payload, kind, k + extra))
+        append(payload if alone else (payload, kind, k + extra))
         end += 1
     return end, size + (end - start) * extra, size
 
 
-def take_run(items: _Any, limit: int, refuse: int) -> tuple[list[Buffer], int, int, int, int]:
+def take_run(
+    items: _Any, limit: int, refuse: int, extra: int = 0, bare: int = -1
+) -> tuple[list[Buffer], int, int, int, int]:
     """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
     kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
     entries after it of the same kind, at most ``limit``; none when the first one's
-    kind has a bit of ``refuse``. Return ``(payloads, kind, size, charge, largest)``:
-    the payloads in order, their kind, the sum of their lengths and of their charges,
-    and the largest charge."""
+    kind has a bit of ``refuse``. An entry that is not a tuple is a payload alone, of
+    kind ``bare`` and charge ``len(payload) + extra`` (``bare`` < 0: there is none).
+    Return ``(payloads, kind, size, charge, largest)``: the payloads in order, their
+    kind, the sum of their lengths and of their charges, and the largest charge."""
     out: list[Buffer] = []
     if limit < 1 or not items:
         return out, 0, 0, 0, 0
     kind = size = charge = top = 0
     for entry in items:
-        if type(entry) is not tuple:
-            raise TypeError("a queue entry is a tuple")
-        if len(entry) != 3:
-            raise ValueError("a queue entry is (payload, kind, charge)")
-        payload, k, c = entry
+        if type(entry) is tuple:
+            if len(entry) != 3:
+                raise ValueError("a queue entry is (payload, kind, charge)")
+            payload, k, c = entry
+        elif bare < 0:
+            raise TypeError("a queue entry is a tuple (no bare kind given)")
+        else:
+            payload, k, c = entry, bare, len(entry) + extra
         if not out:
             if k & refuse:
                 break

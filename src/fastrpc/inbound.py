@@ -93,7 +93,7 @@ class InboundStreams:
 
     def _drop(self, s: IncomingStream) -> None:
         """Drop what ``s`` holds, giving it back to the budget."""
-        held = sum(len(p) for p, _, _ in s.items)
+        held = sum(len(e[0]) if type(e) is tuple else len(e) for e in s.items)  # (protocol._BARE)
         if s.partial is not None:
             held += len(s.partial)
             s.partial = None

@@ -54,6 +54,7 @@ from .stream_state import (
     OUT_OPEN,
     SHORT_QUEUE,
     IncomingStream,
+    QueuedItem,
 )
 
 Payload = Union[bytes, bytearray, memoryview]
@@ -100,6 +101,10 @@ _WALK_STEP = F.WALK_STEP
 _take_items = F.take_items
 _take_run = F.take_run
 _KIND = FLAG_RAW | F.FLAG_COMPRESSED  # the flags an item keeps
+# A stream's queue holds (payload, kind, charge), or the payload alone for a whole
+# raw item (kind FLAG_RAW, charge len + FRAME_CHARGE): the common item, and its tuple
+# (64 bytes) would outweigh a small payload. take_items / take_run know the rule.
+_BARE = FLAG_RAW
 
 
 class Connection:
@@ -563,7 +568,11 @@ class Connection:
         items = s.items
         if not items:
             return None
-        payload, kind, charge = items.pop(0) if isinstance(items, list) else items.popleft()
+        entry = items.pop(0) if isinstance(items, list) else items.popleft()
+        if isinstance(entry, tuple):
+            payload, kind, charge = entry
+        else:  # a whole raw item, held alone (_BARE)
+            payload, kind, charge = entry, _BARE, len(entry) + FRAME_CHARGE
         self._budget.held -= len(payload)
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charge)
@@ -589,7 +598,7 @@ class Connection:
         s = self._inbound.streams.get(stream_id)
         if s is None:
             return [], False, 0
-        out, kind, nbytes, charged, top = _take_run(s.items, limit, _COMPRESSED)
+        out, kind, nbytes, charged, top = _take_run(s.items, limit, _COMPRESSED, FRAME_CHARGE, _BARE)
         if not out:
             return out, False, 0
         self._budget.held -= nbytes
@@ -948,7 +957,11 @@ class Connection:
             if budget.held > budget.limit:
                 budget.charge(0, "unread items")
         items = s.items
-        items.append((payload, flags & _KIND, charge))
+        kind = flags & _KIND
+        if kind == _BARE and charge == len(payload) + FRAME_CHARGE:
+            items.append(payload)
+        else:
+            items.append((payload, kind, charge))
         if len(items) > SHORT_QUEUE and type(items) is list:
             s.items = deque(items)
         if s.last_event != inbound.message_count:  # InboundStreams.readable, inline
@@ -970,10 +983,10 @@ class Connection:
             return start + 1
         items = s.items
         if type(items) is list:
-            end, charge, size = _take_items(frames, start, items, FRAME_CHARGE, _KIND)
+            end, charge, size = _take_items(frames, start, items, FRAME_CHARGE, _KIND, _BARE)
         else:
-            run: list[tuple[Payload, int, int]] = []
-            end, charge, size = _take_items(frames, start, run, FRAME_CHARGE, _KIND)
+            run: list[QueuedItem] = []
+            end, charge, size = _take_items(frames, start, run, FRAME_CHARGE, _KIND, _BARE)
             items.extend(run)
         # Charged as the frames one by one would be, but once (a peer past a window or
         # the budget fails the connection either way).

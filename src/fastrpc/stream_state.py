@@ -15,6 +15,8 @@ from . import frames as F
 __all__ = ["CallState", "InState", "IncomingStream", "OutState", "OutgoingStream"]
 
 Payload = Union[bytes, bytearray, memoryview]
+# An item in an incoming stream's queue: (payload, kind, charge), or the payload alone.
+QueuedItem = Union[tuple[Payload, int, int], Payload]
 
 
 class OutState(enum.IntEnum):
@@ -89,8 +91,9 @@ class IncomingStream:
         self.id = stream_id
         # (payload, kind, charge): kind is the item's FLAG_RAW | FLAG_COMPRESSED bits
         # (compressed items are held as received); charge is the credit given back
-        # once it is read. A list while short, a deque past SHORT_QUEUE: see there.
-        self.items: list[tuple[Payload, int, int]] | deque[tuple[Payload, int, int]] = []
+        # once it is read. A whole raw item is held as its payload alone (the
+        # Connection's rule, _BARE). A list while short, a deque past SHORT_QUEUE.
+        self.items: list[QueuedItem] | deque[QueuedItem] = []
         self.state = IN_OPEN
         self.error: BaseException | None = None
         self.partial: bytearray | None = None  # reassembly of a fragmented item
