@@ -1,6 +1,7 @@
 """The call lane (``Connection.take_call`` / ``take_answer``, ``Handlers.call``): a
 message that is one plain REQUEST or one RESPONSE skips ``receive_frames`` and its
-events. These tests check that sequential calls take it, that it keeps the same
+events; so does a message of plain REQUESTs alone (``Connection.plain_calls``) or of
+RESPONSEs to pending plain calls alone (``Connection.take_answers``): calls in flight. These tests check that sequential calls take it, that it keeps the same
 books (counters, running calls, the memory budget), and that every outcome a caller
 can see is the one the general path gives: the same calls are made on a connection
 without resumption (the lane) and on one with it (``receive_frames``, always), over
@@ -14,9 +15,14 @@ from typing import Any
 
 import pytest
 from _util import pair, raw_client, run, server_peer
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 import fastrpc
 from fastrpc import frames as F
+from fastrpc.calls import FLAG_RAW
+from fastrpc.events import ResponseReceived
+from fastrpc.exceptions import ProtocolError
 from fastrpc.protocol import Connection, Role, Settings
 
 SEEN: list[Any] = []  # the peer current_peer() gave to the handler "whoami"
@@ -101,21 +107,26 @@ def _outcome(result: Any) -> Any:
     return result
 
 
-async def _outcomes(peer: fastrpc.RpcPeer) -> list[Any]:
-    out = []
-    for method, args in CALLS:
-        try:
-            out.append(await asyncio.wait_for(peer.call(method, *args), 5))
-        except fastrpc.RemoteError as e:
-            out.append(_outcome(e))
-    return out
+async def _outcome_of(peer: fastrpc.RpcPeer, method: str, args: tuple[Any, ...]) -> Any:
+    try:
+        return await asyncio.wait_for(peer.call(method, *args), 5)
+    except fastrpc.RemoteError as e:
+        return _outcome(e)
+
+
+async def _outcomes(peer: fastrpc.RpcPeer, together: bool = False) -> list[Any]:
+    """Every call of CALLS: one after the other, or all in flight at once (made in one
+    loop pass: one message of REQUESTs)."""
+    if together:
+        return list(await asyncio.gather(*(_outcome_of(peer, m, a) for m, a in CALLS)))
+    return [await _outcome_of(peer, m, a) for m, a in CALLS]
 
 
 def _count(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Count the core's calls of the lane and of the general path (instrumentation of
     the real methods: they still run)."""
     seen: Counter[str] = Counter()
-    for name in ("take_call", "take_answer", "receive_frames"):
+    for name in ("take_call", "take_answer", "take_answers", "plain_calls", "receive_frames"):
         real = getattr(Connection, name)
 
         def counted(self: Connection, arg: Any, _real: Any = real, _name: str = name) -> Any:
@@ -161,11 +172,49 @@ def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.M
     run(main(), timeout=30)
 
 
+def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 plain calls made together: the server takes the message of REQUESTs through
+    plain_calls and take_call, the client the message of answers through
+    take_answers, neither through receive_frames; both sides count every message and
+    frame, and nothing stays running or charged."""
+
+    async def main() -> None:
+        async with pair(make_router(), server_opts=OPTS) as (server, peer):
+            await peer.call("echo", b"warm")
+            sp = await server_peer(server)
+            core, score = peer.core, sp.core
+            before = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
+            messages = (core.messages_out, score.messages_in, score.messages_out, core.messages_in)
+            seen = _count(monkeypatch)
+            n = 100
+            got = await asyncio.gather(*(peer.call("echo", b"%d" % i) for i in range(n)))
+            assert got == [b"%d" % i for i in range(n)]
+            got = await asyncio.gather(*(peer.call("add", i, 1) for i in range(n)))
+            assert got == [i + 1 for i in range(n)]
+            assert seen["plain_calls"] >= 2 and seen["take_call"] == 2 * n
+            assert seen["take_answers"] >= 2 and seen["take_answer"] == 0
+            assert seen["receive_frames"] == 0
+            after = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
+            assert [a - b for a, b in zip(after, before)] == [2 * n] * 4
+            sent, read, answered, got_back = (
+                a - b
+                for a, b in zip((core.messages_out, score.messages_in, score.messages_out, core.messages_in), messages)
+            )
+            assert sent == read >= 2 and answered == got_back >= 2
+            for c in (core, score):
+                stats = c.stats()
+                assert stats["calls_in"] == [] and stats["calls_out"] == {} and stats["memory"] == 0
+
+    run(main(), timeout=30)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["sequential", "in flight"])
 @pytest.mark.parametrize("resume", [False, True], ids=["lane", "general path"])
-def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, resume: bool) -> None:
+def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, resume: bool, together: bool) -> None:
     """The same calls, with the lane (no resumption) and without it (resumption on:
-    every message goes through receive_frames), give the same answers and errors, and
-    a handler sees its own peer as current_peer()."""
+    every message goes through receive_frames), one after the other or all in flight
+    at once, give the same answers and errors, and a handler sees its own peer as
+    current_peer()."""
     expected = [
         b"raw bytes",
         b"",
@@ -191,11 +240,14 @@ def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, res
         async with pair(make_router(), server_opts=opts, client_opts={"resume": resume}) as (server, peer):
             await peer.call("echo", b"warm")
             seen = _count(monkeypatch)
-            got = await _outcomes(peer)
+            got = await _outcomes(peer, together)
             sp = await server_peer(server)
             assert [sp] == SEEN
             if resume:
                 assert seen["take_call"] == 0 and seen["take_answer"] == 0 and seen["receive_frames"] > 0
+                assert seen["plain_calls"] == 0 and seen["take_answers"] == 0
+            elif together:  # one message of REQUESTs: plain_calls, then take_call each
+                assert seen["plain_calls"] >= 1 and seen["take_call"] == len(CALLS)
             else:
                 assert seen["take_call"] == len(CALLS) and seen["take_answer"] >= 1
             for c in (peer.core, sp.core):
@@ -254,6 +306,35 @@ def test_a_lone_request_reusing_a_running_calls_id_closes_the_connection() -> No
                 code, reason = await bad.drain()
                 assert code == 1002 and "call id in use" in reason, (code, reason)
                 gate.set()
+
+    run(main(), 30)
+
+
+def test_a_message_of_calls_is_held_to_max_pending_calls_as_they_run() -> None:
+    """max_pending_calls bounds the calls whose handlers run at once. In a message of
+    plain calls, each is admitted as the one before it finishes (the lane takes them
+    one by one): sync handlers, done before the next is admitted, never hold more than
+    one slot, so three of them in one message pass a limit of two and are answered
+    together; three async handlers still running are past it (1008, the option named),
+    as in the general path."""
+
+    async def main() -> None:
+        router = make_router()
+
+        @router.method
+        async def hold():  # type: ignore[no-untyped-def]
+            await asyncio.sleep(10)
+
+        async with pair(router, server_opts={"max_pending_calls": 2}) as (server, _):
+            async with raw_client(server.url) as client:
+                head = F.encode_varint(4) + b"echo"
+                await client.send(F.encode_batch([(F.REQUEST, FLAG_RAW, c, head + b"%d" % c) for c in (1, 3, 5)]))
+                got = [(f.type, f.id, bytes(f.payload)) for f in await client.recv_frames()]
+                assert got == [(F.RESPONSE, c, b"%d" % c) for c in (1, 3, 5)]
+                head = F.encode_varint(4) + b"hold" + client.core_payload(())
+                await client.send(F.encode_batch([(F.REQUEST, 0, c, head) for c in (7, 9, 11)]))
+                code, reason = await client.drain()
+                assert code == 1008 and "max_pending_calls is 2" in reason, (code, reason)
 
     run(main(), 30)
 
@@ -334,3 +415,78 @@ def test_an_answer_alone_leaves_at_once_and_a_reads_answers_leave_together(monke
                 await writer.wait_closed()
 
     run(main(), 30)
+
+
+# ------------------------------------------------------- a message of answers, sans-I/O
+
+
+def _caller(n: int, cancelled: frozenset[int]) -> tuple[Connection, list[int]]:
+    """A client core after the HELLO exchange with ``n`` plain calls made, those at
+    the indexes in ``cancelled`` cancelled; the same every time for the same input."""
+    c = Connection(Role.CLIENT, Settings())
+    c.next_message()
+    c.receive_message(F.encode_frame(F.HELLO, 0, 0, Settings().to_wire()))
+    ids = [c.send_call("echo", b"x", True) for _ in range(n)]
+    for i in sorted(cancelled):
+        c.cancel_call(ids[i])
+    while c.next_message() is not None:
+        pass
+    return c, ids
+
+
+_ANSWER = st.one_of(
+    st.tuples(st.just("call"), st.integers(0, 7), st.sampled_from([0, FLAG_RAW])),
+    st.tuples(st.just("unknown"), st.integers(0, 7), st.just(FLAG_RAW)),
+    st.tuples(st.just("flag"), st.integers(0, 7), st.just(FLAG_RAW | F.FLAG_STREAM)),
+    st.tuples(st.just("credit"), st.integers(0, 7), st.just(0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 8),
+    cancelled=st.frozensets(st.integers(0, 7), max_size=3),
+    answers=st.lists(_ANSWER, min_size=1, max_size=8),
+)
+def test_take_answers_takes_a_message_whole_or_leaves_it_to_receive_frames(
+    n: int, cancelled: frozenset[int], answers: list[tuple[str, int, int]]
+) -> None:
+    """``Connection.take_answers`` against ``receive_frames`` on a twin core, for
+    messages of answers to pending, cancelled and unknown calls, answers with other
+    flags, other frames and ids answered twice: it takes the message only when every
+    frame is the RESPONSE to a pending plain call, and then leaves the core as
+    receive_frames does, whose events would have been exactly one ResponseReceived
+    a frame; otherwise it does nothing (the twin's books equal), or raises the
+    ProtocolError receive_frames raises."""
+    cancelled = frozenset(i for i in cancelled if i < n)
+    core, ids = _caller(n, cancelled)
+    twin, _ = _caller(n, cancelled)
+    rows = []
+    for kind, i, flags in answers:
+        if kind == "unknown":
+            rows.append((F.RESPONSE, flags, 2 * n + 2 * i + 1, b"r"))
+        elif kind == "credit":
+            rows.append((F.CREDIT, 0, ids[i % n], F.encode_varint(16)))
+        else:
+            rows.append((F.RESPONSE, flags, ids[i % n], b"r%d" % i))
+    frames = F.decode_message(F.encode_batch(rows), F.VARINT_MAX)
+    pending = {ids[i] for i in range(n) if i not in cancelled}
+    whole = all(t == F.RESPONSE and fl in (0, FLAG_RAW) and cid in pending for t, fl, cid, _ in rows)
+    before = (core.stats(), core.frames_in)
+    try:
+        took = core.take_answers(frames)
+    except ProtocolError as e:
+        with pytest.raises(ProtocolError) as want:
+            twin.receive_frames(frames)
+        assert (str(e), e.code) == (str(want.value), want.value.code)
+        assert whole and len({r[2] for r in rows}) < len(rows)  # an id answered twice
+        event("an id answered twice")
+        return
+    assert took == (whole and len({r[2] for r in rows}) == len(rows))
+    event(f"taken: {took}")
+    if not took:
+        assert (core.stats(), core.frames_in) == before
+        return
+    events = twin.receive_frames(frames)
+    assert events == [ResponseReceived(f.id, f.payload, f.flags != 0) for f in frames]
+    assert (core.stats(), core.frames_in) == (twin.stats(), twin.frames_in)

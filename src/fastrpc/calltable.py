@@ -214,6 +214,34 @@ class CallTable:
             raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
         return state == PENDING
 
+    def answered_all(self, frames: list[F.Frame]) -> bool:
+        """(Call lane) ``frames``, a whole message of answers: when every one is the
+        RESPONSE to a pending plain call of ours (no flag but ``FLAG_RAW``), all those
+        calls are over, as :meth:`on_response` ends them one by one, and True. False,
+        and nothing done, for any other message (a frame of another type or flag, a
+        cancelled call's answer, an unknown id: :meth:`on_response` decides those).
+        An id answered twice in the message is its :class:`ProtocolError`."""
+        out = self.out
+        streaming = self.streaming_out
+        # Checked whole before any call ends: the message is taken all or not at all.
+        for f in frames:
+            fid = f.id
+            if f.type != _RESPONSE or f.flags & ~FLAG_RAW or out.get(fid) != PENDING or fid in streaming:
+                return False
+        for f in frames:
+            if out.pop(f.id, None) is None:  # its id twice in the message: as on_response
+                raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
+        return True
+
+    @staticmethod
+    def plain_requests(frames: list[F.Frame]) -> bool:
+        """(Call lane) whether every one of ``frames`` is a plain REQUEST (no flag
+        but ``FLAG_RAW``): calls in flight, made together."""
+        for f in frames:  # noqa: SIM110 - a loop, not all() over a generator: compiled
+            if f.type != _REQUEST or f.flags & ~FLAG_RAW:
+                return False
+        return True
+
     def on_error(self, f: F.Frame) -> tuple[CallFailed | None, bool]:
         """``(event, streaming)``: a streaming call's error ends its result stream."""
         state = self.out.pop(f.id, None)

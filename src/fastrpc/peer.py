@@ -260,14 +260,16 @@ class RpcPeer(PeerIO):
         try:
             # The call lane (Connection.take_call): one plain call or one answer alone,
             # a sequential call's every message, without events.
+            # Or a message of answers alone (calls in flight: Connection.take_answers).
             lane = False
-            if len(frames) == 1:
+            n = len(frames)
+            if n:
                 f = frames[0]
                 t = f.type
                 if t in _CALL_FRAMES and not f.flags & ~FLAG_RAW:
                     session = core.session
                     lane = not session.enabled and not session.awaiting_hello
-            if lane:
+            if lane and n == 1:
                 if t == _REQUEST_FRAME:
                     call = core.take_call(f)
                     if call is not None:
@@ -276,6 +278,16 @@ class RpcPeer(PeerIO):
                             self._answer(core, f.id, answer)
                 elif core.take_answer(f):
                     self._settle(f.id, f.payload, f.flags != 0)
+            elif lane and t != _REQUEST_FRAME and core.take_answers(frames):
+                self._settle_all(frames)
+            elif lane and t == _REQUEST_FRAME and core.plain_calls(frames):
+                call_all = self._handlers.call
+                for f in frames:  # as one call above, each answer queued (one message)
+                    call = core.take_call(f)
+                    if call is not None:
+                        answer = call_all(f.id, call[0], call[1], f.flags != 0)
+                        if answer is not None:
+                            core.send_response(f.id, answer, True)
             else:
                 events: list[Any] = core.receive_frames(frames)
                 for ev in events:
@@ -482,10 +494,28 @@ class RpcPeer(PeerIO):
             if raw and type(payload) is bytes:  # PayloadCodec.decode's first case, inline
                 fut.set_result(payload)
                 return
-            try:
-                fut.set_result(self._link.decoder.decode(payload, raw))
-            except Exception as exc:
-                fut.set_exception(exc)
+            self._resolve(fut, payload, raw)
+
+    def _settle_all(self, frames: list[Any]) -> None:
+        """Our calls answered by RESPONSE ``frames`` (the call lane's message of
+        answers): as :meth:`_settle` each, the call-slot waiters woken once."""
+        calls = self._calls
+        for f in frames:
+            fut = calls.pop(f.id, None)
+            if fut is not None and not fut.done():
+                payload = f.payload
+                if f.flags and type(payload) is bytes:  # raw: as _settle
+                    fut.set_result(payload)
+                else:
+                    self._resolve(fut, payload, f.flags != 0)
+        if self._call_waiters:
+            self._call_done()
+
+    def _resolve(self, fut: asyncio.Future[Any], payload: Any, raw: bool) -> None:
+        try:
+            fut.set_result(self._link.decoder.decode(payload, raw))
+        except Exception as exc:
+            fut.set_exception(exc)
 
     def _on_call_failed(self, ev: E.CallFailed) -> None:
         fut = self._calls.pop(ev.call_id, None)

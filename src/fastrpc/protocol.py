@@ -788,10 +788,11 @@ class Connection:
         self._on_frames(frames, events)
         return events
 
-    # The call lane: a message that is one plain REQUEST or one RESPONSE, once the
-    # handshake is done and without resumption (``session.awaiting_hello`` and
-    # ``session.enabled`` false: receive_frames' extra steps), may skip
-    # receive_frames and its event: a sequential call's every message.
+    # The call lane: a message that is one plain REQUEST or one RESPONSE (a
+    # sequential call's every message), or only RESPONSEs to plain calls (calls in
+    # flight answered together), once the handshake is done and without resumption
+    # (``session.awaiting_hello`` and ``session.enabled`` false: receive_frames'
+    # extra steps), may skip receive_frames and its events.
 
     def take_call(self, f: F.Frame) -> tuple[str, Payload, float | None] | None:
         """(Call lane) REQUEST ``f``, a message's one frame, admitted as
@@ -801,6 +802,12 @@ class Connection:
         self.frames_in += 1
         return self._calls.take(f)
 
+    def plain_calls(self, frames: list[F.Frame]) -> bool:
+        """(Call lane) whether a message's ``frames`` are all plain REQUESTs, for
+        :meth:`take_call` one by one (each counted as a message of its own: the count
+        only tells one message's items from the next one's)."""
+        return self._calls.plain_requests(frames)
+
     def take_answer(self, f: F.Frame) -> bool:
         """(Call lane) RESPONSE ``f``, a message's one frame, taken as
         :meth:`receive_frames` would: True when it answers a pending call of ours
@@ -808,6 +815,18 @@ class Connection:
         self._inbound.message_count += 1
         self.frames_in += 1
         return self._calls.answered(f.id)
+
+    def take_answers(self, frames: list[F.Frame]) -> bool:
+        """(Call lane) a message of RESPONSEs, each to a pending plain call of ours
+        (``CallTable.answered_all``), taken as :meth:`receive_frames` would: True, and
+        every one of those calls is over; False, and nothing done, for any other
+        message (``receive_frames`` takes it). 100 calls in flight answered in one
+        message skip an event an answer."""
+        if not self._calls.answered_all(frames):
+            return False
+        self._inbound.message_count += 1
+        self.frames_in += len(frames)
+        return True
 
     def call_now(self, method: str, payload: Payload, raw: bool) -> tuple[int, bytes] | None:
         """(Call lane) a plain call as a message of its own, to be written at once: its
