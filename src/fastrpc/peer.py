@@ -259,8 +259,9 @@ class RpcPeer(PeerIO):
         self._processing = True  # output made by the events leaves in one message, below
         try:
             # The call lane (Connection.take_call): one plain call or one answer alone,
-            # a sequential call's every message, without events.
-            # Or a message of answers alone (calls in flight: Connection.take_answers).
+            # a sequential call's every message, without events; or a message of plain
+            # calls alone, or of answers alone (calls in flight: Connection.plain_calls,
+            # take_answers). Any other message, or one they refuse: receive_frames.
             lane = False
             n = len(frames)
             if n:
@@ -269,26 +270,31 @@ class RpcPeer(PeerIO):
                 if t in _CALL_FRAMES and not f.flags & ~FLAG_RAW:
                     session = core.session
                     lane = not session.enabled and not session.awaiting_hello
-            if lane and n == 1:
-                if t == _REQUEST_FRAME:
-                    call = core.take_call(f)
-                    if call is not None:
-                        answer = self._handlers.call(f.id, call[0], call[1], f.flags != 0)
-                        if answer is not None:
-                            self._answer(core, f.id, answer)
-                elif core.take_answer(f):
-                    self._settle(f.id, f.payload, f.flags != 0)
-            elif lane and t != _REQUEST_FRAME and core.take_answers(frames):
-                self._settle_all(frames)
-            elif lane and t == _REQUEST_FRAME and core.plain_calls(frames):
-                call_all = self._handlers.call
-                for f in frames:  # as one call above, each answer queued (one message)
-                    call = core.take_call(f)
-                    if call is not None:
-                        answer = call_all(f.id, call[0], call[1], f.flags != 0)
-                        if answer is not None:
-                            core.send_response(f.id, answer, True)
-            else:
+            if lane:
+                if n == 1:
+                    if t == _REQUEST_FRAME:
+                        call = core.take_call(f)
+                        if call is not None:
+                            answer = self._handlers.call(f.id, call[0], call[1], f.flags != 0)
+                            if answer is not None:
+                                self._answer(core, f.id, answer)
+                    elif core.take_answer(f):
+                        self._settle(f.id, f.payload, f.flags != 0)
+                elif t != _REQUEST_FRAME:
+                    lane = core.take_answers(frames)
+                    if lane:
+                        self._settle_all(frames)
+                else:
+                    lane = core.plain_calls(frames)
+                    if lane:
+                        handle = self._handlers.call
+                        for f in frames:  # as one call above, each answer queued (one message)
+                            call = core.take_call(f)
+                            if call is not None:
+                                answer = handle(f.id, call[0], call[1], f.flags != 0)
+                                if answer is not None:
+                                    core.send_response(f.id, answer, True)
+            if not lane:
                 events: list[Any] = core.receive_frames(frames)
                 for ev in events:
                     t = type(ev)
