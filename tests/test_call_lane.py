@@ -1,6 +1,6 @@
 """The call lane (``Connection.take_call`` / ``take_answer``, ``Handlers.call``): a
 message that is one plain REQUEST or one RESPONSE skips ``receive_frames`` and its
-events; so does a message of plain REQUESTs alone (``Connection.plain_calls``) or of
+events; so does a message of plain REQUESTs alone (``Connection.take_calls``) or of
 RESPONSEs to pending plain calls alone (``Connection.take_answers``): calls in flight. These tests check that sequential calls take it, that it keeps the same
 books (counters, running calls, the memory budget), and that every outcome a caller
 can see is the one the general path gives: the same calls are made on a connection
@@ -126,7 +126,7 @@ def _count(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Count the core's calls of the lane and of the general path (instrumentation of
     the real methods: they still run)."""
     seen: Counter[str] = Counter()
-    for name in ("take_call", "take_answer", "take_answers", "plain_calls", "receive_frames"):
+    for name in ("take_call", "take_answer", "take_answers", "take_calls", "receive_frames"):
         real = getattr(Connection, name)
 
         def counted(self: Connection, arg: Any, _real: Any = real, _name: str = name) -> Any:
@@ -135,6 +135,18 @@ def _count(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         monkeypatch.setattr(Connection, name, counted)
     return seen
+
+
+def _count_admitted(core: Connection, seen: Counter[str]) -> None:
+    """Count ``core``'s admissions of a take_calls message's REQUESTs (``admit_call``,
+    the call table's bound method: counted on this core alone; it still runs)."""
+    real = core.admit_call
+
+    def counted(f: Any) -> Any:
+        seen["admit_call"] += 1
+        return real(f)
+
+    core.admit_call = counted  # type: ignore[method-assign]
 
 
 OPTS = {"max_connection_memory": 16_384}
@@ -174,7 +186,7 @@ def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.M
 
 def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.MonkeyPatch) -> None:
     """100 plain calls made together: the server takes the message of REQUESTs through
-    plain_calls and take_call, the client the message of answers through
+    take_calls and admit_call, the client the message of answers through
     take_answers, neither through receive_frames; both sides count every message and
     frame, and nothing stays running or charged."""
 
@@ -186,12 +198,14 @@ def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.Mo
             before = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
             messages = (core.messages_out, score.messages_in, score.messages_out, core.messages_in)
             seen = _count(monkeypatch)
+            _count_admitted(score, seen)
             n = 100
             got = await asyncio.gather(*(peer.call("echo", b"%d" % i) for i in range(n)))
             assert got == [b"%d" % i for i in range(n)]
             got = await asyncio.gather(*(peer.call("add", i, 1) for i in range(n)))
             assert got == [i + 1 for i in range(n)]
-            assert seen["plain_calls"] >= 2 and seen["take_call"] == 2 * n
+            # (a batch's first call may leave alone, at once: a message of its own)
+            assert seen["take_calls"] >= 2 and seen["admit_call"] + seen["take_call"] == 2 * n
             assert seen["take_answers"] >= 2 and seen["take_answer"] == 0
             assert seen["receive_frames"] == 0
             after = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
@@ -240,14 +254,15 @@ def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, res
         async with pair(make_router(), server_opts=opts, client_opts={"resume": resume}) as (server, peer):
             await peer.call("echo", b"warm")
             seen = _count(monkeypatch)
-            got = await _outcomes(peer, together)
             sp = await server_peer(server)
+            _count_admitted(sp.core, seen)
+            got = await _outcomes(peer, together)
             assert [sp] == SEEN
             if resume:
                 assert seen["take_call"] == 0 and seen["take_answer"] == 0 and seen["receive_frames"] > 0
-                assert seen["plain_calls"] == 0 and seen["take_answers"] == 0
-            elif together:  # one message of REQUESTs: plain_calls, then take_call each
-                assert seen["plain_calls"] >= 1 and seen["take_call"] == len(CALLS)
+                assert seen["take_calls"] == 0 and seen["take_answers"] == 0 and seen["admit_call"] == 0
+            elif together:  # one message of REQUESTs: take_calls, then admit_call each
+                assert seen["take_calls"] >= 1 and seen["admit_call"] + seen["take_call"] == len(CALLS)
             else:
                 assert seen["take_call"] == len(CALLS) and seen["take_answer"] >= 1
             for c in (peer.core, sp.core):
@@ -490,3 +505,35 @@ def test_take_answers_takes_a_message_whole_or_leaves_it_to_receive_frames(
     events = twin.receive_frames(frames)
     assert events == [ResponseReceived(f.id, f.payload, f.flags != 0) for f in frames]
     assert (core.stats(), core.frames_in) == (twin.stats(), twin.frames_in)
+
+
+def test_take_calls_takes_a_message_of_plain_calls_alone() -> None:
+    """``Connection.take_calls``: a message of plain REQUESTs alone is counted once,
+    its frames each, and its calls are then admitted one by one (``admit_call``,
+    ``CallTable.take``); a message with any other frame or flag is left whole to
+    ``receive_frames``, nothing counted."""
+    s = Connection(Role.SERVER, Settings())
+    s.receive_message(F.encode_frame(F.HELLO, 0, 0, Settings().to_wire()))
+    s.next_message()
+    head = F.encode_varint(4) + b"echo"
+
+    def message(*rows: tuple[int, int, int, bytes]) -> list[Any]:
+        return F.decode_message(F.encode_batch(list(rows)), F.VARINT_MAX)  # type: ignore[no-any-return]
+
+    for other in (
+        (F.REQUEST, FLAG_RAW | F.FLAG_STREAM, 5, head),  # a streaming call
+        (F.NOTIFY, FLAG_RAW, 0, head),
+        (F.CANCEL, 0, 1, b""),
+    ):
+        frames = message((F.REQUEST, FLAG_RAW, 1, head + b"a"), other)
+        before = (s.frames_in, s.stats())
+        assert not s.take_calls(frames)
+        assert (s.frames_in, s.stats()) == before
+    frames = message(*((F.REQUEST, FLAG_RAW, c, head + b"%d" % c) for c in (1, 3, 5)))
+    before = s.frames_in
+    assert s.take_calls(frames)
+    assert s.frames_in == before + 3
+    assert s.stats()["calls_in"] == []  # none admitted yet
+    got = [s.admit_call(f) for f in frames]
+    assert [(m, bytes(p)) for m, p, _ in got] == [("echo", b"1"), ("echo", b"3"), ("echo", b"5")]
+    assert sorted(s.stats()["calls_in"]) == [1, 3, 5]  # type: ignore[arg-type]

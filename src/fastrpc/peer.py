@@ -260,7 +260,7 @@ class RpcPeer(PeerIO):
         try:
             # The call lane (Connection.take_call): one plain call or one answer alone,
             # a sequential call's every message, without events; or a message of plain
-            # calls alone, or of answers alone (calls in flight: Connection.plain_calls,
+            # calls alone, or of answers alone (calls in flight: Connection.take_calls,
             # take_answers). Any other message, or one they refuse: receive_frames.
             lane = False
             n = len(frames)
@@ -285,11 +285,12 @@ class RpcPeer(PeerIO):
                     if lane:
                         self._settle_all(frames)
                 else:
-                    lane = core.plain_calls(frames)
+                    lane = core.take_calls(frames)
                     if lane:
+                        admit = core.admit_call
                         handle = self._handlers.call
                         for f in frames:  # as one call above, each answer queued (one message)
-                            call = core.take_call(f)
+                            call = admit(f)
                             if call is not None:
                                 answer = handle(f.id, call[0], call[1], f.flags != 0)
                                 if answer is not None:
