@@ -137,16 +137,23 @@ def _count(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return seen
 
 
-def _count_admitted(core: Connection, seen: Counter[str]) -> None:
-    """Count ``core``'s admissions of a take_calls message's REQUESTs (``admit_call``,
-    the call table's bound method: counted on this core alone; it still runs)."""
-    real = core.admit_call
+def _count_admitted(monkeypatch: pytest.MonkeyPatch, seen: Counter[str]) -> None:
+    """Count the admissions of take_calls messages' REQUESTs (``seen["admit"]``): the
+    function take_calls returns is wrapped (it still runs)."""
+    real = Connection.take_calls
 
-    def counted(f: Any) -> Any:
-        seen["admit_call"] += 1
-        return real(f)
+    def counting(self: Connection, frames: Any) -> Any:
+        admit = real(self, frames)
+        if admit is None:
+            return None
 
-    core.admit_call = counted  # type: ignore[method-assign]
+        def counted(f: Any) -> Any:
+            seen["admit"] += 1
+            return admit(f)
+
+        return counted
+
+    monkeypatch.setattr(Connection, "take_calls", counting)
 
 
 OPTS = {"max_connection_memory": 16_384}
@@ -186,7 +193,7 @@ def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.M
 
 def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.MonkeyPatch) -> None:
     """100 plain calls made together: the server takes the message of REQUESTs through
-    take_calls and admit_call, the client the message of answers through
+    take_calls and the function it returns, the client the message of answers through
     take_answers, neither through receive_frames; both sides count every message and
     frame, and nothing stays running or charged."""
 
@@ -198,14 +205,14 @@ def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.Mo
             before = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
             messages = (core.messages_out, score.messages_in, score.messages_out, core.messages_in)
             seen = _count(monkeypatch)
-            _count_admitted(score, seen)
+            _count_admitted(monkeypatch, seen)
             n = 100
             got = await asyncio.gather(*(peer.call("echo", b"%d" % i) for i in range(n)))
             assert got == [b"%d" % i for i in range(n)]
             got = await asyncio.gather(*(peer.call("add", i, 1) for i in range(n)))
             assert got == [i + 1 for i in range(n)]
             # (a batch's first call may leave alone, at once: a message of its own)
-            assert seen["take_calls"] >= 2 and seen["admit_call"] + seen["take_call"] == 2 * n
+            assert seen["take_calls"] >= 2 and seen["admit"] + seen["take_call"] == 2 * n
             assert seen["take_answers"] >= 2 and seen["take_answer"] == 0
             assert seen["receive_frames"] == 0
             after = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
@@ -255,14 +262,14 @@ def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, res
             await peer.call("echo", b"warm")
             seen = _count(monkeypatch)
             sp = await server_peer(server)
-            _count_admitted(sp.core, seen)
+            _count_admitted(monkeypatch, seen)
             got = await _outcomes(peer, together)
             assert [sp] == SEEN
             if resume:
                 assert seen["take_call"] == 0 and seen["take_answer"] == 0 and seen["receive_frames"] > 0
-                assert seen["take_calls"] == 0 and seen["take_answers"] == 0 and seen["admit_call"] == 0
-            elif together:  # one message of REQUESTs: take_calls, then admit_call each
-                assert seen["take_calls"] >= 1 and seen["admit_call"] + seen["take_call"] == len(CALLS)
+                assert seen["take_calls"] == 0 and seen["take_answers"] == 0 and seen["admit"] == 0
+            elif together:  # one message of REQUESTs: take_calls, then each admitted
+                assert seen["take_calls"] >= 1 and seen["admit"] + seen["take_call"] == len(CALLS)
             else:
                 assert seen["take_call"] == len(CALLS) and seen["take_answer"] >= 1
             for c in (peer.core, sp.core):
@@ -509,9 +516,9 @@ def test_take_answers_takes_a_message_whole_or_leaves_it_to_receive_frames(
 
 def test_take_calls_takes_a_message_of_plain_calls_alone() -> None:
     """``Connection.take_calls``: a message of plain REQUESTs alone is counted once,
-    its frames each, and its calls are then admitted one by one (``admit_call``,
-    ``CallTable.take``); a message with any other frame or flag is left whole to
-    ``receive_frames``, nothing counted."""
+    its frames each, and its calls are then admitted one by one by the function it
+    returns (``CallTable.take``); a message with any other frame or flag is left
+    whole to ``receive_frames`` (None), nothing counted."""
     s = Connection(Role.SERVER, Settings())
     s.receive_message(F.encode_frame(F.HELLO, 0, 0, Settings().to_wire()))
     s.next_message()
@@ -527,13 +534,14 @@ def test_take_calls_takes_a_message_of_plain_calls_alone() -> None:
     ):
         frames = message((F.REQUEST, FLAG_RAW, 1, head + b"a"), other)
         before = (s.frames_in, s.stats())
-        assert not s.take_calls(frames)
+        assert s.take_calls(frames) is None
         assert (s.frames_in, s.stats()) == before
     frames = message(*((F.REQUEST, FLAG_RAW, c, head + b"%d" % c) for c in (1, 3, 5)))
     before = s.frames_in
-    assert s.take_calls(frames)
+    admit = s.take_calls(frames)
+    assert admit is not None
     assert s.frames_in == before + 3
     assert s.stats()["calls_in"] == []  # none admitted yet
-    got = [s.admit_call(f) for f in frames]
+    got = [admit(f) for f in frames]
     assert [(m, bytes(p)) for m, p, _ in got] == [("echo", b"1"), ("echo", b"3"), ("echo", b"5")]
     assert sorted(s.stats()["calls_in"]) == [1, 3, 5]  # type: ignore[arg-type]

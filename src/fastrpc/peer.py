@@ -285,9 +285,9 @@ class RpcPeer(PeerIO):
                     if lane:
                         self._settle_all(frames)
                 else:
-                    lane = core.take_calls(frames)
-                    if lane:
-                        admit = core.admit_call
+                    admit = core.take_calls(frames)
+                    lane = admit is not None
+                    if admit is not None:
                         handle = self._handlers.call
                         for f in frames:  # as one call above, each answer queued (one message)
                             call = admit(f)

@@ -131,7 +131,6 @@ class Connection:
         "_ping_rate",
         "_sched",
         "_undecoded",
-        "admit_call",
         "batch_size",
         "bytes_in",
         "bytes_out",
@@ -198,8 +197,6 @@ class Connection:
         self.send_item = outbound.send_item
         self.writable = outbound.writable
         self.send_call = self._calls.call
-        # CallTable.take: each REQUEST of a message take_calls took (calls in flight).
-        self.admit_call = self._calls.take
         self._inbound = InboundStreams(self._sched.control, self._flow, self._calls, self._peer_parity, budget)
         self._message_limit = 0
         self._algorithm = 0
@@ -805,17 +802,17 @@ class Connection:
         self.frames_in += 1
         return self._calls.take(f)
 
-    def take_calls(self, frames: list[F.Frame]) -> bool:
-        """(Call lane) a message of plain REQUESTs alone (calls in flight): True, the
-        message counted as :meth:`receive_frames` counts it, and each REQUEST is then
-        for :attr:`admit_call` in order (``CallTable.take``: :meth:`take_call`
-        without the count), admitted as the one before it is handled; False, and
-        nothing done, for any other message."""
+    def take_calls(self, frames: list[F.Frame]) -> Callable[[F.Frame], tuple[str, Payload, float | None] | None] | None:
+        """(Call lane) a message of plain REQUESTs alone (calls in flight), counted as
+        :meth:`receive_frames` counts it: the function that admits each of its
+        REQUESTs, in order, as the one before it is handled (``CallTable.take``:
+        :meth:`take_call` without the count; bound per message, not kept a
+        connection). None, and nothing done, for any other message."""
         if not self._calls.plain_requests(frames):
-            return False
+            return None
         self._inbound.message_count += 1
         self.frames_in += len(frames)
-        return True
+        return self._calls.take
 
     def take_answer(self, f: F.Frame) -> bool:
         """(Call lane) RESPONSE ``f``, a message's one frame, taken as
