@@ -789,10 +789,10 @@ class Connection:
         return events
 
     # The call lane: a message that is one plain REQUEST or one RESPONSE (a
-    # sequential call's every message), or only RESPONSEs to plain calls (calls in
-    # flight answered together), once the handshake is done and without resumption
-    # (``session.awaiting_hello`` and ``session.enabled`` false: receive_frames'
-    # extra steps), may skip receive_frames and its events.
+    # sequential call's every message), or only plain REQUESTs, or only RESPONSEs to
+    # pending plain calls (calls in flight), once the handshake is done and without
+    # resumption (``session.awaiting_hello`` and ``session.enabled`` false:
+    # receive_frames' extra steps), may skip receive_frames and its events.
 
     def take_call(self, f: F.Frame) -> tuple[str, Payload, float | None] | None:
         """(Call lane) REQUEST ``f``, a message's one frame, admitted as
@@ -806,8 +806,8 @@ class Connection:
         """(Call lane) a message of plain REQUESTs alone (calls in flight), counted as
         :meth:`receive_frames` counts it: the function that admits each of its
         REQUESTs, in order, as the one before it is handled (``CallTable.take``:
-        :meth:`take_call` without the count; bound per message, not kept a
-        connection). None, and nothing done, for any other message."""
+        :meth:`take_call` without the count; bound per message, not kept on the
+        connection: an idle connection's memory). None, and nothing done, for any other message."""
         if not self._calls.plain_requests(frames):
             return None
         self._inbound.message_count += 1
