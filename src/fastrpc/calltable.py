@@ -233,10 +233,14 @@ class CallTable:
                 raise ProtocolError("response to an unknown call", ErrorCode.STREAM_STATE_ERROR)
         return True
 
-    @staticmethod
-    def plain_requests(frames: list[F.Frame]) -> bool:
+    def plain_requests(self, frames: list[F.Frame]) -> bool:
         """(Call lane) whether every one of ``frames`` is a plain REQUEST (no flag
-        but ``FLAG_RAW``): calls in flight, made together."""
+        but ``FLAG_RAW``), and ``max_pending_calls`` has a slot for each of them even
+        were none to end before the next is admitted: calls in flight, made
+        together. A message of more is refused by :meth:`take` as before (the lane
+        admits each call as the one before it is handled)."""
+        if len(frames) + len(self.inbound) > self.max_inbound:
+            return False
         for f in frames:  # noqa: SIM110 - a loop, not all() over a generator: compiled
             if f.type != _REQUEST or f.flags & ~FLAG_RAW:
                 return False
