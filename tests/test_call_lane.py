@@ -332,13 +332,31 @@ def test_a_lone_request_reusing_a_running_calls_id_closes_the_connection() -> No
     run(main(), 30)
 
 
+def test_a_message_of_calls_repeating_an_id_is_refused_as_before() -> None:
+    """Two sync calls with one id in one message: the lane would answer the first
+    before admitting the second, whose id would be free by then; receive_frames
+    admits both first and refuses the second ("call id in use", 1002). The message
+    goes to receive_frames (ids must rise for the lane): refused as before."""
+
+    async def main() -> None:
+        async with pair(make_router()) as (server, peer):
+            async with raw_client(server.url) as client:
+                head = F.encode_varint(4) + b"echo"
+                await client.send(F.encode_batch([(F.REQUEST, FLAG_RAW, c, head + b"x") for c in (1, 3, 1)]))
+                code, reason = await client.drain()
+                assert code == 1002 and "call id in use" in reason, (code, reason)
+            assert await peer.call("echo", b"after") == b"after"
+
+    run(main(), 30)
+
+
 def test_a_message_of_more_calls_than_max_pending_calls_is_refused_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lane admits a message's calls one by one, each as the one before it is
     handled, so it takes a message of plain calls only when max_pending_calls has a
     slot for every one of them. A message of two sync calls under a limit of two takes
     it and is answered; one of three goes through receive_frames, which refuses it as
     it always did (1008, the option named), though sync handlers would have ended one
-    by one."""
+    by one. So does a message that repeats an id (below)."""
     seen = _count(monkeypatch)
 
     async def main() -> None:
@@ -529,6 +547,7 @@ def test_take_calls_takes_a_message_of_plain_calls_alone() -> None:
         (F.REQUEST, FLAG_RAW | F.FLAG_STREAM, 5, head),  # a streaming call
         (F.NOTIFY, FLAG_RAW, 0, head),
         (F.CANCEL, 0, 1, b""),
+        (F.REQUEST, FLAG_RAW, 1, head + b"b"),  # an id twice: receive_frames refuses it
     ):
         frames = message((F.REQUEST, FLAG_RAW, 1, head + b"a"), other)
         before = (s.frames_in, s.stats())

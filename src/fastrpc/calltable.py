@@ -235,15 +235,20 @@ class CallTable:
 
     def plain_requests(self, frames: list[F.Frame]) -> bool:
         """(Call lane) whether every one of ``frames`` is a plain REQUEST (no flag
-        but ``FLAG_RAW``), and ``max_pending_calls`` has a slot for each of them even
-        were none to end before the next is admitted: calls in flight, made
-        together. A message of more is refused by :meth:`take` as before (the lane
-        admits each call as the one before it is handled)."""
+        but ``FLAG_RAW``), their ids rising (as a caller's counter gives them), and
+        ``max_pending_calls`` has a slot for each of them even were none to end
+        before the next is admitted: calls in flight, made together. The lane admits
+        each call as the one before it is handled; a message of more calls, or one
+        that repeats an id, goes to :meth:`take` whole and is refused as before,
+        not passed because a sync call ended in between."""
         if len(frames) + len(self.inbound) > self.max_inbound:
             return False
-        for f in frames:  # noqa: SIM110 - a loop, not all() over a generator: compiled
-            if f.type != _REQUEST or f.flags & ~FLAG_RAW:
+        last = -1
+        for f in frames:
+            fid = f.id
+            if f.type != _REQUEST or f.flags & ~FLAG_RAW or fid <= last:
                 return False
+            last = fid
         return True
 
     def on_error(self, f: F.Frame) -> tuple[CallFailed | None, bool]:
