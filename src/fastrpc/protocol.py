@@ -805,11 +805,11 @@ class Connection:
     def take_calls(self, frames: list[F.Frame]) -> Callable[[F.Frame], tuple[str, Payload, float | None] | None] | None:
         """(Call lane) a message of plain REQUESTs alone (calls in flight), as many as
         ``max_pending_calls`` has free slots, ids rising (``CallTable.plain_requests``),
-        counted as :meth:`receive_frames`
-        counts it: the function that admits each of its REQUESTs, in order, as the
-        one before it is handled (``CallTable.take``:
+        counted as :meth:`receive_frames` counts it: the function that admits each of
+        its REQUESTs, in order, as the one before it is handled (``CallTable.take``:
         :meth:`take_call` without the count; bound per message, not kept on the
-        connection: an idle connection's memory). None, and nothing done, for any other message."""
+        connection, which would cost an idle connection's memory). None, and nothing
+        done, for any other message."""
         if not self._calls.plain_requests(frames):
             return None
         self._inbound.message_count += 1
