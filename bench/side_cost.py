@@ -52,8 +52,11 @@ async def _serve(lib: str, port_file: str, seconds: float, trace_calls: int) -> 
 
 
 async def _calls(client: Any, n: int) -> None:
-    if os.environ.get("SIDE_COST_WHAT") == "inflight":
+    what = os.environ.get("SIDE_COST_WHAT")
+    if what == "inflight":
         await client.inflight_calls(n, WINDOW, PAYLOAD)
+    elif what == "small":
+        await client.stream(n, len(PAYLOAD))
     else:
         await client.seq_calls(n, PAYLOAD)
 
@@ -177,7 +180,12 @@ def main() -> None:
     ap.add_argument("--src", type=Path, help="import fastrpc from DIR/src (another checkout)")
     ap.add_argument("--calls", default="2000,12000", help="the two call counts (callgrind)")
     ap.add_argument("--opcodes", action="store_true", help="Python opcodes a call, by function, instead")
-    ap.add_argument("--what", choices=("seq", "inflight"), default="seq", help="sequential calls, or 100 in flight")
+    ap.add_argument(
+        "--what",
+        choices=("seq", "inflight", "small"),
+        default="seq",
+        help="sequential calls, 100 in flight, or 16-byte items streamed (a call: an item)",
+    )
     args = ap.parse_args()
     if args.opcodes:
         _run(args.lib, args.side, 0, args.src, args.what, trace_calls=2000)

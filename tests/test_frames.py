@@ -1004,12 +1004,16 @@ def test_take_run_takes_the_front_run_of_one_kind(codec: ModuleType, queue: type
             for kind in rng.choices((0, 0, 0, 0x40, 0x80, 0xC0), k=rng.randrange(0, 40))
         ]
         limit, refuse = rng.choice((0, 1, 5, 64, 1000)), rng.choice((0, 0x80))
+        max_size = rng.choice((-1, -1, 0, 1, 39, 100, 400))
         items = queue(entries)
-        got = codec.take_run(items, limit, refuse)
-        # The reference: the front entries of the first one's kind, up to the limit.
+        got = codec.take_run(items, limit, refuse, max_size=max_size)
+        # The reference: the front entries of the first one's kind, up to the limit,
+        # and while their payloads fit max_size (the first whatever its size).
         run: list[Any] = []
         for entry in entries[: max(limit, 0)]:
             if (not run and entry[1] & refuse) or (run and entry[1] != run[0][1]):
+                break
+            if run and max_size >= 0 and sum(len(p) for p, _, _ in run) + len(entry[0]) > max_size:
                 break
             run.append(entry)
         if not run:
@@ -1100,9 +1104,10 @@ def test_take_items_holds_the_bare_kind_alone(codec: ModuleType) -> None:
         assert [type(e) is tuple for e in bare_q] == [f.flags & 0xC0 != 0x40 for f in frames]
         assert [e if type(e) is tuple else (e, 0x40, len(e) + 32) for e in bare_q] == tuple_q
         limit, refuse = rng.choice((1, 3, 64)), rng.choice((0, 0x80))
+        max_size = rng.choice((-1, 16, 64))
         while True:
-            want = codec.take_run(tuple_q, limit, refuse)
-            assert codec.take_run(bare_q, limit, refuse, 32, 0x40) == want
+            want = codec.take_run(tuple_q, limit, refuse, max_size=max_size)
+            assert codec.take_run(bare_q, limit, refuse, 32, 0x40, max_size) == want
             assert len(bare_q) == len(tuple_q)
             if not want[0]:
                 break

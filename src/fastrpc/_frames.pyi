@@ -61,7 +61,7 @@ def take_items(
     frames: list[Frame], start: int, items: list[Any], extra: int, kind_mask: int, bare: int = -1
 ) -> tuple[int, int, int]: ...
 def take_run(
-    items: Any, limit: int, refuse: int, extra: int = 0, bare: int = -1
+    items: Any, limit: int, refuse: int, extra: int = 0, bare: int = -1, max_size: int = -1
 ) -> tuple[list[Buffer], int, int, int, int]: ...
 
 class Frame:

@@ -874,14 +874,16 @@ def take_items(list frames, Py_ssize_t start, list items, Py_ssize_t extra, kind
     return end, size + (end - start) * extra, size
 
 
-def take_run(items, Py_ssize_t limit, long refuse, Py_ssize_t extra=0, long bare=-1):
+def take_run(items, Py_ssize_t limit, long refuse, Py_ssize_t extra=0, long bare=-1, Py_ssize_t max_size=-1):
     """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
     kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
-    entries after it of the same kind, at most ``limit``; none when the first one's
-    kind has a bit of ``refuse``. An entry that is not a tuple is a payload alone, of
-    kind ``bare`` and charge ``len(payload) + extra`` (``bare`` < 0: there is none).
-    Return ``(payloads, kind, size, charge, largest)``: the payloads in order, their
-    kind, the sum of their lengths and of their charges, and the largest charge."""
+    entries after it of the same kind, at most ``limit``, and (``max_size`` >= 0)
+    while their payloads come to at most ``max_size`` bytes (the first entry is taken
+    whatever its size); none when the first one's kind has a bit of ``refuse``. An
+    entry that is not a tuple is a payload alone, of kind ``bare`` and charge
+    ``len(payload) + extra`` (``bare`` < 0: there is none). Return ``(payloads, kind,
+    size, charge, largest)``: the payloads in order, their kind, the sum of their
+    lengths and of their charges, and the largest charge."""
     cdef Py_ssize_t n = 0, total, size = 0, charge = 0, top = 0, c, k_len
     cdef long kind = 0, k
     cdef list out = []
@@ -909,7 +911,7 @@ def take_run(items, Py_ssize_t limit, long refuse, Py_ssize_t extra=0, long bare
             if k & refuse:
                 break
             kind = k
-        elif k != kind:
+        elif k != kind or (max_size >= 0 and k_len > max_size - size):
             break
         out.append(payload)
         size += k_len

@@ -460,15 +460,17 @@ def take_items(
 
 
 def take_run(
-    items: _Any, limit: int, refuse: int, extra: int = 0, bare: int = -1
+    items: _Any, limit: int, refuse: int, extra: int = 0, bare: int = -1, max_size: int = -1
 ) -> tuple[list[Buffer], int, int, int, int]:
     """Take from the front of the queue ``items`` (a list or a deque of ``(payload,
     kind, charge)`` entries, as ``take_items`` makes them) the first entry and the
-    entries after it of the same kind, at most ``limit``; none when the first one's
-    kind has a bit of ``refuse``. An entry that is not a tuple is a payload alone, of
-    kind ``bare`` and charge ``len(payload) + extra`` (``bare`` < 0: there is none).
-    Return ``(payloads, kind, size, charge, largest)``: the payloads in order, their
-    kind, the sum of their lengths and of their charges, and the largest charge."""
+    entries after it of the same kind, at most ``limit``, and (``max_size`` >= 0)
+    while their payloads come to at most ``max_size`` bytes (the first entry is taken
+    whatever its size); none when the first one's kind has a bit of ``refuse``. An
+    entry that is not a tuple is a payload alone, of kind ``bare`` and charge
+    ``len(payload) + extra`` (``bare`` < 0: there is none). Return ``(payloads, kind,
+    size, charge, largest)``: the payloads in order, their kind, the sum of their
+    lengths and of their charges, and the largest charge."""
     out: list[Buffer] = []
     if limit < 1 or not items:
         return out, 0, 0, 0, 0
@@ -486,7 +488,7 @@ def take_run(
             if k & refuse:
                 break
             kind = k
-        elif k != kind:
+        elif k != kind or (max_size >= 0 and len(payload) > max_size - size):
             break
         out.append(payload)
         size += len(payload)

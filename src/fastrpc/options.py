@@ -42,6 +42,19 @@ BATCH_SIZE = 128 << 10  # stream data per outgoing message
 MAX_BUFFERED_AMOUNT = 1 << 20  # senders wait while more is queued on a connection
 BACKPRESSURE_DELAY = 0.010  # seconds between re-checks of a waiting sender
 COMPRESSION_THRESHOLD = 1024  # items at least this large are compressed
+# A sender loop gathers the small bytes items its source yields (at most SEND_RUN_ITEM
+# bytes each) in runs of up to SEND_RUN_BYTES, queued in one step (streams.py): a
+# run leaves no later than one item would have, at the end of the loop pass.
+SEND_RUN_ITEM = 2048
+SEND_RUN_BYTES = 8 << 10
+
+# -- receiving -----------------------------------------------------------------------------
+# ``async for`` over a stream takes the items that have arrived in runs of up to this
+# many, and this many payload bytes (the first item whatever its size): their memory
+# leaves the connection's budget and their credit goes back when the run is taken, so a
+# stream holds at most READ_RUN_BYTES more than its window (and one item past it).
+READ_RUN_ITEMS = 128
+READ_RUN_BYTES = 8 << 10
 # While more than this waits to be sent to a peer (its answers, credit, PONGs: what
 # its own messages make us send), its input is not read: a peer that does not read
 # stops being served instead of growing our memory.

@@ -221,6 +221,67 @@ class OutboundStreams:
                 self.sched.queue(s)
         return n
 
+    def room_for_run(self, stream_id: int, cap: int) -> tuple[int, int]:
+        """``(room, item_max)`` for a run of raw items (:meth:`send_items`): the charges
+        (``len + FRAME_CHARGE`` an item) that the stream's credit, the connection's and
+        the stream's buffer take now, at most ``cap``, and the largest item that goes
+        whole in one frame as it is (not compressed). ``(0, 0)`` on a stream that
+        :meth:`send_item` would refuse, whose first frame is still to go (it carries
+        ``FLAG_OPEN``) or that has a tail."""
+        s = self.streams.get(stream_id)
+        if s is None or s.state != OUT_OPEN or s.tail is not None or s.flags:
+            return 0, 0
+        flow = self.flow
+        room = min(cap, flow.ledger_out.window(stream_id), flow.conn_credit, self.stream_buffer_size - len(s.writer))
+        return (room, self.plain_limit) if room > FRAME_CHARGE else (0, 0)
+
+    def send_items(self, stream_id: int, payloads: list[bytes]) -> bool:
+        """Queue raw items, each whole in one frame, in one step: all are accepted, as
+        :meth:`send_item` accepts one (each at most :meth:`room_for_run`'s ``item_max``,
+        which is at most any frame limit a peer may set). What the credit and the
+        stream's buffer take now is queued; the rest is the stream's tail, queued as
+        credit comes (:meth:`pump`): ``payloads`` is the stream's from then on (it is
+        emptied as its items go). The result is :meth:`send_item`'s: whether the
+        stream may take the next item now."""
+        s = self.streams.get(stream_id)
+        if s is None or s.state != OUT_OPEN:
+            raise StreamClosed(f"stream {stream_id} is closed")
+        if s.tail is not None or s.flags:
+            raise RuntimeError("the previous item is still being sent; wait until writable()")
+        s.tail = payloads
+        return self.pump(s)
+
+    def _pump_run(self, s: OutgoingStream, run: list[bytes]) -> bool:
+        """(pump) A tail of whole raw items: as many as the credit and the stream's
+        buffer take, in one step."""
+        flow = self.flow
+        sid = s.id
+        w = s.writer
+        before = len(w)
+        if before >= self.stream_buffer_size:
+            return False
+        n, charged = w.add_run(
+            _STREAM_DATA,
+            FLAG_RAW,
+            sid,
+            run,
+            min(flow.ledger_out.window(sid), flow.conn_credit),
+            self.frame_limit,
+            FRAME_CHARGE,
+            self.stream_buffer_size,
+        )
+        if n:
+            flow.ledger_out.spend(sid, charged, n)  # (add_run kept within the window)
+            flow.conn_credit -= charged
+            self.stream_bytes += len(w) - before
+            if not s.queued:
+                self.sched.queue(s)
+            if n == len(run):
+                s.tail = None
+                return flow.out_writable(sid) and len(w) < self.stream_buffer_size
+            del run[:n]
+        return False
+
     def writable(self, stream_id: int) -> bool:
         """Whether the stream may take another item now (see :meth:`send_item`)."""
         s = self.streams.get(stream_id)
@@ -237,6 +298,8 @@ class OutboundStreams:
         """Move as much of the pending item as credit and buffer allow; True when done
         and the stream may take more."""
         tail = s.tail
+        if isinstance(tail, list):
+            return self._pump_run(s, tail)
         flow = self.flow
         sid = s.id
         while tail is not None:

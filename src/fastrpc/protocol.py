@@ -219,6 +219,16 @@ class Connection:
     writable: Callable[[int], bool]
     send_call: Callable[..., int]
 
+    def room_for_run(self, stream_id: int, cap: int) -> tuple[int, int]:
+        """Room for a run of raw items on an outgoing stream, and the largest such an
+        item may be (:meth:`OutboundStreams.room_for_run`)."""
+        return self._outbound.room_for_run(stream_id, cap)
+
+    def send_items(self, stream_id: int, payloads: list[bytes]) -> bool:
+        """Queue a run of raw items on an outgoing stream, all of them; whether it
+        may take more now (:meth:`OutboundStreams.send_items`)."""
+        return self._outbound.send_items(stream_id, payloads)
+
     def send_run(self, stream_id: int, payloads: list[bytes], room: int) -> int:
         """Queue a run of encoded items on an outgoing stream in one step, as far as
         credit and buffers take them whole; return how many
@@ -588,17 +598,18 @@ class Connection:
             payload = self._inbound.inflate(s, payload, self._algorithm, self.settings.max_item_size, self.closed)
         return payload, kind & FLAG_RAW != 0, grant
 
-    def read_items(self, stream_id: int, limit: int) -> tuple[list[Payload], bool, int]:
+    def read_items(self, stream_id: int, limit: int, max_size: int = -1) -> tuple[list[Payload], bool, int]:
         """Up to ``limit`` items of an incoming stream in one step, ``(payloads, raw,
         granted)``: the next item and those after it of the same kind (raw or plain;
-        a compressed one is :meth:`read_item`'s). Their memory is released and their
-        credit counted as consumed, as by :meth:`read_item` (credit goes back in
-        batches: ``granted`` > 0 queued a CREDIT). No payloads: nothing queued, or
+        a compressed one is :meth:`read_item`'s), while their payloads come to at most
+        ``max_size`` bytes (>= 0; the first whatever its size). Their memory is released
+        and their credit counted as consumed, as by :meth:`read_item` (credit goes back
+        in batches: ``granted`` > 0 queued a CREDIT). No payloads: nothing queued, or
         the next item is compressed."""
         s = self._inbound.streams.get(stream_id)
         if s is None:
             return [], False, 0
-        out, kind, nbytes, charged, top = _take_run(s.items, limit, _COMPRESSED, FRAME_CHARGE, _BARE)
+        out, kind, nbytes, charged, top = _take_run(s.items, limit, _COMPRESSED, FRAME_CHARGE, _BARE, max_size)
         if not out:
             return out, False, 0
         self._budget.held -= nbytes

@@ -59,7 +59,9 @@ class OutgoingStream:
         self.state = OUT_OPEN
         self.bound = bound  # bound to a call: not counted against max_streams
         self.flags = F.FLAG_OPEN  # flags for the next frame: OPEN until the first one
-        self.tail: Payload | None = None  # the rest of an item waiting for credit
+        # The rest of an item waiting for credit, or the items of a run it did not
+        # take yet (a list: OutboundStreams.send_items).
+        self.tail: Payload | list[bytes] | None = None
         self.tail_flags = 0
         self.queued = False  # in the scheduler's ring
 

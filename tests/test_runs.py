@@ -1,0 +1,259 @@
+"""Small stream items in runs: a sender loop gathers the small bytes items its source
+yields and queues them in one step (``Connection.send_items``), and ``async for``
+takes the items that have arrived in one step (``Connection.read_items``). Nothing a
+user sees changes: the items, their order, when each leaves, the errors, the bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from _util import pair, run, until
+
+import fastrpc
+from fastrpc import frames as F
+from fastrpc import options as O
+from fastrpc.calls import FLAG_RAW
+from fastrpc.outbound import OutboundStreams
+from fastrpc.protocol import FRAME_CHARGE, Connection, Role
+from fastrpc.settings import Settings
+
+SMALL = b"0123456789abcdef"
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, cls: Any, name: str) -> list[int]:
+    """Calls of ``cls.name`` (bound by a core made after this), counted in a list."""
+    calls: list[int] = []
+    real = getattr(cls, name)
+
+    def counted(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def _router(**sources: Any) -> fastrpc.Router:
+    router = fastrpc.Router()
+    for name, fn in sources.items():
+        router.method(name)(fn)
+    return router
+
+
+def test_small_items_cross_in_runs_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = _count(monkeypatch, OutboundStreams, "send_item")
+    runs = _count(monkeypatch, OutboundStreams, "send_items")
+    reads = _count(monkeypatch, Connection, "read_items")
+    single = _count(monkeypatch, Connection, "read_item")
+
+    async def items(n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield SMALL + i.to_bytes(4, "big")
+
+    async def main() -> None:
+        async with pair(_router(items=items)) as (_, peer):
+            got = [x async for x in peer.stream("items", 5000)]
+            assert got == [SMALL + i.to_bytes(4, "big") for i in range(5000)]
+
+    run(main())
+    # 5,000 items, ~150 to a run (SEND_RUN_BYTES of charges): the first item goes
+    # alone (it opens the stream), a few more when the credit ran out.
+    assert 5000 // 200 <= len(runs) < 5000 // 20, len(runs)
+    assert len(one) < 50, len(one)
+    assert len(reads) < 5000 // 10 and len(single) < 5000 // 10, (len(reads), len(single))
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_runs_keep_every_item_its_order_and_type(compression: bool) -> None:
+    mixed: list[Any] = []
+    for i in range(600):
+        k = i % 9
+        mixed.append(
+            b""
+            if k == 0
+            else SMALL
+            if k in (1, 2, 3)
+            else i
+            if k == 4
+            else f"s{i}"
+            if k == 5
+            else bytes([i % 256]) * O.SEND_RUN_ITEM
+            if k == 6
+            else bytes([i % 256]) * (O.SEND_RUN_ITEM + 1)
+            if k == 7
+            else b"z" * 5000  # compressed when compression is on
+        )
+
+    async def items() -> AsyncIterator[Any]:
+        for x in mixed:
+            yield x
+
+    async def main() -> None:
+        opts = {"compression": "zlib"} if compression else {}
+        async with pair(_router(items=items), server_opts=opts, client_opts=opts) as (_, peer):
+            got = [x async for x in peer.stream("items")]
+            assert got == mixed
+            assert [type(x) for x in got] == [type(x) for x in mixed]
+
+    run(main())
+
+
+def test_an_item_leaves_before_its_source_yields_the_next() -> None:
+    # The source waits, after each item, for the client to have received it: an item
+    # kept back until the next one (or the end) would never arrive.
+    received = asyncio.Event()
+
+    async def lockstep(n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            received.clear()
+            yield SMALL + bytes([i])
+            await received.wait()
+
+    async def main() -> None:
+        async with pair(_router(lockstep=lockstep)) as (_, peer):
+            got = []
+            async for x in peer.stream("lockstep", 30):
+                got.append(x)
+                received.set()
+            assert got == [SMALL + bytes([i]) for i in range(30)]
+
+    run(main(), timeout=20)
+
+
+def test_a_run_the_credit_cannot_take_whole_goes_as_credit_comes() -> None:
+    # Core level: a run past the stream's credit is accepted whole; what the credit
+    # does not take waits as the stream's tail and goes, in order, as credit comes.
+    c = Connection(Role.CLIENT, Settings())
+    s = Connection(Role.SERVER, Settings(initial_stream_window=1024))
+    s.receive_message(c.next_message())
+    c.receive_message(s.next_message())
+    sid = c.open_stream()
+    assert c.room_for_run(sid, 1 << 20) == (0, 0)  # its first frame (OPEN) goes alone
+    assert c.send_item(sid, b"first", raw=True)
+    room, item_max = c.room_for_run(sid, 1 << 20)
+    assert room == 1024 - len(b"first") - FRAME_CHARGE and item_max >= O.SEND_RUN_ITEM
+    assert c.room_for_run(sid, 100) == (100, item_max)
+    run_ = [bytes([i]) * 40 for i in range(60)]  # 60 x 72 bytes of charges: past 1,024
+    assert c.send_items(sid, list(run_)) is False  # (the list is the stream's now)
+    assert c.room_for_run(sid, 1 << 20) == (0, 0)  # a tail: no run until it is gone
+    with pytest.raises(RuntimeError, match="still being sent"):
+        c.send_item(sid, b"next", raw=True)
+    got: list[bytes] = []
+    for _ in range(20):
+        msg = c.next_message()
+        if msg is None:
+            break
+        s.receive_message(msg)
+        while (item := s.read_item(sid)) is not None:  # read: the credit goes back
+            assert item[1] is True  # raw, as send_item(raw=True) sends it
+            got.append(bytes(item[0]))
+        reply = s.next_message()
+        if reply is not None:
+            c.receive_message(reply)
+        c.writable(sid)  # (what a waiting sender calls when credit comes)
+    assert got == [b"first", *run_]
+    assert c.writable(sid) and c.room_for_run(sid, 1 << 20)[0] > 0
+
+
+def test_send_items_refuses_what_send_item_refuses() -> None:
+    c = Connection(Role.CLIENT, Settings())
+    s = Connection(Role.SERVER, Settings())
+    s.receive_message(c.next_message())
+    c.receive_message(s.next_message())
+    sid = c.open_stream()
+    with pytest.raises(RuntimeError):
+        c.send_items(sid, [SMALL])  # its OPEN frame is still to go: send_item's
+    c.send_item(sid, SMALL, raw=True)
+    c.end_stream(sid)
+    with pytest.raises(fastrpc.StreamClosed):
+        c.send_items(sid, [SMALL])
+    frames = F.decode_message(c.next_message(), 1 << 20)
+    assert [(f.type, f.flags & FLAG_RAW) for f in frames] == [(F.STREAM_DATA, FLAG_RAW), (F.STREAM_END, 0)]
+
+
+def test_runs_of_streams_that_share_a_small_connection_window() -> None:
+    # Two streams whose sources wait between bursts share a connection window of a
+    # few runs: a run gathered while its source waited may find the connection's credit
+    # taken by the other stream's, and go as credit comes. Every item arrives, in order.
+    async def bursts(tag: int, n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield bytes([tag]) + i.to_bytes(3, "big") + SMALL
+            if i % 37 == 0:
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        small = {"connection_window": 4096}
+        async with pair(_router(bursts=bursts), server_opts=small, client_opts=small) as (_, peer):
+
+            async def read(tag: int) -> list[bytes]:
+                return [x async for x in peer.stream("bursts", tag, 3000)]
+
+            a, b = await asyncio.gather(read(1), read(2))
+            assert a == [bytes([1]) + i.to_bytes(3, "big") + SMALL for i in range(3000)]
+            assert b == [bytes([2]) + i.to_bytes(3, "big") + SMALL for i in range(3000)]
+
+    run(main(), timeout=30)
+
+
+def test_items_before_the_source_fails_arrive_before_its_error() -> None:
+    async def failing(n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield SMALL + bytes([i])
+        raise ValueError("source broke")
+
+    async def main() -> None:
+        async with pair(_router(failing=failing)) as (_, peer):
+            got = []
+            with pytest.raises(fastrpc.RemoteStreamError, match="source broke"):
+                async for x in peer.stream("failing", 100):
+                    got.append(x)
+            assert got == [SMALL + bytes([i]) for i in range(100)]
+
+    run(main())
+
+
+def test_a_run_read_holds_at_most_read_run_bytes_past_the_stream() -> None:
+    async def held(n: int, size: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield bytes([i % 256]) * size
+
+    async def main() -> None:
+        async with pair(_router(held=held)) as (_, peer):
+            # 700-byte items: READ_RUN_BYTES (8 KiB) takes 11; 16-byte ones:
+            # READ_RUN_ITEMS (128) takes 128.
+            for n, size in ((300, 700), (400, 16)):
+                s = peer.stream("held", n, size)
+                got = [await s.__anext__()]
+                await until(lambda: s.stats() is None or s.stats().items == n, 5.0, "every item")
+                got += s.get_many_nowait(len(s._ready or ()))  # the first run's rest
+                got.append(await s.__anext__())  # takes a run of what has arrived
+                rest = s.get_many_nowait(n)  # that run's rest, before the core's
+                want = min(O.READ_RUN_ITEMS, O.READ_RUN_BYTES // size)
+                assert 1 + len(rest) == want, (size, 1 + len(rest))
+                got += rest
+                got += [x async for x in s]
+                assert got == [bytes([i % 256]) * size for i in range(n)]
+
+    run(main())
+
+
+def test_closing_a_stream_drops_the_run_it_took() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield SMALL
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with pair(_router(endless=endless)) as (_, peer):
+            s = peer.stream("endless")
+            assert await s.__anext__() == SMALL
+            await until(lambda: s.get_many_nowait(1), 5.0, "a run")
+            s.close()
+            assert s.get_nowait(None) is None and s.get_many_nowait() == []
+            with pytest.raises(StopAsyncIteration):
+                await s.__anext__()
+
+    run(main())
