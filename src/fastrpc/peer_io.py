@@ -187,6 +187,7 @@ class PeerIO(PeerAPI):
 
         Only while no writer task runs (the handshake, or a socket past its
         high-water mark): that task sends everything queued before it ends."""
+        self.streams.flush_runs()  # what the stream senders gather goes in the core first
         transport = self._transport
         if transport is None or not self._direct:
             return
@@ -251,6 +252,7 @@ class PeerIO(PeerAPI):
             while msg is not None:
                 await (transport.send_parts(msg) if isinstance(msg, list) else transport.send(msg))
                 manager.on_drained()
+                manager.flush_runs()
                 msg = core.next_message()
                 self._wake_unblocked()
         except TransportClosed:

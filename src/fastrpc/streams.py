@@ -174,9 +174,10 @@ _READ_RUN_ITEMS, _READ_RUN_BYTES = O.READ_RUN_ITEMS, O.READ_RUN_BYTES
 class _SendRun:
     """Small bytes items a sender loop gathered from its source, queued in one step
     (``Connection.send_items``) once ``left`` (the room taken when it started, in
-    charges) is used up, or the source yields something else, or ends, or waits: a
-    callback made when the run started queues it then, before the loop goes on, and
-    before the loop pass's flush."""
+    charges) is used up, or the source yields something else, or ends, or fails; and
+    in any case before the connection builds its next message
+    (:meth:`StreamManager.flush_runs`), so that they leave when they would have one by
+    one."""
 
     __slots__ = ("item_max", "items", "left", "ok", "open", "sid")
 
@@ -466,6 +467,7 @@ class StreamManager:
         "_held",
         "_incoming",
         "_room",
+        "_runs",
         "_senders",
         "_slot_waiters",
         "_tails",
@@ -507,6 +509,7 @@ class StreamManager:
         # Streams on which send_now left an item part-sent (in pieces, or short of
         # credit): no sender loop waits for them, so on_writable moves them on.
         self._tails: set[int] | None = None
+        self._runs: list[_SendRun] | None = None  # runs being gathered (flush_runs)
         # Streams are held weakly once a user has them, so that dropping one (a `break`
         # out of `async for`) closes it. Arrived-but-unclaimed ones are ids in _held
         # (in arrival order), their items in the core: the ReceiveStream is made when
@@ -693,29 +696,29 @@ class StreamManager:
                             break
                         finally:
                             if run is not None and not run.open:
-                                # The source waited: the run went from its callback.
-                                # What the credit did not take goes first.
-                                blocked, run = not run.ok, None
-                                if blocked:
+                                # The source waited: the run went before a message was
+                                # built (flush_runs). What the credit did not take goes
+                                # first. (No new locals here: an idle sender's frame
+                                # keeps every one, 8 bytes of each idle stream.)
+                                ok, run = run.ok, None
+                                if not ok:
                                     await self._wait_writable(sid)
                         if runs and type(item) is bytes:
                             if run is not None:
-                                if len(item) <= run.item_max:
-                                    c = len(item) + FRAME_CHARGE
-                                    if c <= run.left:
-                                        run.items.append(item)
-                                        run.left -= c
-                                        continue
-                                blocked, run = not self._hand_over(run), None
-                                if blocked:
+                                if len(item) + FRAME_CHARGE <= run.left and len(item) <= run.item_max:
+                                    run.items.append(item)
+                                    run.left -= len(item) + FRAME_CHARGE
+                                    continue
+                                ok, run = self._hand_over(run), None
+                                if not ok:
                                     await self._wait_writable(sid)
                             if len(item) <= _SEND_RUN_ITEM:
                                 run = self._start_run(sid, item)
                                 if run is not None:
                                     continue
                         if run is not None:  # not an item for it: the run goes first
-                            blocked, run = not self._hand_over(run), None
-                            if blocked:
+                            ok, run = self._hand_over(run), None
+                            if not ok:
                                 await self._wait_writable(sid)
                     if type(item) is bytes:
                         payload, raw = item, True
@@ -789,7 +792,7 @@ class StreamManager:
             kick()
         finally:
             if run is not None:
-                run.open = False  # its callback, if still to come, finds nothing to do
+                run.open = False  # (flush_runs passes it by)
             self._senders.pop(sid, None)
             self._writable.pop(sid, None)
             if self._tails is not None:
@@ -815,16 +818,31 @@ class StreamManager:
         run = _SendRun(sid, room - c, item_max)
         run.items.append(item)
         self._room -= room  # taken now: other senders' items see less room
-        link.loop.call_soon(self._hand_over, run)
+        runs = self._runs
+        if runs is None:
+            runs = self._runs = []
+        runs.append(run)
         if not link.flush_pending:
-            link.host.flush()  # scheduled after the callback: the run leaves with it
+            link.host.flush()  # the run is queued then at the latest (flush_runs)
         return run
 
-    def _hand_over(self, run: _SendRun) -> bool:
-        """Queue ``run`` (once: from its sender loop, or from its callback once the
-        source waited); whether its stream may take more now. What the credit does
-        not take now goes as it comes (only from the callback: other streams may have
-        used the connection's credit meanwhile)."""
+    def flush_runs(self) -> None:
+        """(Peer hook) queue the runs the senders are gathering: called before the
+        connection builds a message, so that an item a source gave leaves in the same
+        message it would have alone (its source may be waiting for something else
+        meanwhile)."""
+        runs = self._runs
+        if runs:
+            for run in runs:
+                if run.open:
+                    self._hand_over(run, False)
+            runs.clear()
+
+    def _hand_over(self, run: _SendRun, flush: bool = True) -> bool:
+        """Queue ``run`` (once: from its sender loop, or from :meth:`flush_runs` while
+        its source waits); whether its stream may take more now. What the credit does
+        not take now goes as it comes (only from flush_runs: other streams may have
+        used the connection's credit meanwhile). ``flush``: ask for the flush."""
         if not run.open:
             return run.ok
         run.open = False
@@ -841,7 +859,7 @@ class StreamManager:
             if self._tails is None:
                 self._tails = set()
             self._tails.add(sid)  # pumped as credit comes, whatever its sender does
-        if not link.flush_pending:
+        if flush and not link.flush_pending:
             link.host.flush()
         return run.ok
 
