@@ -57,6 +57,8 @@ async def _calls(client: Any, n: int) -> None:
         await client.inflight_calls(n, WINDOW, PAYLOAD)
     elif what == "small":
         await client.stream(n, len(PAYLOAD))
+    elif what == "bulk":
+        await client.stream(n, 64 << 10)
     else:
         await client.seq_calls(n, PAYLOAD)
 
@@ -182,9 +184,9 @@ def main() -> None:
     ap.add_argument("--opcodes", action="store_true", help="Python opcodes a call, by function, instead")
     ap.add_argument(
         "--what",
-        choices=("seq", "inflight", "small"),
+        choices=("seq", "inflight", "small", "bulk"),
         default="seq",
-        help="sequential calls, 100 in flight, or 16-byte items streamed (a call: an item)",
+        help="sequential calls, 100 in flight, or 16-byte items or 64 KiB chunks streamed (a call: an item)",
     )
     args = ap.parse_args()
     if args.opcodes:

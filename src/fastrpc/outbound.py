@@ -200,21 +200,28 @@ class OutboundStreams:
         s = self.streams.get(stream_id)
         if s is None or s.state != OUT_OPEN or s.tail is not None or s.flags:
             return 0
+        return self._add_run(s, 0, payloads, self.plain_limit, min(self.stream_buffer_size, len(s.writer) + room))
+
+    def _add_run(self, s: OutgoingStream, flags: int, payloads: list[bytes], max_len: int, stop_len: int) -> int:
+        """Queue the front of ``payloads`` on ``s``, each whole in one frame, as far as
+        the credit takes them (``FrameWriter.add_run``), charged to the windows; how
+        many were queued."""
         flow = self.flow
+        sid = s.id
         w = s.writer
         before = len(w)
         n, charged = w.add_run(
-            F.STREAM_DATA,
-            0,
-            stream_id,
+            _STREAM_DATA,
+            flags,
+            sid,
             payloads,
-            min(flow.ledger_out.window(stream_id), flow.conn_credit),
-            self.plain_limit,
+            min(flow.ledger_out.window(sid), flow.conn_credit),
+            max_len,
             FRAME_CHARGE,
-            min(self.stream_buffer_size, before + room),
+            stop_len,
         )
         if n:
-            flow.ledger_out.spend(stream_id, charged, n)  # (add_run kept within the window)
+            flow.ledger_out.spend(sid, charged, n)  # (add_run kept within the window)
             flow.conn_credit -= charged
             self.stream_bytes += len(w) - before
             if not s.queued:
@@ -254,32 +261,13 @@ class OutboundStreams:
     def _pump_run(self, s: OutgoingStream, run: list[bytes]) -> bool:
         """(pump) A tail of whole raw items: as many as the credit and the stream's
         buffer take, in one step."""
-        flow = self.flow
-        sid = s.id
-        w = s.writer
-        before = len(w)
-        if before >= self.stream_buffer_size:
+        if len(s.writer) >= self.stream_buffer_size:
             return False
-        n, charged = w.add_run(
-            _STREAM_DATA,
-            FLAG_RAW,
-            sid,
-            run,
-            min(flow.ledger_out.window(sid), flow.conn_credit),
-            self.frame_limit,
-            FRAME_CHARGE,
-            self.stream_buffer_size,
-        )
-        if n:
-            flow.ledger_out.spend(sid, charged, n)  # (add_run kept within the window)
-            flow.conn_credit -= charged
-            self.stream_bytes += len(w) - before
-            if not s.queued:
-                self.sched.queue(s)
-            if n == len(run):
-                s.tail = None
-                return flow.out_writable(sid) and len(w) < self.stream_buffer_size
-            del run[:n]
+        n = self._add_run(s, FLAG_RAW, run, self.frame_limit, self.stream_buffer_size)
+        if n == len(run):
+            s.tail = None
+            return self.flow.out_writable(s.id) and len(s.writer) < self.stream_buffer_size
+        del run[:n]
         return False
 
     def writable(self, stream_id: int) -> bool:

@@ -703,23 +703,22 @@ class StreamManager:
                                 ok, run = run.ok, None
                                 if not ok:
                                     await self._wait_writable(sid)
-                        if runs and type(item) is bytes:
-                            if run is not None:
-                                if len(item) + FRAME_CHARGE <= run.left and len(item) <= run.item_max:
-                                    run.items.append(item)
-                                    run.left -= len(item) + FRAME_CHARGE
-                                    continue
-                                ok, run = self._hand_over(run), None
-                                if not ok:
-                                    await self._wait_writable(sid)
-                            if len(item) <= _SEND_RUN_ITEM:
-                                run = self._start_run(sid, item)
-                                if run is not None:
-                                    continue
-                        if run is not None:  # not an item for it: the run goes first
-                            ok, run = self._hand_over(run), None
+                        if run is not None:
+                            if (
+                                type(item) is bytes
+                                and len(item) + FRAME_CHARGE <= run.left
+                                and len(item) <= run.item_max
+                            ):
+                                run.items.append(item)
+                                run.left -= len(item) + FRAME_CHARGE
+                                continue
+                            ok, run = self._hand_over(run), None  # full, or not for it
                             if not ok:
                                 await self._wait_writable(sid)
+                        if runs and type(item) is bytes and len(item) <= _SEND_RUN_ITEM:
+                            run = self._start_run(sid, item)
+                            if run is not None:
+                                continue
                     if type(item) is bytes:
                         payload, raw = item, True
                     else:
