@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """What one side of a call costs: instructions a call (callgrind) or Python opcodes
 a call, by function, for the server or the client of ``compare.py``'s ``seq_calls``
-row (``--what inflight``: its ``inflight_calls`` row, 100 calls in flight); the same
-``bench/peers`` code.
+row (``--what inflight``: its ``inflight_calls`` row, 100 calls in flight; ``small``
+and ``bulk``: its rows of 16-byte items and 64 KiB chunks streamed, an item counted
+as a call); the same ``bench/peers`` code.
 
     python bench/side_cost.py --lib fastrpc|picows --side server|client [--src DIR]
-    python bench/side_cost.py --lib fastrpc --side server --opcodes [--what inflight]
+    python bench/side_cost.py --lib fastrpc --side server --opcodes [--what inflight|small|bulk]
 
 Instructions: the side under ``valgrind --tool=callgrind``, the other side native,
 once for ``--calls`` A and once for B calls; (B - A) / (B - A calls) leaves out start

@@ -244,6 +244,26 @@ def test_side_cost_opcodes_smoke(side: str, what: str) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("side", "busiest"), [("server", "StreamManager.run_sender"), ("client", "ReceiveStream.__anext__")]
+)
+def test_side_cost_opcodes_of_a_small_item(side: str, busiest: str) -> None:
+    # --what small: one 16-byte item streamed is a "call". Items cross in runs: a side
+    # spends well under 150 opcodes an item (cf1b868, one trip through the core an
+    # item: 201 on the server, 131 on the client), most of them in its own loop.
+    # (With the pure codec alone, its frame work comes first: 352 and 407 opcodes.)
+    proc = _bench_tool("side_cost.py", ["--lib", "fastrpc", "--side", side, "--opcodes", "--what", "small"])
+    total = re.search(r"opcodes a call: ([0-9,]+)", proc.stdout)
+    assert total is not None, proc.stdout
+    if _CALL_TABLE_BUILT:  # the compiled codec's build
+        assert 10 < int(total.group(1).replace(",", "")) < 150, proc.stdout
+        top = re.search(r"^\s+[0-9.]+\s+\S+:(\S+)$", proc.stdout, re.M)
+        assert top is not None and top.group(1) == busiest, proc.stdout
+    assert busiest in proc.stdout, proc.stdout
+    assert "OutboundStreams.send_item" not in proc.stdout and "Connection.read_item\n" not in proc.stdout
+
+
+@pytest.mark.timeout(120)
 def test_sides_smoke() -> None:
     # bench/sides.py: CPU per operation on each side; a tiny run of fastrpc alone.
     proc = _bench_tool(
