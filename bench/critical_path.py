@@ -75,7 +75,7 @@ async def main():
         if cmd == "go":
             log.clear()
         elif cmd == "report":
-            print(json.dumps(cp.summarise(log)), flush=True)
+            print(json.dumps(cp.summarise(log, True)), flush=True)
         else:
             return
 uvloop.run(main())
@@ -175,9 +175,10 @@ def hook(lib: str, side: str) -> list[tuple[str, int]]:
     return log
 
 
-def summarise(log: list[tuple[str, int]]) -> dict[str, float]:
+def summarise(log: list[tuple[str, int]], times: bool = False) -> dict[str, Any]:
     """Medians in microseconds: read -> first write after it, the write call, read ->
-    end of its handling, read -> next read."""
+    end of its handling, read -> next read; with ``times``, every read's start and
+    every write's return too (ns, for the hops between the two sides: ``hops``)."""
     to_write: list[int] = []
     writing: list[int] = []
     handling: list[int] = []
@@ -203,14 +204,66 @@ def summarise(log: list[tuple[str, int]]) -> dict[str, float]:
     def med(xs: list[int]) -> float:
         return statistics.median(xs) / 1000 if xs else float("nan")
 
-    return {
+    def mean(xs: list[int]) -> float:
+        return statistics.fmean(xs) / 1000 if xs else float("nan")
+
+    out: dict[str, Any] = {
         "read_to_write": med(to_write),
         "write_call": med(writing),
         "read_handling": med(handling),
         "read_to_read": med(cycle),
+        # Means add up to a call's mean time (wall / calls); medians do not.
+        "mean_read_to_write": mean(to_write),
+        "mean_write_call": mean(writing),
+        "deciles_read_to_write": [q / 1000 for q in statistics.quantiles(to_write, n=10)] if len(to_write) > 1 else [],
+        "p99_read_to_write": statistics.quantiles(to_write, n=100)[-1] / 1000 if len(to_write) > 1 else float("nan"),
         "reads": len(cycle) + 1 if read is not None else 0,
         "spin_passes": _spins[0],
     }
+    if times:
+        out["reads_at"] = [t for kind, t in log if kind == "r"]
+        out["written_at"] = [t for kind, t in log if kind == "W"]
+    return out
+
+
+def after_hops(writer: dict[str, Any], reader: dict[str, Any], parts: int = 5) -> list[tuple[float, float]]:
+    """The reader's reads in ``parts`` groups by how long their hop took (shortest
+    first): each group's median hop and median time from the read to the return of
+    the reader's next write (its work and its write), in us. A long hop is a wake-up
+    from a halted CPU; this shows what it costs the work after it too."""
+    import bisect
+
+    written, own = writer["written_at"], reader["written_at"]
+    pairs = []
+    for t in reader["reads_at"]:
+        i = bisect.bisect_left(written, t)
+        j = bisect.bisect_left(own, t)
+        if i and j < len(own):
+            pairs.append((t - written[i - 1], own[j] - t))
+    pairs.sort()
+    n = len(pairs)
+    out = []
+    for k in range(parts if n >= parts else 0):
+        group = pairs[k * n // parts : (k + 1) * n // parts]
+        out.append((statistics.median(p[0] for p in group) / 1000, statistics.median(p[1] for p in group) / 1000))
+    return out
+
+
+def hops(writer: dict[str, Any], reader: dict[str, Any]) -> tuple[float, float]:
+    """Median and mean us from a write's return on one side to the next read reaching Python
+    on the other: the wake-up, the kernel's and the event loop's part of a call
+    (both clocks are the machine's monotonic clock)."""
+    import bisect
+
+    written = writer["written_at"]
+    gaps = []
+    for t in reader["reads_at"]:
+        i = bisect.bisect_left(written, t)
+        if i:
+            gaps.append(t - written[i - 1])
+    if not gaps:
+        return float("nan"), float("nan")
+    return statistics.median(gaps) / 1000, statistics.fmean(gaps) / 1000
 
 
 async def _client(
@@ -242,8 +295,14 @@ async def _client(
             server.stdin.flush()
             line = await asyncio.get_running_loop().run_in_executor(None, server.stdout.readline)
             row = {"calls_per_s": n / wall, "us_per_call": wall / n * 1e6}
-            row["client"] = summarise(log)
-            row["server"] = json.loads(line)
+            client_side = summarise(log, True)
+            server_side = json.loads(line)
+            row["hop_to_server"], row["mean_hop_to_server"] = hops(client_side, server_side)
+            row["hop_to_client"], row["mean_hop_to_client"] = hops(server_side, client_side)
+            row["server_after_hops"] = after_hops(client_side, server_side)
+            for side in (client_side, server_side):
+                del side["reads_at"], side["written_at"]
+            row["client"], row["server"] = client_side, server_side
             if row["calls_per_s"] > best.get("calls_per_s", 0):
                 best = row
         return best
@@ -287,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {'library':<13} {'calls/s':>8} {'us/call':>8} | {'server: read->write':>19} {'write':>6}"
         f" {'handling':>8} | {'client: read->write':>19} {'write':>6} {'handling':>8} | {'both sides':>10}"
+        f" | {'hop to server':>13} {'to client':>9}"
     )
     results: dict[str, Any] = {}
     for lib in libs:
@@ -308,7 +368,35 @@ def main(argv: list[str] | None = None) -> int:
             f"  {lib:<13} {r['calls_per_s']:>8,.0f} {r['us_per_call']:>8.2f} | {s['read_to_write']:>19.2f}"
             f" {s['write_call']:>6.2f} {s['read_handling']:>8.2f} | {c['read_to_write']:>19.2f}"
             f" {c['write_call']:>6.2f} {c['read_handling']:>8.2f} | {s['read_to_write'] + c['read_to_write']:>10.2f}"
+            f" | {r['hop_to_server']:>13.2f} {r['hop_to_client']:>9.2f}"
         )
+    if results:
+        # The means add up: a call's mean time is the two sides' read -> write, their
+        # two write calls and the two hops (the rest: reads that are not a call's).
+        print("means in us (they add up to us/call)")
+        print(
+            f"  {'library':<13} {'us/call':>8} | {'server work':>11} {'write':>6} | {'client work':>11}"
+            f" {'write':>6} | {'hop to server':>13} {'to client':>9} | {'sum':>7}"
+        )
+        for lib, r in results.items():
+            s, c = r["server"], r["client"]
+            parts = (
+                s["mean_read_to_write"],
+                s["mean_write_call"],
+                c["mean_read_to_write"],
+                c["mean_write_call"],
+                r["mean_hop_to_server"],
+                r["mean_hop_to_client"],
+            )
+            print(
+                f"  {lib:<13} {r['us_per_call']:>8.2f} | {parts[0]:>11.2f} {parts[1]:>6.2f} | {parts[2]:>11.2f}"
+                f" {parts[3]:>6.2f} | {parts[4]:>13.2f} {parts[5]:>9.2f} | {sum(parts):>7.2f}"
+            )
+        print("the server's reads by how long the hop to them took (fifths, shortest first):")
+        print("median hop / median read -> return of the reply's write, in us")
+        for lib, r in results.items():
+            cells = "  ".join(f"{h:6.1f} /{w:6.1f}" for h, w in r["server_after_hops"])
+            print(f"  {lib:<13} {cells}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

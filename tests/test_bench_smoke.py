@@ -317,6 +317,22 @@ def test_critical_path_smoke(tmp_path: Path, spin: str) -> None:
             assert s["write_call"] > 0 and s["read_handling"] > 0, (lib, side, s)
             # --spin: the side's loop made passes of its own between the calls
             assert (s["spin_passes"] > s["reads"]) if spin == "both" else (s["spin_passes"] == 0), (lib, side, s)
+        # A call is the two sides' work, their two writes and the two hops between
+        # them: the means add up to the call's mean time (bar reads that are no call's).
+        srv, cli = r["server"], r["client"]
+        parts = [
+            srv["mean_read_to_write"],
+            srv["mean_write_call"],
+            cli["mean_read_to_write"],
+            cli["mean_write_call"],
+            r["mean_hop_to_server"],
+            r["mean_hop_to_client"],
+        ]
+        assert all(p > 0 for p in parts), (lib, parts)
+        assert 0.75 < sum(parts) / r["us_per_call"] < 1.25, (lib, parts, r["us_per_call"])
+        groups = r["server_after_hops"]
+        assert len(groups) == 5 and [h for h, _ in groups] == sorted(h for h, _ in groups), (lib, groups)
+        assert all(w > 0 for _, w in groups), (lib, groups)
 
 
 def _probe(name: str = "compile_probe") -> Any:

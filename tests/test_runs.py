@@ -215,6 +215,51 @@ def test_items_before_the_source_fails_arrive_before_its_error() -> None:
     run(main())
 
 
+def test_a_tail_left_as_the_source_fails_arrives_before_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run can find less credit when it is queued than it saw when it started: a
+    # source that sends on other streams between its items uses the connection's
+    # credit. (Simulated: room_for_run reports room past the stream's window.) What the
+    # credit does not take waits as the stream's tail; a source that fails right then
+    # must not have it dropped by its STREAM_ERROR: it goes first, then the error.
+    real = Connection.room_for_run
+
+    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
+        room, item_max = real(self, sid, cap)
+        return (cap, item_max) if room else (0, 0)
+
+    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
+    tails: list[int] = []  # the length of each tail a run left
+    send_items = OutboundStreams.send_items
+
+    def noting_tails(self: OutboundStreams, sid: int, payloads: list[bytes]) -> bool:
+        ok = send_items(self, sid, payloads)
+        tail = self.streams[sid].tail
+        if tail is not None:
+            tails.append(len(tail))
+        return ok
+
+    monkeypatch.setattr(OutboundStreams, "send_items", noting_tails)
+
+    async def failing(n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield SMALL + i.to_bytes(2, "big")
+        raise ValueError("source broke")
+
+    async def main() -> None:
+        small = {"streams": fastrpc.StreamManager(initial_window=1024)}  # the server's credit
+        async with pair(_router(failing=failing), client_opts=small) as (_, peer):
+            got = []
+            # 100 items: one run (past the first, which goes alone), still open when
+            # the source fails, and more than a 1 KiB window takes.
+            with pytest.raises(fastrpc.RemoteStreamError, match="source broke"):
+                async for x in peer.stream("failing", 100):
+                    got.append(x)
+            assert got == [SMALL + i.to_bytes(2, "big") for i in range(100)]
+            assert tails and tails[0] > 50, tails  # the run did leave a tail
+
+    run(main(), timeout=20)
+
+
 def test_a_run_read_holds_at_most_read_run_bytes_past_the_stream() -> None:
     async def held(n: int, size: int) -> AsyncIterator[bytes]:
         for i in range(n):

@@ -784,7 +784,18 @@ class StreamManager:
                 raise
             except Exception as exc:  # the source raised: the receiver gets it
                 if run is not None:  # what the source gave before goes before the error
-                    self._hand_over(run)
+                    ok, run = self._hand_over(run), None
+                    if not ok:
+                        # A tail (the run found less credit than at its start): the
+                        # error would drop it (error_stream), so it goes first.
+                        try:
+                            await self._wait_writable(sid)
+                        except StreamClosed:
+                            pass
+                        except asyncio.CancelledError:
+                            core.abort_stream(sid, "aborted")
+                            kick()
+                            raise
                 core.error_stream(sid, type(exc).__name__, str(exc))
                 if on_error is not None:
                     on_error(exc)
