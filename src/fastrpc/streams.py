@@ -851,8 +851,10 @@ class StreamManager:
     def _hand_over(self, run: _SendRun, flush: bool = True) -> bool:
         """Queue ``run`` (once: from its sender loop, or from :meth:`flush_runs` while
         its source waits); whether its stream may take more now. What the credit does
-        not take now goes as it comes (only from flush_runs: other streams may have
-        used the connection's credit meanwhile). ``flush``: ask for the flush."""
+        not take now (other streams may have used the connection's credit since the run
+        started) waits as the stream's tail: its sender loop waits for it to go, and
+        while its source waits (``flush`` false, from flush_runs) it is pumped as credit
+        comes. ``flush``: ask for the flush."""
         if not run.open:
             return run.ok
         run.open = False
@@ -865,12 +867,13 @@ class StreamManager:
             run.ok = link.core.send_items(sid, run.items)
         except StreamClosed:
             return True  # the receiver stopped reading: as above
-        if not run.ok and not link.core.writable(sid):
+        if flush:
+            if not link.flush_pending:
+                link.host.flush()
+        elif not run.ok and not link.core.writable(sid):
             if self._tails is None:
                 self._tails = set()
-            self._tails.add(sid)  # pumped as credit comes, whatever its sender does
-        if flush and not link.flush_pending:
-            link.host.flush()
+            self._tails.add(sid)  # pumped as credit comes, whatever its source does
         return run.ok
 
     def send_now(self, sid: int, items: Sequence[Any]) -> int:
