@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _util import pair, run, until
+from _util import pair, run, server_peer, until
 
 import fastrpc
 from fastrpc import frames as F
@@ -256,6 +256,39 @@ def test_a_tail_left_as_the_source_fails_arrives_before_its_error(monkeypatch: p
                     got.append(x)
             assert got == [SMALL + i.to_bytes(2, "big") for i in range(100)]
             assert tails and tails[0] > 50, tails  # the run did leave a tail
+
+    run(main(), timeout=20)
+
+
+def test_a_sender_waiting_for_its_tail_before_the_error_can_be_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As above, but the client reads one item and drops the stream while the server's
+    # sender waits for the tail to go before its error: the sender is cancelled there,
+    # aborts the stream and ends; neither side keeps any state of the call or stream.
+    real = Connection.room_for_run
+
+    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
+        room, item_max = real(self, sid, cap)
+        return (cap, item_max) if room else (0, 0)
+
+    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
+    failed = asyncio.Event()
+
+    async def failing(n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield SMALL + i.to_bytes(2, "big")
+        failed.set()
+        raise ValueError("source broke")
+
+    async def main() -> None:
+        small = {"streams": fastrpc.StreamManager(initial_window=1024)}
+        async with pair(_router(failing=failing), client_opts=small) as (server, peer):
+            s = peer.stream("failing", 100)
+            assert await s.__anext__() == SMALL + bytes(2)
+            await asyncio.wait_for(failed.wait(), 5)  # the sender waits for its tail now
+            await s.aclose()
+            sp = await server_peer(server)
+            await until(lambda: not sp.stats()["senders"], 5, "the server's sender to stop")
+            # (pair then checks that neither side tracks the call or the stream)
 
     run(main(), timeout=20)
 

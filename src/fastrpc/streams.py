@@ -790,8 +790,8 @@ class StreamManager:
                         # error would drop it (error_stream), so it goes first.
                         try:
                             await self._wait_writable(sid)
-                        except StreamClosed:
-                            pass
+                        except (StreamClosed, ConnectionClosed):
+                            pass  # nobody reads it now; the source's error is still reported
                         except asyncio.CancelledError:
                             core.abort_stream(sid, "aborted")
                             kick()
