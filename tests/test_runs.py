@@ -293,6 +293,41 @@ def test_a_sender_waiting_for_its_tail_before_the_error_can_be_cancelled(monkeyp
     run(main(), timeout=20)
 
 
+def test_a_sender_cancelled_while_its_source_waits_with_a_tail_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The source gives a run and then waits: flush_runs queues the run, and what the
+    # credit does not take waits as the tail. The client reads one item and drops the
+    # stream: the server's sender is cancelled inside the source's wait, and must end
+    # there (abort the stream), not wait for credit that never comes.
+    real = Connection.room_for_run
+
+    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
+        room, item_max = real(self, sid, cap)
+        return (cap, item_max) if room else (0, 0)
+
+    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
+    gave = asyncio.Event()
+
+    async def then_waits(n: int) -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield SMALL + i.to_bytes(2, "big")
+        gave.set()
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        small = {"streams": fastrpc.StreamManager(initial_window=1024)}
+        async with pair(_router(then_waits=then_waits), client_opts=small) as (server, peer):
+            s = peer.stream("then_waits", 100)
+            assert await s.__anext__() == SMALL + bytes(2)
+            await asyncio.wait_for(gave.wait(), 5)
+            sp = await server_peer(server)
+            await until(lambda: bool(sp.streams._tails), 5, "the run queued by flush_runs to leave a tail")
+            await s.aclose()
+            await until(lambda: not sp.stats()["peer.tasks"], 5, "the server's handler to end")
+            # (pair then checks that neither side tracks the call or the stream)
+
+    run(main(), timeout=20)
+
+
 def test_a_run_read_holds_at_most_read_run_bytes_past_the_stream() -> None:
     async def held(n: int, size: int) -> AsyncIterator[bytes]:
         for i in range(n):

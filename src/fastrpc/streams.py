@@ -694,15 +694,17 @@ class StreamManager:
                             item = await it.__anext__()
                         except StopAsyncIteration:
                             break
-                        finally:
-                            if run is not None and not run.open:
-                                # The source waited: the run went before a message was
-                                # built (flush_runs). What the credit did not take goes
-                                # first. (No new locals here: an idle sender's frame
-                                # keeps every one, 8 bytes of each idle stream.)
-                                ok, run = run.ok, None
-                                if not ok:
-                                    await self._wait_writable(sid)
+                        if run is not None and not run.open:
+                            # The source waited: the run went before a message was
+                            # built (flush_runs). What the credit did not take goes
+                            # first. (Once the source ended, failed or was cancelled,
+                            # the paths below take the run: a cancelled sender must
+                            # not wait here for credit that may never come.) (No new
+                            # locals here: an idle sender's frame keeps every one, 8
+                            # bytes of each idle stream.)
+                            ok, run = run.ok, None
+                            if not ok:
+                                await self._wait_writable(sid)
                         if run is not None:
                             if (
                                 type(item) is bytes
