@@ -43,6 +43,24 @@ def _router(**sources: Any) -> fastrpc.Router:
     return router
 
 
+def _runs_past_the_credit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that find less credit when they are queued than they saw at their start,
+    as when another stream used the connection's credit in between: room_for_run
+    reports room past the stream's credit, so a run leaves a tail."""
+    real = Connection.room_for_run
+
+    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
+        room, item_max = real(self, sid, cap)
+        return (cap, item_max) if room else (0, 0)
+
+    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
+
+
+def _small_window() -> dict[str, Any]:
+    """A client's options: a stream window of 1 KiB (the server's credit)."""
+    return {"streams": fastrpc.StreamManager(initial_window=1024)}
+
+
 def test_small_items_cross_in_runs_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     one = _count(monkeypatch, OutboundStreams, "send_item")
     runs = _count(monkeypatch, OutboundStreams, "send_items")
@@ -221,13 +239,7 @@ def test_a_tail_left_as_the_source_fails_arrives_before_its_error(monkeypatch: p
     # credit. (Simulated: room_for_run reports room past the stream's window.) What the
     # credit does not take waits as the stream's tail; a source that fails right then
     # must not have it dropped by its STREAM_ERROR: it goes first, then the error.
-    real = Connection.room_for_run
-
-    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
-        room, item_max = real(self, sid, cap)
-        return (cap, item_max) if room else (0, 0)
-
-    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
+    _runs_past_the_credit(monkeypatch)
     tails: list[int] = []  # the length of each tail a run left
     send_items = OutboundStreams.send_items
 
@@ -246,8 +258,7 @@ def test_a_tail_left_as_the_source_fails_arrives_before_its_error(monkeypatch: p
         raise ValueError("source broke")
 
     async def main() -> None:
-        small = {"streams": fastrpc.StreamManager(initial_window=1024)}  # the server's credit
-        async with pair(_router(failing=failing), client_opts=small) as (_, peer):
+        async with pair(_router(failing=failing), client_opts=_small_window()) as (_, peer):
             got = []
             # 100 items: one run (past the first, which goes alone), still open when
             # the source fails, and more than a 1 KiB window takes.
@@ -260,67 +271,32 @@ def test_a_tail_left_as_the_source_fails_arrives_before_its_error(monkeypatch: p
     run(main(), timeout=20)
 
 
-def test_a_sender_waiting_for_its_tail_before_the_error_can_be_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As above, but the client reads one item and drops the stream while the server's
-    # sender waits for the tail to go before its error: the sender is cancelled there,
-    # aborts the stream and ends; neither side keeps any state of the call or stream.
-    real = Connection.room_for_run
+@pytest.mark.parametrize("then", ["fails", "waits"])
+def test_a_sender_waiting_for_a_tail_can_be_cancelled(monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    # A source gives a run that leaves a tail, then fails (its sender waits for the
+    # tail to go before the error) or waits (flush_runs queued the run; the tail goes
+    # as credit comes). The client reads one item and drops the stream: the server's
+    # sender is cancelled while the tail waits for credit that never comes, and must
+    # abort the stream and end, not wait on. Neither side keeps the call or the stream.
+    _runs_past_the_credit(monkeypatch)
+    reached = asyncio.Event()
 
-    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
-        room, item_max = real(self, sid, cap)
-        return (cap, item_max) if room else (0, 0)
-
-    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
-    failed = asyncio.Event()
-
-    async def failing(n: int) -> AsyncIterator[bytes]:
+    async def source(n: int) -> AsyncIterator[bytes]:
         for i in range(n):
             yield SMALL + i.to_bytes(2, "big")
-        failed.set()
-        raise ValueError("source broke")
-
-    async def main() -> None:
-        small = {"streams": fastrpc.StreamManager(initial_window=1024)}
-        async with pair(_router(failing=failing), client_opts=small) as (server, peer):
-            s = peer.stream("failing", 100)
-            assert await s.__anext__() == SMALL + bytes(2)
-            await asyncio.wait_for(failed.wait(), 5)  # the sender waits for its tail now
-            await s.aclose()
-            sp = await server_peer(server)
-            await until(lambda: not sp.stats()["senders"], 5, "the server's sender to stop")
-            # (pair then checks that neither side tracks the call or the stream)
-
-    run(main(), timeout=20)
-
-
-def test_a_sender_cancelled_while_its_source_waits_with_a_tail_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The source gives a run and then waits: flush_runs queues the run, and what the
-    # credit does not take waits as the tail. The client reads one item and drops the
-    # stream: the server's sender is cancelled inside the source's wait, and must end
-    # there (abort the stream), not wait for credit that never comes.
-    real = Connection.room_for_run
-
-    def past_the_credit(self: Connection, sid: int, cap: int) -> tuple[int, int]:
-        room, item_max = real(self, sid, cap)
-        return (cap, item_max) if room else (0, 0)
-
-    monkeypatch.setattr(Connection, "room_for_run", past_the_credit)
-    gave = asyncio.Event()
-
-    async def then_waits(n: int) -> AsyncIterator[bytes]:
-        for i in range(n):
-            yield SMALL + i.to_bytes(2, "big")
-        gave.set()
+        reached.set()
+        if then == "fails":
+            raise ValueError("source broke")
         await asyncio.sleep(3600)
 
     async def main() -> None:
-        small = {"streams": fastrpc.StreamManager(initial_window=1024)}
-        async with pair(_router(then_waits=then_waits), client_opts=small) as (server, peer):
-            s = peer.stream("then_waits", 100)
+        async with pair(_router(source=source), client_opts=_small_window()) as (server, peer):
+            s = peer.stream("source", 100)
             assert await s.__anext__() == SMALL + bytes(2)
-            await asyncio.wait_for(gave.wait(), 5)
+            await asyncio.wait_for(reached.wait(), 5)
             sp = await server_peer(server)
-            await until(lambda: bool(sp.streams._tails), 5, "the run queued by flush_runs to leave a tail")
+            if then == "waits":
+                await until(lambda: bool(sp.streams._tails), 5, "the run queued by flush_runs to leave a tail")
             await s.aclose()
             await until(lambda: not sp.stats()["peer.tasks"], 5, "the server's handler to end")
             # (pair then checks that neither side tracks the call or the stream)
