@@ -779,8 +779,7 @@ class StreamManager:
             except asyncio.CancelledError:
                 if run is not None:  # what the source gave before goes before the abort
                     self._hand_over(run)
-                core.abort_stream(sid, "aborted")
-                kick()  # the STREAM_ABORT must go out now, not with the next message
+                self._abort(sid)
                 raise
             except ConnectionClosed:
                 raise
@@ -795,8 +794,7 @@ class StreamManager:
                         except (StreamClosed, ConnectionClosed):
                             pass  # nobody reads it now; the source's error is still reported
                         except asyncio.CancelledError:
-                            core.abort_stream(sid, "aborted")
-                            kick()
+                            self._abort(sid)
                             raise
                 core.error_stream(sid, type(exc).__name__, str(exc))
                 if on_error is not None:
@@ -815,6 +813,12 @@ class StreamManager:
                     await aclose()
                 except Exception:
                     pass
+
+    def _abort(self, sid: int) -> None:
+        """(run_sender) The sender was cancelled: end outgoing ``sid`` with STREAM_ABORT,
+        sent now, not with the next message."""
+        self.link.core.abort_stream(sid, "aborted")
+        self.link.host.flush()
 
     def _start_run(self, sid: int, item: bytes) -> _SendRun | None:
         """(run_sender) A run for outgoing ``sid`` holding ``item``, or None when the
