@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import statistics
@@ -207,6 +208,8 @@ def summarise(log: list[tuple[str, int]], times: bool = False) -> dict[str, Any]
     def mean(xs: list[int]) -> float:
         return statistics.fmean(xs) / 1000 if xs else float("nan")
 
+    percentiles = statistics.quantiles(to_write, n=100) if len(to_write) > 1 else []
+
     out: dict[str, Any] = {
         "read_to_write": med(to_write),
         "write_call": med(writing),
@@ -215,8 +218,8 @@ def summarise(log: list[tuple[str, int]], times: bool = False) -> dict[str, Any]
         # Means add up to a call's mean time (wall / calls); medians do not.
         "mean_read_to_write": mean(to_write),
         "mean_write_call": mean(writing),
-        "deciles_read_to_write": [q / 1000 for q in statistics.quantiles(to_write, n=10)] if len(to_write) > 1 else [],
-        "p99_read_to_write": statistics.quantiles(to_write, n=100)[-1] / 1000 if len(to_write) > 1 else float("nan"),
+        "deciles_read_to_write": [q / 1000 for q in percentiles[9::10]],
+        "p99_read_to_write": percentiles[-1] / 1000 if percentiles else float("nan"),
         "reads": len(cycle) + 1 if read is not None else 0,
         "spin_passes": _spins[0],
     }
@@ -226,20 +229,30 @@ def summarise(log: list[tuple[str, int]], times: bool = False) -> dict[str, Any]
     return out
 
 
+def _hops_to(writer: dict[str, Any], reader: dict[str, Any]) -> list[tuple[int, int]]:
+    """Each read of ``reader`` after a write of ``writer``: (its time, its hop) in ns,
+    the hop running from that write's return to the read (both sides stamp the
+    machine's monotonic clock)."""
+    written = writer["written_at"]
+    out = []
+    for t in reader["reads_at"]:
+        i = bisect.bisect_left(written, t)
+        if i:
+            out.append((t, t - written[i - 1]))
+    return out
+
+
 def after_hops(writer: dict[str, Any], reader: dict[str, Any], parts: int = 5) -> list[tuple[float, float]]:
     """The reader's reads in ``parts`` groups by how long their hop took (shortest
     first): each group's median hop and median time from the read to the return of
     the reader's next write (its work and its write), in us. A long hop is a wake-up
     from a halted CPU; this shows what it costs the work after it too."""
-    import bisect
-
-    written, own = writer["written_at"], reader["written_at"]
+    own = reader["written_at"]
     pairs = []
-    for t in reader["reads_at"]:
-        i = bisect.bisect_left(written, t)
+    for t, hop in _hops_to(writer, reader):
         j = bisect.bisect_left(own, t)
-        if i and j < len(own):
-            pairs.append((t - written[i - 1], own[j] - t))
+        if j < len(own):
+            pairs.append((hop, own[j] - t))
     pairs.sort()
     n = len(pairs)
     out = []
@@ -251,16 +264,8 @@ def after_hops(writer: dict[str, Any], reader: dict[str, Any], parts: int = 5) -
 
 def hops(writer: dict[str, Any], reader: dict[str, Any]) -> tuple[float, float]:
     """Median and mean us from a write's return on one side to the next read reaching Python
-    on the other: the wake-up, the kernel's and the event loop's part of a call
-    (both clocks are the machine's monotonic clock)."""
-    import bisect
-
-    written = writer["written_at"]
-    gaps = []
-    for t in reader["reads_at"]:
-        i = bisect.bisect_left(written, t)
-        if i:
-            gaps.append(t - written[i - 1])
+    on the other: the wake-up, the kernel's and the event loop's part of a call."""
+    gaps = [hop for _, hop in _hops_to(writer, reader)]
     if not gaps:
         return float("nan"), float("nan")
     return statistics.median(gaps) / 1000, statistics.fmean(gaps) / 1000
