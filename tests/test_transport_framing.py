@@ -350,6 +350,41 @@ def test_a_large_frame_spread_over_reads_arrives_whole(pieces: list[int]) -> Non
     run(main(), 20)
 
 
+def test_a_large_frame_whose_header_is_cut_anywhere_arrives_whole() -> None:
+    # A read may end anywhere in a frame's header, its mask key included: a large
+    # frame is finished in place only once its whole header has arrived (a cut inside
+    # the mask once unmasked the payload with stale bytes of the read buffer).
+    bodies = [bytes(range(256)) * 78, bytes(range(256)) * 390]  # 16- and 64-bit lengths
+    cases = [(body, cut) for body in bodies for cut in range(1, (8 if len(body) < 65536 else 14))]
+
+    async def main() -> None:
+        received: list[tuple[str, Any]] = []
+        done = asyncio.get_running_loop().create_future()
+        server = await _server(_collect(received, done, 2 * len(cases)))
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            for body, cut in cases:
+                client.ws.send_binary(b"\x5a" * 64)  # other bytes where the cut leaves off
+                client.writer.write(client.take())
+                await client.writer.drain()
+                await asyncio.sleep(0.02)
+                client.ws.send_binary(body)
+                wire = client.take()
+                client.writer.write(wire[:cut])
+                await client.writer.drain()
+                await asyncio.sleep(0.02)
+                client.writer.write(wire[cut:])
+            await asyncio.wait_for(done, 10)
+            large = [m for kind, m in received if len(m) > 64]
+            assert [(len(m), m == body) for m, (body, _) in zip(large, cases)] == [(len(b), True) for b, _ in cases]
+            client.writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 30)
+
+
 def test_frames_finished_in_place_on_several_connections_do_not_mix() -> None:
     # A large frame a read leaves incomplete is finished in the thread's read buffer,
     # which the thread lends to that connection and reads the others into another: two

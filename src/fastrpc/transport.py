@@ -774,6 +774,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                     head = 10
                 if b1 & 0x80:
                     head += 4
+                    if n - pos < head:
+                        break  # the mask too must have arrived: every path below reads it
                 if length > limit:
                     self._mode = _LIBRARY
                     self._parse(view[pos:].tobytes())
