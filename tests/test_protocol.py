@@ -809,6 +809,32 @@ def test_stream_close_from_the_receiver_closes_the_senders_stream() -> None:
     assert c.next_message() is None
 
 
+def test_stream_close_gives_back_the_connection_credit_of_frames_never_sent() -> None:
+    # Frames queued on a stream (charged to the connection's credit) when its
+    # receiver's STREAM_CLOSE arrives are dropped unsent: the receiver never counts
+    # them, so their charge comes back at once (it was lost for good, one stream after
+    # another, until every stream of the connection stalled).
+    window = 64 * 1024
+    c, s = connect(Settings(connection_window=window), Settings(connection_window=window))
+    for _ in range(3):
+        sid = c.open_stream()
+        c.send_item(sid, b"a")
+        s.receive_message(c.next_message())
+        s.close_stream(sid)
+        c.send_item(sid, b"x" * 1000)  # a frame
+        c.send_items(sid, [b"y" * 100] * 5)  # a run of frames
+        assert c._flow.conn_credit < window - 1000
+        closed = s.next_message()  # the queued frames are still to go: they never will
+        assert c.receive_message(closed) == [StreamClosedByPeer(sid), CreditGranted(0), CreditGranted(0)]
+        deliver(c, s)
+        deliver(s, c)
+        # Nothing in flight: the sender's credit is what the receiver will take (the
+        # first items' 33 bytes a round are counted there, their grant still batched).
+        assert c._flow.conn_credit == s._flow.conn_recv >= window - 3 * 33
+    sid = c.open_stream()
+    assert c.writable(sid)
+
+
 def test_close_stream_before_it_arrives_refuses_it() -> None:
     c, s = connect()
     sid = 1

@@ -119,8 +119,15 @@ class OutboundStreams:
             return False
         s.state = OutState.CLOSED_BY_PEER
         s.tail = None
-        self.stream_bytes -= len(s.writer)
-        s.writer.take()  # nobody reads it any more
+        w = s.writer
+        self.stream_bytes -= len(w)
+        count = w.count
+        if count:  # nobody reads them any more
+            # Charged to the connection's credit when queued, never to be sent: the
+            # receiver never counts them, so their share would be lost for good.
+            data = w.take()
+            frames, _ = F.decode_frames(data, 0, count, len(data))
+            self.flow.conn_credit += sum(len(f.payload) for f in frames) + count * FRAME_CHARGE
         self.flow.out_close(stream_id)
         return True
 

@@ -919,8 +919,11 @@ class Connection:
                 if f.id in self._calls.inbound:
                     events.append(CallCancelled(f.id))
             elif t == F.STREAM_CLOSE:
+                credit = self._flow.conn_credit
                 if self._outbound.on_closed_by_peer(f.id):
                     events.append(StreamClosedByPeer(f.id))
+                    if self._flow.conn_credit > credit:  # its unsent frames' share is back
+                        events.append(CreditGranted(0))
             elif t == F.STREAMS:
                 self._flow.out_slots(F.decode_varint(f.payload, 0)[0])
                 events.append(CreditGranted(0))
