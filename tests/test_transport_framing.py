@@ -655,6 +655,88 @@ def test_a_peer_that_does_not_read_gets_its_latest_pong_only() -> None:
     run(main(), 20)
 
 
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (_masked(0x81, b"\xff\xfe"), 1007),  # invalid UTF-8: our framer fails it
+        (bytes((0x82, 3)) + b"abc", 1002),  # unmasked: websockets fails it
+        (_masked(0xC2, b"abc"), 1002),  # RSV1 set: websockets fails it
+        (_masked(0x82, b"x" * 2000), 1009),  # past max_size: websockets fails it
+    ],
+    ids=["utf8", "unmasked", "rsv1", "max_size"],
+)
+def test_input_after_a_failure_is_read_only_up_to_a_bound(bad: bytes, code: int) -> None:
+    # Whoever decides the failure, what the peer sends after it is read up to 1 MiB
+    # and dropped, then the socket is no longer read (websockets' failures were read
+    # and parsed without a bound until close_timeout).
+    async def main() -> None:
+        wires: list[Transport] = []
+
+        async def handler(t: Transport) -> None:
+            wires.append(t)
+            with contextlib.suppress(Exception):
+                while True:
+                    await t.recv(10)
+
+        server = await _server(handler, max_size=1000, close_timeout=1)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            client.writer.write(bad)
+            # Its close frame, unanswered (our close would end the connection).
+            got = await asyncio.wait_for(client.reader.readexactly(4), 5)
+            assert got[0] == 0x88 and int.from_bytes(got[2:4], "big") == code
+            junk, sent = bytes(1 << 20), 0
+            while sent < 256 << 20:
+                client.writer.write(junk)
+                try:
+                    await asyncio.wait_for(client.writer.drain(), 0.5)
+                except asyncio.TimeoutError:
+                    break  # the server stopped reading: the kernel's buffers are full
+                sent += len(junk)
+            assert sent < 64 << 20
+            client.writer.transport.abort()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 30)
+
+
+def test_pings_after_our_close_stay_within_the_write_bound() -> None:
+    # Our close waits for the peer's: meanwhile its PINGs are answered as on an open
+    # connection (only the latest while it does not read), also after it answered a
+    # PING of ours (a PONG once handed the rest to websockets, which answers each).
+    async def main() -> None:
+        closing = asyncio.get_running_loop().create_future()
+        wires: list[Transport] = []
+
+        async def handler(t: Transport) -> None:
+            wires.append(t)
+            closing.set_result(None)
+            await t.close(1000, "bye")
+
+        server = await _server(handler)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            await asyncio.wait_for(closing, 5)
+            await asyncio.sleep(0.05)
+            client.writer.write(_masked(0x8A, b"pong"))  # a PONG first, as to a keepalive
+            pings = b"".join(_masked(0x89, b"%03d" % (i % 1000)) for i in range(2000))
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 1.5
+            while loop.time() < end:  # never read
+                client.writer.write(pings)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(client.writer.drain(), 0.1)
+            assert wires[0].buffered() < 1 << 20
+            client.writer.transport.abort()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 30)
+
+
 def test_a_hook_on_the_opening_request_runs_on_the_data_path() -> None:
     # start_server(hook=...): the server's authenticate. It may take its time (nothing
     # is read meanwhile, and a frame sent right behind the request is not lost),

@@ -394,6 +394,9 @@ _HEAD, _FRAMING, _LIBRARY, _FAILED = 0, 1, 2, 3
 # writing into a failed connection (a flood) stops costing our CPU, and can still read
 # our close frame until close_timeout drops the TCP connection.
 _FAILED_DISCARD = 1 << 20
+# And the rest of a frame failed for being past max_size, up to this: a peer that sent
+# too large a message gets our 1009 once it has written it, not close_timeout later.
+_FAILED_FRAME_DISCARD = 64 << 20
 # Input one connection takes before the loop serves the others: libuv reads a readable
 # socket up to 32 times in one go, so a flood of cheap messages could otherwise hold
 # the loop for 32 reads' worth of work (~90 ms with the pure codec).
@@ -778,7 +781,11 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                         break  # the mask too must have arrived: every path below reads it
                 if length > limit:
                     self._mode = _LIBRARY
-                    self._parse(view[pos:].tobytes())
+                    self._parse(view[pos:].tobytes())  # websockets fails it: 1009
+                    if self._mode == _FAILED:
+                        # The rest of the frame is most likely on its way (a peer's too
+                        # large message): dropped as well, within its own bound.
+                        self._discarded -= min(max(pos + head + length - n, 0), _FAILED_FRAME_DISCARD)
                     pos = n
                     break
                 end = pos + head + length
@@ -899,8 +906,16 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             elif op is Opcode.PONG:
                 self._pinged = False
         if ws.state is not _OPEN:
-            if self._mode == _FRAMING:
-                self._mode = _LIBRARY
+            if ws.parser_exc is not None and ws.close_sent is not None:
+                # websockets failed the open connection (1002, 1009...): as _fail, what
+                # follows is read up to _FAILED_DISCARD and dropped, no longer parsed.
+                if self._mode != _FAILED:
+                    self._mode = _FAILED
+                    self._discarded = 0
+            elif self._mode == _FRAMING and ws.close_rcvd is not None:
+                self._mode = _LIBRARY  # the peer's close came: websockets reads to EOF
+            # Else our close waits for the peer's: the framer goes on (its PINGs still
+            # answered within _ping's bounds, not by websockets without any).
             self._closing()
 
     def _on_data(self, frame: Any) -> None:
