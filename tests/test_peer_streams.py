@@ -570,6 +570,32 @@ def test_channel_break_stops_both_directions() -> None:
     run(main())
 
 
+def test_channel_break_stops_a_source_that_waits() -> None:
+    # The input's source waits (for a user, a queue) when the results loop is left:
+    # its sender is stopped and the source closed at once, not when it next yields or
+    # the connection closes (no STREAM_CLOSE comes for an input aborted with the call).
+    async def main() -> None:
+        finished = asyncio.Event()
+
+        async def source() -> AsyncIterator[int]:
+            try:
+                yield 1
+                await asyncio.Event().wait()
+                yield 2
+            finally:
+                finished.set()
+
+        async with pair(stream_router()) as (server, peer):
+            async for y in peer.channel("echo", source(), 10):
+                assert y == 10
+                break
+            await asyncio.wait_for(finished.wait(), 5)
+            sp = await server_peer(server)
+            await until(lambda: not sp.stats()["peer.tasks"] and not peer.stats()["senders"], 5, "both sides to stop")
+
+    run(main())
+
+
 # --------------------------------------------------------------- large items
 
 

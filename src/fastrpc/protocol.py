@@ -632,16 +632,19 @@ class Connection:
         """Let the sender of ``stream_id`` have up to ``window`` bytes in flight."""
         self._flow.resize(stream_id, window)
 
-    def close_stream(self, stream_id: int) -> None:
+    def close_stream(self, stream_id: int) -> bool:
         """We stop reading incoming ``stream_id``: drop what is buffered, tell the sender
-        (STREAM_CLOSE; for a streaming call, CANCEL) and release its slot."""
+        (STREAM_CLOSE; for a streaming call, CANCEL) and release its slot. True when
+        that cancelled a streaming call of ours (its channel's input is aborted too)."""
         s = self._inbound.streams.get(stream_id)
         if s is None:
             self._inbound.refuse(stream_id, self.closed)
         elif s.bound and stream_id in self._calls.streaming_out:
             self.cancel_call(stream_id)
+            return True
         else:
             self._inbound.close(s, self.closed)
+        return False
 
     def release_stream(self, stream_id: int) -> None:
         """The reader is done with an incoming stream: forget it, free its slot."""

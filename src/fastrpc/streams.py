@@ -1205,7 +1205,14 @@ class StreamManager:
         self._held.pop(sid, None)
         link = self.link
         if link is not None and not link.closed:
-            link.core.close_stream(sid)
+            if link.core.close_stream(sid):
+                # Our call is cancelled, and its channel's input aborted in the core:
+                # that input's sender stops too (no STREAM_CLOSE will come to stop it).
+                task = self._senders.get(sid)
+                if task is not None:
+                    task.cancel()
+                    # (Cancelled before its first step, it never reaches its finally.)
+                    task.add_done_callback(lambda t: self._senders.pop(sid) if self._senders.get(sid) is t else None)
             link.host.flush()
 
     # ---------------------------------------------------------------- cleanup
