@@ -632,6 +632,29 @@ def test_large_items_are_fragmented_and_arrive_intact() -> None:
     run(main(), timeout=30)
 
 
+def test_a_paused_reader_of_large_items_holds_about_one_item_not_the_connection_budget() -> None:
+    # Items larger than the window come in fragments, credited at once while the reader
+    # waits for that item; a reader that stops reading holds one whole item and about a
+    # window more, not items until max_connection_memory (32 MiB) closes the connection.
+    size, n = 6 << 20, 12  # 72 MiB in all
+
+    async def main() -> None:
+        async with pair(stream_router()) as (_, peer):
+            got = 0
+            async with peer.stream("big", n, size) as s:
+                async for item in s:
+                    assert item == bytes([got]) * size
+                    got += 1
+                    if got == 1:
+                        await asyncio.sleep(1.0)  # paused: the sender must stop too
+                        held = peer.stats()["memory"]
+                        assert held <= size + (4 << 20) + (1 << 20), held
+                        assert not peer.closed
+            assert got == n and not peer.closed
+
+    run(main(), timeout=60)
+
+
 def test_item_larger_than_max_item_size_fails_only_that_stream() -> None:
     # The sender refuses an item the receiver would not take (issue 12): the
     # PayloadTooLarge is raised in the sending generator, that stream fails, and the

@@ -1233,6 +1233,46 @@ def test_an_item_larger_than_the_window_passes_because_fragments_are_credited_at
     assert read_all(s, sid) == [(data, False)]
 
 
+def test_a_reader_behind_holds_fragments_credit_so_large_items_stay_within_the_window() -> None:
+    # Fragments are credited at once only while the reader has caught up (it waits for
+    # that item, however large); behind, their credit rides on the last item queued, so
+    # a sender of items larger than the window cannot fill a paused reader's memory.
+    c, s = connect(server=Settings(initial_stream_window=1024))
+    sid = c.open_stream()
+    data = [bytes([i]) * 3000 for i in range(20)]
+    sent = 0
+    for _ in range(200):  # exchange until the sender stalls (nothing is read)
+        if sent < len(data) and c.writable(sid):
+            c.send_item(sid, data[sent])
+            sent += 1
+        msg = c.next_message()
+        if msg is None:
+            break
+        s.receive_message(msg)
+        credit = s.next_message()
+        if credit is not None:
+            c.receive_message(credit)
+    assert not c.writable(sid)
+    # One whole item, credited as it came while the queue was empty, and less than a
+    # window of the next; before, the sender went on with every item (a paused reader's
+    # memory was bounded by max_connection_memory alone).
+    assert 2 <= sent <= 3, sent
+    held = s.stats()["memory"]
+    assert isinstance(held, int) and 3000 < held <= 3000 + 1024, held
+    # Reading gives the held credit back: every item arrives, whole and in order.
+    got: list[bytes] = []
+    for _ in range(1000):  # (about six exchanges an item: 1024-byte window, no growth)
+        got += [p for p, _raw in read_all(s, sid)]
+        if len(got) == len(data):
+            break
+        if c.writable(sid) and sent < len(data):  # (writable moves what credit allows)
+            c.send_item(sid, data[sent])
+            sent += 1
+        deliver(s, c)
+        deliver(c, s)
+    assert got == data
+
+
 def test_item_larger_than_max_item_size_is_limit_exceeded() -> None:
     c, s = connect(server=Settings(max_frame_size=1024, max_item_size=2000))
     sid = c.open_stream()

@@ -107,6 +107,16 @@ _KIND = FLAG_RAW | F.FLAG_COMPRESSED  # the flags an item keeps
 _BARE = FLAG_RAW
 
 
+def _credit_last(items: list[QueuedItem] | deque[QueuedItem], charge: int) -> None:
+    """Add ``charge`` bytes of credit to the last item of a stream's queue: it goes
+    back to the sender when that item is read."""
+    last = items[-1]
+    if isinstance(last, tuple):
+        items[-1] = (last[0], last[1], last[2] + charge)
+    else:
+        items[-1] = (last, _BARE, len(last) + FRAME_CHARGE + charge)
+
+
 class Connection:
     """State of one fastrpc connection, independent of any I/O.
 
@@ -1066,9 +1076,16 @@ class Connection:
         if flags & F.FLAG_MORE or s.partial is not None:
             whole = self._inbound.assemble(s, flags, payload, self.settings.max_item_size)
             if whole is None:
-                # Fragments are held in the reassembly buffer (bounded by max_item_size
-                # and the memory budget), not in the window: their credit goes back now.
-                flow.in_consumed(s, charge)
+                items = s.items
+                if items:
+                    # The reader is behind: the fragment's credit rides on the last item
+                    # queued and comes back when that is read, so that a paused reader
+                    # holds at most one whole item past its window.
+                    _credit_last(items, charge)
+                else:
+                    # A reader caught up waits for this item, however large (bounded by
+                    # max_item_size and the memory budget): its credit goes back now.
+                    flow.in_consumed(s, charge)
                 return None
             payload, flags = whole  # charged to the budget as its fragments came
         else:
