@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from _services import stop
-from _util import assert_idle, pair, run, server_peer, until
+from _util import assert_idle, pair, raw_client, run, server_peer, until
 
 import fastrpc
+from fastrpc import frames as F
+from fastrpc.calls import decode_error
 from fastrpc.peer_io import PeerIO
 from fastrpc.protocol import FRAME_CHARGE
 
@@ -592,6 +594,66 @@ def test_channel_break_stops_a_source_that_waits() -> None:
             await asyncio.wait_for(finished.wait(), 5)
             sp = await server_peer(server)
             await until(lambda: not sp.stats()["peer.tasks"] and not peer.stats()["senders"], 5, "both sides to stop")
+
+    run(main())
+
+
+# ----------------------------------------------------------------- timeouts
+
+
+def test_a_streaming_calls_timeout_bounds_the_whole_call() -> None:
+    # timeout= of peer.stream()/channel() bounds the call, its last item included: the
+    # reader gets the items that came, then CallTimeout; the handler is cancelled.
+    async def main() -> None:
+        watch = Watch()
+        async with pair(stream_router(watch)) as (server, peer):
+            got: list[Any] = []
+            t0 = time.monotonic()
+            with pytest.raises(fastrpc.CallTimeout, match=r"'forever' did not finish within 0.3 s \(its timeout="):
+                async for x in peer.stream("forever", timeout=0.3):
+                    got.append(x)
+                    await asyncio.sleep(0.01)
+            assert 0.25 < time.monotonic() - t0 < 3 and got[:3] == [0, 1, 2]
+            await asyncio.wait_for(watch.finished.wait(), 5)
+            sp = await server_peer(server)
+            await until(lambda: not sp.stats()["peer.tasks"], 5, "the server's handler to end")
+
+            async def source() -> AsyncIterator[int]:
+                yield 1
+                await asyncio.Event().wait()  # the channel's input never ends
+
+            with pytest.raises(fastrpc.CallTimeout):
+                async for y in peer.channel("echo", source(), 10, timeout=0.2):
+                    assert y == 10
+            await until(lambda: not sp.stats()["peer.tasks"] and not peer.stats()["senders"], 5, "both sides to stop")
+            # Within its timeout a call is untouched; the connection goes on.
+            assert [x async for x in peer.stream("ticks", 3, timeout=5)] == [0, 1, 2]
+            assert not peer.closed
+
+    run(main())
+
+
+def test_a_streaming_calls_deadline_is_enforced_by_the_handlers_side() -> None:
+    # A caller that keeps reading past the deadline it sent (a raw one: fastrpc's own
+    # gives up at its deadline too): the server cancels the handler and ends the
+    # stream with TimeoutError, after the items it sent.
+    async def main() -> None:
+        watch = Watch()
+        async with pair(stream_router(watch)) as (server, _):
+            async with raw_client(server.url) as raw:
+                raw.core.send_request("forever", raw.core_payload(()), stream=True, timeout=0.2)
+                await raw.send(raw.core.next_message())
+                frames: list[Any] = []
+                while not any(f.type != F.STREAM_DATA and f.type != F.CREDIT for f in frames):
+                    frames += await raw.recv_frames(5)
+            end = [f for f in frames if f.type not in (F.STREAM_DATA, F.CREDIT)]
+            assert [f.type for f in end] == [F.STREAM_ERROR]
+            error = decode_error(end[0].payload)
+            assert error.type_name == "TimeoutError"
+            assert "'forever' did not finish within the caller's timeout of 0.2 s" in error.message
+            assert sum(f.type == F.STREAM_DATA for f in frames) > 0
+            await asyncio.wait_for(watch.finished.wait(), 5)
+            assert watch.cancelled
 
     run(main())
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import AsyncIterable, Callable
 from typing import Any, TypeVar
 
@@ -322,7 +323,11 @@ class PeerAPI:
 
         The call is sent on the first iteration; leaving the loop (and dropping the
         stream), ``aclose()`` or ``async with`` cancel it on the other side.
-        ``kwargs``: the method's keyword arguments.
+        ``kwargs``: the method's keyword arguments. ``timeout`` (seconds, from the
+        first iteration) bounds the whole call, its last item included: once it
+        passes, the call is cancelled and the iteration raises
+        :class:`fastrpc.CallTimeout`; it travels as the handler's deadline too (the
+        handler is cancelled there, and its stream ends with ``TimeoutError``).
         """
         if kwargs:
             return self._stream_call(method, self._encode_kwargs(args, kwargs), False, None, timeout, True)
@@ -336,16 +341,18 @@ class PeerAPI:
         *args: Any,
         priority: int = DEFAULT_URGENCY,
         rate: RateLimit | None = None,
+        timeout: float | None = None,
         **kwargs: Any,
     ) -> ReceiveStream[Any]:
         """Open a bidirectional stream: ``items`` go to the handler (its first
-        argument), whose yielded items come back through the returned stream."""
+        argument), whose yielded items come back through the returned stream.
+        ``timeout``: the whole call's, as for :meth:`stream`."""
         if kwargs:
             return self._stream_call(
-                method, self._encode_kwargs(args, kwargs), False, (items, priority, rate), None, True
+                method, self._encode_kwargs(args, kwargs), False, (items, priority, rate), timeout, True
             )
         payload, raw = self._encode_args(args)
-        return self._stream_call(method, payload, raw, (items, priority, rate), None)
+        return self._stream_call(method, payload, raw, (items, priority, rate), timeout)
 
     def _stream_call(
         self, method: str, payload: bytes, raw: bool, channel: Any, timeout: float | None, kwargs: bool = False
@@ -365,6 +372,13 @@ class PeerAPI:
                     core.set_urgency(cid, priority)
                 self.streams.start_sender(cid, items, rate)
             self._kick()
+            if timeout is not None:
+                late = CallTimeout(
+                    f"streaming call to {method!r} did not finish within {timeout} s (its timeout= argument); "
+                    "it was cancelled on the other side"
+                )
+                # (A weak reference: a stream dropped before its timeout is not kept.)
+                self._loop.call_later(timeout, self.streams.expire_call, weakref.ref(stream), late)
 
         return self.streams.call_stream(start)
 

@@ -437,6 +437,27 @@ class Handlers:
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
     ) -> None:
+        if ev.deadline is None:
+            await self._stream_call(ev, fn, kind, args, kwargs, None)
+            return
+        # The caller's timeout covers the whole call: when it passes, the handler is
+        # cancelled and the stream ends with TimeoutError (as a plain call answers).
+        try:
+            async with asyncio.timeout(ev.deadline) as deadline:
+                await self._stream_call(ev, fn, kind, args, kwargs, deadline)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # (not ours: the handler's own, already sent as its error)
+
+    async def _stream_call(
+        self,
+        ev: E.RequestReceived,
+        fn: Callable[..., Any],
+        kind: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        deadline: asyncio.Timeout | None,
+    ) -> None:
         core = self.link.core
         cid = ev.call_id
         manager = self.streams
@@ -456,7 +477,10 @@ class Handlers:
                         raise TypeError(f"handler for {ev.method!r} did not return an async iterable")
             except asyncio.CancelledError:
                 if not self.link.closed:  # the caller waits for the call's end
-                    self._reply_error(cid, "CancelledError", "call cancelled", True)
+                    if deadline is not None and deadline.expired():
+                        self._reply_error(cid, "TimeoutError", _late(ev), True)
+                    else:
+                        self._reply_error(cid, "CancelledError", "call cancelled", True)
                 raise
             except Exception as exc:
                 type_name, message = type(exc).__name__, str(exc)
@@ -476,11 +500,20 @@ class Handlers:
             if self.link.closed:
                 return
             core.open_response_stream(cid)
-            await manager.run_sender(cid, source, None, functools.partial(self._log_failure, ev.method))
+            log = functools.partial(self._log_failure, ev.method)
+            if deadline is None:
+                await manager.run_sender(cid, source, None, log)
+            else:
+                await manager.run_sender(cid, source, None, log, lambda: _late(ev) if deadline.expired() else None)
         finally:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
             core.finish_call(cid)
+
+
+def _late(ev: E.RequestReceived) -> str:
+    """The TimeoutError message of a call that outlived its caller's timeout."""
+    return f"{ev.method!r} did not finish within the caller's timeout of {ev.deadline} s"
 
 
 def _returning(value: Any) -> Callable[[], Any]:

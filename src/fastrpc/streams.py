@@ -655,10 +655,13 @@ class StreamManager:
         source: AsyncIterable[Any],
         rate: RateLimit | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        expired: Callable[[], str | None] | None = None,
     ) -> None:
         """Send ``source``'s items on open outgoing stream ``sid``, then its end; its
         error (or cancellation) ends the stream with STREAM_ERROR (STREAM_ABORT), and
-        goes to ``on_error`` (a streaming handler's is logged).
+        goes to ``on_error`` (a streaming handler's is logged). ``expired``, asked when
+        the sender is cancelled: the message of a call's deadline that passed (the
+        stream ends with a TimeoutError of it, not STREAM_ABORT), or None.
 
         An item larger than the receiver's ``max_item_size`` is not sent: the
         :class:`PayloadTooLarge` is raised in ``source`` at its ``yield`` (an async
@@ -779,7 +782,12 @@ class StreamManager:
             except asyncio.CancelledError:
                 if run is not None:  # what the source gave before goes before the abort
                     self._hand_over(run)
-                self._abort(sid)
+                late = expired() if expired is not None else None
+                if late is None:
+                    self._abort(sid)
+                else:
+                    core.error_stream(sid, "TimeoutError", late)
+                    kick()
                 raise
             except ConnectionClosed:
                 raise
@@ -1172,6 +1180,16 @@ class StreamManager:
         first iteration (and calls :meth:`bind_call`)."""
         self._check()
         return ReceiveStream(self, None, call=True, claimed=True, starter=starter)
+
+    def expire_call(self, ref: Callable[[], ReceiveStream[Any] | None], exc: BaseException) -> None:
+        """(Peer hook) a streaming call of ours outlived its ``timeout``: cancel it, as
+        closing its stream does, and raise ``exc`` at its reader (after the items it
+        took already). ``ref``: a weak reference to its stream."""
+        stream = ref()
+        if stream is None or stream.closed:
+            return
+        stream._fail(exc)
+        self.close_incoming(stream)
 
     def on_readable(self, sid: int) -> None:
         """(Peer hook) items or the end of incoming ``sid`` are ready."""
