@@ -783,6 +783,71 @@ def test_a_hook_on_the_opening_request_runs_on_the_data_path() -> None:
     run(main(), 20)
 
 
+def _long_head(first_line: str) -> bytes:
+    """An HTTP head of about 72 KiB that websockets' parser would take (each header
+    under its 8 KiB line bound, 9 of them under its 128)."""
+    filler = "".join(f"X-Filler-{i}: {'a' * 8000}\r\n" for i in range(9))
+    return f"{first_line}\r\n{filler}".encode()
+
+
+@pytest.mark.parametrize(
+    "then", [b"", _masked(0x82, b"hi"), _masked(0x88, b"\x03\xe8")], ids=["alone", "data", "close"]
+)
+def test_an_opening_request_over_64_kib_is_refused_with_431(then: bytes) -> None:
+    # Past 64 KiB without its end the head is refused by the data path, not handed to
+    # websockets (which took it, up to ~1 MiB, and kept the bytes behind it: a frame
+    # sent with the request was lost, a close frame raised in the transport).
+    async def handler(t: Transport) -> None:
+        await t.send(await t.recv(5))
+
+    async def main() -> None:
+        server = await _server(handler)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection(HOST, port)
+            head = _long_head("GET / HTTP/1.1") + (
+                b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert len(head) > 64 << 10
+            writer.write(head + then)
+            answer = await asyncio.wait_for(reader.read(), 5)  # to EOF: the server closes
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+            assert b"over 64 KiB" in answer
+            writer.close()
+            # Others are untouched.
+            client = await open_connection(f"ws://{HOST}:{port}/", compression=None, ping_interval=None)
+            await client.send(b"ok")
+            assert await client.recv(5) == b"ok"
+            await client.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_a_handshake_response_over_64_kib_fails_the_client() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_long_head("HTTP/1.1 101 Switching Protocols") + b"\r\n")
+        with contextlib.suppress(Exception):
+            await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(answer, HOST, 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(Exception, match="handshake response is an HTTP head over 64 KiB"):
+                await open_connection(f"ws://{HOST}:{port}/", compression=None, ping_interval=None)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
 def test_an_open_connection_keeps_no_parsed_handshake() -> None:
     # websockets' parser keeps the opening request (server) or response (client) for
     # the life of the connection unless the data path lets it go: ~2 KiB of every idle

@@ -720,13 +720,16 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         """The HTTP handshake goes to websockets alone, to its last byte: what follows
         it is the framer's (websockets' reader is left with nothing buffered)."""
         buf = self._buf
+        seen = len(buf)
         buf += data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HEAD:  # websockets rejects it
-                self._mode = _LIBRARY
-                self._parse(bytes(buf))
-                buf.clear()
+        # (From where the last read ended: a head sent a byte at a time is not
+        # searched again and again.)
+        end = buf.find(b"\r\n\r\n", max(0, seen - 3))
+        if end < 0 and len(buf) <= _MAX_HEAD:
+            return
+        if end < 0 or end + 4 > _MAX_HEAD:
+            buf.clear()
+            self._refuse_head()
             return
         head = bytes(buf[: end + 4])
         del buf[: end + 4]
@@ -741,6 +744,23 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             rest = bytes(buf)
             buf.clear()
             self.data_received(rest)
+
+    def _refuse_head(self) -> None:
+        """An opening request (or response) past ``_MAX_HEAD`` without its end: refused
+        here (a server answers 431), never handed to websockets, whose own bound is
+        about 1 MiB (128 headers of 8 KiB) and whose reader would keep what follows."""
+        ws = self._ws
+        why = f"an HTTP head over {_MAX_HEAD >> 10} KiB"
+        self._mode = _FAILED
+        self._discarded = _FAILED_DISCARD  # nothing more is read
+        if self._client:
+            ws.handshake_exc = _InvalidHandshake(f"the server's handshake response is {why}")
+        else:
+            server: ServerProtocol = ws  # type: ignore[assignment]
+            server.handshake_exc = _InvalidHandshake(f"the opening request is {why}")
+            server.send_response(server.reject(431, f"Request header fields too large ({why}).\n"))
+            self._send_data()
+        self._handshake_done()  # not open: the TCP connection is closed
 
     def _frames(self, data: bytes | memoryview) -> None:
         """RFC 6455 framing of the data path: final, unfragmented BINARY and TEXT
