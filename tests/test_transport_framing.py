@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -775,6 +776,47 @@ def test_a_hook_on_the_opening_request_runs_on_the_data_path() -> None:
             b0, n = await asyncio.wait_for(reader.readexactly(2), 5)
             assert b0 == 0x81
             assert await reader.readexactly(n) == b"/me b'hi'"
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 20)
+
+
+def test_nothing_is_read_while_the_hook_decides_even_after_a_full_read() -> None:
+    # A read that fills the read slice (256 KiB) schedules reading to go on at the
+    # next loop pass: while the hook decides, it must not (the bytes behind the request
+    # were read into the head's buffer, unbounded, and parsed as another head).
+    frames = [_masked(0x82, bytes([i]) * 60_000 + b"\r\n\r\n") for i in range(10)]
+
+    async def hook(connection: Any, request: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return None
+
+    async def handler(t: Transport) -> None:
+        sizes = [len(await t.recv(5)) for _ in frames]
+        await t.send(repr(sizes))
+        await t.recv(5)
+
+    async def main() -> None:
+        server = await start_server(handler, HOST, 0, hook=hook, compression=None, ping_interval=None)
+        try:
+            listener = server.sockets[0]
+            # Room in the kernel for the request and all its frames, so that the first
+            # read takes a whole slice (accepted sockets inherit the listener's size).
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            port = listener.getsockname()[1]
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" + b"".join(frames)
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            b0, n = await asyncio.wait_for(reader.readexactly(2), 5)
+            assert b0 == 0x81
+            assert await reader.readexactly(n) == repr([60_004] * 10).encode()
             writer.close()
         finally:
             server.close()

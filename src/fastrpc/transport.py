@@ -712,6 +712,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
     def _read_on(self) -> None:
         if self._paused_reading or self._tcp.is_closing():
             return
+        if self._mode == _HEAD:
+            return  # the hook decides: reading waits for it (_decide)
         if self._mode == _FAILED and self._discarded > _FAILED_DISCARD:
             return  # no longer read (data_received)
         self._tcp.resume_reading()
