@@ -127,6 +127,36 @@ def test_authenticate_refuses_with_401_and_403_before_the_upgrade() -> None:
     run(main())
 
 
+def test_the_hook_sees_repeated_headers_joined_and_the_connections_own_path() -> None:
+    # A header sent twice: joined with ", " (websockets' Headers raised
+    # MultipleValuesError from .get(), a 500 and an ERROR traceback per connection);
+    # a path that starts with "//": the hook checks the path the connection has
+    # (urlsplit read "//admin/x" as host "admin" and path "/x").
+    paths: list[str] = []
+
+    def hook(request: fastrpc.HandshakeRequest) -> Any:
+        paths.append(request.path)
+        return authenticate(request)
+
+    async def main() -> None:
+        async with fastrpc.serve(whoami_router(), authenticate=hook, **QUIET) as server:
+            twice = [("Authorization", "Bearer t0ken"), ("Authorization", "Bearer other")]
+            with pytest.raises(fastrpc.Unauthorized):  # "t0ken, Bearer other": no such user
+                await fastrpc.connect(server.url, additional_headers=twice, **QUIET)
+            async with fastrpc.connect(
+                server.url + "//admin/panel", additional_headers={"Authorization": "t0ken"}, **QUIET
+            ) as peer:
+                assert (await peer.call("whoami"))["path"] == "//admin/panel"
+            agents = [("Authorization", "t0ken"), ("X-Agent", "a"), ("x-agent", "b")]
+            async with fastrpc.connect(server.url, additional_headers=agents, **QUIET) as peer:
+                assert (await peer.call("whoami"))["agent"] == "a, b"
+                (sp,) = server.peers
+                assert sp.request_headers.get_all("X-AGENT") == ["a", "b"]
+        assert paths == ["/", "//admin/panel", "/"]  # the hook's and the handler's path agree
+
+    run(main())
+
+
 def test_a_failing_authenticate_hook_is_a_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     def broken(request: fastrpc.HandshakeRequest) -> Any:
         raise RuntimeError("database down")

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from .auth import HandshakeRequest
+from .auth import HandshakeRequest, RequestHeaders
 from .client import RetryPolicy, connect
 from .exceptions import (
     AuthError,
@@ -78,6 +78,7 @@ __all__ = [
     "ReceiveStream",
     "RemoteError",
     "RemoteStreamError",
+    "RequestHeaders",
     "Response",
     "ResumeFailed",
     "RetryPolicy",

@@ -23,14 +23,14 @@ refuses with 401. Handlers read ``current_peer().identity`` and
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from .exceptions import AuthError, Unauthorized
 
-__all__ = ["Authenticate", "HandshakeRequest", "run_authenticate"]
+__all__ = ["Authenticate", "HandshakeRequest", "RequestHeaders", "run_authenticate"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,40 @@ class HandshakeRequest:
     @classmethod
     def from_target(cls, target: str, headers: Mapping[str, str], remote_address: Any) -> HandshakeRequest:
         """From the request target (path and query) and headers."""
-        parts = urlsplit(target)
-        return cls(parts.path or "/", parse_qs(parts.query), headers, remote_address)
+        # (Not urlsplit: it reads a target that starts with "//" as a host and a path,
+        # so the hook would check another path than the connection's.)
+        path, _, query = target.partition("?")
+        return cls(path or "/", parse_qs(query), headers, remote_address)
+
+
+class RequestHeaders(Mapping[str, str]):
+    """The headers of an opening request: looked up whatever the case of the name,
+    a repeated header's values joined with ``, `` (RFC 9110 5.3); :meth:`get_all`
+    gives them one by one."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        joined: dict[str, list[str]] = {}
+        for name, value in items:
+            joined.setdefault(name.lower(), []).append(value)
+        self._items = joined
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._items[name.lower()])
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order (an empty list when it is absent)."""
+        return list(self._items.get(name.lower(), ()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"RequestHeaders({ {k: self[k] for k in self._items}!r})"
 
 
 Authenticate = Callable[[HandshakeRequest], Union[Any, Awaitable[Any]]]

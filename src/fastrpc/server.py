@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from . import options as O
 from .addresses import ws_url
-from .auth import Authenticate, HandshakeRequest, refusal, run_authenticate
+from .auth import Authenticate, HandshakeRequest, RequestHeaders, refusal, run_authenticate
 from .broker import Broker
 from .exceptions import AuthError, ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer, welcome_message
@@ -149,7 +149,7 @@ class Server:
         hook = self.authenticate
         assert hook is not None
         address = connection.remote_address
-        req = HandshakeRequest.from_target(request.path, request.headers, address)
+        req = HandshakeRequest.from_target(request.path, RequestHeaders(request.headers.raw_items()), address)
         try:
             identity = await run_authenticate(hook, req)
             if isinstance(connection, Transport):

@@ -25,7 +25,7 @@ import mimetypes
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from . import options as O
 
@@ -85,17 +85,20 @@ class StaticFiles:
     def resolve(self, path: str) -> str | None:
         """The file a request path names, or None when it is outside the directory
         (or not a regular file)."""
-        raw = unquote(urlsplit(path).path)
+        # (Not urlsplit: it reads a target that starts with "//" as a host and a path.)
+        raw = unquote(path.partition("?")[0].partition("#")[0])
         if "\x00" in raw or "\\" in raw:
             return None
         parts = [p for p in raw.split("/") if p not in ("", ".")]
         if any(p == ".." for p in parts):
             return None
         candidate = os.path.realpath(os.path.join(self.root, *parts))
-        if candidate != self.root and not candidate.startswith(self.root + os.sep):
-            return None  # a symbolic link out of the directory
         if os.path.isdir(candidate):
-            candidate = os.path.join(candidate, self.index)
+            # The index is resolved too: a symbolic link named index.html is a file
+            # like any other, checked below.
+            candidate = os.path.realpath(os.path.join(candidate, self.index))
+        if os.path.commonpath((self.root, candidate)) != self.root:
+            return None  # a symbolic link out of the directory
         return candidate if os.path.isfile(candidate) else None
 
     async def __call__(self, path: str, headers: Mapping[str, str]) -> HttpResponse | None:

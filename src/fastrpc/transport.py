@@ -65,6 +65,7 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
+from .auth import RequestHeaders
 from .budget import PingLimit
 from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled, unmask
@@ -89,6 +90,7 @@ TransportClosed = (_WSClosed, ConnectionError)
 # Opening a connection failed: refused, timed out, or a bad HTTP handshake.
 OPEN_FAILED = (OSError, EOFError, asyncio.TimeoutError, _InvalidHandshake, _WSError)
 _OPEN = _State.OPEN
+_CONNECTING = _State.CONNECTING
 _CLOSED = _State.CLOSED
 MAX_FRAGMENTS = 4096  # WebSocket fragments of one message (websockets' own cap)
 # websockets options the data path implements; any other selects the library's connection.
@@ -497,6 +499,28 @@ def _notsent_lowat(tcp: asyncio.BaseTransport, lowat: int | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, opt, lowat)
     except OSError:
         pass
+
+
+# ioctl SIOCOUTQ (Linux's TIOCOUTQ): bytes in a socket's send queue, not yet acked.
+try:
+    from fcntl import ioctl as _ioctl
+except ImportError:  # (Windows)
+    _ioctl = None  # type: ignore[assignment]
+_SIOCOUTQ = 0x5411 if _ioctl is not None and os.uname().sysname == "Linux" else None
+
+
+def _unsent(tcp: asyncio.WriteTransport) -> int:
+    """Bytes written and not yet taken by the peer: the transport's buffer, and on
+    Linux the socket's send queue (a reader that reads moves it, even while the
+    transport's buffer waits for room in a send queue of megabytes)."""
+    n = tcp.get_write_buffer_size()
+    sock = tcp.get_extra_info("socket")
+    if _SIOCOUTQ is not None and sock is not None:
+        try:
+            n += struct.unpack("i", _ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            pass
+    return n
 
 
 _MASK_POOL = 4096  # bytes of urandom read at once for client frame masks (_Wire._write)
@@ -1061,7 +1085,21 @@ class _Wire(Transport, asyncio.BufferedProtocol):
             if not self._opened.done():
                 self._opened.set_exception(exc)
                 self._opened.exception()
-            self._tcp.close()
+            tcp = self._tcp
+            tcp.close()  # once the answer (an error, a static file) is written
+            if tcp.get_write_buffer_size() and self._close_timeout is not None:
+                self._answer_stalled(-1)
+
+    def _answer_stalled(self, before: int) -> None:
+        """A refused upgrade's answer is being written before the connection closes: a
+        peer that read none of it for ``close_timeout`` is dropped (it held the
+        answer, up to a static file's ``max_file_size``, and its socket for ever)."""
+        tcp = self._tcp
+        left = _unsent(tcp)
+        if before >= 0 and left >= before:
+            tcp.abort()
+        elif self._close_timeout is not None and not self._closed.done():
+            self._close_timer = asyncio.get_running_loop().call_later(self._close_timeout, self._answer_stalled, left)
 
     def eof_received(self) -> None:
         self._ws.receive_eof()
@@ -1250,8 +1288,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                 ws.send_close(code, reason)
                 self._send_data()
                 self._closing()
-            elif ws.state is not _CLOSED and not self._opened.done():
-                self._tcp.abort()
+            elif ws.state is not _CLOSED and (not self._opened.done() or ws.state is _CONNECTING):
+                self._tcp.abort()  # never opened, or refused: no close handshake to wait for
             await asyncio.shield(self._closed)
         except Exception:
             self._tcp.abort()
@@ -1282,14 +1320,14 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         head = self._raw_head
         if head is None or self._path is None:
             return None
-        headers = Headers()
+        items = []
         for line in head.split(b"\r\n")[1:]:  # websockets validated them (_handshake)
             if line:
                 name, _, value = line.partition(b":")
-                headers[name.decode("ascii", "surrogateescape")] = value.strip(b" \t").decode(
-                    "ascii", "surrogateescape"
+                items.append(
+                    (name.decode("ascii", "surrogateescape"), value.strip(b" \t").decode("ascii", "surrogateescape"))
                 )
-        return headers
+        return RequestHeaders(items)
 
     @property
     def subprotocol(self) -> str | None:
@@ -1388,7 +1426,7 @@ class _Library(Transport):
     @property
     def request_headers(self) -> Any:
         request = getattr(self.ws, "request", None)
-        return request.headers if request is not None else None
+        return RequestHeaders(request.headers.raw_items()) if request is not None else None
 
     @property
     def subprotocol(self) -> str | None:
