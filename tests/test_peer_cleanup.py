@@ -189,6 +189,38 @@ def test_server_shutdown_closes_connections() -> None:
     run(main())
 
 
+def test_server_shutdown_delivers_the_answers_already_made() -> None:
+    # server.close() closes each peer (GOAWAY, its queued output, then 1001) before
+    # closing what is left: closing the transports first cut the answers of handlers
+    # that had run off, for a client slow to read (it got ConnectionClosed).
+    ran: list[int] = []
+    router = fastrpc.Router()
+
+    @router.method
+    def big() -> bytes:
+        ran.append(1)
+        return b"x" * 900_000
+
+    async def main() -> None:
+        server = await fastrpc.serve(router, "127.0.0.1", 0, keepalive_interval=None).start()
+        peer = await fastrpc.connect(server.url, keepalive_interval=None)
+        calls = asyncio.gather(*(peer.call("big") for _ in range(20)), return_exceptions=True)
+        await until(lambda: len(ran) == 20, 5, "the handlers to run")
+        peer.transport.pause_reading()  # slow to read: answers wait in the server
+        await asyncio.sleep(0.1)
+        closing = asyncio.ensure_future(server.close())
+        await asyncio.sleep(0.3)
+        peer.transport.resume_reading()
+        await asyncio.wait_for(closing, 10)
+        answers = await asyncio.wait_for(calls, 10)
+        assert [type(a) for a in answers] == [bytes] * 20, answers
+        await asyncio.wait_for(peer.wait_closed(), 5)
+        assert isinstance(peer.close_exception, fastrpc.ConnectionClosed) and peer.close_exception.code == 1001
+        await peer.close()
+
+    run(main(), 30)
+
+
 def test_many_connect_stream_disconnect_cycles_leak_nothing() -> None:
     cycles = 1000
     warmup = 500

@@ -233,3 +233,31 @@ def test_sigterm_drains_in_flight_calls(redis: Redis) -> None:
         assert w.proc.wait(10) == 0
     finally:
         w.close()
+
+
+def test_a_client_that_vanished_does_not_turn_a_drain_into_a_kill() -> None:
+    # A connection whose client is gone without a FIN (frozen, unplugged) holds a
+    # worker's close for close_timeout (10 s) after its grace (3 s here); the
+    # supervisor waited grace + 5 s, then SIGKILLed the worker and exited 1.
+    import socket
+    import time
+
+    port = free_port()
+    w = Workers(1, port, None)
+    s = socket.socket()
+    try:
+        w.wait_ready([port])
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 101")  # then it never answers again
+        t0 = time.monotonic()
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(30) == 0, w.output()
+        assert time.monotonic() - t0 < 20
+    finally:
+        s.close()
+        w.close()

@@ -121,15 +121,19 @@ class Server:
     async def start(self) -> Server:
         """Start listening; returns the server (``await serve(...).start()``)."""
         await self.topics.start()
-        self._server = await start_server(
-            self._connection,
-            self.host,
-            self._port,
-            http=self.static,
-            hook=self._authenticate if self.authenticate is not None else None,
-            **self.options.websocket_kwargs(),
-            **self._ws_kwargs,
-        )
+        try:
+            self._server = await start_server(
+                self._connection,
+                self.host,
+                self._port,
+                http=self.static,
+                hook=self._authenticate if self.authenticate is not None else None,
+                **self.options.websocket_kwargs(),
+                **self._ws_kwargs,
+            )
+        except BaseException:
+            await self.topics.close()  # (a broker's listener and its connections)
+            raise
         return self
 
     async def handle(self, transport: Transport) -> None:
@@ -423,12 +427,18 @@ class Server:
             self._server.close(close_connections=False)
 
     async def close(self) -> None:
-        """Stop accepting, close every connection, wait until they are cleaned up."""
-        if self._server is None:
+        """Stop accepting; every connection gets GOAWAY and what was queued for it
+        (answers already made), then is closed (1001); wait until they are cleaned up."""
+        server = self._server
+        if server is None:
+            await self.topics.close()
             return
-        self._server.close()
+        # The peers first: closing the transports at once would cut their GOAWAY and
+        # output off. Then what is left (JSON-mode connections, opening handshakes).
+        server.close(close_connections=False)
         await asyncio.gather(*(p.close(1001, "server shutdown") for p in list(self.peers)), return_exceptions=True)
-        await self._server.wait_closed()
+        server.close()
+        await server.wait_closed()
         await self.topics.close()
 
     async def serve_forever(self) -> None:

@@ -70,7 +70,7 @@ from .budget import PingLimit
 from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled, unmask
 from .keepalive import Timer, timer
-from .options import MAX_PING_RATE, PING_BURST
+from .options import CLOSE_TIMEOUT, MAX_PING_RATE, PING_BURST
 from .polling import busy_poll_option, poll_window
 from .static import HttpResponse
 
@@ -1463,7 +1463,7 @@ async def open_connection(url: str, **options: Any) -> Transport:
         ws,
         write_limit=options.get("write_limit", 32768),
         max_queue=options.get("max_queue"),
-        close_timeout=options.get("close_timeout", 10.0),
+        close_timeout=options.get("close_timeout", CLOSE_TIMEOUT),
         ping_interval=options.get("ping_interval", 20.0),
         max_size=options.get("max_size", 1 << 20),
         notsent_lowat=options.get("notsent_lowat"),
@@ -1498,14 +1498,23 @@ class WebSocketServer:
         return self._server.sockets
 
     def close(self, close_connections: bool = True) -> None:
-        """Stop listening; with ``close_connections``, close every connection (1001)."""
-        if isinstance(self._server, _WSServer):  # websockets' own server (the fallback)
-            self._server.close(close_connections=close_connections)
-        else:
-            self._server.close()  # the listening socket only (asyncio's or uvloop's)
+        """Stop listening; with ``close_connections``, close every connection (1001)
+        (the ones left, after a first call without)."""
+        loop = asyncio.get_running_loop()
+        server = self._server
+        if isinstance(server, _WSServer):  # websockets' own server (the fallback)
+            if not (close_connections and server.close_task is not None):
+                server.close(close_connections=close_connections)
+                return
+            # Closed already without its connections (its close() does nothing now).
+            for conn in server.connections:
+                task = loop.create_task(conn.close(1001, "server shutdown"))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+            return
+        server.close()  # the listening socket only (asyncio's or uvloop's)
         if not close_connections:
             return
-        loop = asyncio.get_running_loop()
         for wire in list(self._wires):
             task = loop.create_task(wire.close(1001, "server shutdown"))
             self._handlers.add(task)  # awaited by wait_closed
@@ -1587,7 +1596,7 @@ async def start_server(
             ServerProtocol(max_size=max_size, select_subprotocol=_select_subprotocol),
             write_limit=options.get("write_limit", 32768),
             max_queue=options.get("max_queue"),
-            close_timeout=options.get("close_timeout", 10.0),
+            close_timeout=options.get("close_timeout", CLOSE_TIMEOUT),
             ping_interval=options.get("ping_interval", 20.0),
             max_size=max_size,
             notsent_lowat=options.get("notsent_lowat"),

@@ -194,7 +194,9 @@ def run_workers(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         status = 0
-        deadline = time.monotonic() + grace + 5.0
+        # A worker's drain: its grace, then closing its connections (GOAWAY, up to 2 s
+        # for its writer, the close handshake up to close_timeout), then a margin.
+        deadline = time.monotonic() + grace + 2.0 + O.CLOSE_TIMEOUT + 5.0
         for proc in procs.values():
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
