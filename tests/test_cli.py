@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -423,3 +424,131 @@ def test_busy_poll_reaches_the_server_and_the_clients() -> None:
         assert (proc.returncode, proc.stdout) == (0, "3\n"), proc.stderr
         proc = cli("ping", url, "-c", "2", "-i", "0", "--busy-poll", "50e-6")
         assert proc.returncode == 0 and len(re.findall(r"^pong from ", proc.stdout, re.M)) == 2, proc.stderr
+
+
+def _serve_here(router: fastrpc.Router, check: Callable[[str], None], **options: Any) -> None:
+    """Serve ``router`` in this process (127.0.0.1, a free port) while ``check(url)``
+    runs the command line in child processes (in a thread: this loop serves)."""
+    import asyncio
+
+    from _util import QUIET, run
+
+    async def main() -> None:
+        async with fastrpc.serve(router, "127.0.0.1", 0, **QUIET, **options) as server:
+            await asyncio.to_thread(check, server.url)
+
+    run(main(), timeout=100)
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_connection_is_one_error_line_and_header_sends_credentials() -> None:
+    # A server's authenticate hook refuses: each client command says so in one
+    # `error:` line (exit 1), not a traceback; --header/-H sends the credentials.
+    router = fastrpc.Router()
+    router.add("add", lambda a, b: a + b)
+    seen: list[Mapping[str, str]] = []
+
+    def authenticate(request: fastrpc.HandshakeRequest) -> str:
+        seen.append(request.headers)  # case-insensitive
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            raise fastrpc.Unauthorized("unknown token")
+        return "user"
+
+    def check(url: str) -> None:
+        refused = "error: the server refused the connection: HTTP 401: unknown token\n"
+        for args in (
+            ("call", url, "add", "1", "2"),
+            ("ping", url, "-c", "1"),
+            ("stream", url, "add"),
+            ("notify", url, "add"),
+            ("methods", url),
+            ("call", url, "add", "1", "2", "-H", "Authorization: Bearer wrong"),
+        ):
+            proc = cli(*args)
+            assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", refused), args
+        proc = cli("call", url, "add", "1", "2", "--header", "Authorization:Bearer s3cret", "-H", "X-Trace: a b")
+        assert (proc.returncode, proc.stdout) == (0, "3\n"), proc.stderr
+        assert seen[-1]["Authorization"] == "Bearer s3cret" and seen[-1]["X-Trace"] == "a b"
+        proc = cli("ping", url, "-c", "1", "-H", "Authorization: Bearer s3cret")
+        assert proc.returncode == 0 and proc.stdout.startswith("pong from "), proc.stderr
+        proc = cli("call", url, "add", "1", "2", "-H", "Authorization: Bearer s3cret", "--busy-poll", "50e-6")
+        assert (proc.returncode, proc.stderr) == (1, "error: --busy-poll cannot be used with --header (yet)\n")
+        for bad in ("Authorization Bearer x", "Bad Name: x", ": x"):
+            proc = cli("call", url, "add", "-H", bad)
+            assert proc.returncode == 2 and "argument -H/--header: expected NAME:VALUE" in proc.stderr, proc.stderr
+
+    _serve_here(router, check, authenticate=authenticate)
+
+
+def test_run_reports_fastrpc_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from fastrpc.cli.commands import _run
+
+    async def fail(exc: BaseException) -> None:
+        raise exc
+
+    for exc, line in (
+        (fastrpc.Forbidden("not you"), "error: the server refused the connection: HTTP 403: not you"),
+        (fastrpc.CallTimeout("no PONG within 1 s"), "error: no answer within --timeout"),
+        (
+            fastrpc.HandshakeTimeout("x sent no fastrpc handshake"),
+            "error: HandshakeTimeout: x sent no fastrpc handshake",
+        ),
+        (fastrpc.ProtocolError("bad frame"), "error: ProtocolError: bad frame"),
+    ):
+        assert _run(fail(exc)) == 1, exc
+        assert capsys.readouterr() == ("", line + "\n"), exc
+
+
+@pytest.mark.timeout(120)
+def test_stream_timeout_bounds_the_wait_for_each_item() -> None:
+    # `fastrpc stream --timeout S`: S bounds the wait for the first item and for each
+    # next one (a stream that goes quiet fails in one `error:` line naming --timeout),
+    # not the whole stream (one that keeps sending may last longer than S).
+    import asyncio
+
+    router = fastrpc.Router()
+
+    @router.method
+    async def stall(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+        await asyncio.sleep(3600)
+
+    @router.method
+    async def drip(n: int, gap: float) -> AsyncIterator[int]:
+        for i in range(n):
+            if i:
+                await asyncio.sleep(gap)
+            yield i
+
+    def check(url: str) -> None:
+        start = time.monotonic()
+        proc = cli("stream", url, "stall", "0", "--timeout", "1", timeout=15)
+        assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+        assert proc.stderr == "error: the stream sent no item within --timeout (1 s)\n"
+        assert 1 <= time.monotonic() - start < 14
+        proc = cli("stream", url, "stall", "2", "--timeout", "0.5", timeout=15)
+        assert (proc.returncode, proc.stdout) == (1, "0\n1\n"), proc.stderr
+        assert proc.stderr == "error: the stream sent no further item after 2 within --timeout (0.5 s)\n"
+        start = time.monotonic()
+        proc = cli("stream", url, "drip", "8", "0.3", "--timeout", "1.5", timeout=30)
+        assert (proc.returncode, proc.stdout) == (0, "".join(f"{i}\n" for i in range(8))), proc.stderr
+        assert time.monotonic() - start > 2.1  # longer than --timeout in all
+
+    _serve_here(router, check)
+    from fastrpc.cli import _parser
+
+    assert _parser().parse_args(["stream", "ws://127.0.0.1:1", "m"]).timeout is None  # a live feed: no limit
+    assert "seconds to wait for each item" in cli("stream", "--help").stdout
+
+
+def test_serve_port_must_be_0_to_65535() -> None:
+    from fastrpc.cli import _parser
+
+    for port in ("0", "65535", "8765"):
+        assert _parser().parse_args(["serve", "m:a", "--port", port]).port == int(port)
+    for bad in ("70000", "65536", "-1", "http"):
+        # Before: 70000 served on 70000 % 65536 under uvloop (an OverflowError under asyncio).
+        proc = cli("serve", "_cli_app:router", "--port", bad, cwd=str(HERE), timeout=15)
+        assert proc.returncode == 2 and "argument --port: " in proc.stderr, proc.stderr
+        assert "not a port" in proc.stderr, proc.stderr

@@ -9,6 +9,7 @@
     fastrpc stream ws://127.0.0.1:8765 ticks 5             # one JSON line per item
     fastrpc notify ws://127.0.0.1:8765 log hello
     fastrpc ping ws://127.0.0.1:8765
+    fastrpc call ws://127.0.0.1:8765 whoami -H "Authorization: Bearer TOKEN"
     fastrpc demo | bench | version
 
 IPv6 hosts are given bare to ``--host`` (``::1``) and in brackets in URLs
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +48,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: 0 to 65535 (0 picks a free one)")
+    return value
+
+
+# An HTTP header's name (RFC 9110 token) and a value on one line.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _HEADER_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE (e.g. 'Authorization: Bearer TOKEN'), got {text!r}")
+    if any(c in value for c in "\r\n\0"):
+        raise argparse.ArgumentTypeError(f"the value of header {name} holds a line break or NUL")
+    return name, value
+
+
 def _busy_poll(text: str) -> float | None:
     try:
         return busy_poll_option(float(text))
@@ -64,19 +90,40 @@ def _busy_poll_arg(p: argparse.ArgumentParser, who: str) -> None:
     )
 
 
-def _client_args(p: argparse.ArgumentParser, method: bool = True) -> None:
+def _client_args(p: argparse.ArgumentParser, method: bool = True, stream: bool = False) -> None:
     p.add_argument("url", metavar="URL", help="the server's URL, e.g. ws://127.0.0.1:8765 or wss://[::1]:8765")
     if method:
         p.add_argument("method", metavar="METHOD")
         p.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON where they parse as JSON, else strings")
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})",
-    )
+    if stream:
+        # A live stream may be quiet for long: no limit unless one is asked for.
+        p.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=None,
+            metavar="S",
+            help="seconds to wait for each item (the first, and each next one; default: no limit)",
+        )
+    else:
+        p.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=DEFAULT_TIMEOUT,
+            metavar="S",
+            help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})",
+        )
     p.add_argument("--cafile", metavar="PEM", help="trust this CA certificate for wss:// (a self-signed server)")
+    p.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="send this HTTP header with the opening request, e.g. 'Authorization: Bearer TOKEN' for a "
+        "server's authenticate hook (repeatable)",
+    )
     _busy_poll_arg(p, "client")
 
 
@@ -97,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("target", metavar="MODULE:ATTR")
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; IPv6 bare: ::1)")
     serve.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port 0 to 65535 (default {DEFAULT_PORT}; 0 picks a free one)"
     )
     serve.add_argument("--ssl-cert", metavar="PEM", help="serve wss:// with this certificate (chain)")
     serve.add_argument("--ssl-key", metavar="PEM", help="the certificate's private key (if not in --ssl-cert)")
@@ -134,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         help="call a streaming method and print one JSON line per item",
         description="Print one JSON line per item on stdout; on a terminal, a progress line on stderr.",
     )
-    _client_args(stream)
+    _client_args(stream, stream=True)
     stream.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N items (cancels the stream)")
     notify = sub.add_parser("notify", help="send a notification (no answer)")
     _client_args(notify)

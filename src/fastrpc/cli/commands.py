@@ -211,6 +211,15 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"keepalive_interval": None, "busy_poll": args.busy_poll}
     if args.cafile is not None:
         options["ssl"] = ssl.create_default_context(cafile=args.cafile)
+    headers = getattr(args, "headers", None)
+    if headers:
+        # Sent by websockets' own client connection (fastrpc's data path does not
+        # write extra headers), where busy polling does not apply; like the data path,
+        # it connects directly (not through the environment's HTTP proxy).
+        if args.busy_poll is not None:
+            raise CommandError("--busy-poll cannot be used with --header (yet)")
+        options["additional_headers"] = list(headers)
+        options["proxy"] = None
     return options
 
 
@@ -263,22 +272,38 @@ async def _stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     progress = _Rate(err) if _isatty(err) else None
     count = 0
     nbytes = 0
-    async with _connect(args) as peer:
-        stream = peer.stream(args.method, *map(parse_arg, args.args))
-        async with stream:
-            async for item in stream:
-                out.write(to_json(item) + "\n")
-                count += 1
-                if args.limit is not None and count >= args.limit:
-                    break
-                if progress is not None:
-                    stats = stream.stats()
-                    if stats is not None:
-                        nbytes = stats.bytes
-                    progress.update(count, nbytes)
-    out.flush()
-    if progress is not None:
-        progress.update(count, nbytes, final=True)
+    loop = asyncio.get_running_loop()
+    timeout: float | None = args.timeout
+    deadline: asyncio.Timeout | None = None
+    try:
+        async with _connect(args) as peer:
+            stream = peer.stream(args.method, *map(parse_arg, args.args))
+            # --timeout bounds the wait for each item (not the whole call, which a live
+            # stream may keep open as long as it likes): the deadline moves on per item.
+            async with stream, asyncio.timeout(timeout) as deadline:
+                try:
+                    async for item in stream:
+                        out.write(to_json(item) + "\n")
+                        count += 1
+                        if args.limit is not None and count >= args.limit:
+                            break
+                        if progress is not None:
+                            stats = stream.stats()
+                            if stats is not None:
+                                nbytes = stats.bytes
+                            progress.update(count, nbytes)
+                        if timeout is not None:
+                            deadline.reschedule(loop.time() + timeout)
+                finally:
+                    out.flush()
+    except TimeoutError:
+        if deadline is None or not deadline.expired():
+            raise  # not ours (connecting: HandshakeTimeout)
+        what = f"no further item after {count}" if count else "no item"
+        raise CommandError(f"the stream sent {what} within --timeout ({timeout:g} s)") from None
+    finally:
+        if progress is not None:
+            progress.update(count, nbytes, final=True)
 
 
 async def _ping(args: argparse.Namespace, out: TextIO) -> None:
@@ -332,6 +357,15 @@ def _run(coro: Any) -> int:
         return 1
     except fastrpc.ConnectionClosed as exc:
         print(f"error: connection closed: {exc}", file=sys.stderr)
+        return 1
+    except fastrpc.AuthError as exc:
+        print(f"error: the server refused the connection: {exc}", file=sys.stderr)
+        return 1
+    except fastrpc.CallTimeout:
+        print("error: no answer within --timeout", file=sys.stderr)
+        return 1
+    except fastrpc.FastRPCError as exc:  # HandshakeTimeout, ProtocolError, ...
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except asyncio.TimeoutError:
         print("error: no answer within --timeout", file=sys.stderr)
