@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from _util import NO_PROXY, QUIET, run, until
 
 import fastrpc
 import fastrpc.asgi
+from fastrpc.broker import MemoryBroker
 
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is in the test extra: pip install -e '.[test]'")
 starlette_routing = pytest.importorskip("starlette.routing")
@@ -57,12 +59,20 @@ def make_router(producer: Producer) -> fastrpc.Router:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_server(app: Any) -> AsyncIterator[int]:
-    """uvicorn serving ``app`` on 127.0.0.1, a free port; yields the port."""
+async def uvicorn_server(app: Any, **settings: Any) -> AsyncIterator[int]:
+    """uvicorn serving ``app`` on 127.0.0.1, a free port; yields the port.
+    ``settings``: more of uvicorn.Config's (``root_path``...)."""
     # The sans-I/O websockets protocol (uvicorn >= 0.35); its older "websockets" one
     # imports websockets.legacy, deprecated (warnings are errors here).
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="websockets-sansio", ws_ping_interval=None
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        **settings,
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
@@ -265,3 +275,216 @@ def test_seed_json_mode_through_asgi() -> None:
                 assert reply == {"category": "response", "requestId": "r1", "data": 42}
 
     run(main(), timeout=30)
+
+
+class RecordingBroker(MemoryBroker):
+    """The default broker, noting when the server starts and closes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    async def start(self, sink: Any) -> None:
+        self.events.append("start")
+        await super().start(sink)
+
+    async def close(self) -> None:
+        self.events.append("close")
+        await super().close()
+
+
+async def published_to_subscriber(url: str, rpc: fastrpc.asgi.AsgiApp, topic: str) -> list[Any]:
+    """Subscribe to ``topic`` through ``url``, publish 0, 1, 2 on the server; what came."""
+    got: list[Any] = []
+    async with fastrpc.connect(url, **QUIET, **NO_PROXY) as peer:
+        async with peer.subscribe(topic) as sub:
+            await sub.start()
+            for i in range(3):
+                await rpc.server.publish(topic, i)
+
+            async def take() -> None:
+                async for item in sub:
+                    got.append(item.value)
+                    if len(got) == 3:
+                        return
+
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(take(), 3)
+    return got
+
+
+def test_topics_deliver_with_lifespan() -> None:
+    # The bare app under uvicorn: the lifespan startup starts the topics (before any
+    # connection), its shutdown closes them. They never started: publish() reached
+    # no subscriber, while subscribing succeeded.
+    rpc = fastrpc.asgi.app(fastrpc.Router(), keepalive_interval=None)
+    broker = RecordingBroker()
+    rpc.server.topics.broker = broker
+
+    async def main() -> None:
+        async with uvicorn_server(rpc) as port:
+            assert broker.events == ["start"]
+            assert await published_to_subscriber(f"ws://127.0.0.1:{port}/rpc", rpc, "prices") == [0, 1, 2]
+            assert broker.events == ["start"]
+        assert broker.events == ["start", "close"]
+
+    run(main(), timeout=30)
+
+
+def test_topics_deliver_mounted_in_starlette() -> None:
+    # Starlette's lifespan does not reach a mounted app: the first connections start
+    # the topics (once, those arriving together wait for the same start).
+    app, rpc = starlette_app(fastrpc.Router())
+    broker = RecordingBroker()
+    rpc.server.topics.broker = broker
+
+    async def main() -> None:
+        async with uvicorn_server(app) as port:
+            assert broker.events == []
+            got = await asyncio.gather(
+                published_to_subscriber(f"ws://127.0.0.1:{port}/rpc", rpc, "a"),
+                published_to_subscriber(f"ws://127.0.0.1:{port}/mounted/x", rpc, "b"),
+            )
+            assert got == [[0, 1, 2], [0, 1, 2]]
+            assert broker.events == ["start"]
+            await rpc.close()
+            assert broker.events == ["start", "close"]
+            # Closed, then a new connection: started again.
+            assert await published_to_subscriber(f"ws://127.0.0.1:{port}/rpc", rpc, "c") == [0, 1, 2]
+            assert broker.events == ["start", "close", "start"]
+        await rpc.close()
+
+    run(main(), timeout=30)
+
+
+def test_send_after_the_asgi_server_closed_is_a_connection_error() -> None:
+    # Once uvicorn sent its close (the client broke the protocol, say), its send()
+    # raises RuntimeError: the transport takes it for a lost connection. It escaped
+    # the send pump ("Task exception was never retrieved") and the peer's send().
+    async def main() -> None:
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # nothing comes
+            raise AssertionError
+
+        async def send(msg: Any) -> None:
+            sent.append(msg)
+            if msg["type"] == "websocket.send":
+                raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'.")
+
+        transport = fastrpc.asgi.AsgiTransport({"type": "websocket"}, receive, send)
+        try:
+            assert transport.write_now(b"queued")
+            pump = transport._pump
+            assert pump is not None
+            await asyncio.wait_for(asyncio.wait({pump}), 5)
+            assert pump.exception() is None
+            assert transport.buffered() == 0
+            with pytest.raises(ConnectionError, match="could not send"):
+                await transport.send(b"direct")
+        finally:
+            await transport.close()
+            await transport.stop()
+        assert sent[-1]["type"] == "websocket.close"
+
+    run(main(), timeout=10)
+
+
+def test_close_by_the_asgi_server_during_a_stream_leaves_no_task_exception() -> None:
+    # The same through a real uvicorn: it closes the WebSocket (as when the client
+    # breaks the protocol) while the app streams, and its send() then raises
+    # RuntimeError. A middleware makes that close at the 10th message.
+    router = fastrpc.Router()
+
+    @router.method
+    async def flood() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 60000
+
+    rpc = fastrpc.asgi.app(router, keepalive_interval=None)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        sent = 0
+
+        async def send_then_close(msg: Any) -> None:
+            nonlocal sent
+            if msg["type"] == "websocket.send":
+                sent += 1
+                if sent == 10:
+                    await send({"type": "websocket.close", "code": 1002, "reason": "protocol error"})
+            await send(msg)
+
+        await rpc(scope, receive, send_then_close if scope["type"] == "websocket" else send)
+
+    errors: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        async with uvicorn_server(app) as port:
+            async with fastrpc.connect(f"ws://127.0.0.1:{port}/rpc", **QUIET, **NO_PROXY) as peer:
+                with pytest.raises(fastrpc.ConnectionClosed, match="protocol error"):
+                    async for _ in peer.stream("flood"):
+                        pass
+            await until(lambda: not rpc.server.peers, 5, "the server to forget its peer")
+            gc.collect()  # a task that failed unseen says so when it is collected
+            await asyncio.sleep(0.05)
+        assert not errors, errors
+
+    run(main(), timeout=30)
+
+
+def test_request_path_includes_root_path_once() -> None:
+    # ASGI's "path" includes "root_path": the prefix was counted twice.
+    paths: list[str] = []
+
+    def authenticate(request: fastrpc.asgi.AsgiRequest) -> Any:
+        paths.append(request.path)
+        return "someone"
+
+    router = fastrpc.Router()
+
+    @router.method
+    def where() -> Any:
+        return fastrpc.current_peer().transport.request_path
+
+    rpc = fastrpc.asgi.app(router, authenticate=authenticate, keepalive_interval=None)
+
+    async def main() -> None:
+        # Mounted in Starlette: root_path "/mounted", path "/mounted/x".
+        async with uvicorn_server(Starlette(routes=[starlette_routing.Mount("/mounted", app=rpc)])) as port:
+            async with fastrpc.connect(f"ws://127.0.0.1:{port}/mounted/x", **QUIET, **NO_PROXY) as peer:
+                assert await peer.call("where") == "/mounted/x"
+        # uvicorn --root-path /api behind a proxy that strips it: the client asked
+        # for /api/rpc, the proxy for /rpc.
+        async with uvicorn_server(rpc, root_path="/api") as port:
+            async with fastrpc.connect(f"ws://127.0.0.1:{port}/rpc", **QUIET, **NO_PROXY) as peer:
+                assert await peer.call("where") == "/api/rpc"
+        assert paths == ["/mounted/x", "/api/rpc"]
+
+    run(main(), timeout=30)
+
+
+def test_authenticate_auth_error_status() -> None:
+    # AuthError(reason, status=429) refuses with 429 as under serve(); it was logged
+    # as a failed hook and answered with 500.
+    def authenticate(request: fastrpc.asgi.AsgiRequest) -> Any:
+        raise fastrpc.AuthError("slow down", status=429)
+
+    app, _ = starlette_app(make_router(Producer()), authenticate=authenticate)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with uvicorn_server(app) as port:
+            with pytest.raises(Exception) as info:
+                await fastrpc.connect(f"ws://127.0.0.1:{port}/rpc", **QUIET, **NO_PROXY)
+            assert "HTTP 429" in str(info.value), info.value
+
+    logging.getLogger("fastrpc.server").addHandler(handler)
+    try:
+        run(main(), timeout=30)
+    finally:
+        logging.getLogger("fastrpc.server").removeHandler(handler)
+    assert not records, [r.getMessage() for r in records]

@@ -23,13 +23,18 @@ the transport's drain.
 runs before the WebSocket is accepted, with an :class:`AsgiRequest` (``path``,
 ``query``, case-insensitive ``headers``, ``remote_address``). It accepts by returning
 an identity (anything but None or False); it refuses by returning None or False
-(HTTP 401), or by raising an exception whose ``status`` attribute is 401 or 403
+(HTTP 401), by raising :class:`fastrpc.AuthError` (its ``status``, 429 say, and
+``reason``, as under ``serve``), an exception whose ``status`` attribute is 401 or 403
 (:class:`AuthenticationRequired` is 401) or a :class:`PermissionError` (403); any
 other exception is logged and answered with 500. The refusal is a real HTTP response
 where the ASGI server supports the ``websocket.http.response`` extension (uvicorn
 does), else the close-before-accept that ASGI servers turn into 403. The identity is
 kept on the transport and given to the peer: ``fastrpc.current_peer().identity`` in a handler.
 The contract is the one of ``serve(..., authenticate=)``, so one hook serves both.
+
+Topics (``app.server.publish()``, ``peer.subscribe()`` on the clients) start at the
+lifespan startup, or at the first WebSocket connection when the lifespan does not reach
+the application (mounted in Starlette: call :meth:`AsgiApp.close` from its lifespan).
 
 What the ASGI server owns and fastrpc cannot bound from here: its own message size
 limit (uvicorn ``--ws-max-size``, keep it at least ``max_message_size``), its
@@ -42,11 +47,13 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Union
 from urllib.parse import parse_qs
 
 from . import options as O
+from .auth import RequestHeaders, refusal
+from .exceptions import AuthError
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .router import Router
@@ -72,31 +79,21 @@ class AuthenticationRequired(PermissionError):
     status = 401
 
 
-class _Headers(Mapping[str, str]):
-    """Request headers, looked up whatever the case of the name (repeated headers
-    joined with ``, ``)."""
+def _headers(raw: Any) -> RequestHeaders:
+    """An ASGI scope's headers (latin-1 byte pairs) as the opening request's."""
+    return RequestHeaders((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)
 
-    __slots__ = ("_items",)
 
-    def __init__(self, raw: Any) -> None:
-        items: dict[str, str] = {}
-        for name, value in raw:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            items[key] = f"{items[key]}, {text}" if key in items else text
-        self._items = items
-
-    def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+def _request_path(scope: Scope) -> str:
+    """The request's path, the mount's prefix (``root_path``) included once. ASGI's
+    ``path`` includes ``root_path``; uvicorn 0.35's websockets-sansio protocol under
+    ``--root-path`` leaves it out (Kludex/uvicorn#2825), so it is added only where it
+    is missing (as Starlette does)."""
+    path: str = scope.get("path", "/") or "/"
+    root: str = scope.get("root_path", "") or ""
+    if root and not (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = root.rstrip("/") + path
+    return path
 
 
 class AsgiRequest:
@@ -109,9 +106,9 @@ class AsgiRequest:
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self.path: str = scope.get("root_path", "") + scope.get("path", "")
+        self.path: str = _request_path(scope)
         self.query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        self.headers: Mapping[str, str] = _Headers(scope.get("headers", ()))
+        self.headers: Mapping[str, str] = _headers(scope.get("headers", ()))
         self.remote_address: Any = scope.get("client")
 
     def __repr__(self) -> str:
@@ -231,7 +228,9 @@ class AsgiTransport(Transport):
         )
         try:
             await self._send(event)
-        except OSError as exc:  # uvicorn's ClientDisconnected is an OSError
+        except (OSError, RuntimeError) as exc:
+            # uvicorn's ClientDisconnected is an OSError; once it sent a close (the
+            # client broke the protocol, say), its send() raises RuntimeError.
             raise ConnectionError(f"the ASGI server could not send: {exc!r}") from None
 
     async def _run_pump(self) -> None:
@@ -327,12 +326,12 @@ class AsgiTransport(Transport):
     @property
     def request_path(self) -> str | None:
         """The path of the request that opened this connection."""
-        return str(self.scope.get("root_path", "") + self.scope.get("path", ""))
+        return _request_path(self.scope)
 
     @property
     def request_headers(self) -> Any:
         """The headers of the request that opened this connection (case-insensitive)."""
-        return _Headers(self.scope.get("headers", ()))
+        return _headers(self.scope.get("headers", ()))
 
     @property
     def subprotocol(self) -> str | None:
@@ -345,7 +344,9 @@ class AsgiApp:
 
     ``server`` is the :class:`fastrpc.Server` whose connection handling it reuses
     (``server.peers``: the open connections; ``server.options``: the options).
-    Lifespan events close every connection on shutdown; plain HTTP requests get 426.
+    Lifespan startup starts the topics (else the first WebSocket connection does);
+    lifespan shutdown (or :meth:`close`) closes every connection and the topics;
+    plain HTTP requests get 426.
     """
 
     def __init__(
@@ -359,6 +360,7 @@ class AsgiApp:
         self.server = Server(target, "asgi", 0, options, {}, session_store)
         self.options = options
         self.authenticate = authenticate
+        self._starting: asyncio.Task[None] | None = None  # the topics' start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -381,16 +383,36 @@ class AsgiApp:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    logger.exception("fastrpc.asgi: starting the topics failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def start(self) -> None:
+        """Start what the connections share: the topics' delivery (``server.publish``
+        reaches the subscribers from then on). Once, until :meth:`close`; the lifespan
+        startup does it, else the first WebSocket connection."""
+        loop = asyncio.get_running_loop()
+        task = self._starting
+        if task is None or task.get_loop() is not loop:
+            # One start that every connection arriving meanwhile waits for.
+            task = self._starting = loop.create_task(self.server.topics.start())
+        await asyncio.shield(task)
+
     async def close(self) -> None:
-        """Close every connection (1001, server shutdown) and wait for them."""
+        """Close every connection (1001, server shutdown), wait for them, then close
+        the topics (a later connection starts them again)."""
         peers = list(self.server.peers)
         await asyncio.gather(*(p.close(1001, "server shutdown") for p in peers), return_exceptions=True)
+        self._starting = None
+        await self.server.topics.close()
 
     async def _refuse(self, scope: Scope, send: Send, status: int, text: str) -> None:
         if "websocket.http.response" in scope.get("extensions", {}):
@@ -410,6 +432,8 @@ class AsgiApp:
         msg = await receive()
         if msg["type"] != "websocket.connect":
             return
+        # The lifespan does not reach an app mounted in Starlette: start here then.
+        await self.start()
         identity: Any = None
         if self.authenticate is not None:
             # The contract of serve(..., authenticate=): one hook serves both.
@@ -418,6 +442,10 @@ class AsgiApp:
                 identity = self.authenticate(request)
                 if inspect.isawaitable(identity):
                     identity = await identity
+            except AuthError as exc:  # the status serve() answers (429, say)
+                code, text = refusal(exc)
+                await self._refuse(scope, send, code, text)
+                return
             except Exception as exc:
                 status = getattr(exc, "status", None)
                 if status not in (401, 403):
