@@ -323,6 +323,47 @@ def test_replay_buffer_is_bounded() -> None:
     assert core.session.replay_bytes == 0
 
 
+@pytest.mark.parametrize("bound", ["memory", "count"])
+def test_sessions_kept_for_absent_clients_are_bounded(bound: str) -> None:
+    # A client that opens a session, makes it hold data (running calls' arguments),
+    # vanishes and starts again: what the kept sessions hold counts against
+    # max_detached_replay (only their replay buffers did: 40 such sessions held 117
+    # MiB against a 1 MiB bound), and at most max_detached_sessions are kept; the
+    # oldest are given up.
+    router = fastrpc.Router()
+
+    @router.method
+    async def hold(data: bytes) -> int:
+        await asyncio.sleep(3600)
+        return len(data)
+
+    limits = {"max_detached_replay": 2 << 20} if bound == "memory" else {"max_detached_sessions": 3}
+    blob = b"x" * (900 << 10) if bound == "memory" else b"x"
+
+    async def main() -> None:
+        async with fastrpc.serve(router, "127.0.0.1", 0, resume=True, **limits, **QUIET) as server:
+            for _ in range(8):
+                c = await fastrpc.connect(server.url, resume=True, **QUIET)
+                tasks = [asyncio.ensure_future(c.call("hold", blob)) for _ in range(2)]
+                await until(lambda: any(p.connected and p.core.held >= 2 * len(blob) for p in server.peers), 5)
+                c.transport.abort()  # vanishes, no GOAWAY
+                await c.wait_closed()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await until(lambda: not any(p.connected for p in server.peers), 5, "the server to see the drops")
+            kept = server.detached
+            if bound == "memory":
+                assert 1 <= len(kept) <= 2, len(kept)
+                assert sum(p.core.held for p in kept) <= (2 << 20), [p.core.held for p in kept]
+            else:
+                assert len(kept) == 3
+            for p in kept:
+                await p.teardown(fastrpc.ConnectionClosed("test over"))
+
+    run(main(), 30)
+
+
 def _credit_only(peer: Connection) -> bytes:
     """The peer's queued frames minus its ACKs."""
     msg = peer.next_message()

@@ -105,9 +105,12 @@ RETRY_JITTER = 0.2  # each delay scaled by a random factor within 1 +- this
 # -- session resumption ----------------------------------------------------------------
 SESSION_GRACE = 120.0  # seconds a server keeps a session whose client went away
 MAX_REPLAY_BYTES = 16 << 20  # sent and not acknowledged; past it a session is not resumable
-# The replay buffers of all the sessions a server keeps for clients that went away;
-# past it the oldest sessions are given up (their clients get ResumeFailed).
+# What all the sessions a server keeps for clients that went away hold (their replay
+# buffers, unread items, running calls' arguments, queued output), and how many
+# there are; past either the oldest sessions are given up (their clients get
+# ResumeFailed).
 MAX_DETACHED_REPLAY = 32 << 20
+MAX_DETACHED_SESSIONS = 1024
 # Tokens of sessions dropped empty (nothing sent or received yet), kept for
 # session_grace so that their clients resume at 0: at most this many (oldest dropped).
 MAX_TOMBSTONES = 65536
@@ -195,6 +198,7 @@ class PeerOptions:
     session_grace: float = SESSION_GRACE
     max_replay_bytes: int = MAX_REPLAY_BYTES
     max_detached_replay: int = MAX_DETACHED_REPLAY
+    max_detached_sessions: int = MAX_DETACHED_SESSIONS
     max_output_backlog: int = MAX_OUTPUT_BACKLOG
     output_stall_timeout: float = OUTPUT_STALL_TIMEOUT
     max_ping_rate: float | None = MAX_PING_RATE

@@ -304,6 +304,12 @@ class Connection:
     # ----------------------------------------------------------------- output
 
     @property
+    def held(self) -> int:
+        """Bytes the peer made this connection hold: unread items, partial items, the
+        arguments of running calls (what ``max_connection_memory`` bounds)."""
+        return self._budget.held
+
+    @property
     def buffered_amount(self) -> int:
         """Bytes queued in the core and not yet taken by :meth:`next_message`."""
         return self._outbound.stream_bytes + self._sched.control_bytes()

@@ -311,12 +311,19 @@ class Server:
             old.cancel()
         loop = asyncio.get_running_loop()
         self._grace[peer] = loop.call_later(self.options.session_grace, self._expire, peer)
-        # Sessions waiting for their clients keep their replay buffers: all together
-        # within max_detached_replay, the oldest given up first (ResumeFailed).
-        while len(self._grace) > 1 and self._detached_replay() > self.options.max_detached_replay:
+        # Sessions waiting for their clients keep their replay buffers and what they
+        # hold: all together within max_detached_replay, and at most
+        # max_detached_sessions of them, the oldest given up first (ResumeFailed).
+        options = self.options
+        total = sum(map(_detached_bytes, self._grace))
+        while len(self._grace) > 1 and (
+            total > options.max_detached_replay or len(self._grace) > options.max_detached_sessions
+        ):
+            why = "max_detached_replay" if total > options.max_detached_replay else "max_detached_sessions"
             oldest = next(iter(self._grace))
             self._grace.pop(oldest).cancel()
-            self._expire(oldest, "the server's max_detached_replay was reached")
+            total -= _detached_bytes(oldest)
+            self._expire(oldest, f"the server's {why} was reached")
         return True
 
     def _bury(self, token: bytes) -> None:
@@ -334,9 +341,6 @@ class Server:
         token = session_token(first, self.options.max_frame_size)
         until = self._tombstones.pop(token, None) if token is not None else None
         return token if until is not None and until > asyncio.get_running_loop().time() else None
-
-    def _detached_replay(self) -> int:
-        return sum(p.core.session.replay_bytes for p in self._grace)
 
     def _expire(self, peer: RpcPeer, why: str = "the client did not come back in time") -> None:
         self._grace.pop(peer, None)
@@ -452,6 +456,13 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _detached_bytes(peer: RpcPeer) -> int:
+    """What a session kept for its absent client holds: its replay buffer, what the
+    client made it hold (items, arguments), and its queued output."""
+    core = peer.core
+    return core.session.replay_bytes + core.held + core.buffered_amount + core.control_backlog
 
 
 class _Subscribe:
