@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import sys
+from typing import Any
 
 import pytest
 from _proxy import Proxy, proxy
@@ -191,6 +192,41 @@ def test_server_restart_is_reported_as_resume_failed_then_calls_work() -> None:
             await proc.wait()
 
     run(main(), 90)
+
+
+def test_a_session_resumes_only_for_the_identity_that_opened_it() -> None:
+    # With authenticate, a session token is bound to the identity its connection was
+    # given: a connection that authenticates as another (a leaked token, a revoked
+    # user) gets a new session (ResumeFailed for what was in flight), not the old one.
+    users = {"t": "alice"}
+    router = fastrpc.Router()
+
+    @router.method
+    async def whoami() -> Any:
+        return fastrpc.current_peer().identity
+
+    @router.method
+    async def wait() -> None:
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        async with fastrpc.serve(
+            router, "127.0.0.1", 0, resume=True, authenticate=lambda r: users.get(r.headers.get("X-Token", "")), **QUIET
+        ) as server:
+            policy = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05, resume=True)
+            async with fastrpc.connect(server.url, reconnect=policy, additional_headers={"X-Token": "t"}, **QUIET) as c:
+                assert await c.call("whoami") == "alice"
+                c.transport.abort()  # a cut: the same identity resumes
+                assert await asyncio.wait_for(c.call("whoami"), 10) == "alice"
+                pending = asyncio.ensure_future(c.call("wait"))
+                await until(lambda: any(p.core.running_calls for p in server.peers), 5)
+                users["t"] = "mallory"  # the same token now authenticates someone else
+                c.transport.abort()
+                with pytest.raises(fastrpc.ResumeFailed):
+                    await asyncio.wait_for(pending, 10)
+                assert await asyncio.wait_for(c.call("whoami"), 10) == "mallory"
+
+    run(main(), 30)
 
 
 def test_session_expires_after_the_grace_period() -> None:

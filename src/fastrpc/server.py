@@ -210,12 +210,17 @@ class Server:
         if isinstance(first, str):
             await self._json_connection(transport, first, client_id)
             return
+        identity = self._identity(transport)
         session = self._session_for(first)
+        if session is not None and session.identity != identity:
+            # A token presented by another identity than its session's (authenticate)
+            # is as unknown: a leaked token does not hand the session over.
+            session = None
         if session is not None:
             await self._resume(transport, first, session)
             return
         peer = RpcPeer(transport, Role.SERVER, router=self.router, **peer_kwargs(self.options))
-        peer.identity = self._identity(transport)
+        peer.identity = identity
         peer.server = self
         peer.register(SUBSCRIBE, self._subscribe)
         if self.options.resume:
