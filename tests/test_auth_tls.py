@@ -157,6 +157,27 @@ def test_the_hook_sees_repeated_headers_joined_and_the_connections_own_path() ->
     run(main())
 
 
+def test_auth_error_statuses_are_answered_as_given_when_they_are_http_errors(caplog: pytest.LogCaptureFixture) -> None:
+    # 429 is answered 429; a status that is no HTTP error status (499, 200) was an
+    # unlogged 500 (websockets refused it deep inside): now a logged 500 naming it.
+    async def main() -> None:
+        status = {"s": 429}
+
+        def hook(request: fastrpc.HandshakeRequest) -> Any:
+            raise fastrpc.AuthError("slow down", status=status["s"])
+
+        async with fastrpc.serve(whoami_router(), authenticate=hook, **QUIET) as server:
+            for s, answered in ((429, 429), (499, 500), (200, 500)):
+                status["s"] = s
+                with pytest.raises(fastrpc.AuthError) as info:
+                    await fastrpc.connect(server.url, **QUIET)
+                assert info.value.status == answered
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(logged) == 2 and "status 499, not an HTTP error status" in logged[0], logged
+
+    run(main())
+
+
 def test_a_failing_authenticate_hook_is_a_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     def broken(request: fastrpc.HandshakeRequest) -> Any:
         raise RuntimeError("database down")

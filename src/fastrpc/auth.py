@@ -22,7 +22,9 @@ refuses with 401. Handlers read ``current_peer().identity`` and
 
 from __future__ import annotations
 
+import http
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -102,5 +104,17 @@ async def run_authenticate(hook: Authenticate, request: HandshakeRequest) -> Any
 
 
 def refusal(exc: AuthError) -> tuple[int, str]:
-    """The HTTP status and body of a refusal."""
-    return exc.status, (exc.reason or "refused") + "\n"
+    """The HTTP status and body of a refusal. A status that is not an HTTP error
+    status (400 to 599, one :class:`http.HTTPStatus` knows) is answered 500, and
+    logged: the hook's mistake, not the client's."""
+    status = exc.status
+    if status not in _ERROR_STATUSES:
+        logger.error(
+            "authenticate raised %r with status %r, not an HTTP error status (400-599): answered 500", exc, status
+        )
+        return 500, "authentication failed\n"
+    return status, (exc.reason or "refused") + "\n"
+
+
+_ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if 400 <= s < 600)
+logger = logging.getLogger("fastrpc.server")
