@@ -95,23 +95,16 @@ def _client_args(p: argparse.ArgumentParser, method: bool = True, stream: bool =
     if method:
         p.add_argument("method", metavar="METHOD")
         p.add_argument("args", nargs="*", metavar="ARG", help="arguments: JSON where they parse as JSON, else strings")
-    if stream:
-        # A live stream may be quiet for long: no limit unless one is asked for.
-        p.add_argument(
-            "--timeout",
-            type=_positive_float,
-            default=None,
-            metavar="S",
-            help="seconds to wait for each item (the first, and each next one; default: no limit)",
-        )
-    else:
-        p.add_argument(
-            "--timeout",
-            type=_positive_float,
-            default=DEFAULT_TIMEOUT,
-            metavar="S",
-            help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})",
-        )
+    # A live stream may be quiet for long: no limit unless one is asked for.
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None if stream else DEFAULT_TIMEOUT,
+        metavar="S",
+        help="seconds to wait for each item (the first, and each next one; default: no limit)"
+        if stream
+        else f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})",
+    )
     p.add_argument("--cafile", metavar="PEM", help="trust this CA certificate for wss:// (a self-signed server)")
     p.add_argument(
         "-H",
