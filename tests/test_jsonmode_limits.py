@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import pytest
-from _util import NO_PROXY, run
+from _util import NO_PROXY, run, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
@@ -50,7 +51,7 @@ def make_router(seen: list[Any] | None = None) -> fastrpc.Router:
         return len(x)
 
     @router.method
-    async def total(sid: str) -> int:
+    async def total(sid: str | int) -> int:
         _, stream = fastrpc.current_peer().receive_stream(sid)
         n = 0
         async for x in stream:
@@ -58,7 +59,7 @@ def make_router(seen: list[Any] | None = None) -> fastrpc.Router:
         return n
 
     @router.method
-    async def collect(sid: str) -> list[Any]:
+    async def collect(sid: str | int) -> list[Any]:
         """Read stream ``sid`` to its end; the items, then the error's text if any."""
         _, stream = fastrpc.current_peer().receive_stream(sid)
         got: list[Any] = []
@@ -373,6 +374,96 @@ def test_requests_within_the_limit_are_all_answered() -> None:
                 await s.ws.close()
 
     run(main())
+
+
+def test_stream_errors_held_for_unclaimed_streams_count_as_held_bytes() -> None:
+    # The text of a StreamError nobody has read is held like an item: it counts in
+    # max_held_bytes (it was not counted: a client could make the server hold
+    # max_streams errors of max_item_size each).
+    errors = [dumps({"type": "StreamError", "streamId": f"s{i}", "error": "e" * 1000}) for i in range(5)]
+    expect_close(errors, 1008, "unread stream items", limits={"max_held_bytes": 3000})
+
+
+def test_stream_error_text_is_cut_and_no_longer_counts_once_read() -> None:
+    async def main() -> None:
+        with limited({"max_held_bytes": 3000}):
+            async with fastrpc.serve(make_router(), "127.0.0.1", 0, **QUIET) as server:
+                s = await seed(server.url)
+                for k in range(10):  # 10 errors of 1 KiB (once cut) through a 3,000-byte budget
+                    await s.ws.send(dumps({"type": "StreamError", "streamId": f"s{k}", "error": "e" * 5000}))
+                    (text,) = (await s.call(f"r{k}", "collect", f"s{k}"))["data"]
+                    assert text.startswith("RemoteStreamError: Error: eee") and text.endswith("\u2026"), text[:40]
+                    assert len(text) == len("RemoteStreamError: Error: ") + 1024
+                # An error that is not a string is held as its text, cut the same way.
+                await s.ws.send(dumps({"type": "StreamError", "streamId": "n", "error": [1, 2]}))
+                assert (await s.call("n", "collect", "n"))["data"] == ["RemoteStreamError: Error: [1, 2]"]
+                await s.ws.send(dumps({"type": "StreamError", "streamId": "big", "error": [0] * 2000}))
+                (text,) = (await s.call("big", "collect", "big"))["data"]
+                assert len(text) == len("RemoteStreamError: Error: ") + 1024, len(text)
+                (peer,) = server.json_peers.values()
+                assert peer._held_bytes == 0
+                # Dropped unread (the reader closes it): freed too.
+                await s.ws.send(dumps({"type": "StreamError", "streamId": "gone", "error": "e" * 2000}))
+                await until(lambda: "gone" in peer._incoming, what="the early error held")
+                assert peer._held_bytes == len(("e" * 1023 + "\u2026").encode())
+                peer.close_receiving_stream("gone")
+                assert peer._held_bytes == 0
+                await s.ws.close()
+
+    run(main())
+
+
+def _close_sent(transport: Any) -> Any:
+    """The close frame the server sent on ``transport`` (websockets' protocol state)."""
+    protocol = getattr(transport, "_ws", None) or transport.ws.protocol
+    return protocol.close_sent
+
+
+def test_unknown_targets_from_a_client_that_does_not_read_are_bounded() -> None:
+    # Each message whose `to` names nobody is answered "Target peer not found". A
+    # client that sends such responses (not counted as pending requests) and never
+    # reads must not make the server hold a task and an error message per message:
+    # one task sends them, and past max_pending_calls of them waiting: 1008.
+    async def main() -> None:
+        with limited({"max_pending_calls": 32}):
+            async with fastrpc.serve(make_router(), "127.0.0.1", 0, **QUIET) as server:
+                # Small socket buffers: the server's output backs up after a few KiB,
+                # not after the tens of MiB loopback buffers may take.
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", server.port))
+                sock.setblocking(False)
+                ws = await ws_connect(
+                    server.url, sock=sock, compression=None, max_queue=1, ping_interval=None, **NO_PROXY
+                )
+                try:
+                    await ws.send(dumps({"category": "ping", "timestamp": 1}))
+                    peer = await until(lambda: next(iter(server.json_peers.values()), None), what="the JSON peer")
+                    peer._ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                    msg = dumps({"category": "response", "requestId": "r" * 256, "to": "x" * 256, "data": None})
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 15
+                    most = sent = 0
+                    while not peer.closed and loop.time() < deadline:
+                        try:
+                            await asyncio.wait_for(ws.send(msg), 5)
+                        except (WSClosed, asyncio.TimeoutError):
+                            break
+                        sent += 1
+                        if sent % 100 == 0:
+                            most = max(most, len(peer._tasks))
+                            await asyncio.sleep(0)
+                    assert most <= 2, f"{most} tasks after {sent} messages"
+                    await asyncio.wait_for(peer.wait_closed(), 10)
+                    close = _close_sent(peer._ws)
+                    assert close is not None and close.code == 1008, close
+                    assert "Target peer not found" in close.reason and "32" in close.reason, close.reason
+                finally:
+                    ws.transport.abort()
+                    await ws.wait_closed()
+                await good_clients_still_work(server.url)
+
+    run(main(), timeout=40)
 
 
 # ------------------------------------------------------------- ids and shapes

@@ -6,6 +6,7 @@ client (``connect(url, protocol="json")``), and named streams in binary mode."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from typing import Any
 
@@ -338,3 +339,145 @@ def test_named_stream_ids_follow_the_documented_formula() -> None:
             assert named_stream_id(name, parity) == NAMED_STREAM_BASE + ((fnv & (2**48 - 1)) << 1) + parity
     assert named_stream_id("é", 1) != named_stream_id("e", 1)
     assert named_stream_id("x" * 10_000, 0) < 2**62  # a QUIC varint
+
+
+# ------------------------------------------------- unknown targets, pings, params
+
+
+def test_a_request_to_an_unknown_target_is_reported_and_not_run_by_the_server() -> None:
+    # The relay's "Target peer not found" is the only answer: the server's own method
+    # of that name must not run (nor answer) as if the request were for the server.
+    async def main() -> None:
+        router = fastrpc.Router()
+        ran: list[int] = []
+
+        @router.method
+        def transfer(amount: int) -> str:
+            ran.append(amount)
+            return "moved"
+
+        @router.method
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        async with fastrpc.serve(router, "127.0.0.1", 0, **QUIET) as server:
+            ws = await raw(server.url)
+            try:
+                await ws.send(json.dumps({"category": "ping", "timestamp": 1}))
+                assert (await recv_json(ws))["category"] == "welcome"
+                assert await recv_json(ws) == {"category": "pong", "timestamp": 1}
+                for category in ("request", "response"):
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "category": category,
+                                "requestId": f"r-{category}",
+                                "to": "nobody",
+                                "data": {"method": "transfer", "params": [100]},
+                            }
+                        )
+                    )
+                    assert await recv_json(ws) == {
+                        "category": "error",
+                        "error": "Target peer not found",
+                        "targetId": "nobody",
+                        "requestId": f"r-{category}",
+                    }
+                # Answered in order: nothing else came in between, or comes after.
+                await ws.send(
+                    json.dumps({"category": "request", "requestId": "ok", "data": {"method": "add", "params": [1, 2]}})
+                )
+                assert await recv_json(ws) == {"category": "response", "requestId": "ok", "data": 3}
+                with pytest.raises(asyncio.TimeoutError):
+                    await recv_json(ws, 0.3)
+                assert ran == []
+            finally:
+                await ws.close()
+
+    run(main())
+
+
+def test_pings_read_together_each_get_their_pong() -> None:
+    async def main() -> None:
+        async with fastrpc.serve(make_router(), "127.0.0.1", 0, **QUIET) as server:
+            async with fastrpc.connect(server.url, protocol="json", **QUIET) as peer:
+                for _ in range(3):
+                    rtts = await asyncio.gather(*(peer.ping(timeout=5) for _ in range(4)))
+                    assert all(isinstance(t, float) for t in rtts), rtts
+            ws = await raw(server.url)
+            try:
+                # Several pings in one write: one read on the server.
+                await ws.send(json.dumps({"category": "ping", "timestamp": 0}))
+                assert (await recv_json(ws))["category"] == "welcome"
+                assert (await recv_json(ws))["timestamp"] == 0
+                for stamp in (1, 2, 3, 4):
+                    ws.protocol.send_text(json.dumps({"category": "ping", "timestamp": stamp}).encode())
+                ws.transport.write(b"".join(ws.protocol.data_to_send()))
+                got = [await recv_json(ws) for _ in range(4)]
+                assert got == [{"category": "pong", "timestamp": t} for t in (1, 2, 3, 4)], got
+            finally:
+                await ws.close()
+
+    run(main())
+
+
+def test_params_are_bound_and_converted_as_in_binary_mode() -> None:
+    # A JSON request's params get what a binary call's arguments get: conversion to
+    # the handler's annotations, InvalidArguments when they do not fit; params that
+    # are neither an array nor an object are refused, not splatted.
+    async def main() -> None:
+        router = fastrpc.Router()
+        seen: list[Any] = []
+
+        @router.method
+        def add(a: int, b: int = 10) -> int:
+            seen.append((type(a), type(b)))
+            return a + b
+
+        @router.method
+        def when(t: datetime.datetime) -> str:
+            seen.append(type(t))
+            return t.isoformat()
+
+        @router.method
+        def untyped(a, b):  # type: ignore[no-untyped-def]
+            return [a, b]
+
+        async with fastrpc.serve(router, "127.0.0.1", 0, **QUIET) as server:
+            ws = await raw(server.url)
+            try:
+                await ws.send(json.dumps({"category": "ping", "timestamp": 0}))
+                await recv_json(ws)
+                await recv_json(ws)
+
+                async def call(method: str, params: Any) -> Any:
+                    data = {"method": method, "params": params}
+                    await ws.send(json.dumps({"category": "request", "requestId": "r", "data": data}))
+                    return (await recv_json(ws))["data"]
+
+                assert await call("add", [1, 2]) == 3
+                assert await call("add", {"a": 1}) == 11  # keyword arguments
+                assert await call("add", [5]) == 15
+                assert await call("when", ["2024-01-02T03:04:05Z"]) == "2024-01-02T03:04:05+00:00"
+                assert await call("untyped", {"a": 1, "b": "x"}) == [1, "x"]
+                for method, params, expect in [
+                    ("add", ["1", "2"], "InvalidArguments: add(): argument 'a': Expected `int`, got `str`"),
+                    ("add", "12", "InvalidArguments: add(): params must be an array or an object, not a string"),
+                    ("add", 7, "InvalidArguments: add(): params must be an array or an object, not a number"),
+                    ("add", None, "InvalidArguments: add(): params must be an array or an object, not null"),
+                    ("add", [1, 2, 3], "InvalidArguments: add() takes at most 2 positional arguments"),
+                    ("add", {"c": 1}, "InvalidArguments: add(): "),
+                    ("when", ["yesterday"], "InvalidArguments: when(): argument 't': Invalid RFC3339"),
+                    ("untyped", [1], "InvalidArguments: untyped(): missing a required argument: 'b'"),
+                ]:
+                    reply = await call(method, params)
+                    assert reply["type"] == "error" and reply["message"].startswith(expect), (params, reply)
+                assert seen == [(int, int), (int, int), (int, int), datetime.datetime]
+            finally:
+                await ws.close()
+            async with fastrpc.connect(server.url, protocol="json", **QUIET) as peer:
+                with pytest.raises(fastrpc.InvalidArguments, match="argument 'a'"):
+                    await peer.call("add", "1", "2")
+                assert await peer.call("add", 1, 2) == 3
+
+    run(main())

@@ -34,7 +34,9 @@ limit                  default     past it
                                    longer than this: 1009, before it is decoded
 ``max_depth``          64          JSON nested deeper than this: 1007, checked before
                                    decoding (no recursion, no RecursionError)
-``max_pending_calls``  1024        more requests than this whose handlers run: 1008
+``max_pending_calls``  1024        more requests than this whose handlers run: 1008;
+                                   also more "Target peer not found" errors than this
+                                   waiting for the peer to read them: 1008
 ``max_pending_bytes``  16 MiB      the data of the requests whose handlers run, as
                                    decoded objects (estimated: the JSON size plus 96
                                    bytes per array or object), more than this: 1008
@@ -43,17 +45,22 @@ limit                  default     past it
 ``max_held_items``     10,000      unread items of one stream: that stream fails with
                                    :class:`StreamAborted` (later items are dropped)
 ``max_held_bytes``     16 MiB      unread stream items of all streams together (their
-                                   JSON size): 1008
+                                   JSON size), and the text of unread StreamErrors
+                                   (cut to 1,024 characters): 1008
 ``max_id_length``      256         a ``requestId`` or ``streamId`` that is not a
                                    string of at most this many characters or an
                                    integer, a ``to`` that is not such a string: 1007
 ``max_ping_rate``      1,000/s     ``ping`` messages faster than this (bursts of
-                                   1,024; None: no limit): 1008. While a pong waits
-                                   for the peer to read, only the latest ping is
-                                   answered after it
+                                   1,024; None: no limit): 1008. Each ping is
+                                   answered; while a pong waits for the peer to read,
+                                   only the latest ping is answered after it
 =====================  ==========  =====================================================
 
 A message that is not JSON, not an object, or of no known shape closes with 1007.
+A request's ``params`` (an array: positional arguments; an object: keyword ones) are
+bound and converted to the handler's annotations as a binary call's arguments are
+(:mod:`fastrpc.arguments`); other ``params`` (a string ...) or arguments that do not
+fit are answered ``InvalidArguments``.
 A request's data is decoded as the message is read (so a client that sends more than
 the server decodes is held back by its own connection), and after a large message
 (over 64 KiB) the next one is read only after as long again as it took: other
@@ -72,6 +79,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import inspect
 import itertools
 import json
@@ -86,10 +94,20 @@ from typing import Any
 import msgspec
 
 from . import options as O
+from .arguments import bad_arguments, split_kwargs
 from .budget import PingLimit
-from .exceptions import ConnectionClosed, RemoteError, RemoteStreamError, StreamAborted
+from .codec import PayloadCodec
+from .exceptions import (
+    REMOTE_ERRORS,
+    ConnectionClosed,
+    InvalidArguments,
+    RemoteError,
+    RemoteStreamError,
+    StreamAborted,
+)
 from .peer import Response, _current_peer
 from .router import Router
+from .settings import CODEC_JSON
 from .transport import Transport, TransportClosed
 
 __all__ = ["JsonPeer", "welcome_message"]
@@ -111,6 +129,9 @@ _LARGE = 64 << 10
 # What one array or object costs once decoded (a list or dict, and its slot in its
 # parent), roughly: how max_pending_bytes estimates a request's decoded data.
 _PER_CONTAINER = 96
+# A StreamError's text is cut to this many characters (as the binary protocol cuts a
+# stream's abort reason to 1 KiB): it is held until the stream is read.
+_MAX_ERROR_TEXT = 1024
 
 
 class _Envelope(msgspec.Struct):
@@ -178,7 +199,10 @@ def error_reply(exc: BaseException) -> dict[str, Any]:
     """The fields of a response that reports ``exc``: the seed's convention (its
     example servers answer a bad request with ``data: {type: "error", message}``) and
     an ``error`` key fastrpc's JSON client reads."""
-    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, RemoteError) and type(exc) is REMOTE_ERRORS.get(exc.type_name):
+        text = f"{exc.type_name}: {exc.message}"  # a refusal (InvalidArguments ...): as binary mode names it
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     return {"data": {"type": "error", "message": text}, "error": text}
 
 
@@ -188,7 +212,10 @@ _TYPED = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
 def remote_error(text: str) -> RemoteError:
     """A :class:`RemoteError` for an error text ("Type: message" when it has one)."""
     m = _TYPED.match(text)
-    return RemoteError(m.group(1), m.group(2)) if m else RemoteError("Error", text)
+    if m is None:
+        return RemoteError("Error", text)
+    # InvalidArguments, PermissionDenied ...: raised as their class, as in binary mode.
+    return REMOTE_ERRORS.get(m.group(1), RemoteError)(m.group(1), m.group(2))
 
 
 def response_error(data: Any, error: Any) -> RemoteError | None:
@@ -220,6 +247,7 @@ class _JsonStream(AsyncIterator[Any]):
         self.items: deque[tuple[msgspec.Raw, int]] = deque()  # (JSON text, its size)
         self.done = False
         self.error: BaseException | None = None
+        self.error_cost = 0  # what the peer's StreamError text counts in _held_bytes
         self._waiter: asyncio.Future[None] | None = None
 
     def __aiter__(self) -> _JsonStream:
@@ -235,6 +263,7 @@ class _JsonStream(AsyncIterator[Any]):
                 return _decode(raw)
             if self.done:
                 self._peer._forget_stream(self)
+                self._release_error()
                 if self.error is not None:
                     raise self.error
                 raise StopAsyncIteration
@@ -252,6 +281,12 @@ class _JsonStream(AsyncIterator[Any]):
         """Forget what is held (the reader stopped, or the connection is gone)."""
         self._peer._held_bytes -= sum(size for _, size in self.items)
         self.items.clear()
+        self._release_error()
+
+    def _release_error(self) -> None:
+        """The peer's error text no longer counts as held (read, or dropped)."""
+        self._peer._held_bytes -= self.error_cost
+        self.error_cost = 0
 
     async def aclose(self) -> None:
         self._peer.close_receiving_stream(self.stream_id)
@@ -319,11 +354,17 @@ class JsonPeer:
         self._calls: dict[Any, asyncio.Future[Any]] = {}
         self._call_targets: dict[Any, str] = {}  # requestId -> the "to" it was sent to
         self._pings: dict[Any, asyncio.Future[None]] = {}
-        # The peer's pings: their rate, and the latest one not answered yet while a
-        # pong waits for the peer to read (one pong in flight, not a task per ping).
+        # The peer's pings: their rate, and those not answered yet, one task sending
+        # the pongs (not a task per ping); while a pong waits for the peer to read
+        # (_pong_stalled), only the latest ping waits after it.
         self._ping_limit = PingLimit(max_ping_rate, O.PING_BURST) if max_ping_rate is not None else None
-        self._pong_due: Any = None
+        self._pongs_due: deque[Any] = deque()
         self._ponging = False
+        self._pong_stalled = False
+        # "Target peer not found" reports waiting to be sent ((to, requestId)), one
+        # task sending them.
+        self._unrouted: deque[tuple[str, Any]] = deque()
+        self._reporting = False
         self._incoming: dict[StreamId, _JsonStream] = {}
         self._closed_ids: dict[StreamId, None] = {}  # closed by the reader before their end
         self._senders: dict[StreamId, asyncio.Task[None]] = {}
@@ -638,9 +679,8 @@ class JsonPeer:
         category = env.category
         if category == "request":
             rid = self._id(env.requestId, "requestId")
-            target = self._target(env, rid)
-            if target is not None:
-                return target
+            if env.to is not None and (target := self._target(env, rid)) is not self:
+                return target  # relayed; None: "Target peer not found" was reported
             if len(self._tasks) >= self.max_pending_calls:
                 raise _Violation(POLICY, f"more than {self.max_pending_calls} pending requests")
             weight = len(data) + _PER_CONTAINER * (data.count(b"[") + data.count(b"{"))
@@ -660,9 +700,8 @@ class JsonPeer:
             task.add_done_callback(self._tasks.discard)
         elif category == "response":
             rid = self._id(env.requestId, "requestId")
-            target = self._target(env, rid)
-            if target is not None:
-                return target
+            if env.to is not None and (target := self._target(env, rid)) is not self:
+                return target  # relayed; None: "Target peer not found" was reported
             fut = self._calls.get(rid)
             if fut is not None and not fut.done():
                 try:
@@ -680,7 +719,12 @@ class JsonPeer:
             limit = self._ping_limit
             if limit is not None and not limit.take():
                 raise _Violation(POLICY, limit.describe("max_ping_rate"))
-            self._pong_due = env.timestamp if env.timestamp is not None else int(time.time() * 1000)
+            stamp = env.timestamp if env.timestamp is not None else int(time.time() * 1000)
+            due = self._pongs_due
+            if self._pong_stalled and due:
+                due[-1] = stamp  # the peer does not read: only the latest is answered after it
+            else:
+                due.append(stamp)
             if not self._ponging:
                 self._ponging = True
                 self._spawn(self._pong())
@@ -702,22 +746,44 @@ class JsonPeer:
         return None
 
     def _target(self, env: _Envelope, rid: Any) -> JsonPeer | None:
-        """The other connection a message with ``to`` is for (None: for us). A ``to``
-        naming no connection is answered as the seed's relay answers it."""
+        """Where a message with a ``to`` goes: ``self`` (it is for us), another
+        connection (relayed to it), or None: ``to`` names no connection, answered as the
+        seed's relay answers it (and nothing more: the message is not for us either)."""
         to = env.to
-        if to is None:
-            return None
         if not isinstance(to, str) or len(to) > self.max_id_length:
             raise _Violation(INVALID, f"invalid to: a string of at most {self.max_id_length} characters")
         if self._relay is None or to == self.client_id:
-            return None
+            return self
         target = self._relay.get(to)
         if target is None or target.closed:
-            self._spawn(
-                self._send({"category": "error", "error": "Target peer not found", "targetId": to, "requestId": rid})
-            )
+            self._not_found(to, rid)
             return None
         return target
+
+    def _not_found(self, to: str, rid: Any) -> None:
+        """Report "Target peer not found" for a message to ``to``: one task sends the
+        reports in turn, and at most ``max_pending_calls`` of them wait while the
+        peer does not read what is sent to it (past that: 1008)."""
+        due = self._unrouted
+        if len(due) >= self.max_pending_calls and self._ws.buffered() > 0:
+            raise _Violation(
+                POLICY, f"more than {self.max_pending_calls} 'Target peer not found' errors wait for the peer to read"
+            )
+        due.append((to, rid))
+        if not self._reporting:
+            self._reporting = True
+            self._spawn(self._report_not_found())
+
+    async def _report_not_found(self) -> None:
+        due = self._unrouted
+        try:
+            while due:
+                to, rid = due.popleft()
+                await self._send(
+                    {"category": "error", "error": "Target peer not found", "targetId": to, "requestId": rid}
+                )
+        finally:
+            self._reporting = False
 
     def _on_error_message(self, data: bytes, env: _Envelope) -> None:
         """``{"category": "error"}``: fails the call it names (its requestId, or the
@@ -742,11 +808,17 @@ class JsonPeer:
             logger.warning("error message from the other side: %s", text)
 
     async def _pong(self) -> None:
-        """Answer the latest ping, again while more came during the send."""
+        """Answer the pings in turn. A ping that comes while a pong waits for the
+        socket to drain (the peer does not read) replaces the one waiting after it."""
+        due = self._pongs_due
         try:
-            while (stamp := self._pong_due) is not None:
-                self._pong_due = None
-                await self._send({"category": "pong", "timestamp": stamp})
+            while due:
+                stamp = due.popleft()
+                self._pong_stalled = True  # seen by _receive only if the send waits
+                try:
+                    await self._send({"category": "pong", "timestamp": stamp})
+                finally:
+                    self._pong_stalled = False
         finally:
             self._ponging = False
 
@@ -799,8 +871,17 @@ class JsonPeer:
         elif kind == "StreamEnd":
             stream.done = True
         else:
-            error = "" if env.error is msgspec.UNSET else env.error
-            stream.error = RemoteStreamError("Error", str(error))
+            error = env.error
+            text = "" if error is msgspec.UNSET else error if isinstance(error, str) else str(error)
+            if len(text) > _MAX_ERROR_TEXT:
+                text = text[: _MAX_ERROR_TEXT - 1] + "\u2026"
+            # Held until read, like an item: it counts in max_held_bytes.
+            cost = len(text.encode("utf-8", "replace"))
+            if self._held_bytes + cost > self.max_held_bytes:
+                raise _Violation(POLICY, f"unread stream items exceed {self.max_held_bytes} bytes")
+            stream.error = RemoteStreamError("Error", text)
+            stream.error_cost = cost
+            self._held_bytes += cost
             stream.done = True
         stream._wake()
 
@@ -848,11 +929,44 @@ class JsonPeer:
         # the server's authenticate hook).
         name = str(method)
         spec = (self._own if self._own.lookup(name) else self._router).spec(name)
-        if spec is not None and spec.authorize is not None and not spec.authorize(self, name):
-            raise PermissionError(f"not allowed to call {method!r}")
+        if spec is not None and spec.authorize is not None:
+            allowed = spec.authorize(self, name)
+            if inspect.isawaitable(allowed):  # fail closed, as in binary mode
+                if inspect.iscoroutine(allowed):
+                    allowed.close()
+                allowed = False
+            if not allowed:
+                raise PermissionError(f"not allowed to call {method!r}")
+        # params: the positional arguments (an array) or the keyword ones (an object),
+        # bound and converted to the handler's annotations as a binary call's are.
         params = data.get("params", [])
+        payload: Any  # what ArgumentSpec.decode takes for a payload (see _Params)
+        if isinstance(params, list):
+            payload, keywords = params, 0
+        elif isinstance(params, dict):
+            payload, keywords = [params], 1  # a keyword call's arguments: [..., {name: value}]
+        else:
+            raise InvalidArguments(
+                "InvalidArguments", f"{name}(): params must be an array or an object, not {_json_type(params)}"
+            )
         fn = found[0]
-        result = fn(**params) if isinstance(params, dict) else fn(*params)
+        args_spec = spec.args if spec is not None else None
+        args: tuple[Any, ...]
+        kwargs: dict[str, Any] | None
+        if args_spec is not None:
+            args, kwargs = args_spec.decode(name, _PARAMS, payload, keywords)
+        elif keywords:
+            args, kwargs = split_kwargs(payload)
+        else:
+            args, kwargs = tuple(params), None
+        try:
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
+        except TypeError as exc:
+            # Arguments that do not bind to the signature are the caller's fault.
+            why = bad_arguments(fn, args, kwargs)
+            if why is None:
+                raise
+            raise InvalidArguments("InvalidArguments", f"{name}(): {why}") from exc
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -883,6 +997,39 @@ class JsonPeer:
             await asyncio.gather(*tasks, return_exceptions=True)
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
+class _Params(PayloadCodec):
+    """The codec :meth:`ArgumentSpec.decode` converts a JSON request's ``params``
+    with (the binary path's machinery): its "payload" is the params already decoded,
+    converted as the JSON codec's typed decoder decodes a binary call's arguments
+    (strictly; keyword arguments, as there, leniently: ``convert``)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("json", CODEC_JSON, msgspec.json.encode, _same)
+
+    def typed_decoder(self, type_: Any) -> Callable[[Any], Any]:
+        return functools.partial(msgspec.convert, type=type_)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_PARAMS = _Params()
 
 
 class _NoReply(Exception):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import os
 import weakref
 from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Keepalive", "Timer", "timer"]
+
+logger = logging.getLogger("fastrpc.keepalive")
 
 
 class Timer:
@@ -84,10 +87,15 @@ class _Timers:
         while heap and heap[0][0] <= now:
             fn = heapq.heappop(heap)[2].fn
             if fn is not None:
-                fn()
+                try:
+                    fn()
+                except Exception:  # one connection's failure must not stop every other's timer
+                    logger.exception("keepalive callback %r failed", fn)
         while heap and heap[0][2].fn is None:
             heapq.heappop(heap)
-        if heap and self.handle is None:
+        # A callback may have added a deadline (and armed the timer for it) while
+        # earlier ones wait in the heap: the timer goes off for the earliest.
+        if heap and (self.handle is None or heap[0][0] < self.at):
             self._arm(heap[0][0])
 
 
