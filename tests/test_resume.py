@@ -229,6 +229,38 @@ def test_a_session_resumes_only_for_the_identity_that_opened_it() -> None:
     run(main(), 30)
 
 
+def test_connections_dropped_right_after_they_come_back_meet_the_backoff() -> None:
+    # Something that drops every connection a moment after its handshake (a sick
+    # proxy, a server that accepts and fails): each drop counted as a first one, so
+    # the client reconnected at once, again and again, a storm. A connection that
+    # did not stay up counts as a failed attempt: the delays grow.
+    async def main() -> None:
+        policy = fastrpc.RetryPolicy(initial_delay=0.05, max_delay=0.2, jitter=0)
+        async with fastrpc.serve(make_router(), "127.0.0.1", 0, resume=True, **QUIET) as server:
+            async with proxy(server.port) as px:
+                async with fastrpc.connect(px.url, reconnect=policy, **QUIET) as peer:
+                    assert await peer.call("add", 1, 2) == 3
+
+                    async def cutter() -> None:
+                        seen = px.connections
+                        while True:
+                            await until(lambda: px.connections > seen, 10)
+                            seen = px.connections
+                            await asyncio.sleep(0.03)  # just after its resume
+                            px.cut()
+
+                    task = asyncio.ensure_future(cutter())
+                    px.cut()
+                    await asyncio.sleep(2.0)
+                    task.cancel()
+                    # At 0, 0.05, 0.1, 0.2, 0.2 ... s after each: about 10 in 2 s (a
+                    # storm made one every 30 ms or so: 50 and more).
+                    assert 3 <= px.connections <= 25, px.connections
+                    assert await asyncio.wait_for(peer.call("add", 2, 3), 10) == 5  # it recovers
+
+    run(main(), 30)
+
+
 def test_session_expires_after_the_grace_period() -> None:
     async def main() -> None:
         opts = {"resume": True, "session_grace": 0.2, **QUIET}

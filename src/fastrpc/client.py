@@ -31,7 +31,9 @@ class RetryPolicy:
 
     The first retry is immediate; then delays grow from ``initial_delay`` by
     ``multiplier`` up to ``max_delay``, each scaled by a random factor within
-    ``1 ± jitter`` so that many clients do not come back in lockstep.
+    ``1 ± jitter`` so that many clients do not come back in lockstep. A connection
+    that drops within a second of coming back (``RETRY_STABLE``) counts as a failed
+    attempt: the delays go on growing, and ``max_attempts`` counts it.
     ``max_attempts`` None retries for ever; when attempts run out every call and
     stream fails with :class:`fastrpc.ConnectionClosed` ("gave up reconnecting ...").
 
@@ -146,6 +148,10 @@ class connect(Generic[P]):
         self.options, self.ws_kwargs = PeerOptions.split(options)
         self.peer: RpcPeer | JsonPeer | None = None
         self._established = False  # the first handshake completed
+        # Reconnect attempts since the last connection that stayed up, and when the
+        # last one came back (RETRY_STABLE).
+        self._failures = 0
+        self._up_since: float | None = None
 
     async def _open(self) -> Transport:
         kwargs = {**self.options.websocket_kwargs(), **self.ws_kwargs}
@@ -247,9 +253,13 @@ class connect(Generic[P]):
             # Nothing to resume: what was in flight is lost with the connection.
             await peer.reset_session(exc)
         last: BaseException = exc
-        attempt = 0
+        loop = asyncio.get_running_loop()
+        if self._up_since is None or loop.time() - self._up_since >= O.RETRY_STABLE:
+            self._failures = 0  # it stayed up: this drop is a first one
+        self._up_since = None
         while True:
-            attempt += 1
+            self._failures += 1
+            attempt = self._failures
             if policy.max_attempts is not None and attempt > policy.max_attempts:
                 err = ConnectionClosed(f"gave up reconnecting after {attempt - 1} attempts: {last}")
                 _call_hook(policy.on_give_up, peer, err)
@@ -270,17 +280,17 @@ class connect(Generic[P]):
                     # Lost again right after its handshake (in the same loop pass):
                     # nobody else reconnects, this loop goes on.
                     last = ConnectionClosed("lost right after the resume handshake")
-                    attempt = 0
-                    continue
+                    continue  # (a failed attempt: the backoff goes on)
             except SessionLost:
                 await peer.reset_session(
                     ResumeFailed("the session could not be resumed (it expired, or the server restarted)")
                 )
-                attempt = 0  # a fresh session next, at once
+                self._failures = 0  # a fresh session next, at once
                 continue
             except (ConnectionClosed, *OPEN_FAILED) as e:
                 last = e
                 continue
+            self._up_since = loop.time()
             _call_hook(policy.on_connected, peer)
             return
 

@@ -101,6 +101,11 @@ RETRY_INITIAL_DELAY = 1.0
 RETRY_MAX_DELAY = 16.0
 RETRY_MULTIPLIER = 2.0
 RETRY_JITTER = 0.2  # each delay scaled by a random factor within 1 +- this
+# Seconds a reconnected connection must stay up for the next drop to count as a first
+# one again (an immediate retry, the attempts counted afresh): a server or a proxy
+# that drops every connection right after its handshake meets the backoff, not a
+# storm of immediate reconnects.
+RETRY_STABLE = 1.0
 
 # -- session resumption ----------------------------------------------------------------
 SESSION_GRACE = 120.0  # seconds a server keeps a session whose client went away
