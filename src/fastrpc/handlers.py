@@ -429,22 +429,17 @@ class Handlers:
         else:
             self._reply(cid, result, method)
 
-    async def _run_stream_call(
-        self,
-        ev: E.RequestReceived,
-        fn: Callable[..., Any],
-        kind: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-    ) -> None:
+    async def _run_stream_call(self, ev: E.RequestReceived, *call: Any) -> None:
+        """A streaming call (``call``: :meth:`_stream_call`'s arguments after the
+        deadline), within the caller's timeout when it sent one."""
         if ev.deadline is None:
-            await self._stream_call(ev, fn, kind, args, kwargs, None)
+            await self._stream_call(ev, None, *call)
             return
         # The caller's timeout covers the whole call: when it passes, the handler is
         # cancelled and the stream ends with TimeoutError (as a plain call answers).
         try:
             async with asyncio.timeout(ev.deadline) as deadline:
-                await self._stream_call(ev, fn, kind, args, kwargs, deadline)
+                await self._stream_call(ev, deadline, *call)
         except TimeoutError:
             if not deadline.expired():
                 raise  # (not ours: the handler's own, already sent as its error)
@@ -452,11 +447,11 @@ class Handlers:
     async def _stream_call(
         self,
         ev: E.RequestReceived,
+        deadline: asyncio.Timeout | None,
         fn: Callable[..., Any],
         kind: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
-        deadline: asyncio.Timeout | None,
     ) -> None:
         core = self.link.core
         cid = ev.call_id
