@@ -631,6 +631,79 @@ def test_timeout_raises_and_cancels_the_handler() -> None:
     run(main())
 
 
+def slot_router() -> fastrpc.Router:
+    router = fastrpc.Router()
+
+    @router.method
+    async def ticks(n: int) -> Any:
+        for i in range(n):
+            await asyncio.sleep(0.05)
+            yield i
+
+    @router.method
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    @router.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    return router
+
+
+def test_calls_waiting_for_a_slot_go_on_when_it_comes_back_without_an_answer() -> None:
+    # The peer's max_pending_calls (1 here) taken: a waiting call was woken by an
+    # answer only, so a slot freed by a streaming call's end, or by the answer to a
+    # call we gave up on (cancelled, timed out), left it waiting for ever.
+    async def main() -> None:
+        async with pair(slot_router(), server_opts={"max_pending_calls": 1}) as (_, peer):
+            async with peer.stream("ticks", 3) as s:
+                it = s.__aiter__()
+                assert await it.__anext__() == 0
+                call = asyncio.ensure_future(peer.call("add", 1, 2))
+                await asyncio.sleep(0.01)
+                assert [x async for x in it] == [1, 2]
+            assert await asyncio.wait_for(call, 5) == 3
+            slow = asyncio.ensure_future(peer.call("slow"))
+            await asyncio.sleep(0.1)
+            slow.cancel()
+            await asyncio.gather(slow, return_exceptions=True)
+            assert await asyncio.wait_for(peer.call("add", 2, 3), 5) == 5
+            with pytest.raises(fastrpc.CallTimeout):
+                await peer.call("slow", timeout=0.1)
+            assert await asyncio.wait_for(peer.call("add", 3, 4), 5) == 7
+
+    run(main(), 20)
+
+
+def test_timeout_covers_the_wait_for_a_call_slot() -> None:
+    # timeout= counted from the request's sending only: a call that waited for a
+    # slot could return long after its timeout. Not sent at all when no slot came.
+    async def main() -> None:
+        async with pair(slot_router(), server_opts={"max_pending_calls": 1}) as (_, peer):
+            busy = asyncio.ensure_future(peer.call("slow"))
+            await until(lambda: not peer.core.can_call(), 5, "the slot to be taken")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(fastrpc.CallTimeout, match=r"found no call slot within 0\.3 s"):
+                await peer.call("add", 1, 2, timeout=0.3)
+            with pytest.raises(fastrpc.CallTimeout, match=r"found no call slot within 0\.2 s"):
+                async for _ in peer.stream("ticks", 3, timeout=0.2):
+                    pass
+            assert loop.time() - t0 < 2
+            # A stream whose first iteration was cancelled while it waited is sent
+            # by the next one (it was never sent, and every later try hung).
+            s = peer.stream("ticks", 2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(s.__anext__(), 0.1)
+            busy.cancel()
+            await asyncio.gather(busy, return_exceptions=True)
+            assert await asyncio.wait_for(s.__anext__(), 5) == 0
+            await s.aclose()
+
+    run(main(), 20)
+
+
 def test_deadline_travels_to_the_server() -> None:
     # The server enforces the caller's deadline itself, even if the client keeps waiting.
     async def main() -> None:

@@ -24,6 +24,11 @@ __all__ = ["PeerAPI", "Response"]
 _P = TypeVar("_P", bound="PeerAPI")
 
 
+# The handler's deadline is the caller's timeout and this much more: the caller's own
+# timer decides (CallTimeout), the handler's side only stops what nobody waits for.
+_DEADLINE_GRACE = 0.01
+
+
 class Response:
     """Result of the seed-style :meth:`RpcPeer.request`: the handler's value is ``.data``."""
 
@@ -171,8 +176,13 @@ class PeerAPI:
         self._core.send_ping(token)
         self._kick()
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a
+            # cancellation that lands with the answer.)
+            async with asyncio.timeout(timeout) as deadline:
+                await fut
+        except TimeoutError:
+            if not deadline.expired():
+                raise
             raise CallTimeout(f"no PONG within {timeout} s (the timeout= of ping)") from None
         finally:
             self._pongs.pop(token, None)
@@ -277,30 +287,54 @@ class PeerAPI:
             self._kick()
 
     async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool = False) -> Any:
-        core = self._core
-        if not core.can_call():
-            await self._call_slot()
-            core = self._core  # a new session's, after a reset
-        cid, fut = self._start_call(core, method, payload, raw, timeout, kwargs)
-        try:
-            if timeout is None:
-                return await fut
+        if timeout is None:
+            core = self._core
+            if not core.can_call():
+                await self._call_slot()
+                core = self._core  # a new session's, after a reset
+            cid, fut = self._start_call(core, method, payload, raw, None, kwargs)
             try:
-                return await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
-                if fut.done() and not fut.cancelled():
-                    raise  # the handler's own TimeoutError, not ours
-                core.cancel_call(cid)
-                self._kick()
+                return await fut
+            except asyncio.CancelledError:
+                self._abandon(core, cid, fut)
+                raise
+            finally:
+                self._calls.pop(cid, None)
+        # The timeout covers the wait for a call slot too; what is left of it is the
+        # handler's deadline. (asyncio.timeout, not wait_for: on 3.11 wait_for may
+        # swallow a cancellation that lands with the answer.)
+        started: tuple[Connection, int, asyncio.Future[Any]] | None = None
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                core = self._core
+                if not core.can_call():
+                    await self._call_slot()
+                    core = self._core
+                left = max(0.0, (deadline.when() or 0.0) - self._loop.time()) + _DEADLINE_GRACE
+                started = (core, *self._start_call(core, method, payload, raw, left, kwargs))
+                return await started[2]
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError, not ours
+            if started is None:
                 raise CallTimeout(
-                    f"call to {method!r} got no answer within {timeout} s (its timeout= argument); "
-                    "it was cancelled on the other side"
+                    f"call to {method!r} found no call slot within {timeout} s (its timeout= argument; "
+                    "the other side's max_pending_calls were all taken): it was not sent"
                 ) from None
+            core, cid, _ = started
+            core.cancel_call(cid)
+            self._kick()
+            raise CallTimeout(
+                f"call to {method!r} got no answer within {timeout} s (its timeout= argument); "
+                "it was cancelled on the other side"
+            ) from None
         except asyncio.CancelledError:
-            self._abandon(core, cid, fut)
+            if started is not None:
+                self._abandon(*started)
             raise
         finally:
-            self._calls.pop(cid, None)
+            if started is not None:
+                self._calls.pop(started[1], None)
 
     async def request(self, data: Any, *, timeout: float | None = None) -> Response:
         """The seed's request: ``data`` goes to the other side's ``match`` handler;
@@ -360,10 +394,29 @@ class PeerAPI:
         self._check_open()
 
         async def start(stream: ReceiveStream[Any]) -> None:
-            await self._call_slot()
+            late: float | None = None
+            if timeout is None:
+                await self._call_slot()
+            else:  # the timeout covers the wait for a call slot too
+                late = self._loop.time() + timeout
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._call_slot()
+                except TimeoutError:
+                    raise CallTimeout(
+                        f"streaming call to {method!r} found no call slot within {timeout} s (its timeout= "
+                        "argument; the other side's max_pending_calls were all taken): it was not sent"
+                    ) from None
+            left = None if late is None else max(0.0, late - self._loop.time())
             core = self._core
             cid = core.send_request(
-                method, payload, raw=raw, stream=True, channel=channel is not None, timeout=timeout, kwargs=kwargs
+                method,
+                payload,
+                raw=raw,
+                stream=True,
+                channel=channel is not None,
+                timeout=None if left is None else left + _DEADLINE_GRACE,
+                kwargs=kwargs,
             )
             self.streams.bind_call(cid, stream=stream)
             if channel is not None:
@@ -372,13 +425,13 @@ class PeerAPI:
                     core.set_urgency(cid, priority)
                 self.streams.start_sender(cid, items, rate)
             self._kick()
-            if timeout is not None:
-                late = CallTimeout(
+            if left is not None:
+                expired = CallTimeout(
                     f"streaming call to {method!r} did not finish within {timeout} s (its timeout= argument); "
                     "it was cancelled on the other side"
                 )
                 # (A weak reference: a stream dropped before its timeout is not kept.)
-                self._loop.call_later(timeout, self.streams.expire_call, weakref.ref(stream), late)
+                self._loop.call_later(left, self.streams.expire_call, weakref.ref(stream), expired)
 
         return self.streams.call_stream(start)
 

@@ -312,6 +312,10 @@ class RpcPeer(PeerIO):
             # Calls and streams made while (re)connecting may go now.
             self._call_done()
             self.streams.on_slots()
+        if self._call_waiters and core.can_call():
+            # A slot came back without an answer to settle (a streaming call's end,
+            # the answer to a call we gave up on): the calls waiting for one go on.
+            self._call_done()
         if not self._in_read and (core.has_output() or core.closed):
             self._kick()  # (in a read, messages_read sends, once)
 

@@ -350,7 +350,16 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 raise StopAsyncIteration
             if self._starter is not None:
                 starter, self._starter = self._starter, None
-                await starter(self)
+                try:
+                    await starter(self)
+                except asyncio.CancelledError:
+                    if not self._arrived and self.stream_id is None:
+                        self._starter = starter  # not sent (it waited for a call slot): the next try sends it
+                    raise
+                except BaseException as exc:
+                    if self.stream_id is None:
+                        self._fail(exc)  # not sent, and never will be: every try says why
+                    raise
                 continue
             fut = link.loop.create_future()
             self._waiter = fut
