@@ -1072,3 +1072,34 @@ def test_a_message_of_large_calls_read_into_its_own_buffer_is_answered(who: str)
             assert await peer.call("echo", b"after") == b"after"
 
     run(main(), 30)
+
+
+def test_a_handlers_keyword_argument_may_be_named_method_or_items() -> None:
+    # The method's name is positional-only in call/notify/stream/channel (and a
+    # channel's items): call("http", "/x", method="POST") raised TypeError.
+    router = fastrpc.Router()
+
+    @router.method
+    def http(path: str, method: str = "GET") -> str:
+        return f"{method} {path}"
+
+    @router.method
+    async def pages(path: str, method: str = "GET") -> Any:
+        yield f"{method} {path}"
+
+    @router.method
+    async def tagged(items: fastrpc.ReceiveStream[Any], items_tag: str = "", method: str = "") -> Any:
+        async for x in items:
+            yield f"{method}:{x}"
+
+    async def source() -> Any:
+        yield 1
+
+    async def main() -> None:
+        async with pair(router) as (_, peer):
+            assert await peer.call("http", "/x", method="POST") == "POST /x"
+            assert [x async for x in peer.stream("pages", "/y", method="PUT")] == ["PUT /y"]
+            assert [x async for x in peer.channel("tagged", source(), method="M")] == ["M:1"]
+            peer.notify("http", "/z", method="HEAD")
+
+    run(main())

@@ -217,7 +217,7 @@ class PeerAPI:
             await fut
         self._check_open()
 
-    async def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    async def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` on the other side and return its result:
         ``await peer.call("add", 1, 2)``, ``await peer.call("move", p, speed=2)``.
 
@@ -342,7 +342,7 @@ class PeerAPI:
         payload, raw = self._codec.encode(data)
         return Response(await self._call("", payload, raw, timeout))
 
-    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
+    def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a one-way call: no result, no error comes back."""
         self._check_open()
         if kwargs:
@@ -352,7 +352,7 @@ class PeerAPI:
             self._core.send_notification(method, payload, raw=raw)
         self._kick()
 
-    def stream(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> ReceiveStream[Any]:
+    def stream(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> ReceiveStream[Any]:
         """Call a streaming method: ``async for item in peer.stream("ticks", 10)``.
 
         The call is sent on the first iteration; leaving the loop (and dropping the
@@ -372,6 +372,7 @@ class PeerAPI:
         self,
         method: str,
         items: AsyncIterable[Any],
+        /,
         *args: Any,
         priority: int = DEFAULT_URGENCY,
         rate: RateLimit | None = None,
