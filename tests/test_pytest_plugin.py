@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import fastrpc
+
 pytest_plugins = ["pytester"]
 
 CONFTEST = """
@@ -165,3 +167,32 @@ def test_example_project(pytester: pytest.Pytester) -> None:
             shutil.copy(path, pytester.path / path.name)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-disable", timeout=80)
     result.assert_outcomes(passed=12)
+
+
+def test_the_sync_client_stays_connected_while_the_test_does_something_else() -> None:
+    # SyncClient's loop ran only inside a call: a test busy elsewhere for longer than
+    # the server's keepalive interval + timeout lost its connection (ConnectionClosed
+    # at the next call). Its loop now runs in a thread of its own.
+    import time
+
+    from fastrpc.pytest_plugin import LiveServer, SyncClient
+
+    router = fastrpc.Router()
+
+    @router.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    server = LiveServer(router, keepalive_interval=0.1, keepalive_timeout=0.1).start()
+    try:
+        client = SyncClient(server.url)
+        try:
+            assert client.call("add", 1, 2) == 3
+            time.sleep(1.0)  # 5 keepalive rounds, the client's loop not called into
+            assert client.call("add", 2, 3) == 5
+            client.notify("add", 1, 1)
+            assert client.stream("add", 1, 2) == [3]
+        finally:
+            client.close()
+    finally:
+        server.stop()

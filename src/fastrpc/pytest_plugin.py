@@ -30,7 +30,9 @@ Fixtures:
   :class:`LiveServer` (``.url``, ``.port``, ``.codec``); stopped after the test.
 * ``fastrpc_client``: a :class:`SyncClient` connected to it: ``call``, ``notify``,
   ``stream`` (a list of items) and ``run(coro)`` for anything else on ``.peer``, all
-  blocking, so ``benchmark(fastrpc_client.call, "add", 1, 2)`` measures one round trip.
+  blocking (its loop runs in a thread of its own, which keeps the connection alive
+  between calls), so ``benchmark(fastrpc_client.call, "add", 1, 2)`` measures one
+  round trip.
   In an async test, connect yourself instead: ``async with fastrpc_server.connect() as peer``.
 * ``fastrpc_codec``: the payload codec of both, ``"msgpack"`` (default) or ``"json"``;
   parametrize it to run a test with both:
@@ -145,49 +147,78 @@ class LiveServer:
 
 
 class SyncClient:
-    """A fastrpc client for synchronous code: each method runs the client's own event
-    loop until its answer is in (the loop is idle between calls)."""
+    """A fastrpc client for synchronous code: its event loop runs in a thread of its
+    own (uvloop where installed), so the connection stays alive between calls (it
+    answers the server's keepalive PINGs); each method blocks until its answer is in."""
 
     def __init__(self, url: str, codec: str = "msgpack", **options: Any) -> None:
         from .client import connect
 
         self._loop = _new_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fastrpc-test-client", daemon=True)
+        self._thread.start()
         try:
-            self.peer: RpcPeer = self._loop.run_until_complete(connect(url, codec=codec, **options))
+            self.peer: RpcPeer = self.run(connect(url, codec=codec, **options))
         except BaseException:
-            self._loop.close()
+            self._stop_loop()
             raise
 
     def run(self, awaitable: Any) -> Any:
-        """Run ``awaitable`` (e.g. ``peer.call(...)``, or any coroutine using ``peer``) to its end."""
-        return self._loop.run_until_complete(awaitable)
+        """Run ``awaitable`` (e.g. ``peer.call(...)``, or any coroutine using ``peer``)
+        on the client's loop to its end; its result, or its exception raised here."""
+
+        async def main() -> Any:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(main(), self._loop).result()
 
     def call(self, method: str, *args: Any, timeout: float | None = 10.0) -> Any:
         """``peer.call(method, *args)``: the result, or the remote error raised here."""
         return self.run(self.peer.call(method, *args, timeout=timeout))
 
     def notify(self, method: str, *args: Any) -> None:
-        """``peer.notify(method, *args)``: queued, and written while the loop runs one step
-        here (a later call, or ``close()``, flushes anything left)."""
-        self.peer.notify(method, *args)
-        self.run(asyncio.sleep(0))
+        """``peer.notify(method, *args)``: queued on the client's loop, which writes it."""
+
+        async def notify() -> None:
+            self.peer.notify(method, *args)
+
+        self.run(notify())
 
     def stream(self, method: str, *args: Any, timeout: float | None = 30.0) -> list[Any]:
         """Every item of ``peer.stream(method, *args)``, in order."""
 
         async def collect() -> list[Any]:
-            return [item async for item in self.peer.stream(method, *args)]
+            async with asyncio.timeout(timeout):
+                return [item async for item in self.peer.stream(method, *args)]
 
-        return self.run(asyncio.wait_for(collect(), timeout))  # type: ignore[no-any-return]
+        return self.run(collect())  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Close the connection and the client's loop."""
+        """Close the connection, then the client's loop and its thread."""
         if self._loop.is_closed():
             return
         try:
             self.run(self.peer.close())
         finally:
-            self._loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        loop = self._loop
+
+        async def wind_up() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await loop.shutdown_asyncgens()
+
+        try:
+            asyncio.run_coroutine_threadsafe(wind_up(), loop).result(START_TIMEOUT)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(START_TIMEOUT)
+            if not self._thread.is_alive():
+                loop.close()
 
 
 @pytest.fixture
