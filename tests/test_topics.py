@@ -12,7 +12,7 @@ from _util import QUIET, run, until
 
 import fastrpc
 from fastrpc.broker import MemoryBroker
-from fastrpc.codec import PayloadCodec
+from fastrpc.codec import Encoded, PayloadCodec
 from fastrpc.protocol import Role
 from fastrpc.settings import Settings
 from fastrpc.topics import Gap, Item
@@ -876,3 +876,156 @@ def test_an_item_short_of_credit_on_the_direct_path_still_arrives() -> None:
                 await sub.aclose()
 
     run(main(), timeout=15)
+
+
+def test_latest_with_an_unhashable_key_value_breaks_nothing() -> None:
+    # key="tags" whose values are lists: a `latest` subscription that falls behind
+    # queues them as items without the key; the publisher, the loop and the other
+    # subscribers never see the TypeError of hashing a list.
+    pad = "x" * 16384
+    n = 200
+
+    async def main() -> None:
+        loop_errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        async with fastrpc.serve(fastrpc.Router(), topic_queue_size=8, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as bad, fastrpc.connect(server.url, **QUIET) as good:
+                lagging = await bad.subscribe("t", policy="latest", key="tags").start()  # never read
+                sub = await good.subscribe("t").start()
+                reader = asyncio.ensure_future(take(sub, n))
+                for i in range(n):
+                    await server.publish("t", {"n": i, "tags": "a" if i % 2 else ["a"], "pad": pad})
+                    await asyncio.sleep(0)
+                got = await asyncio.wait_for(reader, 5)
+                assert [e.value["n"] for e in got] == list(range(n))
+                assert not loop_errors
+                # The lagging subscription lives on, conflated: its last item is the newest.
+                seen: list[int] = []
+                while not seen or seen[-1] != n - 1:
+                    ev = await asyncio.wait_for(lagging.__anext__(), 5)
+                    if isinstance(ev, Item):
+                        seen.append(ev.value["n"])
+                assert len(seen) < n  # conflated (in the keys' order, not the offsets')
+                await lagging.aclose()
+                await sub.aclose()
+
+    run(main())
+
+
+@pytest.mark.parametrize("reading", [True, False])
+def test_a_subscription_whose_fan_out_fails_ends_alone(monkeypatch: pytest.MonkeyPatch, reading: bool) -> None:
+    # A failure on one subscription's path (its push, its pass's batch, its group
+    # share) ends that subscription with SlowSubscriber; the subscriptions after it
+    # in the same loop get every item, and the publisher does not see it.
+    from fastrpc import topics
+
+    def failing(name: str) -> None:
+        orig = getattr(topics._Sub, name)
+
+        def wrapper(self: Any, *args: Any) -> Any:
+            if self.key == "boom":
+                raise RuntimeError(f"boom in {name}")
+            return orig(self, *args)
+
+        monkeypatch.setattr(topics._Sub, name, wrapper)
+
+    for name in ("push", "send", "_queue"):
+        failing(name)
+    n = 300
+
+    async def main() -> None:
+        loop_errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        async with fastrpc.serve(fastrpc.Router(), topic_queue_size=16, **QUIET) as server:
+            clients = [await fastrpc.connect(server.url, **QUIET) for _ in range(5)]
+            subs = []
+            for i, c in enumerate(clients):
+                subs.append(await c.subscribe("t", key="boom" if i in (1, 3) else None).start())
+            readers = {i: asyncio.ensure_future(take(s, n)) for i, s in enumerate(subs) if i not in (1, 3)}
+            if reading:
+                await asyncio.sleep(0.05)  # the readers wait: the group carries the items
+            for i in range(n):
+                await server.publish("t", [i, "y" * 2048])
+            for i in (1, 3):
+                with pytest.raises(fastrpc.SlowSubscriber, match="the server failed to deliver"):
+                    await asyncio.wait_for(take(subs[i], n), 5)
+            for reader in readers.values():
+                got = await asyncio.wait_for(reader, 5)
+                assert [e.value[0] for e in got] == list(range(n))
+            assert not loop_errors
+            for c in clients:
+                await c.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("path", ["push", "end_pass", "group"])
+def test_fan_out_paths_end_only_the_failing_subscription(path: str) -> None:
+    # The three loops of fan-out over the subscriptions of a topic: push (a batch at
+    # the queue size), the pass's end (each batch) and the group's share. The stream
+    # of the second of four subscriptions raises: that one ends, the ones after it
+    # get every item, and neither the publisher nor the loop sees the error.
+    from fastrpc import topics
+
+    async def main() -> None:
+        loop_errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        t = topics._Topic(4)
+        t.epoch = "e"
+        taken: list[list[int]] = [[] for _ in range(4)]
+
+        def outlet(i: int) -> Any:
+            def send_now(batch: list[Any]) -> int:
+                if i == 1:
+                    raise RuntimeError("the stream broke")
+                taken[i].extend(env.value[1] for env in batch)
+                return len(batch)
+
+            return send_now
+
+        subs = []
+        for i in range(4):
+            sub = topics._Sub(i, t, "block", None, 4, False)
+            t.add(sub)
+            sub.epoch = "e"
+            sub.outlet = outlet(i)
+            if path == "group":
+                t.join(sub)
+            subs.append(sub)
+        n = 4 if path == "push" else 2  # push: the queue size in one pass sends at once
+        for offset in range(1, n + 1):
+            t.fan_out("e", offset, Encoded([0, offset, offset]), offset)
+        await asyncio.sleep(0)  # the pass's end
+        await asyncio.sleep(0)
+        assert subs[1].end is not None and "the stream broke" in subs[1].end[1]
+        assert [s.end for s in subs if s is not subs[1]] == [None, None, None]
+        assert taken == [list(range(1, n + 1)), [], list(range(1, n + 1)), list(range(1, n + 1))]
+        assert not loop_errors
+
+    run(main())
+
+
+def test_a_subscription_retries_a_failing_history_read() -> None:
+    # A broker that fails a command or two (a Redis that just came back, a pool
+    # under pressure): the subscription's first history read is retried like the
+    # hub's others, instead of ending the subscription.
+    class Flaky(MemoryBroker):
+        failures = 2
+
+        async def history(self, topic: str, after: int | None) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("No connection available.")
+            return await super().history(topic, after)
+
+    async def main() -> None:
+        broker = Flaky()
+        async with fastrpc.serve(fastrpc.Router(), broker=broker, **QUIET) as server:
+            epoch, _ = await server.publish("t", "old")
+            async with fastrpc.connect(server.url, **QUIET) as c:
+                sub = c.subscribe("t", since=(epoch, 0))
+                got = await asyncio.wait_for(take(sub, 1), 5)
+                assert [(e.offset, e.value) for e in got] == [(1, "old")] and broker.failures == 0
+                await sub.aclose()
+
+    run(main())

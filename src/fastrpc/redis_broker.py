@@ -32,10 +32,13 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import options as O
 from .broker import Broker, History, Sink, new_epoch
+from .codec import EncHook, _hooked
+from .log import warn_limited
 
 __all__ = ["RedisBroker"]
 
@@ -91,8 +94,13 @@ class RedisBroker(Broker):
     ``history_size`` / ``history_ttl``: the window kept per topic (as
     :class:`fastrpc.broker.MemoryBroker`'s); ``prefix``: the namespace of its keys;
     ``timeout``: seconds a Redis command may take (publish and history reads then
-    raise ``redis.exceptions.TimeoutError``); ``max_connections``: the connections
-    publish and history reads share (callers wait for one), besides the pub/sub one.
+    raise ``redis.exceptions.TimeoutError``; an idle pub/sub link is checked with a
+    PING after that long, and reconnected when the PING gets no answer within as
+    long); ``max_connections``: the connections publish and history reads share
+    (callers wait for one), besides the pub/sub one (a connection of its own).
+    ``enc_hook``: how items of custom types are encoded into Redis (msgspec's
+    ``enc_hook``, as ``serve()``'s; a server hands its own to its broker, which uses
+    it unless given one here).
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class RedisBroker(Broker):
         history_ttl: float = O.TOPIC_HISTORY_TTL,
         timeout: float = O.BROKER_TIMEOUT,
         max_connections: int = O.BROKER_CONNECTIONS,
+        enc_hook: EncHook | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -120,6 +129,23 @@ class RedisBroker(Broker):
             socket_connect_timeout=timeout,
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
+        # History reads wait their turn here, for as long as it takes (each read holds
+        # its connection at most `timeout` seconds), not `timeout` for the pool: a
+        # burst of subscriptions longer than that would fail.
+        self._readers = asyncio.Semaphore(max_connections)
+        # The pub/sub link: a connection of its own (not one of max_connections, held
+        # for good), read with explicit timeouts (redis-py 5.0 reads a pub/sub
+        # connection with socket_timeout when asked to wait forever).
+        self._sub_pool = aioredis.ConnectionPool.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
+        )
+        self._sub_redis: aioredis.Redis = aioredis.Redis(connection_pool=self._sub_pool)
+        self.enc_hook = enc_hook
+        self._encode = msgspec.msgpack.Encoder(enc_hook=_hooked(enc_hook)).encode
+        self._last_error: BaseException | None = None  # of the pub/sub link
         self._publish = self.redis.register_script(_PUBLISH)
         self._history = self._script = self.redis.register_script(_HISTORY)
         self._sink: Sink | None = None
@@ -131,10 +157,26 @@ class RedisBroker(Broker):
         p = self.prefix
         return [f"{p}:m:{topic}", f"{p}:s:{topic}", f"{p}:c:{topic}", f"{p}:epoch"]
 
+    def use_hooks(self, enc_hook: EncHook | None) -> None:
+        """(TopicHub hook) the server's ``enc_hook``, unless the broker has one."""
+        if self.enc_hook is None and enc_hook is not None:
+            self.enc_hook = enc_hook
+            self._encode = msgspec.msgpack.Encoder(enc_hook=_hooked(enc_hook)).encode
+
     async def start(self, sink: Sink) -> None:
+        """Start listening; raises ``TimeoutError`` (and leaves nothing running) when
+        the pub/sub link is not up within ``timeout`` seconds."""
         self._sink = sink
+        self._last_error = None
         self._listener = asyncio.get_running_loop().create_task(self._listen())
-        await asyncio.wait_for(self.listening.wait(), self.timeout)
+        try:
+            await asyncio.wait_for(self.listening.wait(), self.timeout)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, asyncio.TimeoutError):
+                why = f" (last error: {_describe(self._last_error)})" if self._last_error is not None else ""
+                raise TimeoutError(f"no pub/sub link to Redis within {self.timeout} s{why}") from None
+            raise
 
     async def close(self) -> None:
         self._sink = None
@@ -142,11 +184,14 @@ class RedisBroker(Broker):
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
+        self.listening.clear()
         await self.redis.aclose()
         await self._pool.disconnect()
+        await self._sub_redis.aclose()
+        await self._sub_pool.disconnect()
 
     async def publish(self, topic: str, value: Any) -> tuple[str, int]:
-        data = msgspec.msgpack.encode(value)
+        data = self._encode(value)
         ttl_ms = int(self.history_ttl * 1000)
         epoch, offset = await self._publish(keys=self._keys(topic), args=[new_epoch(), data, self.history_size, ttl_ms])
         return epoch.decode(), int(offset)
@@ -155,9 +200,10 @@ class RedisBroker(Broker):
         k = self._keys(topic)
         keys = [k[0], k[1], k[3]]
         ttl_ms = int(self.history_ttl * 1000)
-        epoch, first, last, raw = await self._history(
-            keys=keys, args=[new_epoch(), ttl_ms, -1 if after is None else after]
-        )
+        async with self._readers:
+            epoch, first, last, raw = await self._history(
+                keys=keys, args=[new_epoch(), ttl_ms, -1 if after is None else after]
+            )
         items: list[tuple[int, Any]] = []
         for _id, fields in reversed(raw):
             # fields: [b"o", offset, b"d", data]
@@ -168,8 +214,9 @@ class RedisBroker(Broker):
         """Deliver what every worker publishes; reconnect when the link drops."""
         delay = 0.05
         lost = False
+        idle = self.timeout  # seconds of silence before a PING, and for its answer
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = self._sub_redis.pubsub()
             try:
                 await pubsub.psubscribe(self._channel_head + b"*")
                 self.listening.set()
@@ -179,16 +226,30 @@ class RedisBroker(Broker):
                     # its data: a new epoch) is found in each topic's history.
                     lost = False
                     self._sink.reconnected()
+                pinged = False
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if msg is not None and msg["type"] == "pmessage":
+                    # A finite wait, whatever the redis-py version: an idle link is
+                    # not taken for a lost one, and a dead one is found by its PING.
+                    msg = await pubsub.get_message(timeout=idle)
+                    if msg is None:
+                        if pinged:
+                            raise RedisConnectionError(f"no answer to a PING within {idle} s")
+                        await pubsub.ping()
+                        pinged = True
+                        continue
+                    pinged = False  # anything that came shows the link alive
+                    if msg["type"] == "pmessage":
                         self._on_message(msg["channel"], msg["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 self.listening.clear()
+                self._last_error = exc
                 lost = True
-                logger.warning("Redis pub/sub link lost (%r); reconnecting in %.2f s", exc, delay)
+                if isinstance(exc, (RedisError, OSError)):
+                    logger.warning("Redis pub/sub link lost (%s); reconnecting in %.2f s", _describe(exc), delay)
+                else:
+                    logger.error("Redis pub/sub listener failed; reconnecting in %.2f s", delay, exc_info=exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
             finally:
@@ -198,14 +259,27 @@ class RedisBroker(Broker):
                     pass
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
+        """One message on ``{prefix}:c:*``: an item ``epoch:offset:msgpack`` to the
+        sink. Anything else (another program's ``PUBLISH`` on the pattern) is logged
+        and dropped, as is an item the sink fails to take: the listener goes on."""
         sink = self._sink
         if sink is None:
             return
-        topic = channel[len(self._channel_head) :].decode()
-        epoch, offset, payload = data.split(b":", 2)
         try:
-            value = msgspec.msgpack.decode(payload)
-        except msgspec.DecodeError:
-            logger.error("undecodable item on %r", channel)
+            topic = channel[len(self._channel_head) :].decode()
+            epoch, offset, payload = data.split(b":", 2)
+            item = (topic, epoch.decode(), int(offset), msgspec.msgpack.decode(payload))
+        except Exception as exc:
+            warn_limited(logger, "not a fastrpc item on %r (%s): dropped", channel, _describe(exc))
             return
-        sink.deliver(topic, epoch.decode(), int(offset), value)
+        try:
+            sink.deliver(*item)
+        except Exception as exc:
+            warn_limited(
+                logger, "delivering item %s of topic %r failed (%s): dropped", item[2], item[0], _describe(exc)
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    """``ConnectionError: message`` (redis-py 8's repr of its errors drops the message)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

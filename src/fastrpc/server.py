@@ -89,6 +89,7 @@ class Server:
             history_size=options.topic_history_size,
             history_ttl=options.topic_history_ttl,
             pass_deliveries=options.topic_pass_deliveries,
+            enc_hook=options.enc_hook,
         )
         self._subscribe = _Subscribe(self.topics)
 

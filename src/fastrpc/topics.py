@@ -38,8 +38,9 @@ import msgspec
 
 from . import options as O
 from .broker import Broker, History, MemoryBroker
-from .codec import Encoded
+from .codec import EncHook, Encoded
 from .exceptions import ConnectionClosed, HistoryLost, ProtocolError, RemoteStreamError, SlowSubscriber
+from .log import server_logger
 from .streams import ReceiveStream
 
 __all__ = ["POLICIES", "SUBSCRIBE", "Gap", "Item", "Subscription", "TopicHub"]
@@ -93,10 +94,13 @@ class _Topic:
         "filling",
         "full",
         "group",
+        "inflight",
         "items",
         "last",
         "limit",
+        "local",
         "loop",
+        "mine",
         "pending",
         "ready",
         "room",
@@ -116,6 +120,13 @@ class _Topic:
         self.pending: list[tuple[str, int, Any]] = []
         self.full: set[_Sub] = set()  # `block` subscriptions whose queue is full
         self.room: asyncio.Future[None] | None = None  # publishers wait on it
+        # Local publishers: those awaiting the broker, and the offsets they got that
+        # the broker has not delivered here yet. `local`: the item being fanned out may
+        # be one of theirs (they waited for `full`), which `block` queues past twice
+        # the queue size rather than ending the subscription.
+        self.inflight = 0
+        self.mine: set[int] = set()
+        self.local = False
         # Items fanned out in this loop pass: past the queue size, a publisher lets
         # the loop run once, so that the connections write what it published.
         self.burst = 0
@@ -164,8 +175,13 @@ class _Topic:
         items = self.items
         if self.group:
             items.append(env)
-        for sub in self.slow:
-            sub.push(epoch, offset, env, value)
+        slow = self.slow
+        try:
+            for sub in slow:
+                sub.push(epoch, offset, env, value)
+        except Exception as exc:  # one subscription's failure ends it alone
+            subs = list(slow)
+            self.rest(subs, subs.index(sub), exc, lambda s: s.push(epoch, offset, env, value))
         # After the others: a member that leaves now is not pushed this item again.
         if len(items) >= self.limit and self.group:
             self.send_group()  # a publisher past the queue size in one pass
@@ -186,10 +202,19 @@ class _Topic:
         else:
             self.items = []
         ready, self.ready = self.ready, []
-        for sub in ready:
-            if sub.send_batch() and sub.can_join():
-                self.join(sub)
+        try:
+            for sub in ready:
+                if sub.send_batch() and sub.can_join():
+                    self.join(sub)
+        except Exception as exc:  # one subscription's failure ends it alone
+            # (Listed twice, it is found at its first place: the second try of those
+            # in between finds their batch sent.)
+            self.rest(ready, ready.index(sub), exc, self._send_ready)
         self.runs.clear()
+
+    def _send_ready(self, sub: _Sub) -> None:
+        if sub.send_batch() and sub.can_join():
+            self.join(sub)
 
     def send_group(self) -> None:
         """The group's items onto each member's stream; a member whose stream
@@ -198,10 +223,27 @@ class _Topic:
         n = len(items)
         if not n:
             return  # sent at the queue size: every member is at 0
-        for sub, j in list(self.group.items()):
-            if j < n:
-                sub.send(items if not j else items[j:])
+        members = list(self.group.items())
+        try:
+            for sub, j in members:
+                if j < n:
+                    sub.send(items if not j else items[j:])
+        except Exception as exc:  # one subscription's failure ends it alone
+            start = dict(members)
+            subs = list(start)
+            self.rest(subs, subs.index(sub), exc, lambda s: start[s] < n and s.send(items[start[s] :]))
         self.group = dict.fromkeys(self.group, 0)
+
+    def rest(self, subs: list[_Sub], i: int, exc: Exception, step: Callable[[_Sub], object]) -> None:
+        """``subs[i]`` raised ``exc`` in a loop of fan-out: end that subscription
+        alone, and do ``step`` for each subscription after it (the slow path: only
+        after a failure)."""
+        _failed(subs[i], exc)
+        for sub in subs[i + 1 :]:
+            try:
+                step(sub)
+            except Exception as e:
+                _failed(sub, e)
 
     def dissolve(self) -> None:
         """Every member back to push, with its share of this pass as its batch."""
@@ -228,6 +270,13 @@ class _Topic:
             ]
         self.runs[key] = runs
         return runs
+
+
+def _failed(sub: _Sub, exc: Exception) -> None:
+    """Fan-out to ``sub`` raised ``exc`` (a bug, not the subscriber's doing): log it
+    and end that subscription alone; the other subscriptions, and the publisher, go on."""
+    server_logger.error("topic fan-out failed for one subscription; ending it", exc_info=exc)
+    sub.finish([_SLOW, f"the server failed to deliver an item ({type(exc).__name__}: {exc})"])
 
 
 class _Sub:
@@ -349,7 +398,12 @@ class _Sub:
         if self.policy == LATEST:
             k = value.get(self.key) if self.key is not None and isinstance(value, dict) else None
             d: dict[Any, Encoded] = q  # type: ignore[assignment]
-            if k not in d and len(d) >= self.limit:
+            try:
+                new = k not in d
+            except TypeError:  # an unhashable key value (a list, a dict): as no key
+                k = None
+                new = k not in d
+            if new and len(d) >= self.limit:
                 self._drop(d.pop(next(iter(d))))
             d[k] = env  # a newer value for a key keeps the key's place
         else:
@@ -361,7 +415,7 @@ class _Sub:
                 elif self.policy == DISCONNECT:
                     self.finish([_SLOW, f"more than topic_queue_size={self.limit} items behind"])
                     return
-                elif n >= 2 * self.limit:
+                elif n >= 2 * self.limit and not self.topic.local:
                     # Items from other processes cannot hold their publishers back.
                     self.finish([_SLOW, f"block: more than 2 x topic_queue_size={self.limit} items behind"])
                     return
@@ -437,10 +491,16 @@ class TopicHub:
         history_size: int = O.TOPIC_HISTORY_SIZE,
         history_ttl: float = O.TOPIC_HISTORY_TTL,
         pass_deliveries: int = O.TOPIC_PASS_DELIVERIES,
+        enc_hook: EncHook | None = None,
     ) -> None:
         if not isinstance(pass_deliveries, int) or pass_deliveries < 1:
             raise ValueError(f"topic_pass_deliveries must be a positive int, not {pass_deliveries!r}")
         self.broker: Broker = broker if broker is not None else MemoryBroker(history_size, history_ttl)
+        # The server's enc_hook, for a broker that encodes items itself (RedisBroker):
+        # items of custom types publish on every broker alike.
+        use_hooks = getattr(self.broker, "use_hooks", None)
+        if enc_hook is not None and use_hooks is not None:
+            use_hooks(enc_hook)
         self.queue_size = queue_size
         # Deliveries (items x subscriptions) a publisher makes in one loop pass before
         # it lets the connections write: larger passes cost fewer writes a delivery
@@ -454,7 +514,11 @@ class TopicHub:
         """Start the broker's delivery to this hub (once; the server does it)."""
         if not self._started:
             self._started = True
-            await self.broker.start(self)
+            try:
+                await self.broker.start(self)
+            except BaseException:
+                self._started = False  # the broker cleaned up after itself
+                raise
 
     async def close(self) -> None:
         """End every subscription's delivery and close the broker."""
@@ -498,6 +562,18 @@ class TopicHub:
                 if t.room is None or t.room.done():
                     t.room = asyncio.get_running_loop().create_future()
                 await t.room
+            # The broker delivers the item later (RedisBroker: by pub/sub); until it
+            # does, other local publishers may pass `full`: their items are local.
+            t.inflight += 1
+            try:
+                epoch, offset = await self.broker.publish(topic, value)
+            finally:
+                t.inflight -= 1
+            if epoch == t.epoch and offset > t.last:
+                if len(t.mine) >= 1024:  # drop offsets never delivered here (lost)
+                    t.mine = {o for o in t.mine if o > t.last}
+                t.mine.add(offset)
+            return epoch, offset
         return await self.broker.publish(topic, value)
 
     # -- delivery from the broker
@@ -528,6 +604,11 @@ class TopicHub:
         self._fan_out(t, epoch, offset, value)
 
     def _fan_out(self, t: _Topic, epoch: str, offset: int, value: Any) -> None:
+        local = t.inflight > 0
+        if offset in t.mine:
+            t.mine.discard(offset)
+            local = True
+        t.local = local
         t.fan_out(epoch, offset, Encoded([_ITEM, offset, value]), value)  # encoded once, for every subscriber
 
     async def _history(self, topic: str, after: int | None) -> History:
@@ -617,7 +698,7 @@ class TopicHub:
         sub = _Sub(owner, t, policy, key, limit, runs)
         t.add(sub)  # live items queue from now on; the history fills what came before
         try:
-            h: History = await self.broker.history(topic, offset)
+            h: History = await self._history(topic, offset)
             if t.epoch is None:
                 t.epoch, t.last = h.epoch, h.last
             if offset is None:
@@ -634,6 +715,18 @@ class TopicHub:
                     sub.last = o
                     yield Encoded([_ITEM, o, value])
                 sub.last = max(sub.last, offset)
+            if t.epoch == h.epoch and h.last < t.last:
+                # The process took its position from a later history read (another
+                # subscription's reply, processed first): items after h.last up to
+                # t.last may never be fanned out here. This one reads them (what the
+                # live feed also brings it is a duplicate, skipped by offset).
+                more = await self._history(topic, sub.last)
+                if more.epoch != h.epoch or more.first > sub.last + 1:
+                    yield [_LOST, more.epoch, more.first, "the history moved on while the subscription started"]
+                    return
+                for o, value in more.items:
+                    sub.last = o
+                    yield Encoded([_ITEM, o, value])
             # The START and the history are queued on the stream (the sender queues
             # each event before it asks for the next): live items may go straight.
             sub.outlet = feed.outlet
@@ -694,7 +787,7 @@ class _Caller(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def stream(self, method: str, *args: Any, timeout: float | None = None) -> ReceiveStream[Any]: ...
+    def stream(self, method: str, /, *args: Any, timeout: float | None = None) -> ReceiveStream[Any]: ...
 
 
 Event = Union[Item, Gap]
