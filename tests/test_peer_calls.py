@@ -1103,3 +1103,19 @@ def test_a_handlers_keyword_argument_may_be_named_method_or_items() -> None:
             peer.notify("http", "/z", method="HEAD")
 
     run(main())
+
+
+def test_an_infinite_timeout_is_none_and_nan_is_refused() -> None:
+    # timeout=math.inf raised OverflowError (and NaN ValueError) deep in the
+    # deadline's encoding, after the call had taken its slot.
+    import math
+
+    async def main() -> None:
+        async with pair(slot_router()) as (_, peer):
+            assert await peer.call("add", 1, 2, timeout=math.inf) == 3
+            assert [x async for x in peer.stream("ticks", 2, timeout=math.inf)] == [0, 1]
+            with pytest.raises(ValueError, match="not NaN"):
+                await peer.call("add", 1, 2, timeout=math.nan)
+            assert await peer.call("add", 2, 2) == 4
+
+    run(main())

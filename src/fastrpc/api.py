@@ -6,6 +6,7 @@ events, sessions) is in :mod:`fastrpc.peer`; this base class holds what a user c
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import weakref
 from collections.abc import AsyncIterable, Callable
@@ -22,6 +23,15 @@ from .transport import Transport
 __all__ = ["PeerAPI", "Response"]
 
 _P = TypeVar("_P", bound="PeerAPI")
+
+
+def _timeout(timeout: float | None) -> float | None:
+    """A call's ``timeout=``: seconds (infinite: None), never NaN."""
+    if timeout is None:
+        return None
+    if timeout != timeout:  # (NaN compares false with everything)
+        raise ValueError("timeout= is a number of seconds or None, not NaN")
+    return None if timeout == math.inf else timeout
 
 
 # The handler's deadline is the caller's timeout and this much more: the caller's own
@@ -287,6 +297,7 @@ class PeerAPI:
             self._kick()
 
     async def _call(self, method: str, payload: bytes, raw: bool, timeout: float | None, kwargs: bool = False) -> Any:
+        timeout = _timeout(timeout)
         if timeout is None:
             core = self._core
             if not core.can_call():
@@ -393,6 +404,7 @@ class PeerAPI:
         self, method: str, payload: bytes, raw: bool, channel: Any, timeout: float | None, kwargs: bool = False
     ) -> ReceiveStream[Any]:
         self._check_open()
+        timeout = _timeout(timeout)
 
         async def start(stream: ReceiveStream[Any]) -> None:
             late: float | None = None
