@@ -64,7 +64,7 @@ class ArgumentSpec:
     positional parameters for the positional path, the signature for keyword calls.
     ``channel``: the same without the first parameter (a channel's input stream)."""
 
-    __slots__ = ("channel", "hints", "names", "sig", "struct")
+    __slots__ = ("channel", "hints", "names", "raw_ok", "sig", "struct")
 
     def __init__(self, sig: inspect.Signature, hints: dict[str, Any], struct: Any) -> None:
         self.sig = sig
@@ -72,6 +72,9 @@ class ArgumentSpec:
         self.struct = struct  # None when the positional parameters cannot be typed
         self.names = [p.name for p in sig.parameters.values() if p.kind in _POSITIONAL]
         self.channel: ArgumentSpec | None = None
+        # A call whose one argument is bytes travels raw (no codec): may those bytes
+        # reach the handler as they are, or must they be bound and converted (bind)?
+        self.raw_ok = _takes_bytes(sig, hints)
 
     def decode(
         self, method: str, codec: PayloadCodec, payload: Payload, kwargs: int
@@ -89,6 +92,13 @@ class ArgumentSpec:
             args, kw = split_kwargs(decoded)
         else:
             args, kw = (tuple(decoded) if isinstance(decoded, (list, tuple)) else (decoded,)), {}
+        return self.bind(method, codec, args, kw)
+
+    def bind(
+        self, method: str, codec: PayloadCodec, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        """``(args, kwargs)`` already decoded, bound to the signature and converted to
+        its annotations (:class:`InvalidArguments` when they do not fit)."""
         try:
             bound = self.sig.bind(*args, **kw)
         except TypeError as e:
@@ -117,6 +127,22 @@ class ArgumentSpec:
             bound, n, got = length.groups()
             return f"{method}() takes at {bound} {n} positional arguments ({', '.join(self.names)}), got {got}"
         return f"{method}(): {text}"
+
+
+def _takes_bytes(sig: inspect.Signature, hints: dict[str, Any]) -> bool:
+    """Whether one bytes argument binds to ``sig`` and fits ``hints`` unconverted (an
+    untyped or ``bytes`` parameter): then a raw call needs no check per call."""
+    if not hints:
+        return True
+    sample = b"\x00"
+    try:
+        bound = sig.bind(sample).arguments
+        for name, type_ in hints.items():
+            if name in bound and type(msgspec.convert(bound[name], type_, strict=True)) is not bytes:
+                return False
+    except Exception:  # does not bind, or not to bytes (or with a dec_hook only): convert per call
+        return False
+    return True
 
 
 def _is_stream_type(t: Any) -> bool:

@@ -62,13 +62,15 @@ def encode_error(
     """ERROR / STREAM_ERROR payload: varint code+1 (0: none), type, message, traceback.
 
     Fits in ``limit`` bytes: an over-long type name, message or traceback is cut
-    (each field still says its true length, so the result always decodes)."""
+    (each field still says its true length, so the result always decodes). A code the
+    varint cannot carry (negative, as JSON-RPC's -32602, or not an int) is left out."""
     room = max(limit - 24, 0)  # the three varints take at most 8 + 8 + 8 bytes
     t = type_name.encode("utf-8", "replace")[: min(256, room)]
     room -= len(t)
     m = message.encode("utf-8", "replace")[:room]
     room -= len(m)
-    out = bytearray(F.encode_varint(0 if code is None else min(code, F.VARINT_MAX - 1) + 1))
+    wire_code = int(code) + 1 if isinstance(code, int) and 0 <= code < F.VARINT_MAX else 0
+    out = bytearray(F.encode_varint(wire_code))
     out += F.encode_varint(len(t)) + t + F.encode_varint(len(m)) + m
     if traceback and room > 0:
         out += traceback.encode("utf-8", "replace")[:room]

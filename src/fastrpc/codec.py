@@ -154,8 +154,9 @@ class PayloadCodec:
 
     def convert(self, value: Any, type_: Any) -> Any:
         """``value`` (as decoded untyped) converted to ``type_``, as the typed decoder
-        would have (:class:`msgspec.ValidationError` otherwise)."""
-        return msgspec.convert(value, type_, strict=False, dec_hook=self.dec_hook)
+        would have, strictly: no ``"5"`` for an ``int`` (:class:`msgspec.ValidationError`
+        otherwise; a ``datetime``, ``UUID`` or base64 ``bytes`` still comes from a string)."""
+        return msgspec.convert(value, type_, strict=True, dec_hook=self.dec_hook)
 
     def sibling(self, name: str | int) -> PayloadCodec:
         """The codec ``name`` with the same hooks (the peer's codec, from its HELLO)."""

@@ -72,10 +72,24 @@ def decompress(algorithm: int, data: bytes | bytearray | memoryview, max_size: i
                 raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
             return out
         if algorithm == ZSTD and _zstd is not None:
-            reader = _zstd.ZstdDecompressor().stream_reader(bytes(data))
+            raw = bytes(data)
+            reader = _zstd.ZstdDecompressor().stream_reader(raw)
             out = reader.read(max_size + 1)
             if len(out) > max_size:
                 raise ProtocolError(f"an item inflates past max_item_size ({max_size})", ErrorCode.COMPRESSION_ERROR)
+            # The reader ends quietly where its input does: a truncated frame reads as
+            # its prefix (b"" often). Whole only if it gave the size its header names,
+            # or (size unknown, or 0) if a decompressor reaches the frame's end (its
+            # output is ``out`` again, already bounded).
+            size = _zstd.frame_content_size(raw)
+            if size > 0:
+                whole = size == len(out)
+            else:
+                d = _zstd.ZstdDecompressor().decompressobj()
+                d.decompress(raw)
+                whole = bool(d.eof)
+            if not whole:
+                raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
             return bytes(out)
     except ProtocolError:
         raise

@@ -20,6 +20,7 @@ from . import events as E
 from .arguments import bad_arguments, split_kwargs
 from .events import Payload
 from .exceptions import InvalidArguments, LimitExceeded, PermissionDenied
+from .frames import VARINT_MAX
 from .introspection import METHODS, describe
 from .log import side_logger, warn_limited
 from .protocol import Role
@@ -79,6 +80,8 @@ class Handlers:
     def on_notify(self, ev: E.NotificationReceived) -> None:
         method = ev.method
         found, spec = self.find(method)
+        fn: Callable[..., Any] | None = None
+        args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] | None = None
         try:
             if found is None:
@@ -90,7 +93,7 @@ class Handlers:
                     )
                     return
                 fn, kind = fallback, handler_kind(fallback)
-                args: tuple[Any, ...] = ({"method": method, "params": list(self._args(ev.payload, ev.raw))},)
+                args = ({"method": method, "params": list(self._args(ev.payload, ev.raw))},)
             else:
                 fn, kind = found
                 if spec is None and not ev.kwargs:
@@ -100,8 +103,8 @@ class Handlers:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             if kind == SYNC and not inspect.isawaitable(result):
                 return
-        except Exception as exc:
-            self._log_failure(method, exc, "notification handler")
+        except (Exception, asyncio.CancelledError) as exc:  # (a sync handler's own CancelledError)
+            self._notify_failed(method, exc, fn, args, kwargs)
             return
         # Running notification handlers share the pending-calls limit.
         if len(self.notify_tasks) >= self.link.core.settings.max_pending_calls:
@@ -114,6 +117,29 @@ class Handlers:
         if _EAGER is None or not task.done():
             self.notify_tasks[task] = None
             task.add_done_callback(self._notify_done)
+
+    def _notify_failed(
+        self,
+        method: str,
+        exc: BaseException,
+        fn: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        """A notification failed before its handler ran on (or its sync handler raised).
+        Arguments that do not fit are the sender's mistake, which a sender can repeat
+        at will: a rate-limited WARNING without traceback, never one ERROR each."""
+        why: str | None = None
+        if isinstance(exc, InvalidArguments):
+            why = exc.message
+        elif fn is not None and isinstance(exc, TypeError):
+            why = bad_arguments(fn, args, kwargs)
+        if why is not None:
+            warn_limited(
+                self.logger, "notification to %r from %s dropped: invalid arguments: %s", method, self.address(), why
+            )
+            return
+        self._log_failure(method, exc, "notification handler")
 
     async def _quiet(self, method: str, aw: Awaitable[Any]) -> None:
         try:
@@ -160,7 +186,20 @@ class Handlers:
         if spec is not None:
             check = spec.authorize
             if check is not None:
-                allowed = check(self.link.host, method)
+                try:
+                    allowed = check(self.link.host, method)
+                except PermissionDenied:
+                    raise
+                except Exception as exc:  # a bug in the hook: the server's business, not the caller's
+                    warn_limited(
+                        self.logger,
+                        "authorize hook raised for %r from %s (call refused): %s",
+                        method,
+                        self.address(),
+                        _describe(exc),
+                    )
+                    self.logger.debug("authorize hook for %r raised", method, exc_info=exc)
+                    allowed = False
                 if inspect.isawaitable(allowed):  # fail closed: authorize must answer at once
                     if inspect.iscoroutine(allowed):
                         allowed.close()
@@ -170,8 +209,11 @@ class Handlers:
             args_spec = spec.args
             if args_spec is not None and channel:
                 args_spec = args_spec.channel
-            if args_spec is not None and not raw:
-                return args_spec.decode(method, self.link.decoder, payload, kwargs)
+            if args_spec is not None:
+                if not raw:
+                    return args_spec.decode(method, self.link.decoder, payload, kwargs)
+                if not args_spec.raw_ok:  # one bytes argument, sent raw: checked as any other
+                    return args_spec.bind(method, self.link.decoder, (bytes(payload),), {})
         if not kwargs or raw:
             return self._args(payload, raw), None
         return split_kwargs(self.link.decoder.decode_value(payload))
@@ -223,7 +265,7 @@ class Handlers:
                 fn, kind, args = fallback, handler_kind(fallback), (data,)
             else:
                 fn, kind = found
-                if ev.raw and (spec is None or spec.authorize is None):
+                if ev.raw and (spec is None or _raw_ok(spec, ev.channel)):
                     args = (bytes(ev.payload),)  # _prepare / _args of raw bytes, inline
                 elif spec is None and not ev.kwargs:
                     args = self._args(ev.payload, ev.raw)
@@ -244,7 +286,7 @@ class Handlers:
             # message (the bytes case inline: every sync call's path).
             try:
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:  # (a sync handler's own CancelledError)
                 self._reply_exception(cid, exc, method, fn, args, kwargs)
                 return
             if type(result) is bytes and not self.link.closed:  # _sync_result's first case
@@ -290,8 +332,16 @@ class Handlers:
         handler's result when it is bytes, for the caller to send (``RpcPeer._answer``):
         None once the call is answered or runs on."""
         found, spec = self.find(method)
-        # A spec converts arguments to their annotations or checks authorize: on_request's.
-        if found is None or found[1] != SYNC or (spec is not None and (not raw or spec.authorize is not None)):
+        # A spec converts arguments to their annotations or checks authorize: on_request's
+        # (raw bytes stay here when they need neither: _raw_ok, inline).
+        if (
+            found is None
+            or found[1] != SYNC
+            or (
+                spec is not None
+                and (not raw or spec.authorize is not None or (spec.args is not None and not spec.args.raw_ok))
+            )
+        ):
             self.on_request(E.RequestReceived(cid, method, payload, raw))
             return None
         fn = found[0]
@@ -305,7 +355,7 @@ class Handlers:
                 return None
         try:  # as on_request's sync case
             result = fn(*args)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             self._reply_exception(cid, exc, method, fn, args)
             return None
         if type(result) is bytes and not self.link.closed:
@@ -325,7 +375,7 @@ class Handlers:
             try:
                 payload, raw = link.codec.encode(result)
             except Exception as exc:
-                self._reply_exception(cid, exc, method, what="result of")
+                self._reply_exception(cid, exc, method, what="encoding the result")
                 return
             # Called from the peer's _process: the reply leaves once the message
             # (or the read) is handled, so no host.flush() here, unlike _reply.
@@ -355,7 +405,7 @@ class Handlers:
         try:
             payload, raw = self.link.codec.encode(result)
         except Exception as exc:
-            self._reply_exception(cid, exc, method, what="result of")
+            self._reply_exception(cid, exc, method, what="encoding the result")
             return
         self.link.core.send_response(cid, payload, raw=raw)
         self.link.host.flush()
@@ -370,17 +420,30 @@ class Handlers:
         kwargs: dict[str, Any] | None = None,
         what: str = "handler",
     ) -> None:
-        if fn is not None and isinstance(exc, TypeError):
-            # The arguments did not bind to the handler's signature: the caller's fault.
-            why = bad_arguments(fn, args, kwargs)
-            if why is not None:
-                self.logger.debug("call to %r from %s: invalid arguments: %s", method, self.address(), why)
-                self._reply_error(cid, "InvalidArguments", f"{method}(): {why}", False)
-                return
-        self._log_failure(method, exc, what)
-        tb = "".join(_traceback.format_exception(exc)) if self.expose_tb else None
-        code = getattr(exc, "code", None)
-        self._reply_error(cid, type(exc).__name__, str(exc), False, code if isinstance(code, int) else None, tb)
+        type_name = type(exc).__name__
+        why: str | None = None
+        code: Any = None
+        tb: str | None = None
+        try:
+            if fn is not None and isinstance(exc, TypeError):
+                # The arguments did not bind to the handler's signature: the caller's fault.
+                why = bad_arguments(fn, args, kwargs)
+            if why is None:
+                self._log_failure(method, exc, what)
+                message = str(exc)
+                tb = "".join(_traceback.format_exception(exc)) if self.expose_tb else None
+                code = getattr(exc, "code", None)
+                # Only a code the wire can carry (not a JSON-RPC style -32602): else none.
+                code = int(code) if isinstance(code, int) and 0 <= code < VARINT_MAX else None
+        except Exception:  # an exception that cannot describe itself (its __str__ raises ...)
+            self.logger.debug("describing the error of %r raised", method, exc_info=True)
+            why, code, tb = None, None, None
+            message = "(the handler's exception could not be described)"
+        if why is not None:
+            self.logger.debug("call to %r from %s: invalid arguments: %s", method, self.address(), why)
+            self._reply_error(cid, "InvalidArguments", f"{method}(): {why}", False)
+            return
+        self._reply_error(cid, type_name, message, False, code, tb)
 
     def _reply_error(
         self,
@@ -412,20 +475,26 @@ class Handlers:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> None:
+        timer: asyncio.Timeout | None = None
         try:
             if deadline is not None:
-                result = await asyncio.wait_for(invoke(), deadline)
+                # (not wait_for: the caller's timeout and the handler's own TimeoutError
+                # are told apart, and a cancellation is never lost on 3.11)
+                timer = asyncio.timeout(deadline)
+                async with timer:
+                    result = await invoke()
             else:
                 result = await invoke()
         except asyncio.CancelledError:
             self._reply_error(cid, "CancelledError", "call cancelled", False)
             raise
-        except asyncio.TimeoutError:
-            self._reply_error(
-                cid, "TimeoutError", f"{method!r} did not finish within the caller's timeout of {deadline} s", False
-            )
         except Exception as exc:
-            self._reply_exception(cid, exc, method, fn, args, kwargs)
+            if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
+                self._reply_error(
+                    cid, "TimeoutError", f"{method!r} did not finish within the caller's timeout of {deadline} s", False
+                )
+            else:
+                self._reply_exception(cid, exc, method, fn, args, kwargs)
         else:
             self._reply(cid, result, method)
 
@@ -504,6 +573,26 @@ class Handlers:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
             core.finish_call(cid)
+
+
+def _raw_ok(spec: MethodSpec, channel: bool) -> bool:
+    """Whether a call of ``spec``'s method whose one argument is raw bytes may reach its
+    handler as is: no ``authorize`` hook to ask, and annotations (if any) that take
+    bytes unconverted. (Methods with no spec never get here: no cost on their path.)"""
+    if spec.authorize is not None:
+        return False
+    args = spec.args
+    if args is not None and channel:
+        args = args.channel
+    return args is None or args.raw_ok
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"`` of ``exc``, for a log line (even when its ``__str__`` raises)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return type(exc).__name__
 
 
 def _late(ev: E.RequestReceived) -> str:

@@ -17,6 +17,7 @@ are reserved and never listed. ``fastrpc methods URL`` prints this list.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -76,8 +77,16 @@ def describe_handler(name: str, fn: Callable[..., Any], kind: int) -> dict[str, 
         "name": name,
         "kind": what,
         "signature": signature_text(fn),
-        "doc": inspect.cleandoc(inspect.getdoc(fn) or ""),
+        "doc": inspect.cleandoc(inspect.getdoc(_unwrap_partial(fn)) or ""),
     }
+
+
+def _unwrap_partial(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function a ``functools.partial`` (or partial of partials) calls, whose
+    docstring is the method's (a partial's own is ``functools.partial``'s)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
 
 
 def describe(*routers: Router) -> list[dict[str, str]]:

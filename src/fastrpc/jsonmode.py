@@ -1014,7 +1014,7 @@ class _Params(PayloadCodec):
     """The codec :meth:`ArgumentSpec.decode` converts a JSON request's ``params``
     with (the binary path's machinery): its "payload" is the params already decoded,
     converted as the JSON codec's typed decoder decodes a binary call's arguments
-    (strictly; keyword arguments, as there, leniently: ``convert``)."""
+    (strictly, keyword arguments too: ``convert``)."""
 
     __slots__ = ()
 
