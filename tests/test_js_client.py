@@ -1,7 +1,8 @@
 """The TypeScript client (js/): built with tsc, its Node test suite run against a real
 Python server (js/test/*.test.mjs: calls, streams with credit, channels, cancel, errors,
-resume through the chaos proxy, the shared codec vectors), and a page in real headless
-Chromium that streams from the Python server and makes calls."""
+resume through the chaos proxy, the shared codec vectors; js/test/regressions.test.mjs
+against js/test/_fixture_server.py, a server with smaller limits), and a page in real
+headless Chromium that streams from the Python server and makes calls."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ export function varintSize(n: Varint): number {
     if (n < 0n || n > VARINT_MAX) throw new RangeError(`varint out of range: ${n}`);
     return n < 64n ? 1 : n < 16384n ? 2 : n < 1073741824n ? 4 : 8;
   }
-  if (!(n >= 0) || !Number.isInteger(n)) throw new RangeError(`varint out of range: ${n}`);
+  if (!(n >= 0 && n < 2 ** 62) || !Number.isInteger(n)) throw new RangeError(`varint out of range: ${n}`);
   return n < 64 ? 1 : n < 16384 ? 2 : n < 1073741824 ? 4 : 8;
 }
 

@@ -41,11 +41,41 @@ const CLOSE_CODES: Record<ErrorCodeName, number> = {
   STREAM_STATE_ERROR: 1002,
 };
 
+/** The close code of a GOAWAY's error code, as the Python client maps it (unknown: 1002). */
+function goawayCloseCode(code: F.Varint): number {
+  const name = (Object.keys(F.ErrorCode) as ErrorCodeName[]).find((k) => BigInt(F.ErrorCode[k]) === BigInt(code));
+  return name === undefined ? 1002 : CLOSE_CODES[name];
+}
+
+/** The longest timeout a timer takes (setTimeout's limit, 2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMEOUT = 0x7fffffff;
+
+function checkTimeout(timeout: number | undefined): void {
+  if (timeout === undefined) return;
+  if (typeof timeout !== "number" || !(timeout >= 0 && timeout <= MAX_TIMEOUT)) {
+    throw new RangeError(`timeout must be 0..${MAX_TIMEOUT} ms (setTimeout's limit), not ${String(timeout)}`);
+  }
+}
+
+/** A connection that drops within this many ms of coming back counts as a failed
+ * reconnect attempt (the backoff grows, maxAttempts counts it), as the Python client's
+ * RETRY_STABLE. */
+const RETRY_STABLE = 1000;
+
+/** A call waiting for a call slot (Peer.callSlot); Peer.stopWaiting ends the wait, which then rejects with `error`. */
+interface SlotWait {
+  stopped: boolean;
+  error: unknown;
+  wake: (() => void) | null;
+}
+
 const MAX_WINDOW = 4 << 20;
 const MAX_GROWTH = 16 << 20;
 const DEFAULT_URGENCY = 3;
 
-/** Reconnection with backoff and jitter: the first retry is immediate, then `initialDelay` x `multiplier`^n up to `maxDelay` (ms), each scaled by 1 +- `jitter`. */
+/** Reconnection with backoff and jitter: the first retry is immediate, then `initialDelay` x `multiplier`^n up to `maxDelay` (ms), each scaled by 1 +- `jitter`.
+ * A connection that drops within a second of coming back counts as a failed attempt:
+ * the delays go on growing, and `maxAttempts` counts it. */
 export interface RetryOptions {
   initialDelay?: number;
   maxDelay?: number;
@@ -221,43 +251,76 @@ export class Peer implements StreamLink, HandlerLink {
     };
   }
 
-  /** Call `method` with the argument list `args` and per-call options. */
+  /** Call `method` with the argument list `args` and per-call options. The timeout and
+   * the signal cover the wait for a call slot too (the server's max_pending_calls);
+   * what is left of the timeout is the handler's deadline. */
   async request(method: string, args: unknown[], options: CallOptions = {}): Promise<any> {
     const { signal, timeout } = options;
+    checkTimeout(timeout);
     if (signal?.aborted) throw abortReason(signal);
-    if (this.calls.size >= this.peerSettings.maxPendingCalls) await this.callSlot();
     this.checkOpen();
     const [payload, raw] = this.encodeArgs(args);
-    const id = this.allocId();
-    this.queueRequest(id, method, payload, raw, 0, timeout);
+    const t0 = performance.now();
     return new Promise((resolve, reject) => {
       let timer: ReturnType<typeof setTimeout> | null = null;
+      let id = 0; // 0: still waiting for a call slot
+      let settled = false;
+      const wait: SlotWait = { stopped: false, error: null, wake: null };
       const cleanup = () => {
+        settled = true;
         if (timer !== null) clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
       };
       const giveUp = (err: unknown) => {
+        if (settled) return;
         cleanup();
-        this.cancelCall(id);
+        if (id !== 0) this.cancelCall(id);
+        else this.stopWaiting(wait, err);
         reject(err);
       };
       const onAbort = () => giveUp(abortReason(signal!));
-      this.calls.set(id, {
-        resolve: (v) => {
+      const send = () => {
+        if (settled) {
+          this.callFreed(); // given up meanwhile: the slot goes to the next in line
+          return;
+        }
+        try {
+          this.checkOpen();
+          const left = timeout === undefined ? undefined : Math.max(0, timeout - Math.floor(performance.now() - t0));
+          const cid = this.allocId();
+          this.queueRequest(cid, method, payload, raw, 0, left);
+          id = cid;
+        } catch (e) {
           cleanup();
-          resolve(v);
-        },
-        reject: (e) => {
-          cleanup();
+          this.callFreed();
           reject(e);
-        },
-        streaming: false,
-        cancelled: false,
-        timeout,
-      });
+          return;
+        }
+        this.calls.set(id, {
+          resolve: (v) => {
+            cleanup();
+            resolve(v);
+          },
+          reject: (e) => {
+            cleanup();
+            reject(e);
+          },
+          streaming: false,
+          cancelled: false,
+          timeout,
+        });
+        this.kick();
+      };
       if (timeout !== undefined) timer = setTimeout(() => giveUp(timeoutError(timeout)), timeout);
       signal?.addEventListener("abort", onAbort, { once: true });
-      this.kick();
+      if (this.calls.size < this.peerSettings.maxPendingCalls) send();
+      else {
+        this.callSlot(wait).then(send, (e) => {
+          if (settled) return;
+          cleanup();
+          reject(e);
+        });
+      }
     });
   }
 
@@ -286,16 +349,23 @@ export class Peer implements StreamLink, HandlerLink {
     this.checkOpen();
     const urgency = options.priority ?? DEFAULT_URGENCY;
     if (!(urgency >= 0 && urgency <= 7) || !Number.isInteger(urgency)) throw new RangeError("priority must be 0..7");
+    // a bad id is refused before a stream slot is taken
+    const checkId = (id: number) => {
+      if (!Number.isSafeInteger(id) || id <= 0 || id % 2 !== 1 || this.outStreams.has(id)) throw new RangeError(`stream id ${id} is not free for this side`);
+    };
+    if (options.id !== undefined) checkId(options.id);
     while (this.streamSlots <= 0) {
       this.checkOpen();
       await new Promise<void>((r) => this.slotWaiters.push(r));
     }
     this.checkOpen();
-    this.streamSlots--;
     let id = options.id;
     if (id === undefined) id = this.allocId();
-    else if (id <= 0 || id % 2 !== 1 || this.outStreams.has(id)) throw new RangeError(`stream id ${id} is not free for this side`);
-    else if (id >= this.nextId) this.nextId = id + 2;
+    else {
+      checkId(id); // taken meanwhile?
+      if (id >= this.nextId) this.nextId = id + 2;
+    }
+    this.streamSlots--;
     const s = new OutStream(id, urgency, this.peerSettings.initialStreamWindow, false);
     this.outStreams.set(id, s);
     void this.runSender(s, source, options.rate);
@@ -390,13 +460,15 @@ export class Peer implements StreamLink, HandlerLink {
   async ping(): Promise<number> {
     this.checkOpen();
     const t0 = performance.now();
-    await new Promise<void>((resolve) => {
+    await new Promise<void>((resolve, reject) => {
       this.pongWaiters.push(resolve);
+      this.pingFailers.push(reject);
       this.queueControl(F.PING, 0, 0, new Uint8Array(8));
     });
     return performance.now() - t0;
   }
   private pongWaiters: Array<() => void> = [];
+  private pingFailers: Array<(e: Error) => void> = [];
 
   /** Bytes written to the WebSocket and not yet sent. */
   get bufferedAmount(): number {
@@ -425,6 +497,7 @@ export class Peer implements StreamLink, HandlerLink {
   /** @internal first connection; resolves once the server's HELLO came. */
   async open(): Promise<void> {
     await this.attach(false);
+    this.upSince = performance.now();
     this.setState("open");
     this.startKeepalive();
   }
@@ -548,23 +621,36 @@ export class Peer implements StreamLink, HandlerLink {
     const mult = policy.multiplier ?? 2;
     const jitter = policy.jitter ?? 0.2;
     const attempts = policy.maxAttempts ?? Infinity;
-    let delay = 0;
-    for (let n = 0; n < attempts; n++) {
-      if (delay > 0) await sleep(delay * (1 + jitter * (2 * Math.random() - 1)));
+    // A drop within RETRY_STABLE of the last (re)connection counts on from the last
+    // attempts (the backoff grows, maxAttempts counts it): a server or proxy that drops
+    // every connection right after its handshake meets the backoff, not a hot loop.
+    if (this.upSince === null || performance.now() - this.upSince >= RETRY_STABLE) this.failures = 0;
+    this.upSince = null;
+    for (;;) {
+      const attempt = ++this.failures;
+      if (attempt > attempts) break;
+      if (attempt > 1) {
+        const delay = Math.min(max, initial * mult ** (attempt - 2));
+        await sleep(delay * (1 + jitter * (2 * Math.random() - 1)));
+      }
       if (this.state === "closed") return;
-      delay = delay === 0 ? initial : Math.min(delay * mult, max);
       try {
         await this.attach(true);
       } catch (e) {
         if (e instanceof ResumeFailed || (this.state as ConnectionState) === "closed") return;
         continue;
       }
+      this.upSince = performance.now();
       this.resumes++;
       this.setState("open");
       return;
     }
     this.teardown(new ConnectionClosed(`could not reconnect to ${this.url} after ${attempts} attempts (reconnect.maxAttempts)`));
   }
+
+  /** Reconnect attempts since the last connection that stayed up (RETRY_STABLE), and when the last one came up. */
+  private failures = 0;
+  private upSince: number | null = null;
 
   // ------------------------------------------------------------------ receiving
 
@@ -678,6 +764,7 @@ export class Peer implements StreamLink, HandlerLink {
         this.pongDeadline = 0;
         const w = this.pongWaiters;
         this.pongWaiters = [];
+        this.pingFailers = [];
         for (const r of w) r();
         return;
       }
@@ -685,7 +772,7 @@ export class Peer implements StreamLink, HandlerLink {
         const [code, p] = F.decodeVarint(f.payload, 0);
         const reason = F.fromUtf8(f.payload.subarray(p));
         this.goaway = true;
-        this.teardown(new ConnectionClosed(`the server sent GOAWAY (code ${code}${reason ? ": " + reason : ""})`, 1000, reason));
+        this.teardown(new ConnectionClosed(`the server sent GOAWAY (code ${code}${reason ? ": " + reason : ""})`, goawayCloseCode(code), reason));
         return;
       }
       case F.ACK: {
@@ -796,7 +883,7 @@ export class Peer implements StreamLink, HandlerLink {
   }
 
   /** A frame with OPEN for `id`; returns its record, or null when it is dropped. */
-  private arrive(id: number, s: InStream | undefined): InStream | null {
+  private arrive(id: number, s: InStream | undefined, ended = false): InStream | null {
     if (s !== undefined) {
       if (s.seenOpen) throw new ProtocolError("stream opened twice", "STREAM_STATE_ERROR");
       s.seenOpen = true;
@@ -806,6 +893,14 @@ export class Peer implements StreamLink, HandlerLink {
     if (claimed !== undefined) {
       this.pendingClaims.delete(id);
       this.claims.delete(id);
+      if (claimed.cancelled) {
+        // its reader closed it before it came: close it at once, give its slot back
+        if (this.freeIn >= this.settings.maxStreams) throw new ProtocolError("too many concurrent streams", "LIMIT_EXCEEDED");
+        if (!ended) this.queueControl(F.STREAM_CLOSE, 0, id, new Uint8Array(0));
+        this.slotGrants++;
+        this.kickSlots();
+        return null;
+      }
       s = claimed;
     } else if (id > 0 && id % 2 === 0) {
       s = new InStream(id, false, this.settings.initialStreamWindow);
@@ -830,7 +925,7 @@ export class Peer implements StreamLink, HandlerLink {
   private onEnd(id: number, f: Frame): void {
     let s = this.inStreams.get(id);
     if (f.flags & F.FLAG_OPEN) {
-      const arrived = this.arrive(id, s);
+      const arrived = this.arrive(id, s, true);
       if (arrived === null) return this.finishCall(id);
       s = arrived;
     } else if (s === undefined || !s.seenOpen) {
@@ -1009,12 +1104,33 @@ export class Peer implements StreamLink, HandlerLink {
     this.queueControl(F.REQUEST, flags, id, body);
   }
 
-  private async callSlot(): Promise<void> {
-    this.checkOpen();
-    while (this.calls.size >= this.peerSettings.maxPendingCalls) {
-      await new Promise<void>((r) => this.callWaiters.push(r));
+  /** Wait until a call slot is free; {@link stopWaiting} ends the wait early. */
+  private async callSlot(wait: SlotWait): Promise<void> {
+    for (;;) {
+      if (wait.stopped) throw wait.error;
       this.checkOpen();
+      if (this.calls.size < this.peerSettings.maxPendingCalls) return;
+      await new Promise<void>((r) => {
+        wait.wake = r;
+        this.callWaiters.push(r);
+      });
+      wait.wake = null;
     }
+  }
+
+  /** A call waiting in {@link callSlot} gave up (aborted, timed out, its stream closed):
+   * its wait rejects with `err`; a turn it was given goes to the next in line. */
+  private stopWaiting(wait: SlotWait, err: unknown): void {
+    if (wait.stopped) return;
+    wait.stopped = true;
+    wait.error = err;
+    const w = wait.wake;
+    if (w === null) return;
+    wait.wake = null;
+    const i = this.callWaiters.indexOf(w);
+    if (i >= 0) this.callWaiters.splice(i, 1);
+    else this.callFreed(); // woken already: pass the turn on
+    w();
   }
 
   private callFreed(): void {
@@ -1047,6 +1163,8 @@ export class Peer implements StreamLink, HandlerLink {
     source: AsyncIterable<unknown> | Iterable<unknown> | null,
     options: CallOptions,
   ): ReceiveStream<T> {
+    const { signal, timeout } = options;
+    checkTimeout(timeout);
     this.checkOpen();
     const [payload, raw] = this.encodeArgs(args);
     const id = this.allocId();
@@ -1054,48 +1172,71 @@ export class Peer implements StreamLink, HandlerLink {
     s.claimed = true;
     this.inStreams.set(id, s);
     const rs = new ReceiveStream<T>(this, s);
-    const { signal, timeout } = options;
-    const start = async () => {
-      try {
-        if (signal?.aborted) throw abortReason(signal);
-        if (this.calls.size >= this.peerSettings.maxPendingCalls) await this.callSlot();
-        this.checkOpen();
-      } catch (e) {
-        s.state = IN_FAILED;
-        s.error = e as Error;
-        s.notify();
+    const t0 = performance.now();
+    const wait: SlotWait = { stopped: false, error: null, wake: null };
+    let started = false;
+    const fail = (err: unknown) => {
+      s.state = IN_FAILED;
+      s.error = err as Error;
+      s.notify();
+    };
+    // The timeout and the signal are armed before the wait for a call slot: they end
+    // the wait too.
+    const giveUp = (err: unknown) => {
+      if (s.state !== IN_OPEN || s.cancelled) return;
+      if (started) this.cancelCall(id);
+      else this.stopWaiting(wait, err);
+      fail(err);
+    };
+    if (timeout !== undefined) {
+      const t = setTimeout(() => giveUp(timeoutError(timeout)), timeout);
+      this.onStreamDone(s, () => clearTimeout(t));
+    }
+    if (signal !== undefined) {
+      const onAbort = () => giveUp(abortReason(signal));
+      if (signal.aborted) onAbort();
+      else {
+        signal.addEventListener("abort", onAbort, { once: true });
+        this.onStreamDone(s, () => signal.removeEventListener("abort", onAbort));
+      }
+    }
+    const start = (): void => {
+      if (wait.stopped || s.state !== IN_OPEN || this.inStreams.get(id) !== s) {
+        this.callFreed(); // given up meanwhile: the slot goes to the next in line
         return;
       }
+      try {
+        this.checkOpen();
+        const left = timeout === undefined ? undefined : Math.max(0, timeout - Math.floor(performance.now() - t0));
+        this.queueRequest(id, method, payload, raw, F.FLAG_STREAM | (source !== null ? F.FLAG_CHANNEL : 0), left);
+      } catch (e) {
+        this.callFreed();
+        fail(e);
+        return;
+      }
+      started = true;
+      this.waitingCalls.delete(s);
       this.calls.set(id, { resolve: () => undefined, reject: () => undefined, streaming: true, cancelled: false });
-      this.queueRequest(id, method, payload, raw, F.FLAG_STREAM | (source !== null ? F.FLAG_CHANNEL : 0), timeout);
       if (source !== null) {
         const out = new OutStream(id, DEFAULT_URGENCY, this.peerSettings.initialStreamWindow, true);
         this.outStreams.set(id, out);
         void this.runSender(out, source, undefined);
       }
-      const giveUp = (err: unknown) => {
-        if (s.state === IN_OPEN && !s.cancelled) {
-          this.cancelCall(id);
-          s.state = IN_FAILED;
-          s.error = err as Error;
-          s.notify();
-        }
-      };
-      if (timeout !== undefined) {
-        const t = setTimeout(() => giveUp(timeoutError(timeout)), timeout);
-        const clear = () => clearTimeout(t);
-        void rs; // the timer ends with the stream
-        this.onStreamDone(s, clear);
-      }
-      if (signal !== undefined) {
-        const onAbort = () => giveUp(abortReason(signal));
-        signal.addEventListener("abort", onAbort, { once: true });
-        this.onStreamDone(s, () => signal.removeEventListener("abort", onAbort));
-      }
     };
-    void start();
+    if (s.state !== IN_OPEN) return rs; // aborted already
+    if (this.calls.size < this.peerSettings.maxPendingCalls) start();
+    else {
+      this.waitingCalls.set(s, wait);
+      this.callSlot(wait).then(start, (e) => {
+        this.waitingCalls.delete(s);
+        if (s.state === IN_OPEN && this.inStreams.get(id) === s) fail(e);
+      });
+    }
     return rs;
   }
+
+  /** Streaming calls waiting for a call slot, by their result stream. */
+  private readonly waitingCalls = new Map<InStream, SlotWait>();
 
   private readonly doneHooks = new Map<InStream, Array<() => void>>();
   private onStreamDone(s: InStream, fn: () => void): void {
@@ -1141,6 +1282,19 @@ export class Peer implements StreamLink, HandlerLink {
   closeStream(s: InStream): void {
     if (s.bound && this.calls.has(s.id)) {
       this.cancelCall(s.id);
+      return;
+    }
+    const wait = this.waitingCalls.get(s);
+    if (wait !== undefined) {
+      // a streaming call still waiting for a call slot: it is never sent
+      this.waitingCalls.delete(s);
+      this.stopWaiting(wait, new ConnectionClosed("the stream was closed before its call was sent"));
+    }
+    if (!s.seenOpen && this.pendingClaims.get(s.id) === s) {
+      // claimed with receiveStream() and not here yet: when it comes, it is closed
+      // (STREAM_CLOSE, its slot given back, its data dropped)
+      s.cancelled = true;
+      this.claims.delete(s.id);
       return;
     }
     this.dropHeld(s);
@@ -1189,13 +1343,27 @@ export class Peer implements StreamLink, HandlerLink {
     try {
       const sync = !isAsyncIterable(source);
       it = toAsyncIterator(source);
+      const limit = this.peerSettings.maxItemSize;
+      let step = it.next();
       for (;;) {
         // a sync source is not awaited: its items queue within one turn
-        const step = it.next();
         const r = sync ? (step as IteratorResult<unknown>) : await step;
         if (r.done) break;
         if (s.ended) break;
         let [payload, raw] = encodeValue(this.codec, r.value);
+        if (payload.length > limit) {
+          // Refused before a byte leaves (the server would close the whole connection
+          // for it), as the Python client does: thrown into the source at its yield (a
+          // generator may catch it and go on); uncaught, it ends this stream only
+          // (STREAM_ERROR).
+          const err = new PayloadTooLarge(
+            `stream item of ${payload.length} bytes exceeds the receiver's max_item_size of ${limit} bytes ` +
+              "(raise max_item_size on the receiving side, or send smaller items)",
+          );
+          if (typeof it.throw !== "function") throw err;
+          step = it.throw(err);
+          continue;
+        }
         let flags = raw ? F.FLAG_RAW : 0;
         if (bucket !== null) {
           const wait = bucket.delay(bucket.perBytes ? payload.length : 1);
@@ -1211,6 +1379,7 @@ export class Peer implements StreamLink, HandlerLink {
         }
         if (!this.pushNow(s, payload, flags)) await this.pushItem(s, payload, flags);
         if (s.ended) break;
+        step = it.next();
       }
       if (!s.ended) this.endOut(s, F.STREAM_END, new Uint8Array(0));
     } catch (e) {
@@ -1474,6 +1643,20 @@ export class Peer implements StreamLink, HandlerLink {
       s.notify();
     }
     this.inStreams.clear();
+    // streams claimed with receiveStream() that never came
+    for (const s of this.pendingClaims.values()) {
+      if (s.state === IN_OPEN) {
+        s.state = IN_FAILED;
+        s.error = err;
+      }
+      s.notify();
+    }
+    this.pendingClaims.clear();
+    this.claims.clear();
+    const pings = this.pingFailers;
+    this.pongWaiters = [];
+    this.pingFailers = [];
+    for (const r of pings) r(err);
     for (const s of this.outStreams.values()) {
       s.drop();
       s.ended = true;

@@ -160,14 +160,36 @@ export class ReceiveStream<T = unknown> implements AsyncIterableIterator<T> {
     return this;
   }
 
-  async next(): Promise<IteratorResult<T>> {
+  /** next() calls in flight take their turns: each waits for the one before it. */
+  next(): Promise<IteratorResult<T>> {
+    if (!this.reading && this.queued === 0) {
+      const p = this.take();
+      this.last = p;
+      return p;
+    }
+    this.queued++;
+    const run = () => {
+      this.queued--;
+      return this.take();
+    };
+    const p = this.last!.then(run, run);
+    this.last = p;
+    return p;
+  }
+  private reading = false; // a take() waits for an item
+  private queued = 0; // next() calls waiting for their turn
+  private last: Promise<IteratorResult<T>> | null = null;
+
+  private async take(): Promise<IteratorResult<T>> {
     const s = this.record;
     for (;;) {
       if (this.done) return { done: true, value: undefined };
       if (s.available > 0) {
         const pending = s.items[s.head].pending;
         if (pending !== null) {
+          this.reading = true;
           await pending;
+          this.reading = false;
           continue;
         }
         this.received++;
@@ -184,9 +206,11 @@ export class ReceiveStream<T = unknown> implements AsyncIterableIterator<T> {
         this.done = true;
         throw err;
       }
+      this.reading = true;
       await new Promise<void>((resolve) => {
         s.wake = resolve;
       });
+      this.reading = false;
     }
   }
 
@@ -201,6 +225,7 @@ export class ReceiveStream<T = unknown> implements AsyncIterableIterator<T> {
     this.done = true;
     if (this.record.state === IN_OPEN || this.record.available > 0) this.link.closeStream(this.record);
     else this.link.releaseStream(this.record);
+    this.record.notify(); // a next() waiting for an item ends (done)
   }
 
   /** All remaining items, in an array. */

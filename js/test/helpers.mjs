@@ -5,13 +5,14 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 export const TESTS = fileURLToPath(new URL("../../tests/", import.meta.url));
+export const HERE = fileURLToPath(new URL("./", import.meta.url)); // js/test/
 export const PYTHON = process.env.FASTRPC_PYTHON || "python3";
 
-/** Start `python script ...args`; resolves with {proc, port, lines} once it printed "port N". */
-export function startPython(script, args = [], { timeout = 15000 } = {}) {
+/** Start `python script ...args` (a script in tests/, or in `dir`); resolves with {proc, port, lines} once it printed "port N". */
+export function startPython(script, args = [], { timeout = 15000, dir = TESTS } = {}) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(PYTHON, [TESTS + script, ...args.map(String)], {
-      cwd: TESTS,
+    const proc = spawn(PYTHON, [dir + script, ...args.map(String)], {
+      cwd: dir,
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, PYTHONUNBUFFERED: "1" },
     });

@@ -1,0 +1,134 @@
+"""A fastrpc server for js/test/regressions.test.mjs (limits the shared
+tests/_js_server.py does not set, and streams that arrive late):
+``python _fixture_server.py [--no-resume] [--max-pending N] [--max-item-size N] [--max-frame-size N] [--max-streams N]``.
+
+Prints ``port N`` once listening on 127.0.0.1; runs until killed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fastrpc
+
+router = fastrpc.Router()
+STATE: dict[str, Any] = {"produced": 0, "closed": 0, "sleeps": 0}
+TASKS: set[asyncio.Task[None]] = set()
+
+
+@router.method
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@router.method
+def state() -> dict[str, Any]:
+    return dict(STATE)
+
+
+@router.method
+def reset() -> None:
+    STATE.update(produced=0, closed=0, sleeps=0)
+
+
+@router.method
+async def sleep(seconds: float) -> str:
+    STATE["sleeps"] += 1
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+@router.method
+async def produce(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        STATE["produced"] = i + 1
+        yield i
+
+
+@router.method
+async def count(n: int, delay: float) -> AsyncIterator[int]:
+    for i in range(n):
+        await asyncio.sleep(delay)
+        yield i
+
+
+@router.method
+async def push(n: int) -> int:
+    """``n`` integers to the client on a new stream; returns its id."""
+    peer = fastrpc.current_peer()
+    sid = peer.new_stream_id()
+
+    async def items() -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    await peer.send_stream(items(), sid)
+    return sid
+
+
+@router.method
+async def push_later(delay: float, n: int) -> int:
+    """Announce a stream id now; open the stream (``n`` integers) after ``delay`` s.
+    ``STATE["closed"]`` counts the streams the client closed."""
+    peer = fastrpc.current_peer()
+    sid = peer.new_stream_id()
+
+    async def items() -> AsyncIterator[int]:
+        try:
+            for i in range(n):
+                STATE["produced"] = i + 1
+                yield i
+        except (asyncio.CancelledError, GeneratorExit):
+            STATE["closed"] += 1
+            raise
+
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        await peer.send_stream(items(), sid)
+
+    task = asyncio.get_running_loop().create_task(later())
+    TASKS.add(task)
+    task.add_done_callback(TASKS.discard)
+    return sid
+
+
+@router.method
+async def lengths(items: fastrpc.ReceiveStream[Any]) -> AsyncIterator[int]:
+    """A channel: the length of each item it reads."""
+    async for x in items:
+        yield len(x)
+
+
+@router.method
+async def total(stream_id: int) -> Any:
+    """Sum the stream the client sends with id ``stream_id`` (lengths of bytes/str)."""
+    _, stream = fastrpc.current_peer().receive_stream(stream_id)
+    result: Any = 0
+    n = 0
+    async for x in stream:
+        result += len(x) if isinstance(x, (bytes, str)) else x
+        n += 1
+    return [result, n]
+
+
+async def main(a: argparse.Namespace) -> None:
+    limits: dict[str, Any] = {"max_pending_calls": a.max_pending, "max_streams": a.max_streams}
+    if a.max_item_size is not None:
+        limits["max_item_size"] = a.max_item_size
+    if a.max_frame_size is not None:
+        limits["max_frame_size"] = a.max_frame_size
+    async with fastrpc.serve(router, "127.0.0.1", 0, resume=not a.no_resume, session_grace=30, **limits) as server:
+        print(f"port {server.port}", flush=True)
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--max-pending", type=int, default=1024)
+    ap.add_argument("--max-streams", type=int, default=1024)
+    ap.add_argument("--max-item-size", type=int, default=None)
+    ap.add_argument("--max-frame-size", type=int, default=None)
+    fastrpc.run(main(ap.parse_args()))
