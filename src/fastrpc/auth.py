@@ -61,8 +61,8 @@ class HandshakeRequest:
 
 class RequestHeaders(Mapping[str, str]):
     """The headers of an opening request: looked up whatever the case of the name,
-    a repeated header's values joined with ``, `` (RFC 9110 5.3); :meth:`get_all`
-    gives them one by one."""
+    a repeated header's values joined by a comma and a space (RFC 9110 5.3);
+    :meth:`get_all` gives them one by one."""
 
     __slots__ = ("_items",)
 
