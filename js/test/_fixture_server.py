@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import fastrpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+import _js_server as shared
 
 router = fastrpc.Router()
 STATE: dict[str, Any] = {"produced": 0, "closed": 0, "sleeps": 0}
@@ -55,20 +60,6 @@ async def count(n: int, delay: float) -> AsyncIterator[int]:
 
 
 @router.method
-async def push(n: int) -> int:
-    """``n`` integers to the client on a new stream; returns its id."""
-    peer = fastrpc.current_peer()
-    sid = peer.new_stream_id()
-
-    async def items() -> AsyncIterator[int]:
-        for i in range(n):
-            yield i
-
-    await peer.send_stream(items(), sid)
-    return sid
-
-
-@router.method
 async def push_later(delay: float, n: int) -> int:
     """Announce a stream id now; open the stream (``n`` integers) after ``delay`` s.
     ``STATE["closed"]`` counts the streams the client closed."""
@@ -101,16 +92,9 @@ async def lengths(items: fastrpc.ReceiveStream[Any]) -> AsyncIterator[int]:
         yield len(x)
 
 
-@router.method
-async def total(stream_id: int) -> Any:
-    """Sum the stream the client sends with id ``stream_id`` (lengths of bytes/str)."""
-    _, stream = fastrpc.current_peer().receive_stream(stream_id)
-    result: Any = 0
-    n = 0
-    async for x in stream:
-        result += len(x) if isinstance(x, (bytes, str)) else x
-        n += 1
-    return [result, n]
+# The shared server's own (tests/_js_server.py), on this router too.
+router.method(shared.push)
+router.method(shared.total)
 
 
 async def main(a: argparse.Namespace) -> None:
