@@ -490,9 +490,7 @@ class Handlers:
             raise
         except Exception as exc:
             if timer is not None and timer.expired() and isinstance(exc, TimeoutError):
-                self._reply_error(
-                    cid, "TimeoutError", f"{method!r} did not finish within the caller's timeout of {deadline} s", False
-                )
+                self._reply_error(cid, "TimeoutError", _late(method, deadline), False)
             else:
                 self._reply_exception(cid, exc, method, fn, args, kwargs)
         else:
@@ -542,7 +540,7 @@ class Handlers:
             except asyncio.CancelledError:
                 if not self.link.closed:  # the caller waits for the call's end
                     if deadline is not None and deadline.expired():
-                        self._reply_error(cid, "TimeoutError", _late(ev), True)
+                        self._reply_error(cid, "TimeoutError", _late(ev.method, ev.deadline), True)
                     else:
                         self._reply_error(cid, "CancelledError", "call cancelled", True)
                 raise
@@ -568,7 +566,9 @@ class Handlers:
             if deadline is None:
                 await manager.run_sender(cid, source, None, log)
             else:
-                await manager.run_sender(cid, source, None, log, lambda: _late(ev) if deadline.expired() else None)
+                await manager.run_sender(
+                    cid, source, None, log, lambda: _late(ev.method, ev.deadline) if deadline.expired() else None
+                )
         finally:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
@@ -595,9 +595,10 @@ def _describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def _late(ev: E.RequestReceived) -> str:
-    """The TimeoutError message of a call that outlived its caller's timeout."""
-    return f"{ev.method!r} did not finish within the caller's timeout of {ev.deadline} s"
+def _late(method: str, deadline: float | None) -> str:
+    """The TimeoutError message of a call (plain or streaming) that outlived its
+    caller's timeout."""
+    return f"{method!r} did not finish within the caller's timeout of {deadline} s"
 
 
 def _returning(value: Any) -> Callable[[], Any]:
