@@ -127,8 +127,66 @@ def _wait_port(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> int
     return int(path.read_text())
 
 
-def _run(lib: str, side: str, n: int, src: Path | None, what: str, trace_calls: int = 0) -> int | None:
-    """One measurement: ``n`` calls; the callgrind total of ``side`` (None when tracing)."""
+def _by_object(text: str) -> collections.Counter[str]:
+    """A callgrind output's self cost (instructions) by object file: the interpreter,
+    the codec, uvloop, libc. Costs after a ``calls=`` line are a callee's inclusive
+    cost, charged to the callee where it is listed itself: skipped here."""
+    names: dict[str, str] = {}
+    totals: collections.Counter[str] = collections.Counter()
+    ob = "?"
+    skip = False
+    for line in text.splitlines():
+        if not line or line[0] in "#":
+            continue
+        if line[0].isdigit() or line[0] in "+-*":
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if len(parts) > 1:
+                totals[ob] += int(parts[1])
+            continue
+        key, _, val = line.partition("=")
+        if key in ("ob", "cob"):  # (a name is given once, where it first appears)
+            m = re.match(r"\((\d+)\)(?: (.*))?", val)
+            if m is not None and m.group(2):
+                names[m.group(1)] = m.group(2)
+            if key == "ob":
+                ob = val if m is None else names.get(m.group(1), "?")
+        elif key == "calls":
+            skip = True
+    return totals
+
+
+def _object_group(path: str) -> str:
+    name = Path(path).name
+    for prefix, group in (
+        ("_frames.", "fastrpc codec (_frames)"),
+        ("_calltable.", "fastrpc call table (_calltable)"),
+        ("loop.", "uvloop/libuv"),
+        ("picows.", "picows (Cython)"),
+        ("libc.", "libc"),
+        ("libc-", "libc"),
+        ("python3", "Python interpreter"),
+        ("libpython", "Python interpreter"),
+        ("_speedups", "websockets speedups"),
+    ):
+        if name.startswith(prefix):
+            return group
+    return "other (" + name + ")" if name else "other"
+
+
+def _run(
+    lib: str,
+    side: str,
+    n: int,
+    src: Path | None,
+    what: str,
+    trace_calls: int = 0,
+    by_object: dict[str, int] | None = None,
+) -> int | None:
+    """One measurement: ``n`` calls; the callgrind total of ``side`` (None when tracing);
+    ``by_object`` is filled with its self cost by group of object files."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         out = Path(tmp) / "callgrind.out"
@@ -161,6 +219,10 @@ def _run(lib: str, side: str, n: int, src: Path | None, what: str, trace_calls: 
         m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
         if m is None:
             raise SystemExit("side_cost: no callgrind total")
+        if by_object is not None:
+            for ob, cost in _by_object(text).items():
+                group = _object_group(ob)
+                by_object[group] = by_object.get(group, 0) + cost
         return int(m.group(1))
 
 
@@ -184,6 +246,11 @@ def main() -> None:
     ap.add_argument("--calls", default="2000,12000", help="the two call counts (callgrind)")
     ap.add_argument("--opcodes", action="store_true", help="Python opcodes a call, by function, instead")
     ap.add_argument(
+        "--by-object",
+        action="store_true",
+        help="also the instructions a call by object file (interpreter, codec, loop)",
+    )
+    ap.add_argument(
         "--what",
         choices=("seq", "inflight", "small", "bulk"),
         default="seq",
@@ -194,12 +261,19 @@ def main() -> None:
         _run(args.lib, args.side, 0, args.src, args.what, trace_calls=2000)
         return
     a, b = (int(x) for x in args.calls.split(","))
-    ia = _run(args.lib, args.side, a, args.src, args.what)
-    ib = _run(args.lib, args.side, b, args.src, args.what)
+    oa: dict[str, int] | None = {} if args.by_object else None
+    ob: dict[str, int] | None = {} if args.by_object else None
+    ia = _run(args.lib, args.side, a, args.src, args.what, by_object=oa)
+    ib = _run(args.lib, args.side, b, args.src, args.what, by_object=ob)
     assert ia is not None and ib is not None
     print(
         f"{args.lib} {args.side} ({args.what}): {(ib - ia) / (b - a):,.0f} instructions a call ({a:,} and {b:,} calls)"
     )
+    if oa is not None and ob is not None:
+        rows = sorted(((ob.get(k, 0) - oa.get(k, 0)) / (b - a), k) for k in set(oa) | set(ob))
+        for per_call, group in reversed(rows):
+            if abs(per_call) >= 50:
+                print(f"  {per_call:9,.0f}  {group}")
 
 
 if __name__ == "__main__":
