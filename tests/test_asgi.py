@@ -357,6 +357,36 @@ def test_topics_deliver_mounted_in_starlette() -> None:
     run(main(), timeout=30)
 
 
+def test_apps_sharing_a_redis_broker_deliver_each_others_publishes(redis: Any) -> None:
+    # app(broker=) as serve(broker=): two ASGI apps (two workers, say) on one Redis;
+    # a publish on one reaches a subscriber of the other. The broker starts with the
+    # lifespan and is closed with it. (app() refused broker= as an unknown option.)
+    from fastrpc.redis_broker import RedisBroker
+
+    brokers = [RedisBroker(redis.url, prefix="asgi", timeout=2.0) for _ in range(2)]
+    a, b = (fastrpc.asgi.app(fastrpc.Router(), broker=br, keepalive_interval=None) for br in brokers)
+    assert a.server.topics.broker is brokers[0] and b.server.topics.broker is brokers[1]
+
+    async def main() -> None:
+        async with uvicorn_server(a), uvicorn_server(b) as port_b:
+            assert all(br.listening.is_set() for br in brokers)  # started by the lifespan
+            async with fastrpc.connect(f"ws://127.0.0.1:{port_b}", **QUIET, **NO_PROXY) as peer:
+                async with peer.subscribe("feed") as sub:
+                    await sub.start()
+                    for i in range(3):
+                        await a.server.publish("feed", {"i": i})
+                    got: list[Any] = []
+                    async for item in sub:
+                        got.append(item.value["i"])
+                        if len(got) == 3:
+                            break
+                    assert got == [0, 1, 2]
+                    assert item.offset == 3  # (offsets count from 1)
+        assert not any(br.listening.is_set() for br in brokers)  # closed at the lifespan shutdown
+
+    run(main(), timeout=30)
+
+
 def test_send_after_the_asgi_server_closed_is_a_connection_error() -> None:
     # Once uvicorn sent its close (the client broke the protocol, say), its send()
     # raises RuntimeError: the transport takes it for a lost connection. It escaped

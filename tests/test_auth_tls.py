@@ -235,7 +235,7 @@ def test_authorize_holds_for_json_mode_clients_too() -> None:
             return "secret"
 
         async with fastrpc.serve(r, authenticate=authenticate, **QUIET) as server:
-            for token, expected in (("other", "PermissionError: not allowed to call 'admin_only'"), ("t0ken", None)):
+            for token, expected in (("other", "PermissionDenied: not allowed to call 'admin_only'"), ("t0ken", None)):
                 headers = {"Authorization": token}
                 async with ws_connect(server.url, additional_headers=headers, **NO_PROXY) as ws:
                     request = {"category": "request", "requestId": "r1", "data": {"method": "admin_only", "params": []}}

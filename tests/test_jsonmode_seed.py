@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import decimal
 import json
 from typing import Any
 
@@ -481,3 +482,84 @@ def test_params_are_bound_and_converted_as_in_binary_mode() -> None:
                 assert await peer.call("add", 1, 2) == 3
 
     run(main())
+
+
+class Money:
+    """A custom type: "<amount> <currency>" on the wire, made by ``money_hook``."""
+
+    def __init__(self, amount: decimal.Decimal, currency: str) -> None:
+        self.amount, self.currency = amount, currency
+
+
+def money_hook(type_: type, obj: Any) -> Any:
+    if type_ is Money:
+        amount, currency = obj.split()
+        return Money(decimal.Decimal(amount), currency)
+    raise NotImplementedError
+
+
+def test_params_are_converted_with_the_servers_dec_hook() -> None:
+    # A handler whose parameters are custom types gets them converted by the server's
+    # dec_hook in JSON mode too, as a binary call's arguments are (positional, keyword,
+    # nested); JsonPeer had no dec_hook and refused them.
+    async def main() -> None:
+        router = fastrpc.Router()
+        seen: list[Any] = []
+
+        @router.method
+        def pay(m: Money, times: int = 1) -> str:
+            seen.append(type(m))
+            return f"{m.amount * times} {m.currency}"
+
+        @router.method
+        def total(ms: list[Money]) -> str:
+            seen.extend(type(m) for m in ms)
+            return str(sum(m.amount for m in ms))
+
+        async with fastrpc.serve(router, "127.0.0.1", 0, dec_hook=money_hook, **QUIET) as server:
+            async with fastrpc.connect(server.url, protocol="json", **QUIET) as peer:
+                assert await peer.call("pay", "2.5 EUR") == "2.5 EUR"
+                assert await peer.call("pay", "2.5 EUR", 2) == "5.0 EUR"
+                assert await peer.call("total", ["1 EUR", "2 EUR"]) == "3"
+                with pytest.raises(fastrpc.InvalidArguments, match="argument 'm'"):
+                    await peer.call("pay", "seven")  # the hook's ValueError: the caller's arguments
+            ws = await raw(server.url)
+            try:
+                await ws.send(json.dumps({"category": "ping", "timestamp": 0}))
+                await recv_json(ws)
+                await recv_json(ws)
+                data = {"method": "pay", "params": {"m": "1.5 USD", "times": 3}}  # keyword arguments
+                await ws.send(json.dumps({"category": "request", "requestId": "r", "data": data}))
+                assert (await recv_json(ws))["data"] == "4.5 USD"
+            finally:
+                await ws.close()
+            assert seen == [Money] * 5
+
+    run(main())
+
+
+def test_authorize_is_checked_as_in_binary_mode(caplog: pytest.LogCaptureFixture) -> None:
+    # One check for both modes (handlers.authorize): a refusal is PermissionDenied
+    # (JSON mode said PermissionError, and fastrpc's JSON client raised a plain
+    # RemoteError), and a hook that raises refuses the call and is logged, its
+    # exception not shown to the caller (JSON mode answered with it).
+    def hook(peer: Any, method: str) -> bool:
+        if method == "broken":
+            raise KeyError("internal detail")
+        return method != "denied"
+
+    async def main() -> None:
+        router = fastrpc.Router(authorize=hook)
+        for name in ("allowed", "denied", "broken"):
+            router.add(name, lambda: "ok")
+        async with fastrpc.serve(router, "127.0.0.1", 0, **QUIET) as server:
+            async with fastrpc.connect(server.url, protocol="json", **QUIET) as peer:
+                assert await peer.call("allowed") == "ok"
+                for name in ("denied", "broken"):
+                    with pytest.raises(fastrpc.PermissionDenied) as info:
+                        await peer.call(name)
+                    assert str(info.value) == f"PermissionDenied: not allowed to call {name!r}"
+
+    with caplog.at_level("WARNING", logger="fastrpc.server"):
+        run(main())
+    assert "authorize hook raised for 'broken'" in caplog.text and "KeyError" in caplog.text

@@ -704,6 +704,34 @@ def test_timeout_covers_the_wait_for_a_call_slot() -> None:
     run(main(), 20)
 
 
+def test_a_call_slot_awaited_while_reconnecting_says_the_connection_was_down() -> None:
+    # A reconnecting client's calls wait for a slot until the next connection's
+    # handshake: a timeout= passing meanwhile blamed the other side's
+    # max_pending_calls (plain and streaming calls alike).
+    from _proxy import proxy
+
+    async def main() -> None:
+        async with fastrpc.serve(slot_router(), "127.0.0.1", 0, **QUIET) as server:
+            async with proxy(server.port) as px:
+                policy = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
+                async with fastrpc.connect(px.url, reconnect=policy, **QUIET) as peer:
+                    assert await peer.call("add", 1, 2) == 3
+                    px.refusing = True  # a server that is down
+                    px.cut()
+                    await until(lambda: not peer.connected and not peer.core.can_call(), 5, "the new session")
+                    down = r"found no call slot within 0\.1 s \(its timeout= argument; the connection was down, "
+                    with pytest.raises(fastrpc.CallTimeout, match=down + r".*reconnect=.*it was not sent"):
+                        await peer.call("add", 1, 2, timeout=0.1)
+                    with pytest.raises(fastrpc.CallTimeout, match=down) as info:
+                        async for _ in peer.stream("ticks", 1, timeout=0.1):
+                            pass
+                    assert "max_pending_calls" not in str(info.value)
+                    px.refusing = False
+                    assert await asyncio.wait_for(peer.call("add", 2, 3), 5) == 5
+
+    run(main(), 20)
+
+
 def test_deadline_travels_to_the_server() -> None:
     # The server enforces the caller's deadline itself, even if the client keeps waiting.
     async def main() -> None:

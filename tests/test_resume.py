@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from _proxy import Proxy, proxy
-from _util import recv_binary, run, until
+from _util import NO_PROXY, recv_binary, run, until
 from websockets.asyncio.client import connect as ws_connect
 
 import fastrpc
 from fastrpc import frames as F
-from fastrpc.protocol import TOKEN_SIZE, Connection, Role, Settings
+from fastrpc.protocol import FLAG_RAW, TOKEN_SIZE, Connection, Role, Settings
 
 QUIET = {"keepalive_interval": None, "ws_ping_interval": None}
 FAST = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
@@ -389,6 +389,40 @@ def test_replay_buffer_is_bounded() -> None:
             peer.receive_message(msg)
     assert not core.resumable and "replay buffer" in core.session.broken
     assert core.session.replay_bytes == 0
+
+
+def test_a_session_past_its_replay_bound_keeps_no_replay() -> None:
+    # A client that reads every answer and acknowledges nothing: past
+    # max_replay_bytes the session stops being resumable and its replay buffer is
+    # freed. It was then filled again, up to max_replay_bytes each time, for a replay
+    # that can never happen.
+    router = fastrpc.Router()
+
+    @router.method
+    def echo(x: bytes) -> bytes:
+        return x
+
+    blob = bytes(8 << 10)
+    m = b"echo"
+
+    async def main() -> None:
+        async with fastrpc.serve(router, "127.0.0.1", 0, resume=True, max_replay_bytes=64 << 10, **QUIET) as server:
+            async with ws_connect(server.url, compression=None, max_size=None, ping_interval=None, **NO_PROXY) as ws:
+                await ws.send(Connection(Role.CLIENT, Settings(resume=1)).handshake())
+                await recv_binary(ws)
+                core = (await until(lambda: list(server.peers)))[0].core
+                most = 0  # the replay held once the session broke
+                for i in range(24):
+                    frame = F.encode_frame(F.REQUEST, FLAG_RAW, 2 * i + 1, F.encode_varint(len(m)) + m + blob)
+                    await ws.send(frame)  # never an ACK
+                    while not any(f.type == F.RESPONSE for f in F.decode_message(await recv_binary(ws), 1 << 30)):
+                        pass
+                    if core.session.broken:
+                        most = max(most, core.session.replay_bytes)
+                assert "replay buffer" in core.session.broken and not core.resumable
+                assert most == 0, f"{most} bytes kept for a session that cannot be resumed"
+
+    run(main())
 
 
 @pytest.mark.parametrize("bound", ["memory", "count"])

@@ -25,6 +25,7 @@ import {
   InStream,
   OutStream,
   ReceiveStream,
+  type HeldItem,
   type StreamLink,
 } from "./streams.js";
 
@@ -173,6 +174,8 @@ export class Peer implements StreamLink, HandlerLink {
   private handshaking = true;
   private closedWith: Error | null = null;
   private goaway = false;
+  /** The GOAWAY of the message being received: the connection closes once the frames after it are handled. */
+  private goawayErr: ConnectionClosed | null = null;
 
   private nextId = 1;
   private readonly sched: Scheduler;
@@ -663,6 +666,15 @@ export class Peer implements StreamLink, HandlerLink {
       if (this.state === "closed") return;
       this.dispatch(frames[i]);
     }
+    // A GOAWAY closes the connection once the whole message is handled: the server packs
+    // what it sent before closing (stream items, ends, answers) after it, as the Python
+    // client reads them.
+    const goaway = this.goawayErr;
+    if (goaway !== null) {
+      this.goawayErr = null;
+      this.teardown(goaway);
+      return;
+    }
     if (ackDue) this.queueControl(F.ACK, 0, 0, F.encodeVarint(this.session.received));
     if (this.slotGrants > 0) {
       this.queueControl(F.STREAMS, 0, 0, F.encodeVarint(this.slotGrants));
@@ -772,7 +784,8 @@ export class Peer implements StreamLink, HandlerLink {
         const [code, p] = F.decodeVarint(f.payload, 0);
         const reason = F.fromUtf8(f.payload.subarray(p));
         this.goaway = true;
-        this.teardown(new ConnectionClosed(`the server sent GOAWAY (code ${code}${reason ? ": " + reason : ""})`, goawayCloseCode(code), reason));
+        // (the first GOAWAY of a message; receive() closes after the frames that follow it)
+        this.goawayErr ??= new ConnectionClosed(`the server sent GOAWAY (code ${code}${reason ? ": " + reason : ""})`, goawayCloseCode(code), reason);
         return;
       }
       case F.ACK: {
@@ -843,7 +856,9 @@ export class Peer implements StreamLink, HandlerLink {
     s.notify();
   }
 
-  /** Keep a received item until it is read; a compressed one is inflated meanwhile (in order: the reader waits for it). */
+  /** Keep a received item until it is read; a compressed one is inflated meanwhile (in
+   * order: the reader waits for it). One that does not inflate (corrupt, or past
+   * maxItemSize) fails its stream when the reader comes to it, not the connection. */
   private hold(s: InStream, payload: Uint8Array, raw: boolean, compressed: boolean, charge: number): void {
     if (!compressed) {
       s.items.push({ payload, raw, charge, pending: null });
@@ -851,7 +866,7 @@ export class Peer implements StreamLink, HandlerLink {
     }
     if (this.algorithm === 0) throw new ProtocolError("compressed frame without negotiated compression", "COMPRESSION_ERROR");
     this.compressedIn++;
-    const item = { payload, raw, charge, pending: null as Promise<void> | null };
+    const item: HeldItem = { payload, raw, charge, pending: null };
     const data = payload.slice(); // a view into the message would pin it
     item.pending = inflate(data, this.settings.maxItemSize).then(
       (out) => {
@@ -866,7 +881,7 @@ export class Peer implements StreamLink, HandlerLink {
       },
       (e) => {
         item.pending = null;
-        this.fail(e);
+        item.error = e instanceof ProtocolError ? e : new ProtocolError(`corrupt compressed payload: ${errorMessage(e)}`, "COMPRESSION_ERROR");
       },
     );
     s.items.push(item);

@@ -76,6 +76,8 @@ export interface HeldItem {
   charge: number;
   /** A compressed item being inflated: read it once this settles. */
   pending: Promise<void> | null;
+  /** Why a compressed item could not be inflated (corrupt, or past maxItemSize): its reader gets it, and the stream ends there. */
+  error?: Error;
 }
 
 export const IN_OPEN = 0;
@@ -185,12 +187,18 @@ export class ReceiveStream<T = unknown> implements AsyncIterableIterator<T> {
     for (;;) {
       if (this.done) return { done: true, value: undefined };
       if (s.available > 0) {
-        const pending = s.items[s.head].pending;
+        const { pending, error } = s.items[s.head];
         if (pending !== null) {
           this.reading = true;
           await pending;
           this.reading = false;
           continue;
+        }
+        if (error !== undefined) {
+          // An item that could not be inflated fails this stream only, as the Python
+          // client's reader: what is held is dropped and the sender is told to stop.
+          this.close();
+          throw error;
         }
         this.received++;
         return { done: false, value: this.link.readItem(s) as T };

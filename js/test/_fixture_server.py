@@ -1,5 +1,6 @@
 """A fastrpc server for js/test/regressions.test.mjs (limits the shared
-tests/_js_server.py does not set, and streams that arrive late):
+tests/_js_server.py does not set, streams that arrive late, a close right after a
+stream's items, compressed items that do not inflate):
 ``python _fixture_server.py [--no-resume] [--max-pending N] [--max-item-size N] [--max-frame-size N] [--max-streams N]``.
 
 Prints ``port N`` once listening on 127.0.0.1; runs until killed."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,55 @@ async def push_later(delay: float, n: int) -> int:
 
 
 @router.method
+async def farewell(n: int) -> AsyncIterator[int]:
+    """``n`` integers, then the server closes the connection (1001) in the same loop
+    pass: the items not yet sent leave after its GOAWAY, in the same message."""
+    for i in range(n):
+        yield i
+    await fastrpc.current_peer().close(1001, "going away")
+
+
+SPOILED = b"\xff" * 2000  # an item the compressor of spoiled() spoils
+
+
+class _Spoiler:
+    """A connection's compressor, but for SPOILED: that item leaves with its COMPRESSED
+    flag and ``bad`` for its payload."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.algorithm = inner.algorithm
+        self.bad = b""
+
+    def compress(self, data: Any) -> bytes:
+        if bytes(data) == SPOILED:
+            return self.bad
+        return self.inner.compress(data)  # type: ignore[no-any-return]
+
+
+@router.method
+async def spoiled(inflates_to: int = 0) -> AsyncIterator[Any]:
+    """(A client that asked for compression) 0, then an item whose compressed payload
+    is corrupt (``inflates_to`` 0) or inflates to ``inflates_to`` zero bytes, then 1
+    and 2; ``STATE["closed"]`` counts the times the client stopped the stream."""
+    outbound = fastrpc.current_peer().core._outbound
+    if outbound.compressor is None:
+        raise ValueError("no compression on this connection")
+    if not isinstance(outbound.compressor, _Spoiler):
+        outbound.compressor = _Spoiler(outbound.compressor)
+    outbound.compressor.bad = zlib.compress(bytes(inflates_to), 9) if inflates_to else b"not a compressed payload"
+    try:
+        yield 0
+        yield SPOILED
+        for i in (1, 2):
+            await asyncio.sleep(0.05)
+            yield i
+    except (asyncio.CancelledError, GeneratorExit, fastrpc.StreamClosed):
+        STATE["closed"] += 1
+        raise
+
+
+@router.method
 async def lengths(items: fastrpc.ReceiveStream[Any]) -> AsyncIterator[int]:
     """A channel: the length of each item it reads."""
     async for x in items:
@@ -103,7 +154,10 @@ async def main(a: argparse.Namespace) -> None:
         limits["max_item_size"] = a.max_item_size
     if a.max_frame_size is not None:
         limits["max_frame_size"] = a.max_frame_size
-    async with fastrpc.serve(router, "127.0.0.1", 0, resume=not a.no_resume, session_grace=30, **limits) as server:
+    # zlib is offered: clients that do not ask for compression get none
+    async with fastrpc.serve(
+        router, "127.0.0.1", 0, resume=not a.no_resume, session_grace=30, compression="zlib", **limits
+    ) as server:
         print(f"port {server.port}", flush=True)
         await server.serve_forever()
 

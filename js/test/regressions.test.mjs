@@ -2,11 +2,12 @@
 // (js/test/_fixture_server.py, with the limits each case needs, in a child process on
 // 127.0.0.1, stopped by its pid): what is pending settles when the connection goes,
 // closed or given-up calls and claims give their slots back, call options cover the
-// wait for a call slot, oversized stream items fail only their stream, GOAWAY codes,
-// concurrent next(), argument checks, and the reconnect backoff of a flapping link.
+// wait for a call slot, oversized stream items and compressed ones that do not inflate
+// fail only their stream, GOAWAY codes and the frames after a GOAWAY, concurrent next(),
+// argument checks, and the reconnect backoff of a flapping link.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { connect, frames, ConnectionClosed, PayloadTooLarge, RemoteError } from "../dist/index.js";
+import { connect, frames, ConnectionClosed, PayloadTooLarge, ProtocolError, RemoteError } from "../dist/index.js";
 import { HERE, sleep, startPython, stop } from "./helpers.mjs";
 
 const fixture = (args = []) => startPython("_fixture_server.py", args, { dir: HERE });
@@ -214,6 +215,45 @@ describe("regressions", { timeout: 60000 }, () => {
       assert.equal(e.code, 1002);
       return true;
     });
+  });
+
+  test("the frames after a GOAWAY in the same message are handled before the connection closes", async () => {
+    // farewell: the server closes in the loop pass that queued the last items, so they
+    // leave after its GOAWAY, in one message; the Python client reads them all
+    const peer = await connect(url, { keepaliveInterval: null, reconnect: false });
+    const got = [];
+    await assert.rejects(
+      within((async () => {
+        for await (const x of peer.stream("farewell", 5)) got.push(x);
+      })(), 3000, "the stream"),
+      (e) => e instanceof ConnectionClosed && /GOAWAY \(code 0: going away\)/.test(e.message),
+    );
+    assert.deepEqual(got, [0, 1, 2, 3, 4]);
+    assert.equal(peer.state, "closed");
+  });
+
+  test("a compressed stream item that does not inflate fails that stream only (COMPRESSION_ERROR), as in the Python client", async () => {
+    const peer = await connect(url, { keepaliveInterval: null, compression: true, settings: { maxItemSize: 65536 } });
+    try {
+      // corrupt, then a valid zlib payload of 1 MiB (past our maxItemSize)
+      for (const [inflatesTo, why] of [[0, /corrupt compressed payload/], [1 << 20, /too large/]]) {
+        await peer.call("reset");
+        const got = [];
+        await assert.rejects(
+          within((async () => {
+            for await (const x of peer.stream("spoiled", inflatesTo)) got.push(x);
+          })(), 3000, "the stream"),
+          (e) => e instanceof ProtocolError && e.code === "COMPRESSION_ERROR" && why.test(e.message),
+        );
+        assert.deepEqual(got, [0]);
+        assert.equal(peer.state, "open");
+        assert.equal(await within(peer.call("add", 1, 2), 3000, "a call after"), 3);
+        await until(async () => (await peer.call("state")).closed === 1, 3000); // its sender was stopped
+        assert.equal(peer.stats().inStreams, 0);
+      }
+    } finally {
+      await peer.close();
+    }
   });
 
   test("next() calls in flight together on one ReceiveStream each settle, in order", async () => {

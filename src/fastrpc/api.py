@@ -314,24 +314,19 @@ class PeerAPI:
         # The timeout covers the wait for a call slot too; what is left of it is the
         # handler's deadline. (asyncio.timeout, not wait_for: on 3.11 wait_for may
         # swallow a cancellation that lands with the answer.)
+        late = self._loop.time() + timeout
+        if not self._core.can_call():
+            await self._call_slot_by(late, method, timeout, "call")
         started: tuple[Connection, int, asyncio.Future[Any]] | None = None
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                core = self._core
-                if not core.can_call():
-                    await self._call_slot()
-                    core = self._core
-                left = max(0.0, (deadline.when() or 0.0) - self._loop.time()) + _DEADLINE_GRACE
+            async with asyncio.timeout_at(late) as deadline:
+                core = self._core  # (after a wait for a slot: a new session's, if it was reset)
+                left = max(0.0, late - self._loop.time()) + _DEADLINE_GRACE
                 started = (core, *self._start_call(core, method, payload, raw, left, kwargs))
                 return await started[2]
         except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own TimeoutError, not ours
-            if started is None:
-                raise CallTimeout(
-                    f"call to {method!r} found no call slot within {timeout} s (its timeout= argument; "
-                    "the other side's max_pending_calls were all taken): it was not sent"
-                ) from None
+            if not deadline.expired() or started is None:
+                raise  # the handler's own TimeoutError, not ours (started: no await before)
             core, cid, _ = started
             core.cancel_call(cid)
             self._kick()
@@ -346,6 +341,27 @@ class PeerAPI:
         finally:
             if started is not None:
                 self._calls.pop(started[1], None)
+
+    async def _call_slot_by(self, late: float, method: str, timeout: float, what: str) -> None:
+        """Wait for a call slot until the loop time ``late``, the end of the call's
+        ``timeout`` (seconds); :class:`CallTimeout` if none came by then (the call
+        was not sent), saying why there was none. ``what``: "call" or "streaming call",
+        for the message. (asyncio.timeout_at, not wait_for; a TimeoutError that is not
+        this deadline's passes as it is.)"""
+        try:
+            async with asyncio.timeout_at(late) as deadline:
+                await self._call_slot()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            if self.connected and not self._core.awaiting_hello:
+                why = "the other side's max_pending_calls were all taken"
+            else:  # a dropped connection's calls wait for the next one (a reconnecting client)
+                why = "the connection was down, being re-established by the client's reconnect= policy"
+            raise CallTimeout(
+                f"{what} to {method!r} found no call slot within {timeout} s (its timeout= argument; {why}): "
+                "it was not sent"
+            ) from None
 
     async def request(self, data: Any, *, timeout: float | None = None) -> Response:
         """The seed's request: ``data`` goes to the other side's ``match`` handler;
@@ -412,14 +428,7 @@ class PeerAPI:
                 await self._call_slot()
             else:  # the timeout covers the wait for a call slot too
                 late = self._loop.time() + timeout
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._call_slot()
-                except TimeoutError:
-                    raise CallTimeout(
-                        f"streaming call to {method!r} found no call slot within {timeout} s (its timeout= "
-                        "argument; the other side's max_pending_calls were all taken): it was not sent"
-                    ) from None
+                await self._call_slot_by(late, method, timeout, "streaming call")
             left = None if late is None else max(0.0, late - self._loop.time())
             core = self._core
             cid = core.send_request(

@@ -35,6 +35,8 @@ The contract is the one of ``serve(..., authenticate=)``, so one hook serves bot
 Topics (``app.server.publish()``, ``peer.subscribe()`` on the clients) start at the
 lifespan startup, or at the first WebSocket connection when the lifespan does not reach
 the application (mounted in Starlette: call :meth:`AsgiApp.close` from its lifespan).
+``broker=`` (a :class:`fastrpc.redis_broker.RedisBroker`) shares them between the ASGI
+server's worker processes, as under ``serve``; it starts and closes with the topics.
 
 What the ASGI server owns and fastrpc cannot bound from here: its own message size
 limit (uvicorn ``--ws-max-size``, keep it at least ``max_message_size``), its
@@ -53,6 +55,7 @@ from urllib.parse import parse_qs
 
 from . import options as O
 from .auth import RequestHeaders, refusal
+from .broker import Broker
 from .exceptions import AuthError
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
@@ -344,9 +347,9 @@ class AsgiApp:
 
     ``server`` is the :class:`fastrpc.Server` whose connection handling it reuses
     (``server.peers``: the open connections; ``server.options``: the options).
-    Lifespan startup starts the topics (else the first WebSocket connection does);
-    lifespan shutdown (or :meth:`close`) closes every connection and the topics;
-    plain HTTP requests get 426.
+    Lifespan startup starts the topics and their ``broker`` (else the first WebSocket
+    connection does); lifespan shutdown (or :meth:`close`) closes every connection and
+    the topics (the broker with them); plain HTTP requests get 426.
     """
 
     def __init__(
@@ -355,9 +358,10 @@ class AsgiApp:
         options: PeerOptions,
         session_store: SessionStore[RpcPeer] | None = None,
         authenticate: Authenticate | None = None,
+        broker: Broker | None = None,
     ) -> None:
         # host/port are not used: connections come from the ASGI server.
-        self.server = Server(target, "asgi", 0, options, {}, session_store)
+        self.server = Server(target, "asgi", 0, options, {}, session_store, broker=broker)
         self.options = options
         self.authenticate = authenticate
         self._starting: asyncio.Task[None] | None = None  # the topics' start
@@ -490,6 +494,7 @@ def app(
     *,
     session_store: SessionStore[RpcPeer] | None = None,
     authenticate: Authenticate | None = None,
+    broker: Broker | None = None,
     **options: Any,
 ) -> AsgiApp:
     """An ASGI application serving ``target`` (a :class:`fastrpc.Router`, or
@@ -499,6 +504,13 @@ def app(
     ``codec``, ``compression``, keepalive, ``resume``, ``introspection``, ...);
     options for the websockets library (``ssl``, ``ping_interval``...) belong to the
     ASGI server here and are refused. ``authenticate``: see the module's doc.
+
+    ``broker``: where the topics live, as for :func:`fastrpc.serve`: a
+    :class:`fastrpc.broker.MemoryBroker` by default (this process only), a
+    :class:`fastrpc.redis_broker.RedisBroker` to share them between the ASGI server's
+    worker processes (``app.server.publish()`` on one reaches the subscribers of all).
+    It starts with the topics (lifespan startup, else the first connection) and is
+    closed with them (lifespan shutdown, :meth:`AsgiApp.close`).
     """
     opts, rest = PeerOptions.split(options)
     if rest:
@@ -507,4 +519,4 @@ def app(
             "(TLS, pings and message limits of the HTTP layer are the ASGI server's settings)"
         )
     peer_kwargs(opts)  # bad limits or an unknown compression fail now, not per connection
-    return AsgiApp(target, opts, session_store, authenticate)
+    return AsgiApp(target, opts, session_store, authenticate, broker)

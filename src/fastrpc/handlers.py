@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import traceback as _traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ from .protocol import Role
 from .router import ASYNC_GEN, SYNC, MethodSpec, Router, handler_kind
 from .streams import ReceiveStream, StreamLink, StreamManager
 
-__all__ = ["Handlers"]
+__all__ = ["Handlers", "authorize"]
 
 T = TypeVar("T")
 
@@ -186,26 +187,7 @@ class Handlers:
         if spec is not None:
             check = spec.authorize
             if check is not None:
-                try:
-                    allowed = check(self.link.host, method)
-                except PermissionDenied:
-                    raise
-                except Exception as exc:  # a bug in the hook: the server's business, not the caller's
-                    warn_limited(
-                        self.logger,
-                        "authorize hook raised for %r from %s (call refused): %s",
-                        method,
-                        self.address(),
-                        _describe(exc),
-                    )
-                    self.logger.debug("authorize hook for %r raised", method, exc_info=exc)
-                    allowed = False
-                if inspect.isawaitable(allowed):  # fail closed: authorize must answer at once
-                    if inspect.iscoroutine(allowed):
-                        allowed.close()
-                    allowed = False
-                if not allowed:
-                    raise PermissionDenied("PermissionDenied", f"not allowed to call {method!r}")
+                authorize(check, self.link.host, method, self.logger, self.address)
             args_spec = spec.args
             if args_spec is not None and channel:
                 args_spec = args_spec.channel
@@ -573,6 +555,34 @@ class Handlers:
             if inbound is not None:
                 inbound.close()  # while the call runs: the core knows it is a channel input
             core.finish_call(cid)
+
+
+def authorize(
+    check: Callable[[Any, str], Any], host: Any, method: str, logger: logging.Logger, address: Callable[[], Any]
+) -> None:
+    """Ask a method's ``authorize`` hook ``check`` whether ``host`` (the connection's
+    peer: an :class:`fastrpc.RpcPeer`, or a :class:`fastrpc.jsonmode.JsonPeer` in JSON
+    mode) may call ``method``; :class:`PermissionDenied` if not. It fails closed: a
+    hook that raises refuses (its own :class:`PermissionDenied` as it is; another
+    exception, a bug in the hook, is the server's business, not the caller's: logged
+    on ``logger`` with ``address()``, the caller's address), and so does one that
+    answers with an awaitable (authorize must answer at once)."""
+    try:
+        allowed = check(host, method)
+    except PermissionDenied:
+        raise
+    except Exception as exc:
+        warn_limited(
+            logger, "authorize hook raised for %r from %s (call refused): %s", method, address(), _describe(exc)
+        )
+        logger.debug("authorize hook for %r raised", method, exc_info=exc)
+        allowed = False
+    if inspect.isawaitable(allowed):
+        if inspect.iscoroutine(allowed):
+            allowed.close()
+        allowed = False
+    if not allowed:
+        raise PermissionDenied("PermissionDenied", f"not allowed to call {method!r}")
 
 
 def _raw_ok(spec: MethodSpec, channel: bool) -> bool:

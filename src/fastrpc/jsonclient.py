@@ -51,6 +51,7 @@ async def open_json(
         transport,
         router,
         role="client",
+        dec_hook=o.dec_hook,  # a handler served to the server converts as a binary call's
         **o.json_limits(),
     )
     runner = peer.start()

@@ -96,7 +96,7 @@ import msgspec
 from . import options as O
 from .arguments import bad_arguments, split_kwargs
 from .budget import PingLimit
-from .codec import PayloadCodec
+from .codec import DecHook, PayloadCodec
 from .exceptions import (
     REMOTE_ERRORS,
     ConnectionClosed,
@@ -105,6 +105,8 @@ from .exceptions import (
     RemoteStreamError,
     StreamAborted,
 )
+from .handlers import authorize
+from .log import side_logger
 from .peer import Response, _current_peer
 from .router import Router
 from .settings import CODEC_JSON
@@ -299,7 +301,9 @@ class JsonPeer:
     ``role``: ``"server"`` greets the other side with a welcome (unless ``greeted``:
     the server already sent it) under ``client_id``; ``"client"`` takes its
     ``client_id`` from the welcome it gets. ``relay``: the server's JSON connections
-    by client id, for ``to`` routing (None: no relaying).
+    by client id, for ``to`` routing (None: no relaying). ``dec_hook``: the ``dec_hook``
+    option of ``serve`` (:mod:`fastrpc.codec`): a request's ``params`` reach a handler
+    whose annotations name custom types converted by it, as a binary call's arguments do.
     """
 
     def __init__(
@@ -322,6 +326,7 @@ class JsonPeer:
         max_held_bytes: int = 16 << 20,
         max_id_length: int = 256,
         max_ping_rate: float | None = O.MAX_PING_RATE,
+        dec_hook: DecHook | None = None,
     ) -> None:
         for name, value in (
             ("max_item_size", max_item_size),
@@ -340,6 +345,8 @@ class JsonPeer:
         self._ws = ws
         self._router = router or Router()
         self._own = Router()
+        # What converts a request's params to the handler's annotations (dec_hook's).
+        self._params = _PARAMS if dec_hook is None else _Params(dec_hook)
         self.identity: Any = None  # what the server's authenticate hook returned
         self._loop = asyncio.get_running_loop()
         self.role = role
@@ -925,18 +932,12 @@ class JsonPeer:
             if result is None:
                 raise _NoReply  # the seed's match: undefined sends no response
             return result
-        # The method's authorize hook holds in this mode too (peer.identity is set by
-        # the server's authenticate hook).
+        # The method's authorize hook holds in this mode too, checked as in binary mode
+        # (peer.identity is set by the server's authenticate hook).
         name = str(method)
         spec = (self._own if self._own.lookup(name) else self._router).spec(name)
         if spec is not None and spec.authorize is not None:
-            allowed = spec.authorize(self, name)
-            if inspect.isawaitable(allowed):  # fail closed, as in binary mode
-                if inspect.iscoroutine(allowed):
-                    allowed.close()
-                allowed = False
-            if not allowed:
-                raise PermissionError(f"not allowed to call {method!r}")
+            authorize(spec.authorize, self, name, side_logger(self.role == "server"), self._address)
         # params: the positional arguments (an array) or the keyword ones (an object),
         # bound and converted to the handler's annotations as a binary call's are.
         params = data.get("params", [])
@@ -954,7 +955,7 @@ class JsonPeer:
         args: tuple[Any, ...]
         kwargs: dict[str, Any] | None
         if args_spec is not None:
-            args, kwargs = args_spec.decode(name, _PARAMS, payload, keywords)
+            args, kwargs = args_spec.decode(name, self._params, payload, keywords)
         elif keywords:
             args, kwargs = split_kwargs(payload)
         else:
@@ -970,6 +971,10 @@ class JsonPeer:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    def _address(self) -> Any:
+        """The other side's address, for log lines."""
+        return getattr(self._ws, "remote_address", None)
 
     async def _teardown(self) -> None:
         if self._closed_flag:
@@ -1014,15 +1019,18 @@ class _Params(PayloadCodec):
     """The codec :meth:`ArgumentSpec.decode` converts a JSON request's ``params``
     with (the binary path's machinery): its "payload" is the params already decoded,
     converted as the JSON codec's typed decoder decodes a binary call's arguments
-    (strictly, keyword arguments too: ``convert``)."""
+    (strictly, keyword arguments too: ``convert``), custom types by ``dec_hook``."""
 
     __slots__ = ()
 
-    def __init__(self) -> None:
-        super().__init__("json", CODEC_JSON, msgspec.json.encode, _same)
+    def __init__(self, dec_hook: DecHook | None = None) -> None:
+        super().__init__("json", CODEC_JSON, msgspec.json.encode, _same, dec_hook=dec_hook)
 
     def typed_decoder(self, type_: Any) -> Callable[[Any], Any]:
-        return functools.partial(msgspec.convert, type=type_)
+        fn = self._typed.get(type_)
+        if fn is None:
+            fn = self._typed[type_] = functools.partial(msgspec.convert, type=type_, dec_hook=self.dec_hook)
+        return fn
 
 
 def _same(value: Any) -> Any:

@@ -104,7 +104,10 @@ class ResumeState:
     # ------------------------------------------------------------- sending side
 
     def record(self, first: int, end: int, msg: bytes) -> None:
-        """Keep sent message ``msg`` (frames ``first`` to ``end``) until acknowledged."""
+        """Keep sent message ``msg`` (frames ``first`` to ``end``) until acknowledged
+        (nothing once the session can no longer be resumed: no replay will use it)."""
+        if self.broken:
+            return
         if self.replay is None:
             self.replay = deque()
         self.replay.append((first, end, msg))

@@ -404,6 +404,7 @@ class Server:
             greeted=client_id is not None,
             relay=self.json_peers,
             relay_timeout=o.output_stall_timeout,
+            dec_hook=o.dec_hook,
             **o.json_limits(),
         )
         peer.identity = self._identity(transport)
