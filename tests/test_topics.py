@@ -213,6 +213,78 @@ def test_block_policy_backpressure_reaches_the_publisher() -> None:
     run(main())
 
 
+def test_a_block_subscriber_that_stops_reading_does_not_stall_the_topic_for_the_others() -> None:
+    # One subscriber (hostile, or stuck) never reads: with `block`, its full queue held
+    # publish() for every subscriber of the topic for ever. Past topic_block_timeout
+    # with nothing taken it ends as SlowSubscriber (resumable from its position), and
+    # the publisher and the subscriber that reads go on, losing nothing.
+    big = b"x" * 16384
+    with pytest.raises(ValueError, match="topic_block_timeout must be a positive number"):
+        fastrpc.serve(fastrpc.Router(), topic_block_timeout=0)
+
+    async def main() -> None:
+        opts = {"topic_queue_size": 4, "topic_block_timeout": 0.3}
+        async with fastrpc.serve(fastrpc.Router(), **opts, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as stuck, fastrpc.connect(server.url, **QUIET) as good:
+                s_sub = await stuck.subscribe("t", policy="block").start()
+                g_sub = await good.subscribe("t", policy="block").start()
+                got: list[Any] = []
+
+                async def read() -> None:
+                    async for ev in g_sub:
+                        got.append(ev.value[0])
+                        if len(got) == 100:
+                            return
+
+                reader = asyncio.ensure_future(read())
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                for i in range(100):
+                    await asyncio.wait_for(server.publish("t", [i, big]), 5)
+                took = loop.time() - t0
+                await asyncio.wait_for(reader, 5)
+                assert got == list(range(100))
+                assert 0.25 <= took < 3, took  # held back once for the timeout, not for ever
+                with pytest.raises(fastrpc.SlowSubscriber) as e:
+                    async for ev in s_sub:
+                        pass
+                assert "topic_block_timeout" in str(e.value) and e.value.position[1] >= 1
+                await until(lambda: server.topics.subscribers("t") == 1)
+                await g_sub.aclose()
+
+    run(main())
+
+
+def test_a_block_subscriber_that_reads_slowly_keeps_its_subscription() -> None:
+    # Each item taken restarts the clock: a reader slower than the publisher, but
+    # never stopped for topic_block_timeout, paces the publisher and loses nothing.
+    big = b"x" * 16384
+
+    async def main() -> None:
+        opts = {"topic_queue_size": 2, "topic_block_timeout": 0.4}
+        async with fastrpc.serve(fastrpc.Router(), **opts, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as c:
+                sub = await c.subscribe("t", policy="block").start()
+                n = 40
+                got: list[Any] = []
+
+                async def read() -> None:
+                    async for ev in sub:
+                        got.append(ev.value[0])
+                        await asyncio.sleep(0.01)
+                        if len(got) == n:
+                            return
+
+                reader = asyncio.ensure_future(read())
+                for i in range(n):
+                    await asyncio.wait_for(server.publish("t", [i, big]), 5)
+                await asyncio.wait_for(reader, 10)
+                assert got == list(range(n))
+                await sub.aclose()
+
+    run(main())
+
+
 def test_drop_oldest_counts_the_gap() -> None:
     big = b"y" * 16384
 

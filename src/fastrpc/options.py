@@ -139,6 +139,10 @@ TOPIC_HISTORY_TTL = 300.0
 # Items queued for one subscription on the server (its policy decides what happens
 # past it: block the publisher, drop the oldest, keep the latest per key, or end it).
 TOPIC_QUEUE_SIZE = 256
+# Seconds a `block` subscription may hold its topic's local publishers with a full
+# queue and nothing taken from it: then it ends as SlowSubscriber (`disconnect`), so
+# one reader that stops (or a hostile one) cannot stall a feed for every subscriber.
+TOPIC_BLOCK_TIMEOUT = 10.0
 # Deliveries (items x subscriptions) a publisher makes in one loop pass before it lets
 # the connections write them: larger passes cost fewer writes, smaller ones let the
 # subscribers work while the server publishes the next items (bench/README.md, fan-out).
@@ -217,6 +221,7 @@ class PeerOptions:
     topic_history_size: int = TOPIC_HISTORY_SIZE
     topic_history_ttl: float = TOPIC_HISTORY_TTL
     topic_queue_size: int = TOPIC_QUEUE_SIZE
+    topic_block_timeout: float | None = TOPIC_BLOCK_TIMEOUT
     topic_pass_deliveries: int = TOPIC_PASS_DELIVERIES
     extra: dict[str, Any] = field(default_factory=dict)
 

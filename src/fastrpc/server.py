@@ -86,6 +86,7 @@ class Server:
         self.topics = TopicHub(
             broker,
             queue_size=options.topic_queue_size,
+            block_timeout=options.topic_block_timeout,
             history_size=options.topic_history_size,
             history_ttl=options.topic_history_ttl,
             pass_deliveries=options.topic_pass_deliveries,
@@ -519,7 +520,7 @@ def serve(
     :class:`fastrpc.broker.MemoryBroker` by default, a
     :class:`fastrpc.redis_broker.RedisBroker` to share them between processes) and
     ``topic_history_size``/``topic_history_ttl``/``topic_queue_size``/
-    ``topic_pass_deliveries`` (:class:`fastrpc.topics.TopicHub`); ``busy_poll``
+    ``topic_block_timeout``/``topic_pass_deliveries`` (:class:`fastrpc.topics.TopicHub`); ``busy_poll``
     (seconds the loop polls after each write instead of sleeping, on a connection
     whose reads come within that time: lower latency for CPU,
     :mod:`fastrpc.polling`); others go to ``websockets.asyncio.server.serve``.

@@ -289,6 +289,7 @@ class _Sub:
         "end",
         "epoch",
         "first_dropped",
+        "full_since",
         "key",
         "last",
         "limit",
@@ -316,6 +317,7 @@ class _Sub:
         self.last = 0
         self.dropped = 0
         self.first_dropped = 0
+        self.full_since = 0.0  # (block) the loop time its queue last became full
         self.end: list[Any] | None = None  # the last event, then the stream ends
         self.waiter: asyncio.Future[None] | None = None
         # The direct path. Once the live feed starts: the stream's send_now
@@ -421,7 +423,10 @@ class _Sub:
                     return
             dq.append(env)
             if self.policy == BLOCK and len(dq) >= self.limit:
-                self.topic.full.add(self)
+                full = self.topic.full
+                if self not in full:  # (an item taken since resets its clock: _unblock)
+                    self.full_since = self.topic.loop.time()
+                    full.add(self)
         self._wake()
 
     def _drop(self, env: Encoded) -> None:
@@ -488,6 +493,7 @@ class TopicHub:
         broker: Broker | None = None,
         *,
         queue_size: int = O.TOPIC_QUEUE_SIZE,
+        block_timeout: float | None = O.TOPIC_BLOCK_TIMEOUT,
         history_size: int = O.TOPIC_HISTORY_SIZE,
         history_ttl: float = O.TOPIC_HISTORY_TTL,
         pass_deliveries: int = O.TOPIC_PASS_DELIVERIES,
@@ -495,6 +501,12 @@ class TopicHub:
     ) -> None:
         if not isinstance(pass_deliveries, int) or pass_deliveries < 1:
             raise ValueError(f"topic_pass_deliveries must be a positive int, not {pass_deliveries!r}")
+        if block_timeout is not None and (
+            isinstance(block_timeout, bool)
+            or not isinstance(block_timeout, (int, float))
+            or not 0 < block_timeout < float("inf")
+        ):
+            raise ValueError(f"topic_block_timeout must be a positive number of seconds or None, not {block_timeout!r}")
         self.broker: Broker = broker if broker is not None else MemoryBroker(history_size, history_ttl)
         # The server's enc_hook, for a broker that encodes items itself (RedisBroker):
         # items of custom types publish on every broker alike.
@@ -502,6 +514,9 @@ class TopicHub:
         if enc_hook is not None and use_hooks is not None:
             use_hooks(enc_hook)
         self.queue_size = queue_size
+        # How long a `block` subscription's full queue may hold the local publishers
+        # with nothing taken (None: as long as it stays full).
+        self.block_timeout = block_timeout
         # Deliveries (items x subscriptions) a publisher makes in one loop pass before
         # it lets the connections write: larger passes cost fewer writes a delivery
         # (server CPU), smaller ones let subscribers read sooner (latency at saturation).
@@ -545,7 +560,10 @@ class TopicHub:
         """Publish ``value`` on ``topic``; return its ``(epoch, offset)``.
 
         Waits while a local ``block`` subscription's queue is full (its reader sets
-        the pace of the publishers on this process), and lets the loop run once
+        the pace of the publishers on this process); one whose reader takes nothing
+        for ``block_timeout`` seconds (the server's ``topic_block_timeout``, 10 by
+        default) ends as its client's :class:`fastrpc.SlowSubscriber`, and the
+        publishers go on. It lets the loop run once
         after ``queue_size`` items published in one loop pass, or
         ``pass_deliveries`` deliveries (items x subscriptions: the server's
         ``topic_pass_deliveries``, 65,536 by default): the
@@ -561,7 +579,15 @@ class TopicHub:
             while t.full:
                 if t.room is None or t.room.done():
                     t.room = asyncio.get_running_loop().create_future()
-                await t.room
+                if self.block_timeout is None:
+                    await t.room
+                    continue
+                left = min(sub.full_since for sub in t.full) + self.block_timeout - t.loop.time()
+                if left > 0:
+                    # (asyncio.wait, not a timeout around `await t.room`: cancelling
+                    # that await would cancel the room every publisher waits on.)
+                    await asyncio.wait((t.room,), timeout=left)
+                self._end_stalled(t)
             # The broker delivers the item later (RedisBroker: by pub/sub); until it
             # does, other local publishers may pass `full`: their items are local.
             t.inflight += 1
@@ -575,6 +601,21 @@ class TopicHub:
                 t.mine.add(offset)
             return epoch, offset
         return await self.broker.publish(topic, value)
+
+    def _end_stalled(self, t: _Topic) -> None:
+        """End the ``block`` subscriptions of ``t`` whose full queue has held the
+        publishers for ``block_timeout`` with nothing taken (``SlowSubscriber``)."""
+        assert self.block_timeout is not None
+        now = t.loop.time()
+        # (The expression publish() waits by: the one whose time is up always ends.)
+        for sub in [s for s in t.full if s.full_since + self.block_timeout - now <= 0]:
+            sub.finish(
+                [
+                    _SLOW,
+                    f"block: no item taken for {self.block_timeout} s with topic_queue_size={sub.limit} items "
+                    "queued (topic_block_timeout)",
+                ]
+            )
 
     # -- delivery from the broker
 
