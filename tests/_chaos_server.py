@@ -1,6 +1,7 @@
 """The server of test_resume_chaos.py, in its own process:
 
     python _chaos_server.py '{"session_grace": 30, ...}'   # serve() options as JSON
+    python _chaos_server.py -    # the same JSON on the first line of stdin (once imported)
 
 It binds a free port on 127.0.0.1, prints ``ready <port>`` and serves until killed.
 Its methods count their side effects so that the test can check exactly-once
@@ -77,4 +78,6 @@ async def main(options: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    fastrpc.run(main(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}))
+    arg = sys.stdin.readline() if sys.argv[1:] == ["-"] else (sys.argv[1] if len(sys.argv) > 1 else "{}")
+    if arg:  # (a spare started for a test that never came: its stdin closed, nothing read)
+        fastrpc.run(main(json.loads(arg)))

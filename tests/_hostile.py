@@ -94,20 +94,31 @@ def _read_status(pid: int) -> dict[str, int]:
     return out
 
 
-class ServerProc:
-    """``tests/_hostile_server.py`` in a child process (port 0, reported on stdout)."""
+def _spawn_server() -> tuple[subprocess.Popen[str], Any]:
+    """``_hostile_server.py -``: started, waiting for its options on stdin."""
+    err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by ServerProc.close()
+    proc = subprocess.Popen(
+        [sys.executable, SERVER_SCRIPT, "-"], stdout=subprocess.PIPE, stderr=err, stdin=subprocess.PIPE, text=True
+    )
+    return proc, err
 
-    def __init__(self, options: dict[str, Any]) -> None:
+
+class ServerProc:
+    """``tests/_hostile_server.py`` in a child process (port 0, reported on stdout).
+
+    ``spawned``: a process of :func:`_spawn_server` started ahead (else one starts now);
+    it serves with ``options`` once given them."""
+
+    def __init__(self, options: dict[str, Any], spawned: tuple[subprocess.Popen[str], Any] | None = None) -> None:
         self.options = options
         self.closes: list[str] = []  # "closed CODE REASON" lines, as the server reports them
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
-        self.proc = subprocess.Popen(
-            [sys.executable, SERVER_SCRIPT, json.dumps(options)],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
+        self.proc, self._stderr = spawned or _spawn_server()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(options) + "\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass  # it exited: no port below
         self.pid = self.proc.pid
         self._port: list[int] = []
         self._ready = threading.Event()
@@ -160,14 +171,28 @@ class ServerProc:
 
 
 class Probe:
-    """``tests/_hostile_probe.py``: a well-behaved client calling every 20 ms."""
+    """``tests/_hostile_probe.py``: a well-behaved client calling every 20 ms.
 
-    def __init__(self, url: str, connect_every: float | None = None) -> None:
-        args = [sys.executable, PROBE_SCRIPT, url] + ([str(connect_every)] if connect_every else [])
+    The process starts at once and waits for its URL (:meth:`start`): it can be
+    started ahead of its attack."""
+
+    def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+            [sys.executable, PROBE_SCRIPT, "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
         )
-        assert self.proc.stdout is not None
+
+    def start(self, url: str, connect_every: float | None = None) -> None:
+        """Give it the server's URL; return once it made its first call."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{url} {connect_every or ''}\n")
+            self.proc.stdin.flush()  # (communicate() closes it)
+        except OSError:
+            pass  # it exited: no "ready" below
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -194,6 +219,32 @@ class Probe:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate()
+
+
+# The server and probe processes of the next attack, started once this attack's probe
+# has stopped (while the last figures are read): a process's start (an interpreter,
+# fastrpc's imports) then overlaps work that measures nothing. Each attack still gets
+# fresh processes; they wait, idle, for their server's options and URL.
+_SPARES: dict[str, Any] = {}
+
+
+def _start_spares() -> None:
+    if "server" not in _SPARES:
+        _SPARES["server"] = _spawn_server()
+    if "probe" not in _SPARES:
+        _SPARES["probe"] = Probe()
+
+
+def drop_spares() -> None:
+    """End the processes started for an attack that did not come (end of the tests)."""
+    server, probe = _SPARES.pop("server", None), _SPARES.pop("probe", None)
+    if server is not None:
+        proc, err = server
+        proc.kill()
+        proc.communicate()
+        err.close()
+    if probe is not None:
+        probe.kill()
 
 
 # ------------------------------------------------------------------- results
@@ -319,10 +370,14 @@ def hostile(
     """
     options = dict(options or {})
     result = Result(attack, options, expect_codes=sorted(expect) if expect is not None else None)
-    server = ServerProc(options)
-    probe: Probe | None = None
+    probe: Probe | None = _SPARES.pop("probe", None) or Probe()
     try:
-        probe = Probe(server.url, connect_every)
+        server = ServerProc(options, _SPARES.pop("server", None))
+    except BaseException:
+        probe.kill()
+        raise
+    try:
+        probe.start(server.url, connect_every)
         time.sleep(0.3)
         before = min(server.rss() for _ in range(3))
         ctx = Context(server, before, time_limit)
@@ -351,6 +406,7 @@ def hostile(
         result.seconds = round(time.monotonic() - t0, 2)
         stats = probe.stop()
         probe = None
+        _start_spares()  # the probe is done: the next attack's processes start meanwhile
         time.sleep(0.2)
         alive = server.alive()
         after = server.rss() if alive else 0

@@ -2,6 +2,9 @@
 
     python _hostile_probe.py URL [CONNECT_EVERY]
 
+``-``: read ``URL [CONNECT_EVERY]`` from the first line of stdin instead (once fastrpc
+is imported: the process can be started ahead of its server).
+
 Connects, makes one call, prints ``ready``; then calls ``add`` every 20 ms (the next
 call 20 ms after the previous one was sent, or at once when it took longer) until it
 gets SIGTERM, and prints one JSON line: how many calls, their latencies (max, p50,
@@ -107,4 +110,6 @@ async def main(url: str, every: float | None) -> None:
 
 
 if __name__ == "__main__":
-    fastrpc.run(main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None))
+    args = sys.stdin.readline().split() if sys.argv[1:] == ["-"] else sys.argv[1:]
+    if args:  # (none: started ahead for an attack that did not come)
+        fastrpc.run(main(args[0], float(args[1]) if len(args) > 1 else None))

@@ -4,10 +4,13 @@
 (``fastrpc._frames``) and ``"python"`` (``fastrpc._frames_py``). The compiled one is
 skipped, with the reason, when ``FASTRPC_NO_EXTENSIONS=1`` or when it is not built.
 ``codec_pair`` gives ``(compiled, pure)`` for tests that compare the two directly.
+
+Marker ``codec_independent`` (registered here): see :func:`pytest_configure`.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 from collections.abc import Iterator
@@ -30,6 +33,23 @@ def _compiled_codec() -> tuple[ModuleType | None, str]:
 
 
 _COMPILED, _NO_COMPILED_REASON = _compiled_codec()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what collection made (test modules, their items: some 100,000 objects) out of
+    the garbage collector's reach: the ``gc.collect()`` that ends every ``_util.run``,
+    and the collector's own full passes, then only walk what the tests made since
+    (a full pass over everything cost ~70 ms, a few hundred times a run)."""
+    gc.freeze()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "codec_independent: runs nothing that FASTRPC_NO_EXTENSIONS changes (child processes that drop "
+        "or set it themselves, a build that ignores it): the pure-codec CI run deselects these, as it "
+        "would only repeat what the compiled run did; the compiled and lowest runs keep them",
+    )
 
 
 @pytest.fixture(scope="session", params=["cython", "python"])

@@ -3,6 +3,11 @@ and one of fastrpc against a --baseline copy of this tree.
 
 The benchmark spawns its own server and client processes (loopback only); this test
 only checks that the table and the JSON come out, not any figure.
+
+Tests marked ``codec_independent`` run bench tools with the compiled codec whatever
+this run's FASTRPC_NO_EXTENSIONS (``_compare`` and ``_bench_tool`` drop it; the
+decode_steps test sets it per case): under the pure-codec run they would repeat the
+compiled run to the byte, so that run deselects them (.ci/run).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def _compare_with_baseline(tmp_path: Path, *args: str) -> tuple[subprocess.Compl
     return proc, base, out
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(150)
 def test_compare_quick_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -77,6 +83,7 @@ def test_compare_quick_smoke(tmp_path: Path) -> None:
     assert doc["machine"]["libraries"]["fastrpc"]["server_implementation"] in ("cython", "python")
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(150)
 def test_compare_baseline_smoke(tmp_path: Path) -> None:
     """--baseline DIR: the children of fastrpc-base import DIR/src/fastrpc, those of
@@ -117,6 +124,7 @@ def test_compare_baseline_smoke(tmp_path: Path) -> None:
         assert libraries["fastrpc"][f"{side}_file"].startswith(str(ROOT / "src")), libraries
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(150)
 def test_compare_latency_under_load_smoke(tmp_path: Path) -> None:
     """--only latency: bench/priority.py for each fastrpc library (fastrpc-base's
@@ -143,6 +151,7 @@ def test_compare_latency_under_load_smoke(tmp_path: Path) -> None:
             assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(60)
 def test_compare_fanout_smoke(tmp_path: Path) -> None:
     """The fan-out row (100 connections, a few items): every connection received every
@@ -206,6 +215,7 @@ def _bench_tool(script: str, args: list[str]) -> subprocess.CompletedProcess[str
     return proc
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])
 def test_decode_steps_smoke(pure: bool) -> None:
@@ -228,6 +238,7 @@ def test_decode_steps_smoke(pure: bool) -> None:
     assert float(figures["longest step"].split()[0]) > 0
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("side", "what"), [("server", "seq"), ("client", "seq"), ("client", "inflight")])
 def test_side_cost_opcodes_smoke(side: str, what: str) -> None:
@@ -243,6 +254,7 @@ def test_side_cost_opcodes_smoke(side: str, what: str) -> None:
     assert ("RpcPeer._process" if side == "server" else "PeerAPI.call") in proc.stdout, proc.stdout
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("side", "busiest"), [("server", "StreamManager.run_sender"), ("client", "ReceiveStream.__anext__")]
@@ -263,6 +275,7 @@ def test_side_cost_opcodes_of_a_small_item(side: str, busiest: str) -> None:
     assert "OutboundStreams.send_item" not in proc.stdout and "Connection.read_item\n" not in proc.stdout
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(120)
 def test_sides_smoke() -> None:
     # bench/sides.py: CPU per operation on each side; a tiny run of fastrpc alone.
@@ -295,6 +308,7 @@ def test_sides_smoke() -> None:
         assert float(row[1].replace(",", "")) > 0 and len(row) == 8, row
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("spin", ["none", "both"])
 def test_critical_path_smoke(tmp_path: Path, spin: str) -> None:

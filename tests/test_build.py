@@ -5,6 +5,9 @@
   shows ONE line saying so and why (pip hides a successful build's output, so setup.py
   also writes that line to /dev/tty; the build runs under a pseudo-terminal here);
 * ``FASTRPC_BUILD_EXTENSION=yes``: the build fails.
+
+Both are ``codec_independent``: setup.py and pip never read FASTRPC_NO_EXTENSIONS (nor
+import fastrpc), so the pure-codec CI run would only repeat the compiled run's builds.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(240)
 def test_no_compiler_falls_back_with_one_line(tmp_path: Path) -> None:
     tree = _source_tree(tmp_path / "tree")
@@ -85,6 +89,7 @@ def test_no_compiler_falls_back_with_one_line(tmp_path: Path) -> None:
     assert not [n for n in names if n.endswith((".so", ".pyd"))], names
 
 
+@pytest.mark.codec_independent
 @pytest.mark.timeout(240)
 def test_required_extension_fails_the_build(tmp_path: Path) -> None:
     tree = _source_tree(tmp_path / "tree")

@@ -4,6 +4,7 @@ TLS, IPv6 and ``bench``, each command in a subprocess of its own."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -52,6 +53,14 @@ def cli(*args: str, timeout: float = TIMEOUT, **kw: object) -> subprocess.Comple
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"fastrpc {' '.join(args)} did not finish within {timeout} s: {exc.stdout!r} {exc.stderr!r}")
+
+
+def cli_each(*calls: tuple[str, ...], **kw: Any) -> list[subprocess.CompletedProcess[str]]:
+    """``cli(*args, **kw)`` for each ``args`` of ``calls``, all at once (independent
+    commands, each a process of its own, need not wait for each other's start); the
+    results in the order of ``calls``."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda args: cli(*args, **kw), calls))
 
 
 def _readline(proc: subprocess.Popen[bytes], deadline: float) -> str:
@@ -108,12 +117,22 @@ def test_serve_methods_call_stream_notify_ping(tmp_path: Path) -> None:
             f"fastrpc {fastrpc.__version__}: serving _cli_app:router (router) on ws://127.0.0.1:"
         )
 
-        proc = cli("methods", url)
+        methods_text, methods_json, add, echo, fail, nope, ticks, limited = cli_each(
+            ("methods", url),
+            ("methods", url, "--json"),
+            ("call", url, "add", "1", "2"),
+            ("call", url, "echo", "hello", "1.5", '{"k": [1, null]}', "true", '"7"'),
+            ("call", url, "fail", "boom"),
+            ("call", url, "nope"),
+            ("stream", url, "ticks", "3"),
+            ("stream", url, "ticks", "1000000", "--limit", "5"),
+        )
+        proc = methods_text
         assert proc.returncode == 0, proc.stderr
         assert "add(a: int, b: int) -> int  [call]\n    Add two numbers.\n" in proc.stdout
         assert "ticks(n: int, size: int = 0) -> AsyncIterator[dict[str, Any]]  [stream]" in proc.stdout
         assert "upper(items: AsyncIterator[str]) -> AsyncIterator[str]  [channel]" in proc.stdout
-        proc = cli("methods", url, "--json")
+        proc = methods_json
         methods = json.loads(proc.stdout)
         assert [m["name"] for m in methods] == ["add", "echo", "fail", "ticks", "upper", "log"]
         assert methods[0] == {
@@ -123,21 +142,21 @@ def test_serve_methods_call_stream_notify_ping(tmp_path: Path) -> None:
             "doc": "Add two numbers.",
         }
 
-        proc = cli("call", url, "add", "1", "2")
+        proc = add
         assert (proc.returncode, proc.stdout) == (0, "3\n"), proc.stderr
         # JSON where it parses, strings otherwise.
-        proc = cli("call", url, "echo", "hello", "1.5", '{"k": [1, null]}', "true", '"7"')
+        proc = echo
         assert json.loads(proc.stdout) == ["hello", 1.5, {"k": [1, None]}, True, "7"], proc.stderr
-        proc = cli("call", url, "fail", "boom")
+        proc = fail
         assert proc.returncode == 1 and "ValueError: boom" in proc.stderr and not proc.stdout
-        proc = cli("call", url, "nope")
+        proc = nope
         assert proc.returncode == 1 and "MethodNotFound" in proc.stderr
 
-        proc = cli("stream", url, "ticks", "3")
+        proc = ticks
         assert proc.returncode == 0, proc.stderr
         assert [json.loads(line) for line in proc.stdout.splitlines()] == [{"i": i, "pad": ""} for i in range(3)]
         assert proc.stderr == ""  # not a terminal: no progress line
-        proc = cli("stream", url, "ticks", "1000000", "--limit", "5")
+        proc = limited
         assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 5, proc.stderr
 
         proc = cli("notify", url, "log", "hello from the CLI")
@@ -188,15 +207,23 @@ def test_handler_target_and_no_introspection() -> None:
 
 
 def test_serve_errors() -> None:
-    proc = cli("serve", "_cli_app", cwd=str(HERE))
+    no_attr, no_module, missing, not_a_target, no_server = cli_each(
+        ("serve", "_cli_app"),
+        ("serve", "_no_such_module:router"),
+        ("serve", "_cli_app:missing"),
+        ("serve", "_cli_app:not_a_target"),
+        ("call", "ws://127.0.0.1:9", "add", "1", "2"),  # port 9: nobody listens
+        cwd=str(HERE),
+    )
+    proc = no_attr
     assert proc.returncode == 1 and "expected MODULE:ATTR" in proc.stderr
-    proc = cli("serve", "_no_such_module:router", cwd=str(HERE))
+    proc = no_module
     assert proc.returncode == 1 and "cannot import module '_no_such_module'" in proc.stderr
-    proc = cli("serve", "_cli_app:missing", cwd=str(HERE))
+    proc = missing
     assert proc.returncode == 1 and "has no attribute 'missing'" in proc.stderr
-    proc = cli("serve", "_cli_app:not_a_target", cwd=str(HERE))
+    proc = not_a_target
     assert proc.returncode == 1 and "expected a fastrpc.Router or an async handler(peer)" in proc.stderr
-    proc = cli("call", "ws://127.0.0.1:9", "add", "1", "2")  # port 9: nobody listens
+    proc = no_server
     assert proc.returncode == 1 and "cannot connect" in proc.stderr
 
 
@@ -413,10 +440,14 @@ def test_busy_poll_reaches_the_server_and_the_clients() -> None:
     args = _parser().parse_args(["call", "ws://127.0.0.1:1", "add", "1"])
     assert _client_options(args)["busy_poll"] is None  # off unless asked for
     assert _parser().parse_args(["serve", "m:a", "--busy-poll", "0.001"]).busy_poll == 0.001
-    for bad in ("-1", "2", "nan", "fast"):
-        proc = cli("ping", "ws://127.0.0.1:9", "--busy-poll", bad)
+    *refused, workers = cli_each(
+        *(("ping", "ws://127.0.0.1:9", "--busy-poll", bad) for bad in ("-1", "2", "nan", "fast")),
+        ("serve", "_cli_app:router", "--workers", "2", "--busy-poll", "0.001"),
+        cwd=str(HERE),
+    )
+    for proc in refused:
         assert proc.returncode == 2 and "--busy-poll" in proc.stderr, proc.stderr
-    proc = cli("serve", "_cli_app:router", "--workers", "2", "--busy-poll", "0.001", cwd=str(HERE))
+    proc = workers
     assert proc.returncode == 2 and "--busy-poll cannot be used with --workers" in proc.stderr, proc.stderr
 
     with serving("_cli_app:router", "--busy-poll", "50e-6") as (url, _):
@@ -456,15 +487,15 @@ def test_a_refused_connection_is_one_error_line_and_header_sends_credentials() -
 
     def check(url: str) -> None:
         refused = "error: the server refused the connection: HTTP 401: unknown token\n"
-        for args in (
+        calls = (
             ("call", url, "add", "1", "2"),
             ("ping", url, "-c", "1"),
             ("stream", url, "add"),
             ("notify", url, "add"),
             ("methods", url),
             ("call", url, "add", "1", "2", "-H", "Authorization: Bearer wrong"),
-        ):
-            proc = cli(*args)
+        )
+        for args, proc in zip(calls, cli_each(*calls)):
             assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", refused), args
         proc = cli("call", url, "add", "1", "2", "--header", "Authorization:Bearer s3cret", "-H", "X-Trace: a b")
         assert (proc.returncode, proc.stdout) == (0, "3\n"), proc.stderr
@@ -473,8 +504,9 @@ def test_a_refused_connection_is_one_error_line_and_header_sends_credentials() -
         assert proc.returncode == 0 and proc.stdout.startswith("pong from "), proc.stderr
         proc = cli("call", url, "add", "1", "2", "-H", "Authorization: Bearer s3cret", "--busy-poll", "50e-6")
         assert (proc.returncode, proc.stderr) == (1, "error: --busy-poll cannot be used with --header (yet)\n")
-        for bad in ("Authorization Bearer x", "Bad Name: x", ": x"):
-            proc = cli("call", url, "add", "-H", bad)
+        for proc in cli_each(
+            *(("call", url, "add", "-H", bad) for bad in ("Authorization Bearer x", "Bad Name: x", ": x"))
+        ):
             assert proc.returncode == 2 and "argument -H/--header: expected NAME:VALUE" in proc.stderr, proc.stderr
 
     _serve_here(router, check, authenticate=authenticate)
@@ -521,19 +553,31 @@ def test_stream_timeout_bounds_the_wait_for_each_item() -> None:
                 await asyncio.sleep(gap)
             yield i
 
-    def check(url: str) -> None:
+    def timed(args: tuple[tuple[str, ...], float]) -> tuple[subprocess.CompletedProcess[str], float]:
         start = time.monotonic()
-        proc = cli("stream", url, "stall", "0", "--timeout", "1", timeout=15)
+        proc = cli(*args[0], timeout=args[1])
+        return proc, time.monotonic() - start
+
+    def check(url: str) -> None:
+        # The three at once: each waits on its own.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            (proc, took), (stalled, _), (drip, drip_took) = pool.map(
+                timed,
+                [
+                    (("stream", url, "stall", "0", "--timeout", "1"), 15),
+                    (("stream", url, "stall", "2", "--timeout", "0.5"), 15),
+                    (("stream", url, "drip", "8", "0.3", "--timeout", "1.5"), 30),
+                ],
+            )
         assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
         assert proc.stderr == "error: the stream sent no item within --timeout (1 s)\n"
-        assert 1 <= time.monotonic() - start < 14
-        proc = cli("stream", url, "stall", "2", "--timeout", "0.5", timeout=15)
+        assert 1 <= took < 14
+        proc = stalled
         assert (proc.returncode, proc.stdout) == (1, "0\n1\n"), proc.stderr
         assert proc.stderr == "error: the stream sent no further item after 2 within --timeout (0.5 s)\n"
-        start = time.monotonic()
-        proc = cli("stream", url, "drip", "8", "0.3", "--timeout", "1.5", timeout=30)
+        proc = drip
         assert (proc.returncode, proc.stdout) == (0, "".join(f"{i}\n" for i in range(8))), proc.stderr
-        assert time.monotonic() - start > 2.1  # longer than --timeout in all
+        assert drip_took > 2.1  # longer than --timeout in all
 
     _serve_here(router, check)
     from fastrpc.cli import _parser
@@ -547,8 +591,10 @@ def test_serve_port_must_be_0_to_65535() -> None:
 
     for port in ("0", "65535", "8765"):
         assert _parser().parse_args(["serve", "m:a", "--port", port]).port == int(port)
-    for bad in ("70000", "65536", "-1", "http"):
+    bad_ports = ("70000", "65536", "-1", "http")
+    for proc in cli_each(
+        *(("serve", "_cli_app:router", "--port", bad) for bad in bad_ports), cwd=str(HERE), timeout=15
+    ):
         # Before: 70000 served on 70000 % 65536 under uvloop (an OverflowError under asyncio).
-        proc = cli("serve", "_cli_app:router", "--port", bad, cwd=str(HERE), timeout=15)
         assert proc.returncode == 2 and "argument --port: " in proc.stderr, proc.stderr
         assert "not a port" in proc.stderr, proc.stderr

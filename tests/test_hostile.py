@@ -19,10 +19,11 @@ import contextlib
 import json
 import os
 import zlib
+from collections.abc import Iterator
 
 import msgspec
 import pytest
-from _hostile import ERROR_CODES, Attacker, Context, Outcome, RawWS, frame, hostile, request
+from _hostile import ERROR_CODES, Attacker, Context, Outcome, RawWS, drop_spares, frame, hostile, request
 from _util import recv_binary
 
 from fastrpc import frames as F
@@ -34,6 +35,12 @@ MiB = 1 << 20
 ADD_ARGS = msgspec.msgpack.encode([1, 2])
 RAW = 0x40  # FLAG_RAW: the payload is raw bytes
 PING64 = frame(F.PING, 0, 0, b"p" * 64)  # the largest PING docs/protocol.md allows
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_spares_left() -> Iterator[None]:
+    yield
+    drop_spares()  # the processes _hostile started ahead for an attack after the last
 
 
 # ------------------------------------------------------------ the harness itself

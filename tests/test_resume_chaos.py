@@ -37,8 +37,9 @@ import collections
 import contextlib
 import json
 import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,23 +88,53 @@ class Server:
             await asyncio.sleep(0.02)
 
 
+# A server process started ahead of its test (it waits, imported, for its options on
+# stdin): while a test runs, the next one's server starts. Each test still gets a fresh
+# process of its own.
+_SPARES: list[subprocess.Popen[bytes]] = []
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, SERVER, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _spare_servers() -> Iterator[None]:
+    yield
+    while _SPARES:
+        _end(_SPARES.pop())
+
+
 @contextlib.asynccontextmanager
 async def chaos_server(**options: Any) -> AsyncIterator[Server]:
     opts = {"session_grace": GRACE, **QUIET, **options}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, SERVER, json.dumps(opts), stdout=asyncio.subprocess.PIPE
-    )
+    proc = _SPARES.pop() if _SPARES else _spawn()
+    _SPARES.append(_spawn())
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(opts).encode() + b"\n")
+        proc.stdin.close()
+        reading = asyncio.ensure_future(asyncio.to_thread(proc.stdout.readline))
+        done, _ = await asyncio.wait({reading}, timeout=30)
+        if not done:
+            proc.kill()  # (ends the read)
+            await reading
+        line = reading.result()
         assert line.startswith(b"ready "), line
         port = int(line.split()[1])
         async with fastrpc.connect(f"ws://127.0.0.1:{port}", **QUIET) as control:
             yield Server(port, control)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        _end(proc)
 
 
 class Client:

@@ -16,6 +16,7 @@ from .codec import PayloadCodec
 from .exceptions import CallTimeout, ConnectionClosed, ErrorCode, LimitExceeded
 from .handlers import Handlers
 from .protocol import DEFAULT_URGENCY, Connection, Settings
+from .scheduler import check_urgency
 from .streams import RateLimit, ReceiveStream, StreamId, StreamManager
 from .topics import BLOCK, Subscription
 from .transport import Transport
@@ -409,6 +410,7 @@ class PeerAPI:
         """Open a bidirectional stream: ``items`` go to the handler (its first
         argument), whose yielded items come back through the returned stream.
         ``timeout``: the whole call's, as for :meth:`stream`."""
+        check_urgency(priority)  # now, not once the call is sent (it would hang)
         if kwargs:
             return self._stream_call(
                 method, self._encode_kwargs(args, kwargs), False, (items, priority, rate), timeout, True

@@ -156,6 +156,15 @@ class Handlers:
         if task is not None:
             task.cancel()
 
+    def on_stream_closed(self, stream_id: int) -> None:
+        """STREAM_CLOSE on one of our outgoing streams: when it is the results stream of
+        a streaming call (its id is the call's), the handler feeding it stops, as its
+        sender loop would not (it runs in the handler's task, maybe waiting for credit
+        that will never come, holding the call's slot)."""
+        task = self.tasks.get(stream_id)
+        if task is not None:
+            task.cancel()
+
     def find(self, method: str) -> tuple[tuple[Callable[..., Any], int] | None, MethodSpec | None]:
         """``(handler and kind, spec)`` of ``method`` (this connection's first); the
         spec is None for a plain method (untyped, no authorize hook)."""

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Union
 
-from . import compression as _compression
 from . import frames as F
 from .budget import MemoryBudget
 from .calls import decode_error
@@ -80,16 +79,6 @@ class InboundStreams:
         flags |= s.partial_flags
         s.partial = None
         return whole, flags
-
-    def inflate(self, s: IncomingStream, payload: Payload, algorithm: int, max_item_size: int, closed: bool) -> bytes:
-        """Decompress an item of ``s`` as it is read (bounded by ``max_item_size``).
-        Items are held compressed, so that the window bounds what a stream holds; one
-        that inflates past the bound ends ``s`` (its sender is told to stop) and raises."""
-        try:
-            return _compression.decompress(algorithm, payload, max_item_size)
-        except ProtocolError:
-            self.close(s, closed)
-            raise
 
     def _drop(self, s: IncomingStream) -> None:
         """Drop what ``s`` holds, giving it back to the budget."""

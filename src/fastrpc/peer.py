@@ -492,6 +492,7 @@ class RpcPeer(PeerIO):
 
     def _on_stream_closed(self, ev: E.StreamClosedByPeer) -> None:
         self.streams.on_closed_by_peer(ev.stream_id)
+        self._handlers.on_stream_closed(ev.stream_id)
 
     def _on_response(self, ev: E.ResponseReceived) -> None:
         self._settle(ev.call_id, ev.payload, ev.raw)

@@ -272,6 +272,10 @@ class Connection:
         """Calls from the peer whose handlers have not finished."""
         return len(self._calls.inbound)
 
+    def is_cancelled(self, call_id: int) -> bool:
+        """Whether our call ``call_id`` was cancelled and the peer has not ended it yet."""
+        return self._calls.cancelled(call_id)
+
     def is_running(self, call_id: int) -> bool:
         """Whether the peer's call ``call_id`` is still waiting for its answer."""
         return call_id in self._calls.inbound
@@ -609,9 +613,16 @@ class Connection:
         if not kind:
             return payload, False, grant
         if kind & _COMPRESSED:
-            # Held compressed (what the window counted), inflated as it is read: a
-            # bomb fails this stream (ProtocolError, COMPRESSION_ERROR), not the reader.
-            payload = self._inbound.inflate(s, payload, self._algorithm, self.settings.max_item_size, self.closed)
+            # Held compressed (what the window counted), inflated as it is read
+            # (bounded by max_item_size): a bomb or a corrupt item fails this stream
+            # (ProtocolError, COMPRESSION_ERROR), not the reader, as the reader closing
+            # it would (close_stream): STREAM_CLOSE, or for a streaming call of ours
+            # CANCEL (STREAM_CLOSE would leave its call slot taken for good).
+            try:
+                payload = _compression.decompress(self._algorithm, payload, self.settings.max_item_size)
+            except ProtocolError:
+                self.close_stream(stream_id)
+                raise
         return payload, kind & FLAG_RAW != 0, grant
 
     def read_items(self, stream_id: int, limit: int, max_size: int = -1) -> tuple[list[Payload], bool, int]:

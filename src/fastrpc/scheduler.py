@@ -29,7 +29,8 @@ _NO_RINGS: list[deque[OutgoingStream] | None] = [None] * URGENCY_LEVELS  # share
 
 
 def check_urgency(urgency: int) -> None:
-    if not 0 <= urgency < URGENCY_LEVELS:
+    # An int: a float (2.5) passes the range check and fails later, as a ring's index.
+    if not isinstance(urgency, int) or not 0 <= urgency < URGENCY_LEVELS:
         raise ValueError(f"urgency must be 0..{URGENCY_LEVELS - 1}, not {urgency!r}")
 
 

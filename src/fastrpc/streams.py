@@ -262,7 +262,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
             try:
                 item = link.core.read_item(self.stream_id)  # type: ignore[arg-type]
             except ProtocolError:  # an item that inflates past max_item_size: this stream ends
-                self._finish()
+                self._failed()
                 raise
             if item is not None:
                 payload, raw, granted = item
@@ -329,7 +329,7 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                 try:
                     item = core.read_item(sid)
                 except ProtocolError:
-                    self._finish()
+                    self._failed()
                     raise
                 if item is not None:
                     payload, raw, granted = item
@@ -389,6 +389,14 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         if not self._done:
             self._done = True
             self._manager.forget_incoming(self)
+
+    def _failed(self) -> None:
+        """``read_item`` raised: the core stopped reading this stream (an item that
+        inflates past ``max_item_size``, or corrupt), as :meth:`close` would have."""
+        if not self._done:
+            self._done = True
+            self._ready = None
+            self._manager.failed_incoming(self)
 
     def _fail(self, exc: BaseException) -> None:
         if not self._done:
@@ -643,7 +651,13 @@ class StreamManager:
         while not link.core.can_open_stream():
             fut = link.loop.create_future()
             self._slot_waiters.append(fut)
-            await fut
+            try:
+                await fut
+            except BaseException:
+                # Cancelled (a timeout): not left behind until the peer grants a slot.
+                if fut in self._slot_waiters:
+                    self._slot_waiters.remove(fut)
+                raise
             self._check()
         try:
             sid: int = link.core.open_stream(wire, urgency=priority)
@@ -1137,6 +1151,8 @@ class StreamManager:
             try:
                 await fut
             except BaseException:
+                if fut in self._accepting:  # cancelled: not left behind until a stream comes
+                    self._accepting.remove(fut)
                 if stream.stream_id is None:
                     stream.close()
                 raise
@@ -1233,14 +1249,29 @@ class StreamManager:
         link = self.link
         if link is not None and not link.closed:
             if link.core.close_stream(sid):
-                # Our call is cancelled, and its channel's input aborted in the core:
-                # that input's sender stops too (no STREAM_CLOSE will come to stop it).
-                task = self._senders.get(sid)
-                if task is not None:
-                    task.cancel()
-                    # (Cancelled before its first step, it never reaches its finally.)
-                    task.add_done_callback(lambda t: self._senders.pop(sid) if self._senders.get(sid) is t else None)
+                self._stop_input(sid)
             link.host.flush()
+
+    def failed_incoming(self, stream: ReceiveStream[Any]) -> None:
+        """(Stream hook) reading ``stream`` failed in the core, which stopped reading it
+        (:meth:`Connection.read_item`): forget it, and when that cancelled our call,
+        stop the sender of its channel's input."""
+        sid = stream.stream_id
+        link = self.link
+        if sid is not None and not link.closed and link.core.is_cancelled(sid):
+            self._stop_input(sid)
+        self.forget_incoming(stream)
+        if not link.closed:
+            link.host.flush()
+
+    def _stop_input(self, sid: int) -> None:
+        """Our call ``sid`` is cancelled, and its channel's input aborted in the core:
+        that input's sender stops too (no STREAM_CLOSE will come to stop it)."""
+        task = self._senders.get(sid)
+        if task is not None:
+            task.cancel()
+            # (Cancelled before its first step, it never reaches its finally.)
+            task.add_done_callback(lambda t: self._senders.pop(sid) if self._senders.get(sid) is t else None)
 
     # ---------------------------------------------------------------- cleanup
 
