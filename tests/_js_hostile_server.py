@@ -6,14 +6,17 @@ misbehaves as the REQUEST's method name says (``window``: 300 KiB of STREAM_DATA
 call's result stream, past the 256 KiB window; ``ping``: a 65-byte PING; ``type``: an
 unknown frame type below 0x40; ``big``: a frame over the client's 1 MiB frame limit;
 ``open_twice``: a second OPEN on one stream; ``flood``: 8 streams of 200 KiB that
-nobody claims, within their windows: only the client's memory bound stops them). It prints ``port N`` when listening, and
-``goaway CODE`` for each GOAWAY the client sends back."""
+nobody claims, within their windows: only the client's memory bound stops them;
+``linger``: an item on the call's result stream, GOAWAY NO_ERROR, then an item every
+20 ms and never a close frame: only the client's closeTimeout ends it). It prints
+``port N`` when listening, and ``goaway CODE`` for each GOAWAY the client sends back."""
 
 from __future__ import annotations
 
 import asyncio
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from fastrpc import frames as F
 from fastrpc.calls import FLAG_RAW as RAW
@@ -39,8 +42,24 @@ def attack(kind: str, cid: int) -> list[bytes]:
     raise ValueError(kind)
 
 
+async def linger(ws: ServerConnection, cid: int) -> None:
+    """Item 0, GOAWAY, then items 1, 2, ... every 20 ms until the client closes."""
+    data = F.STREAM_DATA
+    i = 1
+    try:
+        await ws.send(F.encode_frame(data, F.FLAG_OPEN | RAW, cid, (0).to_bytes(4, "big")))
+        await ws.send(F.encode_frame(F.GOAWAY, 0, 0, F.encode_varint(0) + b"lingering"))
+        while True:
+            await asyncio.sleep(0.02)
+            await ws.send(F.encode_frame(data, RAW, cid, i.to_bytes(4, "big")))
+            i += 1
+    except ConnectionClosed:
+        print(f"closed after {i} items", flush=True)
+
+
 async def handler(ws: ServerConnection) -> None:
     hello_sent = False
+    tasks: set[asyncio.Task[None]] = set()
     async for msg in ws:
         assert isinstance(msg, bytes)
         for f in F.decode_message(msg, 1 << 30):
@@ -50,6 +69,11 @@ async def handler(ws: ServerConnection) -> None:
             elif f.type == F.REQUEST:
                 payload = bytes(f.payload)
                 n, pos = F.decode_varint(payload, 0)
+                if payload[pos : pos + n] == b"linger":
+                    task = asyncio.get_running_loop().create_task(linger(ws, f.id))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    continue
                 for m in attack(payload[pos : pos + n].decode(), f.id):
                     await ws.send(m)
             elif f.type == F.GOAWAY:

@@ -118,6 +118,46 @@ def test_cheap_request_flood_never_reading(kind: str) -> None:
     hostile(f"request flood ({kind}), never reading", attack, expect={1008}).verify()
 
 
+def test_a_peer_closed_for_not_reading_cannot_make_us_read_its_flood_meanwhile() -> None:
+    # A client that never reads is closed (1008, output_stall_timeout), and the server
+    # gives it up to keepalive_timeout to take its close frame. What the client still
+    # sends meanwhile is read and dropped up to transport.DROP_LIMIT (1 MiB), then
+    # read at 16 MiB a second at most (its close frame may still come): before, a flood
+    # was read and dropped at line rate (a core busy) until the close timeout.
+    blob = bytes(256 * KiB)
+
+    async def attack(ctx: Context) -> Outcome:
+        a = await Attacker.open(ctx.url, reading=False)
+        cid = 1
+        while ctx.keep_going(4) and a.sent < 64:  # echo calls until the server stops reading
+            msg = b"".join(request(cid + 2 * i, "echo", blob, RAW) for i in range(12))
+            cid += 24
+            if not await a.send(msg, timeout=1):
+                break
+        # The stall is seen (output_stall_timeout), the last messages are tried (a second
+        # each), and the server waits for our close.
+        await asyncio.sleep(O.OUTPUT_STALL_TIMEOUT + 3.5)
+        flood = bytes(MiB)  # any data frames: they are dropped unread
+        before = a.sent
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while loop.time() - t0 < 2 and await a.send(flood, timeout=1):
+            pass
+        taken = a.sent - before
+        ctx.note("mib_taken_while_closing", taken)
+        # 1 MiB, 32 MiB in 2 s at the pace, and a few MiB of socket buffers on both
+        # sides; at line rate 2 s is thousands of MiB.
+        ctx.check("at most 64 MiB taken in 2 s from a peer being closed", taken <= 64)
+        return await a.outcome(8)
+
+    hostile(
+        "flood from a peer being closed for not reading",
+        attack,
+        options={"keepalive_timeout": 8.0},
+        expect={1008},
+    ).verify()
+
+
 # ---------------------------------------------------------- (b) super-linear work
 
 

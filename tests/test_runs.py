@@ -346,3 +346,62 @@ def test_closing_a_stream_drops_the_run_it_took() -> None:
                 await s.__anext__()
 
     run(main())
+
+
+def test_a_sender_cancelled_once_a_drain_woke_it_leaves_the_others_their_runs() -> None:
+    # A sender waiting for the buffer to drain is woken (its turn: the others let it in
+    # first) and cancelled before it runs: the stream aborted in the same loop pass. The
+    # connection's other streams must still gather their items in runs, many to a
+    # message; a wake left counted made every later item go alone, one loop pass and
+    # one message each, for the rest of the connection.
+    limit = 4 << 10
+    n = 1000
+
+    async def consume(sid: int) -> int:
+        _, stream = fastrpc.current_peer().receive_stream(sid)
+        got = 0
+        try:
+            async for _ in stream:
+                got += 1
+        except fastrpc.StreamAborted:
+            pass
+        return got
+
+    async def big() -> AsyncIterator[bytes]:
+        while True:  # each item past the limit: the sender waits for a drain after it
+            yield b"x" * (2 * limit)
+
+    async def small() -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield SMALL + i.to_bytes(4, "big")
+
+    async def main() -> None:
+        opts = {"streams": fastrpc.StreamManager(max_buffered_amount=limit)}
+        async with pair(_router(consume=consume), client_opts=opts) as (_, peer):
+            manager = peer.streams
+            drained = manager.on_drained
+            victim: list[int] = []
+
+            def on_drained() -> None:
+                # The drain that wakes the victim (the only sender) aborts it before
+                # its task runs (the wake is counted in _woken until it does).
+                drained()
+                if victim and manager._woken:
+                    assert manager.abort_stream(victim.pop())
+
+            manager.on_drained = on_drained  # type: ignore[method-assign]
+            sid = await peer.send_stream(big())
+            victim.append(sid)
+            assert await asyncio.wait_for(peer.call("consume", sid), 5) >= 1
+            assert not victim, "the victim was not woken by a drain"
+            await until(lambda: not manager.tracked()["senders"], 5.0, "the victim's end")
+
+            before = peer.core.messages_out
+            sid = await peer.send_stream(small())
+            assert await asyncio.wait_for(peer.call("consume", sid), 5) == n
+            sent = peer.core.messages_out - before
+            # In runs: a few messages for the 1,000 items (one per drain of the 4 KiB
+            # limit at most); alone: one message per item.
+            assert sent < n // 10, f"{sent} messages for {n} small items"
+
+    run(main(), timeout=20)

@@ -104,6 +104,10 @@ export interface ConnectOptions {
   keepaliveInterval?: number | null;
   keepaliveTimeout?: number;
   handshakeTimeout?: number;
+  /** After the server's GOAWAY, how long its close frame may take (default 10 s, the
+   * Python side's close timeout): until it comes, what the server sent before it is
+   * still read; past this the client closes the connection itself. */
+  closeTimeout?: number;
   /** Senders wait while the socket holds more than this many bytes unsent (default 1 MiB). */
   maxBufferedAmount?: number;
   /** Stream data per outgoing message (default 128 KiB). */
@@ -174,8 +178,10 @@ export class Peer implements StreamLink, HandlerLink {
   private handshaking = true;
   private closedWith: Error | null = null;
   private goaway = false;
-  /** The GOAWAY of the message being received: the connection closes once the frames after it are handled. */
+  /** The server's first GOAWAY: the connection closes with it once the server's close
+   * frame comes (or closeTimeout after the GOAWAY); new work fails with it meanwhile. */
   private goawayErr: ConnectionClosed | null = null;
+  private goawayTimer: ReturnType<typeof setTimeout> | null = null;
 
   private nextId = 1;
   private readonly sched: Scheduler;
@@ -607,6 +613,11 @@ export class Peer implements StreamLink, HandlerLink {
     this.ws = null;
     if (ws !== null) this.dropTransport(ws);
     if (this.state === "closed") return;
+    if (this.goawayErr !== null) {
+      // the server said goodbye: its close frame (or a drop) ends the connection
+      this.teardown(this.goawayErr);
+      return;
+    }
     const policy = this.opts.reconnect;
     const broken = this.session.broken;
     if (this.goaway || !this.session.resumable || policy === false) {
@@ -665,15 +676,6 @@ export class Peer implements StreamLink, HandlerLink {
     for (let i = start; i < frames.length; i++) {
       if (this.state === "closed") return;
       this.dispatch(frames[i]);
-    }
-    // A GOAWAY closes the connection once the whole message is handled: the server packs
-    // what it sent before closing (stream items, ends, answers) after it, as the Python
-    // client reads them.
-    const goaway = this.goawayErr;
-    if (goaway !== null) {
-      this.goawayErr = null;
-      this.teardown(goaway);
-      return;
     }
     if (ackDue) this.queueControl(F.ACK, 0, 0, F.encodeVarint(this.session.received));
     if (this.slotGrants > 0) {
@@ -784,8 +786,18 @@ export class Peer implements StreamLink, HandlerLink {
         const [code, p] = F.decodeVarint(f.payload, 0);
         const reason = F.fromUtf8(f.payload.subarray(p));
         this.goaway = true;
-        // (the first GOAWAY of a message; receive() closes after the frames that follow it)
-        this.goawayErr ??= new ConnectionClosed(`the server sent GOAWAY (code ${code}${reason ? ": " + reason : ""})`, goawayCloseCode(code), reason);
+        if (this.goawayErr !== null) return; // the first one counts
+        // The connection closes with the server's close frame, not here: the server
+        // sends what it queued before closing (stream items, ends, answers) after its
+        // GOAWAY, in the same message and in the ones that follow, and the Python client
+        // reads them all. A server that never closes is closed after closeTimeout.
+        this.goawayErr = new ConnectionClosed(`the server sent GOAWAY (code ${code}${reason ? ": " + reason : ""})`, goawayCloseCode(code), reason);
+        const err = this.goawayErr;
+        this.goawayTimer = setTimeout(() => {
+          this.goawayTimer = null;
+          this.teardown(err);
+        }, this.opts.closeTimeout ?? 10_000);
+        (this.goawayTimer as { unref?: () => void }).unref?.();
         return;
       }
       case F.ACK: {
@@ -1693,6 +1705,8 @@ export class Peer implements StreamLink, HandlerLink {
     this.setState("closed");
     if (this.pingTimer !== null) clearInterval(this.pingTimer);
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
+    if (this.goawayTimer !== null) clearTimeout(this.goawayTimer);
+    this.goawayTimer = null;
     this.handshakeDone?.(err);
     this.failInFlight(err);
     for (const r of this.rejectAccept) r(err);
@@ -1725,6 +1739,8 @@ export class Peer implements StreamLink, HandlerLink {
 
   private checkOpen(): void {
     if (this.closedWith !== null) throw this.closedWith;
+    // closing after the server's GOAWAY: what is in flight completes, nothing new starts
+    if (this.goawayErr !== null) throw this.goawayErr;
   }
 
   private allocId(): number {

@@ -1,7 +1,9 @@
 """A fastrpc server for js/test/regressions.test.mjs (limits the shared
 tests/_js_server.py does not set, streams that arrive late, a close right after a
-stream's items, compressed items that do not inflate):
-``python _fixture_server.py [--no-resume] [--max-pending N] [--max-item-size N] [--max-frame-size N] [--max-streams N]``.
+stream's items (a few, or more than a message holds), compressed items that do not
+inflate):
+``python _fixture_server.py [--no-resume] [--max-pending N] [--max-item-size N] [--max-frame-size N] [--max-streams N]
+[--stream-buffer-size N]``.
 
 Prints ``port N`` once listening on 127.0.0.1; runs until killed."""
 
@@ -96,6 +98,17 @@ async def farewell(n: int) -> AsyncIterator[int]:
     await fastrpc.current_peer().close(1001, "going away")
 
 
+@router.method
+async def farewell_bulk(n: int, size: int) -> AsyncIterator[bytes]:
+    """``n`` items of ``size`` bytes (item ``i``: its index in 4 big-endian bytes, then
+    ``i % 256`` repeated), then the server closes the connection (1001) in the same loop
+    pass: with more than a message's worth queued, the items leave after its GOAWAY in
+    that message and in the messages after it, before the close frame."""
+    for i in range(n):
+        yield i.to_bytes(4, "big") + bytes([i % 256]) * (size - 4)
+    await fastrpc.current_peer().close(1001, "going away")
+
+
 SPOILED = b"\xff" * 2000  # an item the compressor of spoiled() spoils
 
 
@@ -154,6 +167,8 @@ async def main(a: argparse.Namespace) -> None:
         limits["max_item_size"] = a.max_item_size
     if a.max_frame_size is not None:
         limits["max_frame_size"] = a.max_frame_size
+    if a.stream_buffer_size is not None:
+        limits["streams"] = fastrpc.StreamManager(stream_buffer_size=a.stream_buffer_size)
     # zlib is offered: clients that do not ask for compression get none
     async with fastrpc.serve(
         router, "127.0.0.1", 0, resume=not a.no_resume, session_grace=30, compression="zlib", **limits
@@ -169,4 +184,5 @@ if __name__ == "__main__":
     ap.add_argument("--max-streams", type=int, default=1024)
     ap.add_argument("--max-item-size", type=int, default=None)
     ap.add_argument("--max-frame-size", type=int, default=None)
+    ap.add_argument("--stream-buffer-size", type=int, default=None)
     fastrpc.run(main(ap.parse_args()))

@@ -426,5 +426,30 @@ describe("a hostile server", { timeout: 30000 }, () => {
       assert.equal(hostile.lines.at(-1), `goaway ${code}`);
     });
   }
+
+  test("linger: a server that sends GOAWAY and never closes is closed after closeTimeout; its items until then are read", async () => {
+    const peer = await connect(`ws://127.0.0.1:${hostile.port}`, { keepaliveInterval: null, reconnect: false, closeTimeout: 500 });
+    const before = hostile.lines.length;
+    const t0 = Date.now();
+    const got = [];
+    let newCall = null;
+    const reading = (async () => {
+      for await (const x of peer.stream("linger")) {
+        got.push(new DataView(x.buffer, x.byteOffset, 4).getUint32(0));
+        // after the GOAWAY nothing new starts: a call fails at once with it
+        if (got.length === 3) newCall = peer.call("add", 1, 2).then(() => null, (e) => e);
+      }
+    })();
+    await assert.rejects(reading, (e) => e instanceof ConnectionClosed && /GOAWAY \(code 0: lingering\)/.test(e.message));
+    const took = Date.now() - t0;
+    assert.ok(took >= 400 && took < 5000, `closed after ${took} ms`);
+    assert.equal(peer.state, "closed");
+    assert.ok(got.length >= 3, `${got.length} items`);
+    assert.deepEqual(got, [...got.keys()]);
+    const e = await newCall;
+    assert.ok(e instanceof ConnectionClosed && /GOAWAY \(code 0: lingering\)/.test(e.message), String(e));
+    await until(async () => hostile.lines.length > before);
+    assert.match(hostile.lines.at(-1), /^closed after \d+ items$/);
+  });
 });
 

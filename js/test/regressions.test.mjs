@@ -3,8 +3,8 @@
 // 127.0.0.1, stopped by its pid): what is pending settles when the connection goes,
 // closed or given-up calls and claims give their slots back, call options cover the
 // wait for a call slot, oversized stream items and compressed ones that do not inflate
-// fail only their stream, GOAWAY codes and the frames after a GOAWAY, concurrent next(),
-// argument checks, and the reconnect backoff of a flapping link.
+// fail only their stream, GOAWAY codes and the frames and messages after a GOAWAY,
+// concurrent next(), argument checks, and the reconnect backoff of a flapping link.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, frames, ConnectionClosed, PayloadTooLarge, ProtocolError, RemoteError } from "../dist/index.js";
@@ -230,6 +230,39 @@ describe("regressions", { timeout: 60000 }, () => {
     );
     assert.deepEqual(got, [0, 1, 2, 3, 4]);
     assert.equal(peer.state, "closed");
+  });
+
+  test("the stream items in the messages after a GOAWAY's reach the stream, in order, before it fails", async () => {
+    // farewell_bulk: the server closes right after queueing the last of n items (its
+    // stream buffer holds 1 MiB, past the 128 KiB of stream data a message carries):
+    // its GOAWAY leaves, then several messages of items, then its close frame. The
+    // Python client reads them all; each one here, in order, then the GOAWAY's error.
+    const own = await fixture(["--stream-buffer-size", 1 << 20]);
+    try {
+      for (const [n, size] of [[64, 8192], [64, 64 << 10]]) {
+        const peer = await connect(`ws://127.0.0.1:${own.port}`, {
+          keepaliveInterval: null,
+          reconnect: false,
+          settings: { initialStreamWindow: 8 << 20 }, // no wait for credit
+        });
+        const got = [];
+        await assert.rejects(
+          within((async () => {
+            for await (const x of peer.stream("farewell_bulk", n, size)) got.push(x);
+          })(), 10000, "the stream"),
+          (e) => e instanceof ConnectionClosed && /GOAWAY \(code 0: going away\)/.test(e.message),
+        );
+        assert.equal(got.length, n, `${got.length} of ${n} items of ${size} B`);
+        got.forEach((x, i) => {
+          assert.equal(x.length, size);
+          assert.equal(new DataView(x.buffer, x.byteOffset, 4).getUint32(0), i);
+          assert.equal(x[size - 1], i % 256);
+        });
+        assert.equal(peer.state, "closed");
+      }
+    } finally {
+      await stop(own);
+    }
   });
 
   test("a compressed stream item that does not inflate fails that stream only (COMPRESSION_ERROR), as in the Python client", async () => {

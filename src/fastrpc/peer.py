@@ -33,7 +33,7 @@ from .peer_io import _current_peer as _current_peer  # jsonmode sets it too
 from .protocol import Connection, Role, SessionLost, Settings
 from .router import Router
 from .streams import StreamLink, StreamManager
-from .transport import IGNORE, Transport
+from .transport import Transport
 
 __all__ = ["Response", "RpcPeer", "current_peer"]
 
@@ -242,7 +242,7 @@ class RpcPeer(PeerIO):
 
     async def _drop(self, transport: Transport) -> None:
         """Abandon ``transport`` (failed handshake): stop its writer, close it."""
-        transport.start_reading(IGNORE)
+        transport.drop_input()
         writer = self._writer
         if writer is not None:
             writer.cancel()

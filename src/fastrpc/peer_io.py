@@ -31,7 +31,7 @@ from .keepalive import Keepalive
 from .log import protocol_logger, warn_limited
 from .protocol import Connection, SessionLost
 from .streams import StreamLink
-from .transport import IGNORE, Transport, TransportClosed, closed_info
+from .transport import Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
 
@@ -383,7 +383,7 @@ class PeerIO(PeerAPI):
     def _read_failed(self, transport: Transport, e: Exception) -> None:
         """Reading ``transport`` failed: the session is lost (client), the peer broke
         the protocol (close with its code), or a bug here (1011)."""
-        transport.start_reading(IGNORE)  # what still comes is dropped
+        transport.drop_input()  # what still comes is dropped (up to transport.DROP_LIMIT)
         self._busy, self._held, self._in_read = False, None, False
         if transport is not self._transport:
             return

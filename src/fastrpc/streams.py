@@ -480,9 +480,11 @@ class StreamManager:
         "_arrivals",
         "_claims",
         "_closed",
+        "_dead",
         "_drain_waiters",
         "_held",
         "_incoming",
+        "_levels",
         "_room",
         "_runs",
         "_senders",
@@ -537,8 +539,13 @@ class StreamManager:
         # Lists, not deques: they are nearly always empty, and an empty deque is ~600 B.
         self._anonymous: list[ReceiveStream[Any]] = []
         self._accepting: list[asyncio.Future[None]] = []
-        # (urgency, arrival, future) of senders waiting for the buffer to drain.
-        self._drain_waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        # The senders waiting for the buffer to drain, one entry each (in arrival
+        # order), and entries of senders that left without a drain (_dead of them,
+        # dropped once they are as many as the others); _levels: how many wait at
+        # each urgency (levels with none are not in it).
+        self._drain_waiters: list[_DrainWaiter] = []
+        self._dead = 0
+        self._levels: dict[int, int] = {}
         self._woken = 0
         # Bytes the senders may still queue before one of them looks at the buffered
         # amount again (run_sender): one look per that many bytes, not one per item.
@@ -582,7 +589,11 @@ class StreamManager:
         self._closed = None
         self._senders.clear()
         self._writable.clear()
+        for w in self._drain_waiters:
+            w.fut = None  # (a sender of the old session must not count itself out of the new)
         self._drain_waiters = []
+        self._dead = 0
+        self._levels.clear()
         self._woken = 0
         self._room = 0
         self._slot_waiters.clear()
@@ -1008,38 +1019,92 @@ class StreamManager:
         items the socket takes at once would otherwise never let them in).
         """
         loop = self.link.loop
-        while turn or self.buffered_amount > self.max_buffered_amount or self._more_urgent(urgency):
-            turn = False
-            self._check()
-            fut: asyncio.Future[bool] = loop.create_future()
-            self._arrivals += 1
-            self._drain_waiters.append((urgency, self._arrivals, fut))
-            handle = loop.call_later(self.backpressure_delay, _poll, fut)
-            try:
-                drained = await fut
-            finally:
-                handle.cancel()
-            if drained:
-                if self._woken:
-                    self._woken -= 1
-                return
+        me: _DrainWaiter | None = None  # this sender's entry in the line
+        try:
+            while turn or self.buffered_amount > self.max_buffered_amount or self._more_urgent(urgency):
+                turn = False
+                self._check()
+                fut: asyncio.Future[bool] = loop.create_future()
+                if me is None:
+                    self._arrivals += 1
+                    me = _DrainWaiter(urgency, self._arrivals, fut)
+                    self._drain_waiters.append(me)
+                    self._levels[urgency] = self._levels.get(urgency, 0) + 1
+                else:
+                    # A re-check found no room: the same entry waits again, in its place
+                    # (an entry per re-check grew the line by 100 a second per sender
+                    # for as long as the peer stalled).
+                    me.fut = fut
+                handle = loop.call_later(self.backpressure_delay, _poll, fut)
+                try:
+                    drained = await fut
+                finally:
+                    handle.cancel()
+                    # Woken by a drain (counted in _woken by on_drained): it is no longer
+                    # to be let in first, whether it runs now or was cancelled before it
+                    # could (the task cancelled in the loop pass that woke it: a count
+                    # left over kept every sender of the connection out of runs, and
+                    # yielding a loop pass after each item, until a drain woke senders
+                    # again).
+                    if self._woken and fut.done() and not fut.cancelled() and fut.result() is True:
+                        self._woken -= 1
+                if drained:
+                    return  # (on_drained took the entry out of the line)
+        finally:
+            if me is not None and me.fut is not None:
+                self._leave(me)
+
+    def _leave(self, me: _DrainWaiter) -> None:
+        """(_backpressure) A sender leaves the line without a drain (a re-check found
+        room, cancelled, the connection closed): its entry is dead; the line drops the
+        dead entries once they are as many as the live ones (amortised: no scan per
+        sender that leaves)."""
+        me.fut = None
+        n = self._levels[me.urgency] - 1
+        if n:
+            self._levels[me.urgency] = n
+        else:
+            del self._levels[me.urgency]
+        self._dead += 1
+        waiters = self._drain_waiters
+        if 2 * self._dead >= len(waiters):
+            self._drain_waiters = [w for w in waiters if w.fut is not None]
+            self._dead = 0
 
     def _more_urgent(self, urgency: int) -> bool:
-        return any(u < urgency and not fut.done() for u, _, fut in self._drain_waiters)
+        # A few urgency levels at most (RFC 9218: 8): no scan of the waiting senders.
+        return any(u < urgency for u in self._levels)
 
     def on_drained(self) -> None:
         """(Peer hook) a message left: wake senders if under the limit."""
         waiters = self._drain_waiters
         if waiters and self.buffered_amount <= self.max_buffered_amount:
-            waiters = [w for w in waiters if not w[2].done()]
-            if not waiters:
-                self._drain_waiters = []
+            # Live entries only; those a re-check woke keep their place (each one's
+            # task runs next, and waits again or leaves), the others are woken.
+            live: list[_DrainWaiter] = []
+            pending: list[tuple[_DrainWaiter, asyncio.Future[bool]]] = []
+            for w in waiters:
+                fut = w.fut
+                if fut is not None:
+                    live.append(w)
+                    if not fut.done():
+                        pending.append((w, fut))
+            self._dead = 0
+            if not pending:
+                self._drain_waiters = live
                 return
-            top = min(w[0] for w in waiters)
-            self._drain_waiters = [w for w in waiters if w[0] != top]
-            waiters = sorted((w for w in waiters if w[0] == top), key=_by_urgency)
-            self._woken = len(waiters)  # woken, not yet run: the others let them in first
-            for _, _, fut in waiters:
+            top = min(w.urgency for w, _ in pending)
+            wake = [(w, fut) for w, fut in pending if w.urgency == top]  # (in arrival order)
+            for w, _ in wake:
+                w.fut = None  # out of the line
+            self._drain_waiters = [w for w in live if w.fut is not None]
+            n = self._levels[top] - len(wake)
+            if n:
+                self._levels[top] = n
+            else:
+                del self._levels[top]
+            self._woken = len(wake)  # woken, not yet run: the others let them in first
+            for _, fut in wake:
                 fut.set_result(True)
 
     def on_writable(self, sid: int) -> None:
@@ -1291,7 +1356,7 @@ class StreamManager:
         self._held.clear()
         self._anonymous.clear()
         # Waiters re-check the manager's state when woken, and raise `exc`.
-        drains = [fut for _, _, fut in self._drain_waiters]
+        drains = [w.fut for w in self._drain_waiters if w.fut is not None]
         waiters: list[asyncio.Future[Any]] = [*self._writable.values(), *drains, *self._slot_waiters, *self._accepting]
         for fut in waiters:
             _resolve(fut)
@@ -1302,8 +1367,17 @@ class StreamManager:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _by_urgency(entry: tuple[int, int, Any]) -> tuple[int, int]:
-    return entry[0], entry[1]
+class _DrainWaiter:
+    """A sender waiting for the connection's buffer to drain (StreamManager's line):
+    its urgency, its place (arrival), and the future it waits on now (a new one at each
+    re-check); None once it left the line."""
+
+    __slots__ = ("arrival", "fut", "urgency")
+
+    def __init__(self, urgency: int, arrival: int, fut: asyncio.Future[bool]) -> None:
+        self.urgency = urgency
+        self.arrival = arrival
+        self.fut: asyncio.Future[bool] | None = fut
 
 
 def _poll(fut: asyncio.Future[bool]) -> None:
