@@ -946,3 +946,50 @@ def test_drop_says_why_and_does_not_wait_for_the_peer() -> None:
             await server.wait_closed()
 
     run(main(), 20)
+
+
+def test_a_second_discard_ends_the_first_and_the_bound_is_shared() -> None:
+    # Two discard() at once on one transport (a close that fails while another waits):
+    # the first returns when the second takes over (it waited for ever before), and
+    # what both drop counts against one DROP_LIMIT: past it, the transport reads at
+    # DROP_RATE, not at line rate (48 MiB take at least ~2 s, socket buffers aside).
+    from fastrpc.transport import DROP_LIMIT, DROP_RATE
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[Transport] = loop.create_future()
+        end: asyncio.Future[None] = loop.create_future()
+
+        async def handler(t: Transport) -> None:
+            got.set_result(t)
+            await end
+
+        server = await _server(handler, max_size=4 << 20)
+        try:
+            client = await RawClient.open(server.sockets[0].getsockname()[1])
+            t = await asyncio.wait_for(got, 5)
+            first = asyncio.ensure_future(t.discard())
+            await asyncio.sleep(0)
+            second = asyncio.ensure_future(t.discard())
+            done, _ = await asyncio.wait({first}, timeout=2)
+            if not done:
+                t.abort()  # (ends both: the test fails, not hangs)
+                await asyncio.gather(first, second)
+                raise AssertionError("the first discard() still waits once a second took over")
+            assert not second.done()
+            blob = bytes(256 << 10)
+            total = 48 << 20
+            for _ in range(total // len(blob)):
+                client.ws.send_binary(blob)
+            t0 = loop.time()
+            client.writer.write(client.take())
+            await asyncio.wait_for(client.writer.drain(), 15)
+            # Up to 16 MiB of kernel buffers on both sides may take some at once.
+            assert loop.time() - t0 >= (total - (16 << 20) - DROP_LIMIT) / DROP_RATE
+            second.cancel()
+            client.writer.close()
+        finally:
+            end.set_result(None)
+            server.close()
+
+    run(main(), 25)

@@ -143,6 +143,7 @@ class AsgiTransport(Transport):
         "_receive",
         "_room",
         "_send",
+        "_sending",
         "_write_limit",
         "scope",
     )
@@ -167,6 +168,7 @@ class AsgiTransport(Transport):
         self._write_limit = write_limit
         self._outbox: deque[bytes | str] = deque()
         self._queued = 0
+        self._sending = 0  # bytes of send() calls the ASGI server has not taken yet
         self._pump: asyncio.Task[None] | None = None
         self._done: asyncio.Event = asyncio.Event()  # the outbox is empty
         self._done.set()
@@ -268,11 +270,16 @@ class AsgiTransport(Transport):
         await self._done.wait()
         if self._closed:
             raise ConnectionError("the connection is closing")
-        await self._asgi_send(msg)
+        self._sending += len(msg)
+        try:
+            await self._asgi_send(msg)
+        finally:
+            self._sending -= len(msg)
 
     def buffered(self) -> int:
-        """Bytes queued and not yet taken by the ASGI server."""
-        return self._queued
+        """Bytes queued or being sent, not yet taken by the ASGI server (whose
+        ``send`` waits while its socket's buffer is full: the peer does not read)."""
+        return self._queued + self._sending
 
     # ---------------------------------------------------------------- closing
 

@@ -55,19 +55,22 @@ async def open_json(
         **o.json_limits(),
     )
     runner = peer.start()
+    pinged = asyncio.get_running_loop().create_task(peer.ping())
     try:
-        pinged = asyncio.get_running_loop().create_task(peer.ping())
         if welcome_timeout is not None:
             try:
                 await peer.wait_welcome(welcome_timeout)
             except asyncio.TimeoutError:
                 logger.debug("no welcome from %s within %s s", url, welcome_timeout)
-        pinged.cancel()  # a server may not answer pings (examples/stream.ts does not)
-        await asyncio.gather(pinged, return_exceptions=True)
-    except BaseException:
+    except BaseException:  # cancelled (a timeout around connect), or the connection failed
         peer.abort()
         await asyncio.gather(runner, return_exceptions=True)
         raise
+    finally:
+        # A server may not answer pings (examples/stream.ts does not); cancelled or
+        # not, the ping's task ends here, its outcome retrieved.
+        pinged.cancel()
+        await asyncio.gather(pinged, return_exceptions=True)
     if peer.closed:
         raise ConnectionClosed("the server closed the connection while it opened")
     return peer

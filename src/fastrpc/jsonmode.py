@@ -57,6 +57,8 @@ limit                  default     past it
 =====================  ==========  =====================================================
 
 A message that is not JSON, not an object, or of no known shape closes with 1007.
+Numbers beyond a double in data, params and stream items are read as JavaScript reads
+them (``inf``, ``-inf``); NaN and infinities we send go as ``null`` (JSON has neither).
 A request's ``params`` (an array: positional arguments; an object: keyword ones) are
 bound and converted to the handler's annotations as a binary call's arguments are
 (:mod:`fastrpc.arguments`); other ``params`` (a string ...) or arguments that do not
@@ -155,7 +157,50 @@ class _Envelope(msgspec.Struct):
 
 
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
-_decode = msgspec.json.decode
+_msgspec_decode = msgspec.json.decode
+
+
+def _decode(data: Any) -> Any:
+    """JSON text as a Python value. Numbers beyond a double (``1e400``, an integer of
+    thousands of digits) are valid JSON that msgspec refuses: read as JavaScript (the
+    seed) reads them, ``inf`` or ``-inf`` (an integer Python can hold stays exact)."""
+    try:
+        return _msgspec_decode(data)
+    except msgspec.ValidationError:  # untyped: only a number out of range
+        pass
+    try:
+        return json.loads(bytes(data), parse_int=_parse_int, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        raise msgspec.DecodeError(str(exc)) from None
+
+
+def _parse_int(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:  # past sys.get_int_max_str_digits: as JavaScript, a float (inf)
+        return float(text)
+
+
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _dumps(obj: Any) -> str:
+    """``obj`` as JSON text. JSON has no NaN or Infinity (JavaScript's JSON.parse,
+    and fastrpc's JSON client, refuse them): sent as null, as JSON.stringify and the
+    binary protocol's JSON codec send them."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+    try:
+        return msgspec.json.encode(obj).decode()
+    except (TypeError, ValueError):
+        raise
+    except Exception as exc:  # msgspec.EncodeError, RecursionError: not JSON-serialisable
+        raise ValueError(str(exc)) from None
+
 
 # Opening brackets become 1, closing ones -1 (as signed bytes), everything else goes.
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
@@ -401,7 +446,7 @@ class JsonPeer:
         return self._closed_flag
 
     async def _send(self, obj: dict[str, Any]) -> None:
-        await self._ws.send(json.dumps(obj, separators=(",", ":")))
+        await self._ws.send(_dumps(obj))
 
     # ----------------------------------------------------------------- API
 
@@ -675,8 +720,10 @@ class JsonPeer:
         """Act on one message; the peer to relay it to, if it is for another."""
         try:
             env = _decode_envelope(data)
-        except msgspec.ValidationError:
-            raise _Violation(INVALID, "expected a JSON object") from None
+        except msgspec.ValidationError as exc:
+            # Not an object; or a field of the envelope holds a number beyond a double.
+            why = "expected a JSON object" if str(exc).startswith("Expected") else f"invalid message: {exc}"
+            raise _Violation(INVALID, why) from None
         except (msgspec.DecodeError, RecursionError, UnicodeError):
             raise _Violation(INVALID, "invalid JSON") from None
         kind = env.type
@@ -796,9 +843,10 @@ class JsonPeer:
         """``{"category": "error"}``: fails the call it names (its requestId, or the
         ``to`` it was sent to), else goes to ``on_error`` (or the log)."""
         text = env.error if isinstance(env.error, str) else "error"
+        rid = env.requestId if env.requestId is None else self._id(env.requestId, "requestId")
         futs = []
-        if env.requestId in self._calls:
-            futs.append(self._calls[env.requestId])
+        if rid in self._calls:
+            futs.append(self._calls[rid])
         elif isinstance(env.targetId, str):
             futs = [self._calls[r] for r, t in self._call_targets.items() if t == env.targetId and r in self._calls]
         if futs:

@@ -156,6 +156,9 @@ BROKER_CONNECTIONS = 16  # per process, for publishing and history reads
 # SIGTERM, and the fastest a crashed worker is restarted again.
 WORKER_GRACE = 10.0
 WORKER_RESTART_DELAY = 0.5
+# Seconds between a worker's checks that its supervisor still lives (one whose
+# supervisor died, SIGKILLed, drains instead of serving on as an orphan).
+WORKER_PARENT_CHECK = 0.5
 # Seconds a closing connection waits for the peer's close frame before it drops the
 # TCP connection (the transports' ``close_timeout``); a draining worker's close takes
 # up to this past its grace (a client that vanished without a FIN), and its

@@ -87,6 +87,22 @@ end
 return {epoch, first, last, items}
 """
 
+# A Redis back from an older snapshot (a crash with RDB or AOF everysec, a failover to
+# a replica that lagged) keeps its epoch but gives out offsets again that subscribers
+# saw already: a new epoch, made once (whichever worker finds out first), turns that
+# into HistoryLost instead of a silent gap.
+_NEW_EPOCH = """
+local epoch = redis.call('GET', KEYS[1])
+if epoch == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+# Topics whose highest offset seen here is remembered (those this process read the
+# history of: its subscribed topics), beyond which the oldest is forgotten.
+_REMEMBERED_TOPICS = 4096
+
 
 class RedisBroker(Broker):
     """Topics in Redis at ``url`` (``redis://host:port/db`` or ``unix:///path``).
@@ -148,6 +164,10 @@ class RedisBroker(Broker):
         self._last_error: BaseException | None = None  # of the pub/sub link
         self._publish = self.redis.register_script(_PUBLISH)
         self._history = self._script = self.redis.register_script(_HISTORY)
+        self._new_epoch = self.redis.register_script(_NEW_EPOCH)
+        # topic -> (epoch, highest offset seen here in it), for the topics this process
+        # read the history of: a Redis whose offsets went back is found by it.
+        self._seen: dict[str, tuple[str, int]] = {}
         self._sink: Sink | None = None
         self._listener: asyncio.Task[None] | None = None
         self._channel_head = f"{prefix}:c:".encode()
@@ -194,16 +214,44 @@ class RedisBroker(Broker):
         data = self._encode(value)
         ttl_ms = int(self.history_ttl * 1000)
         epoch, offset = await self._publish(keys=self._keys(topic), args=[new_epoch(), data, self.history_size, ttl_ms])
-        return epoch.decode(), int(offset)
+        epoch, offset = epoch.decode(), int(offset)
+        self._saw(topic, epoch, offset)
+        return epoch, offset
+
+    def _saw(self, topic: str, epoch: str, offset: int) -> None:
+        seen = self._seen.get(topic)
+        if seen is not None and (seen[0] != epoch or offset > seen[1]):
+            self._seen[topic] = (epoch, offset)
 
     async def history(self, topic: str, after: int | None) -> History:
         k = self._keys(topic)
         keys = [k[0], k[1], k[3]]
         ttl_ms = int(self.history_ttl * 1000)
+        args: list[str | int] = [new_epoch(), ttl_ms, -1 if after is None else after]
         async with self._readers:
-            epoch, first, last, raw = await self._history(
-                keys=keys, args=[new_epoch(), ttl_ms, -1 if after is None else after]
-            )
+            # (What was seen before the read was sent: Redis had it before it ran the
+            # read. An offset seen while the read is on its way may be newer than it.)
+            seen = self._seen.get(topic)
+            epoch, first, last, raw = await self._history(keys=keys, args=args)
+            if seen is not None and seen[0] == epoch.decode() and int(last) < seen[1]:
+                # Offsets went back in the same epoch (Redis restored an older state).
+                logger.warning(
+                    "Redis gave topic %r offset %d after %d in epoch %s (it came back from an older "
+                    "snapshot): starting a new epoch",
+                    topic,
+                    int(last),
+                    seen[1],
+                    seen[0],
+                )
+                await self._new_epoch(keys=[k[3]], args=[epoch, new_epoch()])
+                epoch, first, last, raw = await self._history(keys=keys, args=args)
+        seen = self._seen.get(topic)
+        if seen is None:
+            if len(self._seen) >= _REMEMBERED_TOPICS:
+                del self._seen[next(iter(self._seen))]
+            self._seen[topic] = (epoch.decode(), int(last))
+        else:
+            self._saw(topic, epoch.decode(), int(last))
         items: list[tuple[int, Any]] = []
         for _id, fields in reversed(raw):
             # fields: [b"o", offset, b"d", data]
@@ -272,6 +320,7 @@ class RedisBroker(Broker):
         except Exception as exc:
             warn_limited(logger, "not a fastrpc item on %r (%s): dropped", channel, _describe(exc))
             return
+        self._saw(*item[:3])
         try:
             sink.deliver(*item)
         except Exception as exc:

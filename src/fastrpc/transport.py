@@ -299,12 +299,15 @@ class Transport:
         sink = self._sink
         old = sink if type(sink) is _Drop else None
         drop = _Drop(DROP_LIMIT if old is None else old.left, done)
-        if old is not None and old.timer is not None:
-            old.timer.cancel()  # its pace goes on in the new reader
-            old.timer = None
+        if old is not None:
+            if old.timer is not None:
+                old.timer.cancel()  # its pace goes on in the new reader
+                old.timer = None
+            if old.done is not None and not old.done.done():
+                old.done.set_result(None)  # an earlier discard() ends: this one reads on
         self._inbox.clear()
         self.start_reading(drop)  # (resumes reading)
-        if drop.left < 0:
+        if drop.left < 0 and self._sink is drop:
             drop.pace(self)
 
     async def discard(self) -> None:

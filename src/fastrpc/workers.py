@@ -89,8 +89,14 @@ async def serve_worker(
     reuse_port: bool = False,
     sock: socket.socket | None = None,
     options: dict[str, Any] | None = None,
+    parent: int | None = None,
 ) -> None:
-    """Serve ``target`` in this process until SIGTERM/SIGINT, then :func:`drain`."""
+    """Serve ``target`` in this process until SIGTERM/SIGINT, then :func:`drain`.
+
+    ``parent``: the supervisor's pid (a worker of :func:`run_workers`); when that
+    process is gone (killed with SIGKILL, it could not drain its workers), this
+    worker drains too, within ``WORKER_PARENT_CHECK`` seconds, instead of serving
+    on as an orphan that nothing restarts or stops."""
     broker = None
     if broker_url:
         from .redis_broker import RedisBroker  # the redis package is an extra
@@ -109,8 +115,23 @@ async def serve_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"fastrpc worker {os.getpid()} serving on port {server.port}", flush=True)
-    await stop.wait()
+    watch = loop.create_task(_watch_parent(parent, stop)) if parent is not None else None
+    try:
+        await stop.wait()
+    finally:
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
     await drain(server, grace)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once this process's parent is no longer ``parent`` (it died: the
+    orphan was adopted by init or a subreaper)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(O.WORKER_PARENT_CHECK)
+    logger.warning("the supervisor (pid %d) is gone: draining worker %d", parent, os.getpid())
+    stop.set()
 
 
 def _reserve(host: str, port: int) -> socket.socket:
@@ -152,6 +173,7 @@ def run_workers(
         port = listener.getsockname()[1]
         mode = ["--fd", str(listener.fileno())]
     base = [sys.executable, "-m", "fastrpc.workers", target, "--host", host, "--grace", str(grace), *mode]
+    base += ["--parent", str(os.getpid())]
     if broker:
         base += ["--broker", broker]
     if not resume:
@@ -227,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.child:
@@ -253,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             reuse_port=args.reuse_port,
             sock=sock,
             options={"resume": not args.no_resume},
+            parent=args.parent,
         )
     )
     return 0
