@@ -142,3 +142,19 @@ async def _take(sub: fastrpc.Subscription, n: int) -> list[Item]:
         if len(out) == n:
             break
     return out
+
+
+def test_a_worker_that_keeps_dying_is_retried_at_least_every_30_seconds() -> None:
+    # Each death within a second doubles the delay before the next start: without a cap,
+    # a port taken for ten minutes (distinct ports) put the next try ten minutes away.
+    from fastrpc import options as O
+    from fastrpc.workers import restart_delay
+
+    delay = O.WORKER_RESTART_DELAY
+    seen = []
+    for _ in range(40):  # 40 deaths in a row, each at once
+        delay = restart_delay(delay, 0.01)
+        seen.append(delay)
+    assert seen[:3] == [2 * O.WORKER_RESTART_DELAY, 4 * O.WORKER_RESTART_DELAY, 8 * O.WORKER_RESTART_DELAY]
+    assert max(seen) == O.WORKER_RESTART_MAX_DELAY == seen[-1]
+    assert restart_delay(delay, 5.0) == O.WORKER_RESTART_DELAY  # it lived: back to the first delay

@@ -156,6 +156,7 @@ BROKER_CONNECTIONS = 16  # per process, for publishing and history reads
 # SIGTERM, and the fastest a crashed worker is restarted again.
 WORKER_GRACE = 10.0
 WORKER_RESTART_DELAY = 0.5
+WORKER_RESTART_MAX_DELAY = 30.0  # the doubling stops here
 # Seconds between a worker's checks that its supervisor still lives (one whose
 # supervisor died, SIGKILLed, drains instead of serving on as an orphan).
 WORKER_PARENT_CHECK = 0.5

@@ -4,7 +4,8 @@
 
 :func:`run_workers` (what the ``serve`` command calls) starts N worker processes and
 supervises them: a worker that dies is started again (after
-``WORKER_RESTART_DELAY`` seconds, doubling while it keeps dying within a second), and
+``WORKER_RESTART_DELAY`` seconds, doubling while it keeps dying within a second, up to
+``WORKER_RESTART_MAX_DELAY``), and
 SIGTERM or SIGINT drains them all (:func:`drain`: stop accepting, let in-flight calls
 finish within ``grace`` seconds, then GOAWAY and close).
 
@@ -134,6 +135,16 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def restart_delay(previous: float, lived: float) -> float:
+    """Seconds before a worker that died after ``lived`` seconds is started again,
+    ``previous`` being the delay before its last start: ``WORKER_RESTART_DELAY``, doubled
+    while it keeps dying within a second, up to ``WORKER_RESTART_MAX_DELAY`` (a port
+    taken for ten minutes must not put the next try ten minutes away)."""
+    if lived >= 1.0:
+        return O.WORKER_RESTART_DELAY
+    return min(previous * 2, O.WORKER_RESTART_MAX_DELAY)
+
+
 def _reserve(host: str, port: int) -> socket.socket:
     """With SO_REUSEPORT: bind (not listen) so that port 0 becomes one port for all."""
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -204,9 +215,15 @@ def run_workers(
                 if proc.poll() is None or i in due:
                     continue
                 # A worker died: start it again, later if it keeps dying at once.
-                delays[i] = delays[i] * 2 if now - started[i] < 1.0 else O.WORKER_RESTART_DELAY
+                delays[i] = restart_delay(delays[i], now - started[i])
                 due[i] = now + delays[i]
-                logger.warning("worker %d (pid %d) exited with %s; restarting", i, proc.pid, proc.returncode)
+                logger.warning(
+                    "worker %d (pid %d) exited with %s; restarting in %.1f s",
+                    i,
+                    proc.pid,
+                    proc.returncode,
+                    delays[i],
+                )
             for i, when in list(due.items()):
                 if now >= when and not stopping:
                     del due[i]
