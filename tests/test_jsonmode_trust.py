@@ -392,3 +392,42 @@ def test_json_connect_cancelled_while_waiting_for_the_welcome_leaves_nothing_beh
         assert not errors, errors
 
     run(main(), timeout=30)
+
+
+# ------------------------------------------------ error messages cannot flood the log
+
+
+def test_error_messages_from_a_peer_are_logged_rate_limited_and_cut() -> None:
+    # Each {"category":"error"} not tied to a call was logged in full (up to
+    # max_item_size) and every time: 500 of 64 KiB put 32 MiB in the server's log.
+    # Now at most log.WARNINGS_PER_SECOND a second, each cut to 1,024 characters.
+    import logging
+
+    from fastrpc.log import WARNINGS_PER_SECOND
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    log = logging.getLogger("fastrpc.jsonmode")
+    log.addHandler(handler)
+
+    async def main() -> None:
+        async with fastrpc.serve(make_router(), "127.0.0.1", 0, **QUIET) as server:
+            async with ws_connect(server.url, compression=None, max_size=None, **NO_PROXY) as ws:
+                assert (await seed_call(ws, "r1", "add", 1, 2))["data"] == 3
+                text = dumps({"category": "error", "error": "e" * (64 << 10)})
+                for _ in range(500):
+                    await ws.send(text)
+                assert (await seed_call(ws, "r2", "add", 2, 2))["data"] == 4  # all were read
+
+    try:
+        run(main(), timeout=30)
+    finally:
+        log.removeHandler(handler)
+    logged = [r.getMessage() for r in records if "error message from the other side" in r.getMessage()]
+    assert 1 <= len(logged) <= 3 * WARNINGS_PER_SECOND, len(logged)
+    assert max(len(m) for m in logged) < 2048

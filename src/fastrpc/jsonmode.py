@@ -108,7 +108,7 @@ from .exceptions import (
     StreamAborted,
 )
 from .handlers import authorize
-from .log import side_logger
+from .log import side_logger, warn_limited
 from .peer import Response, _current_peer
 from .router import Router
 from .settings import CODEC_JSON
@@ -117,6 +117,12 @@ from .transport import Transport, TransportClosed
 __all__ = ["JsonPeer", "welcome_message"]
 
 logger = logging.getLogger("fastrpc.jsonmode")
+_LOGGED_TEXT = 1024  # characters of a peer's error message that reach our log
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
 
 StreamId = Any  # the seed's ids are strings (UUIDs); integers are accepted too
 
@@ -860,7 +866,9 @@ class JsonPeer:
             except Exception:
                 logger.exception("on_error hook failed")
         else:
-            logger.warning("error message from the other side: %s", text)
+            # A peer may send these as fast as it likes, each up to max_item_size:
+            # rate-limited and cut, they cannot flood the log.
+            warn_limited(logger, "error message from the other side: %s", _cut(text, _LOGGED_TEXT))
 
     async def _pong(self) -> None:
         """Answer the pings in turn. A ping that comes while a pong waits for the
