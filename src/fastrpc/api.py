@@ -98,6 +98,11 @@ class PeerAPI:
         return self._closed_flag
 
     @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called (the connection may still be closing)."""
+        return self._closing
+
+    @property
     def connected(self) -> bool:
         """Whether a transport is attached (False while a session waits to resume)."""
         return self._transport is not None and not self._closed_flag

@@ -72,6 +72,16 @@ class RetryPolicy:
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
+def _stop_reconnecting(peer: RpcPeer) -> bool:
+    """Whether a reconnect must stop: the peer is closing, or the reconnect task was
+    cancelled. ``close()`` settles the handshake's future with ConnectionClosed, then
+    cancels the reconnect task, and ``asyncio.wait_for`` (3.11) then raises the
+    future's exception, not CancelledError: a loop that took it for a failed attempt
+    went on for ever, and close() with it."""
+    task = asyncio.current_task()
+    return peer.closed or peer.closing or (task is not None and task.cancelling() > 0)
+
+
 def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
     if hook is None:
         return
@@ -258,6 +268,8 @@ class connect(Generic[P]):
             self._failures = 0  # it stayed up: this drop is a first one
         self._up_since = None
         while True:
+            if _stop_reconnecting(peer):
+                return
             self._failures += 1
             attempt = self._failures
             if policy.max_attempts is not None and attempt > policy.max_attempts:
@@ -274,6 +286,9 @@ class connect(Generic[P]):
             except OPEN_FAILED as e:
                 last = e
                 continue
+            if _stop_reconnecting(peer):
+                transport.abort()  # (opened as the peer closed)
+                return
             try:
                 await peer.attach(transport, self.options.handshake_timeout)
                 if not peer.connected:
@@ -282,6 +297,8 @@ class connect(Generic[P]):
                     last = ConnectionClosed("lost right after the resume handshake")
                     continue  # (a failed attempt: the backoff goes on)
             except SessionLost:
+                if _stop_reconnecting(peer):
+                    return
                 await peer.reset_session(
                     ResumeFailed("the session could not be resumed (it expired, or the server restarted)")
                 )
@@ -289,6 +306,13 @@ class connect(Generic[P]):
                 continue
             except (ConnectionClosed, *OPEN_FAILED) as e:
                 last = e
+                if _stop_reconnecting(peer):
+                    return
+                if isinstance(e, ConnectionClosed) and peer.core.closed:
+                    # The server broke the protocol in its handshake (a RESUME_OK we
+                    # refuse): the session is over for good, as on any protocol error.
+                    # What was in flight fails with it; the next attempt starts afresh.
+                    await peer.reset_session(e)
                 continue
             self._up_since = loop.time()
             _call_hook(policy.on_connected, peer)

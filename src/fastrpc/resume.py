@@ -36,6 +36,7 @@ class ResumeState:
     and where to resume from on the next transport."""
 
     __slots__ = (
+        "acked",
         "awaiting_hello",
         "broken",
         "chunk",
@@ -65,6 +66,9 @@ class ResumeState:
         self.replay: deque[tuple[int, int, bytes]] | None = None
         self.replay_bytes = 0
         self.replay_from: int | None = None  # the peer's received position, to replay from
+        # The highest position the peer acknowledged: what is before it was freed, so a
+        # resume from before it cannot be served (a protocol error).
+        self.acked = 0
         # Received since our last ACK.
         self.since_ack_frames = 0
         self.since_ack_bytes = 0
@@ -122,6 +126,8 @@ class ResumeState:
         when that freed anything."""
         if pos > sent:
             raise ProtocolError("acknowledged frames that were never sent")
+        if pos > self.acked:
+            self.acked = pos
         replay = self.replay
         progressed = False
         while replay and replay[0][1] <= pos:
@@ -240,8 +246,7 @@ class ResumeState:
             token, pos = _session_frame(resume)
             if not self.accepts(token):
                 raise ProtocolError("wrong session token")
-            if pos > sent:
-                raise ProtocolError(f"resume position {pos} is past the {sent} frames sent")
+            self.check_position(pos, sent)
             self.replay_from = pos
             self.new_session = False
             if self.token is not None and hmac.compare_digest(token, self.token):
@@ -256,6 +261,14 @@ class ResumeState:
             self.refused = resume is not None
         self.token = secrets.token_bytes(TOKEN_SIZE)
 
+    def check_position(self, pos: int, sent: int) -> None:
+        """The peer's received position in its RESUME / RESUME_OK: within what we sent,
+        and not before what it acknowledged (that was freed: it cannot be replayed)."""
+        if pos > sent:
+            raise ProtocolError(f"resume position {pos} is past the {sent} frames sent")
+        if pos < self.acked:
+            raise ProtocolError(f"resume position {pos} is before the {self.acked} frames acknowledged")
+
     def client_handshake(self, resume_ok: F.Frame | None, sent: int) -> None:
         """(Client) the server's handshake answered with ``resume_ok`` (or not);
         raises :class:`SessionLost` when our session was not resumed."""
@@ -263,8 +276,7 @@ class ResumeState:
             token, pos = _session_frame(resume_ok)
             if resume_ok.flags & F.FLAG_NEW and self.transports > 1:
                 raise SessionLost("the server did not resume the session")
-            if pos > sent:
-                raise ProtocolError(f"resume position {pos} is past the {sent} frames sent")
+            self.check_position(pos, sent)
             self.token = token
             if not resume_ok.flags & F.FLAG_NEW:
                 self.replay_from = pos
@@ -289,11 +301,13 @@ def _session_frame(f: F.Frame) -> tuple[bytes, int]:
 
 def session_token(handshake: Payload, max_frame_size: int) -> bytes | None:
     """The session token a client's first message asks to resume, if any (a server
-    looks its session up before a core is involved); None for anything else."""
+    looks its session up before a core is involved); None for anything else. Only the
+    first two frames are decoded: the rest of the message (up to ``wire.MAX_FRAMES``
+    frames, or a broken one) is the core's to check, a slice at a time."""
     try:
-        frames = F.decode_message(handshake, max_frame_size)
+        frames, _ = F.decode_frames(handshake, 0, 2, max_frame_size)
     except Exception:
         return None
-    if len(frames) < 2 or frames[1].type != F.RESUME:
+    if len(frames) < 2 or frames[1].type != F.RESUME or len(frames[1].payload) <= TOKEN_SIZE:
         return None
     return bytes(frames[1].payload[:TOKEN_SIZE])

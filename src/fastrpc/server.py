@@ -80,8 +80,9 @@ class Server:
         self._grace: dict[RpcPeer, asyncio.TimerHandle] = {}
         self._resuming: set[RpcPeer] = set()
         self._tokens: dict[RpcPeer, list[bytes]] = {}  # the tokens each session is stored under
-        # Tokens of sessions dropped before any frame came or left -> until when.
-        self._tombstones: dict[bytes, float] = {}
+        # Tokens of sessions dropped before any frame came or left -> (until when,
+        # the identity of the connection that opened the session).
+        self._tombstones: dict[bytes, tuple[float, Any]] = {}
         # Topics: publish() here, peer.subscribe() on the clients (topics.py).
         self.topics = TopicHub(
             broker,
@@ -227,7 +228,7 @@ class Server:
         peer.register(SUBSCRIBE, self._subscribe)
         if self.options.resume:
             peer.on_transport_lost = self._session_lost
-            token = self._tombstone(first)
+            token = self._tombstone(first, identity)
             if token is not None:
                 # Its session was dropped before a frame came or left: this fresh one
                 # is the same session, resumed at position 0.
@@ -310,8 +311,10 @@ class Server:
         if core.frames_in == 0 and core.frames_out == 0 and peer.session_token is not None:
             # Nothing came or left yet (its client may not even have our answer): keep
             # a token, not a session; if the client does come back, it gets the same
-            # (empty) session afresh, resumed at 0 (see _tombstone).
-            self._bury(peer.session_token)
+            # (empty) session afresh, resumed at 0 (see _tombstone). Every token it
+            # accepts: a client whose RESUME_OK was lost still holds the previous one.
+            for token in peer.session_tokens():
+                self._bury(token, peer.identity)
             return False
         old = self._grace.pop(peer, None)
         if old is not None:
@@ -333,21 +336,24 @@ class Server:
             self._expire(oldest, f"the server's {why} was reached")
         return True
 
-    def _bury(self, token: bytes) -> None:
+    def _bury(self, token: bytes, identity: Any) -> None:
         loop = asyncio.get_running_loop()
         tombs = self._tombstones
-        tombs[token] = loop.time() + self.options.session_grace
+        tombs[token] = (loop.time() + self.options.session_grace, identity)
         now = loop.time()
-        while tombs and (len(tombs) > O.MAX_TOMBSTONES or next(iter(tombs.values())) < now):
+        while tombs and (len(tombs) > O.MAX_TOMBSTONES or next(iter(tombs.values()))[0] < now):
             del tombs[next(iter(tombs))]
 
-    def _tombstone(self, first: bytes) -> bytes | None:
-        """The token of an empty session dropped earlier that ``first`` resumes, if any."""
-        if not self._tombstones:
+    def _tombstone(self, first: bytes, identity: Any) -> bytes | None:
+        """The token of an empty session dropped earlier that ``first`` resumes, if any
+        (for the identity that opened it only: to another, the token is as unknown)."""
+        tombs = self._tombstones
+        token = session_token(first, self.options.max_frame_size) if tombs else None
+        tomb = tombs.get(token) if token is not None else None
+        if token is None or tomb is None or tomb[1] != identity:
             return None
-        token = session_token(first, self.options.max_frame_size)
-        until = self._tombstones.pop(token, None) if token is not None else None
-        return token if until is not None and until > asyncio.get_running_loop().time() else None
+        del tombs[token]
+        return token if tomb[0] > asyncio.get_running_loop().time() else None
 
     def _expire(self, peer: RpcPeer, why: str = "the client did not come back in time") -> None:
         self._grace.pop(peer, None)
