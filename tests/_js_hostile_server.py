@@ -9,11 +9,20 @@ unknown frame type below 0x40; ``big``: a frame over the client's 1 MiB frame li
 nobody claims, within their windows: only the client's memory bound stops them;
 ``linger``: an item on the call's result stream, GOAWAY NO_ERROR, then an item every
 20 ms and never a close frame: only the client's closeTimeout ends it). It prints
-``port N`` when listening, and ``goaway CODE`` for each GOAWAY the client sends back."""
+``port N`` when listening, and ``goaway CODE`` for each GOAWAY the client sends back.
+
+``--resume``: a server that resumes sessions, then breaks the resume handshake. A new
+session's first REQUEST is acknowledged (ACK) and its transport closed, the call left
+unanswered; the client's RESUME is answered with a RESUME_OK whose position is, as the
+method name says, ``before_ack`` (one frame before the ACK) or ``past_sent`` (five frames
+past what the client sent). It prints ``hello new`` or ``hello resume TOKEN`` (the first
+8 hex digits of the token presented) for each handshake."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import sys
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -81,8 +90,51 @@ async def handler(ws: ServerConnection) -> None:
                 print(f"goaway {code}", flush=True)
 
 
+# token -> (the method that opened the session, frames received from the client)
+SESSIONS: dict[bytes, tuple[str, int]] = {}
+
+
+def session_frame(ftype: int, flags: int, token: bytes, pos: int) -> bytes:
+    return F.encode_frame(ftype, flags, 0, token + F.encode_varint(pos))
+
+
+async def resume_handler(ws: ServerConnection) -> None:
+    hello = F.encode_frame(F.HELLO, 0, 0, Settings(resume=1).to_wire())
+    token = b""
+    received = 0
+    async for msg in ws:
+        assert isinstance(msg, bytes)
+        frames = F.decode_message(msg, 1 << 30)
+        if not token:  # the handshake: HELLO (, RESUME)
+            if len(frames) > 1 and frames[1].type == F.RESUME:
+                old = bytes(frames[1].payload[:32])
+                print(f"hello resume {old.hex()[:8]}", flush=True)
+                method, got = SESSIONS.pop(old, ("", 0))
+                pos = got - 1 if method == "before_ack" else got + 5
+                token = secrets.token_bytes(32)
+                await ws.send(hello + session_frame(F.RESUME_OK, 0, token, pos))
+                continue
+            print("hello new", flush=True)
+            token = secrets.token_bytes(32)
+            await ws.send(hello + session_frame(F.RESUME_OK, F.FLAG_NEW, token, 0))
+            frames = frames[1:]
+        for f in frames:
+            received += 1
+            if f.type == F.REQUEST:
+                payload = bytes(f.payload)
+                n, pos = F.decode_varint(payload, 0)
+                SESSIONS[token] = (payload[pos : pos + n].decode(), received)
+                await ws.send(F.encode_frame(F.ACK, 0, 0, F.encode_varint(received)))
+                await ws.close(1012, "going away, come back")
+                return
+            if f.type == F.GOAWAY:
+                code, _ = F.decode_varint(bytes(f.payload), 0)
+                print(f"goaway {code}", flush=True)
+
+
 async def main() -> None:
-    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+    run = resume_handler if "--resume" in sys.argv[1:] else handler
+    async with serve(run, "127.0.0.1", 0, max_size=None) as server:
         print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
         await asyncio.Future()
 

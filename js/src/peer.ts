@@ -706,7 +706,7 @@ export class Peer implements StreamLink, HandlerLink {
       this.startSession(theirs, ok);
     } else {
       const [token, pos] = sessionFrame(ok);
-      if (pos > this.session.sent) throw new ProtocolError(`resume position ${pos} is past the ${this.session.sent} frames sent`);
+      this.session.checkResume(pos);
       this.session.token = token;
       this.handshaking = false;
       this.handshakeDone?.(null);

@@ -28,6 +28,9 @@ export class Session {
   token: Uint8Array | null = null;
   sent = 0;
   received = 0;
+  /** The highest position the server acknowledged: what is before it was freed, so a
+   * resume from before it cannot be served (a protocol error). */
+  acked = 0;
   replayBytes = 0;
   private replay: Sent[] = [];
   private sinceAckFrames = 0;
@@ -60,7 +63,7 @@ export class Session {
     this.enabled = enabled;
     this.token = token;
     this.broken = "";
-    this.sent = this.received = 0;
+    this.sent = this.received = this.acked = 0;
     this.replay = [];
     this.replayBytes = 0;
     this.sinceAckFrames = this.sinceAckBytes = 0;
@@ -102,6 +105,7 @@ export class Session {
   /** The server received every frame before `pos`: forget those messages; true when that freed any. */
   ack(pos: number): boolean {
     if (pos > this.sent) throw new ProtocolError(`acknowledged position ${pos} is past the ${this.sent} frames sent`);
+    if (pos > this.acked) this.acked = pos;
     let i = 0;
     while (i < this.replay.length && this.replay[i].end <= pos) {
       this.replayBytes -= this.replay[i].msg.length;
@@ -113,8 +117,16 @@ export class Session {
     return true;
   }
 
-  /** The server resumed at `pos`: the messages it lacks, the first cut to its missing frames
-   * (they stay buffered until acknowledged, in case this transport drops too). */
+  /** The server's received position in its RESUME_OK: within what we sent, and not
+   * before what it acknowledged (those frames were freed: they cannot be replayed). */
+  checkResume(pos: number): void {
+    if (pos > this.sent) throw new ProtocolError(`resume position ${pos} is past the ${this.sent} frames sent`);
+    if (pos < this.acked) throw new ProtocolError(`resume position ${pos} is before the ${this.acked} frames acknowledged`);
+  }
+
+  /** The server resumed at `pos` (checked with {@link checkResume}): the messages it
+   * lacks, the first cut to its missing frames (they stay buffered until acknowledged,
+   * in case this transport drops too). */
   replayFrom(pos: number): Uint8Array[] {
     if (!this.ack(pos) && this.replay.length > 0) {
       // the last transport got nothing of what was outstanding through: smaller messages

@@ -1,7 +1,8 @@
 // The TypeScript client against a real Python fastrpc server (tests/_js_server.py) in a
 // child process on 127.0.0.1: calls, notifications, errors, cancellation, streams both
 // ways with credit (a slow consumer makes the Python producer wait), channels, calls
-// from the server, and resume through a cutting proxy with nothing lost or repeated.
+// from the server, and resume through a cutting proxy with nothing lost or repeated;
+// hostile servers (tests/_js_hostile_server.py), one of them breaking the resume handshake.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, ConnectionClosed, RemoteError, RemoteStreamError, ResumeFailed } from "../dist/index.js";
@@ -453,3 +454,51 @@ describe("a hostile server", { timeout: 30000 }, () => {
   });
 });
 
+
+// tests/_js_hostile_server.py --resume: the first transport's REQUEST is acknowledged and
+// the transport closed, the call left in flight; the RESUME_OK then names a position the
+// client must refuse (docs/protocol.md, "Resuming a session").
+describe("a server that breaks the resume handshake", { timeout: 30000 }, () => {
+  let hostile;
+  before(async () => {
+    hostile = await startPython("_js_hostile_server.py", ["--resume"]);
+  });
+  after(async () => {
+    await stop(hostile);
+  });
+
+  const cases = [
+    // the server acknowledged frame 0, then asks for it again: it was freed, it cannot be replayed
+    ["before_ack", "resume position 0 is before the 1 frames acknowledged"],
+    ["past_sent", "resume position 6 is past the 1 frames sent"],
+  ];
+  for (const [method, reason] of cases) {
+    test(`${method}: a protocol error (GOAWAY 1) that ends the session; the call in flight fails with it, the token is not presented again`, async () => {
+      const start = hostile.lines.length;
+      const peer = await connect(`ws://127.0.0.1:${hostile.port}`, {
+        keepaliveInterval: null,
+        handshakeTimeout: 2000,
+        reconnect: { initialDelay: 20, maxDelay: 50, maxAttempts: 5 },
+      });
+      try {
+        const failed = peer.call(method).then(
+          () => new Error("the call succeeded"),
+          (e) => e,
+        );
+        const outcome = await Promise.race([failed, sleep(5000).then(() => new Error("the call is still in flight after 5 s"))]);
+        assert.ok(outcome instanceof ConnectionClosed, String(outcome));
+        assert.equal(outcome.code, 1002, String(outcome));
+        assert.ok(outcome.message.includes(`protocol error: ${reason}`), outcome.message);
+        assert.equal(peer.state, "closed");
+        await until(async () => hostile.lines.slice(start).includes("goaway 1"));
+        await sleep(300); // a client that retried would have come back by now (first retry at once, then 20 ms)
+        const lines = hostile.lines.slice(start);
+        assert.equal(lines[0], "hello new");
+        assert.match(lines[1], /^hello resume [0-9a-f]{8}$/);
+        assert.deepEqual(lines.slice(2), ["goaway 1"], lines.join(" | "));
+      } finally {
+        await peer.close();
+      }
+    });
+  }
+});

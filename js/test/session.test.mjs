@@ -56,3 +56,20 @@ test("ACKs are due every 64 frames or 256 KiB received", () => {
   assert.equal(s.arrived(1, 300 << 10), true);
   assert.equal(s.received, 641);
 });
+
+test("a resume position must lie between what the server acknowledged and what was sent", () => {
+  const s = new Session(1 << 20, 128 << 10);
+  s.start(true, new Uint8Array(32));
+  s.record(batch(frame(1, 10), frame(3, 10)), 2); // positions 0, 1
+  s.record(batch(frame(5, 10), frame(7, 10)), 2); // 2, 3
+  s.ack(3); // inside the second message: nothing of it freed, yet 0..2 are acknowledged
+  s.ack(1); // an older ACK does not lower it
+  assert.equal(s.acked, 3);
+  assert.throws(() => s.checkResume(2), /resume position 2 is before the 3 frames acknowledged/);
+  assert.throws(() => s.checkResume(5), /resume position 5 is past the 4 frames sent/);
+  s.checkResume(3);
+  s.checkResume(4);
+  s.start(true, new Uint8Array(32)); // a new session: nothing acknowledged yet
+  assert.equal(s.acked, 0);
+  s.checkResume(0);
+});
