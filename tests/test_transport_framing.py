@@ -993,3 +993,62 @@ def test_a_second_discard_ends_the_first_and_the_bound_is_shared() -> None:
             server.close()
 
     run(main(), 25)
+
+
+def test_a_handler_error_kept_by_a_log_handler_does_not_kill_the_connection() -> None:
+    # A message is fed as a view of the connection's buffer; a notification handler's
+    # exception, logged and kept with its traceback (a log handler that holds records: pytest's caplog, a memory
+    # handler) keeps the frames that held that view, and resizing the buffer raised
+    # BufferError in the transport's read callback: "Fatal error on transport", the
+    # connection dropped. The buffer is copied instead; every call is answered.
+    import logging
+
+    import msgspec
+    from _util import frame, raw_client
+
+    from fastrpc import frames as F
+
+    kept: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    router = fastrpc.Router()
+
+    @router.method
+    def boom(x: str) -> None:
+        raise ValueError("boom")
+
+    @router.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    handler = Keep(logging.DEBUG)
+    loggers = [logging.getLogger("fastrpc"), logging.getLogger("asyncio")]
+    for lg in loggers:
+        lg.addHandler(handler)
+
+    async def main() -> None:
+        async with fastrpc.serve(router, HOST, 0, keepalive_interval=None) as server:
+            async with raw_client(server.url) as c:
+                args = msgspec.msgpack.encode(["y" * 5000])
+                for i in range(30):  # a notification's failure is logged, with its traceback
+                    await c.send(frame(F.NOTIFY, 0, 0, b"\x04boom" + args))
+                    await c.send(frame(F.REQUEST, 0, 2 * i + 1, b"\x04boom" + args))
+                await c.send(frame(F.REQUEST, 0, 999, b"\x03add" + msgspec.msgpack.encode([1, 2])))
+                answered = 0
+                while True:
+                    frames = await c.recv_frames(5)
+                    answered += len(frames)
+                    if any(f.id == 999 for f in frames):
+                        break
+                assert answered == 31
+
+    try:
+        run(main(), 20)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    fatal = [r.getMessage() for r in kept if "Fatal error" in r.getMessage()]
+    assert not fatal, fatal[0]

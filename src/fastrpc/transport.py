@@ -506,6 +506,15 @@ def _read_buffer() -> _ReadBuffer:
     return reads
 
 
+def _unpinned(buf: bytearray) -> bytearray:
+    """A copy of ``buf``, whose size cannot change while a view of it lives on: a
+    message fed as a view of it is normally let go within its read, but a handler's
+    exception kept with its traceback (a log handler that holds records, pytest's
+    caplog) keeps the frames that held it. The copy is read on; the old buffer stays
+    with the view."""
+    return bytearray(buf)
+
+
 class _Into:
     """A large data frame being read straight into place: a view of the frame's payload
     there, the bytes in it so far, its opcode and (server side) its mask; ``lent`` is the
@@ -842,7 +851,10 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         buf = self._buf
         src: bytes | bytearray | memoryview = data
         if buf:
-            buf += data
+            try:
+                buf += data
+            except BufferError:
+                buf = self._buf = _unpinned(buf) + data
             src = buf
         view = memoryview(src)
         n = len(src)
@@ -922,7 +934,10 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         finally:
             view.release()
         if buf:
-            del buf[:pos]
+            try:
+                del buf[:pos]
+            except BufferError:
+                self._buf = _unpinned(buf)[pos:]
         elif pos < n:
             buf += data[pos:]
 
