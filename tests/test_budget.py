@@ -67,7 +67,9 @@ def test_an_item_ended_inside_gives_its_partial_back() -> None:
     s = server(256 * KiB)
     s.receive_message(F.encode_batch([data(1, b"p" * 60 * KiB, F.FLAG_OPEN | F.FLAG_MORE)]))
     s.receive_message(F.encode_batch([(F.STREAM_ABORT, 0, 1, b"gave up")]))
-    assert s.stats()["memory"] == 0
+    # The 60 KiB partial is given back; the abort's reason is held (and counted) until
+    # the stream is read or released.
+    assert s.stats()["memory"] == len(b"gave up")
 
 
 def test_running_calls_hold_their_arguments() -> None:

@@ -84,6 +84,7 @@ class Handlers:
         fn: Callable[..., Any] | None = None
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] | None = None
+        ran = False  # the handler was called (else what failed was its arguments)
         try:
             if found is None:
                 fallback = self._fallback()
@@ -101,11 +102,22 @@ class Handlers:
                     args = self._args(ev.payload, ev.raw)
                 else:
                     args, kwargs = self._prepare(method, spec, ev.payload, ev.raw, ev.kwargs, False)
+            if kind == ASYNC_GEN:
+                # Nothing to await, nobody to send the items to: the sender's mistake.
+                warn_limited(
+                    self.logger,
+                    "notification to %r from %s dropped: it is a streaming method (an async generator), "
+                    "called with peer.stream",
+                    method,
+                    self.address(),
+                )
+                return
+            ran = True
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             if kind == SYNC and not inspect.isawaitable(result):
                 return
         except (Exception, asyncio.CancelledError) as exc:  # (a sync handler's own CancelledError)
-            self._notify_failed(method, exc, fn, args, kwargs)
+            self._notify_failed(method, exc, fn, args, kwargs, ran)
             return
         # Running notification handlers share the pending-calls limit.
         if len(self.notify_tasks) >= self.link.core.settings.max_pending_calls:
@@ -126,13 +138,17 @@ class Handlers:
         fn: Callable[..., Any] | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
+        ran: bool = True,
     ) -> None:
-        """A notification failed before its handler ran on (or its sync handler raised).
-        Arguments that do not fit are the sender's mistake, which a sender can repeat
+        """A notification failed before its handler ran on (or its sync handler raised;
+        ``ran`` False: before it was called, its arguments). Arguments that do not fit,
+        or do not decode at all, are the sender's mistake, which a sender can repeat
         at will: a rate-limited WARNING without traceback, never one ERROR each."""
         why: str | None = None
         if isinstance(exc, InvalidArguments):
             why = exc.message
+        elif not ran and not isinstance(exc, PermissionDenied):
+            why = _describe(exc)  # (malformed, nested too deep, not the KWARGS map ...)
         elif fn is not None and isinstance(exc, TypeError):
             why = bad_arguments(fn, args, kwargs)
         if why is not None:
@@ -372,7 +388,12 @@ class Handlers:
             # (or the read) is handled, so no host.flush() here, unlike _reply.
             link.core.send_response(cid, payload, raw)
             return
-        self._watch(cid, start_task(self.link.loop, self._run_call(cid, method, _returning(result), deadline)), False)
+        task = start_task(self.link.loop, self._run_call(cid, method, _returning(result), deadline))
+        if inspect.iscoroutine(result):
+            # Cancelled before it ran (CANCEL in its request's message, a disconnect):
+            # the coroutine is closed, not left to warn that it was never awaited.
+            task.add_done_callback(functools.partial(_close_coroutine, result))
+        self._watch(cid, task, False)
 
     def _refuse(self, ev: E.RequestReceived, type_name: str, message: str) -> None:
         """Answer a call that will not run with an error (a channel's input, should it
@@ -618,6 +639,12 @@ def _late(method: str, deadline: float | None) -> str:
     """The TimeoutError message of a call (plain or streaming) that outlived its
     caller's timeout."""
     return f"{method!r} did not finish within the caller's timeout of {deadline} s"
+
+
+def _close_coroutine(coro: Any, task: asyncio.Task[Any]) -> None:
+    """``coro``'s task is done: close it (nothing when it ran; when the task was
+    cancelled before it started, no 'never awaited' RuntimeWarning)."""
+    coro.close()
 
 
 def _returning(value: Any) -> Callable[[], Any]:

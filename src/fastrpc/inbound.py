@@ -86,6 +86,8 @@ class InboundStreams:
         if s.partial is not None:
             held += len(s.partial)
             s.partial = None
+        held += s.error_size
+        s.error_size = 0
         s.items.clear()
         self.budget.release(held)
 
@@ -159,19 +161,32 @@ class InboundStreams:
                 raise ProtocolError("stream ended inside an item", ErrorCode.STREAM_STATE_ERROR)
         if f.type == F.STREAM_END:
             s.state = InState.ENDED
-        elif f.type == F.STREAM_ERROR:
-            s.state = InState.FAILED
-            s.error = decode_error(f.payload, RemoteStreamError)
         else:
+            # The error is held until the stream is read to its end or released (up
+            # to max_frame_size a stream, for streams nobody may ever claim): its
+            # bytes count against the memory budget as unread items do.
+            self.hold_error(s, len(f.payload))
             s.state = InState.FAILED
-            reason = bytes(f.payload).decode("utf-8", "replace")
-            s.error = StreamAborted(reason or "stream aborted by the sender")
+            if f.type == F.STREAM_ERROR:
+                s.error = decode_error(f.payload, RemoteStreamError)
+            else:
+                reason = bytes(f.payload).decode("utf-8", "replace")
+                s.error = StreamAborted(reason or "stream aborted by the sender")
         calls.finish_streaming(fid)
         self.readable(s, events)
 
-    def fail(self, stream_id: int, error: BaseException | None, events: list[Event] | None = None) -> None:
-        """End an open stream with ``error`` (its call failed or was cancelled): the
-        items held are dropped when ``events`` is None (cancelled by us)."""
+    def hold_error(self, s: IncomingStream, size: int) -> None:
+        """``s`` holds an error of ``size`` bytes (as received) until it is released:
+        charged to the memory budget."""
+        self.budget.charge(size, "stream errors")
+        s.error_size += size
+
+    def fail(
+        self, stream_id: int, error: BaseException | None, events: list[Event] | None = None, size: int = 0
+    ) -> None:
+        """End an open stream with ``error`` (its call failed or was cancelled; ``size``:
+        the bytes of the error's payload): the items held are dropped when ``events``
+        is None (cancelled by us)."""
         s = self.streams.get(stream_id)
         if s is None:
             return
@@ -179,6 +194,7 @@ class InboundStreams:
             self._drop(s)
             s.state = InState.FAILED
         elif s.state == IN_OPEN:
+            self.hold_error(s, size)
             s.state = InState.FAILED
             s.error = error
             self.readable(s, events)

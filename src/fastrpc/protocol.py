@@ -931,6 +931,8 @@ class Connection:
                                 flags & F.FLAG_KWARGS,  # nonzero: keyword arguments (an int: no bool() per call)
                             )
                         )
+                elif f.flags & F.FLAG_CHANNEL:
+                    self._refuse_input(f.id)
             elif t == _RESPONSE:
                 self._calls.on_response(f, events)
             elif t == _STREAM_DATA:
@@ -984,6 +986,22 @@ class Connection:
                 raise ProtocolError("RESUME was not negotiated")
             else:
                 raise ProtocolError(f"unknown frame type 0x{t:02x}")
+
+    def _refuse_input(self, call_id: int) -> None:
+        """Channel call ``call_id`` was refused before it ran (``CallTable.take``: the
+        cost of its arguments; an ERROR answers it): its input stream is refused too,
+        as ``Handlers`` refuses the input of a call that will not run (STREAM_CLOSE, and
+        what is in flight dropped), or its items would be held, unread, until the
+        connection ends, and its sender would go on."""
+        calls = self._calls
+        channels = calls.channels
+        if channels is None:
+            channels = calls.channels = {}
+        channels[call_id] = None  # refused as a channel's input (calls.takes_input)
+        try:
+            self._inbound.refuse(call_id, self.closed)
+        finally:
+            channels.pop(call_id, None)
 
     def _on_hello(self, f: F.Frame, events: list[Event]) -> None:
         peer = Settings.from_wire(f.payload)
@@ -1124,8 +1142,12 @@ class Connection:
             raise LimitExceeded(limit.describe("max_ping_rate"))
 
     def _on_error(self, f: F.Frame, events: list[Event]) -> None:
+        cancelled = self._calls.cancelled(f.id)
         event, streaming = self._calls.on_error(f)
         if streaming:
-            self._inbound.fail(f.id, decode_error(f.payload), events)
+            if cancelled:  # a streaming call we gave up on: nobody reads its stream
+                self._inbound.release(f.id)
+            else:
+                self._inbound.fail(f.id, decode_error(f.payload), events, len(f.payload))
         elif event is not None:
             events.append(event)

@@ -78,6 +78,7 @@ class IncomingStream:
     __slots__ = (
         "bound",
         "error",
+        "error_size",
         "id",
         "items",
         "last_event",
@@ -98,6 +99,9 @@ class IncomingStream:
         self.items: list[QueuedItem] | deque[QueuedItem] = []
         self.state = IN_OPEN
         self.error: BaseException | None = None
+        # Bytes of the STREAM_ERROR / STREAM_ABORT payload behind ``error``, charged
+        # to the memory budget while the record holds it.
+        self.error_size = 0
         self.partial: bytearray | None = None  # reassembly of a fragmented item
         self.partial_flags = 0
         self.bound = bound  # the results or the input of a call: holds no stream slot

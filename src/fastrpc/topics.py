@@ -579,13 +579,14 @@ class TopicHub:
             while t.full:
                 if t.room is None or t.room.done():
                     t.room = asyncio.get_running_loop().create_future()
+                # (asyncio.wait, never `await t.room`: cancelling a publisher that
+                # awaits the room itself would cancel the room every other publisher
+                # waits on, and so those publishers too.)
                 if self.block_timeout is None:
-                    await t.room
+                    await asyncio.wait((t.room,))
                     continue
                 left = min(sub.full_since for sub in t.full) + self.block_timeout - t.loop.time()
                 if left > 0:
-                    # (asyncio.wait, not a timeout around `await t.room`: cancelling
-                    # that await would cancel the room every publisher waits on.)
                     await asyncio.wait((t.room,), timeout=left)
                 self._end_stalled(t)
             # The broker delivers the item later (RedisBroker: by pub/sub); until it
@@ -689,6 +690,9 @@ class TopicHub:
             pending, t.pending = t.pending, []
             for epoch, offset, value in pending:
                 self.deliver(topic, epoch, offset, value)
+            # Its last subscription ended during the fill (which kept it): forget it.
+            if not t.subs and not t.filling and self._topics.get(topic) is t:
+                del self._topics[topic]
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -718,7 +722,10 @@ class TopicHub:
             raise ValueError("key must be a string (a field of the topic's dict items)")
         if (epoch is None) != (offset is None) or (offset is not None and (not isinstance(offset, int) or offset < 0)):
             raise ValueError("since must be None or (epoch, offset >= 0)")
-        limit = self.queue_size if queue_size is None else max(1, min(int(queue_size), self.queue_size))
+        try:
+            limit = self.queue_size if queue_size is None else max(1, min(int(queue_size), self.queue_size))
+        except (TypeError, ValueError, OverflowError):  # a list, "many", infinity: a bad argument
+            raise ValueError(f"queue_size must be None or an integer, not {queue_size!r}") from None
         return _Feed(self, owner, topic, epoch, offset, policy, key, limit, runs)
 
     async def _events(
@@ -934,8 +941,11 @@ class Subscription(AsyncIterator[Event]):
             try:
                 kind = ev[0]
                 if kind == _ITEM:
-                    self.offset = ev[1]
-                    return Item(self.epoch, ev[1], ev[2])  # type: ignore[arg-type]
+                    offset = ev[1]
+                    if type(offset) is not int:
+                        raise TypeError("an item's offset is an integer")
+                    self.offset = offset
+                    return Item(self.epoch, offset, ev[2])  # type: ignore[arg-type]
                 if kind == _START:
                     self.epoch, self.offset, self.recovered = ev[1], ev[2], ev[3]
                     self._stream_started = self._stream
@@ -958,6 +968,8 @@ class Subscription(AsyncIterator[Event]):
                 elif kind == _SLOW:
                     self._close()
                     raise SlowSubscriber(self.topic, self.position, ev[1])
+                else:  # (also a string or bytes: its first character is no kind)
+                    raise TypeError(f"unknown event kind {kind!r}")
             except (IndexError, KeyError, TypeError) as exc:
                 self._close()
                 raise ProtocolError(f"topic {self.topic!r}: a malformed event from the server ({exc})") from None
