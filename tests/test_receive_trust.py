@@ -270,3 +270,39 @@ def test_a_topic_whose_last_subscription_ends_during_a_fill_is_forgotten() -> No
 async def _first(sub: fastrpc.Subscription, n: int) -> AsyncIterator[Any]:
     for _ in range(n):
         yield await asyncio.wait_for(sub.__anext__(), 5)
+
+
+class _BackwardsBroker(MemoryBroker):
+    """A memory broker whose history, once ``back`` is set, says its offsets went back
+    (a Redis restored from an older snapshot): same epoch, last offset ``back``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back: int | None = None
+
+    async def history(self, topic: str, after: int | None) -> History:
+        h = await super().history(topic, after)
+        if self.back is None:
+            return h
+        return History(h.epoch, 1, self.back, [])
+
+
+def test_a_broker_whose_offsets_went_back_is_a_lost_history_not_a_silent_gap() -> None:
+    # After a broker reconnect the hub re-reads each topic (a fill). A history in the
+    # same epoch whose last offset is below what this process delivered means offsets
+    # will be given out again, and the items under them dropped as delivered already:
+    # the subscriber must get HistoryLost, not a silent gap (any broker, not only Redis).
+    async def main() -> None:
+        broker = _BackwardsBroker()
+        async with fastrpc.serve(fastrpc.Router(), broker=broker, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as c:
+                sub = await c.subscribe("t").start()
+                for i in range(6):
+                    await server.publish("t", i)
+                assert [e.value async for e in _first(sub, 6)] == list(range(6))
+                broker.back = 3
+                server.topics.reconnected()
+                with pytest.raises(fastrpc.HistoryLost, match="went back"):
+                    await asyncio.wait_for(sub.__anext__(), 5)
+
+    run(main(), 10)

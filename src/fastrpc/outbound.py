@@ -26,6 +26,17 @@ __all__ = ["OutboundStreams"]
 _STREAM_DATA = F.STREAM_DATA
 # Items a stream's queue may hold past stream_buffer_size, within run_room (below).
 RUN_ITEMS = 4
+# The largest stream_buffer_size: a stream's queue leaves whole in one message
+# (Connection.next_message), which may carry wire.MAX_FRAMES frames; a frame is 4
+# bytes at least, and the queue takes one item past the buffer size and then its
+# terminal frame. (A larger buffer of empty items made a message the peer refused.)
+MAX_QUEUE_BYTES = 4 * (F.MAX_FRAMES - 2)
+# Room kept in a message for a stream's terminal frame (header and payload) past its
+# fullest queue: an abort or an error may come while the queue is full (a cancelled
+# sender, a deadline), and the queue leaves whole, with it, in one message. A longer
+# error message or abort reason is cut to what fits (terminal_room).
+TERMINAL_ROOM = 256
+_HEAD_MAX = 18  # a frame header: type, flags, two varints of up to 8 bytes
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -40,6 +51,7 @@ class OutboundStreams:
         "flow",
         "frame_limit",
         "item_limit",
+        "message_limit",
         "plain_limit",
         "run_max",
         "run_room",
@@ -64,6 +76,7 @@ class OutboundStreams:
         self.stream_buffer_size = stream_buffer_size
         self.frame_limit = 0  # the peer's, once its HELLO came
         self.item_limit = F.VARINT_MAX  # the peer's max_item_size, once its HELLO came
+        self.message_limit = F.VARINT_MAX  # the peer's max_message_size, once its HELLO came
         # A frame of at most this many bytes (with its charge) waits for the credit to
         # take it whole rather than going out in pieces as credit trickles in: 3/4 of
         # the peer's smallest window (set by its HELLO). Windows only grow, and credit
@@ -330,11 +343,22 @@ class OutboundStreams:
 
     def error_stream(self, stream_id: int, type_name: str, message: str, code: int | None = None) -> None:
         """Queue STREAM_ERROR: the sending iterator raised."""
-        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code, None, self.frame_limit))
+        limit = min(self.frame_limit, self.terminal_room(stream_id))
+        self._terminate(stream_id, F.STREAM_ERROR, encode_error(type_name, message, code, None, limit))
 
     def abort_stream(self, stream_id: int, reason: str = "") -> None:
         """Queue STREAM_ABORT: the sender gives up; an unsent part of an item is dropped."""
-        self._terminate(stream_id, F.STREAM_ABORT, reason.encode("utf-8", "replace")[:1024])
+        limit = min(1024, self.terminal_room(stream_id))
+        self._terminate(stream_id, F.STREAM_ABORT, reason.encode("utf-8", "replace")[:limit])
+
+    def terminal_room(self, stream_id: int) -> int:
+        """The payload a terminal frame of ``stream_id`` may carry for the stream's
+        queue and it to leave in one of the peer's messages (its queue leaves whole):
+        at least ``TERMINAL_ROOM - 18`` (the buffer sizes keep that room)."""
+        s = self.streams.get(stream_id)
+        if s is None:
+            return self.message_limit
+        return max(self.message_limit - len(s.writer) - _HEAD_MAX, 0)
 
     def _terminate(self, stream_id: int, ftype: int, payload: bytes) -> None:
         """Queue the stream's terminal frame (unless the connection is closed)."""

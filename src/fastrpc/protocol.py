@@ -45,7 +45,7 @@ from .exceptions import (
 from .flow import FRAME_CHARGE, FlowControl
 from .inbound import InboundStreams
 from .names import NAMED_STREAM_BASE
-from .outbound import OutboundStreams
+from .outbound import MAX_QUEUE_BYTES, TERMINAL_ROOM, OutboundStreams
 from .resume import TOKEN_SIZE, ResumeState, SessionLost
 from .scheduler import DEFAULT_URGENCY, URGENCY_LEVELS, Scheduler, check_urgency
 from .settings import CODEC_JSON, CODEC_MSGPACK, SETTING_SENT_BY_CLIENT, Role, Settings
@@ -1012,9 +1012,12 @@ class Connection:
         whole = min(peer.initial_stream_window, peer.connection_window) * 3 // 4
         self._outbound.whole_limit = _WHOLE_DEFAULT if whole == _WHOLE_DEFAULT else whole  # one int, not one each
         # A stream's queue plus one frame (with its header, up to 18 bytes) must fit
-        # in one message.
-        room = peer.max_message_size - limit - 18
-        self._outbound.stream_buffer_size = max(1, min(self._outbound.stream_buffer_size, room))
+        # in one message, with room for its terminal frame (an abort or an error may
+        # come while the queue is full: TERMINAL_ROOM).
+        room = peer.max_message_size - limit - 18 - TERMINAL_ROOM
+        self._outbound.message_limit = peer.max_message_size
+        # And within the frames of one message (MAX_QUEUE_BYTES).
+        self._outbound.stream_buffer_size = max(1, min(self._outbound.stream_buffer_size, room, MAX_QUEUE_BYTES))
         self._outbound.run_max = min(2 * self.batch_size, room)
         self._flow.peer_hello(peer.initial_stream_window, peer.connection_window, peer.max_streams)
         self._algorithm = _compression.choose(self.settings.compression, peer.compression)

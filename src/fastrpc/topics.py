@@ -671,13 +671,20 @@ class TopicHub:
     async def _fill(self, topic: str, t: _Topic) -> None:
         try:
             h = await self._history(topic, t.last)
-            if h.epoch == t.epoch and h.first <= t.last + 1:
+            # (h.last < t.last: the broker's offsets went back in the same epoch, a Redis
+            # restored from an older snapshot: what it gives out next reuses offsets
+            # this process delivered, and would be dropped as delivered already.)
+            if h.epoch == t.epoch and h.first <= t.last + 1 and h.last >= t.last:
                 for offset, value in h.items:
                     if offset > t.last:
                         self._fan_out(t, h.epoch, offset, value)
             else:
                 why = (
-                    "the epoch changed" if h.epoch != t.epoch else "items were lost between the broker and this process"
+                    "the epoch changed"
+                    if h.epoch != t.epoch
+                    else "the broker's offsets went back"
+                    if h.last < t.last
+                    else "items were lost between the broker and this process"
                 )
                 for sub in list(t.subs):
                     sub.finish([_LOST, h.epoch, h.first, why])
