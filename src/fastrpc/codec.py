@@ -22,7 +22,22 @@ from typing import Any, Union
 
 import msgspec
 
+from .exceptions import PayloadError
 from .settings import CODEC_JSON, CODEC_MSGPACK
+
+# What a codec's decode raises for a payload it cannot decode (msgspec.ValidationError,
+# a JSON number beyond a double or a bad MessagePack timestamp, is a DecodeError; nesting
+# deeper than msgspec goes is RecursionError). The readers catch these around each
+# decode as it is (no wrapper, no work unless it raises) and raise PayloadError.
+UNDECODABLE = (msgspec.DecodeError, RecursionError)
+
+
+def payload_error(what: str, codec: str, exc: BaseException) -> PayloadError:
+    """(The error path of a decode.) The :class:`PayloadError` for ``what`` (the
+    answer to a call, an item of a stream), which the codec named ``codec`` failed to
+    decode with ``exc``; raise it ``from exc``."""
+    return PayloadError(f"{what} does not decode with this connection's {codec} codec: {exc}")
+
 
 Payload = Union[bytes, bytearray, memoryview]
 EncHook = Callable[[Any], Any]

@@ -22,6 +22,7 @@ __all__ = [
     "LimitExceeded",
     "MethodNotFound",
     "NotFastRPC",
+    "PayloadError",
     "PayloadTooLarge",
     "PermissionDenied",
     "ProtocolError",
@@ -125,6 +126,19 @@ class PayloadTooLarge(FastRPCError, ValueError):
     (send large data as a stream: items of any size are fragmented), or a stream item
     is larger than the peer's ``max_item_size`` (that stream fails, not the
     connection). The message names the limit and the option that sets it."""
+
+
+class PayloadError(FastRPCError, ValueError):
+    """A payload the peer sent does not decode with this connection's codec: not
+    MessagePack (or JSON), nested deeper than the decoder goes, or a value the codec
+    cannot give (a JSON number beyond a double, a bad MessagePack timestamp). The
+    decoder's exception (:class:`msgspec.DecodeError`, :class:`RecursionError`) is
+    its ``__cause__``; the message says what was sent (the answer to a call, an item
+    of stream N, an event of topic T) and why it does not decode.
+
+    Only what the payload was for fails: the call it answered, or that one item
+    (``async for`` over the stream goes on with the next one; a topic subscription
+    ends, its ``position`` the last item received); the connection stays up."""
 
 
 class UsageError(FastRPCError, TypeError):

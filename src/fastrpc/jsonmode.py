@@ -98,7 +98,7 @@ import msgspec
 from . import options as O
 from .arguments import bad_arguments, split_kwargs
 from .budget import PingLimit
-from .codec import DecHook, PayloadCodec
+from .codec import DecHook, PayloadCodec, payload_error
 from .exceptions import (
     REMOTE_ERRORS,
     ConnectionClosed,
@@ -313,7 +313,10 @@ class _JsonStream(AsyncIterator[Any]):
                 self._peer._held_bytes -= size
                 if size > _LARGE:
                     await asyncio.sleep(0)
-                return _decode(raw)
+                try:
+                    return _decode(raw)
+                except (msgspec.DecodeError, RecursionError) as exc:  # that item fails; the stream goes on
+                    raise payload_error(f"an item of stream {self.stream_id!r}", "json", exc) from exc
             if self.done:
                 self._peer._forget_stream(self)
                 self._release_error()
@@ -766,6 +769,10 @@ class JsonPeer:
             if fut is not None and not fut.done():
                 try:
                     value = _decode(env.data)
+                except (msgspec.DecodeError, RecursionError) as exc:
+                    bad = payload_error(f"the answer to request {rid!r}", "json", exc)
+                    bad.__cause__ = exc
+                    fut.set_exception(bad)
                 except Exception as exc:
                     fut.set_exception(exc)
                 else:

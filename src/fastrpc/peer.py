@@ -23,7 +23,7 @@ from . import frames as F
 from . import options as O
 from .api import Response
 from .calls import FLAG_RAW
-from .codec import PayloadCodec, get_codec
+from .codec import UNDECODABLE, PayloadCodec, get_codec, payload_error
 from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
@@ -366,19 +366,27 @@ class RpcPeer(PeerIO):
         """(Session, client) the session could not be resumed: fail everything in
         flight with ``exc`` and start a new session on the next transport."""
         # The new session's core first: calls made while this awaits go to it (on the
-        # old one they would never be sent).
+        # old one they would never be sent). The link (the handlers' and the streams')
+        # keeps the old core until the old session's handlers and senders are done:
+        # what they send on their way out (a cancelled call's error, a stream's abort)
+        # belongs to the old session, whose core is never sent again; on the new one
+        # the ids are unknown, or, as the peer's ids start again, another call's.
         old = self._core
-        self._core = self._link.core = self._new_core(old.role, old.settings, self.streams)
+        self._core = self._new_core(old.role, old.settings, self.streams)
         self._attachments = 0
         self._goaway = False
-        self._link.decoder = self._codec
         self._fail_pending(exc)
         tasks = self._handlers.running()
         for t in tasks:
             t.cancel()
-        await self.streams.shutdown(exc)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.streams.shutdown(exc)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            # (Cancelled, by a teardown: that cleans up the rest, on the new core.)
+            self._link.core = self._core
+            self._link.decoder = self._codec
         self.streams.reopen()
         self._call_done()
 
@@ -527,7 +535,12 @@ class RpcPeer(PeerIO):
         try:
             fut.set_result(self._link.decoder.decode(payload, raw))
         except Exception as exc:
-            fut.set_exception(exc)
+            if isinstance(exc, UNDECODABLE):  # the peer's payload: PayloadError, its cause
+                err = payload_error("the answer to a call", self._link.decoder.name, exc)
+                err.__cause__ = exc
+                fut.set_exception(err)
+            else:
+                fut.set_exception(exc)
 
     def _on_call_failed(self, ev: E.CallFailed) -> None:
         fut = self._calls.pop(ev.call_id, None)

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import options as O
-from .codec import PayloadCodec
-from .exceptions import ConnectionClosed, PayloadTooLarge, ProtocolError, StreamClosed
+from .codec import UNDECODABLE, PayloadCodec, payload_error
+from .exceptions import ConnectionClosed, PayloadError, PayloadTooLarge, ProtocolError, StreamClosed
 from .names import named_stream_id
 from .protocol import DEFAULT_URGENCY, FRAME_CHARGE, Connection, Role
 
@@ -27,7 +27,6 @@ _ITEM_HEAD = 18
 # A stream id as the application gives it: the wire's integer, or a name (a string,
 # the seed's crypto.randomUUID() pattern) mapped to a wire id (wire.named_stream_id).
 StreamId = Union[int, str]
-
 __all__ = ["RateLimit", "ReceiveStream", "StreamId", "StreamLink", "StreamManager", "StreamStats"]
 
 
@@ -203,7 +202,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
     Leaving the loop early and dropping the stream, ``aclose()``, or
     ``peer.close_receiving_stream(id)`` tell the sender to stop. A sender's error is
     raised here as :class:`fastrpc.RemoteStreamError`; a lost connection as
-    :class:`fastrpc.ConnectionClosed`.
+    :class:`fastrpc.ConnectionClosed`. An item that does not decode with the
+    connection's codec fails the read that takes it with :class:`fastrpc.PayloadError`
+    and is dropped: the next read gives the item after it (:meth:`get_many_nowait`
+    hands out the items before it first).
     """
 
     __slots__ = (
@@ -270,7 +272,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                     link.host.flush()
                 if raw and type(payload) is bytes:
                     return payload  # type: ignore[return-value]
-                return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                try:
+                    return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                except UNDECODABLE as exc:
+                    raise self._undecodable(exc) from exc
         if default is _RAISE:
             raise asyncio.QueueEmpty
         return default  # type: ignore[no-any-return]
@@ -285,7 +290,22 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
             return []
         ready = self._ready
         if ready:  # the rest of the run __anext__ took first: the items before the core's
-            return [self._from_run(ready) for _ in range(min(limit, len(ready)))]
+            raw = type(ready) is list  # (_from_run, inline)
+            decode = self._link.decoder.decode
+            out: list[Any] = []
+            for _ in range(min(limit, len(ready))):
+                payload = ready.pop()
+                if raw and type(payload) is bytes:
+                    out.append(payload)
+                    continue
+                try:
+                    out.append(decode(payload, raw))
+                except UNDECODABLE as exc:
+                    if out:  # the items before it go out now; it fails the next read
+                        ready.append(payload)
+                        return out
+                    raise self._undecodable(exc) from exc
+            return out
         if not self._arrived:
             return []
         link = self._link
@@ -298,7 +318,33 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         if raw:
             decode = link.decoder.decode
             return [p if type(p) is bytes else decode(p, True) for p in payloads]  # type: ignore[misc]
-        return list(map(link.decoder.decode_value, payloads))
+        try:
+            return list(map(link.decoder.decode_value, payloads))
+        except UNDECODABLE:
+            return self._decode_run(payloads)
+
+    def _decode_run(self, payloads: list[Any]) -> list[Any]:
+        """(:meth:`get_many_nowait`, one of ``payloads`` did not decode.) The items
+        before the first bad one; that one and the rest wait in ``_ready`` (the bad
+        one fails the next read). No item before it: it fails this read."""
+        decode = self._link.decoder.decode_value
+        out: list[Any] = []
+        for i, payload in enumerate(payloads):
+            try:
+                out.append(decode(payload))
+            except UNDECODABLE as exc:
+                rest = payloads[i if out else i + 1 :]
+                if rest:
+                    rest.reverse()
+                    self._ready = _PlainRun(rest)
+                if out:
+                    return out
+                raise self._undecodable(exc) from exc
+        return out  # (not reached: one of them failed)
+
+    def _undecodable(self, exc: BaseException) -> PayloadError:
+        """The error of an item of this stream that did not decode (``exc``)."""
+        return payload_error(f"an item of stream {self.stream_id}", self._link.decoder.name, exc)
 
     async def __anext__(self) -> T:
         ready = self._ready
@@ -306,7 +352,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
             payload = ready.pop()
             if type(payload) is bytes and type(ready) is list:
                 return payload  # type: ignore[return-value]
-            return self._link.decoder.decode(payload, type(ready) is list)  # type: ignore[no-any-return]
+            try:
+                return self._link.decoder.decode(payload, type(ready) is list)  # type: ignore[no-any-return]
+            except UNDECODABLE as exc:  # that item fails; the stream goes on
+                raise self._undecodable(exc) from exc
         link = self._link
         while True:
             if self._arrived:
@@ -324,7 +373,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                         self._ready = payloads if raw else _PlainRun(payloads)
                     if raw and type(payload) is bytes:
                         return payload  # type: ignore[return-value]
-                    return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                    try:
+                        return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                    except UNDECODABLE as exc:
+                        raise self._undecodable(exc) from exc
                 # None has arrived, or the next is compressed: get_nowait(), inline.
                 try:
                     item = core.read_item(sid)
@@ -337,7 +389,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
                         link.host.flush()
                     if raw and type(payload) is bytes:
                         return payload  # type: ignore[return-value]
-                    return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                    try:
+                        return link.decoder.decode(payload, raw)  # type: ignore[no-any-return]
+                    except UNDECODABLE as exc:
+                        raise self._undecodable(exc) from exc
                 ended, error = core.stream_end(sid)
                 if ended and self._error is None:
                     self._finish()
@@ -374,7 +429,10 @@ class ReceiveStream(AsyncIterator[T], Generic[T]):
         raw = type(ready) is list
         if raw and type(payload) is bytes:
             return payload
-        return self._link.decoder.decode(payload, raw)
+        try:
+            return self._link.decoder.decode(payload, raw)
+        except UNDECODABLE as exc:
+            raise self._undecodable(exc) from exc
 
     def _wake(self, stream_id: int | None = None) -> None:
         """New items or the end are there; ``stream_id``: the stream arrived."""

@@ -39,7 +39,14 @@ import msgspec
 from . import options as O
 from .broker import Broker, History, MemoryBroker
 from .codec import EncHook, Encoded
-from .exceptions import ConnectionClosed, HistoryLost, ProtocolError, RemoteStreamError, SlowSubscriber
+from .exceptions import (
+    ConnectionClosed,
+    HistoryLost,
+    PayloadError,
+    ProtocolError,
+    RemoteStreamError,
+    SlowSubscriber,
+)
 from .log import server_logger
 from .streams import ReceiveStream
 
@@ -857,8 +864,10 @@ class Subscription(AsyncIterator[Event]):
     order, or :class:`fastrpc.HistoryLost`. When the connection's session cannot be
     resumed (a reconnecting client that landed on another worker, a server restart),
     the subscription resubscribes from ``position`` by itself (``recovered`` says it
-    did); a closed connection ends it with :class:`fastrpc.ConnectionClosed`, and a
-    malformed event from the server with :class:`fastrpc.ProtocolError`.
+    did); a closed connection ends it with :class:`fastrpc.ConnectionClosed`, a
+    malformed event from the server with :class:`fastrpc.ProtocolError`, and one that
+    does not decode with :class:`fastrpc.PayloadError` (``position`` stays the last
+    item received: a new subscription ``since=position`` gets the rest).
     """
 
     def __init__(
@@ -1017,6 +1026,9 @@ class Subscription(AsyncIterator[Event]):
             if exc.type_name == "ValueError":
                 raise ValueError(exc.message) from None
             raise
+        except PayloadError as exc:  # an event that does not decode: which one it was is lost
+            self._close()
+            raise PayloadError(f"topic {self.topic!r}: {exc}") from exc.__cause__
 
     def _close(self) -> None:
         self._ready = []
