@@ -176,6 +176,51 @@ class RawClient:
         return F.decode_message(msg, 1 << 30)  # type: ignore[no-any-return]
 
 
+async def send_until_closed(
+    ws: Any, msg: Any, closed: Callable[[], bool], seconds: float, probe: Callable[[], int]
+) -> tuple[int, int]:
+    """Send ``msg`` on ``ws`` again and again until ``closed()``, ``seconds`` pass, or a
+    send does not complete within 5 s (the other side stopped reading) or fails;
+    ``(messages sent, the largest probe() seen every 100 sends)``."""
+    from websockets.exceptions import ConnectionClosed as WSClosed
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    most = sent = 0
+    while not closed() and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(ws.send(msg), 5)
+        except (WSClosed, asyncio.TimeoutError):
+            break
+        sent += 1
+        if sent % 100 == 0:
+            most = max(most, probe())
+            await asyncio.sleep(0)
+    return sent, most
+
+
+def frames_server(
+    settings: Settings, on_frame: Callable[[Any, F.Frame], Coroutine[Any, Any, None]]
+) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    """A websockets server handler of hand-built frames: a real core does the fastrpc
+    handshake (with ``settings``), then ``on_frame(ws, frame)`` gets every frame the
+    client sends, in order (text messages are ignored)."""
+
+    async def handler(ws: Any) -> None:
+        core = Connection(Role.SERVER, settings)
+        async for msg in ws:
+            if isinstance(msg, str):
+                continue
+            if not core.ready:
+                core.receive_message(msg)
+                await ws.send(core.next_message())
+                continue
+            for f in F.decode_message(msg, 1 << 30):
+                await on_frame(ws, f)
+
+    return handler
+
+
 @contextlib.asynccontextmanager
 async def raw_client(url: str, settings: Settings | None = None) -> AsyncIterator[RawClient]:
     """Connect to a fastrpc server and do the HELLO exchange by hand."""
@@ -228,3 +273,19 @@ async def assert_idle(*peers: fastrpc.RpcPeer, timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"connection state left behind: {left}")
         await asyncio.sleep(0.001)
+
+
+class Redirect:
+    """A ``Subscription``'s caller that sends its streaming call to another method:
+    a server that answers a subscription with events of its own making."""
+
+    def __init__(self, peer: fastrpc.RpcPeer, method: str) -> None:
+        self.peer = peer
+        self.method = method
+
+    @property
+    def closed(self) -> bool:
+        return self.peer.closed
+
+    def stream(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.peer.stream(self.method, *args, timeout=timeout)

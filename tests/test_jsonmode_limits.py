@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 import pytest
-from _util import NO_PROXY, run, until
+from _util import NO_PROXY, run, send_until_closed, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as ws_connect
@@ -441,18 +441,7 @@ def test_unknown_targets_from_a_client_that_does_not_read_are_bounded() -> None:
                     peer = await until(lambda: next(iter(server.json_peers.values()), None), what="the JSON peer")
                     peer._ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
                     msg = dumps({"category": "response", "requestId": "r" * 256, "to": "x" * 256, "data": None})
-                    loop = asyncio.get_running_loop()
-                    deadline = loop.time() + 15
-                    most = sent = 0
-                    while not peer.closed and loop.time() < deadline:
-                        try:
-                            await asyncio.wait_for(ws.send(msg), 5)
-                        except (WSClosed, asyncio.TimeoutError):
-                            break
-                        sent += 1
-                        if sent % 100 == 0:
-                            most = max(most, len(peer._tasks))
-                            await asyncio.sleep(0)
+                    sent, most = await send_until_closed(ws, msg, lambda: peer.closed, 15, lambda: len(peer._tasks))
                     assert most <= 2, f"{most} tasks after {sent} messages"
                     await asyncio.wait_for(peer.wait_closed(), 10)
                     close = _close_sent(peer._ws)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _util import NO_PROXY, QUIET, run, until
+from _util import NO_PROXY, QUIET, run, send_until_closed, until
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed as WSClosed
@@ -285,18 +285,7 @@ def test_asgi_unknown_targets_from_a_client_that_does_not_read_are_bounded() -> 
                 for conn in server.server_state.connections:  # the server side's socket: small buffers
                     conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
                 msg = dumps({"category": "response", "requestId": "r" * 256, "to": "x" * 256, "data": None})
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 10
-                most = sent = 0
-                while not peer.closed and loop.time() < deadline:
-                    try:
-                        await asyncio.wait_for(ws.send(msg), 5)
-                    except (WSClosed, asyncio.TimeoutError):
-                        break
-                    sent += 1
-                    if sent % 100 == 0:
-                        most = max(most, len(peer._unrouted))
-                        await asyncio.sleep(0)
+                sent, most = await send_until_closed(ws, msg, lambda: peer.closed, 10, lambda: len(peer._unrouted))
                 assert peer.closed, f"still open after {sent} messages, {len(peer._unrouted)} errors waiting"
                 assert most <= 33, f"{most} errors waiting after {sent} messages"
                 await asyncio.wait_for(peer.wait_closed(), 10)

@@ -16,13 +16,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from _util import QUIET, run
+from _util import QUIET, frames_server, run
 from websockets.asyncio.server import serve
 
 import fastrpc
 from fastrpc import frames as F
 from fastrpc.calls import request_head
-from fastrpc.protocol import Connection, Role, Settings
+from fastrpc.protocol import Settings
 from fastrpc.settings import CODEC_JSON, CODEC_MSGPACK
 from fastrpc.topics import SUBSCRIBE
 
@@ -93,20 +93,11 @@ async def hostile(codec: str, **client: Any) -> AsyncIterator[fastrpc.RpcPeer]:
             events = [enc([1, "e1", 0, False]), bad["garbage"][0], enc([0, 1, "late"])]
             await ws.send(_items(f.id, events, end=False))
 
-    async def handler(ws: Any) -> None:
-        core = Connection(Role.SERVER, Settings(codec=WIRE[codec]))
-        async for msg in ws:
-            if isinstance(msg, str):
-                continue
-            if not core.ready:
-                core.receive_message(msg)
-                await ws.send(core.next_message())
-                continue
-            for f in F.decode_message(msg, 1 << 30):
-                if f.type == F.REQUEST:
-                    await answer(ws, f)
+    async def on_frame(ws: Any, f: F.Frame) -> None:
+        if f.type == F.REQUEST:
+            await answer(ws, f)
 
-    async with serve(handler, "127.0.0.1", 0) as srv:
+    async with serve(frames_server(Settings(codec=WIRE[codec]), on_frame), "127.0.0.1", 0) as srv:
         url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
         async with fastrpc.connect(url, **{**QUIET, **client}) as peer:
             yield peer

@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _util import QUIET, assert_idle, raw_client, run, server_peer, until
+from _util import QUIET, Redirect, assert_idle, frames_server, raw_client, run, server_peer, until
 from websockets.asyncio.server import serve
 
 import fastrpc
 from fastrpc import frames as F
 from fastrpc.broker import History, MemoryBroker
 from fastrpc.calls import encode_error
-from fastrpc.protocol import Connection, Role, Settings
+from fastrpc.protocol import Settings
 
 KiB = 1 << 10
 
@@ -85,21 +85,12 @@ def test_an_error_answer_to_a_cancelled_streaming_call_frees_its_stream() -> Non
     # "Calls"), also once the caller cancelled it. The caller's record of the call's
     # stream was left behind (state FAILED, its ledger entry open): one more per
     # cancelled call, for the connection's life.
-    async def hostile(ws: Any) -> None:  # a server of hand-built frames
-        core = Connection(Role.SERVER, Settings())
-        async for msg in ws:
-            if isinstance(msg, str):
-                continue
-            if not core.ready:
-                core.receive_message(msg)
-                await ws.send(core.next_message())
-                continue
-            for f in F.decode_message(msg, 1 << 30):
-                if f.type == F.CANCEL:
-                    await ws.send(F.encode_frame(F.ERROR, 0, f.id, encode_error("CancelledError", "call cancelled")))
+    async def on_frame(ws: Any, f: F.Frame) -> None:  # a server of hand-built frames
+        if f.type == F.CANCEL:
+            await ws.send(F.encode_frame(F.ERROR, 0, f.id, encode_error("CancelledError", "call cancelled")))
 
     async def main() -> None:
-        async with serve(hostile, "127.0.0.1", 0) as srv:
+        async with serve(frames_server(Settings(), on_frame), "127.0.0.1", 0) as srv:
             url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
             async with fastrpc.connect(url, **QUIET) as peer:
                 for _ in range(5):
@@ -188,21 +179,6 @@ def test_bad_subscribe_arguments_end_the_stream_with_value_error(args: tuple[Any
     run(main(), 10)
 
 
-class _Redirect:
-    """A caller whose subscribe calls go to a method of the test's."""
-
-    def __init__(self, peer: fastrpc.RpcPeer, method: str) -> None:
-        self.peer = peer
-        self.method = method
-
-    @property
-    def closed(self) -> bool:
-        return self.peer.closed
-
-    def stream(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.peer.stream(self.method, *args, timeout=timeout)
-
-
 @pytest.mark.parametrize("bad", [[9, 1, 2], [-1], "xyz", b"xyz", [0, "1", "a"], [0, None, "a"], [5, 1.5, ["a"]]])
 def test_an_event_of_no_known_shape_is_a_protocol_error(bad: Any) -> None:
     # docs/protocol.md, "Topics": an event of no shape in the table ends the
@@ -221,7 +197,7 @@ def test_an_event_of_no_known_shape_is_a_protocol_error(bad: Any) -> None:
     async def main() -> None:
         async with fastrpc.serve(router, **QUIET) as server:
             async with fastrpc.connect(server.url, **QUIET) as client:
-                sub = fastrpc.Subscription(_Redirect(client, "evil"), "t")  # type: ignore[arg-type]
+                sub = fastrpc.Subscription(Redirect(client, "evil"), "t")  # type: ignore[arg-type]
                 first = await asyncio.wait_for(sub.__anext__(), 5)
                 assert (first.offset, first.value) == (1, "a")  # type: ignore[union-attr]
                 with pytest.raises(fastrpc.ProtocolError, match="malformed event"):

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from _util import QUIET, run, until
+from _util import QUIET, Redirect, run, until
 
 import fastrpc
 from fastrpc.broker import MemoryBroker
@@ -742,22 +742,6 @@ def test_runs_a_subscriber_cannot_take_whole_go_item_by_item(monkeypatch: pytest
     assert sorted(seen["items"]) == list(range(1, count + 1))  # the small one items
 
 
-class _Redirect:
-    """A ``Subscription``'s caller that sends its streaming call to another method:
-    a server that answers a subscription with events of its own making."""
-
-    def __init__(self, peer: fastrpc.RpcPeer, method: str) -> None:
-        self.peer = peer
-        self.method = method
-
-    @property
-    def closed(self) -> bool:
-        return self.peer.closed
-
-    def stream(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.peer.stream(self.method, *args, timeout=timeout)
-
-
 @pytest.mark.parametrize(
     "bad",
     [[5, "1", [1]], [5, 1, {"a": 1}], [5, 1, None], [5], [5, 1], [0, 1], [2, "x", 1, 2], [3, "e"], 7, {"a": 1}],
@@ -779,7 +763,7 @@ def test_a_malformed_event_is_a_protocol_error(bad: Any) -> None:
     async def main() -> None:
         async with fastrpc.serve(router, **QUIET) as server:
             client = await fastrpc.connect(server.url, **QUIET)
-            sub = fastrpc.Subscription(_Redirect(client, "evil"), "t")  # type: ignore[arg-type]
+            sub = fastrpc.Subscription(Redirect(client, "evil"), "t")  # type: ignore[arg-type]
             got = [(e.offset, e.value) async for e in _first(sub, 2)]
             assert got == [(1, "a"), (2, "b")]
             with pytest.raises(fastrpc.ProtocolError, match="malformed event"):
