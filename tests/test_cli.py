@@ -598,3 +598,46 @@ def test_serve_port_must_be_0_to_65535() -> None:
         # Before: 70000 served on 70000 % 65536 under uvloop (an OverflowError under asyncio).
         assert proc.returncode == 2 and "argument --port: " in proc.stderr, proc.stderr
         assert "not a port" in proc.stderr, proc.stderr
+
+
+def test_bad_numbers_are_refused_naming_the_option() -> None:
+    # Before: --timeout nan and --interval nan passed argparse and crashed with a
+    # traceback (ValueError from the event loop); --interval -1, --workers -3 and
+    # --grace nan / -5 were taken silently (-3 workers served as 1).
+    bad = [
+        ("call", "ws://127.0.0.1:9", "add", "--timeout", "nan"),
+        ("stream", "ws://127.0.0.1:9", "ticks", "--timeout", "nan"),
+        ("ping", "ws://127.0.0.1:9", "--timeout", "nan"),
+        ("ping", "ws://127.0.0.1:9", "--interval", "nan"),
+        ("ping", "ws://127.0.0.1:9", "--interval", "-1"),
+        ("ping", "ws://127.0.0.1:9", "--interval", "inf"),
+        ("serve", "_cli_app:router", "--port", "0", "--workers", "-3"),
+        ("serve", "_cli_app:router", "--port", "0", "--workers", "1", "--grace", "nan"),
+        ("serve", "_cli_app:router", "--port", "0", "--workers", "1", "--grace", "-5"),
+    ]
+    for args, proc in zip(bad, cli_each(*bad, cwd=str(HERE), timeout=15)):
+        option = [a for a in args if a.startswith("--")][-1]  # the bad one comes last
+        assert proc.returncode == 2, (args, proc.returncode, proc.stdout, proc.stderr)
+        assert re.search(rf"argument (-\w/)?{option}: ", proc.stderr), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_serve_workers_errors_are_one_line() -> None:
+    # Before: with --workers, a target that does not import, a missing attribute
+    # or a port in use ended in a traceback (as without --workers: one line, status 1).
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        no_module, missing, in_use = cli_each(
+            ("serve", "_no_such_module:router", "--workers", "2", "--port", "0"),
+            ("serve", "_cli_app:missing", "--workers", "2", "--port", "0"),
+            ("serve", "_cli_app:router", "--workers", "1", "--port", port),
+            cwd=str(HERE),
+            timeout=15,
+        )
+    assert no_module.returncode == 1 and "cannot import module '_no_such_module'" in no_module.stderr, no_module
+    assert missing.returncode == 1 and "has no attribute 'missing'" in missing.stderr, missing
+    assert in_use.returncode == 1 and f"cannot serve on 127.0.0.1 port {port}" in in_use.stderr, in_use
+    for proc in (no_module, missing, in_use):
+        assert "Traceback" not in proc.stderr, proc.stderr

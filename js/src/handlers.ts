@@ -12,6 +12,9 @@ import { errorMessage, errorName, isAsyncIterable, isIterable } from "./util.js"
 
 export type Handler = (...args: any[]) => unknown;
 
+/** setTimeout's longest delay. */
+const MAX_TIMEOUT = 0x7fffffff;
+
 /** What the handlers need from their connection. */
 export interface HandlerLink {
   sendControl(type: number, flags: number, id: number, payload: Uint8Array): void;
@@ -44,12 +47,16 @@ export class Handlers {
   }
 
   onRequest(id: number, f: Frame): void {
+    // the server's ids are even: an odd one could take a record of our own calls' or streams'
+    if (id <= 0 || id % 2 !== 0) throw new ProtocolError("call id of the wrong parity");
     if (this.running.has(id)) throw new ProtocolError("call id in use");
     if (this.running.size >= this.maxPendingCalls) throw new ProtocolError("too many pending calls", "LIMIT_EXCEEDED");
     const [method, args, deadline] = head(f, (f.flags & F.FLAG_DEADLINE) !== 0);
     const rec: Running = { cancelled: false, stream: null, timer: null };
     this.running.set(id, rec);
-    if (deadline !== null) rec.timer = setTimeout(() => this.answerError(id, "TimeoutError", "deadline exceeded"), deadline);
+    // A deadline past setTimeout's limit (2^31 - 1 ms, about 24.8 days) would fire at
+    // once (Node and browsers clamp it to 1 ms): it is no deadline here.
+    if (deadline !== null && deadline <= MAX_TIMEOUT) rec.timer = setTimeout(() => this.answerError(id, "TimeoutError", "deadline exceeded"), deadline);
     const fn = this.fns.get(method);
     if (fn === undefined) return this.answerError(id, "MethodNotFound", `no method ${JSON.stringify(method)}`);
     if (f.flags & F.FLAG_CHANNEL) return this.answerError(id, "NotImplementedError", "the JavaScript client serves no channels");

@@ -71,6 +71,9 @@ interface SlotWait {
 }
 
 const MAX_WINDOW = 4 << 20;
+/** PONGs queued and not yet written (the server pings and does not read): past this,
+ * LIMIT_EXCEEDED, as the Python side's bound of PONGs due at once. */
+const MAX_PONGS_DUE = 1024;
 const MAX_GROWTH = 16 << 20;
 const DEFAULT_URGENCY = 3;
 
@@ -772,6 +775,9 @@ export class Peer implements StreamLink, HandlerLink {
         return this.handlers.onCancel(id);
       case F.PING:
         if (f.payload.length > 64) throw new ProtocolError("PING payload over 64 bytes");
+        if (++this.pongsDue > MAX_PONGS_DUE) {
+          throw new ProtocolError(`the server sent ${this.pongsDue} PINGs whose PONGs wait for it to read (at most ${MAX_PONGS_DUE})`, "LIMIT_EXCEEDED");
+        }
         this.queueControl(F.PONG, 0, 0, f.payload.slice());
         return;
       case F.PONG: {
@@ -868,35 +874,38 @@ export class Peer implements StreamLink, HandlerLink {
     s.notify();
   }
 
-  /** Keep a received item until it is read; a compressed one is inflated meanwhile (in
-   * order: the reader waits for it). One that does not inflate (corrupt, or past
-   * maxItemSize) fails its stream when the reader comes to it, not the connection. */
+  /** Keep a received item until it is read. A compressed one is held as it came (its
+   * size as received counts against maxConnectionMemory) and inflated only when its
+   * reader comes to it ({@link inflateItem}): the windows bound what a stream holds
+   * whatever the ratio, and at most one item a stream is being inflated at a time. One
+   * that does not inflate (corrupt, or past maxItemSize) fails its stream then, not the
+   * connection. */
   private hold(s: InStream, payload: Uint8Array, raw: boolean, compressed: boolean, charge: number): void {
-    if (!compressed) {
-      s.items.push({ payload, raw, charge, pending: null });
-      return;
+    if (compressed) {
+      if (this.algorithm === 0) throw new ProtocolError("compressed frame without negotiated compression", "COMPRESSION_ERROR");
+      this.compressedIn++;
+      if (payload.byteLength < payload.buffer.byteLength) payload = payload.slice(); // a view into the message would pin it while held
     }
-    if (this.algorithm === 0) throw new ProtocolError("compressed frame without negotiated compression", "COMPRESSION_ERROR");
-    this.compressedIn++;
-    const item: HeldItem = { payload, raw, charge, pending: null };
-    const data = payload.slice(); // a view into the message would pin it
-    item.pending = inflate(data, this.settings.maxItemSize).then(
-      (out) => {
-        item.payload = out;
-        item.pending = null;
-        if (!s.items.includes(item)) return; // dropped meanwhile: no longer held
-        try {
-          this.charge(out.length - data.length, "unread items (inflated)");
-        } catch (e) {
-          this.fail(e);
-        }
-      },
-      (e) => {
-        item.pending = null;
-        item.error = e instanceof ProtocolError ? e : new ProtocolError(`corrupt compressed payload: ${errorMessage(e)}`, "COMPRESSION_ERROR");
-      },
-    );
-    s.items.push(item);
+    s.items.push({ payload, raw, charge, size: payload.length, compressed, pending: null });
+  }
+
+  /** @internal the reader came to a compressed item: inflate it, at most maxItemSize. */
+  inflateItem(it: HeldItem): Promise<void> {
+    if (it.pending === null) {
+      it.pending = inflate(it.payload, this.settings.maxItemSize).then(
+        (out) => {
+          it.payload = out; // the reader takes it next: no longer counted as held
+          it.compressed = false;
+          it.pending = null;
+        },
+        (e) => {
+          it.compressed = false;
+          it.pending = null;
+          it.error = e instanceof ProtocolError ? e : new ProtocolError(`corrupt compressed payload: ${errorMessage(e)}`, "COMPRESSION_ERROR");
+        },
+      );
+    }
+    return it.pending;
   }
 
   /** `n` more bytes held for the application (unread items, partial items); past
@@ -972,14 +981,23 @@ export class Peer implements StreamLink, HandlerLink {
       s.state = IN_ENDED;
     } else if (f.type === F.STREAM_ERROR) {
       const e = F.decodeError(f.payload);
+      this.chargeError(s, f.payload.length);
       s.state = IN_FAILED;
       s.error = new RemoteStreamError(e.type, e.message, e.code, e.traceback);
     } else {
+      this.chargeError(s, f.payload.length);
       s.state = IN_FAILED;
       s.error = new StreamAborted(F.fromUtf8(f.payload) || "stream aborted by the sender");
     }
     if (s.bound) this.finishCall(id);
     s.notify();
+  }
+
+  /** The error (STREAM_ERROR / STREAM_ABORT payload) of an ended stream is held until
+   * its reader takes it: it counts against maxConnectionMemory until the stream is released. */
+  private chargeError(s: InStream, n: number): void {
+    s.errorSize += n;
+    this.charge(n, "errors of ended streams not yet read");
   }
 
   private onCredit(id: number, payload: Uint8Array): void {
@@ -1277,7 +1295,7 @@ export class Peer implements StreamLink, HandlerLink {
   /** @internal */
   readItem(s: InStream): unknown {
     const it = s.take();
-    this.held -= it.payload.length;
+    this.held -= it.size;
     this.consumed(s, it.charge, true);
     return decodeValue(this.peerCodec, it.payload, it.raw);
   }
@@ -1335,7 +1353,7 @@ export class Peer implements StreamLink, HandlerLink {
   }
 
   private dropHeld(s: InStream): void {
-    for (let i = s.head; i < s.items.length; i++) this.held -= s.items[i].payload.length;
+    for (let i = s.head; i < s.items.length; i++) this.held -= s.items[i].size;
     if (s.partial !== null) this.held -= s.partialSize;
     s.items = [];
     s.head = 0;
@@ -1348,6 +1366,8 @@ export class Peer implements StreamLink, HandlerLink {
       this.doneHooks.delete(s);
       for (const h of hooks) h();
     }
+    this.held -= s.errorSize;
+    s.errorSize = 0;
     if (this.inStreams.get(s.id) !== s) return;
     this.inStreams.delete(s.id);
     this.growth -= s.windowSize - this.settings.initialStreamWindow;
@@ -1462,7 +1482,8 @@ export class Peer implements StreamLink, HandlerLink {
   /** The largest new stream frame: the server's frame limit, at most half its message
    * limit, and smaller on a flaky link ({@link Session.cap}). */
   private frameLimit(): number {
-    return Math.min(this.peerSettings.maxFrameSize, this.peerSettings.maxMessageSize >> 1, this.session.cap);
+    // not `>> 1`: a limit of 2^31 or more (a server may announce up to 2^62) is no int32
+    return Math.min(this.peerSettings.maxFrameSize, Math.floor(this.peerSettings.maxMessageSize / 2), this.session.cap);
   }
 
   private canWrite(s: OutStream): boolean {
@@ -1541,6 +1562,8 @@ export class Peer implements StreamLink, HandlerLink {
     for (const r of w) r();
   }
   private flushBlocked = false;
+  /** PONGs queued and not yet written: the server's PINGs while it does not read what we send. */
+  private pongsDue = 0;
 
   private endOut(s: OutStream, type: number, payload: Uint8Array): void {
     if (s.ended) return;
@@ -1597,6 +1620,13 @@ export class Peer implements StreamLink, HandlerLink {
   private flushNow(): void {
     const ws = this.ws;
     if (ws === null || ws.readyState !== 1 || this.handshaking || this.state === "closed") return;
+    if (ws.bufferedAmount > this.maxBufferedAmount) {
+      // the server does not read: what we queue waits here, within its bounds (the
+      // socket's buffer would grow without one), until the socket drains
+      this.flushBlocked = true;
+      this.armDrain();
+      return;
+    }
     if (this.slotGrants > 0) {
       this.sched.queueControl(F.encodeFrame(F.STREAMS, 0, 0, F.encodeVarint(this.slotGrants)));
       this.slotGrants = 0;
@@ -1606,6 +1636,7 @@ export class Peer implements StreamLink, HandlerLink {
     for (;;) {
       const next = this.sched.next(maxMessage, batch);
       if (next === null) break;
+      if (this.sched.controlQueued === 0) this.pongsDue = 0;
       this.session.record(next[0], next[1]);
       ws.send(next[0]);
       if (ws.bufferedAmount > this.maxBufferedAmount) {
@@ -1660,6 +1691,10 @@ export class Peer implements StreamLink, HandlerLink {
   }
 
   private failInFlight(err: Error): void {
+    // the timers and abort listeners of streaming calls go now, whether read or not
+    const hooks = [...this.doneHooks.values()];
+    this.doneHooks.clear();
+    for (const list of hooks) for (const h of list) h();
     for (const [, c] of this.calls) if (!c.streaming) c.reject(err);
     this.calls.clear();
     for (const s of this.inStreams.values()) {
@@ -1667,6 +1702,9 @@ export class Peer implements StreamLink, HandlerLink {
         s.state = IN_FAILED;
         s.error = err;
       }
+      // `held` starts again from 0: what a reader may still take no longer counts
+      for (let i = s.head; i < s.items.length; i++) s.items[i].size = 0;
+      s.errorSize = 0;
       s.notify();
     }
     this.inStreams.clear();

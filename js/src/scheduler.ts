@@ -20,6 +20,11 @@ export class Scheduler {
     private readonly onEnded: (s: OutStream) => void,
   ) {}
 
+  /** Control frames queued and not yet packed. */
+  get controlQueued(): number {
+    return this.control.length - this.controlHead;
+  }
+
   /** Queue one encoded control frame. */
   queueControl(frame: Uint8Array): void {
     this.control.push(frame);

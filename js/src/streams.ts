@@ -74,6 +74,11 @@ export interface HeldItem {
   payload: Uint8Array;
   raw: boolean;
   charge: number;
+  /** Bytes it counts against maxConnectionMemory while held (a compressed item: as received). */
+  size: number;
+  /** Compressed as received: inflated when its reader comes to it, not before, so the
+   * windows bound what a stream holds whatever the compression ratio. */
+  compressed: boolean;
   /** A compressed item being inflated: read it once this settles. */
   pending: Promise<void> | null;
   /** Why a compressed item could not be inflated (corrupt, or past maxItemSize): its reader gets it, and the stream ends there. */
@@ -93,6 +98,7 @@ export class InStream {
   partial: Uint8Array[] | null = null;
   partialSize = 0;
   partialFlags = 0;
+  errorSize = 0; // bytes of its STREAM_ERROR / STREAM_ABORT payload, held until released
   seenOpen = false;
   cancelled = false; // our streaming call was cancelled: frames are absorbed until its end
   claimed = false;
@@ -135,6 +141,7 @@ export class InStream {
 /** What a ReceiveStream needs from its connection. */
 export interface StreamLink {
   readItem(s: InStream): unknown; // decode the next item and give its credit back
+  inflateItem(it: HeldItem): Promise<void>; // inflate a compressed item (its payload, or its error)
   releaseStream(s: InStream): void; // the reader is done with an ended stream
   closeStream(s: InStream): void; // the reader stops early
   closedError(): Error | null;
@@ -187,10 +194,11 @@ export class ReceiveStream<T = unknown> implements AsyncIterableIterator<T> {
     for (;;) {
       if (this.done) return { done: true, value: undefined };
       if (s.available > 0) {
-        const { pending, error } = s.items[s.head];
-        if (pending !== null) {
+        const it = s.items[s.head];
+        const { compressed, error } = it;
+        if (compressed) {
           this.reading = true;
-          await pending;
+          await this.link.inflateItem(it);
           this.reading = false;
           continue;
         }

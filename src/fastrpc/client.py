@@ -14,6 +14,7 @@ from .exceptions import AuthError, ConnectionClosed, Forbidden, HandshakeTimeout
 from .jsonclient import WELCOME_TIMEOUT, open_json
 from .jsonmode import JsonPeer
 from .log import client_logger as logger
+from .log import redact
 from .options import PeerOptions
 from .peer import RpcPeer, peer_kwargs
 from .protocol import Role, SessionLost
@@ -197,7 +198,7 @@ class connect(Generic[P]):
                         raise
                     raise better from e
                 delay = policy.delay(attempt + 1)
-                logger.debug("first connection to %s failed (%r); retrying in %.2f s", self.url, e, delay)
+                logger.debug("first connection to %s failed (%r); retrying in %.2f s", redact(self.url), e, delay)
                 await asyncio.sleep(delay)
             except BaseException:
                 if peer is not None:
@@ -205,8 +206,9 @@ class connect(Generic[P]):
                 raise
         self._established = True
         self.peer = peer
-        logger.debug("connected to %s", self.url)
-        peer.on_closed(lambda p: logger.debug("connection to %s closed: %s", self.url, p.close_exception))
+        where = redact(self.url)  # (no ?token= in the log: docs/security.md)
+        logger.debug("connected to %s", where)
+        peer.on_closed(lambda p: logger.debug("connection to %s closed: %s", where, p.close_exception))
         if policy is not None:
             _call_hook(policy.on_connected, peer)
             if not peer.connected and not peer.closed:

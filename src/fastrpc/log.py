@@ -24,7 +24,23 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["client_logger", "protocol_logger", "server_logger", "warn_limited"]
+__all__ = ["client_logger", "protocol_logger", "redact", "server_logger", "warn_limited"]
+
+
+def redact(target: str) -> str:
+    """A URL or request path as it may be logged: without its query string (a browser
+    client's ``?token=``, docs/security.md) nor the password of ``user:password@``;
+    ``?...`` says a query was there."""
+    path, sep, _ = target.partition("?")
+    scheme, slashes, rest = path.partition("://")
+    if slashes:
+        authority, slash, tail = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at:
+            authority = userinfo.partition(":")[0] + ":...@" + host if ":" in userinfo else authority
+        path = scheme + slashes + authority + slash + tail
+    return path + ("?..." if sep else "")
+
 
 server_logger = logging.getLogger("fastrpc.server")
 client_logger = logging.getLogger("fastrpc.client")

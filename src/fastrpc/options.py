@@ -235,7 +235,24 @@ class PeerOptions:
         names = {f.name for f in fields(cls)} - {"extra"}
         ours = {k: v for k, v in kwargs.items() if k in names}
         rest = {k: v for k, v in kwargs.items() if k not in names}
-        return cls(**ours), rest
+        options = cls(**ours)
+        options.check_limits()
+        return options, rest
+
+    def check_limits(self) -> None:
+        """Raise ValueError, naming the option, when a limit announced in HELLO is out
+        of its range (docs/protocol.md, "HELLO and settings"): refused where it is
+        given, not by every connection made with it."""
+        from .settings import Settings  # (settings imports this module)
+
+        Settings(
+            max_frame_size=self.max_frame_size,
+            max_message_size=self.max_message_size,
+            max_streams=self.max_streams,
+            max_pending_calls=self.max_pending_calls,
+            max_item_size=self.max_item_size,
+            connection_window=self.connection_window,
+        )
 
     def compression_mask(self) -> int:
         """The compression algorithms to offer in HELLO (a bit mask)."""

@@ -17,7 +17,7 @@ from .auth import Authenticate, HandshakeRequest, RequestHeaders, refusal, run_a
 from .broker import Broker
 from .exceptions import AuthError, ConnectionClosed, ResumeFailed
 from .jsonmode import JsonPeer, welcome_message
-from .log import protocol_logger, warn_limited
+from .log import protocol_logger, redact, warn_limited
 from .log import server_logger as logger
 from .options import PeerOptions
 from .peer import RpcPeer, current_peer, peer_kwargs
@@ -243,7 +243,7 @@ class Server:
         self.peers.add(peer)
         peer.on_closed(self._forget)
         self._register(peer)
-        logger.info("connection from %s opened (%s)", peer.remote_address, transport.request_path)
+        logger.info("connection from %s opened (%s)", peer.remote_address, redact(transport.request_path or ""))
         try:
             if self.handler is not None:
                 try:

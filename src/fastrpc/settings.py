@@ -87,6 +87,10 @@ class Settings:
 
     def validate(self, error: type[Exception]) -> None:
         """Raise ``error`` when a value is out of its range."""
+        for name in self._KEYS:
+            value = getattr(self, name)
+            if not 0 <= value <= F.VARINT_MAX:  # (never from the wire: a varint is in range)
+                raise error(f"{name} {value!r} out of range: 0 to 2**62 - 1")
         if self.max_frame_size < 1024:
             raise error("max_frame_size below 1024")
         if self.max_message_size < self.max_frame_size:

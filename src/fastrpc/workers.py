@@ -148,8 +148,12 @@ def restart_delay(previous: float, lived: float) -> float:
 def _reserve(host: str, port: int) -> socket.socket:
     """With SO_REUSEPORT: bind (not listen) so that port 0 becomes one port for all."""
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind((host, port))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+    except BaseException:
+        s.close()  # (a port in use: not left to the garbage collector)
+        raise
     return s
 
 

@@ -41,10 +41,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError("must be a number, not NaN")
+    return value
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more (an interval, a grace period)."""
+    value = _number(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no worker processes) or more")
     return value
 
 
@@ -149,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=0,
         metavar="N",
         help="serve from N worker processes on one port, restarted when they crash (fastrpc.workers)",
@@ -157,7 +185,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--broker", metavar="URL", help="redis://host:port/db: topics shared by the workers (default: in memory)"
     )
-    serve.add_argument("--grace", type=float, default=None, metavar="S", help="seconds in-flight calls get on SIGTERM")
+    serve.add_argument(
+        "--grace", type=_seconds, default=None, metavar="S", help="seconds in-flight calls get on SIGTERM"
+    )
     serve.add_argument("--distinct-ports", action="store_true", help="with --workers: worker i listens on port + i")
     _busy_poll_arg(serve, "server")
     serve.add_argument(
@@ -184,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument(
         "-i",
         "--interval",
-        type=float,
+        type=_seconds,
         default=0.2,
         metavar="S",
         help="seconds between pings (default 0.2; a server closes a peer pinging faster than its max_ping_rate, 1000/s by default)",

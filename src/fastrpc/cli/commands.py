@@ -192,15 +192,23 @@ def run_serve(args: argparse.Namespace) -> int:
         from ..workers import run_workers
 
         extra = {} if args.grace is None else {"grace": args.grace}
-        return run_workers(
-            args.target,
-            workers=max(args.workers, 1),
-            host=args.host,
-            port=args.port,
-            broker=args.broker,
-            distinct_ports=args.distinct_ports,
-            **extra,
-        )
+        try:
+            load_target(args.target)  # one line for a target that does not load, as without --workers
+            return run_workers(
+                args.target,
+                workers=max(args.workers, 1),
+                host=args.host,
+                port=args.port,
+                broker=args.broker,
+                distinct_ports=args.distinct_ports,
+                **extra,
+            )
+        except CommandError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the port (taken, not ours to bind)
+            print(f"error: cannot serve on {args.host} port {args.port}: {exc}", file=sys.stderr)
+            return 1
     return _run(_serve(args, sys.stdout))
 
 
