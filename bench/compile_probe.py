@@ -61,9 +61,10 @@ EDITS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "handlers",
-        "        kwargs: dict[str, Any] | None = None\n        try:\n            # find(), inline",
-        "        kwargs: dict[str, Any] | None = None\n        args: tuple[Any, ...]\n        try:\n"
+        "        received = 0.0 if ev.deadline is None else self.link.loop.time()\n        try:\n"
         "            # find(), inline",
+        "        received = 0.0 if ev.deadline is None else self.link.loop.time()\n"
+        "        args: tuple[Any, ...]\n        try:\n            # find(), inline",
     ),
     (
         "api",

@@ -36,6 +36,10 @@ interface Running {
 export class Handlers {
   private readonly fns = new Map<string, Handler>();
   private readonly running = new Map<number, Running>();
+  /** Async notification handlers still running (bounded by maxPendingCalls). */
+  private notifying = 0;
+  /** Bumped by {@link clear}: handlers of a session gone no longer count. */
+  private generation = 0;
 
   constructor(
     private readonly link: HandlerLink,
@@ -116,12 +120,29 @@ export class Handlers {
     const [method, args] = head(f, false);
     const fn = this.fns.get(method);
     if (fn === undefined) return;
+    let r: unknown;
     try {
-      const r = fn(...this.link.decodeArgs(args, (f.flags & F.FLAG_RAW) !== 0));
-      if (r instanceof Promise) r.catch(() => undefined);
+      r = fn(...this.link.decodeArgs(args, (f.flags & F.FLAG_RAW) !== 0));
     } catch {
-      /* nothing goes back for a notification */
+      return; /* nothing goes back for a notification */
     }
+    if (!isThenable(r)) return;
+    // A server that floods notifications whose async handlers do not finish would pile
+    // them up without end: those still running share our max_pending_calls bound, as
+    // on the Python side (past it: LIMIT_EXCEEDED, the connection closes).
+    if (this.notifying >= this.maxPendingCalls) {
+      Promise.resolve(r).catch(() => undefined);
+      throw new ProtocolError(
+        `too many running notification handlers: ${this.notifying} still run (settings.maxPendingCalls ${this.maxPendingCalls})`,
+        "LIMIT_EXCEEDED",
+      );
+    }
+    this.notifying++;
+    const generation = this.generation;
+    const finished = () => {
+      if (this.generation === generation) this.notifying--;
+    };
+    Promise.resolve(r).then(finished, finished); // (a rejection is the handler's own: nothing goes back)
   }
 
   onCancel(id: number): void {
@@ -136,6 +157,8 @@ export class Handlers {
   clear(): void {
     for (const rec of this.running.values()) if (rec.timer !== null) clearTimeout(rec.timer);
     this.running.clear();
+    this.notifying = 0;
+    this.generation++;
   }
 
   private done(id: number): void {
@@ -152,6 +175,10 @@ export class Handlers {
     if (rec.stream !== null) this.link.abandon(rec.stream);
     this.link.sendControl(F.ERROR, 0, id, F.encodeError(type, message));
   }
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return (typeof v === "object" || typeof v === "function") && v !== null && typeof (v as { then?: unknown }).then === "function";
 }
 
 /** Method name, arguments and deadline (ms) of a REQUEST / NOTIFY frame. */

@@ -123,6 +123,11 @@ export interface ConnectOptions {
   maxConnectionMemory?: number;
   /** Replay buffer bound: past it the session is no longer resumable (default 16 MiB). */
   maxReplayBytes?: number;
+  /** Bytes of control frames (answers to the server's calls, credit, PONGs, our calls
+   * and notifications) that may wait in the client while the socket holds more than
+   * `maxBufferedAmount` (default 4 MiB, the Python side's max_output_backlog); past it
+   * the server is not reading what it asks for: the connection is closed (LIMIT_EXCEEDED). */
+  maxOutputBacklog?: number;
   /** A WebSocket constructor (default: the global one). */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
   /** Called on every change of {@link Peer.state}. */
@@ -236,6 +241,10 @@ export class Peer implements StreamLink, HandlerLink {
       compression: opts.compression === true ? compressionAvailable() : 0,
     };
     validateSettings(this.settings, (r) => new RangeError(r));
+    const backlog = opts.maxOutputBacklog;
+    if (backlog !== undefined && !(typeof backlog === "number" && backlog >= 0 && Number.isFinite(backlog))) {
+      throw new RangeError(`maxOutputBacklog must be a number of bytes >= 0, not ${String(backlog)}`);
+    }
     this.connRecv = this.settings.connectionWindow;
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: typeof WebSocket }).WebSocket;
     if (WS === undefined) {
@@ -679,6 +688,8 @@ export class Peer implements StreamLink, HandlerLink {
     for (let i = start; i < frames.length; i++) {
       if (this.state === "closed") return;
       this.dispatch(frames[i]);
+      // one message of many calls answered at once (unknown methods, say): stop there
+      if (this.overBacklog()) throw this.backlogError();
     }
     if (ackDue) this.queueControl(F.ACK, 0, 0, F.encodeVarint(this.session.received));
     if (this.slotGrants > 0) {
@@ -869,7 +880,7 @@ export class Peer implements StreamLink, HandlerLink {
       this.hold(s, whole, (all & F.FLAG_RAW) !== 0, (all & F.FLAG_COMPRESSED) !== 0, charge); // charged as fragments
     } else {
       this.charge(payload.length, "unread items");
-      this.hold(s, payload.length >= 512 ? payload : payload.slice(), raw, (flags & F.FLAG_COMPRESSED) !== 0, charge);
+      this.hold(s, payload, raw, (flags & F.FLAG_COMPRESSED) !== 0, charge);
     }
     s.notify();
   }
@@ -884,8 +895,13 @@ export class Peer implements StreamLink, HandlerLink {
     if (compressed) {
       if (this.algorithm === 0) throw new ProtocolError("compressed frame without negotiated compression", "COMPRESSION_ERROR");
       this.compressedIn++;
-      if (payload.byteLength < payload.buffer.byteLength) payload = payload.slice(); // a view into the message would pin it while held
     }
+    // An item is a view into the message it came in, and a view keeps the whole message
+    // alive while the item is held: a 600-byte item beside a 1 MiB frame the client
+    // skips would pin 1 MiB and count 600 bytes against maxConnectionMemory. One that is
+    // less than half of its message is copied out, so what held items keep alive stays
+    // within twice what they count.
+    if (payload.byteLength * 2 < payload.buffer.byteLength) payload = payload.slice();
     s.items.push({ payload, raw, charge, size: payload.length, compressed, pending: null });
   }
 
@@ -1586,7 +1602,37 @@ export class Peer implements StreamLink, HandlerLink {
 
   private queueControl(type: number, flags: number, id: number, payload: Uint8Array): void {
     this.sched.queueControl(F.encodeFrame(type, flags, id, payload));
+    if (this.overBacklog() && !this.backlogCheck) {
+      // Answers, credit, PONGs (what the server's messages make us send) and our own
+      // calls wait here while the server does not read: past maxOutputBacklog it is
+      // closed, as the Python side closes a peer that does not read (max_output_backlog).
+      // From a microtask: this may run inside a handler's answer or the application's call.
+      this.backlogCheck = true;
+      queueMicrotask(() => {
+        this.backlogCheck = false;
+        if (this.overBacklog()) this.fail(this.backlogError());
+      });
+    }
     this.kick();
+  }
+  private backlogCheck = false;
+
+  /** More than maxOutputBacklog bytes of control frames wait for a server that does not
+   * read (the socket holds more than maxBufferedAmount). */
+  private overBacklog(): boolean {
+    return this.flushBlocked && this.state === "open" && this.sched.controlBytes > this.maxOutputBacklog;
+  }
+
+  private backlogError(): ProtocolError {
+    return new ProtocolError(
+      `the server does not read: ${this.sched.controlBytes} bytes of answers and other control frames wait for it ` +
+        `(over maxOutputBacklog, ${this.maxOutputBacklog} bytes)`,
+      "LIMIT_EXCEEDED",
+    );
+  }
+
+  private get maxOutputBacklog(): number {
+    return this.opts.maxOutputBacklog ?? 4 << 20;
   }
 
   /**
@@ -1687,7 +1733,19 @@ export class Peer implements StreamLink, HandlerLink {
         /* closing anyway */
       }
     }
-    this.teardown(new ConnectionClosed(`protocol error: ${err.message}`, CLOSE_CODES[err.code], err.reason));
+    const closed = new ConnectionClosed(`protocol error: ${err.message}`, CLOSE_CODES[err.code], err.reason);
+    if (this.handshaking && this.state === "reconnecting") {
+      // The server broke the protocol in a reconnect's handshake (a RESUME_OK we must
+      // refuse, say): the session ends for good, not the peer, as in the Python client
+      // and docs/protocol.md. What was in flight fails with the error, the token is
+      // forgotten, and the reconnect loop's next attempt starts a new session.
+      this.ws = null;
+      this.failInFlight(closed);
+      this.session.start(false, null);
+      this.handshakeDone?.(closed);
+      return;
+    }
+    this.teardown(closed);
   }
 
   private failInFlight(err: Error): void {

@@ -25,9 +25,13 @@ export class Scheduler {
     return this.control.length - this.controlHead;
   }
 
+  /** Bytes of the control frames queued and not yet packed. */
+  controlBytes = 0;
+
   /** Queue one encoded control frame. */
   queueControl(frame: Uint8Array): void {
     this.control.push(frame);
+    this.controlBytes += frame.length;
   }
 
   /** `s` has frames queued: give it turns. */
@@ -44,7 +48,9 @@ export class Scheduler {
     const w = new F.FrameWriter();
     const control = this.control;
     while (this.controlHead < control.length && (w.count === 0 || w.length + control[this.controlHead].length <= maxMessage)) {
-      w.addEncoded(control[this.controlHead++], 1);
+      const frame = control[this.controlHead++];
+      this.controlBytes -= frame.length;
+      w.addEncoded(frame, 1);
     }
     if (this.controlHead === control.length) {
       this.control = [];
@@ -83,6 +89,7 @@ export class Scheduler {
   clear(): void {
     this.control = [];
     this.controlHead = 0;
+    this.controlBytes = 0;
     for (const r of this.rings) {
       for (const s of r) s.inRing = false;
       r.length = 0;

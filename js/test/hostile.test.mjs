@@ -213,3 +213,186 @@ describe("a scripted hostile server", { timeout: 30000 }, () => {
     assert.equal(ws.readyState, 3);
   });
 });
+
+// Regressions: a resume handshake the client must refuse, received items pinning their
+// message, notification handlers piling up, and answers piling up while the server does
+// not read.
+describe("a scripted hostile server: bounds and resume", { timeout: 30000 }, () => {
+  const sessionFrame = (type, flags, token, pos) => F.encodeFrame(type, flags, 0, cat(token, v(pos)));
+
+  test("a protocol error in the resume handshake ends the session, not the peer: the call in flight fails with it, the next attempt starts a new session", async () => {
+    FakeWS.last = null;
+    const connecting = connect("ws://fake", { WebSocket: FakeWS, keepaliveInterval: null, reconnect: { initialDelay: 10, maxDelay: 20, maxAttempts: 5 } });
+    await until(() => FakeWS.last !== null && FakeWS.last.sent.length > 0);
+    const ws1 = FakeWS.last;
+    const token1 = new Uint8Array(32).fill(1);
+    ws1.deliver(cat(hello([[9, 1]]), sessionFrame(F.RESUME_OK, F.FLAG_NEW, token1, 0)));
+    const peer = await connecting;
+    try {
+      const call = peer.call("add", 1, 2).then(
+        () => new Error("the call succeeded"),
+        (e) => e,
+      );
+      await until(() => ws1.frames().some((f) => f.type === F.REQUEST));
+      ws1.close(1012, "going away, come back"); // the server drops the transport
+      await until(() => FakeWS.last !== ws1 && FakeWS.last.sent.length > 0);
+      const ws2 = FakeWS.last;
+      const resume = ws2.frames();
+      assert.deepEqual(resume.map((f) => f.type), [F.HELLO, F.RESUME]);
+      assert.deepEqual(resume[1].payload.subarray(0, 32), token1);
+      // RESUME_OK at a position past the 1 frame the client sent: a protocol error
+      ws2.deliver(cat(hello([[9, 1]]), sessionFrame(F.RESUME_OK, 0, new Uint8Array(32).fill(2), 99)));
+      const e = await Promise.race([call, sleep(1000).then(() => new Error("the call is still in flight"))]);
+      assert.ok(e instanceof ConnectionClosed, String(e));
+      assert.equal(e.code, 1002);
+      assert.match(e.message, /protocol error: resume position 99 is past the 1 frames sent/);
+      assert.deepEqual(goaway(ws2), [1, "resume position 99 is past the 1 frames sent"]);
+      assert.equal(ws2.closeCode, 1002);
+      // the next attempt starts a new session: HELLO alone, the broken token never again
+      await until(() => FakeWS.last !== ws2 && FakeWS.last.sent.length > 0, 1000);
+      const ws3 = FakeWS.last;
+      assert.deepEqual(ws3.frames().map((f) => f.type), [F.HELLO]);
+      ws3.deliver(cat(hello([[9, 1]]), sessionFrame(F.RESUME_OK, F.FLAG_NEW, new Uint8Array(32).fill(3), 0)));
+      await until(() => peer.state === "open", 1000);
+      const answer = peer.call("add", 2, 3);
+      await until(() => ws3.frames().some((f) => f.type === F.REQUEST));
+      const req = ws3.frames().find((f) => f.type === F.REQUEST);
+      ws3.deliver(F.encodeFrame(F.RESPONSE, 0, req.id, msgpack.encode(5)));
+      assert.equal(await answer, 5);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test("an unread item is copied out of its message when much smaller: held items do not pin the messages they came in", async () => {
+    const v8 = await import("node:v8");
+    const vm = await import("node:vm");
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc");
+    const { peer, ws } = await open();
+    try {
+      const refs = [];
+      // each message: a 1 MiB extension frame (skipped) and one 600-byte item on stream 2,
+      // which nobody reads yet: 600 bytes count against maxConnectionMemory, the message is 1 MiB
+      const send = (i) => {
+        const item = new Uint8Array(600).fill(i);
+        const msg = cat(F.encodeFrame(0x40, 0, 0, new Uint8Array((1 << 20) - 64)), F.encodeFrame(F.STREAM_DATA, F.FLAG_RAW | (i === 0 ? F.FLAG_OPEN : 0), 2, item));
+        refs.push(new WeakRef(msg.buffer));
+        ws.onmessage({ data: msg.buffer });
+      };
+      for (let i = 0; i < 32; i++) send(i);
+      assert.equal(peer.state, "open", goaway(ws)?.[1]);
+      let pinned = 32;
+      for (let i = 0; i < 10 && pinned > 0; i++) {
+        await sleep(10);
+        gc();
+        pinned = refs.filter((r) => r.deref() !== undefined).length;
+      }
+      assert.equal(pinned, 0, `${pinned} MiB of messages kept alive by 32 unread items of 600 bytes`);
+      const rs = await peer.acceptStream();
+      const kept = [];
+      for (let i = 0; i < 32; i++) {
+        const { value } = await rs.next();
+        assert.equal(value.length, 600);
+        assert.ok(value.every((b) => b === i));
+        kept.push(value);
+      }
+      // items handed to the application are copies too: kept, they pin nothing either
+      for (let i = 0; i < 32; i++) send(32 + i);
+      for (let i = 0; i < 32; i++) kept.push((await rs.next()).value);
+      await sleep(10);
+      gc();
+      assert.equal(refs.filter((r) => r.deref() !== undefined).length, 0);
+      assert.equal(kept.length, 64);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test("async notification handlers still running are bounded by settings.maxPendingCalls (LIMIT_EXCEEDED)", async () => {
+    const { peer, ws } = await open({ settings: { maxPendingCalls: 8 } });
+    const release = [];
+    let started = 0;
+    peer.register("slow", () => {
+      started++;
+      return new Promise((r) => release.push(r));
+    });
+    const m = F.utf8("slow");
+    const notify = F.encodeFrame(F.NOTIFY, 0, 0, cat(v(m.length), m, msgpack.encode([])));
+    try {
+      // 8 at once are within the bound; once they are done, 8 more are too
+      ws.deliver(F.concat(Array(8).fill(notify)));
+      await sleep(10);
+      assert.equal(peer.state, "open", goaway(ws)?.[1]);
+      for (const r of release.splice(0)) r();
+      await sleep(10);
+      ws.deliver(F.concat(Array(8).fill(notify)));
+      await sleep(10);
+      assert.equal(peer.state, "open", goaway(ws)?.[1]);
+      // a flood while 8 still run: the connection is closed at the ninth
+      for (let i = 0; i < 1000 && peer.state !== "closed"; i++) ws.deliver(notify);
+      assert.equal(peer.state, "closed", "1,000 more notifications while 8 handlers still run");
+      assert.ok(started <= 17, `${started} handlers started`);
+      const [code, reason] = goaway(ws);
+      assert.equal(code, 5);
+      assert.match(reason, /notification handlers.*maxPendingCalls/);
+      assert.equal(ws.closeCode, 1008);
+    } finally {
+      for (const r of release.splice(0)) r();
+      await peer.close();
+    }
+  });
+
+  test("answers the server does not read are bounded by maxOutputBacklog (LIMIT_EXCEEDED); a server that reads them is not closed", async () => {
+    const { peer, ws } = await open({ maxOutputBacklog: 1 << 20 });
+    const big = new Uint8Array(16 << 10);
+    let answered = 0;
+    peer.register("get", () => {
+      answered++;
+      return big;
+    });
+    const m = F.utf8("get");
+    let id = 0;
+    const req = () => F.encodeFrame(F.REQUEST, 0, (id += 2), cat(v(m.length), m, msgpack.encode([])));
+    try {
+      // a server that reads: 128 answers of 16 KiB (2 MiB) at once go out
+      ws.deliver(F.concat(Array.from({ length: 128 }, req)));
+      await until(() => ws.frames().filter((f) => f.type === F.RESPONSE).length === 128);
+      assert.equal(peer.state, "open", goaway(ws)?.[1]);
+      // it stops reading: past 1 MiB of answers waiting for it, the connection is closed
+      ws.bufferedAmount = 2 << 20;
+      for (let i = 0; i < 400 && peer.state !== "closed"; i++) {
+        ws.deliver(req());
+        await sleep(0);
+      }
+      assert.equal(peer.state, "closed", `${answered - 128} answers of 16 KiB wait for a server that does not read`);
+      assert.ok(answered - 128 <= 70, `${answered - 128} answers queued`);
+      const [code, reason] = goaway(ws);
+      assert.equal(code, 5);
+      assert.match(reason, /does not read.*maxOutputBacklog/);
+      assert.equal(ws.closeCode, 1008);
+    } finally {
+      await peer.close();
+    }
+  });
+
+  test("errors for unknown methods (answered at once) in one message are bounded by maxOutputBacklog too", async () => {
+    const { peer, ws } = await open({ maxOutputBacklog: 256 << 10 });
+    try {
+      ws.bufferedAmount = 2 << 20; // the server does not read
+      const pinged = peer.ping().catch((e) => e); // its PING finds the socket full
+      await sleep(0);
+      const m = F.utf8("nope");
+      const parts = [];
+      for (let i = 1; i <= 20000; i++) parts.push(F.encodeFrame(F.REQUEST, 0, 2 * i, cat(v(m.length), m, msgpack.encode([]))));
+      ws.deliver(F.concat(parts)); // 20,000 errors of ~40 bytes: 800 KB
+      assert.equal(peer.state, "closed", "the message was answered whole");
+      const [code, reason] = goaway(ws);
+      assert.equal(code, 5);
+      assert.match(reason, /does not read.*maxOutputBacklog/);
+      assert.ok((await pinged) instanceof ConnectionClosed);
+    } finally {
+      await peer.close();
+    }
+  });
+});

@@ -1,7 +1,10 @@
 """Per-frame payload compression: zstandard where installed, zlib otherwise.
 
-Decompression is always bounded: a payload that would inflate past the limit is a
-:class:`ProtocolError` (COMPRESSION_ERROR), never a large allocation.
+Decompression is always bounded: a payload that would inflate past the limit, a zstd
+frame that asks for a window past it (:func:`window_limit`), bytes after the end of the
+compressed data, and an item that would decode to more than the connection's memory
+budget (:func:`check_cost`) are a :class:`ProtocolError` (COMPRESSION_ERROR), never a
+large allocation nor data dropped. See ``docs/protocol.md``, "Compression".
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from types import ModuleType
 from typing import Any
 
 from .exceptions import ErrorCode, ProtocolError
+from .frames import payload_cost
 
 ZLIB = 1
 ZSTD = 2
+_KIB = 1 << 10
 
 _zstd: ModuleType | None
 try:  # optional extra: pip install fastrpc[zstd]
@@ -60,39 +65,97 @@ class Compressor:
         return zlib.compress(data, self._ctx)
 
 
+ZSTD_MIN_WINDOW = 8 << 20  # the window zstd's format asks every decoder to accept
+
+
+def window_limit(max_size: int) -> int:
+    """The largest window a zstd frame may ask of a side whose ``max_item_size`` is
+    ``max_size``: that rounded up to a power of two, at least ``ZSTD_MIN_WINDOW``
+    (8 MiB: RFC 8878 recommends decoders accept it, and a streaming encoder's default
+    level asks 2-8 MiB whatever the item's size), at most zstd's 2 GiB. zstandard
+    alone would allow 128 MiB, whatever the limit."""
+    return max(ZSTD_MIN_WINDOW, 1 << min(max(max_size - 1, 1).bit_length(), 31))
+
+
 def decompress(algorithm: int, data: bytes | bytearray | memoryview, max_size: int) -> bytes:
-    """Inflate ``data``; more than ``max_size`` bytes out is a ProtocolError."""
+    """Inflate ``data``: one whole compressed payload (a zlib stream, or one zstd
+    frame) and nothing after it. :class:`ProtocolError` (COMPRESSION_ERROR) for more
+    than ``max_size`` bytes out (it stops there: nothing past it is inflated), a zstd
+    frame asking for a window past :func:`window_limit`, bytes after the end of the
+    compressed data, or a corrupt or truncated payload."""
     try:
         if algorithm == ZLIB:
             d = zlib.decompressobj()
             out = d.decompress(data, max_size + 1)
             if len(out) > max_size or d.unconsumed_tail:
-                raise ProtocolError(f"an item inflates past max_item_size ({max_size})", ErrorCode.COMPRESSION_ERROR)
+                raise _too_large(max_size)
             if not d.eof:
                 raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
+            _no_trailer(len(d.unused_data))
             return out
         if algorithm == ZSTD and _zstd is not None:
-            raw = bytes(data)
-            reader = _zstd.ZstdDecompressor().stream_reader(raw)
-            out = reader.read(max_size + 1)
-            if len(out) > max_size:
-                raise ProtocolError(f"an item inflates past max_item_size ({max_size})", ErrorCode.COMPRESSION_ERROR)
-            # The reader ends quietly where its input does: a truncated frame reads as
-            # its prefix (b"" often). Whole only if it gave the size its header names,
-            # or (size unknown, or 0) if a decompressor reaches the frame's end (its
-            # output is ``out`` again, already bounded).
-            size = _zstd.frame_content_size(raw)
-            if size > 0:
-                whole = size == len(out)
-            else:
-                d = _zstd.ZstdDecompressor().decompressobj()
-                d.decompress(raw)
-                whole = bool(d.eof)
-            if not whole:
-                raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
-            return bytes(out)
+            return _zstd_decompress(bytes(data), max_size)
     except ProtocolError:
         raise
     except Exception as exc:  # zlib.error, zstd.ZstdError: corrupt input
         raise ProtocolError(f"corrupt compressed payload: {exc}", ErrorCode.COMPRESSION_ERROR) from None
     raise ProtocolError("compressed frame without negotiated compression", ErrorCode.COMPRESSION_ERROR)
+
+
+def _zstd_decompress(raw: bytes, max_size: int) -> bytes:
+    assert _zstd is not None
+    params = _zstd.get_frame_parameters(raw)  # ZstdError for a header that is not one
+    known = _zstd.frame_content_size(raw)  # -1: not in the header
+    if known > max_size:  # refused from the header: nothing allocated, nothing inflated
+        raise _too_large(max_size)
+    window = window_limit(max_size)
+    if params.window_size > window:
+        raise ProtocolError(
+            f"a zstd frame asks for a window of {params.window_size} bytes, over {window} "
+            f"(max_item_size ({max_size}) rounded up to a power of two, at least 8 MiB)",
+            ErrorCode.COMPRESSION_ERROR,
+        )
+    dctx = _zstd.ZstdDecompressor(max_window_size=window)
+    out: bytes | None = None
+    if known < 0:
+        # No size in the header: inflate at most max_size + 1 bytes first. (With a
+        # size, zstd checks each block against it: the pass below stays bounded.)
+        out = dctx.stream_reader(raw, read_across_frames=False).read(max_size + 1)
+        if len(out) > max_size:
+            raise _too_large(max_size)
+    # One pass that stops at the end of the frame, telling where that is (zstandard's
+    # own decompress() lets bytes after an empty frame through).
+    d = dctx.decompressobj(read_across_frames=False)
+    whole = d.decompress(raw)
+    if not d.eof or (out is not None and whole != out):
+        raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
+    _no_trailer(len(d.unused_data))
+    return bytes(whole)
+
+
+def check_cost(payload: bytes, limit: int) -> None:
+    """An inflated item the codec will decode: :class:`ProtocolError`
+    (COMPRESSION_ERROR) when decoding it would allocate more than ``limit`` bytes of
+    objects (``max_connection_memory``; measured by ``frames.payload_cost``, as call
+    arguments are). A few KiB of ``[[], [], ...]`` inflate to ``max_item_size`` bytes,
+    then decode to ~60 times that: the peer's compression ratio times the codec's."""
+    cost = payload_cost(payload, limit)
+    if cost > limit:
+        raise ProtocolError(
+            f"a compressed item would decode to more than {limit} bytes of objects, "
+            f"over max_connection_memory ({limit})",
+            ErrorCode.COMPRESSION_ERROR,
+        )
+
+
+def _too_large(max_size: int) -> ProtocolError:
+    return ProtocolError(f"an item inflates past max_item_size ({max_size})", ErrorCode.COMPRESSION_ERROR)
+
+
+def _no_trailer(extra: int) -> None:
+    # zlib and zstd stop at the end of their data: what follows would be dropped
+    # without a word (lost, or smuggled past whatever checks the inflated item).
+    if extra:
+        raise ProtocolError(
+            f"{extra} bytes after the end of the compressed data of an item", ErrorCode.COMPRESSION_ERROR
+        )

@@ -4,7 +4,9 @@
 the router), decodes its arguments, runs it (a sync handler inline, so that its reply
 leaves in the same loop iteration; an async one in a task; a streaming or channel
 handler in a task that feeds its results stream) and queues the reply or the error.
-A CANCEL from the caller cancels the handler's task.
+A CANCEL from the caller cancels the handler's task; a caller's deadline counts from
+when its call was received. Closing the connection (or resetting its session) cancels
+the running handlers and waits for them at most :data:`HANDLER_STOP_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .protocol import Role
 from .router import ASYNC_GEN, SYNC, MethodSpec, Router, handler_kind
 from .streams import ReceiveStream, StreamLink, StreamManager
 
-__all__ = ["Handlers", "authorize"]
+__all__ = ["HANDLER_STOP_TIMEOUT", "Handlers", "authorize"]
 
 T = TypeVar("T")
 
@@ -47,6 +49,12 @@ def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
     return loop.create_task(coro)
 
 
+# How long closing a connection (or resetting its session) waits, in seconds, for the
+# handlers it cancelled. A handler that swallows its CancelledError and runs on would
+# otherwise hold the close (and the session reset) forever: it is given up on then,
+# with a WARNING naming its method; it runs on, detached (nothing it answers is sent).
+HANDLER_STOP_TIMEOUT = 5.0
+
 # Results no handler can mean to be awaited: a sync handler's reply goes at once,
 # without inspect.isawaitable's ABC check (every call's path).
 _PLAIN = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple, bytearray})
@@ -55,7 +63,17 @@ _PLAIN = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple,
 class Handlers:
     """The handlers of one connection and the tasks running them."""
 
-    __slots__ = ("expose_tb", "introspection", "link", "notify_tasks", "own", "router", "streams", "tasks")
+    __slots__ = (
+        "abandoned",
+        "expose_tb",
+        "introspection",
+        "link",
+        "notify_tasks",
+        "own",
+        "router",
+        "streams",
+        "tasks",
+    )
 
     def __init__(
         self,
@@ -73,10 +91,37 @@ class Handlers:
         self.introspection = introspection  # answer fastrpc.methods (introspection.py)
         self.tasks: dict[int, asyncio.Task[Any]] = {}  # call id -> its handler's task
         self.notify_tasks: dict[asyncio.Task[Any], None] = {}  # a dict: 64 B empty
+        # Handler tasks that did not stop within HANDLER_STOP_TIMEOUT of their
+        # cancellation (_Stopping): whatever they answer is dropped (after a session
+        # reset, the link's core is the new session's, where their ids mean other calls).
+        self.abandoned: dict[asyncio.Task[Any], None] = {}
 
-    def running(self) -> list[asyncio.Task[Any]]:
-        """Every handler task still running."""
-        return [*self.tasks.values(), *self.notify_tasks]
+    def running(self) -> list[asyncio.Future[Any]]:
+        """What stopping this connection's handlers (a close, a session reset) cancels
+        and then awaits: one future standing for every handler task still running (but
+        the caller's own: a handler closing its connection), or none. Its ``cancel()``
+        cancels those tasks; it is done once they all are, or
+        :data:`HANDLER_STOP_TIMEOUT` seconds after, when those still running are
+        logged and given up on."""
+        current = asyncio.current_task()
+        tasks = [t for t in (*self.tasks.values(), *self.notify_tasks) if t is not current and not t.done()]
+        return [_Stopping(self, tasks)] if tasks else []
+
+    def give_up(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Handler ``tasks`` did not stop within HANDLER_STOP_TIMEOUT of their
+        cancellation: log them, and forget them (they run on, answering nothing)."""
+        for task in tasks:
+            self.abandoned[task] = None
+            self.notify_tasks.pop(task, None)
+            self.logger.warning(
+                "handler for %r from %s did not stop within %s s of its cancellation "
+                "(does it catch CancelledError?): given up on, it runs on detached from the connection",
+                _method_of(task),
+                self.address(),
+                HANDLER_STOP_TIMEOUT,
+            )
+        for cid in [cid for cid, t in self.tasks.items() if t in self.abandoned]:
+            del self.tasks[cid]
 
     def on_notify(self, ev: E.NotificationReceived) -> None:
         method = ev.method
@@ -119,7 +164,8 @@ class Handlers:
         except (Exception, asyncio.CancelledError) as exc:  # (a sync handler's own CancelledError)
             self._notify_failed(method, exc, fn, args, kwargs, ran)
             return
-        # Running notification handlers share the pending-calls limit.
+        # Running notification handlers are bounded by max_pending_calls, counted apart
+        # from calls (a caller waits for a call slot; a notification has none to wait for).
         if len(self.notify_tasks) >= self.link.core.settings.max_pending_calls:
             if inspect.iscoroutine(result):
                 result.close()
@@ -145,6 +191,11 @@ class Handlers:
         or do not decode at all, are the sender's mistake, which a sender can repeat
         at will: a rate-limited WARNING without traceback, never one ERROR each."""
         why: str | None = None
+        if not ran and isinstance(exc, PermissionDenied):
+            # No answer to carry the refusal: the log is its only trace (a WARNING, as for
+            # a refused call, rate-limited: a peer can send these at will).
+            warn_limited(self.logger, "notification to %r from %s refused by authorize", method, self.address())
+            return
         if isinstance(exc, InvalidArguments):
             why = exc.message
         elif not ran and not isinstance(exc, PermissionDenied):
@@ -166,6 +217,8 @@ class Handlers:
 
     def _notify_done(self, task: asyncio.Task[Any]) -> None:
         self.notify_tasks.pop(task, None)
+        if self.abandoned:
+            self.abandoned.pop(task, None)
 
     def on_cancelled(self, ev: E.CallCancelled) -> None:
         task = self.tasks.get(ev.call_id)
@@ -248,6 +301,9 @@ class Handlers:
         cid = ev.call_id
         method = ev.method
         kwargs: dict[str, Any] | None = None
+        # A caller's deadline counts from now, its call's receipt: not from when its
+        # handler's task first runs, which may be a while later on a busy loop.
+        received = 0.0 if ev.deadline is None else self.link.loop.time()
         try:
             # find(), inline: this is every call's path.
             own = self.own
@@ -299,10 +355,10 @@ class Handlers:
             if type(result) is bytes and not self.link.closed:  # _sync_result's first case
                 self.link.core.send_response(cid, result, True)
             else:
-                self._sync_result(cid, method, result, ev.deadline)
+                self._sync_result(cid, method, result, ev.deadline, received)
             return
         if ev.stream or ev.channel:
-            task = start_task(self.link.loop, self._run_stream_call(ev, fn, kind, args, kwargs))
+            task = start_task(self.link.loop, self._run_stream_call(ev, received, fn, kind, args, kwargs))
         elif kind == ASYNC_GEN:
             self._reply_error(
                 cid,
@@ -314,11 +370,12 @@ class Handlers:
             return
         elif kwargs:
             task = start_task(
-                self.link.loop, self._run_call(cid, method, lambda: fn(*args, **kwargs), ev.deadline, fn, args, kwargs)
+                self.link.loop,
+                self._run_call(cid, method, lambda: fn(*args, **kwargs), ev.deadline, fn, args, kwargs, received),
             )
         else:
             loop = self.link.loop  # start_task, inline: every async call's path
-            coro = self._run_call(cid, method, lambda: fn(*args), ev.deadline, fn, args)
+            coro = self._run_call(cid, method, lambda: fn(*args), ev.deadline, fn, args, None, received)
             if _EAGER is None or loop.get_task_factory() is not None:
                 task = loop.create_task(coro)
             else:
@@ -370,10 +427,11 @@ class Handlers:
         self._sync_result(cid, method, result, None)
         return None
 
-    def _sync_result(self, cid: int, method: str, result: Any, deadline: float | None) -> None:
+    def _sync_result(self, cid: int, method: str, result: Any, deadline: float | None, received: float = 0.0) -> None:
         """A sync handler's result: its answer queued at once (a task only for an
-        awaitable). The callers answer bytes themselves (every raw echo's path): bytes
-        reach here only once the connection is closed."""
+        awaitable, within the caller's ``deadline`` from ``received``, the loop time
+        of the call's receipt). The callers answer bytes themselves (every raw echo's
+        path): bytes reach here only once the connection is closed."""
         rt = type(result)
         if rt in _PLAIN or not inspect.isawaitable(result):
             link = self.link
@@ -388,7 +446,9 @@ class Handlers:
             # (or the read) is handled, so no host.flush() here, unlike _reply.
             link.core.send_response(cid, payload, raw)
             return
-        task = start_task(self.link.loop, self._run_call(cid, method, _returning(result), deadline))
+        task = start_task(
+            self.link.loop, self._run_call(cid, method, _returning(result), deadline, None, (), None, received)
+        )
         if inspect.iscoroutine(result):
             # Cancelled before it ran (CANCEL in its request's message, a disconnect):
             # the coroutine is closed, not left to warn that it was never awaited.
@@ -403,6 +463,10 @@ class Handlers:
         self._reply_error(ev.call_id, type_name, message, ev.stream)
 
     def _call_task_done(self, cid: int, stream: bool, task: asyncio.Task[Any]) -> None:
+        if self.abandoned and task in self.abandoned:
+            # Given up on (give_up): its id may be another call's by now (a new session).
+            del self.abandoned[task]
+            return
         self.tasks.pop(cid, None)
         if self.link.core.is_running(cid) and not self.link.closed:
             # Cancelled before it ran (CANCEL in the same message as its REQUEST): the
@@ -412,7 +476,7 @@ class Handlers:
             self._reply_error(cid, "CancelledError", "call cancelled", stream)
 
     def _reply(self, cid: int, result: Any, method: str) -> None:
-        if self.link.closed:
+        if self.link.closed or (self.abandoned and asyncio.current_task() in self.abandoned):
             return
         try:
             payload, raw = self.link.codec.encode(result)
@@ -466,8 +530,8 @@ class Handlers:
         code: int | None = None,
         tb: str | None = None,
     ) -> None:
-        if self.link.closed:
-            return
+        if self.link.closed or (self.abandoned and asyncio.current_task() in self.abandoned):
+            return  # (an abandoned handler's: see give_up)
         core = self.link.core
         if stream:
             core.open_response_stream(cid)
@@ -486,13 +550,17 @@ class Handlers:
         fn: Callable[..., Any] | None = None,
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
+        received: float = 0.0,
     ) -> None:
+        """Run a call's handler (``invoke()``) and answer it; ``deadline``: the
+        caller's timeout in seconds, counted from ``received``, the loop time of the
+        call's receipt."""
         timer: asyncio.Timeout | None = None
         try:
             if deadline is not None:
                 # (not wait_for: the caller's timeout and the handler's own TimeoutError
                 # are told apart, and a cancellation is never lost on 3.11)
-                timer = asyncio.timeout(deadline)
+                timer = asyncio.timeout_at(received + deadline)
                 async with timer:
                     result = await invoke()
             else:
@@ -508,16 +576,17 @@ class Handlers:
         else:
             self._reply(cid, result, method)
 
-    async def _run_stream_call(self, ev: E.RequestReceived, *call: Any) -> None:
+    async def _run_stream_call(self, ev: E.RequestReceived, received: float, *call: Any) -> None:
         """A streaming call (``call``: :meth:`_stream_call`'s arguments after the
-        deadline), within the caller's timeout when it sent one."""
+        deadline), within the caller's timeout when it sent one (counted from
+        ``received``, the loop time of the call's receipt)."""
         if ev.deadline is None:
             await self._stream_call(ev, None, *call)
             return
         # The caller's timeout covers the whole call: when it passes, the handler is
         # cancelled and the stream ends with TimeoutError (as a plain call answers).
         try:
-            async with asyncio.timeout(ev.deadline) as deadline:
+            async with asyncio.timeout_at(received + ev.deadline) as deadline:
                 await self._stream_call(ev, deadline, *call)
         except TimeoutError:
             if not deadline.expired():
@@ -655,3 +724,54 @@ def _returning(value: Any) -> Callable[[], Any]:
 
 async def _single(value: T) -> Any:
     yield value
+
+
+class _Stopping(asyncio.Future[None]):
+    """Stands for handler tasks being stopped (:meth:`Handlers.running`): its
+    ``cancel()`` cancels them (not itself, as a task's may not); it is done once they
+    all are, or :data:`HANDLER_STOP_TIMEOUT` seconds after the first ``cancel()``, when
+    those still running are given up on (:meth:`Handlers.give_up`)."""
+
+    def __init__(self, handlers: Handlers, tasks: list[asyncio.Task[Any]]) -> None:
+        super().__init__(loop=handlers.link.loop)
+        self._handlers = handlers
+        self._tasks = tasks
+        self._left = len(tasks)
+        self._timer: asyncio.TimerHandle | None = None
+        for task in tasks:
+            task.add_done_callback(self._stopped)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if self.done():
+            return False
+        for task in self._tasks:
+            task.cancel(msg)
+        if self._timer is None:
+            self._timer = self.get_loop().call_later(HANDLER_STOP_TIMEOUT, self._give_up)
+        return True
+
+    def _stopped(self, task: asyncio.Task[Any]) -> None:
+        self._left -= 1
+        if self._left == 0 and not self.done():
+            if self._timer is not None:
+                self._timer.cancel()
+            self.set_result(None)
+
+    def _give_up(self) -> None:
+        if not self.done():
+            self._handlers.give_up([t for t in self._tasks if not t.done()])
+            self.set_result(None)
+
+
+def _method_of(task: asyncio.Task[Any]) -> str:
+    """The method whose handler ``task`` runs (:meth:`Handlers._run_call`'s, or
+    ``_quiet``'s, ``method``; a streaming call's ``ev``), for a log line; "?" when
+    that cannot be told."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    if frame is None:
+        return "?"
+    local = frame.f_locals
+    method = local.get("method")
+    if method is None and "ev" in local:
+        method = getattr(local["ev"], "method", None)
+    return str(method) if method is not None else "?"

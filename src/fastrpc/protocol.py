@@ -48,7 +48,7 @@ from .names import NAMED_STREAM_BASE
 from .outbound import MAX_QUEUE_BYTES, TERMINAL_ROOM, OutboundStreams
 from .resume import TOKEN_SIZE, ResumeState, SessionLost
 from .scheduler import DEFAULT_URGENCY, URGENCY_LEVELS, Scheduler, check_urgency
-from .settings import CODEC_JSON, CODEC_MSGPACK, SETTING_SENT_BY_CLIENT, Role, Settings
+from .settings import CODEC_JSON, CODEC_MSGPACK, SETTING_SENT_BY_CLIENT, Role, Settings, decode_hello
 from .stream_state import (
     IN_OPEN,
     OUT_OPEN,
@@ -460,7 +460,7 @@ class Connection:
         first = frames[0]
         if first.type != F.HELLO:
             raise ProtocolError("expected HELLO as the first frame: the other side does not speak fastrpc")
-        if self.role is Role.CLIENT and F.decode_settings(first.payload)[1].get(SETTING_SENT_BY_CLIENT):
+        if self.role is Role.CLIENT and decode_hello(first.payload)[1].get(SETTING_SENT_BY_CLIENT):
             raise ProtocolError(
                 "the server sent our own handshake back: it does not speak fastrpc (a plain WebSocket echo server?)"
             )
@@ -617,9 +617,12 @@ class Connection:
             # (bounded by max_item_size): a bomb or a corrupt item fails this stream
             # (ProtocolError, COMPRESSION_ERROR), not the reader, as the reader closing
             # it would (close_stream): STREAM_CLOSE, or for a streaming call of ours
-            # CANCEL (STREAM_CLOSE would leave its call slot taken for good).
+            # CANCEL (STREAM_CLOSE would leave its call slot taken for good). One the
+            # codec decodes may not decode past max_connection_memory either.
             try:
                 payload = _compression.decompress(self._algorithm, payload, self.settings.max_item_size)
+                if not kind & FLAG_RAW:
+                    _compression.check_cost(payload, self._budget.limit)
             except ProtocolError:
                 self.close_stream(stream_id)
                 raise

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import options as O
 from .broker import Broker, History, Sink, new_epoch
@@ -117,6 +119,12 @@ class RedisBroker(Broker):
     ``enc_hook``: how items of custom types are encoded into Redis (msgspec's
     ``enc_hook``, as ``serve()``'s; a server hands its own to its broker, which uses
     it unless given one here).
+
+    A command that fails for want of a connection (all ``max_connections`` busy for
+    ``timeout`` seconds), for a Redis that refuses or does not answer, raises the
+    ``redis`` client's ``ConnectionError`` / ``TimeoutError`` as it does, its message
+    naming the cause, the broker's ``url`` (without its password) and the option
+    that changes it.
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class RedisBroker(Broker):
         enc_hook: EncHook | None = None,
     ) -> None:
         self.url = url
+        self._where = _redacted(url)  # for messages: never the password
         self.prefix = prefix
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -194,8 +203,11 @@ class RedisBroker(Broker):
         except BaseException as exc:
             await self.close()
             if isinstance(exc, asyncio.TimeoutError):
-                why = f" (last error: {_describe(self._last_error)})" if self._last_error is not None else ""
-                raise TimeoutError(f"no pub/sub link to Redis within {self.timeout} s{why}") from None
+                why = f"; last error: {_describe(self._last_error)}" if self._last_error is not None else ""
+                raise TimeoutError(
+                    f"no pub/sub link to Redis within {self.timeout} s "
+                    f"(RedisBroker url={self._where}, timeout={self.timeout}{why})"
+                ) from None
             raise
 
     async def close(self) -> None:
@@ -213,7 +225,12 @@ class RedisBroker(Broker):
     async def publish(self, topic: str, value: Any) -> tuple[str, int]:
         data = self._encode(value)
         ttl_ms = int(self.history_ttl * 1000)
-        epoch, offset = await self._publish(keys=self._keys(topic), args=[new_epoch(), data, self.history_size, ttl_ms])
+        try:
+            epoch, offset = await self._publish(
+                keys=self._keys(topic), args=[new_epoch(), data, self.history_size, ttl_ms]
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._explain(exc)
         epoch, offset = epoch.decode(), int(offset)
         self._saw(topic, epoch, offset)
         return epoch, offset
@@ -232,19 +249,22 @@ class RedisBroker(Broker):
             # (What was seen before the read was sent: Redis had it before it ran the
             # read. An offset seen while the read is on its way may be newer than it.)
             seen = self._seen.get(topic)
-            epoch, first, last, raw = await self._history(keys=keys, args=args)
-            if seen is not None and seen[0] == epoch.decode() and int(last) < seen[1]:
-                # Offsets went back in the same epoch (Redis restored an older state).
-                logger.warning(
-                    "Redis gave topic %r offset %d after %d in epoch %s (it came back from an older "
-                    "snapshot): starting a new epoch",
-                    topic,
-                    int(last),
-                    seen[1],
-                    seen[0],
-                )
-                await self._new_epoch(keys=[k[3]], args=[epoch, new_epoch()])
+            try:
                 epoch, first, last, raw = await self._history(keys=keys, args=args)
+                if seen is not None and seen[0] == epoch.decode() and int(last) < seen[1]:
+                    # Offsets went back in the same epoch (Redis restored an older state).
+                    logger.warning(
+                        "Redis gave topic %r offset %d after %d in epoch %s (it came back from an older "
+                        "snapshot): starting a new epoch",
+                        topic,
+                        int(last),
+                        seen[1],
+                        seen[0],
+                    )
+                    await self._new_epoch(keys=[k[3]], args=[epoch, new_epoch()])
+                    epoch, first, last, raw = await self._history(keys=keys, args=args)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._explain(exc)
         seen = self._seen.get(topic)
         if seen is None:
             if len(self._seen) >= _REMEMBERED_TOPICS:
@@ -257,6 +277,28 @@ class RedisBroker(Broker):
             # fields: [b"o", offset, b"d", data]
             items.append((int(fields[1]), msgspec.msgpack.decode(fields[3])))
         return History(epoch.decode(), int(first), int(last), items)
+
+    def _explain(self, exc: RedisConnectionError | RedisTimeoutError) -> NoReturn:
+        """Raise ``exc`` again, of its type, its message naming its cause, this
+        broker's url and the option that changes it (redis-py's say "No connection
+        available." or "Timeout reading from socket", and not where nor why)."""
+        msg = str(exc) or type(exc).__name__
+        if isinstance(exc, RedisConnectionError) and (
+            msg.startswith("No connection available") or isinstance(exc.__cause__, asyncio.TimeoutError)
+        ):
+            why = (
+                f"all max_connections={self._pool.max_connections} connections were busy for "
+                f"timeout={self.timeout} s; raise max_connections or timeout"
+            )
+        elif isinstance(exc, RedisTimeoutError):
+            why = f"Redis did not answer within timeout={self.timeout} s; raise timeout"
+        else:
+            why = "Redis could not be reached or refused the connection: is it up there, is url right?"
+        try:
+            explained = type(exc)(f"{msg} (RedisBroker url={self._where}: {why})")
+        except Exception:  # an error type whose constructor takes other arguments
+            raise exc from None
+        raise explained from exc
 
     async def _listen(self) -> None:
         """Deliver what every worker publishes; reconnect when the link drops."""
@@ -295,7 +337,12 @@ class RedisBroker(Broker):
                 self._last_error = exc
                 lost = True
                 if isinstance(exc, (RedisError, OSError)):
-                    logger.warning("Redis pub/sub link lost (%s); reconnecting in %.2f s", _describe(exc), delay)
+                    logger.warning(
+                        "Redis pub/sub link lost (%s; RedisBroker url=%s); reconnecting in %.2f s",
+                        _describe(exc),
+                        self._where,
+                        delay,
+                    )
                 else:
                     logger.error("Redis pub/sub listener failed; reconnecting in %.2f s", delay, exc_info=exc)
                 await asyncio.sleep(delay)
@@ -327,6 +374,24 @@ class RedisBroker(Broker):
             warn_limited(
                 logger, "delivering item %s of topic %r failed (%s): dropped", item[2], item[0], _describe(exc)
             )
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` query field)
+    replaced by ``***``: what messages and logs may show."""
+    try:
+        parts = urlsplit(url)
+        out = url
+        if parts.password is not None:
+            user, _, host = parts.netloc.rpartition("@")
+            out = out.replace(parts.netloc, f"{user.partition(':')[0]}:***@{host}", 1)
+        if "password" in parts.query:
+            fields = parse_qsl(parts.query, keep_blank_values=True)
+            query = urlencode([(k, "***" if k == "password" else v) for k, v in fields], safe="*")
+            out = out.replace(parts.query, query, 1)
+        return out
+    except ValueError:  # not a URL redis-py takes either
+        return "<unparsable url>"
 
 
 def _describe(exc: BaseException) -> str:

@@ -319,6 +319,12 @@ class Server:
         old = self._grace.pop(peer, None)
         if old is not None:
             old.cancel()
+        alone, most = _detached_bytes(peer), self.options.max_detached_replay
+        if alone > most:
+            # It cannot fit even alone (its replay buffer is bounded by
+            # max_replay_bytes, not by this): given up at once, the others kept.
+            self._expire(peer, f"it holds {alone} bytes, more than the server's max_detached_replay={most}")
+            return True
         loop = asyncio.get_running_loop()
         self._grace[peer] = loop.call_later(self.options.session_grace, self._expire, peer)
         # Sessions waiting for their clients keep their replay buffers and what they

@@ -11,9 +11,9 @@ from typing import ClassVar, Union
 
 from . import frames as F
 from . import options as O
-from .exceptions import ErrorCode, ProtocolError
+from .exceptions import ErrorCode, LimitExceeded, ProtocolError
 
-__all__ = ["CODEC_JSON", "CODEC_MSGPACK", "FEATURE_TOPIC_RUNS", "Role", "Settings"]
+__all__ = ["CODEC_JSON", "CODEC_MSGPACK", "FEATURE_TOPIC_RUNS", "MAX_HELLO_SIZE", "Role", "Settings", "decode_hello"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -32,6 +32,11 @@ SETTING_CONNECTION_WINDOW = 10
 SETTING_SENT_BY_CLIENT = 11
 SETTING_FEATURES = 12
 
+# The largest HELLO payload a side reads (a protocol constant; today's HELLO is about
+# 110 bytes). Unknown settings are ignored, but each is decoded first (a repeated key
+# is an error): without a bound, a 1 MiB HELLO of 4-byte keys made a dict of 200,000.
+MAX_HELLO_SIZE = 4096
+
 # Features (SETTING_FEATURES, a bitmask): what this side reads beyond version 1.
 FEATURE_TOPIC_RUNS = 1  # topic run events ([5, first, values]: docs/protocol.md, "Topics")
 FEATURES = FEATURE_TOPIC_RUNS
@@ -39,6 +44,16 @@ FEATURES = FEATURE_TOPIC_RUNS
 # Payload codecs (SETTING_CODEC).
 CODEC_MSGPACK = 0
 CODEC_JSON = 1
+
+
+def decode_hello(payload: Payload) -> tuple[int, dict[int, int]]:
+    """A HELLO payload's ``(version, {key: value})``, unknown keys included;
+    :class:`LimitExceeded` past :data:`MAX_HELLO_SIZE` bytes (before decoding any),
+    :class:`ProtocolError` for a malformed one or a repeated key."""
+    size = memoryview(payload).nbytes
+    if size > MAX_HELLO_SIZE:
+        raise LimitExceeded(f"a HELLO of {size} bytes, over the {MAX_HELLO_SIZE} a HELLO may have (MAX_HELLO_SIZE)")
+    return F.decode_settings(payload)
 
 
 class Role(enum.IntEnum):
@@ -114,8 +129,9 @@ class Settings:
     @classmethod
     def from_wire(cls, payload: Payload) -> Settings:
         """Parse a HELLO payload (unknown keys are ignored); :class:`ProtocolError`
-        with ``UNSUPPORTED_VERSION`` for another protocol version."""
-        version, values = F.decode_settings(payload)
+        with ``UNSUPPORTED_VERSION`` for another protocol version, and as
+        :func:`decode_hello` says (:class:`LimitExceeded` past :data:`MAX_HELLO_SIZE`)."""
+        version, values = decode_hello(payload)
         if version != F.PROTOCOL_VERSION:
             raise ProtocolError(
                 f"unsupported protocol version {version} (this side speaks {F.PROTOCOL_VERSION})",

@@ -108,6 +108,7 @@ class _Topic:
         "local",
         "loop",
         "mine",
+        "mine_cap",
         "pending",
         "ready",
         "room",
@@ -133,6 +134,7 @@ class _Topic:
         # the queue size rather than ending the subscription.
         self.inflight = 0
         self.mine: set[int] = set()
+        self.mine_cap = 1024  # `mine` is filtered when it grows past this
         self.local = False
         # Items fanned out in this loop pass: past the queue size, a publisher lets
         # the loop run once, so that the connections write what it published.
@@ -529,6 +531,10 @@ class TopicHub:
         # (server CPU), smaller ones let subscribers read sooner (latency at saturation).
         self.pass_deliveries = pass_deliveries
         self._topics: dict[str, _Topic] = {}
+        # Publishes in this loop pass, on any topic: past queue_size, publish lets the
+        # loop run. (A publish that nothing holds back, no subscriber, the in-memory
+        # broker, never suspends: a loop of them would hold the event loop for good.)
+        self._published = 0
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -571,7 +577,9 @@ class TopicHub:
         for ``block_timeout`` seconds (the server's ``topic_block_timeout``, 10 by
         default) ends as its client's :class:`fastrpc.SlowSubscriber`, and the
         publishers go on. It lets the loop run once
-        after ``queue_size`` items published in one loop pass, or
+        after ``queue_size`` items published in one loop pass (on this topic, or on
+        all topics together, subscribed to or not: a loop of publishes never holds
+        the event loop from the other connections), or
         ``pass_deliveries`` deliveries (items x subscriptions: the server's
         ``topic_pass_deliveries``, 65,536 by default): the
         subscribers' connections write them meanwhile. A publisher that never waits
@@ -579,6 +587,13 @@ class TopicHub:
         and with a thousand subscriptions the subscribers would idle while it did.
         """
         _check_name(topic)
+        n = self._published
+        if n >= self.queue_size:
+            await asyncio.sleep(0)  # _new_pass, scheduled before, runs first
+            n = self._published
+        if not n:
+            asyncio.get_running_loop().call_soon(self._new_pass)
+        self._published = n + 1
         t = self._topics.get(topic)
         if t is not None:
             if t.burst >= self.queue_size or t.burst * len(t.subs) >= self.pass_deliveries:
@@ -604,11 +619,18 @@ class TopicHub:
             finally:
                 t.inflight -= 1
             if epoch == t.epoch and offset > t.last:
-                if len(t.mine) >= 1024:  # drop offsets never delivered here (lost)
+                if len(t.mine) >= t.mine_cap:  # drop offsets never delivered here (lost)
                     t.mine = {o for o in t.mine if o > t.last}
+                    # Those kept await a lagging live feed: filtered again once the set
+                    # doubled, not on every publish (work a publish, not a set's size).
+                    t.mine_cap = max(1024, 2 * len(t.mine))
                 t.mine.add(offset)
             return epoch, offset
         return await self.broker.publish(topic, value)
+
+    def _new_pass(self) -> None:
+        """The loop ran: publishes count again from 0."""
+        self._published = 0
 
     def _end_stalled(self, t: _Topic) -> None:
         """End the ``block`` subscriptions of ``t`` whose full queue has held the
@@ -698,7 +720,8 @@ class TopicHub:
                 t.epoch, t.last = h.epoch, h.last
         except Exception as exc:
             for sub in list(t.subs):
-                sub.finish([_LOST, t.epoch or "", 0, f"the broker failed: {exc!r}"])
+                # (str, not repr: redis-py 8's repr of its errors drops the message.)
+                sub.finish([_LOST, t.epoch or "", 0, f"the broker failed: {type(exc).__name__}: {exc}"])
         finally:
             t.filling = False
             pending, t.pending = t.pending, []

@@ -17,6 +17,10 @@ with ``distinct_ports`` behind a proxy). ``distinct_ports``: worker ``i`` listen
 ``port + i`` instead, for a proxy that routes each client to its own worker (nginx
 ``hash ... consistent``, docs/deployment.md).
 
+TLS: ``ssl_cert``/``ssl_key`` (``fastrpc serve --workers N --ssl-cert PEM --ssl-key
+PEM``) are loaded once by the supervisor (a bad certificate fails there, once) and
+then by every worker, which serves ``wss://``.
+
 Topics reach every worker through the broker (``--broker redis://...``,
 :class:`fastrpc.redis_broker.RedisBroker`); without one each worker has its own
 in-memory topics. Resumable sessions stay in the worker that holds them: a client
@@ -29,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,7 +48,7 @@ from typing import Any
 from . import options as O
 from .server import Server, serve
 
-__all__ = ["drain", "load_target", "main", "run_workers", "serve_worker"]
+__all__ = ["drain", "load_target", "main", "run_workers", "serve_worker", "server_ssl"]
 
 logger = logging.getLogger("fastrpc.workers")
 
@@ -145,6 +151,19 @@ def restart_delay(previous: float, lived: float) -> float:
     return min(previous * 2, O.WORKER_RESTART_MAX_DELAY)
 
 
+def server_ssl(cert: str | None, key: str | None = None) -> ssl.SSLContext | None:
+    """The TLS context of a server with certificate (chain) ``cert`` and private key
+    ``key`` (None: in ``cert``); None without ``cert``. Raises ValueError for a key
+    without a certificate, OSError or ssl.SSLError for files that do not load."""
+    if cert is None:
+        if key is not None:
+            raise ValueError("a private key (--ssl-key) needs its certificate (--ssl-cert)")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def _reserve(host: str, port: int) -> socket.socket:
     """With SO_REUSEPORT: bind (not listen) so that port 0 becomes one port for all."""
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -167,13 +186,21 @@ def run_workers(
     grace: float = O.WORKER_GRACE,
     distinct_ports: bool = False,
     resume: bool = True,
+    ssl_cert: str | None = None,
+    ssl_key: str | None = None,
 ) -> int:
     """Serve ``target`` (``"module:attr"``) with ``workers`` processes on ``host:port``
     (or ``port + i`` each with ``distinct_ports``); supervise them until SIGTERM or
-    SIGINT, then drain them. Returns the exit status (0: drained cleanly)."""
+    SIGINT, then drain them. Returns the exit status (0: drained cleanly).
+
+    ``ssl_cert``, ``ssl_key``: every worker serves ``wss://`` with this certificate
+    (chain) and private key (None: in ``ssl_cert``); see :func:`server_ssl` for what a
+    bad pair raises, here, before any worker starts."""
     if workers < 1:
         raise ValueError("workers must be >= 1")
     load_target(target)  # fail here, not N times in the workers
+    # The same for the certificate (and before: --ssl-key alone was dropped silently).
+    tls = server_ssl(ssl_cert, ssl_key) is not None
     listener: socket.socket | None = None
     mode: list[str]
     if distinct_ports:
@@ -193,6 +220,11 @@ def run_workers(
         base += ["--broker", broker]
     if not resume:
         base += ["--no-resume"]
+    if ssl_cert is not None:
+        # Absolute: a worker started again later still finds the files.
+        base += ["--ssl-cert", os.path.abspath(ssl_cert)]
+        if ssl_key is not None:
+            base += ["--ssl-key", os.path.abspath(ssl_key)]
     pass_fds = (listener.fileno(),) if listener is not None and not HAS_REUSEPORT else ()
 
     def start(i: int) -> subprocess.Popen[bytes]:
@@ -210,7 +242,8 @@ def run_workers(
         stopping = True
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    print(f"fastrpc: {workers} workers on {host}:{port}{' + i' if distinct_ports else ''}", flush=True)
+    scheme = "wss" if tls else "ws"
+    print(f"fastrpc: {workers} workers on {host}:{port}{' + i' if distinct_ports else ''} ({scheme}://)", flush=True)
     try:
         while not stopping:
             time.sleep(0.05)
@@ -257,20 +290,27 @@ def run_workers(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastrpc.workers MODULE:ATTR --workers N [--broker URL] ...``"""
+    # The command line's argument types: numbers refused as `fastrpc serve` refuses them.
+    from .cli import _int, _port, _seconds
+
     ap = argparse.ArgumentParser(prog="python -m fastrpc.workers", description=__doc__.split("\n\n")[0])
     ap.add_argument("target", help="MODULE:ATTR, a fastrpc.Router or an async handler(peer)")
-    ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument(
+        "--workers", type=functools.partial(_int, minimum=1), default=1, help="worker processes (default 1)"
+    )
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=_port, default=8765)
     ap.add_argument("--broker", default=None, help="redis://host:port/db: topics shared by the workers")
-    ap.add_argument("--grace", type=float, default=O.WORKER_GRACE, help="seconds in-flight calls get on SIGTERM")
+    ap.add_argument("--grace", type=_seconds, default=O.WORKER_GRACE, help="seconds in-flight calls get on SIGTERM")
+    ap.add_argument("--ssl-cert", metavar="PEM", help="serve wss:// with this certificate (chain)")
+    ap.add_argument("--ssl-key", metavar="PEM", help="the certificate's private key (if not in --ssl-cert)")
     ap.add_argument("--distinct-ports", action="store_true", help="worker i listens on port + i (for a proxy)")
     ap.add_argument("--no-resume", action="store_true", help="do not keep sessions for clients that reconnect")
     # Internal: how the supervisor starts each worker.
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--fd", type=functools.partial(_int, minimum=0), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--parent", type=functools.partial(_int, minimum=1), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.child:
@@ -283,9 +323,15 @@ def main(argv: list[str] | None = None) -> int:
             grace=args.grace,
             distinct_ports=args.distinct_ports,
             resume=not args.no_resume,
+            ssl_cert=args.ssl_cert,
+            ssl_key=args.ssl_key,
         )
     from . import run
 
+    options: dict[str, Any] = {"resume": not args.no_resume}
+    context = server_ssl(args.ssl_cert, args.ssl_key)
+    if context is not None:
+        options["ssl"] = context
     sock = socket.socket(fileno=args.fd) if args.fd is not None else None
     run(
         serve_worker(
@@ -296,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             grace=args.grace,
             reuse_port=args.reuse_port,
             sock=sock,
-            options={"resume": not args.no_resume},
+            options=options,
             parent=args.parent,
         )
     )

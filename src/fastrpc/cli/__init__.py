@@ -19,6 +19,7 @@ IPv6 hosts are given bare to ``--host`` (``::1``) and in brackets in URLs
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -34,11 +35,29 @@ DEFAULT_PORT = 8765
 DEFAULT_TIMEOUT = 10.0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text.replace("_", "").replace(",", ""))
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+def _int(text: str, minimum: int, maximum: int | None = None, *, what: str = "a whole number", note: str = "") -> int:
+    """The argparse type of every whole-number option (``functools.partial(_int,
+    minimum=...)``): ``text`` as an int from ``minimum`` to ``maximum`` (None: no upper
+    bound), ``1_000`` and ``1,000`` read as 1000. Refused (ArgumentTypeError, which
+    argparse reports naming the option, status 2): not a whole number, or out of range,
+    saying the range and ``note``."""
+    try:
+        value = int(text.replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        if maximum is None:
+            span = "(it must be positive)" if minimum == 1 else f"of {minimum} or more"
+        else:
+            span = f"from {minimum} to {maximum}"
+        raise argparse.ArgumentTypeError(f"{value} is not {what} {span}{note}")
     return value
+
+
+_positive_int = functools.partial(_int, minimum=1)
+# Worker processes: 0 serves from this process; the port: 0 picks a free one.
+_workers = functools.partial(_int, minimum=0, note=" (0: no worker processes)")
+_port = functools.partial(_int, minimum=0, maximum=65535, what="a port number", note=" (0 picks a free one)")
 
 
 def _number(text: str) -> float:
@@ -63,26 +82,6 @@ def _seconds(text: str) -> float:
     value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError("must be a finite number of seconds, 0 or more")
-    return value
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (no worker processes) or more")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port: 0 to 65535 (0 picks a free one)")
     return value
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import ssl
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "codec_explanation",
     "load_target",
     "parse_arg",
+    "printable",
     "run_call",
     "run_methods",
     "run_notify",
@@ -130,16 +132,17 @@ def load_target(spec: str) -> Router | Any:
 
 
 def _server_ssl(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    if cert is None:
-        if key is not None:
-            raise CommandError("--ssl-key needs --ssl-cert")
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """``--ssl-cert``/``--ssl-key`` as a TLS context (None: plain ws://); one error
+    line (CommandError) for a key without a certificate or files that do not load.
+    The same check runs before worker processes start (they load the files again)."""
+    from ..workers import server_ssl
+
+    if cert is None and key is not None:
+        raise CommandError("--ssl-key needs --ssl-cert")
     try:
-        context.load_cert_chain(cert, key)
+        return server_ssl(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise CommandError(f"cannot load the certificate {cert!r}: {exc}") from None
-    return context
 
 
 async def _serve(args: argparse.Namespace, out: TextIO) -> None:
@@ -182,9 +185,9 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fastrpc").setLevel(args.log_level.upper())
     if args.workers or args.broker or args.distinct_ports:
-        # Worker processes (fastrpc.workers): they serve the target plain (no TLS,
-        # static files or options of this command but --no-introspection's default).
-        unsupported = [f for f in ("ssl_cert", "static", "no_introspection", "busy_poll") if getattr(args, f)]
+        # Worker processes (fastrpc.workers): they serve the target with TLS when
+        # asked, but no static files or other options of this command.
+        unsupported = [f for f in ("static", "no_introspection", "busy_poll") if getattr(args, f)]
         if unsupported:
             names = ", ".join("--" + f.replace("_", "-") for f in unsupported)
             print(f"fastrpc serve: {names} cannot be used with --workers/--broker (yet)", file=sys.stderr)
@@ -194,6 +197,9 @@ def run_serve(args: argparse.Namespace) -> int:
         extra = {} if args.grace is None else {"grace": args.grace}
         try:
             load_target(args.target)  # one line for a target that does not load, as without --workers
+            # The same for TLS: checked (one line) before any worker starts; before,
+            # --ssl-key without --ssl-cert was dropped here and the workers served ws://.
+            _server_ssl(args.ssl_cert, args.ssl_key)
             return run_workers(
                 args.target,
                 workers=max(args.workers, 1),
@@ -201,6 +207,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 broker=args.broker,
                 distinct_ports=args.distinct_ports,
+                ssl_cert=args.ssl_cert,
+                ssl_key=args.ssl_key,
                 **extra,
             )
         except CommandError as exc:
@@ -217,6 +225,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"keepalive_interval": None, "busy_poll": args.busy_poll}
+    if args.timeout is not None:
+        # --timeout bounds the opening (the WebSocket, then fastrpc's handshake) too:
+        # a server that accepts and stays silent is not waited for 10 s more.
+        options["handshake_timeout"] = args.timeout
     if args.cafile is not None:
         options["ssl"] = ssl.create_default_context(cafile=args.cafile)
     headers = getattr(args, "headers", None)
@@ -335,23 +347,63 @@ async def _ping(args: argparse.Namespace, out: TextIO) -> None:
     )
 
 
+# What a terminal would act on instead of showing: C0/C1 controls (escape sequences
+# start with them) and the bidirectional overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with the characters a terminal would act on (escape sequences, bidi
+    overrides; not tab or line feed) written as ``\\xNN``/``\\uNNNN`` escapes: what a
+    server sends is shown, never run by the terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _is_method(entry: Any) -> bool:
+    """Whether ``entry`` is one method of ``fastrpc.methods``: ``{name, kind,
+    signature, doc}``, strings (doc may be missing or null; more keys are allowed)."""
+    return (
+        isinstance(entry, dict)
+        and all(isinstance(entry.get(k), str) for k in ("name", "kind", "signature"))
+        and isinstance(entry.get("doc") or "", str)
+    )
+
+
+def _method_list(url: str, answer: Any) -> list[dict[str, Any]]:
+    """The answer to ``fastrpc.methods`` if it is a list of methods (:func:`_is_method`);
+    else CommandError: a server that answers otherwise is a failure in one line
+    naming what it sent, not a traceback."""
+    if isinstance(answer, list):
+        bad = next((m for m in answer if not _is_method(m)), None)
+        if bad is None:
+            return answer
+        shape = f"a list holding {printable(to_json(bad))[:80]}"
+    else:
+        shape = type(answer).__name__
+    raise CommandError(
+        f"{url} answered {METHODS} with {shape}, not a list of methods {{name, kind, signature, doc}} "
+        "(is it a fastrpc server?)"
+    )
+
+
 async def _methods(args: argparse.Namespace, out: TextIO) -> None:
     async with _connect(args) as peer:
         try:
-            methods = await peer.call(METHODS, timeout=args.timeout)
+            answer = await peer.call(METHODS, timeout=args.timeout)
         except fastrpc.RemoteError as exc:
             if exc.type_name == "MethodNotFound":
                 raise CommandError(f"{args.url} does not answer {METHODS} (introspection is off)") from None
             raise
+    methods = _method_list(args.url, answer)
     if args.json:
         print(to_json(methods), file=out)
         return
     if not methods:
         print("(no methods)", file=out)
     for m in methods:
-        print(f"{m['name']}{m['signature']}  [{m['kind']}]", file=out)
+        print(printable(f"{m['name']}{m['signature']}  [{m['kind']}]"), file=out)
         for line in (m.get("doc") or "").splitlines():
-            print(f"    {line}".rstrip(), file=out)
+            print(printable(f"    {line}".rstrip()), file=out)
 
 
 def _run(coro: Any) -> int:
