@@ -101,6 +101,37 @@ class _Sent:
         return getattr(self._transport, name)
 
 
+class _Written:
+    """A socket transport whose ``write`` is timed: what fastrpc's compiled call lane
+    (``frames.CallLane``) writes with, given it in place of the real one."""
+
+    def __init__(self, transport: Any, log: list[tuple[str, int]]) -> None:
+        self._transport = transport
+        self._log = log
+
+    def write(self, data: Any) -> None:
+        self._log.append(("w", _ns()))
+        self._transport.write(data)
+        self._log.append(("W", _ns()))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _wrap_lane(cls: type, log: list[tuple[str, int]]) -> None:
+    """Time the writes of the compiled call lane the transport builds (it writes to
+    the socket itself, not through ``write_now``)."""
+    inner = cls.attach_lane
+
+    def attach_lane(self: Any, make: Any) -> Any:
+        def timed(wire: Any, tcp: Any, *rest: Any) -> Any:
+            return make(wire, _Written(tcp, log), *rest)
+
+        return inner(self, timed)
+
+    cls.attach_lane = attach_lane
+
+
 def _wrap_read(cls: type, name: str, log: list[tuple[str, int]], arg_proxy: bool = False) -> None:
     inner = getattr(cls, name)
     last: list[Any] = [None, None]  # a transport and its _Sent (one connection at a time)
@@ -159,6 +190,8 @@ def hook(lib: str, side: str) -> list[tuple[str, int]]:
         _wrap_read(wire, "buffer_updated", log)
         _wrap_write(wire, "write_now", log)
         _wrap_write(wire, "write_parts_now", log)
+        if hasattr(wire, "attach_lane"):  # (a tree from before the compiled call lane has none)
+            _wrap_lane(wire, log)
     elif lib == "picows":
         from peers import picows
 

@@ -289,3 +289,31 @@ class Redirect:
 
     def stream(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         return self.peer.stream(self.method, *args, timeout=timeout)
+
+
+async def ws_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client over a bare socket, whose writes are ours to shape: the upgrade and
+    the HELLO exchange by hand."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: fastrpc\r\n\r\n"
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    core = Connection(Role.CLIENT, Settings())
+    hello = core.next_message()
+    assert hello is not None
+    writer.write(F.mask_frame(hello, b"\x01\x02\x03\x04"))
+    core.receive_message(await ws_message(reader))
+    assert core.ready
+    return reader, writer
+
+
+async def ws_message(reader: asyncio.StreamReader) -> bytes:
+    """The next WebSocket message from a server (unmasked, unfragmented)."""
+    b0, b1 = await reader.readexactly(2)
+    assert b0 == 0x82 and not b1 & 0x80, (b0, b1)
+    size = b1 if b1 < 126 else int.from_bytes(await reader.readexactly(2 if b1 == 126 else 8), "big")
+    return await reader.readexactly(size)

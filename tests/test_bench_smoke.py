@@ -246,7 +246,16 @@ def test_side_cost_opcodes_smoke(side: str, what: str) -> None:
     # (the callgrind mode needs valgrind: not run here).
     proc = _bench_tool("side_cost.py", ["--lib", "fastrpc", "--side", side, "--opcodes", "--what", what])
     total = re.search(r"opcodes a call: ([0-9,]+)", proc.stdout)
-    assert total is not None and int(total.group(1).replace(",", "")) > 100, proc.stdout
+    assert total is not None, proc.stdout
+    opcodes = int(total.group(1).replace(",", ""))
+    if side == "server" and what == "seq" and _CALL_TABLE_BUILT:
+        # The compiled call lane (frames.CallLane, built with the codec) answers each
+        # call from the transport's read callback: what is left in Python is that
+        # callback and the handler, not the RPC's layers.
+        assert 20 < opcodes < 100 and "_Wire.buffer_updated" in proc.stdout, proc.stdout
+        assert "RpcPeer._process" not in proc.stdout and "CallTable.take" not in proc.stdout, proc.stdout
+        return
+    assert opcodes > 100, proc.stdout
     # The call table runs compiled beside the compiled codec (the tool's, where it is
     # built, whatever this run's): no Python opcodes of its own.
     table = "CallTable.take" if side == "server" else "CallTable.call"

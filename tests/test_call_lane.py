@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from _util import pair, raw_client, run, server_peer
+from _util import pair, raw_client, run, server_peer, ws_message, ws_open
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -159,6 +159,16 @@ def _count_admitted(monkeypatch: pytest.MonkeyPatch, seen: Counter[str]) -> None
 OPTS = {"max_connection_memory": 16_384}
 
 
+def _compiled_lane(peer: fastrpc.RpcPeer) -> Any:
+    """The compiled call lane (frames.CallLane) reading ``peer``'s transport, or None."""
+    return getattr(peer.transport, "_lane", None)
+
+
+def _served(server: fastrpc.Server) -> int:
+    """The calls the compiled lanes of all of ``server``'s connections took."""
+    return sum(lane.served for lane in map(_compiled_lane, server.peers) if lane is not None)
+
+
 def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sequential plain calls go through take_call / take_answer, not receive_frames;
     both sides count every message, frame and byte as before; nothing stays running
@@ -172,12 +182,23 @@ def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.M
             before = (core.messages_out, core.frames_out, core.messages_in, core.frames_in, core.bytes_out)
             sbefore = (score.messages_in, score.frames_in, score.messages_out, score.frames_out, score.bytes_in)
             seen = _count(monkeypatch)
+            lane, client_lane = _compiled_lane(sp), _compiled_lane(peer)
+            served = lane.served if lane is not None else 0
+            settled = client_lane.settled if client_lane is not None else 0
+            sent = client_lane.sent if client_lane is not None else 0
             n = 50
             for i in range(n):
                 assert await peer.call("echo", b"%d" % i) == b"%d" % i
                 assert await peer.call("add", i, 1) == i + 1
             calls = 2 * n
-            assert seen["take_call"] == calls and seen["take_answer"] == calls
+            # The raw echo calls take the compiled lane where it is built (frames.CallLane,
+            # in C: no take_call, no take_answer), both ways; the others take_call and
+            # take_answer.
+            compiled = lane.served - served if lane is not None else 0
+            answers = client_lane.settled - settled if client_lane is not None else 0
+            assert compiled == answers == (n if F.CallLane is not None else 0)
+            assert (client_lane.sent - sent if client_lane is not None else 0) == compiled
+            assert seen["take_call"] + compiled == calls and seen["take_answer"] + answers == calls
             assert seen["receive_frames"] == 0
             after = (core.messages_out, core.frames_out, core.messages_in, core.frames_in)
             assert [a - b for a, b in zip(after, before)] == [calls] * 4
@@ -263,15 +284,23 @@ def test_every_outcome_is_the_general_paths(monkeypatch: pytest.MonkeyPatch, res
             seen = _count(monkeypatch)
             sp = await server_peer(server)
             _count_admitted(monkeypatch, seen)
+            lane = _compiled_lane(sp)
+            served = lane.served if lane is not None else 0
             got = await _outcomes(peer, together)
+            compiled = lane.served - served if lane is not None else 0
             assert [sp] == SEEN
             if resume:
                 assert seen["take_call"] == 0 and seen["take_answer"] == 0 and seen["receive_frames"] > 0
                 assert seen["take_calls"] == 0 and seen["take_answers"] == 0 and seen["admit"] == 0
+                assert compiled == 0
             elif together:  # one message of REQUESTs: take_calls, then each admitted
                 assert seen["take_calls"] >= 1 and seen["admit"] + seen["take_call"] == len(CALLS)
+                assert compiled == 0
             else:
-                assert seen["take_call"] == len(CALLS) and seen["take_answer"] >= 1
+                # The two small raw echo calls take the compiled lane where it is built
+                # (frames.CallLane): raw bytes to a plain sync handler, in one small frame.
+                assert compiled == (2 if F.CallLane is not None else 0)
+                assert seen["take_call"] + compiled == len(CALLS) and seen["take_answer"] >= 1
             for c in (peer.core, sp.core):
                 assert c.stats()["calls_in"] == [] and c.stats()["memory"] == 0
             return got
@@ -377,39 +406,11 @@ def test_a_message_of_more_calls_than_max_pending_calls_is_refused_as_before(mon
     run(main(), 30)
 
 
-async def _ws_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client over a bare socket, whose writes are ours to shape: the upgrade and
-    the HELLO exchange by hand."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        b"Sec-WebSocket-Protocol: fastrpc\r\n\r\n"
-    )
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    core = Connection(Role.CLIENT, Settings())
-    hello = core.next_message()
-    assert hello is not None
-    writer.write(F.mask_frame(hello, b"\x01\x02\x03\x04"))
-    core.receive_message(await _ws_message(reader))
-    assert core.ready
-    return reader, writer
-
-
-async def _ws_message(reader: asyncio.StreamReader) -> bytes:
-    """The next WebSocket message from a server (unmasked, unfragmented)."""
-    b0, b1 = await reader.readexactly(2)
-    assert b0 == 0x82 and not b1 & 0x80, (b0, b1)
-    size = b1 if b1 < 126 else int.from_bytes(await reader.readexactly(2 if b1 == 126 else 8), "big")
-    return await reader.readexactly(size)
-
-
 async def _ws_messages(reader: asyncio.StreamReader, n: int) -> list[list[tuple[int, int, bytes]]]:
     """The next ``n`` messages from a server, each as its frames' ``(type, id, payload)``."""
     out = []
     for _ in range(n):
-        msg = await _ws_message(reader)
+        msg = await ws_message(reader)
         out.append([(f.type, f.id, bytes(f.payload)) for f in F.decode_message(msg, 1 << 20, 1 << 16, True)])
     return out
 
@@ -437,17 +438,21 @@ def test_an_answer_alone_leaves_at_once_and_a_reads_answers_leave_together(monke
 
     async def main() -> None:
         async with pair(make_router()) as (server, _):
-            reader, writer = await _ws_open(server.port)
+            reader, writer = await ws_open(server.port)
             try:
                 writer.write(b"".join(_call(2 * i + 1, b"%d" % i) for i in range(5)))  # one write, one read
                 got = await asyncio.wait_for(_ws_messages(reader, 1), 5)
                 assert got == [[(F.RESPONSE, 2 * i + 1, b"%d" % i) for i in range(5)]]
                 assert at_once == []
+                served = _served(server)
                 for cid in (11, 13, 15):  # reads of one call each
                     writer.write(_call(cid, b"alone"))
                     got = await asyncio.wait_for(_ws_messages(reader, 1), 5)
                     assert got == [[(F.RESPONSE, cid, b"alone")]]
-                assert at_once == [11, 13, 15]
+                if F.CallLane is not None:  # the compiled lane answers each from its read
+                    assert _served(server) - served == 3 and at_once == []
+                else:
+                    assert at_once == [11, 13, 15]
             finally:
                 writer.close()
                 await writer.wait_closed()

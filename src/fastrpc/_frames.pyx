@@ -1623,3 +1623,4 @@ cdef class StreamLedger:
 
 
 include "_payload_cost.pxi"
+include "_lane.pxi"

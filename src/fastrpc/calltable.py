@@ -343,11 +343,39 @@ class CallTable:
         if self.channels:
             self.channels.pop(call_id, None)
 
+    def admit(self, call_id: int, cost: int) -> bool:
+        """(The compiled call lane, ``frames.CallLane``) admit the peer's plain raw call
+        ``call_id`` with ``cost`` bytes of arguments, as :meth:`take` does once it has
+        read them: True, and the call runs from now on; False, and nothing done, where
+        ``take`` would refuse it or charge the budget past its limit (the lane leaves
+        the call to ``take``, which says why)."""
+        inbound = self.inbound
+        if call_id <= 0 or call_id & 1 != self.peer_parity or call_id in inbound or len(inbound) >= self.max_inbound:
+            return False
+        budget = self.budget
+        held = budget.held + cost
+        if held > budget.limit:
+            return False
+        budget.held = held
+        inbound[call_id] = cost
+        return True
+
+    def answered_now(self, call_id: int) -> int:
+        """(The compiled call lane) :meth:`answered` for a RESPONSE the lane read: 1,
+        our pending call ``call_id`` is over; 0, it was one we cancelled (the answer
+        is dropped); -1, and nothing done, where ``answered`` would raise (the lane
+        leaves the answer to it)."""
+        state = self.out.get(call_id)
+        if state is None or call_id in self.streaming_out:
+            return -1
+        del self.out[call_id]
+        return 1 if state == PENDING else 0
+
     def finish(self, call_id: int) -> None:
         """Call ``call_id``'s handler finished (if it was still running)."""
         held = self.inbound.pop(call_id, None)
         if held is not None:
-            self.budget.release(held)
+            self.budget.held -= held  # MemoryBudget.release, inline (the call lane's path)
             if self.channels:
                 self.channels.pop(call_id, None)
 

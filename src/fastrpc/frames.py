@@ -8,7 +8,7 @@ types, flags, limits) come from :mod:`fastrpc.wire`, where they are defined.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .wire import (
     ACK,
@@ -58,6 +58,9 @@ else:
         from . import _frames_py as _codec
 
 IMPLEMENTATION = _codec.IMPLEMENTATION
+# The compiled call lane (_lane.pxi), which the transport's read callback answers a
+# lone plain call with; None with the pure codec (the Python path is its twin).
+CallLane: Any = getattr(_codec, "CallLane", None)
 Frame = _codec.Frame
 FrameWriter = _codec.FrameWriter
 StreamLedger = _codec.StreamLedger

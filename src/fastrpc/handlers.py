@@ -427,6 +427,20 @@ class Handlers:
         self._sync_result(cid, method, result, None)
         return None
 
+    def called(
+        self, cid: int, method: str, fn: Callable[..., Any], arg: bytes, result: Any, exc: BaseException | None
+    ) -> bytes | None:
+        """The end of :meth:`call` for a call whose handler the compiled call lane ran
+        (``frames.CallLane``) and did not answer itself: its exception (``exc``), or a
+        ``result`` the lane does not write. The answer to send, or None, as ``call``."""
+        if exc is not None:
+            self._reply_exception(cid, exc, method, fn, (arg,))
+        elif type(result) is bytes and not self.link.closed:
+            return result
+        else:
+            self._sync_result(cid, method, result, None)
+        return None
+
     def _sync_result(self, cid: int, method: str, result: Any, deadline: float | None, received: float = 0.0) -> None:
         """A sync handler's result: its answer queued at once (a task only for an
         awaitable, within the caller's ``deadline`` from ``received``, the loop time

@@ -239,20 +239,24 @@ class PeerOptions:
         options.check_limits()
         return options, rest
 
+    def hello_limits(self) -> dict[str, int]:
+        """The limits these options announce in HELLO, as ``Settings`` fields."""
+        return {
+            "max_frame_size": self.max_frame_size,
+            "max_message_size": self.max_message_size,
+            "max_streams": self.max_streams,
+            "max_pending_calls": self.max_pending_calls,
+            "max_item_size": self.max_item_size,
+            "connection_window": self.connection_window,
+        }
+
     def check_limits(self) -> None:
         """Raise ValueError, naming the option, when a limit announced in HELLO is out
         of its range (docs/protocol.md, "HELLO and settings"): refused where it is
         given, not by every connection made with it."""
         from .settings import Settings  # (settings imports this module)
 
-        Settings(
-            max_frame_size=self.max_frame_size,
-            max_message_size=self.max_message_size,
-            max_streams=self.max_streams,
-            max_pending_calls=self.max_pending_calls,
-            max_item_size=self.max_item_size,
-            connection_window=self.connection_window,
-        )
+        Settings(**self.hello_limits())
 
     def compression_mask(self) -> int:
         """The compression algorithms to offer in HELLO (a bit mask)."""

@@ -130,6 +130,7 @@ class RpcPeer(PeerIO):
         # later; what follows it in the same iteration is coalesced as before.
         self._fresh = True
         self._processing = self._in_read = False
+        self._lane: Any = None  # the transport's compiled call lane (PeerIO._reading)
         self._busy = False  # messages wait in _held (a message in slices, the backlog wait)
         self._held: deque[bytes | bytearray | str] | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
@@ -318,6 +319,38 @@ class RpcPeer(PeerIO):
             self._call_done()
         if not self._in_read and (core.has_output() or core.closed):
             self._kick()  # (in a read, messages_read sends, once)
+
+    def _lane_result(
+        self,
+        transport: Transport,
+        cid: int,
+        method: str,
+        fn: Callable[..., Any],
+        arg: bytes,
+        result: Any,
+        exc: BaseException | None,
+    ) -> None:
+        """(frames.CallLane) finish a lone call whose handler the compiled lane ran and
+        did not answer itself, as :meth:`_process` and ``message_received`` would have
+        from there: the answer (or the error) sent, the waiting calls woken, the
+        output kicked, the backlog checked."""
+        core = self._core
+        try:
+            answer = self._handlers.called(cid, method, fn, arg, result, exc)
+            if answer is not None:
+                self._answer(core, cid, answer)
+        finally:
+            self._processing = False
+        if self._call_waiters and core.can_call():
+            self._call_done()
+        if core.has_output() or core.closed:
+            self._kick()
+        backlog = core.control_backlog
+        if backlog or not self._fresh:
+            if backlog + transport.buffered() > self._max_backlog:
+                self._serve_less_soon(transport)
+            if backlog >= O.EARLY_FLUSH:
+                self._flush()
 
     @property
     def session_token(self) -> bytes | None:
@@ -617,13 +650,8 @@ def peer_kwargs(options: PeerOptions) -> dict[str, Any]:
     manager = template.copy() if template is not None else StreamManager()
     codec = get_codec(options.codec, options.enc_hook, options.dec_hook)
     settings = _hello_settings(
-        max_frame_size=options.max_frame_size,
-        max_message_size=options.max_message_size,
+        **options.hello_limits(),
         initial_stream_window=manager.initial_window,
-        max_streams=options.max_streams,
-        max_pending_calls=options.max_pending_calls,
-        max_item_size=options.max_item_size,
-        connection_window=options.connection_window,
         compression=options.compression_mask(),
         codec=codec.wire_id,
         resume=int(options.resume),

@@ -24,18 +24,24 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from . import frames as F
 from . import options as O
 from .api import PeerAPI
+from .calls import METHOD_NAMES
 from .exceptions import ConnectionClosed, LimitExceeded, ProtocolError
 from .keepalive import Keepalive
 from .log import protocol_logger, warn_limited
 from .protocol import Connection, SessionLost
+from .router import SYNC
 from .streams import StreamLink
 from .transport import Transport, TransportClosed, closed_info
 
 __all__ = ["PeerIO"]
 
 _EARLY_FLUSH = O.EARLY_FLUSH
+_CallLane = F.CallLane
+# What a sync handler's call answers as its error (Handlers.call); the rest propagates.
+_HANDLER_FAILED = (Exception, asyncio.CancelledError)
 # The peer whose handler runs (fastrpc.current_peer); an RpcPeer.
 _current_peer: contextvars.ContextVar[PeerIO] = contextvars.ContextVar("fastrpc_peer")
 
@@ -49,6 +55,7 @@ class PeerIO(PeerAPI):
         "_fresh",  # nothing written since the last message arrived
         "_held",
         "_in_read",  # handling the messages of one read (see messages_read)
+        "_lane",  # the compiled call lane on the transport (frames.CallLane), or None
         "_max_backlog",
         "_processing",  # the events of a message are being handled
         "_stall_timeout",
@@ -60,6 +67,7 @@ class PeerIO(PeerAPI):
     _direct: bool
     _fresh: bool
     _in_read: bool
+    _lane: Any
     _processing: bool
     _max_backlog: int
     _stall_timeout: float
@@ -98,6 +106,10 @@ class PeerIO(PeerAPI):
         self._busy, self._held, self._in_read = False, None, False
         if self._core.decoding:  # the rest of the first message, given to attach, goes first
             self._more_soon(transport)
+        if _CallLane is not None:
+            self._lane = transport.attach_lane(
+                partial(_CallLane, self, _current_peer, METHOD_NAMES, SYNC, _HANDLER_FAILED)
+            )
         transport.start_reading(self)  # message_received, messages_read, transport_lost
 
     def begin_reading(self) -> None:
@@ -127,8 +139,14 @@ class PeerIO(PeerAPI):
     def _send_call(self, core: Connection, method: str, payload: bytes, raw: bool) -> int:
         """Make a plain call (``Connection.send_call``'s errors) and send it: written
         at once, as a message of its own, when nothing was written since the last
-        message came and nothing else waits (a sequential call: ``Connection.call_now``);
-        otherwise queued and sent as :meth:`_kick` sends."""
+        message came and nothing else waits (a sequential call: ``Connection.call_now``,
+        or the compiled lane's ``call`` for raw arguments); otherwise queued and sent as
+        :meth:`_kick` sends."""
+        lane = self._lane
+        if lane is not None and raw:
+            cid = lane.call(method, payload)
+            if cid is not None:
+                return cid  # type: ignore[no-any-return]
         if self._fresh and self._direct and not (self._processing or self._in_read or self._link.flush_pending):
             transport = self._transport
             writer = self._writer
@@ -410,6 +428,8 @@ class PeerIO(PeerAPI):
 
     def transport_lost(self, transport: Transport, exc: BaseException | None) -> None:
         """(Transport) ``transport`` ended (exc None: a clean close; keep the peer's code and reason)."""
+        if self._lane is not None and transport is self._transport:
+            self._lane = None  # (it holds the transport)
         if exc is None:
             closed = ConnectionClosed(transport.close_reason or "Connection closed", transport.close_code)
         else:

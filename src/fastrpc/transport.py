@@ -215,6 +215,12 @@ class Transport:
             self._sink = None
             reader.transport_lost(self, self._end)
 
+    def attach_lane(self, make: Callable[..., Any]) -> Any:
+        """Offer the reader's compiled call lane (``frames.CallLane``): a transport
+        that can feed it builds it with ``make`` and returns it (its reads go through
+        it first); this one cannot (None)."""
+        return None
+
     @property
     def reading(self) -> bool:
         """Whether :meth:`start_reading` was called and the connection has not ended."""
@@ -622,6 +628,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         "_home",
         "_hook",
         "_into",
+        "_lane",
         "_lowat",
         "_max_size",
         "_mode",
@@ -693,11 +700,23 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._mode = _HEAD
         self._buf = bytearray()  # bytes of an incomplete frame (or HTTP head)
         self._into: _Into | None = None  # a large frame read into its own buffer (_direct)
+        self._lane: Any = None  # the reader's compiled call lane (attach_lane)
         self._reads = _read_buffer()  # this thread's (a connection stays in one)
         self._discarded = 0
         self._taken = 0  # bytes read since reading last let the loop go on (_READ_SLICE)
         self._max_size = max_size if max_size is not None else 1 << 62
         self._open_timer: asyncio.TimerHandle | None = None
+
+    def attach_lane(self, make: Callable[..., Any]) -> Any:
+        """Reads that are one whole small frame go first to the call lane ``make``
+        builds from this transport's parts (``frames.CallLane``), returned: it answers
+        a lone plain call, or settles a lone answer, there; or leaves the read to the
+        framer. None with ``busy_poll`` (the lane does not tell the poller of its reads
+        and writes)."""
+        if self._poll is not None or self._tcp is None:
+            return None
+        self._lane = make(self, self._tcp, self._ws, _OPEN, self._high, self._client, _FRAMING, _READ_SLICE)
+        return self._lane
 
     # ------------------------------------------------------- asyncio.Protocol
 
@@ -721,6 +740,9 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         return self._reads.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        lane = self._lane
+        if lane is not None and lane.serve(self._reads.view, nbytes):
+            return  # a lone call, answered (frames.CallLane; it kept _read_slice's count)
         if self._poll is not None:
             self._poll.read()  # busy_poll: was this read on time after the last write?
         into = self._into
@@ -1167,6 +1189,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._drop_into()
+        self._lane = None  # (it refers back to this transport and its reader)
         ws = self._ws
         ws.receive_eof()  # idempotent: the state is CLOSED now
         for t in (self._close_timer, self._ping_timer, self._open_timer):

@@ -1,0 +1,654 @@
+# The call lane, compiled (included by _frames.pyx; its pure twin is the Python path
+# it short-cuts: PeerIO.message_received -> RpcPeer._process -> Connection.take_call ->
+# CallTable.take -> Handlers.call -> PeerIO._answer -> Connection.answer_now ->
+# CallTable.reply -> _Wire.write_now).
+#
+# A read that is one whole WebSocket frame holding one plain raw REQUEST (what
+# ``peer.call("echo", b"...")`` sends) for a plain sync handler is answered here, from
+# the transport's read callback, when nothing else is going on: the same checks, books
+# and bytes as that path, without its ~690 interpreted opcodes. A check that does not
+# hold returns False before anything is touched, and the read takes the Python path.
+# Once the handler has run, whatever is not the common case (a result that is not
+# bytes, an exception, output the handler queued, a closing or full transport) goes to
+# the peer's Python continuation (``RpcPeer._lane_result``): both paths end in the
+# same state.
+#
+# Speed comes from reading the Python objects' ``__slots__`` where they are: each
+# slot's offset in its object is resolved once per type (``_Slots``), as the
+# interpreter's specialised LOAD_ATTR_SLOT does; a generic attribute look-up costs
+# ~170 instructions, ~55 of them a call. ``_LANE_SLOTS`` lists every slot the lane
+# reads or writes; a class that no longer has one of them makes building the lane
+# fail (tests/test_lane.py), never a silent slow path.
+
+from cpython.contextvars cimport PyContextVar_Get
+from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact, PyLong_FromSsize_t
+from cpython.tuple cimport PyTuple_GET_SIZE
+from libc.string cimport memcmp
+
+import os
+
+cdef extern from *:
+    """
+    #include "structmember.h"
+    /* The offset of the writable object slot ``name`` of ``tp`` (a __slots__ entry),
+       or -1 when it is not one. */
+    static Py_ssize_t fastrpc_slot_offset(PyObject *tp, PyObject *name) {
+        PyObject *d = PyObject_GetAttr(tp, name);
+        Py_ssize_t off = -1;
+        if (d == NULL) { PyErr_Clear(); return -1; }
+        if (Py_TYPE(d) == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY)) off = m->offset;
+        }
+        Py_DECREF(d);
+        return off;
+    }
+    static inline PyObject *fastrpc_slot(PyObject *o, Py_ssize_t off) {
+        return *(PyObject **)((char *)o + off);  /* borrowed; NULL when unset */
+    }
+    static inline void fastrpc_set_slot(PyObject *o, Py_ssize_t off, PyObject *v) {
+        PyObject **p = (PyObject **)((char *)o + off);
+        PyObject *old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    """
+    Py_ssize_t fastrpc_slot_offset(object tp, object name) except? -2
+    PyObject *fastrpc_slot(object o, Py_ssize_t off) noexcept
+    void fastrpc_set_slot(object o, Py_ssize_t off, object v) noexcept
+
+
+cdef enum:
+    _LANE_REQUEST = 0x02
+    _LANE_RESPONSE = 0x03
+    _LANE_RAW = 0x40       # calls.FLAG_RAW
+    _LANE_MAX_IN = 125     # a WebSocket payload with a one-byte length
+    _LANE_MAX_OUT = 4096   # larger answers go through _Wire._write (writelines)
+
+# The slots the lane reads and writes, by object: (index, object, slot name). The
+# index names its offset in _Slots.off.
+cdef enum:
+    P_TRANSPORT, P_BUSY, P_DIRECT, P_CALL_WAITERS, P_READY, P_LINK, P_WRITER, P_CORE,
+    P_HANDLERS, P_IN_READ, P_FRESH, P_PROCESSING, P_MAX_BACKLOG, P_STREAMS, P_CALLS,
+    W_SINK, W_INTO, W_MODE, W_BUF, W_PARTS, W_TAKEN,
+    M_DRAIN_WAITERS,
+    L_FLUSH_PENDING, L_CLOSED,
+    C_CLOSED, C_DECODING, C_SESSION, C_SCHED, C_FLOW, C_CALLS, C_INBOUND, C_MESSAGES_IN,
+    C_BYTES_IN, C_FRAMES_IN, C_FRAMES_OUT, C_MESSAGES_OUT, C_BYTES_OUT,
+    S_ENABLED, S_AWAITING_HELLO, S_SINCE_ACK_BYTES, S_HANDSHAKE_SENT,
+    Q_CONTROL, Q_BACKLOG_BYTES, Q_READY,
+    F_SLOT_GRANTS,
+    I_MESSAGE_COUNT,
+    H_OWN, H_ROUTER,
+    _N_SLOTS
+
+_LANE_SLOTS = (
+    ("peer", ("_transport", "_busy", "_direct", "_call_waiters", "_ready", "_link", "_writer", "_core",
+              "_handlers", "_in_read", "_fresh", "_processing", "_max_backlog", "streams", "_calls")),
+    ("wire", ("_sink", "_into", "_mode", "_buf", "_parts", "_taken")),
+    ("streams", ("_drain_waiters",)),
+    ("link", ("flush_pending", "closed")),
+    ("core", ("closed", "decoding", "session", "_sched", "_flow", "_calls", "_inbound", "messages_in",
+              "bytes_in", "frames_in", "frames_out", "messages_out", "bytes_out")),
+    ("session", ("enabled", "awaiting_hello", "since_ack_bytes", "handshake_sent")),
+    ("sched", ("control", "backlog_bytes", "ready")),
+    ("flow", ("slot_grants",)),
+    ("inbound", ("message_count",)),
+    ("handlers", ("own", "router")),
+)
+
+
+cdef class _Slots:
+    """The offsets of ``_LANE_SLOTS`` for one peer's classes (the same for every peer
+    of those classes: shared), and the classes themselves, checked on each use."""
+
+    cdef Py_ssize_t off[_N_SLOTS]
+    cdef dict types  # object name -> its class
+
+    def __init__(self, dict types):
+        cdef Py_ssize_t i = 0, o
+        self.types = types
+        for what, names in _LANE_SLOTS:
+            tp = types[what]
+            for name in names:
+                o = fastrpc_slot_offset(tp, name)
+                if o < 0:
+                    raise TypeError(f"the call lane reads {tp.__name__}.{name}, which is not a slot of it")
+                self.off[i] = o
+                i += 1
+        assert i == _N_SLOTS
+
+
+cdef dict _LANE_OFFSETS = {}  # (the peer's classes) -> _Slots
+
+# A client frame's mask (RFC 6455 5.3): 4 bytes cut from a pool of urandom, one
+# getrandom call per 1,024 frames, as the transport's own pool (transport._MASKS);
+# a forked child draws a pool of its own.
+cdef bytes _lane_masks = b""
+cdef Py_ssize_t _lane_mask_at = 0
+
+
+def _lane_new_masks():
+    global _lane_masks, _lane_mask_at
+    _lane_masks = b""
+    _lane_mask_at = 0
+
+
+os.register_at_fork(after_in_child=_lane_new_masks)
+
+
+cdef const unsigned char *_lane_mask() except NULL:
+    global _lane_masks, _lane_mask_at
+    if _lane_mask_at + 4 > PyBytes_GET_SIZE(_lane_masks):
+        _lane_masks = os.urandom(4096)
+        _lane_mask_at = 0
+    _lane_mask_at += 4
+    return <const unsigned char *>PyBytes_AS_STRING(_lane_masks) + _lane_mask_at - 4
+
+
+cdef inline object _get(object o, Py_ssize_t off):
+    cdef PyObject *p = fastrpc_slot(o, off)
+    if p == NULL:
+        raise AttributeError("a slot the call lane reads is not set")
+    return <object>p
+
+
+cdef inline bint _true(object o, Py_ssize_t off) except -1:
+    cdef PyObject *p = fastrpc_slot(o, off)
+    if p == NULL:
+        raise AttributeError("a slot the call lane reads is not set")
+    if p == <PyObject *>True:
+        return True
+    if p == <PyObject *>False or p == <PyObject *>None:
+        return False
+    return bool(<object>p)
+
+
+cdef inline int _add(object o, Py_ssize_t off, Py_ssize_t n) except -1:
+    # ``o.<slot> += n`` for the counters: in C while they fit a Py_ssize_t.
+    cdef object v = _get(o, off)
+    if PyLong_CheckExact(v):
+        fastrpc_set_slot(o, off, PyLong_FromSsize_t(PyLong_AsSsize_t(v) + n))
+    else:
+        fastrpc_set_slot(o, off, v + n)
+    return 0
+
+
+cdef class CallLane:
+    """One peer's compiled call lane on one transport (``PeerIO`` makes it when it
+    starts reading a ``_Wire``; see this file's header)."""
+
+    cdef readonly object peer
+    # What it took (tests, inspection): calls of the peer it answered or ran, answers
+    # to our calls it settled, our calls it wrote.
+    cdef readonly Py_ssize_t served, settled, sent
+    cdef object wire
+    cdef object tcp
+    cdef object ws
+    cdef object open_state     # websockets' State.OPEN
+    cdef object framing        # the transport's _FRAMING mode
+    cdef object current        # peer_io._current_peer (a ContextVar)
+    cdef dict names            # calls.METHOD_NAMES: a name's bytes -> its str
+    cdef object sync           # router.SYNC: the kind of a plain sync handler
+    cdef object failed         # the exceptions a sync handler's call answers
+    cdef object ready          # the peer's _ready future, once seen done
+    cdef bytes last_name       # the last method name taken, and its str
+    cdef object last_method
+    cdef Py_ssize_t high       # the transport's write_limit
+    cdef Py_ssize_t read_slice # the transport's _READ_SLICE
+    cdef bint masked           # frames received are masked (a server's lane)
+    cdef _Slots s
+    cdef type peer_type, wire_type, link_type, core_type, session_type, sched_type
+    cdef type flow_type, inbound_type, handlers_type, streams_type
+
+    def __init__(self, peer, current, dict names, sync, failed,
+                 wire, tcp, ws, open_state, Py_ssize_t high, bint client, framing, Py_ssize_t read_slice):
+        self.peer = peer
+        self.wire = wire
+        self.tcp = tcp
+        self.ws = ws
+        self.open_state = open_state
+        self.framing = framing
+        self.high = high
+        self.read_slice = read_slice
+        self.masked = not client
+        self.current = current
+        self.names = names
+        self.sync = sync
+        self.failed = failed
+        self.last_name = b""
+        core = peer._core
+        types = {
+            "peer": type(peer),
+            "wire": type(wire),
+            "streams": type(peer.streams),
+            "link": type(peer._link),
+            "core": type(core),
+            "session": type(core.session),
+            "sched": type(core._sched),
+            "flow": type(core._flow),
+            "inbound": type(core._inbound),
+            "handlers": type(peer._handlers),
+        }
+        key = tuple(types.values())
+        slots = _LANE_OFFSETS.get(key)
+        if slots is None:
+            slots = _LANE_OFFSETS[key] = _Slots(types)
+        self.s = slots
+        self.peer_type, self.wire_type, self.link_type = types["peer"], types["wire"], types["link"]
+        self.core_type, self.session_type, self.sched_type = types["core"], types["session"], types["sched"]
+        self.flow_type, self.inbound_type = types["flow"], types["inbound"]
+        self.handlers_type, self.streams_type = types["handlers"], types["streams"]
+
+    cdef inline bint _has_output(self, core) except -1:
+        # Connection.has_output, read in place.
+        cdef Py_ssize_t *off = self.s.off
+        sched = _get(core, off[C_SCHED])
+        flow = _get(core, off[C_FLOW])
+        if type(sched) is not self.sched_type or type(flow) is not self.flow_type:
+            return True  # (not what the lane knows: as if output waited, the Python path)
+        return (len(_get(sched, off[Q_CONTROL])) != 0 or _true(sched, off[Q_BACKLOG_BYTES])
+                or _true(flow, off[F_SLOT_GRANTS]) or _true(sched, off[Q_READY]))
+
+    cdef object _method(self, const unsigned char *name, Py_ssize_t n):
+        # The str of a method name seen before (calls.METHOD_NAMES), the last one kept.
+        cdef bytes last = self.last_name
+        if PyBytes_GET_SIZE(last) == n and memcmp(PyBytes_AS_STRING(last), name, <size_t>n) == 0:
+            return self.last_method
+        b = PyBytes_FromStringAndSize(<const char *>name, n)
+        method = self.names.get(b)
+        if method is not None:
+            self.last_name = b
+            self.last_method = method
+        return method
+
+    cdef object _handler(self, handlers, method):
+        # Handlers.find and Handlers.call's test: a plain sync handler, or one whose
+        # spec takes raw bytes unchecked; None for any other (the Python path).
+        cdef Py_ssize_t *off = self.s.off
+        own = _get(handlers, off[H_OWN])
+        methods = own.methods
+        specs = own.specs
+        if type(methods) is not dict:
+            return None
+        found = (<dict>methods).get(method)
+        if found is None:
+            router = _get(handlers, off[H_ROUTER])
+            methods = router.methods
+            specs = router.specs
+            if type(methods) is not dict:
+                return None
+            found = (<dict>methods).get(method)
+            if found is None:
+                return None
+        if type(found) is not tuple or PyTuple_GET_SIZE(found) != 2:
+            return None
+        fn, kind = found
+        if kind != self.sync:
+            return None
+        if specs:
+            if type(specs) is not dict:
+                return None
+            spec = (<dict>specs).get(method)
+            if spec is not None and (spec.authorize is not None
+                                     or (spec.args is not None and not spec.args.raw_ok)):
+                return None
+        return fn
+
+    cdef bint _reading(self, peer, wire) except -1:
+        # The peer reads this transport, a message at a time, its session set up (the
+        # conditions of PeerIO.message_received and RpcPeer._process's lane).
+        cdef Py_ssize_t *off = self.s.off
+        cdef PyObject *value = NULL
+        if _get(peer, off[P_TRANSPORT]) is not wire or _get(wire, off[W_SINK]) is not peer:
+            return False
+        if _true(peer, off[P_BUSY]):
+            return False
+        PyContextVar_Get(self.current, NULL, &value)
+        if value == NULL:
+            return False
+        same = value == <PyObject *>peer
+        Py_DECREF(<object>value)
+        if not same:
+            return False
+        ready = _get(peer, off[P_READY])
+        if ready is not self.ready:
+            if not ready.done():
+                return False
+            self.ready = ready
+        core = _get(peer, off[P_CORE])
+        if type(core) is not self.core_type or _true(core, off[C_CLOSED]) or _true(core, off[C_DECODING]):
+            return False
+        session = _get(core, off[C_SESSION])
+        if (type(session) is not self.session_type or _true(session, off[S_ENABLED])
+                or _true(session, off[S_AWAITING_HELLO])):
+            return False
+        return type(_get(core, off[C_INBOUND])) is self.inbound_type
+
+    cdef bint _idle(self, peer, wire) except -1:
+        # Reading (above), and nothing else going on: no output queued or being
+        # written (the conditions of PeerIO._answer and Connection.answer_now for a
+        # sequential call's reply).
+        cdef Py_ssize_t *off = self.s.off
+        if not self._reading(peer, wire):
+            return False
+        if not _true(peer, off[P_DIRECT]) or _true(peer, off[P_CALL_WAITERS]):
+            return False
+        link = _get(peer, off[P_LINK])
+        if type(link) is not self.link_type or _true(link, off[L_FLUSH_PENDING]) or _true(link, off[L_CLOSED]):
+            return False
+        writer = _get(peer, off[P_WRITER])
+        if writer is not None and not writer.done():
+            return False
+        return not self._has_output(_get(peer, off[P_CORE]))
+
+    def serve(self, view, Py_ssize_t n):
+        """Answer the read ``view[:n]`` if it is a lone plain call the lane takes:
+        True when it did (the read is handled), False when nothing was done."""
+        cdef Py_buffer *pb
+        cdef const unsigned char *p
+        cdef unsigned char m[_LANE_MAX_IN]
+        cdef Py_ssize_t length, q, k, plen, nlen, cost, taken
+        cdef uint64_t fid, v
+        cdef unsigned char b1
+        cdef Py_ssize_t *off = self.s.off
+        if not PyMemoryView_Check(view):
+            return False
+        pb = PyMemoryView_GET_BUFFER(view)
+        if n < 2 or n > pb.len:
+            return False
+        p = <const unsigned char *>pb.buf
+        b1 = p[1]
+        length = b1 & 0x7F
+        if p[0] != 0x82 or length >= 126 or length < 4:
+            return False
+        if self.masked:
+            if b1 != (0x80 | length) or n != 6 + length:
+                return False
+            _xor_into(m, p + 6, length, p + 2, 0)
+        else:
+            if b1 != length or n != 2 + length:
+                return False
+            memcpy(m, p + 2, <size_t>length)
+        # One frame, the whole message: a REQUEST or a RESPONSE, raw; its id and
+        # payload length.
+        if (m[0] != _LANE_REQUEST and m[0] != _LANE_RESPONSE) or m[1] != _LANE_RAW:
+            return False
+        q = 2
+        k = <Py_ssize_t>1 << (m[q] >> 6)
+        if q + k > length:
+            return False
+        fid = _get_varint(m + q, k)
+        q += k
+        if q >= length:
+            return False
+        k = <Py_ssize_t>1 << (m[q] >> 6)
+        if q + k > length:
+            return False
+        v = _get_varint(m + q, k)
+        q += k
+        if v != <uint64_t>(length - q):
+            return False
+        plen = length - q
+        if m[0] == _LANE_RESPONSE:
+            return self._settle(m + q, plen, fid, n, length)
+        # The method's name: under 64 bytes (a one-byte length), a name seen before.
+        if plen < 1 or m[q] >= 0x40 or 1 + m[q] > plen:
+            return False
+        nlen = m[q]
+        cost = plen - 1 - nlen
+        peer = self.peer
+        wire = self.wire
+        try:
+            if type(peer) is not self.peer_type or type(wire) is not self.wire_type:
+                return False
+            # The transport: framing, nothing half read (_Wire.buffer_updated's tests).
+            mode = _get(wire, off[W_MODE])
+            if mode is not self.framing and mode != self.framing:
+                return False
+            if _get(wire, off[W_INTO]) is not None or _get(wire, off[W_PARTS]) is not None:
+                return False
+            if _true(wire, off[W_BUF]):
+                return False
+            method = self._method(m + q + 1, nlen)
+            if method is None or not self._idle(peer, wire):
+                return False
+            handlers = _get(peer, off[P_HANDLERS])
+            if type(handlers) is not self.handlers_type:
+                return False
+            fn = self._handler(handlers, method)
+            if fn is None:
+                return False
+            core = _get(peer, off[P_CORE])
+            calls = _get(core, off[C_CALLS])
+            key = PyLong_FromUnsignedLongLong(fid)
+            # Last: the call table's admission (CallTable.admit, as take): the call
+            # runs from here, or nothing was done.
+            if not calls.admit(key, cost):
+                return False
+        except Exception:
+            return False  # (the Python path meets the same and says what it is)
+        # Taken: the books as the Python path keeps them, then the handler.
+        self.served += 1
+        try:
+            self._books(peer, wire, core, n, length)
+            arg = PyBytes_FromStringAndSize(<const char *>m + q + 1 + nlen, cost)
+            try:
+                result = fn(arg)
+            except self.failed as exc:
+                peer._lane_result(wire, key, method, fn, arg, None, exc)
+                return True
+            if not self._answer(peer, core, calls, key, fid, result):
+                peer._lane_result(wire, key, method, fn, arg, result, None)
+                return True
+            fastrpc_set_slot(peer, off[P_PROCESSING], False)
+            if _true(peer, off[P_CALL_WAITERS]) and core.can_call():
+                peer._call_done()
+            if self.tcp.get_write_buffer_size() > _get(peer, off[P_MAX_BACKLOG]):
+                peer._serve_less_soon(wire)
+        except Exception as e:
+            fastrpc_set_slot(peer, off[P_PROCESSING], False)
+            peer._read_failed(wire, e)
+        return True
+
+    def call(self, method, payload):
+        """Make the plain raw call ``method(payload)`` and write its REQUEST at once,
+        as ``PeerIO._send_call`` and ``Connection.call_now`` do when nothing else
+        waits to be written: its id; None, and nothing done, when that path would not
+        write it at once (the caller takes it). ``CallTable.call``'s errors."""
+        cdef Py_ssize_t *off = self.s.off
+        cdef FrameWriter w
+        cdef Py_ssize_t flen, head
+        cdef int k
+        cdef unsigned char *o
+        cdef const unsigned char *src
+        cdef const unsigned char *mask
+        peer = self.peer
+        wire = self.wire
+        if self.masked or type(peer) is not self.peer_type or type(payload) is not bytes:
+            return None  # (a server's calls: not taken here)
+        if _get(peer, off[P_TRANSPORT]) is not wire or not _true(peer, off[P_FRESH]):
+            return None
+        if (not _true(peer, off[P_DIRECT]) or _true(peer, off[P_PROCESSING])
+                or _true(peer, off[P_IN_READ])):
+            return None
+        link = _get(peer, off[P_LINK])
+        if type(link) is not self.link_type or _true(link, off[L_FLUSH_PENDING]):
+            return None
+        writer = _get(peer, off[P_WRITER])
+        if writer is not None and not writer.done():
+            return None
+        core = _get(peer, off[P_CORE])
+        if type(core) is not self.core_type or self._has_output(core):
+            return None
+        session = _get(core, off[C_SESSION])
+        if (type(session) is not self.session_type or _true(session, off[S_ENABLED])
+                or not _true(session, off[S_HANDSHAKE_SENT])):
+            return None
+        tcp = self.tcp
+        if self.ws.state is not self.open_state or tcp.get_write_buffer_size() > self.high:
+            return None
+        control = _get(_get(core, off[C_SCHED]), off[Q_CONTROL])
+        if type(control) is not FrameWriter:
+            return None
+        w = <FrameWriter>control
+        # Connection.call_now: the call made (its errors raised as they are), its
+        # message taken and counted.
+        cid = _get(core, off[C_CALLS]).call(method, payload, True)
+        if w._nheld:  # (a payload large enough to be held by reference)
+            msg = w.take()
+            flen = PyBytes_GET_SIZE(msg)
+            src = <const unsigned char *>PyBytes_AS_STRING(msg)
+        else:
+            msg = None
+            flen = w._buf.len
+            src = w._buf.data
+        head = 6 if flen < 126 else (8 if flen < 65536 else 14)
+        out = PyBytes_FromStringAndSize(NULL, head + flen)
+        o = <unsigned char *>PyBytes_AS_STRING(out)
+        o[0] = 0x82
+        if head == 6:
+            o[1] = <unsigned char>(0x80 | flen)
+        elif head == 8:
+            o[1] = 0x80 | 126
+            o[2] = <unsigned char>(flen >> 8)
+            o[3] = <unsigned char>flen
+        else:
+            o[1] = 0x80 | 127
+            for k in range(8):
+                o[2 + k] = <unsigned char>((<uint64_t>flen) >> (56 - 8 * k))
+        mask = _lane_mask()
+        memcpy(o + head - 4, mask, 4)
+        _xor_into(o + head, src, flen, mask, 0)
+        if msg is None:
+            w._start_over()
+        _add(core, off[C_FRAMES_OUT], 1)
+        _add(core, off[C_MESSAGES_OUT], 1)
+        _add(core, off[C_BYTES_OUT], flen)
+        tcp.write(out)
+        fastrpc_set_slot(peer, off[P_FRESH], False)
+        streams = _get(peer, off[P_STREAMS])
+        if type(streams) is not self.streams_type or _true(streams, off[M_DRAIN_WAITERS]):
+            streams.on_drained()
+        self.sent += 1
+        return cid
+
+    cdef int _books(self, peer, wire, core, Py_ssize_t n, Py_ssize_t length) except -1:
+        # What reading a lone message of ``length`` bytes (a read of ``n``) counts,
+        # as _Wire._read_slice, PeerIO.message_received, Connection.decode,
+        # RpcPeer._process and Connection.take_call / take_answer count it.
+        cdef Py_ssize_t *off = self.s.off
+        cdef Py_ssize_t taken = PyLong_AsSsize_t(_get(wire, off[W_TAKEN])) + n
+        if taken < self.read_slice:
+            fastrpc_set_slot(wire, off[W_TAKEN], PyLong_FromSsize_t(taken))
+        else:
+            wire._read_slice(n)
+        fastrpc_set_slot(peer, off[P_IN_READ], False)
+        _add(core, off[C_MESSAGES_IN], 1)
+        _add(core, off[C_BYTES_IN], length)
+        _add(_get(core, off[C_SESSION]), off[S_SINCE_ACK_BYTES], length)
+        fastrpc_set_slot(peer, off[P_FRESH], True)
+        fastrpc_set_slot(peer, off[P_PROCESSING], True)
+        _add(_get(core, off[C_INBOUND]), off[I_MESSAGE_COUNT], 1)
+        _add(core, off[C_FRAMES_IN], 1)
+        return 0
+
+    cdef object _settle(self, const unsigned char *payload, Py_ssize_t plen, uint64_t fid,
+                        Py_ssize_t n, Py_ssize_t length):
+        # A lone raw RESPONSE to a pending plain call of ours: the call is over
+        # (CallTable.answered_now, as take_answer) and its caller's future gets the
+        # bytes (RpcPeer._settle), then _process's tail. True: taken.
+        cdef Py_ssize_t *off = self.s.off
+        cdef int state
+        peer = self.peer
+        wire = self.wire
+        try:
+            if type(peer) is not self.peer_type or type(wire) is not self.wire_type:
+                return False
+            mode = _get(wire, off[W_MODE])
+            if mode is not self.framing and mode != self.framing:
+                return False
+            if _get(wire, off[W_INTO]) is not None or _get(wire, off[W_PARTS]) is not None:
+                return False
+            if _true(wire, off[W_BUF]) or not self._reading(peer, wire):
+                return False
+            core = _get(peer, off[P_CORE])
+            futures = _get(peer, off[P_CALLS])
+            if type(futures) is not dict:
+                return False
+            key = PyLong_FromUnsignedLongLong(fid)
+            state = _get(core, off[C_CALLS]).answered_now(key)  # last: from here it is taken
+            if state < 0:
+                return False
+        except Exception:
+            return False  # (the Python path meets the same and says what it is)
+        self.settled += 1
+        try:
+            self._books(peer, wire, core, n, length)
+            try:
+                if state:
+                    fut = (<dict>futures).pop(key, None)
+                    if _true(peer, off[P_CALL_WAITERS]):
+                        peer._call_done()
+                    if fut is not None and not fut.done():
+                        fut.set_result(PyBytes_FromStringAndSize(<const char *>payload, plen))
+            finally:
+                fastrpc_set_slot(peer, off[P_PROCESSING], False)
+            if _true(peer, off[P_CALL_WAITERS]) and core.can_call():
+                peer._call_done()
+            if _true(core, off[C_CLOSED]) or self._has_output(core):
+                peer._kick()
+        except Exception as e:
+            peer._read_failed(wire, e)
+        return True
+
+    cdef bint _answer(self, peer, core, calls, key, uint64_t fid, result) except -1:
+        """Write ``result``, the handler's bytes, as the call's RESPONSE at once, as
+        ``PeerIO._answer`` does for a sequential call's reply; False (nothing done)
+        when that path would not write it at once."""
+        cdef Py_ssize_t rlen, flen, head
+        cdef unsigned char *o
+        cdef Py_ssize_t *off = self.s.off
+        if type(result) is not bytes or _true(core, off[C_CLOSED]):
+            return False
+        link = _get(peer, off[P_LINK])
+        if type(link) is not self.link_type or _true(link, off[L_CLOSED]) or _true(link, off[L_FLUSH_PENDING]):
+            return False
+        rlen = PyBytes_GET_SIZE(result)
+        flen = 2 + _vsize(fid) + _vsize(<uint64_t>rlen) + rlen
+        if flen >= _LANE_MAX_OUT or not self.masked or rlen > calls.frame_limit:
+            return False  # (a client's lane would write masked frames: not taken here)
+        if (_get(peer, off[P_TRANSPORT]) is not self.wire or _true(peer, off[P_IN_READ])
+                or not _true(peer, off[P_DIRECT])):
+            return False
+        writer = _get(peer, off[P_WRITER])
+        if writer is not None and not writer.done():
+            return False
+        if self._has_output(core) or _true(_get(core, off[C_SESSION]), off[S_ENABLED]):
+            return False  # (the handler queued output: the answer follows it)
+        tcp = self.tcp
+        if self.ws.state is not self.open_state or tcp.get_write_buffer_size() > self.high:
+            return False
+        calls.finish(key)  # (CallTable.reply: the call is over)
+        head = 2 if flen < 126 else 4
+        out = PyBytes_FromStringAndSize(NULL, head + flen)
+        o = <unsigned char *>PyBytes_AS_STRING(out)
+        o[0] = 0x82
+        if head == 2:
+            o[1] = <unsigned char>flen
+        else:
+            o[1] = 126
+            o[2] = <unsigned char>(flen >> 8)
+            o[3] = <unsigned char>flen
+        o = _put_header(o + head, _LANE_RESPONSE, _LANE_RAW, fid, <uint64_t>rlen)
+        memcpy(o, PyBytes_AS_STRING(result), <size_t>rlen)
+        _add(core, off[C_FRAMES_OUT], 1)
+        _add(core, off[C_MESSAGES_OUT], 1)
+        _add(core, off[C_BYTES_OUT], flen)
+        tcp.write(out)
+        fastrpc_set_slot(peer, off[P_FRESH], False)
+        streams = _get(peer, off[P_STREAMS])
+        if type(streams) is not self.streams_type or _true(streams, off[M_DRAIN_WAITERS]):
+            streams.on_drained()  # (StreamManager.on_drained: nothing to do without waiters)
+        return True
