@@ -66,6 +66,10 @@ cdef enum:
     _LANE_MAX_IN = 125     # a WebSocket payload with a one-byte length
     _LANE_MAX_OUT = 4096   # larger answers go through _Wire._write (writelines)
 
+# The largest read the lane takes: a masked frame's 6 header bytes and 125 of payload
+# (the transport does not offer it larger ones: frames.LANE_MAX_READ).
+LANE_MAX_READ = 6 + _LANE_MAX_IN
+
 # The slots the lane reads and writes, by object: (index, object, slot name). The
 # index names its offset in _Slots.off.
 cdef enum:

@@ -67,6 +67,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 
 from .auth import RequestHeaders
 from .budget import PingLimit
+from .frames import LANE_MAX_READ as _LANE_MAX_READ
 from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled, unmask
 from .keepalive import Timer, timer
@@ -740,9 +741,10 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         return self._reads.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        lane = self._lane
-        if lane is not None and lane.serve(self._reads.view, nbytes):
-            return  # a lone call, answered (frames.CallLane; it kept _read_slice's count)
+        if nbytes <= _LANE_MAX_READ:  # (a larger read is never the lane's: not offered)
+            lane = self._lane
+            if lane is not None and lane.serve(self._reads.view, nbytes):
+                return  # a lone call, answered (frames.CallLane; it kept _read_slice's count)
         if self._poll is not None:
             self._poll.read()  # busy_poll: was this read on time after the last write?
         into = self._into
