@@ -384,7 +384,10 @@ def test_whole_number_arguments_are_refused_with_a_clear_message(capsys: pytest.
 
     cases = [
         (["stream", "ws://h:1", "m", "--limit", "x"], "argument --limit: not a whole number: 'x'"),
-        (["stream", "ws://h:1", "m", "--limit", "0"], "argument --limit: 0 is not a whole number (it must be positive)"),
+        (
+            ["stream", "ws://h:1", "m", "--limit", "0"],
+            "argument --limit: 0 is not a whole number (it must be positive)",
+        ),
         (["ping", "ws://h:1", "-c", "1.5"], "argument -c/--count: not a whole number: '1.5'"),
         (["serve", "m:a", "--workers", "-3"], "argument --workers: -3 is not a whole number of 0 or more"),
         (["serve", "m:a", "--port", "http"], "argument --port: not a port number: 'http'"),
