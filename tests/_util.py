@@ -11,7 +11,12 @@ import contextlib
 import gc
 import inspect
 import io
+import os
+import select
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -317,3 +322,33 @@ async def ws_message(reader: asyncio.StreamReader) -> bytes:
     assert b0 == 0x82 and not b1 & 0x80, (b0, b1)
     size = b1 if b1 < 126 else int.from_bytes(await reader.readexactly(2 if b1 == 126 else 8), "big")
     return await reader.readexactly(size)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process that imports this fastrpc (its tree first
+    on PYTHONPATH), with ``extra`` set."""
+    env = dict(os.environ)
+    src = str(Path(fastrpc.__file__).resolve().parent.parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([src, *(p for p in parts if p != src)])
+    env.update(extra)
+    return env
+
+
+def read_line(proc: subprocess.Popen[Any], deadline: float) -> str:
+    """The next line ``proc`` writes to its stdout (a pipe), read a byte at a time so
+    that nothing after it is taken; AssertionError past ``deadline`` (monotonic) or
+    once the process exits."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no line from the process within the time allowed (got {buf!r})")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            err = proc.stderr.read() if proc.stderr is not None and proc.poll() is not None else ""
+            raise AssertionError(f"the process exited: {buf!r} {err!r}")
+        buf += chunk
+    return buf.decode()

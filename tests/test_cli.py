@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _util import child_env, read_line
 
 import fastrpc
 from fastrpc.static import StaticFiles
@@ -31,22 +32,13 @@ HERE = Path(__file__).resolve().parent
 TIMEOUT = 30
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(Path(fastrpc.__file__).resolve().parent.parent)
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([src, *(p for p in parts if p != src)])
-    env.update(extra)
-    return env
-
-
 def cli(*args: str, timeout: float = TIMEOUT, **kw: object) -> subprocess.CompletedProcess[str]:
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     try:
         return subprocess.run(
             [sys.executable, "-W", "error", "-m", "fastrpc", *args],
-            env=_env(),
+            env=child_env(),
             text=True,
             timeout=timeout,
             **kw,  # type: ignore[arg-type]
@@ -63,34 +55,19 @@ def cli_each(*calls: tuple[str, ...], **kw: Any) -> list[subprocess.CompletedPro
         return list(pool.map(lambda args: cli(*args, **kw), calls))
 
 
-def _readline(proc: subprocess.Popen[bytes], deadline: float) -> str:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buf = b""
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no line from the server within the time allowed (got {buf!r})")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            raise AssertionError(f"the server exited: {buf!r} {proc.stderr.read() if proc.stderr else ''!r}")
-        buf += chunk
-    return buf.decode()
-
-
 @contextlib.contextmanager
 def serving(*args: str, lines: int = 1, **env: str) -> Iterator[tuple[str, list[str]]]:
     """``fastrpc serve ARGS --port 0`` in a child process: (its URL, its first lines)."""
     proc = subprocess.Popen(
         [sys.executable, "-W", "error", "-m", "fastrpc", "serve", *args, "--port", "0"],
         cwd=str(HERE),
-        env=_env(**env),
+        env=child_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + TIMEOUT
-        first = [_readline(proc, deadline) for _ in range(lines)]
+        first = [read_line(proc, deadline) for _ in range(lines)]
         m = re.search(r" on (wss?://\S+)$", first[0].strip())
         assert m, first
         yield m.group(1), first
@@ -345,7 +322,7 @@ def test_version_says_why() -> None:
     assert lines[0].startswith(f"fastrpc {fastrpc.__version__} (codec implementation: {fastrpc.IMPLEMENTATION};")
     assert lines[1].startswith(f"codec: {fastrpc.IMPLEMENTATION}: ")
     assert lines[2] == f"package: {Path(fastrpc.__file__).parent}"
-    env = _env(FASTRPC_NO_EXTENSIONS="1")
+    env = child_env(FASTRPC_NO_EXTENSIONS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "fastrpc", "version", "-v"], env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
@@ -403,12 +380,12 @@ def test_serve_workers() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-W", "error", "-m", "fastrpc", "serve", "_cli_app:router", "--workers", "2", "--port", "0"],
         cwd=str(HERE),
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        line = _readline(proc, time.monotonic() + TIMEOUT)
+        line = read_line(proc, time.monotonic() + TIMEOUT)
         m = re.search(r"2 workers on 127\.0\.0\.1:(\d+)", line)
         assert m, line
         url = f"ws://127.0.0.1:{m.group(1)}"

@@ -9,9 +9,9 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from _util import child_env
 
 import fastrpc
 from fastrpc import __main__ as cli
@@ -23,19 +23,11 @@ def _no_extensions() -> bool:
     return os.environ.get("FASTRPC_NO_EXTENSIONS", "") not in ("", "0")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    here = str(Path(fastrpc.__file__).resolve().parent.parent)
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([here, *(p for p in parts if p != here)])
-    return env
-
-
 def fastrpc_cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             [sys.executable, "-W", "default", "-m", "fastrpc", *args],
-            env=_env(),
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from _util import QUIET, frames_server, run, until
+from _util import QUIET, child_env, frames_server, read_line, run, until
 from websockets.asyncio.server import serve as ws_serve
 
 import fastrpc
@@ -29,17 +29,6 @@ from fastrpc import frames as F
 from fastrpc.protocol import Settings
 
 HERE = Path(__file__).resolve().parent
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(Path(fastrpc.__file__).resolve().parent.parent)
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([src, *(p for p in parts if p != src)])
-    return env
-
-
-# ------------------------------------------------------------------ static files
 
 
 def _http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -195,23 +184,6 @@ def _make_cert(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    import select
-
-    buf = b""
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no line within the time allowed (got {buf!r})")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            raise AssertionError(f"the process exited: {buf!r}")
-        buf += chunk
-    return buf.decode()
-
-
 def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
@@ -233,13 +205,13 @@ def test_serve_with_workers_serves_tls_from_every_worker(tmp_path: Path) -> None
     proc = subprocess.Popen(
         [*cmd, "--workers", "2", "--ssl-cert", str(cert), "--ssl-key", str(key)],
         cwd=str(HERE),
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        line = _readline(proc, time.monotonic() + 15)
+        line = read_line(proc, time.monotonic() + 15)
         m = re.search(r"2 workers on 127\.0\.0\.1:(\d+)", line)
         assert m and "wss://" in line, line
         url = f"wss://127.0.0.1:{m.group(1)}"
@@ -270,7 +242,9 @@ def test_serve_with_workers_serves_tls_from_every_worker(tmp_path: Path) -> None
         [*cmd, "--workers", "1", "--ssl-cert", str(tmp_path / "missing.pem")],
     ]
     procs = [
-        subprocess.Popen(args, cwd=str(HERE), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            args, cwd=str(HERE), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for args in bad
     ]
     results = []
