@@ -2,7 +2,9 @@
 
 :class:`StreamManager` is the seed's StreamManager: it multiplexes every stream of one
 connection, applies backpressure (``max_buffered_amount`` / ``backpressure_delay``),
-keeps per-stream accounting and cleans everything up when the connection closes.
+keeps per-stream accounting and cleans everything up when the connection closes:
+closing it (or resetting a client's session) cancels the senders and waits for them
+at most :data:`SENDER_STOP_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar, Union
 from . import options as O
 from .codec import UNDECODABLE, PayloadCodec, payload_error
 from .exceptions import ConnectionClosed, PayloadError, PayloadTooLarge, ProtocolError, StreamClosed
+from .log import side_logger
 from .names import named_stream_id
 from .protocol import DEFAULT_URGENCY, FRAME_CHARGE, Connection, Role
 
@@ -27,7 +30,26 @@ _ITEM_HEAD = 18
 # A stream id as the application gives it: the wire's integer, or a name (a string,
 # the seed's crypto.randomUUID() pattern) mapped to a wire id (wire.named_stream_id).
 StreamId = Union[int, str]
-__all__ = ["RateLimit", "ReceiveStream", "StreamId", "StreamLink", "StreamManager", "StreamStats"]
+__all__ = [
+    "SENDER_STOP_TIMEOUT",
+    "RateLimit",
+    "ReceiveStream",
+    "StreamId",
+    "StreamLink",
+    "StreamManager",
+    "StreamStats",
+]
+
+# How long closing a connection (or resetting a client's session) waits, in seconds,
+# for the senders of its outgoing streams it cancelled (the tasks that pull a stream's
+# items from its source: peer.send_stream's, a channel's input). A source that
+# swallows its CancelledError and runs on (or whose cleanup never ends) would
+# otherwise hold the close (and the session reset) forever: its sender is given up on
+# then, with a WARNING naming its stream and its source; it runs on, detached (nothing
+# its source gives is sent, and it touches nothing of the connection any more).
+# (A streaming handler's items are sent from the handler's own task: the handlers'
+# bound, handlers.HANDLER_STOP_TIMEOUT, is its.)
+SENDER_STOP_TIMEOUT = 5.0
 
 
 class StreamHost(Protocol):
@@ -533,6 +555,7 @@ class StreamManager:
     __slots__ = (
         "__dict__",  # subclasses and users may add attributes
         "__weakref__",
+        "_abandoned",
         "_accepting",
         "_anonymous",
         "_arrivals",
@@ -611,6 +634,11 @@ class StreamManager:
         self._arrivals = 0
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._closed: BaseException | None = None
+        # Senders that did not stop within SENDER_STOP_TIMEOUT of their cancellation
+        # (shutdown): untracked, they run on detached (run_sender checks this, and then
+        # leaves touching nothing: after a session reset, the connection's state and
+        # ids are the new session's).
+        self._abandoned: dict[asyncio.Task[Any], None] | None = None  # (made when needed)
 
     def copy(self) -> StreamManager:
         """A fresh manager with the same options (one is needed per connection)."""
@@ -790,6 +818,8 @@ class StreamManager:
                         except StopAsyncIteration:
                             break
                         if run is not None and not run.open:
+                            if self._abandoned and self._detached():
+                                return  # given up on (shutdown) while its source ran on
                             # The source waited: the run went before a message was
                             # built (flush_runs). What the credit did not take goes
                             # first. (Once the source ended, failed or was cancelled,
@@ -809,9 +839,15 @@ class StreamManager:
                                 run.items.append(item)
                                 run.left -= len(item) + FRAME_CHARGE
                                 continue
+                            if self._abandoned and self._detached():
+                                return
                             ok, run = self._hand_over(run), None  # full, or not for it
                             if not ok:
                                 await self._wait_writable(sid)
+                        elif self._abandoned and self._detached():
+                            # (Checked off the path of an item joining an open run: a
+                            # given-up sender's runs are closed, _give_up.)
+                            return
                         if runs and type(item) is bytes and len(item) <= _SEND_RUN_ITEM:
                             run = self._start_run(sid, item)
                             if run is not None:
@@ -837,6 +873,8 @@ class StreamManager:
                             refused.append(await throw(exc))
                         except StopAsyncIteration:
                             break
+                        if self._abandoned and self._detached():
+                            return  # (as above)
                         continue
                     if not link.flush_pending:
                         kick()
@@ -865,6 +903,8 @@ class StreamManager:
                         # them in first (waiting for the next drain instead halved the
                         # throughput of 1,000 streams).
                         await asyncio.sleep(0)
+                if self._abandoned and self._detached():
+                    return  # its source ended after it was given up on: nothing to send
                 if run is not None:
                     self._hand_over(run)
                 await self._wait_writable(sid)
@@ -872,6 +912,8 @@ class StreamManager:
             except StreamClosed:
                 pass  # the receiver stopped reading: just close the source
             except asyncio.CancelledError:
+                if self._abandoned and self._detached():
+                    raise  # (its source raised it late: nothing to abort any more)
                 if run is not None:  # what the source gave before goes before the abort
                     self._hand_over(run)
                 late = expired() if expired is not None else None
@@ -884,6 +926,8 @@ class StreamManager:
             except ConnectionClosed:
                 raise
             except Exception as exc:  # the source raised: the receiver gets it
+                if self._abandoned and self._detached():
+                    return  # after it was given up on: nobody to tell
                 if run is not None:  # what the source gave before goes before the error
                     ok, run = self._hand_over(run), None
                     if not ok:
@@ -903,16 +947,24 @@ class StreamManager:
         finally:
             if run is not None:
                 run.open = False  # (flush_runs passes it by)
-            self._senders.pop(sid, None)
-            self._writable.pop(sid, None)
-            if self._tails is not None:
-                self._tails.discard(sid)
+            if not (self._abandoned and self._detached()):
+                # (Given up on, it was untracked then: these entries may be another
+                # sender's now, of the same id in a new session.)
+                self._senders.pop(sid, None)
+                self._writable.pop(sid, None)
+                if self._tails is not None:
+                    self._tails.discard(sid)
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 try:
                     await aclose()
                 except Exception:
                     pass
+
+    def _detached(self) -> bool:
+        """(run_sender) The running sender was given up on (:meth:`shutdown`): it must
+        not touch the connection or this manager's state any more."""
+        return self._abandoned is not None and asyncio.current_task() in self._abandoned
 
     def _abort(self, sid: int) -> None:
         """(run_sender) The sender was cancelled: end outgoing ``sid`` with STREAM_ABORT,
@@ -1404,7 +1456,11 @@ class StreamManager:
 
     async def shutdown(self, exc: BaseException) -> None:
         """(Peer hook) the connection is gone: stop every sender (closing its source)
-        and fail every receiver with ``exc``."""
+        and fail every receiver with ``exc``. Waits for the senders at most
+        :data:`SENDER_STOP_TIMEOUT` seconds, then gives up on those still running
+        (:meth:`_give_up`): a source that swallows its cancellation cannot hold the
+        close open. (The caller's own task, a source closing its connection, is
+        neither cancelled nor waited for.)"""
         if self._closed is None:
             self._closed = exc
         for stream in list(self._incoming.values()) + list(self._claims.values()) + list(self._anonymous):
@@ -1418,11 +1474,50 @@ class StreamManager:
         waiters: list[asyncio.Future[Any]] = [*self._writable.values(), *drains, *self._slot_waiters, *self._accepting]
         for fut in waiters:
             _resolve(fut)
-        tasks = list(self._senders.values())
+        current = asyncio.current_task()
+        tasks = {task: sid for sid, task in self._senders.items() if task is not current and not task.done()}
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, running = await asyncio.wait(tasks, timeout=SENDER_STOP_TIMEOUT)
+            if running:
+                self._give_up({task: tasks[task] for task in running})
+
+    def _give_up(self, tasks: dict[asyncio.Task[Any], int]) -> None:
+        """Senders ``tasks`` (task -> stream id) did not stop within
+        SENDER_STOP_TIMEOUT of their cancellation: log them, and untrack them; they run
+        on detached (run_sender leaves at its next step, touching nothing)."""
+        link = self.link
+        logger = side_logger(link.core.role is Role.SERVER)
+        address = getattr(link.host, "remote_address", None)
+        abandoned = self._abandoned
+        if abandoned is None:
+            abandoned = self._abandoned = {}
+        for task, sid in tasks.items():
+            abandoned[task] = None
+            task.add_done_callback(self._abandoned_done)
+            if self._senders.get(sid) is task:
+                del self._senders[sid]
+                self._writable.pop(sid, None)
+                if self._tails is not None:
+                    self._tails.discard(sid)
+            # A run it was gathering is not queued now, here or on a new session.
+            for run in self._runs or ():
+                if run.sid == sid:
+                    run.open = False
+            logger.warning(
+                "sender of outgoing stream %s to %s did not stop within %s s of its cancellation "
+                "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
+                "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
+                sid,
+                address,
+                SENDER_STOP_TIMEOUT,
+                _source_of(task),
+            )
+
+    def _abandoned_done(self, task: asyncio.Task[Any]) -> None:
+        if self._abandoned is not None:
+            self._abandoned.pop(task, None)
 
 
 class _DrainWaiter:
@@ -1436,6 +1531,18 @@ class _DrainWaiter:
         self.urgency = urgency
         self.arrival = arrival
         self.fut: asyncio.Future[bool] | None = fut
+
+
+def _source_of(task: asyncio.Task[Any]) -> str:
+    """The stream source whose items sender ``task`` sends (:meth:`StreamManager.run_sender`'s
+    ``source``), named for a log line: its qualified name (an async generator's is its
+    function's) or its type's; "?" when that cannot be told."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    source = frame.f_locals.get("source") if frame is not None else None
+    if source is None:
+        return "?"
+    name = getattr(source, "__qualname__", None)
+    return repr(name if isinstance(name, str) else type(source).__qualname__)
 
 
 def _poll(fut: asyncio.Future[bool]) -> None:

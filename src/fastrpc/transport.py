@@ -604,6 +604,12 @@ _MASKS = _mask_source()
 os.register_at_fork(after_in_child=_new_masks)
 
 
+def _too_large(length: int, limit: int) -> str:
+    """The close reason (1009) for a data frame of ``length`` bytes over ``max_size``
+    (``limit``: fastrpc's max_message_size, plus room for framing)."""
+    return f"message of {length} bytes exceeds the receiver's limit of {limit} bytes (max_message_size)"
+
+
 def _header(n: int, mask: int) -> bytes:
     """The header of a final binary frame of ``n`` payload bytes (RFC 6455 5.2)."""
     if n < 126:
@@ -871,7 +877,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         here; any other frame (other control frames, fragments, reserved bits, a wrong
         mask bit) goes, whole, to websockets' protocol, which answers it or fails the
         connection.
-        A frame larger than max_size hands everything to websockets (1009)."""
+        A frame larger than max_size fails the connection (1009): a data frame here, with
+        a reason naming max_message_size; any other through websockets."""
         buf = self._buf
         src: bytes | bytearray | memoryview = data
         if buf:
@@ -906,8 +913,13 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                     if n - pos < head:
                         break  # the mask too must have arrived: every path below reads it
                 if length > limit:
-                    self._mode = _LIBRARY
-                    self._parse(view[pos:].tobytes())  # websockets fails it: 1009
+                    if b0 & 0x0F <= 2 and b1 & 0x80 == masked and self._ws.state is _OPEN:
+                        # A data frame (valid, but for its size): failed here, with a
+                        # reason that names the option (websockets' would not).
+                        self._fail(1009, _too_large(length, limit))
+                    else:
+                        self._mode = _LIBRARY
+                        self._parse(view[pos:].tobytes())  # websockets fails it: 1009
                     if self._mode == _FAILED:
                         # The rest of the frame is most likely on its way (a peer's too
                         # large message): dropped as well, within its own bound.
@@ -1518,10 +1530,13 @@ class _Library(Transport):
 
 
 def closed_info(exc: BaseException) -> tuple[int | None, str]:
-    """``(close code, reason)`` a TransportClosed exception carries."""
+    """``(close code, reason)`` a TransportClosed exception carries: the peer's close
+    frame, or when none came, ours (we failed the connection: its reason says why)."""
     rcvd = getattr(exc, "rcvd", None)
     if rcvd is None:
-        return None, "Connection closed"
+        rcvd = getattr(exc, "sent", None)
+        if rcvd is None:
+            return None, "Connection closed"
     return rcvd.code, rcvd.reason or "Connection closed"
 
 
