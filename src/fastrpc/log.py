@@ -8,12 +8,15 @@ What is logged, at which level:
 * ERROR, with the traceback: a handler raised (once, with the method name and the
   peer's address); a server's connection handler or a reconnect hook failed.
 * WARNING: a notification to a method nobody handles; a peer closed for breaking a
-  limit (the reason names the option); a call refused by ``authorize``.
+  limit (the reason names the option); a call or a notification refused by
+  ``authorize``; a handler or a stream source that did not stop within
+  ``HANDLER_STOP_TIMEOUT`` / ``SENDER_STOP_TIMEOUT`` of its cancellation.
 * INFO: a server's connection opened and closed, with the peer's address.
 * DEBUG: a client's connection opened and closed; a handshake refused by
   ``authenticate``; retries.
 
-The WARNINGs a peer can cause (protocol errors, unknown notifications, refused calls)
+The WARNINGs a peer can cause (protocol errors, unknown notifications, refused calls
+and notifications)
 are rate-limited: at most ``WARNINGS_PER_SECOND`` a second per logger, then one line
 saying how many were left out, so that a flood of bad connections cannot flood the log.
 """
