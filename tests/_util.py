@@ -352,3 +352,12 @@ def read_line(proc: subprocess.Popen[Any], deadline: float) -> str:
             raise AssertionError(f"the process exited: {buf!r} {err!r}")
         buf += chunk
     return buf.decode()
+
+
+def uvicorn_send_waits() -> bool:
+    """Whether this uvicorn's websockets-sansio `send` waits while its socket is full
+    (its protocol pauses on pause_writing: 0.55 does, 0.35, the floor, does not): only
+    then does an ASGI app see that its client does not read (docs/json-mode.md)."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return "pause_writing" in WebSocketsSansIOProtocol.__dict__

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _util import NO_PROXY, QUIET, run, send_until_closed, until
+from _util import NO_PROXY, QUIET, run, send_until_closed, until, uvicorn_send_waits
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed as WSClosed
@@ -252,14 +252,6 @@ async def uvicorn_app(app: Any) -> AsyncIterator[tuple[int, Any]]:
         await asyncio.wait_for(task, 10)
 
 
-def _uvicorn_send_waits() -> bool:
-    """Whether this uvicorn's websockets-sansio `send` waits while its socket is full
-    (its protocol pauses on pause_writing: 0.55 does, 0.35, the floor, does not)."""
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-    return "pause_writing" in WebSocketsSansIOProtocol.__dict__
-
-
 @pytest.mark.external
 def test_asgi_unknown_targets_from_a_client_that_does_not_read_are_bounded() -> None:
     # As under serve (test_jsonmode_limits): messages whose `to` names nobody are
@@ -267,7 +259,7 @@ def test_asgi_unknown_targets_from_a_client_that_does_not_read_are_bounded() -> 
     # is closed (1008) once more than max_pending_calls of these errors wait, instead
     # of the server holding one per message without end. Only an ASGI server whose
     # send waits shows us that the client does not read (docs/json-mode.md).
-    if not _uvicorn_send_waits():
+    if not uvicorn_send_waits():
         pytest.skip("this uvicorn's send never waits for a client that does not read (docs/json-mode.md)")
     rpc = fastrpc.asgi.app(make_router(), max_pending_calls=32, keepalive_interval=None)
 
