@@ -170,6 +170,45 @@ def test_the_line_keeps_priority_and_arrival_order_across_re_checks(monkeypatch:
     run(main())
 
 
+def test_a_drain_wakes_nobody_less_urgent_than_a_sender_whose_re_check_fired() -> None:
+    # The re-checks of the most urgent waiters fire (their futures done, their tasks not
+    # yet run) in the loop pass in which the buffer drains: they run next and send. The
+    # drain must not wake a less urgent waiter ahead of them (it woke the most urgent
+    # level among those not re-checked: "e5" first; seen as a flaky ordering test).
+
+    async def main() -> None:
+        manager, link = _manager(delay=60)  # re-checks only where the test fires them
+        link.buffered = 1000
+        woke: list[str] = []
+
+        async def sender(name: str, urgency: int) -> None:
+            await manager._backpressure(urgency)
+            woke.append(name)
+
+        tasks = []
+        for name, u in [("a3", 3), ("c3", 3), ("e5", 5)]:
+            tasks.append(asyncio.ensure_future(sender(name, u)))
+            await asyncio.sleep(0)
+        entries = {w.urgency: w for w in manager._drain_waiters}
+        assert len(manager._drain_waiters) == 3
+        link.buffered = 0
+        for w in manager._drain_waiters:
+            if w.urgency == 3:
+                assert w.fut is not None
+                S._poll(w.fut)  # the re-check timer fired in this pass
+        manager.on_drained()
+        assert entries[5].fut is not None and not entries[5].fut.done(), "e5 woken ahead of a3, c3"
+        await until(lambda: len(woke) == 2)
+        assert woke == ["a3", "c3"]
+        manager.on_drained()
+        await until(lambda: len(woke) == 3)
+        assert woke[2] == "e5"
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert _line(manager) == 0 and manager._woken == 0
+
+    run(main())
+
+
 def test_senders_cancelled_while_waiting_leave_no_entries(monkeypatch: pytest.MonkeyPatch) -> None:
     # Streams that stop (cancelled senders: the receiver closed them, a call's deadline)
     # while the buffer stays full, one after another: the line stays about as long as

@@ -1200,11 +1200,15 @@ class StreamManager:
                     if not fut.done():
                         pending.append((w, fut))
             self._dead = 0
-            if not pending:
+            # The most urgent level still in the line, counting senders whose re-check
+            # already fired: they run next and send, so nobody less urgent is woken
+            # ahead of them (waking the most urgent level among the not yet re-checked
+            # let a less urgent sender in first).
+            top = min(w.urgency for w in live) if live else 0
+            wake = [(w, fut) for w, fut in pending if w.urgency == top]  # (in arrival order)
+            if not wake:
                 self._drain_waiters = live
                 return
-            top = min(w.urgency for w, _ in pending)
-            wake = [(w, fut) for w, fut in pending if w.urgency == top]  # (in arrival order)
             for w, _ in wake:
                 w.fut = None  # out of the line
             self._drain_waiters = [w for w in live if w.fut is not None]
