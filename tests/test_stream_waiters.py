@@ -126,6 +126,10 @@ def test_the_line_keeps_priority_and_arrival_order_across_re_checks(monkeypatch:
     # Senders wait at several urgencies, re-checking many times while the buffer stays
     # full; a drain wakes the most urgent level only, in arrival order; the next drain
     # the next level. The line never holds more than one entry per sender.
+    # The drains are then made with the re-checks far apart: a re-check that finds
+    # room lets its sender in whatever its place (the stand-in link's buffer does not
+    # fill as senders send), and three firing in a drain's loop pass let "e5" in
+    # with "a3" and "c3" (seen under load: woke went from 2 to 5 at once).
     polls = _count_polls(monkeypatch)
 
     async def main() -> None:
@@ -147,6 +151,13 @@ def test_the_line_keeps_priority_and_arrival_order_across_re_checks(monkeypatch:
             await asyncio.sleep(0)
         assert longest <= 5, longest
         assert woke == []
+        manager.backpressure_delay = 60.0
+        await asyncio.sleep(0.02)  # a timer armed at 1 ms fires, and is re-armed at 60 s
+        armed = len(polls)
+        await asyncio.sleep(0.01)
+        assert len(polls) == armed  # no re-check from here on
+        longest = max(longest, _line(manager))
+        assert woke == [] and longest <= 5
         link.buffered = 0
         manager.on_drained()
         await until(lambda: len(woke) == 2)

@@ -48,6 +48,40 @@ function goawayCloseCode(code: F.Varint): number {
   return name === undefined ? 1002 : CLOSE_CODES[name];
 }
 
+/** The longest close reason a WebSocket sends: 123 bytes of UTF-8 (RFC 6455 5.5). */
+function closeReason(reason: string): string {
+  let bytes = 0;
+  let end = 0;
+  for (const ch of reason) {
+    const cp = ch.codePointAt(0)!;
+    bytes += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (bytes > 123) break;
+    end += ch.length;
+  }
+  return reason.slice(0, end);
+}
+
+/** Close `ws` with `code` (and `reason`), or at least close it. A WHATWG WebSocket
+ * (browsers, Node's own) lets a script send 1000 and 3000-4999 only and throws for the
+ * codes of our errors (1002, 1008, 1009, 1011): the connection would stay open, the
+ * server never told. Then it goes with 1000 and the same reason; the GOAWAY before it
+ * carries the error code. (The `ws` package sends the code itself.) */
+function closeSocket(ws: WebSocket, code: number, reason?: string): void {
+  const why = reason === undefined ? undefined : closeReason(reason);
+  try {
+    ws.close(code, why);
+    return;
+  } catch {
+    /* a code this WebSocket does not send, or closing already */
+  }
+  if (ws.readyState > 1) return;
+  try {
+    ws.close(1000, why);
+  } catch {
+    /* closing already */
+  }
+}
+
 /** The longest timeout a timer takes (setTimeout's limit, 2^31 - 1 ms, about 24.8 days). */
 const MAX_TIMEOUT = 0x7fffffff;
 
@@ -117,7 +151,8 @@ export interface ConnectOptions {
   batchSize?: number;
   /** Bytes one stream may queue before its sender waits (default 64 KiB). */
   streamBufferSize?: number;
-  /** Our HELLO's limits (what we accept); defaults as the Python package's. */
+  /** Our HELLO's limits (what we accept); defaults as the Python package's. A message
+   * over `maxMessageSize` closes the connection (FRAME_TOO_LARGE, 1009). */
   settings?: Partial<Omit<Settings, "codec" | "resume" | "compression">>;
   /** Bytes of unread (inflated) and partial items the server may make us hold, all streams together (default 32 MiB); past it the connection is closed (LIMIT_EXCEEDED). */
   maxConnectionMemory?: number;
@@ -567,6 +602,16 @@ export class Peer implements StreamLink, HandlerLink {
       };
       ws.onmessage = (ev: MessageEvent) => {
         if (ws !== this.ws) return;
+        // Our HELLO's maxMessageSize bounds what the server may send in one message: one
+        // past it is refused here, before it is decoded or copied (the WebSocket itself
+        // has gathered it already: its API has no earlier hook). A string's length in
+        // UTF-16 units is at most its size in UTF-8.
+        const size = typeof ev.data === "string" ? ev.data.length : (ev.data as ArrayBuffer).byteLength;
+        if (size > this.settings.maxMessageSize) {
+          const what = typeof ev.data === "string" ? "text message of at least" : "message of";
+          this.fail(new ProtocolError(`${what} ${size} bytes exceeds the client's limit of ${this.settings.maxMessageSize} bytes (maxMessageSize)`, "FRAME_TOO_LARGE"));
+          return;
+        }
         if (typeof ev.data === "string") {
           // A fastrpc server greets a client silent for its json_wait with the seed's
           // JSON welcome (a HELLO delayed on a busy machine): skip it, as the Python
@@ -1728,10 +1773,10 @@ export class Peer implements StreamLink, HandlerLink {
     if (ws !== null && ws.readyState === 1) {
       try {
         ws.send(F.encodeFrame(F.GOAWAY, 0, 0, F.concat([F.encodeVarint(F.ErrorCode[err.code]), F.utf8(err.reason)])));
-        ws.close(CLOSE_CODES[err.code], err.reason.slice(0, 100));
       } catch {
         /* closing anyway */
       }
+      closeSocket(ws, CLOSE_CODES[err.code], err.reason);
     }
     const closed = new ConnectionClosed(`protocol error: ${err.message}`, CLOSE_CODES[err.code], err.reason);
     if (this.handshaking && this.state === "reconnecting") {
@@ -1810,11 +1855,7 @@ export class Peer implements StreamLink, HandlerLink {
     const ws = this.ws;
     this.ws = null;
     if (ws !== null && ws.readyState <= 1) {
-      try {
-        ws.close(err instanceof ConnectionClosed && err.code >= 1000 && err.code < 1012 && err.code !== 1006 && err.code !== 1005 ? err.code : 1000);
-      } catch {
-        /* already closing */
-      }
+      closeSocket(ws, err instanceof ConnectionClosed && err.code >= 1000 && err.code < 1012 && err.code !== 1006 && err.code !== 1005 ? err.code : 1000);
     }
   }
 

@@ -15,6 +15,13 @@ export interface Settings {
   connectionWindow: number;
 }
 
+/** The largest HELLO payload read (a protocol constant, the Python side's
+ * `settings.MAX_HELLO_SIZE`; a HELLO is about 110 bytes): unknown settings are ignored
+ * but each is decoded (and remembered, to refuse a repeat), so a HELLO up to the frame
+ * limit (1 MiB: 200,000 settings of 5 bytes) would cost that much. A longer one is
+ * refused before any of it is decoded. */
+export const MAX_HELLO_SIZE = 4096;
+
 export const CODEC_MSGPACK = 0;
 export const CODEC_JSON = 1;
 
@@ -61,8 +68,12 @@ export function settingsToWire(s: Settings): Uint8Array {
   );
 }
 
-/** Parse a HELLO payload; unknown keys are ignored. Huge values are clamped to 2^53. */
+/** Parse a HELLO payload; unknown keys are ignored. Huge values are clamped to 2^53.
+ * Past {@link MAX_HELLO_SIZE} bytes: LIMIT_EXCEEDED, before anything is decoded. */
 export function settingsFromWire(payload: Uint8Array): Settings {
+  if (payload.length > MAX_HELLO_SIZE) {
+    throw new ProtocolError(`a HELLO of ${payload.length} bytes, over the ${MAX_HELLO_SIZE} a HELLO may have (MAX_HELLO_SIZE)`, "LIMIT_EXCEEDED");
+  }
   const [version, pairs] = decodeSettings(payload);
   if (version !== PROTOCOL_VERSION) {
     throw new ProtocolError(

@@ -225,6 +225,36 @@ describe("streams", { timeout: 30000 }, () => {
     });
   });
 
+  test("a small maxMessageSize (32 KiB) is what the Python server packs its messages to: items small and fragmented arrive whole, nothing is refused", async () => {
+    let largest = 0;
+    // Node's own WebSocket, watched: the size of every message the server sends
+    class Watched extends WebSocket {
+      constructor(u, p) {
+        super(u, p);
+        this.addEventListener("message", (ev) => (largest = Math.max(largest, ev.data.byteLength ?? 0)));
+      }
+    }
+    await withPeer(
+      async (peer) => {
+        let n = 0;
+        for await (const [i, pad] of peer.stream("produce", 200, 3000)) {
+          assert.equal(i, n++);
+          assert.equal(pad.length, 3000);
+        }
+        assert.equal(n, 200);
+        n = 0;
+        for await (const [i, pad] of peer.stream("produce", 8, 100_000)) {
+          assert.equal(i, n++); // each item over the frame and message limits: in fragments
+          assert.equal(pad.length, 100_000);
+        }
+        assert.equal(n, 8);
+        assert.equal(peer.state, "open");
+      },
+      { WebSocket: Watched, settings: { maxFrameSize: 16 << 10, maxMessageSize: 32 << 10 } },
+    );
+    assert.ok(largest > 16 << 10 && largest <= 32 << 10, `largest message ${largest} bytes`);
+  });
+
   test("compression (zlib, CompressionStream): both ways, fragmented items too", async () => {
     await withPeer(async (peer) => {
       let n = 0;

@@ -1,7 +1,9 @@
 // The TypeScript client against a scripted hostile server, in process: a fake WebSocket
 // (options.WebSocket) whose "server" side is each test's own frames, delivered exactly
-// when the test says, with a bufferedAmount the test sets (Node 20's built-in WebSocket
-// always reports 0). Each case: the client keeps its documented bounds, closes the one
+// when the test says, with a bufferedAmount the test sets (on a real socket it depends on
+// the kernel's buffers: hostile_socket.test.mjs has a server that stops reading), and
+// any close code taken (as the `ws` package's; Node's own and browsers' refuse 1008 and
+// the like). Each case: the client keeps its documented bounds, closes the one
 // connection with a clear code and reason, and leaves no timer or listener behind.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -195,6 +197,26 @@ describe("a scripted hostile server", { timeout: 30000 }, () => {
     const [code, reason] = goaway(ws);
     assert.equal(code, 5);
     assert.match(reason, /maxConnectionMemory/);
+  });
+
+  test("a message over settings.maxMessageSize is refused before it is decoded: GOAWAY FRAME_TOO_LARGE, close 1009 where the WebSocket sends that code", async () => {
+    const settings = { maxFrameSize: 1024, maxMessageSize: 4096 };
+    const { peer, ws } = await open({ settings });
+    // no frames at all: decoded, it would be a "truncated frame"; its size comes first
+    ws.deliver(new Uint8Array(4097).fill(0xff));
+    assert.equal(peer.state, "closed");
+    const reason = "message of 4097 bytes exceeds the client's limit of 4096 bytes (maxMessageSize)";
+    assert.deepEqual(goaway(ws), [4, reason]);
+    assert.equal(ws.closeCode, 1009);
+    assert.equal(ws.closeReason, reason);
+    await assert.rejects(peer.call("x"), (e) => e instanceof ConnectionClosed && e.code === 1009 && e.message === `protocol error: ${reason} (FRAME_TOO_LARGE)`);
+    // a text message too, the JSON welcome a client skips in its handshake included
+    FakeWS.last = null;
+    const connecting = connect("ws://fake", { WebSocket: FakeWS, keepaliveInterval: null, reconnect: false, settings });
+    await until(() => FakeWS.last !== null && FakeWS.last.sent.length > 0);
+    FakeWS.last.onmessage({ data: '{"category":"welcome","pad":"' + "x".repeat(5000) + '"}' });
+    await assert.rejects(connecting, (e) => e instanceof ConnectionClosed && e.code === 1009 && /text message of at least 5031 bytes exceeds/.test(e.message));
+    assert.equal(FakeWS.last.closeCode, 1009);
   });
 
   test("a streaming call's timer and abort listener go when the connection closes, read or not", async () => {

@@ -257,12 +257,16 @@ class AsgiTransport(Transport):
         queued bytes or once closing: use :meth:`send`."""
         if self._closed or self._queued > self._write_limit:
             return False
+        self._enqueue(msg)
+        return True
+
+    def _enqueue(self, msg: bytes | str) -> None:
+        """Queue ``msg`` after what waits; the pump sends it."""
         self._outbox.append(msg)
         self._queued += len(msg)
         if self._pump is None or self._pump.done():
             self._done.clear()
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
-        return True
 
     async def send(self, msg: bytes | str) -> None:
         """Send ``msg`` after what is queued, waiting for the ASGI server to take it
@@ -283,13 +287,40 @@ class AsgiTransport(Transport):
 
     # ---------------------------------------------------------------- closing
 
+    async def fail(self, last: list[bytes], code: int, reason: str, patience: float = 2.0) -> None:
+        """As :meth:`Transport.fail`: ``last`` (the GOAWAY saying why), then the close
+        with ``code`` and ``reason``, what the peer sends meanwhile read and dropped,
+        the connection given up past ``patience`` seconds. ``last`` is queued after
+        what waits, whatever ``write_limit`` says, and the close frame goes after it:
+        a peer that does not read now (closed for it) still finds the GOAWAY before
+        the close frame once it reads within ``patience``, as under ``serve``, whose
+        socket buffer takes it at once. (Sent as :meth:`send` sends, it would wait
+        for the queue to empty, which a peer that does not read never lets happen.)"""
+        if not self._closed:
+            for msg in last:
+                self._enqueue(msg)
+        drain = asyncio.get_running_loop().create_task(self.discard())
+        try:
+            # The close waits for the queue as long as patience allows, not 2 s.
+            await asyncio.wait_for(self._close(code, reason[:120], None), patience)
+        except Exception:
+            self.abort()
+        finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send what is queued, then the close (never raises)."""
+        """Send what is queued (waiting at most 2 s for it), then the close (never
+        raises)."""
+        await self._close(code, reason, 2.0)
+
+    async def _close(self, code: int, reason: str, wait: float | None) -> None:
+        """The close, after what is queued (waiting for it at most ``wait`` s)."""
         if self._closed:
             return
         self._closed = True
         try:
-            await asyncio.wait_for(self._done.wait(), 2.0)
+            await asyncio.wait_for(self._done.wait(), wait)
         except asyncio.TimeoutError:
             pass
         try:

@@ -6,7 +6,8 @@ The memory budget: every byte a peer can make us hold.
 Charged to it (and released when no longer held): items received and not yet read
 (as held: compressed items as received, inflated only as they are read), the
 reassembly of fragmented items, the errors of ended streams not yet read, and the arguments of the peer's calls while their
-handlers run (at what decoding them will allocate: ``frames.payload_cost``). Past ``max_connection_memory`` the
+handlers run (at what decoding them will allocate: ``frames.payload_cost``), and of its notifications while their
+async handlers run (``handlers.Handlers.on_notify``). Past ``max_connection_memory`` the
 connection is closed (LimitExceeded, close code 1008); other connections are not
 touched. The windows bound each stream; this bounds their sum, and what windows do
 not see (partial items, call arguments at their decoded cost).

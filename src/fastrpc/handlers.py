@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from . import events as E
 from .arguments import bad_arguments, split_kwargs
+from .budget import MemoryBudget
 from .events import Payload
 from .exceptions import InvalidArguments, LimitExceeded, PermissionDenied
-from .frames import VARINT_MAX
+from .frames import VARINT_MAX, payload_cost
 from .introspection import METHODS, describe
 from .log import side_logger, warn_limited
 from .protocol import Role
@@ -90,7 +91,9 @@ class Handlers:
         self.expose_tb = expose_tb
         self.introspection = introspection  # answer fastrpc.methods (introspection.py)
         self.tasks: dict[int, asyncio.Task[Any]] = {}  # call id -> its handler's task
-        self.notify_tasks: dict[asyncio.Task[Any], None] = {}  # a dict: 64 B empty
+        # Running notification handlers -> the bytes of arguments each holds (charged
+        # to the memory budget while it runs). A dict: 64 B empty.
+        self.notify_tasks: dict[asyncio.Task[Any], int] = {}
         # Handler tasks that did not stop within HANDLER_STOP_TIMEOUT of their
         # cancellation (_Stopping): whatever they answer is dropped (after a session
         # reset, the link's core is the new session's, where their ids mean other calls).
@@ -109,7 +112,12 @@ class Handlers:
 
     def give_up(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Handler ``tasks`` did not stop within HANDLER_STOP_TIMEOUT of their
-        cancellation: log them, and forget them (they run on, answering nothing)."""
+        cancellation: log them, and forget them (they run on, answering nothing).
+        The stream manager forgets them too: a streaming handler sends its results
+        from its own task (run_sender), whose clean-up by stream id would otherwise,
+        once it ends, hit the new session's stream of the same id."""
+        given = set(tasks)
+        self.streams.abandon({t: cid for cid, t in self.tasks.items() if t in given})
         for task in tasks:
             self.abandoned[task] = None
             self.notify_tasks.pop(task, None)
@@ -164,18 +172,34 @@ class Handlers:
         except (Exception, asyncio.CancelledError) as exc:  # (a sync handler's own CancelledError)
             self._notify_failed(method, exc, fn, args, kwargs, ran)
             return
-        # Running notification handlers are bounded by max_pending_calls, counted apart
-        # from calls (a caller waits for a call slot; a notification has none to wait for).
-        if len(self.notify_tasks) >= self.link.core.settings.max_pending_calls:
+        core = self.link.core
+        budget = core.budget
+        try:
+            # Running notification handlers are bounded by max_pending_calls, counted apart
+            # from calls (a caller waits for a call slot; a notification has none to wait for).
+            if len(self.notify_tasks) >= core.settings.max_pending_calls:
+                raise LimitExceeded(
+                    f"too many running notification handlers (max_pending_calls {core.settings.max_pending_calls})"
+                )
+            # Its arguments are held while it runs: charged as a running call's are
+            # (CallTable.take: raw bytes at their length, others at what decoding them
+            # allocates; the core measured that before decoding, but keeps no count).
+            # Past max_connection_memory the connection fails, LimitExceeded (1008),
+            # as for calls: a notification has no answer to carry PayloadTooLarge.
+            payload = ev.payload
+            cost = len(payload) if ev.raw else payload_cost(payload, max(budget.limit - budget.held, 0))
+            budget.charge(cost, "arguments of running handlers")
+        except LimitExceeded:
             if inspect.iscoroutine(result):
                 result.close()
-            raise LimitExceeded(
-                f"too many running notification handlers (max_pending_calls {self.link.core.settings.max_pending_calls})"
-            )
+            raise
         task = start_task(self.link.loop, self._quiet(method, result))
         if _EAGER is None or not task.done():
-            self.notify_tasks[task] = None
-            task.add_done_callback(self._notify_done)
+            self.notify_tasks[task] = cost
+            # (The budget charged, not the link's core at the end: a reset replaces it.)
+            task.add_done_callback(functools.partial(self._notify_done, budget))
+        else:
+            budget.release(cost)  # (started eagerly and finished)
 
     def _notify_failed(
         self,
@@ -215,8 +239,13 @@ class Handlers:
         except Exception as exc:  # nobody to tell but the log
             self._log_failure(method, exc, "notification handler")
 
-    def _notify_done(self, task: asyncio.Task[Any]) -> None:
-        self.notify_tasks.pop(task, None)
+    def _notify_done(self, budget: MemoryBudget, task: asyncio.Task[Any]) -> None:
+        # However it ended (returned, raised, cancelled), its arguments are released;
+        # not once given up on (give_up untracked it: that connection is gone, and
+        # closing it cleared its budget).
+        cost = self.notify_tasks.pop(task, None)
+        if cost is not None:
+            budget.release(cost)
         if self.abandoned:
             self.abandoned.pop(task, None)
 

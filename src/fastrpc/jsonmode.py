@@ -75,6 +75,11 @@ WebSocket limit (the server passes its own; websockets enforces it with 1009).
 A relayed message waits for its target's socket to drain; a target that takes more
 than ``relay_timeout`` seconds is closed (1008), so one peer that does not read cannot
 stall the others.
+
+Closing waits for the request handlers and stream senders it cancelled at most
+``handlers.HANDLER_STOP_TIMEOUT`` and ``streams.SENDER_STOP_TIMEOUT``, as the binary
+protocol's close does: one that swallows its cancellation is given up on (a WARNING
+names it) and runs on detached, sending nothing.
 """
 
 from __future__ import annotations
@@ -95,7 +100,9 @@ from typing import Any
 
 import msgspec
 
+from . import handlers as _handlers
 from . import options as O
+from . import streams as _streams
 from .arguments import bad_arguments, split_kwargs
 from .budget import PingLimit
 from .codec import DecHook, PayloadCodec, payload_error
@@ -455,6 +462,10 @@ class JsonPeer:
         return self._closed_flag
 
     async def _send(self, obj: dict[str, Any]) -> None:
+        if self._closed_flag:
+            # A handler or stream sender given up on at the close (it swallowed its
+            # cancellation: _teardown) runs on detached: nothing of it is sent.
+            raise ConnectionClosed()
         await self._ws.send(_dumps(obj))
 
     # ----------------------------------------------------------------- API
@@ -1058,13 +1069,89 @@ class JsonPeer:
                 stream.error = exc
                 stream.done = True
                 stream._wake()
-        tasks = [*self._senders.values(), *self._tasks]
-        for t in tasks:
+        # Stop the request handlers (and our own tasks: pongs, relay reports) and the
+        # stream senders, waiting for them at most as the binary protocol does (its
+        # constants, read now: tests change them): one whose code swallows its
+        # CancelledError would otherwise hold the close forever. (Not the task running
+        # this, should it be one of them.)
+        current = asyncio.current_task()
+        senders = {t: sid for sid, t in self._senders.items() if t is not current}
+        others = [t for t in self._tasks if t is not current]
+        for t in (*senders, *others):
             t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        handlers_left, senders_left = await asyncio.gather(
+            _stopped(others, _handlers.HANDLER_STOP_TIMEOUT), _stopped(list(senders), _streams.SENDER_STOP_TIMEOUT)
+        )
+        if handlers_left or senders_left:
+            self._give_up(handlers_left, {t: senders[t] for t in senders_left})
         if not self._closed.done():
             self._closed.set_result(None)
+
+    def _give_up(self, tasks: set[asyncio.Task[Any]], senders: dict[asyncio.Task[Any], StreamId]) -> None:
+        """``tasks`` (handlers ...) and ``senders`` (task -> stream id) did not stop
+        within HANDLER_STOP_TIMEOUT / SENDER_STOP_TIMEOUT of their cancellation: log
+        them and forget them. They run on, detached: _send refuses what they send
+        (the connection is closed), and their outcome is retrieved when they end."""
+        log = side_logger(self.role == "server")
+        address = self._address()
+        for task in tasks:
+            self._tasks.discard(task)
+            task.add_done_callback(_retrieve)
+            log.warning(
+                "%s from %s did not stop within %s s of its cancellation (does it catch CancelledError?): "
+                "given up on, it runs on detached from the connection (the wait is "
+                "fastrpc.handlers.HANDLER_STOP_TIMEOUT)",
+                _task_of(task),
+                address,
+                _handlers.HANDLER_STOP_TIMEOUT,
+            )
+        for task, sid in senders.items():
+            if self._senders.get(sid) is task:
+                del self._senders[sid]
+            task.add_done_callback(_retrieve)
+            log.warning(
+                "sender of outgoing stream %r to %s did not stop within %s s of its cancellation "
+                "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
+                "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
+                sid,
+                address,
+                _streams.SENDER_STOP_TIMEOUT,
+                _streams._source_of(task),
+            )
+
+
+async def _stopped(tasks: list[asyncio.Task[Any]], timeout: float) -> set[asyncio.Task[Any]]:
+    """Wait for the cancelled ``tasks`` at most ``timeout`` seconds; those still
+    running. The outcome of those that ended is retrieved (as gather's would be)."""
+    if not tasks:
+        return set()
+    done, running = await asyncio.wait(tasks, timeout=timeout)
+    for task in done:
+        _retrieve(task)
+    return running
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _task_of(task: asyncio.Task[Any]) -> str:
+    """What one of JsonPeer._tasks runs, for a log line: a request's handler (its
+    method, cut, and requestId), else the coroutine's name."""
+    coro = task.get_coro()
+    frame = getattr(coro, "cr_frame", None)
+    name = str(getattr(coro, "__qualname__", "?"))
+    if frame is None:
+        return f"task {name}"
+    local = frame.f_locals
+    if name == "JsonPeer._answer":
+        data = local.get("data")
+        method = data.get("method") if isinstance(data, dict) else None
+        who = f"handler for {_cut(method, 100)!r}" if isinstance(method, str) else "match handler"
+        return f"{who} (requestId {local.get('rid')!r})"
+    inner = local.get("coro") if name == "JsonPeer._quietly" else None  # _spawn's
+    return f"task {getattr(inner, '__qualname__', name)}"
 
 
 def _json_type(value: Any) -> str:

@@ -308,6 +308,13 @@ class Connection:
     # ----------------------------------------------------------------- output
 
     @property
+    def budget(self) -> MemoryBudget:
+        """This connection's memory budget (``max_connection_memory``): what the peer
+        makes it hold outside the core (running notification handlers' arguments) is
+        charged to it too."""
+        return self._budget
+
+    @property
     def held(self) -> int:
         """Bytes the peer made this connection hold: unread items, partial items, the
         arguments of running calls (what ``max_connection_memory`` bounds)."""

@@ -962,8 +962,9 @@ class StreamManager:
                     pass
 
     def _detached(self) -> bool:
-        """(run_sender) The running sender was given up on (:meth:`shutdown`): it must
-        not touch the connection or this manager's state any more."""
+        """(run_sender) The running sender was given up on (:meth:`abandon`: by
+        :meth:`shutdown`, or a streaming handler's task by the handlers): it must not
+        touch the connection or this manager's state any more."""
         return self._abandoned is not None and asyncio.current_task() in self._abandoned
 
     def _abort(self, sid: int) -> None:
@@ -1494,10 +1495,32 @@ class StreamManager:
         link = self.link
         logger = side_logger(link.core.role is Role.SERVER)
         address = getattr(link.host, "remote_address", None)
+        self.abandon(tasks)
+        for task, sid in tasks.items():
+            logger.warning(
+                "sender of outgoing stream %s to %s did not stop within %s s of its cancellation "
+                "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
+                "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
+                sid,
+                address,
+                SENDER_STOP_TIMEOUT,
+                _source_of(task),
+            )
+
+    def abandon(self, tasks: dict[asyncio.Task[Any], int]) -> None:
+        """Untrack ``tasks`` (task -> the outgoing stream id it sends on), given up on:
+        senders by :meth:`shutdown`, streaming handlers (whose results stream
+        :meth:`run_sender` sends from the handler's own task) by
+        ``handlers.Handlers.give_up``. Whatever run_sender does in them from now on
+        touches nothing: after a session reset their ids are the new session's, so
+        what they would clean up by id on their way out (a wait for credit, a tail, an
+        abort) is another stream's. Keyed by the task, not the id."""
         abandoned = self._abandoned
         if abandoned is None:
             abandoned = self._abandoned = {}
         for task, sid in tasks.items():
+            if task in abandoned:
+                continue
             abandoned[task] = None
             task.add_done_callback(self._abandoned_done)
             if self._senders.get(sid) is task:
@@ -1509,15 +1532,6 @@ class StreamManager:
             for run in self._runs or ():
                 if run.sid == sid:
                     run.open = False
-            logger.warning(
-                "sender of outgoing stream %s to %s did not stop within %s s of its cancellation "
-                "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
-                "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
-                sid,
-                address,
-                SENDER_STOP_TIMEOUT,
-                _source_of(task),
-            )
 
     def _abandoned_done(self, task: asyncio.Task[Any]) -> None:
         if self._abandoned is not None:
