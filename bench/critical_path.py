@@ -12,8 +12,9 @@ and its next write holds the relay up; what a side does after its write overlaps
 with the other side. ``sides.py`` gives each side's CPU per call, this gives the part
 of it on the call's path. Each side timestamps (``perf_counter_ns``) three points:
 
-* ``read``: a message's bytes reach Python (fastrpc: ``_Wire.buffer_updated``, with
-  the WebSocket framing after it; picows: the listener's ``on_ws_frame``, its
+* ``read``: a message's bytes reach Python (fastrpc: its compiled call lane's
+  ``buffer_updated``, the socket's protocol, or ``_Wire.buffer_updated``, with the
+  WebSocket framing after it; picows: the listener's ``on_ws_frame``, its
   Cython framing before it, not seen; raw TCP: ``data_received``, its length
   framing after it);
 * ``write``: the library's write of the reply or of the next call is entered, and
@@ -118,25 +119,68 @@ class _Written:
         return getattr(self._transport, name)
 
 
-def _wrap_lane(cls: type, log: list[tuple[str, int]]) -> None:
+class _TimedLane(asyncio.BufferedProtocol):
+    """The socket's protocol in place of fastrpc's compiled call lane, which is the
+    protocol once built: its reads timed, everything forwarded to it."""
+
+    def __init__(self, lane: Any, log: list[tuple[str, int]], inside: list[bool]) -> None:
+        self._lane = lane
+        self._log = log
+        self._inside = inside
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self._lane.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._log.append(("r", _ns()))
+        self._inside[0] = True  # (the transport's own read hook, reached through it, is not a read)
+        try:
+            self._lane.buffer_updated(nbytes)
+        finally:
+            self._inside[0] = False
+            self._log.append(("x", _ns()))
+
+    def eof_received(self) -> Any:
+        return self._lane.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lane.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._lane.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._lane.resume_writing()
+
+
+def _wrap_lane(cls: type, log: list[tuple[str, int]], inside: list[bool]) -> None:
     """Time the writes of the compiled call lane the transport builds (it writes to
-    the socket itself, not through ``write_now``)."""
+    the socket itself, not through ``write_now``), and its reads where it is the
+    socket's protocol (this tree; before, the transport's read callback called it)."""
     inner = cls.attach_lane
 
     def attach_lane(self: Any, make: Any) -> Any:
         def timed(wire: Any, tcp: Any, *rest: Any) -> Any:
             return make(wire, _Written(tcp, log), *rest)
 
-        return inner(self, timed)
+        lane = inner(self, timed)
+        tcp = getattr(self, "_tcp", None)
+        if lane is not None and tcp is not None and tcp.get_protocol() is lane:
+            tcp.set_protocol(_TimedLane(lane, log, inside))
+        return lane
 
     cls.attach_lane = attach_lane
 
 
-def _wrap_read(cls: type, name: str, log: list[tuple[str, int]], arg_proxy: bool = False) -> None:
+def _wrap_read(
+    cls: type, name: str, log: list[tuple[str, int]], arg_proxy: bool = False, inside: list[bool] | None = None
+) -> None:
     inner = getattr(cls, name)
     last: list[Any] = [None, None]  # a transport and its _Sent (one connection at a time)
 
     def read(self: Any, *args: Any) -> Any:
+        if inside is not None and inside[0]:
+            return inner(self, *args)  # (timed by _TimedLane already)
         log.append(("r", _ns()))
         if arg_proxy:  # picows's server: the transport comes with each frame
             t = args[0]
@@ -187,11 +231,12 @@ def hook(lib: str, side: str) -> list[tuple[str, int]]:
         from fastrpc import transport
 
         wire = transport._Wire
-        _wrap_read(wire, "buffer_updated", log)
+        inside = [False]
+        _wrap_read(wire, "buffer_updated", log, inside=inside)
         _wrap_write(wire, "write_now", log)
         _wrap_write(wire, "write_parts_now", log)
         if hasattr(wire, "attach_lane"):  # (a tree from before the compiled call lane has none)
-            _wrap_lane(wire, log)
+            _wrap_lane(wire, log, inside)
     elif lib == "picows":
         from peers import picows
 

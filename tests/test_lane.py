@@ -288,6 +288,7 @@ def test_a_class_without_a_slot_the_lane_reads_fails_its_building() -> None:
                 "flow": type(core._flow),
                 "inbound": type(core._inbound),
                 "handlers": type(sp._handlers),
+                "reads": type(sp.transport._reads),  # type: ignore[attr-defined]
             }
             _frames._Slots(types)  # the classes as they are: every slot found
 
@@ -298,5 +299,39 @@ def test_a_class_without_a_slot_the_lane_reads_fails_its_building() -> None:
 
             with pytest.raises(TypeError, match=r"Link\.flush_pending"):
                 _frames._Slots({**types, "link": Link})
+
+    run(main(), timeout=20)
+
+
+def test_the_lane_is_the_sockets_protocol_and_reads_its_tables_in_place() -> None:
+    """Built, the lane is the socket's protocol on both sides (every read reaches it
+    from C; what it does not take goes on to the transport); it reads websockets'
+    state in place with the websockets fastrpc supports (a version where it cannot
+    is slower, not wrong: this says so); a Router subclass's tables are read through
+    their attributes, and its calls are served all the same."""
+
+    class MyRouter(fastrpc.Router):
+        pass
+
+    router = MyRouter()
+
+    @router.method
+    def echo(x):  # type: ignore[no-untyped-def]
+        return x
+
+    async def main() -> None:
+        async with pair(router) as (server, peer):
+            sp = await server_peer(server)
+            for p in (sp, peer):
+                lane = p.transport._lane  # type: ignore[union-attr]
+                assert lane is not None
+                assert p.transport._tcp.get_protocol() is lane  # type: ignore[union-attr]
+                assert lane.state_in_place
+            served = sp.transport._lane.served  # type: ignore[union-attr]
+            for _ in range(5):
+                assert await peer.call("echo", b"x") == b"x"
+            assert sp.transport._lane.served - served >= 4  # type: ignore[union-attr]
+            # Streams and larger messages go through it to the transport as before.
+            assert await peer.call("echo", b"y" * 100_000) == b"y" * 100_000
 
     run(main(), timeout=20)

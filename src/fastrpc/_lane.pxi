@@ -22,6 +22,7 @@
 
 from cpython.contextvars cimport PyContextVar_Get
 from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact, PyLong_FromSsize_t
+from cpython.dict cimport PyDict_GetItem
 from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.string cimport memcmp
 
@@ -75,7 +76,7 @@ LANE_MAX_READ = 6 + _LANE_MAX_IN
 cdef enum:
     P_TRANSPORT, P_BUSY, P_DIRECT, P_CALL_WAITERS, P_READY, P_LINK, P_WRITER, P_CORE,
     P_HANDLERS, P_IN_READ, P_FRESH, P_PROCESSING, P_MAX_BACKLOG, P_STREAMS, P_CALLS,
-    W_SINK, W_INTO, W_MODE, W_BUF, W_PARTS, W_TAKEN,
+    W_SINK, W_INTO, W_MODE, W_BUF, W_PARTS, W_TAKEN, W_READS,
     M_DRAIN_WAITERS,
     L_FLUSH_PENDING, L_CLOSED,
     C_CLOSED, C_DECODING, C_SESSION, C_SCHED, C_FLOW, C_CALLS, C_INBOUND, C_MESSAGES_IN,
@@ -85,12 +86,13 @@ cdef enum:
     F_SLOT_GRANTS,
     I_MESSAGE_COUNT,
     H_OWN, H_ROUTER,
+    R_VIEW,
     _N_SLOTS
 
 _LANE_SLOTS = (
     ("peer", ("_transport", "_busy", "_direct", "_call_waiters", "_ready", "_link", "_writer", "_core",
               "_handlers", "_in_read", "_fresh", "_processing", "_max_backlog", "streams", "_calls")),
-    ("wire", ("_sink", "_into", "_mode", "_buf", "_parts", "_taken")),
+    ("wire", ("_sink", "_into", "_mode", "_buf", "_parts", "_taken", "_reads")),
     ("streams", ("_drain_waiters",)),
     ("link", ("flush_pending", "closed")),
     ("core", ("closed", "decoding", "session", "_sched", "_flow", "_calls", "_inbound", "messages_in",
@@ -100,6 +102,7 @@ _LANE_SLOTS = (
     ("flow", ("slot_grants",)),
     ("inbound", ("message_count",)),
     ("handlers", ("own", "router")),
+    ("reads", ("view",)),
 )
 
 
@@ -169,6 +172,44 @@ cdef inline bint _true(object o, Py_ssize_t off) except -1:
     return bool(<object>p)
 
 
+# Router.methods and Router.specs, read in their slots (a Router's, not a subclass's,
+# which may make them something else): resolved with the first lane.
+cdef object _router_type = None
+cdef Py_ssize_t _ROUTER_METHODS = 0, _ROUTER_SPECS = 0
+
+
+cdef _resolve_router():
+    global _router_type, _ROUTER_METHODS, _ROUTER_SPECS
+    from fastrpc.router import Router
+    m = fastrpc_slot_offset(Router, "methods")
+    sp = fastrpc_slot_offset(Router, "specs")
+    if m < 0 or sp < 0:
+        raise TypeError("the call lane reads Router.methods and Router.specs, which are not slots of it")
+    _ROUTER_METHODS, _ROUTER_SPECS = m, sp
+    _router_type = Router
+
+
+cdef inline object _router_table(object r, Py_ssize_t off):
+    cdef PyObject *p
+    if type(r) is _router_type:
+        p = fastrpc_slot(r, off)
+        if p != NULL:
+            return <object>p
+    return getattr(r, "methods" if off == _ROUTER_METHODS else "specs")
+
+
+cdef inline bint _past(Py_ssize_t n, object limit) except -1:
+    # n > limit, for an int limit in C (a limit past a long long is never passed).
+    cdef int overflow = 0
+    cdef long long v
+    if PyLong_CheckExact(limit):
+        v = PyLong_AsLongLongAndOverflow(limit, &overflow)
+        if overflow == 0:
+            return n > v
+        return overflow < 0
+    return n > limit
+
+
 cdef inline int _add(object o, Py_ssize_t off, Py_ssize_t n) except -1:
     # ``o.<slot> += n`` for the counters: in C while they fit a Py_ssize_t.
     cdef object v = _get(o, off)
@@ -190,6 +231,8 @@ cdef class CallLane:
     cdef object wire
     cdef object tcp
     cdef object ws
+    cdef dict ws_dict          # ws.__dict__, where its state property reads (None: not so)
+    cdef Py_ssize_t out_bound  # the socket's buffer after the lane's last answer, at most
     cdef object open_state     # websockets' State.OPEN
     cdef object framing        # the transport's _FRAMING mode
     cdef object current        # peer_io._current_peer (a ContextVar)
@@ -204,7 +247,7 @@ cdef class CallLane:
     cdef bint masked           # frames received are masked (a server's lane)
     cdef _Slots s
     cdef type peer_type, wire_type, link_type, core_type, session_type, sched_type
-    cdef type flow_type, inbound_type, handlers_type, streams_type
+    cdef type flow_type, inbound_type, handlers_type, streams_type, reads_type
 
     def __init__(self, peer, current, dict names, sync, failed,
                  wire, tcp, ws, open_state, Py_ssize_t high, bint client, framing, Py_ssize_t read_slice):
@@ -212,6 +255,13 @@ cdef class CallLane:
         self.wire = wire
         self.tcp = tcp
         self.ws = ws
+        if _router_type is None:
+            _resolve_router()
+        # websockets' ``state`` is a property returning ``_state`` (a Python frame a
+        # call): read in the instance's dict when it holds what the property returns,
+        # else through the property (tests/test_lane.py checks the dict is used).
+        d = getattr(ws, "__dict__", None)
+        self.ws_dict = d if type(d) is dict and (<dict>d).get("_state", self) is ws.state else None
         self.open_state = open_state
         self.framing = framing
         self.high = high
@@ -234,6 +284,7 @@ cdef class CallLane:
             "flow": type(core._flow),
             "inbound": type(core._inbound),
             "handlers": type(peer._handlers),
+            "reads": type(wire._reads),
         }
         key = tuple(types.values())
         slots = _LANE_OFFSETS.get(key)
@@ -244,6 +295,22 @@ cdef class CallLane:
         self.core_type, self.session_type, self.sched_type = types["core"], types["session"], types["sched"]
         self.flow_type, self.inbound_type = types["flow"], types["inbound"]
         self.handlers_type, self.streams_type = types["handlers"], types["streams"]
+        self.reads_type = types["reads"]
+
+    @property
+    def state_in_place(self):
+        """Whether websockets' state is read in its instance dict (not through its
+        property): True with the websockets versions fastrpc supports."""
+        return self.ws_dict is not None
+
+    cdef inline bint _open(self) except -1:
+        # websockets' ws.state is State.OPEN, read where the property reads it.
+        cdef PyObject *p
+        if self.ws_dict is not None:
+            p = PyDict_GetItem(self.ws_dict, "_state")
+            if p != NULL:
+                return p == <PyObject *>self.open_state
+        return self.ws.state is self.open_state
 
     cdef inline bint _has_output(self, core) except -1:
         # Connection.has_output, read in place.
@@ -272,15 +339,15 @@ cdef class CallLane:
         # spec takes raw bytes unchecked; None for any other (the Python path).
         cdef Py_ssize_t *off = self.s.off
         own = _get(handlers, off[H_OWN])
-        methods = own.methods
-        specs = own.specs
+        methods = _router_table(own, _ROUTER_METHODS)
+        specs = _router_table(own, _ROUTER_SPECS)
         if type(methods) is not dict:
             return None
         found = (<dict>methods).get(method)
         if found is None:
             router = _get(handlers, off[H_ROUTER])
-            methods = router.methods
-            specs = router.specs
+            methods = _router_table(router, _ROUTER_METHODS)
+            specs = _router_table(router, _ROUTER_SPECS)
             if type(methods) is not dict:
                 return None
             found = (<dict>methods).get(method)
@@ -347,9 +414,55 @@ cdef class CallLane:
             return False
         return not self._has_output(_get(peer, off[P_CORE]))
 
+    # ------------------------------------------ the transport's protocol (attach_lane)
+    # The lane is the socket's protocol: every read comes here first, from C, and what
+    # the lane does not take goes to the transport (_Wire) as if it were the protocol
+    # (a Python read callback of ~40 opcodes a call on each side, saved).
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        """The shared read buffer while no frame is read in place; else the wire's."""
+        cdef Py_ssize_t *off = self.s.off
+        wire = self.wire
+        if _get(wire, off[W_INTO]) is None:
+            reads = _get(wire, off[W_READS])
+            if type(reads) is self.reads_type:
+                return _get(reads, off[R_VIEW])
+        return wire.get_buffer(sizehint)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """A read: a lone plain call answered, or a lone answer settled, here; any
+        other read is the wire's (``_Wire.buffer_updated``)."""
+        cdef Py_ssize_t *off = self.s.off
+        wire = self.wire
+        if nbytes <= LANE_MAX_READ and _get(wire, off[W_INTO]) is None:
+            reads = _get(wire, off[W_READS])
+            if type(reads) is self.reads_type and self._serve(_get(reads, off[R_VIEW]), nbytes):
+                return
+        wire.buffer_updated(nbytes)
+
+    def data_received(self, data):
+        self.wire.data_received(data)
+
+    def eof_received(self):
+        return self.wire.eof_received()
+
+    def connection_lost(self, exc):
+        self.wire.connection_lost(exc)
+
+    def pause_writing(self):
+        self.wire.pause_writing()
+
+    def resume_writing(self):
+        self.wire.resume_writing()
+
+    # -------------------------------------------------------------------- the lane
+
     def serve(self, view, Py_ssize_t n):
         """Answer the read ``view[:n]`` if it is a lone plain call the lane takes:
         True when it did (the read is handled), False when nothing was done."""
+        return self._serve(view, n)
+
+    cdef bint _serve(self, view, Py_ssize_t n) except -1:
         cdef Py_buffer *pb
         cdef const unsigned char *p
         cdef unsigned char m[_LANE_MAX_IN]
@@ -449,7 +562,10 @@ cdef class CallLane:
             fastrpc_set_slot(peer, off[P_PROCESSING], False)
             if _true(peer, off[P_CALL_WAITERS]) and core.can_call():
                 peer._call_done()
-            if self.tcp.get_write_buffer_size() > _get(peer, off[P_MAX_BACKLOG]):
+            # (Past max_output_backlog only if the buffer before the answer and the
+            # answer are: the socket's size asked again only then.)
+            backlog = _get(peer, off[P_MAX_BACKLOG])
+            if _past(self.out_bound, backlog) and self.tcp.get_write_buffer_size() > backlog:
                 peer._serve_less_soon(wire)
         except Exception as e:
             fastrpc_set_slot(peer, off[P_PROCESSING], False)
@@ -491,7 +607,9 @@ cdef class CallLane:
                 or not _true(session, off[S_HANDSHAKE_SENT])):
             return None
         tcp = self.tcp
-        if self.ws.state is not self.open_state or tcp.get_write_buffer_size() > self.high:
+        if not self._open():
+            return None
+        if tcp.get_write_buffer_size() > self.high:
             return None
         control = _get(_get(core, off[C_SCHED]), off[Q_CONTROL])
         if type(control) is not FrameWriter:
@@ -611,7 +729,7 @@ cdef class CallLane:
         """Write ``result``, the handler's bytes, as the call's RESPONSE at once, as
         ``PeerIO._answer`` does for a sequential call's reply; False (nothing done)
         when that path would not write it at once."""
-        cdef Py_ssize_t rlen, flen, head
+        cdef Py_ssize_t rlen, flen, head, size
         cdef unsigned char *o
         cdef Py_ssize_t *off = self.s.off
         if type(result) is not bytes or _true(core, off[C_CLOSED]):
@@ -632,7 +750,10 @@ cdef class CallLane:
         if self._has_output(core) or _true(_get(core, off[C_SESSION]), off[S_ENABLED]):
             return False  # (the handler queued output: the answer follows it)
         tcp = self.tcp
-        if self.ws.state is not self.open_state or tcp.get_write_buffer_size() > self.high:
+        if not self._open():
+            return False
+        size = tcp.get_write_buffer_size()
+        if size > self.high:
             return False
         calls.finish(key)  # (CallTable.reply: the call is over)
         head = 2 if flen < 126 else 4
@@ -651,8 +772,19 @@ cdef class CallLane:
         _add(core, off[C_MESSAGES_OUT], 1)
         _add(core, off[C_BYTES_OUT], flen)
         tcp.write(out)
+        self.out_bound = size + head + flen
         fastrpc_set_slot(peer, off[P_FRESH], False)
         streams = _get(peer, off[P_STREAMS])
         if type(streams) is not self.streams_type or _true(streams, off[M_DRAIN_WAITERS]):
             streams.on_drained()  # (StreamManager.on_drained: nothing to do without waiters)
         return True
+
+
+import asyncio as _asyncio
+
+
+class CallLaneProtocol(CallLane, _asyncio.BufferedProtocol):
+    """The lane as the socket's protocol (``_Wire.attach_lane``): asyncio's transports
+    call ``get_buffer``/``buffer_updated`` only on a ``BufferedProtocol`` instance."""
+
+    __slots__ = ()

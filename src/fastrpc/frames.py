@@ -60,7 +60,8 @@ else:
 IMPLEMENTATION = _codec.IMPLEMENTATION
 # The compiled call lane (_lane.pxi), which the transport's read callback answers a
 # lone plain call with; None with the pure codec (the Python path is its twin).
-CallLane: Any = getattr(_codec, "CallLane", None)
+# (the cdef class made an asyncio.BufferedProtocol: the transport's protocol once made)
+CallLane: Any = getattr(_codec, "CallLaneProtocol", None)
 LANE_MAX_READ: int = getattr(_codec, "LANE_MAX_READ", 0)  # the largest read it takes
 Frame = _codec.Frame
 FrameWriter = _codec.FrameWriter

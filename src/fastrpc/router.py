@@ -119,6 +119,10 @@ class Router:
     ``authenticate`` hook returned; ``peer.request_headers`` the HTTP request's.
     """
 
+    # Slots: the compiled call lane reads methods and specs where they are
+    # (_lane.pxi); __dict__ and __weakref__ keep a Router as open as a plain class.
+    __slots__ = ("__dict__", "__weakref__", "authorize", "fallback", "methods", "specs")
+
     def __init__(self, *, authorize: Authorize | None = None) -> None:
         _check_authorize(authorize)
         self.methods: dict[str, tuple[Callable[..., Any], int]] = {}

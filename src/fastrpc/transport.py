@@ -67,7 +67,6 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 
 from .auth import RequestHeaders
 from .budget import PingLimit
-from .frames import LANE_MAX_READ as _LANE_MAX_READ
 from .frames import lone_frame as _lone_frame
 from .frames import mask_frame, unfilled, unmask
 from .keepalive import Timer, timer
@@ -715,15 +714,20 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._open_timer: asyncio.TimerHandle | None = None
 
     def attach_lane(self, make: Callable[..., Any]) -> Any:
-        """Reads that are one whole small frame go first to the call lane ``make``
-        builds from this transport's parts (``frames.CallLane``), returned: it answers
-        a lone plain call, or settles a lone answer, there; or leaves the read to the
-        framer. None with ``busy_poll`` (the lane does not tell the poller of its reads
-        and writes)."""
+        """Make the call lane ``make`` builds from this transport's parts
+        (``frames.CallLane``) the socket's protocol, and return it: every read goes to
+        it first; it answers a lone plain call, or settles a lone answer, there, and
+        hands any other read to this transport (``get_buffer``/``buffer_updated``).
+        None with ``busy_poll`` (the lane does not tell the poller of its reads and
+        writes)."""
         if self._poll is not None or self._tcp is None:
             return None
-        self._lane = make(self, self._tcp, self._ws, _OPEN, self._high, self._client, _FRAMING, _READ_SLICE)
-        return self._lane
+        lane = make(self, self._tcp, self._ws, _OPEN, self._high, self._client, _FRAMING, _READ_SLICE)
+        # The lane becomes the socket's protocol: reads reach it from C, and those it
+        # does not take come here (get_buffer, buffer_updated) as before.
+        self._tcp.set_protocol(lane)
+        self._lane = lane
+        return lane
 
     # ------------------------------------------------------- asyncio.Protocol
 
@@ -747,10 +751,7 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         return self._reads.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if nbytes <= _LANE_MAX_READ:  # (a larger read is never the lane's: not offered)
-            lane = self._lane
-            if lane is not None and lane.serve(self._reads.view, nbytes):
-                return  # a lone call, answered (frames.CallLane; it kept _read_slice's count)
+        # (With a call lane, the lane's buffer_updated offered it the read first.)
         if self._poll is not None:
             self._poll.read()  # busy_poll: was this read on time after the last write?
         into = self._into
