@@ -13,12 +13,22 @@ import zlib
 from types import ModuleType
 from typing import Any
 
-from .exceptions import ErrorCode, ProtocolError
+from .exceptions import ErrorCode, LimitExceeded, ProtocolError
 from .frames import payload_cost
 
 ZLIB = 1
 ZSTD = 2
 _KIB = 1 << 10
+
+# The most bytes of objects ``frames.payload_cost`` charges per encoded byte of a
+# payload that decodes (_frames_py.payload_cost, kept in step with _frames.pyx): an
+# array of empty maps, b"\xdd" + length + b"\x80" * n, costs the list's 8-byte
+# pointer + a 64-byte dict (_DICT) per byte, 72 (b"\x80" * n alone 64, b"\x90" * n
+# 56, JSON "[[],[],...]" ~44). Lengths declared past the end of the payload score
+# higher, but the codec (msgspec) refuses those as truncated before allocating them.
+# A plain payload of at most limit // MAX_DECODE_RATIO bytes cannot decode past
+# ``limit``: only a longer one is walked (one integer comparison on the hot path).
+MAX_DECODE_RATIO = 72
 
 _zstd: ModuleType | None
 try:  # optional extra: pip install fastrpc[zstd]
@@ -145,6 +155,19 @@ def check_cost(payload: bytes, limit: int) -> None:
             f"a compressed item would decode to more than {limit} bytes of objects, "
             f"over max_connection_memory ({limit})",
             ErrorCode.COMPRESSION_ERROR,
+        )
+
+
+def check_item_cost(payload: bytes | bytearray | memoryview, limit: int) -> None:
+    """A plain (not raw, not compressed) item the codec will decode:
+    :class:`LimitExceeded` (LIMIT_EXCEEDED) when decoding it would allocate more than
+    ``limit`` bytes of objects (``max_connection_memory``), as :func:`check_cost`
+    refuses a compressed one. Call it only past ``limit // MAX_DECODE_RATIO`` bytes."""
+    cost = payload_cost(payload, limit)
+    if cost > limit:
+        raise LimitExceeded(
+            f"an item of {len(payload)} bytes would decode to more than {limit} bytes of objects, "
+            f"over max_connection_memory ({limit})"
         )
 
 

@@ -24,7 +24,7 @@ from . import options as O
 from .api import Response
 from .calls import FLAG_RAW
 from .codec import UNDECODABLE, PayloadCodec, get_codec, payload_error
-from .exceptions import ConnectionClosed, ErrorCode, ProtocolError
+from .exceptions import ConnectionClosed, ErrorCode, PayloadTooLarge, ProtocolError
 from .handlers import Handlers
 from .keepalive import Keepalive
 from .options import PeerOptions
@@ -565,6 +565,9 @@ class RpcPeer(PeerIO):
             self._call_done()
 
     def _resolve(self, fut: asyncio.Future[Any], payload: Any, raw: bool) -> None:
+        core = self._core
+        if not raw and len(payload) > core.decode_free and self._too_costly(fut, payload, core.budget.limit):
+            return
         try:
             fut.set_result(self._link.decoder.decode(payload, raw))
         except Exception as exc:
@@ -574,6 +577,23 @@ class RpcPeer(PeerIO):
                 fut.set_exception(err)
             else:
                 fut.set_exception(exc)
+
+    @staticmethod
+    def _too_costly(fut: asyncio.Future[Any], payload: Any, limit: int) -> bool:
+        """(:meth:`_resolve`, a long plain answer.) Would decoding it allocate more than
+        ``limit`` (max_connection_memory)? Then that call fails (PayloadTooLarge, as
+        the peer's handler gets for arguments that large), not the connection."""
+        cost = F.payload_cost(payload, limit)
+        if cost <= limit:
+            return False
+        fut.set_exception(
+            PayloadTooLarge(
+                f"the answer to a call ({len(payload)} bytes) would decode to more than {limit} bytes "
+                f"of objects, over max_connection_memory ({limit}): return large data as a stream, "
+                "or raise the option"
+            )
+        )
+        return True
 
     def _on_call_failed(self, ev: E.CallFailed) -> None:
         fut = self._calls.pop(ev.call_id, None)

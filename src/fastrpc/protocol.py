@@ -100,6 +100,7 @@ _walk_frames = F.walk_frames
 _WALK_STEP = F.WALK_STEP
 _take_items = F.take_items
 _take_run = F.take_run
+_payload_cost = F.payload_cost
 _KIND = FLAG_RAW | F.FLAG_COMPRESSED  # the flags an item keeps
 # A stream's queue holds (payload, kind, charge), or the payload alone for a whole
 # raw item (kind FLAG_RAW, charge len + FRAME_CHARGE): the common item, and its tuple
@@ -146,6 +147,7 @@ class Connection:
         "bytes_out",
         "closed",
         "control_queue",
+        "decode_free",
         "decoding",
         "frames_in",
         "frames_out",
@@ -196,6 +198,9 @@ class Connection:
         self.control_queue = self._sched.control
         self._flow = FlowControl(self._sched.control, settings, max_window=max_window, max_growth=max_growth)
         self._budget = budget = MemoryBudget(max_connection_memory)
+        # A plain item (or answer) of at most this many bytes cannot decode past
+        # max_connection_memory: only a longer one has its decoded cost measured.
+        self.decode_free = max_connection_memory // _compression.MAX_DECODE_RATIO
         self._peer_parity = 0 if role is Role.CLIENT else 1
         self._calls = CallTable(self._sched.control, settings.max_pending_calls, budget, self._peer_parity)
         self.session = ResumeState(max_replay_bytes, batch_size)  # token, positions, replay
@@ -618,6 +623,8 @@ class Connection:
         if kind == FLAG_RAW:  # bytes sent as they are: the common kind
             return payload, True, grant
         if not kind:
+            if len(payload) > self.decode_free:  # might decode past max_connection_memory
+                self._check_cost(stream_id, payload)
             return payload, False, grant
         if kind & _COMPRESSED:
             # Held compressed (what the window counted), inflated as it is read
@@ -635,6 +642,16 @@ class Connection:
                 raise
         return payload, kind & FLAG_RAW != 0, grant
 
+    def _check_cost(self, stream_id: int, payload: Payload) -> None:
+        """(:meth:`read_item`, a long plain item.) Decoding it would allocate past
+        max_connection_memory: it fails this stream as a refused compressed item does
+        (LimitExceeded to the reader; STREAM_CLOSE, or CANCEL, to the sender)."""
+        try:
+            _compression.check_item_cost(payload, self._budget.limit)
+        except ProtocolError:
+            self.close_stream(stream_id)
+            raise
+
     def read_items(self, stream_id: int, limit: int, max_size: int = -1) -> tuple[list[Payload], bool, int]:
         """Up to ``limit`` items of an incoming stream in one step, ``(payloads, raw,
         granted)``: the next item and those after it of the same kind (raw or plain;
@@ -642,19 +659,44 @@ class Connection:
         ``max_size`` bytes (>= 0; the first whatever its size). Their memory is released
         and their credit counted as consumed, as by :meth:`read_item` (credit goes back
         in batches: ``granted`` > 0 queued a CREDIT). No payloads: nothing queued, or
-        the next item is compressed."""
+        the next item is compressed, or plain and would decode past
+        ``max_connection_memory`` (:meth:`read_item` refuses it)."""
         s = self._inbound.streams.get(stream_id)
         if s is None:
             return [], False, 0
-        out, kind, nbytes, charged, top = _take_run(s.items, limit, _COMPRESSED, FRAME_CHARGE, _BARE, max_size)
+        items = s.items
+        out, kind, nbytes, charged, top = _take_run(items, limit, _COMPRESSED, FRAME_CHARGE, _BARE, max_size)
         if not out:
             return out, False, 0
+        if nbytes > self.decode_free and not kind:  # plain items that might decode past the budget
+            bad = self._costly(out)
+            if bad >= 0:
+                # That item goes back to the front of the queue, still held (its credit
+                # counted now), and the run ends before it: the next read is
+                # read_item's, which refuses it and fails the stream. The items after
+                # it are dropped, as failing the stream would drop them.
+                payload = out[bad]
+                nbytes -= len(payload)
+                del out[bad:]
+                if isinstance(items, list):
+                    items.insert(0, (payload, kind, 0))
+                else:
+                    items.appendleft((payload, kind, 0))
         self._budget.held -= nbytes
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charged)
         if grant:
             flow.granted(s, grant, top)
         return out, kind == FLAG_RAW, grant
+
+    def _costly(self, payloads: list[Payload]) -> int:
+        """(:meth:`read_items`.) The index of the first plain item of ``payloads`` that
+        would decode past max_connection_memory, or -1."""
+        free, limit = self.decode_free, self._budget.limit
+        for i, payload in enumerate(payloads):
+            if len(payload) > free and _payload_cost(payload, limit) > limit:
+                return i
+        return -1
 
     def stream_end(self, stream_id: int) -> tuple[bool, BaseException | None]:
         """``(ended, error)`` of an incoming stream with no item left to read (``ended``
