@@ -230,7 +230,10 @@ def frames_server(
 async def raw_client(url: str, settings: Settings | None = None) -> AsyncIterator[RawClient]:
     """Connect to a fastrpc server and do the HELLO exchange by hand."""
     core = Connection(Role.CLIENT, settings or Settings())
-    ws = await ws_connect(url, compression=None, ping_interval=None, max_size=None, **NO_PROXY)
+    # close_timeout: a raw client that did not read what the server sent (its queue
+    # full, so it reads no more) never sees the server's close frame; its exit
+    # waited websockets' 10 s for it.
+    ws = await ws_connect(url, compression=None, ping_interval=None, max_size=None, close_timeout=1, **NO_PROXY)
     try:
         hello = core.next_message()
         assert hello is not None
