@@ -18,3 +18,6 @@ cdef class CallTable:
     cdef public object peer_parity
     cdef public dict streaming_out
     cdef public dict streams_out
+
+    # A C call from call() (every peer.call's path), and a method for the call lane.
+    cpdef object reserve(self, object method, Py_ssize_t size)

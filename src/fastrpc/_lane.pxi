@@ -237,6 +237,8 @@ cdef class CallLane:
     cdef object framing        # the transport's _FRAMING mode
     cdef object current        # peer_io._current_peer (a ContextVar)
     cdef dict names            # calls.METHOD_NAMES: a name's bytes -> its str
+    cdef dict heads            # calls.METHOD_HEADS: a name -> its encoded head (calls.method_head)
+    cdef object method_head
     cdef object sync           # router.SYNC: the kind of a plain sync handler
     cdef object failed         # the exceptions a sync handler's call answers
     cdef object ready          # the peer's _ready future, once seen done
@@ -249,7 +251,7 @@ cdef class CallLane:
     cdef type peer_type, wire_type, link_type, core_type, session_type, sched_type
     cdef type flow_type, inbound_type, handlers_type, streams_type, reads_type
 
-    def __init__(self, peer, current, dict names, sync, failed,
+    def __init__(self, peer, current, dict names, dict heads, method_head, sync, failed,
                  wire, tcp, ws, open_state, Py_ssize_t high, bint client, framing, Py_ssize_t read_slice):
         self.peer = peer
         self.wire = wire
@@ -269,6 +271,8 @@ cdef class CallLane:
         self.masked = not client
         self.current = current
         self.names = names
+        self.heads = heads
+        self.method_head = method_head
         self.sync = sync
         self.failed = failed
         self.last_name = b""
@@ -578,11 +582,9 @@ cdef class CallLane:
         waits to be written: its id; None, and nothing done, when that path would not
         write it at once (the caller takes it). ``CallTable.call``'s errors."""
         cdef Py_ssize_t *off = self.s.off
-        cdef FrameWriter w
-        cdef Py_ssize_t flen, head
+        cdef Py_ssize_t flen, head, hlen, plen
         cdef int k
         cdef unsigned char *o
-        cdef const unsigned char *src
         cdef const unsigned char *mask
         peer = self.peer
         wire = self.wire
@@ -611,21 +613,18 @@ cdef class CallLane:
             return None
         if tcp.get_write_buffer_size() > self.high:
             return None
-        control = _get(_get(core, off[C_SCHED]), off[Q_CONTROL])
-        if type(control) is not FrameWriter:
+        mhead = self.heads.get(method)
+        if mhead is None:
+            mhead = self.method_head(method)
+        if type(mhead) is not bytes:
             return None
-        w = <FrameWriter>control
-        # Connection.call_now: the call made (its errors raised as they are), its
-        # message taken and counted.
-        cid = _get(core, off[C_CALLS]).call(method, payload, True)
-        if w._nheld:  # (a payload large enough to be held by reference)
-            msg = w.take()
-            flen = PyBytes_GET_SIZE(msg)
-            src = <const unsigned char *>PyBytes_AS_STRING(msg)
-        else:
-            msg = None
-            flen = w._buf.len
-            src = w._buf.data
+        hlen = PyBytes_GET_SIZE(mhead)
+        plen = PyBytes_GET_SIZE(payload)
+        # Connection.call_now (CallTable.call): the call made (its errors raised as
+        # they are), its REQUEST written here, not queued, and counted.
+        cid = _get(core, off[C_CALLS]).reserve(method, hlen + plen)
+        fid = <uint64_t>cid
+        flen = 2 + _vsize(fid) + _vsize(<uint64_t>(hlen + plen)) + hlen + plen
         head = 6 if flen < 126 else (8 if flen < 65536 else 14)
         out = PyBytes_FromStringAndSize(NULL, head + flen)
         o = <unsigned char *>PyBytes_AS_STRING(out)
@@ -642,9 +641,11 @@ cdef class CallLane:
                 o[2 + k] = <unsigned char>((<uint64_t>flen) >> (56 - 8 * k))
         mask = _lane_mask()
         memcpy(o + head - 4, mask, 4)
-        _xor_into(o + head, src, flen, mask, 0)
-        if msg is None:
-            w._start_over()
+        o += head
+        k = _put_header(o, _LANE_REQUEST, _LANE_RAW, fid, <uint64_t>(hlen + plen)) - o
+        memcpy(o + k, PyBytes_AS_STRING(mhead), <size_t>hlen)
+        memcpy(o + k + hlen, PyBytes_AS_STRING(payload), <size_t>plen)
+        _xor_into(o, o, flen, mask, 0)  # (in place: each block read before it is written)
         _add(core, off[C_FRAMES_OUT], 1)
         _add(core, off[C_MESSAGES_OUT], 1)
         _add(core, off[C_BYTES_OUT], flen)

@@ -27,7 +27,7 @@ from typing import Any
 from . import frames as F
 from . import options as O
 from .api import PeerAPI
-from .calls import METHOD_NAMES
+from .calls import METHOD_HEADS, METHOD_NAMES, method_head
 from .exceptions import ConnectionClosed, LimitExceeded, ProtocolError
 from .keepalive import Keepalive
 from .log import protocol_logger, warn_limited
@@ -108,7 +108,7 @@ class PeerIO(PeerAPI):
             self._more_soon(transport)
         if _CallLane is not None:
             self._lane = transport.attach_lane(
-                partial(_CallLane, self, _current_peer, METHOD_NAMES, SYNC, _HANDLER_FAILED)
+                partial(_CallLane, self, _current_peer, METHOD_NAMES, METHOD_HEADS, method_head, SYNC, _HANDLER_FAILED)
             )
         transport.start_reading(self)  # message_received, messages_read, transport_lost
 
