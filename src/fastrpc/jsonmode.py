@@ -1109,15 +1109,7 @@ class JsonPeer:
             if self._senders.get(sid) is task:
                 del self._senders[sid]
             task.add_done_callback(_retrieve)
-            log.warning(
-                "sender of outgoing stream %r to %s did not stop within %s s of its cancellation "
-                "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
-                "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
-                sid,
-                address,
-                _streams.SENDER_STOP_TIMEOUT,
-                _streams._source_of(task),
-            )
+            _streams.warn_given_up(log, task, sid, address)
 
 
 async def _stopped(tasks: list[asyncio.Task[Any]], timeout: float) -> set[asyncio.Task[Any]]:

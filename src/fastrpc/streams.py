@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
@@ -1497,15 +1498,7 @@ class StreamManager:
         address = getattr(link.host, "remote_address", None)
         self.abandon(tasks)
         for task, sid in tasks.items():
-            logger.warning(
-                "sender of outgoing stream %s to %s did not stop within %s s of its cancellation "
-                "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
-                "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
-                sid,
-                address,
-                SENDER_STOP_TIMEOUT,
-                _source_of(task),
-            )
+            warn_given_up(logger, task, sid, address)
 
     def abandon(self, tasks: dict[asyncio.Task[Any], int]) -> None:
         """Untrack ``tasks`` (task -> the outgoing stream id it sends on), given up on:
@@ -1549,6 +1542,21 @@ class _DrainWaiter:
         self.urgency = urgency
         self.arrival = arrival
         self.fut: asyncio.Future[bool] | None = fut
+
+
+def warn_given_up(logger: logging.Logger, task: asyncio.Task[Any], sid: object, address: object) -> None:
+    """Log that the sender ``task`` of outgoing stream ``sid`` to ``address`` did not
+    stop within SENDER_STOP_TIMEOUT of its cancellation and was given up on (here and
+    in JSON mode's close)."""
+    logger.warning(
+        "sender of outgoing stream %r to %s did not stop within %s s of its cancellation "
+        "(does its source %s catch CancelledError?): given up on, it runs on detached from the "
+        "connection (the wait is fastrpc.streams.SENDER_STOP_TIMEOUT)",
+        sid,
+        address,
+        SENDER_STOP_TIMEOUT,
+        _source_of(task),
+    )
 
 
 def _source_of(task: asyncio.Task[Any]) -> str:
