@@ -335,3 +335,51 @@ def test_the_lane_is_the_sockets_protocol_and_reads_its_tables_in_place() -> Non
             assert await peer.call("echo", b"y" * 100_000) == b"y" * 100_000
 
     run(main(), timeout=20)
+
+
+def _tables() -> list[Any]:
+    # (table class, lane_admit, lane_finish): calltable.py's source, and compiled.
+    import importlib
+
+    from fastrpc import calltable
+
+    out = [pytest.param((calltable.PyCallTable, calltable.lane_admit, calltable.lane_finish), id="python")]
+    if calltable.COMPILED:
+        c = importlib.import_module("fastrpc._calltable")
+        out.append(pytest.param((c.CallTable, c.lane_admit, c.lane_finish), id="cython"))
+    return out
+
+
+@pytest.mark.parametrize("twin", _tables())
+def test_lane_admit_and_finish_keep_the_books_as_take_and_reply(twin: Any) -> None:
+    # The server's lane admits and finishes a call through these two (compiled: C
+    # calls from the codec); the pure source and the compiled one agree.
+    from fastrpc.budget import MemoryBudget
+
+    budget = MemoryBudget(100)
+    table_type, lane_admit, lane_finish = twin
+    table = table_type(F.FrameWriter(), 2, budget, peer_parity=1)
+    table.frame_limit = 50
+    assert not lane_admit(table, 2, 10)  # our own parity
+    assert not lane_admit(table, 0, 10)
+    assert lane_admit(table, 1, 60)
+    assert not lane_admit(table, 1, 1)  # in use
+    assert not lane_admit(table, 3, 41)  # past max_connection_memory: nothing held
+    assert budget.held == 60 and table.inbound == {1: 60}
+    assert lane_admit(table, 3, 40)
+    assert not lane_admit(table, 5, 0)  # past max_inbound (2 running)
+    assert budget.held == 100
+    assert not lane_finish(table, 1, 51)  # an answer past the caller's frame limit: nothing done
+    assert table.inbound == {1: 60, 3: 40}
+    assert lane_finish(table, 1, 50)
+    assert lane_finish(table, 3, 0)
+    assert table.inbound == {} and budget.held == 0
+    assert lane_finish(table, 3, 0)  # a call already over: nothing to do
+
+
+def test_the_compiled_lane_calls_the_compiled_call_table_in_c() -> None:
+    from fastrpc import calltable
+
+    # With this version's build, the lane finds _calltable's exported C functions
+    # (else it would call them through Python: slower, the same books).
+    assert F._codec.lane_table_in_c() is calltable.COMPILED

@@ -21,3 +21,13 @@ cdef class CallTable:
 
     # A C call from call() (every peer.call's path), and a method for the call lane.
     cpdef object reserve(self, object method, Py_ssize_t size)
+    # C calls from lane_admit and lane_finish (the server's lane, every call).
+    cpdef bint admit(self, object call_id, Py_ssize_t cost) except -1
+    cpdef object finish(self, object call_id)
+
+
+# Exported C functions (this module's __pyx_capi__): the call lane in fastrpc._frames
+# finds them when it builds its first lane and calls them in C. (A cimport would make
+# the codec import this module as it loads, and this module imports the codec.)
+cpdef bint lane_admit(CallTable table, object call_id, Py_ssize_t cost) except -1
+cpdef bint lane_finish(CallTable table, object call_id, Py_ssize_t size) except -1

@@ -21,6 +21,7 @@
 # fail (tests/test_lane.py), never a silent slow path.
 
 from cpython.contextvars cimport PyContextVar_Get
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact, PyLong_FromSsize_t
 from cpython.dict cimport PyDict_GetItem
 from cpython.tuple cimport PyTuple_GET_SIZE
@@ -79,12 +80,11 @@ cdef enum:
     W_SINK, W_INTO, W_MODE, W_BUF, W_PARTS, W_TAKEN, W_READS,
     M_DRAIN_WAITERS,
     L_FLUSH_PENDING, L_CLOSED,
-    C_CLOSED, C_DECODING, C_SESSION, C_SCHED, C_FLOW, C_CALLS, C_INBOUND, C_MESSAGES_IN,
+    C_CLOSED, C_DECODING, C_SESSION, C_SCHED, C_FLOW, C_CALLS, C_MESSAGES_IN,
     C_BYTES_IN, C_FRAMES_IN, C_FRAMES_OUT, C_MESSAGES_OUT, C_BYTES_OUT,
-    S_ENABLED, S_AWAITING_HELLO, S_SINCE_ACK_BYTES, S_HANDSHAKE_SENT,
+    S_ENABLED, S_AWAITING_HELLO, S_HANDSHAKE_SENT,
     Q_CONTROL, Q_BACKLOG_BYTES, Q_READY,
     F_SLOT_GRANTS,
-    I_MESSAGE_COUNT,
     H_OWN, H_ROUTER,
     R_VIEW,
     _N_SLOTS
@@ -95,12 +95,11 @@ _LANE_SLOTS = (
     ("wire", ("_sink", "_into", "_mode", "_buf", "_parts", "_taken", "_reads")),
     ("streams", ("_drain_waiters",)),
     ("link", ("flush_pending", "closed")),
-    ("core", ("closed", "decoding", "session", "_sched", "_flow", "_calls", "_inbound", "messages_in",
+    ("core", ("closed", "decoding", "session", "_sched", "_flow", "_calls", "messages_in",
               "bytes_in", "frames_in", "frames_out", "messages_out", "bytes_out")),
-    ("session", ("enabled", "awaiting_hello", "since_ack_bytes", "handshake_sent")),
+    ("session", ("enabled", "awaiting_hello", "handshake_sent")),
     ("sched", ("control", "backlog_bytes", "ready")),
     ("flow", ("slot_grants",)),
-    ("inbound", ("message_count",)),
     ("handlers", ("own", "router")),
     ("reads", ("view",)),
 )
@@ -172,21 +171,65 @@ cdef inline bint _true(object o, Py_ssize_t off) except -1:
     return bool(<object>p)
 
 
-# Router.methods and Router.specs, read in their slots (a Router's, not a subclass's,
-# which may make them something else): resolved with the first lane.
+# Router.methods and Router.specs, MethodSpec.authorize and .args, ArgumentSpec.raw_ok,
+# read in their slots (of those classes, not of subclasses, which may make them
+# something else): resolved with the first lane.
 cdef object _router_type = None
+cdef type _spec_type = None, _args_type = None
 cdef Py_ssize_t _ROUTER_METHODS = 0, _ROUTER_SPECS = 0
+cdef Py_ssize_t _SPEC_AUTHORIZE = 0, _SPEC_ARGS = 0, _ARGS_RAW_OK = 0
+
+# The compiled call table's admission and finish (calltable.lane_admit/lane_finish),
+# called in C through fastrpc._calltable's exported functions. Found with the first
+# lane, not cimported: a cimport would import _calltable as this module loads, and
+# _calltable imports this module (through frames). The signature is checked: a
+# _calltable built otherwise leaves them NULL and the lane calls them in Python.
+ctypedef int (*_table_fn)(object, object, Py_ssize_t, int) except -1
+cdef _table_fn _table_admit = NULL, _table_finish = NULL
+cdef type _table_type = None   # the CallTable they take; None: Python calls
+cdef object _py_lane_finish = None
+
+
+cdef Py_ssize_t _slot_of(tp, str name) except -1:
+    cdef Py_ssize_t o = fastrpc_slot_offset(tp, name)
+    if o < 0:
+        raise TypeError(f"the call lane reads {tp.__name__}.{name}, which is not a slot of it")
+    return o
 
 
 cdef _resolve_router():
-    global _router_type, _ROUTER_METHODS, _ROUTER_SPECS
-    from fastrpc.router import Router
-    m = fastrpc_slot_offset(Router, "methods")
-    sp = fastrpc_slot_offset(Router, "specs")
-    if m < 0 or sp < 0:
-        raise TypeError("the call lane reads Router.methods and Router.specs, which are not slots of it")
-    _ROUTER_METHODS, _ROUTER_SPECS = m, sp
+    global _router_type, _ROUTER_METHODS, _ROUTER_SPECS, _spec_type, _args_type
+    global _SPEC_AUTHORIZE, _SPEC_ARGS, _ARGS_RAW_OK
+    global _table_admit, _table_finish, _table_type, _py_lane_finish
+    from fastrpc.arguments import ArgumentSpec
+    from fastrpc.router import MethodSpec, Router
+    from fastrpc import calltable
+    _ROUTER_METHODS = _slot_of(Router, "methods")
+    _ROUTER_SPECS = _slot_of(Router, "specs")
+    _SPEC_AUTHORIZE = _slot_of(MethodSpec, "authorize")
+    _SPEC_ARGS = _slot_of(MethodSpec, "args")
+    _ARGS_RAW_OK = _slot_of(ArgumentSpec, "raw_ok")
+    _spec_type, _args_type = MethodSpec, ArgumentSpec
+    _py_lane_finish = calltable.lane_finish
+    if calltable.COMPILED:
+        from fastrpc import _calltable
+        api = getattr(_calltable, "__pyx_capi__", {})
+        sig = b"int (struct __pyx_obj_7fastrpc_10_calltable_CallTable *, PyObject *, Py_ssize_t, int __pyx_skip_dispatch)"
+        admit = api.get("lane_admit")
+        finish = api.get("lane_finish")
+        if PyCapsule_IsValid(admit, sig) and PyCapsule_IsValid(finish, sig):
+            _table_admit = <_table_fn>PyCapsule_GetPointer(admit, sig)
+            _table_finish = <_table_fn>PyCapsule_GetPointer(finish, sig)
+            _table_type = calltable.CallTable
     _router_type = Router
+
+
+def lane_table_in_c():
+    """Whether the lanes call the compiled call table's admission and finish in C
+    (True with a build of this version; tests/test_lane.py checks it)."""
+    if _router_type is None:
+        _resolve_router()
+    return _table_type is not None
 
 
 cdef inline object _router_table(object r, Py_ssize_t off):
@@ -249,7 +292,7 @@ cdef class CallLane:
     cdef bint masked           # frames received are masked (a server's lane)
     cdef _Slots s
     cdef type peer_type, wire_type, link_type, core_type, session_type, sched_type
-    cdef type flow_type, inbound_type, handlers_type, streams_type, reads_type
+    cdef type flow_type, handlers_type, streams_type, reads_type
 
     def __init__(self, peer, current, dict names, dict heads, method_head, sync, failed,
                  wire, tcp, ws, open_state, Py_ssize_t high, bint client, framing, Py_ssize_t read_slice):
@@ -286,7 +329,6 @@ cdef class CallLane:
             "session": type(core.session),
             "sched": type(core._sched),
             "flow": type(core._flow),
-            "inbound": type(core._inbound),
             "handlers": type(peer._handlers),
             "reads": type(wire._reads),
         }
@@ -297,7 +339,7 @@ cdef class CallLane:
         self.s = slots
         self.peer_type, self.wire_type, self.link_type = types["peer"], types["wire"], types["link"]
         self.core_type, self.session_type, self.sched_type = types["core"], types["session"], types["sched"]
-        self.flow_type, self.inbound_type = types["flow"], types["inbound"]
+        self.flow_type = types["flow"]
         self.handlers_type, self.streams_type = types["handlers"], types["streams"]
         self.reads_type = types["reads"]
 
@@ -366,9 +408,14 @@ cdef class CallLane:
             if type(specs) is not dict:
                 return None
             spec = (<dict>specs).get(method)
-            if spec is not None and (spec.authorize is not None
-                                     or (spec.args is not None and not spec.args.raw_ok)):
-                return None
+            if spec is not None:
+                if type(spec) is not _spec_type:
+                    return None
+                if _get(spec, _SPEC_AUTHORIZE) is not None:
+                    return None
+                args = _get(spec, _SPEC_ARGS)
+                if args is not None and (type(args) is not _args_type or not _true(args, _ARGS_RAW_OK)):
+                    return None
         return fn
 
     cdef bint _reading(self, peer, wire) except -1:
@@ -399,7 +446,7 @@ cdef class CallLane:
         if (type(session) is not self.session_type or _true(session, off[S_ENABLED])
                 or _true(session, off[S_AWAITING_HELLO])):
             return False
-        return type(_get(core, off[C_INBOUND])) is self.inbound_type
+        return True
 
     cdef bint _idle(self, peer, wire) except -1:
         # Reading (above), and nothing else going on: no output queued or being
@@ -546,7 +593,10 @@ cdef class CallLane:
             key = PyLong_FromUnsignedLongLong(fid)
             # Last: the call table's admission (CallTable.admit, as take): the call
             # runs from here, or nothing was done.
-            if not calls.admit(key, cost):
+            if type(calls) is _table_type:
+                if not _table_admit(calls, key, cost, 0):
+                    return False
+            elif not calls.admit(key, cost):
                 return False
         except Exception:
             return False  # (the Python path meets the same and says what it is)
@@ -670,10 +720,10 @@ cdef class CallLane:
         fastrpc_set_slot(peer, off[P_IN_READ], False)
         _add(core, off[C_MESSAGES_IN], 1)
         _add(core, off[C_BYTES_IN], length)
-        _add(_get(core, off[C_SESSION]), off[S_SINCE_ACK_BYTES], length)
+        # (Not session.since_ack_bytes: counted with resumption on, which the lane
+        # never is; nor message_count, which no call message needs.)
         fastrpc_set_slot(peer, off[P_FRESH], True)
         fastrpc_set_slot(peer, off[P_PROCESSING], True)
-        _add(_get(core, off[C_INBOUND]), off[I_MESSAGE_COUNT], 1)
         _add(core, off[C_FRAMES_IN], 1)
         return 0
 
@@ -740,7 +790,7 @@ cdef class CallLane:
             return False
         rlen = PyBytes_GET_SIZE(result)
         flen = 2 + _vsize(fid) + _vsize(<uint64_t>rlen) + rlen
-        if flen >= _LANE_MAX_OUT or not self.masked or rlen > calls.frame_limit:
+        if flen >= _LANE_MAX_OUT or not self.masked:
             return False  # (a client's lane would write masked frames: not taken here)
         if (_get(peer, off[P_TRANSPORT]) is not self.wire or _true(peer, off[P_IN_READ])
                 or not _true(peer, off[P_DIRECT])):
@@ -756,7 +806,13 @@ cdef class CallLane:
         size = tcp.get_write_buffer_size()
         if size > self.high:
             return False
-        calls.finish(key)  # (CallTable.reply: the call is over)
+        # Last (CallTable.reply): the call is over, or the answer is past the
+        # caller's frame limit and nothing was done (reply sends the error).
+        if type(calls) is _table_type:
+            if not _table_finish(calls, key, rlen, 0):
+                return False
+        elif not _py_lane_finish(calls, key, rlen):
+            return False
         head = 2 if flen < 126 else 4
         out = PyBytes_FromStringAndSize(NULL, head + flen)
         o = <unsigned char *>PyBytes_AS_STRING(out)

@@ -35,7 +35,7 @@ from .calls import (
 from .events import CallFailed, NotificationReceived, ResponseReceived
 from .exceptions import ConnectionClosed, ErrorCode, LimitExceeded, PayloadTooLarge, ProtocolError
 
-__all__ = ["COMPILED", "CallTable", "PyCallTable"]
+__all__ = ["COMPILED", "CallTable", "PyCallTable", "lane_admit", "lane_finish"]
 
 _FLAG_STREAM, _FLAG_CHANNEL, _FLAG_DEADLINE = F.FLAG_STREAM, F.FLAG_CHANNEL, F.FLAG_DEADLINE
 _REQUEST, _RESPONSE = F.REQUEST, F.RESPONSE
@@ -429,6 +429,25 @@ class CallTable:
         self.streaming_out.clear()
         self.inbound.clear()
         self.channels = None
+
+
+def lane_admit(table: CallTable, call_id: int, cost: int) -> bool:
+    """(The compiled call lane) ``table.admit(call_id, cost)``. Compiled, the codec
+    reaches it with a C call, through this module's exported C functions (the
+    ``__pyx_capi__`` of ``fastrpc._calltable``, looked up when the first lane is
+    built: the codec does not import this module when it loads)."""
+    return table.admit(call_id, cost)
+
+
+def lane_finish(table: CallTable, call_id: int, size: int) -> bool:
+    """(The compiled call lane, about to write the answer of ``size`` bytes to the
+    peer's call ``call_id`` itself) :meth:`CallTable.reply` without the queueing:
+    False, and nothing done, past the caller's frame limit (``reply`` sends an
+    error then); True, and call ``call_id`` is over."""
+    if size > table.frame_limit:
+        return False
+    table.finish(call_id)
+    return True
 
 
 PyCallTable = CallTable  # the pure twin, whichever is live: tests compare the two

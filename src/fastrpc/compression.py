@@ -3,8 +3,9 @@
 Decompression is always bounded: a payload that would inflate past the limit, a zstd
 frame that asks for a window past it (:func:`window_limit`), bytes after the end of the
 compressed data, and an item that would decode to more than the connection's memory
-budget (:func:`check_cost`) are a :class:`ProtocolError` (COMPRESSION_ERROR), never a
-large allocation nor data dropped. See ``docs/protocol.md``, "Compression".
+budget (``Connection.decodes_past_budget``, once inflated) are a :class:`ProtocolError`
+(COMPRESSION_ERROR), never a large allocation nor data dropped. See
+``docs/protocol.md``, "Compression".
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import zlib
 from types import ModuleType
 from typing import Any
 
-from .exceptions import ErrorCode, LimitExceeded, ProtocolError
-from .frames import payload_cost
+from .exceptions import ErrorCode, ProtocolError
 
 ZLIB = 1
 ZSTD = 2
@@ -27,7 +27,8 @@ _KIB = 1 << 10
 # 56, JSON "[[],[],...]" ~44). Lengths declared past the end of the payload score
 # higher, but the codec (msgspec) refuses those as truncated before allocating them.
 # A plain payload of at most limit // MAX_DECODE_RATIO bytes cannot decode past
-# ``limit``: only a longer one is walked (one integer comparison on the hot path).
+# ``limit``: only a longer one is walked (one integer comparison on the hot path;
+# Connection.decode_free, Connection.decodes_past_budget).
 MAX_DECODE_RATIO = 72
 
 _zstd: ModuleType | None
@@ -141,34 +142,6 @@ def _zstd_decompress(raw: bytes, max_size: int) -> bytes:
         raise ProtocolError("truncated compressed payload", ErrorCode.COMPRESSION_ERROR)
     _no_trailer(len(d.unused_data))
     return bytes(whole)
-
-
-def check_cost(payload: bytes, limit: int) -> None:
-    """An inflated item the codec will decode: :class:`ProtocolError`
-    (COMPRESSION_ERROR) when decoding it would allocate more than ``limit`` bytes of
-    objects (``max_connection_memory``; measured by ``frames.payload_cost``, as call
-    arguments are). A few KiB of ``[[], [], ...]`` inflate to ``max_item_size`` bytes,
-    then decode to ~60 times that: the peer's compression ratio times the codec's."""
-    cost = payload_cost(payload, limit)
-    if cost > limit:
-        raise ProtocolError(
-            f"a compressed item would decode to more than {limit} bytes of objects, "
-            f"over max_connection_memory ({limit})",
-            ErrorCode.COMPRESSION_ERROR,
-        )
-
-
-def check_item_cost(payload: bytes | bytearray | memoryview, limit: int) -> None:
-    """A plain (not raw, not compressed) item the codec will decode:
-    :class:`LimitExceeded` (LIMIT_EXCEEDED) when decoding it would allocate more than
-    ``limit`` bytes of objects (``max_connection_memory``), as :func:`check_cost`
-    refuses a compressed one. Call it only past ``limit // MAX_DECODE_RATIO`` bytes."""
-    cost = payload_cost(payload, limit)
-    if cost > limit:
-        raise LimitExceeded(
-            f"an item of {len(payload)} bytes would decode to more than {limit} bytes of objects, "
-            f"over max_connection_memory ({limit})"
-        )
 
 
 def _too_large(max_size: int) -> ProtocolError:

@@ -566,7 +566,19 @@ class RpcPeer(PeerIO):
 
     def _resolve(self, fut: asyncio.Future[Any], payload: Any, raw: bool) -> None:
         core = self._core
-        if not raw and len(payload) > core.decode_free and self._too_costly(fut, payload, core.budget.limit):
+        # A long plain answer that would decode past max_connection_memory fails that
+        # call, not the connection: PayloadTooLarge, as the peer's handler gets for
+        # arguments that large. (decodes_past_budget's shortcut inline: no call for a
+        # short answer.)
+        if not raw and len(payload) > core.decode_free and core.decodes_past_budget(payload):
+            limit = core.budget.limit
+            fut.set_exception(
+                PayloadTooLarge(
+                    f"the answer to a call ({len(payload)} bytes) would decode to more than {limit} bytes "
+                    f"of objects, over max_connection_memory ({limit}): return large data as a stream, "
+                    "or raise the option"
+                )
+            )
             return
         try:
             fut.set_result(self._link.decoder.decode(payload, raw))
@@ -577,23 +589,6 @@ class RpcPeer(PeerIO):
                 fut.set_exception(err)
             else:
                 fut.set_exception(exc)
-
-    @staticmethod
-    def _too_costly(fut: asyncio.Future[Any], payload: Any, limit: int) -> bool:
-        """(:meth:`_resolve`, a long plain answer.) Would decoding it allocate more than
-        ``limit`` (max_connection_memory)? Then that call fails (PayloadTooLarge, as
-        the peer's handler gets for arguments that large), not the connection."""
-        cost = F.payload_cost(payload, limit)
-        if cost <= limit:
-            return False
-        fut.set_exception(
-            PayloadTooLarge(
-                f"the answer to a call ({len(payload)} bytes) would decode to more than {limit} bytes "
-                f"of objects, over max_connection_memory ({limit}): return large data as a stream, "
-                "or raise the option"
-            )
-        )
-        return True
 
     def _on_call_failed(self, ev: E.CallFailed) -> None:
         fut = self._calls.pop(ev.call_id, None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Union
+from typing import NoReturn, Union
 
 from . import compression as _compression
 from . import frames as F
@@ -623,8 +623,9 @@ class Connection:
         if kind == FLAG_RAW:  # bytes sent as they are: the common kind
             return payload, True, grant
         if not kind:
-            if len(payload) > self.decode_free:  # might decode past max_connection_memory
-                self._check_cost(stream_id, payload)
+            # (decodes_past_budget's shortcut inline: no call for a short item.)
+            if len(payload) > self.decode_free and self.decodes_past_budget(payload):
+                self._refuse_costly(stream_id, payload, False)
             return payload, False, grant
         if kind & _COMPRESSED:
             # Held compressed (what the window counted), inflated as it is read
@@ -632,25 +633,44 @@ class Connection:
             # (ProtocolError, COMPRESSION_ERROR), not the reader, as the reader closing
             # it would (close_stream): STREAM_CLOSE, or for a streaming call of ours
             # CANCEL (STREAM_CLOSE would leave its call slot taken for good). One the
-            # codec decodes may not decode past max_connection_memory either.
+            # codec decodes may not decode past max_connection_memory either: a few KiB
+            # of [[], [], ...] inflate to max_item_size bytes, then decode to ~60 times
+            # that (the peer's compression ratio times the codec's).
             try:
                 payload = _compression.decompress(self._algorithm, payload, self.settings.max_item_size)
-                if not kind & FLAG_RAW:
-                    _compression.check_cost(payload, self._budget.limit)
             except ProtocolError:
                 self.close_stream(stream_id)
                 raise
+            if not kind & FLAG_RAW and self.decodes_past_budget(payload):
+                self._refuse_costly(stream_id, payload, True)
         return payload, kind & FLAG_RAW != 0, grant
 
-    def _check_cost(self, stream_id: int, payload: Payload) -> None:
-        """(:meth:`read_item`, a long plain item.) Decoding it would allocate past
-        max_connection_memory: it fails this stream as a refused compressed item does
-        (LimitExceeded to the reader; STREAM_CLOSE, or CANCEL, to the sender)."""
-        try:
-            _compression.check_item_cost(payload, self._budget.limit)
-        except ProtocolError:
-            self.close_stream(stream_id)
-            raise
+    def decodes_past_budget(self, payload: Payload) -> bool:
+        """Would the codec, decoding this plain payload (a stream item or a call's
+        answer that is not raw bytes; a compressed one once inflated), allocate more
+        than ``max_connection_memory`` bytes of objects? Measured by
+        ``frames.payload_cost`` (as call arguments are), which stops past the budget;
+        a payload of at most :attr:`decode_free` bytes cannot, and is not measured
+        (one integer comparison). The caller refuses the payload undecoded, with its
+        own error naming ``max_connection_memory``. Hot paths make that comparison
+        inline before calling, sparing the call for the common short payload."""
+        if len(payload) <= self.decode_free:
+            return False
+        limit = self._budget.limit
+        return _payload_cost(payload, limit) > limit
+
+    def _refuse_costly(self, stream_id: int, payload: Payload, compressed: bool) -> NoReturn:
+        """(:meth:`read_item`.) An item that would decode past max_connection_memory
+        (:meth:`decodes_past_budget`) fails this stream, not the connection: the
+        reader gets LimitExceeded (for a compressed one, ProtocolError with
+        COMPRESSION_ERROR, as for a decompression bomb), the sender STREAM_CLOSE (or
+        CANCEL, as :meth:`close_stream` sends)."""
+        self.close_stream(stream_id)
+        limit = self._budget.limit
+        over = f"would decode to more than {limit} bytes of objects, over max_connection_memory ({limit})"
+        if compressed:
+            raise ProtocolError(f"a compressed item {over}", ErrorCode.COMPRESSION_ERROR)
+        raise LimitExceeded(f"an item of {len(payload)} bytes {over}")
 
     def read_items(self, stream_id: int, limit: int, max_size: int = -1) -> tuple[list[Payload], bool, int]:
         """Up to ``limit`` items of an incoming stream in one step, ``(payloads, raw,
@@ -669,34 +689,27 @@ class Connection:
         if not out:
             return out, False, 0
         if nbytes > self.decode_free and not kind:  # plain items that might decode past the budget
-            bad = self._costly(out)
-            if bad >= 0:
-                # That item goes back to the front of the queue, still held (its credit
-                # counted now), and the run ends before it: the next read is
-                # read_item's, which refuses it and fails the stream. The items after
-                # it are dropped, as failing the stream would drop them.
-                payload = out[bad]
-                nbytes -= len(payload)
-                del out[bad:]
-                if isinstance(items, list):
-                    items.insert(0, (payload, kind, 0))
-                else:
-                    items.appendleft((payload, kind, 0))
+            free = self.decode_free
+            for bad, payload in enumerate(out):
+                # (decodes_past_budget's shortcut inline: no call for a short item.)
+                if len(payload) > free and self.decodes_past_budget(payload):
+                    # That item goes back to the front of the queue, still held (its
+                    # credit counted now), and the run ends before it: the next read is
+                    # read_item's, which refuses it and fails the stream. The items
+                    # after it are dropped, as failing the stream would drop them.
+                    nbytes -= len(payload)
+                    del out[bad:]
+                    if isinstance(items, list):
+                        items.insert(0, (payload, kind, 0))
+                    else:
+                        items.appendleft((payload, kind, 0))
+                    break
         self._budget.held -= nbytes
         flow = self._flow
         grant: int = flow.ledger_in.consumed(stream_id, charged)
         if grant:
             flow.granted(s, grant, top)
         return out, kind == FLAG_RAW, grant
-
-    def _costly(self, payloads: list[Payload]) -> int:
-        """(:meth:`read_items`.) The index of the first plain item of ``payloads`` that
-        would decode past max_connection_memory, or -1."""
-        free, limit = self.decode_free, self._budget.limit
-        for i, payload in enumerate(payloads):
-            if len(payload) > free and _payload_cost(payload, limit) > limit:
-                return i
-        return -1
 
     def stream_end(self, stream_id: int) -> tuple[bool, BaseException | None]:
         """``(ended, error)`` of an incoming stream with no item left to read (``ended``
@@ -797,7 +810,9 @@ class Connection:
                 frames = self._check((rest, pos, len(frames), frames))
         self.messages_in += 1
         self.bytes_in += n
-        self.session.since_ack_bytes += n
+        session = self.session
+        if session.enabled:  # toward the next ACK: counted while resumption is on, as frames are
+            session.since_ack_bytes += n
         return frames
 
     def _check(self, checking: tuple[Payload, int, int, list[F.Frame]]) -> list[F.Frame]:
@@ -850,7 +865,9 @@ class Connection:
         events: list[Event] = []
         if not frames:
             return events
-        self._inbound.message_count += 1  # one StreamReadable per stream per slice
+        # One StreamReadable per stream per slice. (The call lane's messages, which
+        # hold no stream frames, need no count: take_call and the others skip it.)
+        self._inbound.message_count += 1
         session = self.session
         if session.awaiting_hello:
             frames = frames[self._on_handshake(frames, events) :]
@@ -891,7 +908,6 @@ class Connection:
         """(Call lane) REQUEST ``f``, a message's one frame, admitted as
         :meth:`receive_frames` would (``CallTable.take``): its ``(method, arguments,
         deadline)``; None when it was refused (an ERROR answers it)."""
-        self._inbound.message_count += 1
         self.frames_in += 1
         return self._calls.take(f)
 
@@ -905,7 +921,6 @@ class Connection:
         done, for any other message."""
         if not self._calls.plain_requests(frames):
             return None
-        self._inbound.message_count += 1
         self.frames_in += len(frames)
         return self._calls.take
 
@@ -913,7 +928,6 @@ class Connection:
         """(Call lane) RESPONSE ``f``, a message's one frame, taken as
         :meth:`receive_frames` would: True when it answers a pending call of ours
         (False: a call we cancelled; its answer is dropped)."""
-        self._inbound.message_count += 1
         self.frames_in += 1
         return self._calls.answered(f.id)
 
@@ -925,7 +939,6 @@ class Connection:
         message skip an event an answer."""
         if not self._calls.answered_all(frames):
             return False
-        self._inbound.message_count += 1
         self.frames_in += len(frames)
         return True
 
