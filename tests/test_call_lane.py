@@ -179,8 +179,9 @@ def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.M
             await peer.call("echo", b"warm")
             sp = await server_peer(server)
             core, score = peer.core, sp.core
-            before = (core.messages_out, core.frames_out, core.messages_in, core.frames_in, core.bytes_out)
-            sbefore = (score.messages_in, score.frames_in, score.messages_out, score.frames_out, score.bytes_in)
+            t, st = core.traffic, score.traffic
+            before = (t.messages_out, t.frames_out, t.messages_in, t.frames_in, t.bytes_out)
+            sbefore = (st.messages_in, st.frames_in, st.messages_out, st.frames_out, st.bytes_in)
             seen = _count(monkeypatch)
             lane, client_lane = _compiled_lane(sp), _compiled_lane(peer)
             served = lane.served if lane is not None else 0
@@ -200,11 +201,11 @@ def test_sequential_calls_take_the_lane_and_keep_the_books(monkeypatch: pytest.M
             assert (client_lane.sent - sent if client_lane is not None else 0) == compiled
             assert seen["take_call"] + compiled == calls and seen["take_answer"] + answers == calls
             assert seen["receive_frames"] == 0
-            after = (core.messages_out, core.frames_out, core.messages_in, core.frames_in)
+            after = (t.messages_out, t.frames_out, t.messages_in, t.frames_in)
             assert [a - b for a, b in zip(after, before)] == [calls] * 4
-            safter = (score.messages_in, score.frames_in, score.messages_out, score.frames_out)
+            safter = (st.messages_in, st.frames_in, st.messages_out, st.frames_out)
             assert [a - b for a, b in zip(safter, sbefore)] == [calls] * 4
-            assert score.bytes_in - sbefore[4] == core.bytes_out - before[4] > 0
+            assert st.bytes_in - sbefore[4] == t.bytes_out - before[4] > 0
             for c in (core, score):
                 stats = c.stats()
                 assert stats["calls_in"] == [] and stats["calls_out"] == {} and stats["memory"] == 0
@@ -223,8 +224,18 @@ def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.Mo
             await peer.call("echo", b"warm")
             sp = await server_peer(server)
             core, score = peer.core, sp.core
-            before = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
-            messages = (core.messages_out, score.messages_in, score.messages_out, core.messages_in)
+            before = (
+                core.traffic.frames_out,
+                core.traffic.frames_in,
+                score.traffic.frames_in,
+                score.traffic.frames_out,
+            )
+            messages = (
+                core.traffic.messages_out,
+                score.traffic.messages_in,
+                score.traffic.messages_out,
+                core.traffic.messages_in,
+            )
             seen = _count(monkeypatch)
             _count_admitted(monkeypatch, seen)
             n = 100
@@ -236,11 +247,19 @@ def test_calls_in_flight_take_the_lane_and_keep_the_books(monkeypatch: pytest.Mo
             assert seen["take_calls"] >= 2 and seen["admit"] + seen["take_call"] == 2 * n
             assert seen["take_answers"] >= 2 and seen["take_answer"] == 0
             assert seen["receive_frames"] == 0
-            after = (core.frames_out, core.frames_in, score.frames_in, score.frames_out)
+            after = (core.traffic.frames_out, core.traffic.frames_in, score.traffic.frames_in, score.traffic.frames_out)
             assert [a - b for a, b in zip(after, before)] == [2 * n] * 4
             sent, read, answered, got_back = (
                 a - b
-                for a, b in zip((core.messages_out, score.messages_in, score.messages_out, core.messages_in), messages)
+                for a, b in zip(
+                    (
+                        core.traffic.messages_out,
+                        score.traffic.messages_in,
+                        score.traffic.messages_out,
+                        core.traffic.messages_in,
+                    ),
+                    messages,
+                )
             )
             assert sent == read >= 2 and answered == got_back >= 2
             for c in (core, score):
@@ -515,7 +534,7 @@ def test_take_answers_takes_a_message_whole_or_leaves_it_to_receive_frames(
     frames = F.decode_message(F.encode_batch(rows), F.VARINT_MAX)
     pending = {ids[i] for i in range(n) if i not in cancelled}
     whole = all(t == F.RESPONSE and fl in (0, FLAG_RAW) and cid in pending for t, fl, cid, _ in rows)
-    before = (core.stats(), core.frames_in)
+    before = (core.stats(), core.traffic.frames_in)
     try:
         took = core.take_answers(frames)
     except ProtocolError as e:
@@ -528,11 +547,11 @@ def test_take_answers_takes_a_message_whole_or_leaves_it_to_receive_frames(
     assert took == (whole and len({r[2] for r in rows}) == len(rows))
     event(f"taken: {took}")
     if not took:
-        assert (core.stats(), core.frames_in) == before
+        assert (core.stats(), core.traffic.frames_in) == before
         return
     events = twin.receive_frames(frames)
     assert events == [ResponseReceived(f.id, f.payload, f.flags != 0) for f in frames]
-    assert (core.stats(), core.frames_in) == (twin.stats(), twin.frames_in)
+    assert (core.stats(), core.traffic.frames_in) == (twin.stats(), twin.traffic.frames_in)
 
 
 def test_take_calls_takes_a_message_of_plain_calls_alone() -> None:
@@ -555,14 +574,14 @@ def test_take_calls_takes_a_message_of_plain_calls_alone() -> None:
         (F.REQUEST, FLAG_RAW, 1, head + b"b"),  # an id twice: receive_frames refuses it
     ):
         frames = message((F.REQUEST, FLAG_RAW, 1, head + b"a"), other)
-        before = (s.frames_in, s.stats())
+        before = (s.traffic.frames_in, s.stats())
         assert s.take_calls(frames) is None
-        assert (s.frames_in, s.stats()) == before
+        assert (s.traffic.frames_in, s.stats()) == before
     frames = message(*((F.REQUEST, FLAG_RAW, c, head + b"%d" % c) for c in (1, 3, 5)))
-    before = s.frames_in
+    before = s.traffic.frames_in
     admit = s.take_calls(frames)
     assert admit is not None
-    assert s.frames_in == before + 3
+    assert s.traffic.frames_in == before + 3
     assert s.stats()["calls_in"] == []  # none admitted yet
     got = [admit(f) for f in frames]
     assert [(m, bytes(p)) for m, p, _ in got] == [("echo", b"1"), ("echo", b"3"), ("echo", b"5")]

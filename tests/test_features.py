@@ -44,8 +44,8 @@ def test_small_items_are_coalesced_into_few_messages() -> None:
             assert len(got) == n and got[0] == b"x" * 16
             sp = await server_peer(server)
             # Thousands of items share each WebSocket message.
-            assert sp.core.messages_out < n / 50, sp.core.messages_out
-            assert peer.core.messages_in < n / 50
+            assert sp.core.traffic.messages_out < n / 50, sp.core.traffic.messages_out
+            assert peer.core.traffic.messages_in < n / 50
 
     run(main(), 30)
 
@@ -55,14 +55,14 @@ def test_credit_traffic_is_under_two_percent(size: int) -> None:
     async def main() -> None:
         async with pair(_feed_router()) as (server, peer):
             n = (16 << 20) // size if size > 16 else 100_000
-            before_out = peer.core.bytes_out
+            before_out = peer.core.traffic.bytes_out
             count = 0
             async for _ in peer.stream("feed", n, size):
                 count += 1
             assert count == n
             sp = await server_peer(server)
-            credit = peer.core.bytes_out - before_out
-            data = sp.core.bytes_out
+            credit = peer.core.traffic.bytes_out - before_out
+            data = sp.core.traffic.bytes_out
             assert credit / data < 0.02, (credit, data)
 
     run(main(), 60)
@@ -181,7 +181,7 @@ def test_compression_is_negotiated_and_shrinks_payloads(algorithm: str) -> None:
             sp = await server_peer(server)
             assert sp.core.compression == (C.ZSTD if algorithm == "zstd" else C.ZLIB)
             # 20 MB of items crossed the wire in a small fraction of that.
-            assert sp.core.bytes_out < n * 100_000 / 20
+            assert sp.core.traffic.bytes_out < n * 100_000 / 20
 
     run(main(), 30)
 

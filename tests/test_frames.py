@@ -1597,3 +1597,19 @@ def test_mask_frame_refuses_a_mask_not_of_4_bytes_and_what_is_not_bytes(codec: M
             codec.mask_frame(data, b"abcd")
     with pytest.raises(TypeError):
         codec.mask_frame(b"x", 1234)
+
+
+def test_traffic_counts_messages_frames_and_bytes_each_way(codec: ModuleType) -> None:
+    # Connection.traffic: the same counts from both codecs (the compiled one's C
+    # fields are also what the call lane adds to).
+    t = codec.Traffic()
+    assert (t.messages_in, t.frames_in, t.bytes_in, t.messages_out, t.frames_out, t.bytes_out) == (0,) * 6
+    assert t.sent(3, 100) == 0  # the position of the message's first frame
+    assert t.sent(1, 7) == 3
+    t.received(50)
+    assert t.took(2) == 2 and t.took(0) == 2
+    assert (t.messages_in, t.frames_in, t.bytes_in, t.messages_out, t.frames_out, t.bytes_out) == (1, 2, 50, 2, 4, 107)
+    t.frames_in = 2**62  # a position as large as a varint carries
+    assert t.took(1) == 2**62 + 1
+    with pytest.raises(AttributeError):
+        t.other = 1  # type: ignore[attr-defined]

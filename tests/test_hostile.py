@@ -507,7 +507,7 @@ def test_resume_from_a_position_past_what_was_sent() -> None:
         await a.abort()
         await asyncio.sleep(0.1)
         core.new_transport()
-        core.frames_in += 1_000_000
+        core.traffic.frames_in += 1_000_000
         b = await Attacker.open(ctx.url, hello=core.next_message(), wait_hello=False)
         await b.send(PING64)
         return await b.outcome(3)

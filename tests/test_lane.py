@@ -119,7 +119,7 @@ async def _exchange(lane: bool, calls: list[tuple[int, str, bytes]]) -> tuple[li
             for cid, method, arg in calls:
                 got += await send(reader, writer, cid, method, arg)
             taken = served(server) - before
-            books = [sum(getattr(p.core, k) for p in server.peers) for k in _BOOKS]
+            books = [sum(getattr(p.core.traffic, k) for p in server.peers) for k in _BOOKS]
         finally:
             writer.close()
             await writer.wait_closed()
@@ -217,8 +217,8 @@ def test_the_client_lane_makes_and_settles_calls_as_the_python_path(monkeypatch:
                 # the raw answers that come as one small frame: echo of the first three,
                 # grow of the first two (the rest are past 125 bytes, or errors)
                 assert client_lane.settled - settled == 5
-            books = [getattr(peer.core, k) for k in _BOOKS]
-            sbooks = [getattr(sp.core, k) for k in _BOOKS]
+            books = [getattr(peer.core.traffic, k) for k in _BOOKS]
+            sbooks = [getattr(sp.core.traffic, k) for k in _BOOKS]
             for c in (peer.core, sp.core):
                 assert c.stats()["calls_in"] == [] and c.stats()["calls_out"] == {} and c.stats()["memory"] == 0
             return out, books, sbooks

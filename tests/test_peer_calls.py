@@ -841,12 +841,16 @@ def test_a_window_of_calls_crosses_in_parts() -> None:
             await peer.call("echo", payload)
             sp = await server_peer(server)
             for n, fewest, most in ((200, 3, 200), (10, 1, 2)):
-                sent, sent_bytes, answered = peer.core.messages_out, peer.core.bytes_out, sp.core.messages_out
+                sent, sent_bytes, answered = (
+                    peer.core.traffic.messages_out,
+                    peer.core.traffic.bytes_out,
+                    sp.core.traffic.messages_out,
+                )
                 assert await asyncio.gather(*(peer.call("echo", payload) for _ in range(n))) == [payload] * n
-                parts = peer.core.messages_out - sent
+                parts = peer.core.traffic.messages_out - sent
                 assert fewest <= parts <= most, (n, parts)
-                assert (peer.core.bytes_out - sent_bytes) / parts < O.EARLY_FLUSH + 64
-                assert fewest <= sp.core.messages_out - answered <= most
+                assert (peer.core.traffic.bytes_out - sent_bytes) / parts < O.EARLY_FLUSH + 64
+                assert fewest <= sp.core.traffic.messages_out - answered <= most
 
     run(main(), timeout=30)
 

@@ -202,7 +202,7 @@ def test_hello_exchange_and_settings_round_trip() -> None:
     assert s.receive_message(first) == [HelloReceived(cs)]
     assert s.peer_settings == cs and s.ready
     # Handshake frames are not counted in positions.
-    assert s.frames_in == 0 and c.frames_out == 0
+    assert s.traffic.frames_in == 0 and c.traffic.frames_out == 0
     reply = s.next_message()
     assert frames_of(reply) == [(F.HELLO, 0, 0, Settings().to_wire())]
     assert c.receive_message(reply) == [HelloReceived(Settings())]
@@ -1472,8 +1472,8 @@ def test_a_huge_control_backlog_is_split_into_messages_within_the_peers_limit() 
     assert all(len(m) <= 2048 for m in msgs)
     events = [ev for m in msgs for ev in c.receive_message(m)]
     assert events == [ResponseReceived(cid, bytes([i]) * 1000) for i, cid in enumerate(ids)]
-    assert s.frames_out == 11 and s.messages_out == 5
-    assert c.frames_in == 11
+    assert s.traffic.frames_out == 11 and s.traffic.messages_out == 5
+    assert c.traffic.frames_in == 11
 
 
 def test_a_message_never_exceeds_the_peers_max_message_size() -> None:
@@ -1758,7 +1758,7 @@ def test_ack_after_ack_frames_trims_the_replay_buffer() -> None:
     assert c.receive_message(ack) == []
     assert len(c.session.replay or ()) == 0 and c.session.replay_bytes == 0
     # The ACK is a frame of the session like any other: the server keeps it until acknowledged.
-    assert len(s.session.replay or ()) == 1 and s.frames_out == 1
+    assert len(s.session.replay or ()) == 1 and s.traffic.frames_out == 1
     # Bytes count as well: one large message is acknowledged at once.
     c.send_notification("big", b"b" * ACK_BYTES)
     s.receive_message(c.next_message())
@@ -1812,7 +1812,7 @@ def test_resume_replays_exactly_the_missed_frames() -> None:
     m2_frames = frames_of(m2)
     assert c.receive_message(F.encode_batch(m2_frames[:1])) == [NotificationReceived("m2a", b"")]
     assert s.receive_message(n1) == [NotificationReceived("n1", b"")]
-    assert (c.frames_in, c.frames_out, s.frames_in, s.frames_out) == (2, 3, 1, 5)
+    assert (c.traffic.frames_in, c.traffic.frames_out, s.traffic.frames_in, s.traffic.frames_out) == (2, 3, 1, 5)
     # The drop.
     c.new_transport()
     s.new_transport()
@@ -1842,7 +1842,7 @@ def test_resume_replays_exactly_the_missed_frames() -> None:
         NotificationReceived("n2", b""),
         NotificationReceived("n2b", b""),
     ]
-    assert (c.frames_in, s.frames_in) == (s.frames_out, c.frames_out) == (5, 3)
+    assert (c.traffic.frames_in, s.traffic.frames_in) == (s.traffic.frames_out, c.traffic.frames_out) == (5, 3)
     # Both carry on.
     cid = c.send_request("after", b"")
     assert s.receive_message(c.next_message()) == [RequestReceived(cid, "after", b"")]
@@ -1943,10 +1943,10 @@ def _resume(c: _End, s: _End) -> tuple[list[bytes], list[bytes]]:
     c.core.new_transport()
     s.core.new_transport()
     hs = c.core.next_message()
-    assert frames_of(hs)[1] == (F.RESUME, 0, 0, c.core.session.token + V(c.core.frames_in))
+    assert frames_of(hs)[1] == (F.RESUME, 0, 0, c.core.session.token + V(c.core.traffic.frames_in))
     s.take(hs)
     reply = s.core.next_message()
-    assert frames_of(reply)[1] == (F.RESUME_OK, 0, 0, s.core.session.token + V(s.core.frames_in))
+    assert frames_of(reply)[1] == (F.RESUME_OK, 0, 0, s.core.session.token + V(s.core.traffic.frames_in))
     replay_s = s.core.take_replay()
     c.take(reply)
     return replay_s, c.core.take_replay()
@@ -2005,7 +2005,7 @@ def test_numbered_items_cross_drops_with_nothing_lost_or_duplicated() -> None:
     assert c.got == list(range(n)) and s.got == list(range(n))
     assert cc.session.transports == sc.session.transports == 4
     assert cc.resumable and sc.resumable
-    assert (cc.frames_in, sc.frames_in) == (sc.frames_out, cc.frames_out)
+    assert (cc.traffic.frames_in, sc.traffic.frames_in) == (sc.traffic.frames_out, cc.traffic.frames_out)
     # ACKs kept the replay buffers short.
     assert len(cc.session.replay or ()) <= ACK_FRAMES and len(sc.session.replay or ()) <= ACK_FRAMES
 
@@ -2068,7 +2068,7 @@ def test_a_long_message_decodes_a_slice_at_a_time(as_view: bool) -> None:
     s = server_after_hello()
     buf = bytearray(_pings(2 * step + 5))
     data: Any = memoryview(buf) if as_view else bytes(buf)
-    before = (s.messages_in, s.bytes_in)
+    before = (s.traffic.messages_in, s.traffic.bytes_in)
     got = s.decode(data)
     assert len(got) == step and s.decoding
     buf[:] = bytes(len(buf))  # the read buffer is reused
@@ -2077,7 +2077,7 @@ def test_a_long_message_decodes_a_slice_at_a_time(as_view: bool) -> None:
     got += s.decode_more()
     assert not s.decoding and s.decode_more() == []
     assert [bytes(f.payload) for f in got] == [i.to_bytes(4, "big") for i in range(2 * step + 5)]
-    assert (s.messages_in, s.bytes_in) == (before[0] + 1, before[1] + len(buf))
+    assert (s.traffic.messages_in, s.traffic.bytes_in) == (before[0] + 1, before[1] + len(buf))
 
 
 def _given_until_refused(s: Connection, data: bytes) -> list[F.Frame]:
@@ -2125,7 +2125,7 @@ def test_a_long_message_is_checked_a_step_a_pass_then_decoded_in_slices(monkeypa
     n = 3 * step + 5
     s = server_after_hello()
     buf = bytearray(_pings(n))
-    before = (s.messages_in, s.bytes_in)
+    before = (s.traffic.messages_in, s.traffic.bytes_in)
     parts = [s.decode(memoryview(buf))]
     buf[:] = bytes(len(buf))  # the read buffer is reused while the rest is checked
     while s.decoding:
@@ -2134,7 +2134,7 @@ def test_a_long_message_is_checked_a_step_a_pass_then_decoded_in_slices(monkeypa
     assert [len(p) for p in parts] == [0] * (checks - 1) + [step, step, step, 5]
     got = [bytes(f.payload) for p in parts for f in p]
     assert got == [i.to_bytes(4, "big") for i in range(n)]
-    assert (s.messages_in, s.bytes_in) == (before[0] + 1, before[1] + len(buf))
+    assert (s.traffic.messages_in, s.traffic.bytes_in) == (before[0] + 1, before[1] + len(buf))
     assert s.decode_more() == [] and s.receive_frames([]) == []
     # A new transport drops a message still being checked, as one being decoded.
     assert s.decode(_pings(n)) == [] and s.decoding
@@ -2146,9 +2146,9 @@ def test_receive_message_takes_a_long_message_whole_and_a_new_transport_drops_th
     s = server_after_hello()
     n = 2 * O.FRAMES_PER_SLICE + 1
     skipped = F.encode_frame(0x40, 0, 0, b"ext") * n  # extension frames, skipped
-    before = s.frames_in
+    before = s.traffic.frames_in
     assert s.receive_message(skipped) == []
-    assert not s.decoding and s.frames_in == before + n
+    assert not s.decoding and s.traffic.frames_in == before + n
     s.decode(skipped)
     assert s.decoding
     s.new_transport()  # what was not processed is the peer's to replay

@@ -202,9 +202,9 @@ def test_a_resume_from_before_what_the_client_acknowledged_is_a_protocol_error()
                 sp = (await until(lambda: list(server.peers)))[0]
                 await until(lambda: sp.core.session.replay_bytes < 1024, 5, "the ACKs to free the replay")
             await until(lambda: server.detached, 5, "the session to be kept")
-            assert core.frames_in > ACK_FRAMES
+            assert core.traffic.frames_in > ACK_FRAMES
             core.new_transport()
-            core.frames_in = 0  # claims to have received nothing
+            core.traffic.frames_in = 0  # claims to have received nothing
             async with ws_connect(server.url, compression=None, ping_interval=None, **NO_PROXY) as ws:
                 await ws.send(_one(core.next_message()))
                 frames: list[F.Frame] = []

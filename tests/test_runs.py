@@ -396,10 +396,10 @@ def test_a_sender_cancelled_once_a_drain_woke_it_leaves_the_others_their_runs() 
             assert not victim, "the victim was not woken by a drain"
             await until(lambda: not manager.tracked()["senders"], 5.0, "the victim's end")
 
-            before = peer.core.messages_out
+            before = peer.core.traffic.messages_out
             sid = await peer.send_stream(small())
             assert await asyncio.wait_for(peer.call("consume", sid), 5) == n
-            sent = peer.core.messages_out - before
+            sent = peer.core.traffic.messages_out - before
             # In runs: a few messages for the 1,000 items (one per drain of the 4 KiB
             # limit at most); alone: one message per item.
             assert sent < n // 10, f"{sent} messages for {n} small items"

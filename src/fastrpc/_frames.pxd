@@ -63,6 +63,14 @@ cdef class FrameWriter:
     cdef void _start_over(self) noexcept
 
 
+cdef class Traffic:
+    # A connection's counters (Connection.traffic): C fields the call lane adds to.
+    cdef public long long messages_in, frames_in, bytes_in
+    cdef public long long messages_out, frames_out, bytes_out
+
+    cpdef long long sent(self, long long frames, long long nbytes)
+
+
 cdef class StreamLedger:
     cdef _Slot *_slots         # the open streams' counters, dense: _slots[0:_count]
     cdef Py_ssize_t _cap       # room in _slots

@@ -1195,6 +1195,36 @@ cdef inline Py_ssize_t _home(uint64_t key, int bits) noexcept nogil:
     return <Py_ssize_t>((key * _FIB) >> (64 - bits))
 
 
+cdef class Traffic:
+    """One connection's traffic counters: messages, frames and bytes each way. The
+    frame counts are resumption's positions (``docs/protocol.md``, "Resumption").
+    The call lane counts its messages in C; every other path through these
+    methods (one call for a message's counters)."""
+
+    def __init__(self):
+        pass  # (C fields start at 0)
+
+    cpdef long long sent(self, long long frames, long long nbytes):
+        """A message of ``frames`` frames and ``nbytes`` bytes went out: the position
+        of its first frame (``frames_out`` before it)."""
+        cdef long long first = self.frames_out
+        self.frames_out = first + frames
+        self.messages_out += 1
+        self.bytes_out += nbytes
+        return first
+
+    def received(self, long long nbytes):
+        """A message of ``nbytes`` bytes arrived (its frames are counted as they are
+        taken, past the handshake: :meth:`took`)."""
+        self.messages_in += 1
+        self.bytes_in += nbytes
+
+    def took(self, long long frames):
+        """``frames`` more frames taken in: ``frames_in`` now (the position to ACK)."""
+        self.frames_in += frames
+        return self.frames_in
+
+
 cdef class StreamLedger:
     """Per-stream byte accounting for one direction of a connection.
 

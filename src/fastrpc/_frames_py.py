@@ -642,6 +642,39 @@ def decode_settings(payload: Buffer) -> tuple[int, dict[int, int]]:
     return version, settings
 
 
+class Traffic:
+    """One connection's traffic counters: messages, frames and bytes each way. The
+    frame counts are resumption's positions (``docs/protocol.md``, "Resumption").
+    Compiled, the call lane counts its messages in C; every other path through
+    these methods (one call for a message's counters)."""
+
+    __slots__ = ("bytes_in", "bytes_out", "frames_in", "frames_out", "messages_in", "messages_out")
+
+    def __init__(self) -> None:
+        self.messages_in = self.frames_in = self.bytes_in = 0
+        self.messages_out = self.frames_out = self.bytes_out = 0
+
+    def sent(self, frames: int, nbytes: int) -> int:
+        """A message of ``frames`` frames and ``nbytes`` bytes went out: the position
+        of its first frame (``frames_out`` before it)."""
+        first = self.frames_out
+        self.frames_out = first + frames
+        self.messages_out += 1
+        self.bytes_out += nbytes
+        return first
+
+    def received(self, nbytes: int) -> None:
+        """A message of ``nbytes`` bytes arrived (its frames are counted as they are
+        taken, past the handshake: :meth:`took`)."""
+        self.messages_in += 1
+        self.bytes_in += nbytes
+
+    def took(self, frames: int) -> int:
+        """``frames`` more frames taken in: ``frames_in`` now (the position to ACK)."""
+        self.frames_in += frames
+        return self.frames_in
+
+
 class StreamLedger:
     """Per-stream byte accounting for one direction of a connection.
 

@@ -80,8 +80,7 @@ cdef enum:
     W_SINK, W_INTO, W_MODE, W_BUF, W_PARTS, W_TAKEN, W_READS,
     M_DRAIN_WAITERS,
     L_FLUSH_PENDING, L_CLOSED,
-    C_CLOSED, C_DECODING, C_SESSION, C_SCHED, C_FLOW, C_CALLS, C_MESSAGES_IN,
-    C_BYTES_IN, C_FRAMES_IN, C_FRAMES_OUT, C_MESSAGES_OUT, C_BYTES_OUT,
+    C_CLOSED, C_DECODING, C_SESSION, C_SCHED, C_FLOW, C_CALLS, C_TRAFFIC,
     S_ENABLED, S_AWAITING_HELLO, S_HANDSHAKE_SENT,
     Q_CONTROL, Q_BACKLOG_BYTES, Q_READY,
     F_SLOT_GRANTS,
@@ -95,8 +94,7 @@ _LANE_SLOTS = (
     ("wire", ("_sink", "_into", "_mode", "_buf", "_parts", "_taken", "_reads")),
     ("streams", ("_drain_waiters",)),
     ("link", ("flush_pending", "closed")),
-    ("core", ("closed", "decoding", "session", "_sched", "_flow", "_calls", "messages_in",
-              "bytes_in", "frames_in", "frames_out", "messages_out", "bytes_out")),
+    ("core", ("closed", "decoding", "session", "_sched", "_flow", "_calls", "traffic")),
     ("session", ("enabled", "awaiting_hello", "handshake_sent")),
     ("sched", ("control", "backlog_bytes", "ready")),
     ("flow", ("slot_grants",)),
@@ -253,14 +251,14 @@ cdef inline bint _past(Py_ssize_t n, object limit) except -1:
     return n > limit
 
 
-cdef inline int _add(object o, Py_ssize_t off, Py_ssize_t n) except -1:
-    # ``o.<slot> += n`` for the counters: in C while they fit a Py_ssize_t.
-    cdef object v = _get(o, off)
-    if PyLong_CheckExact(v):
-        fastrpc_set_slot(o, off, PyLong_FromSsize_t(PyLong_AsSsize_t(v) + n))
-    else:
-        fastrpc_set_slot(o, off, v + n)
-    return 0
+cdef inline bint _counts(object core, Py_ssize_t off) except -1:
+    # Connection.traffic is the codec's Traffic: the lane adds to its C fields.
+    return type(_get(core, off)) is Traffic
+
+
+cdef inline Traffic _traffic(object core, Py_ssize_t off):
+    # (Its type checked before the lane took the message: _counts.)
+    return <Traffic><object>fastrpc_slot(core, off)
 
 
 cdef class CallLane:
@@ -440,7 +438,8 @@ cdef class CallLane:
                 return False
             self.ready = ready
         core = _get(peer, off[P_CORE])
-        if type(core) is not self.core_type or _true(core, off[C_CLOSED]) or _true(core, off[C_DECODING]):
+        if (type(core) is not self.core_type or _true(core, off[C_CLOSED]) or _true(core, off[C_DECODING])
+                or not _counts(core, off[C_TRAFFIC])):
             return False
         session = _get(core, off[C_SESSION])
         if (type(session) is not self.session_type or _true(session, off[S_ENABLED])
@@ -652,7 +651,7 @@ cdef class CallLane:
         if writer is not None and not writer.done():
             return None
         core = _get(peer, off[P_CORE])
-        if type(core) is not self.core_type or self._has_output(core):
+        if type(core) is not self.core_type or self._has_output(core) or not _counts(core, off[C_TRAFFIC]):
             return None
         session = _get(core, off[C_SESSION])
         if (type(session) is not self.session_type or _true(session, off[S_ENABLED])
@@ -696,9 +695,7 @@ cdef class CallLane:
         memcpy(o + k, PyBytes_AS_STRING(mhead), <size_t>hlen)
         memcpy(o + k + hlen, PyBytes_AS_STRING(payload), <size_t>plen)
         _xor_into(o, o, flen, mask, 0)  # (in place: each block read before it is written)
-        _add(core, off[C_FRAMES_OUT], 1)
-        _add(core, off[C_MESSAGES_OUT], 1)
-        _add(core, off[C_BYTES_OUT], flen)
+        _traffic(core, off[C_TRAFFIC]).sent(1, flen)
         tcp.write(out)
         fastrpc_set_slot(peer, off[P_FRESH], False)
         streams = _get(peer, off[P_STREAMS])
@@ -713,18 +710,20 @@ cdef class CallLane:
         # RpcPeer._process and Connection.take_call / take_answer count it.
         cdef Py_ssize_t *off = self.s.off
         cdef Py_ssize_t taken = PyLong_AsSsize_t(_get(wire, off[W_TAKEN])) + n
+        cdef Traffic t
         if taken < self.read_slice:
             fastrpc_set_slot(wire, off[W_TAKEN], PyLong_FromSsize_t(taken))
         else:
             wire._read_slice(n)
         fastrpc_set_slot(peer, off[P_IN_READ], False)
-        _add(core, off[C_MESSAGES_IN], 1)
-        _add(core, off[C_BYTES_IN], length)
+        t = _traffic(core, off[C_TRAFFIC])
+        t.messages_in += 1
+        t.bytes_in += length
+        t.frames_in += 1
         # (Not session.since_ack_bytes: counted with resumption on, which the lane
         # never is; nor message_count, which no call message needs.)
         fastrpc_set_slot(peer, off[P_FRESH], True)
         fastrpc_set_slot(peer, off[P_PROCESSING], True)
-        _add(core, off[C_FRAMES_IN], 1)
         return 0
 
     cdef object _settle(self, const unsigned char *payload, Py_ssize_t plen, uint64_t fid,
@@ -825,9 +824,7 @@ cdef class CallLane:
             o[3] = <unsigned char>flen
         o = _put_header(o + head, _LANE_RESPONSE, _LANE_RAW, fid, <uint64_t>rlen)
         memcpy(o, PyBytes_AS_STRING(result), <size_t>rlen)
-        _add(core, off[C_FRAMES_OUT], 1)
-        _add(core, off[C_MESSAGES_OUT], 1)
-        _add(core, off[C_BYTES_OUT], flen)
+        _traffic(core, off[C_TRAFFIC]).sent(1, flen)
         tcp.write(out)
         self.out_bound = size + head + flen
         fastrpc_set_slot(peer, off[P_FRESH], False)

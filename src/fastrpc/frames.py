@@ -66,6 +66,7 @@ LANE_MAX_READ: int = getattr(_codec, "LANE_MAX_READ", 0)  # the largest read it 
 Frame = _codec.Frame
 FrameWriter = _codec.FrameWriter
 StreamLedger = _codec.StreamLedger
+Traffic = _codec.Traffic
 count_frames = _codec.count_frames
 decode_frames = _codec.decode_frames
 decode_message = _codec.decode_message
@@ -124,6 +125,7 @@ __all__ = [
     "Frame",
     "FrameWriter",
     "StreamLedger",
+    "Traffic",
     "count_frames",
     "decode_frames",
     "decode_message",

@@ -143,16 +143,10 @@ class Connection:
         "_sched",
         "_undecoded",
         "batch_size",
-        "bytes_in",
-        "bytes_out",
         "closed",
         "control_queue",
         "decode_free",
         "decoding",
-        "frames_in",
-        "frames_out",
-        "messages_in",
-        "messages_out",
         "parts_out",
         "peer_settings",
         "role",
@@ -160,6 +154,7 @@ class Connection:
         "send_item",
         "session",
         "settings",
+        "traffic",
         "unblocked",
         "writable",
     )
@@ -218,8 +213,7 @@ class Connection:
         self._ping_rate = max_ping_rate
         self._ping_limit: PingLimit | None = None  # made at the first PING
         # Traffic counters (positions, for resumption, are frames_in / frames_out).
-        self.messages_out = self.frames_out = self.bytes_out = 0
-        self.messages_in = self.frames_in = self.bytes_in = 0
+        self.traffic = F.Traffic()
         # True while a received message has frames left to decode (decode_more): a
         # plain attribute beside _undecoded, read once a message by the I/O layer;
         # _undecoded is that message and the position of its next frame.
@@ -358,10 +352,7 @@ class Connection:
             if len(control) <= (self._message_limit or self.settings.max_message_size) and frames <= _MAX_FRAMES:
                 sched.pongs_due = 0
                 msg = control.take()
-                first = self.frames_out
-                self.frames_out = first + frames
-                self.messages_out += 1
-                self.bytes_out += len(msg)
+                first = self.traffic.sent(frames, len(msg))
                 if session.enabled:
                     session.record(first, first + frames, msg)
                 return msg
@@ -370,7 +361,7 @@ class Connection:
         flow = self._flow
         if flow.slot_grants:
             flow.grant_slots()
-        first = self.frames_out
+        count = 0  # frames in the message
         parts: list[bytes] = []
         held = False  # parts holds payloads by reference (FrameWriter.take_parts)
         size = 0
@@ -381,8 +372,7 @@ class Connection:
         sched = self._sched
         outbound = self._outbound
         if len(sched.control) or sched.backlog:
-            part, frames = sched.take_control(limit)
-            self.frames_out += frames
+            part, count = sched.take_control(limit)
             parts.append(part)
             size = len(part)
         if self.peer_settings is not None:
@@ -390,14 +380,14 @@ class Connection:
                 while ring:
                     s = ring[0]
                     n = len(s.writer)
-                    if size and (size + n > batch or self.frames_out - first + s.writer.count > F.MAX_FRAMES):
+                    if size and (size + n > batch or count + s.writer.count > F.MAX_FRAMES):
                         break
                     ring.popleft()
                     sched.ready -= 1
                     s.queued = False
                     if n:
                         w = s.writer
-                        self.frames_out += w.count
+                        count += w.count
                         piece = w.take_parts()
                         if type(piece) is list:
                             parts += piece
@@ -416,13 +406,12 @@ class Connection:
                 break
         if not parts:
             return None
-        self.messages_out += 1
-        self.bytes_out += size
+        first = self.traffic.sent(count, size)
         if held and self.parts_out and not self.session.enabled:
             return parts  # its payloads are written as they are (the resume buffer keeps bytes)
         msg = parts[0] if len(parts) == 1 else b"".join(parts)
         if self.session.enabled:
-            self.session.record(first, self.frames_out, msg)
+            self.session.record(first, first + count, msg)
         return msg
 
     def take_unblocked(self) -> list[int]:
@@ -438,7 +427,7 @@ class Connection:
         hello = self.settings.to_wire()
         if self.role is Role.CLIENT:
             hello += _SENT_BY_CLIENT
-        return self.session.handshake(self.role is Role.CLIENT, hello, self.frames_in)
+        return self.session.handshake(self.role is Role.CLIENT, hello, self.traffic.frames_in)
 
     def new_transport(self) -> None:
         """The session moves to a new connection: expect the peer's handshake again,
@@ -463,7 +452,7 @@ class Connection:
     def take_replay(self) -> list[bytes]:
         """After a resumed handshake: the messages the peer missed, in order (they
         stay buffered until acknowledged, in case this connection drops too)."""
-        replay = self.session.take_replay(self.frames_out)
+        replay = self.session.take_replay(self.traffic.frames_out)
         self._fit_frames()
         return replay
 
@@ -481,7 +470,7 @@ class Connection:
         else:
             Settings.from_wire(first.payload)  # validated; the session keeps its terms
         nxt = frames[1] if len(frames) > 1 else None
-        return 1 + self.session.accept(self.role is Role.CLIENT, nxt, self.frames_out)
+        return 1 + self.session.accept(self.role is Role.CLIENT, nxt, self.traffic.frames_out)
 
     # ----------------------------------------------------------------- calls
 
@@ -808,8 +797,7 @@ class Connection:
                 self._undecoded = (rest, pos)
                 self.decoding = True
                 frames = self._check((rest, pos, len(frames), frames))
-        self.messages_in += 1
-        self.bytes_in += n
+        self.traffic.received(n)
         session = self.session
         if session.enabled:  # toward the next ACK: counted while resumption is on, as frames are
             session.since_ack_bytes += n
@@ -872,12 +860,12 @@ class Connection:
         if session.awaiting_hello:
             frames = frames[self._on_handshake(frames, events) :]
         # Positions count every frame after the handshake (docs/protocol.md).
-        self.frames_in += len(frames)
+        position = self.traffic.took(len(frames))
         if session.enabled and frames:
             if session.previous_token is not None:
                 session.proved()  # the client got our RESUME_OK: it sends frames
             if session.received(len(frames)):
-                self._sched.control.add(F.ACK, 0, 0, F.encode_varint(self.frames_in))
+                self._sched.control.add(F.ACK, 0, 0, F.encode_varint(position))
         count = len(frames)
         if count > 1 and frames[0].type == _STREAM_DATA:
             # A message of stream items: runs of one stream's items go in one step
@@ -908,7 +896,7 @@ class Connection:
         """(Call lane) REQUEST ``f``, a message's one frame, admitted as
         :meth:`receive_frames` would (``CallTable.take``): its ``(method, arguments,
         deadline)``; None when it was refused (an ERROR answers it)."""
-        self.frames_in += 1
+        self.traffic.took(1)
         return self._calls.take(f)
 
     def take_calls(self, frames: list[F.Frame]) -> Callable[[F.Frame], tuple[str, Payload, float | None] | None] | None:
@@ -921,14 +909,14 @@ class Connection:
         done, for any other message."""
         if not self._calls.plain_requests(frames):
             return None
-        self.frames_in += len(frames)
+        self.traffic.took(len(frames))
         return self._calls.take
 
     def take_answer(self, f: F.Frame) -> bool:
         """(Call lane) RESPONSE ``f``, a message's one frame, taken as
         :meth:`receive_frames` would: True when it answers a pending call of ours
         (False: a call we cancelled; its answer is dropped)."""
-        self.frames_in += 1
+        self.traffic.took(1)
         return self._calls.answered(f.id)
 
     def take_answers(self, frames: list[F.Frame]) -> bool:
@@ -939,7 +927,7 @@ class Connection:
         message skip an event an answer."""
         if not self._calls.answered_all(frames):
             return False
-        self.frames_in += len(frames)
+        self.traffic.took(len(frames))
         return True
 
     def call_now(self, method: str, payload: Payload, raw: bool) -> tuple[int, bytes] | None:
@@ -952,9 +940,7 @@ class Connection:
             return None
         call_id = self._calls.call(method, payload, raw)
         msg = self._sched.control.take()
-        self.frames_out += 1
-        self.messages_out += 1
-        self.bytes_out += len(msg)
+        self.traffic.sent(1, len(msg))
         return call_id, msg
 
     def answer_now(self, call_id: int, payload: bytes) -> bytes | None:
@@ -967,9 +953,7 @@ class Connection:
             return None
         self._calls.reply(call_id, payload, True, False)
         msg = self._sched.control.take()
-        self.frames_out += 1
-        self.messages_out += 1
-        self.bytes_out += len(msg)
+        self.traffic.sent(1, len(msg))
         return msg
 
     def _on_frames(self, frames: list[F.Frame], events: list[Event]) -> None:
@@ -1041,7 +1025,7 @@ class Connection:
             elif t == F.ACK:
                 if not self.session.enabled:
                     raise ProtocolError("ACK without session resumption")
-                if self.session.ack(F.decode_varint(f.payload, 0)[0], self.frames_out):
+                if self.session.ack(F.decode_varint(f.payload, 0)[0], self.traffic.frames_out):
                     self._fit_frames()
             elif t == F.HELLO:
                 raise ProtocolError("HELLO after the handshake")

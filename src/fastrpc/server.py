@@ -304,11 +304,11 @@ class Server:
     def _session_lost(self, peer: RpcPeer, exc: ConnectionClosed, resumable: bool) -> bool:
         """A session lost its transport: keep it for ``session_grace`` seconds."""
         core = peer.core
-        if not resumable or (core.frames_in == 0 and core.session.refused):
+        if not resumable or (core.traffic.frames_in == 0 and core.session.refused):
             # A client that asked for a session we do not know gets a new one, which
             # it drops at once to start afresh: not worth keeping.
             return False
-        if core.frames_in == 0 and core.frames_out == 0 and peer.session_token is not None:
+        if core.traffic.frames_in == 0 and core.traffic.frames_out == 0 and peer.session_token is not None:
             # Nothing came or left yet (its client may not even have our answer): keep
             # a token, not a session; if the client does come back, it gets the same
             # (empty) session afresh, resumed at 0 (see _tombstone). Every token it
