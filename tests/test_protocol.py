@@ -558,8 +558,8 @@ def test_notify() -> None:
         (F.NOTIFY, FLAG_RAW, 0, method_head(b"raw") + b"\x00\x01"),
     ]
     assert s.receive_message(msg) == [
-        NotificationReceived("log", b"\xa2hi", False),
-        NotificationReceived("raw", b"\x00\x01", True),
+        NotificationReceived("log", b"\xa2hi", False, cost=F.payload_cost(b"\xa2hi")),
+        NotificationReceived("raw", b"\x00\x01", True, cost=2),
     ]
     # Nothing comes back, and no call is pending on either side.
     assert s.next_message() is None and c.pending_calls == 0 and s.running_calls == 0
@@ -1679,7 +1679,7 @@ def test_decompression_bomb_is_bounded_by_max_item_size(algorithm: int) -> None:
 def test_unknown_extension_frames_are_skipped(ftype: int) -> None:
     s = server_after_hello()
     msg = batch((ftype, 0x5A, 77, b"whatever"), (F.NOTIFY, 0, 0, method_head(b"n")))
-    assert s.receive_message(msg) == [NotificationReceived("n", b"")]
+    assert s.receive_message(msg) == [NotificationReceived("n", b"", cost=F.payload_cost(b""))]
     assert s.next_message() is None
 
 

@@ -336,14 +336,17 @@ class CallTable:
         method, payload, _ = request_head(f, False)
         flags = f.flags
         raw = bool(flags & FLAG_RAW)
-        limit = self.budget.limit
-        if not raw and (cost := F.payload_cost(payload, limit)) > limit:
-            # No answer to carry an error: the connection fails, naming the option.
-            raise LimitExceeded(
-                f"a notification of {method!r} would take about {cost} bytes once decoded, "
-                f"over max_connection_memory ({limit})"
-            )
-        return NotificationReceived(method, payload, raw, bool(flags & FLAG_KWARGS))
+        if raw:
+            cost = len(payload)
+        else:
+            limit = self.budget.limit
+            if (cost := F.payload_cost(payload, limit)) > limit:
+                # No answer to carry an error: the connection fails, naming the option.
+                raise LimitExceeded(
+                    f"a notification of {method!r} would take about {cost} bytes once decoded, "
+                    f"over max_connection_memory ({limit})"
+                )
+        return NotificationReceived(method, payload, raw, bool(flags & FLAG_KWARGS), cost)
 
     def answer(self, call_id: int) -> None:
         """Take call ``call_id`` off the running calls before its answer is queued."""

@@ -70,6 +70,9 @@ class NotificationReceived(Event):
     payload: Payload
     raw: bool = False
     kwargs: bool = False
+    # The bytes its arguments take once decoded (raw: their length), as measured
+    # before the core took it: what a running async handler holds of the budget.
+    cost: int = 0
 
 
 class ResponseReceived(Event):

@@ -24,7 +24,7 @@ from .arguments import bad_arguments, split_kwargs
 from .budget import MemoryBudget
 from .events import Payload
 from .exceptions import InvalidArguments, LimitExceeded, PermissionDenied
-from .frames import VARINT_MAX, payload_cost
+from .frames import VARINT_MAX
 from .introspection import METHODS, describe
 from .log import side_logger, warn_limited
 from .protocol import Role
@@ -183,11 +183,10 @@ class Handlers:
                 )
             # Its arguments are held while it runs: charged as a running call's are
             # (CallTable.take: raw bytes at their length, others at what decoding them
-            # allocates; the core measured that before decoding, but keeps no count).
-            # Past max_connection_memory the connection fails, LimitExceeded (1008),
-            # as for calls: a notification has no answer to carry PayloadTooLarge.
-            payload = ev.payload
-            cost = len(payload) if ev.raw else payload_cost(payload, max(budget.limit - budget.held, 0))
+            # allocates, as the core measured it: ev.cost). Past max_connection_memory
+            # the connection fails, LimitExceeded (1008), as for calls: a notification
+            # has no answer to carry PayloadTooLarge.
+            cost = ev.cost
             budget.charge(cost, "arguments of running handlers")
         except LimitExceeded:
             if inspect.iscoroutine(result):
