@@ -518,3 +518,27 @@ def test_authenticate_auth_error_status() -> None:
     finally:
         logging.getLogger("fastrpc.server").removeHandler(handler)
     assert not records, [r.getMessage() for r in records]
+
+
+@pytest.mark.parametrize("fragments", [1, 3])
+def test_message_over_max_message_size_close_reason_names_size_and_limit(fragments: int) -> None:
+    """The app's own 1009 (whatever uvicorn allows) says how large the message was and
+    the max_message_size the app was given, in fastrpc's words; a fragmented message
+    (uvicorn joins its fragments) is measured whole."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    limit = 64 << 10
+    app, _ = starlette_app(make_router(Producer()), max_message_size=limit, max_frame_size=16 << 10)
+    size = (limit + 1000) // fragments * fragments
+
+    async def main() -> None:
+        async with uvicorn_server(app) as port:
+            async with ws_connect(f"ws://127.0.0.1:{port}/rpc", compression=None, **NO_PROXY) as ws:
+                part = b"\x00" * (size // fragments)
+                await ws.send(part if fragments == 1 else [part] * fragments)
+                with pytest.raises(Exception):
+                    await asyncio.wait_for(ws.recv(), 2)
+                assert ws.close_code == 1009, (ws.close_code, ws.close_reason)
+                assert ws.close_reason == f"message of {size} bytes exceeds max_message_size ({limit})"
+
+    run(main(), timeout=5)

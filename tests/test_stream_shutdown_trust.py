@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from _util import QUIET, run, server_peer, until
@@ -42,9 +43,34 @@ class Stubborn:
                     await asyncio.sleep(0.01)
                 except asyncio.CancelledError:
                     self.cancelled.set()  # ... and runs on
+            self.released()
             yield b"late"
         finally:
             self.ended.set()
+
+    def released(self) -> None:
+        """(Subclasses) what the source does once released, before its last yield."""
+
+
+class BoundStubborn(Stubborn):
+    """A Stubborn source bound to its stream (``bind_stream``, as a topic subscription
+    is): once released it puts ``b"late-now"`` on the stream through the stream's
+    ``send_now`` it was given (``taken``: what each such call took)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outlet: Callable[[list[Any]], int] | None = None
+        self.taken: list[int] = []
+
+    def bind_stream(self, send_now: Callable[[list[Any]], int]) -> None:
+        self.outlet = send_now
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.source()
+
+    def released(self) -> None:
+        assert self.outlet is not None
+        self.taken.append(self.outlet([b"late-now"]))
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -160,3 +186,121 @@ def test_a_session_reset_does_not_wait_forever_for_a_stream_source_that_ignores_
 
     with caplog.at_level(logging.DEBUG, logger="fastrpc"):
         run(main(), 20)
+
+
+def test_a_given_up_bound_source_cannot_send_now_on_the_new_sessions_stream(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source bound to its stream (``bind_stream``: it puts items on it at once with
+    the stream's ``send_now``, as a topic subscription does) swallows its cancellation
+    and is given up on by a session reset. Once released, its ``send_now``, called from
+    its given-up sender or from any other task (a topic's fan-out calls it from the
+    publisher's), takes nothing: the new session's first stream, which has the old
+    stream's id, gets its own items only."""
+    from _proxy import proxy
+
+    monkeypatch.setattr(fastrpc.streams, "SENDER_STOP_TIMEOUT", STOP, raising=False)
+    src = BoundStubborn()
+    more = asyncio.Event()
+
+    async def fresh() -> AsyncIterator[bytes]:
+        yield b"new-1"
+        await more.wait()
+        yield b"new-2"
+
+    retry = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), "127.0.0.1", 0, resume=True, session_grace=0.1, **QUIET) as server:
+            async with proxy(server.port) as px:
+                async with fastrpc.connect(px.url, reconnect=retry, **QUIET) as peer:
+                    try:
+                        sp = await server_peer(server)
+                        sid = await peer.send_stream(src)
+                        _, stream = sp.receive_stream(sid)
+                        assert await asyncio.wait_for(stream.__anext__(), 2) == b"first"
+                        await asyncio.wait_for(src.waiting.wait(), 2)
+                        old_core = peer.core
+                        px.refusing = True
+                        px.cut()
+                        await until(lambda: not server.peers, 2, "the session to expire")
+                        px.refusing = False
+                        await until(lambda: peer.connected and peer.core is not old_core, STOP + 2, "a new session")
+                        await until(lambda: server.peers, 2, "the server's new peer")
+                        await until(lambda: peer.streams._closed is None, STOP + 2, "the reset's end")
+                        assert src.cancelled.is_set()
+                        sp2 = await server_peer(server)
+                        sid2 = await peer.send_stream(fresh())
+                        assert sid2 == sid  # the new session's ids start again
+                        _, stream2 = sp2.receive_stream(sid2)
+                        assert await asyncio.wait_for(stream2.__anext__(), 2) == b"new-1"
+                        assert src.outlet is not None
+                        assert src.outlet([b"stale"]) == 0  # (from another task than its sender's)
+                    finally:
+                        src.release.set()
+                    await asyncio.wait_for(src.ended.wait(), 2)
+                    assert src.taken == [0]  # (from its given-up sender's task)
+                    await asyncio.sleep(0.05)  # (whatever the abandoned sender does next)
+                    assert peer.stats()["senders"] == [sid2]
+                    more.set()
+                    rest = [item async for item in stream2]
+                    assert rest == [b"new-2"], rest  # (no b"stale", no b"late-now", no b"late")
+        warned = [m for m in _warnings(caplog) if "did not stop" in m]
+        assert len(warned) == 1, _warnings(caplog)
+        assert _errors(caplog) == []
+
+    with caplog.at_level(logging.DEBUG, logger="fastrpc"):
+        run(main(), 5)
+
+
+class Keeper:
+    """A source bound to its stream that keeps the stream's ``send_now`` after its
+    stream ended (an object that outlives its stream)."""
+
+    def __init__(self, *items: bytes) -> None:
+        self.items = items
+        self.outlet: Callable[[list[Any]], int] | None = None
+
+    def bind_stream(self, send_now: Callable[[list[Any]], int]) -> None:
+        self.outlet = send_now
+
+    async def _items(self) -> AsyncIterator[bytes]:
+        for item in self.items:
+            yield item
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._items()
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_send_now_of_a_finished_sender_does_not_reach_a_later_stream_of_its_id(side: str) -> None:
+    """A stream's ``send_now``, kept by its source after the stream ended, takes
+    nothing: not onto a later stream of the same id (a named stream sent again), nor
+    after the connection closed."""
+
+    async def main() -> None:
+        async with fastrpc.serve(fastrpc.Router(), "127.0.0.1", 0, **QUIET) as server:
+            async with fastrpc.connect(server.url, **QUIET) as client:
+                sp = await server_peer(server)
+                sender, receiver = (client, sp) if side == "client" else (sp, client)
+                old = Keeper(b"a", b"b")
+                await sender.send_stream(old, "feed")
+                _, stream = receiver.receive_stream("feed")
+                assert [x async for x in stream] == [b"a", b"b"]
+                await until(lambda: sender.stats()["senders"] == [], 2, "the first sender's end")
+                go = asyncio.Event()
+
+                async def fresh() -> AsyncIterator[bytes]:
+                    await go.wait()
+                    yield b"new"
+
+                await sender.send_stream(fresh(), "feed")  # the same wire id, again
+                _, stream2 = receiver.receive_stream("feed")
+                assert old.outlet is not None
+                assert old.outlet([b"stale"]) == 0
+                go.set()
+                assert [x async for x in stream2] == [b"new"]
+                await sender.close()
+                assert old.outlet([b"closed"]) == 0
+
+    run(main(), 5)

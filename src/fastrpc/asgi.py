@@ -62,7 +62,7 @@ from .peer import RpcPeer, peer_kwargs
 from .router import Router
 from .server import Handler, Server
 from .sessions import SessionStore
-from .transport import SUBPROTOCOL, Transport
+from .transport import SUBPROTOCOL, Transport, too_large
 
 __all__ = ["AsgiApp", "AsgiRequest", "AsgiTransport", "AuthenticationRequired", "app"]
 
@@ -127,7 +127,9 @@ class AsgiTransport(Transport):
     ``write_limit`` queued bytes, and the peer then waits in :meth:`send`. Received
     messages are read by one task and fed to the peer (:meth:`Transport.feed`); while
     the peer pauses reading, that task stops taking messages, the ASGI server's own
-    queue fills and it stops reading the socket.
+    queue fills and it stops reading the socket. A message larger than ``max_size``
+    (the connection's ``max_message_size``) closes it with 1009, the reason naming
+    its size and the option (:func:`fastrpc.transport.too_large`).
     """
 
     __slots__ = (
@@ -154,7 +156,7 @@ class AsgiTransport(Transport):
         receive: Receive,
         send: Send,
         *,
-        max_size: int = O.MAX_MESSAGE_SIZE + 64,
+        max_size: int = O.MAX_MESSAGE_SIZE,
         write_limit: int = O.WRITE_LIMIT,
         max_queue: int = O.WS_MAX_QUEUE,
         identity: Any = None,
@@ -193,9 +195,11 @@ class AsgiTransport(Transport):
                     if data is None:
                         data = msg.get("text") or ""
                     if len(data) > self._max_size:
-                        self._code, self._reason = 1009, "message too big (max_message_size)"
+                        # (A str's length is its characters: at most its UTF-8 bytes.)
+                        kind = "text" if type(data) is str else ""
+                        self._code, self._reason = 1009, too_large(len(data), self._max_size, kind)
                         self._end_with(self._code, self._reason)
-                        await self.close(1009, "message too big (max_message_size)")
+                        await self.close(1009, self._reason)
                         return
                     self.feed(data)
                     self.read_done()
@@ -515,7 +519,7 @@ class AsgiApp:
             scope,
             receive,
             send,
-            max_size=o.max_message_size + 64,
+            max_size=o.max_message_size,  # (as PeerOptions.websocket_kwargs)
             write_limit=o.write_limit,
             max_queue=O.WS_MAX_QUEUE,
             identity=identity,

@@ -294,7 +294,11 @@ class PeerOptions:
             # fastrpc compresses per frame itself; permessage-deflate costs ~64 KiB
             # of zlib state per connection.
             "compression": None,
-            "max_size": self.max_message_size + 64,
+            # Exactly the max_message_size our HELLO announces, no room added: its
+            # max_size counts a message's payload (not the WebSocket frame headers),
+            # and a fastrpc sender keeps each message, its frames' own headers
+            # included, within the peer's max_message_size (docs/protocol.md).
+            "max_size": self.max_message_size,
             "ping_interval": self.ws_ping_interval,
             "ping_timeout": self.ws_ping_interval,
             "write_limit": self.write_limit,

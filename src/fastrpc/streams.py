@@ -10,7 +10,6 @@ at most :data:`SENDER_STOP_TIMEOUT`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import weakref
@@ -210,6 +209,30 @@ class _SendRun:
         self.item_max = item_max
         self.open = True  # not queued yet
         self.ok = True  # queued whole, and the stream took more (send_items)
+
+
+class _Outlet:
+    """:meth:`StreamManager.send_now` on outgoing stream ``sid``, as
+    :meth:`StreamManager.run_sender` hands it to a source bound to its stream
+    (``bind_stream``). It takes nothing (0) once that sender left (``live`` false: a
+    later stream may have the id, a named stream sent again) or was given up on
+    (:meth:`StreamManager._gave_up_on` ``sender``: after a session reset the id is the
+    new session's), whatever task calls it: a topic's fan-out calls it from the
+    publisher's, a source that swallowed its cancellation from its given-up sender's."""
+
+    __slots__ = ("live", "manager", "sender", "sid")
+
+    def __init__(self, manager: StreamManager, sid: int, sender: asyncio.Task[Any] | None) -> None:
+        self.manager = manager
+        self.sid = sid
+        self.sender = sender  # the task running the sender loop (run_sender)
+        self.live = True
+
+    def __call__(self, items: Sequence[Any]) -> int:
+        m = self.manager
+        if not self.live or (m._abandoned and m._gave_up_on(self.sender)):
+            return 0
+        return m.send_now(self.sid, items)
 
 
 class _PlainRun(list):  # type: ignore[type-arg]
@@ -792,7 +815,8 @@ class StreamManager:
         its first item is asked for, ``send_now(items) -> int``: :meth:`send_now` on
         this stream, by which it may put items on the stream itself while this loop
         waits for its next one (a topic's live items: no task wakes per subscriber).
-        What it yields next goes out after them, once the stream is writable."""
+        What it yields next goes out after them, once the stream is writable. It takes
+        nothing once this loop has left or was given up on (:class:`_Outlet`)."""
         link = self.link
         core = link.core
         kick = link.host.flush
@@ -800,13 +824,14 @@ class StreamManager:
         buffered = link.host.transport_buffered
         limit = self.max_buffered_amount
         bind = getattr(source, "bind_stream", None) if rate is None else None
-        bound = bind is not None
+        # (Its send_now is refused once this loop left or was given up on: _Outlet.)
+        bound = None if bind is None else _Outlet(self, sid, asyncio.current_task())
         if bind is not None:
-            bind(functools.partial(self.send_now, sid))
+            bind(bound)
         it = source.__aiter__()
         refused: list[Any] = []  # what the source gave after a PayloadTooLarge thrown in
         # Small bytes items go in runs (_SendRun): one step in the core for many.
-        runs = rate is None and not bound
+        runs = rate is None and bound is None
         run: _SendRun | None = None
         try:
             try:
@@ -857,7 +882,7 @@ class StreamManager:
                         payload, raw = item, True
                     else:
                         payload, raw = encode(item)
-                    if bound and not core.writable(sid):
+                    if bound is not None and not core.writable(sid):
                         # The source's own send_now() filled the stream's credit.
                         await self._wait_writable(sid)
                     if rate is not None:
@@ -948,6 +973,8 @@ class StreamManager:
         finally:
             if run is not None:
                 run.open = False  # (flush_runs passes it by)
+            if bound is not None:
+                bound.live = False  # (before aclose: what the source does then takes nothing)
             if not (self._abandoned and self._detached()):
                 # (Given up on, it was untracked then: these entries may be another
                 # sender's now, of the same id in a new session.)
@@ -962,11 +989,17 @@ class StreamManager:
                 except Exception:
                     pass
 
+    def _gave_up_on(self, sender: asyncio.Task[Any] | None) -> bool:
+        """Whether the sender task ``sender`` was given up on (:meth:`abandon`: by
+        :meth:`shutdown`, or a streaming handler's task by the handlers): whatever it
+        does from then on must not touch the connection or this manager's state. The
+        one test of it: :meth:`run_sender`'s steps (:meth:`_detached`) and the
+        ``send_now`` it hands a bound source (:class:`_Outlet`), from whatever task."""
+        return self._abandoned is not None and sender in self._abandoned
+
     def _detached(self) -> bool:
-        """(run_sender) The running sender was given up on (:meth:`abandon`: by
-        :meth:`shutdown`, or a streaming handler's task by the handlers): it must not
-        touch the connection or this manager's state any more."""
-        return self._abandoned is not None and asyncio.current_task() in self._abandoned
+        """(run_sender) The running sender (the current task) was given up on."""
+        return self._gave_up_on(asyncio.current_task())
 
     def _abort(self, sid: int) -> None:
         """(run_sender) The sender was cancelled: end outgoing ``sid`` with STREAM_ABORT,
@@ -1048,7 +1081,9 @@ class StreamManager:
         Only for a source bound to its stream (see :meth:`run_sender`), and only
         while its loop holds no item of it: between the source's yield and its
         loop's next request for an item, the item may not be queued yet, and one
-        sent now would overtake it."""
+        sent now would overtake it. The source calls it through what its sender
+        loop bound (:class:`_Outlet`), which refuses once that loop has left or was
+        given up on: ``sid`` may then be another stream's (a new session's)."""
         link = self.link
         if link.closed or self._closed is not None or self._drain_waiters:
             return 0

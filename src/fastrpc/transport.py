@@ -603,10 +603,14 @@ _MASKS = _mask_source()
 os.register_at_fork(after_in_child=_new_masks)
 
 
-def _too_large(length: int, limit: int) -> str:
-    """The close reason (1009) for a data frame of ``length`` bytes over ``max_size``
-    (``limit``: fastrpc's max_message_size, plus room for framing)."""
-    return f"message of {length} bytes exceeds the receiver's limit of {limit} bytes (max_message_size)"
+def too_large(size: int, limit: int, kind: str = "") -> str:
+    """The close reason (1009) for a message of ``size`` bytes over ``limit``, the
+    receiver's max_message_size, in fastrpc's words (websockets' would name its own
+    ``max_size``). ``kind`` ("fragmented", "text"): a message whose whole size is not
+    known, ``size`` being what is known of it (the fragments that came and the next
+    one's; an ASGI text message's characters)."""
+    what = f"{kind} message of at least" if kind else "message of"
+    return f"{what} {size} bytes exceeds max_message_size ({limit})"
 
 
 def _header(n: int, mask: int) -> bytes:
@@ -697,7 +701,8 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         self._closed: asyncio.Future[None] = loop.create_future()
         self._drain: asyncio.Future[None] | None = None
         self._paused_reading = False
-        self._parts: list[Any] | None = None  # the fragments of a message being received
+        # The fragments of a message being received: [text?, their bytes, *fragments].
+        self._parts: list[Any] | None = None
         # The opening request's path, and its head as received (server side): its
         # headers are parsed again when asked for (request_headers), not kept parsed
         # (~2 KiB of every idle connection).
@@ -879,7 +884,9 @@ class _Wire(Transport, asyncio.BufferedProtocol):
         mask bit) goes, whole, to websockets' protocol, which answers it or fails the
         connection.
         A frame larger than max_size fails the connection (1009): a data frame here, with
-        a reason naming max_message_size; any other through websockets."""
+        a reason naming max_message_size; any other through websockets. So does the
+        fragment that takes a fragmented message past max_size (as websockets would,
+        from its header: here, so that the reason is :func:`too_large`'s too)."""
         buf = self._buf
         src: bytes | bytearray | memoryview = data
         if buf:
@@ -913,11 +920,17 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                     head += 4
                     if n - pos < head:
                         break  # the mask too must have arrived: every path below reads it
-                if length > limit:
+                size = length
+                parts = self._parts
+                if parts is not None and b0 & 0x7F == 0:
+                    size += parts[1]  # a continuation: the message's fragments so far count
+                if size > limit:
                     if b0 & 0x0F <= 2 and b1 & 0x80 == masked and self._ws.state is _OPEN:
-                        # A data frame (valid, but for its size): failed here, with a
-                        # reason that names the option (websockets' would not).
-                        self._fail(1009, _too_large(length, limit))
+                        # A data frame (valid, but for its size), or the fragment that
+                        # takes a message past it: failed here, with a reason that names
+                        # the option (websockets' would not). Of a fragment but the
+                        # last, the message's whole size is not known.
+                        self._fail(1009, too_large(size, limit, "" if b0 & 0x80 else "fragmented"))
                     else:
                         self._mode = _LIBRARY
                         self._parse(view[pos:].tobytes())  # websockets fails it: 1009
@@ -1070,16 +1083,17 @@ class _Wire(Transport, asyncio.BufferedProtocol):
                 else:
                     self.feed(data if type(data) is bytes else bytes(data))
                 return
-            self._parts = [frame.opcode is Opcode.TEXT, frame.data]
+            self._parts = [frame.opcode is Opcode.TEXT, len(frame.data), frame.data]
             return
-        if len(parts) > MAX_FRAGMENTS:
+        if len(parts) > MAX_FRAGMENTS + 1:
             self._parts = None
             self._fail(1009, "too many fragments")
             return
         parts.append(frame.data)
+        parts[1] += len(frame.data)
         if frame.fin:
             self._parts = None
-            data = b"".join(parts[1:])
+            data = b"".join(parts[2:])
             if parts[0]:
                 self._text(data)
             else:
