@@ -26,29 +26,37 @@ from fastrpc.protocol import Settings
 LIMIT = 100_000
 
 
+async def _call_answered_with(message: bytes | list[bytes], wait: float) -> fastrpc.ConnectionClosed:
+    """How a call fails, from a fastrpc client given max_message_size LIMIT, to a bare
+    websockets server (a real core does the handshake) that answers it with
+    ``message`` (a list: its fragments); the call is bounded by ``wait`` seconds."""
+
+    async def on_frame(ws: Any, f: F.Frame) -> None:
+        if f.type == F.REQUEST:
+            await ws.send(message)
+
+    frames = frames_server(Settings(), on_frame)
+
+    async def handler(ws: Any) -> None:
+        with contextlib.suppress(WSClosed):  # (the client closed it: 1009)
+            await frames(ws)
+
+    async with ws_serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None) as ws:
+        port = ws.sockets[0].getsockname()[1]
+        peer = await fastrpc.connect(
+            f"ws://127.0.0.1:{port}", max_message_size=LIMIT, max_frame_size=LIMIT // 2, **QUIET
+        )
+        try:
+            with pytest.raises(fastrpc.ConnectionClosed) as info:
+                await asyncio.wait_for(peer.call("anything"), wait)
+        finally:
+            await peer.close()
+    return info.value
+
+
 def test_message_over_max_message_size_fails_pending_call_with_1009_and_option() -> None:
     async def main() -> None:
-        async def on_frame(ws: Any, f: F.Frame) -> None:
-            if f.type == F.REQUEST:
-                await ws.send(b"x" * 200_000)  # past the client's max_message_size
-
-        frames = frames_server(Settings(), on_frame)
-
-        async def handler(ws: Any) -> None:
-            with contextlib.suppress(WSClosed):  # (the client closed it: 1009)
-                await frames(ws)
-
-        async with ws_serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None) as ws:
-            port = ws.sockets[0].getsockname()[1]
-            peer = await fastrpc.connect(
-                f"ws://127.0.0.1:{port}", max_message_size=LIMIT, max_frame_size=LIMIT // 2, **QUIET
-            )
-            try:
-                with pytest.raises(fastrpc.ConnectionClosed) as info:
-                    await asyncio.wait_for(peer.call("anything"), 5)
-            finally:
-                await peer.close()
-        exc = info.value
+        exc = await _call_answered_with(b"x" * 200_000, 5)  # past the client's max_message_size
         assert exc.code == 1009, repr(exc)
         assert "max_message_size" in str(exc), repr(exc)
         assert "200000" in str(exc), repr(exc)
@@ -80,9 +88,10 @@ def _reason(what: str) -> str:
 
 
 # A message over LIMIT whole (one frame: its size is known), and one whose fragments
-# (each within the limit) pass it together: the receiver knows how much at least.
-OVER = {
-    "whole": ([b"\x00" * 200_000], "message of 200000 bytes"),
+# (each within the limit, sent as a list) pass it together: the receiver knows how much
+# at least.
+OVER: dict[str, tuple[bytes | list[bytes], str]] = {
+    "whole": (b"\x00" * 200_000, "message of 200000 bytes"),
     "fragmented": ([b"\x00" * 60_000] * 3, "fragmented message of at least 120000 bytes"),
 }
 
@@ -92,14 +101,14 @@ def test_server_close_reason_names_the_size_and_the_configured_max_message_size(
     """The 1009 a fastrpc server closes with says, in fastrpc's words, how large the
     message was (when known) and the max_message_size it was given (not the library's
     own limit with its headroom), whether the message came whole or in fragments."""
-    parts, what = OVER[shape]
+    message, what = OVER[shape]
 
     async def main() -> None:
         opts = {**QUIET, "max_message_size": LIMIT, "max_frame_size": LIMIT // 2}
         async with fastrpc.serve(fastrpc.Router(), "127.0.0.1", 0, **opts) as server:
             async with raw_client(server.url) as raw:
                 sp = await server_peer(server)
-                await raw.send(parts[0] if len(parts) == 1 else parts)  # (a list: fragments)
+                await raw.send(message)  # (a list: fragments)
                 code, reason = await raw.drain(2)
                 assert (code, reason) == (1009, _reason(what))
             await until(lambda: sp.close_exception is not None, 2, "the server's peer to close")
@@ -115,30 +124,10 @@ def test_client_close_reason_names_the_size_and_the_configured_max_message_size(
     """As the server's: a fastrpc client sent a message over its max_message_size
     fails its pending call with 1009 and a reason naming the size (when known) and
     the limit it was given."""
-    parts, what = OVER[shape]
+    message, what = OVER[shape]
 
     async def main() -> None:
-        async def on_frame(ws: Any, f: F.Frame) -> None:
-            if f.type == F.REQUEST:
-                await ws.send(parts[0] if len(parts) == 1 else parts)
-
-        frames = frames_server(Settings(), on_frame)
-
-        async def handler(ws: Any) -> None:
-            with contextlib.suppress(WSClosed):  # (the client closed it: 1009)
-                await frames(ws)
-
-        async with ws_serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_size=None) as ws:
-            port = ws.sockets[0].getsockname()[1]
-            peer = await fastrpc.connect(
-                f"ws://127.0.0.1:{port}", max_message_size=LIMIT, max_frame_size=LIMIT // 2, **QUIET
-            )
-            try:
-                with pytest.raises(fastrpc.ConnectionClosed) as info:
-                    await asyncio.wait_for(peer.call("anything"), 2)
-            finally:
-                await peer.close()
-        exc = info.value
+        exc = await _call_answered_with(message, 2)
         assert exc.code == 1009, repr(exc)
         assert _reason(what) in str(exc), repr(exc)
 

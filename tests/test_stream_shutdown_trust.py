@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -122,6 +122,79 @@ def test_closing_does_not_wait_forever_for_a_stream_source_that_ignores_its_canc
         run(main(), 15)
 
 
+def _nothing() -> None:
+    pass
+
+
+async def _a_reset_gives_up_on(
+    src: Stubborn,
+    source: AsyncIterable[bytes],
+    wait: float,
+    *,
+    reset_within: float | None = None,
+    in_the_new_session: Callable[[], None] = _nothing,
+    once_it_ended: Callable[[], None] = _nothing,
+) -> Any:
+    """A client streams ``source`` (``src``'s) to a server that resumes sessions,
+    through a proxy, which cuts the connection and refuses it until the session
+    expires: the client's new session resets the old one, giving up on ``src``'s
+    sender (if ``reset_within`` is given, in less than that many seconds since the
+    client could connect again). The new session's first stream has the old stream's
+    id and gives its first item (then ``in_the_new_session`` runs). Once ``src`` is
+    released and has ended (then ``once_it_ended`` runs), the new stream's sender is
+    still tracked and the server reads that stream's own items only. Each wait is
+    bounded by ``wait`` seconds (the reset's by STOP + 2). Returns the old stream's
+    id."""
+    from _proxy import proxy
+
+    more = asyncio.Event()
+
+    async def fresh() -> AsyncIterator[bytes]:
+        yield b"new-1"
+        await more.wait()
+        yield b"new-2"
+
+    retry = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
+    async with fastrpc.serve(fastrpc.Router(), "127.0.0.1", 0, resume=True, session_grace=0.1, **QUIET) as server:
+        async with proxy(server.port) as px:
+            async with fastrpc.connect(px.url, reconnect=retry, **QUIET) as peer:
+                try:
+                    sp = await server_peer(server)
+                    sid = await peer.send_stream(source)
+                    _, stream = sp.receive_stream(sid)
+                    assert await asyncio.wait_for(stream.__anext__(), wait) == b"first"
+                    await asyncio.wait_for(src.waiting.wait(), wait)
+                    old_core = peer.core
+                    px.refusing = True
+                    px.cut()
+                    await until(lambda: not server.peers, wait, "the session to expire")
+                    px.refusing = False
+                    t0 = time.monotonic()
+                    await until(lambda: peer.connected and peer.core is not old_core, STOP + 2, "a new session")
+                    await until(lambda: server.peers, wait, "the server's new peer")
+                    # (The reset is over once the manager takes streams again.)
+                    await until(lambda: peer.streams._closed is None, STOP + 2, "the reset's end")
+                    if reset_within is not None:
+                        assert time.monotonic() - t0 < reset_within
+                    assert src.cancelled.is_set()
+                    sp2 = await server_peer(server)
+                    sid2 = await peer.send_stream(fresh())
+                    assert sid2 == sid  # the new session's ids start again
+                    _, stream2 = sp2.receive_stream(sid2)
+                    assert await asyncio.wait_for(stream2.__anext__(), wait) == b"new-1"
+                    in_the_new_session()
+                finally:
+                    src.release.set()  # (even when a step failed: the test ends)
+                await asyncio.wait_for(src.ended.wait(), wait)
+                once_it_ended()
+                await asyncio.sleep(0.05)  # (whatever the abandoned sender does next)
+                assert peer.stats()["senders"] == [sid2]  # (its end did not untrack the new one)
+                more.set()
+                rest = [item async for item in stream2]
+                assert rest == [b"new-2"], rest  # (nothing of the old source's: no b"late")
+    return sid
+
+
 def test_a_session_reset_does_not_wait_forever_for_a_stream_source_that_ignores_its_cancellation(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,54 +204,11 @@ def test_a_session_reset_does_not_wait_forever_for_a_stream_source_that_ignores_
     an item and ends, nothing of it reaches the new session, whose first stream has
     the old stream's id: the server reads that stream's own items only, and its
     sender is still tracked."""
-    from _proxy import proxy
-
     monkeypatch.setattr(fastrpc.streams, "SENDER_STOP_TIMEOUT", STOP, raising=False)
     src = Stubborn()
-    more = asyncio.Event()
-
-    async def fresh() -> AsyncIterator[bytes]:
-        yield b"new-1"
-        await more.wait()
-        yield b"new-2"
-
-    retry = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
 
     async def main() -> None:
-        async with fastrpc.serve(fastrpc.Router(), "127.0.0.1", 0, resume=True, session_grace=0.1, **QUIET) as server:
-            async with proxy(server.port) as px:
-                async with fastrpc.connect(px.url, reconnect=retry, **QUIET) as peer:
-                    try:
-                        sp = await server_peer(server)
-                        sid = await peer.send_stream(src.source())
-                        _, stream = sp.receive_stream(sid)
-                        assert await asyncio.wait_for(stream.__anext__(), 5) == b"first"
-                        await asyncio.wait_for(src.waiting.wait(), 5)
-                        old_core = peer.core
-                        px.refusing = True
-                        px.cut()
-                        await until(lambda: not server.peers, 5, "the session to expire")
-                        px.refusing = False
-                        t0 = time.monotonic()
-                        await until(lambda: peer.connected and peer.core is not old_core, STOP + 2, "a new session")
-                        await until(lambda: server.peers, 5, "the server's new peer")
-                        # (The reset is over once the manager takes streams again.)
-                        await until(lambda: peer.streams._closed is None, STOP + 2, "the reset's end")
-                        assert time.monotonic() - t0 < STOP + 1
-                        assert src.cancelled.is_set()
-                        sp2 = await server_peer(server)
-                        sid2 = await peer.send_stream(fresh())
-                        assert sid2 == sid  # the new session's ids start again
-                        _, stream2 = sp2.receive_stream(sid2)
-                        assert await asyncio.wait_for(stream2.__anext__(), 5) == b"new-1"
-                    finally:
-                        src.release.set()
-                    await asyncio.wait_for(src.ended.wait(), 5)
-                    await asyncio.sleep(0.05)  # (whatever the abandoned sender does next)
-                    assert peer.stats()["senders"] == [sid2]  # (its end did not untrack the new one)
-                    more.set()
-                    rest = [item async for item in stream2]
-                    assert rest == [b"new-2"], rest  # (no b"late")
+        sid = await _a_reset_gives_up_on(src, src.source(), 5, reset_within=STOP + 1)
         warned = [m for m in _warnings(caplog) if "did not stop" in m]
         assert len(warned) == 1, _warnings(caplog)
         assert f"stream {sid}" in warned[0], warned[0]
@@ -196,55 +226,19 @@ def test_a_given_up_bound_source_cannot_send_now_on_the_new_sessions_stream(
     and is given up on by a session reset. Once released, its ``send_now``, called from
     its given-up sender or from any other task (a topic's fan-out calls it from the
     publisher's), takes nothing: the new session's first stream, which has the old
-    stream's id, gets its own items only."""
-    from _proxy import proxy
-
+    stream's id, gets its own items only (no b"stale", no b"late-now", no b"late")."""
     monkeypatch.setattr(fastrpc.streams, "SENDER_STOP_TIMEOUT", STOP, raising=False)
     src = BoundStubborn()
-    more = asyncio.Event()
 
-    async def fresh() -> AsyncIterator[bytes]:
-        yield b"new-1"
-        await more.wait()
-        yield b"new-2"
+    def in_the_new_session() -> None:
+        assert src.outlet is not None
+        assert src.outlet([b"stale"]) == 0  # (from another task than its sender's)
 
-    retry = fastrpc.RetryPolicy(initial_delay=0.01, max_delay=0.05)
+    def once_it_ended() -> None:
+        assert src.taken == [0]  # (from its given-up sender's task)
 
     async def main() -> None:
-        async with fastrpc.serve(fastrpc.Router(), "127.0.0.1", 0, resume=True, session_grace=0.1, **QUIET) as server:
-            async with proxy(server.port) as px:
-                async with fastrpc.connect(px.url, reconnect=retry, **QUIET) as peer:
-                    try:
-                        sp = await server_peer(server)
-                        sid = await peer.send_stream(src)
-                        _, stream = sp.receive_stream(sid)
-                        assert await asyncio.wait_for(stream.__anext__(), 2) == b"first"
-                        await asyncio.wait_for(src.waiting.wait(), 2)
-                        old_core = peer.core
-                        px.refusing = True
-                        px.cut()
-                        await until(lambda: not server.peers, 2, "the session to expire")
-                        px.refusing = False
-                        await until(lambda: peer.connected and peer.core is not old_core, STOP + 2, "a new session")
-                        await until(lambda: server.peers, 2, "the server's new peer")
-                        await until(lambda: peer.streams._closed is None, STOP + 2, "the reset's end")
-                        assert src.cancelled.is_set()
-                        sp2 = await server_peer(server)
-                        sid2 = await peer.send_stream(fresh())
-                        assert sid2 == sid  # the new session's ids start again
-                        _, stream2 = sp2.receive_stream(sid2)
-                        assert await asyncio.wait_for(stream2.__anext__(), 2) == b"new-1"
-                        assert src.outlet is not None
-                        assert src.outlet([b"stale"]) == 0  # (from another task than its sender's)
-                    finally:
-                        src.release.set()
-                    await asyncio.wait_for(src.ended.wait(), 2)
-                    assert src.taken == [0]  # (from its given-up sender's task)
-                    await asyncio.sleep(0.05)  # (whatever the abandoned sender does next)
-                    assert peer.stats()["senders"] == [sid2]
-                    more.set()
-                    rest = [item async for item in stream2]
-                    assert rest == [b"new-2"], rest  # (no b"stale", no b"late-now", no b"late")
+        await _a_reset_gives_up_on(src, src, 2, in_the_new_session=in_the_new_session, once_it_ended=once_it_ended)
         warned = [m for m in _warnings(caplog) if "did not stop" in m]
         assert len(warned) == 1, _warnings(caplog)
         assert _errors(caplog) == []
