@@ -115,3 +115,18 @@ def test_plain_payloads_within_the_budget_are_delivered() -> None:
             assert await peer.call("echo", ints) == ints
 
     run(main(), 20)
+
+
+def test_a_long_json_string_is_measured_as_the_string_it_decodes_to() -> None:
+    # With the JSON codec an answer or an item may be a bare string. Its UTF-8 bytes
+    # were walked as MessagePack headers: 900 KB of Cyrillic measured ~14 MB, and the
+    # answer failed PayloadTooLarge against a budget of 8 MiB it fits in.
+    text = "д" * 450_000  # 900 KB on the wire, ~900 KB decoded
+
+    async def main() -> None:
+        opts = {"max_connection_memory": LIMIT, "codec": "json"}
+        async with pair(_router(), server_opts={"codec": "json"}, client_opts=opts) as (_, peer):
+            assert await peer.call("echo", text) == text
+            assert await peer.call("echo", 5) == 5
+
+    run(main(), 20)

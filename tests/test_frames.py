@@ -1418,6 +1418,29 @@ def test_payload_cost_covers_what_decoding_allocates(codec: ModuleType, value: A
         assert cost <= 8 * held + 64 * len(data) + 1024  # an estimate, not a wild guess
 
 
+@pytest.mark.parametrize("text", ["д" * 200_000, "日本" * 100_000, "x" * 300_000, "😀" * 50_000, "a,[b{" * 1000])
+def test_payload_cost_of_a_json_string_is_about_what_it_decodes_to(codec: ModuleType, text: str) -> None:
+    # A JSON codec's answer or item may be a bare string. Walked as MessagePack, its
+    # UTF-8 bytes read as headers: 400 KB of Cyrillic measured ~16x its size.
+    import tracemalloc
+
+    import msgspec
+
+    data = msgspec.json.encode(text)
+    tracemalloc.start()
+    try:
+        decoded = msgspec.json.decode(data)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert decoded == text
+    cost = codec.payload_cost(data)
+    assert max(len(data), held * 0.9) <= cost <= len(data) + 64 * (1 + text.count(",") + text.count("[") + 1000)
+    if "," not in text:
+        assert cost == len(data) + 64  # one value
+    assert codec.payload_cost(b'"') == 1  # MessagePack's int 34, alone
+
+
 def test_payload_cost_stops_at_the_limit(codec: ModuleType) -> None:
     data = _dense(1 << 20)
     assert codec.payload_cost(data) >= (1 << 20) * 56
@@ -1434,6 +1457,7 @@ def test_payload_cost_twins_agree(codec_pair: tuple[ModuleType, ModuleType]) -> 
     rnd = random.Random(7)
     samples = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(64))) for _ in range(3000)]
     samples += [_dense(5000), b"[" + b"[]," * 1000 + b"[]]", b"\xc7\xff\x01", b"\xdb\xff\xff\xff\xff", b"\xd8\x01"]
+    samples += [b'"' + sample for sample in samples[:300]] + [b'"', b'""', b'"\xd0\xb4' * 50]
     for data in samples:
         for limit in (1 << 62, 1000, 100, 0, -1):
             assert compiled.payload_cost(data, limit) == pure.payload_cost(data, limit), (data, limit)

@@ -874,7 +874,7 @@ _ONE_BYTE_RUN = _re.compile(rb"[\x00-\x80\x90\xa0\xc0-\xc3\xe0-\xff]+")
 
 def payload_cost(data: Buffer, limit: int = VARINT_MAX) -> int:
     """About how many bytes of Python objects decoding ``data`` makes (a payload of
-    MessagePack, or of JSON when it starts with ``[``, ``{`` or white space): at least
+    MessagePack, or of JSON when it starts with ``[``, ``{``, ``"`` or white space): at least
     ``len(data)``. Work is linear in ``len(data)``; declared lengths count in full even
     where the payload is cut short (a decoder may allocate them up front). Past
     ``limit`` the walk stops: the result is then ``max(limit + 1, len(data))``."""
@@ -883,7 +883,9 @@ def payload_cost(data: Buffer, limit: int = VARINT_MAX) -> int:
     limit = min(max(limit, 0), VARINT_MAX)
     if n == 0:
         return 0
-    if view[0] in b"[{ \t\r\n":
+    # JSON: an array, an object, white space, or a string (a MessagePack value
+    # that starts with '"' is the one-byte int 34: longer, it is not one value).
+    if view[0] in b"[{ \t\r\n" or (view[0] == 0x22 and n > 1):
         raw = bytes(view)
         values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
         cost = n + values * _JSON_VALUE

@@ -23,7 +23,7 @@ cdef inline uint64_t _be(const unsigned char *p, int width) noexcept nogil:
 
 def payload_cost(data, limit=VARINT_MAX):
     """About how many bytes of Python objects decoding ``data`` makes (a payload of
-    MessagePack, or of JSON when it starts with ``[``, ``{`` or white space): at least
+    MessagePack, or of JSON when it starts with ``[``, ``{``, ``"`` or white space): at least
     ``len(data)``. Work is linear in ``len(data)``; declared lengths count in full even
     where the payload is cut short (a decoder may allocate them up front). Past
     ``limit`` the walk stops: the result is then ``max(limit + 1, len(data))``."""
@@ -39,7 +39,9 @@ def payload_cost(data, limit=VARINT_MAX):
         return 0
     cdef const unsigned char *p = &view[0]
     b = p[0]
-    if b == 0x5B or b == 0x7B or b == 0x20 or b == 0x09 or b == 0x0D or b == 0x0A:
+    # JSON: an array, an object, white space, or a string (a MessagePack value
+    # that starts with '"' is the one-byte int 34: longer, it is not one value).
+    if b == 0x5B or b == 0x7B or b == 0x20 or b == 0x09 or b == 0x0D or b == 0x0A or (b == 0x22 and n > 1):
         values = 1
         for pos in range(n):
             b = p[pos]
