@@ -870,6 +870,9 @@ _SIZED.update({0xDC: (2, _LIST, 1), 0xDD: (4, _LIST, 1), 0xDE: (2, _DICT, 2), 0x
 # Objects of one byte: fixints, nil, false, true (and the unused 0xC1), [], {}, "".
 _ONE_BYTE = frozenset([*range(0x80), 0x80, 0x90, 0xA0, 0xC0, 0xC1, 0xC2, 0xC3, *range(0xE0, 0x100)])
 _ONE_BYTE_RUN = _re.compile(rb"[\x00-\x80\x90\xa0\xc0-\xc3\xe0-\xff]+")
+# A JSON string, from its quote to the closing one or to the end (cut short): a
+# backslash escapes the byte after it (if any). Its commas and brackets are text.
+_JSON_STRING = _re.compile(rb'"(?:[^"\\]|\\[\s\S]?)*"?')
 
 
 def payload_cost(data: Buffer, limit: int = VARINT_MAX) -> int:
@@ -886,7 +889,7 @@ def payload_cost(data: Buffer, limit: int = VARINT_MAX) -> int:
     # JSON: an array, an object, white space, or a string (a MessagePack value
     # that starts with '"' is the one-byte int 34: longer, it is not one value).
     if view[0] in b"[{ \t\r\n" or (view[0] == 0x22 and n > 1):
-        raw = bytes(view)
+        raw = _JSON_STRING.sub(b"", bytes(view))  # (structure only: what is not in a string)
         values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
         cost = n + values * _JSON_VALUE
         return cost if cost <= limit else max(limit + 1, n)

@@ -42,11 +42,18 @@ def payload_cost(data, limit=VARINT_MAX):
     # JSON: an array, an object, white space, or a string (a MessagePack value
     # that starts with '"' is the one-byte int 34: longer, it is not one value).
     if b == 0x5B or b == 0x7B or b == 0x20 or b == 0x09 or b == 0x0D or b == 0x0A or (b == 0x22 and n > 1):
+        # A value per comma or opening bracket, but not those inside a string (up to
+        # its closing quote, a backslash escaping the byte after it): they are text.
         values = 1
-        for pos in range(n):
+        while pos < n:
             b = p[pos]
-            if b == 0x2C or b == 0x5B or b == 0x7B:
+            if b == 0x22:
+                pos += 1
+                while pos < n and p[pos] != 0x22:
+                    pos += 2 if p[pos] == 0x5C else 1
+            elif b == 0x2C or b == 0x5B or b == 0x7B:
                 values += 1
+            pos += 1
         cost = n + values * _JSON_VALUE
         return cost if cost <= cap else max(cap + 1, <uint64_t>n)
     with nogil:
