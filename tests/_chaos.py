@@ -544,6 +544,13 @@ class ChaosProxy:
                 conn.dead = True
                 cw.transport.abort()
                 return
+            if conn.dead:
+                # Cut while its upstream connection was being made (abort() found no
+                # transport to reset yet): reset both now. Forwarded, it would have
+                # lived on marked dead, and no later cut would reach it.
+                cw.transport.abort()
+                sw.transport.abort()
+                return
             self._record(f"#{conn.n} connected")
             await conn.run(cr, cw, sr, sw)
             self._record(f"#{conn.n} ended")

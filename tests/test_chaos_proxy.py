@@ -4,6 +4,7 @@ forwards byte for byte, and its rules act where they say."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from _chaos import C2S, S2C, ChaosProxy, Link, Rule, WSParser
 from _util import run
@@ -108,3 +109,45 @@ def test_partition_forwards_nothing_and_closes_nothing() -> None:
                     await peer.wait_closed()
 
     run(main(), 30)
+
+
+def test_a_cut_while_the_upstream_connection_is_made_resets_that_connection() -> None:
+    # A cut that lands while the proxy is still connecting upstream found no transport
+    # to reset: the connection was then forwarded, marked dead, and no later cut ever
+    # reached it (test_random_cuts once saw 4 of its 20 cuts, and a 2.8 s "recovery").
+    import _chaos
+
+    async def main() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connecting = asyncio.Event()
+        real = asyncio.open_connection
+
+        async def slow_open(*args: Any, **kwargs: Any) -> Any:  # the proxy's, upstream
+            connecting.set()
+            await asyncio.sleep(0.1)  # the cut lands in here
+            return await real(*args, **kwargs)
+
+        _chaos.asyncio.open_connection = slow_open  # type: ignore[assignment]
+        try:
+            async with ChaosProxy(port) as px:
+                reader, writer = await real("127.0.0.1", px.port)
+                await asyncio.wait_for(connecting.wait(), 5)
+                _chaos.asyncio.open_connection = real  # (the cut comes before it is used again)
+                px.cut("while connecting")
+                try:
+                    got = await asyncio.wait_for(reader.read(100), 5)
+                except ConnectionResetError:
+                    got = b""  # reset: as good as EOF here
+                assert got == b""  # not forwarded: the client sees its connection end
+                assert [why for _, _, why in px.cuts] == ["while connecting"]
+                writer.close()
+        finally:
+            _chaos.asyncio.open_connection = real  # type: ignore[assignment]
+            for w in accepted:
+                w.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main(), 10)
